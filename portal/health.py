@@ -1,0 +1,115 @@
+"""Liveness (/healthz) and readiness (/readyz) probes.
+
+They are answered by the first middleware, before host validation, HTTPS redirection, sessions
+and authentication: load balancers probe by IP address over plain HTTP, and a probe must not
+depend on the session store it is meant to check. They reveal only which check failed, never
+the error text (that goes to the log).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from django.conf import settings
+from django.db import connection
+from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonResponse
+
+logger = logging.getLogger(__name__)
+
+PROBE_TIMEOUT = 1.0
+
+
+class ProbeFailed(Exception):
+    """A readiness check failed; the message is a short, public reason, the cause the detail."""
+
+
+def check_database() -> None:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except Exception as exc:
+        raise ProbeFailed("unreachable") from exc
+
+
+def check_pgvector() -> None:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+            row = cursor.fetchone()
+    except Exception as exc:
+        raise ProbeFailed("database unreachable") from exc
+    if row is None:
+        raise ProbeFailed("extension not installed")
+
+
+def check_redis() -> None:
+    import redis
+
+    client = redis.Redis.from_url(
+        settings.REDIS_URL, socket_connect_timeout=PROBE_TIMEOUT, socket_timeout=PROBE_TIMEOUT
+    )
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise ProbeFailed("unreachable") from exc
+    finally:
+        client.close()
+
+
+def check_celery() -> None:
+    from portal.celery import app
+
+    try:
+        replies = app.control.ping(timeout=PROBE_TIMEOUT, limit=1)
+    except Exception as exc:
+        raise ProbeFailed("broker unreachable") from exc
+    if not replies:
+        raise ProbeFailed("no worker answered")
+
+
+def readiness() -> dict[str, str]:
+    """Run every check; map each name to "ok" or its failure reason."""
+    results: dict[str, str] = {}
+    for name, check in (
+        ("database", check_database),
+        ("pgvector", check_pgvector),
+        ("redis", check_redis),
+        ("celery", check_celery),
+    ):
+        if name == "pgvector" and results["database"] != "ok":
+            results[name] = "database unreachable"
+            continue
+        if name == "celery" and results["redis"] != "ok":
+            results[name] = "broker unreachable"
+            continue
+        try:
+            check()
+        except ProbeFailed as exc:
+            logger.warning("readiness: %s: %s (%s)", name, exc, exc.__cause__ or "no detail")
+            results[name] = str(exc)
+        else:
+            results[name] = "ok"
+    return results
+
+
+def _no_store(response: HttpResponse) -> HttpResponse:
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+class ProbeMiddleware:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.path not in ("/healthz", "/readyz"):
+            return self.get_response(request)
+        if request.method not in ("GET", "HEAD"):
+            return HttpResponseNotAllowed(["GET", "HEAD"])
+        if request.path == "/healthz":
+            return _no_store(JsonResponse({"status": "ok"}))
+        checks = readiness()
+        failed = [name for name, result in checks.items() if result != "ok"]
+        body = {"status": "fail" if failed else "ok", "checks": checks, "failed": failed}
+        return _no_store(JsonResponse(body, status=503 if failed else 200))

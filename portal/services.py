@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.db import transaction
+
+from governance import roles
+
+DEMO_USERS = (
+    ("admin", roles.GOVERNANCE_ADMIN),
+    ("reviewer", roles.REVIEWER),
+    ("member", roles.MEMBER),
+    ("integration", roles.INTEGRATION),
+)
+
+
+def demo_logins_path() -> Path:
+    return settings.VAR_DIR / "demo-logins.json"
+
+
+@dataclass(frozen=True)
+class DemoLogin:
+    username: str
+    role: str
+    password: str | None  # None: API-only account, or a password this seed did not set
+
+
+def demo_workspace_seed(*, credentials_path: Path) -> list[DemoLogin]:
+    """Create the role groups and one demo user per role; existing users are left as they are.
+
+    Passwords are generated for users this call creates and kept in `credentials_path` (mode
+    0600) together with those recorded before; the integration account has no password, it will
+    authenticate with tokens. The file is written inside the transaction, so a failure to write
+    it leaves no user without a known password.
+    """
+    User = get_user_model()
+    recorded: dict[str, str | None] = {}
+    if credentials_path.exists():
+        entries = json.loads(credentials_path.read_text())
+        recorded = {entry["username"]: entry["password"] for entry in entries}
+    logins = []
+    with transaction.atomic():
+        groups = {name: Group.objects.get_or_create(name=name)[0] for name in roles.ROLE_GROUPS}
+        for username, role in DEMO_USERS:
+            user, created = User.objects.get_or_create(
+                username=username, defaults={"email": f"{username}@example.com"}
+            )
+            if created:
+                password = None if role == roles.INTEGRATION else secrets.token_urlsafe(12)
+                user.set_password(password)  # None gives an unusable password
+                user.is_staff = user.is_superuser = role == roles.GOVERNANCE_ADMIN
+                user.save(update_fields=["password", "is_staff", "is_superuser"])
+                user.groups.add(groups[role])
+                recorded[username] = password
+            logins.append(DemoLogin(username, role, recorded.get(username)))
+        _write_private(
+            credentials_path,
+            json.dumps(
+                [{"username": x.username, "role": x.role, "password": x.password} for x in logins],
+                indent=2,
+            ),
+        )
+    return logins
+
+
+def demo_logins_read(*, credentials_path: Path) -> list[DemoLogin]:
+    if not credentials_path.exists():
+        return []
+    return [DemoLogin(**entry) for entry in json.loads(credentials_path.read_text())]
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    draft = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text + "\n")
+    draft.replace(path)

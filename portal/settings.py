@@ -1,0 +1,257 @@
+"""Warden settings, read from the environment.
+
+Two modes, chosen by DATABASE_URL:
+
+- embedded (DATABASE_URL unset, the `make run` default): PostgreSQL and Redis run from pip wheels
+  under WARDEN_VAR_DIR (``var/``), reached over Unix sockets; SECRET_KEY and the encryption key
+  are generated there on first start; HTTP on loopback.
+- external (DATABASE_URL set, production): SECRET_KEY, ALLOWED_HOSTS and WARDEN_ENCRYPTION_KEY
+  are required and HTTPS hardening is on (WARDEN_HTTPS=false turns it off, for a trusted lab).
+
+REDIS_URL is independent: unset means the embedded Redis.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from portal.embedded import DATABASE_NAME, POSTGRES_USER, EmbeddedPaths
+from portal.env import env_bool, env_int, env_list, env_optional, env_path, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = env_path("WARDEN_VAR_DIR", BASE_DIR / "var")
+EMBEDDED = EmbeddedPaths(VAR_DIR)
+
+DATABASE_URL = env_optional("DATABASE_URL")
+EMBEDDED_DATABASE = DATABASE_URL is None
+REDIS_URL = env_optional("REDIS_URL") or EMBEDDED.redis_url
+EMBEDDED_REDIS = env_optional("REDIS_URL") is None
+
+DEBUG = env_bool("DEBUG", False)
+
+
+def _local_secret(name: str, make: Callable[[], str]) -> str:
+    """A secret kept in var/ for the embedded mode: created once (atomically), then reused."""
+    path = VAR_DIR / name
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    draft = VAR_DIR / f".{name}.{os.getpid()}"
+    draft.write_text(make() + "\n")
+    draft.chmod(0o600)
+    try:
+        os.link(draft, path)  # fails if another process got there first; theirs wins
+    except FileExistsError:
+        pass
+    finally:
+        draft.unlink()
+    return path.read_text().strip()
+
+
+def _fernet_key() -> str:
+    return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+
+
+if EMBEDDED_DATABASE:
+    SECRET_KEY = env_optional("SECRET_KEY") or _local_secret(
+        "secret_key", lambda: secrets.token_urlsafe(50)
+    )
+    ENCRYPTION_KEY = env_optional("WARDEN_ENCRYPTION_KEY") or _local_secret(
+        "encryption_key", _fernet_key
+    )
+    ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
+else:
+    SECRET_KEY = env_str("SECRET_KEY")
+    ENCRYPTION_KEY = env_str("WARDEN_ENCRYPTION_KEY")
+    ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", [])
+    if not ALLOWED_HOSTS:
+        raise ImproperlyConfigured(
+            "ALLOWED_HOSTS is not set: set it to the host names Warden is served under, "
+            "comma-separated"
+        )
+
+try:
+    if len(base64.urlsafe_b64decode(ENCRYPTION_KEY.encode())) != 32:
+        raise ValueError
+except (ValueError, binascii.Error):
+    raise ImproperlyConfigured(
+        "WARDEN_ENCRYPTION_KEY must be 32 url-safe base64-encoded bytes (a Fernet key); "
+        'generate one with: python -c "import base64,os;'
+        'print(base64.urlsafe_b64encode(os.urandom(32)).decode())"'
+    ) from None
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "django.contrib.postgres",
+    "channels",
+    "audit",
+    "governance",
+    "tools",
+    "agents",
+    "portal",
+]
+
+MIDDLEWARE = [
+    "portal.health.ProbeMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "portal.urls"
+ASGI_APPLICATION = "portal.asgi.application"
+WSGI_APPLICATION = "portal.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+if EMBEDDED_DATABASE:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": DATABASE_NAME,
+            "USER": POSTGRES_USER,
+            "HOST": str(EMBEDDED.pg_socket_dir),
+        }
+    }
+else:
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL)}  # type: ignore[arg-type]
+    if DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+        raise ImproperlyConfigured(
+            "DATABASE_URL must point at PostgreSQL (postgresql://user:password@host:5432/name)"
+        )
+# Django's persistent connections are per thread and ASGI requests hop threads, so connections
+# are closed after each request unless an operator opts in behind a pooler.
+DATABASES["default"]["CONN_MAX_AGE"] = env_int("DATABASE_CONN_MAX_AGE", 0, minimum=0)
+DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = 5
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "warden",
+    }
+}
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL], "prefix": "warden:channels"},
+    }
+}
+
+
+def _celery_broker_url(url: str) -> str:
+    # Celery's Redis transport spells the Unix-socket scheme differently from redis-py.
+    return "redis+socket://" + url.removeprefix("unix://") if url.startswith("unix://") else url
+
+
+CELERY_BROKER_URL = _celery_broker_url(REDIS_URL)
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+# Durability (DESIGN.md §4): a task is acknowledged only after it finished, and a task whose
+# worker died is redelivered; the database, not Redis, decides whether work was already done.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_TIME_LIMIT = env_int("WARDEN_TASK_TIME_LIMIT", 15 * 60, minimum=1)
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {
+        "NAME": "django.contrib.auth.password_validation.MinimumLengthValidator",
+        "OPTIONS": {"min_length": 12},
+    },
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env_str("TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = env_path("STATIC_ROOT", VAR_DIR / "static")
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
+
+# Transport security. Behind a TLS-terminating load balancer set WARDEN_BEHIND_PROXY=true so
+# Django trusts X-Forwarded-Proto (and daphne X-Forwarded-For).
+HTTPS = env_bool("WARDEN_HTTPS", not EMBEDDED_DATABASE)
+BEHIND_PROXY = env_bool("WARDEN_BEHIND_PROXY", False)
+if BEHIND_PROXY:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = HTTPS
+SESSION_COOKIE_SECURE = HTTPS
+CSRF_COOKIE_SECURE = HTTPS
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31_536_000 if HTTPS else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", HTTPS)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", HTTPS)
+SECURE_REFERRER_POLICY = "same-origin"
+SESSION_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
+if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+    raise ImproperlyConfigured(
+        f"LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got {LOG_LEVEL!r}"
+    )
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.db.backends": {"level": "INFO"},
+    },
+}

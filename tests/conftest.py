@@ -1,0 +1,85 @@
+"""Test-session plumbing: the embedded PostgreSQL and Redis run for the whole session."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from portal.embedded import EmbeddedPostgres, EmbeddedRedis
+
+_servers: list[EmbeddedPostgres | EmbeddedRedis] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from django.conf import settings
+
+    if not settings.VAR_DIR.name.startswith("warden-test-"):
+        raise pytest.UsageError(f"refusing to run tests with WARDEN_VAR_DIR={settings.VAR_DIR}")
+    for server in (EmbeddedPostgres(settings.EMBEDDED), EmbeddedRedis(settings.EMBEDDED)):
+        _servers.append(server)
+        server.start()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    from django.conf import settings
+
+    while _servers:
+        _servers.pop().stop()
+    shutil.rmtree(settings.VAR_DIR, ignore_errors=True)
+
+
+@pytest.fixture
+def unused_tcp_port() -> int:
+    """A loopback port nothing listens on (bound, read, released)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def celery_worker_process():
+    """A real Celery worker in its own process, on the session's Redis; stopped afterwards."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from portal.celery import app
+
+    name = f"test-{os.getpid()}@localhost"
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "portal",
+            "worker",
+            "--pool",
+            "solo",
+            "--hostname",
+            name,
+            "--without-mingle",
+            "--without-gossip",
+            "--loglevel",
+            "WARNING",
+        ],
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"},
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not app.control.ping(destination=[name], timeout=0.5):
+            assert worker.poll() is None, "the worker exited while starting"
+            assert time.monotonic() < deadline, "the worker did not answer a ping within 30 s"
+        yield worker
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()

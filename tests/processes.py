@@ -1,0 +1,147 @@
+"""Helpers for tests that run Warden's own commands as separate processes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def production_env(**extra: str) -> dict[str, str]:
+    """A complete production environment (external database), minus whatever `extra` blanks."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in {"DJANGO_SETTINGS_MODULE", "WARDEN_VAR_DIR", "PORT", "DEBUG"}
+    }
+    env.update(
+        DJANGO_SETTINGS_MODULE="portal.settings",
+        DATABASE_URL="postgresql://warden:secret@db.internal:5432/warden",
+        REDIS_URL="redis://redis.internal:6379/0",
+        SECRET_KEY=secrets.token_urlsafe(50),
+        WARDEN_ENCRYPTION_KEY=base64.urlsafe_b64encode(os.urandom(32)).decode(),
+        ALLOWED_HOSTS="warden.example.com",
+    )
+    env.update(extra)
+    return {key: value for key, value in env.items() if value != ""}
+
+
+def embedded_env(var_dir: Path, **extra: str) -> dict[str, str]:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key
+        not in {
+            "DATABASE_URL",
+            "REDIS_URL",
+            "SECRET_KEY",
+            "WARDEN_ENCRYPTION_KEY",
+            "ALLOWED_HOSTS",
+            "WARDEN_TEST_VAR_DIR",
+        }
+    }
+    env.update(DJANGO_SETTINGS_MODULE="portal.settings", WARDEN_VAR_DIR=str(var_dir))
+    env.update(extra)
+    return env
+
+
+def manage(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+class Up:
+    """`manage.py up` running in the background, its output collected in a file."""
+
+    def __init__(self, *args: str, env: dict[str, str], log: Path):
+        self.log = log
+        self._out = open(log, "w")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [sys.executable, "manage.py", "up", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+        )
+        self.tree: set[int] = set()
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def remember_tree(self) -> set[int]:
+        """Record every process under the launcher, to check later that none survived."""
+        self.tree |= {c.pid for c in psutil.Process(self.process.pid).children(recursive=True)}
+        return self.tree
+
+    def wait_ready(self, url: str, timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise AssertionError(f"up exited with {self.process.returncode}:\n{self.output()}")
+            status, body = http_get(url)
+            if status == 200:
+                self.remember_tree()
+                return json.loads(body)
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"not ready within {timeout} s ({status} {body}):\n{self.output()}"
+                )
+            time.sleep(0.25)
+
+    def stop(self, sig: int, timeout: float = 60) -> int:
+        self.remember_tree()
+        self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        finally:
+            self._out.close()
+
+    def kill(self) -> None:
+        """SIGKILL the launcher: it gets no chance to stop its children."""
+        self.remember_tree()
+        self.process.kill()
+        self.process.wait(10)
+        self._out.close()
+
+    def survivors(self, grace: float = 10) -> list[str]:
+        """Processes of the recorded tree still running after `grace` seconds (zombies are gone)."""
+        deadline = time.monotonic() + grace
+        while True:
+            alive = []
+            for pid in self.tree:
+                try:
+                    process = psutil.Process(pid)
+                    if process.status() != psutil.STATUS_ZOMBIE:
+                        alive.append(f"{pid} {' '.join(process.cmdline())}")
+                except psutil.NoSuchProcess:
+                    pass
+            if not alive or time.monotonic() > deadline:
+                return alive
+            time.sleep(0.2)
+
+
+def http_get(url: str, timeout: float = 5) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except (urllib.error.URLError, OSError) as exc:
+        return 0, str(exc)

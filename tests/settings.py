@@ -1,0 +1,24 @@
+"""Settings for the test suite: always the embedded PostgreSQL and Redis, in a temporary directory.
+
+External DATABASE_URL / REDIS_URL are ignored on purpose, so the suite never touches a real
+deployment's data. Processes the tests start inherit WARDEN_TEST_VAR_DIR and share the servers.
+"""
+
+import os
+import tempfile
+
+for _name in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "WARDEN_ENCRYPTION_KEY", "ALLOWED_HOSTS"):
+    os.environ.pop(_name, None)
+if "WARDEN_TEST_VAR_DIR" not in os.environ:
+    os.environ["WARDEN_TEST_VAR_DIR"] = tempfile.mkdtemp(prefix="warden-test-")
+os.environ["WARDEN_VAR_DIR"] = os.environ["WARDEN_TEST_VAR_DIR"]
+
+from portal.settings import *  # noqa: E402, F403
+
+# No collectstatic under pytest: serve from the finders, unhashed.
+STORAGES = {
+    **STORAGES,  # noqa: F405
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # noqa: F405 - whitenoise warns when it is missing
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # speed only

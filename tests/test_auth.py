@@ -1,0 +1,95 @@
+import re
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+
+from governance import roles
+
+pytestmark = pytest.mark.django_db
+User = get_user_model()
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture
+def member():
+    user = User.objects.create_user("mia", password=PASSWORD)
+    user.groups.add(Group.objects.create(name=roles.MEMBER))
+    return user
+
+
+@pytest.fixture
+def governance_admin():
+    return User.objects.create_user("gail", password=PASSWORD, is_staff=True, is_superuser=True)
+
+
+def test_anonymous_visitor_is_sent_to_login(client):
+    response = client.get("/")
+
+    assert response.status_code == 302
+    assert response["Location"] == "/login/?next=/"
+
+
+def test_login_page_renders_a_form_with_csrf(client):
+    response = client.get("/login/")
+
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert 'name="csrfmiddlewaretoken"' in html
+    assert re.search(r'<link rel="stylesheet" href="/static/portal/warden\.css">', html)
+
+
+def test_member_signs_in_sees_their_role_and_signs_out(client, member):
+    client.handler.enforce_csrf_checks = True
+    client.get("/login/")
+    token = client.cookies["csrftoken"].value
+
+    response = client.post(
+        "/login/", {"username": "mia", "password": PASSWORD, "csrfmiddlewaretoken": token}
+    )
+    assert response.status_code == 302
+    assert response["Location"] == "/"
+
+    home = client.get("/").content.decode()
+    assert "Welcome, mia" in home
+    assert "Your roles: Member." in home
+    assert "Administration" not in home
+
+    response = client.post("/logout/", {"csrfmiddlewaretoken": client.cookies["csrftoken"].value})
+    assert response.status_code == 302
+    assert client.get("/").status_code == 302
+
+
+def test_wrong_password_is_refused_with_a_readable_message(client, member):
+    response = client.post("/login/", {"username": "mia", "password": "nope"})
+
+    assert response.status_code == 200
+    assert "Please enter a correct username and password" in response.content.decode()
+    assert "_auth_user_id" not in client.session
+
+
+def test_member_cannot_open_the_admin(client, member):
+    client.force_login(member)
+
+    response = client.get("/admin/")
+
+    assert response.status_code == 302
+    assert response["Location"].startswith("/admin/login/")
+
+
+def test_governance_admin_opens_the_admin(client, governance_admin):
+    client.force_login(governance_admin)
+
+    response = client.get("/admin/")
+
+    assert response.status_code == 200
+    assert "Warden administration" in response.content.decode()
+
+
+def test_unknown_page_is_a_plain_404(client, member):
+    client.force_login(member)
+
+    response = client.get("/no-such-page/")
+
+    assert response.status_code == 404
+    assert "There is nothing at this address" in response.content.decode()

@@ -1,0 +1,62 @@
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from portal.env import env_bool, env_int, env_list, env_str
+
+
+def test_required_variable_missing_names_it(monkeypatch):
+    monkeypatch.delenv("WARDEN_SOMETHING", raising=False)
+
+    with pytest.raises(ImproperlyConfigured, match=r"^WARDEN_SOMETHING is not set"):
+        env_str("WARDEN_SOMETHING")
+
+
+def test_blank_counts_as_unset(monkeypatch):
+    monkeypatch.setenv("WARDEN_SOMETHING", "   ")
+
+    assert env_str("WARDEN_SOMETHING", "fallback") == "fallback"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("1", True),
+        ("true", True),
+        ("Yes", True),
+        ("ON", True),
+        ("0", False),
+        ("false", False),
+        ("no", False),
+        ("off", False),
+    ],
+)
+def test_bool_spellings(monkeypatch, raw, expected):
+    monkeypatch.setenv("WARDEN_FLAG", raw)
+
+    assert env_bool("WARDEN_FLAG", not expected) is expected
+
+
+def test_bool_rejects_other_words_naming_the_variable(monkeypatch):
+    monkeypatch.setenv("WARDEN_FLAG", "maybe")
+
+    with pytest.raises(ImproperlyConfigured, match=r"^WARDEN_FLAG must be true or false.*'maybe'"):
+        env_bool("WARDEN_FLAG", False)
+
+
+def test_int_parses_and_checks_minimum(monkeypatch):
+    monkeypatch.setenv("PORT", "8042")
+    assert env_int("PORT", 8000, minimum=1) == 8042
+
+    monkeypatch.setenv("PORT", "0")
+    with pytest.raises(ImproperlyConfigured, match=r"^PORT must be at least 1, got 0"):
+        env_int("PORT", 8000, minimum=1)
+
+    monkeypatch.setenv("PORT", "eighty")
+    with pytest.raises(ImproperlyConfigured, match=r"^PORT must be a whole number"):
+        env_int("PORT", 8000)
+
+
+def test_list_splits_on_commas_and_drops_blanks(monkeypatch):
+    monkeypatch.setenv("ALLOWED_HOSTS", " warden.example.com, ,api.example.com ")
+
+    assert env_list("ALLOWED_HOSTS", []) == ["warden.example.com", "api.example.com"]

@@ -1,0 +1,88 @@
+import json
+import stat
+
+import pytest
+from django.contrib.auth import authenticate, get_user_model
+from django.contrib.auth.models import Group
+
+from governance import roles
+from portal.services import demo_workspace_seed
+
+pytestmark = pytest.mark.django_db
+User = get_user_model()
+
+
+def test_seed_creates_role_groups_and_one_user_per_role(tmp_path):
+    logins = demo_workspace_seed(credentials_path=tmp_path / "logins.json")
+
+    assert sorted(Group.objects.values_list("name", flat=True)) == sorted(roles.ROLE_GROUPS)
+    assert {(x.username, x.role) for x in logins} == {
+        ("admin", roles.GOVERNANCE_ADMIN),
+        ("reviewer", roles.REVIEWER),
+        ("member", roles.MEMBER),
+        ("integration", roles.INTEGRATION),
+    }
+    for login in logins:
+        user = User.objects.get(username=login.username)
+        assert list(user.groups.values_list("name", flat=True)) == [login.role]
+        assert user.is_staff is (login.role == roles.GOVERNANCE_ADMIN)
+
+
+def test_seed_passwords_are_generated_work_and_are_kept_privately(tmp_path):
+    path = tmp_path / "logins.json"
+
+    logins = {x.username: x.password for x in demo_workspace_seed(credentials_path=path)}
+
+    assert len({logins["admin"], logins["reviewer"], logins["member"]}) == 3
+    assert all(len(logins[name]) >= 16 for name in ("admin", "reviewer", "member"))
+    assert authenticate(username="member", password=logins["member"]) is not None
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    stored = {e["username"]: e["password"] for e in json.loads(path.read_text())}
+    assert stored == logins
+
+
+def test_integration_account_has_no_password(tmp_path):
+    logins = {x.username: x for x in demo_workspace_seed(credentials_path=tmp_path / "l.json")}
+
+    assert logins["integration"].password is None
+    assert User.objects.get(username="integration").has_usable_password() is False
+
+
+def test_seed_is_idempotent_and_never_changes_a_password(tmp_path):
+    path = tmp_path / "logins.json"
+    first = demo_workspace_seed(credentials_path=path)
+    hashes = dict(User.objects.values_list("username", "password"))
+
+    second = demo_workspace_seed(credentials_path=path)
+
+    assert second == first
+    assert dict(User.objects.values_list("username", "password")) == hashes
+    assert User.objects.count() == 4
+    assert Group.objects.count() == 4
+
+
+def test_seed_recreates_only_what_is_missing(tmp_path):
+    path = tmp_path / "logins.json"
+    first = {x.username: x.password for x in demo_workspace_seed(credentials_path=path)}
+    User.objects.filter(username="reviewer").delete()
+
+    second = {x.username: x.password for x in demo_workspace_seed(credentials_path=path)}
+
+    assert second["admin"] == first["admin"]
+    assert second["reviewer"] != first["reviewer"]
+    assert authenticate(username="reviewer", password=second["reviewer"]) is not None
+
+
+def test_seed_demo_command_prints_the_new_logins(tmp_path, settings, capsys):
+    from django.core.management import call_command
+
+    settings.VAR_DIR = tmp_path
+    call_command("seed_demo")
+    printed = capsys.readouterr().out
+    stored = {
+        e["username"]: e["password"]
+        for e in json.loads((tmp_path / "demo-logins.json").read_text())
+    }
+
+    assert f"member       {stored['member']}" in printed
+    assert "integration" in printed

@@ -1,0 +1,307 @@
+"""`manage.py up`, the launcher behind `make run`, driven as a user drives it: as a process."""
+
+from __future__ import annotations
+
+import http.cookiejar
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+
+import psycopg
+import pytest
+from django.conf import settings
+
+from tests.processes import Up, embedded_env, http_get, manage, production_env
+
+
+def admin_conninfo(dbname: str = "postgres") -> str:
+    return f"host={settings.EMBEDDED.pg_socket_dir} user=postgres dbname={dbname}"
+
+
+@pytest.fixture
+def scratch_database(request):
+    """Databases on the session's PostgreSQL, created on demand and dropped afterwards."""
+    created: list[tuple[str, str | None]] = []
+
+    def create(name: str, *, owner: str | None = None) -> str:
+        with psycopg.connect(admin_conninfo(), autocommit=True) as db:
+            if owner:
+                db.execute(f'CREATE ROLE "{owner}" LOGIN')
+            db.execute(f'CREATE DATABASE "{name}"' + (f' OWNER "{owner}"' if owner else ""))
+        created.append((name, owner))
+        host = urllib.parse.quote(str(settings.EMBEDDED.pg_socket_dir), safe="")
+        return f"postgresql://{owner or 'postgres'}@{host}/{name}"
+
+    yield create
+    with psycopg.connect(admin_conninfo(), autocommit=True) as db:
+        for name, owner in created:
+            db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            if owner:
+                db.execute(f'DROP ROLE IF EXISTS "{owner}"')
+
+
+def tables(dbname: str) -> list[str]:
+    with psycopg.connect(admin_conninfo(dbname)) as db:
+        rows = db.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1"
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def sign_in(base: str, username: str, password: str) -> str:
+    """Sign in through the real login form; return the home page's HTML."""
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    page = opener.open(f"{base}/login/", timeout=10).read().decode()
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+    form = urllib.parse.urlencode(
+        {"username": username, "password": password, "csrfmiddlewaretoken": token}
+    ).encode()
+    request = urllib.request.Request(f"{base}/login/", data=form, headers={"Referer": base})
+    return opener.open(request, timeout=10).read().decode()
+
+
+def test_fresh_start_is_ready_serves_the_portal_and_stops_every_process(tmp_path, unused_tcp_port):
+    var = tmp_path / "var"
+    base = f"http://127.0.0.1:{unused_tcp_port}"
+    up = Up(env=embedded_env(var, PORT=str(unused_tcp_port)), log=tmp_path / "up.log")
+    try:
+        started = time.monotonic()
+        ready = up.wait_ready(f"{base}/readyz", timeout=60)
+        print(f"ready {time.monotonic() - started:.1f} s after start")  # shown with -s
+
+        assert ready == {
+            "status": "ok",
+            "checks": {"database": "ok", "pgvector": "ok", "redis": "ok", "celery": "ok"},
+            "failed": [],
+        }
+        assert (var / "pg" / "PG_VERSION").read_text().strip() == "18"
+        assert (var / "redis" / "redis.sock").is_socket()
+        assert http_get(f"{base}/healthz") == (200, '{"status": "ok"}')
+
+        logins = {
+            e["username"]: e["password"] for e in json.loads((var / "demo-logins.json").read_text())
+        }
+        output = up.output()
+        assert f"Warden is running at {base}/" in output
+        assert re.search(rf"admin\s+{re.escape(logins['admin'])}\s+Governance admin", output)
+        assert re.search(rf"member\s+{re.escape(logins['member'])}\s+Member", output)
+
+        login_page = http_get(f"{base}/login/")[1]
+        stylesheet = re.search(r'href="(/static/portal/warden\.[0-9a-f]+\.css)"', login_page).group(
+            1
+        )
+        status, css = http_get(base + stylesheet)  # hashed by collectstatic, served by whitenoise
+        assert (status, css.startswith(":root")) == (200, True)
+        assert "Your roles: Member." in sign_in(base, "member", logins["member"])
+
+        second = manage("up", "--port", str(unused_tcp_port + 1), env=embedded_env(var))
+        assert second.returncode == 1
+        assert second.stderr == (
+            f"warden: error: Warden is already running with the data directory {var} "
+            f"(PID {up.process.pid}): stop it first (Ctrl-C in its terminal), or set "
+            "WARDEN_VAR_DIR to another directory\n"
+        )
+        assert http_get(f"{base}/readyz")[0] == 200  # the first one is untouched
+    finally:
+        status = up.stop(signal.SIGINT)
+
+    assert status == 0, up.output()
+    assert len(up.tree) >= 4  # postgres, redis, daphne, celery worker, beat (and their children)
+    assert up.survivors() == []
+    assert port_is_free(unused_tcp_port)
+    assert "warden: stopped" in up.output()
+
+
+def test_second_start_reuses_the_data_and_recovers_a_stale_postmaster_pid(
+    tmp_path, unused_tcp_port
+):
+    var = tmp_path / "var"
+    base = f"http://127.0.0.1:{unused_tcp_port}"
+    env = embedded_env(var, PORT=str(unused_tcp_port))
+    first = Up(env=env, log=tmp_path / "first.log")
+    try:
+        first.wait_ready(f"{base}/readyz")
+    finally:
+        assert first.stop(signal.SIGTERM) == 0, first.output()
+    logins = (var / "demo-logins.json").read_text()
+    initialised = (var / "pg" / "PG_VERSION").stat().st_mtime_ns
+    # What a crash leaves behind: a lock file naming a process that no longer exists.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (var / "pg" / "postmaster.pid").write_text(f"{dead.pid}\n{var / 'pg'}\n")
+
+    second = Up(env=env, log=tmp_path / "second.log")
+    try:
+        second.wait_ready(f"{base}/readyz")
+        password = {e["username"]: e["password"] for e in json.loads(logins)}["member"]
+        assert "Your roles: Member." in sign_in(base, "member", password)
+    finally:
+        assert second.stop(signal.SIGTERM) == 0, second.output()
+
+    output = second.output()
+    assert f"removed a stale {var / 'pg' / 'postmaster.pid'} (PID {dead.pid}" in output
+    assert "seeded the demo workspace" not in output
+    assert (var / "demo-logins.json").read_text() == logins
+    assert (var / "pg" / "PG_VERSION").stat().st_mtime_ns == initialised
+    assert second.survivors() == []
+
+
+def test_port_in_use_is_one_line_and_starts_nothing(tmp_path, unused_tcp_port):
+    var = tmp_path / "var"
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", unused_tcp_port))
+        holder.listen()
+
+        result = manage("up", env=embedded_env(var, PORT=str(unused_tcp_port)))
+
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"warden: error: port {unused_tcp_port} on 127.0.0.1 is already in use: stop the program "
+        f"using it, or choose another port (PORT={unused_tcp_port + 1} make run)\n"
+    )
+    assert not (var / "pg").exists()
+    assert not (var / "redis").exists()
+
+
+def test_data_directory_of_a_running_postgres_is_refused(tmp_path, unused_tcp_port):
+    # The test session's own embedded PostgreSQL is running in settings.VAR_DIR.
+    pid = int((settings.EMBEDDED.pg_data / "postmaster.pid").read_text().split()[0])
+
+    result = manage("up", env=embedded_env(settings.VAR_DIR, PORT=str(unused_tcp_port)))
+
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"warden: error: the PostgreSQL data directory {settings.EMBEDDED.pg_data} is in use by "
+        f"a running server (PID {pid}): stop that Warden first, or set WARDEN_VAR_DIR to another "
+        "directory\n"
+    )
+    assert port_is_free(unused_tcp_port)
+    with psycopg.connect(admin_conninfo()) as db:  # and that server is unharmed
+        assert db.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_external_database_where_pgvector_may_not_be_created_is_refused(
+    tmp_path, unused_tcp_port, scratch_database
+):
+    url = scratch_database("no_vector", owner="plain_owner")
+    env = production_env(
+        DATABASE_URL=url,
+        REDIS_URL=settings.REDIS_URL,
+        WARDEN_VAR_DIR=str(tmp_path / "var"),
+        PORT=str(unused_tcp_port),
+    )
+
+    result = manage("up", env=env)
+
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"warden: error: database role 'plain_owner' may not create the pgvector extension in "
+        f"{settings.EMBEDDED.pg_socket_dir}:5432/no_vector: ask a superuser to run "
+        "`CREATE EXTENSION vector;` in that database, then start Warden again\n"
+    )
+    assert tables("no_vector") == []  # not migrated
+    assert not (tmp_path / "var" / "pg").exists()  # no embedded server either
+    assert port_is_free(unused_tcp_port)
+
+
+def test_unreachable_redis_is_refused_before_anything_starts(
+    tmp_path, unused_tcp_port, scratch_database
+):
+    url = scratch_database("redis_down")
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        redis_port = closed.getsockname()[1]
+    env = production_env(
+        DATABASE_URL=url,
+        REDIS_URL=f"redis://:topsecret@127.0.0.1:{redis_port}/0",
+        WARDEN_VAR_DIR=str(tmp_path / "var"),
+        PORT=str(unused_tcp_port),
+    )
+
+    result = manage("up", env=env)
+
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        f"warden: error: cannot reach Redis at redis://:***@127.0.0.1:{redis_port}/0 ("
+    )
+    assert result.stderr.endswith("): check REDIS_URL and that the server is running\n")
+    assert "topsecret" not in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    assert tables("redis_down") == []
+
+
+def test_unreachable_external_database_is_one_line(tmp_path, unused_tcp_port):
+    env = production_env(
+        DATABASE_URL=f"postgresql://warden:pw@127.0.0.1:{unused_tcp_port}/warden",
+        REDIS_URL=settings.REDIS_URL,
+        WARDEN_VAR_DIR=str(tmp_path / "var"),
+    )
+
+    result = manage("up", "--worker-only", env=env)
+
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        f"warden: error: cannot connect to PostgreSQL at 127.0.0.1:{unused_tcp_port}/warden ("
+    )
+    assert len(result.stderr.splitlines()) == 1
+    assert "pw@" not in result.stderr
+
+
+def test_external_services_web_and_worker_on_separate_launchers(
+    tmp_path, unused_tcp_port, scratch_database
+):
+    """The production shape: nothing embedded, no demo seed, web and worker scaled apart."""
+    url = scratch_database("external")
+    env = production_env(
+        DATABASE_URL=url,
+        REDIS_URL=settings.REDIS_URL,
+        WARDEN_VAR_DIR=str(tmp_path / "var"),
+        PORT=str(unused_tcp_port),
+    )
+    web = Up("--web-only", env=env, log=tmp_path / "web.log")
+    worker = Up("--worker-only", "--concurrency", "1", env=env, log=tmp_path / "worker.log")
+    try:
+        ready = web.wait_ready(f"http://127.0.0.1:{unused_tcp_port}/readyz")
+        worker.remember_tree()
+        assert ready["status"] == "ok"  # the worker-only launcher's worker answered the ping
+        assert "django_migrations" in tables("external")  # migrated once, under the lock
+        with psycopg.connect(admin_conninfo("external")) as db:
+            assert db.execute("SELECT count(*) FROM auth_user").fetchone() == (0,)  # no seed
+        assert sorted(p.name for p in (tmp_path / "var").iterdir()) == ["static"]
+        assert "processes: web\n" in web.output()
+        assert "processes: worker\n" in worker.output()
+        assert "demo logins" not in web.output()
+    finally:
+        web.stop(signal.SIGTERM)
+        # Killed outright, the launcher cannot stop its children: they must go by themselves.
+        worker.kill()
+
+    assert web.process.returncode == 0
+    assert web.survivors() == []
+    assert worker.survivors(grace=30) == []
+
+
+def test_help_lists_the_scaling_options():
+    result = manage("up", "--help", env={**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"})
+
+    assert result.returncode == 0
+
+    for option in ("--web-only", "--worker-only", "--no-beat", "--port", "--no-migrate"):
+        assert option in result.stdout
