@@ -94,7 +94,12 @@ def die_with_parent(sig: int) -> None:
 
 
 def spawn(
-    argv: list[str], *, death_signal: int, log: Path | None = None, user: str | None = None
+    argv: list[str],
+    *,
+    death_signal: int,
+    log: Path | None = None,
+    user: str | None = None,
+    cwd: Path | None = None,
 ) -> subprocess.Popen:
     """Start a supervised child: its own session, dies with us, output to `log` or ours."""
     parent = os.getpid()
@@ -115,6 +120,7 @@ def spawn(
     try:
         return subprocess.Popen(
             argv,
+            cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=output,
             stderr=subprocess.STDOUT if output else None,

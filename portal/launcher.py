@@ -83,7 +83,9 @@ def run(plan: Plan, *, out: IO[str] = sys.stdout, err: IO[str] = sys.stderr) -> 
 
 def _printer(out: IO[str]) -> Callable[[str], None]:
     def say(line: str) -> None:
-        print(f"warden: {line}", file=out, flush=True)
+        # The terminal may be gone (a closed pipe, a killed `tee`); stopping must still finish.
+        with contextlib.suppress(OSError, ValueError):
+            print(f"warden: {line}", file=out, flush=True)
 
     return say
 
@@ -96,6 +98,7 @@ def _start(plan: Plan, running: _Running, say: Callable[[str], None]) -> None:
     if not settings.EMBEDDED_DATABASE:
         _check_database()
 
+    settings.VAR_DIR.mkdir(parents=True, exist_ok=True)  # beat's schedule lives there in any mode
     if settings.EMBEDDED_DATABASE:
         postgres = embedded.EmbeddedPostgres(settings.EMBEDDED)
         running.servers.append(postgres)
@@ -118,7 +121,9 @@ def _start(plan: Plan, running: _Running, say: Callable[[str], None]) -> None:
     connections.close_all()
 
     for name, argv in _commands(plan):
-        running.children[name] = embedded.spawn(argv, death_signal=signal.SIGTERM)
+        running.children[name] = embedded.spawn(
+            argv, death_signal=signal.SIGTERM, cwd=settings.BASE_DIR
+        )
     if plan.web:
         _wait_for_web(plan, running)
     _banner(plan, say)

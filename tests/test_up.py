@@ -17,6 +17,7 @@ import psycopg
 import pytest
 from django.conf import settings
 
+from portal.celery import app as celery_app
 from tests.processes import Up, embedded_env, http_get, manage, production_env
 
 
@@ -275,25 +276,36 @@ def test_external_services_web_and_worker_on_separate_launchers(
         WARDEN_VAR_DIR=str(tmp_path / "var"),
         PORT=str(unused_tcp_port),
     )
-    web = Up("--web-only", env=env, log=tmp_path / "web.log")
+    second_port = unused_tcp_port + 1
+    main = Up(env=env, log=tmp_path / "main.log")
     worker = Up("--worker-only", "--concurrency", "1", env=env, log=tmp_path / "worker.log")
+    web = Up("--web-only", "--port", str(second_port), env=env, log=tmp_path / "web.log")
     try:
-        ready = web.wait_ready(f"http://127.0.0.1:{unused_tcp_port}/readyz")
+        assert main.wait_ready(f"http://127.0.0.1:{unused_tcp_port}/readyz")["status"] == "ok"
+        assert web.wait_ready(f"http://127.0.0.1:{second_port}/readyz")["status"] == "ok"
         worker.remember_tree()
-        assert ready["status"] == "ok"  # the worker-only launcher's worker answered the ping
+        answering = {name for reply in celery_app.control.ping(timeout=2) for name in reply}
+        assert {f"warden-{main.process.pid}@", f"warden-{worker.process.pid}@"} <= {
+            name.split("@")[0] + "@" for name in answering
+        }
         assert "django_migrations" in tables("external")  # migrated once, under the lock
         with psycopg.connect(admin_conninfo("external")) as db:
             assert db.execute("SELECT count(*) FROM auth_user").fetchone() == (0,)  # no seed
-        assert sorted(p.name for p in (tmp_path / "var").iterdir()) == ["static"]
-        assert "processes: web\n" in web.output()
+        var = {p.name for p in (tmp_path / "var").iterdir()}
+        assert var & {"pg", "redis", "demo-logins.json", "secret_key", "warden.lock"} == set()
+        assert "static" in var
+        assert "processes: web, worker, beat\n" in main.output()
         assert "processes: worker\n" in worker.output()
-        assert "demo logins" not in web.output()
+        assert "processes: web\n" in web.output()
+        assert "demo logins" not in main.output()
     finally:
-        web.stop(signal.SIGTERM)
+        main.stop(signal.SIGTERM)
+        web.stop(signal.SIGINT)
         # Killed outright, the launcher cannot stop its children: they must go by themselves.
         worker.kill()
 
-    assert web.process.returncode == 0
+    assert (main.process.returncode, web.process.returncode) == (0, 0)
+    assert main.survivors() == []
     assert web.survivors() == []
     assert worker.survivors(grace=30) == []
 

@@ -69,6 +69,6 @@ class Command(BaseCommand):
             concurrency=options["concurrency"],
             migrate=not options["no_migrate"],
         )
-        status = launcher.run(plan, out=self.stdout._out, err=self.stderr._out)
+        status = launcher.run(plan)
         if status:
             raise SystemExit(status)
