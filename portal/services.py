@@ -11,6 +11,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.db import transaction
 
+from audit.services import SYSTEM, Target, audit_record
 from governance import roles
 
 DEMO_USERS = (
@@ -46,8 +47,14 @@ def demo_workspace_seed(*, credentials_path: Path) -> list[DemoLogin]:
         entries = json.loads(credentials_path.read_text())
         recorded = {entry["username"]: entry["password"] for entry in entries}
     logins = []
+    created_users: list[str] = []
     with transaction.atomic():
-        groups = {name: Group.objects.get_or_create(name=name)[0] for name in roles.ROLE_GROUPS}
+        groups = {}
+        created_groups = []
+        for name in roles.ROLE_GROUPS:
+            groups[name], created = Group.objects.get_or_create(name=name)
+            if created:
+                created_groups.append(name)
         for username, role in DEMO_USERS:
             user, created = User.objects.get_or_create(
                 username=username, defaults={"email": f"{username}@example.com"}
@@ -59,7 +66,15 @@ def demo_workspace_seed(*, credentials_path: Path) -> list[DemoLogin]:
                 user.save(update_fields=["password", "is_staff", "is_superuser"])
                 user.groups.add(groups[role])
                 recorded[username] = password
+                created_users.append(username)
             logins.append(DemoLogin(username, role, recorded.get(username)))
+        if created_users or created_groups:
+            audit_record(
+                actor=SYSTEM,
+                action="workspace.demo_seeded",
+                target=Target("workspace", "demo", "Demo workspace"),
+                data={"created_users": created_users, "created_groups": created_groups},
+            )
         _write_private(
             credentials_path,
             json.dumps(

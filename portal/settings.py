@@ -101,6 +101,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.postgres",
     "channels",
+    "auditlog",
     "audit",
     "governance",
     "tools",
@@ -118,6 +119,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "auditlog.middleware.AuditlogMiddleware",
 ]
 
 ROOT_URLCONF = "portal.urls"
@@ -192,6 +194,16 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_TIME_LIMIT = env_int("WARDEN_TASK_TIME_LIMIT", 15 * 60, minimum=1)
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+CELERY_BEAT_SCHEDULE = {
+    "audit-anchor": {
+        "task": "audit.tasks.audit_anchor_task",
+        "schedule": env_int("WARDEN_AUDIT_ANCHOR_SECONDS", 60, minimum=1),
+    },
+}
+
+# django-auditlog records field-level changes of configuration models (audit/apps.py registers
+# them). Its remote address comes from the client-supplied X-Forwarded-For: not trusted.
+AUDITLOG_DISABLE_REMOTE_ADDR = True
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

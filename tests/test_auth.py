@@ -93,3 +93,21 @@ def test_unknown_page_is_a_plain_404(client, member):
 
     assert response.status_code == 404
     assert "There is nothing at this address" in response.content.decode()
+
+
+def test_sign_in_sign_out_and_failures_are_audited_without_the_password(client, member):
+    from audit.models import AuditEvent
+
+    client.post("/login/", {"username": "mia", "password": "wrong-horse"})
+    client.post("/login/", {"username": "mia", "password": PASSWORD})
+    client.post("/logout/")
+
+    events = list(
+        AuditEvent.objects.order_by("sequence").values_list("action", "actor_label", "target_label")
+    )
+    assert events == [
+        ("auth.sign_in_failed", "warden", "mia"),
+        ("auth.signed_in", "mia", "mia"),
+        ("auth.signed_out", "mia", "mia"),
+    ]
+    assert not AuditEvent.objects.filter(data__contains="horse").exists()

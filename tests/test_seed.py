@@ -4,6 +4,7 @@ import stat
 import pytest
 from django.contrib.auth import authenticate, get_user_model
 from django.contrib.auth.models import Group
+from django.db import connection
 
 from governance import roles
 from portal.services import demo_workspace_seed
@@ -86,3 +87,22 @@ def test_seed_demo_command_prints_the_new_logins(tmp_path, settings, capsys):
 
     assert f"member       {stored['member']}" in printed
     assert "integration" in printed
+
+
+def test_seed_service_passes_passwords_that_never_reach_the_audit_table(tmp_path):
+    from auditlog.models import LogEntry
+
+    logins = demo_workspace_seed(credentials_path=tmp_path / "logins.json")
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT audit_auditevent::text FROM audit_auditevent")
+        audit_text = "\n".join(row[0] for row in cursor.fetchall())
+    history = "\n".join(str(entry.changes) for entry in LogEntry.objects.all())
+    passwords = [login.password for login in logins if login.password]
+    assert len(passwords) == 3
+    assert "workspace.demo_seeded" in audit_text
+    for password in passwords:
+        assert password not in audit_text
+        assert password not in history
+    assert "pbkdf2" not in history  # no password hashes either
+    assert "md5$" not in history

@@ -1,0 +1,299 @@
+#!/usr/bin/env python3
+"""Warden's audit hash chain: the canonical form of an event, its hash, and verification.
+
+Standard library only, on purpose: this file is also the auditor's standalone verifier.
+Copy it anywhere with Python 3.9+ and run
+
+    python3 chain.py export.jsonl            # or export.csv
+    python3 chain.py --complete export.jsonl # the export holds every event (no filter)
+
+It exits 0 and prints "OK" when every event's hash matches its contents and every link that the
+export contains holds; otherwise it prints the first broken link (lowest sequence) and exits 1.
+
+The chain design (see audit/services.py): events are grouped into streams (one per run,
+conversation or target), each a hash chain of its own: event n of a stream stores the hash of
+event n-1 (`prev_hash`) and its own `hash` = SHA-256 of the canonical JSON of all its fields,
+`prev_hash` included. Streams let unrelated runs write concurrently; anchors (a second, global
+chain) periodically record every stream's head, so a stream's truncation before its last anchor,
+or its removal, is detected too.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+GENESIS = "0" * 64
+VERSION = 1
+# The fields that are hashed, in export order; `hash` is the last column of an export.
+EVENT_FIELDS = (
+    "sequence",
+    "time",
+    "stream",
+    "stream_seq",
+    "actor_type",
+    "actor_id",
+    "actor_label",
+    "action",
+    "target_type",
+    "target_id",
+    "target_label",
+    "run",
+    "conversation",
+    "data",
+    "prev_hash",
+)
+CSV_COLUMNS = (*EVENT_FIELDS, "hash")
+# Spreadsheets execute cells that start with these; such cells get a leading apostrophe in CSV,
+# and a cell that starts with an apostrophe gets one more, so the escape is reversible.
+_CSV_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def canonical_json(value: object) -> str:
+    """One spelling per value: sorted keys, no spaces, UTF-8 text, no NaN or infinity."""
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+
+
+def event_hash(event: dict) -> str:
+    payload = {name: event[name] for name in EVENT_FIELDS}
+    payload["v"] = VERSION
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+
+
+def anchor_hash(anchor: dict) -> str:
+    payload = {
+        "v": VERSION,
+        "sequence": anchor["sequence"],
+        "time": anchor["time"],
+        "heads": anchor["heads"],
+        "prev_hash": anchor["prev_hash"],
+    }
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+
+
+@dataclass(frozen=True, order=True)
+class Break:
+    """A broken link: the event (or anchor) where verification first fails, and why."""
+
+    sequence: int
+    stream: str
+    stream_seq: int
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"sequence {self.sequence}" if self.sequence >= 0 else "anchor"
+        return f"{where} (stream {self.stream}, event #{self.stream_seq}): {self.reason}"
+
+
+@dataclass
+class Report:
+    events: int = 0
+    streams: int = 0
+    anchors: int = 0
+    unchecked_gaps: int = 0
+    breaks: list[Break] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.breaks
+
+    @property
+    def first_break(self) -> Break | None:
+        return min(self.breaks) if self.breaks else None
+
+    def summary(self) -> str:
+        if self.ok:
+            text = f"OK: {self.events} events in {self.streams} streams verified"
+            if self.anchors:
+                text += f", {self.anchors} anchors"
+            if self.unchecked_gaps:
+                text += f" ({self.unchecked_gaps} gaps not checkable: events outside the export)"
+            return text
+        return f"BROKEN at {self.first_break} [{len(self.breaks)} problem(s) in all]"
+
+
+def verify(
+    events: Iterable[dict],
+    *,
+    complete: bool,
+    anchors: Iterable[dict] = (),
+    heads: Iterable[tuple[str, int, str]] = (),
+) -> Report:
+    """Verify events given in sequence order, keeping only each stream's last event in memory.
+
+    Within a stream, sequence order is stream order (both are taken under the stream's lock).
+    `complete` says the events are all there are (a database walk or an unfiltered export): a
+    stream must then start at #1 and have no gaps; otherwise a gap is counted, not failed.
+    `anchors` (in sequence order) are checked as a chain and against the events; `heads` are
+    the (stream, last_seq, last_hash) rows the database keeps for appending.
+    """
+    report = Report()
+    anchored = _check_anchors(anchors, report)
+    last: dict[str, tuple[int, str, int]] = {}  # stream -> (stream_seq, hash, sequence)
+    for event in events:
+        report.events += 1
+        stream, seq, sequence = event["stream"], event["stream_seq"], event["sequence"]
+
+        here = (sequence, stream, seq)
+        computed = event_hash(event)
+        if computed != event["hash"]:
+            report.breaks.append(
+                Break(
+                    *here,
+                    "contents do not match the stored hash (changed after it was written; stored "
+                    f"{event['hash'][:12]}…, computed {computed[:12]}…)",
+                )
+            )
+        previous = last.get(stream)
+        expected_seq = 1 if previous is None else previous[0] + 1
+        if seq == expected_seq:
+            expected_prev = GENESIS if previous is None else previous[1]
+            if event["prev_hash"] != expected_prev:
+                what = "the stream's start" if previous is None else f"event #{seq - 1}"
+                report.breaks.append(
+                    Break(
+                        *here,
+                        f"prev_hash does not match {what} (an event was inserted, removed or "
+                        "reordered before it)",
+                    )
+                )
+        elif seq < expected_seq:
+            report.breaks.append(
+                Break(*here, f"out of order: expected event #{expected_seq} of this stream")
+            )
+        elif complete:
+            missing = f"#{expected_seq}" + (f" to #{seq - 1}" if seq - 1 > expected_seq else "")
+            report.breaks.append(Break(*here, f"event {missing} of this stream is missing"))
+        else:
+            report.unchecked_gaps += 1
+        recorded = anchored.get(stream, {}).get(seq)
+        if recorded is not None and recorded[0] != event["hash"]:
+            report.breaks.append(Break(*here, f"differs from what anchor {recorded[1]} recorded"))
+        if previous is None or seq > previous[0]:
+            last[stream] = (seq, event["hash"], sequence)
+    report.streams = len(last)
+
+    for stream, entries in anchored.items():
+        top = max(entries)
+        if stream not in last:
+            if complete:
+                report.breaks.append(
+                    Break(
+                        -1,
+                        stream,
+                        top,
+                        f"the stream is missing (anchor {entries[top][1]} recorded it at #{top})",
+                    )
+                )
+        elif top > last[stream][0]:
+            seq, _digest, sequence = last[stream]
+            report.breaks.append(
+                Break(
+                    sequence,
+                    stream,
+                    seq,
+                    f"events after #{seq} are missing (anchor {entries[top][1]} recorded #{top})",
+                )
+            )
+    for stream, head_seq, head_hash in heads:
+        seq, digest, sequence = last.get(stream, (0, GENESIS, -1))
+        if (head_seq, head_hash) != (seq, digest):
+            report.breaks.append(
+                Break(
+                    sequence,
+                    stream,
+                    seq,
+                    f"the stream's head records #{head_seq}, but its "
+                    f"last event is #{seq} (events removed or added)",
+                )
+            )
+    return report
+
+
+def _check_anchors(anchors: Iterable[dict], report: Report) -> dict[str, dict[int, tuple]]:
+    """Check the anchor chain; return, per stream, {stream_seq: (hash, anchor sequence)}."""
+    anchored: dict[str, dict[int, tuple[str, int]]] = {}
+    previous_hash = GENESIS
+    for anchor in anchors:
+        report.anchors += 1
+        if anchor["prev_hash"] != previous_hash or anchor_hash(anchor) != anchor["hash"]:
+            report.breaks.append(
+                Break(
+                    -1,
+                    "(anchors)",
+                    anchor["sequence"],
+                    f"anchor {anchor['sequence']} was changed, removed or reordered",
+                )
+            )
+        for stream, (seq, digest) in anchor["heads"].items():
+            anchored.setdefault(stream, {})[seq] = (digest, anchor["sequence"])
+        previous_hash = anchor["hash"]
+    return anchored
+
+
+# --- exports -------------------------------------------------------------------------------
+
+
+def export_row(event: dict) -> dict:
+    """An event as exported: every hashed field, then the hash."""
+    return {name: event[name] for name in CSV_COLUMNS}
+
+
+def csv_escape(cell: str) -> str:
+    return "'" + cell if cell.startswith(_CSV_FORMULA_START) else cell
+
+
+def csv_unescape(cell: str) -> str:
+    return cell[1:] if cell.startswith("'") else cell
+
+
+def csv_cells(event: dict) -> list[str]:
+    cells = []
+    for name in CSV_COLUMNS:
+        value = event[name]
+        if name == "data":
+            value = canonical_json(value)
+        cells.append(csv_escape("" if value is None else str(value)))
+    return cells
+
+
+def read_export(lines: Iterable[str], fmt: str) -> Iterator[dict]:
+    if fmt == "jsonl":
+        for line in lines:
+            if line.strip():
+                yield json.loads(line)
+        return
+    rows = csv.reader(lines)
+    header = next(rows)
+    if tuple(header) != CSV_COLUMNS:
+        raise ValueError(f"unexpected CSV header: {header}")
+    for row in rows:
+        cells = dict(zip(CSV_COLUMNS, (csv_unescape(cell) for cell in row), strict=True))
+        event: dict = {**cells, "data": json.loads(cells["data"])}
+        for name in ("sequence", "stream_seq"):
+            event[name] = int(cells[name])
+        yield event
+
+
+def main(argv: list[str]) -> int:
+    args = [a for a in argv if not a.startswith("--")]
+    complete = "--complete" in argv
+    if len(args) != 1:
+        print("usage: chain.py [--complete] EXPORT.jsonl|EXPORT.csv", file=sys.stderr)
+        return 2
+    path = args[0]
+    fmt = "csv" if path.endswith(".csv") else "jsonl"
+    with open(path, newline="", encoding="utf-8") as handle:
+        report = verify(read_export(handle, fmt), complete=complete)
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

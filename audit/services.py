@@ -1,0 +1,246 @@
+"""Recording audit events and anchoring the chains.
+
+Concurrency design. One global chain would make every writer wait for the previous writer's
+transaction to commit, so unrelated runs would queue behind one lock. Instead each event belongs
+to a stream (by default its run, else its conversation, else its target), and each stream is a
+hash chain of its own whose head row (`AuditStream`) is locked by the writer until its
+transaction ends: writers of one stream take turns, writers of different streams never wait for
+each other. The global `sequence` is drawn under the stream lock, so within a stream sequence
+order is chain order. A periodic task (`audit_anchor`) appends the heads of every stream written
+since the previous anchor to a second, global chain (`AuditAnchor`), skipping streams whose
+writers are still in flight, so it never blocks them; verification then also notices a stream
+cut short or removed before its last anchor.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import connection, transaction
+from django.utils import timezone
+
+from audit import chain
+from audit.models import ActorType, AuditAnchor, AuditEvent, chain_time
+
+ACTION_PATTERN = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+# A key names a secret when its last word does ("client_secret", "X-Api-Key", "accessToken"),
+# so counts such as "tokens" or "prompt_tokens" and names such as "token_count" stay.
+_KEY_WORDS = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
+_SECRET_WORDS = {
+    "password",
+    "passwd",
+    "passphrase",
+    "secret",
+    "token",
+    "authorization",
+    "cookie",
+    "credential",
+    "credentials",
+    "signature",
+    "apikey",
+}
+_KEY_QUALIFIERS = {"api", "private", "secret", "access", "signing", "encryption"}
+REDACTED = "[redacted]"
+
+
+class AuditError(Exception):
+    """An event could not be recorded; the action that asked for it must not commit."""
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who acted: a user, an integration application, or Warden itself."""
+
+    type: str
+    id: str = ""
+    label: str = ""
+
+    @classmethod
+    def of(cls, who: Any) -> Actor:
+        if who is None:
+            return SYSTEM
+        if isinstance(who, Actor):
+            return who
+        if getattr(who, "is_authenticated", False):
+            return cls(ActorType.USER, str(who.pk), who.get_username())
+        if hasattr(who, "is_authenticated"):
+            return cls(ActorType.USER, "", "anonymous")
+        raise AuditError(f"not an actor: {type(who).__name__}")
+
+
+SYSTEM = Actor(ActorType.SYSTEM, "", "warden")
+
+
+@dataclass(frozen=True)
+class Target:
+    """What was acted on: a type (a model label such as ``auth.user``), an id and a label."""
+
+    type: str
+    id: str = ""
+    label: str = ""
+
+    @classmethod
+    def of(cls, obj: Any) -> Target:
+        if isinstance(obj, Target):
+            return obj
+        meta = getattr(obj, "_meta", None)
+        if meta is None:
+            raise AuditError(f"not a target: {type(obj).__name__}")
+        return cls(meta.label_lower, str(obj.pk), str(obj)[:200])
+
+
+def is_secret_key(key: str) -> bool:
+    words = [word.lower() for word in _KEY_WORDS.findall(key)]
+    if not words:
+        return False
+    last = words[-1]
+    return last in _SECRET_WORDS or (
+        last == "key" and len(words) > 1 and words[-2] in _KEY_QUALIFIERS
+    )
+
+
+def redact(value: Any) -> Any:
+    """A copy of `value` with every secret-named key's value replaced."""
+    if isinstance(value, Mapping):
+        return {
+            str(key): REDACTED if is_secret_key(str(key)) else redact(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [redact(item) for item in value]
+    return value
+
+
+def audit_record(
+    *,
+    actor: Any,
+    action: str,
+    target: Any,
+    data: Mapping[str, Any] | None = None,
+    run: str | int | None = None,
+    conversation: str | int | None = None,
+    stream: str | None = None,
+) -> AuditEvent:
+    """Append one event, inside the caller's transaction: it commits or rolls back with it.
+
+    `actor` is an Actor, a user or None (Warden itself); `target` a Target or a model instance.
+    Secret-named keys in `data` are redacted; values must be JSON-serialisable (dates, decimals
+    and UUIDs become strings).
+    """
+    if not connection.in_atomic_block:
+        raise AuditError("audit_record must be called inside the acting service's transaction")
+    if not ACTION_PATTERN.match(action) or len(action) > 100:
+        raise AuditError(f"action must be a dotted lower-case verb such as run.started: {action!r}")
+    who, what = Actor.of(actor), Target.of(target)
+    try:
+        clean = json.loads(json.dumps(redact(dict(data or {})), cls=DjangoJSONEncoder))
+        chain.canonical_json(clean)  # rejects NaN and infinity
+    except (TypeError, ValueError) as exc:
+        raise AuditError(f"audit data is not JSON: {exc}") from None
+    run_ref = "" if run is None else str(run)
+    conversation_ref = "" if conversation is None else str(conversation)
+    key = stream or _default_stream(run_ref, conversation_ref, what)
+
+    with connection.cursor() as cursor:
+        cursor.execute(_LOCK_STREAM, [key, chain.GENESIS])
+        last_seq, last_hash, sequence = cursor.fetchone()
+        event = {
+            "sequence": sequence,
+            "time": chain_time(timezone.now()),
+            "stream": key,
+            "stream_seq": last_seq + 1,
+            "actor_type": str(who.type),
+            "actor_id": who.id,
+            "actor_label": who.label[:200],
+            "action": action,
+            "target_type": what.type,
+            "target_id": what.id,
+            "target_label": what.label[:200],
+            "run": run_ref,
+            "conversation": conversation_ref,
+            "data": clean,
+            "prev_hash": last_hash,
+        }
+        event["hash"] = chain.event_hash(event)
+        cursor.execute(
+            _APPEND,
+            [
+                *(event[name] for name in chain.EVENT_FIELDS if name != "data"),
+                chain.canonical_json(clean),
+                event["hash"],
+                event["stream_seq"],
+                event["hash"],
+                key,
+            ],
+        )
+    return AuditEvent(**{**event, "data": chain.canonical_json(clean)})
+
+
+def _default_stream(run: str, conversation: str, target: Target) -> str:
+    if run:
+        return f"run:{run}"
+    if conversation:
+        return f"conversation:{conversation}"
+    return f"{target.type}:{target.id}" if target.id else target.type
+
+
+# Creates the stream's head or locks it (the no-op update takes the row lock) and draws the
+# global sequence after the lock is held: one round trip.
+_LOCK_STREAM = """
+INSERT INTO audit_auditstream (key, last_seq, last_hash, anchored) VALUES (%s, 0, %s, true)
+ON CONFLICT (key) DO UPDATE SET key = EXCLUDED.key
+RETURNING last_seq, last_hash, nextval(pg_get_serial_sequence('audit_auditevent', 'sequence'))
+"""
+_HASHED_COLUMNS = ", ".join(name for name in chain.EVENT_FIELDS if name != "data")
+# Inserts the event and advances the stream's head; built from constant column names only.
+_APPEND = f"""
+WITH appended AS (
+    INSERT INTO audit_auditevent ({_HASHED_COLUMNS}, data, hash)
+    VALUES ({", ".join(["%s"] * (len(chain.EVENT_FIELDS) + 1))})
+)
+UPDATE audit_auditstream SET last_seq = %s, last_hash = %s, anchored = false WHERE key = %s
+"""  # noqa: S608
+
+
+def audit_anchor() -> AuditAnchor | None:
+    """Append the heads of every stream written since the last anchor to the global chain.
+
+    Streams locked by a writer still in flight are skipped (they are anchored next time), so
+    anchoring never makes a writer wait for more than this short transaction.
+    """
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(hashtext('warden.audit.anchor'))")
+        cursor.execute(
+            "SELECT id, key, last_seq, last_hash FROM audit_auditstream WHERE NOT anchored "
+            "ORDER BY id FOR UPDATE SKIP LOCKED"
+        )
+        rows = cursor.fetchall()
+        if not rows:
+            return None
+        previous = AuditAnchor.objects.order_by("-sequence").values_list("hash", flat=True).first()
+        cursor.execute("SELECT nextval(pg_get_serial_sequence('audit_auditanchor', 'sequence'))")
+        (sequence,) = cursor.fetchone()
+        anchor = {
+            "sequence": sequence,
+            "time": chain_time(timezone.now()),
+            "heads": {key: [seq, digest] for _id, key, seq, digest in rows},
+            "prev_hash": previous or chain.GENESIS,
+        }
+        anchor["hash"] = chain.anchor_hash(anchor)
+        record = AuditAnchor.objects.create(
+            sequence=sequence,
+            time=anchor["time"],
+            heads=chain.canonical_json(anchor["heads"]),
+            prev_hash=anchor["prev_hash"],
+            hash=anchor["hash"],
+        )
+        cursor.execute(
+            "UPDATE audit_auditstream SET anchored = true WHERE id = ANY(%s)",
+            [[row[0] for row in rows]],
+        )
+    return record

@@ -1,0 +1,10 @@
+from celery import shared_task
+
+from audit.services import audit_anchor
+
+
+@shared_task(name="audit.tasks.audit_anchor_task")
+def audit_anchor_task() -> int | None:
+    """Run by Celery beat (CELERY_BEAT_SCHEDULE); returns the new anchor's sequence, if any."""
+    anchor = audit_anchor()
+    return anchor.sequence if anchor else None

@@ -1,0 +1,33 @@
+from contextlib import contextmanager
+
+from django.db import connection
+
+from audit.services import Target, audit_record
+
+
+def record(n: int, *, stream: str = "", action: str = "test.happened", **extra) -> list:
+    """Record `n` events (in the caller's transaction) on one stream, or on their targets."""
+    events = []
+    for i in range(n):
+        events.append(
+            audit_record(
+                actor=None,
+                action=action,
+                target=Target("test.thing", str(i), f"thing {i}"),
+                data={"i": i, **extra},
+                stream=stream or None,
+            )
+        )
+    return events
+
+
+@contextmanager
+def tampering():
+    """As the database superuser, with the append-only triggers off (inside the test's
+    transaction, so they come back when it rolls back)."""
+    with connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE audit_auditevent DISABLE TRIGGER USER")
+        cursor.execute("ALTER TABLE audit_auditanchor DISABLE TRIGGER USER")
+        yield cursor
+        cursor.execute("ALTER TABLE audit_auditevent ENABLE TRIGGER USER")
+        cursor.execute("ALTER TABLE audit_auditanchor ENABLE TRIGGER USER")

@@ -1,0 +1,167 @@
+import json
+
+import pytest
+from django.contrib.auth.models import Group
+from django.db import DatabaseError, connection, transaction
+
+from audit import chain
+from audit.models import AuditEvent, AuditStream
+from audit.selectors import audit_verify_chain
+from audit.services import REDACTED, SYSTEM, AuditError, Target, audit_record
+from audit.tests.helpers import record
+
+pytestmark = pytest.mark.django_db
+
+
+def test_event_carries_actor_target_references_and_a_chained_hash(django_user_model):
+    alice = django_user_model.objects.create_user("alice")
+
+    with transaction.atomic():
+        first = audit_record(
+            actor=alice,
+            action="run.started",
+            target=Target("agents.run", "7", "run 7"),
+            data={"tokens": 12},
+            run=7,
+            conversation=3,
+        )
+        second = audit_record(
+            actor=None, action="run.finished", target=Target("agents.run", "7"), run=7
+        )
+
+    stored = AuditEvent.objects.get(sequence=first.sequence)
+    assert (stored.actor_type, stored.actor_id, stored.actor_label) == (
+        "user",
+        str(alice.pk),
+        "alice",
+    )
+    assert (stored.action, stored.target_type, stored.target_id) == (
+        "run.started",
+        "agents.run",
+        "7",
+    )
+    assert (stored.run, stored.conversation, stored.stream, stored.stream_seq) == (
+        "7",
+        "3",
+        "run:7",
+        1,
+    )
+    assert json.loads(stored.data) == {"tokens": 12}
+    assert stored.prev_hash == chain.GENESIS
+    assert stored.hash == chain.event_hash(stored.as_chain_dict())
+    later = AuditEvent.objects.get(sequence=second.sequence)
+    assert (later.stream_seq, later.prev_hash, later.actor_type) == (2, stored.hash, "system")
+    assert AuditStream.objects.get(key="run:7").last_hash == later.hash
+
+
+def test_rollback_leaves_no_event():
+    before = AuditEvent.objects.count()
+
+    with pytest.raises(RuntimeError), transaction.atomic():
+        audit_record(actor=None, action="test.happened", target=Target("test.thing", "1"))
+        raise RuntimeError("the action failed")
+
+    assert AuditEvent.objects.count() == before
+    assert not AuditStream.objects.filter(key="test.thing:1").exists()
+
+
+def test_a_failing_audit_write_aborts_the_action():
+    # A real database failure on the audit insert (not a mock): a trigger that refuses it.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'disk full'; END $$"
+        )
+        cursor.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON audit_auditevent "
+            "FOR EACH ROW EXECUTE FUNCTION refuse()"
+        )
+
+    with pytest.raises(DatabaseError, match="disk full"), transaction.atomic():
+        group = Group.objects.create(name="Finance reviewers")
+        audit_record(actor=None, action="group.created", target=group)
+
+    assert not Group.objects.filter(name="Finance reviewers").exists()
+
+
+@pytest.mark.usefixtures("committing_db")
+def test_recording_outside_a_transaction_is_refused():
+    # Autocommit: an event written here could outlive an action that then fails.
+    with pytest.raises(AuditError, match="inside the acting service's transaction"):
+        audit_record(actor=None, action="test.happened", target=Target("test.thing"))
+
+    assert not AuditEvent.objects.exists()
+
+
+@pytest.mark.parametrize("action", ["Run.Started", "started", "run started", "run.", ".run"])
+def test_action_must_be_a_dotted_verb(action):
+    with pytest.raises(AuditError, match="dotted lower-case verb"), transaction.atomic():
+        audit_record(actor=None, action=action, target=Target("test.thing"))
+
+
+def test_data_that_is_not_json_is_refused():
+    with pytest.raises(AuditError, match="not JSON"), transaction.atomic():
+        audit_record(
+            actor=None, action="test.happened", target=Target("t"), data={"x": float("nan")}
+        )
+
+
+def test_secrets_are_redacted_wherever_they_are_nested():
+    with transaction.atomic():
+        audit_record(
+            actor=SYSTEM,
+            action="tool.configured",
+            target=Target("tools.tool", "9"),
+            data={
+                "name": "crm",
+                "api_key": "sk-live-4242",
+                "headers": [{"Authorization": "Bearer abc.def"}, {"X-Trace": "t1"}],
+                "auth": {"client_secret": "hunter2", "password": "pw-123"},
+            },
+        )
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT audit_auditevent::text FROM audit_auditevent")
+        table = "\n".join(row[0] for row in cursor.fetchall())
+    for secret in ("sk-live-4242", "abc.def", "hunter2", "pw-123"):
+        assert secret not in table
+    stored = json.loads(AuditEvent.objects.get(action="tool.configured").data)
+    assert stored["api_key"] == REDACTED
+    assert stored["headers"] == [{"Authorization": REDACTED}, {"X-Trace": "t1"}]
+    assert stored["auth"] == {"client_secret": REDACTED, "password": REDACTED}
+
+
+def test_chain_of_many_events_on_one_stream_verifies():
+    with transaction.atomic():
+        record(25, stream="run:1")
+
+    report = audit_verify_chain()
+
+    assert report.ok, report.summary()
+    assert (report.events, report.streams) == (25, 1)
+
+
+@pytest.mark.parametrize(
+    ("key", "secret"),
+    [
+        ("password", True),
+        ("client_secret", True),
+        ("api_key", True),
+        ("X-Api-Key", True),
+        ("apiKey", True),
+        ("accessToken", True),
+        ("Authorization", True),
+        ("Set-Cookie", True),
+        ("private_key", True),
+        ("tokens", False),
+        ("prompt_tokens", False),
+        ("token_count", False),
+        ("idempotency_key", False),
+        ("key", False),
+        ("secretary", False),
+    ],
+)
+def test_secret_keys_are_recognised_by_their_last_word(key, secret):
+    from audit.services import is_secret_key
+
+    assert is_secret_key(key) is secret
