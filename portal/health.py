@@ -9,6 +9,8 @@ the error text (that goes to the log).
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable
 
 from django.conf import settings
@@ -68,6 +70,22 @@ def check_celery() -> None:
         raise ProbeFailed("no worker answered")
 
 
+_cache_lock = threading.Lock()
+_cached: tuple[float, dict[str, str]] | None = None
+
+
+def readiness_cached() -> dict[str, str]:
+    """`readiness()`, reused for WARDEN_READY_CACHE_SECONDS: the probe needs no login, and each
+    check costs a database connection and a Celery ping that may wait a second, so a flood of
+    probes must not become a flood of those (concurrent probes share one run)."""
+    global _cached
+    ttl = settings.READY_CACHE_SECONDS
+    with _cache_lock:
+        if _cached is None or time.monotonic() - _cached[0] >= ttl:
+            _cached = (time.monotonic(), readiness())
+        return _cached[1]
+
+
 def readiness() -> dict[str, str]:
     """Run every check; map each name to "ok" or its failure reason."""
     results: dict[str, str] = {}
@@ -109,7 +127,7 @@ class ProbeMiddleware:
             return HttpResponseNotAllowed(["GET", "HEAD"])
         if request.path == "/healthz":
             return _no_store(JsonResponse({"status": "ok"}))
-        checks = readiness()
+        checks = readiness_cached()
         failed = [name for name, result in checks.items() if result != "ok"]
         body = {"status": "fail" if failed else "ok", "checks": checks, "failed": failed}
         return _no_store(JsonResponse(body, status=503 if failed else 200))

@@ -2,10 +2,11 @@
 Celery worker and Celery beat, supervised until Ctrl-C or SIGTERM.
 
 Order matters for "nothing half-started": everything that can be checked without starting a
-process (the port, the var/ lock, external PostgreSQL and Redis) is checked first; after that any
-failure stops what was started, in reverse order. Each child leads its own session, so a
-terminal's Ctrl-C reaches only the launcher, which stops the web and worker processes first and
-the data servers last. Every child also dies with the launcher if the launcher is killed.
+process (the web port, which stays bound from then on and is handed to daphne; the var/ lock;
+external PostgreSQL and Redis) is checked first; after that any failure stops what was started,
+in reverse order. Each child leads its own session, so a terminal's Ctrl-C reaches only the
+launcher, which stops the web and worker processes first and the data servers last. Every child
+also dies with the launcher if the launcher is killed.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import signal
 import socket
 import sys
 import time
+import traceback
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -24,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from subprocess import Popen
 from typing import IO
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from django.conf import settings
 
@@ -33,6 +35,7 @@ from portal.services import demo_logins_path, demo_logins_read, demo_workspace_s
 
 STOP_TIMEOUT = 20
 READY_TIMEOUT = 60
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class LaunchError(Exception):
@@ -40,7 +43,7 @@ class LaunchError(Exception):
 
 
 class _Stop(BaseException):
-    """A stop signal arrived; raised from the signal handler to unwind whatever is running."""
+    """A stop signal arrived; raised (outside critical sections) to unwind the start."""
 
 
 @dataclass
@@ -58,41 +61,92 @@ class Plan:
 class _Running:
     servers: list[embedded.EmbeddedPostgres | embedded.EmbeddedRedis] = field(default_factory=list)
     children: dict[str, Popen] = field(default_factory=dict)
+    web_socket: socket.socket | None = None
+    seeded: bool = False
+
+
+class _Signals:
+    """Stop signals become a request; the request unwinds the start by raising _Stop, except
+    inside `deferred()` sections (spawning a child and recording it, starting a server), where
+    it waits for the section's end, and after `disarm()`, when shutdown is under way."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.armed = True
+        self.depth = 0
+
+    def install(self) -> None:
+        for sig in _STOP_SIGNALS:
+            if signal.getsignal(sig) is not signal.SIG_IGN:  # e.g. SIGHUP under nohup
+                signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+        if self.armed and not self.depth:
+            raise _Stop
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+        if self.requested and self.armed and not self.depth:
+            raise _Stop
+
+    def disarm(self) -> None:
+        self.armed = False
 
 
 def run(plan: Plan, *, out: IO[str] = sys.stdout, err: IO[str] = sys.stderr) -> int:
     """Start Warden as planned and supervise it; returns the process exit status."""
+    os.umask(0o077)  # everything under var/ (logs, schedules, keys) is private to this user
+    signals = _Signals()
+    signals.install()
     running = _Running()
     say = _printer(out)
-    with _stop_signals():
-        try:
-            with _var_lock(plan):
-                try:
-                    _start(plan, running, say)
-                    return _supervise(running, say)
-                finally:
-                    with _signals_ignored():
+    try:
+        with _var_lock(plan):
+            try:
+                _start(plan, running, say, signals)
+                return _supervise(running, say)
+            finally:
+                while True:  # a signal racing the first line is caught and cleanup rerun
+                    try:
+                        signals.disarm()
                         _stop_all(running, say)
-        except LaunchError as exc:
-            print(f"warden: error: {exc}", file=err, flush=True)
-            return 1
-        except _Stop:
-            say("stopped")
-            return 0
+                        break
+                    except _Stop:
+                        continue
+    except LaunchError as exc:
+        _print(err, f"warden: error: {exc}")
+        return 1
+    except _Stop:
+        say("stopped")
+        return 0
+    except Exception as exc:
+        log = settings.VAR_DIR / "log" / "launcher-error.log"
+        with contextlib.suppress(OSError):
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text(traceback.format_exc())
+        _print(err, f"warden: error: unexpected {type(exc).__name__} while starting: see {log}")
+        return 1
+
+
+def _print(stream: IO[str], line: str) -> None:
+    # The terminal may be gone (a closed pipe, a killed `tee`); stopping must still finish.
+    with contextlib.suppress(OSError, ValueError):
+        print(line, file=stream, flush=True)
 
 
 def _printer(out: IO[str]) -> Callable[[str], None]:
-    def say(line: str) -> None:
-        # The terminal may be gone (a closed pipe, a killed `tee`); stopping must still finish.
-        with contextlib.suppress(OSError, ValueError):
-            print(f"warden: {line}", file=out, flush=True)
-
-    return say
+    return lambda line: _print(out, f"warden: {line}")
 
 
-def _start(plan: Plan, running: _Running, say: Callable[[str], None]) -> None:
+def _start(plan: Plan, running: _Running, say: Callable[[str], None], signals: _Signals) -> None:
     if plan.web:
-        _check_port_free(plan.host, plan.port)
+        running.web_socket = _bind_web_socket(plan.host, plan.port)
     if not settings.EMBEDDED_REDIS:
         _check_redis()
     if not settings.EMBEDDED_DATABASE:
@@ -100,14 +154,10 @@ def _start(plan: Plan, running: _Running, say: Callable[[str], None]) -> None:
 
     settings.VAR_DIR.mkdir(parents=True, exist_ok=True)  # beat's schedule lives there in any mode
     if settings.EMBEDDED_DATABASE:
-        postgres = embedded.EmbeddedPostgres(settings.EMBEDDED)
-        running.servers.append(postgres)
-        _start_server(postgres, settings.EMBEDDED.pg_data, say)
+        _start_server(embedded.EmbeddedPostgres(settings.EMBEDDED), running, say, signals)
         _check_database()
     if settings.EMBEDDED_REDIS:
-        redis_server = embedded.EmbeddedRedis(settings.EMBEDDED)
-        running.servers.append(redis_server)
-        _start_server(redis_server, settings.EMBEDDED.redis_dir, say)
+        _start_server(embedded.EmbeddedRedis(settings.EMBEDDED), running, say, signals)
 
     if plan.migrate:
         _migrate(say)
@@ -115,70 +165,61 @@ def _start(plan: Plan, running: _Running, say: Callable[[str], None]) -> None:
         _collectstatic()
     if settings.EMBEDDED_DATABASE and not demo_logins_path().exists():
         demo_workspace_seed(credentials_path=demo_logins_path())
-        say(f"seeded the demo workspace; its logins are kept in {demo_logins_path()}")
+        running.seeded = True
     from django.db import connections
 
     connections.close_all()
 
-    for name, argv in _commands(plan):
-        running.children[name] = embedded.spawn(
-            argv, death_signal=signal.SIGTERM, cwd=settings.BASE_DIR
-        )
-    if plan.web:
+    for name, argv, fds in _commands(plan, running):
+        with signals.deferred():
+            running.children[name] = embedded.spawn(
+                argv, death_signal=signal.SIGTERM, cwd=settings.BASE_DIR, pass_fds=fds
+            )
+    if running.web_socket is not None:
+        running.web_socket.close()  # daphne holds it now
+        running.web_socket = None
         _wait_for_web(plan, running)
-    _banner(plan, say)
+    _banner(plan, running, say)
 
 
-def _start_server(server, where: Path, say: Callable[[str], None]) -> None:
+def _start_server(server, running: _Running, say: Callable[[str], None], signals: _Signals) -> None:
+    running.servers.append(server)
     try:
-        server.start()
+        with signals.deferred():
+            server.start()
     except embedded.EmbeddedError as exc:
         raise LaunchError(str(exc)) from None
     for note in server.notes:
         say(note)
+    where = server.paths.pg_data if server.name == "PostgreSQL" else server.paths.redis_dir
     say(f"{server.name} is running with its data in {where}")
 
 
-def _commands(plan: Plan) -> Iterator[tuple[str, list[str]]]:
+def _commands(plan: Plan, running: _Running) -> Iterator[tuple[str, list[str], tuple[int, ...]]]:
     python = sys.executable
-    if plan.web:
-        web = [python, "-m", "daphne", "-b", plan.host, "-p", str(plan.port)]
+    if plan.web and running.web_socket is not None:
+        web = [python, "-m", "daphne"]
+        if running.web_socket.family == socket.AF_INET:
+            fd = running.web_socket.fileno()
+            web += ["--fd", str(fd)]  # daphne adopts the socket we bound: no window to lose it
+        else:
+            # Daphne's fd endpoint only knows IPv4: release the port just before it binds.
+            running.web_socket.close()
+            web += ["-b", plan.host, "-p", str(plan.port)]
+            fd = None
         if settings.BEHIND_PROXY:
             web.append("--proxy-headers")
-        yield "web", [*web, "portal.asgi:application"]
+        yield "web", [*web, "portal.asgi:application"], (fd,) if fd is not None else ()
     if plan.worker:
-        worker = [
-            python,
-            "-m",
-            "celery",
-            "-A",
-            "portal",
-            "worker",
-            "--loglevel",
-            "INFO",
-            "--hostname",
-            f"warden-{os.getpid()}@%h",
-        ]
+        worker = [python, "-m", "celery", "-A", "portal", "worker", "--loglevel", "INFO"]
+        worker += ["--hostname", f"warden-{os.getpid()}@%h"]
         if plan.concurrency:
             worker += ["--concurrency", str(plan.concurrency)]
-        yield "worker", worker
+        yield "worker", worker, ()
     if plan.beat:
-        yield (
-            "beat",
-            [
-                python,
-                "-m",
-                "celery",
-                "-A",
-                "portal",
-                "beat",
-                "--loglevel",
-                "INFO",
-                "--schedule",
-                settings.CELERY_BEAT_SCHEDULE_FILENAME,
-                "--pidfile=",
-            ],
-        )
+        beat = [python, "-m", "celery", "-A", "portal", "beat", "--loglevel", "INFO"]
+        beat += ["--schedule", settings.CELERY_BEAT_SCHEDULE_FILENAME, "--pidfile="]
+        yield "beat", beat, ()
 
 
 def _supervise(running: _Running, say: Callable[[str], None]) -> int:
@@ -196,33 +237,42 @@ def _supervise(running: _Running, say: Callable[[str], None]) -> int:
 
 
 def _stop_all(running: _Running, say: Callable[[str], None]) -> None:
+    """Idempotent: each step forgets what it stopped, so a rerun continues where it was cut."""
+    if running.web_socket is not None:
+        running.web_socket.close()
+        running.web_socket = None
     if running.children:
         say("stopping " + ", ".join(running.children))
         embedded.terminate(list(running.children.values()), signal.SIGTERM, STOP_TIMEOUT)
         running.children.clear()
-    for server in reversed(running.servers):
-        server.stop()
-    running.servers.clear()
+    while running.servers:
+        running.servers[-1].stop()
+        running.servers.pop()
 
 
-def _check_port_free(host: str, port: int) -> None:
+def _bind_web_socket(host: str, port: int) -> socket.socket:
+    """Bind and listen now, so nothing can take the port before daphne adopts the socket."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        # The same option daphne (Twisted) sets, so a port in TIME_WAIT counts as free.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except PermissionError:
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+        listener.listen(128)
+    except PermissionError:
+        listener.close()
+        raise LaunchError(
+            f"no permission to listen on port {port}: use a port above 1023 (PORT=8000)"
+        ) from None
+    except OSError as exc:
+        listener.close()
+        if exc.errno == 98:  # EADDRINUSE
             raise LaunchError(
-                f"no permission to listen on port {port}: use a port above 1023 (PORT=8000)"
+                f"port {port} on {host} is already in use: stop the program using it, or "
+                f"choose another port (PORT={port + 1} make run)"
             ) from None
-        except OSError as exc:
-            if exc.errno == 98:  # EADDRINUSE
-                raise LaunchError(
-                    f"port {port} on {host} is already in use: stop the program using it, or "
-                    f"choose another port (PORT={port + 1} make run)"
-                ) from None
-            raise LaunchError(f"cannot listen on {host}:{port} ({exc.strerror})") from None
+        raise LaunchError(f"cannot listen on {host}:{port} ({exc.strerror})") from None
+    listener.set_inheritable(True)
+    return listener
 
 
 def _check_redis() -> None:
@@ -232,8 +282,8 @@ def _check_redis() -> None:
         check_redis()
     except ProbeFailed as exc:
         raise LaunchError(
-            f"cannot reach Redis at {_redact(settings.REDIS_URL)} ({exc.__cause__}): check "
-            "REDIS_URL and that the server is running"
+            f"cannot reach Redis at {_describe_redis(settings.REDIS_URL)} ({exc.__cause__}): "
+            "check REDIS_URL and that the server is running"
         ) from None
 
 
@@ -246,10 +296,9 @@ def _check_database() -> None:
     try:
         connection.ensure_connection()
     except DatabaseError as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise LaunchError(
-            f"cannot connect to PostgreSQL at {where} ({reason}): check DATABASE_URL and that "
-            "the server is running"
+            f"cannot connect to PostgreSQL at {where} ({_first_line(exc)}): check DATABASE_URL "
+            "and that the server is running"
         ) from None
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1 FROM pg_extension WHERE extname = 'vector'")
@@ -275,37 +324,46 @@ def _check_database() -> None:
 
 def _migrate(say: Callable[[str], None]) -> None:
     from django.core.management import call_command
-    from django.db import DatabaseError, connection
+    from django.db import connection
 
     # Several launchers may start at once against one database; the advisory lock lets one of
     # them migrate while the others wait, then find nothing left to do.
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_lock(hashtext('warden.migrate'))")
-        try:
-            call_command("migrate", interactive=False, verbosity=0)
-        except DatabaseError as exc:
-            raise LaunchError(f"migrating the database failed ({exc}): see the log above") from None
-        finally:
-            cursor.execute("SELECT pg_advisory_unlock(hashtext('warden.migrate'))")
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(hashtext('warden.migrate'))")
+            try:
+                call_command("migrate", interactive=False, verbosity=0)
+            finally:
+                cursor.execute("SELECT pg_advisory_unlock(hashtext('warden.migrate'))")
+    except Exception as exc:
+        raise LaunchError(f"migrating the database failed: {_first_line(exc)}") from None
     say("database schema is up to date")
 
 
 def _collectstatic() -> None:
+    """Collect static files, one launcher at a time per STATIC_ROOT."""
     from django.core.management import call_command
 
-    call_command("collectstatic", interactive=False, verbosity=0)
+    root = Path(settings.STATIC_ROOT)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.with_name(root.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            call_command("collectstatic", interactive=False, verbosity=0)
+        except Exception as exc:
+            raise LaunchError(f"collecting static files failed: {_first_line(exc)}") from None
 
 
 def _wait_for_web(plan: Plan, running: _Running) -> None:
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(plan.host, plan.host)  # noqa: S104
-    url = f"http://{_url_host(host)}:{plan.port}/healthz"
+    url = f"http://{_url_host(_loopback(plan.host))}:{plan.port}/healthz"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
     deadline = time.monotonic() + READY_TIMEOUT
     web = running.children["web"]
     while True:
         if web.poll() is not None:
             raise LaunchError(f"the web server exited with status {web.returncode} while starting")
         try:
-            with urllib.request.urlopen(url, timeout=2) as response:
+            with opener.open(url, timeout=2) as response:
                 if response.status == 200:
                     return
         except (urllib.error.URLError, OSError):
@@ -315,31 +373,45 @@ def _wait_for_web(plan: Plan, running: _Running) -> None:
         time.sleep(0.2)
 
 
-def _banner(plan: Plan, say: Callable[[str], None]) -> None:
+def _banner(plan: Plan, running: _Running, say: Callable[[str], None]) -> None:
     if plan.web:
-        host = "127.0.0.1" if plan.host in ("0.0.0.0", "::") else plan.host  # noqa: S104
-        say(f"Warden is running at http://{_url_host(host)}:{plan.port}/")
+        say(f"Warden is running at http://{_url_host(_loopback(plan.host))}:{plan.port}/")
     started = [name for name in ("web", "worker", "beat") if getattr(plan, name)]
     say("processes: " + ", ".join(started))
-    logins = demo_logins_read(credentials_path=demo_logins_path())
-    if settings.EMBEDDED_DATABASE and logins:
-        say(f"demo logins (kept in {demo_logins_path()}):")
-        for login in logins:
-            secret = login.password or "(no password: API tokens only)"
-            say(f"  {login.username:<12} {secret:<24} {login.role}")
+    if settings.EMBEDDED_DATABASE:
+        path = demo_logins_path()
+        logins = demo_logins_read(credentials_path=path)
+        if running.seeded:  # passwords appear once, at the first start; the file keeps them
+            say(f"demo logins (kept in {path}):")
+            for login in logins:
+                secret = login.password or "(no password: API tokens only)"
+                say(f"  {login.username:<12} {secret:<24} {login.role}")
+        elif logins:
+            names = ", ".join(login.username for login in logins)
+            say(f"demo users: {names}; their passwords are in {path}")
     say("press Ctrl-C to stop")
+
+
+def _loopback(host: str) -> str:
+    """Where to reach a server bound to `host` from this machine."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)  # noqa: S104
 
 
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _redact(url: str) -> str:
+def _describe_redis(url: str) -> str:
+    """The server's address without any credential (user info or query)."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
+    if parts.scheme == "unix":
+        return f"unix://{parts.path}"
+    return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}{parts.path}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 @contextlib.contextmanager
@@ -349,9 +421,11 @@ def _var_lock(plan: Plan) -> Iterator[None]:
         yield
         return
     var_dir: Path = settings.VAR_DIR
-    var_dir.mkdir(parents=True, exist_ok=True)
-    path = var_dir / "warden.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        var_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(var_dir / "warden.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise LaunchError(f"cannot use the data directory {var_dir} ({exc.strerror})") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -367,32 +441,3 @@ def _var_lock(plan: Plan) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
-
-
-@contextlib.contextmanager
-def _stop_signals() -> Iterator[None]:
-    def stop(signum, frame):
-        raise _Stop
-
-    previous = {
-        sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    }
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-@contextlib.contextmanager
-def _signals_ignored() -> Iterator[None]:
-    """Shutdown runs to the end (it is bounded by timeouts); a second Ctrl-C does not cut it."""
-    previous = {
-        sig: signal.signal(sig, signal.SIG_IGN)
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    }
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ from django.db import transaction
 
 from audit.services import SYSTEM, Target, audit_record
 from governance import roles
+from portal.files import write_private
 
 DEMO_USERS = (
     ("admin", roles.GOVERNANCE_ADMIN),
@@ -42,10 +42,10 @@ def demo_workspace_seed(*, credentials_path: Path) -> list[DemoLogin]:
     it leaves no user without a known password.
     """
     User = get_user_model()
-    recorded: dict[str, str | None] = {}
-    if credentials_path.exists():
-        entries = json.loads(credentials_path.read_text())
-        recorded = {entry["username"]: entry["password"] for entry in entries}
+    recorded = {
+        login.username: login.password
+        for login in demo_logins_read(credentials_path=credentials_path)
+    }
     logins = []
     created_users: list[str] = []
     with transaction.atomic():
@@ -75,26 +75,22 @@ def demo_workspace_seed(*, credentials_path: Path) -> list[DemoLogin]:
                 target=Target("workspace", "demo", "Demo workspace"),
                 data={"created_users": created_users, "created_groups": created_groups},
             )
-        _write_private(
+        write_private(
             credentials_path,
             json.dumps(
                 [{"username": x.username, "role": x.role, "password": x.password} for x in logins],
                 indent=2,
-            ),
+            )
+            + "\n",
         )
     return logins
 
 
 def demo_logins_read(*, credentials_path: Path) -> list[DemoLogin]:
-    if not credentials_path.exists():
+    """The recorded demo logins; none when the file is missing or unreadable (then the users
+    keep their passwords, which are simply no longer on record)."""
+    try:
+        entries = json.loads(credentials_path.read_text())
+        return [DemoLogin(e["username"], e["role"], e["password"]) for e in entries]
+    except (OSError, ValueError, KeyError, TypeError):
         return []
-    return [DemoLogin(**entry) for entry in json.loads(credentials_path.read_text())]
-
-
-def _write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    draft = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text + "\n")
-    draft.replace(path)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
 import secrets
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +24,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from portal.embedded import DATABASE_NAME, POSTGRES_USER, EmbeddedPaths
 from portal.env import env_bool, env_int, env_list, env_optional, env_path, env_str
+from portal.files import write_private
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = env_path("WARDEN_VAR_DIR", BASE_DIR / "var")
@@ -33,6 +33,10 @@ EMBEDDED = EmbeddedPaths(VAR_DIR)
 DATABASE_URL = env_optional("DATABASE_URL")
 EMBEDDED_DATABASE = DATABASE_URL is None
 REDIS_URL = env_optional("REDIS_URL") or EMBEDDED.redis_url
+if not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
+    raise ImproperlyConfigured(
+        "REDIS_URL must start with redis://, rediss:// or unix:// (redis://host:6379/0)"
+    )
 EMBEDDED_REDIS = env_optional("REDIS_URL") is None
 
 DEBUG = env_bool("DEBUG", False)
@@ -42,20 +46,15 @@ def _local_secret(name: str, make: Callable[[], str]) -> str:
     """A secret kept in var/ for the embedded mode: created once (atomically), then reused."""
     path = VAR_DIR / name
     try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        pass
-    VAR_DIR.mkdir(parents=True, exist_ok=True)
-    draft = VAR_DIR / f".{name}.{os.getpid()}"
-    draft.write_text(make() + "\n")
-    draft.chmod(0o600)
-    try:
-        os.link(draft, path)  # fails if another process got there first; theirs wins
-    except FileExistsError:
-        pass
-    finally:
-        draft.unlink()
-    return path.read_text().strip()
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            return write_private(path, make() + "\n", keep_existing=True).strip()
+    except OSError as exc:
+        raise ImproperlyConfigured(
+            f"WARDEN_VAR_DIR {VAR_DIR} is not usable ({exc.strerror}): make it writable, or "
+            "point WARDEN_VAR_DIR elsewhere"
+        ) from None
 
 
 def _fernet_key() -> str:
@@ -151,7 +150,12 @@ if EMBEDDED_DATABASE:
         }
     }
 else:
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL)}  # type: ignore[arg-type]
+    try:
+        DATABASES = {"default": dj_database_url.parse(DATABASE_URL)}  # type: ignore[arg-type]
+    except ValueError:  # the message would echo the URL, password included
+        raise ImproperlyConfigured(
+            "DATABASE_URL is not a valid URL (postgresql://user:password@host:5432/name)"
+        ) from None
     if DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
         raise ImproperlyConfigured(
             "DATABASE_URL must point at PostgreSQL (postgresql://user:password@host:5432/name)"
@@ -247,6 +251,7 @@ SECURE_REFERRER_POLICY = "same-origin"
 SESSION_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+READY_CACHE_SECONDS = env_int("WARDEN_READY_CACHE_SECONDS", 2, minimum=0)
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
 if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:

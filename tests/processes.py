@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import secrets
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,6 +17,8 @@ import urllib.request
 from pathlib import Path
 
 import psutil
+
+from portal.embedded import die_with_parent
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,16 +84,26 @@ class Up:
             env=env,
             stdout=self._out,
             stderr=subprocess.STDOUT,
+            preexec_fn=lambda: die_with_parent(signal.SIGTERM),  # never outlives the test run
         )
         self.tree: set[int] = set()
+        self.names: dict[int, str] = {}
 
     def output(self) -> str:
         return self.log.read_text()
 
     def remember_tree(self) -> set[int]:
         """Record every process under the launcher, to check later that none survived."""
-        self.tree |= {c.pid for c in psutil.Process(self.process.pid).children(recursive=True)}
+        with contextlib.suppress(psutil.NoSuchProcess):
+            for child in psutil.Process(self.process.pid).children(recursive=True):
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    self.names.setdefault(child.pid, _program(child.cmdline()))
+                    self.tree.add(child.pid)
         return self.tree
+
+    def tree_names(self) -> set[str]:
+        """What ran under the launcher: program names, and celery's subcommand."""
+        return set(self.names.values())
 
     def wait_ready(self, url: str, timeout: float = 60) -> dict:
         deadline = time.monotonic() + timeout
@@ -107,7 +122,8 @@ class Up:
 
     def stop(self, sig: int, timeout: float = 60) -> int:
         self.remember_tree()
-        self.process.send_signal(sig)
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
         try:
             return self.process.wait(timeout)
         finally:
@@ -135,6 +151,22 @@ class Up:
             if not alive or time.monotonic() > deadline:
                 return alive
             time.sleep(0.2)
+
+
+def _program(cmd: list[str]) -> str:
+    if "celery" in cmd and "portal" in cmd:
+        return "celery " + cmd[cmd.index("portal") + 1]
+    if "daphne" in cmd:
+        return "daphne"
+    # Servers rewrite their titles ("redis-server unixsocket:...", "postgres: checkpointer").
+    return Path(cmd[0].split()[0]).name if cmd and cmd[0] else "?"
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now (bound, read, released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def http_get(url: str, timeout: float = 5) -> tuple[int, str]:

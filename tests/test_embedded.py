@@ -1,38 +1,27 @@
 """The embedded servers on their own, where the launcher tests do not reach."""
 
-import os
+import pytest
 
-import psycopg
-import redis
-
-from portal.embedded import EmbeddedPaths, EmbeddedPostgres, EmbeddedRedis
+from portal.embedded import EmbeddedError, EmbeddedPaths, EmbeddedPostgres, EmbeddedRedis
 
 
-def test_sockets_move_to_a_short_directory_when_the_path_is_too_long(tmp_path):
+@pytest.mark.parametrize("server", [EmbeddedPostgres, EmbeddedRedis])
+def test_a_var_dir_too_deep_for_unix_sockets_is_refused_before_anything_starts(tmp_path, server):
     deep = tmp_path.joinpath(*["a-rather-long-directory-name"] * 4) / "var"
-    paths = EmbeddedPaths(deep)
 
-    assert len(os.fsencode(deep / "pg" / ".s.PGSQL.5432")) > 107
-    assert paths.pg_socket_dir != paths.pg_data
-    assert len(os.fsencode(paths.pg_socket_dir / ".s.PGSQL.5432")) <= 107
-    assert len(os.fsencode(paths.redis_socket)) <= 107
-    assert EmbeddedPaths(deep).pg_socket_dir == paths.pg_socket_dir  # stable across processes
+    with pytest.raises(EmbeddedError, match="is too deep for a Unix socket"):
+        server(EmbeddedPaths(deep)).start()
+
+    assert not deep.exists()
 
 
-def test_servers_start_and_stop_in_a_deep_directory(tmp_path):
-    deep = tmp_path.joinpath(*["a-rather-long-directory-name"] * 4) / "var"
-    deep.mkdir(parents=True)
-    paths = EmbeddedPaths(deep)
-    postgres, redis_server = EmbeddedPostgres(paths), EmbeddedRedis(paths)
-    try:
-        postgres.start()
-        redis_server.start()
-        with psycopg.connect(postgres.conninfo()) as db:
-            assert db.execute("SELECT current_database()").fetchone() == ("warden",)
-        assert redis.Redis.from_url(paths.redis_url).ping() is True
-    finally:
-        redis_server.stop()
-        postgres.stop()
+def test_a_foreign_directory_where_the_data_should_be_is_left_alone(tmp_path):
+    paths = EmbeddedPaths(tmp_path / "var")
+    paths.pg_data.mkdir(parents=True)
+    (paths.pg_data / "notes.txt").write_text("not PostgreSQL's")
 
-    assert postgres.process is None
-    assert not (paths.pg_data / "postmaster.pid").exists()  # a clean shutdown
+    with pytest.raises(EmbeddedError, match="exists but is not a PostgreSQL data directory"):
+        EmbeddedPostgres(paths).start()
+
+    assert (paths.pg_data / "notes.txt").read_text() == "not PostgreSQL's"
+    assert not (tmp_path / "var" / "pg.init").exists()

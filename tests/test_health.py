@@ -66,3 +66,16 @@ def test_probes_refuse_writes(client):
 
     assert response.status_code == 405
     assert response["Allow"] == "GET, HEAD"
+
+
+def test_readyz_reuses_a_recent_result(client, settings, unused_tcp_port):
+    settings.READY_CACHE_SECONDS = 60
+    first = client.get("/readyz").json()
+    settings.REDIS_URL = f"redis://127.0.0.1:{unused_tcp_port}/0"  # would fail if checked again
+
+    second = client.get("/readyz").json()
+    settings.READY_CACHE_SECONDS = 0
+    third = client.get("/readyz").json()
+
+    assert second == first
+    assert third["checks"]["redis"] == "unreachable"

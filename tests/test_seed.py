@@ -106,3 +106,12 @@ def test_seed_service_passes_passwords_that_never_reach_the_audit_table(tmp_path
         assert password not in history
     assert "pbkdf2" not in history  # no password hashes either
     assert "md5$" not in history
+
+
+def test_unreadable_logins_file_reads_as_none_recorded(tmp_path):
+    from portal.services import demo_logins_read
+
+    path = tmp_path / "logins.json"
+    path.write_text("{not json")
+
+    assert demo_logins_read(credentials_path=path) == []

@@ -1,6 +1,6 @@
 """Settings read the environment: production demands its secrets and passes `check --deploy`."""
 
-from tests.processes import manage, production_env
+from tests.processes import embedded_env, manage, production_env
 
 
 def test_production_configuration_passes_deploy_checks():
@@ -58,3 +58,39 @@ def test_bad_boolean_is_named():
 
     assert result.returncode == 2
     assert "WARDEN_HTTPS must be true or false" in result.stderr
+
+
+def test_bad_port_is_one_line():
+    result = manage("up", env=production_env(PORT="eighty"))
+
+    assert result.returncode == 2
+    assert result.stderr == (
+        "warden: configuration error: PORT must be a whole number, got 'eighty'\n"
+    )
+
+
+def test_redis_url_without_a_scheme_is_named():
+    result = manage("check", env=production_env(REDIS_URL="localhost:6379"))
+
+    assert result.returncode == 2
+    assert "REDIS_URL must start with redis://, rediss:// or unix://" in result.stderr
+
+
+def test_malformed_database_url_is_named_without_echoing_it():
+    result = manage("check", env=production_env(DATABASE_URL="postgresql://u:hunter2@db:abc/w"))
+
+    assert result.returncode == 2
+    assert "DATABASE_URL is not a valid URL" in result.stderr
+    assert "hunter2" not in result.stderr
+
+
+def test_unusable_var_dir_is_named(tmp_path):
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("")
+    # Embedded mode keeps its generated SECRET_KEY there.
+    result = manage("check", env=embedded_env(not_a_directory / "var"))
+
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        f"warden: configuration error: WARDEN_VAR_DIR {not_a_directory / 'var'} is not usable"
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.cookiejar
 import json
 import os
@@ -18,7 +19,7 @@ import pytest
 from django.conf import settings
 
 from portal.celery import app as celery_app
-from tests.processes import Up, embedded_env, http_get, manage, production_env
+from tests.processes import Up, embedded_env, free_port, http_get, manage, production_env
 
 
 def admin_conninfo(dbname: str = "postgres") -> str:
@@ -112,7 +113,7 @@ def test_fresh_start_is_ready_serves_the_portal_and_stops_every_process(tmp_path
         assert (status, css.startswith(":root")) == (200, True)
         assert "Your roles: Member." in sign_in(base, "member", logins["member"])
 
-        second = manage("up", "--port", str(unused_tcp_port + 1), env=embedded_env(var))
+        second = manage("up", "--port", str(free_port()), env=embedded_env(var))
         assert second.returncode == 1
         assert second.stderr == (
             f"warden: error: Warden is already running with the data directory {var} "
@@ -124,7 +125,7 @@ def test_fresh_start_is_ready_serves_the_portal_and_stops_every_process(tmp_path
         status = up.stop(signal.SIGINT)
 
     assert status == 0, up.output()
-    assert len(up.tree) >= 4  # postgres, redis, daphne, celery worker, beat (and their children)
+    assert {"postgres", "redis-server", "daphne", "celery worker", "celery beat"} <= up.tree_names()
     assert up.survivors() == []
     assert port_is_free(unused_tcp_port)
     assert "warden: stopped" in up.output()
@@ -159,6 +160,12 @@ def test_second_start_reuses_the_data_and_recovers_a_stale_postmaster_pid(
     output = second.output()
     assert f"removed a stale {var / 'pg' / 'postmaster.pid'} (PID {dead.pid}" in output
     assert "seeded the demo workspace" not in output
+    # Passwords are printed once, at the first start; later the banner points at the file.
+    assert password in first.output()
+    assert password not in output
+    assert (
+        f"demo users: admin, reviewer, member, integration; their passwords are in {var}" in output
+    )
     assert (var / "demo-logins.json").read_text() == logins
     assert (var / "pg" / "PG_VERSION").stat().st_mtime_ns == initialised
     assert second.survivors() == []
@@ -193,7 +200,7 @@ def test_data_directory_of_a_running_postgres_is_refused(tmp_path, unused_tcp_po
         f"a running server (PID {pid}): stop that Warden first, or set WARDEN_VAR_DIR to another "
         "directory\n"
     )
-    assert port_is_free(unused_tcp_port)
+    assert result.stdout == ""  # nothing was started, so nothing was announced
     with psycopg.connect(admin_conninfo()) as db:  # and that server is unharmed
         assert db.execute("SELECT 1").fetchone() == (1,)
 
@@ -240,7 +247,7 @@ def test_unreachable_redis_is_refused_before_anything_starts(
 
     assert result.returncode == 1
     assert result.stderr.startswith(
-        f"warden: error: cannot reach Redis at redis://:***@127.0.0.1:{redis_port}/0 ("
+        f"warden: error: cannot reach Redis at redis://127.0.0.1:{redis_port}/0 ("
     )
     assert result.stderr.endswith("): check REDIS_URL and that the server is running\n")
     assert "topsecret" not in result.stderr
@@ -276,7 +283,7 @@ def test_external_services_web_and_worker_on_separate_launchers(
         WARDEN_VAR_DIR=str(tmp_path / "var"),
         PORT=str(unused_tcp_port),
     )
-    second_port = unused_tcp_port + 1
+    second_port = free_port()
     main = Up(env=env, log=tmp_path / "main.log")
     worker = Up("--worker-only", "--concurrency", "1", env=env, log=tmp_path / "worker.log")
     web = Up("--web-only", "--port", str(second_port), env=env, log=tmp_path / "web.log")
@@ -303,10 +310,11 @@ def test_external_services_web_and_worker_on_separate_launchers(
         assert "processes: web\n" in web.output()
         assert "demo logins" not in main.output()
     finally:
-        main.stop(signal.SIGTERM)
-        web.stop(signal.SIGINT)
-        # Killed outright, the launcher cannot stop its children: they must go by themselves.
-        worker.kill()
+        with contextlib.ExitStack() as stops:  # every launcher is stopped, whatever fails
+            # Killed outright, the launcher cannot stop its children: they must go by themselves.
+            stops.callback(worker.kill)
+            stops.callback(web.stop, signal.SIGINT)
+            stops.callback(main.stop, signal.SIGTERM)
 
     assert (main.process.returncode, web.process.returncode) == (0, 0)
     assert main.survivors() == []
@@ -321,3 +329,53 @@ def test_help_lists_the_scaling_options():
 
     for option in ("--web-only", "--worker-only", "--no-beat", "--port", "--no-migrate"):
         assert option in result.stdout
+
+
+def test_stop_signal_during_the_first_start_leaves_a_usable_data_directory(
+    tmp_path, unused_tcp_port
+):
+    var = tmp_path / "var"
+    env = embedded_env(var, PORT=str(unused_tcp_port))
+    first = Up(env=env, log=tmp_path / "first.log")
+    deadline = time.monotonic() + 30
+    while not (var / "pg.init").exists() and not (var / "pg").exists():  # initdb under way
+        assert time.monotonic() < deadline, first.output()
+        time.sleep(0.01)
+    first.remember_tree()
+
+    assert first.stop(signal.SIGTERM) == 0, first.output()
+    assert "warden: stopped" in first.output()
+    assert first.survivors() == []
+
+    second = Up(env=env, log=tmp_path / "second.log")
+    try:
+        assert second.wait_ready(f"http://127.0.0.1:{unused_tcp_port}/readyz")["status"] == "ok"
+    finally:
+        assert second.stop(signal.SIGINT) == 0, second.output()
+    assert not (var / "pg.init").exists()
+
+
+def test_redis_credentials_in_the_query_are_not_echoed(tmp_path, scratch_database):
+    env = production_env(
+        DATABASE_URL=scratch_database("redis_query"),
+        REDIS_URL=f"redis://127.0.0.1:{free_port()}/0?password=topsecret",
+        WARDEN_VAR_DIR=str(tmp_path / "var"),
+        PORT=str(free_port()),
+    )
+
+    result = manage("up", env=env)
+
+    assert result.returncode == 1
+    assert "topsecret" not in result.stderr
+    assert "cannot reach Redis at redis://127.0.0.1:" in result.stderr
+
+
+def test_a_data_directory_too_deep_for_sockets_is_one_line(tmp_path, unused_tcp_port):
+    deep = tmp_path.joinpath(*["a-rather-long-directory-name"] * 4) / "var"
+
+    result = manage("up", env=embedded_env(deep, PORT=str(unused_tcp_port)))
+
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"warden: error: the data directory {deep} is too deep")
+    assert result.stderr.endswith("set WARDEN_VAR_DIR to a shorter path, such as ~/warden-var\n")
+    assert not (deep / "pg").exists()
