@@ -9,6 +9,8 @@ class AuditConfig(AppConfig):
         from django.contrib.auth import get_user_model
         from django.contrib.auth.models import Group
 
+        from audit import checks  # noqa: F401 - registers the deploy check
+
         # Field-level history of configuration, beside the hash-chained events. Each app
         # registers its own configuration models as they appear; these are Django's.
         auditlog.register(Group, m2m_fields={"permissions"})

@@ -2,13 +2,19 @@
 """Warden's audit hash chain: the canonical form of an event, its hash, and verification.
 
 Standard library only, on purpose: this file is also the auditor's standalone verifier.
-Copy it anywhere with Python 3.9+ and run
+Copy it anywhere with Python 3.10+ and run
 
-    python3 chain.py export.jsonl            # or export.csv
-    python3 chain.py --complete export.jsonl # the export holds every event (no filter)
+    python3 chain.py export.jsonl              # or export.csv
+    python3 chain.py --complete export.jsonl   # an unfiltered export: streams start at #1, no gaps
+    python3 chain.py --complete --anchors anchors.jsonl export.jsonl
 
 It exits 0 and prints "OK" when every event's hash matches its contents and every link that the
 export contains holds; otherwise it prints the first broken link (lowest sequence) and exits 1.
+Only with the anchors (``audit_export --anchors FILE``) can it also tell that a whole stream,
+or the end of one, is missing from an unfiltered export.
+
+The canonical form is Python's ``json.dumps(value, sort_keys=True, separators=(",", ":"),
+ensure_ascii=False)`` (floats in Python's shortest round-trip notation), encoded as UTF-8.
 
 The chain design (see audit/services.py): events are grouped into streams (one per run,
 conversation or target), each a hash chain of its own: event n of a stream stores the hash of
@@ -91,6 +97,9 @@ class Break:
         return f"{where} (stream {self.stream}, event #{self.stream_seq}): {self.reason}"
 
 
+MAX_BREAKS = 1000  # kept for the report; beyond that only counted
+
+
 @dataclass
 class Report:
     events: int = 0
@@ -98,14 +107,23 @@ class Report:
     anchors: int = 0
     unchecked_gaps: int = 0
     breaks: list[Break] = field(default_factory=list)
+    problems: int = 0
 
     @property
     def ok(self) -> bool:
-        return not self.breaks
+        return not self.problems
 
     @property
     def first_break(self) -> Break | None:
         return min(self.breaks) if self.breaks else None
+
+    def add(self, problem: Break) -> None:
+        self.problems += 1
+        if len(self.breaks) < MAX_BREAKS:
+            self.breaks.append(problem)
+        elif problem < max(self.breaks):  # keep the lowest sequences: the first break stays
+            self.breaks.remove(max(self.breaks))
+            self.breaks.append(problem)
 
     def summary(self) -> str:
         if self.ok:
@@ -115,7 +133,7 @@ class Report:
             if self.unchecked_gaps:
                 text += f" ({self.unchecked_gaps} gaps not checkable: events outside the export)"
             return text
-        return f"BROKEN at {self.first_break} [{len(self.breaks)} problem(s) in all]"
+        return f"BROKEN at {self.first_break} [{self.problems} problem(s) in all]"
 
 
 def verify(
@@ -123,31 +141,32 @@ def verify(
     *,
     complete: bool,
     anchors: Iterable[dict] = (),
-    heads: Iterable[tuple[str, int, str]] = (),
+    heads: Iterable[tuple[str, int, str]] | None = None,
 ) -> Report:
     """Verify events given in sequence order, keeping only each stream's last event in memory.
 
-    Within a stream, sequence order is stream order (both are taken under the stream's lock).
-    `complete` says the events are all there are (a database walk or an unfiltered export): a
-    stream must then start at #1 and have no gaps; otherwise a gap is counted, not failed.
-    `anchors` (in sequence order) are checked as a chain and against the events; `heads` are
-    the (stream, last_seq, last_hash) rows the database keeps for appending.
+    Within a stream, sequence order is chain order (both are taken under the stream's lock) and
+    time does not go back (it is the database's clock, read under that lock). `complete` says
+    the events are all there are (a database walk or an unfiltered export): a stream must then
+    start at #1 and have no gaps; otherwise a gap is counted, not failed. `anchors` (in sequence
+    order) are checked as a chain and against the events; `heads` are the (stream, last_seq,
+    last_hash) rows the database keeps for appending, one for every stream.
     """
     report = Report()
     anchored = _check_anchors(anchors, report)
-    last: dict[str, tuple[int, str, int]] = {}  # stream -> (stream_seq, hash, sequence)
+    last: dict[str, tuple[int, str, int, str]] = {}  # stream -> (stream_seq, hash, sequence, time)
     for event in events:
         report.events += 1
         stream, seq, sequence = event["stream"], event["stream_seq"], event["sequence"]
-
         here = (sequence, stream, seq)
         computed = event_hash(event)
         if computed != event["hash"]:
-            report.breaks.append(
+            report.add(
                 Break(
                     *here,
-                    "contents do not match the stored hash (changed after it was written; stored "
-                    f"{event['hash'][:12]}…, computed {computed[:12]}…)",
+                    "contents do not match the stored hash (changed after it "
+                    f"was written; stored {event['hash'][:12]}…, computed "
+                    f"{computed[:12]}…)",
                 )
             )
         previous = last.get(stream)
@@ -156,74 +175,87 @@ def verify(
             expected_prev = GENESIS if previous is None else previous[1]
             if event["prev_hash"] != expected_prev:
                 what = "the stream's start" if previous is None else f"event #{seq - 1}"
-                report.breaks.append(
+                report.add(
                     Break(
                         *here,
-                        f"prev_hash does not match {what} (an event was inserted, removed or "
-                        "reordered before it)",
+                        f"prev_hash does not match {what} (an event was "
+                        "inserted, removed or reordered before it)",
                     )
                 )
         elif seq < expected_seq:
-            report.breaks.append(
-                Break(*here, f"out of order: expected event #{expected_seq} of this stream")
-            )
+            report.add(Break(*here, f"out of order: expected event #{expected_seq} of this stream"))
         elif complete:
             missing = f"#{expected_seq}" + (f" to #{seq - 1}" if seq - 1 > expected_seq else "")
-            report.breaks.append(Break(*here, f"event {missing} of this stream is missing"))
+            report.add(Break(*here, f"event {missing} of this stream is missing"))
         else:
             report.unchecked_gaps += 1
-        recorded = anchored.get(stream, {}).get(seq)
-        if recorded is not None and recorded[0] != event["hash"]:
-            report.breaks.append(Break(*here, f"differs from what anchor {recorded[1]} recorded"))
+        if previous is not None and event["time"] < previous[3]:
+            report.add(
+                Break(
+                    *here,
+                    f"its time {event['time']} is earlier than event "
+                    f"#{previous[0]}'s ({previous[3]}): backdated",
+                )
+            )
+        top = anchored.get(stream)
+        if top is not None and top[0] == seq and top[1] != event["hash"]:
+            report.add(Break(*here, f"differs from what anchor {top[2]} recorded"))
         if previous is None or seq > previous[0]:
-            last[stream] = (seq, event["hash"], sequence)
+            last[stream] = (seq, event["hash"], sequence, event["time"])
     report.streams = len(last)
 
-    for stream, entries in anchored.items():
-        top = max(entries)
+    for stream, (top_seq, _digest, anchor_seq) in anchored.items():
         if stream not in last:
             if complete:
-                report.breaks.append(
+                report.add(
                     Break(
                         -1,
                         stream,
-                        top,
-                        f"the stream is missing (anchor {entries[top][1]} recorded it at #{top})",
+                        top_seq,
+                        f"the stream is missing (anchor {anchor_seq} recorded it at #{top_seq})",
                     )
                 )
-        elif top > last[stream][0]:
-            seq, _digest, sequence = last[stream]
-            report.breaks.append(
+        elif top_seq > last[stream][0]:
+            seq, _hash, sequence, _time = last[stream]
+            report.add(
                 Break(
                     sequence,
                     stream,
                     seq,
-                    f"events after #{seq} are missing (anchor {entries[top][1]} recorded #{top})",
+                    f"events after #{seq} are missing (anchor {anchor_seq} recorded #{top_seq})",
                 )
             )
-    for stream, head_seq, head_hash in heads:
-        seq, digest, sequence = last.get(stream, (0, GENESIS, -1))
-        if (head_seq, head_hash) != (seq, digest):
-            report.breaks.append(
-                Break(
-                    sequence,
-                    stream,
-                    seq,
-                    f"the stream's head records #{head_seq}, but its "
-                    f"last event is #{seq} (events removed or added)",
+    if heads is not None:
+        headless = set(last)
+        for stream, head_seq, head_hash in heads:
+            headless.discard(stream)
+            seq, digest, sequence, _time = last.get(stream, (0, GENESIS, -1, ""))
+            if (head_seq, head_hash) != (seq, digest):
+                report.add(
+                    Break(
+                        sequence,
+                        stream,
+                        seq,
+                        f"the stream's head records #{head_seq}, "
+                        f"but its last event is #{seq} (events "
+                        "removed or added)",
+                    )
                 )
-            )
+        for stream in headless:
+            seq, _digest, sequence, _time = last[stream]
+            report.add(Break(sequence, stream, seq, "the stream's head row is missing"))
     return report
 
 
-def _check_anchors(anchors: Iterable[dict], report: Report) -> dict[str, dict[int, tuple]]:
-    """Check the anchor chain; return, per stream, {stream_seq: (hash, anchor sequence)}."""
-    anchored: dict[str, dict[int, tuple[str, int]]] = {}
+def _check_anchors(anchors: Iterable[dict], report: Report) -> dict[str, tuple[int, str, int]]:
+    """Check the anchor chain; return, per stream, the highest (stream_seq, hash, anchor) any
+    anchor recorded: what truncation and removal are measured against."""
+    top: dict[str, tuple[int, str, int]] = {}
     previous_hash = GENESIS
     for anchor in anchors:
         report.anchors += 1
         if anchor["prev_hash"] != previous_hash or anchor_hash(anchor) != anchor["hash"]:
-            report.breaks.append(
+            report.add(
                 Break(
                     -1,
                     "(anchors)",
@@ -232,9 +264,10 @@ def _check_anchors(anchors: Iterable[dict], report: Report) -> dict[str, dict[in
                 )
             )
         for stream, (seq, digest) in anchor["heads"].items():
-            anchored.setdefault(stream, {})[seq] = (digest, anchor["sequence"])
+            if stream not in top or seq >= top[stream][0]:
+                top[stream] = (seq, digest, anchor["sequence"])
         previous_hash = anchor["hash"]
-    return anchored
+    return top
 
 
 # --- exports -------------------------------------------------------------------------------
@@ -282,15 +315,28 @@ def read_export(lines: Iterable[str], fmt: str) -> Iterator[dict]:
 
 
 def main(argv: list[str]) -> int:
-    args = [a for a in argv if not a.startswith("--")]
-    complete = "--complete" in argv
-    if len(args) != 1:
-        print("usage: chain.py [--complete] EXPORT.jsonl|EXPORT.csv", file=sys.stderr)
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="chain.py", description="Verify a Warden audit export.")
+    parser.add_argument("export", help="EXPORT.jsonl or EXPORT.csv")
+    parser.add_argument(
+        "--complete",
+        action="store_true",
+        help="the export is unfiltered: every stream must be whole",
+    )
+    parser.add_argument("--anchors", help="the anchors exported with it (JSON lines)")
+    args = parser.parse_args(argv)
+    fmt = "csv" if args.export.endswith(".csv") else "jsonl"
+    try:
+        anchors = []
+        if args.anchors:
+            with open(args.anchors, encoding="utf-8") as handle:
+                anchors = list(read_export(handle, "jsonl"))
+        with open(args.export, newline="", encoding="utf-8") as handle:
+            report = verify(read_export(handle, fmt), complete=args.complete, anchors=anchors)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"chain.py: cannot read the export: {exc}", file=sys.stderr)
         return 2
-    path = args[0]
-    fmt = "csv" if path.endswith(".csv") else "jsonl"
-    with open(path, newline="", encoding="utf-8") as handle:
-        report = verify(read_export(handle, fmt), complete=complete)
     print(report.summary())
     return 0 if report.ok else 1
 

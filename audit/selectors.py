@@ -8,6 +8,7 @@ import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import IO
 
 from django.db import connection, transaction
 from django.db.models import Q, QuerySet
@@ -85,21 +86,38 @@ def _snapshot() -> Iterator[None]:
         if outermost:
             with connection.cursor() as cursor:
                 cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                # A download that stalls must not hold the snapshot (and vacuum) back forever.
+                cursor.execute("SET LOCAL idle_in_transaction_session_timeout = '5min'")
         yield
 
 
 def audit_verify_chain() -> chain.Report:
     """Walk every event, anchor and stream head in one consistent snapshot."""
     with _snapshot():
-        anchors = [anchor.as_chain_dict() for anchor in AuditAnchor.objects.order_by("sequence")]
         heads = AuditStream.objects.values_list("key", "last_seq", "last_hash").iterator(CHUNK)
-        return chain.verify(audit_events_iter(), complete=True, anchors=anchors, heads=heads)
+        return chain.verify(
+            audit_events_iter(), complete=True, anchors=audit_anchors_iter(), heads=heads
+        )
 
 
-def audit_export_lines(*, filters: EventFilter, fmt: str) -> Iterator[str]:
-    """The export, line by line (JSONL or CSV), of the events matching `filters`."""
+def audit_anchors_iter() -> Iterator[dict]:
+    for anchor in AuditAnchor.objects.order_by("sequence").iterator(CHUNK):
+        yield anchor.as_chain_dict()
+
+
+def audit_export_lines(
+    *, filters: EventFilter, fmt: str, anchors_to: IO[str] | None = None
+) -> Iterator[str]:
+    """The export, line by line (JSONL or CSV), of the events matching `filters`.
+
+    With `anchors_to`, every anchor of the same snapshot is written there as JSON lines first,
+    so an auditor can check offline that no stream, nor the end of one, is missing.
+    """
     events = filters.apply(AuditEvent.objects.all())
     with _snapshot():
+        if anchors_to is not None:
+            for anchor in audit_anchors_iter():
+                anchors_to.write(chain.canonical_json(anchor) + "\n")
         if fmt == "csv":
             yield _csv_line(chain.CSV_COLUMNS)
             for event in audit_events_iter(events=events):

@@ -10,6 +10,10 @@ order is chain order. A periodic task (`audit_anchor`) appends the heads of ever
 since the previous anchor to a second, global chain (`AuditAnchor`), skipping streams whose
 writers are still in flight, so it never blocks them; verification then also notices a stream
 cut short or removed before its last anchor.
+
+A transaction that appends to several streams locks them in the order it writes them; two
+transactions writing the same two streams in opposite orders deadlock, and PostgreSQL aborts
+one of them (its action fails and may be retried). Services write one stream per transaction.
 """
 
 from __future__ import annotations
@@ -26,26 +30,9 @@ from django.utils import timezone
 
 from audit import chain
 from audit.models import ActorType, AuditAnchor, AuditEvent, chain_time
+from audit.redaction import redact, scrub
 
 ACTION_PATTERN = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
-# A key names a secret when its last word does ("client_secret", "X-Api-Key", "accessToken"),
-# so counts such as "tokens" or "prompt_tokens" and names such as "token_count" stay.
-_KEY_WORDS = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
-_SECRET_WORDS = {
-    "password",
-    "passwd",
-    "passphrase",
-    "secret",
-    "token",
-    "authorization",
-    "cookie",
-    "credential",
-    "credentials",
-    "signature",
-    "apikey",
-}
-_KEY_QUALIFIERS = {"api", "private", "secret", "access", "signing", "encryption"}
-REDACTED = "[redacted]"
 
 
 class AuditError(Exception):
@@ -94,28 +81,6 @@ class Target:
         return cls(meta.label_lower, str(obj.pk), str(obj)[:200])
 
 
-def is_secret_key(key: str) -> bool:
-    words = [word.lower() for word in _KEY_WORDS.findall(key)]
-    if not words:
-        return False
-    last = words[-1]
-    return last in _SECRET_WORDS or (
-        last == "key" and len(words) > 1 and words[-2] in _KEY_QUALIFIERS
-    )
-
-
-def redact(value: Any) -> Any:
-    """A copy of `value` with every secret-named key's value replaced."""
-    if isinstance(value, Mapping):
-        return {
-            str(key): REDACTED if is_secret_key(str(key)) else redact(item)
-            for key, item in value.items()
-        }
-    if isinstance(value, list | tuple):
-        return [redact(item) for item in value]
-    return value
-
-
 def audit_record(
     *,
     actor: Any,
@@ -134,51 +99,51 @@ def audit_record(
     """
     if not connection.in_atomic_block:
         raise AuditError("audit_record must be called inside the acting service's transaction")
-    if not ACTION_PATTERN.match(action) or len(action) > 100:
-        raise AuditError(f"action must be a dotted lower-case verb such as run.started: {action!r}")
-    who, what = Actor.of(actor), Target.of(target)
     try:
-        clean = json.loads(json.dumps(redact(dict(data or {})), cls=DjangoJSONEncoder))
-        chain.canonical_json(clean)  # rejects NaN and infinity
-    except (TypeError, ValueError) as exc:
-        raise AuditError(f"audit data is not JSON: {exc}") from None
-    run_ref = "" if run is None else str(run)
-    conversation_ref = "" if conversation is None else str(conversation)
-    key = stream or _default_stream(run_ref, conversation_ref, what)
+        if not ACTION_PATTERN.match(action) or len(action) > 100:
+            raise AuditError(
+                f"action must be a dotted lower-case verb such as run.started: {action!r}"
+            )
+        who, what = Actor.of(actor), Target.of(target)
+        try:
+            clean = redact(json.loads(json.dumps(dict(data or {}), cls=DjangoJSONEncoder)))
+            text = chain.canonical_json(clean)  # rejects NaN and infinity
+        except (TypeError, ValueError) as exc:
+            raise AuditError(f"audit data is not JSON: {exc}") from None
+    except AuditError:
+        # The action must not commit without its event, even if the caller swallows this.
+        transaction.set_rollback(True)
+        raise
+    run_ref = "" if run is None else scrub(str(run))[:64]
+    conversation_ref = "" if conversation is None else scrub(str(conversation))[:64]
+    key = scrub(stream or _default_stream(run_ref, conversation_ref, what))[:200]
 
     with connection.cursor() as cursor:
         cursor.execute(_LOCK_STREAM, [key, chain.GENESIS])
-        last_seq, last_hash, sequence = cursor.fetchone()
+        last_seq, last_hash, sequence, now = cursor.fetchone()
         event = {
             "sequence": sequence,
-            "time": chain_time(timezone.now()),
+            "time": chain_time(now),
             "stream": key,
             "stream_seq": last_seq + 1,
             "actor_type": str(who.type),
-            "actor_id": who.id,
-            "actor_label": who.label[:200],
+            "actor_id": scrub(who.id)[:64],
+            "actor_label": scrub(who.label)[:200],
             "action": action,
-            "target_type": what.type,
-            "target_id": what.id,
-            "target_label": what.label[:200],
+            "target_type": scrub(what.type)[:100],
+            "target_id": scrub(what.id)[:64],
+            "target_label": scrub(what.label)[:200],
             "run": run_ref,
             "conversation": conversation_ref,
             "data": clean,
             "prev_hash": last_hash,
         }
         event["hash"] = chain.event_hash(event)
+        values = [event[name] for name in chain.EVENT_FIELDS if name != "data"]
         cursor.execute(
-            _APPEND,
-            [
-                *(event[name] for name in chain.EVENT_FIELDS if name != "data"),
-                chain.canonical_json(clean),
-                event["hash"],
-                event["stream_seq"],
-                event["hash"],
-                key,
-            ],
+            _APPEND, [*values, text, event["hash"], event["stream_seq"], event["hash"], key]
         )
-    return AuditEvent(**{**event, "data": chain.canonical_json(clean)})
+    return AuditEvent(**{**event, "time": now, "data": text})
 
 
 def _default_stream(run: str, conversation: str, target: Target) -> str:
@@ -189,12 +154,14 @@ def _default_stream(run: str, conversation: str, target: Target) -> str:
     return f"{target.type}:{target.id}" if target.id else target.type
 
 
-# Creates the stream's head or locks it (the no-op update takes the row lock) and draws the
-# global sequence after the lock is held: one round trip.
+# Creates the stream's head or locks it (the no-op update takes the row lock), then, with the
+# lock held, draws the global sequence and reads the database's clock (one clock for every
+# host, never earlier than the stream's previous event): one round trip.
 _LOCK_STREAM = """
 INSERT INTO audit_auditstream (key, last_seq, last_hash, anchored) VALUES (%s, 0, %s, true)
 ON CONFLICT (key) DO UPDATE SET key = EXCLUDED.key
-RETURNING last_seq, last_hash, nextval(pg_get_serial_sequence('audit_auditevent', 'sequence'))
+RETURNING last_seq, last_hash, nextval(pg_get_serial_sequence('audit_auditevent', 'sequence')),
+    date_trunc('microseconds', clock_timestamp())
 """
 _HASHED_COLUMNS = ", ".join(name for name in chain.EVENT_FIELDS if name != "data")
 # Inserts the event and advances the stream's head; built from constant column names only.

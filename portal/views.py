@@ -1,8 +1,10 @@
+from django.contrib.auth import get_user_model
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.utils.crypto import salted_hmac
 
 from audit.services import SYSTEM, Target, audit_record
 
@@ -38,13 +40,22 @@ class SignInView(auth_views.LoginView):
         return response
 
     def form_invalid(self, form):
-        username = str(form.data.get("username", ""))[:150]
+        typed = str(form.data.get("username", ""))[:150]
+        user = get_user_model().objects.filter(username=typed.replace("\x00", "")).first()
+        if user is not None:
+            target = Target.of(user)
+        else:
+            # What was typed is no user's name: often a password in the wrong box. Keep a keyed
+            # digest, enough to see repeated attempts, not the text.
+            digest = salted_hmac("warden.audit.sign_in", typed).hexdigest()[:16]
+            target = Target("auth.user", "", f"unknown user {digest}")
         with transaction.atomic():
             audit_record(
                 actor=SYSTEM,
                 action="auth.sign_in_failed",
-                target=Target("auth.user", "", username),
-                data={"username": username, **_client(self.request)},
+                target=target,
+                data=_client(self.request),
+                stream=f"auth.sign_in:{target.label}",
             )
         return super().form_invalid(form)
 

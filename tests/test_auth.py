@@ -111,3 +111,18 @@ def test_sign_in_sign_out_and_failures_are_audited_without_the_password(client, 
         ("auth.signed_out", "mia", "mia"),
     ]
     assert not AuditEvent.objects.filter(data__contains="horse").exists()
+
+
+def test_failed_sign_in_as_an_unknown_user_keeps_a_digest_not_the_text(client, member):
+    from audit.models import AuditEvent
+
+    response = client.post("/login/", {"username": "Hunter2!Secret", "password": "x"})
+    nul = client.post("/login/", {"username": "mia\x00", "password": "x"})
+
+    assert response.status_code == 200
+    assert nul.status_code == 200
+    labels = list(AuditEvent.objects.order_by("sequence").values_list("target_label", flat=True))
+    assert len(labels) == 2
+    assert labels[0].startswith("unknown user ")
+    assert not AuditEvent.objects.filter(target_label__contains="Hunter2").exists()
+    assert not AuditEvent.objects.filter(data__contains="Hunter2").exists()

@@ -112,6 +112,17 @@ def test_member_can_neither_see_nor_export_the_trail(client, django_user_model, 
     assert client.post(f"{CHANGELIST}verify/").status_code == 302
 
 
+def test_staff_without_audit_permission_is_refused_the_custom_views(
+    client, django_user_model, events
+):
+    clerk = django_user_model.objects.create_user("clerk", is_staff=True)
+    client.force_login(clerk)
+
+    assert client.get(f"{CHANGELIST}export/?format=jsonl").status_code == 403
+    assert client.post(f"{CHANGELIST}verify/").status_code == 403
+    assert client.get(CHANGELIST).status_code == 403
+
+
 def test_configuration_changes_are_recorded_field_by_field(client, governance_admin):
     from auditlog.models import LogEntry
 

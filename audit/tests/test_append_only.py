@@ -1,7 +1,7 @@
 import pytest
 from django.db import DatabaseError, connection, transaction
 
-from audit.models import AuditAnchor, AuditEvent
+from audit.models import AuditAnchor, AuditEvent, AuditStream
 from audit.services import audit_anchor
 from audit.tests.helpers import record
 
@@ -56,3 +56,21 @@ def test_anchors_are_append_only_too(event):
     assert "UPDATE on audit_auditanchor" in refused("UPDATE audit_auditanchor SET heads = '{}'")
     assert "DELETE on audit_auditanchor" in refused("DELETE FROM audit_auditanchor")
     assert AuditAnchor.objects.get(sequence=anchor.sequence).heads == anchor.heads
+
+
+def test_anchors_refuse_truncate(event):
+    audit_anchor()
+
+    assert "TRUNCATE on audit_auditanchor" in refused("TRUNCATE audit_auditanchor")
+
+
+def test_stream_heads_only_move_forward(event):
+    key = event.stream
+
+    assert "never removed: DELETE" in refused("DELETE FROM audit_auditstream WHERE key = %s", [key])
+    assert "never removed: TRUNCATE" in refused("TRUNCATE audit_auditstream")
+    rewind = "UPDATE audit_auditstream SET last_seq = 0, last_hash = %s WHERE key = %s"
+    assert "may only advance by one event" in refused(rewind, ["0" * 64, key])
+    jump = "UPDATE audit_auditstream SET last_seq = last_seq + 2 WHERE key = %s"
+    assert "may only advance by one event" in refused(jump, [key])
+    assert AuditStream.objects.get(key=key).last_seq == 1

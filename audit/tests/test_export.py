@@ -165,3 +165,40 @@ def test_export_walks_in_chunks(trail, monkeypatch):
     assert len(lines) == 10
     assert len(selects) == 4  # 10 events in chunks of 3: 3 + 3 + 3 + 1, never all at once
     assert all("LIMIT 3" in sql for sql in selects)
+
+
+def test_anchors_let_the_offline_check_see_a_missing_stream_or_tail(trail, tmp_path):
+    from audit.services import audit_anchor
+
+    anchor = audit_anchor()
+    anchors = tmp_path / "anchors.jsonl"
+    path = export(tmp_path, "all.jsonl", "--anchors", str(anchors))
+    lines = path.read_text().splitlines()
+    without_run_2 = [line for line in lines if json.loads(line)["run"] != "2"]
+    cut = tmp_path / "cut.jsonl"
+    cut.write_text("\n".join(without_run_2) + "\n")
+
+    whole = standalone("--complete", "--anchors", str(anchors), str(path))
+    caught = standalone("--complete", "--anchors", str(anchors), str(cut))
+    blind = standalone("--complete", str(cut))  # without anchors a whole stream can vanish
+
+    assert (whole.returncode, whole.stdout) == (
+        0,
+        "OK: 10 events in 4 streams verified, 1 anchors\n",
+    )
+    assert caught.returncode == 1
+    assert caught.stdout.startswith(
+        "BROKEN at anchor (stream run:2, event #3): the stream is missing "
+        f"(anchor {anchor.sequence} recorded it at #3)"
+    )
+    assert blind.returncode == 0
+
+
+def test_standalone_script_refuses_unknown_options(tmp_path):
+    path = tmp_path / "empty.jsonl"
+    path.write_text("")
+
+    result = standalone("--compelte", str(path))
+
+    assert result.returncode == 2
+    assert "unrecognized arguments: --compelte" in result.stderr

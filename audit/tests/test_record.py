@@ -1,3 +1,4 @@
+import contextlib
 import json
 
 import pytest
@@ -6,8 +7,9 @@ from django.db import DatabaseError, connection, transaction
 
 from audit import chain
 from audit.models import AuditEvent, AuditStream
+from audit.redaction import REDACTED, is_secret_key
 from audit.selectors import audit_verify_chain
-from audit.services import REDACTED, SYSTEM, AuditError, Target, audit_record
+from audit.services import SYSTEM, AuditError, Target, audit_record
 from audit.tests.helpers import record
 
 pytestmark = pytest.mark.django_db
@@ -145,6 +147,8 @@ def test_chain_of_many_events_on_one_stream_verifies():
     ("key", "secret"),
     [
         ("password", True),
+        ("password1", True),
+        ("new_password2", True),
         ("client_secret", True),
         ("api_key", True),
         ("X-Api-Key", True),
@@ -152,16 +156,82 @@ def test_chain_of_many_events_on_one_stream_verifies():
         ("accessToken", True),
         ("Authorization", True),
         ("Set-Cookie", True),
-        ("private_key", True),
+        ("private_key_pem", True),
+        ("csrfmiddlewaretoken", True),
+        ("sessionid", True),
+        ("PGPASSWORD", True),
+        ("DB_PASS", True),
+        ("pwd", True),
+        ("otp", True),
+        ("passwordHash", True),
+        ("clientSecretValue", True),
+        ("token_value", True),
         ("tokens", False),
         ("prompt_tokens", False),
         ("token_count", False),
+        ("token_type", False),
+        ("password_changed_at", False),
         ("idempotency_key", False),
         ("key", False),
         ("secretary", False),
+        ("passage", False),
+        ("compass", False),
     ],
 )
-def test_secret_keys_are_recognised_by_their_last_word(key, secret):
-    from audit.services import is_secret_key
-
+def test_secret_keys_are_recognised_by_their_words(key, secret):
     assert is_secret_key(key) is secret
+
+
+def test_secrets_inside_text_and_pairs_are_scrubbed():
+    with transaction.atomic():
+        event = audit_record(
+            actor=SYSTEM,
+            action="tool.invoked",
+            target=Target("tools.tool", "1", "crm at postgres://svc:pw-in-url@db/crm"),
+            data={
+                "headers": [["Authorization", "Bearer eyJhbGciOi.J9.x"], ["Accept", "json"]],
+                "callback": "https://example.com/cb?access_token=tok-in-query&page=2",
+                "note": "retry with token abcdefgh12345678 later",
+            },
+        )
+
+    stored = AuditEvent.objects.get(sequence=event.sequence)
+    text = stored.data + stored.target_label
+    for secret in ("eyJhbGciOi", "tok-in-query", "pw-in-url", "abcdefgh12345678"):
+        assert secret not in text
+    assert json.loads(stored.data)["headers"] == [["Authorization", REDACTED], ["Accept", "json"]]
+    assert "page=2" in stored.data
+
+
+def test_text_that_postgresql_cannot_store_is_cleaned_not_a_failure():
+    with transaction.atomic():
+        event = audit_record(
+            actor=None,
+            action="test.happened",
+            target=Target("t", "1", "nul\x00here"),
+            data={"s": "lone \ud800 surrogate"},
+        )
+
+    stored = AuditEvent.objects.get(sequence=event.sequence)
+    assert stored.target_label == "nulhere"
+    assert json.loads(stored.data) == {"s": "lone ? surrogate"}
+    assert stored.hash == chain.event_hash(stored.as_chain_dict())
+
+
+def test_a_swallowed_audit_error_still_rolls_the_action_back():
+    with transaction.atomic():
+        group = Group.objects.create(name="Shadow admins")
+        with contextlib.suppress(AuditError):  # a careless caller
+            audit_record(actor=None, action="Group.Created", target=group)
+
+    assert not Group.objects.filter(name="Shadow admins").exists()
+
+
+def test_event_time_comes_from_the_database_and_never_goes_back():
+    with transaction.atomic():
+        first, second = record(2, stream="run:9")
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT now()")
+            (transaction_start,) = cursor.fetchone()
+
+    assert transaction_start <= first.time <= second.time

@@ -113,14 +113,29 @@ def test_inserted_row_with_a_made_up_hash_is_found(trail):
 
 
 def test_two_rows_swapped_are_found(trail):
+    # The two events trade places in the trail's order: their sequence numbers are exchanged.
+    first, second = trail["run:2"][1], trail["run:2"][3]
+    with tampering() as cursor:
+        cursor.execute("UPDATE audit_auditevent SET sequence = -1 WHERE sequence = %s", [first])
+        cursor.execute(
+            "UPDATE audit_auditevent SET sequence = %s WHERE sequence = %s", [first, second]
+        )
+        cursor.execute("UPDATE audit_auditevent SET sequence = %s WHERE sequence = -1", [second])
+
+    report = verify_fails_at(first, "contents do not match the stored hash")
+    reasons = {(b.sequence, b.reason.split(" (")[0].split(":")[0]) for b in report.breaks}
+    assert (first, "event #2 to #3 of this stream is missing") in reasons
+    assert (second, "out of order") in reasons
+
+
+def test_two_rows_contents_exchanged_are_found(trail):
     first, second = trail["run:2"][1], trail["run:2"][3]
     moved = ("time", "stream_seq", "data", "prev_hash", "hash")
     rows = {
         e["sequence"]: e for e in AuditEvent.objects.filter(sequence__in=[first, second]).values()
     }
     with tampering() as cursor:
-        # Exchange the two events' positions (every column but the sequence number), through a
-        # placeholder because the unique constraints are checked row by row.
+        # Every column but the sequence number, through a placeholder (unique constraints).
         cursor.execute(
             "UPDATE audit_auditevent SET stream_seq = -1, hash = 'x' WHERE sequence = %s", [first]
         )
@@ -132,6 +147,28 @@ def test_two_rows_swapped_are_found(trail):
             )
 
     verify_fails_at(first, "contents do not match the stored hash")
+
+
+def test_backdated_event_is_found(trail):
+    victim = AuditEvent.objects.get(sequence=trail["run:1"][3]).as_chain_dict()
+    forged = {**victim, "time": "2020-01-01T00:00:00.000000+00:00"}
+    with tampering() as cursor:
+        cursor.execute(
+            "UPDATE audit_auditevent SET time = %s, hash = %s WHERE sequence = %s",
+            [forged["time"], chain.event_hash(forged), victim["sequence"]],
+        )
+
+    report = audit_verify_chain()
+    assert any(
+        b.sequence == victim["sequence"] and "backdated" in b.reason for b in report.breaks
+    ), report.summary()
+
+
+def test_deleted_head_row_is_found(trail):
+    with tampering() as cursor:
+        cursor.execute("DELETE FROM audit_auditstream WHERE key = 'run:1'")
+
+    verify_fails_at(trail["run:1"][-1], "the stream's head row is missing")
 
 
 def test_truncated_stream_is_found_through_its_anchor(trail):

@@ -1,3 +1,4 @@
+import contextlib
 import sys
 from datetime import datetime
 
@@ -30,6 +31,11 @@ class Command(BaseCommand):
         parser.add_argument("--action", default="", help="an action, or a prefix such as run.*")
         parser.add_argument("--target", default="", help="TYPE or TYPE:ID, e.g. auth.user:3")
         parser.add_argument("--run", default="", help="a run id")
+        parser.add_argument(
+            "--anchors",
+            metavar="FILE",
+            help="also write the anchors (same snapshot) to FILE, for `chain.py --anchors`",
+        )
 
     def handle(self, *args, **options):
         filters = EventFilter(
@@ -40,21 +46,20 @@ class Command(BaseCommand):
             target=options["target"],
             run=options["run"],
         )
-        lines = audit_export_lines(filters=filters, fmt=options["format"])
-        if options["output"]:
-            try:
-                out = open(options["output"], "w", encoding="utf-8", newline="")  # noqa: SIM115
-            except OSError as exc:
-                raise CommandError(f"cannot write {options['output']}: {exc.strerror}") from None
-        else:
-            out = sys.stdout
-        count = -1 if options["format"] == "csv" else 0
-        try:
+        with contextlib.ExitStack() as files:
+            out = _open(files, options["output"]) if options["output"] else sys.stdout
+            anchors = _open(files, options["anchors"]) if options["anchors"] else None
+            lines = audit_export_lines(filters=filters, fmt=options["format"], anchors_to=anchors)
+            count = -1 if options["format"] == "csv" else 0  # the CSV header is not an event
             for line in lines:
                 out.write(line)
                 count += 1
-        finally:
-            if out is not sys.stdout:
-                out.close()
         if options["output"]:
             self.stderr.write(f"exported {count} events to {options['output']}")
+
+
+def _open(files: contextlib.ExitStack, path: str):
+    try:
+        return files.enter_context(open(path, "w", encoding="utf-8", newline=""))
+    except OSError as exc:
+        raise CommandError(f"cannot write {path}: {exc.strerror}") from None

@@ -1,0 +1,114 @@
+"""Keeping secrets out of the audit trail: by the name of the key that holds them, and by the
+shape of the text that carries them."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+REDACTED = "[redacted]"
+
+# A key names a secret when one of its words does ("client_secret", "X-Api-Key", "password1",
+# "csrfmiddlewaretoken", "PGPASSWORD"), unless its last word says it is only about one: a count,
+# a type, a time ("prompt_tokens", "token_count", "token_type", "password_changed_at").
+_KEY_WORDS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])")
+_SECRET_WORDS = frozenset(
+    [
+        "password",
+        "passwd",
+        "pwd",
+        "pass",
+        "passphrase",
+        "secret",
+        "token",
+        "authorization",
+        "cookie",
+        "credential",
+        "credentials",
+        "signature",
+        "apikey",
+        "otp",
+        "session",
+        "sessionid",
+        "csrf",
+        "bearer",
+    ]
+)
+_SECRET_SUFFIXES = ("password", "passwd", "secret", "token", "apikey", "sessionid")
+_KEY_QUALIFIERS = frozenset(
+    ["api", "private", "secret", "access", "signing", "encryption", "license"]
+)
+_ABOUT_WORDS = frozenset(
+    [
+        "count",
+        "counts",
+        "total",
+        "tokens",
+        "limit",
+        "limits",
+        "usage",
+        "used",
+        "remaining",
+        "type",
+        "at",
+        "expires",
+        "expiry",
+        "ttl",
+        "length",
+        "changed",
+        "set",
+        "required",
+    ]
+)
+# Secrets inside text: bearer tokens, credentials in URLs, secret query parameters.
+_TEXT_SECRETS = (
+    (re.compile(r"(?i)\b(bearer|basic|token)\s+[A-Za-z0-9\-._~+/=]{8,}"), r"\1 [redacted]"),
+    (re.compile(r"(?i)([a-z][a-z0-9+.-]*://[^/\s:@]*:)[^@\s/]+@"), r"\1[redacted]@"),
+    (
+        re.compile(
+            r"(?i)([?&;](?:access_token|refresh_token|id_token|token|api_key|apikey|key|"
+            r"password|secret|client_secret|signature|sig)=)[^&;#\s]+"
+        ),
+        r"\1[redacted]",
+    ),
+)
+
+
+def is_secret_key(key: str) -> bool:
+    words = [word.lower() for word in _KEY_WORDS.findall(key)]
+    if not words or (len(words) > 1 and words[-1] in _ABOUT_WORDS):
+        return False
+    for index, word in enumerate(words):
+        if word in _SECRET_WORDS or word.endswith(_SECRET_SUFFIXES):
+            return True
+        if word == "key" and index and words[index - 1] in _KEY_QUALIFIERS:
+            return True
+    return False
+
+
+def scrub(text: str) -> str:
+    """`text` without the secrets it may carry, and storable in PostgreSQL (no NUL, no lone
+    surrogate)."""
+    for pattern, replacement in _TEXT_SECRETS:
+        text = pattern.sub(replacement, text)
+    return text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
+
+
+def redact(value: Any) -> Any:
+    """A copy of JSON-like `value` with secret-named keys' values replaced and text scrubbed.
+
+    A [name, value] pair (a header, a form field) whose name is a secret's counts as one.
+    """
+    if isinstance(value, Mapping):
+        return {
+            scrub(str(key)): REDACTED if is_secret_key(str(key)) else redact(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        if len(value) == 2 and isinstance(value[0], str) and is_secret_key(value[0]):
+            return [scrub(value[0]), REDACTED]
+        return [redact(item) for item in value]
+    if isinstance(value, str):
+        return scrub(value)
+    return value
