@@ -15,6 +15,7 @@ from django.urls import path
 from django.utils import timezone
 from django.utils.html import format_html
 
+from audit import chain
 from audit.models import AuditAnchor, AuditEvent
 from audit.selectors import EventFilter, audit_export_lines, audit_verify_chain
 
@@ -49,24 +50,8 @@ class AuditEventAdmin(ReadOnlyAdmin):
     search_fields = ("action", "actor_label", "target_label", "target_id", "run", "conversation")
     date_hierarchy = "time"
     change_list_template = "admin/audit/auditevent/change_list.html"
-    fields = (
-        "sequence",
-        "time",
-        "actor_type",
-        "actor_id",
-        "actor_label",
-        "action",
-        "target_type",
-        "target_id",
-        "target_label",
-        "run",
-        "conversation",
-        "pretty_data",
-        "stream",
-        "stream_seq",
-        "prev_hash",
-        "hash",
-    )
+    # Every hashed field and the hash, in the chain's order; data shown pretty-printed.
+    fields = tuple("pretty_data" if name == "data" else name for name in chain.CSV_COLUMNS)
     readonly_fields = fields
 
     @admin.display(description="target")
