@@ -1,0 +1,252 @@
+from decimal import Decimal
+
+from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+
+
+class ModelRoute(models.Model):
+    """A named way to reach a model: an ordered list of deployments tried in turn.
+
+    The gateway builds one litellm Router per route and rebuilds it when `updated_at` moves.
+    A failing deployment is retried `num_retries` times, then skipped for `cooldown_seconds`
+    after `allowed_fails` failures, and the next deployment (by position) answers.
+    """
+
+    name = models.SlugField(max_length=100, unique=True)
+    description = models.TextField(blank=True)
+    num_retries = models.PositiveSmallIntegerField(default=1)
+    timeout_seconds = models.FloatField(default=30, validators=[MinValueValidator(0.1)])
+    cooldown_seconds = models.PositiveIntegerField(default=30)
+    allowed_fails = models.PositiveSmallIntegerField(default=1)
+    fallbacks_enabled = models.BooleanField(default=True)
+    cache_seconds = models.PositiveIntegerField(
+        default=0, help_text="Reuse an identical model answer for this long (0: no cache)."
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Deployment(models.Model):
+    """One model endpoint of a route: a litellm model string, where it lives, how to pay it."""
+
+    route = models.ForeignKey(ModelRoute, on_delete=models.CASCADE, related_name="deployments")
+    position = models.PositiveSmallIntegerField(help_text="Tried in ascending order.")
+    model = models.CharField(
+        max_length=200,
+        help_text="litellm model string, e.g. openai/gpt-4o-mini or warden-local/demo",
+    )
+    api_base = models.URLField(blank=True)
+    api_key_ref = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="Where the key comes from: env:VARIABLE_NAME (never the key itself).",
+    )
+    region = models.CharField(max_length=50, blank=True)
+    weight = models.PositiveSmallIntegerField(default=1)
+    input_cost_per_token = models.DecimalField(
+        max_digits=12,
+        decimal_places=10,
+        null=True,
+        blank=True,
+        help_text="Only for models litellm's cost map does not know.",
+    )
+    output_cost_per_token = models.DecimalField(
+        max_digits=12, decimal_places=10, null=True, blank=True
+    )
+
+    class Meta:
+        ordering = ["route", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["route", "position"], name="deployment_route_position"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.route.name}#{self.position} {self.model}"
+
+
+class Agent(models.Model):
+    """An agent users chat with: a system prompt, a model route, the tools it may offer."""
+
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=100, unique=True)
+    description = models.TextField(blank=True)
+    system_prompt = models.TextField(blank=True)
+    route = models.ForeignKey(ModelRoute, on_delete=models.PROTECT, related_name="agents")
+    tools = ArrayField(models.CharField(max_length=64), default=list, blank=True)
+    allowed_regions = ArrayField(
+        models.CharField(max_length=50),
+        default=list,
+        blank=True,
+        help_text="Deployments outside these regions are never used; empty allows all.",
+    )
+    confidence_threshold = models.DecimalField(
+        max_digits=3,
+        decimal_places=2,
+        default=Decimal("0.80"),
+        validators=[MinValueValidator(0), MaxValueValidator(1)],
+    )
+    max_steps = models.PositiveSmallIntegerField(default=8, validators=[MinValueValidator(1)])
+    max_tokens_per_run = models.PositiveIntegerField(default=20_000)
+    enabled = models.BooleanField(default=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Conversation(models.Model):
+    """A user's thread with one agent."""
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations"
+    )
+    agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="conversations")
+    title = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return self.title or f"conversation {self.pk}"
+
+
+class MessageRole(models.TextChoices):
+    SYSTEM = "system"
+    USER = "user"
+    ASSISTANT = "assistant"
+    TOOL = "tool"
+
+
+class Message(models.Model):
+    """One message of a conversation, as the model sees it."""
+
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.CASCADE, related_name="messages"
+    )
+    run = models.ForeignKey(
+        "Run", on_delete=models.SET_NULL, null=True, blank=True, related_name="messages"
+    )
+    role = models.CharField(max_length=16, choices=MessageRole.choices)
+    content = models.TextField(blank=True)
+    tool_calls = models.JSONField(default=list, blank=True)
+    tool_call_id = models.CharField(max_length=100, blank=True)
+    tokens = models.PositiveIntegerField(default=0)
+    cost = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal(0))
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["conversation", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.role}: {self.content[:40]}"
+
+
+class RunState(models.TextChoices):
+    QUEUED = "queued"
+    RUNNING = "running"
+    AWAITING_APPROVAL = "awaiting_approval"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
+
+
+FINAL_STATES = (RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED, RunState.REJECTED)
+
+
+class Run(models.Model):
+    """One execution of an agent on one user message (DESIGN.md §3).
+
+    A worker advances a run only while it holds the lease; each lease grant increments
+    `fencing_token`, and every write a worker makes checks that the token is still its own, so
+    a worker that lost its lease (it stalled, another took over) can never write again.
+    """
+
+    agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="runs")
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="runs")
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="runs"
+    )
+    state = models.CharField(max_length=20, choices=RunState.choices, default=RunState.QUEUED)
+    idempotency_key = models.CharField(max_length=200, blank=True)
+    input = models.TextField()
+    cancel_requested = models.BooleanField(default=False)
+    lease_holder = models.CharField(max_length=200, blank=True)
+    fencing_token = models.BigIntegerField(default=0)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    cost = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal(0))
+    latency_ms = models.PositiveIntegerField(default=0)
+    confidence = models.DecimalField(max_digits=4, decimal_places=3, null=True, blank=True)
+    answer = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["actor", "idempotency_key"],
+                condition=~models.Q(idempotency_key=""),
+                name="run_idempotency_per_actor",
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["lease_expires_at"],
+                condition=models.Q(state__in=["queued", "running"]),
+                name="run_active_lease",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"run {self.pk} ({self.state})"
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class StepKind(models.TextChoices):
+    RETRIEVAL = "retrieval"
+    MODEL = "model"
+    TOOL = "tool"
+    GUARDRAIL = "guardrail"
+    APPROVAL = "approval"
+    ANSWER = "answer"
+
+
+class StepStatus(models.TextChoices):
+    OK = "ok"
+    ERROR = "error"
+
+
+class RunStep(models.Model):
+    """A committed step of a run: what went in, what came out. A resumed run starts after the
+    last of these and never repeats one."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="steps")
+    index = models.PositiveIntegerField()
+    kind = models.CharField(max_length=16, choices=StepKind.choices)
+    input = models.JSONField(default=dict, blank=True)
+    output = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=8, choices=StepStatus.choices, default=StepStatus.OK)
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField()
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    cost = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal(0))
+    deployment = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["run", "index"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "index"], name="runstep_run_index"),
+        ]
+
+    def __str__(self) -> str:
+        return f"run {self.run_id} step {self.index} {self.kind}"
