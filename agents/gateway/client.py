@@ -1,0 +1,247 @@
+"""litellm behind `gateway_complete`: routers, streaming, cost, the response cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable
+from decimal import Decimal
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch it at import
+
+import litellm
+from django.core.cache import cache
+
+from agents.gateway import ModelReply, ModelUnavailable, ToolCall
+from agents.gateway.local import register as register_local_model
+
+litellm.suppress_debug_info = True
+logging.getLogger("LiteLLM").setLevel(logging.WARNING)
+logging.getLogger("LiteLLM Router").setLevel(logging.CRITICAL)  # failures are ours to report
+register_local_model()
+
+CACHE_PREFIX = "gateway:cache:"
+STATS_PREFIX = "gateway:stats:"
+_routers: dict[tuple, tuple[tuple, litellm.Router, list[str]]] = {}
+_routers_lock = threading.Lock()
+
+
+def deployment_id(deployment) -> str:
+    return f"{deployment.route.name}#{deployment.position}"
+
+
+def _api_key(deployment) -> str:
+    ref = deployment.api_key_ref.strip()
+    if not ref:
+        return "none"  # local servers (Ollama, vLLM) ignore it; litellm wants one
+    kind, _, name = ref.partition(":")
+    if kind != "env" or not name:
+        raise ModelUnavailable(
+            f"deployment {deployment_id(deployment)}: key reference {ref!r} is not env:NAME"
+        )
+    value = os.environ.get(name)
+    if not value:
+        raise ModelUnavailable(
+            f"deployment {deployment_id(deployment)} needs the environment variable {name}"
+        )
+    return value
+
+
+def router_for(route, allowed_regions: tuple[str, ...]) -> tuple[litellm.Router, list[str]]:
+    """The route's router and its deployment ids in preference order; rebuilt on any change."""
+    deployments = [
+        d
+        for d in route.deployments.order_by("position")
+        if not allowed_regions or d.region in allowed_regions
+    ]
+    if not route.fallbacks_enabled:
+        deployments = deployments[:1]
+    if not deployments:
+        raise ModelUnavailable(
+            f"no deployment of route {route.name} is in an allowed region "
+            f"({', '.join(allowed_regions)})"
+        )
+    version = (
+        route.updated_at,
+        route.num_retries,
+        route.timeout_seconds,
+        route.cooldown_seconds,
+        route.allowed_fails,
+        tuple(
+            (
+                d.pk,
+                d.position,
+                d.model,
+                d.api_base,
+                d.api_key_ref,
+                d.weight,
+                d.region,
+                d.input_cost_per_token,
+                d.output_cost_per_token,
+            )
+            for d in deployments
+        ),
+    )
+    key = (route.pk, allowed_regions)
+    with _routers_lock:
+        cached = _routers.get(key)
+        if cached and cached[0] == version:
+            return cached[1], cached[2]
+        model_list = []
+        for order, deployment in enumerate(deployments, start=1):
+            params = {"model": deployment.model, "order": order, "max_retries": 0}
+            if not deployment.model.startswith("warden-local/"):
+                params["api_key"] = _api_key(deployment)
+            if deployment.api_base:
+                params["api_base"] = deployment.api_base
+            info = {"id": deployment_id(deployment)}
+            if deployment.input_cost_per_token is not None:
+                info["input_cost_per_token"] = float(deployment.input_cost_per_token)
+            if deployment.output_cost_per_token is not None:
+                info["output_cost_per_token"] = float(deployment.output_cost_per_token)
+            model_list.append(
+                {"model_name": route.name, "litellm_params": params, "model_info": info}
+            )
+        router = litellm.Router(
+            model_list=model_list,
+            num_retries=route.num_retries,
+            timeout=route.timeout_seconds,
+            allowed_fails=route.allowed_fails,
+            cooldown_time=route.cooldown_seconds,
+            # Without this, any call with tools needs the optional `mcp` package.
+            default_litellm_params={"_skip_mcp_handler": True},
+        )
+        ids = [deployment_id(d) for d in deployments]
+        _routers[key] = (version, router, ids)
+        return router, ids
+
+
+def complete(
+    *,
+    route,
+    messages: list[dict],
+    tools: list[dict],
+    allowed_regions: tuple[str, ...],
+    cache_scope: str,
+    on_token: Callable[[str], None] | None,
+) -> ModelReply:
+    router, ids = router_for(route, allowed_regions)
+    cache_key = None
+    if route.cache_seconds:
+        cache_key = (
+            CACHE_PREFIX
+            + hashlib.sha256(
+                json.dumps(
+                    [route.name, ids, messages, tools, cache_scope], sort_keys=True, default=str
+                ).encode()
+            ).hexdigest()
+        )
+        hit = cache.get(cache_key)
+        if hit is not None:
+            reply = _from_cache(hit)
+            _count("hits")
+            _count("tokens_saved", hit["prompt_tokens"] + hit["completion_tokens"])
+            if on_token and reply.content:
+                on_token(reply.content)
+            return reply
+        _count("misses")
+
+    kwargs: dict = {"model": route.name, "messages": messages}
+    if tools:
+        kwargs["tools"] = tools
+    try:
+        if on_token is None:
+            response = router.completion(**kwargs)
+            reply = _reply(response, response._hidden_params)
+            reply.cost = _cost(response, response._hidden_params)
+        else:
+            stream = router.completion(
+                **kwargs, stream=True, stream_options={"include_usage": True}
+            )
+            chunks = []
+            for chunk in stream:
+                chunks.append(chunk)
+                for choice in chunk.choices or ():
+                    text = getattr(choice.delta, "content", None)
+                    if text:
+                        on_token(text)
+            response = litellm.stream_chunk_builder(chunks, messages=messages)
+            hidden = stream._hidden_params
+            reply = _reply(response, hidden)
+            reply.cost = _cost(response, {})
+    except ModelUnavailable:
+        raise
+    except Exception as exc:  # litellm's own errors, and the Router's "no deployments available"
+        status = getattr(exc, "status_code", None)
+        detail = f"{type(exc).__name__}" + (f" {status}" if status else "")
+        raise ModelUnavailable(f"route {route.name}: no deployment answered ({detail})") from exc
+    reply.fallbacks = ids[: ids.index(reply.deployment)] if reply.deployment in ids else []
+    if cache_key is not None:
+        cache.set(cache_key, _to_cache(reply), route.cache_seconds)
+    return reply
+
+
+def _reply(response, hidden: dict) -> ModelReply:
+    message = response.choices[0].message
+    calls = [
+        ToolCall(call.id or f"call_{i}", call.function.name or "", call.function.arguments or "")
+        for i, call in enumerate(getattr(message, "tool_calls", None) or [])
+    ]
+    usage = getattr(response, "usage", None)
+    reply = ModelReply(
+        content=message.content or "",
+        tool_calls=calls,
+        prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
+        completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
+        cost=Decimal(0),
+        deployment=(hidden or {}).get("model_id") or "",
+        confidence=(getattr(response, "_hidden_params", None) or {}).get("warden_confidence"),
+    )
+    return reply
+
+
+def _cost(response, hidden: dict) -> Decimal:
+    value = (hidden or {}).get("response_cost")
+    if not value:
+        try:
+            value = litellm.completion_cost(completion_response=response)
+        except Exception:  # a model litellm's cost map does not know, with no price set
+            value = 0
+    return Decimal(str(value or 0)).quantize(Decimal("0.000001"))
+
+
+def _to_cache(reply: ModelReply) -> dict:
+    return {
+        "content": reply.content,
+        "tool_calls": [[c.id, c.name, c.arguments] for c in reply.tool_calls],
+        "prompt_tokens": reply.prompt_tokens,
+        "completion_tokens": reply.completion_tokens,
+        "deployment": reply.deployment,
+        "confidence": reply.confidence,
+    }
+
+
+def _from_cache(hit: dict) -> ModelReply:
+    return ModelReply(
+        content=hit["content"],
+        tool_calls=[ToolCall(*call) for call in hit["tool_calls"]],
+        prompt_tokens=0,
+        completion_tokens=0,
+        cost=Decimal(0),
+        deployment=hit["deployment"],
+        cached=True,
+        confidence=hit["confidence"],
+    )
+
+
+def _count(name: str, amount: int = 1) -> None:
+    key = STATS_PREFIX + name
+    cache.add(key, 0, timeout=None)
+    cache.incr(key, amount)
+
+
+def cache_stats() -> dict[str, int]:
+    return {name: cache.get(STATS_PREFIX + name, 0) for name in ("hits", "misses", "tokens_saved")}

@@ -1,0 +1,357 @@
+"""`warden-local`: the offline model, a litellm custom provider, deterministic and CPU-only.
+
+What it is, honestly: not a language model. It routes a request to one of the tools it is
+offered and fills the call's arguments from the request, and it answers by stating tool results
+or by quoting the passages in its prompt. It says "I don't know" when nothing supports an
+answer.
+
+- Tool routing scores each offered tool by the cosine similarity of the request to the tool's
+  name and description (all-MiniLM-L6-v2), plus whether the request's action verb matches the
+  tool's, minus a penalty when the request lacks what the tool's required arguments need. The
+  best tool above ROUTE_THRESHOLD is called; only offered tools are ever called.
+- Arguments come from the JSON Schema: enums by the value named in the text, numbers, dates,
+  emails, quoted strings, and free text (the request itself) for the remaining strings.
+- Answers: after a tool result, a sentence stating it; otherwise the passage sentences most
+  similar to the question (above ANSWER_THRESHOLD) with their citation markers.
+- Confidence is the winning similarity, mapped to 0..1, and is returned with every answer
+  (`_hidden_params["warden_confidence"]`) for the platform's escalation.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import time
+import uuid
+
+ROUTE_THRESHOLD = 0.30
+ANSWER_THRESHOLD = 0.45
+PROVIDER = "warden-local"
+
+_VERBS = {
+    "create": "create",
+    "open": "create",
+    "raise": "create",
+    "report": "create",
+    "log": "create",
+    "file": "create",
+    "new": "create",
+    "add": "create",
+    "make": "create",
+    "submit": "create",
+    "claim": "create",
+    "reimburse": "create",
+    "register": "create",
+    "get": "read",
+    "check": "read",
+    "look": "read",
+    "lookup": "read",
+    "show": "read",
+    "find": "read",
+    "status": "read",
+    "update": "read",
+    "list": "read",
+    "how": "read",
+    "what": "read",
+    "is": "read",
+    "any": "read",
+    "tell": "read",
+    "book": "reserve",
+    "reserve": "reserve",
+    "schedule": "reserve",
+    "send": "send",
+    "email": "send",
+    "mail": "send",
+    "write": "send",
+    "message": "send",
+    "cancel": "delete",
+    "delete": "delete",
+    "remove": "delete",
+}
+_WORD = re.compile(r"[a-z]+")
+_NUMBER = re.compile(r"(?<![\w.])[-+]?\d+(?:\.\d+)?(?![\w.])")
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+_DATE = re.compile(r"\b\d{4}-\d{2}-\d{2}\b")
+_QUOTED = re.compile(r"[\"“']([^\"”']{2,})[\"”']")
+_PASSAGE = re.compile(r"^\s*\[(\d+)\]\s*(.+)$", re.MULTILINE)
+
+
+def register() -> None:
+    """Make `warden-local/<anything>` a litellm model (called by the gateway at import)."""
+    import litellm
+
+    handler = {"provider": PROVIDER, "custom_handler": _handler()}
+    litellm.custom_provider_map = [
+        *[p for p in (litellm.custom_provider_map or []) if p.get("provider") != PROVIDER],
+        handler,
+    ]
+
+
+def _handler():
+    import litellm
+    from litellm.types.utils import GenericStreamingChunk
+
+    class WardenLocal(litellm.CustomLLM):
+        def completion(self, model, messages, *args, optional_params=None, **kwargs):
+            return _response(model, messages, (optional_params or {}).get("tools") or [])
+
+        async def acompletion(self, *args, **kwargs):
+            return self.completion(*args, **kwargs)
+
+        def streaming(self, model, messages, *args, optional_params=None, **kwargs):
+            decision = decide(messages, (optional_params or {}).get("tools") or [])
+            usage = _usage(messages, decision)
+            if decision.tool is not None:
+                yield GenericStreamingChunk(
+                    text="",
+                    is_finished=True,
+                    finish_reason="tool_calls",
+                    usage=usage,
+                    index=0,
+                    tool_use={
+                        "id": decision.call_id,
+                        "type": "function",
+                        "index": 0,
+                        "function": {"name": decision.tool, "arguments": decision.arguments},
+                    },
+                )
+                return
+            words = decision.text.split(" ")
+            for i, word in enumerate(words):
+                last = i == len(words) - 1
+                yield GenericStreamingChunk(
+                    text=word if i == 0 else " " + word,
+                    tool_use=None,
+                    is_finished=last,
+                    finish_reason="stop" if last else "",
+                    usage=usage if last else None,
+                    index=0,
+                )
+
+        async def astreaming(self, *args, **kwargs):
+            for chunk in self.streaming(*args, **kwargs):
+                yield chunk
+
+    return WardenLocal()
+
+
+class Decision:
+    def __init__(
+        self,
+        *,
+        text: str = "",
+        tool: str | None = None,
+        arguments: str = "",
+        confidence: float = 0.0,
+    ):
+        self.text, self.tool, self.arguments, self.confidence = text, tool, arguments, confidence
+        self.call_id = (
+            f"call_{uuid.uuid5(uuid.NAMESPACE_URL, tool + arguments).hex[:12]}" if tool else ""
+        )
+
+
+def decide(messages: list[dict], tools: list[dict]) -> Decision:
+    """The model: what to say or which tool to call, given the conversation so far."""
+    last = messages[-1] if messages else {"role": "user", "content": ""}
+    if last.get("role") == "tool":
+        return _state_tool_results(messages)
+    request = _text(last)
+    if tools:
+        routed = route(request, tools)
+        if routed is not None:
+            return routed
+    return answer(request, _passages(messages))
+
+
+def route(request: str, tools: list[dict]) -> Decision | None:
+    from agents.embedding import embed
+
+    specs = [t["function"] for t in tools if t.get("type") == "function"]
+    if not specs or not request.strip():
+        return None
+    texts = [f"{s['name'].replace('_', ' ')}: {s.get('description', '')}" for s in specs]
+    vectors = embed([request, *texts, *(s["name"].replace("_", " ") for s in specs)])
+    req, described, named = vectors[0], vectors[1 : 1 + len(specs)], vectors[1 + len(specs) :]
+    verbs = {_VERBS[w] for w in _WORD.findall(request.lower()) if w in _VERBS}
+    best: tuple[float, dict, dict] | None = None
+    for i, spec in enumerate(specs):
+        score = 0.7 * float(req @ described[i]) + 0.3 * float(req @ named[i])
+        tool_verb = _VERBS.get(_WORD.findall(spec["name"].lower())[0]) if spec["name"] else None
+        if tool_verb and tool_verb in verbs:
+            score += 0.12
+        arguments, missing = fill_arguments(request, spec.get("parameters") or {})
+        score -= 0.15 * len(missing)
+        if best is None or score > best[0]:
+            best = (score, spec, arguments if not missing else None)
+    score, spec, arguments = best
+    if score < ROUTE_THRESHOLD or arguments is None:
+        return None
+    return Decision(
+        tool=spec["name"], arguments=json.dumps(arguments), confidence=_confidence(score)
+    )
+
+
+def fill_arguments(request: str, schema: dict) -> tuple[dict, list[str]]:
+    """Arguments for `schema` read off `request`; and the required ones it could not fill."""
+    properties = schema.get("properties") or {}
+    required = list(schema.get("required") or [])
+    numbers = _NUMBER.findall(_DATE.sub(" ", request))  # a date's digits are not numbers
+    emails = _EMAIL.findall(request)
+    quoted = _QUOTED.findall(request)
+    lowered = request.lower()
+    arguments: dict = {}
+    for name, prop in properties.items():
+        kind = prop.get("type")
+        value = None
+        if "enum" in prop:
+            named = [v for v in prop["enum"] if str(v).lower() in lowered]
+            value = named[0] if named else prop.get("default")
+        elif kind in ("integer", "number"):
+            # A number next to the property's name ("ticket 42", "6 people") before any other.
+            label = re.escape(name.replace("_", " "))
+            undated = _DATE.sub(" ", lowered)
+            near = re.search(rf"{label}\D{{0,12}}?(\d+(?:\.\d+)?)", undated) or re.search(
+                rf"(\d+(?:\.\d+)?)\s+{label}", undated
+            )
+            raw = near.group(1) if near else (numbers.pop(0) if numbers else None)
+            if raw is not None:
+                if near and raw in numbers:
+                    numbers.remove(raw)
+                value = int(float(raw)) if kind == "integer" else float(raw)
+        elif kind == "string" and prop.get("format") == "email":
+            value = emails.pop(0) if emails else None
+        elif kind == "string" and prop.get("format") == "date":
+            value = _date(lowered)
+        elif kind == "string":
+            value = quoted.pop(0) if quoted else None
+            if value is None and name in required:
+                value = " ".join(_EMAIL.sub("", request).split()).strip(" .?!:")[:200] or None
+        elif kind == "boolean" and "default" in prop:
+            value = prop["default"]
+        if value is not None:
+            arguments[name] = value
+    return arguments, [name for name in required if name not in arguments]
+
+
+def _date(lowered: str) -> str | None:
+    found = _DATE.search(lowered)
+    if found:
+        return found.group(0)
+    today = dt.date.today()
+    if "tomorrow" in lowered:
+        return (today + dt.timedelta(days=1)).isoformat()
+    if "today" in lowered:
+        return today.isoformat()
+    for offset, day in enumerate(
+        ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+    ):
+        if day in lowered:
+            return (today + dt.timedelta(days=(offset - today.weekday()) % 7 or 7)).isoformat()
+    return None
+
+
+def answer(question: str, passages: list[tuple[str, str]]) -> Decision:
+    from agents.embedding import embed
+
+    if not passages or not question.strip():
+        return Decision(text="I don't know: nothing I was given answers that.", confidence=0.0)
+    sentences = [
+        (marker, s.strip())
+        for marker, text in passages
+        for s in re.split(r"(?<=[.!?])\s+", text)
+        if len(s.strip()) > 3
+    ]
+    vectors = embed([question, *(s for _, s in sentences)])
+    scores = vectors[1:] @ vectors[0]
+    ranked = sorted(zip(scores, sentences, strict=True), key=lambda x: -x[0])
+    top = [
+        (float(score), marker, s) for score, (marker, s) in ranked[:2] if score >= ANSWER_THRESHOLD
+    ]
+    if not top:
+        return Decision(
+            text="I don't know: nothing I was given answers that.",
+            confidence=_confidence(float(ranked[0][0])) if ranked else 0.0,
+        )
+    text = " ".join(f"{s} [{marker}]" for _, marker, s in top)
+    return Decision(text=text, confidence=_confidence(top[0][0]))
+
+
+def _state_tool_results(messages: list[dict]) -> Decision:
+    results = []
+    for message in reversed(messages):
+        if message.get("role") != "tool":
+            break
+        results.append(_describe(_text(message)))
+    text = "Done. " + " ".join(reversed(results)) if results else "Done."
+    return Decision(text=text, confidence=0.9)
+
+
+def _describe(content: str) -> str:
+    try:
+        value = json.loads(content)
+    except ValueError:
+        return content.strip()[:300]
+    if isinstance(value, dict):
+        if "error" in value:
+            return f"The tool reported an error: {value['error']}."
+        return ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in value.items()) + "."
+    return f"{value}."
+
+
+def _passages(messages: list[dict]) -> list[tuple[str, str]]:
+    found = []
+    for message in messages:
+        if message.get("role") == "system":
+            found += _PASSAGE.findall(_text(message))
+    return found
+
+
+def _text(message: dict) -> str:
+    content = message.get("content") or ""
+    if isinstance(content, list):  # content parts
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return str(content)
+
+
+def _confidence(similarity: float) -> float:
+    return round(max(0.0, min(1.0, (similarity - 0.1) / 0.6)), 3)
+
+
+def _usage(messages: list[dict], decision: Decision) -> dict:
+    prompt = sum(len(_text(m).split()) for m in messages)
+    completion = len(decision.text.split()) + len(decision.arguments.split())
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def _response(model: str, messages: list[dict], tools: list[dict]):
+    from litellm import ModelResponse, Usage
+
+    decision = decide(messages, tools)
+    message: dict = {"role": "assistant", "content": decision.text or None}
+    if decision.tool:
+        message["tool_calls"] = [
+            {
+                "id": decision.call_id,
+                "type": "function",
+                "function": {"name": decision.tool, "arguments": decision.arguments},
+            }
+        ]
+    response = ModelResponse(
+        model=model,
+        created=int(time.time()),
+        choices=[
+            {
+                "index": 0,
+                "message": message,
+                "finish_reason": "tool_calls" if decision.tool else "stop",
+            }
+        ],
+        usage=Usage(**_usage(messages, decision)),
+    )
+    response._hidden_params["warden_confidence"] = decision.confidence
+    return response
