@@ -38,49 +38,69 @@ def unused_tcp_port() -> int:
 
 
 @pytest.fixture
-def celery_worker_process():
-    """A real Celery worker in its own process, on the session's Redis; stopped afterwards."""
+def start_worker():
+    """Start real Celery workers in their own processes, on the session's Redis and the test
+    database; each is stopped afterwards. Extra keyword arguments go into its environment."""
     import os
     import signal
     import subprocess
     import sys
     import time
 
+    from django.db import connection
+
     from portal.celery import app
 
-    name = f"test-{os.getpid()}@localhost"
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "portal",
-            "worker",
-            "--pool",
-            "solo",
-            "--hostname",
-            name,
-            "--without-mingle",
-            "--without-gossip",
-            "--loglevel",
-            "WARNING",
-        ],
-        env={**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"},
-    )
-    try:
+    workers = []
+
+    def start(**env):
+        name = f"test-{os.getpid()}-{len(workers)}@localhost"
+        worker = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "portal",
+                "worker",
+                "--pool",
+                "solo",
+                "--hostname",
+                name,
+                "--without-mingle",
+                "--without-gossip",
+                "--loglevel",
+                "WARNING",
+            ],
+            env={
+                **os.environ,
+                "DJANGO_SETTINGS_MODULE": "tests.settings",
+                "WARDEN_TEST_DATABASE": connection.settings_dict["NAME"],
+                **env,
+            },
+        )
+        workers.append(worker)
         deadline = time.monotonic() + 30
         while not app.control.ping(destination=[name], timeout=0.5):
             assert worker.poll() is None, "the worker exited while starting"
             assert time.monotonic() < deadline, "the worker did not answer a ping within 30 s"
-        yield worker
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+        return worker
+
+    yield start
+    for worker in workers:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(20)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+
+
+@pytest.fixture
+def celery_worker_process(start_worker):
+    """One real Celery worker, for as long as the test runs."""
+    return start_worker()
 
 
 @pytest.fixture

@@ -198,7 +198,12 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_TIME_LIMIT = env_int("WARDEN_TASK_TIME_LIMIT", 15 * 60, minimum=1)
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+WARDEN_RUN_LEASE_SECONDS = env_int("WARDEN_RUN_LEASE_SECONDS", 120, minimum=1)
 CELERY_BEAT_SCHEDULE = {
+    "run-resume": {
+        "task": "agents.tasks.run_resume_task",
+        "schedule": env_int("WARDEN_RUN_RESUME_SECONDS", 15, minimum=1),
+    },
     "audit-anchor": {
         "task": "audit.tasks.audit_anchor_task",
         "schedule": env_int("WARDEN_AUDIT_ANCHOR_SECONDS", 60, minimum=1),

@@ -15,6 +15,10 @@ os.environ["WARDEN_VAR_DIR"] = os.environ["WARDEN_TEST_VAR_DIR"]
 
 from portal.settings import *  # noqa: E402, F403
 
+# Worker processes the tests start share the test database (pytest-django's test_<name>).
+if os.environ.get("WARDEN_TEST_DATABASE"):
+    DATABASES["default"]["NAME"] = os.environ["WARDEN_TEST_DATABASE"]  # noqa: F405
+
 # No collectstatic under pytest: serve from the finders, unhashed.
 STORAGES = {
     **STORAGES,  # noqa: F405

@@ -1,0 +1,319 @@
+"""The agent loop: advance a run one committed step at a time (DESIGN.md §3 and §4).
+
+What happens next is derived from the committed steps alone, so a run resumed by another worker
+(the first one died, or Redis lost the message) continues exactly where it stopped: after the
+last model step, its tool calls are executed one step each, in order; when none is pending, the
+model is asked again; a model answer without tool calls ends the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+
+import jsonschema
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from agents.models import (
+    FINAL_STATES,
+    Agent,
+    Message,
+    MessageRole,
+    Run,
+    RunState,
+    RunStep,
+    StepKind,
+)
+from agents.services import (
+    LeaseLost,
+    StepRecord,
+    permission_fingerprint,
+    run_acquire_lease,
+    run_checkpoint,
+    run_finish,
+)
+from tools.models import InvocationStatus, ToolInvocation
+from tools.registry import tool_get
+
+logger = logging.getLogger(__name__)
+MAX_INVALID_TOOL_CALLS = 3
+
+
+def failpoint(name: str) -> None:
+    """Crash here, once, when the environment asks for it (the durability tests' SIGKILL).
+
+    WARDEN_FAILPOINT names the point; WARDEN_FAILPOINT_ONCE is a file created on the first hit,
+    so the process that replaces the killed one runs on.
+    """
+    if os.environ.get("WARDEN_FAILPOINT") != name:
+        return
+    marker = os.environ.get("WARDEN_FAILPOINT_ONCE", "")
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except (FileExistsError, FileNotFoundError):
+        return
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def run_execute(*, run_id: int, holder: str) -> None:
+    """Advance the run until it ends or another worker takes it over. Never raises."""
+    token = run_acquire_lease(run_id=run_id, holder=holder)
+    if token is None:
+        return  # finished, cancelled, or another worker holds a live lease
+    try:
+        _loop(run_id, token)
+    except LeaseLost:
+        logger.info("run %s: lease lost, stopping", run_id)
+    except Exception as exc:
+        logger.exception("run %s failed", run_id)
+        with contextlib.suppress(LeaseLost):
+            run_finish(
+                run_id=run_id,
+                token=token,
+                state=RunState.FAILED,
+                error=f"internal error ({type(exc).__name__}); the administrators have the details",
+            )
+
+
+def _loop(run_id: int, token: int) -> None:
+    from agents.gateway import ModelUnavailable, gateway_complete
+
+    while True:
+        run = Run.objects.select_related("agent__route", "actor").get(pk=run_id)
+        if run.fencing_token != token or run.state in FINAL_STATES:
+            raise LeaseLost(f"run {run_id}")
+        agent = run.agent
+        if run.cancel_requested:
+            return run_finish(
+                run_id=run_id, token=token, state=RunState.CANCELLED, error="cancelled by request"
+            )
+        steps = list(RunStep.objects.filter(run_id=run_id).order_by("index"))
+        last_model = next((s for s in reversed(steps) if s.kind == StepKind.MODEL), None)
+        if (
+            last_model is not None
+            and not last_model.output.get("tool_calls")
+            and steps[-1] is last_model
+        ):
+            return run_finish(
+                run_id=run_id,
+                token=token,
+                state=RunState.SUCCEEDED,
+                answer=last_model.output.get("content", ""),
+                confidence=last_model.output.get("confidence"),
+            )
+        if len(steps) >= agent.max_steps:
+            return run_finish(
+                run_id=run_id,
+                token=token,
+                state=RunState.FAILED,
+                error=f"stopped after {agent.max_steps} steps (the agent's limit) "
+                "without a final answer",
+            )
+        pending = _pending_tool_call(steps)
+        if pending is not None:
+            _tool_step(run, token, steps, *pending)
+            continue
+        if run.tokens >= agent.max_tokens_per_run:
+            return run_finish(
+                run_id=run_id,
+                token=token,
+                state=RunState.FAILED,
+                error=f"stopped at {run.tokens} tokens (the agent's limit is "
+                f"{agent.max_tokens_per_run})",
+            )
+        started = timezone.now()
+        try:
+            reply = gateway_complete(
+                route=agent.route,
+                messages=_messages(run),
+                tools=[t.as_openai_tool() for t in _offered(agent)],
+                allowed_regions=agent.allowed_regions,
+                cache_scope=f"agent:{agent.pk}:{permission_fingerprint(run.actor)}",
+                on_token=lambda text: publish(run_id, {"type": "token", "text": text}),
+            )
+        except ModelUnavailable as exc:
+            return run_finish(run_id=run_id, token=token, state=RunState.FAILED, error=str(exc))
+        output = {
+            "content": reply.content,
+            "tool_calls": [
+                {"id": c.id, "name": c.name, "arguments": c.arguments} for c in reply.tool_calls
+            ],
+            "deployment": reply.deployment,
+            "fallbacks": reply.fallbacks,
+            "cached": reply.cached,
+            "confidence": reply.confidence,
+        }
+        record = run_checkpoint(
+            run_id=run_id,
+            token=token,
+            step=StepRecord(
+                kind=StepKind.MODEL,
+                input={"tools": [t.name for t in _offered(agent)]},
+                output=output,
+                prompt_tokens=reply.prompt_tokens,
+                completion_tokens=reply.completion_tokens,
+                cost=reply.cost,
+                deployment=reply.deployment,
+                started_at=started,
+            ),
+            messages=[
+                {
+                    "role": MessageRole.ASSISTANT,
+                    "content": reply.content,
+                    "tool_calls": reply.as_message().get("tool_calls", []),
+                    "tokens": reply.prompt_tokens + reply.completion_tokens,
+                    "cost": reply.cost,
+                }
+            ],
+            audit_action="run.step.model",
+            audit_data={
+                "deployment": reply.deployment,
+                "tool_calls": len(reply.tool_calls),
+                "cached": reply.cached,
+            },
+            extra_audit=[
+                ("route.fallback", {"skipped": skipped, "served_by": reply.deployment})
+                for skipped in reply.fallbacks
+            ],
+        )
+        publish(run_id, {"type": "step", "index": record.index, "kind": "model", "output": output})
+
+
+def _pending_tool_call(steps: list[RunStep]) -> tuple[int, int, dict] | None:
+    """(model step index, call number, call) of the next tool call not yet executed."""
+    for position in range(len(steps) - 1, -1, -1):
+        step = steps[position]
+        if step.kind == StepKind.MODEL:
+            calls = step.output.get("tool_calls") or []
+            done = len(steps) - 1 - position
+            return (step.index, done, calls[done]) if done < len(calls) else None
+    return None
+
+
+def _tool_step(
+    run: Run, token: int, steps: list[RunStep], model_index: int, k: int, call: dict
+) -> None:
+    started = timezone.now()
+    key = f"run:{run.pk}:step:{model_index}:call:{k}"
+    tool = tool_get(call["name"]) if call["name"] in run.agent.tools else None
+    problem = None
+    arguments: dict = {}
+    if tool is None:
+        problem = f"there is no tool named {call['name']!r} here"
+    else:
+        try:
+            arguments = json.loads(call["arguments"] or "{}")
+            jsonschema.validate(arguments, tool.parameters)
+        except json.JSONDecodeError as exc:
+            problem = f"the arguments are not valid JSON ({exc.msg})"
+        except jsonschema.ValidationError as exc:
+            where = "/".join(str(p) for p in exc.absolute_path) or "arguments"
+            problem = f"invalid arguments at {where}: {exc.message}"
+    if problem is not None:
+        invalid = 1 + sum(1 for s in steps if s.kind == StepKind.TOOL and s.output.get("invalid"))
+        record = run_checkpoint(
+            run_id=run.pk,
+            token=token,
+            step=StepRecord(
+                kind=StepKind.TOOL,
+                input={"call": call, "key": key},
+                output={"error": problem, "invalid": True},
+                status="error",
+                started_at=started,
+            ),
+            messages=[
+                {
+                    "role": MessageRole.TOOL,
+                    "tool_call_id": call["id"],
+                    "content": json.dumps({"error": problem}),
+                }
+            ],
+            audit_action="tool.rejected",
+            audit_data={"tool": call["name"], "reason": problem},
+        )
+        publish(run.pk, {"type": "step", "index": record.index, "kind": "tool", "error": problem})
+        if invalid >= MAX_INVALID_TOOL_CALLS:
+            run_finish(
+                run_id=run.pk,
+                token=token,
+                state=RunState.FAILED,
+                error=f"the model made {invalid} invalid tool calls; the last: {problem}",
+            )
+        return
+    result = _invoke(tool, arguments, key)
+    failpoint("after_tool_effect")
+    record = run_checkpoint(
+        run_id=run.pk,
+        token=token,
+        step=StepRecord(
+            kind=StepKind.TOOL,
+            input={"call": call, "arguments": arguments, "key": key},
+            output={"result": result},
+            started_at=started,
+        ),
+        messages=[
+            {"role": MessageRole.TOOL, "tool_call_id": call["id"], "content": json.dumps(result)}
+        ],
+        audit_action="tool.invoked",
+        audit_data={"tool": tool.name, "arguments": arguments, "idempotency_key": key},
+    )
+    publish(run.pk, {"type": "step", "index": record.index, "kind": "tool", "tool": tool.name})
+
+
+def _invoke(tool, arguments: dict, key: str):
+    """Run the tool at most once per key. A Python tool's effect and its ledger row commit
+    together, so a worker dying mid-call leaves neither, and a retry finds the result."""
+    if not tool.has_side_effects:
+        return tool.function(arguments, idempotency_key=key)
+    done = ToolInvocation.objects.filter(key=key).first()
+    if done is not None:
+        return done.result if done.status == InvocationStatus.SUCCEEDED else {"error": done.error}
+    try:
+        with transaction.atomic():
+            result = tool.function(arguments, idempotency_key=key)
+            ToolInvocation.objects.create(
+                key=key,
+                tool=tool.name,
+                arguments=arguments,
+                status=InvocationStatus.SUCCEEDED,
+                result=result,
+                finished_at=timezone.now(),
+            )
+    except IntegrityError:  # another worker recorded this call first: its result stands
+        return ToolInvocation.objects.get(key=key).result
+    return result
+
+
+def _offered(agent: Agent) -> list:
+    return [tool for name in agent.tools if (tool := tool_get(name)) is not None]
+
+
+def _messages(run: Run) -> list[dict]:
+    messages = (
+        [{"role": "system", "content": run.agent.system_prompt}] if run.agent.system_prompt else []
+    )
+    for message in Message.objects.filter(conversation_id=run.conversation_id).order_by("id"):
+        entry: dict = {"role": message.role, "content": message.content or None}
+        if message.tool_calls:
+            entry["tool_calls"] = message.tool_calls
+        if message.tool_call_id:
+            entry["tool_call_id"] = message.tool_call_id
+        messages.append(entry)
+    return messages
+
+
+def publish(run_id: int, event: dict) -> None:
+    """Tell the run's channel group (the chat UI, later) what happened; never fails the run."""
+    try:
+        from asgiref.sync import async_to_sync
+        from channels.layers import get_channel_layer
+
+        async_to_sync(get_channel_layer().group_send)(
+            f"run.{run_id}", {"type": "run.event", "event": event}
+        )
+    except Exception:
+        logger.warning("run %s: could not publish %s", run_id, event.get("type"), exc_info=True)
