@@ -68,12 +68,17 @@ def demo_workspace_seed(*, credentials_path: Path) -> list[DemoLogin]:
                 recorded[username] = password
                 created_users.append(username)
             logins.append(DemoLogin(username, role, recorded.get(username)))
-        if created_users or created_groups:
+        agent_created = _demo_agent()
+        if created_users or created_groups or agent_created:
             audit_record(
                 actor=SYSTEM,
                 action="workspace.demo_seeded",
                 target=Target("workspace", "demo", "Demo workspace"),
-                data={"created_users": created_users, "created_groups": created_groups},
+                data={
+                    "created_users": created_users,
+                    "created_groups": created_groups,
+                    "created_agent": agent_created,
+                },
             )
         write_private(
             credentials_path,
@@ -84,6 +89,28 @@ def demo_workspace_seed(*, credentials_path: Path) -> list[DemoLogin]:
             + "\n",
         )
     return logins
+
+
+def _demo_agent() -> bool:
+    """The demo's agent on the offline model: works with no provider key and no network."""
+    from agents.models import Agent, Deployment, ModelRoute
+
+    route, created = ModelRoute.objects.get_or_create(
+        name="local", defaults={"description": "warden-local, the offline model", "num_retries": 0}
+    )
+    if created:
+        Deployment.objects.create(route=route, position=1, model="warden-local/demo")
+    _, agent_created = Agent.objects.get_or_create(
+        slug="help-desk",
+        defaults={
+            "name": "IT help desk",
+            "description": "Opens IT tickets and looks up their status (demo tools).",
+            "system_prompt": "You are the IT help desk. Use the tools to open and check tickets.",
+            "route": route,
+            "tools": ["create_ticket", "get_ticket_status"],
+        },
+    )
+    return agent_created
 
 
 def demo_logins_read(*, credentials_path: Path) -> list[DemoLogin]:

@@ -112,6 +112,12 @@ def test_fresh_start_is_ready_serves_the_portal_and_stops_every_process(tmp_path
         status, css = http_get(base + stylesheet)  # hashed by collectstatic, served by whitenoise
         assert (status, css.startswith(":root")) == (200, True)
         assert "Your roles: Member." in sign_in(base, "member", logins["member"])
+        # The demo agent, on the offline model, answered by the launcher's own worker.
+        asked = manage(
+            "ask", "help-desk", "my VPN is down, please open a ticket", env=embedded_env(var)
+        )
+        assert asked.returncode == 0, asked.stderr
+        assert asked.stdout.splitlines()[-1].startswith("Done. ticket: 1, status: open")
 
         second = manage("up", "--port", str(free_port()), env=embedded_env(var))
         assert second.returncode == 1

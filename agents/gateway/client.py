@@ -129,6 +129,11 @@ def complete(
     on_token: Callable[[str], None] | None,
 ) -> ModelReply:
     router, ids = router_for(route, allowed_regions)
+    local_ids = {
+        f"{route.name}#{d.position}"
+        for d in route.deployments.all()
+        if d.model.startswith("warden-local/")
+    }
     cache_key = None
     if route.cache_seconds:
         cache_key = (
@@ -172,6 +177,12 @@ def complete(
             hidden = stream._hidden_params
             reply = _reply(response, hidden)
             reply.cost = _cost(response, {})
+            if reply.deployment in local_ids:
+                # Stream chunks carry no confidence; the offline model is deterministic, so ask
+                # it for the one it gave this answer.
+                from agents.gateway.local import decide
+
+                reply.confidence = decide(messages, tools).confidence
     except ModelUnavailable:
         raise
     except Exception as exc:  # litellm's own errors, and the Router's "no deployments available"

@@ -257,4 +257,5 @@ def test_streams_through_the_gateway(local_route):
 
     assert "".join(tokens) == reply.content
     assert len(tokens) > 3
+    assert reply.confidence > 0.5  # streamed answers carry their confidence too
     assert reply.content.endswith("[1]")

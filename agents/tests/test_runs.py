@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.db import connection
 
 from agents.models import Agent, Conversation, Deployment, ModelRoute, Run, RunState, RunStep
 from agents.orchestrator import run_execute
@@ -250,10 +251,14 @@ def test_two_workers_racing_on_one_run_only_one_advances(server, agent, member):
     conversation = Conversation.objects.create(owner=member, agent=agent)
     run = Run.objects.create(agent=agent, conversation=conversation, actor=member, input="hi")
     server.script("primary", Reply(text="Hello.", delay=0.5))
-    threads = [
-        threading.Thread(target=run_execute, kwargs={"run_id": run.pk, "holder": f"w{i}"})
-        for i in range(2)
-    ]
+
+    def worker(holder: str) -> None:
+        try:
+            run_execute(run_id=run.pk, holder=holder)
+        finally:
+            connection.close()  # each thread's own connection
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(2)]
 
     for thread in threads:
         thread.start()

@@ -1,0 +1,89 @@
+from django.contrib import admin
+
+from agents.models import Agent, Deployment, ModelRoute, Run, RunStep
+
+
+class DeploymentInline(admin.TabularInline):
+    model = Deployment
+    extra = 0
+    fields = (
+        "position",
+        "model",
+        "api_base",
+        "api_key_ref",
+        "region",
+        "weight",
+        "input_cost_per_token",
+        "output_cost_per_token",
+    )
+
+
+@admin.register(ModelRoute)
+class ModelRouteAdmin(admin.ModelAdmin):
+    list_display = ("name", "num_retries", "timeout_seconds", "cooldown_seconds", "cache_seconds")
+    search_fields = ("name",)
+    inlines = [DeploymentInline]
+
+    def save_related(self, request, form, formsets, change):
+        super().save_related(request, form, formsets, change)
+        form.instance.save(update_fields=["updated_at"])  # routers rebuild on the next call
+
+
+@admin.register(Agent)
+class AgentAdmin(admin.ModelAdmin):
+    list_display = ("name", "slug", "route", "enabled", "max_steps", "confidence_threshold")
+    list_filter = ("enabled", "route")
+    search_fields = ("name", "slug")
+    prepopulated_fields = {"slug": ("name",)}
+
+
+class RunStepInline(admin.TabularInline):
+    model = RunStep
+    extra = 0
+    can_delete = False
+    fields = (
+        "index",
+        "kind",
+        "status",
+        "deployment",
+        "prompt_tokens",
+        "completion_tokens",
+        "cost",
+        "input",
+        "output",
+        "started_at",
+        "finished_at",
+    )
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(Run)
+class RunAdmin(admin.ModelAdmin):
+    """Runs are the orchestrator's record: readable here, changed only by their services."""
+
+    list_display = (
+        "id",
+        "agent",
+        "actor",
+        "state",
+        "created_at",
+        "prompt_tokens",
+        "completion_tokens",
+        "cost",
+    )
+    list_filter = ("state", "agent")
+    search_fields = ("id", "input", "answer")
+    inlines = [RunStepInline]
+    readonly_fields = [f.name for f in Run._meta.fields]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False

@@ -1,0 +1,64 @@
+import time
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError
+
+from agents.models import FINAL_STATES, Agent, Conversation, Run, RunStep
+from agents.services import RunError, run_start
+
+
+class Command(BaseCommand):
+    help = (
+        "Ask an agent something from the command line, as USER, and print the steps and the "
+        "answer. A Celery worker must be running (make run starts one)."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("agent", help="the agent's slug, e.g. help-desk")
+        parser.add_argument("message")
+        parser.add_argument("--user", default="member", help="who asks (default: member)")
+        parser.add_argument("--timeout", type=float, default=120)
+
+    def handle(self, *args, **options):
+        user = get_user_model().objects.filter(username=options["user"]).first()
+        agent = Agent.objects.filter(slug=options["agent"]).first()
+        if user is None or agent is None:
+            raise CommandError("no such user or agent")
+        conversation = Conversation.objects.create(
+            owner=user, agent=agent, title=options["message"][:200]
+        )
+        try:
+            run = run_start(
+                agent=agent, conversation=conversation, actor=user, input=options["message"]
+            )
+        except RunError as exc:
+            raise CommandError(str(exc)) from None
+        deadline = time.monotonic() + options["timeout"]
+        shown = 0
+        while True:
+            for step in RunStep.objects.filter(run=run, index__gte=shown).order_by("index"):
+                self.stdout.write(f"  step {step.index} {step.kind}: {_summary(step)}")
+                shown = step.index + 1
+            run = Run.objects.get(pk=run.pk)
+            if run.state in FINAL_STATES:
+                break
+            if time.monotonic() > deadline:
+                raise CommandError(
+                    f"run {run.pk} is still {run.state}: is a worker running (make run)?"
+                )
+            time.sleep(0.2)
+        if run.state == "succeeded":
+            confidence = f" (confidence {run.confidence})" if run.confidence is not None else ""
+            self.stdout.write(f"{run.answer}{confidence}")
+        else:
+            raise CommandError(f"run {run.pk} {run.state}: {run.error}")
+
+
+def _summary(step: RunStep) -> str:
+    if step.kind == "tool":
+        call = step.input.get("call", {})
+        return f"{call.get('name')} {step.input.get('arguments', call.get('arguments'))} -> " + str(
+            step.output.get("result", step.output.get("error"))
+        )
+    calls = step.output.get("tool_calls") or []
+    return ", ".join(f"calls {c['name']}" for c in calls) or "answers"
