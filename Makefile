@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --disable-pip-version-check --quiet -c constraints.txt
 
-.PHONY: run test lock clean
+.PHONY: run test lock clean bench-audit bench-runtime
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || \
@@ -26,6 +26,16 @@ test: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
+
+$(VENV)/.installed-bench: requirements-bench.txt requirements-dev.txt requirements.txt constraints.txt | $(BIN)/python
+	$(PIP) -r requirements-bench.txt
+	@touch $@
+
+bench-audit: $(VENV)/.installed-dev
+	$(BIN)/python bench/audit_throughput.py
+
+bench-runtime: $(VENV)/.installed-bench
+	$(BIN)/python bench/runtime_overhead.py
 
 # Regenerate requirements*.txt from pyproject.toml in a scratch environment.
 lock:

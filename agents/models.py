@@ -67,6 +67,21 @@ class Deployment(models.Model):
     def __str__(self) -> str:
         return f"{self.route.name}#{self.position} {self.model}"
 
+    def save(self, *args, **kwargs):
+        super().save(*args, **kwargs)
+        self._touch_route()
+
+    def delete(self, *args, **kwargs):
+        result = super().delete(*args, **kwargs)
+        self._touch_route()
+        return result
+
+    def _touch_route(self) -> None:
+        # The gateway rebuilds a route's router when the route's updated_at moves.
+        from django.utils import timezone
+
+        ModelRoute.objects.filter(pk=self.route_id).update(updated_at=timezone.now())
+
 
 class Agent(models.Model):
     """An agent users chat with: a system prompt, a model route, the tools it may offer."""

@@ -18,6 +18,7 @@ import jsonschema
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from agents.events import publish
 from agents.models import (
     FINAL_STATES,
     Agent,
@@ -66,6 +67,8 @@ def run_execute(*, run_id: int, holder: str) -> None:
         return  # finished, cancelled, or another worker holds a live lease
     try:
         _loop(run_id, token)
+    except _Finished:
+        pass
     except LeaseLost:
         logger.info("run %s: lease lost, stopping", run_id)
     except Exception as exc:
@@ -79,64 +82,93 @@ def run_execute(*, run_id: int, holder: str) -> None:
             )
 
 
+class _Run:
+    """What one worker knows of the run it holds: loaded once, extended by its own commits
+    (nobody else writes while the lease is ours; the fenced checkpoint makes sure of it)."""
+
+    def __init__(self, run_id: int, token: int):
+        self.run = Run.objects.select_related("agent__route", "actor").get(pk=run_id)
+        self.token = token
+        self.agent = self.run.agent
+        self.steps = list(RunStep.objects.filter(run_id=run_id).order_by("index"))
+        self.messages = _messages(self.run)
+        self.offered = _offered(self.agent)
+        self.tokens = self.run.tokens
+        self.cache_scope = f"agent:{self.agent.pk}:{permission_fingerprint(self.run.actor)}"
+
+    def checkpoint(
+        self, step: StepRecord, messages: list[dict], action: str, data: dict, extra_audit=()
+    ) -> RunStep:
+        record = run_checkpoint(
+            run_id=self.run.pk,
+            token=self.token,
+            index=len(self.steps),
+            conversation_id=self.run.conversation_id,
+            step=step,
+            messages=messages,
+            audit_action=action,
+            audit_data=data,
+            extra_audit=extra_audit,
+        )
+        self.steps.append(record)
+        self.messages += [_as_model_message(m) for m in messages]
+        self.tokens += step.prompt_tokens + step.completion_tokens
+        return record
+
+    def finish(self, state: str, **kwargs) -> None:
+        run_finish(run_id=self.run.pk, token=self.token, state=state, **kwargs)
+
+
 def _loop(run_id: int, token: int) -> None:
     from agents.gateway import ModelUnavailable, gateway_complete
 
+    held = _Run(run_id, token)
+    if held.run.fencing_token != token or held.run.state in FINAL_STATES:
+        raise LeaseLost(f"run {run_id}")
+    agent = held.agent
     while True:
-        run = Run.objects.select_related("agent__route", "actor").get(pk=run_id)
-        if run.fencing_token != token or run.state in FINAL_STATES:
-            raise LeaseLost(f"run {run_id}")
-        agent = run.agent
-        if run.cancel_requested:
-            return run_finish(
-                run_id=run_id, token=token, state=RunState.CANCELLED, error="cancelled by request"
-            )
-        steps = list(RunStep.objects.filter(run_id=run_id).order_by("index"))
+        if Run.objects.filter(pk=run_id, cancel_requested=True).exists():
+            return held.finish(RunState.CANCELLED, error="cancelled by request")
+        steps = held.steps
         last_model = next((s for s in reversed(steps) if s.kind == StepKind.MODEL), None)
         if (
             last_model is not None
             and not last_model.output.get("tool_calls")
             and steps[-1] is last_model
         ):
-            return run_finish(
-                run_id=run_id,
-                token=token,
-                state=RunState.SUCCEEDED,
+            return held.finish(
+                RunState.SUCCEEDED,
                 answer=last_model.output.get("content", ""),
                 confidence=last_model.output.get("confidence"),
             )
         if len(steps) >= agent.max_steps:
-            return run_finish(
-                run_id=run_id,
-                token=token,
-                state=RunState.FAILED,
-                error=f"stopped after {agent.max_steps} steps (the agent's limit) "
-                "without a final answer",
+            return held.finish(
+                RunState.FAILED,
+                error=f"stopped after {agent.max_steps} steps "
+                "(the agent's limit) without a final answer",
             )
         pending = _pending_tool_call(steps)
         if pending is not None:
-            _tool_step(run, token, steps, *pending)
+            _tool_step(held, *pending)
             continue
-        if run.tokens >= agent.max_tokens_per_run:
-            return run_finish(
-                run_id=run_id,
-                token=token,
-                state=RunState.FAILED,
-                error=f"stopped at {run.tokens} tokens (the agent's limit is "
-                f"{agent.max_tokens_per_run})",
+        if held.tokens >= agent.max_tokens_per_run:
+            return held.finish(
+                RunState.FAILED,
+                error=f"stopped at {held.tokens} tokens (the "
+                f"agent's limit is {agent.max_tokens_per_run})",
             )
         started = timezone.now()
         try:
             reply = gateway_complete(
                 route=agent.route,
-                messages=_messages(run),
-                tools=[t.as_openai_tool() for t in _offered(agent)],
+                messages=held.messages,
+                tools=[t.as_openai_tool() for t in held.offered],
                 allowed_regions=agent.allowed_regions,
-                cache_scope=f"agent:{agent.pk}:{permission_fingerprint(run.actor)}",
+                cache_scope=held.cache_scope,
                 on_token=lambda text: publish(run_id, {"type": "token", "text": text}),
             )
         except ModelUnavailable as exc:
-            return run_finish(run_id=run_id, token=token, state=RunState.FAILED, error=str(exc))
+            return held.finish(RunState.FAILED, error=str(exc))
         output = {
             "content": reply.content,
             "tool_calls": [
@@ -147,12 +179,10 @@ def _loop(run_id: int, token: int) -> None:
             "cached": reply.cached,
             "confidence": reply.confidence,
         }
-        record = run_checkpoint(
-            run_id=run_id,
-            token=token,
-            step=StepRecord(
+        record = held.checkpoint(
+            StepRecord(
                 kind=StepKind.MODEL,
-                input={"tools": [t.name for t in _offered(agent)]},
+                input={"tools": [t.name for t in held.offered]},
                 output=output,
                 prompt_tokens=reply.prompt_tokens,
                 completion_tokens=reply.completion_tokens,
@@ -160,7 +190,7 @@ def _loop(run_id: int, token: int) -> None:
                 deployment=reply.deployment,
                 started_at=started,
             ),
-            messages=[
+            [
                 {
                     "role": MessageRole.ASSISTANT,
                     "content": reply.content,
@@ -169,8 +199,8 @@ def _loop(run_id: int, token: int) -> None:
                     "cost": reply.cost,
                 }
             ],
-            audit_action="run.step.model",
-            audit_data={
+            "run.step.model",
+            {
                 "deployment": reply.deployment,
                 "tool_calls": len(reply.tool_calls),
                 "cached": reply.cached,
@@ -194,12 +224,11 @@ def _pending_tool_call(steps: list[RunStep]) -> tuple[int, int, dict] | None:
     return None
 
 
-def _tool_step(
-    run: Run, token: int, steps: list[RunStep], model_index: int, k: int, call: dict
-) -> None:
+def _tool_step(held: _Run, model_index: int, k: int, call: dict) -> None:
+    run = held.run
     started = timezone.now()
     key = f"run:{run.pk}:step:{model_index}:call:{k}"
-    tool = tool_get(call["name"]) if call["name"] in run.agent.tools else None
+    tool = tool_get(call["name"]) if call["name"] in held.agent.tools else None
     problem = None
     arguments: dict = {}
     if tool is None:
@@ -214,54 +243,53 @@ def _tool_step(
             where = "/".join(str(p) for p in exc.absolute_path) or "arguments"
             problem = f"invalid arguments at {where}: {exc.message}"
     if problem is not None:
-        invalid = 1 + sum(1 for s in steps if s.kind == StepKind.TOOL and s.output.get("invalid"))
-        record = run_checkpoint(
-            run_id=run.pk,
-            token=token,
-            step=StepRecord(
+        invalid = 1 + sum(
+            1 for s in held.steps if s.kind == StepKind.TOOL and s.output.get("invalid")
+        )
+        record = held.checkpoint(
+            StepRecord(
                 kind=StepKind.TOOL,
                 input={"call": call, "key": key},
                 output={"error": problem, "invalid": True},
                 status="error",
                 started_at=started,
             ),
-            messages=[
+            [
                 {
                     "role": MessageRole.TOOL,
                     "tool_call_id": call["id"],
                     "content": json.dumps({"error": problem}),
                 }
             ],
-            audit_action="tool.rejected",
-            audit_data={"tool": call["name"], "reason": problem},
+            "tool.rejected",
+            {"tool": call["name"], "reason": problem},
         )
         publish(run.pk, {"type": "step", "index": record.index, "kind": "tool", "error": problem})
         if invalid >= MAX_INVALID_TOOL_CALLS:
-            run_finish(
-                run_id=run.pk,
-                token=token,
-                state=RunState.FAILED,
+            held.finish(
+                RunState.FAILED,
                 error=f"the model made {invalid} invalid tool calls; the last: {problem}",
             )
+            raise _Finished
         return
     result = _invoke(tool, arguments, key)
     failpoint("after_tool_effect")
-    record = run_checkpoint(
-        run_id=run.pk,
-        token=token,
-        step=StepRecord(
+    record = held.checkpoint(
+        StepRecord(
             kind=StepKind.TOOL,
             input={"call": call, "arguments": arguments, "key": key},
             output={"result": result},
             started_at=started,
         ),
-        messages=[
-            {"role": MessageRole.TOOL, "tool_call_id": call["id"], "content": json.dumps(result)}
-        ],
-        audit_action="tool.invoked",
-        audit_data={"tool": tool.name, "arguments": arguments, "idempotency_key": key},
+        [{"role": MessageRole.TOOL, "tool_call_id": call["id"], "content": json.dumps(result)}],
+        "tool.invoked",
+        {"tool": tool.name, "arguments": arguments, "idempotency_key": key},
     )
     publish(run.pk, {"type": "step", "index": record.index, "kind": "tool", "tool": tool.name})
+
+
+class _Finished(Exception):
+    """The run was put in a final state inside a step: the loop ends."""
 
 
 def _invoke(tool, arguments: dict, key: str):
@@ -297,23 +325,23 @@ def _messages(run: Run) -> list[dict]:
         [{"role": "system", "content": run.agent.system_prompt}] if run.agent.system_prompt else []
     )
     for message in Message.objects.filter(conversation_id=run.conversation_id).order_by("id"):
-        entry: dict = {"role": message.role, "content": message.content or None}
-        if message.tool_calls:
-            entry["tool_calls"] = message.tool_calls
-        if message.tool_call_id:
-            entry["tool_call_id"] = message.tool_call_id
-        messages.append(entry)
+        messages.append(
+            _as_model_message(
+                {
+                    "role": message.role,
+                    "content": message.content,
+                    "tool_calls": message.tool_calls,
+                    "tool_call_id": message.tool_call_id,
+                }
+            )
+        )
     return messages
 
 
-def publish(run_id: int, event: dict) -> None:
-    """Tell the run's channel group (the chat UI, later) what happened; never fails the run."""
-    try:
-        from asgiref.sync import async_to_sync
-        from channels.layers import get_channel_layer
-
-        async_to_sync(get_channel_layer().group_send)(
-            f"run.{run_id}", {"type": "run.event", "event": event}
-        )
-    except Exception:
-        logger.warning("run %s: could not publish %s", run_id, event.get("type"), exc_info=True)
+def _as_model_message(message: dict) -> dict:
+    entry: dict = {"role": str(message["role"]), "content": message.get("content") or None}
+    if message.get("tool_calls"):
+        entry["tool_calls"] = message["tool_calls"]
+    if message.get("tool_call_id"):
+        entry["tool_call_id"] = message["tool_call_id"]
+    return entry

@@ -146,18 +146,34 @@ def run_checkpoint(
     *,
     run_id: int,
     token: int,
+    index: int,
+    conversation_id: int,
     step: StepRecord,
     messages: list[dict],
     audit_action: str,
     audit_data: dict,
     extra_audit: list[tuple[str, dict]] = (),
 ) -> RunStep:
-    """Commit one step: the step row, the messages it adds, the run's totals, its audit events,
-    and a renewed lease, all or nothing, and only while `token` is still the run's."""
+    """Commit step `index`: the step row, the messages it adds, the run's totals, its audit
+    events, and a renewed lease, all or nothing, and only while `token` is still the run's.
+
+    The fenced UPDATE comes first: it both checks the token and locks the run row until the
+    commit, so a worker that lost the lease writes nothing.
+    """
     with transaction.atomic():
-        run = _fenced(run_id, token)
-        index = RunStep.objects.filter(run_id=run_id).count()
         now = timezone.now()
+        fenced = (
+            Run.objects.filter(pk=run_id, fencing_token=token)
+            .exclude(state__in=FINAL_STATES)
+            .update(
+                prompt_tokens=F("prompt_tokens") + step.prompt_tokens,
+                completion_tokens=F("completion_tokens") + step.completion_tokens,
+                cost=F("cost") + step.cost,
+                lease_expires_at=now + timedelta(seconds=lease_seconds()),
+            )
+        )
+        if not fenced:
+            raise LeaseLost(f"run {run_id}: lease token {token} is no longer current")
         record = RunStep.objects.create(
             run_id=run_id,
             index=index,
@@ -173,29 +189,15 @@ def run_checkpoint(
             deployment=step.deployment,
         )
         for message in messages:
-            Message.objects.create(conversation_id=run.conversation_id, run_id=run_id, **message)
-        Run.objects.filter(pk=run_id).update(
-            prompt_tokens=F("prompt_tokens") + step.prompt_tokens,
-            completion_tokens=F("completion_tokens") + step.completion_tokens,
-            cost=F("cost") + step.cost,
-            lease_expires_at=now + timedelta(seconds=lease_seconds()),
-        )
+            Message.objects.create(conversation_id=conversation_id, run_id=run_id, **message)
         target = Target("agents.run", str(run_id), f"run {run_id}")
-        audit_record(
-            actor=None,
-            action=audit_action,
-            target=target,
-            run=run_id,
-            conversation=run.conversation_id,
-            data={"step": index, **audit_data},
-        )
-        for action, data in extra_audit:
+        for action, data in [(audit_action, audit_data), *extra_audit]:
             audit_record(
                 actor=None,
                 action=action,
                 target=target,
                 run=run_id,
-                conversation=run.conversation_id,
+                conversation=conversation_id,
                 data={"step": index, **data},
             )
     return record

@@ -142,8 +142,11 @@ def test_only_deployments_in_allowed_regions_are_used(server, route):
 
 def test_the_router_is_rebuilt_when_a_deployment_changes(server, route):
     gateway_complete(route=route, messages=HELLO)
-    Deployment.objects.filter(route=route, position=1).update(api_base=server.base("replacement"))
+    primary = Deployment.objects.get(route=route, position=1)
+    primary.api_base = server.base("replacement")
+    primary.save()  # moves the route's updated_at
 
+    route.refresh_from_db()
     reply = gateway_complete(route=route, messages=HELLO)
 
     assert reply.content == "replacement says hello"

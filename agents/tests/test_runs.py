@@ -283,6 +283,8 @@ def test_a_worker_whose_lease_was_taken_over_cannot_write(agent, member):
         run_checkpoint(
             run_id=run.pk,
             token=stale,
+            index=0,
+            conversation_id=conversation.pk,
             step=StepRecord("model", {}, {}),
             messages=[],
             audit_action="run.step.model",
