@@ -1,0 +1,74 @@
+import uuid
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+
+from agents.models import Agent, Conversation, Deployment, ModelRoute, Run
+from agents.services import RunError, permission_fingerprint, run_start
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def agent():
+    route = ModelRoute.objects.create(name=f"r-{uuid.uuid4().hex[:8]}")
+    Deployment.objects.create(route=route, position=1, model="warden-local/demo")
+    return Agent.objects.create(name="A", slug=f"a-{uuid.uuid4().hex[:6]}", route=route)
+
+
+@pytest.fixture
+def member():
+    return get_user_model().objects.create_user("mia")
+
+
+def test_the_same_idempotency_key_returns_the_run_it_started(
+    agent, member, django_capture_on_commit_callbacks
+):
+    conversation = Conversation.objects.create(owner=member, agent=agent)
+
+    with django_capture_on_commit_callbacks() as enqueued:
+        first = run_start(
+            agent=agent, conversation=conversation, actor=member, input="hi", idempotency_key="k1"
+        )
+    again = run_start(
+        agent=agent, conversation=conversation, actor=member, input="hi", idempotency_key="k1"
+    )
+
+    assert again.pk == first.pk
+    assert Run.objects.count() == 1
+    assert len(enqueued) == 1  # enqueued once, after commit (not run: no worker here)
+
+
+def test_someone_elses_conversation_is_refused_like_a_missing_one(agent, member):
+    other = get_user_model().objects.create_user("oscar")
+    conversation = Conversation.objects.create(owner=other, agent=agent)
+
+    with pytest.raises(RunError, match="no such conversation"):
+        run_start(agent=agent, conversation=conversation, actor=member, input="hi")
+
+    assert not Run.objects.exists()
+
+
+def test_a_disabled_agent_or_an_empty_message_is_refused(agent, member):
+    conversation = Conversation.objects.create(owner=member, agent=agent)
+
+    with pytest.raises(RunError, match="the message is empty"):
+        run_start(agent=agent, conversation=conversation, actor=member, input="  ")
+    agent.enabled = False
+    agent.save()
+    with pytest.raises(RunError, match="is disabled"):
+        run_start(agent=agent, conversation=conversation, actor=member, input="hi")
+
+    assert not Run.objects.exists()
+
+
+def test_cache_scope_follows_permissions_not_identity():
+    users = get_user_model().objects
+    reviewers = Group.objects.create(name="Reviewer")
+    ann, bob, cid = users.create_user("ann"), users.create_user("bob"), users.create_user("cid")
+    ann.groups.add(reviewers)
+    bob.groups.add(reviewers)
+
+    assert permission_fingerprint(ann) == permission_fingerprint(bob)  # may share answers
+    assert permission_fingerprint(ann) != permission_fingerprint(cid)  # may not
