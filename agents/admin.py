@@ -24,10 +24,6 @@ class ModelRouteAdmin(admin.ModelAdmin):
     search_fields = ("name",)
     inlines = [DeploymentInline]
 
-    def save_related(self, request, form, formsets, change):
-        super().save_related(request, form, formsets, change)
-        form.instance.save(update_fields=["updated_at"])  # routers rebuild on the next call
-
 
 @admin.register(Agent)
 class AgentAdmin(admin.ModelAdmin):

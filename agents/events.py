@@ -24,12 +24,6 @@ def publish(run_id: int, event: dict) -> None:
     loop.call_soon_threadsafe(queue.put_nowait, (f"run.{run_id}", event))
 
 
-def flush(timeout: float = 5) -> None:
-    """Wait until every event queued so far has been sent (tests, shutdown)."""
-    loop, queue = _publisher()
-    asyncio.run_coroutine_threadsafe(queue.join(), loop).result(timeout)
-
-
 def _publisher():
     with _lock:
         if _state.get("pid") != os.getpid():  # first use, or a forked child: start afresh

@@ -111,6 +111,16 @@ class Agent(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def clean(self) -> None:
+        from django.core.exceptions import ValidationError
+
+        from tools.registry import PYTHON_TOOLS
+
+        unknown = [name for name in self.tools if name not in PYTHON_TOOLS]
+        if unknown:
+            known = ", ".join(sorted(PYTHON_TOOLS))
+            raise ValidationError({"tools": f"no such tool: {', '.join(unknown)} (known: {known})"})
+
 
 class Conversation(models.Model):
     """A user's thread with one agent."""

@@ -72,3 +72,41 @@ def test_cache_scope_follows_permissions_not_identity():
 
     assert permission_fingerprint(ann) == permission_fingerprint(bob)  # may share answers
     assert permission_fingerprint(ann) != permission_fingerprint(cid)  # may not
+
+
+def test_an_agent_naming_an_unknown_tool_is_refused_with_the_known_ones(agent):
+    from django.core.exceptions import ValidationError
+
+    agent.tools = ["create_ticket", "crete_ticket"]
+
+    with pytest.raises(ValidationError) as refused:
+        agent.full_clean()
+
+    assert refused.value.message_dict["tools"] == [
+        "no such tool: crete_ticket (known: create_ticket, get_ticket_status)"
+    ]
+
+
+def test_the_admin_shows_that_error_instead_of_saving(agent, client, django_user_model):
+    admin = django_user_model.objects.create_user("gail", is_staff=True, is_superuser=True)
+    client.force_login(admin)
+
+    response = client.post(
+        f"/admin/agents/agent/{agent.pk}/change/",
+        {
+            "name": agent.name,
+            "slug": agent.slug,
+            "route": agent.route_id,
+            "tools": "crete_ticket",
+            "allowed_regions": "",
+            "confidence_threshold": "0.80",
+            "max_steps": "8",
+            "max_tokens_per_run": "20000",
+            "enabled": "on",
+        },
+    )
+
+    assert response.status_code == 200
+    assert "no such tool: crete_ticket" in response.content.decode()
+    agent.refresh_from_db()
+    assert agent.tools == []
