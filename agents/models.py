@@ -197,6 +197,11 @@ class Run(models.Model):
     state = models.CharField(max_length=20, choices=RunState.choices, default=RunState.QUEUED)
     idempotency_key = models.CharField(max_length=200, blank=True)
     input = models.TextField()
+    stream = models.BooleanField(
+        default=True,
+        help_text="Publish the run's steps and the answer's tokens to its channel group as "
+        "they happen (the chat does; an integration that waits for the result need not).",
+    )
     cancel_requested = models.BooleanField(default=False)
     lease_holder = models.CharField(max_length=200, blank=True)
     fencing_token = models.BigIntegerField(default=0)

@@ -9,12 +9,12 @@ model is asked again; a model answer without tool calls ends the run.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
 import signal
 
-import jsonschema
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -94,12 +94,17 @@ class _Run:
         self.messages = _messages(self.run)
         self.offered = _offered(self.agent)
         self.tokens = self.run.tokens
-        self.cache_scope = f"agent:{self.agent.pk}:{permission_fingerprint(self.run.actor)}"
+        self.cancel_requested = self.run.cancel_requested
+
+    @functools.cached_property
+    def cache_scope(self) -> str:
+        """Who may share cached answers (asked only when the route caches)."""
+        return f"agent:{self.agent.pk}:{permission_fingerprint(self.run.actor)}"
 
     def checkpoint(
         self, step: StepRecord, messages: list[dict], action: str, data: dict, extra_audit=()
     ) -> RunStep:
-        record = run_checkpoint(
+        done = run_checkpoint(
             run_id=self.run.pk,
             token=self.token,
             index=len(self.steps),
@@ -110,10 +115,17 @@ class _Run:
             audit_data=data,
             extra_audit=extra_audit,
         )
+        record = done.step
+        self.cancel_requested = done.cancel_requested
         self.steps.append(record)
         self.messages += [_as_model_message(m) for m in messages]
         self.tokens += step.prompt_tokens + step.completion_tokens
         return record
+
+    def publish(self, event: dict) -> None:
+        """Tell the run's channel group, if somebody watches it live (the run streams)."""
+        if self.run.stream:
+            publish(self.run.pk, event)
 
     def finish(self, state: str, **kwargs) -> None:
         run_finish(run_id=self.run.pk, token=self.token, state=state, **kwargs)
@@ -127,7 +139,7 @@ def _loop(run_id: int, token: int) -> None:
         raise LeaseLost(f"run {run_id}")
     agent = held.agent
     while True:
-        if Run.objects.filter(pk=run_id, cancel_requested=True).exists():
+        if held.cancel_requested:  # as of the last commit
             return held.finish(RunState.CANCELLED, error="cancelled by request")
         steps = held.steps
         last_model = next((s for s in reversed(steps) if s.kind == StepKind.MODEL), None)
@@ -164,8 +176,10 @@ def _loop(run_id: int, token: int) -> None:
                 messages=held.messages,
                 tools=[t.as_openai_tool() for t in held.offered],
                 allowed_regions=agent.allowed_regions,
-                cache_scope=held.cache_scope,
-                on_token=lambda text: publish(run_id, {"type": "token", "text": text}),
+                cache_scope=held.cache_scope if agent.route.cache_seconds else "",
+                on_token=(lambda text: held.publish({"type": "token", "text": text}))
+                if held.run.stream
+                else None,
             )
         except ModelUnavailable as exc:
             return held.finish(RunState.FAILED, error=str(exc))
@@ -210,7 +224,7 @@ def _loop(run_id: int, token: int) -> None:
                 for skipped in reply.fallbacks
             ],
         )
-        publish(run_id, {"type": "step", "index": record.index, "kind": "model", "output": output})
+        held.publish({"type": "step", "index": record.index, "kind": "model", "output": output})
 
 
 def _pending_tool_call(steps: list[RunStep]) -> tuple[int, int, dict] | None:
@@ -236,12 +250,12 @@ def _tool_step(held: _Run, model_index: int, k: int, call: dict) -> None:
     else:
         try:
             arguments = json.loads(call["arguments"] or "{}")
-            jsonschema.validate(arguments, tool.parameters)
         except json.JSONDecodeError as exc:
             problem = f"the arguments are not valid JSON ({exc.msg})"
-        except jsonschema.ValidationError as exc:
-            where = "/".join(str(p) for p in exc.absolute_path) or "arguments"
-            problem = f"invalid arguments at {where}: {exc.message}"
+        else:
+            if (error := tool.argument_error(arguments)) is not None:
+                where = "/".join(str(p) for p in error.absolute_path) or "arguments"
+                problem = f"invalid arguments at {where}: {error.message}"
     if problem is not None:
         invalid = 1 + sum(
             1 for s in held.steps if s.kind == StepKind.TOOL and s.output.get("invalid")
@@ -264,7 +278,7 @@ def _tool_step(held: _Run, model_index: int, k: int, call: dict) -> None:
             "tool.rejected",
             {"tool": call["name"], "reason": problem},
         )
-        publish(run.pk, {"type": "step", "index": record.index, "kind": "tool", "error": problem})
+        held.publish({"type": "step", "index": record.index, "kind": "tool", "error": problem})
         if invalid >= MAX_INVALID_TOOL_CALLS:
             held.finish(
                 RunState.FAILED,
@@ -285,7 +299,7 @@ def _tool_step(held: _Run, model_index: int, k: int, call: dict) -> None:
         "tool.invoked",
         {"tool": tool.name, "arguments": arguments, "idempotency_key": key},
     )
-    publish(run.pk, {"type": "step", "index": record.index, "kind": "tool", "tool": tool.name})
+    held.publish({"type": "step", "index": record.index, "kind": "tool", "tool": tool.name})
 
 
 class _Finished(Exception):

@@ -7,15 +7,17 @@ row and checks the fencing token first: a worker whose lease was taken over can 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 
+import psycopg
 from django.conf import settings
-from django.db import transaction
-from django.db.models import F, Q
+from django.db import connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from agents.models import (
@@ -28,7 +30,13 @@ from agents.models import (
     RunState,
     RunStep,
 )
-from audit.services import Target, audit_record
+from audit.services import (
+    Target,
+    append_statement,
+    audit_draft,
+    audit_record,
+    lock_statement,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -46,10 +54,17 @@ def lease_seconds() -> int:
 
 
 def run_start(
-    *, agent: Agent, conversation: Conversation, actor, input: str, idempotency_key: str = ""
+    *,
+    agent: Agent,
+    conversation: Conversation,
+    actor,
+    input: str,
+    idempotency_key: str = "",
+    stream: bool = True,
 ) -> Run:
     """Queue a run of `agent` on the actor's message; the same idempotency key returns the
-    run it started before instead of a second one."""
+    run it started before instead of a second one. `stream` publishes the run's steps and the
+    answer's tokens to its channel group as they happen (for somebody watching live)."""
     if not agent.enabled:
         raise RunError(f"the agent {agent.name} is disabled")
     if conversation.owner_id != actor.pk or conversation.agent_id != agent.pk:
@@ -67,6 +82,7 @@ def run_start(
             actor=actor,
             input=input,
             idempotency_key=idempotency_key,
+            stream=stream,
         )
         Message.objects.create(
             conversation=conversation, run=run, role=MessageRole.USER, content=input
@@ -111,22 +127,21 @@ def run_cancel(*, run: Run, actor) -> Run:
 def run_acquire_lease(*, run_id: int, holder: str) -> int | None:
     """Take the run's lease if it is free or expired; returns the new fencing token."""
     now = timezone.now()
-    updated = Run.objects.filter(
-        Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now),
-        pk=run_id,
-        state__in=[RunState.QUEUED, RunState.RUNNING],
-    ).update(
-        lease_holder=holder,
-        fencing_token=F("fencing_token") + 1,
-        lease_expires_at=now + timedelta(seconds=lease_seconds()),
-        state=RunState.RUNNING,
-    )
-    if not updated:
-        return None
-    run = Run.objects.only("fencing_token", "started_at").get(pk=run_id)
-    if run.started_at is None:
-        Run.objects.filter(pk=run_id, started_at__isnull=True).update(started_at=now)
-    return run.fencing_token
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _ACQUIRE, [holder, now + timedelta(seconds=lease_seconds()), now, run_id, now]
+        )
+        row = cursor.fetchone()
+    return None if row is None else row[0]
+
+
+_ACQUIRE = f"""
+UPDATE agents_run SET lease_holder = %s, fencing_token = fencing_token + 1,
+    lease_expires_at = %s, state = '{RunState.RUNNING}', started_at = COALESCE(started_at, %s)
+WHERE id = %s AND state IN ('{RunState.QUEUED}', '{RunState.RUNNING}')
+    AND (lease_expires_at IS NULL OR lease_expires_at < %s)
+RETURNING fencing_token
+"""  # noqa: S608 - constants only
 
 
 @dataclass
@@ -142,6 +157,12 @@ class StepRecord:
     started_at: object = None
 
 
+@dataclass
+class Checkpoint:
+    step: RunStep
+    cancel_requested: bool
+
+
 def run_checkpoint(
     *,
     run_id: int,
@@ -153,54 +174,140 @@ def run_checkpoint(
     audit_action: str,
     audit_data: dict,
     extra_audit: list[tuple[str, dict]] = (),
-) -> RunStep:
+) -> Checkpoint:
     """Commit step `index`: the step row, the messages it adds, the run's totals, its audit
     events, and a renewed lease, all or nothing, and only while `token` is still the run's.
+    Returns the step and whether somebody asked to cancel the run.
 
     The fenced UPDATE comes first: it both checks the token and locks the run row until the
-    commit, so a worker that lost the lease writes nothing.
+    commit, so a worker that lost the lease writes nothing. This is the runtime's hot path, so
+    its statements are pipelined: two round trips to the database per step (the audit chain
+    needs the stream's head before it can hash), where the ORM took eight.
     """
-    with transaction.atomic():
-        now = timezone.now()
-        fenced = (
-            Run.objects.filter(pk=run_id, fencing_token=token)
-            .exclude(state__in=FINAL_STATES)
-            .update(
-                prompt_tokens=F("prompt_tokens") + step.prompt_tokens,
-                completion_tokens=F("completion_tokens") + step.completion_tokens,
-                cost=F("cost") + step.cost,
-                lease_expires_at=now + timedelta(seconds=lease_seconds()),
-            )
+    target = Target("agents.run", str(run_id), f"run {run_id}")
+    drafts = [
+        audit_draft(
+            actor=None,
+            action=action,
+            target=target,
+            run=run_id,
+            conversation=conversation_id,
+            data={"step": index, **data},
         )
-        if not fenced:
+        for action, data in [(audit_action, audit_data), *extra_audit]
+    ]
+    now = timezone.now()
+    record = RunStep(
+        run_id=run_id,
+        index=index,
+        kind=step.kind,
+        input=step.input,
+        output=step.output,
+        status=step.status,
+        started_at=step.started_at or now,
+        finished_at=now,
+        prompt_tokens=step.prompt_tokens,
+        completion_tokens=step.completion_tokens,
+        cost=step.cost,
+        deployment=step.deployment,
+    )
+    rows = [
+        {
+            "conversation_id": conversation_id,
+            "run_id": run_id,
+            "created_at": now,
+            **{"content": "", "tool_calls": [], "tool_call_id": "", "tokens": 0, "cost": 0},
+            **message,
+        }
+        for message in messages
+    ]
+    with pipelined_transaction() as db:
+        fenced = db.execute(
+            _FENCED_STEP,
+            [
+                step.prompt_tokens,
+                step.completion_tokens,
+                step.cost,
+                now + timedelta(seconds=lease_seconds()),
+                run_id,
+                token,
+            ],
+        )
+        head = db.execute(*lock_statement(drafts[0].stream, len(drafts)))
+        row = fenced.fetchone()  # the first round trip
+        if row is None:
             raise LeaseLost(f"run {run_id}: lease token {token} is no longer current")
-        record = RunStep.objects.create(
-            run_id=run_id,
-            index=index,
-            kind=step.kind,
-            input=step.input,
-            output=step.output,
-            status=step.status,
-            started_at=step.started_at or now,
-            finished_at=now,
-            prompt_tokens=step.prompt_tokens,
-            completion_tokens=step.completion_tokens,
-            cost=step.cost,
-            deployment=step.deployment,
-        )
-        for message in messages:
-            Message.objects.create(conversation_id=conversation_id, run_id=run_id, **message)
-        target = Target("agents.run", str(run_id), f"run {run_id}")
-        for action, data in [(audit_action, audit_data), *extra_audit]:
-            audit_record(
-                actor=None,
-                action=action,
-                target=target,
-                run=run_id,
-                conversation=conversation_id,
-                data={"step": index, **data},
-            )
-    return record
+        inserted = db.execute(*_insert(RunStep, [_field_values(record)]))
+        if rows:
+            db.execute(*_insert(Message, rows))
+        sql, params, _events = append_statement(drafts, head.fetchone())
+        db.execute(sql, params)
+    record.pk = inserted.fetchone()[0]  # read after the commit: the second round trip
+    return Checkpoint(record, row[0])
+
+
+_FENCED_STEP = f"""
+UPDATE agents_run SET prompt_tokens = prompt_tokens + %s,
+    completion_tokens = completion_tokens + %s, cost = cost + %s, lease_expires_at = %s
+WHERE id = %s AND fencing_token = %s
+    AND state NOT IN ({", ".join(f"'{state}'" for state in FINAL_STATES)})
+RETURNING cancel_requested
+"""  # noqa: S608 - constants only
+
+
+@contextlib.contextmanager
+def pipelined_transaction():
+    """A transaction on the raw psycopg connection in pipeline mode: statements go out without
+    waiting for each other, and a round trip happens only where a result is read (and at the
+    commit). It is a transaction of its own, so never inside an atomic block."""
+    if connection.in_atomic_block:
+        raise RuntimeError("a pipelined transaction cannot run inside an atomic block")
+    connection.ensure_connection()
+    raw = connection.connection
+    try:
+        # BEGIN and COMMIT as statements of the pipeline: psycopg's transaction() would add
+        # a round trip at each end. Server-side binding (psycopg's own cursor, not Django's
+        # client-side one) lets the server prepare the repeated statements once.
+        with raw.pipeline():
+            raw.execute("BEGIN")
+            yield _Pipelined(raw)
+            raw.execute("COMMIT")
+    except BaseException:
+        if not raw.closed:
+            raw.rollback()  # a no-op unless the transaction is still open
+        raise
+
+
+class _Pipelined:
+    def __init__(self, raw):
+        self.raw = raw
+
+    def execute(self, sql: str, params: list) -> psycopg.Cursor:
+        return psycopg.Cursor(self.raw).execute(sql, params)
+
+
+def _field_values(instance) -> dict:
+    return {
+        field.attname: getattr(instance, field.attname)
+        for field in instance._meta.concrete_fields
+        if not field.primary_key
+    }
+
+
+def _insert(model, rows: list[dict]) -> tuple[str, list]:
+    """A multi-row INSERT … RETURNING id of `rows` (attname → value), each value prepared by
+    its field as the ORM would."""
+    fields = [model._meta.get_field(name) for name in rows[0]]
+    columns = ", ".join(connection.ops.quote_name(field.column) for field in fields)
+    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    params = [
+        field.get_db_prep_save(values[field.attname], connection)
+        for values in rows
+        for field in fields
+    ]
+    table = connection.ops.quote_name(model._meta.db_table)
+    values = ", ".join([row] * len(rows))
+    return f"INSERT INTO {table} ({columns}) VALUES {values} RETURNING id", params  # noqa: S608
 
 
 def run_finish(
@@ -213,40 +320,35 @@ def run_finish(
     confidence: float | None = None,
 ) -> None:
     """Put the run in a final state and release its lease."""
-    with transaction.atomic():
-        run = _fenced(run_id, token)
-        now = timezone.now()
-        run.state, run.answer, run.error, run.finished_at = state, answer, error, now
-        run.confidence = None if confidence is None else Decimal(str(round(confidence, 3)))
-        run.latency_ms = int((now - (run.started_at or run.created_at)).total_seconds() * 1000)
-        run.lease_holder, run.lease_expires_at = "", None
-        run.save(
-            update_fields=[
-                "state",
-                "answer",
-                "error",
-                "finished_at",
-                "confidence",
-                "latency_ms",
-                "lease_holder",
-                "lease_expires_at",
-            ]
-        )
-        audit_record(
+    rounded = None if confidence is None else Decimal(str(round(confidence, 3)))
+    with pipelined_transaction() as db:
+        finished = db.execute(_FINISH, [state, answer, error, rounded, run_id, token])
+        head = db.execute(*lock_statement(f"run:{run_id}", 1))
+        row = finished.fetchone()
+        if row is None:
+            raise LeaseLost(f"run {run_id}: lease token {token} is no longer current")
+        conversation_id, tokens, cost = row
+        draft = audit_draft(
             actor=None,
             action=f"run.{state}",
-            target=Target.of(run),
+            target=Target("agents.run", str(run_id), f"run {run_id} ({state})"),
             run=run_id,
-            conversation=run.conversation_id,
-            data={"error": error, "tokens": run.tokens, "cost": str(run.cost)},
+            conversation=conversation_id,
+            data={"error": error, "tokens": tokens, "cost": str(cost)},
         )
+        db.execute(*append_statement([draft], head.fetchone())[:2])
 
 
-def _fenced(run_id: int, token: int) -> Run:
-    run = Run.objects.select_for_update().get(pk=run_id)
-    if run.fencing_token != token or run.state in FINAL_STATES:
-        raise LeaseLost(f"run {run_id}: lease token {token} is no longer current")
-    return run
+_FINISH = f"""
+UPDATE agents_run SET state = %s, answer = %s, error = %s, confidence = %s,
+    finished_at = statement_timestamp(),
+    latency_ms = GREATEST(0, (EXTRACT(EPOCH FROM statement_timestamp()
+        - COALESCE(started_at, created_at)) * 1000)::int),
+    lease_holder = '', lease_expires_at = NULL
+WHERE id = %s AND fencing_token = %s
+    AND state NOT IN ({", ".join(f"'{state}'" for state in FINAL_STATES)})
+RETURNING conversation_id, prompt_tokens + completion_tokens, cost
+"""  # noqa: S608 - constants only
 
 
 def runs_to_resume(*, stale_after: int = 60) -> list[int]:

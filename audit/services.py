@@ -100,50 +100,106 @@ def audit_record(
     if not connection.in_atomic_block:
         raise AuditError("audit_record must be called inside the acting service's transaction")
     try:
-        if not ACTION_PATTERN.match(action) or len(action) > 100:
-            raise AuditError(
-                f"action must be a dotted lower-case verb such as run.started: {action!r}"
-            )
-        who, what = Actor.of(actor), Target.of(target)
-        try:
-            clean = redact(json.loads(json.dumps(dict(data or {}), cls=DjangoJSONEncoder)))
-            text = chain.canonical_json(clean)  # rejects NaN and infinity
-        except (TypeError, ValueError) as exc:
-            raise AuditError(f"audit data is not JSON: {exc}") from None
+        draft = audit_draft(
+            actor=actor,
+            action=action,
+            target=target,
+            data=data,
+            run=run,
+            conversation=conversation,
+            stream=stream,
+        )
     except AuditError:
         # The action must not commit without its event, even if the caller swallows this.
         transaction.set_rollback(True)
         raise
+    with connection.cursor() as cursor:
+        cursor.execute(*lock_statement(draft.stream, 1))
+        sql, params, events = append_statement([draft], cursor.fetchone())
+        cursor.execute(sql, params)
+    return events[0]
+
+
+@dataclass(frozen=True)
+class Draft:
+    """An event checked, redacted and serialised, not yet on its stream's chain."""
+
+    stream: str
+    fields: dict
+    text: str
+
+
+def audit_draft(
+    *,
+    actor: Any,
+    action: str,
+    target: Any,
+    data: Mapping[str, Any] | None = None,
+    run: str | int | None = None,
+    conversation: str | int | None = None,
+    stream: str | None = None,
+) -> Draft:
+    """The event `audit_record` would append, for a caller that writes its own transaction
+    (the run checkpoint pipelines its statements): lock the stream with `lock_statement`, then
+    write the drafts with `append_statement`, both inside that transaction. Raises AuditError
+    on a malformed action or data."""
+    if not ACTION_PATTERN.match(action) or len(action) > 100:
+        raise AuditError(f"action must be a dotted lower-case verb such as run.started: {action!r}")
+    who, what = Actor.of(actor), Target.of(target)
+    try:
+        clean = redact(json.loads(json.dumps(dict(data or {}), cls=DjangoJSONEncoder)))
+        text = chain.canonical_json(clean)  # rejects NaN and infinity
+    except (TypeError, ValueError) as exc:
+        raise AuditError(f"audit data is not JSON: {exc}") from None
     run_ref = "" if run is None else scrub(str(run))[:64]
     conversation_ref = "" if conversation is None else scrub(str(conversation))[:64]
+    fields = {
+        "actor_type": str(who.type),
+        "actor_id": scrub(who.id)[:64],
+        "actor_label": scrub(who.label)[:200],
+        "action": action,
+        "target_type": scrub(what.type)[:100],
+        "target_id": scrub(what.id)[:64],
+        "target_label": scrub(what.label)[:200],
+        "run": run_ref,
+        "conversation": conversation_ref,
+        "data": clean,
+    }
     key = scrub(stream or _default_stream(run_ref, conversation_ref, what))[:200]
+    return Draft(key, fields, text)
 
-    with connection.cursor() as cursor:
-        cursor.execute(_LOCK_STREAM, [key, chain.GENESIS])
-        last_seq, last_hash, sequence, now = cursor.fetchone()
+
+def lock_statement(stream: str, count: int) -> tuple[str, list]:
+    """Creates the stream's head or locks it, and draws `count` sequence numbers under the lock.
+    Its row is what `append_statement` needs."""
+    return _LOCK_STREAM, [stream, chain.GENESIS, count]
+
+
+def append_statement(drafts: list[Draft], head: tuple) -> tuple[str, list, list[AuditEvent]]:
+    """The statement appending `drafts` (all of one stream, in order) after the head row that
+    `lock_statement` returned, and the events it writes."""
+    last_seq, last_hash, sequences, now = head
+    stream = drafts[0].stream
+    rows, params, events = [], [], []
+    for draft, sequence in zip(drafts, sequences, strict=True):
+        if draft.stream != stream:
+            raise AuditError("one append writes one stream")
+        last_seq += 1
         event = {
+            **draft.fields,
             "sequence": sequence,
             "time": chain_time(now),
-            "stream": key,
-            "stream_seq": last_seq + 1,
-            "actor_type": str(who.type),
-            "actor_id": scrub(who.id)[:64],
-            "actor_label": scrub(who.label)[:200],
-            "action": action,
-            "target_type": scrub(what.type)[:100],
-            "target_id": scrub(what.id)[:64],
-            "target_label": scrub(what.label)[:200],
-            "run": run_ref,
-            "conversation": conversation_ref,
-            "data": clean,
+            "stream": stream,
+            "stream_seq": last_seq,
             "prev_hash": last_hash,
         }
-        event["hash"] = chain.event_hash(event)
-        values = [event[name] for name in chain.EVENT_FIELDS if name != "data"]
-        cursor.execute(
-            _APPEND, [*values, text, event["hash"], event["stream_seq"], event["hash"], key]
-        )
-    return AuditEvent(**{**event, "time": now, "data": text})
+        event["hash"] = last_hash = chain.event_hash(event)
+        params += [event[name] for name in chain.EVENT_FIELDS if name != "data"]
+        params += [draft.text, event["hash"]]
+        rows.append(_EVENT_ROW)
+        events.append(AuditEvent(**{**event, "time": now, "data": draft.text}))
+    sql = _APPEND.format(rows=", ".join(rows))
+    return sql, [*params, last_seq, last_hash, stream], events
 
 
 def _default_stream(run: str, conversation: str, target: Target) -> str:
@@ -155,20 +211,22 @@ def _default_stream(run: str, conversation: str, target: Target) -> str:
 
 
 # Creates the stream's head or locks it (the no-op update takes the row lock), then, with the
-# lock held, draws the global sequence and reads the database's clock (one clock for every
-# host, never earlier than the stream's previous event): one round trip.
+# lock held, draws the global sequence numbers and reads the database's clock (one clock for
+# every host, never earlier than the stream's previous event): one round trip.
 _LOCK_STREAM = """
 INSERT INTO audit_auditstream (key, last_seq, last_hash, anchored) VALUES (%s, 0, %s, true)
 ON CONFLICT (key) DO UPDATE SET key = EXCLUDED.key
-RETURNING last_seq, last_hash, nextval(pg_get_serial_sequence('audit_auditevent', 'sequence')),
+RETURNING last_seq, last_hash,
+    ARRAY(SELECT nextval(pg_get_serial_sequence('audit_auditevent', 'sequence'))
+          FROM generate_series(1, %s) ORDER BY 1),
     date_trunc('microseconds', clock_timestamp())
 """
 _HASHED_COLUMNS = ", ".join(name for name in chain.EVENT_FIELDS if name != "data")
-# Inserts the event and advances the stream's head; built from constant column names only.
+_EVENT_ROW = "(" + ", ".join(["%s"] * (len(chain.EVENT_FIELDS) + 1)) + ")"
+# Inserts the events and advances the stream's head; built from constant column names only.
 _APPEND = f"""
 WITH appended AS (
-    INSERT INTO audit_auditevent ({_HASHED_COLUMNS}, data, hash)
-    VALUES ({", ".join(["%s"] * (len(chain.EVENT_FIELDS) + 1))})
+    INSERT INTO audit_auditevent ({_HASHED_COLUMNS}, data, hash) VALUES {{rows}}
 )
 UPDATE audit_auditstream SET last_seq = %s, last_hash = %s, anchored = false WHERE key = %s
 """  # noqa: S608

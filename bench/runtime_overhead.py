@@ -8,7 +8,8 @@ answers in 0 ms: five turns that each call one read tool, then an answer, so one
 (6 model, 5 tool). The three contenders, interleaved round by round:
 
 - warden: the real orchestrator (`run_execute`), each step committed with its messages, totals,
-  lease renewal and audit event, and published to the run's channel group;
+  lease renewal and audit event, and published to the run's channel group; the run does not
+  stream tokens, like the other two (warden-stream, reported apart, does);
 - langgraph: the same loop as a LangGraph StateGraph (model node, tool node) with
   `PostgresSaver` on the same PostgreSQL, invoked with durability="sync";
 - floor: bare `litellm.completion` calls and the tool, plus one INSERT (autocommit) per step.
@@ -73,6 +74,13 @@ def mock_provider():
                 usage=Usage(prompt_tokens=10, completion_tokens=5, total_tokens=15),
             )
 
+        async def acompletion(self, *args, **kwargs):
+            return self.completion(*args, **kwargs)
+
+        async def astreaming(self, *args, **kwargs):
+            for chunk in self.streaming(*args, **kwargs):
+                yield chunk
+
         def streaming(self, model, messages, *args, **kwargs):
             done, n = decide(messages)
             usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
@@ -128,13 +136,18 @@ def warden_setup():
     return agent, user
 
 
-def warden_run(agent, user) -> None:
+def warden_run(agent, user, stream: bool = False) -> None:
+    from django.db import transaction
+
     from agents.models import Conversation, Message, Run, RunState
     from agents.orchestrator import run_execute
 
-    conversation = Conversation.objects.create(owner=user, agent=agent)
-    run = Run.objects.create(agent=agent, conversation=conversation, actor=user, input="check")
-    Message.objects.create(conversation=conversation, run=run, role="user", content="check")
+    with transaction.atomic():  # as run_start writes them (less its audit event and enqueue)
+        conversation = Conversation.objects.create(owner=user, agent=agent)
+        run = Run.objects.create(
+            agent=agent, conversation=conversation, actor=user, input="check", stream=stream
+        )
+        Message.objects.create(conversation=conversation, run=run, role="user", content="check")
     run_execute(run_id=run.pk, holder="bench")
     state = Run.objects.values_list("state", flat=True).get(pk=run.pk)
     assert state == RunState.SUCCEEDED, state
@@ -303,15 +316,15 @@ def main() -> None:
         langgraph_run(graph, -1)
         floor_run(floor)
 
-        per_step = {"warden": [], "langgraph": [], "floor": []}
+        per_step = {"warden": [], "langgraph": [], "floor": [], "warden-stream": []}
         counter = 0
         for _ in range(args.rounds):
             for name in per_step:
                 began = time.perf_counter()
                 for _ in range(args.runs):
                     counter += 1
-                    if name == "warden":
-                        warden_run(agent, user)
+                    if name.startswith("warden"):
+                        warden_run(agent, user, stream=name == "warden-stream")
                     elif name == "langgraph":
                         langgraph_run(graph, counter)
                     else:

@@ -5,8 +5,10 @@ and their admin, is tools' own issue; this is the part the runtime needs now.)""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+import jsonschema
 
 
 class ToolRisk:
@@ -21,6 +23,15 @@ class PythonTool:
     parameters: dict  # JSON Schema (Draft 2020-12) of the arguments
     risk: str
     function: Callable[..., Any]
+    validator: jsonschema.Draft202012Validator = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        jsonschema.Draft202012Validator.check_schema(self.parameters)  # once, at registration
+        object.__setattr__(self, "validator", jsonschema.Draft202012Validator(self.parameters))
+
+    def argument_error(self, arguments: Any) -> jsonschema.ValidationError | None:
+        """The most relevant way `arguments` break the tool's schema, or None."""
+        return jsonschema.exceptions.best_match(self.validator.iter_errors(arguments))
 
     @property
     def has_side_effects(self) -> bool:

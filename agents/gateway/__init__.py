@@ -4,6 +4,8 @@
 deployments are tried in position order (litellm's `order`), a failing deployment is retried
 `num_retries` times and then put in cooldown after `allowed_fails` failures, and the next
 deployment answers. Only deployments in the agent's allowed regions are part of the router.
+A route left with one deployment is called directly, with the same retries and timeout: a
+Router would have nothing to route (see `client.CompiledRoute`).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from decimal import Decimal
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch it at import
@@ -25,7 +26,7 @@ register_local_model()
 
 CACHE_PREFIX = "gateway:cache:"
 STATS_PREFIX = "gateway:stats:"
-_routers: dict[tuple, tuple] = {}
+_routers: dict[tuple, tuple] = {}  # (route id, regions) -> (version, CompiledRoute)
 _routers_lock = threading.Lock()
 
 
@@ -50,12 +51,26 @@ def _api_key(deployment) -> str:
     return value
 
 
-def router_for(
-    route, allowed_regions: tuple[str, ...]
-) -> tuple[litellm.Router, list[str], set[str]]:
-    """The route's router, its deployment ids in preference order, and which of them are the
-    offline model. Cached per process; saving a route or any of its deployments moves the
-    route's updated_at, which rebuilds it (so a cached call reads no deployment row)."""
+@dataclass(frozen=True)
+class CompiledRoute:
+    """A route ready to call: its deployment ids in preference order, which of them are the
+    offline model, and either a litellm Router (several deployments) or, for a route with a
+    single deployment, the parameters to call it directly. One deployment leaves a Router
+    nothing to do (nothing to fall back to, and litellm never cools down a lone deployment)
+    while its bookkeeping costs about a millisecond a call (bench/runtime_overhead.py); the
+    retries and the timeout are then the provider client's, through litellm.completion."""
+
+    ids: list[str]
+    local: set[str]
+    prices: dict[str, tuple[Decimal, Decimal]]  # id -> per input and output token, if set
+    router: litellm.Router | None
+    direct: dict | None
+
+
+def router_for(route, allowed_regions: tuple[str, ...]) -> CompiledRoute:
+    """The route compiled for the agent's allowed regions. Cached per process; saving a route
+    or any of its deployments moves the route's updated_at, which rebuilds it (so a cached
+    call reads no deployment row)."""
     version = (
         route.updated_at,
         route.num_retries,
@@ -68,7 +83,7 @@ def router_for(
     with _routers_lock:
         cached = _routers.get(key)
         if cached and cached[0] == version:
-            return cached[1], cached[2], cached[3]
+            return cached[1]
         deployments = [
             d
             for d in route.deployments.order_by("position")
@@ -96,19 +111,41 @@ def router_for(
             model_list.append(
                 {"model_name": route.name, "litellm_params": params, "model_info": info}
             )
-        router = litellm.Router(
-            model_list=model_list,
-            num_retries=route.num_retries,
-            timeout=route.timeout_seconds,
-            allowed_fails=route.allowed_fails,
-            cooldown_time=route.cooldown_seconds,
-            # Without this, any call with tools needs the optional `mcp` package.
-            default_litellm_params={"_skip_mcp_handler": True},
-        )
         ids = [deployment_id(d) for d in deployments]
         local = {deployment_id(d) for d in deployments if d.model.startswith("warden-local/")}
-        _routers[key] = (version, router, ids, local)
-        return router, ids, local
+        prices = {
+            deployment_id(d): (d.input_cost_per_token or Decimal(0), d.output_cost_per_token or 0)
+            for d in deployments
+            if d.input_cost_per_token is not None or d.output_cost_per_token is not None
+        }
+        if len(model_list) == 1:
+            only = model_list[0]
+            direct = {k: v for k, v in only["litellm_params"].items() if k != "order"}
+            prices = {k: v for k, v in only["model_info"].items() if k.endswith("_per_token")}
+            if prices:  # litellm applies a price given with both halves
+                direct["input_cost_per_token"] = prices.get("input_cost_per_token", 0.0)
+                direct["output_cost_per_token"] = prices.get("output_cost_per_token", 0.0)
+            # The provider client retries (with backoff, honouring Retry-After); litellm's
+            # own num_retries would retry again around it.
+            direct.update(
+                max_retries=route.num_retries,
+                timeout=route.timeout_seconds,
+                _skip_mcp_handler=True,
+            )
+            compiled = CompiledRoute(ids, local, prices, None, direct)
+        else:
+            router = litellm.Router(
+                model_list=model_list,
+                num_retries=route.num_retries,
+                timeout=route.timeout_seconds,
+                allowed_fails=route.allowed_fails,
+                cooldown_time=route.cooldown_seconds,
+                # Without this, any call with tools needs the optional `mcp` package.
+                default_litellm_params={"_skip_mcp_handler": True},
+            )
+            compiled = CompiledRoute(ids, local, prices, router, None)
+        _routers[key] = (version, compiled)
+        return compiled
 
 
 def complete(
@@ -120,7 +157,8 @@ def complete(
     cache_scope: str,
     on_token: Callable[[str], None] | None,
 ) -> ModelReply:
-    router, ids, local_ids = router_for(route, allowed_regions)
+    compiled = router_for(route, allowed_regions)
+    ids = compiled.ids
     cache_key = None
     if route.cache_seconds:
         cache_key = (
@@ -141,17 +179,22 @@ def complete(
             return reply
         _count("misses")
 
-    kwargs: dict = {"model": route.name, "messages": messages}
+    kwargs: dict = {"messages": messages}
     if tools:
         kwargs["tools"] = tools
+    if compiled.router is not None:
+        call, kwargs["model"] = compiled.router.completion, route.name
+    else:
+        call = litellm.completion
+        kwargs.update(compiled.direct)
     try:
         if on_token is None:
-            response = router.completion(**kwargs)
-            reply = _reply(response, response._hidden_params)
+            response = call(**kwargs)
+            reply = _reply(response, response._hidden_params, ids[0])
             reply.cost = _cost(response, response._hidden_params)
         else:
-            reply = _streamed(router, kwargs, on_token)
-            if reply.deployment in local_ids:
+            reply = _streamed(call, kwargs, on_token, compiled)
+            if reply.deployment in compiled.local:
                 # Stream chunks carry no confidence; the offline model is deterministic, so ask
                 # it for the one it gave this answer.
                 from agents.gateway.local import decide
@@ -169,10 +212,10 @@ def complete(
     return reply
 
 
-def _streamed(router, kwargs: dict, on_token) -> ModelReply:
+def _streamed(send, kwargs: dict, on_token, compiled: CompiledRoute) -> ModelReply:
     """Stream one answer, handing each piece of text to `on_token` as it arrives, and put the
     reply together from the chunks (litellm's stream_chunk_builder costs ~4 ms a call)."""
-    stream = router.completion(**kwargs, stream=True, stream_options={"include_usage": True})
+    stream = send(**kwargs, stream=True, stream_options={"include_usage": True})
     text: list[str] = []
     calls: dict[int, dict] = {}
     usage = None
@@ -189,16 +232,10 @@ def _streamed(router, kwargs: dict, on_token) -> ModelReply:
                 if call.function is not None:
                     slot["name"] = call.function.name or slot["name"]
                     slot["arguments"] += call.function.arguments or ""
-    deployment = (stream._hidden_params or {}).get("model_id") or ""
+    deployment = (stream._hidden_params or {}).get("model_id") or compiled.ids[0]
     prompt = getattr(usage, "prompt_tokens", 0) or 0
     completion = getattr(usage, "completion_tokens", 0) or 0
-    try:
-        costs = litellm.cost_per_token(
-            model=deployment, prompt_tokens=prompt, completion_tokens=completion
-        )
-        cost = Decimal(str(sum(costs))).quantize(Decimal("0.000001"))
-    except Exception:  # a model litellm's cost map does not know, with no price set
-        cost = Decimal(0)
+    cost = _stream_cost(compiled, deployment, prompt, completion)
     return ModelReply(
         content="".join(text),
         tool_calls=[
@@ -212,7 +249,25 @@ def _streamed(router, kwargs: dict, on_token) -> ModelReply:
     )
 
 
-def _reply(response, hidden: dict) -> ModelReply:
+def _stream_cost(compiled: CompiledRoute, deployment: str, prompt: int, completion: int):
+    price = compiled.prices.get(deployment)
+    if price is not None:
+        value = prompt * price[0] + completion * price[1]
+    else:
+        # The Router registers each deployment's model under its id; a direct call, its own.
+        model = deployment if compiled.router is not None else compiled.direct["model"]
+        try:
+            value = sum(
+                litellm.cost_per_token(
+                    model=model, prompt_tokens=prompt, completion_tokens=completion
+                )
+            )
+        except Exception:  # a model litellm's cost map does not know, with no price set
+            value = 0
+    return Decimal(str(value)).quantize(Decimal("0.000001"))
+
+
+def _reply(response, hidden: dict, first: str) -> ModelReply:
     message = response.choices[0].message
     calls = [
         ToolCall(call.id or f"call_{i}", call.function.name or "", call.function.arguments or "")
@@ -225,7 +280,7 @@ def _reply(response, hidden: dict) -> ModelReply:
         prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
         completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
         cost=Decimal(0),
-        deployment=(hidden or {}).get("model_id") or "",
+        deployment=(hidden or {}).get("model_id") or first,
         confidence=(getattr(response, "_hidden_params", None) or {}).get("warden_confidence"),
     )
     return reply

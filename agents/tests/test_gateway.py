@@ -179,3 +179,45 @@ def test_a_missing_key_variable_is_named(server, route):
         ModelUnavailable, match="needs the environment variable WARDEN_TEST_NO_SUCH_KEY"
     ):
         gateway_complete(route=route, messages=HELLO)
+
+
+@pytest.fixture
+def lone(server):
+    """A route with one deployment (called without a Router): one retry, priced."""
+    route = ModelRoute.objects.create(
+        name=f"lone-{uuid.uuid4().hex[:8]}", num_retries=1, timeout_seconds=1.0
+    )
+    Deployment.objects.create(
+        route=route,
+        position=1,
+        model="openai/primary",
+        api_base=server.base("primary"),
+        input_cost_per_token=Decimal("0.000001"),
+        output_cost_per_token=Decimal("0.000003"),
+    )
+    return route
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
+def test_a_lone_deployment_is_retried_and_priced(server, lone, streamed):
+    server.script("primary", Reply.fail(500), Reply.say("second try"))
+    tokens: list[str] = []
+
+    reply = gateway_complete(
+        route=lone, messages=HELLO, on_token=tokens.append if streamed else None
+    )
+
+    assert reply.content == "second try"
+    assert server.count("primary") == 2
+    assert reply.deployment == f"{lone.name}#1"
+    assert reply.fallbacks == []
+    assert reply.cost == Decimal("0.000032")  # 11 x 1e-6 + 7 x 3e-6
+    assert tokens == (["second", " try"] if streamed else [])
+
+
+def test_a_lone_deployment_that_keeps_failing_is_a_clear_error(server, lone):
+    server.script("primary", Reply.hang(3), Reply.hang(3))
+
+    with pytest.raises(ModelUnavailable, match=rf"route {lone.name}: no deployment answered"):
+        gateway_complete(route=lone, messages=HELLO)
+    assert server.count("primary") == 2  # the retry, then the error

@@ -326,3 +326,25 @@ async def _receive(layer, channel):
     import asyncio
 
     return await asyncio.wait_for(layer.receive(channel), 2)
+
+
+def test_a_run_nobody_watches_live_publishes_nothing_and_does_not_stream(
+    server, agent, member, celery_worker_process
+):
+    from asgiref.sync import async_to_sync
+    from channels.layers import get_channel_layer
+
+    layer = get_channel_layer()
+    conversation = Conversation.objects.create(owner=member, agent=agent)
+    run = Run.objects.create(
+        agent=agent, conversation=conversation, actor=member, input="hi", stream=False
+    )
+    channel = async_to_sync(layer.new_channel)()
+    async_to_sync(layer.group_add)(f"run.{run.pk}", channel)
+    server.script("primary", Reply.say("Your VPN ticket is open"))
+
+    run_execute_task.delay(run.pk)
+    assert final(run).answer == "Your VPN ticket is open"
+    with pytest.raises(TimeoutError):
+        async_to_sync(_receive)(layer, channel)
+    assert not server.requests["primary"][0].get("stream")

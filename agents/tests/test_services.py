@@ -40,6 +40,18 @@ def test_the_same_idempotency_key_returns_the_run_it_started(
     assert len(enqueued) == 1  # enqueued once, after commit (not run: no worker here)
 
 
+def test_a_run_streams_unless_its_starter_waits_for_the_result(agent, member):
+    conversation = Conversation.objects.create(owner=member, agent=agent)
+
+    live = run_start(agent=agent, conversation=conversation, actor=member, input="hi")
+    waited = run_start(
+        agent=agent, conversation=conversation, actor=member, input="hi", stream=False
+    )
+
+    assert Run.objects.get(pk=live.pk).stream is True
+    assert Run.objects.get(pk=waited.pk).stream is False
+
+
 def test_someone_elses_conversation_is_refused_like_a_missing_one(agent, member):
     other = get_user_model().objects.create_user("oscar")
     conversation = Conversation.objects.create(owner=other, agent=agent)
