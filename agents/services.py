@@ -7,8 +7,8 @@ row and checks the fencing token first: a worker whose lease was taken over can 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
@@ -16,6 +16,7 @@ from decimal import Decimal
 
 import psycopg
 from django.conf import settings
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -32,10 +33,9 @@ from agents.models import (
 )
 from audit.services import (
     Target,
-    append_statement,
+    append_arguments,
     audit_draft,
     audit_record,
-    lock_statement,
 )
 
 logger = logging.getLogger(__name__)
@@ -179,23 +179,24 @@ def run_checkpoint(
     events, and a renewed lease, all or nothing, and only while `token` is still the run's.
     Returns the step and whether somebody asked to cancel the run.
 
-    The fenced UPDATE comes first: it both checks the token and locks the run row until the
-    commit, so a worker that lost the lease writes nothing. This is the runtime's hot path, so
-    its statements are pipelined: two round trips to the database per step (the audit chain
-    needs the stream's head before it can hash), where the ORM took eight.
+    This is the runtime's hot path, so it is one statement (one round trip, atomic on its own;
+    the ORM took eight): the fenced UPDATE checks the token and locks the run row, and every
+    other write in it, the audit events' included, happens only if that UPDATE matched.
     """
     target = Target("agents.run", str(run_id), f"run {run_id}")
-    drafts = [
-        audit_draft(
-            actor=None,
-            action=action,
-            target=target,
-            run=run_id,
-            conversation=conversation_id,
-            data={"step": index, **data},
-        )
-        for action, data in [(audit_action, audit_data), *extra_audit]
-    ]
+    stream, events = append_arguments(
+        [
+            audit_draft(
+                actor=None,
+                action=action,
+                target=target,
+                run=run_id,
+                conversation=conversation_id,
+                data={"step": index, **data},
+            )
+            for action, data in [(audit_action, audit_data), *extra_audit]
+        ]
+    )
     now = timezone.now()
     record = RunStep(
         run_id=run_id,
@@ -211,103 +212,68 @@ def run_checkpoint(
         cost=step.cost,
         deployment=step.deployment,
     )
-    rows = [
-        {
-            "conversation_id": conversation_id,
-            "run_id": run_id,
-            "created_at": now,
-            **{"content": "", "tool_calls": [], "tool_call_id": "", "tokens": 0, "cost": 0},
-            **message,
-        }
-        for message in messages
-    ]
-    with pipelined_transaction() as db:
-        fenced = db.execute(
-            _FENCED_STEP,
-            [
-                step.prompt_tokens,
-                step.completion_tokens,
-                step.cost,
-                now + timedelta(seconds=lease_seconds()),
-                run_id,
-                token,
-            ],
-        )
-        head = db.execute(*lock_statement(drafts[0].stream, len(drafts)))
-        row = fenced.fetchone()  # the first round trip
-        if row is None:
-            raise LeaseLost(f"run {run_id}: lease token {token} is no longer current")
-        inserted = db.execute(*_insert(RunStep, [_field_values(record)]))
-        if rows:
-            db.execute(*_insert(Message, rows))
-        sql, params, _events = append_statement(drafts, head.fetchone())
-        db.execute(sql, params)
-    record.pk = inserted.fetchone()[0]  # read after the commit: the second round trip
+    defaults = {"content": "", "tool_calls": [], "tool_call_id": "", "tokens": 0, "cost": 0}
+    params = {
+        "run": run_id,
+        "token": token,
+        "conversation": conversation_id,
+        "lease": now + timedelta(seconds=lease_seconds()),
+        "now": now,
+        "index": index,
+        "kind": str(step.kind),
+        "input": _json(step.input),
+        "output": _json(step.output),
+        "status": str(step.status),
+        "started": record.started_at,
+        "prompt": step.prompt_tokens,
+        "completion": step.completion_tokens,
+        "cost": step.cost,
+        "deployment": step.deployment,
+        "messages": _json([{**defaults, **message} for message in messages]),
+        "stream": stream,
+        "events": events,
+    }
+    connection.ensure_connection()
+    with psycopg.Cursor(connection.connection) as cursor:  # server-side binding: prepared
+        row = cursor.execute(_CHECKPOINT, params).fetchone()
+    if row is None:
+        raise LeaseLost(f"run {run_id}: lease token {token} is no longer current")
+    record.pk = row[1]
     return Checkpoint(record, row[0])
 
 
-_FENCED_STEP = f"""
-UPDATE agents_run SET prompt_tokens = prompt_tokens + %s,
-    completion_tokens = completion_tokens + %s, cost = cost + %s, lease_expires_at = %s
-WHERE id = %s AND fencing_token = %s
-    AND state NOT IN ({", ".join(f"'{state}'" for state in FINAL_STATES)})
-RETURNING cancel_requested
+def _json(value) -> str:
+    return json.dumps(value, cls=DjangoJSONEncoder)
+
+
+_LIVE = ", ".join(f"'{state}'" for state in FINAL_STATES)
+_CHECKPOINT = f"""
+WITH fenced AS (
+    UPDATE agents_run SET prompt_tokens = prompt_tokens + %(prompt)s,
+        completion_tokens = completion_tokens + %(completion)s, cost = cost + %(cost)s,
+        lease_expires_at = %(lease)s
+    WHERE id = %(run)s AND fencing_token = %(token)s AND state NOT IN ({_LIVE})
+    RETURNING id, cancel_requested
+), step AS (
+    INSERT INTO agents_runstep (run_id, "index", kind, input, output, status, started_at,
+        finished_at, prompt_tokens, completion_tokens, cost, deployment)
+    SELECT id, %(index)s, %(kind)s, %(input)s::jsonb, %(output)s::jsonb, %(status)s,
+        %(started)s, %(now)s, %(prompt)s, %(completion)s, %(cost)s, %(deployment)s
+    FROM fenced
+    RETURNING id
+), messages AS (
+    INSERT INTO agents_message (conversation_id, run_id, role, content, tool_calls,
+        tool_call_id, tokens, cost, created_at)
+    SELECT %(conversation)s, fenced.id, m.role, m.content, m.tool_calls, m.tool_call_id,
+        m.tokens, m.cost, %(now)s
+    FROM fenced, jsonb_to_recordset(%(messages)s::jsonb) AS m(role text, content text,
+        tool_calls jsonb, tool_call_id text, tokens integer, cost numeric)
+)
+SELECT fenced.cancel_requested, step.id,
+    (SELECT count(*) FROM audit_append(%(stream)s, %(events)s::jsonb)
+     WHERE fenced.id IS NOT NULL)  -- correlated: runs only when the fenced UPDATE matched
+FROM fenced, step
 """  # noqa: S608 - constants only
-
-
-@contextlib.contextmanager
-def pipelined_transaction():
-    """A transaction on the raw psycopg connection in pipeline mode: statements go out without
-    waiting for each other, and a round trip happens only where a result is read (and at the
-    commit). It is a transaction of its own, so never inside an atomic block."""
-    if connection.in_atomic_block:
-        raise RuntimeError("a pipelined transaction cannot run inside an atomic block")
-    connection.ensure_connection()
-    raw = connection.connection
-    try:
-        # BEGIN and COMMIT as statements of the pipeline: psycopg's transaction() would add
-        # a round trip at each end. Server-side binding (psycopg's own cursor, not Django's
-        # client-side one) lets the server prepare the repeated statements once.
-        with raw.pipeline():
-            raw.execute("BEGIN")
-            yield _Pipelined(raw)
-            raw.execute("COMMIT")
-    except BaseException:
-        if not raw.closed:
-            raw.rollback()  # a no-op unless the transaction is still open
-        raise
-
-
-class _Pipelined:
-    def __init__(self, raw):
-        self.raw = raw
-
-    def execute(self, sql: str, params: list) -> psycopg.Cursor:
-        return psycopg.Cursor(self.raw).execute(sql, params)
-
-
-def _field_values(instance) -> dict:
-    return {
-        field.attname: getattr(instance, field.attname)
-        for field in instance._meta.concrete_fields
-        if not field.primary_key
-    }
-
-
-def _insert(model, rows: list[dict]) -> tuple[str, list]:
-    """A multi-row INSERT … RETURNING id of `rows` (attname → value), each value prepared by
-    its field as the ORM would."""
-    fields = [model._meta.get_field(name) for name in rows[0]]
-    columns = ", ".join(connection.ops.quote_name(field.column) for field in fields)
-    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
-    params = [
-        field.get_db_prep_save(values[field.attname], connection)
-        for values in rows
-        for field in fields
-    ]
-    table = connection.ops.quote_name(model._meta.db_table)
-    values = ", ".join([row] * len(rows))
-    return f"INSERT INTO {table} ({columns}) VALUES {values} RETURNING id", params  # noqa: S608
 
 
 def run_finish(
@@ -321,10 +287,9 @@ def run_finish(
 ) -> None:
     """Put the run in a final state and release its lease."""
     rounded = None if confidence is None else Decimal(str(round(confidence, 3)))
-    with pipelined_transaction() as db:
-        finished = db.execute(_FINISH, [state, answer, error, rounded, run_id, token])
-        head = db.execute(*lock_statement(f"run:{run_id}", 1))
-        row = finished.fetchone()
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(_FINISH, [state, answer, error, rounded, run_id, token])
+        row = cursor.fetchone()
         if row is None:
             raise LeaseLost(f"run {run_id}: lease token {token} is no longer current")
         conversation_id, tokens, cost = row
@@ -336,9 +301,10 @@ def run_finish(
             conversation=conversation_id,
             data={"error": error, "tokens": tokens, "cost": str(cost)},
         )
-        db.execute(*append_statement([draft], head.fetchone())[:2])
+        cursor.execute(_APPEND, append_arguments([draft]))
 
 
+_APPEND = "SELECT count(*) FROM audit_append(%s, %s::jsonb)"
 _FINISH = f"""
 UPDATE agents_run SET state = %s, answer = %s, error = %s, confidence = %s,
     finished_at = statement_timestamp(),

@@ -18,10 +18,18 @@ ensure_ascii=False)`` (floats in Python's shortest round-trip notation), encoded
 
 The chain design (see audit/services.py): events are grouped into streams (one per run,
 conversation or target), each a hash chain of its own: event n of a stream stores the hash of
-event n-1 (`prev_hash`) and its own `hash` = SHA-256 of the canonical JSON of all its fields,
-`prev_hash` included. Streams let unrelated runs write concurrently; anchors (a second, global
-chain) periodically record every stream's head, so a stream's truncation before its last anchor,
-or its removal, is detected too.
+event n-1 (`prev_hash`) and its own `hash`, which covers every field:
+
+    content = SHA-256 of the canonical JSON of {"v": 2, stream, actor_*, action, target_*, run,
+              conversation, data}                                       (lower-case hex)
+    hash    = SHA-256 of "v2|<prev_hash>|<sequence>|<stream_seq>|<time>|<content>"
+
+The second line is what PostgreSQL computes while it appends (it draws the sequence and the
+time under the stream's lock), so the writer needs one statement. Events written before this
+scheme carry version 1: SHA-256 of the canonical JSON of all their fields with "v": 1; both are
+checked. Streams let unrelated runs write concurrently; anchors (a second, global chain)
+periodically record every stream's head, so a stream's truncation before its last anchor, or
+its removal, is detected too.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 GENESIS = "0" * 64
-VERSION = 1
+VERSION = 2
 # The fields that are hashed, in export order; `hash` is the last column of an export.
 EVENT_FIELDS = (
     "sequence",
@@ -66,15 +74,43 @@ def canonical_json(value: object) -> str:
     )
 
 
-def event_hash(event: dict) -> str:
-    payload = {name: event[name] for name in EVENT_FIELDS}
+# What the content digest covers: everything but the fields the database draws under the
+# stream's lock (sequence, stream_seq, time) and the link (prev_hash).
+CONTENT_FIELDS = tuple(
+    name for name in EVENT_FIELDS if name not in ("sequence", "stream_seq", "time", "prev_hash")
+)
+
+
+def content_digest(event: dict) -> str:
+    payload = {name: event[name] for name in CONTENT_FIELDS}
     payload["v"] = VERSION
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+
+
+def event_hash(event: dict) -> str:
+    link = "|".join(
+        [
+            f"v{VERSION}",
+            event["prev_hash"],
+            str(event["sequence"]),
+            str(event["stream_seq"]),
+            event["time"],
+            content_digest(event),
+        ]
+    )
+    return hashlib.sha256(link.encode()).hexdigest()
+
+
+def event_hash_v1(event: dict) -> str:
+    """The hash of events written before version 2."""
+    payload = {name: event[name] for name in EVENT_FIELDS}
+    payload["v"] = 1
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
 
 def anchor_hash(anchor: dict) -> str:
     payload = {
-        "v": VERSION,
+        "v": 1,  # anchors kept their scheme when events moved to version 2
         "sequence": anchor["sequence"],
         "time": anchor["time"],
         "heads": anchor["heads"],
@@ -160,7 +196,7 @@ def verify(
         stream, seq, sequence = event["stream"], event["stream_seq"], event["sequence"]
         here = (sequence, stream, seq)
         computed = event_hash(event)
-        if computed != event["hash"]:
+        if computed != event["hash"] and event_hash_v1(event) != event["hash"]:
             report.add(
                 Break(
                     *here,

@@ -113,11 +113,11 @@ def audit_record(
         # The action must not commit without its event, even if the caller swallows this.
         transaction.set_rollback(True)
         raise
+    stream, events = append_arguments([draft])
     with connection.cursor() as cursor:
-        cursor.execute(*lock_statement(draft.stream, 1))
-        sql, params, events = append_statement([draft], cursor.fetchone())
-        cursor.execute(sql, params)
-    return events[0]
+        cursor.execute(_APPEND_ONE, [stream, events])
+        row = cursor.fetchone()
+    return AuditEvent(**dict(zip(_RETURNED_FIELDS, row, strict=True)))
 
 
 @dataclass(frozen=True)
@@ -125,8 +125,8 @@ class Draft:
     """An event checked, redacted and serialised, not yet on its stream's chain."""
 
     stream: str
-    fields: dict
-    text: str
+    fields: dict  # the content fields, data as its canonical JSON text
+    content: str  # chain.content_digest of the event
 
 
 def audit_draft(
@@ -139,10 +139,9 @@ def audit_draft(
     conversation: str | int | None = None,
     stream: str | None = None,
 ) -> Draft:
-    """The event `audit_record` would append, for a caller that writes its own transaction
-    (the run checkpoint pipelines its statements): lock the stream with `lock_statement`, then
-    write the drafts with `append_statement`, both inside that transaction. Raises AuditError
-    on a malformed action or data."""
+    """The event `audit_record` would append, for a caller that appends it in a statement of
+    its own (the run checkpoint: see `append_arguments`). Raises AuditError on a malformed
+    action or data."""
     if not ACTION_PATTERN.match(action) or len(action) > 100:
         raise AuditError(f"action must be a dotted lower-case verb such as run.started: {action!r}")
     who, what = Actor.of(actor), Target.of(target)
@@ -166,40 +165,18 @@ def audit_draft(
         "data": clean,
     }
     key = scrub(stream or _default_stream(run_ref, conversation_ref, what))[:200]
-    return Draft(key, fields, text)
+    content = chain.content_digest({**fields, "stream": key})
+    return Draft(key, {**fields, "data": text}, content)
 
 
-def lock_statement(stream: str, count: int) -> tuple[str, list]:
-    """Creates the stream's head or locks it, and draws `count` sequence numbers under the lock.
-    Its row is what `append_statement` needs."""
-    return _LOCK_STREAM, [stream, chain.GENESIS, count]
-
-
-def append_statement(drafts: list[Draft], head: tuple) -> tuple[str, list, list[AuditEvent]]:
-    """The statement appending `drafts` (all of one stream, in order) after the head row that
-    `lock_statement` returned, and the events it writes."""
-    last_seq, last_hash, sequences, now = head
+def append_arguments(drafts: list[Draft]) -> tuple[str, str]:
+    """The arguments of `audit_append(stream, events::jsonb)` (migration 0004), the SQL
+    function that chains and appends `drafts`, in order, to their one stream. Called inside a
+    statement of the acting transaction, it commits or rolls back with the action."""
     stream = drafts[0].stream
-    rows, params, events = [], [], []
-    for draft, sequence in zip(drafts, sequences, strict=True):
-        if draft.stream != stream:
-            raise AuditError("one append writes one stream")
-        last_seq += 1
-        event = {
-            **draft.fields,
-            "sequence": sequence,
-            "time": chain_time(now),
-            "stream": stream,
-            "stream_seq": last_seq,
-            "prev_hash": last_hash,
-        }
-        event["hash"] = last_hash = chain.event_hash(event)
-        params += [event[name] for name in chain.EVENT_FIELDS if name != "data"]
-        params += [draft.text, event["hash"]]
-        rows.append(_EVENT_ROW)
-        events.append(AuditEvent(**{**event, "time": now, "data": draft.text}))
-    sql = _APPEND.format(rows=", ".join(rows))
-    return sql, [*params, last_seq, last_hash, stream], events
+    if any(draft.stream != stream for draft in drafts):
+        raise AuditError("one append writes one stream")
+    return stream, json.dumps([{**draft.fields, "content": draft.content} for draft in drafts])
 
 
 def _default_stream(run: str, conversation: str, target: Target) -> str:
@@ -210,26 +187,9 @@ def _default_stream(run: str, conversation: str, target: Target) -> str:
     return f"{target.type}:{target.id}" if target.id else target.type
 
 
-# Creates the stream's head or locks it (the no-op update takes the row lock), then, with the
-# lock held, draws the global sequence numbers and reads the database's clock (one clock for
-# every host, never earlier than the stream's previous event): one round trip.
-_LOCK_STREAM = """
-INSERT INTO audit_auditstream (key, last_seq, last_hash, anchored) VALUES (%s, 0, %s, true)
-ON CONFLICT (key) DO UPDATE SET key = EXCLUDED.key
-RETURNING last_seq, last_hash,
-    ARRAY(SELECT nextval(pg_get_serial_sequence('audit_auditevent', 'sequence'))
-          FROM generate_series(1, %s) ORDER BY 1),
-    date_trunc('microseconds', clock_timestamp())
-"""
-_HASHED_COLUMNS = ", ".join(name for name in chain.EVENT_FIELDS if name != "data")
-_EVENT_ROW = "(" + ", ".join(["%s"] * (len(chain.EVENT_FIELDS) + 1)) + ")"
-# Inserts the events and advances the stream's head; built from constant column names only.
-_APPEND = f"""
-WITH appended AS (
-    INSERT INTO audit_auditevent ({_HASHED_COLUMNS}, data, hash) VALUES {{rows}}
-)
-UPDATE audit_auditstream SET last_seq = %s, last_hash = %s, anchored = false WHERE key = %s
-"""  # noqa: S608
+_RETURNED_FIELDS = (*chain.EVENT_FIELDS, "hash")
+_RETURNED_COLUMNS = ", ".join('"' + name + '"' for name in _RETURNED_FIELDS)
+_APPEND_ONE = f"SELECT {_RETURNED_COLUMNS} FROM audit_append(%s, %s::jsonb)"  # noqa: S608
 
 
 def audit_anchor() -> AuditAnchor | None:

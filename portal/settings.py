@@ -164,6 +164,14 @@ else:
 # are closed after each request unless an operator opts in behind a pooler.
 DATABASES["default"]["CONN_MAX_AGE"] = env_int("DATABASE_CONN_MAX_AGE", 0, minimum=0)
 DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = 5
+# psycopg prepares a server-side-bound statement once a connection has run it five times
+# (Django turns this off, for poolers that cannot keep prepared statements: PgBouncer before
+# 1.21 in transaction mode). Django's own queries bind client-side and are not affected; the
+# run checkpoint, one statement per step, spends half its database time parsing and planning
+# without it.
+DATABASES["default"]["OPTIONS"]["prepare_threshold"] = (
+    5 if env_bool("DATABASE_PREPARED_STATEMENTS", True) else None
+)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 CACHES = {

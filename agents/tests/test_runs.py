@@ -293,7 +293,41 @@ def test_a_worker_whose_lease_was_taken_over_cannot_write(agent, member):
 
     assert (stale, fresh) == (1, 2)
     assert not RunStep.objects.filter(run=run).exists()
+    assert not AuditEvent.objects.filter(run=str(run.pk)).exists()
+    assert Run.objects.get(pk=run.pk).tokens == 0
     assert run_acquire_lease(run_id=run.pk, holder="third") is None  # the new lease is live
+
+
+def test_a_checkpoint_commits_its_step_messages_totals_and_every_audit_event(agent, member):
+    conversation = Conversation.objects.create(owner=member, agent=agent)
+    run = Run.objects.create(agent=agent, conversation=conversation, actor=member, input="hi")
+    token = run_acquire_lease(run_id=run.pk, holder="worker")
+
+    done = run_checkpoint(
+        run_id=run.pk,
+        token=token,
+        index=0,
+        conversation_id=conversation.pk,
+        step=StepRecord("model", {"tools": []}, {"content": "hello"}, prompt_tokens=3),
+        messages=[{"role": "assistant", "content": "hello", "tokens": 3}],
+        audit_action="run.step.model",
+        audit_data={"deployment": "b"},
+        extra_audit=[("route.fallback", {"skipped": "a"}), ("route.fallback", {"skipped": "x"})],
+    )
+
+    assert RunStep.objects.get(pk=done.step.pk).output == {"content": "hello"}
+    assert done.cancel_requested is False
+    assert list(run.messages.values_list("role", "content", "tokens")) == [
+        ("assistant", "hello", 3)
+    ]
+    assert Run.objects.get(pk=run.pk).prompt_tokens == 3
+    events = AuditEvent.objects.filter(run=str(run.pk)).order_by("sequence")
+    assert [(e.action, e.stream_seq) for e in events] == [
+        ("run.step.model", 1),
+        ("route.fallback", 2),
+        ("route.fallback", 3),
+    ]
+    assert audit_verify_chain().ok
 
 
 def test_steps_and_tokens_are_published_to_the_runs_group(
