@@ -87,7 +87,7 @@ class _Run:
     (nobody else writes while the lease is ours; the fenced checkpoint makes sure of it)."""
 
     def __init__(self, run_id: int, token: int):
-        self.run = Run.objects.select_related("agent__route", "actor").get(pk=run_id)
+        self.run = Run.objects.select_related("agent__route").get(pk=run_id)
         self.token = token
         self.agent = self.run.agent
         self.steps = list(RunStep.objects.filter(run_id=run_id).order_by("index"))

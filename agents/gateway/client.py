@@ -288,7 +288,7 @@ def _reply(response, hidden: dict, first: str) -> ModelReply:
 
 def _cost(response, hidden: dict) -> Decimal:
     value = (hidden or {}).get("response_cost")
-    if not value:
+    if value is None:  # not priced during the call (0 is a price: free or unknown)
         try:
             value = litellm.completion_cost(completion_response=response)
         except Exception:  # a model litellm's cost map does not know, with no price set

@@ -28,8 +28,12 @@ class Command(BaseCommand):
             owner=user, agent=agent, title=options["message"][:200]
         )
         try:
-            run = run_start(
-                agent=agent, conversation=conversation, actor=user, input=options["message"]
+            run = run_start(  # it polls the steps: nothing to stream to
+                agent=agent,
+                conversation=conversation,
+                actor=user,
+                input=options["message"],
+                stream=False,
             )
         except RunError as exc:
             raise CommandError(str(exc)) from None
