@@ -1,5 +1,6 @@
 from django.contrib import admin
 
+from agents.knowledge import admin as knowledge_admin  # noqa: F401 - registers its models
 from agents.models import Agent, Deployment, ModelRoute, Run, RunStep
 
 
@@ -31,6 +32,7 @@ class AgentAdmin(admin.ModelAdmin):
     list_filter = ("enabled", "route")
     search_fields = ("name", "slug")
     prepopulated_fields = {"slug": ("name",)}
+    filter_horizontal = ("knowledge_bases",)
 
 
 class RunStepInline(admin.TabularInline):

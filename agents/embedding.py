@@ -32,3 +32,8 @@ def _load():
 def embed(texts: list[str]):
     """Unit-length embeddings (a numpy array, one row per text): dot product is cosine."""
     return _load().encode(texts, normalize_embeddings=True, batch_size=64, show_progress_bar=False)
+
+
+def tokenizer():
+    """The model's own tokenizer (what its 256-token input limit counts)."""
+    return _load().tokenizer

@@ -104,6 +104,15 @@ class Agent(models.Model):
         default=Decimal("0.80"),
         validators=[MinValueValidator(0), MaxValueValidator(1)],
     )
+    knowledge_bases = models.ManyToManyField(
+        "agents.KnowledgeBase",
+        blank=True,
+        related_name="agents",
+        help_text="Each run first retrieves passages from these (those the user may read).",
+    )
+    passages_per_run = models.PositiveSmallIntegerField(
+        default=4, validators=[MinValueValidator(1), MaxValueValidator(20)]
+    )
     max_steps = models.PositiveSmallIntegerField(default=8, validators=[MinValueValidator(1)])
     max_tokens_per_run = models.PositiveIntegerField(default=20_000)
     enabled = models.BooleanField(default=True)
@@ -212,6 +221,9 @@ class Run(models.Model):
     latency_ms = models.PositiveIntegerField(default=0)
     confidence = models.DecimalField(max_digits=4, decimal_places=3, null=True, blank=True)
     answer = models.TextField(blank=True)
+    citations = models.JSONField(
+        default=list, blank=True, help_text="The passages the answer cites, by its [n] markers."
+    )
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -280,3 +292,13 @@ class RunStep(models.Model):
 
     def __str__(self) -> str:
         return f"run {self.run_id} step {self.index} {self.kind}"
+
+
+# The knowledge models belong to this app (DESIGN.md §2); they live in agents/knowledge/.
+from agents.knowledge.models import (  # noqa: E402, F401
+    Chunk,
+    Document,
+    DocumentSource,
+    DocumentStatus,
+    KnowledgeBase,
+)

@@ -13,6 +13,7 @@ import functools
 import json
 import logging
 import os
+import re
 import signal
 
 from django.db import IntegrityError, transaction
@@ -38,7 +39,7 @@ from agents.services import (
     run_finish,
 )
 from tools.models import InvocationStatus, ToolInvocation
-from tools.registry import tool_get
+from tools.registry import ToolContext, tool_get
 
 logger = logging.getLogger(__name__)
 MAX_INVALID_TOOL_CALLS = 3
@@ -95,6 +96,11 @@ class _Run:
         self.offered = _offered(self.agent)
         self.tokens = self.run.tokens
         self.cancel_requested = self.run.cancel_requested
+        self.knowledge_bases = list(self.agent.knowledge_bases.values_list("pk", flat=True))
+
+    @functools.cached_property
+    def tool_context(self) -> ToolContext:
+        return ToolContext(actor=self.run.actor, agent=self.agent, run_id=self.run.pk)
 
     @functools.cached_property
     def cache_scope(self) -> str:
@@ -148,10 +154,12 @@ def _loop(run_id: int, token: int) -> None:
             and not last_model.output.get("tool_calls")
             and steps[-1] is last_model
         ):
+            answer = last_model.output.get("content", "")
             return held.finish(
                 RunState.SUCCEEDED,
-                answer=last_model.output.get("content", ""),
+                answer=answer,
                 confidence=last_model.output.get("confidence"),
+                citations=_citations(answer, steps),
             )
         if len(steps) >= agent.max_steps:
             return held.finish(
@@ -159,6 +167,9 @@ def _loop(run_id: int, token: int) -> None:
                 error=f"stopped after {agent.max_steps} steps "
                 "(the agent's limit) without a final answer",
             )
+        if held.knowledge_bases and not any(s.kind == StepKind.RETRIEVAL for s in steps):
+            _retrieval_step(held)
+            continue
         pending = _pending_tool_call(steps)
         if pending is not None:
             _tool_step(held, *pending)
@@ -286,7 +297,7 @@ def _tool_step(held: _Run, model_index: int, k: int, call: dict) -> None:
             )
             raise _Finished
         return
-    result = _invoke(tool, arguments, key)
+    result = _invoke(tool, arguments, key, held.tool_context)
     failpoint("after_tool_effect")
     record = held.checkpoint(
         StepRecord(
@@ -302,21 +313,90 @@ def _tool_step(held: _Run, model_index: int, k: int, call: dict) -> None:
     held.publish({"type": "step", "index": record.index, "kind": "tool", "tool": tool.name})
 
 
+def _retrieval_step(held: _Run) -> None:
+    """Passages for the user's message, from the agent's knowledge bases that the user may
+    read, given to the model as numbered lines of a system message it cites by number."""
+    from agents.knowledge.retrieval import knowledge_search
+
+    run = held.run
+    started = timezone.now()
+    passages = knowledge_search(
+        actor=run.actor,
+        query=run.input,
+        knowledge_bases=held.knowledge_bases,
+        k=held.agent.passages_per_run,
+    )
+    found = [{"n": n, **p.as_dict()} for n, p in enumerate(passages, start=1)]
+    messages = []
+    if found:
+        lines = [" ".join(p["text"].split()) for p in found]
+        sources = "; ".join(f"[{p['n']}] {p['title']}" for p in found)
+        messages.append(
+            {
+                "role": MessageRole.SYSTEM,
+                "content": "Passages from the knowledge bases; cite them by number.\n"
+                + "\n".join(f"[{p['n']}] {line}" for p, line in zip(found, lines, strict=True))
+                + f"\nSources: {sources}",
+            }
+        )
+    record = held.checkpoint(
+        StepRecord(
+            kind=StepKind.RETRIEVAL,
+            input={"query": run.input, "knowledge_bases": held.knowledge_bases},
+            output={"passages": found},
+            started_at=started,
+        ),
+        messages,
+        "run.step.retrieval",
+        {
+            "knowledge_bases": held.knowledge_bases,
+            "passages": [[p["document"], p["position"]] for p in found],
+        },
+    )
+    held.publish({"type": "step", "index": record.index, "kind": "retrieval", "found": len(found)})
+
+
+_MARKER = re.compile(r"\[(\d{1,3})\]")
+
+
+def _citations(answer: str, steps: list[RunStep]) -> list[dict]:
+    """The passages of the run's retrieval step that the answer cites by [n]."""
+    retrieval = next((s for s in reversed(steps) if s.kind == StepKind.RETRIEVAL), None)
+    if retrieval is None:
+        return []
+    by_number = {p["n"]: p for p in retrieval.output.get("passages", [])}
+    cited = []
+    for number in dict.fromkeys(int(m) for m in _MARKER.findall(answer)):
+        passage = by_number.get(number)
+        if passage is not None:
+            cited.append(
+                {
+                    "n": number,
+                    "document": passage["document"],
+                    "title": passage["title"],
+                    "position": passage["position"],
+                    "chunk": passage["chunk"],
+                    "knowledge_base": passage["knowledge_base"],
+                }
+            )
+    return cited
+
+
 class _Finished(Exception):
     """The run was put in a final state inside a step: the loop ends."""
 
 
-def _invoke(tool, arguments: dict, key: str):
+def _invoke(tool, arguments: dict, key: str, context: ToolContext):
     """Run the tool at most once per key. A Python tool's effect and its ledger row commit
     together, so a worker dying mid-call leaves neither, and a retry finds the result."""
     if not tool.has_side_effects:
-        return tool.function(arguments, idempotency_key=key)
+        return tool.call(arguments, idempotency_key=key, context=context)
     done = ToolInvocation.objects.filter(key=key).first()
     if done is not None:
         return done.result if done.status == InvocationStatus.SUCCEEDED else {"error": done.error}
     try:
         with transaction.atomic():
-            result = tool.function(arguments, idempotency_key=key)
+            result = tool.call(arguments, idempotency_key=key, context=context)
             ToolInvocation.objects.create(
                 key=key,
                 tool=tool.name,

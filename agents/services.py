@@ -284,11 +284,14 @@ def run_finish(
     answer: str = "",
     error: str = "",
     confidence: float | None = None,
+    citations: list[dict] = (),
 ) -> None:
     """Put the run in a final state and release its lease."""
     rounded = None if confidence is None else Decimal(str(round(confidence, 3)))
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(_FINISH, [state, answer, error, rounded, run_id, token])
+        cursor.execute(
+            _FINISH, [state, answer, _json(list(citations)), error, rounded, run_id, token]
+        )
         row = cursor.fetchone()
         if row is None:
             raise LeaseLost(f"run {run_id}: lease token {token} is no longer current")
@@ -306,7 +309,7 @@ def run_finish(
 
 _APPEND = "SELECT count(*) FROM audit_append(%s, %s::jsonb)"
 _FINISH = f"""
-UPDATE agents_run SET state = %s, answer = %s, error = %s, confidence = %s,
+UPDATE agents_run SET state = %s, answer = %s, citations = %s::jsonb, error = %s, confidence = %s,
     finished_at = statement_timestamp(),
     latency_ms = GREATEST(0, (EXTRACT(EPOCH FROM statement_timestamp()
         - COALESCE(started_at, created_at)) * 1000)::int),

@@ -22,3 +22,19 @@ def run_resume_task() -> int:
     for run_id in run_ids:
         run_execute_task.delay(run_id)
     return len(run_ids)
+
+
+@shared_task(name="agents.tasks.knowledge_ingest_task")
+def knowledge_ingest_task(document_id: int) -> str:
+    """Read, chunk and embed one document (marked failed with a reason if it cannot be)."""
+    from agents.knowledge.services import document_ingest
+
+    return document_ingest(document_id=document_id).status
+
+
+@shared_task(name="agents.tasks.knowledge_reembed_task")
+def knowledge_reembed_task(knowledge_base_id: int) -> int:
+    """Embed a knowledge base's chunks again after its embedding model changed."""
+    from agents.knowledge.services import knowledge_base_reembed
+
+    return knowledge_base_reembed(knowledge_base_id=knowledge_base_id)

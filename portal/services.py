@@ -69,7 +69,10 @@ def demo_workspace_seed(*, credentials_path: Path) -> list[DemoLogin]:
                 created_users.append(username)
             logins.append(DemoLogin(username, role, recorded.get(username)))
         agent_created = _demo_agent()
-        if created_users or created_groups or agent_created:
+        handbook_created = _demo_handbook(
+            owner=User.objects.get(username="admin"), readers=list(groups.values())
+        )
+        if created_users or created_groups or agent_created or handbook_created:
             audit_record(
                 actor=SYSTEM,
                 action="workspace.demo_seeded",
@@ -78,6 +81,7 @@ def demo_workspace_seed(*, credentials_path: Path) -> list[DemoLogin]:
                     "created_users": created_users,
                     "created_groups": created_groups,
                     "created_agent": agent_created,
+                    "created_handbook": handbook_created,
                 },
             )
         write_private(
@@ -104,13 +108,44 @@ def _demo_agent() -> bool:
         slug="help-desk",
         defaults={
             "name": "IT help desk",
-            "description": "Opens IT tickets and looks up their status (demo tools).",
-            "system_prompt": "You are the IT help desk. Use the tools to open and check tickets.",
+            "description": "Opens IT tickets, looks up their status (demo tools) and answers "
+            "from the employee handbook.",
+            "system_prompt": "You are the IT help desk. Use the tools to open and check tickets, "
+            "and answer questions from the handbook passages, citing them.",
             "route": route,
             "tools": ["create_ticket", "get_ticket_status"],
         },
     )
     return agent_created
+
+
+HANDBOOK = Path(__file__).resolve().parent.parent / "agents" / "knowledge" / "handbook"
+
+
+def _demo_handbook(*, owner, readers: list[Group]) -> bool:
+    """A small handbook written for the demo (leave, expenses, IT FAQ, onboarding), readable by
+    every role and read by the demo agent before it answers. A worker ingests the documents
+    after the seed commits."""
+    from agents.knowledge.services import document_add
+    from agents.models import Agent, KnowledgeBase
+
+    base, created = KnowledgeBase.objects.get_or_create(
+        slug="handbook",
+        defaults={
+            "name": "Employee handbook",
+            "description": "Leave, expenses, the IT help desk FAQ and onboarding (demo).",
+            "owner": owner,
+        },
+    )
+    if not created:
+        return False
+    base.reader_groups.set(readers)
+    for path in sorted(HANDBOOK.glob("*.md")):
+        document_add(knowledge_base=base, actor=SYSTEM, name=path.name, data=path.read_bytes())
+    agent = Agent.objects.filter(slug="help-desk").first()
+    if agent is not None:
+        agent.knowledge_bases.add(base)
+    return True
 
 
 def demo_logins_read(*, credentials_path: Path) -> list[DemoLogin]:

@@ -207,6 +207,11 @@ CELERY_TASK_TIME_LIMIT = env_int("WARDEN_TASK_TIME_LIMIT", 15 * 60, minimum=1)
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 WARDEN_RUN_LEASE_SECONDS = env_int("WARDEN_RUN_LEASE_SECONDS", 120, minimum=1)
+# Knowledge bases: the largest document accepted, uploaded or fetched.
+WARDEN_KNOWLEDGE_MAX_BYTES = env_int("WARDEN_KNOWLEDGE_MAX_BYTES", 20_000_000, minimum=1)
+# Private networks outbound requests may reach anyway (CIDRs, comma-separated): see
+# tools/outbound.py. Empty by default: only public addresses.
+WARDEN_OUTBOUND_ALLOW_NETWORKS = env_list("WARDEN_OUTBOUND_ALLOW_NETWORKS", [])
 CELERY_BEAT_SCHEDULE = {
     "run-resume": {
         "task": "agents.tasks.run_resume_task",

@@ -7,6 +7,7 @@ replies; when its queue is empty it answers with its default. Every request body
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -47,6 +48,7 @@ class ScriptedModelServer:
         self.queues: dict[str, deque[Reply]] = defaultdict(deque)
         self.defaults: dict[str, Reply] = {}
         self.requests: dict[str, list[dict]] = defaultdict(list)
+        self.embedding_dimensions = 384
         self._lock = threading.Lock()
         server = self
 
@@ -57,6 +59,15 @@ class ScriptedModelServer:
             def do_POST(self) -> None:
                 name = self.path.strip("/").split("/", 1)[0]
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                if self.path.rstrip("/").endswith("/embeddings"):
+                    server.requests[f"{name}:embeddings"].append(body)
+                    payload = json.dumps(_embeddings(body, server.embedding_dimensions)).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
                 reply = server._next(name, body)
                 if reply.delay:
                     time.sleep(reply.delay)
@@ -117,6 +128,23 @@ class ScriptedModelServer:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def _embeddings(body: dict, dimensions: int) -> dict:
+    """Deterministic unit vectors, one per input text (the same text, the same vector)."""
+    texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+    data = []
+    for index, text in enumerate(texts):
+        seed = hashlib.sha256(str(text).encode()).digest()
+        raw = [(seed[i % 32] - 127.5) / 127.5 + (i % 7) / 50 for i in range(dimensions)]
+        norm = sum(x * x for x in raw) ** 0.5
+        data.append({"object": "embedding", "index": index, "embedding": [x / norm for x in raw]})
+    return {
+        "object": "list",
+        "data": data,
+        "model": body.get("model", "scripted"),
+        "usage": {"prompt_tokens": len(texts), "total_tokens": len(texts)},
+    }
 
 
 def _message(reply: Reply) -> dict:

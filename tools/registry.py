@@ -4,11 +4,21 @@ and their admin, is tools' own issue; this is the part the runtime needs now.)""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import jsonschema
+
+
+@dataclass(frozen=True)
+class ToolContext:
+    """Who the tool acts for, handed to tools that declare a `context` parameter."""
+
+    actor: Any  # the user the run acts for
+    agent: Any
+    run_id: int
 
 
 class ToolRisk:
@@ -24,10 +34,18 @@ class PythonTool:
     risk: str
     function: Callable[..., Any]
     validator: jsonschema.Draft202012Validator = field(init=False, repr=False, compare=False)
+    takes_context: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         jsonschema.Draft202012Validator.check_schema(self.parameters)  # once, at registration
         object.__setattr__(self, "validator", jsonschema.Draft202012Validator(self.parameters))
+        wants = "context" in inspect.signature(self.function).parameters
+        object.__setattr__(self, "takes_context", wants)
+
+    def call(self, arguments: dict, *, idempotency_key: str, context: ToolContext) -> Any:
+        if self.takes_context:
+            return self.function(arguments, idempotency_key=idempotency_key, context=context)
+        return self.function(arguments, idempotency_key=idempotency_key)
 
     def argument_error(self, arguments: Any) -> jsonschema.ValidationError | None:
         """The most relevant way `arguments` break the tool's schema, or None."""
@@ -52,7 +70,8 @@ PYTHON_TOOLS: dict[str, PythonTool] = {}
 
 
 def python_tool(*, name: str, description: str, parameters: dict, risk: str = ToolRisk.READ):
-    """Register `function(arguments: dict, *, idempotency_key: str) -> JSON` as a tool."""
+    """Register `function(arguments: dict, *, idempotency_key: str) -> JSON` as a tool; a
+    function that also takes `context` receives a ToolContext (who the run acts for)."""
 
     def register(function: Callable[..., Any]) -> Callable[..., Any]:
         if name in PYTHON_TOOLS:

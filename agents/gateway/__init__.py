@@ -73,3 +73,10 @@ def gateway_complete(
         cache_scope=cache_scope,
         on_token=on_token,
     )
+
+
+def gateway_embed(*, route, texts: list[str]) -> list[list[float]]:
+    """Embeddings of `texts` from the route's deployments (in order, with its fallbacks)."""
+    from agents.gateway.client import embed
+
+    return embed(route=route, texts=texts)

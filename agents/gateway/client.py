@@ -212,6 +212,22 @@ def complete(
     return reply
 
 
+def embed(*, route, texts: list[str]) -> list[list[float]]:
+    compiled = router_for(route, ())
+    try:
+        if compiled.router is not None:
+            response = compiled.router.embedding(model=route.name, input=texts)
+        else:
+            params = {k: v for k, v in compiled.direct.items() if not k.startswith("_")}
+            response = litellm.embedding(input=texts, **params)
+    except Exception as exc:  # litellm's own errors
+        status = getattr(exc, "status_code", None)
+        detail = f"{type(exc).__name__}" + (f" {status}" if status else "")
+        raise ModelUnavailable(f"route {route.name}: no deployment embedded ({detail})") from exc
+    rows = sorted(response.data, key=lambda item: item["index"])
+    return [row["embedding"] for row in rows]
+
+
 def _streamed(send, kwargs: dict, on_token, compiled: CompiledRoute) -> ModelReply:
     """Stream one answer, handing each piece of text to `on_token` as it arrives, and put the
     reply together from the chunks (litellm's stream_chunk_builder costs ~4 ms a call)."""

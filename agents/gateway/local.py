@@ -156,7 +156,8 @@ def decide(messages: list[dict], tools: list[dict]) -> Decision:
     last = messages[-1] if messages else {"role": "user", "content": ""}
     if last.get("role") == "tool":
         return _state_tool_results(messages)
-    request = _text(last)
+    # The request is the user's latest message (passages may come after it, as a system one).
+    request = next((_text(m) for m in reversed(messages) if m.get("role") == "user"), "")
     if tools:
         routed = route(request, tools)
         if routed is not None:

@@ -95,7 +95,7 @@ def test_an_agent_naming_an_unknown_tool_is_refused_with_the_known_ones(agent):
         agent.full_clean()
 
     assert refused.value.message_dict["tools"] == [
-        "no such tool: crete_ticket (known: create_ticket, get_ticket_status)"
+        "no such tool: crete_ticket (known: create_ticket, get_ticket_status, knowledge_search)"
     ]
 
 

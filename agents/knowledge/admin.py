@@ -1,0 +1,215 @@
+"""Knowledge bases in the admin: documents with their status and errors, uploads and URLs,
+re-ingesting, and a change of embedding model checked before it is saved."""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.db import transaction
+from django.db.models import Count, Q
+from django.shortcuts import get_object_or_404, redirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+
+from agents.knowledge.embedders import EmbeddingError, RouteEmbedder
+from agents.knowledge.models import Document, DocumentStatus, KnowledgeBase
+from agents.knowledge.services import (
+    document_add,
+    document_add_url,
+    document_reingest,
+    max_bytes,
+)
+
+
+class KnowledgeBaseForm(forms.ModelForm):
+    class Meta:
+        model = KnowledgeBase
+        fields = (
+            "name",
+            "slug",
+            "description",
+            "owner",
+            "reader_groups",
+            "embedding_route",
+            "chunk_tokens",
+            "chunk_overlap",
+        )
+
+    def clean_embedding_route(self):
+        route = self.cleaned_data.get("embedding_route")
+        changed = "embedding_route" in self.changed_data
+        if route is not None and changed:
+            try:  # refuse a model of the wrong dimension now, not after re-embedding
+                RouteEmbedder(route).embed(["dimension check"])
+            except EmbeddingError as exc:
+                raise forms.ValidationError(str(exc)) from None
+        return route
+
+
+class DocumentInline(admin.TabularInline):
+    model = Document
+    extra = 0
+    fields = ("title", "source", "status", "error", "chunk_count", "token_count", "ingested_at")
+    readonly_fields = fields
+    show_change_link = True
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False  # through "Add documents", which reads them in the background
+
+
+class MultipleFileInput(forms.ClearableFileInput):
+    allow_multiple_selected = True
+
+
+class MultipleFileField(forms.FileField):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("widget", MultipleFileInput())
+        super().__init__(*args, **kwargs)
+
+    def clean(self, data, initial=None):
+        if isinstance(data, list | tuple):
+            return [super(MultipleFileField, self).clean(item, initial) for item in data]
+        return [super().clean(data, initial)] if data else []
+
+
+class AddDocumentsForm(forms.Form):
+    files = MultipleFileField(
+        required=False, help_text=".txt, .md, .html or .pdf; several at once."
+    )
+    urls = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="One URL per line: web pages or files on public addresses.",
+    )
+
+    def clean_urls(self):
+        field = forms.URLField()
+        return [
+            field.clean(line.strip())
+            for line in self.cleaned_data["urls"].splitlines()
+            if line.strip()
+        ]
+
+    def clean(self):
+        data = super().clean()
+        if not data.get("files") and not data.get("urls"):
+            raise forms.ValidationError("Choose files or give URLs.")
+        return data
+
+
+@admin.register(KnowledgeBase)
+class KnowledgeBaseAdmin(admin.ModelAdmin):
+    form = KnowledgeBaseForm
+    list_display = ("name", "slug", "owner", "ready", "queued", "failed", "embedded_with")
+    search_fields = ("name", "slug")
+    prepopulated_fields = {"slug": ("name",)}
+    filter_horizontal = ("reader_groups",)
+    readonly_fields = ("embedded_with",)
+    inlines = [DocumentInline]
+
+    def get_queryset(self, request):
+        counts = {
+            status: Count("documents", filter=Q(documents__status=status))
+            for status in DocumentStatus.values
+        }
+        return super().get_queryset(request).annotate(**counts)
+
+    @admin.display(description="ready")
+    def ready(self, obj) -> int:
+        return obj.ready
+
+    @admin.display(description="queued")
+    def queued(self, obj) -> int:
+        return obj.queued + obj.processing
+
+    @admin.display(description="failed")
+    def failed(self, obj) -> int:
+        return obj.failed
+
+    def get_urls(self):
+        return [
+            path(
+                "<int:pk>/add-documents/",
+                self.admin_site.admin_view(self.add_documents),
+                name="agents_knowledgebase_add_documents",
+            ),
+            *super().get_urls(),
+        ]
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if change and "embedding_route" in form.changed_data:
+            from agents.tasks import knowledge_reembed_task
+
+            transaction.on_commit(lambda: knowledge_reembed_task.delay(obj.pk))
+            messages.info(request, "The documents are being embedded again in the background.")
+
+    def add_documents(self, request, pk: int):
+        base = get_object_or_404(KnowledgeBase, pk=pk)
+        if not self.has_change_permission(request, base):
+            raise PermissionDenied
+        form = AddDocumentsForm(request.POST or None, request.FILES or None)
+        if request.method == "POST" and form.is_valid():
+            added = duplicates = 0
+            for upload in form.cleaned_data["files"]:
+                if upload.size > max_bytes():
+                    messages.error(
+                        request,
+                        f"{upload.name}: {upload.size / 1e6:.1f} MB is over the "
+                        f"{max_bytes() / 1e6:.0f} MB limit; not added.",
+                    )
+                    continue
+                _document, created = document_add(
+                    knowledge_base=base, actor=request.user, name=upload.name, data=upload.read()
+                )
+                added, duplicates = added + created, duplicates + (not created)
+            for url in form.cleaned_data["urls"]:
+                document_add_url(knowledge_base=base, actor=request.user, url=url)
+                added += 1
+            note = f"{added} document(s) queued; they are read in the background."
+            if duplicates:
+                note += f" {duplicates} file(s) were already here and were skipped."
+            messages.success(request, note)
+            return redirect(reverse("admin:agents_knowledgebase_change", args=[base.pk]))
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "original": base,
+            "form": form,
+            "title": f"Add documents to {base}",
+        }
+        return TemplateResponse(request, "admin/agents/knowledgebase/add_documents.html", context)
+
+
+@admin.register(Document)
+class DocumentAdmin(admin.ModelAdmin):
+    list_display = ("__str__", "knowledge_base", "source", "status", "chunk_count", "error")
+    list_filter = ("status", "source", "knowledge_base")
+    search_fields = ("title", "filename", "url")
+    readonly_fields = (
+        "knowledge_base",
+        "source",
+        "url",
+        "filename",
+        "title",
+        "content_hash",
+        "size",
+        "status",
+        "error",
+        "chunk_count",
+        "token_count",
+        "created_at",
+        "ingested_at",
+    )
+    fields = readonly_fields
+    actions = ["reingest"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    @admin.action(description="Read the selected documents again")
+    def reingest(self, request, queryset):
+        for document in queryset:
+            document_reingest(document=document, actor=request.user)
+        messages.success(request, f"{queryset.count()} document(s) queued again.")

@@ -1,0 +1,144 @@
+"""Knowledge bases: documents, their chunks, and the vectors and words retrieval searches."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib.postgres.indexes import GinIndex
+from django.contrib.postgres.search import SearchVector, SearchVectorField
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from pgvector.django import HnswIndex, VectorField
+
+DIMENSIONS = 384  # what the chunk column stores; an embedding model must produce exactly this
+LOCAL_EMBEDDER = "local/all-MiniLM-L6-v2"
+
+
+class KnowledgeBase(models.Model):
+    """Documents an agent retrieves passages from. Who may read it: its owner, members of its
+    reader groups and superusers (`agents.knowledge.selectors.readable_knowledge_bases`);
+    per-object permissions come with governance."""
+
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=100, unique=True)
+    description = models.TextField(blank=True)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="knowledge_bases"
+    )
+    reader_groups = models.ManyToManyField(
+        "auth.Group",
+        blank=True,
+        related_name="readable_knowledge_bases",
+        help_text="Members of these groups may retrieve from this knowledge base.",
+    )
+    embedding_route = models.ForeignKey(
+        "agents.ModelRoute",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="Empty: the bundled all-MiniLM-L6-v2, on the CPU. Otherwise the first "
+        f"deployment of this route, through litellm; it must return {DIMENSIONS} dimensions.",
+    )
+    embedded_with = models.CharField(
+        max_length=300,
+        blank=True,
+        editable=False,
+        help_text="The embedding model the stored vectors come from.",
+    )
+    chunk_tokens = models.PositiveSmallIntegerField(
+        default=200, validators=[MinValueValidator(32), MaxValueValidator(2000)]
+    )
+    chunk_overlap = models.PositiveSmallIntegerField(
+        default=30, validators=[MaxValueValidator(500)]
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        from django.core.exceptions import ValidationError
+
+        if self.chunk_overlap * 2 >= self.chunk_tokens:
+            raise ValidationError(
+                {"chunk_overlap": "The overlap must be less than half the chunk size."}
+            )
+
+
+class DocumentSource(models.TextChoices):
+    UPLOAD = "upload"
+    URL = "url"
+
+
+class DocumentStatus(models.TextChoices):
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    READY = "ready"
+    FAILED = "failed"
+    DUPLICATE = "duplicate"
+
+
+class Document(models.Model):
+    knowledge_base = models.ForeignKey(
+        KnowledgeBase, on_delete=models.CASCADE, related_name="documents"
+    )
+    source = models.CharField(max_length=8, choices=DocumentSource.choices)
+    url = models.URLField(max_length=2000, blank=True)
+    filename = models.CharField(max_length=300, blank=True)
+    title = models.CharField(max_length=300, blank=True)
+    content = models.BinaryField(editable=False, default=b"")  # as uploaded or fetched
+    content_hash = models.CharField(max_length=64, blank=True, db_index=True)
+    size = models.PositiveIntegerField(default=0)
+    status = models.CharField(
+        max_length=12, choices=DocumentStatus.choices, default=DocumentStatus.QUEUED
+    )
+    error = models.TextField(blank=True)
+    chunk_count = models.PositiveIntegerField(default=0)
+    token_count = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    ingested_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["knowledge_base", "status"], name="document_kb_status")]
+
+    def __str__(self) -> str:
+        return self.title or self.filename or self.url or f"document {self.pk}"
+
+
+class Chunk(models.Model):
+    """A passage of a document: what retrieval returns and a citation points at."""
+
+    document = models.ForeignKey(Document, on_delete=models.CASCADE, related_name="chunks")
+    # Denormalised from the document, so the permission filter needs no join.
+    knowledge_base = models.ForeignKey(KnowledgeBase, on_delete=models.CASCADE, related_name="+")
+    position = models.PositiveIntegerField()
+    heading = models.CharField(max_length=300, blank=True)
+    text = models.TextField()
+    tokens = models.PositiveIntegerField(default=0)
+    embedding = VectorField(dimensions=DIMENSIONS)
+    search = models.GeneratedField(
+        expression=SearchVector("heading", "text", config="english"),
+        output_field=SearchVectorField(),
+        db_persist=True,
+    )
+    metadata = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["document", "position"], name="chunk_position")
+        ]
+        indexes = [
+            HnswIndex(
+                name="chunk_embedding_hnsw",
+                fields=["embedding"],
+                m=16,
+                ef_construction=64,
+                opclasses=["vector_cosine_ops"],
+            ),
+            GinIndex(fields=["search"], name="chunk_search"),
+            models.Index(fields=["knowledge_base"], name="chunk_kb"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.document_id}#{self.position}"

@@ -1,0 +1,131 @@
+"""Retrieval: hybrid (vector and full text, fused by reciprocal rank), filtered inside the SQL
+to the knowledge bases the actor may read.
+
+The vector half asks the HNSW index for the nearest chunks *among the readable knowledge
+bases*; with pgvector's iterative scans (`hnsw.iterative_scan`) the index keeps scanning until
+it has found enough rows that pass the filter, so a user who may read 1 % of the chunks still
+gets their nearest ones instead of the few that happened to be in the first candidates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from django.db import connection, transaction
+
+from agents.knowledge.embedders import embedder_for
+from agents.knowledge.models import KnowledgeBase
+from agents.knowledge.selectors import readable_ids
+
+RRF_K = 60  # the usual reciprocal-rank-fusion constant
+EF_SEARCH = 100  # HNSW candidates per scan step: recall against latency (bench/retrieval.py)
+
+
+@dataclass(frozen=True)
+class Passage:
+    chunk: int
+    document: int
+    title: str
+    knowledge_base: int
+    position: int
+    heading: str
+    text: str
+    score: float  # fused reciprocal-rank score: higher is better
+    similarity: float | None  # cosine similarity to the query, when the vector half found it
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def knowledge_search(
+    *, actor, query: str, knowledge_bases: list[int] | None = None, k: int = 5
+) -> list[Passage]:
+    """The `k` passages most relevant to `query` from the knowledge bases `actor` may read
+    (and, if given, only among `knowledge_bases`)."""
+    query = query.strip()
+    allowed = readable_ids(actor, knowledge_bases)
+    if not query or not allowed or k < 1:
+        return []
+    by_embedder: dict[str, tuple[object, list[int]]] = {}
+    for base in KnowledgeBase.objects.filter(pk__in=allowed).select_related("embedding_route"):
+        embedder = embedder_for(base)
+        by_embedder.setdefault(embedder.identity, (embedder, []))[1].append(base.pk)
+    found: list[Passage] = []
+    for embedder, ids in by_embedder.values():
+        vector = embedder.embed([query])[0]
+        found += hybrid_search(knowledge_bases=ids, embedding=vector, text=query, k=k)
+    return sorted(found, key=lambda p: -p.score)[:k]
+
+
+def nearest_chunks(*, knowledge_bases: list[int], embedding, k: int) -> list[tuple[int, float]]:
+    """(chunk id, cosine distance) of the `k` nearest chunks in `knowledge_bases`, from the
+    HNSW index with iterative scans."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        _scan_settings(cursor)
+        cursor.execute(_NEAREST, [_vector(embedding), knowledge_bases, k])
+        return cursor.fetchall()
+
+
+def hybrid_search(*, knowledge_bases: list[int], embedding, text: str, k: int) -> list[Passage]:
+    candidates = max(4 * k, 20)
+    with transaction.atomic(), connection.cursor() as cursor:
+        _scan_settings(cursor)
+        cursor.execute(
+            _HYBRID,
+            {
+                "vector": _vector(embedding),
+                "text": text,
+                "kbs": knowledge_bases,
+                "candidates": candidates,
+                "k": k,
+                "rrf": RRF_K,
+            },
+        )
+        rows = cursor.fetchall()
+    return [Passage(*row[:8], similarity=None if row[8] is None else 1 - row[8]) for row in rows]
+
+
+def _scan_settings(cursor) -> None:
+    # SET LOCAL: for this transaction only, so pooled connections are left as they were.
+    cursor.execute(
+        "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true), "
+        "set_config('hnsw.ef_search', %s, true)",
+        [str(EF_SEARCH)],
+    )
+
+
+def _vector(embedding) -> str:
+    return "[" + ",".join(f"{float(x):.7g}" for x in embedding) + "]"
+
+
+# relaxed_order may return the index's rows slightly out of order: sort them again.
+_NEAREST = """
+SELECT id, distance FROM (
+    SELECT id, embedding <=> %s::vector AS distance FROM agents_chunk
+    WHERE knowledge_base_id = ANY(%s) ORDER BY distance LIMIT %s
+) nearest ORDER BY distance
+"""
+
+_HYBRID = """
+WITH nearest AS MATERIALIZED (
+    SELECT id, embedding <=> %(vector)s::vector AS distance FROM agents_chunk
+    WHERE knowledge_base_id = ANY(%(kbs)s)
+    ORDER BY distance LIMIT %(candidates)s
+), by_vector AS (
+    SELECT id, distance, row_number() OVER (ORDER BY distance) AS rank FROM nearest
+), by_text AS (
+    SELECT id, row_number() OVER (ORDER BY ts_rank_cd(search, query) DESC, id) AS rank
+    FROM agents_chunk, websearch_to_tsquery('english', %(text)s) AS query
+    WHERE knowledge_base_id = ANY(%(kbs)s) AND search @@ query
+    ORDER BY rank LIMIT %(candidates)s
+), fused AS (
+    SELECT id, sum(1.0 / (%(rrf)s + rank)) AS score, min(distance) AS distance FROM (
+        SELECT id, rank, distance FROM by_vector
+        UNION ALL SELECT id, rank, NULL FROM by_text
+    ) ranked GROUP BY id
+)
+SELECT c.id, c.document_id, d.title, c.knowledge_base_id, c.position, c.heading, c.text,
+    fused.score::float, fused.distance
+FROM fused JOIN agents_chunk c ON c.id = fused.id JOIN agents_document d ON d.id = c.document_id
+ORDER BY fused.score DESC, c.id LIMIT %(k)s
+"""

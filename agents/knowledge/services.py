@@ -1,0 +1,269 @@
+"""Knowledge base writes: adding documents, ingesting them (in Celery), re-embedding."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import PurePosixPath
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from agents.knowledge.chunking import Piece, chunk
+from agents.knowledge.embedders import EmbeddingError, embedder_for
+from agents.knowledge.extract import SUPPORTED, ExtractError, extract
+from agents.knowledge.models import (
+    Chunk,
+    Document,
+    DocumentSource,
+    DocumentStatus,
+    KnowledgeBase,
+)
+from audit.services import Target, audit_record
+from tools.outbound import OutboundError, fetch
+
+logger = logging.getLogger(__name__)
+EMBED_BATCH = 64
+_BY_CONTENT_TYPE = {
+    "text/html": ".html",
+    "application/xhtml+xml": ".html",
+    "text/markdown": ".md",
+    "text/plain": ".txt",
+    "application/pdf": ".pdf",
+}
+
+
+def max_bytes() -> int:
+    return settings.WARDEN_KNOWLEDGE_MAX_BYTES
+
+
+def document_add(
+    *, knowledge_base: KnowledgeBase, actor, name: str, data: bytes, enqueue: bool = True
+) -> tuple[Document, bool]:
+    """Queue an uploaded file for ingestion. The same content twice in one knowledge base is
+    one document: the existing one is returned, with False."""
+    digest = hashlib.sha256(data).hexdigest()
+    existing = Document.objects.filter(knowledge_base=knowledge_base, content_hash=digest).first()
+    if existing is not None:
+        return existing, False
+    with transaction.atomic():
+        document = Document.objects.create(
+            knowledge_base=knowledge_base,
+            source=DocumentSource.UPLOAD,
+            filename=PurePosixPath(name).name[:300],
+            title=PurePosixPath(name).stem[:300],
+            content=data,
+            content_hash=digest,
+            size=len(data),
+        )
+        _audit_added(document, actor)
+        if enqueue:
+            transaction.on_commit(lambda: _enqueue(document.pk))
+    return document, True
+
+
+def document_add_url(
+    *, knowledge_base: KnowledgeBase, actor, url: str, enqueue: bool = True
+) -> Document:
+    """Queue a web page or file to be fetched (SSRF-safe, tools/outbound.py) and ingested."""
+    with transaction.atomic():
+        document = Document.objects.create(
+            knowledge_base=knowledge_base, source=DocumentSource.URL, url=url, title=url[:300]
+        )
+        _audit_added(document, actor)
+        if enqueue:
+            transaction.on_commit(lambda: _enqueue(document.pk))
+    return document
+
+
+def document_reingest(*, document: Document, actor) -> Document:
+    """Read the document again (a URL is fetched again); its chunks are replaced at once when
+    the new ones are ready, and kept if reading fails."""
+    with transaction.atomic():
+        Document.objects.filter(pk=document.pk).update(status=DocumentStatus.QUEUED, error="")
+        audit_record(
+            actor=actor,
+            action="knowledge.document_reingest_requested",
+            target=Target.of(document),
+            data={"knowledge_base": document.knowledge_base_id},
+        )
+        transaction.on_commit(lambda: _enqueue(document.pk))
+    document.refresh_from_db()
+    return document
+
+
+def _audit_added(document: Document, actor) -> None:
+    audit_record(
+        actor=actor,
+        action="knowledge.document_added",
+        target=Target.of(document),
+        data={
+            "knowledge_base": document.knowledge_base_id,
+            "source": document.source,
+            "url": document.url,
+            "size": document.size,
+        },
+    )
+
+
+def _enqueue(document_id: int) -> None:
+    from agents.tasks import knowledge_ingest_task
+
+    knowledge_ingest_task.delay(document_id)
+
+
+def document_ingest(*, document_id: int) -> Document:
+    """Read, chunk and embed one document, then replace its chunks in one transaction. A
+    document that cannot be read is marked failed with the reason; nothing raises."""
+    document = Document.objects.select_related("knowledge_base__embedding_route").get(
+        pk=document_id
+    )
+    Document.objects.filter(pk=document_id).update(status=DocumentStatus.PROCESSING)
+    try:
+        _ingest(document)
+    except (ExtractError, OutboundError, EmbeddingError) as exc:
+        _fail(document, str(exc))
+    except Exception:
+        logger.exception("ingesting document %s failed", document_id)
+        _fail(document, "internal error while reading it; the administrators have the details")
+    document.refresh_from_db()
+    return document
+
+
+def _ingest(document: Document) -> None:
+    base = document.knowledge_base
+    if document.source == DocumentSource.URL:
+        fetched = fetch(document.url, max_bytes=max_bytes())
+        content, name = fetched.content, _url_name(fetched.url, fetched.content_type)
+    else:
+        content, name = bytes(document.content), document.filename
+    digest = hashlib.sha256(content).hexdigest()
+    twin = (
+        Document.objects.filter(knowledge_base=base, content_hash=digest)
+        .exclude(pk=document.pk)
+        .first()
+    )
+    if twin is not None:
+        with transaction.atomic():
+            Chunk.objects.filter(document=document).delete()
+            _update(
+                document,
+                status=DocumentStatus.DUPLICATE,
+                error=f"the same content as “{twin}” (document {twin.pk})",
+                content_hash=digest,
+                chunk_count=0,
+                token_count=0,
+            )
+        return
+    extracted = extract(name, content, max_bytes=max_bytes())
+    embedder = embedder_for(base)
+    pieces = chunk(
+        extracted.blocks,
+        max_tokens=base.chunk_tokens,
+        overlap=base.chunk_overlap,
+        count_tokens=embedder.count_tokens,
+    )
+    vectors = []
+    for start in range(0, len(pieces), EMBED_BATCH):
+        batch = pieces[start : start + EMBED_BATCH]
+        vectors.extend(embedder.embed([embedding_text(p) for p in batch]))
+    with transaction.atomic():
+        Document.objects.select_for_update().get(pk=document.pk)  # one ingestion at a time
+        Chunk.objects.filter(document=document).delete()
+        Chunk.objects.bulk_create(
+            [
+                Chunk(
+                    document=document,
+                    knowledge_base=base,
+                    position=piece.position,
+                    heading=piece.heading[:300],
+                    text=piece.text,
+                    tokens=piece.tokens,
+                    embedding=vector,
+                )
+                for piece, vector in zip(pieces, vectors, strict=True)
+            ],
+            batch_size=500,
+        )
+        _update(
+            document,
+            status=DocumentStatus.READY,
+            error="",
+            title=(extracted.title or document.title)[:300],
+            content=content if document.source == DocumentSource.URL else document.content,
+            content_hash=digest,
+            size=len(content),
+            chunk_count=len(pieces),
+            token_count=sum(p.tokens for p in pieces),
+            ingested_at=timezone.now(),
+        )
+        if not base.embedded_with:
+            KnowledgeBase.objects.filter(pk=base.pk).update(embedded_with=embedder.identity)
+        audit_record(
+            actor=None,
+            action="knowledge.document_ingested",
+            target=Target.of(document),
+            data={"knowledge_base": base.pk, "chunks": len(pieces), "hash": digest},
+        )
+
+
+def embedding_text(piece: Piece) -> str:
+    return f"{piece.heading}\n{piece.text}" if piece.heading else piece.text
+
+
+def _update(document: Document, **fields) -> None:
+    for name, value in fields.items():
+        setattr(document, name, value)
+    document.save(update_fields=list(fields))
+
+
+def _fail(document: Document, reason: str) -> None:
+    with transaction.atomic():
+        Document.objects.filter(pk=document.pk).update(status=DocumentStatus.FAILED, error=reason)
+        audit_record(
+            actor=None,
+            action="knowledge.document_failed",
+            target=Target.of(document),
+            data={"knowledge_base": document.knowledge_base_id, "reason": reason},
+        )
+
+
+def _url_name(url: str, content_type: str) -> str:
+    name = PurePosixPath(urlsplit(url).path).name or "index"
+    if PurePosixPath(name).suffix.lower() in SUPPORTED:
+        return name
+    kind = content_type.split(";", 1)[0].strip().lower()
+    return name + _BY_CONTENT_TYPE.get(kind, PurePosixPath(name).suffix or ".unknown")
+
+
+def knowledge_base_reembed(*, knowledge_base_id: int) -> int:
+    """Embed every chunk again with the knowledge base's current embedding model, one document
+    per transaction; returns the number of chunks. Retrieval reads the new vectors of each
+    document as soon as its transaction commits."""
+    base = KnowledgeBase.objects.select_related("embedding_route").get(pk=knowledge_base_id)
+    embedder = embedder_for(base)
+    total = 0
+    for document_id in Document.objects.filter(knowledge_base=base).values_list("pk", flat=True):
+        chunks = list(Chunk.objects.filter(document_id=document_id).order_by("position"))
+        vectors = []
+        for start in range(0, len(chunks), EMBED_BATCH):
+            batch = chunks[start : start + EMBED_BATCH]
+            vectors.extend(
+                embedder.embed([f"{c.heading}\n{c.text}" if c.heading else c.text for c in batch])
+            )
+        for item, vector in zip(chunks, vectors, strict=True):
+            item.embedding = vector
+        with transaction.atomic():
+            Chunk.objects.bulk_update(chunks, ["embedding"], batch_size=500)
+        total += len(chunks)
+    with transaction.atomic():
+        KnowledgeBase.objects.filter(pk=base.pk).update(embedded_with=embedder.identity)
+        audit_record(
+            actor=None,
+            action="knowledge.reembedded",
+            target=Target.of(base),
+            data={"embedder": embedder.identity, "chunks": total},
+        )
+    return total

@@ -1,0 +1,43 @@
+"""`knowledge_search`: the agent looks something up in its knowledge bases, as the user."""
+
+from __future__ import annotations
+
+from tools.registry import ToolContext, python_tool
+
+
+@python_tool(
+    name="knowledge_search",
+    description="Search the agent's knowledge bases (policies, handbooks, documentation) "
+    "for passages about a question.",
+    parameters={
+        "type": "object",
+        "properties": {
+            "query": {"type": "string", "minLength": 1, "description": "what to look up"},
+            "limit": {"type": "integer", "minimum": 1, "maximum": 10},
+        },
+        "required": ["query"],
+        "additionalProperties": False,
+    },
+)
+def knowledge_search_tool(arguments: dict, *, idempotency_key: str, context: ToolContext) -> dict:
+    from agents.knowledge.retrieval import knowledge_search
+
+    agent_bases = list(context.agent.knowledge_bases.values_list("pk", flat=True))
+    passages = knowledge_search(
+        actor=context.actor,
+        query=arguments["query"],
+        knowledge_bases=agent_bases,  # and, inside, only those the user may read
+        k=arguments.get("limit", 4),
+    )
+    return {
+        "passages": [
+            {
+                "text": p.text,
+                "title": p.title,
+                "heading": p.heading,
+                "document": p.document,
+                "position": p.position,
+            }
+            for p in passages
+        ]
+    }
