@@ -13,6 +13,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
 from agents.knowledge.embedders import EmbeddingError, RouteEmbedder
+from agents.knowledge.extract import too_big
 from agents.knowledge.models import Document, DocumentStatus, KnowledgeBase
 from agents.knowledge.services import (
     document_add,
@@ -84,7 +85,7 @@ class AddDocumentsForm(forms.Form):
     )
 
     def clean_urls(self):
-        field = forms.URLField()
+        field = forms.URLField(assume_scheme="https")
         return [
             field.clean(line.strip())
             for line in self.cleaned_data["urls"].splitlines()
@@ -149,16 +150,14 @@ class KnowledgeBaseAdmin(admin.ModelAdmin):
         base = get_object_or_404(KnowledgeBase, pk=pk)
         if not self.has_change_permission(request, base):
             raise PermissionDenied
-        form = AddDocumentsForm(request.POST or None, request.FILES or None)
-        if request.method == "POST" and form.is_valid():
+        posted = request.method == "POST"
+        form = AddDocumentsForm(request.POST, request.FILES) if posted else AddDocumentsForm()
+        if posted and form.is_valid():
             added = duplicates = 0
             for upload in form.cleaned_data["files"]:
                 if upload.size > max_bytes():
-                    messages.error(
-                        request,
-                        f"{upload.name}: {upload.size / 1e6:.1f} MB is over the "
-                        f"{max_bytes() / 1e6:.0f} MB limit; not added.",
-                    )
+                    problem = too_big(upload.size, max_bytes())
+                    messages.error(request, f"Not added: {upload.name} ({problem}).")
                     continue
                 _document, created = document_add(
                     knowledge_base=base, actor=request.user, name=upload.name, data=upload.read()

@@ -52,7 +52,7 @@ def extract(name: str, data: bytes, *, max_bytes: int) -> Extracted:
         readable = ", ".join(SUPPORTED[:-1]) + " and " + SUPPORTED[-1]
         raise ExtractError(f"unsupported file {kind}: Warden reads {readable}")
     if len(data) > max_bytes:
-        raise ExtractError(_too_big(len(data), max_bytes))
+        raise ExtractError(too_big(len(data), max_bytes))
     if not data:
         raise ExtractError("the document is empty")
     stem = " ".join(re.sub(r"[_-]+", " ", path.stem).split()) or path.name
@@ -62,7 +62,8 @@ def extract(name: str, data: bytes, *, max_bytes: int) -> Extracted:
     return extracted
 
 
-def _too_big(size: int, limit: int) -> str:
+def too_big(size: int, limit: int) -> str:
+    """ "The file is 31.2 MB; the limit is 20 MB", for the person who sent it."""
     shown, allowed = _human_size(size), _human_size(limit)
     if shown == allowed:  # just over the limit: rounding would show the same size twice
         shown, allowed = f"{size:,} bytes", f"{limit:,} bytes"

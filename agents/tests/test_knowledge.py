@@ -457,3 +457,74 @@ def test_changing_the_embedding_model_embeds_every_chunk_again(alice, server):
     assert len(server.requests["embed:embeddings"]) == 1
     # Queries now go through the new model too, and still find the passage.
     assert knowledge_search(actor=alice, query="annual leave", k=1)
+
+
+# --- the admin ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def staff_client(client, alice):
+    root = get_user_model().objects.create_user("gail", is_staff=True, is_superuser=True)
+    client.force_login(root)
+    return client
+
+
+def test_the_admin_queues_uploads_and_urls_and_says_what_it_skipped(
+    staff_client, alice, settings, django_capture_on_commit_callbacks
+):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    settings.WARDEN_KNOWLEDGE_MAX_BYTES = 2000
+    kb = base(alice)
+    ingest(kb, "leave.md", LEAVE)
+
+    with django_capture_on_commit_callbacks() as enqueued:
+        response = staff_client.post(
+            f"/admin/agents/knowledgebase/{kb.pk}/add-documents/",
+            {
+                "files": [
+                    SimpleUploadedFile("deploy.md", ENGINEERING),
+                    SimpleUploadedFile("again.md", LEAVE),
+                    SimpleUploadedFile("huge.txt", b"x" * 3000),
+                ],
+                "urls": "https://docs.example.com/travel.html\n",
+            },
+            follow=True,
+        )
+
+    text = response.content.decode()
+    assert response.status_code == 200
+    assert "2 document(s) queued" in text
+    assert "1 file(s) were already here" in text
+    assert "Not added: huge.txt (the file is 2.9 KB; the limit is 2 KB)." in text
+    assert len(enqueued) == 2  # read by a worker after the commit
+    assert sorted(
+        Document.objects.filter(knowledge_base=kb).values_list("filename", "url", "status")
+    ) == [
+        ("", "https://docs.example.com/travel.html", "queued"),
+        ("deploy.md", "", "queued"),
+        ("leave.md", "", "ready"),
+    ]
+
+
+def test_the_admin_refuses_an_empty_upload_form(staff_client, alice):
+    kb = base(alice)
+
+    response = staff_client.post(f"/admin/agents/knowledgebase/{kb.pk}/add-documents/", {})
+
+    assert response.status_code == 200
+    assert "Choose files or give URLs." in response.content.decode()
+    assert not Document.objects.filter(knowledge_base=kb).exists()
+
+
+def test_the_admin_lists_knowledge_bases_with_document_counts(staff_client, alice):
+    kb = base(alice)
+    ingest(kb, "leave.md", LEAVE)
+    ingest(kb, "scan.pdf", pdf_without_text())
+
+    response = staff_client.get("/admin/agents/knowledgebase/")
+    page = staff_client.get(f"/admin/agents/knowledgebase/{kb.pk}/change/").content.decode()
+
+    assert response.status_code == 200
+    assert "Add documents" in page
+    assert "no text layer" in page  # the failed document's reason, on the knowledge base

@@ -54,6 +54,11 @@ class Command(BaseCommand):
         if run.state == "succeeded":
             confidence = f" (confidence {run.confidence})" if run.confidence is not None else ""
             self.stdout.write(f"{run.answer}{confidence}")
+            for cited in run.citations:
+                self.stdout.write(
+                    f"  [{cited['n']}] {cited['title']} (document {cited['document']}, "
+                    f"passage {cited['position'] + 1})"
+                )
         else:
             raise CommandError(f"run {run.pk} {run.state}: {run.error}")
 
@@ -64,5 +69,7 @@ def _summary(step: RunStep) -> str:
         return f"{call.get('name')} {step.input.get('arguments', call.get('arguments'))} -> " + str(
             step.output.get("result", step.output.get("error"))
         )
+    if step.kind == "retrieval":
+        return f"{len(step.output.get('passages', []))} passages"
     calls = step.output.get("tool_calls") or []
     return ", ".join(f"calls {c['name']}" for c in calls) or "answers"

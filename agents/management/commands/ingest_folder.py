@@ -3,7 +3,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from agents.knowledge.extract import SUPPORTED
+from agents.knowledge.extract import SUPPORTED, too_big
 from agents.knowledge.models import DocumentStatus, KnowledgeBase
 from agents.knowledge.services import document_add, document_ingest, max_bytes
 from audit.services import SYSTEM
@@ -36,7 +36,7 @@ class Command(BaseCommand):
         problems = []
         for path in tqdm(files, unit="file", file=self.stderr, disable=None):
             if path.stat().st_size > max_bytes():
-                problems.append(f"{path}: over the {max_bytes() / 1e6:.0f} MB limit")
+                problems.append(f"{path}: {too_big(path.stat().st_size, max_bytes())}")
                 counts["failed"] += 1
                 continue
             document, created = document_add(
