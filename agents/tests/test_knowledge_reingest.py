@@ -57,3 +57,22 @@ def test_readers_see_the_old_chunks_or_the_new_never_a_mix():
     assert not old & new
     assert seen  # the reader read
     assert seen <= {old, new}
+
+
+def test_a_worker_reads_an_added_document(celery_worker_process):
+    import time
+
+    owner = get_user_model().objects.create_user(f"o-{uuid.uuid4().hex[:6]}")
+    kb = KnowledgeBase.objects.create(name="kb", slug=f"kb-{uuid.uuid4().hex[:6]}", owner=owner)
+
+    document, created = document_add(
+        knowledge_base=kb, actor=owner, name="policy.txt", data=OLD
+    )  # enqueued after the commit
+    deadline = time.monotonic() + 120
+    while Document.objects.get(pk=document.pk).status in ("queued", "processing"):
+        assert time.monotonic() < deadline, "no worker read the document"
+        time.sleep(0.2)
+
+    assert created
+    assert Document.objects.get(pk=document.pk).status == "ready"
+    assert Chunk.objects.filter(document=document).count() > 1
