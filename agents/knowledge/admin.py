@@ -55,6 +55,9 @@ class DocumentInline(admin.TabularInline):
     readonly_fields = fields
     show_change_link = True
 
+    def get_queryset(self, request):
+        return super().get_queryset(request).defer("content")  # up to the size limit each
+
     def has_add_permission(self, request, obj=None) -> bool:
         return False  # through "Add documents", which reads them in the background
 
@@ -203,6 +206,9 @@ class DocumentAdmin(admin.ModelAdmin):
     )
     fields = readonly_fields
     actions = ["reingest"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).defer("content")
 
     def has_add_permission(self, request) -> bool:
         return False
