@@ -65,13 +65,15 @@ if EMBEDDED_DATABASE:
     SECRET_KEY = env_optional("SECRET_KEY") or _local_secret(
         "secret_key", lambda: secrets.token_urlsafe(50)
     )
-    ENCRYPTION_KEY = env_optional("WARDEN_ENCRYPTION_KEY") or _local_secret(
+    _encryption_keys = env_optional("WARDEN_ENCRYPTION_KEY") or _local_secret(
         "encryption_key", _fernet_key
     )
     ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 else:
     SECRET_KEY = env_str("SECRET_KEY")
-    ENCRYPTION_KEY = env_str("WARDEN_ENCRYPTION_KEY")
+    # Required up front: a deployment that stores its first secret a month later should not
+    # find out then (tools/secrets.py still refuses clearly if the list is emptied).
+    _encryption_keys = env_str("WARDEN_ENCRYPTION_KEY")
     ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", [])
     if not ALLOWED_HOSTS:
         raise ImproperlyConfigured(
@@ -79,15 +81,20 @@ else:
             "comma-separated"
         )
 
-try:
-    if len(base64.urlsafe_b64decode(ENCRYPTION_KEY.encode())) != 32:
-        raise ValueError
-except (ValueError, binascii.Error):
-    raise ImproperlyConfigured(
-        "WARDEN_ENCRYPTION_KEY must be 32 url-safe base64-encoded bytes (a Fernet key); "
-        'generate one with: python -c "import base64,os;'
-        'print(base64.urlsafe_b64encode(os.urandom(32)).decode())"'
-    ) from None
+# Fernet keys for secrets at rest, newest first: the first encrypts, any of them decrypts
+# (MultiFernet, tools/secrets.py). Rotation: prepend a new key, run secrets_rotate, drop the old.
+WARDEN_ENCRYPTION_KEY = [key.strip() for key in _encryption_keys.split(",") if key.strip()]
+for _position, _key in enumerate(WARDEN_ENCRYPTION_KEY, start=1):
+    try:
+        if len(base64.urlsafe_b64decode(_key.encode())) != 32:
+            raise ValueError
+    except (ValueError, binascii.Error):
+        raise ImproperlyConfigured(
+            "WARDEN_ENCRYPTION_KEY must be 32 url-safe base64-encoded bytes (a Fernet key), or "
+            f"several, comma-separated, newest first (key {_position} is not one); generate one "
+            'with: python -c "import base64,os;'
+            'print(base64.urlsafe_b64encode(os.urandom(32)).decode())"'
+        ) from None
 
 INSTALLED_APPS = [
     "daphne",
