@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --disable-pip-version-check --quiet -c constraints.txt
 
-.PHONY: run test lock clean bench-audit bench-runtime
+.PHONY: run test lock clean bench-audit bench-runtime bench-retrieval
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || \
@@ -36,6 +36,9 @@ bench-audit: $(VENV)/.installed-dev
 
 bench-runtime: $(VENV)/.installed-bench
 	$(BIN)/python bench/runtime_overhead.py
+
+bench-retrieval: $(VENV)/.installed-dev
+	$(BIN)/python bench/retrieval.py
 
 # Regenerate requirements*.txt from pyproject.toml in a scratch environment.
 lock:
