@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -284,7 +285,7 @@ def run_finish(
     answer: str = "",
     error: str = "",
     confidence: float | None = None,
-    citations: list[dict] = (),
+    citations: Sequence[dict] = (),
 ) -> None:
     """Put the run in a final state and release its lease."""
     rounded = None if confidence is None else Decimal(str(round(confidence, 3)))
@@ -296,7 +297,7 @@ def run_finish(
         if row is None:
             raise LeaseLost(f"run {run_id}: lease token {token} is no longer current")
         conversation_id, tokens, cost = row
-        draft = audit_draft(
+        audit_record(
             actor=None,
             action=f"run.{state}",
             target=Target("agents.run", str(run_id), f"run {run_id} ({state})"),
@@ -304,10 +305,8 @@ def run_finish(
             conversation=conversation_id,
             data={"error": error, "tokens": tokens, "cost": str(cost)},
         )
-        cursor.execute(_APPEND, append_arguments([draft]))
 
 
-_APPEND = "SELECT count(*) FROM audit_append(%s, %s::jsonb)"
 _FINISH = f"""
 UPDATE agents_run SET state = %s, answer = %s, citations = %s::jsonb, error = %s, confidence = %s,
     finished_at = statement_timestamp(),

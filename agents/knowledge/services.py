@@ -11,7 +11,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from agents.knowledge.chunking import Piece, chunk
+from agents.knowledge.chunking import chunk
 from agents.knowledge.embedders import EmbeddingError, embedder_for
 from agents.knowledge.extract import SUPPORTED, ExtractError, extract
 from agents.knowledge.models import (
@@ -168,7 +168,7 @@ def _ingest(document: Document) -> None:
     vectors = []
     for start in range(0, len(pieces), EMBED_BATCH):
         batch = pieces[start : start + EMBED_BATCH]
-        vectors.extend(embedder.embed([embedding_text(p) for p in batch]))
+        vectors.extend(embedder.embed([embedding_text(p.heading, p.text) for p in batch]))
     with transaction.atomic():
         Document.objects.select_for_update().get(pk=document.pk)  # one ingestion at a time
         Chunk.objects.filter(document=document).delete()
@@ -209,8 +209,9 @@ def _ingest(document: Document) -> None:
         )
 
 
-def embedding_text(piece: Piece) -> str:
-    return f"{piece.heading}\n{piece.text}" if piece.heading else piece.text
+def embedding_text(heading: str, text: str) -> str:
+    """What a passage is embedded as: its heading, then its text."""
+    return f"{heading}\n{text}" if heading else text
 
 
 def _update(document: Document, **fields) -> None:
@@ -250,9 +251,7 @@ def knowledge_base_reembed(*, knowledge_base_id: int) -> int:
         vectors = []
         for start in range(0, len(chunks), EMBED_BATCH):
             batch = chunks[start : start + EMBED_BATCH]
-            vectors.extend(
-                embedder.embed([f"{c.heading}\n{c.text}" if c.heading else c.text for c in batch])
-            )
+            vectors.extend(embedder.embed([embedding_text(c.heading, c.text) for c in batch]))
         for item, vector in zip(chunks, vectors, strict=True):
             item.embedding = vector
         with transaction.atomic():

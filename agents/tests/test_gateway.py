@@ -8,17 +8,10 @@ import pytest
 from agents.gateway import ModelUnavailable, gateway_complete
 from agents.gateway.client import cache_stats
 from agents.models import Deployment, ModelRoute
-from tests.model_server import Reply, ScriptedModelServer
+from tests.model_server import Reply
 
 pytestmark = pytest.mark.django_db
 HELLO = [{"role": "user", "content": "hello"}]
-
-
-@pytest.fixture
-def server():
-    server = ScriptedModelServer()
-    yield server
-    server.close()
 
 
 @pytest.fixture

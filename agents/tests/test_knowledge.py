@@ -36,7 +36,7 @@ from agents.orchestrator import run_execute
 from agents.services import run_start
 from agents.tests.pdf import pdf_with_text, pdf_without_text
 from audit.services import SYSTEM
-from tests.model_server import Reply, ScriptedModelServer
+from tests.model_server import Reply
 
 pytestmark = pytest.mark.django_db
 
@@ -232,13 +232,6 @@ def test_group_readers_and_superusers_may_read(alice, bob):
     assert before == []
     assert knowledge_search(actor=bob, query="annual leave", k=3)[0].knowledge_base == hr.pk
     assert knowledge_search(actor=root, query="annual leave", k=3)[0].knowledge_base == hr.pk
-
-
-@pytest.fixture
-def server():
-    server = ScriptedModelServer()
-    yield server
-    server.close()
 
 
 @pytest.fixture

@@ -24,17 +24,10 @@ from agents.services import (
 from agents.tasks import run_execute_task
 from audit.models import AuditEvent
 from audit.selectors import audit_verify_chain
-from tests.model_server import Reply, ScriptedModelServer
+from tests.model_server import Reply
 from tools.models import DemoTicket, ToolInvocation
 
 pytestmark = pytest.mark.usefixtures("committing_db")
-
-
-@pytest.fixture
-def server():
-    server = ScriptedModelServer()
-    yield server
-    server.close()
 
 
 @pytest.fixture
