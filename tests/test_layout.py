@@ -37,3 +37,28 @@ def test_the_checker_sees_an_upward_import(tmp_path):
     module.write_text("from agents.models import Run\nimport portal.settings\n")
 
     assert imported_apps(module) == {"agents", "portal"}
+
+
+def test_the_web_process_does_not_import_the_heavy_libraries():
+    """torch, litellm and the document readers load where they are used (workers), not with
+    the URL configuration and the admin that every web process imports."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import django, sys; django.setup(); import portal.urls; "
+        "print(sorted(m for m in ('torch', 'litellm', 'sentence_transformers', 'bs4', 'pypdf') "
+        "if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"},
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

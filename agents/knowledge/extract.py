@@ -13,11 +13,12 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+from typing import TYPE_CHECKING
 
-from bs4 import BeautifulSoup
-from bs4.element import NavigableString, PreformattedString, Tag
-from pypdf import PasswordType, PdfReader
-from pypdf.errors import PyPdfError
+if TYPE_CHECKING:
+    from bs4.element import Tag
+# bs4 and pypdf are imported where a document is read (the worker), not by the web process that
+# only queues documents: together they cost ~0.2 s of start-up.
 
 SUPPORTED = (".txt", ".md", ".markdown", ".html", ".htm", ".pdf")
 
@@ -261,6 +262,8 @@ _INLINE = frozenset(
 
 
 def _html(data: bytes, stem: str) -> Extracted:
+    from bs4 import BeautifulSoup
+
     soup = BeautifulSoup(_decode(data), "html.parser")
     unwanted = [
         *soup.find_all(_DROPPED),
@@ -295,6 +298,8 @@ class _HtmlBlocks:
         self._inline: list[str] = []
 
     def walk(self, element: Tag) -> None:
+        from bs4.element import NavigableString, PreformattedString, Tag
+
         for child in element.children:
             if isinstance(child, Tag):
                 self._element(child)
@@ -345,6 +350,8 @@ def _table_lines(table: Tag) -> Iterable[str]:
 
 
 def _pdf(data: bytes, stem: str) -> Extracted:
+    from pypdf import PasswordType, PdfReader
+
     try:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted and reader.decrypt("") == PasswordType.NOT_DECRYPTED:
@@ -374,6 +381,8 @@ def _pdf(data: bytes, stem: str) -> Extracted:
 def _pdf_reason(error: Exception) -> str:
     """pypdf's own messages describe the damage ("EOF marker not found"); other exceptions from
     inside it (KeyError: '/Root') would only confuse the reader."""
+    from pypdf.errors import PyPdfError
+
     lines = str(error).strip().splitlines()
     if isinstance(error, PyPdfError) and lines:
         return lines[0][:120]
