@@ -510,7 +510,7 @@ def test_the_admin_refuses_an_empty_upload_form(staff_client, alice):
     assert not Document.objects.filter(knowledge_base=kb).exists()
 
 
-def test_the_admin_lists_knowledge_bases_with_document_counts(staff_client, alice):
+def test_the_knowledge_base_page_offers_uploads_and_shows_each_documents_error(staff_client, alice):
     kb = base(alice)
     ingest(kb, "leave.md", LEAVE)
     ingest(kb, "scan.pdf", pdf_without_text())
