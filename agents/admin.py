@@ -32,7 +32,7 @@ class AgentAdmin(admin.ModelAdmin):
     list_filter = ("enabled", "route")
     search_fields = ("name", "slug")
     prepopulated_fields = {"slug": ("name",)}
-    filter_horizontal = ("knowledge_bases",)
+    filter_horizontal = ("tools", "knowledge_bases")
 
 
 class RunStepInline(admin.TabularInline):

@@ -91,7 +91,12 @@ class Agent(models.Model):
     description = models.TextField(blank=True)
     system_prompt = models.TextField(blank=True)
     route = models.ForeignKey(ModelRoute, on_delete=models.PROTECT, related_name="agents")
-    tools = ArrayField(models.CharField(max_length=64), default=list, blank=True)
+    tools = models.ManyToManyField(
+        "tools.Tool",
+        blank=True,
+        related_name="agents",
+        help_text="The tools the agent may offer the model (disabled ones are not offered).",
+    )
     allowed_regions = ArrayField(
         models.CharField(max_length=50),
         default=list,
@@ -119,16 +124,6 @@ class Agent(models.Model):
 
     def __str__(self) -> str:
         return self.name
-
-    def clean(self) -> None:
-        from django.core.exceptions import ValidationError
-
-        from tools.registry import PYTHON_TOOLS
-
-        unknown = [name for name in self.tools if name not in PYTHON_TOOLS]
-        if unknown:
-            known = ", ".join(sorted(PYTHON_TOOLS))
-            raise ValidationError({"tools": f"no such tool: {', '.join(unknown)} (known: {known})"})
 
 
 class Conversation(models.Model):

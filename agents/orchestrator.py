@@ -16,7 +16,6 @@ import os
 import re
 import signal
 
-from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from agents.events import publish
@@ -38,8 +37,9 @@ from agents.services import (
     run_checkpoint,
     run_finish,
 )
-from tools.models import InvocationStatus, ToolInvocation
-from tools.registry import ToolContext, tool_get
+from tools.models import Tool
+from tools.registry import ToolContext
+from tools.services import argument_problem, tool_invoke
 
 logger = logging.getLogger(__name__)
 MAX_INVALID_TOOL_CALLS = 3
@@ -185,7 +185,7 @@ def _loop(run_id: int, token: int) -> None:
             reply = gateway_complete(
                 route=agent.route,
                 messages=held.messages,
-                tools=[t.as_openai_tool() for t in held.offered],
+                tools=[t.as_openai_tool() for t in held.offered.values()],
                 allowed_regions=agent.allowed_regions,
                 cache_scope=held.cache_scope if agent.route.cache_seconds else "",
                 on_token=(lambda text: held.publish({"type": "token", "text": text}))
@@ -207,7 +207,7 @@ def _loop(run_id: int, token: int) -> None:
         record = held.checkpoint(
             StepRecord(
                 kind=StepKind.MODEL,
-                input={"tools": [t.name for t in held.offered]},
+                input={"tools": list(held.offered)},
                 output=output,
                 prompt_tokens=reply.prompt_tokens,
                 completion_tokens=reply.completion_tokens,
@@ -253,7 +253,7 @@ def _tool_step(held: _Run, model_index: int, k: int, call: dict) -> None:
     run = held.run
     started = timezone.now()
     key = f"run:{run.pk}:step:{model_index}:call:{k}"
-    tool = tool_get(call["name"]) if call["name"] in held.agent.tools else None
+    tool = held.offered.get(call["name"])
     problem = None
     arguments: dict = {}
     if tool is None:
@@ -264,9 +264,7 @@ def _tool_step(held: _Run, model_index: int, k: int, call: dict) -> None:
         except json.JSONDecodeError as exc:
             problem = f"the arguments are not valid JSON ({exc.msg})"
         else:
-            if (error := tool.argument_error(arguments)) is not None:
-                where = "/".join(str(p) for p in error.absolute_path) or "arguments"
-                problem = f"invalid arguments at {where}: {error.message}"
+            problem = argument_problem(tool, arguments)
     if problem is not None:
         invalid = 1 + sum(
             1 for s in held.steps if s.kind == StepKind.TOOL and s.output.get("invalid")
@@ -297,18 +295,33 @@ def _tool_step(held: _Run, model_index: int, k: int, call: dict) -> None:
             )
             raise _Finished
         return
-    result = _invoke(tool, arguments, key, held.tool_context)
+    outcome = tool_invoke(tool, arguments, key=key, context=held.tool_context)
     failpoint("after_tool_effect")
     record = held.checkpoint(
         StepRecord(
             kind=StepKind.TOOL,
             input={"call": call, "arguments": arguments, "key": key},
-            output={"result": result},
+            output={"result": outcome.result, "version": outcome.tool_version},
+            status="ok" if outcome.ok else "error",
             started_at=started,
         ),
-        [{"role": MessageRole.TOOL, "tool_call_id": call["id"], "content": json.dumps(result)}],
+        [
+            {
+                "role": MessageRole.TOOL,
+                "tool_call_id": call["id"],
+                "content": json.dumps(outcome.result),
+            }
+        ],
         "tool.invoked",
-        {"tool": tool.name, "arguments": arguments, "idempotency_key": key},
+        {
+            "tool": tool.name,
+            "version": outcome.tool_version,
+            "arguments": arguments,
+            "idempotency_key": key,
+            "status": outcome.status,
+            "error": outcome.error,
+            "latency_ms": outcome.latency_ms,
+        },
     )
     held.publish({"type": "step", "index": record.index, "kind": "tool", "tool": tool.name})
 
@@ -386,32 +399,8 @@ class _Finished(Exception):
     """The run was put in a final state inside a step: the loop ends."""
 
 
-def _invoke(tool, arguments: dict, key: str, context: ToolContext):
-    """Run the tool at most once per key. A Python tool's effect and its ledger row commit
-    together, so a worker dying mid-call leaves neither, and a retry finds the result."""
-    if not tool.has_side_effects:
-        return tool.call(arguments, idempotency_key=key, context=context)
-    done = ToolInvocation.objects.filter(key=key).first()
-    if done is not None:
-        return done.result if done.status == InvocationStatus.SUCCEEDED else {"error": done.error}
-    try:
-        with transaction.atomic():
-            result = tool.call(arguments, idempotency_key=key, context=context)
-            ToolInvocation.objects.create(
-                key=key,
-                tool=tool.name,
-                arguments=arguments,
-                status=InvocationStatus.SUCCEEDED,
-                result=result,
-                finished_at=timezone.now(),
-            )
-    except IntegrityError:  # another worker recorded this call first: its result stands
-        return ToolInvocation.objects.get(key=key).result
-    return result
-
-
-def _offered(agent: Agent) -> list:
-    return [tool for name in agent.tools if (tool := tool_get(name)) is not None]
+def _offered(agent: Agent) -> dict[str, Tool]:
+    return {tool.name: tool for tool in agent.tools.filter(enabled=True)}
 
 
 def _messages(run: Run) -> list[dict]:

@@ -69,8 +69,16 @@ ORDER BY embedding <=> %s::vector LIMIT %s
 """
 HNSW_INDEX = (
     "CREATE INDEX chunk_embedding_hnsw ON agents_chunk USING hnsw (embedding vector_cosine_ops) "
-    "WITH (m = 16, ef_construction = 64)"
+    "WITH (m = {m}, ef_construction = {ef_construction})"
 )
+
+
+def migration_index() -> tuple[int, int]:
+    """(m, ef_construction) of the HNSW index as the Chunk model declares it."""
+    from agents.knowledge.models import Chunk
+
+    (index,) = (i for i in Chunk._meta.indexes if i.name == "chunk_embedding_hnsw")
+    return index.m, index.ef_construction
 
 
 def log(message: str) -> None:
@@ -176,8 +184,9 @@ def load(conninfo: str, size: int, clusters, bases: list[int], documents: list[i
         connection.execute("VACUUM (ANALYZE) agents_chunk")
 
 
-def build_index(conninfo: str, maintenance_work_mem: str) -> float:
-    """CREATE the HNSW index as migration agents/0003 does; the seconds it took."""
+def build_index(conninfo: str, maintenance_work_mem: str, m: int, ef_construction: int) -> float:
+    """CREATE the HNSW index as the migrations do (or with --m, --ef-construction); the
+    seconds it took."""
     import psycopg
 
     done = threading.Event()
@@ -198,7 +207,7 @@ def build_index(conninfo: str, maintenance_work_mem: str) -> float:
             connection.execute(f"SET maintenance_work_mem = '{maintenance_work_mem}'")
             connection.execute("SET max_parallel_maintenance_workers = 1")
             began = time.perf_counter()
-            connection.execute(HNSW_INDEX)
+            connection.execute(HNSW_INDEX.format(m=m, ef_construction=ef_construction))
             seconds = time.perf_counter() - began
             connection.execute("ANALYZE agents_chunk")
             connection.execute("CHECKPOINT")  # not during the measurements
@@ -387,7 +396,7 @@ def bench_size(size: int, args, conninfo: str, clusters, queries, bases, documen
     log(f"{size:,} chunks: loading")
     load(conninfo, size, clusters, bases, documents, args)
     log(f"{size:,} chunks: building the HNSW index")
-    build = build_index(conninfo, args.maintenance_work_mem)
+    build = build_index(conninfo, args.maintenance_work_mem, args.m, args.ef_construction)
     sizes = relation_sizes(conninfo)
     log(
         f"{size:,} chunks: index built in {build:.1f} s; HNSW {sizes['hnsw'] / 2**20:,.0f} MiB, "
@@ -543,6 +552,10 @@ def main() -> None:
         help="centres on a great sphere of this many dimensions, so some clusters neighbour "
         "others (0: uniform on the whole sphere, all nearly orthogonal)",
     )
+    parser.add_argument("--m", type=int, help="HNSW m (default: the migration's)")
+    parser.add_argument(
+        "--ef-construction", type=int, help="HNSW ef_construction (default: the migration's)"
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
 
@@ -551,6 +564,9 @@ def main() -> None:
     from portal.embedded import EmbeddedPostgres
 
     django.setup()
+    declared_m, declared_ef = migration_index()
+    args.m = args.m or declared_m
+    args.ef_construction = args.ef_construction or declared_ef
     from django.conf import settings
     from django.core.management import call_command
     from django.db import connection
@@ -583,7 +599,8 @@ def main() -> None:
             f"retrieval bench: sizes {sizes}, {CLUSTERS:,} clusters, noise {args.noise}, "
             f"{f'along {args.subspace} directions' if args.subspace else 'isotropic'}, "
             f"centres in {args.centre_dims or DIMENSIONS} dimensions, "
-            f"{args.queries} queries, pgvector {pgvector}, shared_buffers {buffers}"
+            f"{args.queries} queries, pgvector {pgvector}, shared_buffers {buffers}, "
+            f"HNSW m {args.m}, ef_construction {args.ef_construction}"
         )
         bases, documents = make_bases()
         from agents.knowledge.retrieval import _vector

@@ -121,6 +121,7 @@ def warden_setup():
     from django.contrib.auth import get_user_model
 
     from agents.models import Agent, Deployment, ModelRoute
+    from tools.models import Tool
 
     route = ModelRoute.objects.create(name="bench", num_retries=0)
     Deployment.objects.create(route=route, position=1, model="bench-mock/zero")
@@ -129,9 +130,10 @@ def warden_setup():
         slug="bench",
         route=route,
         max_steps=50,
-        tools=["get_ticket_status"],
         max_tokens_per_run=10**6,
     )
+    Tool.objects.filter(name="get_ticket_status").update(enabled=True)
+    agent.tools.set(Tool.objects.filter(name="get_ticket_status"))
     user = get_user_model().objects.create_user("bench")
     return agent, user
 

@@ -98,13 +98,14 @@ def demo_workspace_seed(*, credentials_path: Path) -> list[DemoLogin]:
 def _demo_agent() -> bool:
     """The demo's agent on the offline model: works with no provider key and no network."""
     from agents.models import Agent, Deployment, ModelRoute
+    from tools.models import Tool
 
     route, created = ModelRoute.objects.get_or_create(
         name="local", defaults={"description": "warden-local, the offline model", "num_retries": 0}
     )
     if created:
         Deployment.objects.create(route=route, position=1, model="warden-local/demo")
-    _, agent_created = Agent.objects.get_or_create(
+    agent, agent_created = Agent.objects.get_or_create(
         slug="help-desk",
         defaults={
             "name": "IT help desk",
@@ -113,10 +114,17 @@ def _demo_agent() -> bool:
             "system_prompt": "You are the IT help desk. Use the tools to open and check tickets, "
             "and answer questions from the handbook passages, citing them.",
             "route": route,
-            "tools": ["create_ticket", "get_ticket_status"],
         },
     )
+    if agent_created:
+        # The built-in tools' rows exist since migrate (tools.registry.python_tools_sync).
+        tools = Tool.objects.filter(name__in=DEMO_TOOLS)
+        tools.update(enabled=True)
+        agent.tools.set(tools)
     return agent_created
+
+
+DEMO_TOOLS = ["create_ticket", "get_ticket_status"]
 
 
 HANDBOOK = Path(__file__).resolve().parent.parent / "agents" / "knowledge" / "handbook"

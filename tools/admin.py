@@ -1,15 +1,30 @@
-"""Secrets in the admin: the value is write-only (typed in, never shown back), and every save
-goes through `secret_set`, which encrypts it and records the audit event."""
+"""The tool registry in the admin.
+
+Tools: JSON editors for the parameters' schema and the kind's configuration, checked as the admin
+types by the same validators the model uses on save; a "test call" page that runs the tool for
+real (audited) and shows the outcome. Secrets: the value is write-only (typed in, never shown
+back), and every save goes through `secret_set`, which encrypts it and records the audit event."""
 
 from __future__ import annotations
 
+import json
+
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.http import JsonResponse
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
 from django.utils.decorators import method_decorator
 from django.views.decorators.debug import sensitive_post_parameters
+from django.views.decorators.http import require_POST
 
-from tools.models import Secret
+from tools.executors import config_problem
+from tools.models import Secret, Tool, ToolKind
+from tools.schemas import parameters_problem
 from tools.secrets import secret_delete, secret_set, value_problem
+from tools.services import tool_test_call
 
 TIMESTAMPS = ("created_at", "value_set_at", "rotated_at", "updated_at")
 
@@ -80,3 +95,155 @@ class SecretAdmin(admin.ModelAdmin):
     def delete_queryset(self, request, queryset):
         for secret in queryset:
             secret_delete(secret=secret, actor=request.user)
+
+
+class JSONEditor(forms.Textarea):
+    """A monospace textarea whose JSON the admin page checks as it is typed (tool-editor.js
+    posts it to `check_url`, which runs the model's own validators)."""
+
+    def __init__(self):
+        super().__init__(attrs={"rows": 14, "class": "vLargeTextField json-editor"})
+
+    def format_value(self, value):
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                return value  # what the admin typed, invalid, shown back as it was
+        return json.dumps(value, indent=2)
+
+
+class ToolForm(forms.ModelForm):
+    class Meta:
+        model = Tool
+        fields = (
+            *("name", "description", "kind", "enabled", "parameters", "config", "mcp_server"),
+            *("risk", "approval", "timeout", "result_limit", "rate_limit"),
+        )
+        widgets = {"parameters": JSONEditor(), "config": JSONEditor()}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for name in ("parameters", "config"):
+            if name in self.fields:  # not when read-only
+                check = reverse("admin:tools_tool_check", args=[name])
+                self.fields[name].widget.attrs["data-check"] = check
+        if "config" in self.fields and "kind" not in self.fields:  # the kind is read-only
+            self.fields["config"].widget.attrs["data-kind"] = self.instance.kind
+
+
+class TestCallForm(forms.Form):
+    arguments = forms.JSONField(
+        initial=dict, widget=forms.Textarea(attrs={"rows": 8, "class": "vLargeTextField"})
+    )
+
+
+@admin.register(Tool)
+class ToolAdmin(admin.ModelAdmin):
+    form = ToolForm
+    list_display = ("name", "kind", "risk", "needs_approval", "enabled", "version", "updated_at")
+    list_filter = ("enabled", "kind", "risk")
+    search_fields = ("name", "description")
+    readonly_fields = ("version", "created_at", "updated_at")
+    actions = ("enable", "disable")
+    fieldsets = (
+        (None, {"fields": ("name", "description", "kind", "enabled")}),
+        ("Contract", {"fields": ("parameters", "config", "mcp_server", "version")}),
+        ("Limits", {"fields": ("risk", "approval", "timeout", "result_limit", "rate_limit")}),
+        ("History", {"fields": ("created_at", "updated_at")}),
+    )
+
+    class Media:
+        js = ("tools/tool-editor.js",)
+
+    @admin.display(description="approval", boolean=True)
+    def needs_approval(self, obj) -> bool:
+        return obj.requires_approval
+
+    def get_readonly_fields(self, request, obj=None):
+        fields = self.readonly_fields
+        if obj is not None and obj.kind == ToolKind.PYTHON:
+            # A Python tool's contract is its code's: the sync refreshes it after a deploy.
+            fields = (*fields, "kind", "parameters")
+        if obj is not None and obj.kind == ToolKind.MCP:
+            fields = (*fields, "kind", "parameters", "mcp_server")  # the server's
+        return fields
+
+    @admin.action(description="Enable the selected tools")
+    def enable(self, request, queryset):
+        self._set_enabled(request, queryset, True)
+
+    @admin.action(description="Disable the selected tools")
+    def disable(self, request, queryset):
+        self._set_enabled(request, queryset, False)
+
+    def _set_enabled(self, request, queryset, enabled: bool) -> None:
+        for tool in queryset.exclude(enabled=enabled):  # one save each: auditlog records it
+            tool.enabled = enabled
+            tool.save(update_fields=["enabled", "updated_at"])
+        word = "enabled" if enabled else "disabled"
+        messages.success(request, f"{queryset.count()} tool(s) {word}.")
+
+    def get_urls(self):
+        return [
+            path(
+                "check/<str:field>/",
+                self.admin_site.admin_view(require_POST(self.check_json)),
+                name="tools_tool_check",
+            ),
+            path(
+                "<int:pk>/test-call/",
+                self.admin_site.admin_view(self.test_call),
+                name="tools_tool_test_call",
+            ),
+            *super().get_urls(),
+        ]
+
+    def check_json(self, request, field: str):
+        """The editor's check as you type: {"problem": message or null}."""
+        if not self.has_change_permission(request) and not self.has_add_permission(request):
+            raise PermissionDenied
+        try:
+            payload = json.loads(request.body)
+            value = json.loads(payload.get("value", ""))
+        except (ValueError, AttributeError) as exc:
+            return JsonResponse({"problem": f"Not JSON: {exc}"})
+        if field == "parameters":
+            problem = parameters_problem(value)
+        elif field == "config":
+            kind = payload.get("kind") or ""
+            try:  # absent where read-only (a Python tool's): its configuration ignores them
+                parameters = json.loads(payload.get("parameters") or "{}")
+            except (ValueError, TypeError):
+                parameters = {}
+            if not isinstance(parameters, dict):
+                parameters = {}
+            if kind == ToolKind.MCP:
+                problem = None  # an MCP tool's configuration comes from its server
+            elif kind in ToolKind.values:
+                problem = config_problem(kind, value, parameters)
+            else:
+                problem = "Choose the tool's kind first."
+        else:
+            return JsonResponse({"problem": "unknown field"}, status=404)
+        return JsonResponse({"problem": problem})
+
+    def test_call(self, request, pk: int):
+        tool = get_object_or_404(Tool, pk=pk)
+        if not self.has_change_permission(request, tool):
+            raise PermissionDenied
+        outcome = None
+        form = TestCallForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            outcome = tool_test_call(tool, form.cleaned_data["arguments"], actor=request.user)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "original": tool,
+            "form": form,
+            "outcome": outcome,
+            "result": None if outcome is None else json.dumps(outcome.result, indent=2),
+            "schema": json.dumps(tool.parameters, indent=2),
+            "title": f"Test call: {tool}",
+        }
+        return TemplateResponse(request, "admin/tools/tool/test_call.html", context)

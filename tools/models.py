@@ -1,4 +1,162 @@
+import hashlib
+import json
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
+
+# What OpenAI-compatible function calling accepts as a tool name.
+tool_name_validator = RegexValidator(
+    r"^[A-Za-z0-9_-]{1,64}$",
+    "Use 1 to 64 letters, digits, underscores or hyphens: models see this name.",
+)
+
+
+class ToolKind(models.TextChoices):
+    PYTHON = "python", "Python function"
+    HTTP = "http", "HTTP endpoint"
+    MCP = "mcp", "MCP server tool"
+
+
+class RiskTier(models.TextChoices):
+    READ = "read", "Read: looks things up"
+    WRITE = "write", "Write: changes something"
+    CRITICAL = "critical", "Critical: hard to undo"
+
+
+class Approval(models.TextChoices):
+    TIER = "tier", "As the risk tier says (write and critical need approval)"
+    ALWAYS = "always", "Always"
+    NEVER = "never", "Never"
+
+
+def _object_schema() -> dict:
+    return {"type": "object", "properties": {}, "additionalProperties": False}
+
+
+class Tool(models.Model):
+    """A tool agents may call: its contract (name, description, JSON Schema of the arguments),
+    how it runs (`kind` and that kind's `config`, checked by the kind's executor) and the
+    limits Warden enforces around every call. `version` hashes the contract and configuration;
+    every invocation records it."""
+
+    name = models.CharField(max_length=64, unique=True, validators=[tool_name_validator])
+    description = models.TextField(help_text="What the tool does, for the model choosing it.")
+    parameters = models.JSONField(
+        default=_object_schema, help_text="JSON Schema (Draft 2020-12) of the arguments."
+    )
+    kind = models.CharField(max_length=8, choices=ToolKind.choices)
+    config = models.JSONField(default=dict, blank=True, help_text="Settings of the tool's kind.")
+    risk = models.CharField(max_length=8, choices=RiskTier.choices, default=RiskTier.READ)
+    approval = models.CharField(
+        "requires approval", max_length=8, choices=Approval.choices, default=Approval.TIER
+    )
+    timeout = models.PositiveIntegerField(
+        "timeout (seconds)", default=30, validators=[MinValueValidator(1), MaxValueValidator(600)]
+    )
+    result_limit = models.PositiveIntegerField(
+        "result size limit (characters)",
+        default=16_000,
+        validators=[MinValueValidator(100), MaxValueValidator(1_000_000)],
+        help_text="Longer results reach the model cut off, with a marker saying so.",
+    )
+    rate_limit = models.PositiveIntegerField(
+        "rate limit (calls per user per minute)", default=0, help_text="0: no limit."
+    )
+    enabled = models.BooleanField(default=False)
+    version = models.CharField(max_length=16, editable=False)
+    mcp_server = models.ForeignKey(
+        "tools.MCPServer", null=True, blank=True, on_delete=models.CASCADE, related_name="tools"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def save(self, *args, **kwargs) -> None:
+        self.version = self.compute_version()
+        if kwargs.get("update_fields") is not None:
+            kwargs["update_fields"] = {*kwargs["update_fields"], "version"}
+        super().save(*args, **kwargs)
+
+    @property
+    def requires_approval(self) -> bool:
+        if self.approval == Approval.TIER:
+            return self.risk != RiskTier.READ
+        return self.approval == Approval.ALWAYS
+
+    @property
+    def has_side_effects(self) -> bool:
+        return self.risk != RiskTier.READ
+
+    def compute_version(self) -> str:
+        contract = {"kind": self.kind, "parameters": self.parameters, "config": self.config}
+        canonical = json.dumps(contract, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def clean(self) -> None:
+        from tools.executors import config_problem
+        from tools.schemas import parameters_problem
+
+        errors = {}
+        if problem := parameters_problem(self.parameters):
+            errors["parameters"] = problem
+        if (
+            self.kind
+            and not errors
+            and (problem := config_problem(self.kind, self.config, self.parameters))
+        ):
+            errors["config"] = problem
+        if self.kind == ToolKind.MCP and self.mcp_server_id is None:
+            errors["mcp_server"] = "An MCP tool belongs to an MCP server."
+        if errors:
+            raise ValidationError(errors)
+
+    def as_openai_tool(self) -> dict:
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": self.parameters,
+            },
+        }
+
+
+class MCPTransport(models.TextChoices):
+    STDIO = "stdio", "stdio (a command Warden starts)"
+    HTTP = "http", "Streamable HTTP"
+
+
+class MCPServer(models.Model):
+    """A Model Context Protocol server whose tools can be synced into `Tool` rows."""
+
+    name = models.SlugField(max_length=100, unique=True)
+    transport = models.CharField(max_length=8, choices=MCPTransport.choices)
+    command = models.CharField(max_length=500, blank=True, help_text="stdio: the program.")
+    arguments = models.JSONField(default=list, blank=True, help_text="stdio: a list of strings.")
+    environment = models.JSONField(
+        default=dict, blank=True, help_text="stdio: extra environment variables (name: value)."
+    )
+    url = models.URLField(max_length=500, blank=True, help_text="Streamable HTTP: the endpoint.")
+    auth_secret = models.ForeignKey(
+        "tools.Secret", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    enabled = models.BooleanField(default=True)
+    synced_at = models.DateTimeField(null=True, blank=True, editable=False)
+    status = models.CharField(max_length=300, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "MCP server"
+
+    def __str__(self) -> str:
+        return self.name
 
 
 class InvocationStatus(models.TextChoices):
@@ -8,21 +166,27 @@ class InvocationStatus(models.TextChoices):
 
 
 class ToolInvocation(models.Model):
-    """The invocation ledger: one row per side-effecting tool call, unique on its key
-    ``run:<id>:step:<n>:call:<k>``.
+    """The invocation ledger: one row per tool call, unique on its key
+    ``run:<id>:step:<n>:call:<k>`` (or ``test:<uuid>`` for an admin's test call).
 
-    The row is committed as `started` before the tool runs and completed after, so a retry
-    (the worker died in between) finds it and reuses the stored result instead of calling the
-    tool again; a `started` row with no result means the effect may or may not have happened,
-    and the key was handed to the tool so the external system can deduplicate.
+    A Python tool's effect and its row commit together. An HTTP or MCP call's row is committed
+    as `started` before the call and completed after, so a retry (the worker died in between)
+    finds it: a finished row's result is reused instead of calling again; a `started` row means
+    the effect may or may not have happened, and the retry sends the same key so the external
+    system can deduplicate.
     """
 
     key = models.CharField(max_length=200, unique=True)
     tool = models.CharField(max_length=64)
+    tool_version = models.CharField(max_length=16, blank=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     arguments = models.JSONField(default=dict)
     status = models.CharField(max_length=16, choices=InvocationStatus.choices)
     result = models.JSONField(null=True, blank=True)
     error = models.TextField(blank=True)
+    latency_ms = models.FloatField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 

@@ -1,11 +1,13 @@
 """Outbound HTTP that cannot be turned against Warden's own network (SSRF).
 
-Every address a host name resolves to must be public (`is_global`: not loopback, private,
-link-local, cloud metadata, carrier-grade NAT, multicast or reserved), unless an operator lists
-its network in WARDEN_OUTBOUND_ALLOW_NETWORKS. The address the connection actually reached is
-checked again before any byte of the body is read, so a name that resolves differently the
-second time (DNS rebinding) gains nothing; redirects are followed by hand, each hop checked the
-same way; the body is cut off at a size limit.
+Every connection goes through `_CheckedBackend`: it resolves the host name itself, once, checks
+every address it got, and connects to one of those very addresses, so a name that resolves to a
+public address for the check and to 127.0.0.1 for the connection (DNS rebinding) gains nothing.
+An address must be public (`is_global`: not loopback, private, link-local, cloud metadata,
+carrier-grade NAT, multicast or reserved), unless an operator lists its network in
+WARDEN_OUTBOUND_ALLOW_NETWORKS or the caller (an HTTP tool's allowlist) passes it. TLS still
+verifies the certificate against the host name. Redirects are followed by hand, each hop a new
+check; `fetch` cuts the body off at a size limit.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import socket
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
+import httpcore
 import httpx
 from django.conf import settings
 
@@ -38,13 +41,10 @@ def fetch(url: str, *, max_bytes: int, timeout: float = 15, max_redirects: int =
 
 
 def _fetch(url: str, *, max_bytes: int, timeout: float, max_redirects: int) -> Fetched:
-    with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
+    with guarded_client(timeout=timeout) as client:
         for _hop in range(max_redirects + 1):
-            _check_url(url)
+            check_url(url)
             with client.stream("GET", url, headers={"User-Agent": "Warden"}) as response:
-                peer = response.extensions["network_stream"].get_extra_info("server_addr")
-                if peer:
-                    _check_address(peer[0], urlsplit(url).hostname or "")
                 if response.is_redirect:
                     url = urljoin(url, response.headers.get("location", ""))
                     continue
@@ -62,25 +62,61 @@ def _fetch(url: str, *, max_bytes: int, timeout: float, max_redirects: int) -> F
     raise OutboundError(f"more than {max_redirects} redirects")
 
 
-def _check_url(url: str) -> None:
+def guarded_client(*, timeout: float, allow_networks=()) -> httpx.Client:
+    """An httpx client whose every connection is checked by `_CheckedBackend`. It does not
+    follow redirects (callers check each hop's URL) and ignores proxy environment variables."""
+    return httpx.Client(
+        transport=_GuardedTransport(allow_networks),
+        timeout=timeout,
+        follow_redirects=False,
+        trust_env=False,
+    )
+
+
+class _GuardedTransport(httpx.HTTPTransport):
+    def __init__(self, allow_networks) -> None:
+        super().__init__(trust_env=False)
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=httpx.create_ssl_context(trust_env=False),
+            network_backend=_CheckedBackend(allow_networks),
+        )
+
+
+class _CheckedBackend(httpcore.SyncBackend):
+    """Resolve once, check every address, connect to a checked address."""
+
+    def __init__(self, allow_networks) -> None:
+        self.allow = [ipaddress.ip_network(n, strict=False) for n in allow_networks]
+
+    def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+        addresses = _resolve(host, port)
+        for address in addresses:
+            _check_address(address, host, self.allow)
+        return super().connect_tcp(addresses[0], port, timeout, local_address, socket_options)
+
+
+def check_url(url: str) -> None:
+    """Refuse anything but an absolute http(s) URL (addresses are checked on connecting)."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise OutboundError(f"not an http(s) URL: {url[:200]}")
+
+
+def _resolve(host: str, port: int) -> list[str]:
     try:
-        infos = socket.getaddrinfo(parts.hostname, parts.port or 443, type=socket.SOCK_STREAM)
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError):
-        raise OutboundError(f"{parts.hostname} does not resolve") from None
-    for info in infos:
-        _check_address(info[4][0], parts.hostname)
+        raise OutboundError(f"{host} does not resolve") from None
+    return [info[4][0] for info in infos]
 
 
-def _check_address(address: str, host: str) -> None:
+def _check_address(address: str, host: str, allow=()) -> None:
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
         ip = ip.ipv4_mapped
     if ip.is_global and not ip.is_multicast:
         return
-    if any(ip in network for network in _allowed_networks()):
+    if any(ip in network for network in [*_allowed_networks(), *allow]):
         return
     raise OutboundError(
         f"{host} is on a private or reserved network ({ip}); Warden does not fetch from there"

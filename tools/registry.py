@@ -1,6 +1,8 @@
-"""Python tools: functions registered in code with a decorator. Admins choose which ones an
-agent offers; nobody writes code in the admin. (The full tool registry, with HTTP and MCP tools
-and their admin, is tools' own issue; this is the part the runtime needs now.)"""
+"""Python tools: functions registered in code with a decorator. `python_tools_sync` (run after
+every migrate) gives each one a `Tool` row; admins enable, configure and assign those rows, and
+nobody writes code in the admin. The code stays the source of the function's contract: a sync
+refreshes the row's description and parameters, never what an admin chose (enabled, risk tier
+after the first sync, limits, settings)."""
 
 from __future__ import annotations
 
@@ -9,78 +11,74 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import jsonschema
+from tools.schemas import parameters_problem
 
 
 @dataclass(frozen=True)
 class ToolContext:
-    """Who the tool acts for, handed to tools that declare a `context` parameter."""
+    """Who a tool acts for, and the settings of the `Tool` row being called, handed to
+    functions that declare a `context` parameter."""
 
     actor: Any  # the user the run acts for
-    agent: Any
-    run_id: int
-
-
-class ToolRisk:
-    READ = "read"
-    WRITE = "write"
+    agent: Any = None
+    run_id: int | None = None
+    settings: dict = field(default_factory=dict)  # the Tool row's config["settings"]
+    timeout: float = 30.0  # seconds: the function's own I/O should give up by then
 
 
 @dataclass(frozen=True)
-class PythonTool:
+class PythonFunction:
     name: str
     description: str
     parameters: dict  # JSON Schema (Draft 2020-12) of the arguments
     risk: str
     function: Callable[..., Any]
-    validator: jsonschema.Draft202012Validator = field(init=False, repr=False, compare=False)
     takes_context: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        jsonschema.Draft202012Validator.check_schema(self.parameters)  # once, at registration
-        object.__setattr__(self, "validator", jsonschema.Draft202012Validator(self.parameters))
+        if problem := parameters_problem(self.parameters):  # once, at import
+            raise ValueError(f"Python tool {self.name!r}: {problem}")
         wants = "context" in inspect.signature(self.function).parameters
         object.__setattr__(self, "takes_context", wants)
 
-    def call(self, arguments: dict, *, idempotency_key: str, context: ToolContext) -> Any:
+    def __call__(self, arguments: dict, *, idempotency_key: str, context: ToolContext) -> Any:
         if self.takes_context:
             return self.function(arguments, idempotency_key=idempotency_key, context=context)
         return self.function(arguments, idempotency_key=idempotency_key)
 
-    def argument_error(self, arguments: Any) -> jsonschema.ValidationError | None:
-        """The most relevant way `arguments` break the tool's schema, or None."""
-        return jsonschema.exceptions.best_match(self.validator.iter_errors(arguments))
 
-    @property
-    def has_side_effects(self) -> bool:
-        return self.risk != ToolRisk.READ
-
-    def as_openai_tool(self) -> dict:
-        return {
-            "type": "function",
-            "function": {
-                "name": self.name,
-                "description": self.description,
-                "parameters": self.parameters,
-            },
-        }
+PYTHON_FUNCTIONS: dict[str, PythonFunction] = {}
 
 
-PYTHON_TOOLS: dict[str, PythonTool] = {}
-
-
-def python_tool(*, name: str, description: str, parameters: dict, risk: str = ToolRisk.READ):
+def python_tool(*, name: str, description: str, parameters: dict, risk: str = "read"):
     """Register `function(arguments: dict, *, idempotency_key: str) -> JSON` as a tool; a
-    function that also takes `context` receives a ToolContext (who the run acts for)."""
+    function that also takes `context` receives a ToolContext. `risk` is a RiskTier value."""
 
     def register(function: Callable[..., Any]) -> Callable[..., Any]:
-        if name in PYTHON_TOOLS:
+        if name in PYTHON_FUNCTIONS:
             raise ValueError(f"a Python tool named {name!r} is already registered")
-        PYTHON_TOOLS[name] = PythonTool(name, description, parameters, risk, function)
+        PYTHON_FUNCTIONS[name] = PythonFunction(name, description, parameters, risk, function)
         return function
 
     return register
 
 
-def tool_get(name: str) -> PythonTool | None:
-    return PYTHON_TOOLS.get(name)
+def python_tools_sync(**_signal) -> None:
+    """Give every registered function a `Tool` row (new ones disabled), and refresh the
+    contract of existing ones from the code. Connected to post_migrate."""
+    from tools.models import Tool, ToolKind
+
+    rows = {t.config.get("function"): t for t in Tool.objects.filter(kind=ToolKind.PYTHON)}
+    for name, function in PYTHON_FUNCTIONS.items():
+        tool = rows.get(name)
+        if tool is None:
+            if Tool.objects.filter(name=name).exists():
+                continue  # the name is taken by another kind of tool: leave both alone
+            tool = Tool(
+                name=name, kind=ToolKind.PYTHON, config={"function": name}, risk=function.risk
+            )
+        contract = (function.description, function.parameters)
+        if tool.pk and (tool.description, tool.parameters) == contract:
+            continue
+        tool.description, tool.parameters = contract
+        tool.save()

@@ -37,6 +37,7 @@ from agents.services import run_start
 from agents.tests.pdf import pdf_with_text, pdf_without_text
 from audit.services import SYSTEM
 from tests.model_server import Reply
+from tools.models import Tool
 
 pytestmark = pytest.mark.django_db
 
@@ -284,9 +285,9 @@ def test_the_knowledge_search_tool_searches_as_the_user(server, route, alice, bo
     ingest(hr, "leave.md", LEAVE)
     engineering = base(bob)
     ingest(engineering, "deploy.md", ENGINEERING)
-    agent = Agent.objects.create(
-        name="A", slug=f"a-{uuid.uuid4().hex[:6]}", route=route, tools=["knowledge_search"]
-    )
+    agent = Agent.objects.create(name="A", slug=f"a-{uuid.uuid4().hex[:6]}", route=route)
+    Tool.objects.filter(name="knowledge_search").update(enabled=True)
+    agent.tools.set(Tool.objects.filter(name="knowledge_search"))
     agent.knowledge_bases.set([hr, engineering])
     server.script(
         "primary",

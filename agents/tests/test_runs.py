@@ -25,7 +25,7 @@ from agents.tasks import run_execute_task
 from audit.models import AuditEvent
 from audit.selectors import audit_verify_chain
 from tests.model_server import Reply
-from tools.models import DemoTicket, ToolInvocation
+from tools.models import DemoTicket, Tool, ToolInvocation
 
 pytestmark = pytest.mark.usefixtures("committing_db")
 
@@ -43,14 +43,17 @@ def agent(server):
     Deployment.objects.create(
         route=route, position=1, model="openai/primary", api_base=server.base("primary")
     )
-    return Agent.objects.create(
+    agent = Agent.objects.create(
         name="Help desk",
         slug=f"help-{uuid.uuid4().hex[:6]}",
         route=route,
         system_prompt="You are the IT help desk.",
-        tools=["create_ticket", "get_ticket_status"],
         max_steps=10,
     )
+    tools = Tool.objects.filter(name__in=["create_ticket", "get_ticket_status"])
+    tools.update(enabled=True)
+    agent.tools.set(tools)
+    return agent
 
 
 def start(agent, user, text="my VPN is down, open a ticket and check it"):
@@ -106,7 +109,11 @@ def test_a_run_with_three_tool_calls_completes(server, agent, member, celery_wor
         "status": "open",
         "priority": "high",
     }
-    assert ToolInvocation.objects.get().key == f"run:{run.pk}:step:2:call:0"
+    write = ToolInvocation.objects.get(tool="create_ticket")
+    assert write.key == f"run:{run.pk}:step:2:call:0"
+    assert write.tool_version == Tool.objects.get(name="create_ticket").version != ""
+    assert write.actor == run.actor
+    assert write.latency_ms > 0
     assert ticket.idempotency_key == f"run:{run.pk}:step:2:call:0"
     actions = list(
         AuditEvent.objects.filter(run=str(run.pk))
@@ -135,7 +142,7 @@ def test_malformed_tool_calls_go_back_to_the_model(server, agent, member, celery
     assert run.state == RunState.SUCCEEDED
     errors = [s.output["error"] for s in RunStep.objects.filter(run=run, kind="tool")]
     assert errors[0].startswith("the arguments are not valid JSON")
-    assert errors[1].startswith("invalid arguments at priority: 'urgent' is not one of")
+    assert errors[1].startswith("invalid arguments at /priority: 'urgent' is not one of")
     assert (
         json.loads(server.requests["primary"][1]["messages"][-1]["content"])["error"] == errors[0]
     )

@@ -1,8 +1,8 @@
-"""Two demo tools of an IT help desk, one that reads and one that writes, so the agent loop is
-exercised end to end before the full tool registry exists."""
+"""Built-in Python tools for the demo scenarios, each acting on real tables: the IT help desk's
+tickets (a write tool and a read tool)."""
 
 from tools.models import DemoTicket
-from tools.registry import ToolRisk, python_tool
+from tools.registry import python_tool
 
 
 @python_tool(
@@ -17,7 +17,7 @@ from tools.registry import ToolRisk, python_tool
         "required": ["title"],
         "additionalProperties": False,
     },
-    risk=ToolRisk.WRITE,
+    risk="write",
 )
 def create_ticket(arguments: dict, *, idempotency_key: str) -> dict:
     ticket = DemoTicket.objects.create(
