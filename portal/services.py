@@ -13,6 +13,7 @@ from django.db import transaction
 from audit.services import SYSTEM, Target, audit_record
 from governance import roles
 from portal.files import write_private
+from tools.demo_erp import demo_erp_install
 
 DEMO_USERS = (
     ("admin", roles.GOVERNANCE_ADMIN),
@@ -68,6 +69,8 @@ def demo_workspace_seed(*, credentials_path: Path) -> list[DemoLogin]:
                 recorded[username] = password
                 created_users.append(username)
             logins.append(DemoLogin(username, role, recorded.get(username)))
+        if settings.EMBEDDED_DATABASE:  # production points sql_query at its own databases
+            demo_erp_install()
         agent_created = _demo_agent()
         handbook_created = _demo_handbook(
             owner=User.objects.get(username="admin"), readers=list(groups.values())

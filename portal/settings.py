@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import secrets
 from collections.abc import Callable
 from pathlib import Path
@@ -219,6 +220,35 @@ WARDEN_KNOWLEDGE_MAX_BYTES = env_int("WARDEN_KNOWLEDGE_MAX_BYTES", 20_000_000, m
 # Private networks outbound requests may reach anyway (CIDRs, comma-separated): see
 # tools/outbound.py. Empty by default: only public addresses.
 WARDEN_OUTBOUND_ALLOW_NETWORKS = env_list("WARDEN_OUTBOUND_ALLOW_NETWORKS", [])
+# Databases the `sql_query` tool may read, by name (a tool's settings name one): libpq
+# connection strings of a role that may only SELECT, as JSON ({"erp": "host=... user=..."}).
+# Embedded mode adds the demo ERP: schema demo_erp of Warden's own database, read as the role
+# warden_erp_reader (tools/demo_erp.py), which can read nothing else.
+try:
+    WARDEN_SQL_DATABASES = json.loads(env_optional("WARDEN_SQL_DATABASES") or "{}")
+except ValueError:  # the message would echo the value, passwords included
+    WARDEN_SQL_DATABASES = None
+if not isinstance(WARDEN_SQL_DATABASES, dict):
+    raise ImproperlyConfigured(
+        'WARDEN_SQL_DATABASES must be a JSON object: {"name": "libpq connection string"}'
+    )
+if EMBEDDED_DATABASE:
+    WARDEN_SQL_DATABASES.setdefault(
+        "demo_erp", f"host={EMBEDDED.pg_socket_dir} user=warden_erp_reader"
+    )
+# Mail (the send_email tool): a file per message under var/mail in embedded mode; SMTP from
+# EMAIL_HOST, EMAIL_PORT, EMAIL_HOST_USER, EMAIL_HOST_PASSWORD, EMAIL_USE_TLS otherwise.
+if EMBEDDED_DATABASE:
+    EMAIL_BACKEND = "django.core.mail.backends.filebased.EmailBackend"
+    EMAIL_FILE_PATH = VAR_DIR / "mail"
+else:
+    EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+    EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1)
+    EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
+    EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
+    EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_TIMEOUT = 15
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "warden@localhost")
 CELERY_BEAT_SCHEDULE = {
     "run-resume": {
         "task": "agents.tasks.run_resume_task",

@@ -2,6 +2,7 @@ import hashlib
 import json
 
 from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
@@ -255,3 +256,18 @@ class Secret(models.Model):
         from tools.secrets import decrypt
 
         return decrypt(self.ciphertext, label=f"secret {self.name!r}")
+
+
+class DemoMeeting(models.Model):
+    """The demo calendar: what `schedule_meeting` writes (see tools/builtin.py)."""
+
+    title = models.CharField(max_length=200)
+    start = models.DateTimeField()
+    end = models.DateTimeField()
+    attendees = ArrayField(models.CharField(max_length=254))
+    organiser = models.CharField(max_length=150, blank=True)
+    idempotency_key = models.CharField(max_length=200)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"meeting {self.pk}: {self.title}"
