@@ -13,7 +13,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.http import JsonResponse
-from django.shortcuts import get_object_or_404
+from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.decorators import method_decorator
@@ -21,7 +21,8 @@ from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_POST
 
 from tools.executors import config_problem
-from tools.models import Secret, Tool, ToolKind
+from tools.mcp_servers import MCPUnavailable, mcp_server_sync
+from tools.models import MCPServer, Secret, Tool, ToolKind
 from tools.schemas import parameters_problem
 from tools.secrets import secret_delete, secret_set, value_problem
 from tools.services import tool_test_call
@@ -247,3 +248,52 @@ class ToolAdmin(admin.ModelAdmin):
             "title": f"Test call: {tool}",
         }
         return TemplateResponse(request, "admin/tools/tool/test_call.html", context)
+
+
+@admin.register(MCPServer)
+class MCPServerAdmin(admin.ModelAdmin):
+    list_display = ("name", "transport", "tool_count", "synced_at", "status")
+    list_filter = ("transport",)
+    search_fields = ("name", "command", "url")
+    readonly_fields = ("synced_at", "status")
+    actions = ("sync",)
+    fieldsets = (
+        (None, {"fields": ("name", "transport")}),
+        ("stdio", {"fields": ("command", "arguments", "environment")}),
+        ("Streamable HTTP", {"fields": ("url", "auth_secret", "allow_networks")}),
+        ("Sync", {"fields": ("synced_at", "status")}),
+    )
+
+    @admin.display(description="tools")
+    def tool_count(self, obj) -> int:
+        return obj.tools.count()
+
+    @admin.action(description="Sync tools from the selected servers")
+    def sync(self, request, queryset):
+        for server in queryset:
+            self._sync(request, server)
+
+    def get_urls(self):
+        return [
+            path(
+                "<int:pk>/sync/",
+                self.admin_site.admin_view(require_POST(self.sync_one)),
+                name="tools_mcpserver_sync",
+            ),
+            *super().get_urls(),
+        ]
+
+    def sync_one(self, request, pk: int):
+        server = get_object_or_404(MCPServer, pk=pk)
+        if not self.has_change_permission(request, server):
+            raise PermissionDenied
+        self._sync(request, server)
+        return redirect(reverse("admin:tools_mcpserver_change", args=[server.pk]))
+
+    def _sync(self, request, server: MCPServer) -> None:
+        try:
+            report = mcp_server_sync(server=server, actor=request.user)
+        except MCPUnavailable as error:
+            messages.error(request, f"{server}: {error}")
+            return
+        messages.success(request, f"{server}: {report}.")

@@ -1,4 +1,5 @@
 import hashlib
+import ipaddress
 import json
 
 from django.conf import settings
@@ -146,9 +147,19 @@ class MCPServer(models.Model):
     )
     url = models.URLField(max_length=500, blank=True, help_text="Streamable HTTP: the endpoint.")
     auth_secret = models.ForeignKey(
-        "tools.Secret", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+        "tools.Secret",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="Streamable HTTP: sent as the Authorization header.",
     )
-    enabled = models.BooleanField(default=True)
+    allow_networks = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Streamable HTTP: private networks (CIDRs) the server may be on, such as "
+        '["10.20.0.0/16"]; public addresses need none.',
+    )
     synced_at = models.DateTimeField(null=True, blank=True, editable=False)
     status = models.CharField(max_length=300, blank=True, editable=False)
 
@@ -158,6 +169,34 @@ class MCPServer(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        errors = {}
+        if self.transport == MCPTransport.STDIO and not self.command:
+            errors["command"] = "A stdio server needs the command that starts it."
+        if self.transport == MCPTransport.HTTP and not self.url:
+            errors["url"] = "A streamable-HTTP server needs its URL."
+        if not isinstance(self.arguments, list) or not all(
+            isinstance(a, str) for a in self.arguments
+        ):
+            errors["arguments"] = 'A list of strings, such as ["--local-timezone", "UTC"].'
+        if not isinstance(self.environment, dict) or not all(
+            isinstance(v, str) for v in self.environment.values()
+        ):
+            errors["environment"] = (
+                'An object of strings, such as {"API_URL": "https://...", "API_KEY": '
+                '"secret:crm-key"} ("secret:NAME" is replaced by that secret).'
+            )
+        if not isinstance(self.allow_networks, list):
+            errors["allow_networks"] = 'A list of networks, such as ["10.20.0.0/16"].'
+        else:
+            for network in self.allow_networks:
+                try:
+                    ipaddress.ip_network(str(network), strict=False)
+                except ValueError:
+                    errors["allow_networks"] = f"{network!r} is not an address or network."
+        if errors:
+            raise ValidationError(errors)
 
 
 class InvocationStatus(models.TextChoices):

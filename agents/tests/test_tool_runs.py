@@ -1,8 +1,9 @@
-"""Agent runs through the tool registry: an HTTP tool with a secret called end to end, and the
-agent offering only its enabled tools."""
+"""Agent runs through the tool registry: an HTTP tool with a secret and an MCP server's tool
+called end to end, and the agent offering only its enabled tools."""
 
 import json
 import logging
+import sys
 import uuid
 
 import pytest
@@ -12,14 +13,18 @@ from agents.models import Agent, Conversation, Deployment, ModelRoute, Run, RunS
 from agents.orchestrator import run_execute
 from agents.services import run_start
 from audit.models import AuditEvent
+from audit.services import SYSTEM
 from tests.model_server import Reply
-from tools.models import DemoTicket, Tool, ToolInvocation
+from tools.mcp_servers import mcp_server_sync
+from tools.models import DemoTicket, MCPServer, Tool, ToolInvocation
 from tools.secrets import secret_set
+from tools.tests import mcp_server as test_mcp_server
 from tools.tests.endpoint import Answer, Endpoint
 
 pytestmark = pytest.mark.django_db
 
 TOKEN = "crm-token-c0ffee-never-shown"
+MCP_SCRIPT = test_mcp_server.__file__  # run as a stdio server
 
 
 @pytest.fixture
@@ -124,3 +129,27 @@ def test_only_enabled_tools_are_offered_and_others_cannot_be_called(server, agen
     assert step.output["error"] == "there is no tool named 'create_ticket' here"
     assert not DemoTicket.objects.exists()
     assert not ToolInvocation.objects.exists()
+
+
+def test_an_agent_run_calls_an_mcp_tool(server, agent):
+    mcp = MCPServer.objects.create(
+        name="calc", transport="stdio", command=sys.executable, arguments=[MCP_SCRIPT]
+    )
+    mcp_server_sync(server=mcp, actor=SYSTEM)
+    Tool.objects.filter(name="calc__add").update(enabled=True)
+    agent.tools.set(Tool.objects.filter(mcp_server=mcp))  # calc__echo_meta etc. stay disabled
+    server.script(
+        "primary",
+        Reply.call("calc__add", {"a": 19, "b": 23}),
+        Reply.say("19 + 23 = 42."),
+    )
+
+    run = execute(agent, "what is 19 + 23?")
+
+    assert run.state == RunState.SUCCEEDED
+    assert [t["function"]["name"] for t in server.requests["primary"][0]["tools"]] == ["calc__add"]
+    step = RunStep.objects.get(run=run, kind="tool")
+    assert step.output["result"] == {"result": 42}
+    assert json.loads(server.requests["primary"][1]["messages"][-1]["content"]) == {"result": 42}
+    ledger = ToolInvocation.objects.get(key=step.input["key"])
+    assert (ledger.tool, ledger.status) == ("calc__add", "succeeded")

@@ -19,7 +19,11 @@ from typing import Any
 from tools.registry import ToolContext
 from tools.schemas import Validator, instance_problem
 
-MODULES = {"python": "tools.executors.python", "http": "tools.executors.http"}
+MODULES = {
+    "python": "tools.executors.python",
+    "http": "tools.executors.http",
+    "mcp": "tools.executors.mcp",
+}
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,58 @@
+"""`mcp` tools: a tool of an MCP server, synced into a `Tool` row (tools/mcp_servers.py) and
+called through the process's pooled session to that server, with the tool's timeout and the
+call's idempotency key in the request metadata (`_meta.idempotency_key`)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tools.executors import Call, ToolError
+
+CONFIG_SCHEMA = {
+    "type": "object",
+    "properties": {"tool": {"type": "string", "minLength": 1, "description": "its name there"}},
+    "required": ["tool"],
+    "additionalProperties": False,
+}
+
+
+def config_problem(config: dict, parameters: dict) -> str | None:
+    return None
+
+
+def execute(call: Call) -> Any:
+    from mcp.shared.exceptions import MCPError
+    from mcp_types import REQUEST_TIMEOUT
+
+    from tools.mcp_servers import MCPUnavailable, ServerSpec, session_pool
+
+    server = call.tool.mcp_server
+    try:
+        result = session_pool().call_tool(
+            ServerSpec.of(server),
+            call.tool.config["tool"],
+            call.arguments,
+            meta={"idempotency_key": call.idempotency_key},
+            timeout=float(call.tool.timeout),
+        )
+    except MCPUnavailable as error:
+        raise ToolError("unavailable", str(error)) from None
+    except MCPError as error:
+        if error.code == REQUEST_TIMEOUT:
+            raise ToolError(
+                "timeout", f"{server.name} did not answer within {call.tool.timeout} s"
+            ) from None
+        raise ToolError("tool_error", f"{server.name}: {error.message}"[:500]) from None
+    text = "\n".join(getattr(part, "text", "") for part in result.content if part.type == "text")
+    if result.is_error:
+        raise ToolError("tool_error", text[:1000] or f"{server.name} reported an error")
+    if result.structured_content is not None:
+        return result.structured_content
+    others = [part.type for part in result.content if part.type != "text"]
+    if others:  # images, audio, resources: named, not passed on (the model reads text)
+        text += f"\n[{', '.join(others)} content omitted]"
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text

@@ -1,0 +1,357 @@
+"""MCP servers: long-lived client sessions, and syncing a server's tools into `Tool` rows.
+
+The official `mcp` client is asynchronous and its session context must be entered and left in
+one task, so each process runs one background event loop (`SessionPool`) in which an *owner
+task* per server holds the session open; synchronous callers (Celery tasks, the admin) submit
+calls to that loop and wait with a timeout. A session whose server died (a stdio process
+killed, a connection closed) is marked dead and reopened by the next call, which is retried
+once on the new session: the call carries its idempotency key in the MCP request metadata, so
+a server that did see it can tell.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import base64
+import contextlib
+import hashlib
+import ipaddress
+import json
+import logging
+import os
+import socket
+import threading
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.db import transaction
+from django.utils import timezone
+
+from audit.services import audit_record
+from tools.models import MCPServer, MCPTransport, Tool, ToolKind, tool_name_validator
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT = 15.0  # seconds to start a server and finish the MCP handshake
+
+
+class MCPUnavailable(Exception):
+    """The server could not be reached or started; the message is for the admin and model."""
+
+
+# --- sessions ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """How to reach a server, resolved in the caller's thread (the database and the secrets
+    are read there, never in the event loop)."""
+
+    name: str
+    key: str  # the session's identity: a changed configuration or secret opens a new one
+    transport: str
+    command: str = ""
+    args: tuple = ()
+    env: tuple = ()  # (name, value) pairs
+    url: str = ""
+    headers: tuple = ()
+
+    @classmethod
+    def of(cls, server: MCPServer) -> ServerSpec:
+        if server.transport == MCPTransport.STDIO:
+            fields = {
+                "command": server.command,
+                "args": tuple(str(a) for a in server.arguments),
+                "env": tuple(sorted(_environment(server).items())),
+            }
+        else:
+            _check_destination(server)
+            fields = {"url": server.url, "headers": tuple(sorted(_auth_headers(server).items()))}
+        identity = json.dumps([server.pk, server.transport, fields], sort_keys=True)
+        key = hashlib.sha256(identity.encode()).hexdigest()
+        return cls(name=server.name, key=key, transport=server.transport, **fields)
+
+
+@dataclass
+class _Session:
+    client: Any  # mcp.Client
+    stop: asyncio.Event
+    owner: asyncio.Task
+    dead: bool = False
+
+
+class SessionPool:
+    """One open session per MCP server configuration, in a background event loop."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, _Session] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="mcp", daemon=True)
+        self._thread.start()
+
+    def call_tool(self, server: ServerSpec, name: str, arguments: dict, *, meta, timeout: float):
+        """The tool's `CallToolResult`; raises MCPUnavailable, or mcp's MCPError."""
+        return self._wait(self._call(server, name, arguments, meta, timeout), timeout)
+
+    def list_tools(self, server: ServerSpec, *, timeout: float = 30.0) -> list:
+        return self._wait(self._list(server, timeout), timeout)
+
+    def close(self) -> None:
+        async def close_all() -> None:
+            for session in self._sessions.values():
+                session.stop.set()
+            owners = [s.owner for s in self._sessions.values()]
+            await asyncio.gather(*owners, return_exceptions=True)
+
+        with contextlib.suppress(Exception):
+            self._wait(close_all(), 10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    def _wait(self, coroutine, timeout: float):
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        try:
+            return future.result(timeout + 2 * CONNECT_TIMEOUT + 5)
+        except TimeoutError:
+            future.cancel()
+            raise MCPUnavailable("the MCP server did not answer in time") from None
+
+    async def _call(self, server, name, arguments, meta, timeout):
+        from mcp.shared.exceptions import MCPError
+        from mcp_types import CONNECTION_CLOSED
+
+        for attempt in (1, 2):
+            session = await self._session(server)
+            try:
+                return await session.client.call_tool(
+                    name, arguments, read_timeout_seconds=timeout, meta=meta
+                )
+            except MCPError as error:
+                if error.code != CONNECTION_CLOSED:
+                    raise
+                session.dead = True  # the server died: reopen, and try once more
+                if attempt == 2:
+                    closed = f"the MCP server {server.name} closed the connection"
+                    raise MCPUnavailable(closed) from None
+        raise AssertionError("unreachable")
+
+    async def _list(self, server, timeout):
+        session = await self._session(server)
+        result = await session.client.list_tools()
+        return list(result.tools)
+
+    async def _session(self, server: ServerSpec) -> _Session:
+        key = server.key
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            session = self._sessions.get(key)
+            if session is not None and not session.dead and not session.owner.done():
+                return session
+            if session is not None:  # tear the dead one down: closes pipes, reaps the process
+                session.stop.set()
+                await asyncio.wait([session.owner], timeout=5)
+            ready: asyncio.Future = self._loop.create_future()
+            stop = asyncio.Event()
+            owner = asyncio.create_task(self._own(_transport(server), ready, stop))
+            try:
+                client = await asyncio.wait_for(ready, 2 * CONNECT_TIMEOUT)
+            except BaseException as error:
+                owner.cancel()
+                raise MCPUnavailable(_connect_problem(server, error)) from None
+            self._sessions[key] = session = _Session(client, stop, owner)
+            return session
+
+    async def _own(self, transport, ready: asyncio.Future, stop: asyncio.Event) -> None:
+        from mcp import Client
+
+        try:
+            async with (
+                transport as target,
+                Client(target, read_timeout_seconds=CONNECT_TIMEOUT) as client,
+            ):
+                ready.set_result(client)
+                await stop.wait()
+        except BaseException as error:  # a failed start arrives as an ExceptionGroup
+            if not ready.done():
+                ready.set_exception(error)
+            elif not isinstance(error, asyncio.CancelledError):
+                log.info("MCP session ended: %s", _first_cause(error))
+
+
+_pool: SessionPool | None = None
+_pool_pid: int | None = None
+_pool_lock = threading.Lock()
+
+
+def session_pool() -> SessionPool:
+    """This process's pool (a forked Celery child makes its own)."""
+    global _pool, _pool_pid
+    with _pool_lock:
+        if _pool is None or _pool_pid != os.getpid():
+            _pool, _pool_pid = SessionPool(), os.getpid()
+            atexit.register(_pool.close)
+        return _pool
+
+
+@contextlib.asynccontextmanager
+async def _transport(server: ServerSpec):
+    """What `mcp.Client` connects through: a stdio process or a streamable-HTTP endpoint."""
+    if server.transport == MCPTransport.STDIO:
+        from mcp import StdioServerParameters
+
+        yield StdioServerParameters(
+            command=server.command, args=list(server.args), env=dict(server.env)
+        )
+        return
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared._httpx_utils import create_mcp_http_client
+
+    async with create_mcp_http_client(headers=dict(server.headers)) as http:
+        yield streamable_http_client(server.url, http_client=http)
+
+
+def _environment(server: MCPServer) -> dict[str, str]:
+    """The server's variables, a value "secret:NAME" replaced by that secret, on top of the
+    few the SDK passes by default (PATH, HOME, ...), never Warden's own environment."""
+    from mcp.client.stdio import get_default_environment
+
+    from tools.models import Secret
+
+    environment = get_default_environment()
+    for name, value in server.environment.items():
+        if isinstance(value, str) and value.startswith("secret:"):
+            secret = Secret.objects.filter(name=value.removeprefix("secret:")).first()
+            if secret is None:
+                raise MCPUnavailable(f"the secret {value.removeprefix('secret:')!r} is missing")
+            value = _reveal(secret)
+        environment[name] = str(value)
+    return environment
+
+
+def _auth_headers(server: MCPServer) -> dict[str, str]:
+    secret = server.auth_secret
+    if secret is None:
+        return {}
+    value = _reveal(secret)
+    if secret.kind == "bearer":
+        return {"Authorization": f"Bearer {value}"}
+    if secret.kind == "basic":
+        return {"Authorization": "Basic " + base64.b64encode(value.encode()).decode()}
+    return {"Authorization": value}
+
+
+def _reveal(secret) -> str:
+    from tools.secrets import SecretError
+
+    try:
+        return secret.reveal()
+    except SecretError as error:
+        raise MCPUnavailable(str(error)) from None
+
+
+def _check_destination(server: MCPServer) -> None:
+    """The outbound policy of tools/outbound.py for the server's host (checked when a session
+    opens; its own `allow_networks` may name private networks an internal server lives on)."""
+    from tools.outbound import OutboundError, _check_address, check_url
+
+    try:
+        check_url(server.url)
+        host = urlsplit(server.url).hostname or ""
+        allow = [ipaddress.ip_network(n, strict=False) for n in server.allow_networks]
+        for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM):
+            _check_address(info[4][0], host, allow)
+    except (OutboundError, socket.gaierror, ValueError) as error:
+        raise MCPUnavailable(str(error)) from None
+
+
+def _first_cause(error: BaseException) -> BaseException:
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    return error
+
+
+def _connect_problem(server: ServerSpec, error: BaseException) -> str:
+    cause = _first_cause(error)
+    if isinstance(cause, MCPUnavailable):
+        return str(cause)
+    if isinstance(cause, FileNotFoundError):
+        return f"the command {server.command!r} of MCP server {server.name} was not found"
+    if isinstance(cause, TimeoutError | asyncio.TimeoutError):
+        return f"MCP server {server.name} did not finish starting in {CONNECT_TIMEOUT:g} s"
+    message = getattr(cause, "message", None) or type(cause).__name__
+    return f"MCP server {server.name} could not be reached ({message})"
+
+
+# --- syncing tools ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    created: list[str]
+    updated: list[str]
+    disabled: list[str]
+
+    def __str__(self) -> str:
+        return (
+            f"{len(self.created)} new (disabled until enabled), {len(self.updated)} updated, "
+            f"{len(self.disabled)} gone from the server (disabled)"
+        )
+
+
+def mcp_server_sync(*, server: MCPServer, actor) -> SyncReport:
+    """List the server's tools and mirror them as `Tool` rows named "<server>__<tool>": new ones
+    arrive disabled, changed ones are updated (their version changes), ones the server no
+    longer offers are disabled, never deleted. Records the outcome on the server; audited."""
+    try:
+        listed = session_pool().list_tools(ServerSpec.of(server))
+    except MCPUnavailable as error:
+        MCPServer.objects.filter(pk=server.pk).update(status=f"Sync failed: {error}"[:300])
+        raise
+    created, updated, disabled = [], [], []
+    with transaction.atomic():
+        existing = {t.config.get("tool"): t for t in server.tools.select_for_update()}
+        for remote in listed:
+            tool = existing.pop(remote.name, None) or Tool(
+                kind=ToolKind.MCP, mcp_server=server, name=_tool_name(server, remote.name)
+            )
+            schema = dict(remote.input_schema or {"type": "object"})
+            description = (remote.description or remote.name)[:2000]
+            changed = (tool.description, tool.parameters) != (description, schema)
+            tool.description, tool.parameters = description, schema
+            tool.config = {"tool": remote.name}
+            if tool.pk is None:
+                tool.save()
+                created.append(tool.name)
+            elif changed:
+                tool.save()
+                updated.append(tool.name)
+        for tool in existing.values():
+            if tool.enabled:
+                tool.enabled = False
+                tool.save(update_fields=["enabled", "updated_at"])
+                disabled.append(tool.name)
+        report = SyncReport(created, updated, disabled)
+        server.synced_at = timezone.now()
+        server.status = f"Synced: {len(listed)} tool(s); {report}"[:300]
+        server.save(update_fields=["synced_at", "status"])
+        audit_record(
+            actor=actor,
+            action="mcp_server.synced",
+            target=server,
+            data={"created": created, "updated": updated, "disabled": disabled},
+        )
+    return report
+
+
+def _tool_name(server: MCPServer, name: str) -> str:
+    """A model-facing name, unique across servers: "<server>__<tool>", cut to 64 characters."""
+    candidate = f"{server.name}__{name}".replace(".", "_")
+    candidate = "".join(c if c.isalnum() or c in "_-" else "_" for c in candidate)[:64]
+    tool_name_validator(candidate)
+    if Tool.objects.filter(name=candidate).exists():  # a clash after cutting: make it unique
+        suffix = hashlib.sha256(f"{server.pk}:{name}".encode()).hexdigest()[:6]
+        candidate = f"{candidate[:57]}_{suffix}"
+    return candidate
