@@ -295,7 +295,7 @@ def _tool_step(held: _Run, model_index: int, k: int, call: dict) -> None:
             )
             raise _Finished
         return
-    outcome = tool_invoke(tool, arguments, key=key, context=held.tool_context)
+    outcome = tool_invoke(tool=tool, arguments=arguments, key=key, context=held.tool_context)
     failpoint("after_tool_effect")
     record = held.checkpoint(
         StepRecord(

@@ -222,7 +222,7 @@ WARDEN_KNOWLEDGE_MAX_BYTES = env_int("WARDEN_KNOWLEDGE_MAX_BYTES", 20_000_000, m
 WARDEN_OUTBOUND_ALLOW_NETWORKS = env_list("WARDEN_OUTBOUND_ALLOW_NETWORKS", [])
 # Databases the `sql_query` tool may read, by name (a tool's settings name one): libpq
 # connection strings of a role that may only SELECT, as JSON ({"erp": "host=... user=..."}).
-# Embedded mode adds the demo ERP: schema demo_erp of Warden's own database, read as the role
+# Embedded mode adds the demo ERP: database warden_demo_erp, read as the role
 # warden_erp_reader (tools/demo_erp.py), which can read nothing else.
 try:
     WARDEN_SQL_DATABASES = json.loads(env_optional("WARDEN_SQL_DATABASES") or "{}")
@@ -234,7 +234,7 @@ if not isinstance(WARDEN_SQL_DATABASES, dict):
     )
 if EMBEDDED_DATABASE:
     WARDEN_SQL_DATABASES.setdefault(
-        "demo_erp", f"host={EMBEDDED.pg_socket_dir} user=warden_erp_reader"
+        "demo_erp", f"host={EMBEDDED.pg_socket_dir} user=warden_erp_reader dbname=warden_demo_erp"
     )
 # Mail (the send_email tool): a file per message under var/mail in embedded mode; SMTP from
 # EMAIL_HOST, EMAIL_PORT, EMAIL_HOST_USER, EMAIL_HOST_PASSWORD, EMAIL_USE_TLS otherwise.

@@ -25,7 +25,7 @@ from tools.mcp_servers import MCPUnavailable, mcp_server_sync
 from tools.models import MCPServer, Secret, Tool, ToolKind
 from tools.schemas import parameters_problem
 from tools.secrets import secret_delete, secret_set, value_problem
-from tools.services import tool_test_call
+from tools.services import tool_set_enabled, tool_test_call
 
 TIMESTAMPS = ("created_at", "value_set_at", "rotated_at", "updated_at")
 
@@ -179,11 +179,12 @@ class ToolAdmin(admin.ModelAdmin):
         self._set_enabled(request, queryset, False)
 
     def _set_enabled(self, request, queryset, enabled: bool) -> None:
-        for tool in queryset.exclude(enabled=enabled):  # one save each: auditlog records it
-            tool.enabled = enabled
-            tool.save(update_fields=["enabled", "updated_at"])
+        changed = [
+            tool_set_enabled(tool=tool, enabled=enabled, actor=request.user)
+            for tool in queryset.exclude(enabled=enabled)
+        ]
         word = "enabled" if enabled else "disabled"
-        messages.success(request, f"{queryset.count()} tool(s) {word}.")
+        messages.success(request, f"{len(changed)} tool(s) {word}.")
 
     def get_urls(self):
         return [
@@ -217,7 +218,7 @@ class ToolAdmin(admin.ModelAdmin):
                 parameters = json.loads(payload.get("parameters") or "{}")
             except (ValueError, TypeError):
                 parameters = {}
-            if not isinstance(parameters, dict):
+            if parameters_problem(parameters):  # that editor says what is wrong with them
                 parameters = {}
             if kind == ToolKind.MCP:
                 problem = None  # an MCP tool's configuration comes from its server
@@ -236,7 +237,9 @@ class ToolAdmin(admin.ModelAdmin):
         outcome = None
         form = TestCallForm(request.POST or None)
         if request.method == "POST" and form.is_valid():
-            outcome = tool_test_call(tool, form.cleaned_data["arguments"], actor=request.user)
+            outcome = tool_test_call(
+                tool=tool, arguments=form.cleaned_data["arguments"], actor=request.user
+            )
         context = {
             **self.admin_site.each_context(request),
             "opts": self.model._meta,

@@ -5,6 +5,7 @@ tools.registry); the demo seed enables the ones its agents use."""
 
 import hashlib
 import logging
+import re
 import smtplib
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
@@ -13,7 +14,6 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.mail import EmailMessage
 from django.core.validators import validate_email
-from django.db import connection as db_connection
 from django.utils.dateparse import parse_datetime
 
 from tools.executors import ToolError
@@ -86,6 +86,7 @@ def get_ticket_status(arguments: dict, *, idempotency_key: str) -> dict:
         "additionalProperties": False,
     },
     risk="write",
+    external=True,
 )
 def send_email(arguments: dict, *, idempotency_key: str, context: ToolContext) -> dict:
     """Settings: `from` (default DEFAULT_FROM_EMAIL), `allowed_domains` (recipients outside
@@ -140,18 +141,21 @@ def send_email(arguments: dict, *, idempotency_key: str, context: ToolContext) -
 )
 def sql_query(arguments: dict, *, idempotency_key: str, context: ToolContext) -> dict:
     """Read-only by construction: the configured database's role may only SELECT; the
-    transaction is READ ONLY; one statement (the extended protocol refuses more); a statement
-    timeout (the tool's timeout); at most `row_limit` rows (setting, default 200). Settings:
-    `database`, a name in WARDEN_SQL_DATABASES (default "demo_erp")."""
+    transaction is READ ONLY; the query runs as a subquery (so one query, and no data-modifying
+    WITH) under a LIMIT the server applies, sent by the extended protocol (which refuses a
+    second statement); the tool's timeout is the statement timeout. Settings: `database`, a
+    name in WARDEN_SQL_DATABASES (default "demo_erp"); `row_limit` (default 200)."""
     import psycopg
+    from psycopg import sql
 
     name = context.settings.get("database", "demo_erp")
     row_limit = int(context.settings.get("row_limit", 200))
+    query = arguments["sql"].strip().rstrip(";").strip()
+    if not QUERY_START.match(query):
+        raise ToolError("invalid_arguments", "only a query (SELECT, WITH, VALUES) can run here")
     conninfo = settings.WARDEN_SQL_DATABASES.get(name)
     if conninfo is None:
         raise ToolError("configuration", f"no database named {name!r} is configured")
-    if "dbname=" not in conninfo:  # embedded mode: Warden's own database (the test one in tests)
-        conninfo += f" dbname={db_connection.settings_dict['NAME']}"
     try:
         erp = psycopg.connect(conninfo, connect_timeout=5)
     except psycopg.OperationalError:
@@ -166,12 +170,14 @@ def sql_query(arguments: dict, *, idempotency_key: str, context: ToolContext) ->
                     [str(int(context.timeout * 1000))],
                 )
                 with erp.pipeline() as pipeline:  # the extended protocol: one statement only
-                    cursor.execute(arguments["sql"])
+                    cursor.execute(
+                        sql.SQL("SELECT * FROM ({}\n) AS query LIMIT {}").format(
+                            sql.SQL(query), sql.Literal(row_limit + 1)
+                        )
+                    )
                     pipeline.sync()
-                if cursor.description is None:
-                    raise ToolError("invalid_arguments", "the statement returned no rows")
                 columns = [column.name for column in cursor.description]
-                rows = cursor.fetchmany(row_limit + 1)
+                rows = cursor.fetchall()
             erp.rollback()
     except psycopg.errors.QueryCanceled:
         raise ToolError("timeout", f"the query ran over {context.timeout:g} s") from None
@@ -182,6 +188,11 @@ def sql_query(arguments: dict, *, idempotency_key: str, context: ToolContext) ->
         "rows": [[_json_value(v) for v in row] for row in rows[:row_limit]],
         "truncated": len(rows) > row_limit,
     }
+
+
+QUERY_START = re.compile(
+    r"^(?:--[^\n]*\n\s*|/\*.*?\*/\s*)*(SELECT|WITH|VALUES|TABLE)\b", re.I | re.S
+)
 
 
 def _sql_message(error) -> str:
@@ -228,7 +239,10 @@ def _json_value(value):
     risk="write",
 )
 def schedule_meeting(arguments: dict, *, idempotency_key: str, context: ToolContext) -> dict:
-    start = parse_datetime(arguments["start"])
+    try:
+        start = parse_datetime(arguments["start"])
+    except ValueError:  # well formed, but no such date (month 13)
+        start = None
     if start is None or start.tzinfo is None:
         raise ToolError(
             "invalid_arguments",

@@ -1,15 +1,22 @@
-"""The demo's sales/ERP database for the `sql_query` tool: schema demo_erp in Warden's own
-database (customers, products, orders, order lines), read through the role warden_erp_reader.
+"""The demo's sales/ERP database for the `sql_query` tool: database warden_demo_erp in the
+embedded PostgreSQL (customers, products, orders, order lines), read through the role
+warden_erp_reader.
 
-That role may SELECT the demo_erp tables and nothing else (Warden's tables grant it nothing),
-and every transaction it opens is read-only by default. `demo_erp_install` is idempotent and
-needs a role allowed to create roles, as embedded mode's is; a production deployment points
+That role may SELECT the demo_erp tables and nothing else, and every transaction it opens is
+read-only by default. A database of its own, not a schema in Warden's: what the model can
+reach (the catalog, advisory locks, which are per database) then holds nothing of Warden's.
+`demo_erp_install` is idempotent and runs in embedded mode only; a production deployment points
 WARDEN_SQL_DATABASES at its own read-only role instead.
 """
 
 from __future__ import annotations
 
-from django.db import connection, transaction
+from django.conf import settings
+
+from portal.embedded import POSTGRES_USER
+
+DATABASE = "warden_demo_erp"
+READER = "warden_erp_reader"
 
 SCHEMA = """
 DO $$ BEGIN
@@ -38,6 +45,7 @@ CREATE TABLE IF NOT EXISTS demo_erp.order_lines (
     PRIMARY KEY (order_id, product_id)
 );
 REVOKE ALL ON SCHEMA demo_erp FROM PUBLIC;
+REVOKE CREATE ON SCHEMA public FROM PUBLIC;
 GRANT USAGE ON SCHEMA demo_erp TO warden_erp_reader;
 GRANT SELECT ON ALL TABLES IN SCHEMA demo_erp TO warden_erp_reader;
 """
@@ -82,18 +90,25 @@ ORDER_LINES = [
 
 
 def demo_erp_install() -> None:
-    """Create the reader role, the schema and its rows (once)."""
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(SCHEMA)
-        cursor.execute("SELECT EXISTS (SELECT FROM demo_erp.customers)")
-        if cursor.fetchone()[0]:
+    """Create the database, the reader role, the schema and its rows (once)."""
+    import psycopg
+
+    server = f"host={settings.EMBEDDED.pg_socket_dir} user={POSTGRES_USER}"
+    with psycopg.connect(f"{server} dbname=postgres", autocommit=True) as admin:
+        exists = admin.execute("SELECT FROM pg_database WHERE datname = %s", [DATABASE])
+        if exists.fetchone() is None:
+            admin.execute(f"CREATE DATABASE {DATABASE}")
+    with psycopg.connect(f"{server} dbname={DATABASE}") as erp, erp.transaction():
+        erp.execute(SCHEMA)
+        if erp.execute("SELECT EXISTS (SELECT FROM demo_erp.customers)").fetchone()[0]:
             return
-        for table, rows in (
-            ("customers", CUSTOMERS),
-            ("products", PRODUCTS),
-            ("orders", ORDERS),
-            ("order_lines", ORDER_LINES),
-        ):
-            marks = ", ".join(["%s"] * len(rows[0]))
-            insert = f"INSERT INTO demo_erp.{table} VALUES ({marks})"  # noqa: S608 - constants
-            cursor.executemany(insert, rows)
+        with erp.cursor() as cursor:
+            for table, rows in (
+                ("customers", CUSTOMERS),
+                ("products", PRODUCTS),
+                ("orders", ORDERS),
+                ("order_lines", ORDER_LINES),
+            ):
+                marks = ", ".join(["%s"] * len(rows[0]))
+                insert = f"INSERT INTO demo_erp.{table} VALUES ({marks})"  # noqa: S608 - constants
+                cursor.executemany(insert, rows)

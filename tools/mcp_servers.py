@@ -4,9 +4,10 @@ The official `mcp` client is asynchronous and its session context must be entere
 one task, so each process runs one background event loop (`SessionPool`) in which an *owner
 task* per server holds the session open; synchronous callers (Celery tasks, the admin) submit
 calls to that loop and wait with a timeout. A session whose server died (a stdio process
-killed, a connection closed) is marked dead and reopened by the next call, which is retried
-once on the new session: the call carries its idempotency key in the MCP request metadata, so
-a server that did see it can tell.
+killed, a connection closed) is reopened by the next call. Before a call with side effects the
+session is pinged, so a server that died since the last call is restarted first; a call cut off
+mid-way is retried on a new session only when the tool only reads (a write may have happened,
+and is reported instead). Calls carry their idempotency key in the MCP request metadata.
 """
 
 from __future__ import annotations
@@ -16,21 +17,23 @@ import atexit
 import base64
 import contextlib
 import hashlib
+import hmac
 import ipaddress
 import json
 import logging
 import os
 import socket
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from audit.services import audit_record
 from tools.models import MCPServer, MCPTransport, Tool, ToolKind, tool_name_validator
+from tools.schemas import parameters_problem
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +52,16 @@ class ServerSpec:
     """How to reach a server, resolved in the caller's thread (the database and the secrets
     are read there, never in the event loop)."""
 
+    pk: int  # one session per server
     name: str
-    key: str  # the session's identity: a changed configuration or secret opens a new one
+    fingerprint: str  # of the configuration and secrets: a change replaces the session
     transport: str
     command: str = ""
     args: tuple = ()
-    env: tuple = ()  # (name, value) pairs
+    env: tuple = field(default=(), repr=False)  # (name, value) pairs, secrets among them
     url: str = ""
-    headers: tuple = ()
+    headers: tuple = field(default=(), repr=False)
+    allow_networks: tuple = ()
 
     @classmethod
     def of(cls, server: MCPServer) -> ServerSpec:
@@ -67,11 +72,20 @@ class ServerSpec:
                 "env": tuple(sorted(_environment(server).items())),
             }
         else:
-            _check_destination(server)
-            fields = {"url": server.url, "headers": tuple(sorted(_auth_headers(server).items()))}
-        identity = json.dumps([server.pk, server.transport, fields], sort_keys=True)
-        key = hashlib.sha256(identity.encode()).hexdigest()
-        return cls(name=server.name, key=key, transport=server.transport, **fields)
+            fields = {
+                "url": server.url,
+                "headers": tuple(sorted(_auth_headers(server).items())),
+                "allow_networks": tuple(server.allow_networks),
+            }
+        identity = json.dumps([server.transport, fields], sort_keys=True).encode()
+        fingerprint = hmac.new(settings.SECRET_KEY.encode(), identity, "sha256").hexdigest()
+        return cls(
+            pk=server.pk,
+            name=server.name,
+            fingerprint=fingerprint,
+            transport=server.transport,
+            **fields,
+        )
 
 
 @dataclass
@@ -79,6 +93,7 @@ class _Session:
     client: Any  # mcp.Client
     stop: asyncio.Event
     owner: asyncio.Task
+    fingerprint: str
     dead: bool = False
 
 
@@ -86,15 +101,17 @@ class SessionPool:
     """One open session per MCP server configuration, in a background event loop."""
 
     def __init__(self) -> None:
-        self._sessions: dict[str, _Session] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._sessions: dict[int, _Session] = {}
+        self._locks: dict[int, asyncio.Lock] = {}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="mcp", daemon=True)
         self._thread.start()
 
-    def call_tool(self, server: ServerSpec, name: str, arguments: dict, *, meta, timeout: float):
+    def call_tool(
+        self, server: ServerSpec, name: str, arguments: dict, *, meta, timeout: float, writes: bool
+    ):
         """The tool's `CallToolResult`; raises MCPUnavailable, or mcp's MCPError."""
-        return self._wait(self._call(server, name, arguments, meta, timeout), timeout)
+        return self._wait(self._call(server, name, arguments, meta, timeout, writes), timeout)
 
     def list_tools(self, server: ServerSpec, *, timeout: float = 30.0) -> list:
         return self._wait(self._list(server, timeout), timeout)
@@ -119,12 +136,20 @@ class SessionPool:
             future.cancel()
             raise MCPUnavailable("the MCP server did not answer in time") from None
 
-    async def _call(self, server, name, arguments, meta, timeout):
+    async def _call(self, server, name, arguments, meta, timeout, writes):
         from mcp.shared.exceptions import MCPError
         from mcp_types import CONNECTION_CLOSED
 
         for attempt in (1, 2):
             session = await self._session(server)
+            try:
+                if writes:  # a server that died since the last call is restarted first
+                    await session.client.send_ping()
+            except MCPError as error:
+                if error.code != CONNECTION_CLOSED:
+                    raise
+                session.dead = True
+                continue
             try:
                 return await session.client.call_tool(
                     name, arguments, read_timeout_seconds=timeout, meta=meta
@@ -132,27 +157,37 @@ class SessionPool:
             except MCPError as error:
                 if error.code != CONNECTION_CLOSED:
                     raise
-                session.dead = True  # the server died: reopen, and try once more
-                if attempt == 2:
-                    closed = f"the MCP server {server.name} closed the connection"
+                session.dead = True  # the next call reopens it
+                if writes or attempt == 2:
+                    closed = f"the MCP server {server.name} closed the connection during the call"
                     raise MCPUnavailable(closed) from None
-        raise AssertionError("unreachable")
+        raise MCPUnavailable(f"the MCP server {server.name} keeps closing the connection")
 
     async def _list(self, server, timeout):
         session = await self._session(server)
-        result = await session.client.list_tools()
-        return list(result.tools)
+        tools, cursor = [], None
+        while True:  # every page
+            page = await session.client.list_tools(cursor=cursor, cache_mode="refresh")
+            tools += page.tools
+            cursor = page.next_cursor
+            if not cursor:
+                return tools
 
     async def _session(self, server: ServerSpec) -> _Session:
-        key = server.key
-        lock = self._locks.setdefault(key, asyncio.Lock())
+        lock = self._locks.setdefault(server.pk, asyncio.Lock())
         async with lock:
-            session = self._sessions.get(key)
-            if session is not None and not session.dead and not session.owner.done():
+            session = self._sessions.get(server.pk)
+            if (
+                session is not None
+                and not session.dead
+                and not session.owner.done()
+                and session.fingerprint == server.fingerprint
+            ):
                 return session
-            if session is not None:  # tear the dead one down: closes pipes, reaps the process
+            if session is not None:  # dead or reconfigured: close it (pipes, the process)
                 session.stop.set()
                 await asyncio.wait([session.owner], timeout=5)
+                del self._sessions[server.pk]
             ready: asyncio.Future = self._loop.create_future()
             stop = asyncio.Event()
             owner = asyncio.create_task(self._own(_transport(server), ready, stop))
@@ -161,7 +196,8 @@ class SessionPool:
             except BaseException as error:
                 owner.cancel()
                 raise MCPUnavailable(_connect_problem(server, error)) from None
-            self._sessions[key] = session = _Session(client, stop, owner)
+            session = _Session(client, stop, owner, server.fingerprint)
+            self._sessions[server.pk] = session
             return session
 
     async def _own(self, transport, ready: asyncio.Future, stop: asyncio.Event) -> None:
@@ -206,11 +242,46 @@ async def _transport(server: ServerSpec):
             command=server.command, args=list(server.args), env=dict(server.env)
         )
         return
+    import httpx2
     from mcp.client.streamable_http import streamable_http_client
-    from mcp.shared._httpx_utils import create_mcp_http_client
 
-    async with create_mcp_http_client(headers=dict(server.headers)) as http:
+    from tools.outbound import check_url
+
+    check_url(server.url)
+    async with httpx2.AsyncClient(
+        headers=dict(server.headers),
+        timeout=httpx2.Timeout(CONNECT_TIMEOUT, read=300),  # the SDK's: streams stay open
+        transport=_guarded_transport(server.allow_networks),
+        trust_env=False,  # no proxy from the environment around the check
+    ) as http:
         yield streamable_http_client(server.url, http_client=http)
+
+
+def _guarded_transport(allow_networks):
+    """httpx2's transport with every connection checked as tools/outbound.py checks them:
+    resolved once, each address checked, connected to a checked address."""
+    import httpcore2
+    import httpx2
+
+    from tools.outbound import _check_address
+
+    allow = [ipaddress.ip_network(n, strict=False) for n in allow_networks]
+
+    class CheckedBackend(httpcore2.AnyIOBackend):
+        async def connect_tcp(self, host, port, timeout=None, local_address=None, **options):
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                host, port, type=socket.SOCK_STREAM
+            )
+            addresses = [info[4][0] for info in infos]
+            for address in addresses:
+                _check_address(address, host, allow)
+            return await super().connect_tcp(addresses[0], port, timeout, local_address, **options)
+
+    transport = httpx2.AsyncHTTPTransport(trust_env=False)
+    transport._pool = httpcore2.AsyncConnectionPool(
+        ssl_context=httpx2.create_ssl_context(trust_env=False), network_backend=CheckedBackend()
+    )
+    return transport
 
 
 def _environment(server: MCPServer) -> dict[str, str]:
@@ -252,21 +323,6 @@ def _reveal(secret) -> str:
         raise MCPUnavailable(str(error)) from None
 
 
-def _check_destination(server: MCPServer) -> None:
-    """The outbound policy of tools/outbound.py for the server's host (checked when a session
-    opens; its own `allow_networks` may name private networks an internal server lives on)."""
-    from tools.outbound import OutboundError, _check_address, check_url
-
-    try:
-        check_url(server.url)
-        host = urlsplit(server.url).hostname or ""
-        allow = [ipaddress.ip_network(n, strict=False) for n in server.allow_networks]
-        for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM):
-            _check_address(info[4][0], host, allow)
-    except (OutboundError, socket.gaierror, ValueError) as error:
-        raise MCPUnavailable(str(error)) from None
-
-
 def _first_cause(error: BaseException) -> BaseException:
     while isinstance(error, BaseExceptionGroup) and error.exceptions:
         error = error.exceptions[0]
@@ -274,9 +330,13 @@ def _first_cause(error: BaseException) -> BaseException:
 
 
 def _connect_problem(server: ServerSpec, error: BaseException) -> str:
+    from tools.outbound import OutboundError
+
     cause = _first_cause(error)
-    if isinstance(cause, MCPUnavailable):
+    if isinstance(cause, MCPUnavailable | OutboundError):
         return str(cause)
+    if isinstance(cause, socket.gaierror):
+        return f"the host of MCP server {server.name} does not resolve"
     if isinstance(cause, FileNotFoundError):
         return f"the command {server.command!r} of MCP server {server.name} was not found"
     if isinstance(cause, TimeoutError | asyncio.TimeoutError):
@@ -293,31 +353,39 @@ class SyncReport:
     created: list[str]
     updated: list[str]
     disabled: list[str]
+    skipped: list[str]  # tools whose schema cannot be used, with the reason
 
     def __str__(self) -> str:
-        return (
+        text = (
             f"{len(self.created)} new (disabled until enabled), {len(self.updated)} updated, "
             f"{len(self.disabled)} gone from the server (disabled)"
         )
+        return text + (f"; skipped: {', '.join(self.skipped)}" if self.skipped else "")
 
 
 def mcp_server_sync(*, server: MCPServer, actor) -> SyncReport:
     """List the server's tools and mirror them as `Tool` rows named "<server>__<tool>": new ones
     arrive disabled, changed ones are updated (their version changes), ones the server no
     longer offers are disabled, never deleted. Records the outcome on the server; audited."""
+    from mcp.shared.exceptions import MCPError
+
     try:
         listed = session_pool().list_tools(ServerSpec.of(server))
-    except MCPUnavailable as error:
-        MCPServer.objects.filter(pk=server.pk).update(status=f"Sync failed: {error}"[:300])
-        raise
-    created, updated, disabled = [], [], []
-    with transaction.atomic():
+    except (MCPUnavailable, MCPError) as error:
+        problem = MCPUnavailable(str(getattr(error, "message", None) or error))
+        MCPServer.objects.filter(pk=server.pk).update(status=f"Sync failed: {problem}"[:300])
+        raise problem from None
+    created, updated, disabled, skipped = [], [], [], []
+    with transaction.atomic(durable=True):
         existing = {t.config.get("tool"): t for t in server.tools.select_for_update()}
         for remote in listed:
+            schema = dict(remote.input_schema or {"type": "object"})
+            if problem := parameters_problem(schema):
+                skipped.append(f"{remote.name} ({problem})")
+                continue  # an unusable contract: left as it was (a vanished one: disabled)
             tool = existing.pop(remote.name, None) or Tool(
                 kind=ToolKind.MCP, mcp_server=server, name=_tool_name(server, remote.name)
             )
-            schema = dict(remote.input_schema or {"type": "object"})
             description = (remote.description or remote.name)[:2000]
             changed = (tool.description, tool.parameters) != (description, schema)
             tool.description, tool.parameters = description, schema
@@ -333,7 +401,7 @@ def mcp_server_sync(*, server: MCPServer, actor) -> SyncReport:
                 tool.enabled = False
                 tool.save(update_fields=["enabled", "updated_at"])
                 disabled.append(tool.name)
-        report = SyncReport(created, updated, disabled)
+        report = SyncReport(created, updated, disabled, skipped)
         server.synced_at = timezone.now()
         server.status = f"Synced: {len(listed)} tool(s); {report}"[:300]
         server.save(update_fields=["synced_at", "status"])
@@ -341,7 +409,12 @@ def mcp_server_sync(*, server: MCPServer, actor) -> SyncReport:
             actor=actor,
             action="mcp_server.synced",
             target=server,
-            data={"created": created, "updated": updated, "disabled": disabled},
+            data={
+                "created": created,
+                "updated": updated,
+                "disabled": disabled,
+                "skipped": skipped,
+            },
         )
     return report
 

@@ -235,7 +235,7 @@ class ToolInvocation(models.Model):
 
 
 class DemoTicket(models.Model):
-    """The demo write tool's side effect: an IT help-desk ticket (see tools/demo.py)."""
+    """The demo write tool's side effect: an IT help-desk ticket (see tools/builtin.py)."""
 
     title = models.CharField(max_length=200)
     priority = models.CharField(max_length=10)

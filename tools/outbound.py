@@ -110,16 +110,38 @@ def _resolve(host: str, port: int) -> list[str]:
     return [info[4][0] for info in infos]
 
 
+NAT64 = ipaddress.ip_network("64:ff9b::/96")  # well-known prefix: the last 32 bits are IPv4
+NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
+
+
 def _check_address(address: str, host: str, allow=()) -> None:
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    if ip.is_global and not ip.is_multicast:
-        return
-    if any(ip in network for network in [*_allowed_networks(), *allow]):
+    if _public(ip) or any(ip in network for network in [*_allowed_networks(), *allow]):
         return
     raise OutboundError(
         f"{host} is on a private or reserved network ({ip}); Warden does not fetch from there"
+    )
+
+
+def _public(ip) -> bool:
+    """A global unicast address, and so is any IPv4 address it embeds (IPv4-mapped, 6to4,
+    Teredo, NAT64). Explicit beyond `is_global`, which before Python 3.11.10 takes IPv6 to be
+    global whenever it is not private."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo and ip.teredo[1])
+        if ip in NAT64:
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None and not _public(embedded):
+            return False
+        if ip in NAT64_LOCAL or ip.is_site_local or int(ip) >> 96 == 0:  # ::/96: IPv4-compatible
+            return False
+    return ip.is_global and not (
+        ip.is_multicast
+        or ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_reserved
+        or ip.is_unspecified
     )
 
 

@@ -33,6 +33,7 @@ class PythonFunction:
     parameters: dict  # JSON Schema (Draft 2020-12) of the arguments
     risk: str
     function: Callable[..., Any]
+    external: bool = False  # its effect leaves the database (see tools.services._external)
     takes_context: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -50,14 +51,20 @@ class PythonFunction:
 PYTHON_FUNCTIONS: dict[str, PythonFunction] = {}
 
 
-def python_tool(*, name: str, description: str, parameters: dict, risk: str = "read"):
+def python_tool(
+    *, name: str, description: str, parameters: dict, risk: str = "read", external=False
+):
     """Register `function(arguments: dict, *, idempotency_key: str) -> JSON` as a tool; a
-    function that also takes `context` receives a ToolContext. `risk` is a RiskTier value."""
+    function that also takes `context` receives a ToolContext. `risk` is a RiskTier value;
+    `external` marks a function whose effect happens outside the database (it then cannot
+    commit together with its ledger row)."""
 
     def register(function: Callable[..., Any]) -> Callable[..., Any]:
         if name in PYTHON_FUNCTIONS:
             raise ValueError(f"a Python tool named {name!r} is already registered")
-        PYTHON_FUNCTIONS[name] = PythonFunction(name, description, parameters, risk, function)
+        PYTHON_FUNCTIONS[name] = PythonFunction(
+            name, description, parameters, risk, function, external
+        )
         return function
 
     return register
@@ -81,4 +88,7 @@ def python_tools_sync(**_signal) -> None:
         if tool.pk and (tool.description, tool.parameters) == contract:
             continue
         tool.description, tool.parameters = contract
-        tool.save()
+        if tool.pk is None:
+            tool.save()
+        else:
+            tool.save(update_fields=["description", "parameters", "updated_at"])

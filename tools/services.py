@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import jsonschema
+import referencing.exceptions
 from django.core.cache import cache
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -23,7 +26,7 @@ from django.utils import timezone
 from audit.services import audit_record
 from tools.executors import Call, ToolError, executor
 from tools.models import InvocationStatus, Tool, ToolInvocation, ToolKind
-from tools.registry import ToolContext
+from tools.registry import PYTHON_FUNCTIONS, ToolContext
 from tools.schemas import Validator, instance_problem
 
 log = logging.getLogger(__name__)
@@ -44,11 +47,23 @@ class Outcome:
 
 
 def argument_problem(tool: Tool, arguments: Any) -> str | None:
-    return instance_problem(Validator(tool.parameters), arguments)
+    try:
+        return instance_problem(Validator(tool.parameters), arguments)
+    except (jsonschema.SchemaError, referencing.exceptions.Unresolvable) as error:
+        # A schema that checks on save can still point nowhere ($ref): the call fails, clearly.
+        return f"the tool's parameters schema cannot be used ({type(error).__name__})"
 
 
-def tool_invoke(tool: Tool, arguments: Any, *, key: str, context: ToolContext) -> Outcome:
+# What tool_invoke reads again before each call: an admin's change (disabling the tool, a new
+# configuration) applies to the next call, also in runs that started before it.
+LIVE_FIELDS = ["enabled", "config", "parameters", "version", "timeout", "result_limit"]
+LIVE_FIELDS += ["rate_limit"]
+
+
+def tool_invoke(*, tool: Tool, arguments: Any, key: str, context: ToolContext) -> Outcome:
     """Call `tool` once per `key` (see ToolInvocation for the guarantee)."""
+    if tool.pk is not None:
+        tool.refresh_from_db(fields=LIVE_FIELDS)
     if problem := argument_problem(tool, arguments):
         return _failure(tool, ToolError("invalid_arguments", problem))
     done = ToolInvocation.objects.filter(key=key).exclude(status=InvocationStatus.STARTED).first()
@@ -56,7 +71,7 @@ def tool_invoke(tool: Tool, arguments: Any, *, key: str, context: ToolContext) -
         return _from_ledger(done)
     if not tool.enabled:
         return _failure(tool, ToolError("unavailable", f"the tool {tool.name!r} is disabled"))
-    row = {"tool": tool.name, "tool_version": tool.version, "arguments": arguments}
+    row = {"tool": tool.name, "tool_version": tool.version, "arguments": storable(arguments)}
     actor = getattr(context.actor, "pk", None) and context.actor
     if _over_rate_limit(tool, actor):
         limited = ToolError(
@@ -64,7 +79,7 @@ def tool_invoke(tool: Tool, arguments: Any, *, key: str, context: ToolContext) -
         )
         return _record(key, row, actor, _failure(tool, limited))
     call = Call(tool, arguments, key, context)
-    if tool.kind == ToolKind.PYTHON:
+    if tool.kind == ToolKind.PYTHON and not _external(tool):
         return _invoke_in_transaction(call, row, actor)
     ToolInvocation.objects.get_or_create(
         key=key, defaults={**row, "actor": actor, "status": InvocationStatus.STARTED}
@@ -72,10 +87,10 @@ def tool_invoke(tool: Tool, arguments: Any, *, key: str, context: ToolContext) -
     return _record(key, row, actor, _run(call))
 
 
-def tool_test_call(tool: Tool, arguments: Any, *, actor) -> Outcome:
+def tool_test_call(*, tool: Tool, arguments: Any, actor) -> Outcome:
     """An admin's test call (audited); it runs the tool for real, as `actor`."""
     key = f"test:{uuid.uuid4()}"
-    outcome = tool_invoke(tool, arguments, key=key, context=ToolContext(actor=actor))
+    outcome = tool_invoke(tool=tool, arguments=arguments, key=key, context=ToolContext(actor=actor))
     audit_record(
         actor=actor,
         action="tool.test_call",
@@ -92,6 +107,21 @@ def tool_test_call(tool: Tool, arguments: Any, *, actor) -> Outcome:
     return outcome
 
 
+def tool_set_enabled(*, tool: Tool, enabled: bool, actor) -> Tool:
+    """Enable or disable a tool (a disabled one is neither offered nor callable, from the
+    next call on, in running runs too). Audited."""
+    with transaction.atomic():
+        tool.enabled = enabled
+        tool.save(update_fields=["enabled", "updated_at"])
+        audit_record(
+            actor=actor,
+            action="tool.enabled" if enabled else "tool.disabled",
+            target=tool,
+            data={"tool": tool.name, "version": tool.version},
+        )
+    return tool
+
+
 def _invoke_in_transaction(call: Call, row: dict, actor) -> Outcome:
     """A Python tool's effect and its ledger row commit together: a worker dying mid-call
     leaves neither, and a retry runs it again."""
@@ -99,13 +129,14 @@ def _invoke_in_transaction(call: Call, row: dict, actor) -> Outcome:
     try:
         with transaction.atomic():
             outcome = _success(call.tool, executor("python").execute(call), began)
-            ToolInvocation.objects.create(
-                key=call.idempotency_key,
-                **row,
-                actor=actor,
-                **_ledger_fields(outcome),
-            )
-    except IntegrityError:  # another worker recorded this call first: its result stands
+            try:
+                with transaction.atomic():  # a savepoint: only a clash on the key lands here
+                    ToolInvocation.objects.create(
+                        key=call.idempotency_key, **row, actor=actor, **_ledger_fields(outcome)
+                    )
+            except IntegrityError:
+                raise _Recorded from None
+    except _Recorded:  # another worker recorded this call first: its result stands
         return _from_ledger(ToolInvocation.objects.get(key=call.idempotency_key))
     except ToolError as error:  # the effect rolled back with the transaction
         return _record(call.idempotency_key, row, actor, _failure(call.tool, error, began))
@@ -126,6 +157,17 @@ def _run(call: Call) -> Outcome:
         log.exception("tool %s failed", call.tool.name)
         failed = ToolError("failed", f"the tool {call.tool.name} failed (an internal error)")
         return _failure(call.tool, failed, began)
+
+
+class _Recorded(Exception):
+    """The ledger already holds this key: roll this attempt's effect back."""
+
+
+def _external(tool: Tool) -> bool:
+    """A Python function whose effect leaves the database (mail): it cannot commit with the
+    ledger row, so it takes the started-row path of HTTP and MCP tools."""
+    function = PYTHON_FUNCTIONS.get(tool.config.get("function"))
+    return bool(function and function.external)
 
 
 def _success(tool: Tool, result: Any, began: float) -> Outcome:
@@ -188,14 +230,28 @@ def _over_rate_limit(tool: Tool, actor) -> bool:
 def truncated(result: Any, limit: int) -> Any:
     """`result`, or, when its JSON is longer than `limit` characters, the first `limit` of
     them with a marker saying how much was cut."""
-    if isinstance(result, str):
-        text = result
-    else:  # what is not JSON (a date, a Decimal) goes as its str(), as the ledger stores it
-        text = json.dumps(result, ensure_ascii=False, default=str)
+    result = storable(result)
+    text = result if isinstance(result, str) else json.dumps(result, ensure_ascii=False)
     if len(text) <= limit:
-        return text if isinstance(result, str) else json.loads(text)
+        return result
     return {
         "truncated": True,
         "content": text[:limit],
         "note": f"the result was cut to {limit:,} of its {len(text):,} characters",
     }
+
+
+def storable(value: Any) -> Any:
+    """`value` as PostgreSQL's jsonb can hold it: NUL characters (jsonb refuses \\u0000)
+    replaced, NaN and infinities and what is not JSON (a date, a Decimal) as strings."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, bool) or value is None or isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, dict):
+        return {storable(str(k)): storable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [storable(v) for v in value]
+    return storable(str(value))

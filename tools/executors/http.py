@@ -6,12 +6,16 @@
 - `headers` are sent as given; `auth` adds a credential from an encrypted `Secret` (bearer,
   basic from "user:password", or a named header). The value never reaches logs, the ledger,
   audit data or the model.
-- Every request carries the call's `Idempotency-Key`, so retrying is safe for every method:
-  connection failures, timeouts, 429 and 502-504 are retried up to `retries` times within the
-  tool's timeout.
+- Every request carries the call's `Idempotency-Key`. Retries (up to `retries`, within the
+  tool's timeout) are only where they are safe: for GET, PUT and DELETE on connection failures,
+  timeouts, 429 and 502-504; for POST and PATCH only when the request cannot have been acted on
+  (the connection failed, 429, 503).
 - Connections go through tools.outbound (SSRF-safe: private and reserved addresses are refused
   unless `allow_networks` names them; each address is checked as it is connected to).
-  Redirects are followed for GET only, each hop checked again.
+  Redirects are followed for GET only, each hop checked again; a redirect to another origin
+  loses the credential and the configured headers, and one from https to http is refused.
+- A credential never comes back: its value is removed from error messages and text results
+  (an API that echoes a rejected token). Credential headers go in `auth`, not `headers`.
 - `select` is a JSON Pointer (RFC 6901) into a JSON response: only that part is returned.
 """
 
@@ -20,8 +24,10 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
+import logging
 import re
 import time
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urljoin, urlsplit
 
@@ -30,9 +36,14 @@ import httpx
 from tools.executors import Call, ToolError
 from tools.outbound import OutboundError, check_url, guarded_client
 
+log = logging.getLogger(__name__)
+
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 BODY_METHODS = ("POST", "PUT", "PATCH")
+IDEMPOTENT = ("GET", "PUT", "DELETE")
 RETRY_STATUSES = (429, 502, 503, 504)
+NOT_ACTED_ON = (429, 503)  # the server says it did not act on the request
+CREDENTIAL_HEADERS = {"authorization", "proxy-authorization", "cookie", "x-api-key", "api-key"}
 MAX_RESPONSE_BYTES = 10 * 2**20  # read no more than this of any response
 MAX_REDIRECTS = 3
 
@@ -75,6 +86,9 @@ def config_problem(config: dict, parameters: dict) -> str | None:
     for name in config.get("query", []):
         if name not in arguments:
             return f"query argument {name!r} is not an argument of the tool"
+    for name in config.get("headers", {}):
+        if name.lower() in CREDENTIAL_HEADERS:
+            return f"the header {name} carries a credential: put it in a secret and use auth"
     for network in config.get("allow_networks", []):
         try:
             ipaddress.ip_network(network, strict=False)
@@ -102,23 +116,35 @@ def execute(call: Call) -> Any:
         body = arguments
     else:
         params.update(arguments)
-    headers = {
-        **config.get("headers", {}),
-        **_auth_headers(config.get("auth")),
-        "Idempotency-Key": call.idempotency_key,
-        "User-Agent": "Warden",
-    }
-    response = _send(
-        method,
-        url,
+    credential, secrets = _auth_headers(config.get("auth"))
+    request = _Request(
+        method=method,
+        url=url,
         params={k: _query_value(v) for k, v in params.items()},
         body=body,
-        headers=headers,
-        timeout=float(call.tool.timeout),
-        retries=config.get("retries", 1),
+        private={**config.get("headers", {}), **credential},  # for the tool's origin only
+        public={"Idempotency-Key": call.idempotency_key, "User-Agent": "Warden"},
         allow_networks=config.get("allow_networks", []),
     )
-    return _select(_decode(response, url), config.get("select", ""))
+    try:
+        response = _send(
+            request, timeout=float(call.tool.timeout), retries=config.get("retries", 1)
+        )
+        return _scrub(_select(_decode(response, url), config.get("select", "")), secrets)
+    except ToolError as error:
+        error.message = _scrub(error.message, secrets)
+        raise
+
+
+@dataclass
+class _Request:
+    method: str
+    url: str
+    params: dict | None
+    body: Any
+    private: dict  # headers sent only to the tool's own origin (its credential among them)
+    public: dict
+    allow_networks: list
 
 
 class _Response:
@@ -126,56 +152,57 @@ class _Response:
         self.status, self.content_type, self.content = status, content_type, content
 
 
-def _send(method, url, *, params, body, headers, timeout, retries, allow_networks) -> _Response:
+def _send(request: _Request, *, timeout: float, retries: int) -> _Response:
     deadline = time.monotonic() + timeout
-    host = urlsplit(url).hostname or url
+    host = urlsplit(request.url).hostname or request.url
+    late = ToolError("timeout", f"{host} did not answer within {timeout:g} s")
+    safe = request.method in IDEMPOTENT
     attempt = 0
     while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise ToolError("timeout", f"{host} did not answer within {timeout:g} s")
+        if deadline - time.monotonic() <= 0:
+            raise late
+        retry = False
         try:
-            response = _request(
-                method, url, params, body, headers, remaining, allow_networks=allow_networks
-            )
+            response = _request(request, deadline)
         except OutboundError as exc:
             raise ToolError("blocked", str(exc)) from None
-        except httpx.TimeoutException:
-            failure = ToolError("timeout", f"{host} did not answer within {timeout:g} s")
+        except httpx.ConnectError as exc:  # nothing was sent
+            failure, retry = ToolError("unreachable", f"{host} could not be reached"), True
+            log.info("http tool: %s unreachable (%s)", host, type(exc).__name__)
+        except httpx.TimeoutException as exc:
+            failure, retry = late, safe or isinstance(exc, httpx.ConnectTimeout)
         except httpx.HTTPError as exc:
             reason = type(exc).__name__
-            failure = ToolError("unreachable", f"{host} could not be reached ({reason})")
+            failure, retry = ToolError("unreachable", f"{host} failed ({reason})"), safe
         else:
-            if response.status not in RETRY_STATUSES:
-                if response.status >= 400:
-                    raise ToolError("http_error", _status_message(host, response))
+            if response.status < 400:
                 return response
             failure = ToolError("http_error", _status_message(host, response))
-        if attempt >= retries:
+            retry = response.status in (NOT_ACTED_ON if not safe else RETRY_STATUSES)
+        if not retry or attempt >= retries:
             raise failure
         attempt += 1
         time.sleep(min(0.2 * 2**attempt, max(0.0, deadline - time.monotonic())))
 
 
-def _request(method, url, params, body, headers, timeout, *, allow_networks) -> _Response:
-    with guarded_client(timeout=timeout, allow_networks=allow_networks) as client:
+def _request(request: _Request, deadline: float) -> _Response:
+    origin = _origin(request.url)
+    url, params = request.url, request.params
+    timeout = max(0.001, deadline - time.monotonic())
+    with guarded_client(timeout=timeout, allow_networks=request.allow_networks) as client:
         for _hop in range(MAX_REDIRECTS + 1):
             check_url(url)
-            request = client.build_request(
-                method, url, params=params or None, json=body, headers=headers
+            same_origin = _origin(url) == origin
+            headers = {**(request.private if same_origin else {}), **request.public}
+            sent = client.build_request(
+                request.method, url, params=params or None, json=request.body, headers=headers
             )
-            response = client.send(request, stream=True)
+            response = client.send(sent, stream=True)
             try:
-                if response.is_redirect and method == "GET":
-                    url = urljoin(str(response.url), response.headers.get("location", ""))
+                if response.is_redirect:
+                    url = _redirect(request.method, url, response)
                     params = None  # the Location is the whole new URL
                     continue
-                if response.is_redirect:
-                    raise ToolError(
-                        "http_error",
-                        f"{response.url.host} redirected a {method}; Warden follows redirects "
-                        "of GET requests only",
-                    )
                 content = bytearray()
                 for piece in response.iter_bytes():
                     content += piece
@@ -184,12 +211,31 @@ def _request(method, url, params, body, headers, timeout, *, allow_networks) -> 
                             "invalid_response",
                             f"the response is over {MAX_RESPONSE_BYTES // 2**20} MB",
                         )
+                    if time.monotonic() > deadline:  # a server trickling bytes
+                        raise httpx.ReadTimeout("the tool's timeout passed")
                 return _Response(
                     response.status_code, response.headers.get("content-type", ""), bytes(content)
                 )
             finally:
                 response.close()
     raise ToolError("http_error", f"more than {MAX_REDIRECTS} redirects")
+
+
+def _redirect(method: str, url: str, response) -> str:
+    target = urljoin(url, response.headers.get("location", ""))
+    if method != "GET":
+        raise ToolError(
+            "http_error",
+            f"{response.url.host} redirected a {method}; Warden follows redirects of GET only",
+        )
+    if urlsplit(url).scheme == "https" and urlsplit(target).scheme != "https":
+        raise ToolError("blocked", f"{response.url.host} redirected from https to http")
+    return target
+
+
+def _origin(url: str) -> tuple:
+    parts = urlsplit(url)
+    return parts.scheme, parts.hostname, parts.port
 
 
 def _decode(response: _Response, url: str) -> Any:
@@ -232,7 +278,10 @@ def _expand(template: str, arguments: dict) -> str:
         name = match.group(1)
         if name not in arguments:
             raise ToolError("invalid_arguments", f"the argument {name!r} is required")
-        return quote(str(arguments.pop(name)), safe="")
+        value = str(arguments.pop(name))
+        if value in ("", ".", ".."):  # would change the path's meaning, not fill a segment
+            raise ToolError("invalid_arguments", f"{name} may not be {value!r}")
+        return quote(value, safe="")
 
     return PLACEHOLDER.sub(segment, template)
 
@@ -245,9 +294,10 @@ def _query_value(value: Any) -> str:
     return str(value)
 
 
-def _auth_headers(auth: dict | None) -> dict:
+def _auth_headers(auth: dict | None) -> tuple[dict, list[str]]:
+    """The credential's header, and the strings that would give it away if echoed back."""
     if not auth:
-        return {}
+        return {}, []
     from tools.models import Secret
     from tools.secrets import SecretError
 
@@ -259,10 +309,27 @@ def _auth_headers(auth: dict | None) -> dict:
     except SecretError as exc:
         raise ToolError("configuration", str(exc)) from None
     if auth["scheme"] == "bearer":
-        return {"Authorization": f"Bearer {value}"}
+        return {"Authorization": f"Bearer {value}"}, [value]
     if auth["scheme"] == "basic":
-        return {"Authorization": "Basic " + base64.b64encode(value.encode()).decode()}
-    return {auth["header"]: value}
+        encoded = base64.b64encode(value.encode()).decode()
+        return {"Authorization": f"Basic {encoded}"}, [value, encoded, *value.split(":", 1)[1:]]
+    return {auth["header"]: value}, [value]
+
+
+def _scrub(value: Any, secrets: list[str]) -> Any:
+    """`value` with every secret string replaced by [redacted], in strings at any depth."""
+    secrets = [s for s in secrets if len(s) >= 4]
+    if not secrets:
+        return value
+    if isinstance(value, str):
+        for secret in secrets:
+            value = value.replace(secret, "[redacted]")
+        return value
+    if isinstance(value, list):
+        return [_scrub(v, secrets) for v in value]
+    if isinstance(value, dict):
+        return {k: _scrub(v, secrets) for k, v in value.items()}
+    return value
 
 
 def _status_message(host: str, response: _Response) -> str:

@@ -27,7 +27,9 @@ def execute(call: Call) -> Any:
 
     from tools.mcp_servers import MCPUnavailable, ServerSpec, session_pool
 
-    server = call.tool.mcp_server
+    from tools.models import MCPServer
+
+    server = MCPServer.objects.get(pk=call.tool.mcp_server_id)  # as configured now
     try:
         result = session_pool().call_tool(
             ServerSpec.of(server),
@@ -35,6 +37,7 @@ def execute(call: Call) -> Any:
             call.arguments,
             meta={"idempotency_key": call.idempotency_key},
             timeout=float(call.tool.timeout),
+            writes=call.tool.has_side_effects,
         )
     except MCPUnavailable as error:
         raise ToolError("unavailable", str(error)) from None

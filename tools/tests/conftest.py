@@ -5,7 +5,7 @@ from tools.demo_erp import demo_erp_install
 
 @pytest.fixture(scope="session")
 def demo_erp(django_db_setup, django_db_blocker):
-    """The demo ERP schema and its reader role, committed once for the session: sql_query reads
-    it over a connection of its own, which cannot see a test's uncommitted transaction."""
+    """The demo ERP database and its reader role, created once for the session (in the test
+    run's own embedded PostgreSQL)."""
     with django_db_blocker.unblock():
         demo_erp_install()

@@ -7,8 +7,10 @@ import uuid
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.core.cache import cache
+from django.core.exceptions import ValidationError
 
-from tools.executors.http import MAX_RESPONSE_BYTES
+from tools.executors import http as http_executor
 from tools.models import InvocationStatus, RiskTier, SecretKind, Tool, ToolInvocation
 from tools.registry import ToolContext
 from tools.secrets import secret_set
@@ -67,7 +69,7 @@ def http_tool(url: str, *, parameters=CUSTOMER, timeout=5, **config) -> Tool:
 
 def call(tool: Tool, arguments: dict, user=None, key: str | None = None):
     key = key or f"run:1:step:{uuid.uuid4().int % 10**6}:call:0"
-    return tool_invoke(tool, arguments, key=key, context=ToolContext(actor=user))
+    return tool_invoke(tool=tool, arguments=arguments, key=key, context=ToolContext(actor=user))
 
 
 def test_a_get_builds_its_url_query_and_headers_from_the_arguments(crm, user, token):
@@ -170,7 +172,30 @@ def test_invalid_json_and_an_oversized_result(crm, user):
     assert len(cut.result["content"]) == 500
     assert cut.result["content"].startswith('{"rows"')
     assert "cut to 500 of its 5,410 characters" in cut.result["note"]
-    assert MAX_RESPONSE_BYTES >= 10 * 2**20
+
+
+def test_a_response_over_the_read_cap_is_refused_and_odd_bytes_are_stored_safely(
+    crm, user, monkeypatch
+):
+    monkeypatch.setattr(http_executor, "MAX_RESPONSE_BYTES", 1024)
+    crm.answer("/huge", Answer(body=b"x" * 2048))
+    crm.answer("/nul", Answer(body=b"a\x00b", headers={"Content-Type": "text/plain"}))
+    crm.answer("/nan", Answer(body=b'{"v": NaN}', headers={"Content-Type": "application/json"}))
+    huge = http_tool(crm.url("/huge"), parameters={"type": "object"})
+    nul = http_tool(crm.url("/nul"), parameters={"type": "object"})
+    nan = http_tool(crm.url("/nan"), parameters={"type": "object"})
+
+    refused = call(huge, {}, user)
+    text = call(nul, {}, user, key="k:nul")
+    number = call(nan, {}, user, key="k:nan")
+
+    assert refused.result["error"] == {
+        "type": "invalid_response",
+        "message": "the response is over 0 MB",
+    }
+    assert text.result == "a\ufffdb"
+    assert number.result == {"v": "nan"}
+    assert ToolInvocation.objects.get(key="k:nul").result == "a\ufffdb"
 
 
 @pytest.mark.parametrize(
@@ -181,6 +206,12 @@ def test_invalid_json_and_an_oversized_result(crm, user):
         "http://169.254.169.254/latest/meta-data/",
         "http://10.0.0.1/x",
         "http://localhost:{port}/x",  # a host name that resolves to loopback
+        "http://[::ffff:127.0.0.1]:{port}/x",  # IPv4-mapped
+        "http://2130706433:{port}/x",  # 127.0.0.1 as one number
+        "http://0.0.0.0:{port}/x",
+        "http://[64:ff9b::a9fe:a9fe]/x",  # 169.254.169.254 through NAT64
+        "http://[2002:7f00:1::]/x",  # 6to4 around 127.0.0.1
+        "http://[fd00:ec2::254]/x",  # a cloud's IPv6 metadata address
     ],
 )
 def test_private_and_reserved_destinations_are_refused_before_connecting(crm, user, url):
@@ -207,13 +238,14 @@ def test_a_redirect_to_loopback_is_refused(crm, user):
 def test_the_address_checked_is_the_address_connected_to(crm, user, monkeypatch):
     """DNS rebinding: a name that resolves to a public address when checked and to loopback
     a moment later. Warden resolves once and connects to what it checked."""
-    answers = iter(["192.0.2.10", "127.0.0.1", "127.0.0.1"])  # 192.0.2.0/24: TEST-NET-1
+    lookups = []
     real = socket.getaddrinfo
 
     def rebinding(host, port, *args, **kwargs):
         if host != "crm.example.test":
             return real(host, port, *args, **kwargs)
-        address = next(answers)
+        lookups.append(host)
+        address = "192.0.2.10" if len(lookups) == 1 else "127.0.0.1"  # TEST-NET-1, then loopback
         return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))]
 
     monkeypatch.setattr(socket, "getaddrinfo", rebinding)
@@ -231,7 +263,7 @@ def test_the_address_checked_is_the_address_connected_to(crm, user, monkeypatch)
     assert not outcome.ok
     assert outcome.result["error"]["type"] in ("timeout", "unreachable")
     assert crm.requests == []  # loopback never saw the request
-    assert next(answers) == "127.0.0.1"  # resolved exactly once
+    assert lookups == ["crm.example.test"]  # resolved exactly once
 
 
 def test_the_same_key_calls_once_and_reuses_the_result(crm, user):
@@ -248,7 +280,87 @@ def test_the_same_key_calls_once_and_reuses_the_result(crm, user):
     assert len(crm.requests) == 1
 
 
+def test_a_redirect_to_another_origin_loses_the_credential(crm, user, token):
+    other = Endpoint()
+    try:
+        other.answer("/landing", Answer(body={"ok": True}))
+        crm.answer("/moved", Answer(302, b"", headers={"Location": other.url("/landing")}))
+        tool = http_tool(
+            crm.url("/moved"),
+            parameters={"type": "object"},
+            auth={"secret": "crm-token", "scheme": "bearer"},
+            headers={"X-Tenant": "acme"},
+        )
+
+        outcome = call(tool, {}, user, key="run:4:step:0:call:0")
+    finally:
+        other.close()
+
+    assert outcome.result == {"ok": True}
+    assert crm.requests[0].headers["authorization"] == f"Bearer {TOKEN}"
+    (landed,) = other.requests
+    assert "authorization" not in landed.headers
+    assert "x-tenant" not in landed.headers
+    assert landed.headers["idempotency-key"] == "run:4:step:0:call:0"
+
+
+def test_a_post_that_timed_out_is_not_sent_again(crm, user):
+    crm.answer("/orders", Answer(201, {"order": 1}, delay=2))
+    tool = http_tool(crm.url("/orders"), parameters={"type": "object"}, method="POST", timeout=1)
+    tool.config = {**tool.config, "retries": 3}
+    tool.save()
+
+    outcome = call(tool, {}, user)
+
+    assert outcome.result["error"]["type"] == "timeout"
+    assert len(crm.requests) == 1  # it may have been acted on: reported, not repeated
+
+
+def test_a_path_argument_cannot_climb_out_of_its_segment(crm, user):
+    tool = http_tool(crm.url("/v1/users/{customer}/orders"))
+
+    outcome = call(tool, {"customer": ".."}, user)
+
+    assert outcome.result["error"] == {
+        "type": "invalid_arguments",
+        "message": "customer may not be '..'",
+    }
+    assert crm.requests == []
+
+
+def test_a_credential_echoed_in_an_error_is_redacted(crm, user, token):
+    crm.answer("/me", Answer(401, f"invalid token {TOKEN}".encode()))
+    tool = http_tool(
+        crm.url("/me"),
+        parameters={"type": "object"},
+        auth={"secret": "crm-token", "scheme": "bearer"},
+    )
+
+    outcome = call(tool, {}, user, key="k:echo")
+
+    assert outcome.result["error"]["message"] == (
+        "127.0.0.1 answered HTTP 401: invalid token [redacted]"
+    )
+    assert TOKEN not in str(ToolInvocation.objects.get(key="k:echo").result)
+
+
+def test_credential_headers_belong_in_a_secret():
+    tool = Tool(
+        name="leaky",
+        description="d",
+        kind="http",
+        parameters={"type": "object"},
+        config={"method": "GET", "url": "https://x.example/", "headers": {"Authorization": "k"}},
+    )
+    with pytest.raises(ValidationError) as refused:
+        tool.full_clean()
+    assert refused.value.message_dict["config"] == [
+        "The header Authorization carries a credential: put it in a secret and use auth"
+    ]
+
+
 def test_the_rate_limit_is_per_user_per_minute(crm, user):
+    cache.clear()  # the counters are keyed by ids, which a new test database reuses
     crm.answer("/q", Answer(body={"ok": True}))
     tool = http_tool(crm.url("/q"), parameters={"type": "object"})
     tool.rate_limit = 2

@@ -12,7 +12,7 @@ from django.contrib.auth import get_user_model
 from audit.models import AuditEvent
 from audit.services import SYSTEM
 from tools.mcp_servers import MCPUnavailable, mcp_server_sync
-from tools.models import MCPServer, SecretKind, Tool
+from tools.models import MCPServer, SecretKind, Tool, ToolInvocation
 from tools.registry import ToolContext
 from tools.secrets import secret_set
 from tools.services import tool_invoke
@@ -52,7 +52,7 @@ def enabled(name: str, **fields) -> Tool:
 
 
 def call(tool: Tool, arguments: dict, user, key: str = "run:1:step:0:call:0"):
-    return tool_invoke(tool, arguments, key=key, context=ToolContext(actor=user))
+    return tool_invoke(tool=tool, arguments=arguments, key=key, context=ToolContext(actor=user))
 
 
 def test_mcp_server_time_from_pypi_is_synced_and_called(user):
@@ -103,6 +103,21 @@ def test_a_killed_stdio_server_is_restarted_on_the_next_call(user):
     assert second.result["result"] not in (first, None)
 
 
+def test_an_edited_server_gets_a_new_session_and_the_old_process_ends(user):
+    server = stdio_server("edit", SCRIPT)
+    mcp_server_sync(server=server, actor=SYSTEM)
+    pid = enabled("edit__pid")
+    before = call(pid, {}, user, key="k:before").result["result"]
+
+    server.environment = {"WARDEN_TEST_TOOLS": "pid"}
+    server.save()
+    after = call(pid, {}, user, key="k:after").result["result"]
+
+    assert after != before
+    with pytest.raises(ProcessLookupError):
+        os.kill(before, 0)  # stopped and reaped, not left running
+
+
 def test_the_idempotency_key_travels_in_the_request_metadata_and_timeouts_are_errors(user):
     server = stdio_server("meta", SCRIPT)
     mcp_server_sync(server=server, actor=SYSTEM)
@@ -151,6 +166,12 @@ def test_a_streamable_http_server_with_a_bearer_secret(user):
 
     assert outcome.result == {"result": 42}
     assert "could not be reached" in str(unauthorised.value)
+    stored = [
+        "".join(MCPServer.objects.values_list("status", flat=True)),
+        "".join(AuditEvent.objects.values_list("data", flat=True)),
+        str(list(ToolInvocation.objects.values_list("arguments", "result", "error"))),
+    ]
+    assert not [place for place in stored if TOKEN in place]
     assert "private or reserved network (127.0.0.1)" in str(blocked.value)
     assert not Tool.objects.filter(mcp_server__name__in=["refused", "private"]).exists()
     refused.refresh_from_db()
@@ -164,3 +185,13 @@ def test_a_missing_command_is_a_clear_sync_failure():
         mcp_server_sync(server=server, actor=SYSTEM)
 
     assert str(failed.value) == "the command '/nonexistent/mcp' of MCP server gone was not found"
+
+
+def test_an_error_the_server_reports_is_a_structured_tool_error(user):
+    server = stdio_server("clock", "-m", "mcp_server_time", "--local-timezone", "UTC")
+    mcp_server_sync(server=server, actor=SYSTEM)
+
+    outcome = call(enabled("clock__get_current_time"), {"timezone": "Mars/Olympus"}, user)
+
+    assert outcome.result["error"]["type"] == "tool_error"
+    assert "Mars/Olympus" in outcome.result["error"]["message"]

@@ -190,7 +190,9 @@ def test_a_failing_python_tool_rolls_its_effect_back_and_reports_a_structured_er
         tool.enabled = True
         tool.save()
         user = get_user_model().objects.create_user("u")
-        outcome = tool_invoke(tool, {"id": "1"}, key="k:1", context=ToolContext(actor=user))
+        outcome = tool_invoke(
+            tool=tool, arguments={"id": "1"}, key="k:1", context=ToolContext(actor=user)
+        )
     finally:
         PYTHON_FUNCTIONS.pop("explode")
 
@@ -208,9 +210,9 @@ def test_invalid_arguments_and_disabled_tools_run_nothing():
     user = get_user_model().objects.create_user("u")
     context = ToolContext(actor=user)
 
-    disabled = tool_invoke(tool, {"title": "x"}, key="k:2", context=context)
+    disabled = tool_invoke(tool=tool, arguments={"title": "x"}, key="k:2", context=context)
     tool.enabled = True
-    invalid = tool_invoke(tool, {"title": 5}, key="k:3", context=context)
+    invalid = tool_invoke(tool=tool, arguments={"title": 5}, key="k:3", context=context)
 
     assert disabled.result["error"] == {
         "type": "unavailable",
