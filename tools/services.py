@@ -20,7 +20,8 @@ from typing import Any
 import jsonschema
 import referencing.exceptions
 from django.core.cache import cache
-from django.db import IntegrityError, transaction
+from django.db import connection, transaction
+from django.db.models import Subquery
 from django.utils import timezone
 
 from audit.services import audit_record
@@ -62,13 +63,11 @@ LIVE_FIELDS += ["rate_limit"]
 
 def tool_invoke(*, tool: Tool, arguments: Any, key: str, context: ToolContext) -> Outcome:
     """Call `tool` once per `key` (see ToolInvocation for the guarantee)."""
-    if tool.pk is not None:
-        tool.refresh_from_db(fields=LIVE_FIELDS)
+    done = _refresh(tool, key)
     if problem := argument_problem(tool, arguments):
         return _failure(tool, ToolError("invalid_arguments", problem))
-    done = ToolInvocation.objects.filter(key=key).exclude(status=InvocationStatus.STARTED).first()
     if done is not None:
-        return _from_ledger(done)
+        return _from_ledger(ToolInvocation.objects.get(pk=done))
     if not tool.enabled:
         return _failure(tool, ToolError("unavailable", f"the tool {tool.name!r} is disabled"))
     row = {"tool": tool.name, "tool_version": tool.version, "arguments": storable(arguments)}
@@ -122,20 +121,58 @@ def tool_set_enabled(*, tool: Tool, enabled: bool, actor) -> Tool:
     return tool
 
 
+def _refresh(tool: Tool, key: str) -> int | None:
+    """Re-read the tool's live fields and look the key up in the ledger, in one query; the id
+    of the key's finished ledger row, if any."""
+    if tool.pk is None:
+        return (
+            ToolInvocation.objects.filter(key=key)
+            .exclude(status=STARTED)
+            .values_list("pk", flat=True)
+            .first()
+        )
+    finished = ToolInvocation.objects.filter(key=key).exclude(status=STARTED).values("pk")[:1]
+    live = Tool.objects.filter(pk=tool.pk).values(*LIVE_FIELDS, done=Subquery(finished)).get()
+    for field in LIVE_FIELDS:
+        setattr(tool, field, live[field])
+    return live["done"]
+
+
+STARTED = InvocationStatus.STARTED
+
+# The ledger row of a Python call, in the call's transaction: one statement, and no row when
+# another worker recorded the key first (then this attempt rolls back).
+_RECORD = """
+INSERT INTO tools_toolinvocation (key, tool, tool_version, actor_id, arguments, status, result,
+    error, latency_ms, created_at, finished_at)
+VALUES (%s, %s, %s, %s, %s::jsonb, %s, %s::jsonb, %s, %s, now(), now())
+ON CONFLICT (key) DO NOTHING RETURNING id
+"""
+
+
 def _invoke_in_transaction(call: Call, row: dict, actor) -> Outcome:
     """A Python tool's effect and its ledger row commit together: a worker dying mid-call
     leaves neither, and a retry runs it again."""
     began = time.perf_counter()
     try:
-        with transaction.atomic():
+        with transaction.atomic(), connection.cursor() as cursor:
             outcome = _success(call.tool, executor("python").execute(call), began)
-            try:
-                with transaction.atomic():  # a savepoint: only a clash on the key lands here
-                    ToolInvocation.objects.create(
-                        key=call.idempotency_key, **row, actor=actor, **_ledger_fields(outcome)
-                    )
-            except IntegrityError:
-                raise _Recorded from None
+            cursor.execute(
+                _RECORD,
+                [
+                    call.idempotency_key,
+                    row["tool"],
+                    row["tool_version"],
+                    getattr(actor, "pk", None),
+                    json.dumps(row["arguments"]),
+                    outcome.status,
+                    json.dumps(outcome.result),
+                    outcome.error,
+                    outcome.latency_ms,
+                ],
+            )
+            if cursor.fetchone() is None:
+                raise _Recorded
     except _Recorded:  # another worker recorded this call first: its result stands
         return _from_ledger(ToolInvocation.objects.get(key=call.idempotency_key))
     except ToolError as error:  # the effect rolled back with the transaction
