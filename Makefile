@@ -38,7 +38,7 @@ bench-runtime: $(VENV)/.installed-bench
 	$(BIN)/python bench/runtime_overhead.py
 
 bench-retrieval: $(VENV)/.installed-dev
-	$(BIN)/python bench/retrieval.py
+	$(BIN)/python bench/retrieval.py --sizes 100000,1000000
 
 # Regenerate requirements*.txt from pyproject.toml in a scratch environment.
 lock:

@@ -11,9 +11,7 @@ WARDEN_SQL_DATABASES at its own read-only role instead.
 
 from __future__ import annotations
 
-from django.conf import settings
-
-from portal.embedded import POSTGRES_USER
+from django.db import connection
 
 DATABASE = "warden_demo_erp"
 READER = "warden_erp_reader"
@@ -92,8 +90,15 @@ ORDER_LINES = [
 def demo_erp_install() -> None:
     """Create the database, the reader role, the schema and its rows (once)."""
     import psycopg
+    from psycopg.conninfo import make_conninfo
 
-    server = f"host={settings.EMBEDDED.pg_socket_dir} user={POSTGRES_USER}"
+    own = connection.settings_dict  # Warden's role in the embedded server may create roles
+    server = make_conninfo(
+        host=own["HOST"] or None,
+        port=own["PORT"] or None,
+        user=own["USER"] or None,
+        password=own["PASSWORD"] or None,
+    )
     with psycopg.connect(f"{server} dbname=postgres", autocommit=True) as admin:
         exists = admin.execute("SELECT FROM pg_database WHERE datname = %s", [DATABASE])
         if exists.fetchone() is None:

@@ -26,7 +26,6 @@ def execute(call: Call) -> Any:
     from mcp_types import REQUEST_TIMEOUT
 
     from tools.mcp_servers import MCPUnavailable, ServerSpec, session_pool
-
     from tools.models import MCPServer
 
     server = MCPServer.objects.get(pk=call.tool.mcp_server_id)  # as configured now
