@@ -88,7 +88,7 @@ class _Run:
     (nobody else writes while the lease is ours; the fenced checkpoint makes sure of it)."""
 
     def __init__(self, run_id: int, token: int):
-        self.run = Run.objects.select_related("agent__route").get(pk=run_id)
+        self.run = Run.objects.select_related("agent__route", "actor").get(pk=run_id)
         self.token = token
         self.agent = self.run.agent
         self.steps = list(RunStep.objects.filter(run_id=run_id).order_by("index"))
@@ -108,7 +108,13 @@ class _Run:
         return f"agent:{self.agent.pk}:{permission_fingerprint(self.run.actor)}"
 
     def checkpoint(
-        self, step: StepRecord, messages: list[dict], action: str, data: dict, extra_audit=()
+        self,
+        step: StepRecord,
+        messages: list[dict],
+        action: str,
+        data: dict,
+        extra_audit=(),
+        ledger=(),
     ) -> RunStep:
         done = run_checkpoint(
             run_id=self.run.pk,
@@ -120,6 +126,7 @@ class _Run:
             audit_action=action,
             audit_data=data,
             extra_audit=extra_audit,
+            ledger=ledger,
         )
         record = done.step
         self.cancel_requested = done.cancel_requested
@@ -295,7 +302,9 @@ def _tool_step(held: _Run, model_index: int, k: int, call: dict) -> None:
             )
             raise _Finished
         return
-    outcome = tool_invoke(tool=tool, arguments=arguments, key=key, context=held.tool_context)
+    outcome = tool_invoke(
+        tool=tool, arguments=arguments, key=key, context=held.tool_context, defer_read_record=True
+    )
     failpoint("after_tool_effect")
     record = held.checkpoint(
         StepRecord(
@@ -322,6 +331,7 @@ def _tool_step(held: _Run, model_index: int, k: int, call: dict) -> None:
             "error": outcome.error,
             "latency_ms": outcome.latency_ms,
         },
+        ledger=[outcome.record] if outcome.record else [],
     )
     held.publish({"type": "step", "index": record.index, "kind": "tool", "tool": tool.name})
 

@@ -175,10 +175,13 @@ def run_checkpoint(
     audit_action: str,
     audit_data: dict,
     extra_audit: list[tuple[str, dict]] = (),
+    ledger: Sequence[dict] = (),
 ) -> Checkpoint:
     """Commit step `index`: the step row, the messages it adds, the run's totals, its audit
     events, and a renewed lease, all or nothing, and only while `token` is still the run's.
-    Returns the step and whether somebody asked to cancel the run.
+    Returns the step and whether somebody asked to cancel the run. `ledger` holds the
+    invocation-ledger rows of read-only tool calls this step made (tools.services), which
+    commit with it.
 
     This is the runtime's hot path, so it is one statement (one round trip, atomic on its own;
     the ORM took eight): the fenced UPDATE checks the token and locks the run row, and every
@@ -233,6 +236,7 @@ def run_checkpoint(
         "messages": _json([{**defaults, **message} for message in messages]),
         "stream": stream,
         "events": events,
+        "ledger": _json(list(ledger)),
     }
     connection.ensure_connection()
     with psycopg.Cursor(connection.connection) as cursor:  # server-side binding: prepared
@@ -269,6 +273,15 @@ WITH fenced AS (
         m.tokens, m.cost, %(now)s
     FROM fenced, jsonb_to_recordset(%(messages)s::jsonb) AS m(role text, content text,
         tool_calls jsonb, tool_call_id text, tokens integer, cost numeric)
+), ledger AS (
+    INSERT INTO tools_toolinvocation (key, tool, tool_version, actor_id, arguments, status,
+        result, error, latency_ms, created_at, finished_at)
+    SELECT l.key, l.tool, l.tool_version, l.actor_id, l.arguments, l.status, l.result, l.error,
+        l.latency_ms, %(now)s, %(now)s
+    FROM fenced, jsonb_to_recordset(%(ledger)s::jsonb) AS l(key text, tool text,
+        tool_version text, actor_id bigint, arguments jsonb, status text, result jsonb,
+        error text, latency_ms double precision)
+    ON CONFLICT (key) DO NOTHING
 )
 SELECT fenced.cancel_requested, step.id,
     (SELECT count(*) FROM audit_append(%(stream)s, %(events)s::jsonb)

@@ -164,7 +164,7 @@ def langgraph_setup(conninfo: str):
     from langgraph.graph.message import add_messages
     from psycopg import Connection
 
-    from tools.demo import get_ticket_status
+    from tools.builtin import get_ticket_status
 
     class State(TypedDict):
         messages: Annotated[list, add_messages]
@@ -253,7 +253,7 @@ def langgraph_run(app, n: int) -> None:
 def floor_run(connection) -> None:
     import litellm
 
-    from tools.demo import get_ticket_status
+    from tools.builtin import get_ticket_status
 
     tools = [
         {

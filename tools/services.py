@@ -9,6 +9,8 @@ audit: an agent run in its checkpoint, the admin's test call in `tool_test_call`
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -18,10 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
+import psycopg
 import referencing.exceptions
 from django.core.cache import cache
 from django.db import connection, transaction
-from django.db.models import Subquery
 from django.utils import timezone
 
 from audit.services import audit_record
@@ -41,6 +43,9 @@ class Outcome:
     latency_ms: float | None  # None when nothing ran
     tool_version: str
     reused: bool = False  # the ledger already had this call's result: nothing ran
+    # The ledger row still to write, when the caller asked to write it itself (a run's
+    # checkpoint writes a read-only call's row in its own statement).
+    record: dict | None = None
 
     @property
     def status(self) -> str:
@@ -61,8 +66,12 @@ LIVE_FIELDS = ["enabled", "config", "parameters", "version", "timeout", "result_
 LIVE_FIELDS += ["rate_limit"]
 
 
-def tool_invoke(*, tool: Tool, arguments: Any, key: str, context: ToolContext) -> Outcome:
-    """Call `tool` once per `key` (see ToolInvocation for the guarantee)."""
+def tool_invoke(
+    *, tool: Tool, arguments: Any, key: str, context: ToolContext, defer_read_record=False
+) -> Outcome:
+    """Call `tool` once per `key` (see ToolInvocation for the guarantee). With
+    `defer_read_record`, a Python tool that only reads is not recorded here: its ledger row
+    comes back as `Outcome.record`, for the caller to write in its own next statement."""
     done = _refresh(tool, key)
     if problem := argument_problem(tool, arguments):
         return _failure(tool, ToolError("invalid_arguments", problem))
@@ -78,6 +87,9 @@ def tool_invoke(*, tool: Tool, arguments: Any, key: str, context: ToolContext) -
         )
         return _record(key, row, actor, _failure(tool, limited))
     call = Call(tool, arguments, key, context)
+    if tool.kind == ToolKind.PYTHON and not tool.has_side_effects and defer_read_record:
+        outcome = _run(call)
+        return dataclasses.replace(outcome, record=_ledger_row(key, row, actor, outcome))
     if tool.kind == ToolKind.PYTHON and not _external(tool):
         return _invoke_in_transaction(call, row, actor)
     ToolInvocation.objects.get_or_create(
@@ -122,20 +134,31 @@ def tool_set_enabled(*, tool: Tool, enabled: bool, actor) -> Tool:
 
 
 def _refresh(tool: Tool, key: str) -> int | None:
-    """Re-read the tool's live fields and look the key up in the ledger, in one query; the id
-    of the key's finished ledger row, if any."""
-    if tool.pk is None:
-        return (
-            ToolInvocation.objects.filter(key=key)
-            .exclude(status=STARTED)
-            .values_list("pk", flat=True)
-            .first()
-        )
-    finished = ToolInvocation.objects.filter(key=key).exclude(status=STARTED).values("pk")[:1]
-    live = Tool.objects.filter(pk=tool.pk).values(*LIVE_FIELDS, done=Subquery(finished)).get()
-    for field in LIVE_FIELDS:
-        setattr(tool, field, live[field])
-    return live["done"]
+    """Re-read the tool's live fields and look the key up in the ledger, in one prepared
+    statement (it runs for every call); the id of the key's finished ledger row, if any."""
+    with _raw_cursor() as cursor:
+        if tool.pk is None:  # an unsaved tool (tests): the ledger only
+            cursor.execute(_FINISHED, [key])
+            row = cursor.fetchone()
+            return row and row[0]
+        cursor.execute(_LIVE, [key, tool.pk])
+        *live, done = cursor.fetchone()
+    for field, value in zip(LIVE_FIELDS, live, strict=True):
+        setattr(tool, field, json.loads(value) if field in ("config", "parameters") else value)
+    return done
+
+
+def _raw_cursor() -> psycopg.Cursor:
+    """A server-side-binding cursor on Django's connection: statements are prepared after a
+    few executions (DATABASE_PREPARED_STATEMENTS), which Django's own cursors never are."""
+    connection.ensure_connection()
+    return psycopg.Cursor(connection.connection)
+
+
+_FINISHED = "SELECT id FROM tools_toolinvocation WHERE key = %s AND status <> 'started'"
+_LIVE = f"""
+SELECT {", ".join(LIVE_FIELDS)}, ({_FINISHED}) FROM tools_tool WHERE id = %s
+"""  # noqa: S608 - column names are constants
 
 
 STARTED = InvocationStatus.STARTED
@@ -145,31 +168,41 @@ STARTED = InvocationStatus.STARTED
 _RECORD = """
 INSERT INTO tools_toolinvocation (key, tool, tool_version, actor_id, arguments, status, result,
     error, latency_ms, created_at, finished_at)
-VALUES (%s, %s, %s, %s, %s::jsonb, %s, %s::jsonb, %s, %s, now(), now())
+VALUES (%(key)s, %(tool)s, %(tool_version)s, %(actor_id)s, %(arguments)s::jsonb, %(status)s,
+    %(result)s::jsonb, %(error)s, %(latency_ms)s, now(), now())
 ON CONFLICT (key) DO NOTHING RETURNING id
 """
 
 
+def _ledger_row(key: str, row: dict, actor, outcome: Outcome) -> dict:
+    return {
+        "key": key,
+        "tool": row["tool"],
+        "tool_version": row["tool_version"],
+        "actor_id": getattr(actor, "pk", None),
+        "arguments": row["arguments"],
+        "status": str(outcome.status),
+        "result": outcome.result,
+        "error": outcome.error,
+        "latency_ms": outcome.latency_ms,
+    }
+
+
 def _invoke_in_transaction(call: Call, row: dict, actor) -> Outcome:
     """A Python tool's effect and its ledger row commit together: a worker dying mid-call
-    leaves neither, and a retry runs it again."""
+    leaves neither, and a retry runs it again. A tool that only reads has no effect to commit
+    with: it runs, and its row follows, without a transaction of their own (two round trips
+    fewer; a retry reads again)."""
     began = time.perf_counter()
+    together = transaction.atomic() if call.tool.has_side_effects else contextlib.nullcontext()
     try:
-        with transaction.atomic(), connection.cursor() as cursor:
+        with together, _raw_cursor() as cursor:
             outcome = _success(call.tool, executor("python").execute(call), began)
+            record = _ledger_row(call.idempotency_key, row, actor, outcome)
             cursor.execute(
                 _RECORD,
-                [
-                    call.idempotency_key,
-                    row["tool"],
-                    row["tool_version"],
-                    getattr(actor, "pk", None),
-                    json.dumps(row["arguments"]),
-                    outcome.status,
-                    json.dumps(outcome.result),
-                    outcome.error,
-                    outcome.latency_ms,
-                ],
+                {**record, "arguments": json.dumps(record["arguments"])}
+                | {"result": json.dumps(record["result"])},
             )
             if cursor.fetchone() is None:
                 raise _Recorded

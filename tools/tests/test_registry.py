@@ -183,7 +183,7 @@ def test_a_failing_python_tool_rolls_its_effect_back_and_reports_a_structured_er
         DemoTicket.objects.create(title="half done", priority="low", idempotency_key="x")
         raise RuntimeError("connection string postgres://admin:hunter2@db")
 
-    python_tool(name="explode", description="d", parameters=OBJECT)(explode)
+    python_tool(name="explode", description="d", parameters=OBJECT, risk="write")(explode)
     try:
         python_tools_sync()
         tool = Tool.objects.get(name="explode")
