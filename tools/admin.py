@@ -12,6 +12,7 @@ import json
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.db import models
 from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
@@ -260,6 +261,7 @@ class MCPServerAdmin(admin.ModelAdmin):
     search_fields = ("name", "command", "url")
     readonly_fields = ("synced_at", "status")
     actions = ("sync",)
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     fieldsets = (
         (None, {"fields": ("name", "transport")}),
         ("stdio", {"fields": ("command", "arguments", "environment")}),

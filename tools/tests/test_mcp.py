@@ -195,3 +195,23 @@ def test_an_error_the_server_reports_is_a_structured_tool_error(user):
 
     assert outcome.result["error"]["type"] == "tool_error"
     assert "Mars/Olympus" in outcome.result["error"]["message"]
+
+
+def test_the_admin_syncs_a_server_with_its_button_and_shows_the_status(client):
+    admin = get_user_model().objects.create_user("ada", is_staff=True, is_superuser=True)
+    client.force_login(admin)
+    server = stdio_server("adm", SCRIPT, WARDEN_TEST_TOOLS="add")
+    broken = MCPServer.objects.create(name="broken", transport="stdio", command="/nope/mcp")
+
+    synced = client.post(f"/admin/tools/mcpserver/{server.pk}/sync/", follow=True)
+    failed = client.post(f"/admin/tools/mcpserver/{broken.pk}/sync/", follow=True)
+    listing = client.get("/admin/tools/mcpserver/").content.decode()
+
+    assert "Adm: 1 new (disabled until enabled), 0 updated" in synced.content.decode()
+    assert "Sync tools" in synced.content.decode()  # the button on the server's page
+    assert "the command &#x27;/nope/mcp&#x27; of MCP server broken was not found" in (
+        failed.content.decode()
+    )
+    assert "Synced: 1 tool(s)" in listing
+    assert "Sync failed: the command" in listing
+    assert Tool.objects.filter(name="adm__add", enabled=False).exists()
