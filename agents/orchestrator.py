@@ -37,7 +37,7 @@ from agents.services import (
     run_checkpoint,
     run_finish,
 )
-from tools.models import Tool
+from tools.models import Tool, ToolKind
 from tools.registry import ToolContext
 from tools.services import argument_problem, tool_invoke
 
@@ -97,6 +97,7 @@ class _Run:
         self.tokens = self.run.tokens
         self.cancel_requested = self.run.cancel_requested
         self.knowledge_bases = list(self.agent.knowledge_bases.values_list("pk", flat=True))
+        self.live_tool: tuple[int, dict] | None = None  # see checkpoint()
 
     @functools.cached_property
     def tool_context(self) -> ToolContext:
@@ -116,6 +117,12 @@ class _Run:
         extra_audit=(),
         ledger=(),
     ) -> RunStep:
+        # The next step's tool, if it is a Python one: its settings come back with this commit
+        # (HTTP and MCP calls read them with the ledger lookup they need anyway).
+        placeholder = RunStep(kind=step.kind, index=len(self.steps), output=step.output)
+        following = _pending_tool_call([*self.steps, placeholder])
+        next_tool = following and self.offered.get(following[2].get("name"))
+        live_tool = next_tool.pk if next_tool and next_tool.kind == ToolKind.PYTHON else None
         done = run_checkpoint(
             run_id=self.run.pk,
             token=self.token,
@@ -127,7 +134,9 @@ class _Run:
             audit_data=data,
             extra_audit=extra_audit,
             ledger=ledger,
+            live_tool=live_tool,
         )
+        self.live_tool = (live_tool, done.live_tool) if done.live_tool else None
         record = done.step
         self.cancel_requested = done.cancel_requested
         self.steps.append(record)
@@ -302,8 +311,14 @@ def _tool_step(held: _Run, model_index: int, k: int, call: dict) -> None:
             )
             raise _Finished
         return
+    live = held.live_tool[1] if held.live_tool and held.live_tool[0] == tool.pk else None
     outcome = tool_invoke(
-        tool=tool, arguments=arguments, key=key, context=held.tool_context, defer_read_record=True
+        tool=tool,
+        arguments=arguments,
+        key=key,
+        context=held.tool_context,
+        defer_read_record=True,
+        live=live,
     )
     failpoint("after_tool_effect")
     record = held.checkpoint(

@@ -38,6 +38,7 @@ from audit.services import (
     audit_draft,
     audit_record,
 )
+from tools.services import LIVE_FIELDS
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +163,7 @@ class StepRecord:
 class Checkpoint:
     step: RunStep
     cancel_requested: bool
+    live_tool: dict | None = None  # the `live_tool` row's live fields, as of this commit
 
 
 def run_checkpoint(
@@ -176,12 +178,14 @@ def run_checkpoint(
     audit_data: dict,
     extra_audit: list[tuple[str, dict]] = (),
     ledger: Sequence[dict] = (),
+    live_tool: int | None = None,
 ) -> Checkpoint:
     """Commit step `index`: the step row, the messages it adds, the run's totals, its audit
     events, and a renewed lease, all or nothing, and only while `token` is still the run's.
     Returns the step and whether somebody asked to cancel the run. `ledger` holds the
     invocation-ledger rows of read-only tool calls this step made (tools.services), which
-    commit with it.
+    commit with it; `live_tool`, the tool the next step will call, whose current settings come
+    back with the commit (tools.services.LIVE_FIELDS), so the call need not read them itself.
 
     This is the runtime's hot path, so it is one statement (one round trip, atomic on its own;
     the ORM took eight): the fenced UPDATE checks the token and locks the run row, and every
@@ -237,6 +241,7 @@ def run_checkpoint(
         "stream": stream,
         "events": events,
         "ledger": _json(list(ledger)),
+        "tool": live_tool,
     }
     connection.ensure_connection()
     with psycopg.Cursor(connection.connection) as cursor:  # server-side binding: prepared
@@ -244,7 +249,8 @@ def run_checkpoint(
     if row is None:
         raise LeaseLost(f"run {run_id}: lease token {token} is no longer current")
     record.pk = row[1]
-    return Checkpoint(record, row[0])
+    live = row[3] if row[3] is None or isinstance(row[3], dict) else json.loads(row[3])
+    return Checkpoint(record, row[0], live)
 
 
 def _json(value) -> str:
@@ -252,6 +258,7 @@ def _json(value) -> str:
 
 
 _LIVE = ", ".join(f"'{state}'" for state in FINAL_STATES)
+_TOOL_FIELDS = ", ".join(f"'{field}', {field}" for field in LIVE_FIELDS)
 _CHECKPOINT = f"""
 WITH fenced AS (
     UPDATE agents_run SET prompt_tokens = prompt_tokens + %(prompt)s,
@@ -285,7 +292,8 @@ WITH fenced AS (
 )
 SELECT fenced.cancel_requested, step.id,
     (SELECT count(*) FROM audit_append(%(stream)s, %(events)s::jsonb)
-     WHERE fenced.id IS NOT NULL)  -- correlated: runs only when the fenced UPDATE matched
+     WHERE fenced.id IS NOT NULL),  -- correlated: runs only when the fenced UPDATE matched
+    (SELECT jsonb_build_object({_TOOL_FIELDS}) FROM tools_tool WHERE id = %(tool)s::bigint)
 FROM fenced, step
 """  # noqa: S608 - constants only
 

@@ -67,12 +67,25 @@ LIVE_FIELDS += ["rate_limit"]
 
 
 def tool_invoke(
-    *, tool: Tool, arguments: Any, key: str, context: ToolContext, defer_read_record=False
+    *,
+    tool: Tool,
+    arguments: Any,
+    key: str,
+    context: ToolContext,
+    defer_read_record=False,
+    live: dict | None = None,
 ) -> Outcome:
     """Call `tool` once per `key` (see ToolInvocation for the guarantee). With
     `defer_read_record`, a Python tool that only reads is not recorded here: its ledger row
-    comes back as `Outcome.record`, for the caller to write in its own next statement."""
-    done = _refresh(tool, key)
+    comes back as `Outcome.record`, for the caller to write in its own next statement. `live`
+    gives a Python tool's LIVE_FIELDS as the caller just read them (a run's checkpoint does);
+    its ledger row's INSERT ... ON CONFLICT then stands in for the lookup of the key."""
+    if live is not None and tool.kind == ToolKind.PYTHON:
+        for field in LIVE_FIELDS:
+            setattr(tool, field, live[field])
+        done = None
+    else:
+        done = _refresh(tool, key)
     if problem := argument_problem(tool, arguments):
         return _failure(tool, ToolError("invalid_arguments", problem))
     if done is not None:
