@@ -113,3 +113,14 @@ def committing_db(transactional_db):
 
     with connection.cursor() as cursor:
         cursor.execute("SET session_replication_role = replica")
+
+
+@pytest.fixture
+def crm():
+    """An HTTP server on loopback standing in for an enterprise system that HTTP tools call
+    (tools/tests/endpoint.py)."""
+    from tools.tests.endpoint import Endpoint
+
+    endpoint = Endpoint()
+    yield endpoint
+    endpoint.close()

@@ -250,6 +250,7 @@ class ToolAdmin(admin.ModelAdmin):
             "result": None if outcome is None else json.dumps(outcome.result, indent=2),
             "schema": json.dumps(tool.parameters, indent=2),
             "title": f"Test call: {tool}",
+            "page_title": "Test call",
         }
         return TemplateResponse(request, "admin/tools/tool/test_call.html", context)
 

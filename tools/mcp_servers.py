@@ -18,7 +18,6 @@ import base64
 import contextlib
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
 import os
@@ -114,7 +113,7 @@ class SessionPool:
         return self._wait(self._call(server, name, arguments, meta, timeout, writes), timeout)
 
     def list_tools(self, server: ServerSpec, *, timeout: float = 30.0) -> list:
-        return self._wait(self._list(server, timeout), timeout)
+        return self._wait(self._list(server), timeout)
 
     def close(self) -> None:
         async def close_all() -> None:
@@ -163,7 +162,7 @@ class SessionPool:
                     raise MCPUnavailable(closed) from None
         raise MCPUnavailable(f"the MCP server {server.name} keeps closing the connection")
 
-    async def _list(self, server, timeout):
+    async def _list(self, server):
         session = await self._session(server)
         tools, cursor = [], None
         while True:  # every page
@@ -263,19 +262,17 @@ def _guarded_transport(allow_networks):
     import httpcore2
     import httpx2
 
-    from tools.outbound import _check_address
+    from tools.outbound import checked_address, networks
 
-    allow = [ipaddress.ip_network(n, strict=False) for n in allow_networks]
+    allow = networks(allow_networks)
 
     class CheckedBackend(httpcore2.AnyIOBackend):
         async def connect_tcp(self, host, port, timeout=None, local_address=None, **options):
             infos = await asyncio.get_running_loop().getaddrinfo(
                 host, port, type=socket.SOCK_STREAM
             )
-            addresses = [info[4][0] for info in infos]
-            for address in addresses:
-                _check_address(address, host, allow)
-            return await super().connect_tcp(addresses[0], port, timeout, local_address, **options)
+            address = checked_address(host, [info[4][0] for info in infos], allow)
+            return await super().connect_tcp(address, port, timeout, local_address, **options)
 
     transport = httpx2.AsyncHTTPTransport(trust_env=False)
     transport._pool = httpcore2.AsyncConnectionPool(

@@ -86,13 +86,24 @@ class _CheckedBackend(httpcore.SyncBackend):
     """Resolve once, check every address, connect to a checked address."""
 
     def __init__(self, allow_networks) -> None:
-        self.allow = [ipaddress.ip_network(n, strict=False) for n in allow_networks]
+        self.allow = networks(allow_networks)
 
     def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
-        addresses = _resolve(host, port)
-        for address in addresses:
-            _check_address(address, host, self.allow)
-        return super().connect_tcp(addresses[0], port, timeout, local_address, socket_options)
+        address = checked_address(host, _resolve(host, port), self.allow)
+        return super().connect_tcp(address, port, timeout, local_address, socket_options)
+
+
+def checked_address(host: str, addresses: list[str], allow=()) -> str:
+    """The address to connect to, once every address `host` resolved to has passed (a name
+    with one private address among public ones is refused: which one a retry gets is the
+    resolver's choice)."""
+    for address in addresses:
+        _check_address(address, host, allow)
+    return addresses[0]
+
+
+def networks(cidrs) -> list:
+    return [ipaddress.ip_network(cidr, strict=False) for cidr in cidrs]
 
 
 def check_url(url: str) -> None:
@@ -146,10 +157,7 @@ def _public(ip) -> bool:
 
 
 def _allowed_networks():
-    return [
-        ipaddress.ip_network(cidr, strict=False)
-        for cidr in getattr(settings, "WARDEN_OUTBOUND_ALLOW_NETWORKS", [])
-    ]
+    return networks(getattr(settings, "WARDEN_OUTBOUND_ALLOW_NETWORKS", []))
 
 
 def _host(url: str) -> str:

@@ -62,8 +62,10 @@ def argument_problem(tool: Tool, arguments: Any) -> str | None:
 
 # What tool_invoke reads again before each call: an admin's change (disabling the tool, a new
 # configuration) applies to the next call, also in runs that started before it.
-LIVE_FIELDS = ["enabled", "config", "parameters", "version", "timeout", "result_limit"]
-LIVE_FIELDS += ["rate_limit"]
+LIVE_FIELDS = [
+    *("enabled", "config", "parameters", "version"),
+    *("timeout", "result_limit", "rate_limit"),
+]
 
 
 def tool_invoke(
@@ -150,10 +152,6 @@ def _refresh(tool: Tool, key: str) -> int | None:
     """Re-read the tool's live fields and look the key up in the ledger, in one prepared
     statement (it runs for every call); the id of the key's finished ledger row, if any."""
     with _raw_cursor() as cursor:
-        if tool.pk is None:  # an unsaved tool (tests): the ledger only
-            cursor.execute(_FINISHED, [key])
-            row = cursor.fetchone()
-            return row and row[0]
         cursor.execute(_LIVE, [key, tool.pk])
         *live, done = cursor.fetchone()
     for field, value in zip(LIVE_FIELDS, live, strict=True):
@@ -224,9 +222,7 @@ def _invoke_in_transaction(call: Call, row: dict, actor) -> Outcome:
     except ToolError as error:  # the effect rolled back with the transaction
         return _record(call.idempotency_key, row, actor, _failure(call.tool, error, began))
     except Exception:
-        log.exception("tool %s failed", call.tool.name)
-        failed = ToolError("failed", f"the tool {call.tool.name} failed (an internal error)")
-        return _record(call.idempotency_key, row, actor, _failure(call.tool, failed, began))
+        return _record(call.idempotency_key, row, actor, _internal_failure(call.tool, began))
     return outcome
 
 
@@ -237,9 +233,15 @@ def _run(call: Call) -> Outcome:
     except ToolError as error:
         return _failure(call.tool, error, began)
     except Exception:
-        log.exception("tool %s failed", call.tool.name)
-        failed = ToolError("failed", f"the tool {call.tool.name} failed (an internal error)")
-        return _failure(call.tool, failed, began)
+        return _internal_failure(call.tool, began)
+
+
+def _internal_failure(tool: Tool, began: float) -> Outcome:
+    """A bug or an unexpected error in the tool: logged with its traceback, reported to the
+    model without it (the message could hold anything, a connection string included)."""
+    log.exception("tool %s failed", tool.name)
+    failed = ToolError("failed", f"the tool {tool.name} failed (an internal error)")
+    return _failure(tool, failed, began)
 
 
 class _Recorded(Exception):

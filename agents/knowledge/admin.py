@@ -180,6 +180,7 @@ class KnowledgeBaseAdmin(admin.ModelAdmin):
             "original": base,
             "form": form,
             "title": f"Add documents to {base}",
+            "page_title": "Add documents",
         }
         return TemplateResponse(request, "admin/agents/knowledgebase/add_documents.html", context)
 

@@ -19,19 +19,12 @@ from tools.mcp_servers import mcp_server_sync
 from tools.models import DemoTicket, MCPServer, Tool, ToolInvocation
 from tools.secrets import secret_set
 from tools.tests import mcp_server as test_mcp_server
-from tools.tests.endpoint import Answer, Endpoint
+from tools.tests.endpoint import Answer
 
 pytestmark = pytest.mark.django_db
 
 TOKEN = "crm-token-c0ffee-never-shown"
 MCP_SCRIPT = test_mcp_server.__file__  # run as a stdio server
-
-
-@pytest.fixture
-def crm():
-    endpoint = Endpoint()
-    yield endpoint
-    endpoint.close()
 
 
 @pytest.fixture

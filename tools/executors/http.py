@@ -207,10 +207,9 @@ def _request(request: _Request, deadline: float) -> _Response:
                 for piece in response.iter_bytes():
                     content += piece
                     if len(content) > MAX_RESPONSE_BYTES:
-                        raise ToolError(
-                            "invalid_response",
-                            f"the response is over {MAX_RESPONSE_BYTES // 2**20} MB",
-                        )
+                        cap = MAX_RESPONSE_BYTES
+                        size = f"{cap // 2**20} MB" if cap >= 2**20 else f"{cap // 2**10} KB"
+                        raise ToolError("invalid_response", f"the response is over {size}")
                     if time.monotonic() > deadline:  # a server trickling bytes
                         raise httpx.ReadTimeout("the tool's timeout passed")
                 return _Response(

@@ -24,13 +24,6 @@ LOOPBACK = ["127.0.0.1/32"]
 
 
 @pytest.fixture
-def crm():
-    endpoint = Endpoint()
-    yield endpoint
-    endpoint.close()
-
-
-@pytest.fixture
 def user():
     return get_user_model().objects.create_user("ursula")
 
@@ -191,7 +184,7 @@ def test_a_response_over_the_read_cap_is_refused_and_odd_bytes_are_stored_safely
 
     assert refused.result["error"] == {
         "type": "invalid_response",
-        "message": "the response is over 0 MB",
+        "message": "the response is over 1 KB",
     }
     assert text.result == "a\ufffdb"
     assert number.result == {"v": "nan"}
