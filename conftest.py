@@ -116,6 +116,16 @@ def committing_db(transactional_db):
 
 
 @pytest.fixture
+def server():
+    """A scripted OpenAI-compatible model server on loopback, for real HTTP through litellm."""
+    from tests.model_server import ScriptedModelServer
+
+    server = ScriptedModelServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
 def crm():
     """An HTTP server on loopback standing in for an enterprise system that HTTP tools call
     (tools/tests/endpoint.py)."""

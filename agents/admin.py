@@ -2,6 +2,7 @@ from django.contrib import admin
 
 from agents.knowledge import admin as knowledge_admin  # noqa: F401 - registers its models
 from agents.models import Agent, Deployment, ModelRoute, Run, RunStep
+from governance.admin import GovernedAdminMixin
 
 
 class DeploymentInline(admin.TabularInline):
@@ -20,19 +21,19 @@ class DeploymentInline(admin.TabularInline):
 
 
 @admin.register(ModelRoute)
-class ModelRouteAdmin(admin.ModelAdmin):
+class ModelRouteAdmin(GovernedAdminMixin, admin.ModelAdmin):
     list_display = ("name", "num_retries", "timeout_seconds", "cooldown_seconds", "cache_seconds")
     search_fields = ("name",)
     inlines = [DeploymentInline]
 
 
 @admin.register(Agent)
-class AgentAdmin(admin.ModelAdmin):
+class AgentAdmin(GovernedAdminMixin, admin.ModelAdmin):
     list_display = ("name", "slug", "route", "enabled", "max_steps", "confidence_threshold")
     list_filter = ("enabled", "route")
     search_fields = ("name", "slug")
     prepopulated_fields = {"slug": ("name",)}
-    filter_horizontal = ("tools", "knowledge_bases")
+    filter_horizontal = ("tools", "knowledge_bases", "approver_groups")
 
 
 class RunStepInline(admin.TabularInline):

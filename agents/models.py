@@ -5,6 +5,8 @@ from django.contrib.postgres.fields import ArrayField
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
+from governance.querysets import RestrictedQuerySet
+
 
 class ModelRoute(models.Model):
     """A named way to reach a model: an ordered list of deployments tried in turn.
@@ -24,7 +26,18 @@ class ModelRoute(models.Model):
     cache_seconds = models.PositiveIntegerField(
         default=0, help_text="Reuse an identical model answer for this long (0: no cache)."
     )
+    external = models.BooleanField(
+        default=True,
+        help_text="Its deployments are run by someone else (a provider's API): personal data "
+        "(emails, phone numbers, card numbers, IBANs, SSNs) is replaced by placeholders before "
+        "text is sent, and put back in what comes back.",
+    )
     updated_at = models.DateTimeField(auto_now=True)
+
+    objects = RestrictedQuerySet.as_manager()
+
+    class Meta:
+        permissions = [("use_modelroute", "Can use the model route")]
 
     def __str__(self) -> str:
         return self.name
@@ -83,6 +96,12 @@ class Deployment(models.Model):
         ModelRoute.objects.filter(pk=self.route_id).update(updated_at=timezone.now())
 
 
+class InjectionAction(models.TextChoices):
+    BLOCK = "block", "Block: refuse the message, withhold the passage or tool output"
+    APPROVE = "approve", "Require approval for the run's next tool call"
+    FLAG = "flag", "Flag it in the audit trail only"
+
+
 class Agent(models.Model):
     """An agent users chat with: a system prompt, a model route, the tools it may offer."""
 
@@ -120,7 +139,32 @@ class Agent(models.Model):
     )
     max_steps = models.PositiveSmallIntegerField(default=8, validators=[MinValueValidator(1)])
     max_tokens_per_run = models.PositiveIntegerField(default=20_000)
+    injection_action = models.CharField(
+        "on a suspected prompt injection",
+        max_length=8,
+        choices=InjectionAction.choices,
+        default=InjectionAction.APPROVE,
+        help_text="In the user's message, a retrieved passage or a tool's output.",
+    )
+    runs_per_minute = models.PositiveIntegerField(
+        default=0, help_text="Runs of this agent per minute, all users together (0: no limit)."
+    )
+    runs_per_user_per_minute = models.PositiveIntegerField(
+        default=0, help_text="Runs of this agent per minute by any one user (0: no limit)."
+    )
+    approver_groups = models.ManyToManyField(
+        "auth.Group",
+        blank=True,
+        related_name="approvable_agents",
+        help_text="Members of these groups decide approval requests and held answers of this "
+        "agent's runs (with the tool's approver groups). None: any reviewer.",
+    )
     enabled = models.BooleanField(default=True)
+
+    objects = RestrictedQuerySet.as_manager()
+
+    class Meta:
+        permissions = [("use_agent", "Can use the agent")]
 
     def __str__(self) -> str:
         return self.name
@@ -176,6 +220,7 @@ class RunState(models.TextChoices):
     QUEUED = "queued"
     RUNNING = "running"
     AWAITING_APPROVAL = "awaiting_approval"
+    AWAITING_REVIEW = "awaiting_review", "Held for review"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"

@@ -15,7 +15,10 @@ import logging
 import os
 import re
 import signal
+from decimal import Decimal
 
+from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
 from agents.events import publish
@@ -32,11 +35,31 @@ from agents.models import (
 from agents.services import (
     LeaseLost,
     StepRecord,
+    input_verdict,
     permission_fingerprint,
     run_acquire_lease,
     run_checkpoint,
     run_finish,
+    run_park,
+    run_start_facts,
 )
+from governance.approvals import approval_request_create, arguments_hash, escalation_create
+from governance.budgets import BudgetExceeded, budget_reserve, budget_settle, budgets_for
+from governance.guardrails.injection import injection_verdict
+from governance.guardrails.pii import redact_messages, restore
+from governance.models import Action, ApprovalRequest, ApprovalStatus
+from governance.policy import (
+    ApprovalState,
+    Decision,
+    Effect,
+    Facts,
+    ToolFacts,
+    Verdict,
+    VerdictAction,
+    decide,
+    explain,
+)
+from governance.residency import allowed_regions
 from tools.models import Tool, ToolKind
 from tools.registry import ToolContext
 from tools.services import argument_problem, tool_invoke
@@ -93,11 +116,15 @@ class _Run:
         self.agent = self.run.agent
         self.steps = list(RunStep.objects.filter(run_id=run_id).order_by("index"))
         self.messages = _messages(self.run)
-        self.offered = _offered(self.agent)
+        self.offered = _offered(self.agent, self.run.actor)
         self.tokens = self.run.tokens
         self.cancel_requested = self.run.cancel_requested
         self.knowledge_bases = list(self.agent.knowledge_bases.values_list("pk", flat=True))
         self.live_tool: tuple[int, dict] | None = None  # see checkpoint()
+        self.budget_ids = budgets_for(user=self.run.actor, agent_id=self.agent.pk)
+        regions = allowed_regions(user=self.run.actor, agent_regions=self.agent.allowed_regions)
+        # None: no rule applies; an empty set never gets here (the start decision refuses it).
+        self.regions: tuple[str, ...] = () if regions is None else regions
 
     @functools.cached_property
     def tool_context(self) -> ToolContext:
@@ -152,6 +179,20 @@ class _Run:
     def finish(self, state: str, **kwargs) -> None:
         run_finish(run_id=self.run.pk, token=self.token, state=state, **kwargs)
 
+    def refuse(self, decision: Decision, message: str) -> None:
+        """End the run as rejected by the policy, the decision in the audit trail."""
+        from audit.services import Target, audit_record
+
+        with transaction.atomic():
+            audit_record(
+                actor=None,
+                action="policy.decided",
+                target=Target("agents.run", str(self.run.pk), f"run {self.run.pk}"),
+                run=self.run.pk,
+                data={"on": "run.resume", **decision.as_dict()},
+            )
+        self.finish(RunState.REJECTED, error=message)
+
 
 def _loop(run_id: int, token: int) -> None:
     from agents.gateway import ModelUnavailable, gateway_complete
@@ -160,6 +201,10 @@ def _loop(run_id: int, token: int) -> None:
     if held.run.fencing_token != token or held.run.state in FINAL_STATES:
         raise LeaseLost(f"run {run_id}")
     agent = held.agent
+    # Access may have changed since the run was queued (or parked for a day): decide again.
+    start = decide(run_start_facts(actor=held.run.actor, agent=agent))
+    if not start.allowed:
+        return held.refuse(start, explain(start, agent=agent.name))
     while True:
         if held.cancel_requested:  # as of the last commit
             return held.finish(RunState.CANCELLED, error="cancelled by request")
@@ -171,13 +216,14 @@ def _loop(run_id: int, token: int) -> None:
             and steps[-1] is last_model
         ):
             answer = last_model.output.get("content", "")
+            confidence = last_model.output.get("confidence")
+            citations = _citations(answer, steps)
+            if confidence is not None and confidence < agent.confidence_threshold:
+                return _hold_for_review(held, answer, confidence, citations)
             return held.finish(
-                RunState.SUCCEEDED,
-                answer=answer,
-                confidence=last_model.output.get("confidence"),
-                citations=_citations(answer, steps),
+                RunState.SUCCEEDED, answer=answer, confidence=confidence, citations=citations
             )
-        if len(steps) >= agent.max_steps:
+        if sum(1 for s in steps if s.kind != StepKind.APPROVAL) >= agent.max_steps:
             return held.finish(
                 RunState.FAILED,
                 error=f"stopped after {agent.max_steps} steps "
@@ -197,19 +243,32 @@ def _loop(run_id: int, token: int) -> None:
                 f"agent's limit is {agent.max_tokens_per_run})",
             )
         started = timezone.now()
+        tools = [t.as_openai_tool() for t in held.offered.values()]
+        key = f"run:{held.run.pk}:step:{len(steps)}"
+        try:
+            reservation = _reserve(held, key, tools)
+        except BudgetExceeded as exc:
+            return held.refuse(Decision(Effect.DENY, ("budget.exhausted",)), str(exc))
+        messages, redaction = held.messages, None
+        if agent.route.external:  # personal data never leaves; placeholders go instead
+            messages, redaction = redact_messages(messages)
         try:
             reply = gateway_complete(
                 route=agent.route,
-                messages=held.messages,
-                tools=[t.as_openai_tool() for t in held.offered.values()],
-                allowed_regions=agent.allowed_regions,
+                messages=messages,
+                tools=tools,
+                allowed_regions=held.regions,
                 cache_scope=held.cache_scope if agent.route.cache_seconds else "",
                 on_token=(lambda text: held.publish({"type": "token", "text": text}))
                 if held.run.stream
                 else None,
             )
         except ModelUnavailable as exc:
+            if reservation:
+                budget_settle(key=key, tokens=0, cost=Decimal(0))
             return held.finish(RunState.FAILED, error=str(exc))
+        if redaction is not None and redaction.values:
+            _restore(reply, redaction)
         output = {
             "content": reply.content,
             "tool_calls": [
@@ -220,38 +279,78 @@ def _loop(run_id: int, token: int) -> None:
             "cached": reply.cached,
             "confidence": reply.confidence,
         }
-        record = held.checkpoint(
-            StepRecord(
-                kind=StepKind.MODEL,
-                input={"tools": list(held.offered)},
-                output=output,
-                prompt_tokens=reply.prompt_tokens,
-                completion_tokens=reply.completion_tokens,
-                cost=reply.cost,
-                deployment=reply.deployment,
-                started_at=started,
-            ),
-            [
-                {
-                    "role": MessageRole.ASSISTANT,
-                    "content": reply.content,
-                    "tool_calls": reply.as_message().get("tool_calls", []),
-                    "tokens": reply.prompt_tokens + reply.completion_tokens,
-                    "cost": reply.cost,
-                }
-            ],
-            "run.step.model",
-            {
-                "deployment": reply.deployment,
-                "tool_calls": len(reply.tool_calls),
-                "cached": reply.cached,
-            },
-            extra_audit=[
-                ("route.fallback", {"skipped": skipped, "served_by": reply.deployment})
-                for skipped in reply.fallbacks
-            ],
-        )
+        settled = transaction.atomic() if reservation else contextlib.nullcontext()
+        with settled:
+            record = _model_checkpoint(held, reply, output, started, redaction)
+            if reservation:
+                budget_settle(
+                    key=key, tokens=reply.prompt_tokens + reply.completion_tokens, cost=reply.cost
+                )
         held.publish({"type": "step", "index": record.index, "kind": "model", "output": output})
+
+
+def _reserve(held: _Run, key: str, tools: list[dict]):
+    """Hold the call's estimated size on the run's budgets (none: nothing to hold)."""
+    if not held.budget_ids:
+        return None
+    from agents.gateway import gateway_estimate_cost
+
+    prompt = (len(json.dumps(held.messages)) + len(json.dumps(tools))) // 4
+    completion = settings.WARDEN_BUDGET_COMPLETION_TOKENS
+    cost = gateway_estimate_cost(
+        route=held.agent.route,
+        allowed_regions=held.regions,
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+    )
+    return budget_reserve(
+        budget_ids=held.budget_ids, key=key, tokens=prompt + completion, cost=cost
+    )
+
+
+def _restore(reply, redaction) -> None:
+    """Put the personal data back into what the model wrote with placeholders."""
+    from agents.gateway import ToolCall
+
+    reply.content = restore(reply.content, redaction)
+    reply.tool_calls = [
+        ToolCall(c.id, c.name, restore(c.arguments, redaction)) for c in reply.tool_calls
+    ]
+
+
+def _model_checkpoint(held: _Run, reply, output: dict, started, redaction) -> RunStep:
+    return held.checkpoint(
+        StepRecord(
+            kind=StepKind.MODEL,
+            input={"tools": list(held.offered)},
+            output=output,
+            prompt_tokens=reply.prompt_tokens,
+            completion_tokens=reply.completion_tokens,
+            cost=reply.cost,
+            deployment=reply.deployment,
+            started_at=started,
+        ),
+        [
+            {
+                "role": MessageRole.ASSISTANT,
+                "content": reply.content,
+                "tool_calls": reply.as_message().get("tool_calls", []),
+                "tokens": reply.prompt_tokens + reply.completion_tokens,
+                "cost": reply.cost,
+            }
+        ],
+        "run.step.model",
+        {
+            "deployment": reply.deployment,
+            "tool_calls": len(reply.tool_calls),
+            "cached": reply.cached,
+            **({"redacted": redaction.kinds()} if redaction and redaction.values else {}),
+        },
+        extra_audit=[
+            ("route.fallback", {"skipped": skipped, "served_by": reply.deployment})
+            for skipped in reply.fallbacks
+        ],
+    )
 
 
 def _pending_tool_call(steps: list[RunStep]) -> tuple[int, int, dict] | None:
@@ -260,7 +359,7 @@ def _pending_tool_call(steps: list[RunStep]) -> tuple[int, int, dict] | None:
         step = steps[position]
         if step.kind == StepKind.MODEL:
             calls = step.output.get("tool_calls") or []
-            done = len(steps) - 1 - position
+            done = sum(1 for s in steps[position + 1 :] if s.kind == StepKind.TOOL)
             return (step.index, done, calls[done]) if done < len(calls) else None
     return None
 
@@ -311,6 +410,33 @@ def _tool_step(held: _Run, model_index: int, k: int, call: dict) -> None:
             )
             raise _Finished
         return
+    verdicts = _pending_verdicts(held)
+    asks = tool.requires_approval or bool(verdicts)
+    approval = ApprovalRequest.objects.filter(key=key).first() if asks else None
+    decision = decide(
+        Facts(
+            actor_active=True,  # the run's start decision, taken when this task took the run
+            may_use_agent=True,
+            agent_enabled=True,
+            may_use_route=True,
+            verdicts=verdicts,
+            tool=ToolFacts(
+                name=tool.name,
+                may_use=True,  # offered: enabled, and the actor may use it
+                enabled=tool.enabled,
+                risk=tool.risk,
+                approval=tool.approval,
+                approval_state=_approval_state(approval, tool, arguments),
+            ),
+        )
+    )
+    policy = ("policy.decided", {"tool": tool.name, "key": key, **decision.as_dict()})
+    if decision.effect == Effect.REQUIRE_APPROVAL:
+        _park_for_approval(held, tool, call, key, arguments, decision, policy)
+    if decision.effect == Effect.DENY:
+        _refuse_call(held, tool, call, key, arguments, decision, policy, approval)
+    if approval is not None:
+        arguments = approval.approved_arguments  # exactly what the reviewer approved
     live = held.live_tool[1] if held.live_tool and held.live_tool[0] == tool.pk else None
     outcome = tool_invoke(
         tool=tool,
@@ -321,11 +447,20 @@ def _tool_step(held: _Run, model_index: int, k: int, call: dict) -> None:
         live=live,
     )
     failpoint("after_tool_effect")
+    content = json.dumps(outcome.result)
+    verdict = injection_verdict(content, action=held.agent.injection_action, where="tool_output")
+    output = {"result": outcome.result, "version": outcome.tool_version}
+    found = []
+    if verdict.action != VerdictAction.PASS:
+        output["verdicts"] = [verdict.as_dict()]
+        found = [("guardrail.found", {"tool": tool.name, **verdict.as_dict()})]
+    if verdict.action == VerdictAction.BLOCK:
+        content = json.dumps({"withheld": WITHHELD})
     record = held.checkpoint(
         StepRecord(
             kind=StepKind.TOOL,
             input={"call": call, "arguments": arguments, "key": key},
-            output={"result": outcome.result, "version": outcome.tool_version},
+            output=output,
             status="ok" if outcome.ok else "error",
             started_at=started,
         ),
@@ -333,7 +468,7 @@ def _tool_step(held: _Run, model_index: int, k: int, call: dict) -> None:
             {
                 "role": MessageRole.TOOL,
                 "tool_call_id": call["id"],
-                "content": json.dumps(outcome.result),
+                "content": content,
             }
         ],
         "tool.invoked",
@@ -346,9 +481,126 @@ def _tool_step(held: _Run, model_index: int, k: int, call: dict) -> None:
             "error": outcome.error,
             "latency_ms": outcome.latency_ms,
         },
+        extra_audit=[policy, *found],
         ledger=[outcome.record] if outcome.record else [],
     )
     held.publish({"type": "step", "index": record.index, "kind": "tool", "tool": tool.name})
+
+
+WITHHELD = "withheld by Warden: it looked like a prompt injection"
+
+
+def _pending_verdicts(held: _Run) -> tuple[Verdict, ...]:
+    """Guardrail findings that ask for approval of the run's next tool call: those in the
+    passages and tool outputs since the last tool call that ran, its own output included (and
+    the user's message, before the first)."""
+    ran = [s.index for s in held.steps if s.kind == StepKind.TOOL and s.status == "ok"]
+    found = []
+    if not ran:
+        found.append(input_verdict(held.agent, held.run.input))
+    for step in held.steps:
+        if ran and step.index < ran[-1]:
+            continue
+        found += [
+            Verdict(v["guardrail"], VerdictAction(v["action"]), v["detail"])
+            for v in step.output.get("verdicts", [])
+        ]
+    return tuple(v for v in found if v.action == VerdictAction.APPROVE)
+
+
+def _approval_state(approval: ApprovalRequest | None, tool: Tool, arguments: dict):
+    """What the reviewers said of this very call, if anything (a pending request asks again:
+    the same request, since it is keyed by the call)."""
+    if approval is None or approval.status == ApprovalStatus.PENDING:
+        return ApprovalState.NONE
+    if approval.status != ApprovalStatus.APPROVED:
+        return ApprovalState(approval.status)
+    unchanged = (
+        approval.tool_version == tool.version
+        and approval.arguments_hash == arguments_hash(arguments)
+        and approval.approved_hash == arguments_hash(approval.approved_arguments)
+    )
+    return ApprovalState.APPROVED if unchanged else ApprovalState.STALE
+
+
+def _park_for_approval(held: _Run, tool, call, key, arguments, decision, policy) -> None:
+    """Ask the reviewers, record the step, park the run, all at once; the task ends here."""
+    with transaction.atomic():
+        request = approval_request_create(
+            key=key,
+            run_id=held.run.pk,
+            agent=held.agent,
+            tool=tool,
+            requested_by=held.run.actor,
+            arguments=arguments,
+            reasons=list(decision.reasons),
+        )
+        record = held.checkpoint(
+            StepRecord(
+                kind=StepKind.APPROVAL,
+                input={"call": call, "arguments": arguments, "key": key},
+                output={"approval": request.pk, "status": "pending", **decision.as_dict()},
+            ),
+            [],
+            *policy,
+        )
+        run_park(run_id=held.run.pk, token=held.token, state=RunState.AWAITING_APPROVAL)
+    held.publish(
+        {
+            "type": "step",
+            "index": record.index,
+            "kind": "approval",
+            "tool": tool.name,
+            "approval": request.pk,
+            "status": "pending",
+        }
+    )
+    raise _Finished
+
+
+def _refuse_call(held: _Run, tool, call, key, arguments, decision, policy, approval) -> None:
+    """A call the policy denies. A reviewer's no (or an expired or stale approval) ends the run
+    as rejected, and the user reads why; any other denial is the model's to work around."""
+    message = explain(decision, tool=tool.name)
+    reviewed = approval is not None and approval.status != ApprovalStatus.PENDING
+    if reviewed and approval.comment:
+        message += f" ({approval.comment})"
+    record = held.checkpoint(
+        StepRecord(
+            kind=StepKind.TOOL,
+            input={"call": call, "arguments": arguments, "key": key},
+            output={"error": message, "denied": list(decision.reasons)},
+            status="error",
+        ),
+        [
+            {
+                "role": MessageRole.TOOL,
+                "tool_call_id": call["id"],
+                "content": json.dumps({"error": message}),
+            }
+        ],
+        *policy,
+    )
+    held.publish({"type": "step", "index": record.index, "kind": "tool", "error": message})
+    if reviewed:
+        held.finish(RunState.REJECTED, error=message)
+        raise _Finished
+
+
+def _hold_for_review(held: _Run, answer: str, confidence: float, citations: list) -> None:
+    """An answer below the agent's confidence threshold waits for a reviewer; the user sees
+    that it is held, not the answer."""
+    with transaction.atomic():
+        escalation_create(
+            run=held.run,
+            answer=answer,
+            citations=citations,
+            confidence=round(confidence, 3),
+            threshold=held.agent.confidence_threshold,
+            agent=held.agent,
+        )
+        run_park(run_id=held.run.pk, token=held.token, state=RunState.AWAITING_REVIEW)
+    held.publish({"type": "held", "reason": "held for review"})
 
 
 def _retrieval_step(held: _Run) -> None:
@@ -365,9 +617,17 @@ def _retrieval_step(held: _Run) -> None:
         k=held.agent.passages_per_run,
     )
     found = [{"n": n, **p.as_dict()} for n, p in enumerate(passages, start=1)]
+    verdicts, lines = [], []
+    for passage in found:
+        verdict = injection_verdict(
+            passage["text"], action=held.agent.injection_action, where="passage"
+        )
+        blocked = verdict.action == VerdictAction.BLOCK
+        lines.append(f"({WITHHELD})" if blocked else " ".join(passage["text"].split()))
+        if verdict.action != VerdictAction.PASS:
+            verdicts.append({**verdict.as_dict(), "passage": passage["n"]})
     messages = []
     if found:
-        lines = [" ".join(p["text"].split()) for p in found]
         sources = "; ".join(f"[{p['n']}] {p['title']}" for p in found)
         messages.append(
             {
@@ -381,7 +641,7 @@ def _retrieval_step(held: _Run) -> None:
         StepRecord(
             kind=StepKind.RETRIEVAL,
             input={"query": run.input, "knowledge_bases": held.knowledge_bases},
-            output={"passages": found},
+            output={"passages": found, **({"verdicts": verdicts} if verdicts else {})},
             started_at=started,
         ),
         messages,
@@ -390,6 +650,7 @@ def _retrieval_step(held: _Run) -> None:
             "knowledge_bases": held.knowledge_bases,
             "passages": [[p["document"], p["position"]] for p in found],
         },
+        extra_audit=[("guardrail.found", verdict) for verdict in verdicts],
     )
     held.publish({"type": "step", "index": record.index, "kind": "retrieval", "found": len(found)})
 
@@ -424,8 +685,10 @@ class _Finished(Exception):
     """The run was put in a final state inside a step: the loop ends."""
 
 
-def _offered(agent: Agent) -> dict[str, Tool]:
-    return {tool.name: tool for tool in agent.tools.filter(enabled=True)}
+def _offered(agent: Agent, actor) -> dict[str, Tool]:
+    """The agent's enabled tools that the actor may use: the only ones the model is shown."""
+    tools = agent.tools.filter(enabled=True).restrict(actor, Action.USE)
+    return {tool.name: tool for tool in tools}
 
 
 def _messages(run: Run) -> list[dict]:

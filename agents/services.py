@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -17,6 +18,7 @@ from decimal import Decimal
 
 import psycopg
 from django.conf import settings
+from django.core.cache import cache
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
 from django.db.models import Q
@@ -38,6 +40,11 @@ from audit.services import (
     audit_draft,
     audit_record,
 )
+from governance.budgets import budget_refusal, budget_state, budgets_for
+from governance.guardrails.injection import injection_verdict
+from governance.models import Action
+from governance.policy import Decision, Facts, Verdict, VerdictAction, decide, explain
+from governance.residency import allowed_regions
 from tools.services import LIVE_FIELDS
 
 logger = logging.getLogger(__name__)
@@ -45,6 +52,22 @@ logger = logging.getLogger(__name__)
 
 class RunError(Exception):
     """A run cannot be started or changed; the message is for the person who asked."""
+
+
+class RunDenied(RunError):
+    """The policy refused to start the run; the message says why, for the person asking."""
+
+    def __init__(self, message: str, decision: Decision):
+        super().__init__(message)
+        self.decision = decision
+
+
+class RateLimited(RunError):
+    """Too many runs in the current minute; `retry_after` says when the next one may start."""
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class LeaseLost(Exception):
@@ -66,9 +89,10 @@ def run_start(
 ) -> Run:
     """Queue a run of `agent` on the actor's message; the same idempotency key returns the
     run it started before instead of a second one. `stream` publishes the run's steps and the
-    answer's tokens to its channel group as they happen (for somebody watching live)."""
-    if not agent.enabled:
-        raise RunError(f"the agent {agent.name} is disabled")
+    answer's tokens to its channel group as they happen (for somebody watching live).
+
+    The policy decision point decides first (governance.policy); a denial is audited and
+    raised as RunDenied, and nothing else is written."""
     if conversation.owner_id != actor.pk or conversation.agent_id != agent.pk:
         raise RunError("no such conversation")  # missing and forbidden look the same
     if not input.strip():
@@ -77,6 +101,21 @@ def run_start(
         existing = Run.objects.filter(actor=actor, idempotency_key=idempotency_key).first()
         if existing is not None:
             return existing
+    decision = decide(run_start_facts(actor=actor, agent=agent, input=input))
+    if decision.allowed:
+        _rate_limit(agent, actor)
+    if not decision.allowed:
+        with transaction.atomic():
+            audit_record(
+                actor=actor,
+                action="policy.decided",
+                target=Target.of(agent),
+                data={"on": "run.start", **_decided(decision, run_start_verdicts(agent, input))},
+            )
+        message = explain(decision, agent=agent.name)
+        if "budget.exhausted" in decision.reasons and "agent.forbidden" not in decision.reasons:
+            message = budget_refusal(budget_ids=budgets_for(user=actor, agent_id=agent.pk))
+        raise RunDenied(message, decision)
     with transaction.atomic():
         run = Run.objects.create(
             agent=agent,
@@ -97,8 +136,86 @@ def run_start(
             conversation=conversation.pk,
             data={"agent": agent.slug},
         )
+        audit_record(
+            actor=actor,
+            action="policy.decided",
+            target=Target.of(run),
+            run=run.pk,
+            conversation=conversation.pk,
+            data={"on": "run.start", **_decided(decision, run_start_verdicts(agent, input))},
+        )
         transaction.on_commit(lambda: _enqueue(run.pk))
     return run
+
+
+def run_start_verdicts(agent: Agent, text: str) -> list[Verdict]:
+    verdict = input_verdict(agent, text)
+    return [] if verdict.action == VerdictAction.PASS else [verdict]
+
+
+def _decided(decision: Decision, verdicts: list[Verdict]) -> dict:
+    """A decision for the audit trail, with what the guardrails found (never the text)."""
+    data = decision.as_dict()
+    if verdicts:
+        data["verdicts"] = [v.as_dict() for v in verdicts]
+    return data
+
+
+def _rate_limit(agent: Agent, actor) -> None:
+    """Count the run against the agent's limits (a fixed window per minute, in Redis); refuse
+    it when a limit is already reached."""
+    limits = [
+        (agent.runs_per_user_per_minute, f"user:{actor.pk}", "by one user"),
+        (agent.runs_per_minute, "all", "for everybody together"),
+    ]
+    minute = int(time.time() // 60)
+    for limit, who, scope in limits:
+        if not limit:
+            continue
+        window = f"run-rate:{agent.pk}:{who}:{minute}"
+        cache.add(window, 0, timeout=120)
+        if cache.incr(window) > limit:
+            retry = 60 - int(time.time() % 60)
+            raise RateLimited(
+                f"the agent {agent.name} takes at most {limit} runs a minute {scope}; "
+                f"try again in {retry} seconds",
+                retry,
+            )
+
+
+def run_start_facts(*, actor, agent: Agent, input: str = "") -> Facts:
+    """What the policy needs to decide whether `actor` may start a run of `agent` with the
+    message `input` (scanned for prompt injection)."""
+    from agents.models import Deployment, ModelRoute
+
+    active = bool(actor is not None and actor.is_active)
+    if not active:
+        return Facts(
+            actor_active=False,
+            may_use_agent=False,
+            agent_enabled=agent.enabled,
+            may_use_route=False,
+        )
+    regions = allowed_regions(user=actor, agent_regions=agent.allowed_regions)
+    in_region = regions is None or (
+        Deployment.objects.filter(route=agent.route_id, region__in=regions).exists()
+    )
+    return Facts(
+        actor_active=active,
+        may_use_agent=Agent.objects.restrict(actor, Action.USE).filter(pk=agent.pk).exists(),
+        agent_enabled=agent.enabled,
+        may_use_route=ModelRoute.objects.restrict(actor, Action.USE)
+        .filter(pk=agent.route_id)
+        .exists(),
+        residency_ok=in_region,
+        budget=budget_state(budget_ids=budgets_for(user=actor, agent_id=agent.pk)),
+        verdicts=(input_verdict(agent, input),) if input else (),
+    )
+
+
+def input_verdict(agent: Agent, text: str) -> Verdict:
+    """The injection guardrail on the user's message, with the agent's action."""
+    return injection_verdict(text, action=agent.injection_action, where="input")
 
 
 def _enqueue(run_id: int) -> None:
@@ -363,3 +480,79 @@ def permission_fingerprint(user) -> str:
     perms = sorted(user.get_all_permissions())
     raw = "|".join(["superuser" if user.is_superuser else "", *groups, "#", *perms])
     return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+def run_park(*, run_id: int, token: int, state: str) -> None:
+    """Set the run aside (awaiting approval or review) and release its lease, in the caller's
+    transaction; a decision puts it back (`run_approval_decided`, `run_escalation_decided`)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_PARK, [state, run_id, token])
+        if cursor.fetchone() is None:
+            raise LeaseLost(f"run {run_id}: lease token {token} is no longer current")
+    audit_record(
+        actor=None,
+        action=f"run.{state}",
+        target=Target("agents.run", str(run_id), f"run {run_id} ({state})"),
+        run=run_id,
+    )
+
+
+_PARK = f"""
+UPDATE agents_run SET state = %s, lease_holder = '', lease_expires_at = NULL
+WHERE id = %s AND fencing_token = %s AND state = '{RunState.RUNNING}'
+RETURNING id
+"""  # noqa: S608 - constants only
+
+
+def run_approval_decided(request) -> None:
+    """governance.hooks: the run parked on `request` is queued again; it reads the decision
+    from the request when it reaches the call (and ends, if the call was refused)."""
+    updated = Run.objects.filter(pk=request.run_id, state=RunState.AWAITING_APPROVAL).update(
+        state=RunState.QUEUED
+    )
+    if updated:
+        audit_record(
+            actor=None,
+            action="run.requeued",
+            target=Target("agents.run", str(request.run_id), f"run {request.run_id}"),
+            run=request.run_id,
+            data={"approval": request.pk, "status": request.status},
+        )
+        transaction.on_commit(lambda: _enqueue(request.run_id))
+
+
+def run_escalation_decided(escalation) -> None:
+    """governance.hooks: the held answer reaches the user (as released) or the run is rejected
+    with the reviewer's comment."""
+    from governance.models import EscalationStatus
+
+    released = escalation.status == EscalationStatus.RELEASED
+    state = RunState.SUCCEEDED if released else RunState.REJECTED
+    error = "" if released else _rejected_answer(escalation.comment)
+    updated = Run.objects.filter(pk=escalation.run_id, state=RunState.AWAITING_REVIEW).update(
+        state=state,
+        answer=escalation.released_answer if released else "",
+        citations=escalation.citations if released else [],
+        confidence=escalation.confidence,
+        error=error,
+        finished_at=timezone.now(),
+    )
+    if updated:
+        audit_record(
+            actor=None,
+            action=f"run.{state}",
+            target=Target("agents.run", str(escalation.run_id), f"run {escalation.run_id}"),
+            run=escalation.run_id,
+            data={"escalation": escalation.pk, "error": error},
+        )
+        run = Run.objects.only("stream").get(pk=escalation.run_id)
+        if run.stream:
+            from agents.events import publish
+
+            event = {"type": "final", "state": str(state), "answer": run.answer, "error": error}
+            transaction.on_commit(lambda: publish(escalation.run_id, event))
+
+
+def _rejected_answer(comment: str) -> str:
+    reason = f": {comment}" if comment.strip() else ""
+    return f"a reviewer did not release the answer{reason}"

@@ -12,6 +12,8 @@ from django.db import transaction
 
 from audit.services import SYSTEM, Target, audit_record
 from governance import roles
+from governance.models import Action
+from governance.services import access_grant
 from portal.files import write_private
 from tools.demo_erp import demo_erp_install
 
@@ -71,7 +73,7 @@ def demo_workspace_seed(*, credentials_path: Path) -> list[DemoLogin]:
             logins.append(DemoLogin(username, role, recorded.get(username)))
         if settings.EMBEDDED_DATABASE:  # production points sql_query at its own databases
             demo_erp_install()
-        agent_created = _demo_agent()
+        agent_created = _demo_agent(users=list(groups.values()))
         handbook_created = _demo_handbook(
             owner=User.objects.get(username="admin"), readers=list(groups.values())
         )
@@ -98,13 +100,19 @@ def demo_workspace_seed(*, credentials_path: Path) -> list[DemoLogin]:
     return logins
 
 
-def _demo_agent() -> bool:
-    """The demo's agent on the offline model: works with no provider key and no network."""
+def _demo_agent(*, users: list[Group]) -> bool:
+    """The demo's agent on the offline model: works with no provider key and no network. The
+    role groups may use it, its route and its tools."""
     from agents.models import Agent, Deployment, ModelRoute
     from tools.models import Tool
 
     route, created = ModelRoute.objects.get_or_create(
-        name="local", defaults={"description": "warden-local, the offline model", "num_retries": 0}
+        name="local",
+        defaults={
+            "description": "warden-local, the offline model",
+            "num_retries": 0,
+            "external": False,  # it runs inside Warden
+        },
     )
     if created:
         Deployment.objects.create(route=route, position=1, model="warden-local/demo")
@@ -124,6 +132,9 @@ def _demo_agent() -> bool:
         tools = Tool.objects.filter(name__in=DEMO_TOOLS)
         tools.update(enabled=True)
         agent.tools.set(tools)
+        for group in users:
+            for obj in [agent, route, *tools]:
+                access_grant(obj=obj, holder=group, action=Action.USE, actor=SYSTEM)
     return agent_created
 
 
@@ -150,7 +161,8 @@ def _demo_handbook(*, owner, readers: list[Group]) -> bool:
     )
     if not created:
         return False
-    base.reader_groups.set(readers)
+    for group in readers:
+        access_grant(obj=base, holder=group, action=Action.READ, actor=SYSTEM)
     for path in sorted(HANDBOOK.glob("*.md")):
         document_add(knowledge_base=base, actor=SYSTEM, name=path.name, data=path.read_bytes())
     agent = Agent.objects.filter(slug="help-desk").first()

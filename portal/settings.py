@@ -109,12 +109,21 @@ INSTALLED_APPS = [
     "django.contrib.postgres",
     "channels",
     "auditlog",
+    "guardian",
     "audit",
     "governance",
     "tools",
     "agents",
     "portal",
 ]
+
+# Object permissions (DESIGN.md §6): guardian answers per-object grants; governance.access is
+# the one place that asks it. No guardian "AnonymousUser" row: anonymous callers get nothing.
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    "guardian.backends.ObjectPermissionBackend",
+]
+ANONYMOUS_USER_NAME = None
 
 MIDDLEWARE = [
     "portal.health.ProbeMiddleware",
@@ -215,6 +224,10 @@ CELERY_TASK_TIME_LIMIT = env_int("WARDEN_TASK_TIME_LIMIT", 15 * 60, minimum=1)
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 WARDEN_RUN_LEASE_SECONDS = env_int("WARDEN_RUN_LEASE_SECONDS", 120, minimum=1)
+# How long a tool call waits for a reviewer before the run is told it expired.
+# The completion a budget reserves for before each model call, until the call says what it used.
+WARDEN_BUDGET_COMPLETION_TOKENS = env_int("WARDEN_BUDGET_COMPLETION_TOKENS", 512, minimum=1)
+WARDEN_APPROVAL_EXPIRY_SECONDS = env_int("WARDEN_APPROVAL_EXPIRY_SECONDS", 24 * 3600, minimum=1)
 # Knowledge bases: the largest document accepted, uploaded or fetched.
 WARDEN_KNOWLEDGE_MAX_BYTES = env_int("WARDEN_KNOWLEDGE_MAX_BYTES", 20_000_000, minimum=1)
 # Private networks outbound requests may reach anyway (CIDRs, comma-separated): see
@@ -253,6 +266,14 @@ CELERY_BEAT_SCHEDULE = {
     "run-resume": {
         "task": "agents.tasks.run_resume_task",
         "schedule": env_int("WARDEN_RUN_RESUME_SECONDS", 15, minimum=1),
+    },
+    "approvals-expire": {
+        "task": "governance.tasks.approvals_expire_task",
+        "schedule": env_int("WARDEN_APPROVAL_EXPIRE_CHECK_SECONDS", 30, minimum=1),
+    },
+    "budget-reservations-release": {
+        "task": "governance.tasks.budget_reservations_release_task",
+        "schedule": 300,
     },
     "audit-anchor": {
         "task": "audit.tasks.audit_anchor_task",

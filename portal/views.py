@@ -7,12 +7,14 @@ from django.shortcuts import render
 from django.utils.crypto import salted_hmac
 
 from audit.services import SYSTEM, Target, audit_record
+from governance.budgets import usage_for
 
 
 @login_required
 def home(request: HttpRequest) -> HttpResponse:
     roles = list(request.user.groups.order_by("name").values_list("name", flat=True))
-    return render(request, "portal/home.html", {"roles": roles})
+    usage = usage_for(request.user)
+    return render(request, "portal/home.html", {"roles": roles, "usage": usage})
 
 
 def _client(request: HttpRequest) -> dict[str, str]:

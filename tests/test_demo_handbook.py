@@ -7,6 +7,7 @@ from agents.knowledge.services import document_ingest
 from agents.models import Agent, Chunk, Conversation, Document, DocumentStatus, Run, RunState
 from agents.orchestrator import run_execute
 from agents.services import run_start
+from governance.models import Escalation
 from portal.services import demo_workspace_seed
 
 pytestmark = pytest.mark.django_db
@@ -37,5 +38,10 @@ def test_the_demo_agent_answers_from_the_handbook_with_the_right_citation(tmp_pa
         answered.citations[0]["position"]
         == Chunk.objects.get(pk=answered.citations[0]["chunk"]).position
     )
-    assert "I don't know" in unrelated.answer
-    assert unrelated.citations == []
+    # Not grounded in anything: held for a reviewer, who can answer it, instead of shown.
+    assert unrelated.state == RunState.AWAITING_REVIEW
+    assert unrelated.answer == ""
+    held = Escalation.objects.get(run_id=unrelated.pk)
+    assert "I don't know" in held.answer
+    assert held.citations == []
+    assert held.confidence < agent.confidence_threshold

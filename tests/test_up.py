@@ -117,7 +117,16 @@ def test_fresh_start_is_ready_serves_the_portal_and_stops_every_process(tmp_path
             "ask", "help-desk", "my VPN is down, please open a ticket", env=embedded_env(var)
         )
         assert asked.returncode == 0, asked.stderr
-        assert asked.stdout.splitlines()[-1].startswith("Done. ticket: 1, status: open")
+        # Opening a ticket writes: the run waits for a reviewer, who approves it here.
+        assert asked.stdout.splitlines()[-1].startswith(
+            "Waiting for approval of create_ticket (request 1)"
+        )
+        decided = manage(
+            "decide", "approval", "1", "approve", "--as", "reviewer", env=embedded_env(var)
+        )
+        assert decided.returncode == 0, decided.stderr
+        assert decided.stdout.splitlines()[0] == "Approved."
+        assert decided.stdout.splitlines()[-1].startswith("Done. ticket: 1, status: open")
 
         second = manage("up", "--port", str(free_port()), env=embedded_env(var))
         assert second.returncode == 1

@@ -21,6 +21,7 @@ from django.utils.decorators import method_decorator
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_POST
 
+from governance.admin import GovernedAdminMixin
 from tools.executors import config_problem
 from tools.mcp_servers import MCPUnavailable, mcp_server_sync
 from tools.models import MCPServer, Secret, Tool, ToolKind
@@ -141,17 +142,19 @@ class TestCallForm(forms.Form):
 
 
 @admin.register(Tool)
-class ToolAdmin(admin.ModelAdmin):
+class ToolAdmin(GovernedAdminMixin, admin.ModelAdmin):
     form = ToolForm
     list_display = ("name", "kind", "risk", "needs_approval", "enabled", "version", "updated_at")
     list_filter = ("enabled", "kind", "risk")
     search_fields = ("name", "description")
     readonly_fields = ("version", "created_at", "updated_at")
     actions = ("enable", "disable")
+    filter_horizontal = ("approver_groups",)
     fieldsets = (
         (None, {"fields": ("name", "description", "kind", "enabled")}),
         ("Contract", {"fields": ("parameters", "config", "mcp_server", "version")}),
         ("Limits", {"fields": ("risk", "approval", "timeout", "result_limit", "rate_limit")}),
+        ("Approvers", {"fields": ("approver_groups",)}),
         ("History", {"fields": ("created_at", "updated_at")}),
     )
 

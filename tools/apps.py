@@ -8,9 +8,15 @@ class ToolsConfig(AppConfig):
     def ready(self) -> None:
         from auditlog.registry import auditlog
 
+        from governance import hooks
         from tools import builtin  # noqa: F401 - registers the built-in Python tools
         from tools.models import MCPServer, Tool
         from tools.registry import python_tools_sync
+        from tools.services import tool_argument_problem
+
+        # A reviewer's edit of a call's arguments is checked against the tool's schema.
+        if tool_argument_problem not in hooks.argument_problem:
+            hooks.argument_problem.append(tool_argument_problem)
 
         # Field-level history of the registry (secrets are audited by secret_set, by name only).
         auditlog.register(Tool)

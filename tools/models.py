@@ -8,6 +8,8 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 
+from governance.querysets import RestrictedQuerySet
+
 # What OpenAI-compatible function calling accepts as a tool name.
 tool_name_validator = RegexValidator(
     r"^[A-Za-z0-9_-]{1,64}$",
@@ -30,7 +32,7 @@ class RiskTier(models.TextChoices):
 class Approval(models.TextChoices):
     TIER = "tier", "As the risk tier says (write and critical need approval)"
     ALWAYS = "always", "Always"
-    NEVER = "never", "Never"
+    NEVER = "never", "Never (critical tools still need it)"
 
 
 def _object_schema() -> dict:
@@ -71,11 +73,21 @@ class Tool(models.Model):
     mcp_server = models.ForeignKey(
         "tools.MCPServer", null=True, blank=True, on_delete=models.CASCADE, related_name="tools"
     )
+    approver_groups = models.ManyToManyField(
+        "auth.Group",
+        blank=True,
+        related_name="approvable_tools",
+        help_text="Members of these groups decide this tool's approval requests (with the "
+        "agent's approver groups). None here or on the agent: any reviewer.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    objects = RestrictedQuerySet.as_manager()
+
     class Meta:
         ordering = ["name"]
+        permissions = [("use_tool", "Can use the tool")]
 
     def __str__(self) -> str:
         return self.name
@@ -88,9 +100,11 @@ class Tool(models.Model):
 
     @property
     def requires_approval(self) -> bool:
-        if self.approval == Approval.TIER:
-            return self.risk != RiskTier.READ
-        return self.approval == Approval.ALWAYS
+        """Whether every call waits for a reviewer (governance.policy decides it per call,
+        guardrail verdicts included; this is the tool's own part of it)."""
+        if self.approval == Approval.ALWAYS or self.risk == RiskTier.CRITICAL:
+            return True
+        return self.approval == Approval.TIER and self.risk == RiskTier.WRITE
 
     @property
     def has_side_effects(self) -> bool:

@@ -60,6 +60,14 @@ def argument_problem(tool: Tool, arguments: Any) -> str | None:
         return f"the tool's parameters schema cannot be used ({type(error).__name__})"
 
 
+def tool_argument_problem(tool_id: int, arguments: Any) -> str | None:
+    """argument_problem for a tool named by id (governance.hooks.argument_problem)."""
+    tool = Tool.objects.filter(pk=tool_id).only("parameters").first()
+    if tool is None:
+        return "the tool no longer exists"
+    return argument_problem(tool, arguments)
+
+
 # What tool_invoke reads again before each call: an admin's change (disabling the tool, a new
 # configuration) applies to the next call, also in runs that started before it.
 LIVE_FIELDS = [

@@ -75,6 +75,21 @@ def gateway_complete(
     )
 
 
+def gateway_estimate_cost(
+    *, route, allowed_regions: tuple[str, ...], prompt_tokens: int, completion_tokens: int
+) -> Decimal:
+    """What a call of this size costs at most, on the dearest deployment it may reach (for a
+    budget's reservation; 0 where no price is known)."""
+    from agents.gateway.client import estimate_cost
+
+    return estimate_cost(
+        route=route,
+        allowed_regions=tuple(allowed_regions),
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+    )
+
+
 def gateway_embed(*, route, texts: list[str]) -> list[list[float]]:
     """Embeddings of `texts` from the route's deployments (in order, with its fallbacks)."""
     from agents.gateway.client import embed

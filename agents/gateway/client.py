@@ -265,6 +265,16 @@ def _streamed(send, kwargs: dict, on_token, compiled: CompiledRoute) -> ModelRep
     )
 
 
+def estimate_cost(
+    *, route, allowed_regions: tuple[str, ...], prompt_tokens: int, completion_tokens: int
+) -> Decimal:
+    compiled = router_for(route, allowed_regions)
+    return max(
+        (_stream_cost(compiled, d, prompt_tokens, completion_tokens) for d in compiled.ids),
+        default=Decimal(0),
+    )
+
+
 def _stream_cost(compiled: CompiledRoute, deployment: str, prompt: int, completion: int):
     price = compiled.prices.get(deployment)
     if price is not None:

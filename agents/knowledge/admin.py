@@ -21,6 +21,7 @@ from agents.knowledge.services import (
     document_reingest,
     max_bytes,
 )
+from governance.admin import GovernedAdminMixin
 
 
 class KnowledgeBaseForm(forms.ModelForm):
@@ -31,7 +32,6 @@ class KnowledgeBaseForm(forms.ModelForm):
             "slug",
             "description",
             "owner",
-            "reader_groups",
             "embedding_route",
             "chunk_tokens",
             "chunk_overlap",
@@ -103,12 +103,12 @@ class AddDocumentsForm(forms.Form):
 
 
 @admin.register(KnowledgeBase)
-class KnowledgeBaseAdmin(admin.ModelAdmin):
+class KnowledgeBaseAdmin(GovernedAdminMixin, admin.ModelAdmin):
+    governed_action = "read"
     form = KnowledgeBaseForm
     list_display = ("name", "slug", "owner", "ready", "queued", "failed", "embedded_with")
     search_fields = ("name", "slug")
     prepopulated_fields = {"slug": ("name",)}
-    filter_horizontal = ("reader_groups",)
     readonly_fields = ("embedded_with",)
     inlines = [DocumentInline]
 

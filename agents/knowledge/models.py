@@ -9,26 +9,23 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from pgvector.django import HnswIndex, VectorField
 
+from governance.querysets import RestrictedQuerySet
+
 DIMENSIONS = 384  # what the chunk column stores; an embedding model must produce exactly this
 LOCAL_EMBEDDER = "local/all-MiniLM-L6-v2"
 
 
 class KnowledgeBase(models.Model):
-    """Documents an agent retrieves passages from. Who may read it: its owner, members of its
-    reader groups and superusers (`agents.knowledge.selectors.readable_knowledge_bases`);
-    per-object permissions come with governance."""
+    """Documents an agent retrieves passages from. Who may read it: its owner and whoever holds
+    `read_knowledgebase` on it (governance.access, through guardian's object permissions)."""
+
+    governed_owner_field = "owner"
 
     name = models.CharField(max_length=200)
     slug = models.SlugField(max_length=100, unique=True)
     description = models.TextField(blank=True)
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="knowledge_bases"
-    )
-    reader_groups = models.ManyToManyField(
-        "auth.Group",
-        blank=True,
-        related_name="readable_knowledge_bases",
-        help_text="Members of these groups may retrieve from this knowledge base.",
     )
     embedding_route = models.ForeignKey(
         "agents.ModelRoute",
@@ -53,6 +50,11 @@ class KnowledgeBase(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+    objects = RestrictedQuerySet.as_manager()
+
+    class Meta:
+        permissions = [("read_knowledgebase", "Can read the knowledge base")]
 
     def __str__(self) -> str:
         return self.name

@@ -36,6 +36,9 @@ from agents.orchestrator import run_execute
 from agents.services import run_start
 from agents.tests.pdf import pdf_with_text, pdf_without_text
 from audit.services import SYSTEM
+from governance.models import Action
+from governance.services import access_grant
+from tests.access import grant_agent
 from tests.model_server import Reply
 from tools.models import Tool
 
@@ -228,7 +231,7 @@ def test_group_readers_and_superusers_may_read(alice, bob):
     root = get_user_model().objects.create_superuser("root")
 
     before = knowledge_search(actor=bob, query="annual leave", k=3)
-    hr.reader_groups.add(staff)
+    access_grant(obj=hr, holder=staff, action=Action.READ, actor=SYSTEM)
 
     assert before == []
     assert knowledge_search(actor=bob, query="annual leave", k=3)[0].knowledge_base == hr.pk
@@ -245,6 +248,7 @@ def route(server):
 
 
 def execute(agent, user, text) -> Run:
+    grant_agent(user, agent)
     conversation = Conversation.objects.create(owner=user, agent=agent)
     run = run_start(agent=agent, conversation=conversation, actor=user, input=text, stream=False)
     run_execute(run_id=run.pk, holder="test")

@@ -24,6 +24,7 @@ from agents.services import (
 from agents.tasks import run_execute_task
 from audit.models import AuditEvent
 from audit.selectors import audit_verify_chain
+from tests.access import grant_agent
 from tests.model_server import Reply
 from tools.models import DemoTicket, Tool, ToolInvocation
 
@@ -31,8 +32,10 @@ pytestmark = pytest.mark.usefixtures("committing_db")
 
 
 @pytest.fixture
-def member():
-    return get_user_model().objects.create_user(f"mia-{uuid.uuid4().hex[:6]}")
+def member(agent):
+    member = get_user_model().objects.create_user(f"mia-{uuid.uuid4().hex[:6]}")
+    grant_agent(member, agent)
+    return member
 
 
 @pytest.fixture
@@ -51,7 +54,9 @@ def agent(server):
         max_steps=10,
     )
     tools = Tool.objects.filter(name__in=["create_ticket", "get_ticket_status"])
-    tools.update(enabled=True)
+    # These tests are about durability: the write tool runs without a reviewer here
+    # (tests/governance/test_approvals.py parks runs on it).
+    tools.update(enabled=True, approval="never")
     agent.tools.set(tools)
     return agent
 
@@ -122,7 +127,8 @@ def test_a_run_with_three_tool_calls_completes(server, agent, member, celery_wor
     )
     assert actions == [
         "run.queued",
-        *["run.step.model", "tool.invoked"] * 3,
+        "policy.decided",  # may the member start it
+        *["run.step.model", "tool.invoked", "policy.decided"] * 3,  # each call decided
         "run.step.model",
         "run.succeeded",
     ]

@@ -6,15 +6,18 @@ from django.contrib.auth.models import Group
 
 from agents.models import Agent, Conversation, Deployment, ModelRoute, Run
 from agents.services import RunError, permission_fingerprint, run_start
+from tests.access import grant_agent
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def agent():
+def agent(member):
     route = ModelRoute.objects.create(name=f"r-{uuid.uuid4().hex[:8]}")
     Deployment.objects.create(route=route, position=1, model="warden-local/demo")
-    return Agent.objects.create(name="A", slug=f"a-{uuid.uuid4().hex[:6]}", route=route)
+    agent = Agent.objects.create(name="A", slug=f"a-{uuid.uuid4().hex[:6]}", route=route)
+    grant_agent(member, agent)
+    return agent
 
 
 @pytest.fixture

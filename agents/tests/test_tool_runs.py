@@ -14,6 +14,7 @@ from agents.orchestrator import run_execute
 from agents.services import run_start
 from audit.models import AuditEvent
 from audit.services import SYSTEM
+from tests.access import grant_agent
 from tests.model_server import Reply
 from tools.mcp_servers import mcp_server_sync
 from tools.models import DemoTicket, MCPServer, Tool, ToolInvocation
@@ -38,6 +39,7 @@ def agent(server):
 
 def execute(agent, text) -> Run:
     user = get_user_model().objects.create_user(f"u{uuid.uuid4().hex[:6]}")
+    grant_agent(user, agent)
     conversation = Conversation.objects.create(owner=user, agent=agent)
     run = run_start(agent=agent, conversation=conversation, actor=user, input=text, stream=False)
     run_execute(run_id=run.pk, holder="test")

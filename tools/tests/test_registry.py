@@ -120,7 +120,8 @@ def test_approval_defaults_from_the_risk_tier():
         True,
     ]
     assert needs(RiskTier.READ, Approval.ALWAYS)
-    assert not needs(RiskTier.CRITICAL, Approval.NEVER)
+    assert not needs(RiskTier.WRITE, Approval.NEVER)
+    assert needs(RiskTier.CRITICAL, Approval.NEVER)  # "never" does not reach critical tools
 
 
 @pytest.fixture

@@ -3,8 +3,9 @@ import time
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from agents.models import FINAL_STATES, Agent, Conversation, Run, RunStep
+from agents.models import FINAL_STATES, Agent, Conversation, Run, RunState, RunStep
 from agents.services import RunError, run_start
+from governance.models import ApprovalRequest
 
 
 class Command(BaseCommand):
@@ -37,30 +38,50 @@ class Command(BaseCommand):
             )
         except RunError as exc:
             raise CommandError(str(exc)) from None
-        deadline = time.monotonic() + options["timeout"]
-        shown = 0
-        while True:
-            for step in RunStep.objects.filter(run=run, index__gte=shown).order_by("index"):
-                self.stdout.write(f"  step {step.index} {step.kind}: {_summary(step)}")
-                shown = step.index + 1
-            run = Run.objects.get(pk=run.pk)
-            if run.state in FINAL_STATES:
-                break
-            if time.monotonic() > deadline:
-                raise CommandError(
-                    f"run {run.pk} is still {run.state}: is a worker running (make run)?"
-                )
-            time.sleep(0.2)
-        if run.state == "succeeded":
-            confidence = f" (confidence {run.confidence})" if run.confidence is not None else ""
-            self.stdout.write(f"{run.answer}{confidence}")
-            for cited in run.citations:
-                self.stdout.write(
-                    f"  [{cited['n']}] {cited['title']} (document {cited['document']}, "
-                    f"passage {cited['position'] + 1})"
-                )
-        else:
-            raise CommandError(f"run {run.pk} {run.state}: {run.error}")
+        follow(self, run, timeout=options["timeout"])
+
+
+PARKED = (RunState.AWAITING_APPROVAL, RunState.AWAITING_REVIEW)
+
+
+def follow(command: BaseCommand, run: Run, *, timeout: float, shown: int = 0) -> None:
+    """Print the run's steps as they commit, then its answer, or where it waits and for whom."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for step in RunStep.objects.filter(run=run, index__gte=shown).order_by("index"):
+            command.stdout.write(f"  step {step.index} {step.kind}: {_summary(step)}")
+            shown = step.index + 1
+        run = Run.objects.get(pk=run.pk)
+        if run.state in FINAL_STATES or run.state in PARKED:
+            break
+        if time.monotonic() > deadline:
+            raise CommandError(
+                f"run {run.pk} is still {run.state}: is a worker running (make run)?"
+            )
+        time.sleep(0.2)
+    if run.state == RunState.AWAITING_APPROVAL:
+        request = ApprovalRequest.objects.filter(run_id=run.pk, status="pending").last()
+        command.stdout.write(
+            f"Waiting for approval of {request.tool_name} (request {request.pk}): a reviewer "
+            f"decides it in the admin, or with `manage.py decide approval {request.pk} approve "
+            "--as REVIEWER`."
+        )
+    elif run.state == RunState.AWAITING_REVIEW:
+        command.stdout.write(
+            f"Held for review: the answer's confidence is below the agent's threshold (run "
+            f"{run.pk}); a reviewer releases or rejects it with `manage.py decide answer "
+            f"{run.pk} release --as REVIEWER`, or in the admin."
+        )
+    elif run.state == RunState.SUCCEEDED:
+        confidence = f" (confidence {run.confidence})" if run.confidence is not None else ""
+        command.stdout.write(f"{run.answer}{confidence}")
+        for cited in run.citations:
+            command.stdout.write(
+                f"  [{cited['n']}] {cited['title']} (document {cited['document']}, "
+                f"passage {cited['position'] + 1})"
+            )
+    else:
+        raise CommandError(f"run {run.pk} {run.state}: {run.error}")
 
 
 def _summary(step: RunStep) -> str:
@@ -69,6 +90,8 @@ def _summary(step: RunStep) -> str:
         return f"{call.get('name')} {step.input.get('arguments', call.get('arguments'))} -> " + str(
             step.output.get("result", step.output.get("error"))
         )
+    if step.kind == "approval":
+        return f"waits for a reviewer ({', '.join(step.output.get('reasons', []))})"
     if step.kind == "retrieval":
         return f"{len(step.output.get('passages', []))} passages"
     calls = step.output.get("tool_calls") or []

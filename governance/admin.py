@@ -1,0 +1,295 @@
+"""Governance in the admin: per-object grants and denials (guardian's object-permission pages,
+narrowed to the one governed action and a deny), the denials, approvals and escalations."""
+
+from __future__ import annotations
+
+from django import forms
+from django.apps import apps
+from django.contrib import admin, messages
+from django.contrib.contenttypes.models import ContentType
+from django.utils import timezone
+from guardian.admin import (
+    AdminGroupObjectPermissionsForm,
+    AdminUserObjectPermissionsForm,
+    GuardedModelAdminMixin,
+)
+from guardian.shortcuts import get_group_perms, get_user_perms
+
+from governance.access import codename
+from governance.approvals import ApprovalError, approval_decide, escalation_decide
+from governance.models import (
+    AccessDenial,
+    ApprovalRequest,
+    ApprovalStatus,
+    Budget,
+    Escalation,
+    EscalationStatus,
+    TeamPolicy,
+)
+from governance.services import access_deny, access_grant, access_revoke, access_undeny
+
+GRANT, DENY = "grant", "deny"
+
+
+def _governed_form(base, *, action: str, actor):
+    """guardian's form for one user or group, offering the governed action and a deny; every
+    change goes through the audited services."""
+
+    class GovernedForm(base):
+        def holder(self):
+            return getattr(self, "user", None) or self.group
+
+        def get_obj_perms_field_label(self) -> str:
+            return "Access"
+
+        def get_obj_perms_field_choices(self) -> list:
+            return [
+                (GRANT, f"May {action} it"),
+                (DENY, f"Denied: may not {action} it, whatever any grant says"),
+            ]
+
+        def get_obj_perms_field_initial(self) -> list:
+            holder = self.holder()
+            held = get_user_perms if holder is getattr(self, "user", None) else get_group_perms
+            code = codename(type(self.obj), action)
+            initial = [GRANT] if held(holder, self.obj).filter(codename=code).exists() else []
+            field = "user" if holder is getattr(self, "user", None) else "group"
+            denied = AccessDenial.objects.filter(
+                content_type=ContentType.objects.get_for_model(self.obj),
+                object_id=self.obj.pk,
+                action=action,
+                **{field: holder},
+            ).exists()
+            return initial + ([DENY] if denied else [])
+
+        def save_obj_perms(self) -> None:
+            wanted = set(self.cleaned_data[self.get_obj_perms_field_name()])
+            had = set(self.get_obj_perms_field_initial())
+            change = {"obj": self.obj, "holder": self.holder(), "action": action, "actor": actor}
+            for choice, add, remove in [
+                (GRANT, access_grant, access_revoke),
+                (DENY, access_deny, access_undeny),
+            ]:
+                if choice in wanted - had:
+                    add(**change)
+                elif choice in had - wanted:
+                    remove(**change)
+
+    return GovernedForm
+
+
+class GovernedAdminMixin(GuardedModelAdminMixin):
+    """Adds the "Access" page (guardian's object permissions) to a governed model's admin:
+    grant or deny one user or group the model's action."""
+
+    governed_action = "use"
+    change_form_template = None  # the app's own change form, which links to the page
+    obj_perms_manage_template = "admin/warden/obj_perms_manage.html"
+
+    def get_obj_perms_manage_user_form(self, request):
+        return _governed_form(
+            AdminUserObjectPermissionsForm, action=self.governed_action, actor=request.user
+        )
+
+    def get_obj_perms_manage_group_form(self, request):
+        return _governed_form(
+            AdminGroupObjectPermissionsForm, action=self.governed_action, actor=request.user
+        )
+
+    def get_obj_perms_base_context(self, request, obj):
+        context = super().get_obj_perms_base_context(request, obj)
+        context["model_perms"] = context["model_perms"].filter(
+            codename=codename(type(obj), self.governed_action)
+        )
+        context["governed_action"] = self.governed_action
+        context["title"] = "Access"
+        context["denials"] = AccessDenial.objects.filter(
+            content_type=ContentType.objects.get_for_model(obj), object_id=obj.pk
+        ).select_related("user", "group")
+        return context
+
+
+@admin.register(AccessDenial)
+class AccessDenialAdmin(admin.ModelAdmin):
+    """Every denial in one list; they are set on each object's Access page."""
+
+    list_display = ("content_type", "object_id", "target", "action", "user", "group", "created_at")
+    list_filter = ("content_type", "action")
+    readonly_fields = [f.name for f in AccessDenial._meta.fields]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def delete_model(self, request, obj) -> None:
+        access_undeny(
+            obj=obj.target, holder=obj.user or obj.group, action=obj.action, actor=request.user
+        )
+
+    def delete_queryset(self, request, queryset) -> None:
+        for denial in queryset:
+            self.delete_model(request, denial)
+
+
+class _Decisions(admin.ModelAdmin):
+    """Reviewers decide here until the inbox (the same services) is theirs."""
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    def _each(self, request, queryset, decide, done: str) -> None:
+        decided = 0
+        for item in queryset:
+            try:
+                decide(item)
+                decided += 1
+            except ApprovalError as exc:
+                self.message_user(request, f"{item}: {exc}", messages.ERROR)
+        if decided:
+            self.message_user(request, f"{decided} {done}.", messages.SUCCESS)
+
+
+@admin.register(ApprovalRequest)
+class ApprovalRequestAdmin(_Decisions):
+    list_display = ("id", "tool_name", "run_id", "requested_by", "status", "created_at")
+    list_filter = ("status", "tool_name")
+    readonly_fields = [f.name for f in ApprovalRequest._meta.fields]
+    actions = ["approve", "reject"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("requested_by", "decided_by")
+
+    @admin.action(description="Approve the selected calls as requested")
+    def approve(self, request, queryset):
+        self._each(
+            request,
+            queryset.filter(status=ApprovalStatus.PENDING),
+            lambda item: approval_decide(
+                approval_id=item.pk, decided_by=request.user, approve=True
+            ),
+            "approved",
+        )
+
+    @admin.action(description="Reject the selected calls")
+    def reject(self, request, queryset):
+        self._each(
+            request,
+            queryset.filter(status=ApprovalStatus.PENDING),
+            lambda item: approval_decide(
+                approval_id=item.pk, decided_by=request.user, approve=False
+            ),
+            "rejected",
+        )
+
+
+@admin.register(Escalation)
+class EscalationAdmin(_Decisions):
+    list_display = ("id", "run_id", "requested_by", "confidence", "threshold", "status")
+    list_filter = ("status",)
+    readonly_fields = [f.name for f in Escalation._meta.fields]
+    actions = ["release", "reject"]
+
+    @admin.action(description="Release the selected answers as they are")
+    def release(self, request, queryset):
+        self._each(
+            request,
+            queryset.filter(status=EscalationStatus.PENDING),
+            lambda item: escalation_decide(
+                escalation_id=item.pk, decided_by=request.user, release=True
+            ),
+            "released",
+        )
+
+    @admin.action(description="Reject the selected answers")
+    def reject(self, request, queryset):
+        self._each(
+            request,
+            queryset.filter(status=EscalationStatus.PENDING),
+            lambda item: escalation_decide(
+                escalation_id=item.pk, decided_by=request.user, release=False
+            ),
+            "rejected",
+        )
+
+
+class BudgetForm(forms.ModelForm):
+    agent_id = forms.TypedChoiceField(
+        label="Agent", required=False, coerce=int, empty_value=None, choices=()
+    )
+
+    class Meta:
+        model = Budget
+        fields = (
+            "name",
+            "user",
+            "group",
+            "agent_id",
+            "period",
+            "max_tokens",
+            "max_cost",
+            "hard",
+            "notify_at_percent",
+            "enabled",
+        )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        agents = apps.get_model("agents", "Agent").objects.order_by("name")
+        self.fields["agent_id"].choices = [("", "---------")] + [(a.pk, a.name) for a in agents]
+
+    def clean(self):
+        data = super().clean()
+        subjects = [data.get("user"), data.get("group"), data.get("agent_id")]
+        if sum(subject is not None for subject in subjects) != 1:
+            raise forms.ValidationError("A budget limits exactly one user, one team or one agent.")
+        if data.get("max_tokens") is None and data.get("max_cost") is None:
+            raise forms.ValidationError("Give a token limit, a cost limit, or both.")
+        return data
+
+
+@admin.register(Budget)
+class BudgetAdmin(admin.ModelAdmin):
+    form = BudgetForm
+    list_display = ("name", "subject", "period", "limits", "used", "hard", "enabled")
+    list_filter = ("period", "hard", "enabled")
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("user", "group")
+
+    @admin.display(description="for")
+    def subject(self, obj) -> str:
+        if obj.user_id:
+            return f"user {obj.user}"
+        if obj.group_id:
+            return f"team {obj.group}"
+        agent = apps.get_model("agents", "Agent").objects.filter(pk=obj.agent_id).first()
+        return f"agent {agent or obj.agent_id}"
+
+    @admin.display(description="limit")
+    def limits(self, obj) -> str:
+        parts = [f"{obj.max_tokens:,} tokens"] if obj.max_tokens is not None else []
+        parts += [f"${obj.max_cost}"] if obj.max_cost is not None else []
+        return " and ".join(parts)
+
+    @admin.display(description="used this period")
+    def used(self, obj) -> str:
+        from governance.budgets import period_start
+
+        usage = obj.usage.filter(period_start=period_start(obj.period, timezone.localdate()))
+        usage = usage.first()
+        if usage is None:
+            return "nothing yet"
+        return f"{usage.used_tokens:,} tokens, ${usage.used_cost:.4f}"
+
+
+@admin.register(TeamPolicy)
+class TeamPolicyAdmin(admin.ModelAdmin):
+    list_display = ("group", "allowed_regions")

@@ -1,0 +1,310 @@
+"""Approvals of tool calls and escalations of low-confidence answers (DESIGN.md §6).
+
+A request is created by the run that needs it (inside the step's transaction), decided once by
+a reviewer who is not the requester, and its decision reaches the parked run through
+`governance.hooks`, in the same transaction. Two reviewers deciding at once: the row lock lets
+one in; the other finds the request decided and is told by whom.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import timedelta
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.utils import timezone
+
+from audit.services import Target, audit_record
+from governance import hooks, roles
+from governance.models import (
+    ApprovalRequest,
+    ApprovalStatus,
+    Escalation,
+    EscalationStatus,
+)
+from governance.notify import reviewers_notify
+
+
+class ApprovalError(Exception):
+    """The decision cannot be taken; the message says why, for the reviewer."""
+
+
+def arguments_hash(arguments: dict) -> str:
+    canonical = json.dumps(arguments, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def approval_expiry() -> timedelta:
+    return timedelta(seconds=settings.WARDEN_APPROVAL_EXPIRY_SECONDS)
+
+
+def approval_request_create(
+    *, key: str, run_id: int, agent, tool, requested_by, arguments: dict, reasons: list[str]
+) -> ApprovalRequest:
+    """The pending request for the call `key` (the existing one if the step is retried).
+    Call it inside the transaction that parks the run."""
+    request, created = ApprovalRequest.objects.get_or_create(
+        key=key,
+        defaults={
+            "run_id": run_id,
+            "agent_id": agent.pk,
+            "tool_id": tool.pk,
+            "tool_name": tool.name,
+            "tool_version": tool.version,
+            "requested_by": requested_by,
+            "arguments": arguments,
+            "arguments_hash": arguments_hash(arguments),
+            "reasons": reasons,
+            "expires_at": timezone.now() + approval_expiry(),
+        },
+    )
+    if created:
+        groups = {*agent.approver_groups.all(), *tool.approver_groups.all()}
+        request.approver_groups.set(groups)
+        audit_record(
+            actor=requested_by,
+            action="approval.requested",
+            target=Target.of(request),
+            run=run_id,
+            data={
+                "tool": tool.name,
+                "arguments_hash": request.arguments_hash,
+                "reasons": reasons,
+                "approver_groups": sorted(g.name for g in groups),
+                "expires_at": request.expires_at.isoformat(),
+            },
+        )
+        transaction.on_commit(lambda: _notify_requested(request.pk))
+    return request
+
+
+def _notify_requested(approval_id: int) -> None:
+    from governance.tasks import approval_notify_task
+
+    request = ApprovalRequest.objects.get(pk=approval_id)
+    groups = list(request.approver_groups.values_list("pk", flat=True))
+    reviewers_notify(
+        groups,
+        {
+            "type": "approval.requested",
+            "approval": request.pk,
+            "run": request.run_id,
+            "tool": request.tool_name,
+        },
+    )
+    approval_notify_task.delay(approval_id)
+
+
+def deciders(group_ids: list[int]) -> Q:
+    """Users who may decide for these approver groups (the reviewer roles when none)."""
+    if group_ids:
+        return Q(groups__in=group_ids)
+    return Q(groups__name__in=[roles.REVIEWER, roles.GOVERNANCE_ADMIN])
+
+
+def may_decide(user, *, requested_by_id: int, group_ids: list[int]) -> bool:
+    """Four-eyes and the approver groups: one condition per line."""
+    if user is None or not user.is_active or not user.pk:
+        return False
+    if user.pk == requested_by_id:
+        return False  # never one's own request, whatever one's roles
+    return get_user_model().objects.filter(deciders(group_ids), pk=user.pk).exists()
+
+
+def _check_decider(item, decided_by, noun: str, own: str) -> None:
+    """`decided_by` may decide the locked, still pending `item` (a request or an escalation),
+    or ApprovalError says why: missing and forbidden alike, one's own, already decided."""
+    if item is None:
+        raise ApprovalError(f"no such {noun}")
+    group_ids = list(item.approver_groups.values_list("pk", flat=True))
+    if not may_decide(decided_by, requested_by_id=item.requested_by_id, group_ids=group_ids):
+        if decided_by is not None and decided_by.pk == item.requested_by_id:
+            raise ApprovalError(f"{own}: another reviewer must decide it")
+        raise ApprovalError(f"no such {noun}")
+    if item.status != "pending":
+        who = item.decided_by.get_username() if item.decided_by else "Warden"
+        raise ApprovalError(f"already {item.status} by {who}")
+
+
+def approvals_for(user) -> QuerySet[ApprovalRequest]:
+    """The pending requests `user` may decide (the inbox)."""
+    if user is None or not user.is_active:
+        return ApprovalRequest.objects.none()
+    in_groups = Exists(
+        ApprovalRequest.approver_groups.through.objects.filter(
+            approvalrequest_id=OuterRef("pk"), group__user=user.pk
+        )
+    )
+    any_group = Exists(
+        ApprovalRequest.approver_groups.through.objects.filter(approvalrequest_id=OuterRef("pk"))
+    )
+    reviewer = user.groups.filter(name__in=[roles.REVIEWER, roles.GOVERNANCE_ADMIN]).exists()
+    mine = Q(in_groups) | (Q(~any_group) if reviewer else Q(pk__in=[]))
+    return (
+        ApprovalRequest.objects.filter(status=ApprovalStatus.PENDING)
+        .exclude(requested_by=user.pk)
+        .filter(mine)
+        .order_by("created_at")
+    )
+
+
+def approval_decide(
+    *,
+    approval_id: int,
+    decided_by,
+    approve: bool,
+    arguments: dict | None = None,
+    comment: str = "",
+) -> ApprovalRequest:
+    """Approve (with `arguments` replacing the requested ones, if given) or reject the request.
+    The run it parked continues in the same transaction's wake; raises ApprovalError."""
+    with transaction.atomic():
+        request = ApprovalRequest.objects.select_for_update().filter(pk=approval_id).first()
+        _check_decider(request, decided_by, "approval request", "you asked for this call")
+        if request.expires_at <= timezone.now():
+            _expire(request)
+        else:
+            _decide(request, decided_by, approve, arguments, comment)
+    if request.status == ApprovalStatus.EXPIRED:
+        raise ApprovalError("this request expired before the decision; the run was told")
+    return request
+
+
+def _decide(request, decided_by, approve: bool, arguments, comment: str) -> None:
+    edited = (
+        approve and arguments is not None and arguments_hash(arguments) != (request.arguments_hash)
+    )
+    if edited:
+        problem = hooks.check_arguments(request.tool_id, arguments)
+        if problem is not None:
+            raise ApprovalError(f"the edited arguments do not fit the tool: {problem}")
+    final = (arguments if edited else request.arguments) if approve else None
+    request.status = ApprovalStatus.APPROVED if approve else ApprovalStatus.REJECTED
+    request.approved_arguments = final
+    request.approved_hash = arguments_hash(final) if final is not None else ""
+    request.decided_by, request.decided_at = decided_by, timezone.now()
+    request.comment = comment
+    request.save(
+        update_fields=[
+            "status",
+            "approved_arguments",
+            "approved_hash",
+            "decided_by",
+            "decided_at",
+            "comment",
+        ]
+    )
+    data = {"tool": request.tool_name, "comment": comment, "edited": edited}
+    if edited:
+        data.update(requested=request.arguments, approved=final)
+    audit_record(
+        actor=decided_by,
+        action=f"approval.{request.status}",
+        target=Target.of(request),
+        run=request.run_id,
+        data=data,
+    )
+    for hook in hooks.approval_decided:
+        hook(request)
+
+
+def _expire(request: ApprovalRequest) -> None:
+    request.status = ApprovalStatus.EXPIRED
+    request.decided_at = timezone.now()
+    request.save(update_fields=["status", "decided_at"])
+    audit_record(
+        actor=None,
+        action="approval.expired",
+        target=Target.of(request),
+        run=request.run_id,
+        data={"tool": request.tool_name, "expires_at": request.expires_at.isoformat()},
+    )
+    for hook in hooks.approval_decided:
+        hook(request)
+
+
+def approvals_expire() -> int:
+    """Expire every pending request past its time (the beat job); returns how many."""
+    expired = 0
+    due = ApprovalRequest.objects.filter(
+        status=ApprovalStatus.PENDING, expires_at__lte=timezone.now()
+    ).values_list("pk", flat=True)
+    for pk in list(due[:500]):
+        with transaction.atomic():
+            request = (
+                ApprovalRequest.objects.select_for_update(skip_locked=True)
+                .filter(pk=pk, status=ApprovalStatus.PENDING)
+                .first()
+            )
+            if request is not None:
+                _expire(request)
+                expired += 1
+    return expired
+
+
+def escalation_create(
+    *, run, answer: str, citations: list, confidence, threshold, agent
+) -> Escalation:
+    """Hold the run's final answer for review (inside the transaction that parks the run)."""
+    escalation, created = Escalation.objects.get_or_create(
+        run_id=run.pk,
+        defaults={
+            "agent_id": agent.pk,
+            "requested_by_id": run.actor_id,
+            "question": run.input,
+            "answer": answer,
+            "citations": citations,
+            "confidence": confidence,
+            "threshold": threshold,
+        },
+    )
+    if created:
+        escalation.approver_groups.set(agent.approver_groups.all())
+        audit_record(
+            actor=None,
+            action="escalation.held",
+            target=Target.of(escalation),
+            run=run.pk,
+            data={"confidence": str(confidence), "threshold": str(threshold)},
+        )
+        groups = list(escalation.approver_groups.values_list("pk", flat=True))
+        transaction.on_commit(
+            lambda: reviewers_notify(
+                groups,
+                {"type": "escalation.held", "escalation": escalation.pk, "run": run.pk},
+            )
+        )
+    return escalation
+
+
+def escalation_decide(
+    *, escalation_id: int, decided_by, release: bool, answer: str | None = None, comment=""
+) -> Escalation:
+    """Release the held answer (or `answer`, an edit of it) to the user, or reject it."""
+    with transaction.atomic():
+        escalation = Escalation.objects.select_for_update().filter(pk=escalation_id).first()
+        _check_decider(escalation, decided_by, "escalation", "you asked the question")
+        edited = release and answer is not None and answer.strip() != escalation.answer.strip()
+        if release and answer is not None and not answer.strip():
+            raise ApprovalError("the released answer is empty")
+        escalation.status = EscalationStatus.RELEASED if release else EscalationStatus.REJECTED
+        escalation.released_answer = (answer if edited else escalation.answer) if release else ""
+        escalation.decided_by, escalation.decided_at = decided_by, timezone.now()
+        escalation.comment = comment
+        escalation.save(
+            update_fields=["status", "released_answer", "decided_by", "decided_at", "comment"]
+        )
+        audit_record(
+            actor=decided_by,
+            action=f"escalation.{escalation.status}",
+            target=Target.of(escalation),
+            run=escalation.run_id,
+            data={"edited": edited, "comment": comment},
+        )
+        for hook in hooks.escalation_decided:
+            hook(escalation)
+    return escalation

@@ -1,0 +1,193 @@
+"""The policy decision point (DESIGN.md §6): one pure function from the facts of a request to
+allow, require approval or deny, with the reasons.
+
+`decide` reads nothing and writes nothing, so it is tested as a table; the callers gather the
+facts (access checks, guardrail verdicts, budget state, residency) and record each decision in
+the audit trail, in the transaction of the step it decides.
+
+Reason codes, by effect:
+- deny: actor.inactive, agent.forbidden, agent.disabled, route.forbidden, residency.no_region,
+  budget.exhausted, guardrail.<name>.block, tool.forbidden, tool.disabled,
+  tool.arguments_invalid, approval.rejected, approval.expired, approval.stale
+- require approval: tool.approval_always, tool.risk_write, tool.risk_critical,
+  guardrail.<name>.approve
+- notes on an allow: approval.granted, guardrail.<name>.flag, guardrail.<name>.approve_next,
+  budget.soft_limit, tool.risk_read, tool.approval_never
+Every deny reason that holds is listed (not just the first), so the audit trail says all that
+was wrong.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Effect(StrEnum):
+    ALLOW = "allow"
+    REQUIRE_APPROVAL = "require_approval"
+    DENY = "deny"
+
+
+class VerdictAction(StrEnum):
+    PASS = "pass"  # noqa: S105 - nothing found
+    FLAG = "flag"  # found; recorded, nothing else
+    APPROVE = "approve"  # found; the next tool call needs a reviewer
+    BLOCK = "block"  # found; refused
+
+
+class BudgetState(StrEnum):
+    OK = "ok"
+    SOFT = "soft"  # past a soft limit: allowed, somebody is told
+    EXHAUSTED = "exhausted"  # a hard limit leaves nothing for the call
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What one guardrail found in one text."""
+
+    guardrail: str  # injection, pii...
+    action: VerdictAction
+    detail: str = ""
+
+    def as_dict(self) -> dict:
+        return {"guardrail": self.guardrail, "action": str(self.action), "detail": self.detail}
+
+
+class ApprovalState(StrEnum):
+    NONE = "none"  # nobody was asked (yet)
+    APPROVED = "approved"  # for exactly these arguments
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+    STALE = "stale"  # approved, but the tool changed since
+
+
+@dataclass(frozen=True)
+class ToolFacts:
+    name: str
+    may_use: bool
+    enabled: bool
+    risk: str  # tools.RiskTier: read, write, critical
+    approval: str  # tools.Approval: tier, always, never
+    arguments_valid: bool = True
+    approval_state: ApprovalState = ApprovalState.NONE
+
+
+@dataclass(frozen=True)
+class Facts:
+    actor_active: bool
+    may_use_agent: bool
+    agent_enabled: bool
+    may_use_route: bool
+    residency_ok: bool = True
+    budget: BudgetState = BudgetState.OK
+    verdicts: tuple[Verdict, ...] = ()
+    tool: ToolFacts | None = None  # None: starting a run; otherwise one tool call
+
+
+@dataclass(frozen=True)
+class Decision:
+    effect: Effect
+    reasons: tuple[str, ...] = field(default=())
+
+    @property
+    def allowed(self) -> bool:
+        return self.effect == Effect.ALLOW
+
+    def as_dict(self) -> dict:
+        return {"effect": str(self.effect), "reasons": list(self.reasons)}
+
+
+def decide(facts: Facts) -> Decision:
+    """Deny if anything denies; else require approval if anything asks for it; else allow."""
+    deny = _denials(facts)
+    if deny:
+        return Decision(Effect.DENY, tuple(deny))
+    approve, notes = _approvals_and_notes(facts)
+    if approve:
+        return Decision(Effect.REQUIRE_APPROVAL, tuple(approve + notes))
+    return Decision(Effect.ALLOW, tuple(notes))
+
+
+def _denials(facts: Facts) -> list[str]:
+    tool = facts.tool
+    checks = [
+        (not facts.actor_active, "actor.inactive"),
+        (not facts.may_use_agent, "agent.forbidden"),
+        (not facts.agent_enabled, "agent.disabled"),
+        (not facts.may_use_route, "route.forbidden"),
+        (not facts.residency_ok, "residency.no_region"),
+        (facts.budget == BudgetState.EXHAUSTED, "budget.exhausted"),
+    ]
+    checks += [
+        (v.action == VerdictAction.BLOCK, f"guardrail.{v.guardrail}.block") for v in facts.verdicts
+    ]
+    if tool is not None:
+        checks += [
+            (not tool.may_use, "tool.forbidden"),
+            (not tool.enabled, "tool.disabled"),
+            (not tool.arguments_valid, "tool.arguments_invalid"),
+            (tool.approval_state == ApprovalState.REJECTED, "approval.rejected"),
+            (tool.approval_state == ApprovalState.EXPIRED, "approval.expired"),
+            (tool.approval_state == ApprovalState.STALE, "approval.stale"),
+        ]
+    return list(dict.fromkeys(reason for failed, reason in checks if failed))
+
+
+def _approvals_and_notes(facts: Facts) -> tuple[list[str], list[str]]:
+    tool = facts.tool
+    approve: list[str] = []
+    notes: list[str] = []
+    for verdict in facts.verdicts:
+        if verdict.action == VerdictAction.FLAG:
+            notes.append(f"guardrail.{verdict.guardrail}.flag")
+        elif verdict.action == VerdictAction.APPROVE:
+            if tool is None:  # starting a run: it applies to the run's next tool call
+                notes.append(f"guardrail.{verdict.guardrail}.approve_next")
+            else:
+                approve.append(f"guardrail.{verdict.guardrail}.approve")
+    if facts.budget == BudgetState.SOFT:
+        notes.append("budget.soft_limit")
+    if tool is not None:
+        if tool.approval == "always":
+            approve.append("tool.approval_always")
+        elif tool.risk == "critical":  # "never" does not reach critical tools
+            approve.append("tool.risk_critical")
+        elif tool.approval == "never":
+            notes.append("tool.approval_never")
+        elif tool.risk == "write":
+            approve.append("tool.risk_write")
+        else:
+            notes.append("tool.risk_read")
+        if approve and tool.approval_state == ApprovalState.APPROVED:
+            return [], ["approval.granted", *approve, *notes]
+    return list(dict.fromkeys(approve)), list(dict.fromkeys(notes))
+
+
+_EXPLAINED = {
+    "actor.inactive": "your account is not active",
+    "agent.disabled": "the agent {agent} is disabled",
+    "route.forbidden": "the agent's model is not available to you; ask a governance admin",
+    "residency.no_region": "no deployment of the agent's model is in a region allowed for you",
+    "budget.exhausted": "the budget for this is used up",
+    "tool.forbidden": "the tool {tool} is not available to you",
+    "tool.disabled": "the tool {tool} is disabled",
+    "tool.arguments_invalid": "the arguments do not fit the tool {tool}",
+    "approval.rejected": "a reviewer rejected the call to {tool}",
+    "approval.expired": "nobody approved the call to {tool} in time: the request expired",
+    "approval.stale": "the tool {tool} changed after the call was approved",
+}
+
+
+def explain(decision: Decision, *, agent: str = "", tool: str = "") -> str:
+    """The reasons of a denial, for the person refused. A forbidden agent reads as a missing
+    one and hides every other reason (missing and forbidden look the same)."""
+    if "agent.forbidden" in decision.reasons:
+        return "no such agent"
+    parts = []
+    for reason in decision.reasons:
+        if reason.startswith("guardrail.") and reason.endswith(".block"):
+            parts.append(f"the {reason.split('.')[1]} guardrail blocked it")
+        elif reason in _EXPLAINED:
+            parts.append(_EXPLAINED[reason].format(agent=agent, tool=tool))
+    return "; ".join(parts) or "refused by policy"

@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from celery import shared_task
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.mail import send_mail
+
+from governance import roles
+from governance.approvals import approvals_expire, deciders
+from governance.budgets import budget_reservations_release
+from governance.models import ApprovalRequest, ApprovalStatus, Budget
+from governance.notify import user_notify
+
+logger = logging.getLogger(__name__)
+
+
+@shared_task(
+    name="governance.tasks.approval_notify_task",
+    autoretry_for=(OSError,),
+    retry_backoff=True,
+    max_retries=3,
+    ignore_result=True,
+)
+def approval_notify_task(approval_id: int) -> None:
+    """Email the people who may decide a new approval request (not the requester)."""
+    request = ApprovalRequest.objects.filter(pk=approval_id).first()
+    if request is None or request.status != ApprovalStatus.PENDING:
+        return
+    groups = list(request.approver_groups.values_list("pk", flat=True))
+    recipients = sorted(
+        set(
+            get_user_model()
+            .objects.filter(deciders(groups), is_active=True)
+            .exclude(pk=request.requested_by_id)
+            .exclude(email="")
+            .values_list("email", flat=True)
+        )
+    )
+    if not recipients:
+        return
+    send_mail(
+        subject=f"[Warden] Approval needed: {request.tool_name} (run {request.run_id})",
+        message=(
+            f"{request.requested_by.get_username()}'s run {request.run_id} wants to call "
+            f"{request.tool_name}.\nWhy it needs approval: {', '.join(request.reasons)}.\n"
+            f"It expires at {request.expires_at:%Y-%m-%d %H:%M %Z}.\n"
+            "Decide it in Warden's reviewer inbox."
+        ),
+        from_email=settings.DEFAULT_FROM_EMAIL,
+        recipient_list=recipients,
+    )
+
+
+@shared_task(name="governance.tasks.approvals_expire_task", ignore_result=True)
+def approvals_expire_task() -> None:
+    expired = approvals_expire()
+    if expired:
+        logger.info("expired %d approval requests", expired)
+
+
+@shared_task(
+    name="governance.tasks.budget_notify_task",
+    autoretry_for=(OSError,),
+    retry_backoff=True,
+    max_retries=3,
+    ignore_result=True,
+)
+def budget_notify_task(budget_id: int) -> None:
+    """A budget passed its notify mark: tell whom it limits (a user, a team's members, or for
+    an agent's budget the governance admins), by websocket and email."""
+    budget = Budget.objects.filter(pk=budget_id).select_related("user", "group").first()
+    if budget is None:
+        return
+    users = get_user_model().objects.filter(is_active=True)
+    if budget.user_id:
+        people = users.filter(pk=budget.user_id)
+    elif budget.group_id:
+        people = users.filter(groups=budget.group_id)
+    else:
+        people = users.filter(groups__name=roles.GOVERNANCE_ADMIN)
+    people = list(people.distinct())
+    event = {"type": "budget.threshold_reached", "budget": budget.name}
+    for person in people:
+        user_notify(person.pk, event)
+    recipients = sorted({p.email for p in people if p.email})
+    if recipients:
+        send_mail(
+            subject=f"[Warden] Budget {budget.name!r} is at {budget.notify_at_percent}%",
+            message=(
+                f"Use of the budget {budget.name!r} passed {budget.notify_at_percent}% of its "
+                f"{'daily' if budget.period == 'day' else 'monthly'} limit."
+                + (" Calls past the limit will be refused." if budget.hard else "")
+            ),
+            from_email=settings.DEFAULT_FROM_EMAIL,
+            recipient_list=recipients,
+        )
+
+
+@shared_task(name="governance.tasks.budget_reservations_release_task", ignore_result=True)
+def budget_reservations_release_task() -> None:
+    lease = settings.WARDEN_RUN_LEASE_SECONDS
+    released = budget_reservations_release(older_than=timedelta(seconds=4 * lease))
+    if released:
+        logger.info("settled %d stale budget reservations at their estimate", released)
