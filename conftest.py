@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 
 import pytest
 
@@ -16,6 +17,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
     if not settings.VAR_DIR.name.startswith("warden-test-"):
         raise pytest.UsageError(f"refusing to run tests with WARDEN_VAR_DIR={settings.VAR_DIR}")
+    # A shell without job control starts background commands (`make test &`) with SIGINT
+    # ignored, and children inherit it: the launchers the tests stop with Ctrl-C would not stop.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     for server in (EmbeddedPostgres(settings.EMBEDDED), EmbeddedRedis(settings.EMBEDDED)):
         _servers.append(server)
         server.start()

@@ -39,12 +39,12 @@ from agents.services import (
     permission_fingerprint,
     run_acquire_lease,
     run_checkpoint,
+    run_context,
     run_finish,
     run_park,
-    run_start_facts,
 )
 from governance.approvals import approval_request_create, arguments_hash, escalation_create
-from governance.budgets import BudgetExceeded, budget_reserve, budget_settle, budgets_for
+from governance.budgets import BudgetExceeded, budget_reserve, budget_settle
 from governance.guardrails.injection import injection_verdict
 from governance.guardrails.pii import redact_messages, restore
 from governance.models import Action, ApprovalRequest, ApprovalStatus
@@ -59,7 +59,6 @@ from governance.policy import (
     decide,
     explain,
 )
-from governance.residency import allowed_regions
 from tools.models import Tool, ToolKind
 from tools.registry import ToolContext
 from tools.services import argument_problem, tool_invoke
@@ -121,10 +120,8 @@ class _Run:
         self.cancel_requested = self.run.cancel_requested
         self.knowledge_bases = list(self.agent.knowledge_bases.values_list("pk", flat=True))
         self.live_tool: tuple[int, dict] | None = None  # see checkpoint()
-        self.budget_ids = budgets_for(user=self.run.actor, agent_id=self.agent.pk)
-        regions = allowed_regions(user=self.run.actor, agent_regions=self.agent.allowed_regions)
-        # None: no rule applies; an empty set never gets here (the start decision refuses it).
-        self.regions: tuple[str, ...] = () if regions is None else regions
+        self.budget_ids: list[int] = []  # set by the start decision (_loop)
+        self.regions: tuple[str, ...] = ()
 
     @functools.cached_property
     def tool_context(self) -> ToolContext:
@@ -202,9 +199,13 @@ def _loop(run_id: int, token: int) -> None:
         raise LeaseLost(f"run {run_id}")
     agent = held.agent
     # Access may have changed since the run was queued (or parked for a day): decide again.
-    start = decide(run_start_facts(actor=held.run.actor, agent=agent))
+    context = run_context(actor=held.run.actor, agent=agent)
+    start = decide(context.facts)
     if not start.allowed:
         return held.refuse(start, explain(start, agent=agent.name))
+    # None: no rule applies; an empty set never gets here (the start decision refuses it).
+    held.regions = () if context.regions is None else context.regions
+    held.budget_ids = context.budget_ids
     while True:
         if held.cancel_requested:  # as of the last commit
             return held.finish(RunState.CANCELLED, error="cancelled by request")

@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
 
@@ -40,6 +40,7 @@ from audit.services import (
     audit_draft,
     audit_record,
 )
+from governance.approvals import reviews_withdraw
 from governance.budgets import budget_refusal, budget_state, budgets_for
 from governance.guardrails.injection import injection_verdict
 from governance.models import Action
@@ -183,24 +184,40 @@ def _rate_limit(agent: Agent, actor) -> None:
             )
 
 
+@dataclass
+class RunContext:
+    """What governs a run of `agent` by `actor`: the facts the policy decides on, and what the
+    run keeps to if allowed (the regions it may use, None for any; the budgets it counts on)."""
+
+    facts: Facts
+    regions: tuple[str, ...] | None = None
+    budget_ids: list[int] = field(default_factory=list)
+
+
 def run_start_facts(*, actor, agent: Agent, input: str = "") -> Facts:
     """What the policy needs to decide whether `actor` may start a run of `agent` with the
     message `input` (scanned for prompt injection)."""
+    return run_context(actor=actor, agent=agent, input=input).facts
+
+
+def run_context(*, actor, agent: Agent, input: str = "") -> RunContext:
     from agents.models import Deployment, ModelRoute
 
     active = bool(actor is not None and actor.is_active)
     if not active:
-        return Facts(
+        inactive = Facts(
             actor_active=False,
             may_use_agent=False,
             agent_enabled=agent.enabled,
             may_use_route=False,
         )
+        return RunContext(inactive)
     regions = allowed_regions(user=actor, agent_regions=agent.allowed_regions)
     in_region = regions is None or (
         Deployment.objects.filter(route=agent.route_id, region__in=regions).exists()
     )
-    return Facts(
+    budget_ids = budgets_for(user=actor, agent_id=agent.pk)
+    facts = Facts(
         actor_active=active,
         may_use_agent=Agent.objects.restrict(actor, Action.USE).filter(pk=agent.pk).exists(),
         agent_enabled=agent.enabled,
@@ -208,9 +225,10 @@ def run_start_facts(*, actor, agent: Agent, input: str = "") -> Facts:
         .filter(pk=agent.route_id)
         .exists(),
         residency_ok=in_region,
-        budget=budget_state(budget_ids=budgets_for(user=actor, agent_id=agent.pk)),
+        budget=budget_state(budget_ids=budget_ids),
         verdicts=(input_verdict(agent, input),) if input else (),
     )
+    return RunContext(facts, regions, budget_ids)
 
 
 def input_verdict(agent: Agent, text: str) -> Verdict:
@@ -236,6 +254,11 @@ def run_cancel(*, run: Run, actor) -> Run:
             locked.state, locked.finished_at = RunState.CANCELLED, timezone.now()
             locked.error = "cancelled before it started"
             fields += ["state", "finished_at", "error"]
+        elif locked.state in (RunState.AWAITING_APPROVAL, RunState.AWAITING_REVIEW):
+            locked.state, locked.finished_at = RunState.CANCELLED, timezone.now()
+            locked.error = "cancelled while it waited for a reviewer"
+            fields += ["state", "finished_at", "error"]
+            reviews_withdraw(run_id=locked.pk, actor=actor)
         locked.save(update_fields=fields)
         audit_record(
             actor=actor, action="run.cancel_requested", target=Target.of(locked), run=locked.pk

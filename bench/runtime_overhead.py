@@ -121,6 +121,9 @@ def warden_setup():
     from django.contrib.auth import get_user_model
 
     from agents.models import Agent, Deployment, ModelRoute
+    from audit.services import SYSTEM
+    from governance.models import Action
+    from governance.services import access_grant
     from tools.models import Tool
 
     route = ModelRoute.objects.create(name="bench", num_retries=0)
@@ -135,6 +138,10 @@ def warden_setup():
     Tool.objects.filter(name="get_ticket_status").update(enabled=True)
     agent.tools.set(Tool.objects.filter(name="get_ticket_status"))
     user = get_user_model().objects.create_user("bench")
+    # Governed as in production: the user is granted the agent, its route and its tool (and
+    # the route is external by default, so personal data is redacted before each call).
+    for obj in (agent, route, *agent.tools.all()):
+        access_grant(obj=obj, holder=user, action=Action.USE, actor=SYSTEM)
     return agent, user
 
 

@@ -125,6 +125,8 @@ def _check_decider(item, decided_by, noun: str, own: str) -> None:
         if decided_by is not None and decided_by.pk == item.requested_by_id:
             raise ApprovalError(f"{own}: another reviewer must decide it")
         raise ApprovalError(f"no such {noun}")
+    if item.status == "withdrawn":
+        raise ApprovalError("the run was cancelled: there is nothing to decide")
     if item.status != "pending":
         who = item.decided_by.get_username() if item.decided_by else "Warden"
         raise ApprovalError(f"already {item.status} by {who}")
@@ -244,6 +246,25 @@ def approvals_expire() -> int:
                 _expire(request)
                 expired += 1
     return expired
+
+
+def reviews_withdraw(*, run_id: int, actor) -> int:
+    """The run was cancelled: its pending approval requests and held answer leave the inbox
+    (in the caller's transaction). Returns how many."""
+    withdrawn = 0
+    for model in (ApprovalRequest, Escalation):
+        for item in model.objects.select_for_update().filter(run_id=run_id, status="pending"):
+            item.status = "withdrawn"
+            item.decided_at = timezone.now()
+            item.save(update_fields=["status", "decided_at"])
+            audit_record(
+                actor=actor,
+                action=f"{model._meta.model_name}.withdrawn".replace("approvalrequest", "approval"),
+                target=Target.of(item),
+                run=run_id,
+            )
+            withdrawn += 1
+    return withdrawn
 
 
 def escalation_create(

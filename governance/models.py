@@ -72,6 +72,7 @@ class ApprovalStatus(models.TextChoices):
     APPROVED = "approved"
     REJECTED = "rejected"
     EXPIRED = "expired"
+    WITHDRAWN = "withdrawn"  # the run was cancelled first
 
 
 class ApprovalRequest(models.Model):
@@ -139,6 +140,7 @@ class EscalationStatus(models.TextChoices):
     PENDING = "pending"
     RELEASED = "released"
     REJECTED = "rejected"
+    WITHDRAWN = "withdrawn"
 
 
 class Escalation(models.Model):

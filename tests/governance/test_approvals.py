@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from agents.models import Agent, Conversation, Deployment, ModelRoute, Run, RunState, RunStep
 from agents.orchestrator import run_execute
-from agents.services import run_start
+from agents.services import run_cancel, run_start
 from audit.models import AuditEvent
 from audit.services import SYSTEM
 from governance.approvals import (
@@ -264,6 +264,22 @@ def test_reviewers_are_told_by_websocket_and_email(
     assert len(mail.outbox) == 1
     assert sorted(mail.outbox[0].to) == ["admin@example.com", "reviewer@example.com"]
     assert "create_ticket" in mail.outbox[0].subject
+
+
+def test_cancelling_a_parked_run_withdraws_its_request(server, help_desk, people):
+    run = parked(server, help_desk, people.member)
+    request = ApprovalRequest.objects.get(run_id=run.pk)
+
+    run_cancel(run=run, actor=people.member)
+
+    assert Run.objects.get(pk=run.pk).state == RunState.CANCELLED
+    assert ApprovalRequest.objects.get(pk=request.pk).status == ApprovalStatus.WITHDRAWN
+    assert list(approvals_for(people.reviewer)) == []
+    with pytest.raises(ApprovalError, match="the run was cancelled"):
+        approval_decide(approval_id=request.pk, decided_by=people.reviewer, approve=True)
+    assert resume(run).state == RunState.CANCELLED
+    assert not DemoTicket.objects.exists()
+    assert "approval.withdrawn" in actions(run)
 
 
 # Escalations: answers below the agent's confidence threshold.
