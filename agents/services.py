@@ -43,9 +43,9 @@ from audit.services import (
 from governance.approvals import reviews_withdraw
 from governance.budgets import budget_refusal, budget_state, budgets_for
 from governance.guardrails.injection import injection_verdict
-from governance.models import Action
 from governance.policy import Decision, Facts, Verdict, VerdictAction, decide, explain
-from governance.residency import allowed_regions
+from governance.residency import regions_allowed
+from governance.snapshot import governance_snapshot
 from tools.services import LIVE_FIELDS
 
 logger = logging.getLogger(__name__)
@@ -212,18 +212,17 @@ def run_context(*, actor, agent: Agent, input: str = "") -> RunContext:
             may_use_route=False,
         )
         return RunContext(inactive)
-    regions = allowed_regions(user=actor, agent_regions=agent.allowed_regions)
+    known = governance_snapshot(user=actor, agent=agent, route_model=ModelRoute)
+    regions = regions_allowed(agent_regions=agent.allowed_regions, team_regions=known.team_regions)
     in_region = regions is None or (
         Deployment.objects.filter(route=agent.route_id, region__in=regions).exists()
     )
-    budget_ids = budgets_for(user=actor, agent_id=agent.pk)
+    budget_ids = known.budget_ids
     facts = Facts(
         actor_active=active,
-        may_use_agent=Agent.objects.restrict(actor, Action.USE).filter(pk=agent.pk).exists(),
+        may_use_agent=known.may_use_agent,
         agent_enabled=agent.enabled,
-        may_use_route=ModelRoute.objects.restrict(actor, Action.USE)
-        .filter(pk=agent.route_id)
-        .exists(),
+        may_use_route=known.may_use_route,
         residency_ok=in_region,
         budget=budget_state(budget_ids=budget_ids),
         verdicts=(input_verdict(agent, input),) if input else (),

@@ -17,13 +17,15 @@ fails raises `NoAccess`, with the same message whether the object is missing or 
 
 from __future__ import annotations
 
-from django.apps import apps
-from django.contrib.auth.models import Permission
-from django.db.models import CharField, Exists, Model, OuterRef, Q, QuerySet
-from django.db.models.functions import Cast
-from guardian.models import GroupObjectPermission, UserObjectPermission
+import functools
+import re
 
-from governance.models import AccessDenial, Action
+from django.apps import apps
+from django.contrib.contenttypes.models import ContentType
+from django.db.models import Model, QuerySet
+from django.db.models.expressions import RawSQL
+
+from governance.models import Action
 
 
 class NoAccess(Exception):
@@ -44,40 +46,65 @@ def codename(model: type[Model], action: str) -> str:
 
 
 def restrict(queryset: QuerySet, user, action: str) -> QuerySet:
-    """The rows of `queryset` that `user` may `action` (see the module docstring)."""
-    model = queryset.model
-    code = codename(model, action)
+    """The rows of `queryset` that `user` may `action` (see the module docstring).
+
+    One uncorrelated subquery of the ids allowed, written in SQL: the ORM took 2.6 ms to
+    build the same filter from Exists() expressions on every call (bench/runtime_overhead.py
+    runs three of these a run); this builds in microseconds and plans in under one."""
     if not is_active(user):
+        codename(queryset.model, action)
         return queryset.none()
-    opts = model._meta
-    same_model = {"content_type__app_label": opts.app_label, "content_type__model": opts.model_name}
-    denied = Exists(
-        AccessDenial.objects.filter(object_id=OuterRef("pk"), action=action, **same_model).filter(
-            Q(user=user.pk) | Q(group__user=user.pk)
-        )
+    return queryset.filter(pk__in=RawSQL(*allowed_ids(queryset.model, user, action)))
+
+
+def allowed_ids(model: type[Model], user, action: str) -> tuple[str, list]:
+    """`restrict` as SQL and its parameters: a query of the ids of `model` that the active
+    `user` may `action`, for a statement that asks several things at once."""
+    code = codename(model, action)
+    content_type = ContentType.objects.get_for_model(model)  # cached per process
+    sql, names = _allowed_sql(model, superuser=user.is_superuser)
+    values = {"ct": content_type.pk, "action": action, "code": code, "user": user.pk}
+    return sql, [values[name] for name in names]
+
+
+@functools.cache
+def _allowed_sql(model: type[Model], *, superuser: bool) -> tuple[str, list[str]]:
+    """The SQL, with positional placeholders (the ORM's query carries a list of parameters),
+    and the names of the values they stand for, in order."""
+    named = _named_sql(model, superuser=superuser)
+    names = re.findall(r"%\((\w+)\)s", named)
+    return re.sub(r"%\((\w+)\)s", "%s", named), names
+
+
+def _named_sql(model: type[Model], *, superuser: bool) -> str:
+    table, pk = model._meta.db_table, model._meta.pk.column
+    groups = "SELECT group_id FROM auth_user_groups WHERE user_id = %(user)s"
+    permission = (
+        "SELECT id FROM auth_permission WHERE content_type_id = %(ct)s AND codename = %(code)s"
     )
-    restricted = queryset.filter(~denied)
-    if user.is_superuser:
-        return restricted
-    permission = {"permission__codename": code, **same_model}
-    object_pk = Cast(OuterRef("pk"), CharField())
-    granted = (
-        Exists(UserObjectPermission.objects.filter(user=user.pk, object_pk=object_pk, **permission))
-        | Exists(
-            GroupObjectPermission.objects.filter(
-                group__user=user.pk, object_pk=object_pk, **permission
-            )
-        )
-        | Exists(
-            Permission.objects.filter(codename=code, **same_model).filter(
-                Q(user=user.pk) | Q(group__user=user.pk)
-            )
-        )
-    )
-    owner = getattr(model, "governed_owner_field", None)
-    if owner:
-        granted |= Q(**{owner: user.pk})
-    return restricted.filter(granted)
+    denied = f"""EXISTS (SELECT 1 FROM governance_accessdenial d
+        WHERE d.content_type_id = %(ct)s AND d.object_id = o.{pk} AND d.action = %(action)s
+        AND (d.user_id = %(user)s OR d.group_id IN ({groups})))"""
+    if superuser:
+        granted = "TRUE"
+    else:
+        grants = [
+            f"""EXISTS (SELECT 1 FROM guardian_userobjectpermission p
+                WHERE p.content_type_id = %(ct)s AND p.object_pk = o.{pk}::text
+                AND p.user_id = %(user)s AND p.permission_id IN ({permission}))""",
+            f"""EXISTS (SELECT 1 FROM guardian_groupobjectpermission p
+                WHERE p.content_type_id = %(ct)s AND p.object_pk = o.{pk}::text
+                AND p.group_id IN ({groups}) AND p.permission_id IN ({permission}))""",
+            f"""EXISTS (SELECT 1 FROM auth_user_user_permissions up
+                WHERE up.user_id = %(user)s AND up.permission_id IN ({permission}))""",
+            f"""EXISTS (SELECT 1 FROM auth_group_permissions gp
+                WHERE gp.group_id IN ({groups}) AND gp.permission_id IN ({permission}))""",
+        ]
+        owner = getattr(model, "governed_owner_field", None)
+        if owner:
+            grants.append(f"o.{model._meta.get_field(owner).column} = %(user)s")
+        granted = " OR ".join(f"({grant})" for grant in grants)
+    return f"SELECT o.{pk} FROM {table} o WHERE NOT {denied} AND ({granted})"
 
 
 def may(user, obj: Model, action: str) -> bool:

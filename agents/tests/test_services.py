@@ -87,3 +87,16 @@ def test_cache_scope_follows_permissions_not_identity():
 
     assert permission_fingerprint(ann) == permission_fingerprint(bob)  # may share answers
     assert permission_fingerprint(ann) != permission_fingerprint(cid)  # may not
+
+
+def test_starting_a_run_takes_a_fixed_number_of_queries(
+    agent, member, django_assert_num_queries, django_capture_on_commit_callbacks
+):
+    """One statement for the start decision (agent and route access, team regions, budgets:
+    governance.snapshot), then the run, its message and two audit events, in a savepoint: a
+    count pinned so a new check shows up here as the cost it is."""
+    conversation = Conversation.objects.create(owner=member, agent=agent)
+    agent = Agent.objects.select_related("route").get(pk=agent.pk)
+
+    with django_capture_on_commit_callbacks(), django_assert_num_queries(7):
+        run_start(agent=agent, conversation=conversation, actor=member, input="hi")
