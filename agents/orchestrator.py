@@ -128,6 +128,17 @@ class _Run:
         return ToolContext(actor=self.run.actor, agent=self.agent, run_id=self.run.pk)
 
     @functools.cached_property
+    def streams_tokens(self) -> bool:
+        """Tokens go out as they come, unless an answer may yet be held for review: a route
+        with the offline model reports a confidence, and the agent holds answers below its
+        threshold (no provider reports one, so their answers are never held)."""
+        if not self.run.stream:
+            return False
+        if not self.agent.confidence_threshold:
+            return True
+        return not self.agent.route.deployments.filter(model__startswith="warden-local/").exists()
+
+    @functools.cached_property
     def cache_scope(self) -> str:
         """Who may share cached answers (asked only when the route caches)."""
         return f"agent:{self.agent.pk}:{permission_fingerprint(self.run.actor)}"
@@ -246,14 +257,12 @@ def _loop(run_id: int, token: int) -> None:
         started = timezone.now()
         tools = [t.as_openai_tool() for t in held.offered.values()]
         key = f"run:{held.run.pk}:step:{len(steps)}"
+        reservation = None
         try:
             reservation = _reserve(held, key, tools)
-        except BudgetExceeded as exc:
-            return held.refuse(Decision(Effect.DENY, ("budget.exhausted",)), str(exc))
-        messages, redaction = held.messages, None
-        if agent.route.external:  # personal data never leaves; placeholders go instead
-            messages, redaction = redact_messages(messages)
-        try:
+            messages, redaction = held.messages, None
+            if agent.route.external:  # personal data never leaves; placeholders go instead
+                messages, redaction = redact_messages(messages)
             reply = gateway_complete(
                 route=agent.route,
                 messages=messages,
@@ -261,13 +270,17 @@ def _loop(run_id: int, token: int) -> None:
                 allowed_regions=held.regions,
                 cache_scope=held.cache_scope if agent.route.cache_seconds else "",
                 on_token=(lambda text: held.publish({"type": "token", "text": text}))
-                if held.run.stream
+                if held.streams_tokens
                 else None,
             )
-        except ModelUnavailable as exc:
-            if reservation:
+        except BudgetExceeded as exc:
+            return held.refuse(Decision(Effect.DENY, ("budget.exhausted",)), str(exc))
+        except BaseException as exc:
+            if reservation:  # the call failed: it used nothing we can know of
                 budget_settle(key=key, tokens=0, cost=Decimal(0))
-            return held.finish(RunState.FAILED, error=str(exc))
+            if isinstance(exc, ModelUnavailable):
+                return held.finish(RunState.FAILED, error=str(exc))
+            raise
         if redaction is not None and redaction.values:
             _restore(reply, redaction)
         output = {
@@ -287,7 +300,9 @@ def _loop(run_id: int, token: int) -> None:
                 budget_settle(
                     key=key, tokens=reply.prompt_tokens + reply.completion_tokens, cost=reply.cost
                 )
-        held.publish({"type": "step", "index": record.index, "kind": "model", "output": output})
+        final = not reply.tool_calls  # its text reaches the user when the run ends (or is held)
+        shown = {k: v for k, v in output.items() if not (final and k == "content")}
+        held.publish({"type": "step", "index": record.index, "kind": "model", "output": shown})
 
 
 def _reserve(held: _Run, key: str, tools: list[dict]):
@@ -412,8 +427,10 @@ def _tool_step(held: _Run, model_index: int, k: int, call: dict) -> None:
             raise _Finished
         return
     verdicts = _pending_verdicts(held)
+    asked = any(s.kind == StepKind.APPROVAL and s.input.get("key") == key for s in held.steps)
     asks = tool.requires_approval or bool(verdicts)
-    approval = ApprovalRequest.objects.filter(key=key).first() if asks else None
+    # A request once made decides the call, whatever the settings say now.
+    approval = ApprovalRequest.objects.filter(key=key).first() if asks or asked else None
     decision = decide(
         Facts(
             actor_active=True,  # the run's start decision, taken when this task took the run
@@ -432,10 +449,11 @@ def _tool_step(held: _Run, model_index: int, k: int, call: dict) -> None:
         )
     )
     policy = ("policy.decided", {"tool": tool.name, "key": key, **decision.as_dict()})
-    if decision.effect == Effect.REQUIRE_APPROVAL:
+    pending = approval is not None and approval.status == ApprovalStatus.PENDING
+    if decision.effect == Effect.REQUIRE_APPROVAL or (pending and decision.allowed):
         _park_for_approval(held, tool, call, key, arguments, decision, policy)
     if decision.effect == Effect.DENY:
-        _refuse_call(held, tool, call, key, arguments, decision, policy, approval)
+        return _refuse_call(held, tool, call, key, arguments, decision, policy, approval)
     if approval is not None:
         arguments = approval.approved_arguments  # exactly what the reviewer approved
     live = held.live_tool[1] if held.live_tool and held.live_tool[0] == tool.pk else None
@@ -488,6 +506,7 @@ def _tool_step(held: _Run, model_index: int, k: int, call: dict) -> None:
     held.publish({"type": "step", "index": record.index, "kind": "tool", "tool": tool.name})
 
 
+HELD = "(held for review)"
 WITHHELD = "withheld by Warden: it looked like a prompt injection"
 
 
@@ -514,6 +533,8 @@ def _approval_state(approval: ApprovalRequest | None, tool: Tool, arguments: dic
     the same request, since it is keyed by the call)."""
     if approval is None or approval.status == ApprovalStatus.PENDING:
         return ApprovalState.NONE
+    if approval.status == ApprovalStatus.WITHDRAWN:
+        return ApprovalState.REJECTED  # the run was cancelled; it never gets here, but no call
     if approval.status != ApprovalStatus.APPROVED:
         return ApprovalState(approval.status)
     unchanged = (
@@ -600,6 +621,13 @@ def _hold_for_review(held: _Run, answer: str, confidence: float, citations: list
             threshold=held.agent.confidence_threshold,
             agent=held.agent,
         )
+        # The conversation keeps a marker, not the answer: it reaches the user (and the model,
+        # in later runs) only as a reviewer releases it (agents.services.run_escalation_decided).
+        Message.objects.filter(
+            pk=Message.objects.filter(run_id=held.run.pk, role=MessageRole.ASSISTANT)
+            .order_by("-id")
+            .values("pk")[:1]
+        ).update(content=HELD)
         run_park(run_id=held.run.pk, token=held.token, state=RunState.AWAITING_REVIEW)
     held.publish({"type": "held", "reason": "held for review"})
 

@@ -243,7 +243,11 @@ def _enqueue(run_id: int) -> None:
 
 def run_cancel(*, run: Run, actor) -> Run:
     """Ask a run to stop. A queued run stops at once; a running one at its next step."""
+    parked = (RunState.AWAITING_APPROVAL, RunState.AWAITING_REVIEW)
     with transaction.atomic():
+        if Run.objects.filter(pk=run.pk, state__in=parked).exists():
+            # The requests first, then the run: the order a reviewer's decision locks them in.
+            reviews_withdraw(run_id=run.pk, actor=actor)
         locked = Run.objects.select_for_update().get(pk=run.pk)
         if locked.state in FINAL_STATES:
             return locked
@@ -253,11 +257,10 @@ def run_cancel(*, run: Run, actor) -> Run:
             locked.state, locked.finished_at = RunState.CANCELLED, timezone.now()
             locked.error = "cancelled before it started"
             fields += ["state", "finished_at", "error"]
-        elif locked.state in (RunState.AWAITING_APPROVAL, RunState.AWAITING_REVIEW):
+        elif locked.state in parked:
             locked.state, locked.finished_at = RunState.CANCELLED, timezone.now()
             locked.error = "cancelled while it waited for a reviewer"
             fields += ["state", "finished_at", "error"]
-            reviews_withdraw(run_id=locked.pk, actor=actor)
         locked.save(update_fields=fields)
         audit_record(
             actor=actor, action="run.cancel_requested", target=Target.of(locked), run=locked.pk
@@ -474,7 +477,7 @@ UPDATE agents_run SET state = %s, answer = %s, citations = %s::jsonb, error = %s
         - COALESCE(started_at, created_at)) * 1000)::int),
     lease_holder = '', lease_expires_at = NULL
 WHERE id = %s AND fencing_token = %s
-    AND state NOT IN ({", ".join(f"'{state}'" for state in FINAL_STATES)})
+    AND state IN ('{RunState.QUEUED}', '{RunState.RUNNING}')
 RETURNING conversation_id, prompt_tokens + completion_tokens, cost
 """  # noqa: S608 - constants only
 
@@ -521,7 +524,7 @@ def run_park(*, run_id: int, token: int, state: str) -> None:
 
 _PARK = f"""
 UPDATE agents_run SET state = %s, lease_holder = '', lease_expires_at = NULL
-WHERE id = %s AND fencing_token = %s AND state = '{RunState.RUNNING}'
+WHERE id = %s AND fencing_token = %s AND state = '{RunState.RUNNING}' AND NOT cancel_requested
 RETURNING id
 """  # noqa: S608 - constants only
 
@@ -560,6 +563,9 @@ def run_escalation_decided(escalation) -> None:
         finished_at=timezone.now(),
     )
     if updated:
+        Message.objects.filter(
+            run_id=escalation.run_id, role=MessageRole.ASSISTANT, content="(held for review)"
+        ).update(content=escalation.released_answer if released else f"({error})")
         audit_record(
             actor=None,
             action=f"run.{state}",

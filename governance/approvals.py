@@ -78,7 +78,8 @@ def approval_request_create(
                 "expires_at": request.expires_at.isoformat(),
             },
         )
-        transaction.on_commit(lambda: _notify_requested(request.pk))
+        # Best effort: a broker that is down must not undo or fail the parked run.
+        transaction.on_commit(lambda: _notify_requested(request.pk), robust=True)
     return request
 
 
@@ -297,7 +298,8 @@ def escalation_create(
             lambda: reviewers_notify(
                 groups,
                 {"type": "escalation.held", "escalation": escalation.pk, "run": run.pk},
-            )
+            ),
+            robust=True,
         )
     return escalation
 

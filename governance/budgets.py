@@ -187,10 +187,13 @@ def budget_settle(*, key: str, tokens: int, cost: Decimal) -> None:
     Tells a budget's subject, once a period, when use passes the budget's notify mark."""
     with transaction.atomic():
         reservations = list(
-            BudgetReservation.objects.select_for_update().filter(key=key).order_by("usage_id")
+            # in budget order, as budget_reserve locks them: two calls never wait on each other
+            BudgetReservation.objects.select_for_update()
+            .filter(key=key)
+            .order_by("usage__budget_id")
         )
         with connection.cursor() as cursor:
-            for held in reservations:
+            for held in reservations:  # the same order: usage rows lock as in budget_reserve
                 cursor.execute(
                     _SETTLE,
                     {
@@ -225,7 +228,7 @@ def _notify_thresholds(usage_ids: list[int]) -> None:
                 "period_start": usage.period_start.isoformat(),
             },
         )
-        transaction.on_commit(lambda pk=budget.pk: _tell(pk))
+        transaction.on_commit(lambda pk=budget.pk: _tell(pk), robust=True)
 
 
 def _tell(budget_id: int) -> None:

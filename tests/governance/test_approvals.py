@@ -13,7 +13,16 @@ from django.contrib.auth.models import Group
 from django.core import mail
 from django.utils import timezone
 
-from agents.models import Agent, Conversation, Deployment, ModelRoute, Run, RunState, RunStep
+from agents.models import (
+    Agent,
+    Conversation,
+    Deployment,
+    Message,
+    ModelRoute,
+    Run,
+    RunState,
+    RunStep,
+)
 from agents.orchestrator import run_execute
 from agents.services import run_cancel, run_start
 from audit.models import AuditEvent
@@ -34,7 +43,8 @@ from governance.models import (
 )
 from governance.services import access_grant
 from tests.governance.conftest import ASKED, parked, resume
-from tools.models import DemoTicket, ToolInvocation
+from tests.model_server import Reply
+from tools.models import DemoTicket, Tool, ToolInvocation
 
 pytestmark = pytest.mark.django_db
 
@@ -266,6 +276,37 @@ def test_reviewers_are_told_by_websocket_and_email(
     assert "create_ticket" in mail.outbox[0].subject
 
 
+def test_a_decision_stands_when_the_settings_change_after_it(server, help_desk, people):
+    server.script(
+        "primary",
+        Reply.call("create_ticket", ASKED),
+        Reply.call("create_ticket", ASKED),
+        Reply.say("Ticket opened for you."),
+    )
+    rejected, edited = (
+        resume(run_start(agent=help_desk, conversation=c, actor=people.member, input="ticket"))
+        for c in [
+            Conversation.objects.create(owner=people.member, agent=help_desk) for _ in range(2)
+        ]
+    )
+    approval_decide(
+        approval_id=ApprovalRequest.objects.get(run_id=rejected.pk).pk,
+        decided_by=people.reviewer,
+        approve=False,
+    )
+    approval_decide(
+        approval_id=ApprovalRequest.objects.get(run_id=edited.pk).pk,
+        decided_by=people.reviewer,
+        approve=True,
+        arguments={"title": "VPN down (checked)"},
+    )
+    Tool.objects.filter(name="create_ticket").update(approval="never")  # no reviewer needed now
+
+    assert resume(rejected).state == RunState.REJECTED
+    assert resume(edited).state == RunState.SUCCEEDED
+    assert list(DemoTicket.objects.values_list("title", flat=True)) == ["VPN down (checked)"]
+
+
 def test_cancelling_a_parked_run_withdraws_its_request(server, help_desk, people):
     run = parked(server, help_desk, people.member)
     request = ApprovalRequest.objects.get(run_id=run.pk)
@@ -309,6 +350,8 @@ def held(agent, user) -> Run:
 def test_a_low_confidence_answer_is_held_then_released_as_edited(offline_agent, people):
     run = held(offline_agent, people.member)
     escalation = Escalation.objects.get(run_id=run.pk)
+    said = Message.objects.filter(run_id=run.pk, role="assistant")
+    assert list(said.values_list("content", flat=True)) == ["(held for review)"]
 
     assert (run.state, run.answer) == (RunState.AWAITING_REVIEW, "")
     assert run.get_state_display() == "Held for review"
@@ -326,6 +369,7 @@ def test_a_low_confidence_answer_is_held_then_released_as_edited(offline_agent, 
 
     run.refresh_from_db()
     assert (run.state, run.answer) == (RunState.SUCCEEDED, "In 1998, in Lyon.")
+    assert list(said.values_list("content", flat=True)) == ["In 1998, in Lyon."]
     assert Escalation.objects.get(pk=escalation.pk).status == EscalationStatus.RELEASED
     trail = actions(run)
     assert trail.index("escalation.held") < trail.index("escalation.released")
@@ -350,6 +394,9 @@ def test_a_rejected_answer_never_reaches_the_user(offline_agent, people):
     assert run.answer == ""
     assert run.error == "a reviewer did not release the answer: ask HR directly"
     assert "I don't know" not in json.dumps(list(Run.objects.values("answer", "error")))
+    assert list(
+        Message.objects.filter(run_id=run.pk, role="assistant").values_list("content", flat=True)
+    ) == ["(a reviewer did not release the answer: ask HR directly)"]
 
 
 def test_an_answer_at_or_above_the_threshold_is_delivered(offline_agent, people):
@@ -361,3 +408,34 @@ def test_an_answer_at_or_above_the_threshold_is_delivered(offline_agent, people)
     assert run.state == RunState.SUCCEEDED
     assert "I don't know" in run.answer
     assert not Escalation.objects.exists()
+
+
+def test_a_held_answer_is_never_streamed_or_published(offline_agent, people):
+    import time
+
+    layer = get_channel_layer()
+    conversation = Conversation.objects.create(owner=people.member, agent=offline_agent)
+    run = run_start(
+        agent=offline_agent, conversation=conversation, actor=people.member, input="Who won?"
+    )
+    channel = async_to_sync(layer.new_channel)()
+    async_to_sync(layer.group_add)(f"run.{run.pk}", channel)
+
+    run_execute(run_id=run.pk, holder="test")
+    time.sleep(0.5)  # the publisher thread sends after the commit
+    events = []
+    while True:
+        try:
+            events.append(async_to_sync(_receive)(layer, channel)["event"])
+        except TimeoutError:
+            break
+
+    assert Run.objects.get(pk=run.pk).state == RunState.AWAITING_REVIEW
+    assert [e["type"] for e in events] == ["step", "held"]
+    assert "I don't know" not in json.dumps(events)
+
+
+async def _receive(layer, channel):
+    import asyncio
+
+    return await asyncio.wait_for(layer.receive(channel), 1)
