@@ -13,12 +13,13 @@ Candidates that fail their checksum are left alone: an order number is not a car
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 _EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b")
 _CARD = re.compile(r"(?<![\d-])(?:\d[ -]?){12,18}\d(?![\d-])")
-_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b")
 _SSN = re.compile(r"(?<![\d-])(\d{3})-(\d{2})-(\d{4})(?![\d-])")
 _PHONE = re.compile(
     r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?)?\d{2,4}(?:[ .-]\d{2,4}){1,4}(?!\w)"
@@ -54,11 +55,6 @@ def ssn_valid(area: str, group: str, serial: str) -> bool:
     return area not in {"000", "666"} and area[0] != "9" and group != "00" and serial != "0000"
 
 
-def _card(match: re.Match) -> bool:
-    digits = re.sub(r"\D", "", match.group())
-    return 13 <= len(digits) <= 19 and luhn(digits)
-
-
 def _phone(match: re.Match) -> bool:
     text = match.group()
     digits = re.sub(r"\D", "", text)
@@ -69,13 +65,60 @@ def _phone(match: re.Match) -> bool:
     return text.startswith(("+", "(")) or bool(re.search(r"\d[ .-]\d", text))
 
 
-# (kind, pattern, check) in the order they claim text: an IBAN's digits are not a phone.
+def _iban_spans(text: str) -> Iterator[tuple[int, int, bool]]:
+    """From each country code and check digits, exactly that country's length of characters
+    (single spaces between groups allowed): an IBAN followed by "EUR 500" is still found."""
+    for match in re.finditer(r"\b([A-Z]{2})\d{2}", text):
+        length = _IBAN_LENGTHS.get(match.group(1))
+        if length is None:
+            continue
+        end, count = match.start(), 0
+        while end < len(text) and count < length:
+            char = text[end]
+            if char.isdigit() or "A" <= char <= "Z":
+                count, end = count + 1, end + 1
+            elif char == " " and end + 1 < len(text) and text[end + 1].isalnum():
+                end += 1
+            else:
+                break
+        if count == length and (end == len(text) or not text[end].isalnum()):
+            yield match.start(), end, iban_valid(text[match.start() : end])
+
+
+def _card_spans(text: str) -> Iterator[tuple[int, int, bool]]:
+    """Digit runs of card length, shortened group by group from the end until the Luhn check
+    passes: "4111 1111 1111 1111 123" is a card and a CVC."""
+    for match in _CARD.finditer(text):
+        start, found = match.start(), match.group()
+        ends = [len(found)] + [i for i in range(len(found) - 1, 0, -1) if found[i] in " -"]
+        for end in ends:
+            if _card_digits(found[:end]):
+                yield start, start + end, True
+                break
+        else:
+            yield start, match.end(), False
+
+
+def _card_digits(candidate: str) -> bool:
+    digits = re.sub(r"\D", "", candidate)
+    return 13 <= len(digits) <= 19 and luhn(digits)
+
+
+def _regex_spans(pattern: re.Pattern, check) -> Callable[[str], Iterator[tuple[int, int, bool]]]:
+    def spans(text: str) -> Iterator[tuple[int, int, bool]]:
+        for match in pattern.finditer(text):
+            yield match.start(), match.end(), check(match)
+
+    return spans
+
+
+# (kind, finder) in the order they claim text: an IBAN's digits are not a phone number.
 _KINDS = [
-    ("EMAIL", _EMAIL, lambda m: True),
-    ("IBAN", _IBAN, lambda m: iban_valid(m.group())),
-    ("CARD", _CARD, _card),
-    ("SSN", _SSN, lambda m: ssn_valid(*m.groups())),
-    ("PHONE", _PHONE, _phone),
+    ("EMAIL", _regex_spans(_EMAIL, lambda m: True)),
+    ("IBAN", _iban_spans),
+    ("CARD", _card_spans),
+    ("SSN", _regex_spans(_SSN, lambda m: ssn_valid(*m.groups()))),
+    ("PHONE", _regex_spans(_PHONE, _phone)),
 ]
 
 
@@ -106,16 +149,15 @@ def redact(text: str, redaction: Redaction | None = None) -> tuple[str, Redactio
         return text, redaction
     taken: list[tuple[int, int, str]] = []
     ruled_out: list[tuple[int, int]] = []  # shaped like an IBAN, card or SSN, failing its check
-    for kind, pattern, check in _KINDS:
-        for match in pattern.finditer(text):
-            start, end = match.span()
+    for kind, spans in _KINDS:
+        for start, end, valid in spans(text):
             if any(start < e and s < end for s, e in [*ruled_out, *[t[:2] for t in taken]]):
                 continue
-            if not check(match):
-                if kind != "PHONE":
-                    ruled_out.append((start, end))  # not a phone number either
+            if not valid:
+                if kind in ("IBAN", "SSN"):
+                    ruled_out.append((start, end))  # a bad checksum: not a phone number either
                 continue
-            taken.append((start, end, redaction.placeholder(kind, match.group())))
+            taken.append((start, end, redaction.placeholder(kind, text[start:end])))
     for start, end, placeholder in sorted(taken, reverse=True):
         text = text[:start] + placeholder + text[end:]
     return text, redaction
@@ -135,7 +177,9 @@ def redact_messages(messages: list[dict]) -> tuple[list[dict], Redaction]:
                     **call,
                     "function": {
                         **call["function"],
-                        "arguments": redact(call["function"].get("arguments") or "", redaction)[0],
+                        "arguments": _redact_arguments(
+                            call["function"].get("arguments") or "", redaction
+                        ),
                     },
                 }
                 for call in copy["tool_calls"]
@@ -144,11 +188,35 @@ def redact_messages(messages: list[dict]) -> tuple[list[dict], Redaction]:
     return out, redaction
 
 
+def _redact_arguments(arguments: str, redaction: Redaction) -> str:
+    """A tool call's JSON arguments redacted value by value, so they stay JSON (a card number
+    given as a JSON number becomes its placeholder string)."""
+    try:
+        value = json.loads(arguments)
+    except ValueError:
+        return redact(arguments, redaction)[0]
+    return json.dumps(_redact_value(value, redaction))
+
+
+def _redact_value(value, redaction: Redaction):
+    if isinstance(value, str):
+        return redact(value, redaction)[0]
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int | float):
+        text = redact(str(value), redaction)[0]
+        return value if text == str(value) else text
+    if isinstance(value, list):
+        return [_redact_value(item, redaction) for item in value]
+    if isinstance(value, dict):
+        return {key: _redact_value(item, redaction) for key, item in value.items()}
+    return value
+
+
 def restore(text: str, redaction: Redaction) -> str:
     """Put the values back for their placeholders (a JSON string's escapes are kept valid)."""
     if not text or not redaction.values:
         return text
-    import json
 
     def value(match: re.Match) -> str:
         original = redaction.values.get(match.group())

@@ -137,6 +137,10 @@ PII = [
         "Contact bob@corp.example or +1 212 555 0100; card 4012888888881881.",
         ["bob@corp.example", "+1 212 555 0100", "4012888888881881"],
     ),
+    # found in review: values with more text right after them
+    ("IBAN: DE89370400440532013000 EUR 500", ["DE89370400440532013000"]),
+    ("card 4111 1111 1111 1111 123 (the last three: its CVC)", ["4111 1111 1111 1111"]),
+    ("4111111111111111 05 27 is card and expiry", ["4111111111111111"]),
     # look-alikes that are not personal data
     ("Order 4111 1111 1111 1112 shipped.", []),  # fails the Luhn check
     ("Ticket 1234567890123 is closed.", []),  # 13 digits, not a card

@@ -69,6 +69,21 @@ def test_placeholders_are_stable_across_messages_and_restore_inside_json():
     arguments = restore('{"to": "[EMAIL_1]", "note": "re [CARD_1]"}', redaction)
     assert json.loads(arguments) == {"to": "jane@example.com", "note": "re 4111 1111 1111 1111"}
     assert restore("[EMAIL_9] stays", redaction) == "[EMAIL_9] stays"
+    called = [
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "c1",
+                    "type": "function",
+                    "function": {"name": "pay", "arguments": '{"card": 4111111111111111, "n": 2}'},
+                }
+            ],
+        }
+    ]
+    sent = redact_messages(called)[0][0]["tool_calls"][0]["function"]["arguments"]
+    assert json.loads(sent) == {"card": "[CARD_1]", "n": 2}  # still JSON
     assert redact("nothing here")[0] == "nothing here"
 
 
