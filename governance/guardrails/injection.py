@@ -146,14 +146,20 @@ def scan(text: str) -> Finding:
     leaves = list(_strings(document))
     if not leaves:
         return Finding(0.0, ())
-    return max((_scan(leaf) for leaf in leaves), key=lambda finding: finding.score)
+    # Each string alone, and all of them together: an order split across fields still adds up.
+    findings = [_scan(leaf) for leaf in leaves]
+    if len(leaves) > 1:
+        findings.append(_scan("\n".join(leaves)))
+    return max(findings, key=lambda finding: finding.score)
 
 
 def _strings(value) -> Iterator[str]:
+    """The strings of a JSON document, keys included."""
     if isinstance(value, str):
         yield value
     elif isinstance(value, dict):
-        for item in value.values():
+        for key, item in value.items():
+            yield key
             yield from _strings(item)
     elif isinstance(value, list):
         for item in value:
