@@ -41,7 +41,7 @@ from audit.services import (
     audit_record,
 )
 from governance.approvals import reviews_withdraw
-from governance.budgets import budget_refusal, budget_state, budgets_for
+from governance.budgets import budget_refusal, budget_state
 from governance.guardrails.injection import injection_verdict
 from governance.policy import Decision, Facts, Verdict, VerdictAction, decide, explain
 from governance.residency import regions_allowed
@@ -102,7 +102,8 @@ def run_start(
         existing = Run.objects.filter(actor=actor, idempotency_key=idempotency_key).first()
         if existing is not None:
             return existing
-    decision = decide(run_start_facts(actor=actor, agent=agent, input=input))
+    context = run_context(actor=actor, agent=agent, input=input)
+    decision = decide(context.facts)
     if decision.allowed:
         _rate_limit(agent, actor)
     if not decision.allowed:
@@ -115,7 +116,7 @@ def run_start(
             )
         message = explain(decision, agent=agent.name)
         if "budget.exhausted" in decision.reasons and "agent.forbidden" not in decision.reasons:
-            message = budget_refusal(budget_ids=budgets_for(user=actor, agent_id=agent.pk))
+            message = budget_refusal(budget_ids=context.budget_ids)
         raise RunDenied(message, decision)
     with transaction.atomic():
         run = Run.objects.create(

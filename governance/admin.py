@@ -20,10 +20,8 @@ from governance.approvals import ApprovalError, approval_decide, escalation_deci
 from governance.models import (
     AccessDenial,
     ApprovalRequest,
-    ApprovalStatus,
     Budget,
     Escalation,
-    EscalationStatus,
     TeamPolicy,
 )
 from governance.services import access_deny, access_grant, access_revoke, access_undeny
@@ -124,6 +122,9 @@ class AccessDenialAdmin(admin.ModelAdmin):
         return False
 
     def delete_model(self, request, obj) -> None:
+        if obj.target is None:  # its object was deleted: nothing left to deny
+            obj.delete()
+            return
         access_undeny(
             obj=obj.target, holder=obj.user or obj.group, action=obj.action, actor=request.user
         )
@@ -157,6 +158,21 @@ class _Decisions(admin.ModelAdmin):
             self.message_user(request, f"{decided} {done}.", messages.SUCCESS)
 
 
+def _decision_action(name: str, description: str, decide, done: str):
+    """An admin action that decides each selected pending item with `decide(item, user)`."""
+
+    def action(self, request, queryset):
+        self._each(
+            request,
+            queryset.filter(status="pending"),
+            lambda item: decide(item, request.user),
+            done,
+        )
+
+    action.__name__ = name
+    return admin.action(description=description)(action)
+
+
 @admin.register(ApprovalRequest)
 class ApprovalRequestAdmin(_Decisions):
     list_display = ("id", "tool_name", "run_id", "requested_by", "status", "created_at")
@@ -167,27 +183,18 @@ class ApprovalRequestAdmin(_Decisions):
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("requested_by", "decided_by")
 
-    @admin.action(description="Approve the selected calls as requested")
-    def approve(self, request, queryset):
-        self._each(
-            request,
-            queryset.filter(status=ApprovalStatus.PENDING),
-            lambda item: approval_decide(
-                approval_id=item.pk, decided_by=request.user, approve=True
-            ),
-            "approved",
-        )
-
-    @admin.action(description="Reject the selected calls")
-    def reject(self, request, queryset):
-        self._each(
-            request,
-            queryset.filter(status=ApprovalStatus.PENDING),
-            lambda item: approval_decide(
-                approval_id=item.pk, decided_by=request.user, approve=False
-            ),
-            "rejected",
-        )
+    approve = _decision_action(
+        "approve",
+        "Approve the selected calls as requested",
+        lambda item, user: approval_decide(approval_id=item.pk, decided_by=user, approve=True),
+        "approved",
+    )
+    reject = _decision_action(
+        "reject",
+        "Reject the selected calls",
+        lambda item, user: approval_decide(approval_id=item.pk, decided_by=user, approve=False),
+        "rejected",
+    )
 
 
 @admin.register(Escalation)
@@ -197,27 +204,18 @@ class EscalationAdmin(_Decisions):
     readonly_fields = [f.name for f in Escalation._meta.fields]
     actions = ["release", "reject"]
 
-    @admin.action(description="Release the selected answers as they are")
-    def release(self, request, queryset):
-        self._each(
-            request,
-            queryset.filter(status=EscalationStatus.PENDING),
-            lambda item: escalation_decide(
-                escalation_id=item.pk, decided_by=request.user, release=True
-            ),
-            "released",
-        )
-
-    @admin.action(description="Reject the selected answers")
-    def reject(self, request, queryset):
-        self._each(
-            request,
-            queryset.filter(status=EscalationStatus.PENDING),
-            lambda item: escalation_decide(
-                escalation_id=item.pk, decided_by=request.user, release=False
-            ),
-            "rejected",
-        )
+    release = _decision_action(
+        "release",
+        "Release the selected answers as they are",
+        lambda item, user: escalation_decide(escalation_id=item.pk, decided_by=user, release=True),
+        "released",
+    )
+    reject = _decision_action(
+        "reject",
+        "Reject the selected answers",
+        lambda item, user: escalation_decide(escalation_id=item.pk, decided_by=user, release=False),
+        "rejected",
+    )
 
 
 class BudgetForm(forms.ModelForm):

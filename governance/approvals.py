@@ -253,14 +253,14 @@ def reviews_withdraw(*, run_id: int, actor) -> int:
     """The run was cancelled: its pending approval requests and held answer leave the inbox
     (in the caller's transaction). Returns how many."""
     withdrawn = 0
-    for model in (ApprovalRequest, Escalation):
+    for model, noun in ((ApprovalRequest, "approval"), (Escalation, "escalation")):
         for item in model.objects.select_for_update().filter(run_id=run_id, status="pending"):
             item.status = "withdrawn"
             item.decided_at = timezone.now()
             item.save(update_fields=["status", "decided_at"])
             audit_record(
                 actor=actor,
-                action=f"{model._meta.model_name}.withdrawn".replace("approvalrequest", "approval"),
+                action=f"{noun}.withdrawn",
                 target=Target.of(item),
                 run=run_id,
             )

@@ -36,21 +36,10 @@ class BudgetExceeded(Exception):
 @dataclass
 class Reservation:
     key: str
-    state: BudgetState = BudgetState.OK
     usage_ids: list[int] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.usage_ids)
-
-
-def budgets_for(*, user, agent_id: int) -> list[int]:
-    """The enabled budgets a run of `agent_id` by `user` counts against."""
-    return sorted(
-        Budget.objects.filter(enabled=True)
-        .filter(Q(user=user.pk) | Q(group__user=user.pk) | Q(agent_id=agent_id))
-        .values_list("pk", flat=True)
-        .distinct()
-    )
 
 
 def period_start(period: str, today: date) -> date:
@@ -148,11 +137,7 @@ def budget_reserve(*, budget_ids: list[int], key: str, tokens: int, cost: Decima
                 if usage.pk not in held
             ]
         )
-    state = BudgetState.OK
-    for usage in BudgetUsage.objects.filter(pk__in=[u.pk for u in usages]).select_related("budget"):
-        if _fraction(usage.budget, usage, reserved=True) * 100 >= usage.budget.notify_at_percent:
-            state = BudgetState.SOFT
-    return Reservation(key, state, [u.pk for u in usages])
+    return Reservation(key, [u.pk for u in usages])
 
 
 def _refusal(usage: BudgetUsage) -> str:

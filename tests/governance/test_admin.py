@@ -118,3 +118,21 @@ def test_a_budget_names_one_subject_and_a_limit(admin_client, people, team):
     assert "nothing yet" in listing
     history = LogEntry.objects.get_for_object(budget)  # django-auditlog's field history
     assert history.get().changes_dict["max_cost"] == ["None", "25.00"]
+
+
+def test_a_denial_whose_object_was_deleted_can_still_be_removed(admin_client, people, governed):
+    from agents.models import Agent
+    from audit.services import SYSTEM
+    from governance.services import access_deny
+
+    gone = Agent.objects.create(name="Gone", slug="gone", route=governed.route)
+    access_deny(obj=gone, holder=people.member, action=Action.USE, actor=SYSTEM)
+    denial = AccessDenial.objects.get(object_id=gone.pk, user=people.member)
+    gone.delete()
+
+    response = admin_client.post(
+        reverse("admin:governance_accessdenial_delete", args=[denial.pk]), {"post": "yes"}
+    )
+
+    assert response.status_code == 302
+    assert not AccessDenial.objects.filter(pk=denial.pk).exists()
