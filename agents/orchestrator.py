@@ -186,6 +186,7 @@ class _Run:
 
     def finish(self, state: str, **kwargs) -> None:
         run_finish(run_id=self.run.pk, token=self.token, state=state, **kwargs)
+        self.publish({"type": "final", "state": state})
 
     def refuse(self, decision: Decision, message: str) -> None:
         """End the run as rejected by the policy, the decision in the audit trail."""
@@ -256,7 +257,8 @@ def _loop(run_id: int, token: int) -> None:
             )
         started = timezone.now()
         tools = [t.as_openai_tool() for t in held.offered.values()]
-        key = f"run:{held.run.pk}:step:{len(steps)}"
+        index = len(steps)
+        key = f"run:{held.run.pk}:step:{index}"
         reservation = None
         try:
             reservation = _reserve(held, key, tools)
@@ -269,7 +271,11 @@ def _loop(run_id: int, token: int) -> None:
                 tools=tools,
                 allowed_regions=held.regions,
                 cache_scope=held.cache_scope if agent.route.cache_seconds else "",
-                on_token=(lambda text: held.publish({"type": "token", "text": text}))
+                on_token=(
+                    lambda text, step=index: held.publish(
+                        {"type": "token", "step": step, "text": text}
+                    )
+                )
                 if held.streams_tokens
                 else None,
             )

@@ -24,6 +24,7 @@ from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from agents.events import publish, publish_group
 from agents.models import (
     FINAL_STATES,
     Agent,
@@ -146,8 +147,15 @@ def run_start(
             conversation=conversation.pk,
             data={"on": "run.start", **_decided(decision, run_start_verdicts(agent, input))},
         )
-        transaction.on_commit(lambda: _enqueue(run.pk))
+        transaction.on_commit(lambda: _started(run))
     return run
+
+
+def _started(run: Run) -> None:
+    _enqueue(run.pk)
+    if run.stream:  # the conversation's open pages follow the new run
+        event = {"type": "run.started", "run": run.pk}
+        publish_group(f"conversation.{run.conversation_id}", event)
 
 
 def run_start_verdicts(agent: Agent, text: str) -> list[Verdict]:
@@ -263,6 +271,9 @@ def run_cancel(*, run: Run, actor) -> Run:
             locked.error = "cancelled while it waited for a reviewer"
             fields += ["state", "finished_at", "error"]
         locked.save(update_fields=fields)
+        if locked.state == RunState.CANCELLED:
+            final = {"type": "final", "state": str(RunState.CANCELLED)}
+            transaction.on_commit(lambda: publish(locked.pk, final))
         audit_record(
             actor=actor, action="run.cancel_requested", target=Target.of(locked), run=locked.pk
         )
@@ -545,6 +556,8 @@ def run_approval_decided(request) -> None:
             data={"approval": request.pk, "status": request.status},
         )
         transaction.on_commit(lambda: _enqueue(request.run_id))
+        event = {"type": "requeued", "approval": request.pk, "status": str(request.status)}
+        transaction.on_commit(lambda: publish(request.run_id, event))
 
 
 def run_escalation_decided(escalation) -> None:
@@ -576,8 +589,6 @@ def run_escalation_decided(escalation) -> None:
         )
         run = Run.objects.only("stream").get(pk=escalation.run_id)
         if run.stream:
-            from agents.events import publish
-
             event = {"type": "final", "state": str(state), "answer": run.answer, "error": error}
             transaction.on_commit(lambda: publish(escalation.run_id, event))
 

@@ -135,24 +135,57 @@ def _check_decider(item, decided_by, noun: str, own: str) -> None:
 
 def approvals_for(user) -> QuerySet[ApprovalRequest]:
     """The pending requests `user` may decide (the inbox)."""
-    if user is None or not user.is_active:
-        return ApprovalRequest.objects.none()
-    in_groups = Exists(
-        ApprovalRequest.approver_groups.through.objects.filter(
-            approvalrequest_id=OuterRef("pk"), group__user=user.pk
-        )
-    )
-    any_group = Exists(
-        ApprovalRequest.approver_groups.through.objects.filter(approvalrequest_id=OuterRef("pk"))
-    )
+    return reviewable(ApprovalRequest, user).filter(status="pending")
+
+
+def escalations_for(user) -> QuerySet[Escalation]:
+    """The held answers `user` may release or reject (the inbox)."""
+    return reviewable(Escalation, user).filter(status="pending")
+
+
+def reviewable(model, user) -> QuerySet:
+    """Items of `model` (requests or escalations, in any state) that name one of `user`'s
+    groups as approvers, or name none and `user` is a reviewer; never `user`'s own (the rule
+    of `may_decide`). The one access check of the inbox's pages."""
+    if user is None or not user.is_active or not user.pk:
+        return model.objects.none()
+    through = model.approver_groups.through
+    owner = f"{model._meta.model_name}_id"
+    in_groups = Exists(through.objects.filter(**{owner: OuterRef("pk")}, group__user=user.pk))
+    any_group = Exists(through.objects.filter(**{owner: OuterRef("pk")}))
     reviewer = user.groups.filter(name__in=[roles.REVIEWER, roles.GOVERNANCE_ADMIN]).exists()
     mine = Q(in_groups) | (Q(~any_group) if reviewer else Q(pk__in=[]))
-    return (
-        ApprovalRequest.objects.filter(status=ApprovalStatus.PENDING)
-        .exclude(requested_by=user.pk)
-        .filter(mine)
-        .order_by("created_at")
-    )
+    return model.objects.exclude(requested_by=user.pk).filter(mine).order_by("created_at")
+
+
+def reviewer_listens_on(user) -> list[str]:
+    """The channel groups `user`'s inbox listens on (governance.notify): every reviewer's if
+    `user` has a reviewer role, and each of `user`'s groups that approves something. Empty:
+    `user` reviews nothing."""
+    if user is None or not user.is_active or not user.pk:
+        return []
+    from governance.notify import ALL_REVIEWERS
+
+    groups = list(user.groups.values_list("pk", "name"))
+    named = set()
+    for model in (ApprovalRequest, Escalation):
+        named |= set(
+            model.approver_groups.through.objects.filter(
+                group_id__in=[pk for pk, _ in groups]
+            ).values_list("group_id", flat=True)
+        )
+    reviewer = any(name in (roles.REVIEWER, roles.GOVERNANCE_ADMIN) for _, name in groups)
+    listens = [ALL_REVIEWERS] if reviewer else []
+    if reviewer or named:  # a group can be named on the next request: listen on all of them
+        listens += [f"reviewers.{pk}" for pk, _ in groups]
+    return listens
+
+
+def _notify_decided(item, noun: str) -> None:
+    """After commit, best effort: other reviewers' inboxes drop the item."""
+    groups = list(item.approver_groups.values_list("pk", flat=True))
+    event = {"type": f"{noun}.decided", noun: item.pk, "run": item.run_id, "status": item.status}
+    transaction.on_commit(lambda: reviewers_notify(groups, event), robust=True)
 
 
 def approval_decide(
@@ -213,6 +246,7 @@ def _decide(request, decided_by, approve: bool, arguments, comment: str) -> None
     )
     for hook in hooks.approval_decided:
         hook(request)
+    _notify_decided(request, "approval")
 
 
 def _expire(request: ApprovalRequest) -> None:
@@ -228,6 +262,7 @@ def _expire(request: ApprovalRequest) -> None:
     )
     for hook in hooks.approval_decided:
         hook(request)
+    _notify_decided(request, "approval")
 
 
 def approvals_expire() -> int:
@@ -264,6 +299,7 @@ def reviews_withdraw(*, run_id: int, actor) -> int:
                 target=Target.of(item),
                 run=run_id,
             )
+            _notify_decided(item, noun)
             withdrawn += 1
     return withdrawn
 
@@ -330,4 +366,5 @@ def escalation_decide(
         )
         for hook in hooks.escalation_decided:
             hook(escalation)
+        _notify_decided(escalation, "escalation")
     return escalation

@@ -1,0 +1,191 @@
+"""The browser's one websocket (`/ws/`): runs as they happen, conversations' new runs, the
+reviewer inbox's notifications and the user's own (budget thresholds).
+
+The session authenticates the connection (close code 4401 without one). Frames are JSON
+objects; the client subscribes:
+
+    {"type": "subscribe", "conversation": 12}   its runs in progress, and each new one
+    {"type": "subscribe", "run": 34}            one run
+    {"type": "subscribe", "inbox": true}        approval requests and held answers
+
+A subscription the user may not have closes the socket with 4403, whether the object is
+missing or someone else's. A malformed frame is answered with an `error` event; a client that
+sends faster than RATE frames a second (BURST at once) is told so, and closed with 4429 if it
+goes on. A run's events come first as a `replay` of everything logged so far, then live, each
+exactly once (agents.events).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from agents.events import redis_client, replay, stream_id_after
+from agents.models import FINAL_STATES, Run
+from agents.selectors import access_conversation, access_run
+from governance.access import NoAccess
+from governance.approvals import reviewer_listens_on
+
+logger = logging.getLogger(__name__)
+
+UNAUTHENTICATED, FORBIDDEN, TOO_MANY = 4401, 4403, 4429
+RATE, BURST, STRIKES = 5.0, 20.0, 20
+MAX_FRAME = 4096
+
+
+class LiveConsumer(AsyncWebsocketConsumer):
+    async def connect(self) -> None:
+        self.user = self.scope.get("user")
+        self.runs: dict[int, str] = {}  # run id -> the last event id sent
+        self.conversations: set[int] = set()
+        self.joined: set[str] = set()
+        self.redis = None
+        self.allowance, self.checked, self.strikes = BURST, time.monotonic(), 0
+        await self.accept()
+        if self.user is None or not self.user.is_authenticated:
+            await self.close(code=UNAUTHENTICATED)
+            return
+        await self._join(f"user.{self.user.pk}")
+
+    async def disconnect(self, code) -> None:
+        for group in self.joined:
+            await self.channel_layer.group_discard(group, self.channel_name)
+        if self.redis is not None:
+            await self.redis.aclose()
+
+    async def receive(self, text_data=None, bytes_data=None) -> None:
+        if not self._within_rate():
+            self.strikes += 1
+            if self.strikes >= STRIKES:
+                await self.close(code=TOO_MANY)
+            else:
+                await self._error(f"too many messages: at most {RATE:g} a second")
+            return
+        if text_data is None or len(text_data) > MAX_FRAME:
+            await self._error(f"send JSON text frames of at most {MAX_FRAME} bytes")
+            return
+        try:
+            frame = json.loads(text_data)
+        except ValueError:
+            await self._error("the message is not JSON")
+            return
+        if not isinstance(frame, dict) or frame.get("type") not in ("subscribe", "ping"):
+            await self._error('expected {"type": "subscribe", ...} or {"type": "ping"}')
+            return
+        if frame["type"] == "ping":
+            await self._send({"type": "pong"})
+        elif isinstance(frame.get("run"), int):
+            await self._subscribe_run(frame["run"])
+        elif isinstance(frame.get("conversation"), int):
+            await self._subscribe_conversation(frame["conversation"])
+        elif frame.get("inbox") is True:
+            await self._subscribe_inbox()
+        else:
+            await self._error("subscribe to a run, a conversation (by id) or the inbox")
+
+    # Subscriptions
+
+    async def _subscribe_run(self, run_id: int) -> None:
+        try:
+            run = await database_sync_to_async(access_run)(self.user, run_id)
+        except NoAccess:
+            await self.close(code=FORBIDDEN)
+            return
+        await self._follow(run.pk, run.state)
+
+    async def _subscribe_conversation(self, conversation_id: int) -> None:
+        try:
+            active = await database_sync_to_async(_active_runs)(self.user, conversation_id)
+        except NoAccess:
+            await self.close(code=FORBIDDEN)
+            return
+        self.conversations.add(conversation_id)
+        await self._join(f"conversation.{conversation_id}")
+        await self._send({"type": "subscribed", "conversation": conversation_id})
+        for run_id, state in active:
+            await self._follow(run_id, state)
+
+    async def _subscribe_inbox(self) -> None:
+        groups = await database_sync_to_async(reviewer_listens_on)(self.user)
+        if not groups:
+            await self.close(code=FORBIDDEN)
+            return
+        for group in groups:
+            await self._join(group)
+        await self._send({"type": "subscribed", "inbox": True})
+
+    async def _follow(self, run_id: int, state: str) -> None:
+        """Join the run's group, then send its log: an event logged before the join is in the
+        log, one after it arrives live; ids drop what is both."""
+        if run_id in self.runs:
+            return
+        await self._join(f"run.{run_id}")
+        if self.redis is None:
+            self.redis = redis_client()
+        try:
+            events = await replay(self.redis, run_id)
+        except Exception:  # the page still has the database's state; live events go on
+            logger.warning("could not read run %s's events", run_id, exc_info=True)
+            events = []
+        self.runs[run_id] = events[-1]["id"] if events else "0-0"
+        await self._send({"type": "replay", "run": run_id, "state": state, "events": events})
+
+    # Channel-layer handlers
+
+    async def run_event(self, message: dict) -> None:
+        run_id = message["run"]
+        last = self.runs.get(run_id)
+        if last is None or not stream_id_after(message["id"], last):
+            return  # not followed, or already sent in the replay
+        self.runs[run_id] = message["id"]
+        await self._send(
+            {"type": "event", "run": run_id, "id": message["id"], "event": message["event"]}
+        )
+
+    async def group_event(self, message: dict) -> None:
+        event = message["event"]
+        if event.get("type") == "run.started":
+            await self._send(event)
+            await self._follow(event["run"], "queued")
+
+    async def review_event(self, message: dict) -> None:
+        await self._send({"type": "inbox", "event": message["event"]})
+
+    async def user_event(self, message: dict) -> None:
+        await self._send({"type": "notice", "event": message["event"]})
+
+    # Plumbing
+
+    async def _join(self, group: str) -> None:
+        if group not in self.joined:
+            await self.channel_layer.group_add(group, self.channel_name)
+            self.joined.add(group)
+
+    async def _send(self, payload: dict) -> None:
+        await self.send(text_data=json.dumps(payload))
+
+    async def _error(self, detail: str) -> None:
+        await self._send({"type": "error", "detail": detail})
+
+    def _within_rate(self) -> bool:
+        now = time.monotonic()
+        self.allowance = min(BURST, self.allowance + (now - self.checked) * RATE)
+        self.checked = now
+        if self.allowance < 1:
+            return False
+        self.allowance -= 1
+        return True
+
+
+def _active_runs(user, conversation_id: int) -> list[tuple[int, str]]:
+    conversation = access_conversation(user, conversation_id)
+    return list(
+        Run.objects.filter(conversation=conversation)
+        .exclude(state__in=FINAL_STATES)
+        .order_by("created_at")
+        .values_list("pk", "state")
+    )

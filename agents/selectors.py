@@ -1,0 +1,231 @@
+"""Reads for the chat and the run trace: who may see a conversation or a run, and a run as the
+page shows it (tool-call cards, citations with their passages, the answer as safe HTML)."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from django.db.models import Prefetch, QuerySet
+from django.utils.safestring import SafeString, mark_safe
+
+from agents.models import FINAL_STATES, Conversation, Run, RunState, RunStep, StepKind
+from governance.access import NoAccess
+from governance.guardrails.output import render_markdown
+
+MASK = "••••••"
+
+
+def access_conversation(user, conversation_id) -> Conversation:
+    """The conversation, if it is `user`'s own; else NoAccess (missing and forbidden alike)."""
+    try:
+        return Conversation.objects.select_related("agent").get(
+            pk=int(conversation_id), owner_id=user.pk
+        )
+    except (Conversation.DoesNotExist, ValueError, TypeError):
+        raise NoAccess("no such conversation") from None
+
+
+def access_run(user, run_id, *, trace: bool = False) -> Run:
+    """The run, if it is in one of `user`'s conversations; with `trace` (its trace page) also
+    if `user` may view every run (the `agents.view_run` permission: governance admins,
+    auditors) or reviews one of its approvals or held answers. Else NoAccess."""
+    try:
+        run = Run.objects.select_related("agent", "conversation").get(pk=int(run_id))
+    except (Run.DoesNotExist, ValueError, TypeError):
+        raise NoAccess("no such run") from None
+    if run.conversation.owner_id == user.pk:
+        return run
+    if trace and user.is_active and (user.has_perm("agents.view_run") or _reviews(user, run.pk)):
+        return run
+    raise NoAccess("no such run")
+
+
+def _reviews(user, run_id: int) -> bool:
+    from governance.approvals import reviewable
+    from governance.models import ApprovalRequest, Escalation
+
+    return (
+        reviewable(ApprovalRequest, user).filter(run_id=run_id).exists()
+        or reviewable(Escalation, user).filter(run_id=run_id).exists()
+    )
+
+
+def conversations_of(user) -> QuerySet[Conversation]:
+    return (
+        Conversation.objects.filter(owner_id=user.pk)
+        .select_related("agent")
+        .order_by("-updated_at")
+    )
+
+
+def runs_with_steps(queryset: QuerySet[Run]) -> QuerySet[Run]:
+    return queryset.select_related("agent").prefetch_related(
+        Prefetch("steps", queryset=RunStep.objects.order_by("index"))
+    )
+
+
+@dataclass
+class Card:
+    """A tool call as the user follows it."""
+
+    call_id: str
+    name: str
+    arguments: object
+    status: str = "running"  # running, awaiting approval, done, failed, refused, not run
+    detail: str = ""
+    approval: int | None = None
+
+    @property
+    def arguments_text(self) -> str:
+        if isinstance(self.arguments, str):
+            return self.arguments
+        return json.dumps(self.arguments, indent=2, ensure_ascii=False)
+
+
+@dataclass
+class Citation:
+    n: int
+    title: str
+    position: int
+    text: str
+
+
+@dataclass
+class RunView:
+    run: Run
+    cards: list[Card] = field(default_factory=list)
+    citations: list[Citation] = field(default_factory=list)
+    steps: int = 0
+
+    @property
+    def final(self) -> bool:
+        return self.run.state in FINAL_STATES
+
+    @property
+    def status(self) -> str:
+        return {
+            RunState.QUEUED: "Queued",
+            RunState.RUNNING: "Working",
+            RunState.AWAITING_APPROVAL: "Waiting for a reviewer to approve a tool call",
+            RunState.AWAITING_REVIEW: "Held for review",
+            RunState.SUCCEEDED: "Answered",
+            RunState.FAILED: "Failed",
+            RunState.CANCELLED: "Stopped",
+            RunState.REJECTED: "Refused",
+        }[self.run.state]
+
+    @property
+    def tokens(self) -> int:
+        return self.run.prompt_tokens + self.run.completion_tokens
+
+    @property
+    def cost(self) -> Decimal:
+        return self.run.cost
+
+    @property
+    def answer_html(self) -> SafeString:
+        """The answer as sanitised markdown, each cited [n] a link to its passage."""
+        html = str(render_markdown(self.run.answer))
+        cited = {c.n for c in self.citations}
+
+        def link(match: re.Match) -> str:
+            n = int(match.group(1))
+            if n not in cited:
+                return match.group(0)
+            return f'<a class="cite" href="#run-{self.run.pk}-cite-{n}">[{n}]</a>'
+
+        return mark_safe(_MARKER.sub(link, html))  # noqa: S308 - digits and our ids only
+
+
+_MARKER = re.compile(r"\[(\d{1,3})\]")
+
+
+def run_view(run: Run, write_only: dict[str, set[str]] | None = None) -> RunView:
+    """`run` (with its steps prefetched, or fetched here) as the chat shows it."""
+    steps = list(run.steps.all())
+    view = RunView(run=run, steps=len(steps))
+    passages: dict[int, dict] = {}
+    cards: dict[str, Card] = {}
+    for step in steps:
+        if step.kind == StepKind.RETRIEVAL:
+            passages = {p["n"]: p for p in step.output.get("passages", [])}
+        elif step.kind == StepKind.MODEL:
+            for call in step.output.get("tool_calls") or []:
+                arguments = _arguments(call.get("arguments"))
+                hidden = (write_only or {}).get(call["name"], set())
+                if isinstance(arguments, dict) and hidden:
+                    arguments = {k: MASK if k in hidden else v for k, v in arguments.items()}
+                cards[call["id"]] = Card(call["id"], call["name"], arguments)
+        elif step.kind == StepKind.APPROVAL:
+            card = cards.get(step.input.get("call", {}).get("id"))
+            if card is not None:
+                card.status, card.approval = "awaiting approval", step.output.get("approval")
+                card.detail = "; ".join(step.output.get("reasons", []))
+        elif step.kind == StepKind.TOOL:
+            card = cards.get(step.input.get("call", {}).get("id"))
+            if card is not None:
+                _settle(card, step)
+    for card in cards.values():
+        if view.final and card.status in ("running", "awaiting approval"):
+            card.status = "not run"
+        elif card.status == "awaiting approval" and run.state != RunState.AWAITING_APPROVAL:
+            card.status, card.detail = "running", "approved"
+    view.cards = list(cards.values())
+    for cited in run.citations or []:
+        passage = passages.get(cited["n"], {})
+        view.citations.append(
+            Citation(cited["n"], cited["title"], cited["position"] + 1, passage.get("text", ""))
+        )
+    return view
+
+
+def _settle(card: Card, step: RunStep) -> None:
+    output = step.output
+    if step.status == "ok":
+        card.status = "done"
+        result = output.get("result", output.get("withheld", ""))
+        card.detail = result if isinstance(result, str) else json.dumps(result)[:500]
+    elif output.get("denied"):
+        card.status, card.detail = "refused", output.get("error", "")
+    else:
+        card.status, card.detail = "failed", output.get("error", "")
+
+
+def _arguments(raw) -> object:
+    if isinstance(raw, str):
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return raw
+    return raw
+
+
+def write_only_arguments(runs: list[Run]) -> dict[str, set[str]]:
+    """Per tool, the arguments its schema marks `writeOnly` (secrets the user typed once):
+    cards show them masked. One query for all the runs' tools."""
+    from tools.models import Tool
+
+    names = {
+        call["name"]
+        for run in runs
+        for step in run.steps.all()
+        if step.kind == StepKind.MODEL
+        for call in step.output.get("tool_calls") or []
+    }
+    if not names:
+        return {}
+    hidden = {}
+    for name, schema in Tool.objects.filter(name__in=names).values_list("name", "parameters"):
+        properties = (schema or {}).get("properties", {})
+        keys = {k for k, v in properties.items() if isinstance(v, dict) and v.get("writeOnly")}
+        if keys:
+            hidden[name] = keys
+    return hidden
+
+
+def run_views(runs: list[Run]) -> list[RunView]:
+    hidden = write_only_arguments(runs)
+    return [run_view(run, hidden) for run in runs]

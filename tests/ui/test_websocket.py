@@ -1,0 +1,290 @@
+"""The browser's websocket (agents.consumers) on the real channel layer (the embedded Redis):
+session authentication, access per subscription, malformed and too many frames, and a run's
+events exactly once across a late subscription."""
+
+import json
+import threading
+import time
+import uuid
+from importlib import import_module
+
+import pytest
+from asgiref.sync import async_to_sync, sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.conf import settings
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
+from django.contrib.auth.models import Group
+
+from agents.events import publish
+from agents.models import Agent, Conversation, Deployment, ModelRoute, Run
+from governance import roles
+from portal.asgi import application
+
+pytestmark = pytest.mark.usefixtures("committing_db")  # the consumer reads on its own thread
+
+
+@pytest.fixture
+def agent():
+    route = ModelRoute.objects.create(name=f"r-{uuid.uuid4().hex[:8]}")
+    Deployment.objects.create(route=route, position=1, model="warden-local/demo")
+    return Agent.objects.create(name="A", slug=f"a-{uuid.uuid4().hex[:6]}", route=route)
+
+
+@pytest.fixture
+def mia():
+    return get_user_model().objects.create_user("mia")
+
+
+@pytest.fixture
+def oscar():
+    return get_user_model().objects.create_user("oscar")
+
+
+def a_run(owner, agent) -> Run:
+    conversation = Conversation.objects.create(owner=owner, agent=agent)
+    return Run.objects.create(agent=agent, conversation=conversation, actor=owner, input="hi")
+
+
+def cookie(user) -> tuple[bytes, bytes]:
+    session = import_module(settings.SESSION_ENGINE).SessionStore()
+    session[SESSION_KEY] = str(user.pk)
+    session[BACKEND_SESSION_KEY] = settings.AUTHENTICATION_BACKENDS[0]
+    session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    session.save()
+    return (b"cookie", f"{settings.SESSION_COOKIE_NAME}={session.session_key}".encode())
+
+
+def socket(user=None) -> WebsocketCommunicator:
+    headers = [(b"origin", b"http://localhost"), (b"host", b"localhost")]
+    if user is not None:
+        headers.append(cookie(user))
+    return WebsocketCommunicator(application, "/ws/", headers=headers)
+
+
+async def opened(user) -> WebsocketCommunicator:
+    communicator = await sync_to_async(socket)(user)  # the session is saved on this thread
+    connected, _ = await communicator.connect()
+    assert connected
+    return communicator
+
+
+async def closed_with(communicator) -> int:
+    output = await communicator.receive_output(timeout=5)
+    assert output["type"] == "websocket.close", output
+    return output["code"]
+
+
+def wait_logged(run_id: int, count: int) -> None:
+    """The publisher thread logs asynchronously: wait until `count` events are in the log."""
+    import redis
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    deadline = time.monotonic() + 5
+    while client.xlen(f"warden:run:{run_id}:events") < count:
+        assert time.monotonic() < deadline, "the events were not logged"
+        time.sleep(0.01)
+
+
+def test_a_connection_without_a_session_is_closed_with_4401():
+    async def scenario():
+        communicator = socket()
+        await communicator.connect()
+        assert await closed_with(communicator) == 4401
+
+    async_to_sync(scenario)()
+
+
+def test_a_late_subscriber_gets_every_event_once_in_order(mia, agent):
+    """Tokens are published before, during and after the subscription: the replay and the
+    live events together are the whole text, nothing twice."""
+    run = a_run(mia, agent)
+    words = [f"w{i} " for i in range(300)]
+    for word in words[:100]:
+        publish(run.pk, {"type": "token", "step": 0, "text": word})
+    wait_logged(run.pk, 100)
+
+    def more() -> None:
+        for word in words[100:]:
+            publish(run.pk, {"type": "token", "step": 0, "text": word})
+            time.sleep(0.001)
+        publish(run.pk, {"type": "final", "state": "succeeded"})
+
+    async def scenario():
+        communicator = await opened(mia)
+        threading.Thread(target=more).start()  # racing the subscription
+        await communicator.send_json_to({"type": "subscribe", "run": run.pk})
+        replay = await communicator.receive_json_from(timeout=5)
+        assert replay["type"] == "replay"
+        assert replay["run"] == run.pk
+        events = [item["event"] for item in replay["events"]]
+        ids = [item["id"] for item in replay["events"]]
+        while not events or events[-1]["type"] != "final":
+            frame = await communicator.receive_json_from(timeout=5)
+            assert frame["type"] == "event"
+            events.append(frame["event"])
+            ids.append(frame["id"])
+        await communicator.disconnect()
+        return events, ids
+
+    events, ids = async_to_sync(scenario)()
+
+    assert "".join(e["text"] for e in events if e["type"] == "token") == "".join(words)
+    assert len(ids) == len(set(ids)) == 301
+    assert ids == sorted(ids, key=lambda i: tuple(map(int, i.split("-"))))
+
+
+def test_someone_elses_run_or_conversation_closes_the_socket_with_4403(mia, oscar, agent):
+    theirs = a_run(oscar, agent)
+
+    async def scenario(frame):
+        communicator = await opened(mia)
+        await communicator.send_json_to(frame)
+        code = await closed_with(communicator)
+        return code
+
+    assert async_to_sync(scenario)({"type": "subscribe", "run": theirs.pk}) == 4403
+    assert (
+        async_to_sync(scenario)({"type": "subscribe", "conversation": theirs.conversation_id})
+        == 4403
+    )
+    # A missing one looks the same.
+    assert async_to_sync(scenario)({"type": "subscribe", "run": theirs.pk + 1000}) == 4403
+
+
+def test_a_refused_subscriber_receives_none_of_the_runs_events(mia, oscar, agent):
+    theirs = a_run(oscar, agent)
+
+    async def scenario():
+        communicator = await opened(mia)
+        await communicator.send_json_to({"type": "subscribe", "run": theirs.pk})
+        assert await closed_with(communicator) == 4403
+        publish(theirs.pk, {"type": "token", "step": 0, "text": "secret"})
+        assert await communicator.receive_nothing(timeout=0.5)
+
+    async_to_sync(scenario)()
+
+
+def test_a_conversation_subscription_follows_its_runs_in_progress_and_new_ones(mia, agent):
+    first = a_run(mia, agent)
+    done = Run.objects.create(
+        agent=agent, conversation=first.conversation, actor=mia, input="old", state="succeeded"
+    )
+
+    async def scenario():
+        communicator = await opened(mia)
+        await communicator.send_json_to(
+            {"type": "subscribe", "conversation": first.conversation_id}
+        )
+        assert (await communicator.receive_json_from(timeout=5))["type"] == "subscribed"
+        replay = await communicator.receive_json_from(timeout=5)
+        assert replay["run"] == first.pk  # the finished run is not followed
+        from agents.events import publish_group
+
+        publish_group(
+            f"conversation.{first.conversation_id}", {"type": "run.started", "run": 999_999}
+        )
+        started = await communicator.receive_json_from(timeout=5)
+        followed = await communicator.receive_json_from(timeout=5)
+        await communicator.disconnect()
+        return started, followed
+
+    started, followed = async_to_sync(scenario)()
+    assert started == {"type": "run.started", "run": 999_999}
+    assert followed["type"] == "replay"
+    assert followed["run"] == 999_999
+    assert done.pk != first.pk
+
+
+@pytest.mark.parametrize(
+    ("frame", "detail"),
+    [
+        ("not json", "the message is not JSON"),
+        ("[1, 2]", 'expected {"type": "subscribe", ...} or {"type": "ping"}'),
+        ('{"type": "shout"}', 'expected {"type": "subscribe", ...} or {"type": "ping"}'),
+        ('{"type": "subscribe"}', "subscribe to a run, a conversation (by id) or the inbox"),
+        ('{"type": "subscribe", "run": "7"}', "subscribe to a run, a conversation (by id)"),
+        ('{"type": "ping", "pad": "' + "x" * 5000 + '"}', "send JSON text frames of at most"),
+    ],
+)
+def test_a_malformed_frame_gets_an_error_event_and_the_socket_stays_open(mia, frame, detail):
+    async def scenario():
+        communicator = await opened(mia)
+        await communicator.send_to(text_data=frame)
+        error = await communicator.receive_json_from(timeout=5)
+        await communicator.send_json_to({"type": "ping"})
+        pong = await communicator.receive_json_from(timeout=5)
+        await communicator.disconnect()
+        return error, pong
+
+    error, pong = async_to_sync(scenario)()
+    assert error["type"] == "error"
+    assert error["detail"].startswith(detail)
+    assert pong == {"type": "pong"}
+
+
+def test_a_binary_frame_gets_an_error_event(mia):
+    async def scenario():
+        communicator = await opened(mia)
+        await communicator.send_to(bytes_data=b"\x00\x01")
+        error = await communicator.receive_json_from(timeout=5)
+        await communicator.disconnect()
+        return error
+
+    assert async_to_sync(scenario)()["type"] == "error"
+
+
+def test_a_flood_is_told_to_slow_down_then_closed_with_4429(mia):
+    from agents.consumers import BURST, STRIKES
+
+    async def scenario():
+        communicator = await opened(mia)
+        for _ in range(int(BURST) + STRIKES + 5):
+            await communicator.send_json_to({"type": "ping"})
+        answers = []
+        while True:
+            output = await communicator.receive_output(timeout=5)
+            if output["type"] == "websocket.close":
+                return answers, output["code"]
+            answers.append(json.loads(output["text"]))
+
+    answers, code = async_to_sync(scenario)()
+    assert code == 4429
+    assert answers[0] == {"type": "pong"}
+    assert {"type": "error", "detail": "too many messages: at most 5 a second"} in answers
+    assert sum(1 for a in answers if a["type"] == "pong") <= BURST + 1
+
+
+def test_the_inbox_is_for_reviewers(mia):
+    reviewer = get_user_model().objects.create_user("rey")
+    reviewer.groups.add(Group.objects.get_or_create(name=roles.REVIEWER)[0])
+
+    async def scenario(user):
+        communicator = await opened(user)
+        await communicator.send_json_to({"type": "subscribe", "inbox": True})
+        output = await communicator.receive_output(timeout=5)
+        await communicator.disconnect()
+        return output
+
+    refused = async_to_sync(scenario)(mia)
+    assert refused == {"type": "websocket.close", "code": 4403}
+    accepted = async_to_sync(scenario)(reviewer)
+    assert json.loads(accepted["text"]) == {"type": "subscribed", "inbox": True}
+
+
+def test_a_reviewer_hears_of_a_new_request(agent, mia):
+    from governance.notify import reviewers_notify
+
+    reviewer = get_user_model().objects.create_user("rey")
+    reviewer.groups.add(Group.objects.get_or_create(name=roles.REVIEWER)[0])
+
+    async def scenario():
+        communicator = await opened(reviewer)
+        await communicator.send_json_to({"type": "subscribe", "inbox": True})
+        await communicator.receive_json_from(timeout=5)
+        await sync_to_async(reviewers_notify)([], {"type": "approval.requested", "approval": 1})
+        frame = await communicator.receive_json_from(timeout=5)
+        await communicator.disconnect()
+        return frame
+
+    frame = async_to_sync(scenario)()
+    assert frame == {"type": "inbox", "event": {"type": "approval.requested", "approval": 1}}
