@@ -13,7 +13,12 @@ from guardian.admin import (
     AdminUserObjectPermissionsForm,
     GuardedModelAdminMixin,
 )
-from guardian.shortcuts import get_group_perms, get_user_perms
+from guardian.shortcuts import (
+    get_group_perms,
+    get_groups_with_perms,
+    get_user_perms,
+    get_users_with_perms,
+)
 
 from governance.access import codename
 from governance.approvals import ApprovalError, approval_decide, escalation_decide
@@ -94,6 +99,12 @@ class GovernedAdminMixin(GuardedModelAdminMixin):
             AdminGroupObjectPermissionsForm, action=self.governed_action, actor=request.user
         )
 
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        obj = self.get_object(request, object_id)
+        if obj is not None:
+            extra_context = {**(extra_context or {}), "access": _holders(obj, self)}
+        return super().change_view(request, object_id, form_url, extra_context)
+
     def get_obj_perms_base_context(self, request, obj):
         context = super().get_obj_perms_base_context(request, obj)
         context["model_perms"] = context["model_perms"].filter(
@@ -105,6 +116,23 @@ class GovernedAdminMixin(GuardedModelAdminMixin):
             content_type=ContentType.objects.get_for_model(obj), object_id=obj.pk
         ).select_related("user", "group")
         return context
+
+
+def _holders(obj, admin_: GovernedAdminMixin) -> dict:
+    """Who holds the object's governed action (granted on the object itself) and who is
+    denied it: the summary on the object's change page; the Access page changes it."""
+    wanted = codename(type(obj), admin_.governed_action)
+    groups = get_groups_with_perms(obj, attach_perms=True)
+    users = get_users_with_perms(obj, attach_perms=True, with_group_users=False)
+    denials = AccessDenial.objects.filter(
+        content_type=ContentType.objects.get_for_model(obj), object_id=obj.pk
+    ).select_related("user", "group")
+    return {
+        "action": admin_.governed_action,
+        "groups": sorted(g.name for g, perms in groups.items() if wanted in perms),
+        "users": sorted(u.get_username() for u, perms in users.items() if wanted in perms),
+        "denied": sorted(str(d.user or d.group) for d in denials),
+    }
 
 
 @admin.register(AccessDenial)

@@ -179,6 +179,23 @@ _EXPLAINED = {
 }
 
 
+_WHY_APPROVAL = {
+    "tool.approval_always": "the tool always asks for a reviewer",
+    "tool.risk_critical": "the tool is critical: every call is reviewed",
+    "tool.risk_write": "the tool changes a system (risk: write)",
+    "budget.soft_limit": "a budget's soft limit is reached",
+}
+
+
+def reason_text(reason: str) -> str:
+    """One reason of a decision, for a reviewer reading why a call waits for them."""
+    if reason.startswith("guardrail."):
+        _, guardrail, action = reason.split(".", 2)
+        verb = {"approve": "asks for a reviewer", "flag": "flagged it"}.get(action, action)
+        return f"the {guardrail} guardrail {verb}"
+    return _WHY_APPROVAL.get(reason) or _EXPLAINED.get(reason, reason).format(agent="", tool="")
+
+
 def explain(decision: Decision, *, agent: str = "", tool: str = "") -> str:
     """The reasons of a denial, for the person refused. A forbidden agent reads as a missing
     one and hides every other reason (missing and forbidden look the same)."""

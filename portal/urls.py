@@ -2,18 +2,25 @@ from django.contrib import admin
 from django.urls import path
 from django.views.generic import RedirectView
 
-from portal import views
-
-admin.site.site_header = "Warden administration"
-admin.site.site_title = "Warden"
-admin.site.index_title = "Governance"
+from portal import chat, inbox, trace, views
 
 # /healthz and /readyz are answered by portal.health.ProbeMiddleware.
 urlpatterns = [
     path("", views.home, name="home"),
+    path("favicon.ico", views.favicon),
     path("login/", views.SignInView.as_view(), name="login"),
     path("logout/", views.SignOutView.as_view(), name="logout"),
     # One sign-in page (audited) for the portal and the admin.
     path("admin/login/", RedirectView.as_view(pattern_name="login", query_string=True)),
+    path("chat/", chat.chat_home, name="chat"),
+    path("chat/new/<slug:slug>/", chat.chat_new, name="chat-new"),
+    path("chat/c/<int:pk>/", chat.conversation_page, name="conversation"),
+    path("chat/send/", chat.chat_send, name="chat-send"),
+    path("chat/runs/<int:pk>/", chat.run_part, name="run-part"),
+    path("chat/runs/<int:pk>/stop/", chat.run_stop, name="run-stop"),
+    path("runs/<int:pk>/", trace.run_trace, name="run-trace"),
+    path("inbox/", inbox.inbox, name="inbox"),
+    path("inbox/approvals/<int:pk>/", inbox.approval_page, name="inbox-approval"),
+    path("inbox/answers/<int:pk>/", inbox.answer_page, name="inbox-answer"),
     path("admin/", admin.site.urls),
 ]

@@ -3,11 +3,17 @@ from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
+from django.templatetags.static import static
 from django.utils.crypto import salted_hmac
 
 from audit.services import SYSTEM, Target, audit_record
 from governance.budgets import usage_for
+
+
+def favicon(request: HttpRequest) -> HttpResponse:
+    """Browsers ask for /favicon.ico whatever the page says (the admin's pages say nothing)."""
+    return redirect(static("portal/favicon.svg"), permanent=True)
 
 
 @login_required

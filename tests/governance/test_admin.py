@@ -136,3 +136,16 @@ def test_a_denial_whose_object_was_deleted_can_still_be_removed(admin_client, pe
 
     assert response.status_code == 302
     assert not AccessDenial.objects.filter(pk=denial.pk).exists()
+
+
+def test_a_governed_objects_page_says_who_may_use_it(admin_client, people, governed, team):
+    page = admin_client.get(reverse("admin:agents_agent_change", args=[governed.agent.pk]))
+
+    summary = page.content.decode().split('id="access-summary">', 1)[1].split("</p>", 1)[0]
+    assert f"groups {team.name}" in summary
+    assert f"users {people.integration.username}" in summary
+    assert f"<strong>Denied:</strong> {people.denied.username}." in summary
+    base = admin_client.get(
+        reverse("admin:agents_knowledgebase_change", args=[governed.knowledge_base.pk])
+    )
+    assert "Who may read it:" in base.content.decode()

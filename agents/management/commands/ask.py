@@ -63,14 +63,14 @@ def follow(command: BaseCommand, run: Run, *, timeout: float, shown: int = 0) ->
         request = ApprovalRequest.objects.filter(run_id=run.pk, status="pending").last()
         command.stdout.write(
             f"Waiting for approval of {request.tool_name} (request {request.pk}): a reviewer "
-            f"decides it in the admin, or with `manage.py decide approval {request.pk} approve "
-            "--as REVIEWER`."
+            f"decides it in the inbox (/inbox/), or with `manage.py decide approval {request.pk} "
+            "approve --as REVIEWER`."
         )
     elif run.state == RunState.AWAITING_REVIEW:
         command.stdout.write(
             f"Held for review: the answer's confidence is below the agent's threshold (run "
             f"{run.pk}); a reviewer releases or rejects it with `manage.py decide answer "
-            f"{run.pk} release --as REVIEWER`, or in the admin."
+            f"{run.pk} release --as REVIEWER`, or in the inbox (/inbox/)."
         )
     elif run.state == RunState.SUCCEEDED:
         confidence = f" (confidence {run.confidence})" if run.confidence is not None else ""

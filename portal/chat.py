@@ -1,0 +1,156 @@
+"""The chat: the agents a user may use, their conversations, and a run as it happens.
+
+A message is posted over HTTP (`chat_send`, CSRF-protected, the same `run_start` every
+interface calls); what the run does then reaches the page over the websocket
+(agents.consumers), and each event makes the page fetch the run's part again from the
+database (`run_part`), so what it shows is never more than one event behind the truth.
+"""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.text import capfirst
+from django.views.decorators.http import require_GET, require_POST
+
+from agents.models import Agent, Conversation, Run
+from agents.selectors import (
+    access_conversation,
+    access_run,
+    conversations_of,
+    run_views,
+    runs_with_steps,
+)
+from agents.services import RateLimited, RunError, run_cancel, run_start
+from governance.access import NoAccess, access_agent
+from governance.budgets import usage_for
+from portal.problems import problem
+
+MAX_MESSAGE = 20_000
+DRAFT = "chat.draft"
+
+
+def _agents(user):
+    return Agent.objects.restrict(user, "use").filter(enabled=True).order_by("name")
+
+
+def _page(request: HttpRequest, **context) -> HttpResponse:
+    """The chat page: the agents one may use and one's conversations beside `context`."""
+    return render(
+        request,
+        "portal/chat.html",
+        {
+            "agents": _agents(request.user),
+            "conversations": conversations_of(request.user)[:50],
+            "usage": usage_for(request.user),
+            "draft": request.session.pop(DRAFT, ""),
+            **context,
+        },
+    )
+
+
+@login_required
+@require_GET
+def chat_home(request: HttpRequest) -> HttpResponse:
+    return _page(request)
+
+
+@login_required
+@require_GET
+def chat_new(request: HttpRequest, slug: str) -> HttpResponse:
+    agent = _agents(request.user).filter(slug=slug).first()
+    if agent is None:
+        raise Http404("no such agent")
+    return _page(request, agent=agent)
+
+
+@login_required
+@require_GET
+def conversation_page(request: HttpRequest, pk: int) -> HttpResponse:
+    try:
+        conversation = access_conversation(request.user, pk)
+    except NoAccess:
+        raise Http404("no such conversation") from None
+    runs = list(runs_with_steps(conversation.runs.order_by("created_at")))
+    return _page(request, agent=conversation.agent, conversation=conversation, runs=run_views(runs))
+
+
+@login_required
+@require_POST
+def chat_send(request: HttpRequest) -> HttpResponse:
+    """Start a run on the posted message: JSON for the page's script, a redirect for a plain
+    form. Nothing typed is lost: a refusal comes back with the text, for another try."""
+    wants_json = "application/json" in request.headers.get("Accept", "")
+    text = request.POST.get("text", "")
+    try:
+        if len(text) > MAX_MESSAGE:
+            raise RunError(f"the message is longer than {MAX_MESSAGE} characters")
+        agent = access_agent(request.user, _int(request.POST.get("agent")))
+        if request.POST.get("conversation"):
+            conversation = access_conversation(request.user, request.POST["conversation"])
+            run = run_start(agent=agent, conversation=conversation, actor=request.user, input=text)
+        else:
+            conversation = Conversation.objects.create(
+                owner=request.user, agent=agent, title=" ".join(text.split())[:80]
+            )
+            try:
+                run = run_start(
+                    agent=agent, conversation=conversation, actor=request.user, input=text
+                )
+            except RunError:  # (its refusal is audited) no empty conversation is left behind
+                conversation.delete()
+                raise
+    except (NoAccess, RunError) as exc:
+        status = 429 if isinstance(exc, RateLimited) else 404 if isinstance(exc, NoAccess) else 400
+        if wants_json:
+            response = problem(request, status, str(exc), text=text)
+            if isinstance(exc, RateLimited):
+                response["Retry-After"] = str(exc.retry_after)
+            return response
+        messages.error(request, capfirst(str(exc)))
+        request.session[DRAFT] = text  # the page puts it back in the box
+        back = request.META.get("HTTP_REFERER", "")
+        safe = url_has_allowed_host_and_scheme(back, {request.get_host()})
+        return redirect(back if safe and back else reverse("chat"))
+    url = reverse("conversation", args=[conversation.pk])
+    if wants_json:
+        return JsonResponse(
+            {"run": run.pk, "conversation": conversation.pk, "url": url}, status=201
+        )
+    return redirect(url)
+
+
+@login_required
+@require_GET
+def run_part(request: HttpRequest, pk: int) -> HttpResponse:
+    """The run's part of the conversation page, as it stands in the database."""
+    try:
+        run = access_run(request.user, pk)
+    except NoAccess:
+        raise Http404("no such run") from None
+    [view] = run_views(list(runs_with_steps(Run.objects.filter(pk=run.pk))))
+    return render(request, "portal/_run.html", {"view": view})
+
+
+@login_required
+@require_POST
+def run_stop(request: HttpRequest, pk: int) -> HttpResponse:
+    try:
+        run = access_run(request.user, pk)
+    except NoAccess:
+        raise Http404("no such run") from None
+    run_cancel(run=run, actor=request.user)
+    if "application/json" in request.headers.get("Accept", ""):
+        return JsonResponse({"run": run.pk}, status=202)
+    return redirect("conversation", run.conversation_id)
+
+
+def _int(value) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None

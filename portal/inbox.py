@@ -1,0 +1,233 @@
+"""The reviewer inbox: pending tool approvals and held answers this reviewer may decide.
+
+Every page asks `governance.approvals.reviewable` which items the reviewer may see; deciding
+goes through `approval_decide` / `escalation_decide` (four-eyes, approver groups, expiry, the
+audit event, the run resumed, all in one transaction). The list reloads itself when the
+websocket says something arrived or was decided elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from itertools import chain
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.utils.text import capfirst
+from django.views.decorators.http import require_http_methods
+
+from agents.models import Agent, Message, MessageRole
+from audit.models import AuditEvent
+from governance.approvals import (
+    ApprovalError,
+    approval_decide,
+    approvals_for,
+    escalation_decide,
+    escalations_for,
+    reviewable,
+)
+from governance.guardrails.output import render_markdown
+from governance.models import ApprovalRequest, Escalation
+from governance.policy import reason_text
+from tools.models import RiskTier, Tool
+
+AGES = {"15m": timedelta(minutes=15), "1h": timedelta(hours=1), "1d": timedelta(days=1)}
+AGE_LABELS = {"": "any age", "15m": "over 15 minutes", "1h": "over an hour", "1d": "over a day"}
+
+
+def pending_count(user) -> int:
+    return approvals_for(user).count() + escalations_for(user).count()
+
+
+@login_required
+def inbox(request: HttpRequest) -> HttpResponse:
+    filters = _filters(request.GET)
+    approvals = approvals_for(request.user).select_related("requested_by")
+    answers = escalations_for(request.user).select_related("requested_by")
+    if filters["agent"]:
+        approvals = approvals.filter(agent_id=filters["agent"])
+        answers = answers.filter(agent_id=filters["agent"])
+    if filters["tool"]:
+        approvals = approvals.filter(tool_name=filters["tool"])
+    if filters["risk"]:
+        approvals = approvals.filter(
+            tool_id__in=Tool.objects.filter(risk=filters["risk"]).values("pk")
+        )
+    if filters["age"]:
+        before = timezone.now() - AGES[filters["age"]]
+        approvals = approvals.filter(created_at__lte=before)
+        answers = answers.filter(created_at__lte=before)
+    if filters["kind"] == "approval" or filters["tool"] or filters["risk"]:
+        answers = answers.none()  # a held answer has no tool and no risk tier
+    elif filters["kind"] == "answer":
+        approvals = approvals.none()
+    approvals, answers = list(approvals), list(answers)
+    agents = dict(
+        Agent.objects.filter(
+            pk__in={item.agent_id for item in chain(approvals, answers)}
+        ).values_list("pk", "name")
+    )
+    risks = dict(
+        Tool.objects.filter(pk__in={a.tool_id for a in approvals}).values_list("pk", "risk")
+    )
+    items = sorted(
+        [_row(a, "approval", agents, risks.get(a.tool_id, "")) for a in approvals]
+        + [_row(e, "answer", agents, "") for e in answers],
+        key=lambda row: row["created_at"],
+    )
+    everything = approvals_for(request.user)
+    context = {
+        "items": items,
+        "total": pending_count(request.user),
+        "filters": filters,
+        "filtered": any(filters.values()),
+        "agent_choices": Agent.objects.filter(pk__in=everything.values("agent_id")).values_list(
+            "pk", "name"
+        ),
+        "tool_choices": sorted(set(everything.values_list("tool_name", flat=True))),
+        "risk_choices": RiskTier.choices,
+        "age_choices": AGE_LABELS.items(),
+    }
+    template = "portal/_inbox_items.html" if request.GET.get("part") else "portal/inbox.html"
+    return render(request, template, context)
+
+
+def _filters(query) -> dict[str, str]:
+    """The filters asked for; a value that is not one of the choices is no filter."""
+    valid = {
+        "kind": lambda v: v in ("approval", "answer"),
+        "agent": str.isdigit,
+        "tool": lambda v: len(v) <= 64,
+        "risk": lambda v: v in RiskTier.values,
+        "age": lambda v: v in AGES,
+    }
+    return {key: v if (v := query.get(key, "")) and ok(v) else "" for key, ok in valid.items()}
+
+
+def _row(item, kind: str, agents: dict, risk: str) -> dict:
+    return {
+        "kind": kind,
+        "pk": item.pk,
+        "agent": agents.get(item.agent_id, f"agent {item.agent_id}"),
+        "tool": getattr(item, "tool_name", ""),
+        "risk": risk,
+        "requested_by": item.requested_by.get_username(),
+        "reasons": [reason_text(r) for r in getattr(item, "reasons", None) or []],
+        "created_at": item.created_at,
+        "confidence": getattr(item, "confidence", None),
+    }
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def approval_page(request: HttpRequest, pk: int) -> HttpResponse:
+    request_ = reviewable(ApprovalRequest, request.user).filter(pk=pk).first()
+    if request_ is None:
+        raise Http404("no such approval request")
+    typed = {"arguments": "", "comment": ""}
+    if request.method == "POST":
+        typed = {k: request.POST.get(k, "") for k in typed}
+        decision = request.POST.get("decision")
+        try:
+            arguments = None
+            if decision == "approve" and typed["arguments"].strip():
+                arguments = _json_object(typed["arguments"])
+            approval_decide(
+                approval_id=pk,
+                decided_by=request.user,
+                approve=decision == "approve",
+                arguments=arguments,
+                comment=typed["comment"],
+            )
+        except ApprovalError as exc:
+            messages.error(request, capfirst(str(exc)))
+        else:
+            verb = "Approved" if decision == "approve" else "Rejected"
+            messages.success(request, f"{verb}: {request_.tool_name} for {request_.requested_by}.")
+            return redirect("inbox")
+        request_.refresh_from_db()
+    tool = Tool.objects.filter(pk=request_.tool_id).first()
+    return render(
+        request,
+        "portal/approval.html",
+        {
+            "item": request_,
+            "tool": tool,
+            "arguments": json.dumps(request_.arguments, indent=2, ensure_ascii=False),
+            "reasons": [reason_text(r) for r in request_.reasons],
+            "typed": typed,
+            **_context_of(request_.run_id),
+        },
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def answer_page(request: HttpRequest, pk: int) -> HttpResponse:
+    escalation = reviewable(Escalation, request.user).filter(pk=pk).first()
+    if escalation is None:
+        raise Http404("no such held answer")
+    typed = {"answer": escalation.answer, "comment": ""}
+    if request.method == "POST":
+        typed = {k: request.POST.get(k, "") for k in typed}
+        release = request.POST.get("decision") == "release"
+        try:
+            escalation_decide(
+                escalation_id=pk,
+                decided_by=request.user,
+                release=release,
+                answer=typed["answer"] if release else None,
+                comment=typed["comment"],
+            )
+        except ApprovalError as exc:
+            messages.error(request, capfirst(str(exc)))
+        else:
+            verb = "Released" if release else "Rejected"
+            messages.success(request, f"{verb}: the answer for {escalation.requested_by}.")
+            return redirect("inbox")
+        escalation.refresh_from_db()
+    return render(
+        request,
+        "portal/answer.html",
+        {
+            "item": escalation,
+            "answer_html": render_markdown(escalation.answer),
+            "typed": typed,
+            **_context_of(escalation.run_id),
+        },
+    )
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ApprovalError(f"the edited arguments are not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ApprovalError("the edited arguments must be a JSON object")
+    return value
+
+
+def _context_of(run_id: int) -> dict:
+    """What the reviewer reads beside the decision: the conversation up to the run and the
+    run's audit trail."""
+    from agents.models import Run
+
+    run = Run.objects.select_related("agent", "actor").filter(pk=run_id).first()
+    conversation = []
+    if run is not None:
+        conversation = list(
+            Message.objects.filter(
+                conversation_id=run.conversation_id,
+                role__in=[MessageRole.USER, MessageRole.ASSISTANT],
+                created_at__lte=run.created_at + timedelta(seconds=1),
+            )
+            .exclude(content="")
+            .order_by("-created_at")[:10]
+        )[::-1]
+    trail = AuditEvent.objects.filter(run=str(run_id)).order_by("sequence")[:200]
+    return {"run": run, "conversation": conversation, "trail": trail}

@@ -1,0 +1,80 @@
+"""One page per run: its steps with timings, tokens and cost, the deployment that served each
+model step (and the fallbacks tried first), the passages it retrieved, the policy's decisions,
+approvals and held answers, and the audit events behind them."""
+
+from __future__ import annotations
+
+import json
+
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.views.decorators.http import require_GET
+
+from agents.models import StepKind
+from agents.selectors import access_run
+from audit.models import AuditEvent
+from governance.access import NoAccess
+from governance.models import ApprovalRequest, Escalation
+
+
+@login_required
+@require_GET
+def run_trace(request: HttpRequest, pk: int) -> HttpResponse:
+    try:
+        run = access_run(request.user, pk, trace=True)
+    except NoAccess:
+        raise Http404("no such run") from None
+    steps = [_step(step) for step in run.steps.order_by("index")]
+    events = list(AuditEvent.objects.filter(run=str(run.pk)).order_by("sequence")[:500])
+    decisions = []
+    for event in events:
+        if event.action == "policy.decided":
+            data = json.loads(event.data)
+            decisions.append({"event": event, "data": data})
+    return render(
+        request,
+        "portal/trace.html",
+        {
+            "run": run,
+            "steps": steps,
+            "decisions": decisions,
+            "approvals": ApprovalRequest.objects.filter(run_id=run.pk)
+            .select_related("decided_by")
+            .order_by("created_at"),
+            "escalations": Escalation.objects.filter(run_id=run.pk).select_related("decided_by"),
+            "events": events,
+            "audit_links": request.user.has_perm("audit.view_auditevent"),
+        },
+    )
+
+
+def _step(step) -> dict:
+    output = step.output or {}
+    row = {
+        "step": step,
+        "ms": round((step.finished_at - step.started_at).total_seconds() * 1000),
+        "tokens": step.prompt_tokens + step.completion_tokens,
+        "summary": "",
+        "fallbacks": [],
+        "passages": [],
+    }
+    if step.kind == StepKind.MODEL:
+        calls = output.get("tool_calls") or []
+        row["summary"] = ", ".join(f"calls {c['name']}" for c in calls) or "answers"
+        row["fallbacks"] = output.get("fallbacks") or []
+        row["cached"] = output.get("cached", False)
+        row["confidence"] = output.get("confidence")
+    elif step.kind == StepKind.TOOL:
+        call = step.input.get("call", {})
+        row["summary"] = f"{call.get('name', '')}: " + (
+            output.get("error") or ("ok" if step.status == "ok" else step.status)
+        )
+    elif step.kind == StepKind.APPROVAL:
+        row["summary"] = f"approval request {output.get('approval')}: " + ", ".join(
+            output.get("reasons", [])
+        )
+    elif step.kind == StepKind.RETRIEVAL:
+        row["passages"] = output.get("passages", [])
+        row["summary"] = f"{len(row['passages'])} passages"
+    return row
