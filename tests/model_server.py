@@ -22,6 +22,7 @@ class Reply:
     text: str = ""
     tool_calls: list[tuple[str, str]] = field(default_factory=list)  # (name, raw JSON args)
     delay: float = 0.0
+    pace: float = 0.0  # seconds between streamed chunks
     prompt_tokens: int = 11
     completion_tokens: int = 7
 
@@ -98,6 +99,8 @@ class ScriptedModelServer:
                 for chunk in _chunks(body, reply):
                     self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                     self.wfile.flush()
+                    if reply.pace:
+                        time.sleep(reply.pace)
                 self.wfile.write(b"data: [DONE]\n\n")
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

@@ -27,3 +27,5 @@ STORAGES = {
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # noqa: F405 - whitenoise warns when it is missing
 READY_CACHE_SECONDS = 0  # each test sees the state it set up (one test turns the cache on)
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # speed only
+# The browser tests' daphne serves static files straight from the apps (no collectstatic).
+WHITENOISE_USE_FINDERS = True

@@ -2,14 +2,13 @@
 what is wrong while the admin types, with the validators that check on save."""
 
 import os
-import shutil
 import threading
 from importlib import import_module
 
 import pytest
 from django.contrib.auth import get_user_model
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+from tests.chromium import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = [
     pytest.mark.usefixtures("committing_db"),  # the live server's thread reads what we write
@@ -63,16 +62,7 @@ def page(server, tmp_path, monkeypatch):
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM,
-            args=[
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--no-first-run",
-                "--disable-sync",
-                "--disable-quic",
-            ],
+            args=CHROMIUM_ARGS,
         )
         context = browser.new_context()
         context.add_cookies([cookie])
