@@ -16,6 +16,7 @@ class AgentsConfig(AppConfig):
         if run_approval_decided not in hooks.approval_decided:
             hooks.approval_decided.append(run_approval_decided)
             hooks.escalation_decided.append(run_escalation_decided)
+        hooks.approver_relations.add("approvable_agents")  # Agent.approver_groups
 
         # Field-level history of the configuration (the key is a reference, never a secret).
         auditlog.register(Agent)

@@ -35,13 +35,13 @@ logger = logging.getLogger(__name__)
 UNAUTHENTICATED, FORBIDDEN, TOO_MANY = 4401, 4403, 4429
 RATE, BURST, STRIKES = 5.0, 20.0, 20
 MAX_FRAME = 4096
+MAX_LISTED = 100
 
 
 class LiveConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         self.user = self.scope.get("user")
-        self.runs: dict[int, str] = {}  # run id -> the last event id sent
-        self.conversations: set[int] = set()
+        self.runs: dict[int, str] = {}  # run id -> the last id of its replay
         self.joined: set[str] = set()
         self.redis = None
         self.allowance, self.checked, self.strikes = BURST, time.monotonic(), 0
@@ -58,8 +58,10 @@ class LiveConsumer(AsyncWebsocketConsumer):
             await self.redis.aclose()
 
     async def receive(self, text_data=None, bytes_data=None) -> None:
+        if self.user is None or not self.user.is_authenticated:
+            return  # closed at connect; frames already on their way are not read
         if not self._within_rate():
-            self.strikes += 1
+            self.strikes += 1  # forgiven once the client has kept to the rate for a while
             if self.strikes >= STRIKES:
                 await self.close(code=TOO_MANY)
             else:
@@ -78,9 +80,9 @@ class LiveConsumer(AsyncWebsocketConsumer):
             return
         if frame["type"] == "ping":
             await self._send({"type": "pong"})
-        elif isinstance(frame.get("run"), int):
+        elif _is_id(frame.get("run")):
             await self._subscribe_run(frame["run"])
-        elif isinstance(frame.get("conversation"), int):
+        elif _is_id(frame.get("conversation")):
             await self._subscribe_conversation(frame["conversation"])
         elif frame.get("inbox") is True:
             await self._subscribe_inbox()
@@ -99,15 +101,20 @@ class LiveConsumer(AsyncWebsocketConsumer):
 
     async def _subscribe_conversation(self, conversation_id: int) -> None:
         try:
-            active = await database_sync_to_async(_active_runs)(self.user, conversation_id)
+            await database_sync_to_async(access_conversation)(self.user, conversation_id)
         except NoAccess:
             await self.close(code=FORBIDDEN)
             return
-        self.conversations.add(conversation_id)
+        # Join first, then read: a run started in between is both announced and listed
+        # (`_follow` takes it once).
         await self._join(f"conversation.{conversation_id}")
-        await self._send({"type": "subscribed", "conversation": conversation_id})
-        for run_id, state in active:
-            await self._follow(run_id, state)
+        runs = await database_sync_to_async(_runs_of)(conversation_id)
+        await self._send(
+            {"type": "subscribed", "conversation": conversation_id, "runs": [pk for pk, _ in runs]}
+        )
+        for run_id, state in runs:
+            if state not in FINAL_STATES:
+                await self._follow(run_id, state)
 
     async def _subscribe_inbox(self) -> None:
         groups = await database_sync_to_async(reviewer_listens_on)(self.user)
@@ -137,11 +144,13 @@ class LiveConsumer(AsyncWebsocketConsumer):
     # Channel-layer handlers
 
     async def run_event(self, message: dict) -> None:
+        """Redis gives each new entry a larger id than every entry before it: an event is in
+        the replay exactly when its id is at most the replay's last (whatever order the
+        publishing processes send in)."""
         run_id = message["run"]
-        last = self.runs.get(run_id)
-        if last is None or not stream_id_after(message["id"], last):
+        replayed = self.runs.get(run_id)
+        if replayed is None or not stream_id_after(message["id"], replayed):
             return  # not followed, or already sent in the replay
-        self.runs[run_id] = message["id"]
         await self._send(
             {"type": "event", "run": run_id, "id": message["id"], "event": message["event"]}
         )
@@ -175,17 +184,20 @@ class LiveConsumer(AsyncWebsocketConsumer):
         now = time.monotonic()
         self.allowance = min(BURST, self.allowance + (now - self.checked) * RATE)
         self.checked = now
+        if self.allowance == BURST:
+            self.strikes = 0
         if self.allowance < 1:
             return False
         self.allowance -= 1
         return True
 
 
-def _active_runs(user, conversation_id: int) -> list[tuple[int, str]]:
-    conversation = access_conversation(user, conversation_id)
-    return list(
-        Run.objects.filter(conversation=conversation)
-        .exclude(state__in=FINAL_STATES)
-        .order_by("created_at")
-        .values_list("pk", "state")
-    )
+def _runs_of(conversation_id: int) -> list[tuple[int, str]]:
+    """The conversation's latest runs (the page fetches any it lacks, e.g. after a
+    disconnect), oldest first."""
+    latest = Run.objects.filter(conversation_id=conversation_id).order_by("-created_at")
+    return list(latest.values_list("pk", "state")[:MAX_LISTED])[::-1]
+
+
+def _is_id(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**63

@@ -306,9 +306,10 @@ def _loop(run_id: int, token: int) -> None:
                 budget_settle(
                     key=key, tokens=reply.prompt_tokens + reply.completion_tokens, cost=reply.cost
                 )
-        final = not reply.tool_calls  # its text reaches the user when the run ends (or is held)
-        shown = {k: v for k, v in output.items() if not (final and k == "content")}
-        held.publish({"type": "step", "index": record.index, "kind": "model", "output": shown})
+        # What changed, not what it says: the event log is kept in Redis for a day, and the
+        # page reads the step from the database (tool arguments masked, answers once released).
+        calls = [c.name for c in reply.tool_calls]
+        held.publish({"type": "step", "index": record.index, "kind": "model", "calls": calls})
 
 
 def _reserve(held: _Run, key: str, tools: list[dict]):

@@ -4,12 +4,11 @@ page shows it (tool-call cards, citations with their passages, the answer as saf
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from decimal import Decimal
 
 from django.db.models import Prefetch, QuerySet
-from django.utils.safestring import SafeString, mark_safe
+from django.utils.safestring import SafeString
 
 from agents.models import FINAL_STATES, Conversation, Run, RunState, RunStep, StepKind
 from governance.access import NoAccess
@@ -128,19 +127,11 @@ class RunView:
     @property
     def answer_html(self) -> SafeString:
         """The answer as sanitised markdown, each cited [n] a link to its passage."""
-        html = str(render_markdown(self.run.answer))
         cited = {c.n for c in self.citations}
-
-        def link(match: re.Match) -> str:
-            n = int(match.group(1))
-            if n not in cited:
-                return match.group(0)
-            return f'<a class="cite" href="#run-{self.run.pk}-cite-{n}">[{n}]</a>'
-
-        return mark_safe(_MARKER.sub(link, html))  # noqa: S308 - digits and our ids only
-
-
-_MARKER = re.compile(r"\[(\d{1,3})\]")
+        return render_markdown(
+            self.run.answer,
+            cite=lambda n: f"#run-{self.run.pk}-cite-{n}" if n in cited else None,
+        )
 
 
 def run_view(run: Run, write_only: dict[str, set[str]] | None = None) -> RunView:

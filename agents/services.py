@@ -99,6 +99,8 @@ def run_start(
         raise RunError("no such conversation")  # missing and forbidden look the same
     if not input.strip():
         raise RunError("the message is empty")
+    if "\x00" in input:
+        raise RunError("the message contains a NUL character, which cannot be kept")
     if idempotency_key:
         existing = Run.objects.filter(actor=actor, idempotency_key=idempotency_key).first()
         if existing is not None:
@@ -589,7 +591,7 @@ def run_escalation_decided(escalation) -> None:
         )
         run = Run.objects.only("stream").get(pk=escalation.run_id)
         if run.stream:
-            event = {"type": "final", "state": str(state), "answer": run.answer, "error": error}
+            event = {"type": "final", "state": str(state)}
             transaction.on_commit(lambda: publish(escalation.run_id, event))
 
 

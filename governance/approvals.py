@@ -160,25 +160,28 @@ def reviewable(model, user) -> QuerySet:
 
 def reviewer_listens_on(user) -> list[str]:
     """The channel groups `user`'s inbox listens on (governance.notify): every reviewer's if
-    `user` has a reviewer role, and each of `user`'s groups that approves something. Empty:
-    `user` reviews nothing."""
+    `user` has a reviewer role, and each of `user`'s groups if one of them approves something
+    (named on an agent or a tool, or on a request). Empty: `user` reviews nothing."""
     if user is None or not user.is_active or not user.pk:
         return []
     from governance.notify import ALL_REVIEWERS
 
     groups = list(user.groups.values_list("pk", "name"))
-    named = set()
-    for model in (ApprovalRequest, Escalation):
-        named |= set(
-            model.approver_groups.through.objects.filter(
-                group_id__in=[pk for pk, _ in groups]
-            ).values_list("group_id", flat=True)
-        )
+    if not groups:
+        return []
     reviewer = any(name in (roles.REVIEWER, roles.GOVERNANCE_ADMIN) for _, name in groups)
-    listens = [ALL_REVIEWERS] if reviewer else []
-    if reviewer or named:  # a group can be named on the next request: listen on all of them
-        listens += [f"reviewers.{pk}" for pk, _ in groups]
-    return listens
+    if not reviewer and not _approves(user):
+        return []
+    return ([ALL_REVIEWERS] if reviewer else []) + [f"reviewers.{pk}" for pk, _ in groups]
+
+
+def _approves(user) -> bool:
+    named = Q()
+    for relation in hooks.approver_relations:
+        named |= Q(**{f"{relation}__isnull": False})
+    for model in (ApprovalRequest, Escalation):
+        named |= Q(pk__in=model.approver_groups.through.objects.values("group_id"))
+    return user.groups.filter(named).exists()
 
 
 def _notify_decided(item, noun: str) -> None:

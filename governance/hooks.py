@@ -17,6 +17,9 @@ approval_decided: list[Callable[[Any], None]] = []
 escalation_decided: list[Callable[[Any], None]] = []
 # (tool id, arguments) -> a readable problem, or None when the arguments fit the schema.
 argument_problem: list[Callable[[int, dict], str | None]] = []
+# Names of Group's reverse relations to the objects that name approver groups (an agent's, a
+# tool's): a member of such a group reviews, and has an inbox, before any request names it.
+approver_relations: set[str] = set()
 
 
 def check_arguments(tool_id: int, arguments: dict) -> str | None:

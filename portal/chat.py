@@ -89,6 +89,8 @@ def chat_send(request: HttpRequest) -> HttpResponse:
     try:
         if len(text) > MAX_MESSAGE:
             raise RunError(f"the message is longer than {MAX_MESSAGE} characters")
+        if "\x00" in text:  # before the conversation takes its title from it
+            raise RunError("the message contains a NUL character, which cannot be kept")
         agent = access_agent(request.user, _int(request.POST.get("agent")))
         if request.POST.get("conversation"):
             conversation = access_conversation(request.user, request.POST["conversation"])
@@ -101,7 +103,7 @@ def chat_send(request: HttpRequest) -> HttpResponse:
                 run = run_start(
                     agent=agent, conversation=conversation, actor=request.user, input=text
                 )
-            except RunError:  # (its refusal is audited) no empty conversation is left behind
+            except Exception:  # (a refusal is audited) no empty conversation is left behind
                 conversation.delete()
                 raise
     except (NoAccess, RunError) as exc:

@@ -26,7 +26,10 @@ FAILED = (RunState.FAILED, RunState.REJECTED)
 
 def dashboard(*, days: int = 14) -> dict:
     now = timezone.now()
-    since = (now - timedelta(days=days - 1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    # Days as TruncDate cuts them: in the current time zone.
+    since = timezone.localtime(now - timedelta(days=days - 1)).replace(
+        hour=0, minute=0, second=0, microsecond=0
+    )
     runs = Run.objects.filter(created_at__gte=since)
     per_day = {
         row["day"]: row

@@ -9,6 +9,7 @@ websocket says something arrived or was decided elsewhere.
 from __future__ import annotations
 
 import json
+import re
 from datetime import timedelta
 from itertools import chain
 
@@ -100,8 +101,8 @@ def _filters(query) -> dict[str, str]:
     """The filters asked for; a value that is not one of the choices is no filter."""
     valid = {
         "kind": lambda v: v in ("approval", "answer"),
-        "agent": str.isdigit,
-        "tool": lambda v: len(v) <= 64,
+        "agent": lambda v: re.fullmatch(r"[0-9]{1,18}", v) is not None,
+        "tool": lambda v: len(v) <= 64 and "\x00" not in v,
         "risk": lambda v: v in RiskTier.values,
         "age": lambda v: v in AGES,
     }
@@ -133,6 +134,7 @@ def approval_page(request: HttpRequest, pk: int) -> HttpResponse:
         typed = {k: request.POST.get(k, "") for k in typed}
         decision = request.POST.get("decision")
         try:
+            _check(typed, decision, ("approve", "reject"))
             arguments = None
             if decision == "approve" and typed["arguments"].strip():
                 arguments = _json_object(typed["arguments"])
@@ -176,6 +178,7 @@ def answer_page(request: HttpRequest, pk: int) -> HttpResponse:
         typed = {k: request.POST.get(k, "") for k in typed}
         release = request.POST.get("decision") == "release"
         try:
+            _check(typed, request.POST.get("decision"), ("release", "reject"))
             escalation_decide(
                 escalation_id=pk,
                 decided_by=request.user,
@@ -200,6 +203,13 @@ def answer_page(request: HttpRequest, pk: int) -> HttpResponse:
             **_context_of(escalation.run_id),
         },
     )
+
+
+def _check(typed: dict, decision, choices: tuple[str, str]) -> None:
+    if decision not in choices:
+        raise ApprovalError(f"choose {' or '.join(choices)}")
+    if any("\x00" in value for value in typed.values()):
+        raise ApprovalError("the text contains a NUL character, which cannot be kept")
 
 
 def _json_object(text: str) -> dict:

@@ -11,11 +11,11 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from agents.models import StepKind
+from agents.models import KnowledgeBase, StepKind
 from agents.selectors import access_run
 from audit.models import AuditEvent
 from governance.access import NoAccess
-from governance.models import ApprovalRequest, Escalation
+from governance.models import Action, ApprovalRequest, Escalation
 
 
 @login_required
@@ -26,6 +26,8 @@ def run_trace(request: HttpRequest, pk: int) -> HttpResponse:
     except NoAccess:
         raise Http404("no such run") from None
     steps = [_step(step) for step in run.steps.order_by("index")]
+    if run.conversation.owner_id != request.user.pk:
+        _hide_unreadable(steps, request.user)
     events = list(AuditEvent.objects.filter(run=str(run.pk)).order_by("sequence")[:500])
     decisions = []
     for event in events:
@@ -47,6 +49,17 @@ def run_trace(request: HttpRequest, pk: int) -> HttpResponse:
             "audit_links": request.user.has_perm("audit.view_auditevent"),
         },
     )
+
+
+def _hide_unreadable(steps: list[dict], user) -> None:
+    """A reviewer or an auditor sees the run, but a passage's text only from a knowledge base
+    they may read themselves."""
+    readable = set(KnowledgeBase.objects.restrict(user, Action.READ).values_list("pk", flat=True))
+    for row in steps:
+        row["passages"] = [
+            p if p.get("knowledge_base") in readable else {**p, "text": None}
+            for p in row["passages"]
+        ]
 
 
 def _step(step) -> dict:

@@ -17,6 +17,7 @@ class ToolsConfig(AppConfig):
         # A reviewer's edit of a call's arguments is checked against the tool's schema.
         if tool_argument_problem not in hooks.argument_problem:
             hooks.argument_problem.append(tool_argument_problem)
+        hooks.approver_relations.add("approvable_tools")  # Tool.approver_groups
 
         # Field-level history of the registry (secrets are audited by secret_set, by name only).
         auditlog.register(Tool)

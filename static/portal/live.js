@@ -34,6 +34,11 @@
       retry = 0;
       showStatus("");
       frames.forEach((frame) => socket.send(JSON.stringify(frame)));
+      // Whatever ended or was decided while the page was loading or offline.
+      document.querySelectorAll('article.run[data-final="0"]').forEach((article) => {
+        refresh(Number(article.dataset.run));
+      });
+      if (badge) refreshInbox();
     });
     socket.addEventListener("message", (message) => receive(JSON.parse(message.data)));
     socket.addEventListener("close", (event) => {
@@ -56,6 +61,12 @@
 
   function receive(frame) {
     switch (frame.type) {
+      case "subscribed":
+        // Runs that started (and maybe ended) while the page was not listening.
+        (frame.runs || []).forEach((id) => {
+          if (!document.getElementById(`run-${id}`)) refresh(id);
+        });
+        break;
       case "replay":
         texts.set(frame.run, new Map());
         frame.events.forEach((item) => apply(frame.run, item.event, false));
@@ -135,26 +146,23 @@
     if (article.dataset.final === "1") article.scrollIntoView({ block: "nearest" });
   }
 
+  // The inbox list (on the inbox page) and the badge (everywhere), from the server; only the
+  // answer to the latest request is used, whatever order the answers come in.
+  let inboxAsked = 0;
   async function refreshInbox() {
-    if (inboxList) {
-      const url = new URL(location.href);
-      url.searchParams.set("part", "1");
-      const response = await fetch(url, { headers: { Accept: "text/html" } });
-      if (response.ok) {
-        const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
-        const items = fresh.getElementById("inbox-items");
-        if (!items) return;
-        if (badge) badge.textContent = items.dataset.count;
-        document.getElementById("inbox-items").replaceWith(items);
-      }
-    } else if (badge) {
-      const response = await fetch("/inbox/?part=1", { headers: { Accept: "text/html" } });
-      if (response.ok) {
-        const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
-        const count = fresh.querySelector("[data-count]");
-        if (count) badge.textContent = count.dataset.count;
-      }
+    const asked = ++inboxAsked;
+    const url = new URL(inboxList ? location.href : "/inbox/", location.href);
+    url.searchParams.set("part", "1");
+    const response = await fetch(url, { headers: { Accept: "text/html" } });
+    if (!response.ok || asked !== inboxAsked) return;
+    const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
+    const items = fresh.getElementById("inbox-items");
+    if (!items || asked !== inboxAsked) return;
+    if (badge) {
+      badge.textContent = items.dataset.count;
+      badge.setAttribute("aria-label", `${items.dataset.count} pending`);
     }
+    if (inboxList) document.getElementById("inbox-items").replaceWith(items);
   }
 
   if (composer) {
@@ -202,7 +210,7 @@
 
   // A citation marker opens its passage.
   document.addEventListener("click", (event) => {
-    const link = event.target.closest("a.cite");
+    const link = event.target.closest('a[href^="#run-"][href*="-cite-"]');
     if (!link) return;
     const target = document.querySelector(link.getAttribute("href"));
     if (target && target.tagName === "DETAILS") target.open = true;

@@ -46,7 +46,7 @@ def test_a_member_sees_a_handbook_answer_stream_in_with_its_citation(portal, bro
     assert page.evaluate("document.activeElement.textContent") == "Send"
     citation = page.locator("details", has_text="Leave policy")
     assert citation.count() == 1
-    page.locator("a.cite", has_text="[1]").click()  # opens the passage
+    page.locator("a[href*='-cite-1']", has_text="[1]").click()  # opens the passage
     assert citation.evaluate("d => d.open")
     assert "25 days" in citation.locator("blockquote").inner_text()
     assert "Answered" in page.locator(".run-meta").inner_text()
@@ -92,7 +92,7 @@ def test_a_reviewer_approves_in_the_inbox_and_the_member_sees_the_result_live(po
     card.locator(".pill", has_text="done").wait_for()
     answer = member.locator(".run-body .bubble.answer").first
     answer.filter(has_text="Ticket 1 is open for you.").wait_for()
-    assert '"ticket": 1' in card.inner_text() or "ticket" in card.inner_text()
+    assert '"ticket": 1' in card.locator(".detail").inner_text()  # the tool's result
     screenshot(member, "chat-approved")
     assert portal.console == []
 
@@ -213,6 +213,9 @@ def test_the_admin_console_and_the_pages_at_phone_width(portal, browser):
     assert admin.locator("svg.chart").count() == 3
     assert admin.locator("[data-figure=runs]").inner_text() == "40"
     screenshot(admin, "admin-dashboard")
+    traced = Run.objects.latest("pk")
+    admin.goto(f"{portal.url}/runs/{traced.pk}/")
+    admin.get_by_role("heading", name=f"Run {traced.pk}: IT help desk").wait_for()
     for path in (
         "/admin/agents/agent/",
         "/admin/tools/tool/",

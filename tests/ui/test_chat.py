@@ -79,6 +79,9 @@ def test_a_refused_message_comes_back_with_its_text_and_leaves_nothing(client, p
     empty = send(client, help_desk, "   ")
     assert empty.status_code == 400
     assert empty.json()["detail"] == "the message is empty"
+    nul = send(client, help_desk, "a\x00b")
+    assert nul.status_code == 400
+    assert nul.json()["detail"] == "the message contains a NUL character, which cannot be kept"
     assert not Conversation.objects.exists()
     assert not Run.objects.exists()
 
@@ -226,7 +229,7 @@ def test_a_citation_opens_its_passage(client, people, help_desk):
 
     page = client.get(f"/chat/c/{conversation.pk}/").content.decode()
 
-    assert f'<a class="cite" href="#run-{run.pk}-cite-1">[1]</a>' in page
+    assert f'<a href="#run-{run.pk}-cite-1" rel="noopener noreferrer nofollow">[1]</a>' in page
     assert f'<details id="run-{run.pk}-cite-1">' in page
     assert "[1] Leave policy, passage 3" in page
     assert "25 days of paid leave." in page
@@ -272,8 +275,10 @@ def test_a_write_only_argument_is_masked_on_the_card(client, people, help_desk):
 def test_the_conversation_page_costs_the_same_queries_for_one_run_or_many(
     client, people, help_desk
 ):
+    """Each run with a retrieval, a tool call, its result and a cited answer."""
     conversation = Conversation.objects.create(owner=people.member, agent=help_desk)
     client.force_login(people.member)
+    passage = {"n": 1, "title": "FAQ", "position": 0, "text": "Restart it.", "knowledge_base": 1}
 
     def add_run(i):
         run = Run.objects.create(
@@ -282,13 +287,28 @@ def test_the_conversation_page_costs_the_same_queries_for_one_run_or_many(
             actor=people.member,
             input=f"q{i}",
             state="succeeded",
-            answer=f"a{i}",
+            answer=f"a{i} [1]",
+            citations=[{**passage, "document": 1, "chunk": 1}],
         )
-        _step(run, 0, "model", {"content": f"a{i}", "tool_calls": []})
+        call = {"id": f"c{i}", "name": "create_ticket", "arguments": '{"title": "t"}'}
+        _step(run, 0, "retrieval", {"passages": [passage]})
+        _step(run, 1, "model", {"content": "", "tool_calls": [call]})
+        RunStep.objects.create(
+            run=run,
+            index=2,
+            kind="tool",
+            input={"call": call},
+            output={"result": {"ticket": i}},
+            started_at=timezone.now(),
+            finished_at=timezone.now(),
+        )
+        _step(run, 3, "model", {"content": f"a{i} [1]", "tool_calls": []})
 
     def cost() -> int:
         with CaptureQueriesContext(connection) as queries:
-            assert client.get(f"/chat/c/{conversation.pk}/").status_code == 200
+            page = client.get(f"/chat/c/{conversation.pk}/").content.decode()
+        assert "status-done" in page
+        assert "Restart it." in page
         return len(queries)
 
     add_run(0)
@@ -296,3 +316,34 @@ def test_the_conversation_page_costs_the_same_queries_for_one_run_or_many(
     for i in range(1, 6):
         add_run(i)
     assert cost() == one
+
+
+def test_confidence_tokens_cost_and_budget_use_are_shown(client, people, help_desk):
+    from decimal import Decimal
+
+    from governance.budgets import budget_reserve, budget_settle
+    from governance.models import Budget
+
+    budget = Budget.objects.create(name="Monthly", user=people.member, max_tokens=1000)
+    budget_reserve(budget_ids=[budget.pk], key="k", tokens=10, cost=Decimal(0))
+    budget_settle(key="k", tokens=250, cost=Decimal(0))
+    conversation = Conversation.objects.create(owner=people.member, agent=help_desk)
+    Run.objects.create(
+        agent=help_desk,
+        conversation=conversation,
+        actor=people.member,
+        input="q",
+        state="succeeded",
+        answer="a",
+        confidence=Decimal("0.875"),
+        prompt_tokens=100,
+        completion_tokens=20,
+        cost=Decimal("0.0125"),
+    )
+    client.force_login(people.member)
+
+    page = client.get(f"/chat/c/{conversation.pk}/").content.decode()
+
+    assert "<span>confidence 0.88</span>" in page
+    assert "<span>120 tokens · $0.0125</span>" in page
+    assert "Monthly: 25.0% used" in page

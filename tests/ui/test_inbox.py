@@ -179,7 +179,40 @@ def test_the_filters(client, people, help_desk, server):
         created_at=timezone.now() - timedelta(hours=2)
     )
     assert shown("age=1h") == {"approval"}
-    assert shown("age=nonsense&agent=x&risk=y") == {"approval", "answer"}  # ignored
+    # Values that are not among the choices are no filter (and never a 500).
+    for nonsense in (
+        "age=nonsense",
+        "agent=x",
+        "risk=y",
+        "agent=%C2%B2",
+        "agent=" + "9" * 5000,
+        "tool=%00",
+        "kind=all",
+    ):
+        assert shown(nonsense) == {"approval", "answer"}, nonsense[:30]
     part = client.get("/inbox/?part=1").content.decode()
     assert part.startswith('<div id="inbox-items" data-count="2">')
-    assert held.pk
+    assert f'href="/inbox/answers/{held.pk}/"' in part
+
+
+def test_a_post_without_a_decision_decides_nothing(client, people, help_desk, server):
+    run = parked(server, help_desk, people.member)
+    request = ApprovalRequest.objects.get(run_id=run.pk)
+    client.force_login(people.reviewer)
+
+    for data in ({}, {"decision": "maybe"}, {"decision": "approve", "comment": "a\x00b"}):
+        response = client.post(f"/inbox/approvals/{request.pk}/", data)
+        assert response.status_code == 200
+        page = response.content.decode()
+        assert "Choose approve or reject" in page or "NUL character" in page
+
+    request.refresh_from_db()
+    assert request.status == "pending"
+
+
+def test_a_member_of_a_configured_approver_group_has_an_inbox(client, people, help_desk, team):
+    help_desk.approver_groups.add(team)  # no request names the team yet
+    client.force_login(people.member)
+    assert 'id="inbox-link"' in client.get("/chat/").content.decode()
+    client.force_login(people.outsider)
+    assert 'id="inbox-link"' not in client.get("/chat/").content.decode()

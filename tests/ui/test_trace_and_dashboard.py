@@ -124,9 +124,55 @@ def test_the_dashboard_counts_runs_failures_approvals_spend_cache_and_fallbacks(
     assert figure("cache-rate") == "33%"  # 1 of 3 model calls (the parked run made one)
     assert figure("fallbacks") == "1"
     assert page.count('<svg class="chart"') == 3
-    assert f"{team.name}</text>" in page  # spend per team: the member's team
+    team_bar = page.split(f"{team.name}</text>", 1)[1].split("</g>", 1)[0]
+    assert "$1.7500 · " in team_bar  # spend per team: the member's team
     assert "Help desk</text>" in page  # spend per agent
     assert "Recent actions" in page  # the admin's own index is still there
+
+
+def test_a_reviewer_sees_the_trace_but_not_passages_they_may_not_read(client, people, help_desk):
+    from agents.models import KnowledgeBase
+    from tests.access import grant
+
+    run = _run(people, help_desk, state="succeeded", answer="a")
+    hidden = KnowledgeBase.objects.create(name="HR", slug="hr-x", owner=people.admin)
+    shared = KnowledgeBase.objects.create(name="FAQ", slug="faq-x", owner=people.admin)
+    grant(people.reviewer, shared)
+    passages = [
+        {
+            "n": 1,
+            "title": "Salaries",
+            "position": 0,
+            "text": "CEO earns a lot.",
+            "knowledge_base": hidden.pk,
+        },
+        {
+            "n": 2,
+            "title": "VPN",
+            "position": 0,
+            "text": "Restart the client.",
+            "knowledge_base": shared.pk,
+        },
+    ]
+    now = timezone.now()
+    RunStep.objects.create(
+        run=run,
+        index=0,
+        kind="retrieval",
+        output={"passages": passages},
+        started_at=now,
+        finished_at=now,
+    )
+    people.reviewer.user_permissions.add(Permission.objects.get(codename="view_run"))
+    client.force_login(people.reviewer)
+
+    page = client.get(f"/runs/{run.pk}/").content.decode()
+
+    assert "CEO earns a lot." not in page
+    assert "(from a knowledge base you may not read)" in page
+    assert "Restart the client." in page
+    client.force_login(people.member)  # the run's owner read them in the run itself
+    assert "CEO earns a lot." in client.get(f"/runs/{run.pk}/").content.decode()
 
 
 def test_the_dashboard_is_only_for_those_who_may_view_runs(client, people):

@@ -151,17 +151,92 @@ def test_someone_elses_run_or_conversation_closes_the_socket_with_4403(mia, osca
     assert async_to_sync(scenario)({"type": "subscribe", "run": theirs.pk + 1000}) == 4403
 
 
-def test_a_refused_subscriber_receives_none_of_the_runs_events(mia, oscar, agent):
+def members(group: str) -> int:
+    """How many channels are in a channel-layer group (channels_redis keeps a sorted set)."""
+    import redis
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    return client.zcard(f"warden:channels:group:{group}")
+
+
+def test_a_refused_subscriber_never_joins_the_runs_group(mia, oscar, agent):
     theirs = a_run(oscar, agent)
 
     async def scenario():
         communicator = await opened(mia)
         await communicator.send_json_to({"type": "subscribe", "run": theirs.pk})
-        assert await closed_with(communicator) == 4403
-        publish(theirs.pk, {"type": "token", "step": 0, "text": "secret"})
-        assert await communicator.receive_nothing(timeout=0.5)
+        return await closed_with(communicator)
 
-    async_to_sync(scenario)()
+    assert async_to_sync(scenario)() == 4403
+    assert members(f"run.{theirs.pk}") == 0
+    mine = a_run(mia, agent)
+
+    async def allowed():
+        communicator = await opened(mia)
+        await communicator.send_json_to({"type": "subscribe", "run": mine.pk})
+        await communicator.receive_json_from(timeout=5)
+        joined = members(f"run.{mine.pk}")
+        await communicator.disconnect()
+        return joined
+
+    assert async_to_sync(allowed)() == 1  # the count above can tell
+
+
+def test_an_event_both_replayed_and_live_is_sent_once(mia, agent, monkeypatch):
+    """Forced overlap: an event is logged after the join and before the replay is read, so
+    it is in the replay and also arrives live; one published after the replay arrives live."""
+    from agents import consumers
+
+    run = a_run(mia, agent)
+    real_replay = consumers.replay
+
+    async def replay_after_an_event(redis, run_id):
+        publish(run_id, {"type": "token", "step": 0, "text": "both "})
+        await sync_to_async(wait_logged)(run_id, 1)
+        return await real_replay(redis, run_id)
+
+    monkeypatch.setattr(consumers, "replay", replay_after_an_event)
+
+    async def scenario():
+        communicator = await opened(mia)
+        await communicator.send_json_to({"type": "subscribe", "run": run.pk})
+        replayed = await communicator.receive_json_from(timeout=5)
+        publish(run.pk, {"type": "token", "step": 0, "text": "after"})
+        live = await communicator.receive_json_from(timeout=5)
+        nothing_more = await communicator.receive_nothing(timeout=0.5)
+        await communicator.disconnect()
+        return replayed, live, nothing_more
+
+    replayed, live, nothing_more = async_to_sync(scenario)()
+    assert [e["event"]["text"] for e in replayed["events"]] == ["both "]
+    assert live["event"]["text"] == "after"
+    assert nothing_more  # "both " did not come a second time
+
+
+def test_live_events_are_not_dropped_when_publishers_send_out_of_order(mia, agent):
+    """Two processes publish for one run (a worker, the web process deciding an approval):
+    an event whose id is older than one already sent live was still not in the replay."""
+    from channels.layers import get_channel_layer
+
+    run = a_run(mia, agent)
+
+    async def scenario():
+        communicator = await opened(mia)
+        await communicator.send_json_to({"type": "subscribe", "run": run.pk})
+        replay = await communicator.receive_json_from(timeout=5)
+        layer = get_channel_layer()
+        for sid in ("9000000000001-0", "9000000000000-5"):  # sent newest first
+            await layer.group_send(
+                f"run.{run.pk}",
+                {"type": "run.event", "run": run.pk, "id": sid, "event": {"type": "x"}},
+            )
+        ids = [(await communicator.receive_json_from(timeout=5))["id"] for _ in range(2)]
+        await communicator.disconnect()
+        return replay, ids
+
+    replay, ids = async_to_sync(scenario)()
+    assert replay["events"] == []
+    assert ids == ["9000000000001-0", "9000000000000-5"]
 
 
 def test_a_conversation_subscription_follows_its_runs_in_progress_and_new_ones(mia, agent):
@@ -175,7 +250,7 @@ def test_a_conversation_subscription_follows_its_runs_in_progress_and_new_ones(m
         await communicator.send_json_to(
             {"type": "subscribe", "conversation": first.conversation_id}
         )
-        assert (await communicator.receive_json_from(timeout=5))["type"] == "subscribed"
+        subscribed = await communicator.receive_json_from(timeout=5)
         replay = await communicator.receive_json_from(timeout=5)
         assert replay["run"] == first.pk  # the finished run is not followed
         from agents.events import publish_group
@@ -186,13 +261,13 @@ def test_a_conversation_subscription_follows_its_runs_in_progress_and_new_ones(m
         started = await communicator.receive_json_from(timeout=5)
         followed = await communicator.receive_json_from(timeout=5)
         await communicator.disconnect()
-        return started, followed
+        return subscribed, started, followed
 
-    started, followed = async_to_sync(scenario)()
+    subscribed, started, followed = async_to_sync(scenario)()
+    assert subscribed["runs"] == [first.pk, done.pk]  # all listed, the page fetches what it lacks
     assert started == {"type": "run.started", "run": 999_999}
     assert followed["type"] == "replay"
     assert followed["run"] == 999_999
-    assert done.pk != first.pk
 
 
 @pytest.mark.parametrize(
