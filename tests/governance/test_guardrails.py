@@ -292,3 +292,17 @@ def test_an_injected_passage_is_withheld_from_the_model_when_the_agent_blocks(se
     assert "hr-archive@evil.example" not in sent
     assert WITHHELD in sent
     assert AuditEvent.objects.filter(run=str(run.pk), action="guardrail.found").exists()
+
+
+def test_citation_markers_link_only_in_text_and_only_when_cited():
+    html = render_markdown(
+        'Yes [1], see `x[1]` and [the page [1]](https://a.example "t [1]"); [7] is not cited.',
+        cite=lambda n: f"#cite-{n}" if n == 1 else None,
+    )
+
+    assert html == (
+        '<p>Yes <a href="#cite-1" rel="noopener noreferrer nofollow">[1]</a>, see '
+        "<code>x[1]</code> and "
+        '<a href="https://a.example" title="t [1]" rel="noopener noreferrer nofollow">'
+        "the page [1]</a>; [7] is not cited.</p>\n"
+    )
