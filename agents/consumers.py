@@ -23,6 +23,7 @@ import time
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.contrib.auth import get_user_model
 
 from agents.events import redis_client, replay, stream_id_after
 from agents.models import FINAL_STATES, Run
@@ -72,7 +73,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
             return
         try:
             frame = json.loads(text_data)
-        except ValueError:
+        except (ValueError, RecursionError):
             await self._error("the message is not JSON")
             return
         if not isinstance(frame, dict) or frame.get("type") not in ("subscribe", "ping"):
@@ -80,6 +81,8 @@ class LiveConsumer(AsyncWebsocketConsumer):
             return
         if frame["type"] == "ping":
             await self._send({"type": "pong"})
+        elif not await database_sync_to_async(_still_active)(self.user, self.scope["session"]):
+            await self.close(code=UNAUTHENTICATED)  # signed out elsewhere, or deactivated
         elif _is_id(frame.get("run")):
             await self._subscribe_run(frame["run"])
         elif _is_id(frame.get("conversation")):
@@ -197,6 +200,14 @@ def _runs_of(conversation_id: int) -> list[tuple[int, str]]:
     disconnect), oldest first."""
     latest = Run.objects.filter(conversation_id=conversation_id).order_by("-created_at")
     return list(latest.values_list("pk", "state")[:MAX_LISTED])[::-1]
+
+
+def _still_active(user, session) -> bool:
+    """The socket's user, as of now: a session ended (signed out) or an account disabled
+    since the connection opened subscribes to nothing more."""
+    if not session.session_key or not session.exists(session.session_key):
+        return False
+    return get_user_model().objects.filter(pk=user.pk, is_active=True).exists()
 
 
 def _is_id(value) -> bool:

@@ -272,8 +272,9 @@ def _loop(run_id: int, token: int) -> None:
                 allowed_regions=held.regions,
                 cache_scope=held.cache_scope if agent.route.cache_seconds else "",
                 on_token=(
+                    # `attempt`: a step redone after a crash streams afresh, not appended
                     lambda text, step=index: held.publish(
-                        {"type": "token", "step": step, "text": text}
+                        {"type": "token", "step": step, "attempt": held.token, "text": text}
                     )
                 )
                 if held.streams_tokens

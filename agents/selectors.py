@@ -98,6 +98,7 @@ class RunView:
     cards: list[Card] = field(default_factory=list)
     citations: list[Citation] = field(default_factory=list)
     steps: int = 0
+    answering: bool = False  # the last step is the answer, not yet released by the run
 
     @property
     def final(self) -> bool:
@@ -134,8 +135,14 @@ class RunView:
         )
 
 
-def run_view(run: Run, write_only: dict[str, set[str]] | None = None) -> RunView:
-    """`run` (with its steps prefetched, or fetched here) as the chat shows it."""
+def run_view(
+    run: Run,
+    write_only: dict[str, set[str]] | None = None,
+    decisions: dict[int, str] | None = None,
+) -> RunView:
+    """`run` (with its steps prefetched, or fetched here) as the chat shows it; `decisions`
+    maps approval request ids to their status (a decided call's card says so before the run
+    records what follows)."""
     steps = list(run.steps.all())
     view = RunView(run=run, steps=len(steps))
     passages: dict[int, dict] = {}
@@ -147,14 +154,19 @@ def run_view(run: Run, write_only: dict[str, set[str]] | None = None) -> RunView
             for call in step.output.get("tool_calls") or []:
                 arguments = _arguments(call.get("arguments"))
                 hidden = (write_only or {}).get(call["name"], set())
-                if isinstance(arguments, dict) and hidden:
-                    arguments = {k: MASK if k in hidden else v for k, v in arguments.items()}
+                if hidden:  # not an object: it cannot be masked key by key, so all of it
+                    arguments = (
+                        {k: MASK if k in hidden else v for k, v in arguments.items()}
+                        if isinstance(arguments, dict)
+                        else MASK
+                    )
                 cards[call["id"]] = Card(call["id"], call["name"], arguments)
         elif step.kind == StepKind.APPROVAL:
             card = cards.get(step.input.get("call", {}).get("id"))
             if card is not None:
-                card.status, card.approval = "awaiting approval", step.output.get("approval")
-                card.detail = "; ".join(step.output.get("reasons", []))
+                card.approval = step.output.get("approval")
+                decided = (decisions or {}).get(card.approval, "pending")
+                card.status, card.detail = _APPROVAL_CARD.get(decided, ("running", ""))
         elif step.kind == StepKind.TOOL:
             card = cards.get(step.input.get("call", {}).get("id"))
             if card is not None:
@@ -162,15 +174,29 @@ def run_view(run: Run, write_only: dict[str, set[str]] | None = None) -> RunView
     for card in cards.values():
         if view.final and card.status in ("running", "awaiting approval"):
             card.status = "not run"
-        elif card.status == "awaiting approval" and run.state != RunState.AWAITING_APPROVAL:
-            card.status, card.detail = "running", "approved"
     view.cards = list(cards.values())
+    last = steps[-1] if steps else None
+    view.answering = (
+        not view.final
+        and last is not None
+        and last.kind == StepKind.MODEL
+        and not last.output.get("tool_calls")
+    )
     for cited in run.citations or []:
         passage = passages.get(cited["n"], {})
         view.citations.append(
             Citation(cited["n"], cited["title"], cited["position"] + 1, passage.get("text", ""))
         )
     return view
+
+
+_APPROVAL_CARD = {
+    "pending": ("awaiting approval", ""),
+    "approved": ("running", "approved by a reviewer"),
+    "rejected": ("refused", "rejected by a reviewer"),
+    "expired": ("refused", "nobody approved it in time"),
+    "withdrawn": ("not run", "the run was stopped"),
+}
 
 
 def _settle(card: Card, step: RunStep) -> None:
@@ -218,5 +244,19 @@ def write_only_arguments(runs: list[Run]) -> dict[str, set[str]]:
 
 
 def run_views(runs: list[Run]) -> list[RunView]:
+    """The runs (steps prefetched) as the chat shows them: two queries for any number."""
+    from governance.models import ApprovalRequest
+
     hidden = write_only_arguments(runs)
-    return [run_view(run, hidden) for run in runs]
+    asked = [
+        step.output.get("approval")
+        for run in runs
+        for step in run.steps.all()
+        if step.kind == StepKind.APPROVAL
+    ]
+    decisions = (
+        dict(ApprovalRequest.objects.filter(pk__in=asked).values_list("pk", "status"))
+        if asked
+        else {}
+    )
+    return [run_view(run, hidden, decisions) for run in runs]

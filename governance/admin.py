@@ -101,7 +101,7 @@ class GovernedAdminMixin(GuardedModelAdminMixin):
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         obj = self.get_object(request, object_id)
-        if obj is not None:
+        if obj is not None and self.has_change_permission(request, obj):  # as the Access page
             extra_context = {**(extra_context or {}), "access": _holders(obj, self)}
         return super().change_view(request, object_id, form_url, extra_context)
 

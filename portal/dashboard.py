@@ -87,6 +87,9 @@ def dashboard(*, days: int = 14) -> dict:
         "failures": totals["failures"],
         "cost": totals["cost"] or Decimal(0),
         "runs_chart": runs_chart(series),
+        "runs_series": series,  # the charts' figures, as tables, for those who cannot see them
+        "spend_agents": spend_agents,
+        "spend_teams": spend_teams,
         "pending_approvals": sum(ages.values()),
         "approval_ages": ages,
         "oldest_approval": oldest,

@@ -217,8 +217,12 @@ def _json_object(text: str) -> dict:
         value = json.loads(text)
     except ValueError as exc:
         raise ApprovalError(f"the edited arguments are not JSON: {exc}") from None
+    except RecursionError:
+        raise ApprovalError("the edited arguments are nested too deeply") from None
     if not isinstance(value, dict):
         raise ApprovalError("the edited arguments must be a JSON object")
+    if "\\u0000" in json.dumps(value):  # a NUL written as an escape: no database keeps it
+        raise ApprovalError("the edited arguments contain a NUL character, which cannot be kept")
     return value
 
 

@@ -203,7 +203,9 @@ CACHES = {
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": "warden:channels"},
+        # A page that falls behind a fast stream must not lose tokens: channels_redis drops
+        # what is past a channel's capacity (100 by default).
+        "CONFIG": {"hosts": [REDIS_URL], "prefix": "warden:channels", "capacity": 2000},
     }
 }
 

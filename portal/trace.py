@@ -57,7 +57,7 @@ def _hide_unreadable(steps: list[dict], user) -> None:
     readable = set(KnowledgeBase.objects.restrict(user, Action.READ).values_list("pk", flat=True))
     for row in steps:
         row["passages"] = [
-            p if p.get("knowledge_base") in readable else {**p, "text": None}
+            p if p.get("knowledge_base") in readable else {**p, "text": None, "title": None}
             for p in row["passages"]
         ]
 

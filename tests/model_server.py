@@ -23,6 +23,8 @@ class Reply:
     tool_calls: list[tuple[str, str]] = field(default_factory=list)  # (name, raw JSON args)
     delay: float = 0.0
     pace: float = 0.0  # seconds between streamed chunks
+    gate: threading.Event | None = None  # streaming waits for it after `gate_after` chunks
+    gate_after: int = 0
     prompt_tokens: int = 11
     completion_tokens: int = 7
 
@@ -96,9 +98,11 @@ class ScriptedModelServer:
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.end_headers()
-                for chunk in _chunks(body, reply):
+                for n, chunk in enumerate(_chunks(body, reply), start=1):
                     self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                     self.wfile.flush()
+                    if reply.gate is not None and n == reply.gate_after:
+                        reply.gate.wait(60)
                     if reply.pace:
                         time.sleep(reply.pace)
                 self.wfile.write(b"data: [DONE]\n\n")

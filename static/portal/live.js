@@ -11,10 +11,11 @@
   const inboxList = document.getElementById("inbox-items");
   const badge = document.querySelector("[data-inbox-count]");
   const status = document.querySelector("[data-live-status]");
-  const texts = new Map(); // run id -> Map(step -> streamed text)
+  const announcer = document.getElementById("announcer");
+  const texts = new Map(); // run id -> Map(step -> {attempt, text})
   const refreshing = new Map(); // run id -> "busy" | "again"
-  let socket = null;
   let retry = 0;
+  let steady = null; // the timer that forgives past failures once a socket has stayed up
 
   function subscriptions() {
     const frames = [];
@@ -29,22 +30,16 @@
     const frames = subscriptions();
     if (!frames.length) return;
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    socket = new WebSocket(`${scheme}//${location.host}/ws/`);
+    const socket = new WebSocket(`${scheme}//${location.host}/ws/`);
     socket.addEventListener("open", () => {
-      retry = 0;
-      showStatus("");
       frames.forEach((frame) => socket.send(JSON.stringify(frame)));
-      // Whatever ended or was decided while the page was loading or offline.
-      document.querySelectorAll('article.run[data-final="0"]').forEach((article) => {
-        refresh(Number(article.dataset.run));
-      });
-      if (badge) refreshInbox();
+      steady = setTimeout(() => (retry = 0), 10000);
     });
     socket.addEventListener("message", (message) => receive(JSON.parse(message.data)));
     socket.addEventListener("close", (event) => {
-      socket = null;
+      clearTimeout(steady);
       if (event.code === 4401 || event.code === 4403) {
-        showStatus("This page is no longer live: sign in again or reload it.");
+        showStatus("This page is no longer live: sign in again, or reload it.");
         return;
       }
       retry = Math.min(retry + 1, 6);
@@ -62,8 +57,14 @@
   function receive(frame) {
     switch (frame.type) {
       case "subscribed":
-        // Runs that started (and maybe ended) while the page was not listening.
-        (frame.runs || []).forEach((id) => {
+        showStatus("");
+        if (frame.inbox) refreshInbox(); // what arrived or was decided while not listening
+        if (!frame.conversation) break;
+        // Runs that ended, or started and ended, while the page was not listening.
+        document.querySelectorAll('article.run[data-final="0"]').forEach((article) => {
+          refresh(Number(article.dataset.run));
+        });
+        frame.runs.forEach((id) => {
           if (!document.getElementById(`run-${id}`)) refresh(id);
         });
         break;
@@ -93,7 +94,10 @@
     if (event.type === "token") {
       const steps = texts.get(runId) || new Map();
       texts.set(runId, steps);
-      steps.set(event.step, (steps.get(event.step) || "") + event.text);
+      const held = steps.get(event.step);
+      // A step redone by another worker (the first one died) streams afresh.
+      const text = held && held.attempt === event.attempt ? held.text : "";
+      steps.set(event.step, { attempt: event.attempt, text: text + event.text });
       paintStream(runId);
     } else if (live) {
       refresh(runId);
@@ -104,9 +108,22 @@
     const article = document.getElementById(`run-${runId}`);
     if (!article) return;
     const stream = article.querySelector("[data-stream]");
-    const text = (texts.get(runId) || new Map()).get(Number(article.dataset.steps)) || "";
+    // The step being written; or, once the answer's step is saved and until the run ends
+    // and shows it, that step's text stays up.
+    const step = Number(article.dataset.steps) - (article.dataset.answering === "1" ? 1 : 0);
+    const held = (texts.get(runId) || new Map()).get(step);
+    const text = held ? held.text : "";
     stream.textContent = text;
     stream.hidden = !text || article.dataset.final === "1";
+  }
+
+  async function fetchPart(url) {
+    const response = await fetch(url, { headers: { Accept: "text/html" } });
+    if (response.redirected || response.status === 403) {
+      showStatus("Your session has ended: sign in again to follow this page.");
+      return null;
+    }
+    return response.ok ? response.text() : null;
   }
 
   // Fetch the run's part from the server; one fetch at a time per run, again if asked meanwhile.
@@ -117,8 +134,10 @@
     }
     refreshing.set(runId, "busy");
     try {
-      const response = await fetch(`/chat/runs/${runId}/`, { headers: { Accept: "text/html" } });
-      if (response.ok) place(runId, await response.text());
+      const html = await fetchPart(`/chat/runs/${runId}/`);
+      if (html) place(runId, html);
+    } catch (error) {
+      showStatus("Warden could not be reached; the page will catch up when it can.");
     } finally {
       const again = refreshing.get(runId) === "again";
       refreshing.delete(runId);
@@ -131,19 +150,44 @@
     if (!fresh || !history) return;
     const current = document.getElementById(`run-${runId}`);
     if (current) {
+      const before = current.querySelector("[data-state]").textContent;
+      const focus = focusKey(current);
       current.className = fresh.className;
-      current.dataset.steps = fresh.dataset.steps;
-      current.dataset.final = fresh.dataset.final;
+      for (const key of ["steps", "final", "answering"]) current.dataset[key] = fresh.dataset[key];
       current.querySelector(".run-body").replaceWith(fresh.querySelector(".run-body"));
       current.querySelector(".run-meta").replaceWith(fresh.querySelector(".run-meta"));
+      restoreFocus(current, focus);
+      const after = current.querySelector("[data-state]").textContent;
+      if (announcer && after !== before) announcer.textContent = after;
     } else {
       const empty = document.getElementById("empty-history");
       if (empty) empty.remove();
-      history.append(fresh);
+      // In the order the runs were made, whatever order their parts arrive in.
+      const later = [...history.querySelectorAll("article.run")].find(
+        (article) => Number(article.dataset.run) > runId,
+      );
+      history.insertBefore(fresh, later || null);
     }
     paintStream(runId);
     const article = document.getElementById(`run-${runId}`);
-    if (article.dataset.final === "1") article.scrollIntoView({ block: "nearest" });
+    if (article.dataset.final === "1" && !article.contains(document.activeElement)) {
+      article.scrollIntoView({ block: "nearest" });
+    }
+  }
+
+  // Replacing a run's part must not throw away the keyboard focus inside it.
+  function focusKey(container) {
+    const active = document.activeElement;
+    if (!active || !container.contains(active)) return null;
+    return active.getAttribute("href") || active.textContent;
+  }
+
+  function restoreFocus(container, key) {
+    if (key === null) return;
+    const same = [...container.querySelectorAll("a, button, summary")].find(
+      (element) => (element.getAttribute("href") || element.textContent) === key,
+    );
+    (same || container).focus({ preventScroll: true });
   }
 
   // The inbox list (on the inbox page) and the badge (everywhere), from the server; only the
@@ -153,21 +197,31 @@
     const asked = ++inboxAsked;
     const url = new URL(inboxList ? location.href : "/inbox/", location.href);
     url.searchParams.set("part", "1");
-    const response = await fetch(url, { headers: { Accept: "text/html" } });
-    if (!response.ok || asked !== inboxAsked) return;
-    const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
-    const items = fresh.getElementById("inbox-items");
-    if (!items || asked !== inboxAsked) return;
+    let html = null;
+    try {
+      html = await fetchPart(url);
+    } catch (error) {
+      return;
+    }
+    if (!html || asked !== inboxAsked) return;
+    const items = new DOMParser().parseFromString(html, "text/html").getElementById("inbox-items");
+    if (!items) return;
     if (badge) {
       badge.textContent = items.dataset.count;
       badge.setAttribute("aria-label", `${items.dataset.count} pending`);
     }
-    if (inboxList) document.getElementById("inbox-items").replaceWith(items);
+    if (inboxList) {
+      const current = document.getElementById("inbox-items");
+      const focus = focusKey(current);
+      current.replaceWith(items);
+      restoreFocus(items, focus);
+    }
   }
 
   if (composer) {
     const box = composer.querySelector("textarea");
     const problem = document.getElementById("composer-error");
+    let sending = false;
     box.addEventListener("keydown", (event) => {
       if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
         event.preventDefault();
@@ -176,7 +230,13 @@
     });
     composer.addEventListener("submit", async (event) => {
       event.preventDefault();
-      if (!box.value.trim()) return;
+      if (sending) return; // a second Enter while the first is on its way
+      if (!box.value.trim()) {
+        problem.textContent = "Type a message first.";
+        problem.hidden = false;
+        return;
+      }
+      sending = true;
       const button = composer.querySelector("button[type=submit]");
       button.disabled = true;
       problem.hidden = true;
@@ -202,6 +262,7 @@
         problem.textContent = "Warden could not be reached; your message is still here.";
         problem.hidden = false;
       } finally {
+        sending = false;
         button.disabled = false;
         box.focus();
       }
@@ -216,16 +277,23 @@
     if (target && target.tagName === "DETAILS") target.open = true;
   });
 
-  // Stop, without leaving the page.
+  // Stop, without leaving the page; the run stops at its next step.
   document.addEventListener("submit", async (event) => {
     const form = event.target;
     if (!form.classList.contains("stop")) return;
     event.preventDefault();
-    await fetch(form.action, {
-      method: "POST",
-      body: new FormData(form),
-      headers: { Accept: "application/json" },
-    });
+    const button = form.querySelector("button");
+    button.disabled = true;
+    button.textContent = "Stopping…";
+    try {
+      await fetch(form.action, {
+        method: "POST",
+        body: new FormData(form),
+        headers: { Accept: "application/json" },
+      });
+    } catch (error) {
+      showStatus("Warden could not be reached; the run was not stopped.");
+    }
   });
 
   // A conversation opens at its latest message.

@@ -151,6 +151,19 @@ def test_a_tool_call_card_goes_from_awaiting_approval_to_done(client, people, he
     assert 'data-final="1"' in done
 
 
+def test_a_decided_call_says_so_before_the_run_moves_on(client, people, help_desk, server):
+    run = parked(server, help_desk, people.member)
+    request = ApprovalRequest.objects.get(run_id=run.pk)
+    approval_decide(approval_id=request.pk, decided_by=people.reviewer, approve=False)
+    client.force_login(people.member)  # no worker has taken the run up again yet
+
+    page = client.get(f"/chat/runs/{run.pk}/").content.decode()
+
+    assert "status-refused" in page
+    assert "rejected by a reviewer" in page
+    assert "approved" not in page
+
+
 def test_a_rejected_call_says_so_and_why(client, people, help_desk, server):
     run = parked(server, help_desk, people.member)
     request = ApprovalRequest.objects.get(run_id=run.pk)

@@ -200,11 +200,16 @@ def test_a_post_without_a_decision_decides_nothing(client, people, help_desk, se
     request = ApprovalRequest.objects.get(run_id=run.pk)
     client.force_login(people.reviewer)
 
-    for data in ({}, {"decision": "maybe"}, {"decision": "approve", "comment": "a\x00b"}):
+    for data, said in (
+        ({}, "Choose approve or reject"),
+        ({"decision": "maybe"}, "Choose approve or reject"),
+        ({"decision": "approve", "comment": "a\x00b"}, "NUL character"),
+        ({"decision": "approve", "arguments": '{"title": "a\\u0000b"}'}, "NUL character"),
+        ({"decision": "approve", "arguments": "[" * 3000 + "]" * 3000}, "nested too deeply"),
+    ):
         response = client.post(f"/inbox/approvals/{request.pk}/", data)
         assert response.status_code == 200
-        page = response.content.decode()
-        assert "Choose approve or reject" in page or "NUL character" in page
+        assert said in response.content.decode(), data
 
     request.refresh_from_db()
     assert request.status == "pending"

@@ -169,6 +169,7 @@ def test_a_reviewer_sees_the_trace_but_not_passages_they_may_not_read(client, pe
     page = client.get(f"/runs/{run.pk}/").content.decode()
 
     assert "CEO earns a lot." not in page
+    assert "Salaries" not in page  # nor its title
     assert "(from a knowledge base you may not read)" in page
     assert "Restart the client." in page
     client.force_login(people.member)  # the run's owner read them in the run itself

@@ -279,6 +279,7 @@ def test_a_conversation_subscription_follows_its_runs_in_progress_and_new_ones(m
         ('{"type": "subscribe"}', "subscribe to a run, a conversation (by id) or the inbox"),
         ('{"type": "subscribe", "run": "7"}', "subscribe to a run, a conversation (by id)"),
         ('{"type": "ping", "pad": "' + "x" * 5000 + '"}', "send JSON text frames of at most"),
+        ("[" * 2000 + "]" * 2000, "the message is not JSON"),  # nested past the parser
     ],
 )
 def test_a_malformed_frame_gets_an_error_event_and_the_socket_stays_open(mia, frame, detail):
@@ -327,6 +328,21 @@ def test_a_flood_is_told_to_slow_down_then_closed_with_4429(mia):
     assert answers[0] == {"type": "pong"}
     assert {"type": "error", "detail": "too many messages: at most 5 a second"} in answers
     assert sum(1 for a in answers if a["type"] == "pong") <= BURST + 1
+
+
+def test_a_socket_whose_session_ended_subscribes_to_nothing_more(mia, agent):
+    from django.contrib.sessions.models import Session
+
+    mine = a_run(mia, agent)
+
+    async def scenario():
+        communicator = await opened(mia)
+        await sync_to_async(Session.objects.all().delete)()  # signed out in another tab
+        await communicator.send_json_to({"type": "subscribe", "run": mine.pk})
+        return await closed_with(communicator)
+
+    assert async_to_sync(scenario)() == 4401
+    assert members(f"run.{mine.pk}") == 0
 
 
 def test_the_inbox_is_for_reviewers(mia):
