@@ -379,3 +379,47 @@ def test_a_reviewer_hears_of_a_new_request(agent, mia):
 
     frame = async_to_sync(scenario)()
     assert frame == {"type": "inbox", "event": {"type": "approval.requested", "approval": 1}}
+
+
+def test_a_reviewer_hears_of_a_decision_taken_elsewhere(mia, agent):
+    """Two reviewers' inboxes are open; one decides, the other's inbox is told to reload."""
+    from django.db import transaction
+
+    from governance.approvals import approval_decide, approval_request_create
+    from tools.models import Tool
+
+    run = a_run(mia, agent)
+    reviewers = Group.objects.get_or_create(name=roles.REVIEWER)[0]
+    ann, bob = (get_user_model().objects.create_user(name) for name in ("ann", "bob"))
+    for person in (ann, bob):
+        person.groups.add(reviewers)
+    with transaction.atomic():
+        request = approval_request_create(
+            key="k1",
+            run_id=run.pk,
+            agent=agent,
+            tool=Tool.objects.get(name="create_ticket"),
+            requested_by=mia,
+            arguments={"title": "x"},
+            reasons=["tool.risk_write"],
+        )
+
+    async def scenario():
+        communicator = await opened(bob)
+        await communicator.send_json_to({"type": "subscribe", "inbox": True})
+        await communicator.receive_json_from(timeout=5)
+        await sync_to_async(approval_decide)(approval_id=request.pk, decided_by=ann, approve=True)
+        frame = await communicator.receive_json_from(timeout=5)
+        await communicator.disconnect()
+        return frame
+
+    frame = async_to_sync(scenario)()
+    assert frame == {
+        "type": "inbox",
+        "event": {
+            "type": "approval.decided",
+            "approval": request.pk,
+            "run": run.pk,
+            "status": "approved",
+        },
+    }
