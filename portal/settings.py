@@ -110,6 +110,10 @@ INSTALLED_APPS = [
     "channels",
     "auditlog",
     "guardian",
+    "rest_framework",
+    "oauth2_provider",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "audit",
     "governance",
     "tools",
@@ -127,6 +131,7 @@ ANONYMOUS_USER_NAME = None
 
 MIDDLEWARE = [
     "portal.health.ProbeMiddleware",
+    "portal.requestid.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "portal.security.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -140,6 +145,67 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "portal.urls"
+
+# The integration API (portal/api/): OAuth2 bearer tokens or the browser's session; errors as
+# RFC 9457 problem documents; cursor pagination; throttling per account.
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "portal.api.auth.ApplicationOAuth2Authentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PAGINATION_CLASS": "portal.api.pagination.Cursor",
+    "DEFAULT_THROTTLE_CLASSES": [
+        "rest_framework.throttling.UserRateThrottle",
+        "rest_framework.throttling.AnonRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "user": env_str("WARDEN_API_RATE", "600/min"),
+        "anon": env_str("WARDEN_API_ANON_RATE", "60/min"),
+    },
+    "EXCEPTION_HANDLER": "portal.api.problems.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+OAUTH2_PROVIDER = {
+    "SCOPES": {
+        "agents:run": "Start runs of the agents the account may use",
+        "runs:read": "Read the account's runs and their events",
+        "approvals:write": "Decide approval requests the account may decide",
+        "knowledge:write": "Upload documents to knowledge bases the account may write",
+        "audit:read": "Read and export the audit trail",
+        "admin:read": "Read the registry: tools, routes, knowledge bases",
+    },
+    "DEFAULT_SCOPES": [],  # a token has the scopes it asked for and was allowed, no more
+    "ACCESS_TOKEN_EXPIRE_SECONDS": env_int("WARDEN_TOKEN_SECONDS", 3600, minimum=60),
+    # The OAuth 2.0 Security BCP (RFC 9700) throughout: no implicit or password grant, S256
+    # PKCE only, tokens in the Authorization header only and hashed at rest, refresh-token
+    # replay revokes the family, https redirect URIs only.
+    "COMPLIANT_BCP_RFC9700_IMPLICIT_GRANT": True,
+    "COMPLIANT_BCP_RFC9700_PASSWORD_GRANT": True,
+    "COMPLIANT_BCP_RFC9700_PKCE_METHOD": True,
+    "COMPLIANT_BCP_RFC9700_ACCESS_TOKEN_TRANSPORT": True,
+    "COMPLIANT_BCP_RFC9700_AUTHZ_RESPONSE_ISS": True,
+    "COMPLIANT_BCP_RFC9700_TOKEN_STORAGE": True,
+    "COMPLIANT_BCP_RFC9700_REFRESH_TOKEN": True,
+    "REFRESH_TOKEN_REUSE_PROTECTION": True,
+    "COMPLIANT_BCP_RFC9700_REDIRECT_URI_SCHEME": True,
+    "ALLOWED_REDIRECT_URI_SCHEMES": ["https"],
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Warden API",
+    "DESCRIPTION": "Governed AI agents for integrations. Errors are RFC 9457 problem documents.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",  # served from our static files: the CSP allows nothing else
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "OAUTH2_FLOWS": ["clientCredentials"],
+    "OAUTH2_TOKEN_URL": "/o/token/",
+    "OAUTH2_SCOPES": OAUTH2_PROVIDER["SCOPES"],
+}
 ASGI_APPLICATION = "portal.asgi.application"
 WSGI_APPLICATION = "portal.wsgi.application"
 

@@ -1,5 +1,5 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 from django.views.generic import RedirectView
 
 from portal import chat, inbox, trace, views
@@ -22,5 +22,10 @@ urlpatterns = [
     path("inbox/", inbox.inbox, name="inbox"),
     path("inbox/approvals/<int:pk>/", inbox.approval_page, name="inbox-approval"),
     path("inbox/answers/<int:pk>/", inbox.answer_page, name="inbox-answer"),
+    path("api/", include("portal.api.urls")),
+    path("o/", include("oauth2_provider.urls", namespace="oauth2_provider")),
     path("admin/", admin.site.urls),
 ]
+
+handler404 = "portal.views.not_found"
+handler500 = "portal.views.server_error"

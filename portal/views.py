@@ -6,9 +6,37 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.templatetags.static import static
 from django.utils.crypto import salted_hmac
+from django.views.defaults import page_not_found
+from django.views.defaults import server_error as default_server_error
 
 from audit.services import SYSTEM, Target, audit_record
 from governance.budgets import usage_for
+
+API_PREFIXES = ("/api/", "/v1/")
+
+
+def not_found(request: HttpRequest, exception=None) -> HttpResponse:
+    """404: a problem document for the API, the page for people."""
+    if request.path.startswith(API_PREFIXES):
+        from portal.api.problems import problem_response
+
+        return problem_response(request, 404, "not-found", "no such resource")
+    return page_not_found(request, exception)
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """500: a problem document for the API (with the request id), the page for people."""
+    if request.path.startswith(API_PREFIXES):
+        from portal.api.problems import problem_response
+
+        return problem_response(
+            request,
+            500,
+            "server-error",
+            "Warden failed to answer; the request id identifies the failure in its logs",
+            request_id=getattr(request, "request_id", ""),
+        )
+    return default_server_error(request)
 
 
 def favicon(request: HttpRequest) -> HttpResponse:

@@ -1,0 +1,103 @@
+"""Errors as RFC 9457 problem documents, with stable type URIs (`/api/problems/<slug>`, each
+of which describes itself when fetched)."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpRequest, JsonResponse
+from rest_framework import exceptions
+from rest_framework.response import Response
+from rest_framework.views import set_rollback
+
+# slug -> (title, what it means, what to do)
+PROBLEMS: dict[str, tuple[str, str]] = {
+    "not-authenticated": (
+        "Not authenticated",
+        "The request carries no valid credentials: send an OAuth2 bearer token (client "
+        "credentials at /o/token/) or a personal access token, or sign in.",
+    ),
+    "forbidden": (
+        "Forbidden",
+        "The credentials are valid but may not do this: the token lacks the scope the "
+        "endpoint requires, or the account lacks the permission.",
+    ),
+    "not-found": (
+        "Not found",
+        "There is no such resource, or it is not yours to see: Warden answers both the same.",
+    ),
+    "method-not-allowed": ("Method not allowed", "The resource does not accept this method."),
+    "not-acceptable": ("Not acceptable", "The API answers in JSON only."),
+    "unsupported-media-type": ("Unsupported media type", "Send JSON."),
+    "malformed": ("Malformed request", "The body could not be parsed."),
+    "invalid": (
+        "Invalid request",
+        "The request was understood but some fields are wrong: `errors` says which.",
+    ),
+    "throttled": ("Too many requests", "Slow down: `Retry-After` says when to try again."),
+    "server-error": ("Internal error", "Warden failed; the request id identifies it in logs."),
+}
+
+_BY_EXCEPTION = [
+    (exceptions.NotAuthenticated, "not-authenticated"),
+    (exceptions.AuthenticationFailed, "not-authenticated"),
+    (exceptions.PermissionDenied, "forbidden"),
+    (exceptions.NotFound, "not-found"),
+    (exceptions.MethodNotAllowed, "method-not-allowed"),
+    (exceptions.NotAcceptable, "not-acceptable"),
+    (exceptions.UnsupportedMediaType, "unsupported-media-type"),
+    (exceptions.ParseError, "malformed"),
+    (exceptions.ValidationError, "invalid"),
+    (exceptions.Throttled, "throttled"),
+]
+
+
+def problem_body(request: HttpRequest, status: int, slug: str, detail: str, **extra) -> dict:
+    title = PROBLEMS[slug][0] if slug in PROBLEMS else HTTPStatus(status).phrase
+    return {
+        "type": f"/api/problems/{slug}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": request.path,
+        **extra,
+    }
+
+
+def problem_response(request: HttpRequest, status: int, slug: str, detail: str, **extra):
+    return JsonResponse(
+        problem_body(request, status, slug, detail, **extra),
+        status=status,
+        content_type="application/problem+json",
+    )
+
+
+def exception_handler(exc, context):
+    """DRF's EXCEPTION_HANDLER: every API error as a problem document."""
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, PermissionDenied):
+        exc = exceptions.PermissionDenied()
+    if not isinstance(exc, exceptions.APIException):
+        return None  # a bug: Django's 500 handler answers (also as a problem, for the API)
+    request = context["request"]
+    slug = next((s for kind, s in _BY_EXCEPTION if isinstance(exc, kind)), "error")
+    extra = {}
+    if isinstance(exc, exceptions.ValidationError):
+        detail = "some fields are invalid"
+        extra["errors"] = exc.detail
+    else:
+        detail = str(exc.detail)
+    headers = {}
+    if getattr(exc, "auth_header", None):
+        headers["WWW-Authenticate"] = exc.auth_header
+    if getattr(exc, "wait", None) is not None:
+        headers["Retry-After"] = str(int(exc.wait))
+    set_rollback()
+    return Response(
+        problem_body(request, exc.status_code, slug, detail, **extra),
+        status=exc.status_code,
+        headers=headers,
+        content_type="application/problem+json",
+    )

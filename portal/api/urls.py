@@ -1,0 +1,11 @@
+from django.urls import path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
+
+from portal.api import views
+
+urlpatterns = [
+    path("v1/agents", views.AgentList.as_view(), name="api-agents"),
+    path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"),
+    path("problems/<slug:slug>", views.problem_type, name="api-problem"),
+]

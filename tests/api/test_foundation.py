@@ -1,0 +1,151 @@
+"""The API's conventions: who a request acts as (session, OAuth2 client credentials with
+scopes), problem documents with stable types, the request id, cursor pages, the schema."""
+
+import base64
+
+import pytest
+from oauth2_provider.models import Application
+
+pytestmark = pytest.mark.django_db
+SECRET = "s3cret-for-the-test-only"
+
+
+@pytest.fixture
+def application(people):
+    return Application.objects.create(
+        name="CRM",
+        client_type=Application.CLIENT_CONFIDENTIAL,
+        authorization_grant_type=Application.GRANT_CLIENT_CREDENTIALS,
+        user=people.integration,
+        client_secret=SECRET,
+    )
+
+
+def token(client, application, scope: str) -> str:
+    basic = base64.b64encode(f"{application.client_id}:{SECRET}".encode()).decode()
+    response = client.post(
+        "/o/token/",
+        {"grant_type": "client_credentials", "scope": scope},
+        HTTP_AUTHORIZATION=f"Basic {basic}",
+    )
+    assert response.status_code == 200, response.content
+    return response.json()["access_token"]
+
+
+def test_without_credentials_the_answer_is_a_problem_document(client):
+    response = client.get("/api/v1/agents", HTTP_X_REQUEST_ID="trace-42")
+
+    assert response.status_code == 401
+    assert response["Content-Type"] == "application/problem+json"
+    assert response["WWW-Authenticate"] == 'Bearer realm="api"'
+    assert response["X-Request-ID"] == "trace-42"
+    body = response.json()
+    assert body["type"] == "/api/problems/not-authenticated"
+    assert body["status"] == 401
+    assert body["instance"] == "/api/v1/agents"
+    described = client.get(body["type"])
+    assert described.status_code == 200
+    assert "Not authenticated" in described.content.decode()
+
+
+def test_a_session_lists_the_agents_its_user_may_use(client, people, governed):
+    client.force_login(people.member)
+    assert [a["slug"] for a in client.get("/api/v1/agents").json()["results"]] == [
+        governed.agent.slug
+    ]
+    client.force_login(people.outsider)
+    assert client.get("/api/v1/agents").json()["results"] == []
+    client.force_login(people.denied)
+    assert client.get("/api/v1/agents").json()["results"] == []
+
+
+def test_a_client_credentials_token_acts_as_its_applications_account(
+    client, application, governed, people
+):
+    bearer = token(client, application, "agents:run")
+
+    response = client.get("/api/v1/agents", HTTP_AUTHORIZATION=f"Bearer {bearer}")
+
+    assert response.status_code == 200
+    assert [a["slug"] for a in response.json()["results"]] == [governed.agent.slug]
+    application.user = people.outsider  # the same token, now an account without the grant
+    application.save()
+    assert (
+        client.get("/api/v1/agents", HTTP_AUTHORIZATION=f"Bearer {bearer}").json()["results"] == []
+    )
+
+
+def test_a_token_without_the_scope_is_forbidden(client, application, governed):
+    bearer = token(client, application, "runs:read")
+
+    response = client.get("/api/v1/agents", HTTP_AUTHORIZATION=f"Bearer {bearer}")
+
+    assert response.status_code == 403
+    assert response.json()["type"] == "/api/problems/forbidden"
+    assert response.json()["detail"] == "the token lacks the scope 'agents:run'"
+
+
+def test_a_disabled_account_s_token_is_refused(client, application, people):
+    bearer = token(client, application, "agents:run")
+    people.integration.is_active = False
+    people.integration.save()
+
+    response = client.get("/api/v1/agents", HTTP_AUTHORIZATION=f"Bearer {bearer}")
+
+    assert response.status_code == 401
+    assert response.json()["detail"] == "the token's account is missing or disabled"
+
+
+def test_the_application_secret_is_kept_hashed(application):
+    from django.contrib.auth.hashers import check_password
+
+    stored = Application.objects.get(pk=application.pk).client_secret
+    assert SECRET not in stored
+    assert check_password(SECRET, stored)  # a password hash (PBKDF2 outside the tests)
+
+
+def test_wrong_method_unknown_path_and_a_strange_request_id(client, people):
+    client.force_login(people.member)
+    posted = client.post("/api/v1/agents", {}, content_type="application/json")
+    assert posted.status_code == 405
+    assert posted.json()["type"] == "/api/problems/method-not-allowed"
+    missing = client.get("/api/v1/nothing-here", HTTP_X_REQUEST_ID="bad id\n")
+    assert missing.status_code == 404
+    assert missing["Content-Type"] == "application/problem+json"
+    assert missing.json()["type"] == "/api/problems/not-found"
+    assert len(missing["X-Request-ID"]) == 32  # replaced by one of ours
+    assert client.get("/api/problems/no-such-type").status_code == 404
+
+
+def test_pages_are_cursors(client, people, governed):
+    from agents.models import Agent
+    from tests.access import grant
+
+    more = [
+        Agent.objects.create(name=f"A{i}", slug=f"more-{i}", route=governed.route) for i in range(3)
+    ]
+    grant(people.member, *more)
+    client.force_login(people.member)
+
+    first = client.get("/api/v1/agents?limit=2").json()
+    second = client.get(first["next"]).json()
+
+    seen = [a["slug"] for a in first["results"] + second["results"]]
+    assert sorted(seen) == sorted([governed.agent.slug, *(a.slug for a in more)])
+    assert second["next"] is None
+    assert "page=" not in first["next"]  # opaque cursors, not offsets
+
+
+def test_the_schema_and_its_docs_are_served_from_warden_itself(client, people):
+    schema = client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+    assert schema.status_code == 200
+    document = schema.json()
+    assert document["openapi"].startswith("3.")
+    assert "/api/v1/agents" in document["paths"]
+    client.force_login(people.member)
+    docs = client.get("/api/docs/")
+    assert docs.status_code == 200
+    page = docs.content.decode()
+    assert "cdn." not in page
+    assert "unpkg" not in page
+    assert "<script>" not in page  # no inline script: the CSP forbids it
