@@ -5,6 +5,7 @@ from portal.api import views
 
 urlpatterns = [
     path("v1/agents", views.AgentList.as_view(), name="api-agents"),
+    path("v1/runs/<int:pk>", views.RunDetail.as_view(), name="api-run"),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"),
     path("problems/<slug:slug>", views.problem_type, name="api-problem"),

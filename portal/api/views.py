@@ -5,9 +5,11 @@ from __future__ import annotations
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from drf_spectacular.utils import extend_schema
-from rest_framework import generics, serializers
+from rest_framework import exceptions, generics, serializers
 
-from agents.models import Agent
+from agents.models import Agent, Run, RunStep, StepKind
+from agents.selectors import access_run
+from governance.access import NoAccess
 from portal.api.auth import HasScope
 from portal.api.problems import PROBLEMS
 
@@ -26,6 +28,83 @@ class AgentList(generics.ListAPIView):
 
     def get_queryset(self):
         return Agent.objects.restrict(self.request.user, "use").filter(enabled=True)
+
+
+class StepSerializer(serializers.ModelSerializer):
+    tokens = serializers.SerializerMethodField()
+    summary = serializers.SerializerMethodField()
+
+    class Meta:
+        model = RunStep
+        fields = [
+            "index",
+            "kind",
+            "status",
+            "summary",
+            "started_at",
+            "finished_at",
+            "tokens",
+            "cost",
+            "deployment",
+        ]
+
+    def get_tokens(self, step) -> int:
+        return step.prompt_tokens + step.completion_tokens
+
+    def get_summary(self, step) -> str:
+        output = step.output or {}
+        if step.kind == StepKind.MODEL:
+            calls = [c["name"] for c in output.get("tool_calls") or []]
+            return f"calls {', '.join(calls)}" if calls else "answers"
+        if step.kind == StepKind.TOOL:
+            name = step.input.get("call", {}).get("name", "")
+            return f"{name}: {output['error']}" if output.get("error") else f"{name}: ok"
+        if step.kind == StepKind.RETRIEVAL:
+            return f"{len(output.get('passages', []))} passages"
+        if step.kind == StepKind.APPROVAL:
+            return f"approval request {output.get('approval')}"
+        return step.kind
+
+
+class RunSerializer(serializers.ModelSerializer):
+    agent = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    prompt_tokens = serializers.IntegerField(read_only=True)
+    completion_tokens = serializers.IntegerField(read_only=True)
+    steps = StepSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = Run
+        fields = [
+            "id",
+            "agent",
+            "conversation",
+            "state",
+            "input",
+            "answer",
+            "citations",
+            "confidence",
+            "prompt_tokens",
+            "completion_tokens",
+            "cost",
+            "error",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "steps",
+        ]
+
+
+@extend_schema(summary="A run: its state, steps, answer and what it cost", tags=["runs"])
+class RunDetail(generics.RetrieveAPIView):
+    serializer_class = RunSerializer
+    permission_classes = [HasScope]
+    required_scope = "runs:read"
+
+    def get_object(self):
+        try:
+            return access_run(self.request.user, self.kwargs["pk"])  # the caller's own runs
+        except NoAccess:
+            raise exceptions.NotFound("no such run") from None
 
 
 def problem_type(request: HttpRequest, slug: str) -> HttpResponse:

@@ -136,6 +136,13 @@ def test_pages_are_cursors(client, people, governed):
     assert "page=" not in first["next"]  # opaque cursors, not offsets
 
 
+def test_the_schema_is_valid_openapi_without_warnings(tmp_path):
+    from django.core.management import call_command
+
+    call_command("spectacular", validate=True, fail_on_warn=True, file=str(tmp_path / "s.yml"))
+    assert "/api/v1/runs/{id}" in (tmp_path / "s.yml").read_text()
+
+
 def test_the_schema_and_its_docs_are_served_from_warden_itself(client, people):
     schema = client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
     assert schema.status_code == 200
@@ -149,3 +156,40 @@ def test_the_schema_and_its_docs_are_served_from_warden_itself(client, people):
     assert "cdn." not in page
     assert "unpkg" not in page
     assert "<script>" not in page  # no inline script: the CSP forbids it
+
+
+def test_a_run_is_read_by_its_owner_only(client, application, people, governed):
+    from agents.models import Conversation, Run
+
+    conversation = Conversation.objects.create(owner=people.integration, agent=governed.agent)
+    run = Run.objects.create(
+        agent=governed.agent,
+        conversation=conversation,
+        actor=people.integration,
+        input="hello",
+        state="succeeded",
+        answer="hi [1]",
+        prompt_tokens=11,
+        completion_tokens=7,
+    )
+    reader = token(client, application, "runs:read")
+    runner = token(client, application, "agents:run")
+
+    mine = client.get(f"/api/v1/runs/{run.pk}", HTTP_AUTHORIZATION=f"Bearer {reader}")
+    wrong_scope = client.get(f"/api/v1/runs/{run.pk}", HTTP_AUTHORIZATION=f"Bearer {runner}")
+    client.force_login(people.member)  # someone else (IDOR): the same answer as a missing run
+    theirs = client.get(f"/api/v1/runs/{run.pk}")
+    missing = client.get(f"/api/v1/runs/{run.pk + 1000}")
+
+    assert mine.status_code == 200
+    body = mine.json()
+    assert (body["id"], body["agent"], body["state"], body["answer"]) == (
+        run.pk,
+        governed.agent.slug,
+        "succeeded",
+        "hi [1]",
+    )
+    assert (body["prompt_tokens"], body["completion_tokens"], body["steps"]) == (11, 7, [])
+    assert wrong_scope.status_code == 403
+    assert theirs.status_code == missing.status_code == 404
+    assert theirs.json() | {"instance": None} == missing.json() | {"instance": None}
