@@ -28,7 +28,7 @@ from agents.selectors import (
 from agents.services import RateLimited, RunError, run_cancel, run_start
 from governance.access import NoAccess, access_agent
 from governance.budgets import usage_for
-from portal.problems import problem
+from portal.api.problems import problem_response
 
 MAX_MESSAGE = 20_000
 DRAFT = "chat.draft"
@@ -91,7 +91,7 @@ def chat_send(request: HttpRequest) -> HttpResponse:
             raise RunError(f"the message is longer than {MAX_MESSAGE} characters")
         if "\x00" in text:  # before the conversation takes its title from it
             raise RunError("the message contains a NUL character, which cannot be kept")
-        agent = access_agent(request.user, _int(request.POST.get("agent")))
+        agent = access_agent(request.user, request.POST.get("agent"))
         if request.POST.get("conversation"):
             conversation = access_conversation(request.user, request.POST["conversation"])
             run = run_start(agent=agent, conversation=conversation, actor=request.user, input=text)
@@ -109,7 +109,7 @@ def chat_send(request: HttpRequest) -> HttpResponse:
     except (NoAccess, RunError) as exc:
         status = 429 if isinstance(exc, RateLimited) else 404 if isinstance(exc, NoAccess) else 400
         if wants_json:
-            response = problem(request, status, str(exc), text=text)
+            response = problem_response(request, status, None, str(exc), text=text)
             if isinstance(exc, RateLimited):
                 response["Retry-After"] = str(exc.retry_after)
             return response
@@ -149,10 +149,3 @@ def run_stop(request: HttpRequest, pk: int) -> HttpResponse:
     if "application/json" in request.headers.get("Accept", ""):
         return JsonResponse({"run": run.pk}, status=202)
     return redirect("conversation", run.conversation_id)
-
-
-def _int(value) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None

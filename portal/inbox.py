@@ -83,7 +83,6 @@ def inbox(request: HttpRequest) -> HttpResponse:
     everything = approvals_for(request.user)
     context = {
         "items": items,
-        "total": pending_count(request.user),
         "filters": filters,
         "filtered": any(filters.values()),
         "agent_choices": Agent.objects.filter(pk__in=everything.values("agent_id")).values_list(

@@ -53,10 +53,11 @@ _BY_EXCEPTION = [
 ]
 
 
-def problem_body(request: HttpRequest, status: int, slug: str, detail: str, **extra) -> dict:
+def problem_body(request: HttpRequest, status: int, slug: str | None, detail: str, **extra) -> dict:
+    """The document; with no `slug`, the plain `about:blank` kind (the status says it all)."""
     title = PROBLEMS[slug][0] if slug in PROBLEMS else HTTPStatus(status).phrase
     return {
-        "type": f"/api/problems/{slug}",
+        "type": f"/api/problems/{slug}" if slug else "about:blank",
         "title": title,
         "status": status,
         "detail": detail,
@@ -65,7 +66,7 @@ def problem_body(request: HttpRequest, status: int, slug: str, detail: str, **ex
     }
 
 
-def problem_response(request: HttpRequest, status: int, slug: str, detail: str, **extra):
+def problem_response(request: HttpRequest, status: int, slug: str | None, detail: str, **extra):
     return JsonResponse(
         problem_body(request, status, slug, detail, **extra),
         status=status,

@@ -26,7 +26,8 @@ ARTIFACTS = Path(
     or Path(__file__).resolve().parents[2] / "test-artifacts"
 )
 
-pytestmark = pytest.mark.skipif(
+# A conftest's pytestmark marks nothing: the test modules apply this one.
+needs_chromium = pytest.mark.skipif(
     not os.path.exists(CHROMIUM) and not os.environ.get("CI"),
     reason="Chromium is not installed (apt install chromium; CI installs it)",
 )

@@ -11,8 +11,10 @@ from django.contrib.auth import get_user_model
 from playwright.sync_api import expect
 
 from agents.models import Conversation, Run
-from tests.browser.conftest import screenshot
+from tests.browser.conftest import needs_chromium, screenshot
 from tests.model_server import Reply
+
+pytestmark = needs_chromium
 
 LEAVE = (
     "Full-time employees receive 25 days of paid annual leave per calendar year, plus public "
