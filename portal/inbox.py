@@ -15,6 +15,7 @@ from itertools import chain
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.db.models import Q
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
@@ -80,20 +81,20 @@ def inbox(request: HttpRequest) -> HttpResponse:
         + [_row(e, "answer", agents, "") for e in answers],
         key=lambda row: row["created_at"],
     )
+    context = {"items": items, "filters": filters, "filtered": any(filters.values())}
+    if request.GET.get("part"):  # the list alone, as the page's script refreshes it
+        return render(request, "portal/_inbox_items.html", context)
     everything = approvals_for(request.user)
-    context = {
-        "items": items,
-        "filters": filters,
-        "filtered": any(filters.values()),
-        "agent_choices": Agent.objects.filter(pk__in=everything.values("agent_id")).values_list(
-            "pk", "name"
-        ),
+    waiting_on = Q(pk__in=everything.values("agent_id")) | Q(
+        pk__in=escalations_for(request.user).values("agent_id")
+    )
+    context |= {
+        "agent_choices": Agent.objects.filter(waiting_on).values_list("pk", "name"),
         "tool_choices": sorted(set(everything.values_list("tool_name", flat=True))),
         "risk_choices": RiskTier.choices,
         "age_choices": AGE_LABELS.items(),
     }
-    template = "portal/_inbox_items.html" if request.GET.get("part") else "portal/inbox.html"
-    return render(request, template, context)
+    return render(request, "portal/inbox.html", context)
 
 
 def _filters(query) -> dict[str, str]:

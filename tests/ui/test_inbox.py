@@ -221,3 +221,12 @@ def test_a_member_of_a_configured_approver_group_has_an_inbox(client, people, he
     assert 'id="inbox-link"' in client.get("/chat/").content.decode()
     client.force_login(people.outsider)
     assert 'id="inbox-link"' not in client.get("/chat/").content.decode()
+
+
+def test_the_agent_filter_offers_agents_with_only_held_answers(client, people, assistant):
+    _held(people, assistant)
+    client.force_login(people.reviewer)
+
+    page = client.get("/inbox/").content.decode()
+
+    assert f'<option value="{assistant.pk}">{assistant.name}</option>' in page
