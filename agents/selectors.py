@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from decimal import Decimal
 
 from django.db.models import Prefetch, QuerySet
 from django.utils.safestring import SafeString
@@ -120,10 +119,6 @@ class RunView:
     @property
     def tokens(self) -> int:
         return self.run.prompt_tokens + self.run.completion_tokens
-
-    @property
-    def cost(self) -> Decimal:
-        return self.run.cost
 
     @property
     def answer_html(self) -> SafeString:
