@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from django.db.models import Prefetch, QuerySet
 from django.utils.safestring import SafeString
 
-from agents.models import FINAL_STATES, Conversation, Run, RunState, RunStep, StepKind
+from agents.models import FINAL_STATES, Agent, Conversation, Run, RunState, RunStep, StepKind
 from governance.access import NoAccess
 from governance.guardrails.output import render_markdown
 
@@ -49,6 +49,11 @@ def _reviews(user, run_id: int) -> bool:
         reviewable(ApprovalRequest, user).filter(run_id=run_id).exists()
         or reviewable(Escalation, user).filter(run_id=run_id).exists()
     )
+
+
+def agents_usable_by(user) -> QuerySet[Agent]:
+    """The enabled agents `user` may use (the chat's choice, the API's list)."""
+    return Agent.objects.restrict(user, "use").filter(enabled=True)
 
 
 def conversations_of(user) -> QuerySet[Conversation]:

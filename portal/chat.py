@@ -17,10 +17,11 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.text import capfirst
 from django.views.decorators.http import require_GET, require_POST
 
-from agents.models import Agent, Conversation, Run
+from agents.models import Conversation, Run
 from agents.selectors import (
     access_conversation,
     access_run,
+    agents_usable_by,
     conversations_of,
     run_views,
     runs_with_steps,
@@ -35,7 +36,7 @@ DRAFT = "chat.draft"
 
 
 def _agents(user):
-    return Agent.objects.restrict(user, "use").filter(enabled=True).order_by("name")
+    return agents_usable_by(user).order_by("name")
 
 
 def _page(request: HttpRequest, **context) -> HttpResponse:

@@ -8,7 +8,7 @@ from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions, generics, serializers
 
 from agents.models import Agent, Run, RunStep, StepKind
-from agents.selectors import access_run
+from agents.selectors import access_run, agents_usable_by
 from governance.access import NoAccess
 from portal.api.auth import HasScope
 from portal.api.problems import PROBLEMS
@@ -27,7 +27,7 @@ class AgentList(generics.ListAPIView):
     required_scope = "agents:run"
 
     def get_queryset(self):
-        return Agent.objects.restrict(self.request.user, "use").filter(enabled=True)
+        return agents_usable_by(self.request.user)
 
 
 class StepSerializer(serializers.ModelSerializer):
