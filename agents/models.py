@@ -245,6 +245,12 @@ class Run(models.Model):
     )
     state = models.CharField(max_length=20, choices=RunState.choices, default=RunState.QUEUED)
     idempotency_key = models.CharField(max_length=200, blank=True)
+    idempotency_fingerprint = models.CharField(
+        max_length=64,
+        blank=True,
+        help_text="A digest of the request that used the idempotency key: the same key with "
+        "another request is refused, not answered with this run.",
+    )
     input = models.TextField()
     stream = models.BooleanField(
         default=True,

@@ -20,7 +20,7 @@ import psycopg
 from django.conf import settings
 from django.core.cache import cache
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -72,6 +72,14 @@ class RateLimited(RunError):
         self.retry_after = retry_after
 
 
+class IdempotencyConflict(RunError):
+    """The idempotency key was used before for another request; `run` is the run it started."""
+
+    def __init__(self, message: str, run: Run):
+        super().__init__(message)
+        self.run = run
+
+
 class LeaseLost(Exception):
     """Another worker holds the run now: stop without writing anything more."""
 
@@ -87,11 +95,14 @@ def run_start(
     actor,
     input: str,
     idempotency_key: str = "",
+    fingerprint: str = "",
     stream: bool = True,
 ) -> Run:
     """Queue a run of `agent` on the actor's message; the same idempotency key returns the
-    run it started before instead of a second one. `stream` publishes the run's steps and the
-    answer's tokens to its channel group as they happen (for somebody watching live).
+    run it started before instead of a second one, if `fingerprint` (a digest of the request)
+    is the same too, and raises IdempotencyConflict if not. `stream` publishes the run's steps
+    and the answer's tokens to its channel group as they happen (for somebody watching live).
+    An unsaved `conversation` is saved with the run (so a refusal leaves no empty one behind).
 
     The policy decision point decides first (governance.policy); a denial is audited and
     raised as RunDenied, and nothing else is written."""
@@ -102,7 +113,7 @@ def run_start(
     if "\x00" in input:
         raise RunError("the message contains a NUL character, which cannot be kept")
     if idempotency_key:
-        existing = Run.objects.filter(actor=actor, idempotency_key=idempotency_key).first()
+        existing = _idempotent(actor, idempotency_key, fingerprint)
         if existing is not None:
             return existing
     context = run_context(actor=actor, agent=agent, input=input)
@@ -121,13 +132,40 @@ def run_start(
         if "budget.exhausted" in decision.reasons and "agent.forbidden" not in decision.reasons:
             message = budget_refusal(budget_ids=context.budget_ids)
         raise RunDenied(message, decision)
+    try:
+        return _queued(
+            agent, conversation, actor, input, idempotency_key, fingerprint, stream, decision
+        )
+    except IntegrityError:
+        # The same key, at the same moment, from a concurrent request: its run is the answer.
+        existing = _idempotent(actor, idempotency_key, fingerprint) if idempotency_key else None
+        if existing is None:
+            raise
+        return existing
+
+
+def _idempotent(actor, key: str, fingerprint: str) -> Run | None:
+    existing = Run.objects.filter(actor=actor, idempotency_key=key).first()
+    if existing is not None and existing.idempotency_fingerprint != fingerprint:
+        raise IdempotencyConflict(
+            f"the idempotency key was used for another request (run {existing.pk})", existing
+        )
+    if existing is not None:
+        existing.replayed = True  # for the caller: this is the earlier request's run
+    return existing
+
+
+def _queued(agent, conversation, actor, input, idempotency_key, fingerprint, stream, decision):
     with transaction.atomic():
+        if conversation.pk is None:  # a new conversation exists only with its first run
+            conversation.save()
         run = Run.objects.create(
             agent=agent,
             conversation=conversation,
             actor=actor,
             input=input,
             idempotency_key=idempotency_key,
+            idempotency_fingerprint=fingerprint,
             stream=stream,
         )
         Message.objects.create(

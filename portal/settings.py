@@ -150,6 +150,7 @@ ROOT_URLCONF = "portal.urls"
 # RFC 9457 problem documents; cursor pagination; throttling per account.
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        "portal.api.auth.PersonalAccessTokenAuthentication",
         "portal.api.auth.ApplicationOAuth2Authentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
@@ -194,6 +195,9 @@ OAUTH2_PROVIDER = {
     "COMPLIANT_BCP_RFC9700_REDIRECT_URI_SCHEME": True,
     "ALLOWED_REDIRECT_URI_SCHEMES": ["https"],
 }
+# A run's event stream (GET /api/v1/runs/{id}/events) is closed after this long, to be resumed
+# with Last-Event-ID: no connection is held forever by a run parked for a reviewer.
+WARDEN_SSE_MAX_SECONDS = env_int("WARDEN_SSE_MAX_SECONDS", 300, minimum=10)
 SPECTACULAR_SETTINGS = {
     "TITLE": "Warden API",
     "DESCRIPTION": "Governed AI agents for integrations. Errors are RFC 9457 problem documents.",

@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
 
-from portal import chat, inbox, trace, views
+from portal import account, chat, inbox, trace, views
 
 # /healthz and /readyz are answered by portal.health.ProbeMiddleware.
 urlpatterns = [
@@ -22,6 +22,8 @@ urlpatterns = [
     path("inbox/", inbox.inbox, name="inbox"),
     path("inbox/approvals/<int:pk>/", inbox.approval_page, name="inbox-approval"),
     path("inbox/answers/<int:pk>/", inbox.answer_page, name="inbox-answer"),
+    path("account/tokens/", account.tokens_page, name="account-tokens"),
+    path("account/tokens/<int:pk>/revoke/", account.token_revoke_view, name="account-token-revoke"),
     path("api/", include("portal.api.urls")),
     path("o/", include("oauth2_provider.urls", namespace="oauth2_provider")),
     path("admin/", admin.site.urls),

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from oauth2_provider.contrib.rest_framework import OAuth2Authentication
 from rest_framework import exceptions
+from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.permissions import BasePermission
+
+from portal.tokens import PREFIX, token_find
 
 
 class ApplicationOAuth2Authentication(OAuth2Authentication):
@@ -24,6 +27,24 @@ class ApplicationOAuth2Authentication(OAuth2Authentication):
         if user is None or not user.is_active:
             raise exceptions.AuthenticationFailed("the token's account is missing or disabled")
         return user, token
+
+
+class PersonalAccessTokenAuthentication(BaseAuthentication):
+    """`Authorization: Bearer wdn_pat_…`: a user's personal access token, as its user."""
+
+    def authenticate(self, request):
+        kind, _, secret = get_authorization_header(request).decode("latin-1").partition(" ")
+        if kind.lower() != "bearer" or not secret.startswith(PREFIX):
+            return None  # not ours: an OAuth2 token, or no credentials
+        token = token_find(secret.strip())
+        if token is None:
+            raise exceptions.AuthenticationFailed("the token is unknown, expired or revoked")
+        if not token.user.is_active:
+            raise exceptions.AuthenticationFailed("the token's account is disabled")
+        return token.user, token
+
+    def authenticate_header(self, request) -> str:
+        return 'Bearer realm="api"'
 
 
 class HasScope(BasePermission):
@@ -40,9 +61,22 @@ class HasScope(BasePermission):
         return token.is_valid([required])
 
 
-# The schema describes this authentication as drf-spectacular describes DOT's own.
+# The schema describes these authentications (DOT's own as drf-spectacular describes it).
 from drf_spectacular.contrib.django_oauth_toolkit import DjangoOAuthToolkitScheme  # noqa: E402
+from drf_spectacular.extensions import OpenApiAuthenticationExtension  # noqa: E402
 
 
 class ApplicationOAuth2Scheme(DjangoOAuthToolkitScheme):
     target_class = ApplicationOAuth2Authentication
+
+
+class PersonalAccessTokenScheme(OpenApiAuthenticationExtension):
+    target_class = PersonalAccessTokenAuthentication
+    name = "personalAccessToken"
+
+    def get_security_definition(self, auto_schema):
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "A personal access token (`wdn_pat_…`), made on /account/tokens/.",
+        }

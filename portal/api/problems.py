@@ -36,6 +36,21 @@ PROBLEMS: dict[str, tuple[str, str]] = {
         "The request was understood but some fields are wrong: `errors` says which.",
     ),
     "throttled": ("Too many requests", "Slow down: `Retry-After` says when to try again."),
+    "policy-denied": (
+        "Refused by policy",
+        "Governance refused the request: the account may not use the agent, the agent is "
+        "disabled, a budget is spent, data residency forbids it, or a guardrail blocked the "
+        "input. `detail` says which, in words; `reasons` lists the policy's reason codes.",
+    ),
+    "idempotency-conflict": (
+        "Idempotency key reused",
+        "The Idempotency-Key was used before by this client with a different request body. "
+        "Use a new key for a new request; `run` is the run the key started.",
+    ),
+    "run-refused": (
+        "Run refused",
+        "The run could not be started as asked (an empty message, say): `detail` says why.",
+    ),
     "server-error": ("Internal error", "Warden failed; the request id identifies it in logs."),
 }
 
@@ -74,15 +89,44 @@ def problem_response(request: HttpRequest, status: int, slug: str | None, detail
     )
 
 
+def _domain(exc):
+    """The services' own exceptions (they never import DRF), as the API answers them."""
+    from agents.services import IdempotencyConflict, RateLimited, RunDenied, RunError
+    from governance.access import NoAccess
+
+    if isinstance(exc, NoAccess):
+        return exceptions.NotFound(str(exc)), "not-found", {}
+    if isinstance(exc, RateLimited):
+        return exceptions.Throttled(exc.retry_after, detail=str(exc)), "throttled", {}
+    if isinstance(exc, RunDenied):
+        reasons = list(exc.decision.reasons)
+        return exceptions.PermissionDenied(str(exc)), "policy-denied", {"reasons": reasons}
+    if isinstance(exc, IdempotencyConflict):
+        run = f"/api/v1/runs/{exc.run.pk}"
+        return _Status(409, str(exc)), "idempotency-conflict", {"run": run}
+    if isinstance(exc, RunError):
+        return _Status(400, str(exc)), "run-refused", {}
+    return None
+
+
+class _Status(exceptions.APIException):
+    def __init__(self, status: int, detail: str):
+        self.status_code = status
+        super().__init__(detail)
+
+
 def exception_handler(exc, context):
     """DRF's EXCEPTION_HANDLER: every API error as a problem document."""
+    domain = _domain(exc)
+    if domain is not None:
+        exc, slug, extra = domain
+        return _problem(exc, context["request"], slug, str(exc.detail), extra)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):
         exc = exceptions.PermissionDenied()
     if not isinstance(exc, exceptions.APIException):
         return None  # a bug: Django's 500 handler answers (also as a problem, for the API)
-    request = context["request"]
     slug = next((s for kind, s in _BY_EXCEPTION if isinstance(exc, kind)), "error")
     extra = {}
     if isinstance(exc, exceptions.ValidationError):
@@ -90,6 +134,10 @@ def exception_handler(exc, context):
         extra["errors"] = exc.detail
     else:
         detail = str(exc.detail)
+    return _problem(exc, context["request"], slug, detail, extra)
+
+
+def _problem(exc, request, slug: str, detail: str, extra: dict) -> Response:
     headers = {}
     if getattr(exc, "auth_header", None):
         headers["WWW-Authenticate"] = exc.auth_header

@@ -1,0 +1,266 @@
+"""Runs through the API: start one (idempotently), follow its events, cancel it.
+
+A run started here executes like the chat's (agents.services.run_start: access, policy,
+budgets, guardrails, audit) in a Celery worker. `?wait=N` holds the answer up to N seconds for
+short synchronous use; otherwise the caller polls the run, follows its events (Server-Sent
+Events, resumable with `Last-Event-ID`) or receives a webhook.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.http import StreamingHttpResponse
+from django.urls import reverse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import exceptions, serializers
+from rest_framework.renderers import BaseRenderer, JSONRenderer
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from agents.events import redis_client, stream_key
+from agents.models import FINAL_STATES, Agent, Conversation, Run, RunState
+from agents.selectors import access_conversation, access_run
+from agents.services import run_cancel, run_start
+from governance.access import NoAccess, access_agent
+from portal.api.auth import HasScope
+from portal.api.views import RunSerializer
+
+MAX_INPUT = 20_000
+MAX_WAIT = 60
+# A run is settled for `?wait` when nothing more happens without somebody: finished or parked.
+SETTLED = (*FINAL_STATES, RunState.AWAITING_APPROVAL, RunState.AWAITING_REVIEW)
+_KEY = re.compile(r"[\x21-\x7e]{1,100}")  # printable ASCII, no spaces
+_STREAM_ID = re.compile(r"\d{1,20}-\d{1,20}")
+
+
+class RunRequest(serializers.Serializer):
+    input = serializers.CharField(max_length=MAX_INPUT, trim_whitespace=False)
+    conversation = serializers.IntegerField(
+        required=False, min_value=1, help_text="Continue one of your conversations with the agent."
+    )
+
+
+class RunAcceptedSerializer(RunSerializer):
+    url = serializers.SerializerMethodField()
+    events_url = serializers.SerializerMethodField()
+
+    class Meta(RunSerializer.Meta):
+        fields = [*RunSerializer.Meta.fields, "url", "events_url"]
+
+    def get_url(self, run) -> str:
+        return reverse("api-run", args=[run.pk])
+
+    def get_events_url(self, run) -> str:
+        return reverse("api-run-events", args=[run.pk])
+
+
+def _client(request) -> str:
+    """Whose idempotency keys these are: an OAuth2 application's, or the user's own (a personal
+    access token or a session)."""
+    application_id = getattr(request.auth, "application_id", None)
+    return f"app{application_id}" if application_id else "user"
+
+
+def _fingerprint(agent: Agent, data: dict) -> str:
+    canonical = json.dumps({"agent": agent.slug, **data}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@extend_schema(
+    summary="Start a run of an agent",
+    description="Answers 202 with the run and its URLs once queued. With `Idempotency-Key`, "
+    "a retry with the same key and body answers the original run (header "
+    "`Idempotent-Replayed: true`); the same key with another body is a 409 problem. Keys "
+    "belong to the client: an OAuth2 application, or the user. `?wait=N` (at most 60) waits "
+    "up to N seconds for the run to finish or to park for a reviewer; a finished run answers "
+    "200.",
+    tags=["runs"],
+    request=RunRequest,
+    parameters=[
+        OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=False),
+        OpenApiParameter("wait", int, OpenApiParameter.QUERY, required=False),
+    ],
+    responses={200: RunAcceptedSerializer, 202: RunAcceptedSerializer},
+)
+class RunCreate(APIView):
+    permission_classes = [HasScope]
+    required_scope = "agents:run"
+
+    def post(self, request, slug: str):
+        wait = _wait_seconds(request.query_params.get("wait"))
+        key = request.headers.get("Idempotency-Key", "")
+        if key and not _KEY.fullmatch(key):
+            raise exceptions.ValidationError(
+                {"Idempotency-Key": ["at most 100 printable ASCII characters, no spaces"]}
+            )
+        agent = _agent(request.user, slug)
+        body = RunRequest(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        if "conversation" in data:
+            conversation = access_conversation(request.user, data["conversation"])
+        else:
+            title = " ".join(data["input"].split())[:80]
+            conversation = Conversation(owner=request.user, agent=agent, title=title)
+        run = run_start(
+            agent=agent,
+            conversation=conversation,
+            actor=request.user,
+            input=data["input"],
+            idempotency_key=f"{_client(request)}:{key}" if key else "",
+            fingerprint=_fingerprint(agent, data) if key else "",
+        )
+        if wait:
+            run_wait(run.pk, wait)
+            run.refresh_from_db()
+        headers = {"Location": reverse("api-run", args=[run.pk])}
+        if getattr(run, "replayed", False):
+            headers["Idempotent-Replayed"] = "true"
+        status = 200 if run.state in FINAL_STATES else 202
+        return Response(RunAcceptedSerializer(run).data, status=status, headers=headers)
+
+
+def _agent(user, slug: str) -> Agent:
+    pk = Agent.objects.filter(slug=slug).values_list("pk", flat=True).first()
+    if pk is None:
+        raise NoAccess("no such agent")
+    return access_agent(user, pk)  # missing and forbidden answer alike
+
+
+def _wait_seconds(raw) -> int:
+    if raw is None or raw == "":
+        return 0
+    if not raw.isdigit() or int(raw) > MAX_WAIT:
+        raise exceptions.ValidationError({"wait": [f"a whole number of seconds, 0 to {MAX_WAIT}"]})
+    return int(raw)
+
+
+def run_wait(run_id: int, seconds: float) -> str:
+    """Wait up to `seconds` for the run to settle (finish or park); its state then. Wakes on
+    the run's events (a streaming run's log) and looks at the database at least once a
+    second."""
+    import redis
+
+    client = redis.from_url(settings.REDIS_URL)
+    deadline = time.monotonic() + seconds
+    after = "$"
+    try:
+        while True:
+            state = Run.objects.filter(pk=run_id).values_list("state", flat=True).get()
+            remaining = deadline - time.monotonic()
+            if state in SETTLED or remaining <= 0:
+                return state
+            block = max(1, int(min(remaining, 1.0) * 1000))
+            got = client.xread({stream_key(run_id): after}, count=100, block=block)
+            if got:
+                after = got[0][1][-1][0]
+    finally:
+        client.close()
+
+
+class EventStreamRenderer(BaseRenderer):
+    """`text/event-stream`; an error before the stream starts is still a JSON problem."""
+
+    media_type = "text/event-stream"
+    format = "event-stream"
+    charset = "utf-8"
+
+    def render(self, data, accepted_media_type=None, renderer_context=None):
+        return json.dumps(data).encode()
+
+
+@extend_schema(
+    summary="Follow a run's events (Server-Sent Events)",
+    description="Each event has the run's log id as its `id`; reconnect with `Last-Event-ID` "
+    "(or `?after=`) to resume after it, with nothing lost or repeated. The stream ends after "
+    "the `final` event; it also ends after a few minutes of a parked run, to be resumed. A "
+    "run that did not stream, or whose log has expired, gets its `final` event only.",
+    tags=["runs"],
+    parameters=[
+        OpenApiParameter("Last-Event-ID", str, OpenApiParameter.HEADER, required=False),
+        OpenApiParameter("after", str, OpenApiParameter.QUERY, required=False),
+    ],
+    responses={(200, "text/event-stream"): OpenApiResponse(OpenApiTypes.STR)},
+)
+class RunEvents(APIView):
+    permission_classes = [HasScope]
+    required_scope = "runs:read"
+    renderer_classes = [JSONRenderer, EventStreamRenderer]
+
+    def get(self, request, pk: int):
+        run = access_run(request.user, pk)
+        after = request.headers.get("Last-Event-ID") or request.query_params.get("after") or "0-0"
+        if not _STREAM_ID.fullmatch(after):
+            raise exceptions.ValidationError({"Last-Event-ID": ["an event id this stream sent"]})
+        response = StreamingHttpResponse(
+            run_events(run.pk, after, settings.WARDEN_SSE_MAX_SECONDS),
+            content_type="text/event-stream",
+        )
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"  # a proxy in front must not hold the stream
+        return response
+
+
+def _frame(event: dict, sid: str | None = None) -> str:
+    head = f"id: {sid}\n" if sid else ""
+    return f"{head}event: {event.get('type', 'message')}\ndata: {json.dumps(event)}\n\n"
+
+
+async def run_events(run_id: int, after: str, max_seconds: float):
+    """The run's logged events after `after`, then live ones, until its `final` event."""
+    import asyncio
+
+    state = sync_to_async(_state)
+    redis = redis_client()
+    deadline = asyncio.get_running_loop().time() + max_seconds
+    try:
+        yield "retry: 2000\n\n"
+        while True:
+            settled = await state(run_id) in FINAL_STATES  # before reading: no final is missed
+            got = await redis.xread(
+                {stream_key(run_id): after}, count=500, block=None if settled else 5000
+            )
+            for sid, fields in got[0][1] if got else ():
+                after = sid.decode()
+                event = json.loads(fields[b"e"])
+                yield _frame(event, after)
+                if event.get("type") == "final":
+                    return
+            if settled and not got:  # a run that did not stream, or a log that expired
+                yield _frame({"type": "final", "state": await state(run_id)})
+                return
+            if not got:
+                if asyncio.get_running_loop().time() > deadline:
+                    return
+                yield ": keep-alive\n\n"
+    finally:
+        await redis.aclose()
+
+
+def _state(run_id: int) -> str:
+    return Run.objects.filter(pk=run_id).values_list("state", flat=True).get()
+
+
+@extend_schema(
+    summary="Cancel a run",
+    description="A queued or parked run stops at once (200, `cancelled`); a running one at its "
+    "next step (202). A finished run is left as it is (200).",
+    tags=["runs"],
+    request=None,
+    responses={200: RunAcceptedSerializer, 202: RunAcceptedSerializer},
+)
+class RunCancel(APIView):
+    permission_classes = [HasScope]
+    required_scope = "agents:run"
+
+    def post(self, request, pk: int):
+        run = run_cancel(run=access_run(request.user, pk), actor=request.user)
+        status = 200 if run.state in FINAL_STATES else 202
+        return Response(RunAcceptedSerializer(run).data, status=status)

@@ -1,0 +1,397 @@
+"""Runs through the API: started idempotently (per client), waited for, followed as
+Server-Sent Events (resumable), cancelled; always the caller's own."""
+
+import base64
+import json
+import threading
+import time
+
+import pytest
+from asgiref.sync import async_to_sync
+from django.test import AsyncClient, Client
+from oauth2_provider.models import Application
+
+from agents.events import publish, redis_client, stream_key
+from agents.models import Conversation, Run, RunState
+from agents.orchestrator import run_execute
+from audit.models import AuditEvent
+from governance.models import ApprovalRequest, ApprovalStatus
+from portal.tokens import token_create
+from tests.governance.conftest import parked
+from tests.model_server import Reply
+
+pytestmark = pytest.mark.django_db
+SECRET = "s3cret-for-the-test-only"
+ALL = ["agents:run", "runs:read"]
+
+
+def pat(user, scopes=ALL) -> dict:
+    _, secret = token_create(user=user, name="test", scopes=scopes, days=1)
+    return {"HTTP_AUTHORIZATION": f"Bearer {secret}"}
+
+
+def app_token(client, user, scope="agents:run runs:read") -> dict:
+    application = Application.objects.create(
+        name="CRM",
+        client_type=Application.CLIENT_CONFIDENTIAL,
+        authorization_grant_type=Application.GRANT_CLIENT_CREDENTIALS,
+        user=user,
+        client_secret=SECRET,
+    )
+    basic = base64.b64encode(f"{application.client_id}:{SECRET}".encode()).decode()
+    response = client.post(
+        "/o/token/",
+        {"grant_type": "client_credentials", "scope": scope},
+        HTTP_AUTHORIZATION=f"Basic {basic}",
+    )
+    return {"HTTP_AUTHORIZATION": f"Bearer {response.json()['access_token']}"}
+
+
+def start(client, agent, auth, body=None, key=None, query=""):
+    headers = {**auth, **({"HTTP_IDEMPOTENCY_KEY": key} if key else {})}
+    return client.post(
+        f"/api/v1/agents/{agent.slug}/runs{query}",
+        json.dumps(body if body is not None else {"input": "Is the VPN down?"}),
+        content_type="application/json",
+        **headers,
+    )
+
+
+def test_a_run_is_queued_and_answered_202_with_its_urls(client, people, assistant):
+    auth = pat(people.member)
+
+    response = start(client, assistant, auth)
+
+    assert response.status_code == 202
+    body = response.json()
+    run = Run.objects.get()
+    assert body["id"] == run.pk
+    assert body["state"] == "queued"
+    assert body["url"] == f"/api/v1/runs/{run.pk}" == response["Location"]
+    assert body["events_url"] == f"/api/v1/runs/{run.pk}/events"
+    assert (run.actor, run.input, run.stream) == (people.member, "Is the VPN down?", True)
+    assert run.conversation.title == "Is the VPN down?"
+    assert AuditEvent.objects.filter(
+        action="run.queued", run=str(run.pk), actor_id=str(people.member.pk)
+    ).exists()
+    assert client.get(body["url"], **auth).json()["state"] == "queued"
+
+
+def test_the_same_key_and_body_answers_the_original_run(client, people, assistant):
+    auth = pat(people.member)
+    first = start(client, assistant, auth, key="order-1017")
+
+    again = start(client, assistant, auth, key="order-1017")
+
+    assert again.status_code == 202
+    assert again.json()["id"] == first.json()["id"]
+    assert again["Idempotent-Replayed"] == "true"
+    assert "Idempotent-Replayed" not in first
+    assert Run.objects.count() == 1
+    assert Conversation.objects.count() == 1  # the retry made no conversation either
+
+
+def test_the_same_key_with_another_body_is_a_conflict(client, people, assistant):
+    auth = pat(people.member)
+    first = start(client, assistant, auth, key="order-1017")
+
+    other = start(client, assistant, auth, {"input": "Something else"}, key="order-1017")
+
+    assert other.status_code == 409
+    assert other["Content-Type"] == "application/problem+json"
+    problem = other.json()
+    assert problem["type"] == "/api/problems/idempotency-conflict"
+    assert problem["run"] == first.json()["url"]
+    assert Run.objects.count() == 1
+    assert Conversation.objects.count() == 1
+
+
+def test_keys_belong_to_the_client(client, people, assistant):
+    # Two applications on one service account, and the account's own token: three clients.
+    crm, erp = app_token(client, people.integration), app_token(client, people.integration)
+    own = pat(people.integration)
+
+    ids = {start(client, assistant, auth, key="k-1").json()["id"] for auth in (crm, erp, own)}
+
+    assert len(ids) == 3
+    assert start(client, assistant, crm, key="k-1").json()["id"] in ids
+    assert Run.objects.count() == 3
+
+
+def test_concurrent_retries_with_one_key_start_one_run(committing_db, people, assistant):
+    from django.db import connections
+
+    auth = pat(people.member)
+    barrier, answers = threading.Barrier(4), []
+
+    def retry():
+        barrier.wait()
+        answers.append(start(Client(), assistant, auth, key="burst"))
+        connections.close_all()
+
+    threads = [threading.Thread(target=retry) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sorted(a.status_code for a in answers) == [202] * 4
+    assert len({a.json()["id"] for a in answers}) == 1
+    assert Run.objects.count() == 1
+    assert Conversation.objects.count() == 1
+
+
+@pytest.mark.parametrize("who", ["outsider", "denied"])
+def test_an_agent_one_may_not_use_is_not_found_and_nothing_starts(client, people, governed, who):
+    response = start(client, governed.agent, pat(people.named(who)))
+
+    assert response.status_code == 404
+    assert response.json()["type"] == "/api/problems/not-found"
+    assert not Run.objects.exists()
+    assert not Conversation.objects.exists()
+
+
+def test_a_policy_refusal_says_why_with_its_reasons(client, people, assistant):
+    assistant.enabled = False
+    assistant.save()
+
+    response = start(client, assistant, pat(people.member))
+
+    assert response.status_code == 403
+    problem = response.json()
+    assert problem["type"] == "/api/problems/policy-denied"
+    assert problem["reasons"] == ["agent.disabled"]
+    assert problem["detail"] == "the agent Assistant is disabled"
+    assert not Run.objects.exists()
+    assert not Conversation.objects.exists()
+    assert AuditEvent.objects.filter(action="policy.decided").exists()  # the refusal is audited
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "query", "field"),
+    [
+        ({}, {}, "", "input"),
+        ({"input": "x" * 20_001}, {}, "", "input"),
+        ({"input": "hi", "conversation": "seven"}, {}, "", "conversation"),
+        ({"input": "hi"}, {"HTTP_IDEMPOTENCY_KEY": "has space"}, "", "Idempotency-Key"),
+        ({"input": "hi"}, {}, "?wait=soon", "wait"),
+        ({"input": "hi"}, {}, "?wait=61", "wait"),
+    ],
+)
+def test_malformed_requests_are_problems_and_start_nothing(
+    client, people, assistant, body, headers, query, field
+):
+    response = client.post(
+        f"/api/v1/agents/{assistant.slug}/runs{query}",
+        json.dumps(body),
+        content_type="application/json",
+        **pat(people.member),
+        **headers,
+    )
+
+    assert response.status_code == 400
+    assert response.json()["type"] == "/api/problems/invalid"
+    assert field in response.json()["errors"]
+    assert not Run.objects.exists()
+
+
+def test_an_empty_message_is_refused_in_words(client, people, assistant):
+    response = start(client, assistant, pat(people.member), {"input": "   "})
+
+    assert response.status_code == 400
+    assert response.json()["type"] == "/api/problems/run-refused"
+    assert response.json()["detail"] == "the message is empty"
+    assert not Conversation.objects.exists()
+
+
+def test_continuing_a_conversation_only_ones_own(client, people, assistant, server):
+    auth = pat(people.member)
+    first = start(client, assistant, auth).json()
+    conversation = first["conversation"]
+
+    again = start(client, assistant, auth, {"input": "And now?", "conversation": conversation})
+    theirs = start(
+        client, assistant, pat(people.integration), {"input": "x", "conversation": conversation}
+    )
+
+    assert again.status_code == 202
+    assert again.json()["conversation"] == conversation
+    assert theirs.status_code == 404
+    assert Run.objects.filter(conversation=conversation).count() == 2
+
+
+def test_wait_answers_a_finished_run_with_its_answer(
+    committing_db, start_worker, client, people, assistant, server
+):
+    server.script("primary", Reply.say("The VPN is up."))
+    start_worker()
+
+    response = start(client, assistant, pat(people.member), query="?wait=30")
+
+    assert response.status_code == 200
+    assert (response.json()["state"], response.json()["answer"]) == ("succeeded", "The VPN is up.")
+
+
+def test_wait_returns_at_once_when_the_run_parks_for_approval(
+    committing_db, start_worker, client, people, help_desk, server
+):
+    server.script("primary", Reply.call("create_ticket", {"title": "VPN down"}))
+    start_worker()
+
+    began = time.monotonic()
+    response = start(client, help_desk, pat(people.member), query="?wait=30")
+
+    assert response.status_code == 202
+    assert response.json()["state"] == "awaiting_approval"
+    assert time.monotonic() - began < 20  # it did not sit out the whole wait
+
+
+def test_wait_gives_up_after_n_seconds_with_the_run_still_queued(client, people, assistant):
+    began = time.monotonic()
+    response = start(client, assistant, pat(people.member), query="?wait=1")
+
+    assert response.status_code == 202
+    assert response.json()["state"] == "queued"
+    assert time.monotonic() - began >= 1
+
+
+def _events(response) -> list[dict]:
+    async def read() -> bytes:  # the stream is asynchronous: served by an ASGI server
+        return b"".join([chunk async for chunk in response.streaming_content])
+
+    text = async_to_sync(read)().decode()
+    events = []
+    for block in text.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if "data" in fields:
+            events.append({"id": fields.get("id"), **json.loads(fields["data"])})
+    return events
+
+
+def _logged(run_id: int, until: str = "final", timeout: float = 10) -> None:
+    async def look():
+        redis = redis_client()
+        try:
+            return [json.loads(f[b"e"])["type"] for _, f in await redis.xrange(stream_key(run_id))]
+        finally:
+            await redis.aclose()
+
+    deadline = time.monotonic() + timeout
+    while until not in async_to_sync(look)():
+        assert time.monotonic() < deadline, "the run's events were not logged in time"
+        time.sleep(0.05)
+
+
+def test_the_events_of_a_run_and_resuming_after_one(client, people, assistant, server):
+    server.script("primary", Reply.say("The VPN is up again."))
+    auth = pat(people.member)
+    run_id = start(client, assistant, auth).json()["id"]
+    run_execute(run_id=run_id, holder="test")
+    _logged(run_id)
+
+    response = client.get(f"/api/v1/runs/{run_id}/events", **auth)
+
+    assert response.status_code == 200
+    assert response["Content-Type"] == "text/event-stream"
+    events = _events(response)
+    assert events[-1]["type"] == "final"
+    assert events[-1]["state"] == "succeeded"
+    text = "".join(e["text"] for e in events if e["type"] == "token")
+    assert text == "The VPN is up again."
+    ids = [e["id"] for e in events]
+    assert all(ids)
+    assert len(set(ids)) == len(ids)
+    # A client that saw the first two events reconnects: it gets exactly the rest.
+    resumed = _events(
+        client.get(f"/api/v1/runs/{run_id}/events", HTTP_LAST_EVENT_ID=ids[1], **auth)
+    )
+    assert resumed == events[2:]
+
+
+def test_events_arrive_as_they_happen(committing_db, people, assistant):
+    auth = pat(people.member)
+    run = Run.objects.get(pk=start(Client(), assistant, auth).json()["id"])
+
+    async def follow():
+        response = await AsyncClient().get(
+            f"/api/v1/runs/{run.pk}/events", headers={"Authorization": auth["HTTP_AUTHORIZATION"]}
+        )
+        seen = []
+        async for chunk in response.streaming_content:
+            seen.append(chunk.decode())
+            if len(seen) == 1:  # subscribed (the retry hint): now the run speaks
+                publish(run.pk, {"type": "token", "step": 1, "attempt": 1, "text": "Hello"})
+                publish(run.pk, {"type": "final", "state": "succeeded"})
+        return "".join(seen)
+
+    text = async_to_sync(follow)()
+
+    assert '"text": "Hello"' in text
+    assert text.rstrip().endswith('{"type": "final", "state": "succeeded"}')
+
+
+def test_a_run_that_did_not_stream_gets_its_final_state(client, people, assistant, server):
+    server.script("primary", Reply.say("Quietly."))
+    auth = pat(people.member)
+    run_id = start(client, assistant, auth).json()["id"]
+    Run.objects.filter(pk=run_id).update(stream=False)
+    run_execute(run_id=run_id, holder="test")
+
+    events = _events(client.get(f"/api/v1/runs/{run_id}/events", **auth))
+
+    assert events == [{"id": None, "type": "final", "state": "succeeded"}]
+
+
+def test_events_of_someone_elses_run_are_not_found(client, people, assistant):
+    run_id = start(client, assistant, pat(people.member)).json()["id"]
+
+    response = client.get(f"/api/v1/runs/{run_id}/events", **pat(people.integration))
+    bad_id = client.get(
+        f"/api/v1/runs/{run_id}/events", HTTP_LAST_EVENT_ID="yesterday", **pat(people.member)
+    )
+
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/problem+json"
+    assert bad_id.status_code == 400
+
+
+def test_cancelling_a_queued_run(client, people, assistant):
+    auth = pat(people.member)
+    run_id = start(client, assistant, auth).json()["id"]
+
+    response = client.post(f"/api/v1/runs/{run_id}/cancel", **auth)
+
+    assert response.status_code == 200
+    assert response.json()["state"] == "cancelled"
+    assert Run.objects.get(pk=run_id).state == RunState.CANCELLED
+    assert AuditEvent.objects.filter(action="run.cancel_requested", run=str(run_id)).exists()
+
+
+def test_cancelling_a_parked_run_withdraws_its_approval(client, people, help_desk, server):
+    run = parked(server, help_desk, people.member)
+
+    response = client.post(f"/api/v1/runs/{run.pk}/cancel", **pat(people.member))
+
+    assert response.status_code == 200
+    assert response.json()["state"] == "cancelled"
+    assert ApprovalRequest.objects.get(run_id=run.pk).status == ApprovalStatus.WITHDRAWN
+
+
+def test_one_cannot_cancel_someone_elses_run(client, people, assistant):
+    run_id = start(client, assistant, pat(people.member)).json()["id"]
+
+    response = client.post(f"/api/v1/runs/{run_id}/cancel", **pat(people.integration))
+
+    assert response.status_code == 404
+    run = Run.objects.get(pk=run_id)
+    assert (run.state, run.cancel_requested) == (RunState.QUEUED, False)
+    assert not AuditEvent.objects.filter(action="run.cancel_requested").exists()
+
+
+def test_cancel_needs_the_run_scope_not_just_reading(client, people, assistant):
+    run_id = start(client, assistant, pat(people.member)).json()["id"]
+
+    response = client.post(f"/api/v1/runs/{run_id}/cancel", **pat(people.member, ["runs:read"]))
+
+    assert response.status_code == 403
+    assert Run.objects.get(pk=run_id).state == RunState.QUEUED
