@@ -198,6 +198,8 @@ OAUTH2_PROVIDER = {
 # A run's event stream (GET /api/v1/runs/{id}/events) is closed after this long, to be resumed
 # with Last-Event-ID: no connection is held forever by a run parked for a reviewer.
 WARDEN_SSE_MAX_SECONDS = env_int("WARDEN_SSE_MAX_SECONDS", 300, minimum=10)
+# The longest `?wait=N` a request to start a run may ask for.
+WARDEN_API_MAX_WAIT = env_int("WARDEN_API_MAX_WAIT", 60, minimum=0)
 SPECTACULAR_SETTINGS = {
     "TITLE": "Warden API",
     "DESCRIPTION": "Governed AI agents for integrations. Errors are RFC 9457 problem documents.",
@@ -209,6 +211,10 @@ SPECTACULAR_SETTINGS = {
     "OAUTH2_FLOWS": ["clientCredentials"],
     "OAUTH2_TOKEN_URL": "/o/token/",
     "OAUTH2_SCOPES": OAUTH2_PROVIDER["SCOPES"],
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "portal.api.schema.problem_responses",
+    ],
 }
 ASGI_APPLICATION = "portal.asgi.application"
 WSGI_APPLICATION = "portal.wsgi.application"

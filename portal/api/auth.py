@@ -69,6 +69,10 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension  # noqa: E
 class ApplicationOAuth2Scheme(DjangoOAuthToolkitScheme):
     target_class = ApplicationOAuth2Authentication
 
+    def get_security_requirement(self, auto_schema):
+        scope = getattr(auto_schema.view, "required_scope", None)
+        return {self.name: [scope] if scope else []}
+
 
 class PersonalAccessTokenScheme(OpenApiAuthenticationExtension):
     target_class = PersonalAccessTokenAuthentication

@@ -33,7 +33,6 @@ from portal.api.auth import HasScope
 from portal.api.views import RunSerializer
 
 MAX_INPUT = 20_000
-MAX_WAIT = 60
 # A run is settled for `?wait` when nothing more happens without somebody: finished or parked.
 SETTLED = (*FINAL_STATES, RunState.AWAITING_APPROVAL, RunState.AWAITING_REVIEW)
 _KEY = re.compile(r"[\x21-\x7e]{1,100}")  # printable ASCII, no spaces
@@ -84,8 +83,20 @@ def _fingerprint(agent: Agent, data: dict) -> str:
     tags=["runs"],
     request=RunRequest,
     parameters=[
-        OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=False),
-        OpenApiParameter("wait", int, OpenApiParameter.QUERY, required=False),
+        OpenApiParameter(
+            "Idempotency-Key",
+            OpenApiTypes.STR,
+            OpenApiParameter.HEADER,
+            required=False,
+            pattern=r"^[\x21-\x7e]{1,100}$",
+        ),
+        OpenApiParameter(
+            "wait",
+            OpenApiTypes.INT,
+            OpenApiParameter.QUERY,
+            required=False,
+            description="Seconds to wait for the run to settle (at most WARDEN_API_MAX_WAIT).",
+        ),
     ],
     responses={200: RunAcceptedSerializer, 202: RunAcceptedSerializer},
 )
@@ -135,10 +146,11 @@ def _agent(user, slug: str) -> Agent:
 
 
 def _wait_seconds(raw) -> int:
+    most = settings.WARDEN_API_MAX_WAIT
     if raw is None or raw == "":
         return 0
-    if not raw.isdigit() or int(raw) > MAX_WAIT:
-        raise exceptions.ValidationError({"wait": [f"a whole number of seconds, 0 to {MAX_WAIT}"]})
+    if not raw.isdigit() or int(raw) > most:
+        raise exceptions.ValidationError({"wait": [f"a whole number of seconds, 0 to {most}"]})
     return int(raw)
 
 
@@ -187,7 +199,19 @@ class EventStreamRenderer(BaseRenderer):
         OpenApiParameter("Last-Event-ID", str, OpenApiParameter.HEADER, required=False),
         OpenApiParameter("after", str, OpenApiParameter.QUERY, required=False),
     ],
-    responses={(200, "text/event-stream"): OpenApiResponse(OpenApiTypes.STR)},
+    responses={
+        (200, "text/event-stream"): OpenApiResponse(
+            {
+                "type": "object",
+                "description": "One event: `data` is the event as JSON, `event` its type.",
+                "properties": {
+                    "id": {"type": "string"},
+                    "event": {"type": "string"},
+                    "data": {"type": "string"},
+                },
+            }
+        )
+    },
 )
 class RunEvents(APIView):
     permission_classes = [HasScope]
