@@ -1,0 +1,303 @@
+"""API v1's resources: conversations, approvals and held answers, tools, knowledge bases and
+documents, the audit trail. Each goes through the governance check the browser uses: the
+allowed persona gets exact data, anyone else a 404 (missing and forbidden alike) and, for a
+write, nothing changes; a token without the scope gets 403, no credentials 401."""
+
+import base64
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from oauth2_provider.models import Application
+
+from agents.models import Conversation, Message, Run
+from audit.models import AuditEvent
+from governance.models import ApprovalRequest, Escalation
+from tests.governance.conftest import help_desk, parked  # noqa: F401 - a fixture
+
+pytestmark = pytest.mark.django_db
+SECRET = "s3cret-for-the-test-only"
+
+
+@pytest.fixture
+def bearer(client):
+    """A client-credentials token of an application acting as `user`, with `scope`."""
+
+    def issue(user, scope: str) -> dict:
+        application = Application.objects.create(
+            name=f"app of {user.username}",
+            client_type=Application.CLIENT_CONFIDENTIAL,
+            authorization_grant_type=Application.GRANT_CLIENT_CREDENTIALS,
+            user=user,
+            client_secret=SECRET,
+        )
+        basic = base64.b64encode(f"{application.client_id}:{SECRET}".encode()).decode()
+        response = client.post(
+            "/o/token/",
+            {"grant_type": "client_credentials", "scope": scope},
+            HTTP_AUTHORIZATION=f"Basic {basic}",
+        )
+        assert response.status_code == 200, response.content
+        return {"HTTP_AUTHORIZATION": f"Bearer {response.json()['access_token']}"}
+
+    return issue
+
+
+def problem(response, status: int, slug: str) -> dict:
+    assert response.status_code == status, response.content
+    assert response["Content-Type"] == "application/problem+json"
+    body = response.json()
+    assert body["type"] == f"/api/problems/{slug}"
+    return body
+
+
+def queries(client, url: str, **headers) -> int:
+    with CaptureQueriesContext(connection) as captured:
+        assert client.get(url, **headers).status_code == 200
+    return len(captured)
+
+
+def actions() -> list[str]:
+    return list(AuditEvent.objects.order_by("sequence").values_list("action", flat=True))
+
+
+# --- conversations ----------------------------------------------------------------------------
+
+
+def _conversation(user, agent, title="VPN") -> Conversation:
+    conversation = Conversation.objects.create(owner=user, agent=agent, title=title)
+    run = Run.objects.create(
+        agent=agent, conversation=conversation, actor=user, input="hi", state="succeeded"
+    )
+    for role, content in (("user", "hi"), ("tool", "{}"), ("assistant", "hello")):
+        Message.objects.create(conversation=conversation, run=run, role=role, content=content)
+    return conversation
+
+
+def test_conversations_are_the_callers_own(client, people, governed, bearer):
+    mine = _conversation(people.integration, governed.agent)
+    theirs = _conversation(people.member, governed.agent)
+    reader = bearer(people.integration, "runs:read")
+
+    listed = client.get("/api/v1/conversations", **reader)
+    one = client.get(f"/api/v1/conversations/{mine.pk}", **reader)
+    other = client.get(f"/api/v1/conversations/{theirs.pk}", **reader)
+    missing = client.get(f"/api/v1/conversations/{theirs.pk + 1000}", **reader)
+
+    assert [(c["id"], c["agent"], c["title"]) for c in listed.json()["results"]] == [
+        (mine.pk, governed.agent.slug, "VPN")
+    ]
+    body = one.json()
+    assert [(m["role"], m["content"]) for m in body["messages"]] == [
+        ("user", "hi"),
+        ("assistant", "hello"),
+    ]  # the tool's message is the run's business, not the conversation's
+    assert [(r["id"], r["state"]) for r in body["runs"]] == [(mine.runs.get().pk, "succeeded")]
+    problem(other, 404, "not-found")
+    assert other.json() | {"instance": None} == missing.json() | {"instance": None}
+
+
+def test_conversations_need_the_scope_and_credentials(client, people, governed, bearer):
+    mine = _conversation(people.integration, governed.agent)
+    runner = bearer(people.integration, "agents:run")
+
+    assert problem(client.get("/api/v1/conversations", **runner), 403, "forbidden")["detail"] == (
+        "the token lacks the scope 'runs:read'"
+    )
+    problem(client.get(f"/api/v1/conversations/{mine.pk}", **runner), 403, "forbidden")
+    problem(client.get("/api/v1/conversations"), 401, "not-authenticated")
+    problem(client.get(f"/api/v1/conversations/{mine.pk}"), 401, "not-authenticated")
+
+
+def test_the_conversation_list_costs_the_same_for_more_rows(client, people, governed):
+    client.force_login(people.member)
+    _conversation(people.member, governed.agent)
+    one = queries(client, "/api/v1/conversations")
+    for _ in range(4):
+        _conversation(people.member, governed.agent)
+
+    assert queries(client, "/api/v1/conversations") == one
+    assert len(client.get("/api/v1/conversations").json()["results"]) == 5
+
+
+# --- approvals --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def waiting(server, help_desk, people):  # noqa: F811 - the fixture imported above
+    run = parked(server, help_desk, people.member)
+    return ApprovalRequest.objects.get(run_id=run.pk)
+
+
+def test_a_reviewer_lists_the_approvals_they_may_decide(client, people, waiting, bearer):
+    reviewer = bearer(people.reviewer, "approvals:write")
+
+    listed = client.get("/api/v1/approvals", **reviewer).json()["results"]
+
+    assert len(listed) == 1
+    item = listed[0]
+    assert (item["id"], item["run"], item["tool"], item["arguments"], item["status"]) == (
+        waiting.pk,
+        waiting.run_id,
+        "create_ticket",
+        {"title": "VPN down"},
+        "pending",
+    )
+    assert item["requested_by"] == people.member.username
+    assert item["reasons"] == ["the tool changes a system (risk: write)"]
+    for who in (people.member, people.outsider):  # the requester (four-eyes), a stranger
+        client.force_login(who)
+        assert client.get("/api/v1/approvals").json()["results"] == []
+        problem(client.get(f"/api/v1/approvals/{waiting.pk}"), 404, "not-found")
+
+
+def test_approving_with_edited_arguments_requeues_the_run_once(client, people, waiting, bearer):
+    reviewer = bearer(people.reviewer, "approvals:write")
+    url = f"/api/v1/approvals/{waiting.pk}/decide"
+    body = {"decision": "approve", "arguments": {"title": "VPN down (edited)"}, "comment": "ok"}
+
+    decided = client.post(url, body, content_type="application/json", **reviewer)
+    before = actions()
+    again = client.post(url, {"decision": "reject"}, content_type="application/json", **reviewer)
+
+    assert decided.status_code == 200, decided.content
+    assert (decided.json()["status"], decided.json()["approved_arguments"]) == (
+        "approved",
+        {"title": "VPN down (edited)"},
+    )
+    assert decided.json()["decided_by"] == people.reviewer.username
+    waiting.refresh_from_db()
+    assert (waiting.status, waiting.approved_arguments, waiting.comment) == (
+        "approved",
+        {"title": "VPN down (edited)"},
+        "ok",
+    )
+    assert Run.objects.get(pk=waiting.run_id).state == "queued"
+    event = AuditEvent.objects.get(action="approval.approved", run=str(waiting.run_id))
+    assert event.actor_id == str(people.reviewer.pk)
+    assert problem(again, 409, "conflict")["detail"] == (
+        f"already approved by {people.reviewer.username}"
+    )
+    assert actions() == before
+    waiting.refresh_from_db()
+    assert waiting.status == "approved"
+
+
+def test_who_may_not_review_cannot_decide(client, people, waiting, bearer):
+    url = f"/api/v1/approvals/{waiting.pk}/decide"
+    before = actions()
+    for who in (people.member, people.outsider, people.integration):
+        client.force_login(who)
+        refused = client.post(url, {"decision": "approve"}, content_type="application/json")
+        problem(refused, 404, "not-found")
+    client.logout()
+    problem(
+        client.post(url, {"decision": "approve"}, content_type="application/json"),
+        401,
+        "not-authenticated",
+    )
+    reader = bearer(people.reviewer, "runs:read")  # a reviewer's token without the scope
+    problem(
+        client.post(url, {"decision": "approve"}, content_type="application/json", **reader),
+        403,
+        "forbidden",
+    )
+    waiting.refresh_from_db()
+    assert (waiting.status, waiting.decided_by) == ("pending", None)
+    assert Run.objects.get(pk=waiting.run_id).state == "awaiting_approval"
+    assert actions() == before
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"decision": "maybe"}, "decision"),
+        ({}, "decision"),
+        ({"decision": "approve", "arguments": [1]}, "arguments"),
+        ({"decision": "approve", "arguments": {"title": 42}}, "arguments"),  # not the schema
+        ({"decision": "approve", "arguments": {"title": "a\u0000b"}}, "arguments"),
+        ({"decision": "reject", "comment": "a\u0000b"}, "comment"),
+    ],
+)
+def test_a_malformed_decision_is_a_400_and_decides_nothing(client, people, waiting, body, field):
+    client.force_login(people.reviewer)
+    before = actions()
+
+    response = client.post(
+        f"/api/v1/approvals/{waiting.pk}/decide", body, content_type="application/json"
+    )
+
+    assert list(problem(response, 400, "invalid")["errors"]) == [field]
+    waiting.refresh_from_db()
+    assert waiting.status == "pending"
+    assert actions() == before
+
+
+def test_a_body_that_is_not_json_is_a_400(client, people, waiting):
+    client.force_login(people.reviewer)
+    response = client.post(
+        f"/api/v1/approvals/{waiting.pk}/decide", "{nope", content_type="application/json"
+    )
+    problem(response, 400, "malformed")
+
+
+def test_the_approval_list_costs_the_same_for_more_rows(client, people, waiting):
+    client.force_login(people.reviewer)
+    one = queries(client, "/api/v1/approvals")
+    for n in range(3):
+        copy = ApprovalRequest.objects.get(pk=waiting.pk)
+        copy.pk, copy.key = None, f"{waiting.key}:copy{n}"
+        copy.save()
+
+    assert queries(client, "/api/v1/approvals") == one
+    assert len(client.get("/api/v1/approvals").json()["results"]) == 4
+
+
+def _held(people, agent) -> Escalation:
+    conversation = Conversation.objects.create(owner=people.member, agent=agent)
+    run = Run.objects.create(
+        agent=agent, conversation=conversation, actor=people.member, input="leave?"
+    )
+    run.state = "awaiting_review"
+    run.save(update_fields=["state"])
+    return Escalation.objects.create(
+        run_id=run.pk,
+        agent_id=agent.pk,
+        requested_by=people.member,
+        question="leave?",
+        answer="Maybe 25 days.",
+        confidence="0.400",
+        threshold="0.80",
+    )
+
+
+def test_a_held_answer_is_released_once_by_a_reviewer(client, people, governed, bearer):
+    held = _held(people, governed.agent)
+    reviewer = bearer(people.reviewer, "approvals:write")
+    url = f"/api/v1/escalations/{held.pk}/decide"
+    client.force_login(people.outsider)
+    outsider = client.post(url, {"decision": "release"}, content_type="application/json")
+    client.logout()
+
+    listed = client.get("/api/v1/escalations", **reviewer).json()["results"]
+    released = client.post(
+        url,
+        {"decision": "release", "answer": "25 days."},
+        content_type="application/json",
+        **reviewer,
+    )
+    again = client.post(url, {"decision": "reject"}, content_type="application/json", **reviewer)
+
+    problem(outsider, 404, "not-found")
+    assert [(e["id"], e["answer"], e["confidence"]) for e in listed] == [
+        (held.pk, "Maybe 25 days.", "0.400")
+    ]
+    assert released.status_code == 200, released.content
+    assert (released.json()["status"], released.json()["released_answer"]) == (
+        "released",
+        "25 days.",
+    )
+    problem(again, 409, "conflict")
+    held.refresh_from_db()
+    assert (held.status, held.released_answer) == ("released", "25 days.")
+    assert actions().count("escalation.released") == 1
