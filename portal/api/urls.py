@@ -1,7 +1,7 @@
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
-from portal.api import approvals, conversations, views
+from portal.api import approvals, conversations, tools, views
 
 urlpatterns = [
     path("v1/agents", views.AgentList.as_view(), name="api-agents"),
@@ -31,4 +31,6 @@ urlpatterns += [
         approvals.EscalationDecide.as_view(),
         name="api-escalation-decide",
     ),
+    path("v1/tools", tools.ToolList.as_view(), name="api-tools"),
+    path("v1/tools/<int:pk>", tools.ToolDetail.as_view(), name="api-tool"),
 ]

@@ -4,8 +4,10 @@ allowed persona gets exact data, anyone else a 404 (missing and forbidden alike)
 write, nothing changes; a token without the scope gets 403, no credentials 401."""
 
 import base64
+import json
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from oauth2_provider.models import Application
@@ -13,7 +15,9 @@ from oauth2_provider.models import Application
 from agents.models import Conversation, Message, Run
 from audit.models import AuditEvent
 from governance.models import ApprovalRequest, Escalation
+from tests.access import grant
 from tests.governance.conftest import help_desk, parked  # noqa: F401 - a fixture
+from tools.models import Tool
 
 pytestmark = pytest.mark.django_db
 SECRET = "s3cret-for-the-test-only"
@@ -301,3 +305,142 @@ def test_a_held_answer_is_released_once_by_a_reviewer(client, people, governed, 
     held.refresh_from_db()
     assert (held.status, held.released_answer) == ("released", "25 days.")
     assert actions().count("escalation.released") == 1
+
+
+# --- tools ------------------------------------------------------------------------------------
+
+HTTP_TOOL = {
+    "name": "crm_lookup",
+    "description": "Look a customer up in the CRM.",
+    "kind": "http",
+    "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+    "config": {"method": "GET", "url": "https://crm.example.com/search", "query": ["q"]},
+    "risk": "read",
+}
+
+
+def test_tools_are_those_the_caller_may_use(client, people, governed, bearer):
+    other = Tool.objects.exclude(pk=governed.tool.pk).first()
+    reader = bearer(people.integration, "admin:read")
+
+    listed = client.get("/api/v1/tools", **reader).json()["results"]
+    one = client.get(f"/api/v1/tools/{governed.tool.pk}", **reader).json()
+
+    assert [t["name"] for t in listed] == ["create_ticket"]
+    assert (one["name"], one["kind"], one["risk"], one["requires_approval"]) == (
+        "create_ticket",
+        "python",
+        "write",
+        True,
+    )
+    assert one["version"] == governed.tool.version
+    assert "config" not in one  # the admin's to read
+    problem(client.get(f"/api/v1/tools/{other.pk}", **reader), 404, "not-found")
+    client.force_login(people.denied)
+    assert client.get("/api/v1/tools").json()["results"] == []
+    problem(client.get(f"/api/v1/tools/{governed.tool.pk}"), 404, "not-found")
+    client.logout()
+    problem(client.get("/api/v1/tools"), 401, "not-authenticated")
+    runner = bearer(people.integration, "agents:run")
+    assert problem(client.get("/api/v1/tools", **runner), 403, "forbidden")["detail"] == (
+        "the token lacks the scope 'admin:read'"
+    )
+
+
+def test_an_admin_registers_a_tool_checked_and_audited(client, people, governed, bearer):
+    client.force_login(people.admin)
+
+    created = client.post("/api/v1/tools", HTTP_TOOL, content_type="application/json")
+
+    assert created.status_code == 201, created.content
+    tool = Tool.objects.get(name="crm_lookup")
+    assert created["Location"] == f"/api/v1/tools/{tool.pk}"
+    assert (tool.kind, tool.config, tool.enabled) == ("http", HTTP_TOOL["config"], False)
+    assert created.json()["version"] == tool.version
+    event = AuditEvent.objects.get(action="tool.created")
+    assert (event.actor_id, event.target_id) == (str(people.admin.pk), str(tool.pk))
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"parameters": {"type": "array"}}, "parameters"),  # tools take named arguments
+        ({"parameters": {"type": "object", "properties": {"q": {"type": 7}}}}, "parameters"),
+        ({"config": {"method": "GET"}}, "config"),  # no URL
+        ({"config": {"method": "GET", "url": "https://x.example/{missing}"}}, "config"),
+        ({"name": "two words"}, "name"),
+        ({"name": "create_ticket"}, "name"),  # taken
+        ({"kind": "mcp"}, "mcp_server"),  # an MCP tool comes from its server
+        ({"parameters": {"type": "object", "description": "a\u0000"}}, "parameters"),
+    ],
+)
+def test_an_invalid_tool_is_a_400_and_nothing_is_saved(client, people, governed, change, field):
+    client.force_login(people.admin)
+    count, before = Tool.objects.count(), actions()
+
+    response = client.post("/api/v1/tools", HTTP_TOOL | change, content_type="application/json")
+
+    assert field in problem(response, 400, "invalid")["errors"]
+    assert (Tool.objects.count(), actions()) == (count, before)
+
+
+def test_writing_tools_needs_the_model_permission_and_the_scope(client, people, governed, bearer):
+    count, before = Tool.objects.count(), actions()
+    client.force_login(people.member)  # may use create_ticket, may not change the registry
+    refused = client.post("/api/v1/tools", HTTP_TOOL, content_type="application/json")
+    patched = client.patch(
+        f"/api/v1/tools/{governed.tool.pk}", {"risk": "read"}, content_type="application/json"
+    )
+    client.logout()
+    people.integration.user_permissions.add(Permission.objects.get(codename="add_tool"))
+    runner = bearer(people.integration, "agents:run")
+    scoped = client.post("/api/v1/tools", HTTP_TOOL, content_type="application/json", **runner)
+
+    assert problem(refused, 403, "forbidden")["detail"] == (
+        "the account lacks the permission 'tools.add_tool'"
+    )
+    problem(patched, 403, "forbidden")
+    problem(scoped, 403, "forbidden")
+    assert (Tool.objects.count(), actions()) == (count, before)
+    assert Tool.objects.get(pk=governed.tool.pk).risk == "write"
+    reader = bearer(people.integration, "admin:read")  # with the scope and the permission
+    made = client.post("/api/v1/tools", HTTP_TOOL, content_type="application/json", **reader)
+    assert made.status_code == 201, made.content
+
+
+def test_an_admin_changes_a_tool_and_the_change_is_audited(client, people, governed):
+    client.force_login(people.admin)
+    version = governed.tool.version
+    url = f"/api/v1/tools/{governed.tool.pk}"
+
+    changed = client.patch(url, {"risk": "critical", "timeout": 5}, content_type="application/json")
+    fixed = client.patch(url, {"parameters": {"type": "object"}}, content_type="application/json")
+    put = client.put(url, HTTP_TOOL, content_type="application/json")
+
+    assert changed.status_code == 200, changed.content
+    tool = Tool.objects.get(pk=governed.tool.pk)
+    assert (tool.risk, tool.timeout, changed.json()["requires_approval"]) == ("critical", 5, True)
+    event = AuditEvent.objects.get(action="tool.changed")
+    assert json.loads(event.data) == {
+        "tool": "create_ticket",
+        "fields": ["risk", "timeout"],
+        "from": version,
+        "version": tool.version,
+    }
+    assert problem(fixed, 400, "invalid")["errors"] == {
+        "parameters": ["a python tool's parameters cannot be changed here"]
+    }
+    problem(put, 405, "method-not-allowed")
+    client.force_login(people.outsider)  # may not even see it
+    hidden = client.patch(url, {"risk": "read"}, content_type="application/json")
+    problem(hidden, 404, "not-found")
+    assert Tool.objects.get(pk=governed.tool.pk).risk == "critical"
+
+
+def test_the_tool_list_costs_the_same_for_more_rows(client, people, governed):
+    client.force_login(people.member)
+    one = queries(client, "/api/v1/tools")
+    grant(people.member, *Tool.objects.exclude(pk=governed.tool.pk)[:3])
+
+    assert queries(client, "/api/v1/tools") == one
+    assert len(client.get("/api/v1/tools").json()["results"]) == 4
