@@ -1,7 +1,7 @@
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
-from portal.api import approvals, conversations, tools, views
+from portal.api import approvals, conversations, knowledge, tools, views
 
 urlpatterns = [
     path("v1/agents", views.AgentList.as_view(), name="api-agents"),
@@ -33,4 +33,11 @@ urlpatterns += [
     ),
     path("v1/tools", tools.ToolList.as_view(), name="api-tools"),
     path("v1/tools/<int:pk>", tools.ToolDetail.as_view(), name="api-tool"),
+    path("v1/knowledge-bases", knowledge.KnowledgeBaseList.as_view(), name="api-knowledge-bases"),
+    path(
+        "v1/knowledge-bases/<slug:slug>/documents",
+        knowledge.DocumentList.as_view(),
+        name="api-documents",
+    ),
+    path("v1/documents/<int:pk>", knowledge.DocumentDetail.as_view(), name="api-document"),
 ]

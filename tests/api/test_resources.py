@@ -8,10 +8,12 @@ import json
 
 import pytest
 from django.contrib.auth.models import Permission
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from oauth2_provider.models import Application
 
+from agents.knowledge.models import Document
 from agents.models import Conversation, Message, Run
 from audit.models import AuditEvent
 from governance.models import ApprovalRequest, Escalation
@@ -444,3 +446,139 @@ def test_the_tool_list_costs_the_same_for_more_rows(client, people, governed):
 
     assert queries(client, "/api/v1/tools") == one
     assert len(client.get("/api/v1/tools").json()["results"]) == 4
+
+
+# --- knowledge bases and documents ------------------------------------------------------------
+
+
+def _upload(client, base, name="prices.md", data=b"# Prices\nGold costs 10.", **headers):
+    return client.post(
+        f"/api/v1/knowledge-bases/{base.slug}/documents",
+        {"file": SimpleUploadedFile(name, data, content_type="text/markdown")},
+        **headers,
+    )
+
+
+def test_knowledge_bases_are_those_the_caller_may_read(client, people, governed, bearer):
+    Document.objects.create(knowledge_base=governed.knowledge_base, source="upload", size=3)
+    writer = bearer(people.integration, "knowledge:write")
+
+    listed = client.get("/api/v1/knowledge-bases", **writer).json()["results"]
+
+    assert [(b["slug"], b["documents"]) for b in listed] == [
+        (
+            governed.knowledge_base.slug,
+            {"queued": 1, "processing": 0, "ready": 0, "failed": 0, "duplicate": 0},
+        )
+    ]
+    client.force_login(people.denied)
+    assert client.get("/api/v1/knowledge-bases").json()["results"] == []
+    documents = f"/api/v1/knowledge-bases/{governed.knowledge_base.slug}/documents"
+    problem(client.get(documents), 404, "not-found")
+    client.logout()
+    problem(client.get("/api/v1/knowledge-bases"), 401, "not-authenticated")
+    runner = bearer(people.integration, "agents:run")
+    problem(client.get("/api/v1/knowledge-bases", **runner), 403, "forbidden")
+
+
+def test_an_upload_is_queued_and_its_status_readable(
+    client, people, governed, bearer, django_capture_on_commit_callbacks
+):
+    base = governed.knowledge_base
+    people.integration.user_permissions.add(Permission.objects.get(codename="change_knowledgebase"))
+    writer = bearer(people.integration, "knowledge:write")
+
+    with django_capture_on_commit_callbacks() as queued:
+        accepted = _upload(client, base, **writer)
+    again = _upload(client, base, name="copy.md", **writer)
+
+    assert accepted.status_code == 202, accepted.content
+    document = Document.objects.get(knowledge_base=base)
+    assert accepted["Location"] == f"/api/v1/documents/{document.pk}"
+    assert len(queued) == 1  # the ingestion task, after commit, as the admin's upload
+    body = accepted.json()
+    assert (body["id"], body["filename"], body["title"], body["status"], body["size"]) == (
+        document.pk,
+        "prices.md",
+        "prices",
+        "queued",
+        23,
+    )
+    assert (again.status_code, again.json()["id"]) == (200, document.pk)  # the same content
+    status = client.get(accepted["Location"], **writer).json()
+    assert (status["id"], status["status"], status["knowledge_base"]) == (
+        document.pk,
+        "queued",
+        base.slug,
+    )
+    listed = client.get(f"/api/v1/knowledge-bases/{base.slug}/documents", **writer).json()
+    assert [d["id"] for d in listed["results"]] == [document.pk]
+    event = AuditEvent.objects.get(action="knowledge.document_added")
+    assert event.actor_id == str(people.integration.pk)
+    client.force_login(people.outsider)
+    problem(client.get(accepted["Location"]), 404, "not-found")
+
+
+def test_who_may_not_manage_the_base_uploads_nothing(client, people, governed, bearer):
+    base = governed.knowledge_base
+    before = actions()
+    reader = bearer(people.integration, "knowledge:write")  # reads it; neither owner nor admin
+    client.force_login(people.outsider)  # may not read it
+    hidden = _upload(client, base)
+    client.logout()
+    people.integration.user_permissions.add(Permission.objects.get(codename="change_knowledgebase"))
+    scoped = _upload(client, base, **bearer(people.integration, "admin:read"))
+    people.integration.user_permissions.clear()
+    refused = _upload(client, base, **reader)
+
+    problem(hidden, 404, "not-found")
+    problem(scoped, 403, "forbidden")
+    assert problem(refused, 403, "forbidden")["detail"] == (
+        "the account may not add documents here"
+    )
+    problem(_upload(client, base), 401, "not-authenticated")
+    assert not Document.objects.exists()
+    assert actions() == before
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "message"),
+    [
+        ("tool.exe", b"MZ", "Warden reads .txt, .md, .markdown, .html, .htm, .pdf files"),
+        ("empty.txt", b"", "The submitted file is empty."),
+        ("big.txt", b"x" * 65, "the file is 65 bytes; the limit is 64 bytes"),
+    ],
+)
+def test_an_unfit_upload_is_a_400(client, people, governed, settings, name, data, message):
+    settings.WARDEN_KNOWLEDGE_MAX_BYTES = 64
+    client.force_login(people.admin)
+
+    response = _upload(client, governed.knowledge_base, name=name, data=data)
+
+    assert problem(response, 400, "invalid")["errors"] == {"file": [message]}
+    assert not Document.objects.exists()
+
+
+def test_an_upload_must_be_multipart(client, people, governed):
+    client.force_login(people.admin)
+    url = f"/api/v1/knowledge-bases/{governed.knowledge_base.slug}/documents"
+
+    as_json = client.post(url, {"file": "x"}, content_type="application/json")
+    no_file = client.post(url, {})
+
+    problem(as_json, 415, "unsupported-media-type")
+    assert list(problem(no_file, 400, "invalid")["errors"]) == ["file"]
+    assert not Document.objects.exists()
+
+
+def test_the_document_lists_cost_the_same_for_more_rows(client, people, governed):
+    client.force_login(people.member)
+    base = governed.knowledge_base
+    url = f"/api/v1/knowledge-bases/{base.slug}/documents"
+    Document.objects.create(knowledge_base=base, source="upload", content_hash="0")
+    one, bases = queries(client, url), queries(client, "/api/v1/knowledge-bases")
+    for n in range(1, 4):
+        Document.objects.create(knowledge_base=base, source="upload", content_hash=str(n))
+
+    assert (queries(client, url), queries(client, "/api/v1/knowledge-bases")) == (one, bases)
+    assert len(client.get(url).json()["results"]) == 4
