@@ -1,7 +1,7 @@
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
-from portal.api import approvals, conversations, knowledge, tools, views
+from portal.api import approvals, audit, conversations, knowledge, tools, views
 
 urlpatterns = [
     path("v1/agents", views.AgentList.as_view(), name="api-agents"),
@@ -40,4 +40,6 @@ urlpatterns += [
         name="api-documents",
     ),
     path("v1/documents/<int:pk>", knowledge.DocumentDetail.as_view(), name="api-document"),
+    path("v1/audit/events", audit.AuditEventList.as_view(), name="api-audit-events"),
+    path("v1/audit/export", audit.AuditExport.as_view(), name="api-audit-export"),
 ]

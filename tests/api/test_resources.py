@@ -582,3 +582,87 @@ def test_the_document_lists_cost_the_same_for_more_rows(client, people, governed
 
     assert (queries(client, url), queries(client, "/api/v1/knowledge-bases")) == (one, bases)
     assert len(client.get(url).json()["results"]) == 4
+
+
+# --- audit ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def auditor(people):
+    people.integration.user_permissions.add(Permission.objects.get(codename="view_auditevent"))
+    return people.integration
+
+
+def test_audit_events_are_read_in_chain_order_and_filtered(
+    client, people, governed, auditor, bearer
+):
+    token = bearer(auditor, "audit:read")
+    granted = list(AuditEvent.objects.filter(action="access.granted").order_by("sequence"))
+
+    seen, url = [], "/api/v1/audit/events?action=access.granted&limit=2"
+    while url:
+        page = client.get(url, **token).json()
+        seen, url = seen + page["results"], page["next"]
+
+    assert seen == [e.as_chain_dict() for e in granted]
+    assert len(granted) == 8  # the agent, tool, base and route, to the team and the integration
+    prefix = client.get("/api/v1/audit/events?action=access.*", **token).json()["results"]
+    assert {e["action"] for e in prefix} >= {"access.granted", "access.denied"}
+    bad = client.get("/api/v1/audit/events?since=yesterday", **token)
+    assert list(problem(bad, 400, "invalid")["errors"]) == ["since"]
+
+
+def test_the_audit_trail_needs_the_permission_and_the_scope(client, people, governed, bearer):
+    for url in ("/api/v1/audit/events", "/api/v1/audit/export"):
+        client.force_login(people.reviewer)
+        assert problem(client.get(url), 403, "forbidden")["detail"] == (
+            "the account may not view the audit trail"
+        )
+        client.logout()
+        problem(client.get(url), 401, "not-authenticated")
+        problem(client.get(url, **bearer(people.admin, "admin:read")), 403, "forbidden")
+
+
+@pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume asynchronous")
+def test_the_export_streams_json_lines_with_the_chain_fields(client, people, governed, bearer):
+    token = bearer(people.admin, "audit:read")  # a governance admin holds every permission
+    denied = AuditEvent.objects.filter(action="access.denied").order_by("sequence")
+
+    response = client.get(
+        "/api/v1/audit/export?action=access.denied", HTTP_ACCEPT="application/x-ndjson", **token
+    )
+
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/x-ndjson"
+    assert response["Content-Disposition"].startswith('attachment; filename="audit-')
+    lines = b"".join(response).decode().splitlines()  # the ASGI path: the test below
+    assert [json.loads(line) for line in lines] == [e.as_chain_dict() for e in denied]
+    assert len(lines) == 4  # the agent, tool, base and route, for `denied`
+
+
+def test_the_audit_list_costs_the_same_for_more_rows(client, people, governed, auditor):
+    client.force_login(auditor)
+    url = "/api/v1/audit/events?limit=3"
+    one = queries(client, url)
+
+    assert queries(client, "/api/v1/audit/events?limit=30") == one
+
+
+@pytest.mark.usefixtures("committing_db")
+def test_the_export_streams_over_asgi_in_one_snapshot(people, governed):
+    from asgiref.sync import async_to_sync
+    from django.test import AsyncClient
+
+    async def download():
+        client = AsyncClient()  # Django's ASGI handler, as under daphne
+        await client.aforce_login(people.admin)
+        response = await client.get("/api/v1/audit/export", {"action": "access.*"})
+        return response, [chunk async for chunk in response.streaming_content]
+
+    response, chunks = async_to_sync(download)()
+
+    assert response.status_code == 200
+    exported = [json.loads(line) for line in b"".join(chunks).decode().splitlines()]
+    expected = AuditEvent.objects.filter(action__startswith="access.").order_by("sequence")
+    assert exported == [e.as_chain_dict() for e in expected]
+    assert len(exported) == 12  # 8 grants and 4 denials
