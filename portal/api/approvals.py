@@ -23,6 +23,7 @@ from governance.approvals import (
 from governance.models import ApprovalRequest, Escalation
 from governance.policy import reason_text
 from portal.api.auth import HasScope
+from portal.api.parsers import JSONParser, too_deep
 from portal.api.problems import Conflict
 
 SCOPE = "approvals:write"
@@ -78,6 +79,8 @@ class ApprovalDecision(serializers.Serializer):
     def validate_arguments(self, value):
         if not isinstance(value, dict):
             raise serializers.ValidationError("the edited arguments must be a JSON object")
+        if too_deep(value):
+            raise serializers.ValidationError("the edited arguments are nested too deeply")
         if "\\u0000" in json.dumps(value):  # jsonb cannot keep a NUL
             raise serializers.ValidationError("the edited arguments contain a NUL character")
         return value
@@ -144,6 +147,7 @@ class ApprovalDetail(generics.RetrieveAPIView):
     responses=ApprovalSerializer,
 )
 class ApprovalDecide(APIView):
+    parser_classes = [JSONParser]
     permission_classes = [HasScope]
     required_scope = SCOPE
 
@@ -190,6 +194,7 @@ class EscalationList(generics.ListAPIView):
     responses=EscalationSerializer,
 )
 class EscalationDecide(APIView):
+    parser_classes = [JSONParser]
     permission_classes = [HasScope]
     required_scope = SCOPE
 

@@ -12,6 +12,7 @@ from rest_framework.response import Response
 
 from governance.access import NoAccess, access_tool
 from governance.models import Action
+from portal.api.parsers import JSONParser, too_deep
 from portal.api.scopes import HasAnyScope
 from tools.models import Tool
 from tools.schemas import parameters_problem
@@ -51,6 +52,8 @@ class ToolSerializer(serializers.ModelSerializer):
 
 
 def _storable(value) -> None:
+    if too_deep(value):
+        raise serializers.ValidationError("nested too deeply")
     try:
         text = json.dumps(value)
     except (TypeError, ValueError, RecursionError):
@@ -80,6 +83,7 @@ def _require(user, permission: str) -> None:
 )
 @extend_schema(tags=["tools"])
 class ToolList(generics.ListCreateAPIView):
+    parser_classes = [JSONParser]
     serializer_class = ToolSerializer
     permission_classes = [HasAnyScope]
     required_scopes = SCOPES
@@ -111,6 +115,7 @@ class ToolList(generics.ListCreateAPIView):
 )
 @extend_schema(tags=["tools"])
 class ToolDetail(generics.RetrieveUpdateAPIView):
+    parser_classes = [JSONParser]
     serializer_class = ToolSerializer
     permission_classes = [HasAnyScope]
     required_scopes = SCOPES

@@ -189,6 +189,26 @@ def test_approving_with_edited_arguments_requeues_the_run_once(client, people, w
     assert waiting.status == "approved"
 
 
+def test_deciding_an_expired_request_is_a_conflict(client, people, waiting):
+    from django.utils import timezone
+
+    ApprovalRequest.objects.filter(pk=waiting.pk).update(expires_at=timezone.now())
+    client.force_login(people.reviewer)
+
+    response = client.post(
+        f"/api/v1/approvals/{waiting.pk}/decide",
+        {"decision": "approve"},
+        content_type="application/json",
+    )
+
+    assert problem(response, 409, "conflict")["detail"] == (
+        "this request expired before the decision; the run was told"
+    )
+    waiting.refresh_from_db()
+    assert (waiting.status, waiting.decided_by) == ("expired", None)
+    assert "approval.approved" not in actions()
+
+
 def test_who_may_not_review_cannot_decide(client, people, waiting, bearer):
     url = f"/api/v1/approvals/{waiting.pk}/decide"
     before = actions()
@@ -223,6 +243,15 @@ def test_who_may_not_review_cannot_decide(client, people, waiting, bearer):
         ({"decision": "approve", "arguments": {"title": 42}}, "arguments"),  # not the schema
         ({"decision": "approve", "arguments": {"title": "a\u0000b"}}, "arguments"),
         ({"decision": "reject", "comment": "a\u0000b"}, "comment"),
+        (
+            {
+                "decision": "approve",
+                "arguments": {
+                    "title": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]
+                },
+            },
+            "arguments",
+        ),
     ],
 )
 def test_a_malformed_decision_is_a_400_and_decides_nothing(client, people, waiting, body, field):
@@ -239,12 +268,15 @@ def test_a_malformed_decision_is_a_400_and_decides_nothing(client, people, waiti
     assert actions() == before
 
 
-def test_a_body_that_is_not_json_is_a_400(client, people, waiting):
+@pytest.mark.parametrize("body", ["{nope", '{"decision": ' + "[" * 100_000 + "]" * 100_000 + "}"])
+def test_a_body_that_is_not_json_is_a_400(client, people, waiting, body):
     client.force_login(people.reviewer)
     response = client.post(
-        f"/api/v1/approvals/{waiting.pk}/decide", "{nope", content_type="application/json"
+        f"/api/v1/approvals/{waiting.pk}/decide", body, content_type="application/json"
     )
     problem(response, 400, "malformed")
+    waiting.refresh_from_db()
+    assert waiting.status == "pending"
 
 
 def test_the_approval_list_costs_the_same_for_more_rows(client, people, waiting):
@@ -374,6 +406,15 @@ def test_an_admin_registers_a_tool_checked_and_audited(client, people, governed,
         ({"name": "create_ticket"}, "name"),  # taken
         ({"kind": "mcp"}, "mcp_server"),  # an MCP tool comes from its server
         ({"parameters": {"type": "object", "description": "a\u0000"}}, "parameters"),
+        (
+            {
+                "parameters": {
+                    "type": "object",
+                    "not": json.loads('{"not": ' * 40 + "{}" + "}" * 40),
+                }
+            },
+            "parameters",
+        ),
     ],
 )
 def test_an_invalid_tool_is_a_400_and_nothing_is_saved(client, people, governed, change, field):
