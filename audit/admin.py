@@ -1,10 +1,7 @@
 from __future__ import annotations
 
-import itertools
 import json
-from collections.abc import AsyncIterator, Iterator
 
-from asgiref.sync import sync_to_async
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
@@ -18,6 +15,7 @@ from django.utils.html import format_html
 from audit import chain
 from audit.models import AuditAnchor, AuditEvent
 from audit.selectors import EventFilter, audit_export_lines, audit_verify_chain
+from audit.streaming import stream_lines
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -99,7 +97,7 @@ class AuditEventAdmin(ReadOnlyAdmin):
             fmt = data["format"]
             lines = audit_export_lines(filters=filters, fmt=fmt)
             response = StreamingHttpResponse(
-                _chunks(lines),
+                stream_lines(lines),
                 content_type="text/csv" if fmt == "csv" else "application/x-ndjson",
             )
             stamp = timezone.now().strftime("%Y%m%dT%H%M%SZ")
@@ -112,20 +110,6 @@ class AuditEventAdmin(ReadOnlyAdmin):
             "opts": self.model._meta,
         }
         return TemplateResponse(request, "admin/audit/auditevent/export.html", context)
-
-
-async def _chunks(lines: Iterator[str], size: int = 500) -> AsyncIterator[str]:
-    """Stream a sync generator under ASGI without buffering it whole.
-
-    Each chunk is produced in the request's one thread-sensitive thread, so the generator's
-    transaction (one snapshot for the whole export) stays on one database connection.
-    """
-    take = sync_to_async(lambda: "".join(itertools.islice(lines, size)), thread_sensitive=True)
-    try:
-        while chunk := await take():
-            yield chunk
-    finally:
-        await sync_to_async(lines.close, thread_sensitive=True)()
 
 
 @admin.register(AuditAnchor)

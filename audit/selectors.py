@@ -131,3 +131,9 @@ def _csv_line(cells) -> str:
     buffer = io.StringIO()
     csv.writer(buffer).writerow(cells)
     return buffer.getvalue()
+
+
+def may_view_audit(user) -> bool:
+    """Whether `user` may read and export the trail: the admin's rule, the model's view
+    permission (superusers hold every permission)."""
+    return bool(user is not None and user.is_active and user.has_perm("audit.view_auditevent"))

@@ -23,7 +23,8 @@ import jsonschema
 import psycopg
 import referencing.exceptions
 from django.core.cache import cache
-from django.db import connection, transaction
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from audit.services import audit_record
@@ -152,6 +153,74 @@ def tool_set_enabled(*, tool: Tool, enabled: bool, actor) -> Tool:
             action="tool.enabled" if enabled else "tool.disabled",
             target=tool,
             data={"tool": tool.name, "version": tool.version},
+        )
+    return tool
+
+
+# What an API client may set on a tool; the rest (version, timestamps) is Warden's.
+TOOL_FIELDS = (
+    *("name", "description", "kind", "parameters", "config", "enabled"),
+    *("risk", "approval", "timeout", "result_limit", "rate_limit"),
+)
+
+
+def tool_fixed_fields(tool: Tool) -> tuple[str, ...]:
+    """What cannot change on an existing tool, as in the admin: a Python tool's contract is
+    its code's, an MCP tool's its server's."""
+    if tool.kind in (ToolKind.PYTHON, ToolKind.MCP):
+        return ("kind", "parameters")
+    return ()
+
+
+def tool_create(*, actor, fields: dict) -> Tool:
+    """A new tool from `fields` (TOOL_FIELDS), validated as the admin validates it (the
+    model's validators: a valid JSON Schema, the kind's configuration). Audited; raises
+    django's ValidationError."""
+    unknown = set(fields) - set(TOOL_FIELDS)
+    if unknown:
+        raise ValueError(f"not tool fields: {sorted(unknown)}")
+    tool = Tool(**fields)
+    tool.version = tool.compute_version()
+    tool.full_clean()
+    try:
+        with transaction.atomic():
+            tool.save()
+            audit_record(
+                actor=actor,
+                action="tool.created",
+                target=tool,
+                data={"tool": tool.name, "version": tool.version, "fields": sorted(fields)},
+            )
+    except IntegrityError:  # the same name, saved by someone else since full_clean
+        raise ValidationError({"name": "Tool with this Name already exists."}) from None
+    return tool
+
+
+def tool_update(*, tool: Tool, actor, fields: dict) -> Tool:
+    """Change `fields` of `tool` (validated as on create; a fixed field refused). Audited with
+    the names of the fields that changed; nothing changed, nothing recorded."""
+    fixed = set(fields) & set(tool_fixed_fields(tool))
+    if fixed:
+        raise ValidationError(
+            {name: f"a {tool.kind} tool's {name} cannot be changed here" for name in fixed}
+        )
+    unknown = set(fields) - set(TOOL_FIELDS)
+    if unknown:
+        raise ValueError(f"not tool fields: {sorted(unknown)}")
+    changed = sorted(name for name, value in fields.items() if getattr(tool, name) != value)
+    if not changed:
+        return tool
+    for name in changed:
+        setattr(tool, name, fields[name])
+    tool.full_clean()
+    with transaction.atomic():
+        before = tool.version
+        tool.save(update_fields=[*changed, "updated_at"])
+        audit_record(
+            actor=actor,
+            action="tool.changed",
+            target=tool,
+            data={"tool": tool.name, "fields": changed, "from": before, "version": tool.version},
         )
     return tool
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from agents.knowledge.models import KnowledgeBase
+from django.db.models import QuerySet
+
+from agents.knowledge.models import Document, KnowledgeBase
+from governance.access import NoAccess, access_knowledge_base
 from governance.models import Action
 
 
@@ -13,3 +16,36 @@ def readable_ids(user, among: list[int] | None = None) -> list[int]:
     if among is not None:
         bases = bases.filter(pk__in=among)
     return sorted(bases.values_list("pk", flat=True))
+
+
+def access_knowledge_base_by_slug(user, slug: str) -> KnowledgeBase:
+    """access_knowledge_base, for a knowledge base named by its slug."""
+    pk = KnowledgeBase.objects.filter(slug=slug).values_list("pk", flat=True).first()
+    return access_knowledge_base(user, pk)
+
+
+def may_add_documents(user, knowledge_base: KnowledgeBase) -> bool:
+    """Whether `user`, who may read `knowledge_base`, may also add documents to it: its owner,
+    or whoever may change knowledge bases in the admin (`agents.change_knowledgebase`)."""
+    if knowledge_base.owner_id == user.pk:
+        return True
+    return user.has_perm("agents.change_knowledgebase")
+
+
+def documents_of(knowledge_base: KnowledgeBase) -> QuerySet[Document]:
+    """Its documents without their content (up to the size limit each)."""
+    return Document.objects.filter(knowledge_base=knowledge_base).defer("content")
+
+
+def access_document(user, document_id) -> Document:
+    """The document, if `user` may read its knowledge base; else NoAccess (missing and
+    forbidden alike)."""
+    readable = KnowledgeBase.objects.restrict(user, Action.READ).values("pk")
+    try:
+        return (
+            Document.objects.defer("content")
+            .select_related("knowledge_base")
+            .get(pk=int(document_id), knowledge_base__in=readable)
+        )
+    except (Document.DoesNotExist, ValueError, TypeError):
+        raise NoAccess("no such document") from None

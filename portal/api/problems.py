@@ -35,6 +35,11 @@ PROBLEMS: dict[str, tuple[str, str]] = {
         "Invalid request",
         "The request was understood but some fields are wrong: `errors` says which.",
     ),
+    "conflict": (
+        "Conflict",
+        "The resource is no longer in a state that allows this, such as an approval already "
+        "decided: fetch it again to see its state.",
+    ),
     "throttled": ("Too many requests", "Slow down: `Retry-After` says when to try again."),
     "policy-denied": (
         "Refused by policy",
@@ -66,6 +71,15 @@ _BY_EXCEPTION = [
     (exceptions.ValidationError, "invalid"),
     (exceptions.Throttled, "throttled"),
 ]
+
+
+class Conflict(exceptions.APIException):
+    status_code = 409
+    default_detail = "the resource's state does not allow this"
+    default_code = "conflict"
+
+
+_BY_EXCEPTION.append((Conflict, "conflict"))
 
 
 def problem_body(request: HttpRequest, status: int, slug: str | None, detail: str, **extra) -> dict:

@@ -1,0 +1,218 @@
+"""Approvals of tool calls and held answers, as the inbox decides them: the same access check
+(`reviewable`) and the same services (four-eyes, expiry, audit, the run requeued)."""
+
+from __future__ import annotations
+
+import json
+
+from django.db.models import OuterRef, Subquery
+from drf_spectacular.utils import extend_schema
+from rest_framework import exceptions, generics, serializers
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from agents.models import Agent
+from governance.approvals import (
+    ApprovalError,
+    approval_decide,
+    approvals_for,
+    escalation_decide,
+    escalations_for,
+    reviewable,
+)
+from governance.models import ApprovalRequest, Escalation
+from governance.policy import reason_text
+from portal.api.auth import HasScope
+from portal.api.parsers import too_deep
+from portal.api.problems import Conflict
+
+SCOPE = "approvals:write"
+
+
+def _with_agent_slug(items):
+    slug = Agent.objects.filter(pk=OuterRef("agent_id")).values("slug")[:1]
+    return items.select_related("requested_by", "decided_by").annotate(agent_slug=Subquery(slug))
+
+
+class _Decided(serializers.ModelSerializer):
+    agent = serializers.CharField(source="agent_slug", read_only=True)
+    run = serializers.IntegerField(source="run_id", read_only=True)
+    requested_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    decided_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+
+
+class ApprovalSerializer(_Decided):
+    tool = serializers.CharField(source="tool_name", read_only=True)
+    reasons = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ApprovalRequest
+        fields = [
+            *("id", "run", "agent", "tool", "tool_version", "arguments", "reasons"),
+            *("requested_by", "status", "created_at", "expires_at"),
+            *("approved_arguments", "decided_by", "decided_at", "comment"),
+        ]
+
+    def get_reasons(self, item) -> list[str]:
+        return [reason_text(r) for r in item.reasons or []]
+
+
+class EscalationSerializer(_Decided):
+    class Meta:
+        model = Escalation
+        fields = [
+            *("id", "run", "agent", "question", "answer", "citations", "confidence"),
+            *("threshold", "requested_by", "status", "created_at"),
+            *("released_answer", "decided_by", "decided_at", "comment"),
+        ]
+
+
+class ApprovalDecision(serializers.Serializer):
+    decision = serializers.ChoiceField(choices=["approve", "reject"])
+    comment = serializers.CharField(required=False, default="", allow_blank=True, max_length=4000)
+    arguments = serializers.JSONField(
+        required=False,
+        help_text="Approve these arguments instead of the requested ones (checked against the "
+        "tool's JSON Schema).",
+    )
+
+    def validate_arguments(self, value):
+        if not isinstance(value, dict):
+            raise serializers.ValidationError("the edited arguments must be a JSON object")
+        if too_deep(value):
+            raise serializers.ValidationError("the edited arguments are nested too deeply")
+        if "\\u0000" in json.dumps(value):  # jsonb cannot keep a NUL
+            raise serializers.ValidationError("the edited arguments contain a NUL character")
+        return value
+
+
+class EscalationDecision(serializers.Serializer):
+    decision = serializers.ChoiceField(choices=["release", "reject"])
+    comment = serializers.CharField(required=False, default="", allow_blank=True, max_length=4000)
+    answer = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        max_length=100_000,
+        help_text="Release this answer instead of the held one.",
+    )
+
+
+def _refused(item, exc: ApprovalError, field: str):
+    """A decision the service refused: a conflict if the item is no longer pending (decided,
+    expired, withdrawn), else the input was wrong."""
+    item.refresh_from_db(fields=["status"])
+    if item.status != "pending":
+        return Conflict(str(exc))
+    return exceptions.ValidationError({field: [str(exc)]})
+
+
+@extend_schema(
+    summary="Pending tool-call approvals the caller may decide, newest first (scope "
+    "approvals:write)",
+    tags=["approvals"],
+)
+class ApprovalList(generics.ListAPIView):
+    serializer_class = ApprovalSerializer
+    permission_classes = [HasScope]
+    required_scope = SCOPE
+
+    def get_queryset(self):
+        return _with_agent_slug(approvals_for(self.request.user))
+
+
+@extend_schema(
+    summary="A tool-call approval the caller may decide, in any state (scope approvals:write; "
+    "one the caller may not review is a 404)",
+    tags=["approvals"],
+)
+class ApprovalDetail(generics.RetrieveAPIView):
+    serializer_class = ApprovalSerializer
+    permission_classes = [HasScope]
+    required_scope = SCOPE
+
+    def get_object(self):
+        item = _with_agent_slug(reviewable(ApprovalRequest, self.request.user))
+        item = item.filter(pk=self.kwargs["pk"]).first()
+        if item is None:
+            raise exceptions.NotFound("no such approval request")
+        return item
+
+
+@extend_schema(
+    summary="Approve (optionally with edited arguments) or reject a tool call (scope "
+    "approvals:write): the run continues with exactly the approved arguments; one the caller "
+    "may not review is a 404, an already decided or expired one a 409",
+    tags=["approvals"],
+    request=ApprovalDecision,
+    responses=ApprovalSerializer,
+)
+class ApprovalDecide(APIView):
+    permission_classes = [HasScope]
+    required_scope = SCOPE
+
+    def post(self, request, pk: int):
+        item = reviewable(ApprovalRequest, request.user).filter(pk=pk).first()
+        if item is None:
+            raise exceptions.NotFound("no such approval request")
+        decision = ApprovalDecision(data=request.data)
+        decision.is_valid(raise_exception=True)
+        typed = decision.validated_data
+        try:
+            approval_decide(
+                approval_id=item.pk,
+                decided_by=request.user,
+                approve=typed["decision"] == "approve",
+                arguments=typed.get("arguments") if typed["decision"] == "approve" else None,
+                comment=typed["comment"],
+            )
+        except ApprovalError as exc:
+            raise _refused(item, exc, "arguments") from None
+        decided = _with_agent_slug(ApprovalRequest.objects.filter(pk=item.pk)).get()
+        return Response(ApprovalSerializer(decided).data)
+
+
+@extend_schema(
+    summary="Pending held answers (low confidence) the caller may release or reject (scope "
+    "approvals:write)",
+    tags=["approvals"],
+)
+class EscalationList(generics.ListAPIView):
+    serializer_class = EscalationSerializer
+    permission_classes = [HasScope]
+    required_scope = SCOPE
+
+    def get_queryset(self):
+        return _with_agent_slug(escalations_for(self.request.user))
+
+
+@extend_schema(
+    summary="Release a held answer (as it was or edited) or reject it (scope approvals:write); "
+    "one the caller may not review is a 404, an already decided one a 409",
+    tags=["approvals"],
+    request=EscalationDecision,
+    responses=EscalationSerializer,
+)
+class EscalationDecide(APIView):
+    permission_classes = [HasScope]
+    required_scope = SCOPE
+
+    def post(self, request, pk: int):
+        item = reviewable(Escalation, request.user).filter(pk=pk).first()
+        if item is None:
+            raise exceptions.NotFound("no such held answer")
+        decision = EscalationDecision(data=request.data)
+        decision.is_valid(raise_exception=True)
+        typed = decision.validated_data
+        release = typed["decision"] == "release"
+        try:
+            escalation_decide(
+                escalation_id=item.pk,
+                decided_by=request.user,
+                release=release,
+                answer=typed.get("answer") if release else None,
+                comment=typed["comment"],
+            )
+        except ApprovalError as exc:
+            raise _refused(item, exc, "answer") from None
+        decided = _with_agent_slug(Escalation.objects.filter(pk=item.pk)).get()
+        return Response(EscalationSerializer(decided).data)
