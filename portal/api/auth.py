@@ -18,6 +18,10 @@ from portal.tokens import PREFIX, token_find
 
 class ApplicationOAuth2Authentication(OAuth2Authentication):
     def authenticate(self, request):
+        # Tokens travel in the header only (RFC 9700): without one, DOT is not asked, and so
+        # never parses a body before the request is authenticated.
+        if get_authorization_header(request).partition(b" ")[0].lower() != b"bearer":
+            return None
         found = super().authenticate(request)
         if found is None:
             return None
@@ -70,8 +74,14 @@ class ApplicationOAuth2Scheme(DjangoOAuthToolkitScheme):
     target_class = ApplicationOAuth2Authentication
 
     def get_security_requirement(self, auto_schema):
-        scope = getattr(auto_schema.view, "required_scope", None)
-        return {self.name: [scope] if scope else []}
+        view = auto_schema.view
+        scope = getattr(view, "required_scope", None)
+        if scope is None:  # per method, any one of them: {"POST": [...], "*": [...]}
+            by_method = getattr(view, "required_scopes", None) or {}
+            method = auto_schema.method.upper()
+            scopes = by_method.get(method, by_method.get("*", []))
+            return [{self.name: [one]} for one in scopes] or {self.name: []}
+        return {self.name: [scope]}
 
 
 class PersonalAccessTokenScheme(OpenApiAuthenticationExtension):
