@@ -2,6 +2,7 @@
 
 from tests.governance.conftest import (  # noqa: F401 - fixtures
     governed,
+    help_desk,
     people,
     role_groups,
     team,
