@@ -619,3 +619,152 @@ def test_a_real_worker_retries_until_the_receiver_takes_it(
         "url": f"/api/v1/runs/{run.pk}",
     }
     assert uuid.UUID(last.headers["warden-delivery"]) == delivery.pk
+
+
+# Admin ------------------------------------------------------------------------------------
+
+
+def shown_secret(response) -> str:
+    match = re.search(r'<code class="webhook-secret">([^<]+)</code>', response.content.decode())
+    assert match, response.content.decode()[:2000]
+    return match.group(1)
+
+
+def test_an_admin_creates_a_webhook_and_sees_its_secret_once(client, people, application):
+    client.force_login(people.admin)
+
+    response = client.post(
+        "/admin/portal/webhook/add/",
+        {
+            "application": application.pk,
+            "url": "https://hooks.example.com/warden",
+            "events": ["run.succeeded", "run.failed"],
+            "active": "on",
+            "description": "CRM",
+            "secret": "",
+        },
+    )
+
+    assert response.status_code == 200
+    secret = shown_secret(response)
+    assert "no-store" in response["Cache-Control"]
+    webhook = Webhook.objects.get()
+    assert (webhook.application, webhook.url, webhook.events, webhook.active) == (
+        application,
+        "https://hooks.example.com/warden",
+        ["run.succeeded", "run.failed"],
+        True,
+    )
+    assert decrypt(webhook.secret_ciphertext) == secret
+    change = client.get(f"/admin/portal/webhook/{webhook.pk}/change/").content.decode()
+    listing = client.get("/admin/portal/webhook/").content.decode()
+    assert secret not in change
+    assert secret not in listing
+    assert webhook.secret_ciphertext not in change
+    assert f"?webhook__id__exact={webhook.pk}" in change  # the delivery log
+    event = AuditEvent.objects.get(action="webhook.created")
+    assert (event.actor_id, event.target_id) == (str(people.admin.pk), str(webhook.pk))
+
+
+def test_an_admin_may_choose_the_secret(client, people, application):
+    client.force_login(people.admin)
+    chosen = "a-secret-the-receiver-already-has"
+
+    response = client.post(
+        "/admin/portal/webhook/add/",
+        {
+            "application": application.pk,
+            "url": "https://hooks.example.com/warden",
+            "events": ["run.failed"],
+            "secret": chosen,
+        },
+    )
+
+    assert shown_secret(response) == chosen
+    assert decrypt(Webhook.objects.get().secret_ciphertext) == chosen
+
+
+def test_the_admin_refuses_a_private_address(client, people, application):
+    client.force_login(people.admin)
+
+    response = client.post(
+        "/admin/portal/webhook/add/",
+        {
+            "application": application.pk,
+            "url": "https://169.254.169.254/latest/meta-data",
+            "events": ["run.failed"],
+        },
+    )
+
+    assert response.status_code == 200
+    assert "private or reserved" in response.content.decode()
+    assert not Webhook.objects.exists()
+    assert not AuditEvent.objects.filter(action="webhook.created").exists()
+
+
+def test_an_admin_change_and_a_rotation_are_audited(client, people, application):
+    from auditlog.models import LogEntry
+
+    webhook, old = hooked(application, "https://hooks.example.com/warden")
+    client.force_login(people.admin)
+
+    response = client.post(
+        f"/admin/portal/webhook/{webhook.pk}/change/",
+        {"url": "https://hooks.example.com/v2", "events": ["run.failed"], "description": ""},
+    )
+    assert response.status_code == 302
+    rotated = client.post(f"/admin/portal/webhook/{webhook.pk}/rotate-secret/")
+
+    new = shown_secret(rotated)
+    assert new != old
+    webhook.refresh_from_db()
+    assert (webhook.url, webhook.events, webhook.active) == (
+        "https://hooks.example.com/v2",
+        ["run.failed"],
+        False,
+    )
+    assert decrypt(webhook.secret_ciphertext) == new
+    changed = AuditEvent.objects.get(action="webhook.changed")
+    assert json.loads(changed.data)["fields"] == ["url", "active", "events"]
+    assert changed.actor_id == str(people.admin.pk)
+    assert AuditEvent.objects.get(action="webhook.secret_rotated").actor_id == str(people.admin.pk)
+    history = LogEntry.objects.get_for_object(webhook)
+    assert history.exists()
+    assert all("secret_ciphertext" not in (entry.changes or {}) for entry in history)
+
+
+def test_a_member_cannot_rotate_a_secret(client, people, application):
+    webhook, old = hooked(application, "https://hooks.example.com/warden")
+    client.force_login(people.member)
+
+    response = client.post(f"/admin/portal/webhook/{webhook.pk}/rotate-secret/")
+
+    assert response.status_code == 302  # to the admin's sign-in
+    webhook.refresh_from_db()
+    assert decrypt(webhook.secret_ciphertext) == old
+    assert not AuditEvent.objects.filter(action="webhook.secret_rotated").exists()
+
+
+def test_the_delivery_log_is_read_only(
+    client, loopback_allowed, receiver, people, application, governed
+):
+    receiver.answer("/hook", Answer(500))
+    delivery, secret = one_delivery(application, governed, people, receiver.url("/hook"))
+    webhook_deliver(delivery_id=str(delivery.pk))
+    client.force_login(people.admin)
+
+    listing = client.get(f"/admin/portal/webhookdelivery/?webhook__id__exact={delivery.webhook_id}")
+    page = client.get(f"/admin/portal/webhookdelivery/{delivery.pk}/change/")
+
+    assert listing.status_code == 200
+    assert str(delivery.pk) in listing.content.decode()
+    assert page.status_code == 200
+    assert "HTTP 500" in page.content.decode()
+    assert secret not in page.content.decode()
+    assert client.get("/admin/portal/webhookdelivery/add/").status_code == 403
+    before = WebhookDelivery.objects.values().get(pk=delivery.pk)
+    posted = client.post(f"/admin/portal/webhookdelivery/{delivery.pk}/change/", {"status": "x"})
+    assert posted.status_code == 403
+    deleted = client.post(f"/admin/portal/webhookdelivery/{delivery.pk}/delete/", {"post": "yes"})
+    assert deleted.status_code == 403
+    assert WebhookDelivery.objects.values().get(pk=delivery.pk) == before
