@@ -44,7 +44,7 @@ from agents.models import Run
 from audit.services import Target, audit_record
 from portal.models import DeliveryStatus, Webhook, WebhookAttempt, WebhookDelivery, WebhookEvent
 from tools.outbound import AddressRefused, OutboundError, checked_address, guarded_client
-from tools.secrets import SecretError, decrypt, encrypt
+from tools.secrets import SecretError, decrypt, encrypt, rotate, uses_newest_key
 
 logger = logging.getLogger(__name__)
 
@@ -209,6 +209,26 @@ def webhook_secret_rotate(*, webhook: Webhook, actor: Any, secret: str | None = 
             data=_described(locked),
         )
     return secret
+
+
+def webhook_secret_reencrypt(*, webhook_id: int, actor: Any) -> bool:
+    """Re-encrypt one webhook's secret under the newest WARDEN_ENCRYPTION_KEY (the secret
+    itself unchanged); False when it already was. Audited as ``webhook.secret_reencrypted``.
+    Raises SecretError when no configured key reads it."""
+    with transaction.atomic():
+        webhook = Webhook.objects.select_for_update().get(pk=webhook_id)
+        if uses_newest_key(webhook.secret_ciphertext):
+            return False
+        label = f"webhook {webhook.pk}'s secret"
+        webhook.secret_ciphertext = rotate(webhook.secret_ciphertext, label=label)
+        webhook.save(update_fields=["secret_ciphertext"])
+        audit_record(
+            actor=actor,
+            action="webhook.secret_reencrypted",
+            target=Target.of(webhook),
+            data=_described(webhook),
+        )
+    return True
 
 
 def webhook_delete(*, webhook: Webhook, actor: Any) -> None:

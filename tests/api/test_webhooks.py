@@ -768,3 +768,51 @@ def test_the_delivery_log_is_read_only(
     deleted = client.post(f"/admin/portal/webhookdelivery/{delivery.pk}/delete/", {"post": "yes"})
     assert deleted.status_code == 403
     assert WebhookDelivery.objects.values().get(pk=delivery.pk) == before
+
+
+def test_a_new_encryption_key_re_encrypts_the_webhook_secrets(settings, application):
+    from io import StringIO
+
+    from cryptography.fernet import Fernet
+    from django.core.management import call_command
+
+    old_key, new_key = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    settings.WARDEN_ENCRYPTION_KEY = [old_key]
+    webhook, secret = hooked(application, "https://hooks.example.com/warden")
+    settings.WARDEN_ENCRYPTION_KEY = [new_key, old_key]
+    out = StringIO()
+
+    call_command("webhook_secrets_rotate", stdout=out)
+
+    assert out.getvalue().strip() == (
+        "Re-encrypted 1 webhook secret(s) under the newest key; 0 already used it."
+    )
+    settings.WARDEN_ENCRYPTION_KEY = [new_key]  # the old key dropped
+    webhook.refresh_from_db()
+    assert decrypt(webhook.secret_ciphertext) == secret
+    assert AuditEvent.objects.filter(action="webhook.secret_reencrypted").count() == 1
+
+
+# Lost messages ----------------------------------------------------------------------------
+
+
+def test_the_beat_job_resends_only_what_is_overdue(monkeypatch, application, governed, people):
+    from portal.tasks import webhook_deliveries_resume_task
+
+    hooked(application, "https://a.example.com/hook")
+    recorded = []
+    for _ in range(3):
+        run, token = a_run(governed.agent, people.integration)
+        run_finish(run_id=run.pk, token=token, state=RunState.SUCCEEDED)
+        recorded.append(WebhookDelivery.objects.get(run_id=run.pk))
+    overdue, fresh, done = recorded
+    let_backoff_pass(overdue)
+    let_backoff_pass(done)
+    WebhookDelivery.objects.filter(pk=done.pk).update(status=DeliveryStatus.DELIVERED)
+    sent = []
+    monkeypatch.setattr(webhook_deliver_task, "delay", sent.append)
+
+    assert webhook_deliveries_resume_task() == 1
+
+    assert sent == [str(overdue.pk)]
+    assert WebhookDelivery.objects.get(pk=fresh.pk).attempts == 0
