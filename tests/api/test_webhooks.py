@@ -242,6 +242,30 @@ def test_each_state_records_exactly_one_delivery_per_subscribed_webhook(
     assert WebhookDelivery.objects.count() == 5
 
 
+@pytest.mark.parametrize(("release", "event"), [(True, "run.succeeded"), (False, "run.rejected")])
+def test_a_reviewers_decision_on_a_held_answer_is_an_event(
+    application, governed, people, release, event
+):
+    from governance.approvals import escalation_create, escalation_decide
+
+    webhook, _ = hooked(application, "https://a.example.com/hook")
+    run, token = a_run(governed.agent, people.integration)
+    with transaction.atomic():
+        escalation = escalation_create(
+            run=run, answer="maybe", citations=[], confidence=0.2, threshold=0.5, agent=run.agent
+        )
+        run_park(run_id=run.pk, token=token, state=RunState.AWAITING_REVIEW)
+
+    escalation_decide(escalation_id=escalation.pk, decided_by=people.admin, release=release)
+
+    assert Run.objects.get(pk=run.pk).state == event.removeprefix("run.")
+    assert list(
+        WebhookDelivery.objects.filter(run_id=run.pk)
+        .order_by("created_at")
+        .values_list("webhook_id", "event")
+    ) == [(webhook.pk, "run.awaiting_review"), (webhook.pk, event)]
+
+
 def test_the_payload_names_the_run_not_its_content(application, governed, people):
     hooked(application, "https://a.example.com/hook")
     run, token = a_run(governed.agent, people.integration)
