@@ -18,6 +18,7 @@ from django.views.decorators.http import require_POST
 
 from portal.models import Webhook, WebhookAttempt, WebhookDelivery, WebhookEvent
 from portal.webhooks import (
+    webhook_application_problem,
     webhook_create,
     webhook_delete,
     webhook_secret_problem,
@@ -50,6 +51,13 @@ class WebhookForm(forms.ModelForm):
     class Meta:
         model = Webhook
         fields = ("application", "url", "events", "active", "description")
+
+    def clean_application(self):
+        application = self.cleaned_data["application"]
+        problem = webhook_application_problem(application)
+        if problem:
+            raise forms.ValidationError(problem)
+        return application
 
     def clean_url(self):
         url = self.cleaned_data["url"]

@@ -86,6 +86,15 @@ def webhook_url_problem(url: str) -> str | None:
     return None
 
 
+def webhook_application_problem(application: Any) -> str | None:
+    if application.user_id is None:
+        return (
+            "The application has no user: its tokens act as that account, and a webhook hears "
+            "of that account's runs. Set the application's user first."
+        )
+    return None
+
+
 def _events(events: Iterable[str] | None) -> list[str]:
     chosen = list(WebhookEvent.values) if events is None else list(dict.fromkeys(events))
     unknown = [event for event in chosen if event not in WebhookEvent.values]
@@ -135,7 +144,7 @@ def webhook_create(
 ) -> tuple[Webhook, str]:
     """A new webhook for `application`, and its signing secret (generated unless given): the
     only time the secret is returned. Audited as ``webhook.created``."""
-    problem = webhook_url_problem(url)
+    problem = webhook_application_problem(application) or webhook_url_problem(url)
     if problem:
         raise WebhookError(problem)
     secret = _new_secret(secret)

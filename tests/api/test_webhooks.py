@@ -840,3 +840,24 @@ def test_the_beat_job_resends_only_what_is_overdue(monkeypatch, application, gov
 
     assert sent == [str(overdue.pk)]
     assert WebhookDelivery.objects.get(pk=fresh.pk).attempts == 0
+
+
+def test_an_application_without_an_account_cannot_have_a_webhook(client, people, application):
+    Application.objects.filter(pk=application.pk).update(user=None)
+    application.refresh_from_db()
+    client.force_login(people.admin)
+
+    with pytest.raises(WebhookError, match="has no user"):
+        hooked(application, "https://hooks.example.com/warden")
+    response = client.post(
+        "/admin/portal/webhook/add/",
+        {
+            "application": application.pk,
+            "url": "https://hooks.example.com/x",
+            "events": ["run.failed"],
+        },
+    )
+
+    assert response.status_code == 200
+    assert "has no user" in response.content.decode()
+    assert not Webhook.objects.exists()
