@@ -25,6 +25,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from agents.events import publish, publish_group
+from agents.hooks import run_state_changed
 from agents.models import (
     FINAL_STATES,
     Agent,
@@ -314,6 +315,7 @@ def run_cancel(*, run: Run, actor) -> Run:
         if locked.state == RunState.CANCELLED:
             final = {"type": "final", "state": str(RunState.CANCELLED)}
             transaction.on_commit(lambda: publish(locked.pk, final))
+            run_state_changed(run_id=locked.pk, state=locked.state)
         audit_record(
             actor=actor, action="run.cancel_requested", target=Target.of(locked), run=locked.pk
         )
@@ -520,6 +522,7 @@ def run_finish(
             conversation=conversation_id,
             data={"error": error, "tokens": tokens, "cost": str(cost)},
         )
+        run_state_changed(run_id=run_id, state=state)
 
 
 _FINISH = f"""
@@ -572,6 +575,7 @@ def run_park(*, run_id: int, token: int, state: str) -> None:
         target=Target("agents.run", str(run_id), f"run {run_id} ({state})"),
         run=run_id,
     )
+    run_state_changed(run_id=run_id, state=state)
 
 
 _PARK = f"""
@@ -627,6 +631,7 @@ def run_escalation_decided(escalation) -> None:
             run=escalation.run_id,
             data={"escalation": escalation.pk, "error": error},
         )
+        run_state_changed(run_id=escalation.run_id, state=state)
         run = Run.objects.only("stream").get(pk=escalation.run_id)
         if run.stream:
             event = {"type": "final", "state": str(state)}

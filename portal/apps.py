@@ -6,6 +6,21 @@ class PortalConfig(AppConfig):
     name = "portal"
     verbose_name = "Warden portal"
 
+    def ready(self) -> None:
+        from auditlog.registry import auditlog
+
+        from agents import hooks
+        from portal.models import Webhook
+        from portal.webhooks import webhook_run_state_changed
+
+        # A run's change of state is recorded for the webhooks that want to hear of it.
+        if webhook_run_state_changed not in hooks.run_state_listeners:
+            hooks.run_state_listeners.append(webhook_run_state_changed)
+
+        # Field-level history of the webhooks (the secret's ciphertext left out; its rotations
+        # are audited by webhook_secret_rotate).
+        auditlog.register(Webhook, exclude_fields=["secret_ciphertext"])
+
 
 class WardenAdminConfig(admin_apps.AdminConfig):
     """django.contrib.admin, its site with Warden's dashboard (portal.dashboard)."""

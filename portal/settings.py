@@ -200,6 +200,8 @@ OAUTH2_PROVIDER = {
 WARDEN_SSE_MAX_SECONDS = env_int("WARDEN_SSE_MAX_SECONDS", 300, minimum=10)
 # The longest `?wait=N` a request to start a run may ask for.
 WARDEN_API_MAX_WAIT = env_int("WARDEN_API_MAX_WAIT", 60, minimum=0)
+# DOT's own models, named so that migrations can refer to the (swappable) application model.
+OAUTH2_PROVIDER_APPLICATION_MODEL = "oauth2_provider.Application"
 SPECTACULAR_SETTINGS = {
     "TITLE": "Warden API",
     "DESCRIPTION": "Governed AI agents for integrations. Errors are RFC 9457 problem documents.",
@@ -313,6 +315,14 @@ WARDEN_KNOWLEDGE_MAX_BYTES = env_int("WARDEN_KNOWLEDGE_MAX_BYTES", 20_000_000, m
 # Private networks outbound requests may reach anyway (CIDRs, comma-separated): see
 # tools/outbound.py. Empty by default: only public addresses.
 WARDEN_OUTBOUND_ALLOW_NETWORKS = env_list("WARDEN_OUTBOUND_ALLOW_NETWORKS", [])
+# Webhooks (portal/webhooks.py): attempts per delivery; the first retry's delay, doubled for
+# each next one up to the cap; each POST's timeout. Plain http URLs only where allowed (by
+# default in embedded mode, which is for trying Warden out): production receivers use https.
+WARDEN_WEBHOOK_MAX_ATTEMPTS = env_int("WARDEN_WEBHOOK_MAX_ATTEMPTS", 8, minimum=1)
+WARDEN_WEBHOOK_BACKOFF_SECONDS = env_int("WARDEN_WEBHOOK_BACKOFF_SECONDS", 10, minimum=1)
+WARDEN_WEBHOOK_BACKOFF_MAX_SECONDS = env_int("WARDEN_WEBHOOK_BACKOFF_MAX_SECONDS", 3600, minimum=1)
+WARDEN_WEBHOOK_TIMEOUT_SECONDS = env_int("WARDEN_WEBHOOK_TIMEOUT_SECONDS", 10, minimum=1)
+WARDEN_WEBHOOK_ALLOW_HTTP = env_bool("WARDEN_WEBHOOK_ALLOW_HTTP", EMBEDDED_DATABASE)
 # Databases the `sql_query` tool may read, by name (a tool's settings name one): libpq
 # connection strings of a role that may only SELECT, as JSON ({"erp": "host=... user=..."}).
 # Embedded mode adds the demo ERP: database warden_demo_erp, read as the role
@@ -354,6 +364,10 @@ CELERY_BEAT_SCHEDULE = {
     "budget-reservations-release": {
         "task": "governance.tasks.budget_reservations_release_task",
         "schedule": 300,
+    },
+    "webhook-deliveries-resume": {
+        "task": "portal.tasks.webhook_deliveries_resume_task",
+        "schedule": 60,
     },
     "audit-anchor": {
         "task": "audit.tasks.audit_anchor_task",

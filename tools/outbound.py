@@ -26,6 +26,10 @@ class OutboundError(Exception):
     """The URL may not or could not be fetched; the message is for the person who gave it."""
 
 
+class AddressRefused(OutboundError):
+    """The host is (or resolves to) a private or reserved address: refused, not unreachable."""
+
+
 @dataclass(frozen=True)
 class Fetched:
     url: str  # after redirects
@@ -129,7 +133,7 @@ def _check_address(address: str, host: str, allow=()) -> None:
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if _public(ip) or any(ip in network for network in [*_allowed_networks(), *allow]):
         return
-    raise OutboundError(
+    raise AddressRefused(
         f"{host} is on a private or reserved network ({ip}); Warden does not fetch from there"
     )
 

@@ -119,3 +119,23 @@ def test_the_last_use_is_recorded_at_most_once_a_minute(client, people, governed
 
     token.refresh_from_db()
     assert token.last_used_at == first
+
+
+def test_governance_sees_tokens_without_their_secrets_and_may_revoke_them(client, people):
+    token, secret = token_create(user=people.member, name="etl", scopes=["runs:read"], days=5)
+    client.force_login(people.admin)
+
+    listed = client.get("/admin/portal/personalaccesstoken/")
+    revoked = client.post(
+        "/admin/portal/personalaccesstoken/",
+        {"action": "revoke", "_selected_action": [token.pk]},
+    )
+
+    assert listed.status_code == 200
+    assert "etl" in listed.content.decode()
+    assert secret not in listed.content.decode()
+    assert token.digest not in listed.content.decode()
+    assert revoked.status_code == 302
+    token.refresh_from_db()
+    assert token.revoked_at is not None
+    assert AuditEvent.objects.filter(action="token.revoked", actor_id=str(people.admin.pk)).exists()

@@ -6,10 +6,8 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-    initial = True
-
     dependencies = [
-        ("portal", "0001_pgvector"),
+        ("portal", "0002_webhooks"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -1,0 +1,23 @@
+from celery import shared_task
+
+from portal.webhooks import webhook_deliver, webhook_deliveries_overdue
+
+
+@shared_task(name="portal.tasks.webhook_deliver_task")
+def webhook_deliver_task(delivery_id: str) -> str:
+    """Attempt one webhook delivery; a retryable failure enqueues the next attempt after its
+    backoff. Idempotent: an attempt that is not due, or a delivery already delivered or
+    failed, does nothing (the database, not the message, decides)."""
+    attempted = webhook_deliver(delivery_id=delivery_id)
+    if attempted.retry_in is not None:
+        webhook_deliver_task.apply_async((delivery_id,), countdown=attempted.retry_in)
+    return attempted.status
+
+
+@shared_task(name="portal.tasks.webhook_deliveries_resume_task")
+def webhook_deliveries_resume_task() -> int:
+    """Beat: re-enqueue pending deliveries whose message was lost."""
+    overdue = webhook_deliveries_overdue()
+    for delivery_id in overdue:
+        webhook_deliver_task.delay(delivery_id)
+    return len(overdue)
