@@ -3,6 +3,7 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 
 from portal import chat, inbox, trace, views
+from portal.api import openai
 
 # /healthz and /readyz are answered by portal.health.ProbeMiddleware.
 urlpatterns = [
@@ -23,6 +24,10 @@ urlpatterns = [
     path("inbox/approvals/<int:pk>/", inbox.approval_page, name="inbox-approval"),
     path("inbox/answers/<int:pk>/", inbox.answer_page, name="inbox-answer"),
     path("api/", include("portal.api.urls")),
+    # OpenAI-compatible, where OpenAI clients look for it (base URL <portal>/v1).
+    path("v1/chat/completions", openai.ChatCompletions.as_view(), name="openai-chat"),
+    path("v1/models", openai.ModelList.as_view(), name="openai-models"),
+    path("v1/models/<str:model>", openai.ModelDetail.as_view(), name="openai-model"),
     path("o/", include("oauth2_provider.urls", namespace="oauth2_provider")),
     path("admin/", admin.site.urls),
 ]
