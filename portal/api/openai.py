@@ -14,9 +14,9 @@ limits, budgets, guardrails, policy, approvals and the audit trail are the chat'
   `POLL_SECONDS`. A run parked for a reviewer, or still going after
   `WARDEN_OPENAI_WAIT_SECONDS`, answers at once: a message saying so, with the run's API URL,
   and a `warden` member {run, state, conversation, url}; the run carries on without the caller.
-  A non-streaming request holds its thread while it waits (Django gives each ASGI request its
-  own, and the middleware chain is synchronous anyway); a streaming one waits on the event
-  loop.
+  A non-streaming request holds its thread (not its database connection) while it waits
+  (Django gives each ASGI request its own thread, and the middleware chain is synchronous
+  anyway); a streaming one waits on the event loop.
 - Errors are problem documents (portal.api.problems) that also carry OpenAI's `error` member
   ({message, type, code}), which the SDK turns into its exceptions.
 """
@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import connection
 from django.db.models import Max
 from django.http import HttpRequest, StreamingHttpResponse
 from django.urls import reverse
@@ -255,6 +256,9 @@ class ChatCompletions(OpenAIView):
     def post(self, request):
         ask = _ask(request.data)
         run = _start(request, ask)
+        # The wait may be long: its connection goes back now (a decisive event opens one).
+        if not connection.in_atomic_block:
+            connection.close()
         if ask.stream:
             response = StreamingHttpResponse(
                 _events(request, run, ask), content_type="text/event-stream"
