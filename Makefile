@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --disable-pip-version-check --quiet -c constraints.txt
 
-.PHONY: run test lock clean bench-audit bench-runtime bench-retrieval
+.PHONY: run test lock clean bench-audit bench-runtime bench-retrieval bench-openai
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || \
@@ -39,6 +39,18 @@ bench-runtime: $(VENV)/.installed-bench
 
 bench-retrieval: $(VENV)/.installed-dev
 	$(BIN)/python bench/retrieval.py --sizes 100000,1000000
+
+# The LiteLLM proxy, the OpenAI endpoint's peer, lives in a virtualenv of its own (its pins are
+# not Warden's), under var/ (ignored by git).
+PROXY_VENV := var/litellm-proxy
+$(PROXY_VENV)/.installed:
+	$(PYTHON) -m venv $(PROXY_VENV)
+	$(PROXY_VENV)/bin/python -m pip install --disable-pip-version-check --quiet \
+		-c constraints.txt 'litellm[proxy]==1.106.2'
+	@touch $@
+
+bench-openai: $(VENV)/.installed-dev $(PROXY_VENV)/.installed
+	$(BIN)/python bench/openai_overhead.py --proxy-python $(PROXY_VENV)/bin/python
 
 # Regenerate requirements*.txt from pyproject.toml in a scratch environment.
 lock:

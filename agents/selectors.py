@@ -260,3 +260,66 @@ def run_views(runs: list[Run]) -> list[RunView]:
         else {}
     )
     return [run_view(run, hidden, decisions) for run in runs]
+
+
+# Waiting for a run (the API's `?wait`, the OpenAI-compatible endpoint) -------------------------
+
+PARKED = (RunState.AWAITING_APPROVAL, RunState.AWAITING_REVIEW)
+# Settled: nothing more happens to the run without somebody (it ended, or a reviewer is asked).
+SETTLED = (*FINAL_STATES, *PARKED)
+WAIT_POLL_SECONDS = 2.0  # the database is asked at least this often, whatever Redis says
+_sync_redis: dict = {}
+
+
+def run_decisive(event: dict) -> bool:
+    """An event after which the run may have ended or parked: the database says which."""
+    kind = event.get("type")
+    if kind in ("final", "held"):
+        return True
+    return kind == "step" and event.get("kind") == "approval" and event.get("status") == "pending"
+
+
+def run_settled(run_id: int) -> Run | None:
+    return Run.objects.filter(pk=run_id, state__in=SETTLED).select_related("agent").first()
+
+
+def run_current(run_id: int) -> Run:
+    return Run.objects.select_related("agent").get(pk=run_id)
+
+
+def run_wait(*, run: Run, timeout: float) -> Run:
+    """The run once it ends or parks, or as it stands after `timeout` seconds. Follows the run's
+    event log in Redis (agents.events) and asks the database on each decisive event and every
+    WAIT_POLL_SECONDS, so it ends even if Redis lost the events."""
+    import time
+
+    import redis
+
+    from agents.events import stream_key
+
+    if run.state in SETTLED:  # an idempotent repeat of a settled request
+        return run
+    if "client" not in _sync_redis:
+        from django.conf import settings
+
+        _sync_redis["client"] = redis.Redis.from_url(settings.REDIS_URL)
+    client, key, last = _sync_redis["client"], stream_key(run.pk), "0-0"
+    deadline = time.monotonic() + timeout
+    check = False
+    while True:
+        if check and (settled := run_settled(run.pk)) is not None:
+            return settled
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return run_current(run.pk)
+        try:
+            block = max(1, int(min(left, WAIT_POLL_SECONDS) * 1000))
+            found = client.xread({key: last}, block=block)
+        except redis.RedisError:  # Redis is a notification path: fall back on the database
+            time.sleep(min(left, WAIT_POLL_SECONDS))
+            found = []
+        check = not found
+        for _, entries in found:
+            for sid, fields in entries:
+                last = sid
+                check = check or run_decisive(json.loads(fields[b"e"]))

@@ -310,6 +310,8 @@ WARDEN_RUN_LEASE_SECONDS = env_int("WARDEN_RUN_LEASE_SECONDS", 120, minimum=1)
 # The completion a budget reserves for before each model call, until the call says what it used.
 WARDEN_BUDGET_COMPLETION_TOKENS = env_int("WARDEN_BUDGET_COMPLETION_TOKENS", 512, minimum=1)
 WARDEN_APPROVAL_EXPIRY_SECONDS = env_int("WARDEN_APPROVAL_EXPIRY_SECONDS", 24 * 3600, minimum=1)
+# How long POST /v1/chat/completions waits for a run before answering that it carries on.
+WARDEN_OPENAI_WAIT_SECONDS = env_int("WARDEN_OPENAI_WAIT_SECONDS", 120, minimum=1)
 # Knowledge bases: the largest document accepted, uploaded or fetched.
 WARDEN_KNOWLEDGE_MAX_BYTES = env_int("WARDEN_KNOWLEDGE_MAX_BYTES", 20_000_000, minimum=1)
 # Private networks outbound requests may reach anyway (CIDRs, comma-separated): see

@@ -3,6 +3,7 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 
 from portal import account, chat, inbox, trace, views
+from portal.api import openai
 
 # /healthz and /readyz are answered by portal.health.ProbeMiddleware.
 urlpatterns = [
@@ -25,6 +26,10 @@ urlpatterns = [
     path("account/tokens/", account.tokens_page, name="account-tokens"),
     path("account/tokens/<int:pk>/revoke/", account.token_revoke_view, name="account-token-revoke"),
     path("api/", include("portal.api.urls")),
+    # OpenAI-compatible, where OpenAI clients look for it (base URL <portal>/v1).
+    path("v1/chat/completions", openai.ChatCompletions.as_view(), name="openai-chat"),
+    path("v1/models", openai.ModelList.as_view(), name="openai-models"),
+    path("v1/models/<str:model>", openai.ModelDetail.as_view(), name="openai-model"),
     path("o/", include("oauth2_provider.urls", namespace="oauth2_provider")),
     path("admin/", admin.site.urls),
 ]

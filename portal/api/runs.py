@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import time
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -25,16 +24,14 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from agents.events import redis_client, stream_key
-from agents.models import FINAL_STATES, Agent, Conversation, Run, RunState
-from agents.selectors import access_conversation, access_run
+from agents.models import FINAL_STATES, Agent, Conversation, Run
+from agents.selectors import access_conversation, access_run, run_wait
 from agents.services import run_cancel, run_start
 from governance.access import NoAccess, access_agent
 from portal.api.auth import HasScope
 from portal.api.views import RunSerializer
 
 MAX_INPUT = 20_000
-# A run is settled for `?wait` when nothing more happens without somebody: finished or parked.
-SETTLED = (*FINAL_STATES, RunState.AWAITING_APPROVAL, RunState.AWAITING_REVIEW)
 _KEY = re.compile(r"[\x21-\x7e]{1,100}")  # printable ASCII, no spaces
 _STREAM_ID = re.compile(r"\d{1,20}-\d{1,20}")
 
@@ -67,8 +64,9 @@ def _client(request) -> str:
     return f"app{application_id}" if application_id else "user"
 
 
-def _fingerprint(agent: Agent, data: dict) -> str:
-    canonical = json.dumps({"agent": agent.slug, **data}, sort_keys=True, ensure_ascii=False)
+def fingerprint(request: dict) -> str:
+    """A digest of what an idempotent request asked for (the same key must ask the same)."""
+    canonical = json.dumps(request, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -126,11 +124,10 @@ class RunCreate(APIView):
             actor=request.user,
             input=data["input"],
             idempotency_key=f"{_client(request)}:{key}" if key else "",
-            fingerprint=_fingerprint(agent, data) if key else "",
+            fingerprint=fingerprint({"agent": agent.slug, **data}) if key else "",
         )
         if wait:
-            run_wait(run.pk, wait)
-            run.refresh_from_db()
+            run = run_wait(run=run, timeout=wait)
         headers = {"Location": reverse("api-run", args=[run.pk])}
         if getattr(run, "replayed", False):
             headers["Idempotent-Replayed"] = "true"
@@ -152,29 +149,6 @@ def _wait_seconds(raw) -> int:
     if not raw.isdigit() or int(raw) > most:
         raise exceptions.ValidationError({"wait": [f"a whole number of seconds, 0 to {most}"]})
     return int(raw)
-
-
-def run_wait(run_id: int, seconds: float) -> str:
-    """Wait up to `seconds` for the run to settle (finish or park); its state then. Wakes on
-    the run's events (a streaming run's log) and looks at the database at least once a
-    second."""
-    import redis
-
-    client = redis.from_url(settings.REDIS_URL)
-    deadline = time.monotonic() + seconds
-    after = "$"
-    try:
-        while True:
-            state = Run.objects.filter(pk=run_id).values_list("state", flat=True).get()
-            remaining = deadline - time.monotonic()
-            if state in SETTLED or remaining <= 0:
-                return state
-            block = max(1, int(min(remaining, 1.0) * 1000))
-            got = client.xread({stream_key(run_id): after}, count=100, block=block)
-            if got:
-                after = got[0][1][-1][0]
-    finally:
-        client.close()
 
 
 class EventStreamRenderer(BaseRenderer):

@@ -262,3 +262,51 @@ def test_the_audit_trail_is_for_auditors(client, world, url):
     got = table(client, world, lambda c, auth: c.get(url, **auth))
 
     assert got == {p: 403 for p in PERSONAS} | {"admin": 200, "anonymous": 401}
+
+
+def test_the_openai_compatible_models(client, world, governed):
+    def listed(name):
+        response = client.get("/v1/models", **world.auth[name])
+        ids = (
+            [m["id"] for m in response.json().get("data", [])]
+            if response.status_code == 200
+            else []
+        )
+        return response.status_code, f"agent:{governed.agent.slug}" in ids
+
+    assert {name: listed(name) for name in PERSONAS} == expect(
+        admin=(200, True),
+        reviewer=(200, False),
+        member=(200, True),
+        outsider=(200, False),
+        denied=(200, False),
+        integration=(200, True),
+        anonymous=(401, False),
+    )
+
+
+def test_the_openai_compatible_completion(client, world, governed, settings):
+    settings.WARDEN_OPENAI_WAIT_SECONDS = 1  # no worker here: the answer says it still runs
+    before = Run.objects.count()
+
+    def complete(client, auth):
+        body = {
+            "model": f"agent:{governed.agent.slug}",
+            "messages": [{"role": "user", "content": "hi"}],
+        }
+        return client.post("/v1/chat/completions", body, content_type="application/json", **auth)
+
+    def unchanged():
+        assert Run.objects.count() == before
+
+    got = table(client, world, complete, unchanged, last=("admin", "member", "integration"))
+
+    assert got == expect(
+        admin=200,
+        reviewer=404,
+        member=200,
+        outsider=404,
+        denied=404,
+        integration=200,
+        anonymous=401,
+    )

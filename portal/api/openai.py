@@ -1,0 +1,527 @@
+"""The OpenAI-compatible surface: `POST /v1/chat/completions` and `GET /v1/models`.
+
+An OpenAI client (the official SDK, or anything that speaks the protocol) drives Warden's agents
+as models named `agent:<slug>`. Every request is a run started by `run_start`, so access, rate
+limits, budgets, guardrails, policy, approvals and the audit trail are the chat's own.
+
+- Conversation: each request starts a new conversation whose run's input is the last message
+  (it must be the user's). Earlier messages are ignored: the agent keeps its own system prompt
+  and history. To continue a Warden conversation, send `"conversation": <id>` (the `warden`
+  member of an earlier answer names it; `extra_body` in the SDK).
+- `Idempotency-Key`: the same key (per account) answers with the run it started before.
+- Waiting: the view follows the run's event stream in Redis (agents.events) until the run
+  ends or parks, checking the database (the truth) on each decisive event and every
+  `WAIT_POLL_SECONDS`. A run parked for a reviewer, or still going after
+  `WARDEN_OPENAI_WAIT_SECONDS`, answers at once: a message saying so, with the run's API URL,
+  and a `warden` member {run, state, conversation, url}; the run carries on without the caller.
+  A non-streaming request holds its thread (not its database connection) while it waits
+  (Django gives each ASGI request its own thread, and the middleware chain is synchronous
+  anyway); a streaming one waits on the event loop.
+- Errors are problem documents (portal.api.problems) that also carry OpenAI's `error` member
+  ({message, type, code}), which the SDK turns into its exceptions.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import weakref
+from dataclasses import dataclass, field
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import connection
+from django.db.models import Max
+from django.http import HttpRequest, StreamingHttpResponse
+from django.urls import reverse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
+from rest_framework import exceptions
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from agents.events import stream_key
+from agents.models import Conversation, Run, RunState, RunStep, StepKind
+from agents.selectors import (
+    SETTLED,
+    WAIT_POLL_SECONDS,
+    access_conversation,
+    agents_usable_by,
+    run_current,
+    run_decisive,
+    run_settled,
+    run_wait,
+)
+from agents.services import IdempotencyConflict as RunIdempotencyConflict
+from agents.services import RateLimited, RunDenied, RunError, run_start
+from governance.access import NoAccess
+from portal.api.auth import HasScope
+from portal.api.problems import exception_handler, problem_body
+from portal.api.runs import fingerprint
+
+PREFIX = "agent:"
+
+MAX_MESSAGE = 20_000  # as the chat's box
+ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
+
+
+def wait_seconds() -> float:
+    return float(settings.WARDEN_OPENAI_WAIT_SECONDS)
+
+
+# Errors ------------------------------------------------------------------------------------
+
+
+class ModelNotFound(exceptions.NotFound):
+    openai = ("invalid_request_error", "model_not_found")
+
+
+class ConversationNotFound(exceptions.NotFound):
+    openai = ("invalid_request_error", "conversation_not_found")
+
+
+class Refused(exceptions.PermissionDenied):
+    def __init__(self, detail: str, code: str):
+        super().__init__(detail)
+        self.openai = ("permission_error", code)
+
+
+class Invalid(exceptions.ValidationError):
+    """One field is wrong: OpenAI's `param` names it."""
+
+    openai = ("invalid_request_error", "invalid_request")
+
+    def __init__(self, param: str, message: str):
+        super().__init__({param: [message]})
+        self.param, self.message = param, message
+
+
+class IdempotencyConflict(exceptions.APIException):
+    status_code = 409
+    openai = ("invalid_request_error", "idempotency_key_reused")
+
+
+_KINDS = [
+    (exceptions.NotAuthenticated, "authentication_error", "invalid_api_key"),
+    (exceptions.AuthenticationFailed, "authentication_error", "invalid_api_key"),
+    (exceptions.PermissionDenied, "permission_error", "forbidden"),
+    (exceptions.NotFound, "invalid_request_error", "not_found"),
+    (exceptions.Throttled, "rate_limit_error", "rate_limit_exceeded"),
+    (exceptions.APIException, "invalid_request_error", None),
+]
+
+
+def openai_exception_handler(exc, context):
+    """The API's problem document, with OpenAI's `error` member beside it."""
+    response = exception_handler(exc, context)
+    if response is None:
+        return None
+    kind, code = getattr(exc, "openai", None) or next(
+        (k, c) for cls, k, c in _KINDS if isinstance(exc, cls)
+    )
+    message = getattr(exc, "message", None) or response.data["detail"]
+    if isinstance(exc, exceptions.ValidationError) and not isinstance(exc, Invalid):
+        message = f"{message}: {json.dumps(exc.detail)}"
+    response.data["error"] = {
+        "message": message,
+        "type": kind,
+        "param": getattr(exc, "param", None),
+        "code": code or exc.default_code,
+    }
+    return response
+
+
+def _error_body(request, status: int, slug, message: str, kind: str, code: str, **extra):
+    error = {"message": message, "type": kind, "param": None, "code": code}
+    return problem_body(request, status, slug, message, error=error, **extra)
+
+
+class OpenAIView(APIView):
+    permission_classes = [HasScope]
+    required_scope = "agents:run"
+
+    def get_exception_handler(self):
+        return openai_exception_handler
+
+
+# GET /v1/models ----------------------------------------------------------------------------
+
+
+def _model(agent) -> dict:
+    # Agents keep no creation time; OpenAI's field is required, so it says "unknown" as 0.
+    return {"id": f"{PREFIX}{agent.slug}", "object": "model", "created": 0, "owned_by": "warden"}
+
+
+class ModelList(OpenAIView):
+    @extend_schema(
+        summary="The agents the caller may use, as OpenAI models (`agent:<slug>`)",
+        tags=["openai"],
+        operation_id="openai_models_list",
+        responses={200: OpenApiTypes.OBJECT},
+    )
+    def get(self, request):
+        agents = agents_usable_by(request.user).order_by("slug").only("slug")
+        return Response({"object": "list", "data": [_model(a) for a in agents]})
+
+
+class ModelDetail(OpenAIView):
+    @extend_schema(
+        summary="One agent the caller may use, as an OpenAI model",
+        tags=["openai"],
+        operation_id="openai_models_retrieve",
+        responses={200: OpenApiTypes.OBJECT},
+    )
+    def get(self, request, model: str):
+        return Response(_model(_agent(request.user, model)))
+
+
+def _agent(user, model):
+    """The agent the model name means, if `user` may use it; else model_not_found."""
+    slug = model[len(PREFIX) :] if isinstance(model, str) and model.startswith(PREFIX) else None
+    agent = agents_usable_by(user).filter(slug=slug).first() if slug else None
+    if agent is None:
+        raise ModelNotFound(
+            f"The model {model!r} does not exist or you do not have access to it; "
+            f"Warden's models are the agents you may use, named {PREFIX}<slug> (GET /v1/models)"
+        )
+    return agent
+
+
+# POST /v1/chat/completions -----------------------------------------------------------------
+
+
+@dataclass
+class Ask:
+    model: str
+    input: str
+    stream: bool = False
+    include_usage: bool = False
+    conversation: int | None = None
+
+
+def _text(content, n: int) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text":
+                raise Invalid(f"messages[{n}].content", "only text content parts are supported")
+            if not isinstance(part.get("text"), str):
+                raise Invalid(f"messages[{n}].content", "a text part needs a string `text`")
+            parts.append(part["text"])
+        return "\n".join(parts)
+    raise Invalid(f"messages[{n}].content", "content must be a string or a list of text parts")
+
+
+def _ask(data) -> Ask:
+    if not isinstance(data, dict):
+        raise Invalid("body", "the body must be a JSON object")
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        raise Invalid("model", "`model` is required: an agent, as agent:<slug>")
+    messages = data.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise Invalid("messages", "`messages` must be a non-empty list")
+    for n, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            raise Invalid(f"messages[{n}]", "each message needs a known `role`")
+    last = messages[-1]
+    if last["role"] != "user":
+        raise Invalid("messages", "the last message must be the user's: it is the agent's input")
+    text = _text(last.get("content"), len(messages) - 1)
+    if not text.strip():
+        raise Invalid("messages", "the last message is empty")
+    if len(text) > MAX_MESSAGE:
+        raise Invalid("messages", f"the message is longer than {MAX_MESSAGE} characters")
+    stream = data.get("stream", False)
+    if not isinstance(stream, bool):
+        raise Invalid("stream", "`stream` must be true or false")
+    if data.get("n", 1) not in (1, None):
+        raise Invalid("n", "an agent gives one answer: `n` must be 1")
+    if data.get("tools") or data.get("functions"):
+        raise Invalid("tools", "agents call their own governed tools; `tools` is not accepted")
+    options = data.get("stream_options") or {}
+    conversation = data.get("conversation")
+    if conversation is not None and (type(conversation) is not int or conversation < 1):
+        raise Invalid("conversation", "`conversation` must be a Warden conversation id")
+    return Ask(
+        model=model,
+        input=text,
+        stream=stream,
+        include_usage=isinstance(options, dict) and options.get("include_usage") is True,
+        conversation=conversation,
+    )
+
+
+class ChatCompletions(OpenAIView):
+    @extend_schema(
+        summary="Run an agent as an OpenAI chat completion (`agent:<slug>`), streaming or not",
+        tags=["openai"],
+        operation_id="openai_chat_completions",
+        request=OpenApiTypes.OBJECT,
+        responses={200: OpenApiTypes.OBJECT},
+    )
+    def post(self, request):
+        ask = _ask(request.data)
+        run = _start(request, ask)
+        # The wait may be long: its connection goes back now (a decisive event opens one).
+        if not connection.in_atomic_block:
+            connection.close()
+        if ask.stream:
+            response = StreamingHttpResponse(
+                _events(request, run, ask), content_type="text/event-stream"
+            )
+            response["Cache-Control"] = "no-cache"
+            response["X-Accel-Buffering"] = "no"
+            return response
+        done = run_wait(run=run, timeout=wait_seconds())
+        status, body = _answer(request, done, ask)
+        content_type = "application/json" if status == 200 else "application/problem+json"
+        return Response(body, status=status, content_type=content_type)
+
+
+def _start(request, ask: Ask) -> Run:
+    user = request.user
+    agent = _agent(user, ask.model)
+    key = request.headers.get("Idempotency-Key", "")
+    if len(key) > 150:
+        raise Invalid("Idempotency-Key", "the key is longer than 150 characters")
+    try:
+        if ask.conversation is not None:
+            conversation = access_conversation(user, ask.conversation)
+            if conversation.agent_id != agent.pk:
+                raise NoAccess("no such conversation")
+        else:  # saved with its run: a refusal leaves no empty conversation behind
+            title = " ".join(ask.input.split())[:80]
+            conversation = Conversation(owner=user, agent=agent, title=title)
+        request_digest = {"agent": agent.slug, "input": ask.input, "conversation": ask.conversation}
+        return run_start(
+            agent=agent,
+            conversation=conversation,
+            actor=user,
+            input=ask.input,
+            idempotency_key=f"openai:{key}" if key else "",
+            fingerprint=fingerprint(request_digest) if key else "",
+            stream=True,  # the events are what the wait follows
+        )
+    except RunIdempotencyConflict as exc:
+        raise IdempotencyConflict(str(exc)) from None
+    except (NoAccess, RunError) as exc:
+        raise _refusal(exc, ask.model) from None
+
+
+def _refusal(exc: NoAccess | RunError, model: str) -> exceptions.APIException:
+    if isinstance(exc, NoAccess):
+        return ConversationNotFound(f"no such conversation with {model}")
+    if isinstance(exc, RateLimited):
+        throttled = exceptions.Throttled(wait=exc.retry_after, detail=str(exc))
+        throttled.openai = ("rate_limit_error", "rate_limit_exceeded")
+        throttled.message = str(exc)
+        return throttled
+    if isinstance(exc, RunDenied):
+        reasons = exc.decision.reasons
+        if "agent.forbidden" in reasons:  # as the policy says it: missing and forbidden alike
+            return ModelNotFound(f"The model {model!r} does not exist or you do not have access")
+        if "budget.exhausted" in reasons:
+            return Refused(str(exc), "budget_exhausted")
+        if any(r.startswith("guardrail.") for r in reasons):
+            return Refused(str(exc), "guardrail_blocked")
+        return Refused(str(exc), "policy_denied")
+    if isinstance(exc, RunError):
+        return Invalid("messages", str(exc))
+    return exc
+
+
+# Following a run ---------------------------------------------------------------------------
+
+
+_async_redis: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _aredis():
+    import asyncio
+
+    from agents.events import redis_client
+
+    loop = asyncio.get_running_loop()
+    if loop not in _async_redis:
+        _async_redis[loop] = redis_client()
+    return _async_redis[loop]
+
+
+@dataclass
+class Tokens:
+    """What has been streamed of the answer. Tokens carry the run's fencing token (`attempt`):
+    once a later attempt starts, what an earlier one streamed is void, so streaming stops and
+    the final answer is sent whole after a note."""
+
+    attempt: int = 0
+    step: int | None = None
+    text: dict[int, str] = field(default_factory=dict)  # by step, of `attempt`
+    sent: bool = False
+    void: bool = False
+
+    def take(self, event: dict) -> str:
+        """The text to send for a token event ('' for none)."""
+        attempt, step, text = event.get("attempt", 0), event.get("step", 0), event["text"]
+        if self.void or attempt < self.attempt:
+            return ""
+        if attempt > self.attempt:
+            if self.sent:
+                self.void = True
+                return ""
+            self.attempt, self.text = attempt, {}
+        prefix = "\n\n" if self.sent and step != self.step and step not in self.text else ""
+        self.step = step
+        self.text[step] = self.text.get(step, "") + text
+        self.sent = True
+        return prefix + text
+
+    def rest(self, answer: str, step: int | None) -> str:
+        """What remains to send of the final answer, the model's step `step`."""
+        streamed = self.text.get(step, "") if step is not None else ""
+        if self.void:
+            return f"\n\n(The answer restarted after an interruption; in full:)\n\n{answer}"
+        if streamed and answer.startswith(streamed):
+            return answer[len(streamed) :]
+        if self.sent:
+            return f"\n\n{answer}"
+        return answer
+
+
+def _final_step(run_id: int) -> int | None:
+    found = RunStep.objects.filter(run_id=run_id, kind=StepKind.MODEL).aggregate(last=Max("index"))
+    return found["last"]
+
+
+async def _events(request: HttpRequest, run: Run, ask: Ask):
+    """The SSE stream: the answer's tokens as they come, then the end (or the error)."""
+    import redis
+
+    base = {
+        "id": f"chatcmpl-warden-{run.pk}",
+        "object": "chat.completion.chunk",
+        "created": int(run.created_at.timestamp()),
+        "model": ask.model,
+    }
+
+    def chunk(delta: dict, finish=None, **extra) -> bytes:
+        body = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        return f"data: {json.dumps({**body, **extra})}\n\n".encode()
+
+    yield chunk({"role": "assistant", "content": ""})
+    tokens = Tokens()
+    settled = run if run.state in SETTLED else None
+    client, key, last = _aredis(), stream_key(run.pk), "0-0"
+    deadline = time.monotonic() + wait_seconds()
+    check = False
+    while settled is None:
+        if check and (settled := await sync_to_async(run_settled)(run.pk)) is not None:
+            break
+        left = deadline - time.monotonic()
+        if left <= 0:
+            settled = await sync_to_async(run_current)(run.pk)
+            break
+        try:
+            block = max(1, int(min(left, WAIT_POLL_SECONDS) * 1000))
+            found = await client.xread({key: last}, block=block)
+        except redis.RedisError:
+            import asyncio
+
+            await asyncio.sleep(min(left, WAIT_POLL_SECONDS))
+            found = []
+        check = not found
+        for _, entries in found:
+            for sid, fields in entries:
+                last = sid
+                event = json.loads(fields[b"e"])
+                if event.get("type") == "token" and (text := tokens.take(event)):
+                    yield chunk({"content": text})
+                check = check or run_decisive(event)
+    warden = _warden(request, settled)
+    if settled.state not in _ENDED:
+        if settled.state == RunState.SUCCEEDED:
+            rest = tokens.rest(settled.answer, await sync_to_async(_final_step)(run.pk))
+        else:
+            rest = ("\n\n" if tokens.sent else "") + _notice(settled, warden["url"])
+        if rest:
+            yield chunk({"content": rest})
+        yield chunk({}, "stop", warden=warden)
+        if ask.include_usage:
+            usage = {**base, "choices": [], "usage": _usage(settled), "warden": warden}
+            yield f"data: {json.dumps(usage)}\n\n".encode()
+    else:
+        _, body = _answer(request, settled, ask)
+        yield f"data: {json.dumps({'error': body['error'], 'warden': warden})}\n\n".encode()
+    yield b"data: [DONE]\n\n"
+
+
+# Answers -----------------------------------------------------------------------------------
+
+
+def _warden(request, run: Run) -> dict:
+    return {
+        "run": run.pk,
+        "state": str(run.state),
+        "conversation": run.conversation_id,
+        "url": request.build_absolute_uri(reverse("api-run", args=[run.pk])),
+    }
+
+
+def _notice(run: Run, url: str) -> str:
+    """What a caller reads when the run has not ended: it waits for somebody, or takes long."""
+    if run.state == RunState.AWAITING_APPROVAL:
+        return (
+            f"Run {run.pk} is waiting for a reviewer to approve a tool call; it continues once "
+            f"they decide. Its state and answer: {url}"
+        )
+    if run.state == RunState.AWAITING_REVIEW:
+        return (
+            f"Run {run.pk}'s answer is held for a reviewer; it is released once they decide. "
+            f"Its state and answer: {url}"
+        )
+    return (
+        f"Run {run.pk} is still {run.state} after {wait_seconds():g} seconds; it carries on. "
+        f"Its state and answer: {url}"
+    )
+
+
+def _usage(run: Run) -> dict:
+    return {
+        "prompt_tokens": run.prompt_tokens,
+        "completion_tokens": run.completion_tokens,
+        "total_tokens": run.prompt_tokens + run.completion_tokens,
+    }
+
+
+# An ended run that did not succeed: (status, problem slug, OpenAI type, code).
+_ENDED = {
+    RunState.FAILED: (502, None, "server_error", "run_failed"),
+    RunState.REJECTED: (403, "forbidden", "permission_error", "run_rejected"),
+    RunState.CANCELLED: (409, None, "invalid_request_error", "run_cancelled"),
+}
+
+
+def _answer(request, run: Run, ask: Ask) -> tuple[int, dict]:
+    warden = _warden(request, run)
+    if run.state in _ENDED:
+        status, slug, kind, code = _ENDED[run.state]
+        message = f"run {run.pk} {run.state}: {run.error or 'no reason was recorded'}"
+        return status, _error_body(request, status, slug, message, kind, code, warden=warden)
+    content = run.answer if run.state == RunState.SUCCEEDED else _notice(run, warden["url"])
+    return 200, {
+        "id": f"chatcmpl-warden-{run.pk}",
+        "object": "chat.completion",
+        "created": int(run.created_at.timestamp()),
+        "model": ask.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": _usage(run),
+        "warden": warden,
+    }
