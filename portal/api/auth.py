@@ -51,8 +51,18 @@ class PersonalAccessTokenAuthentication(BaseAuthentication):
         return 'Bearer realm="api"'
 
 
+def scopes_for(view, method: str) -> list[str]:
+    """The scopes that admit a request to `view`: its `required_scope`, or any one of
+    `required_scopes[method]` (a dict of method to scopes, `"*"` for the other methods)."""
+    by_method = getattr(view, "required_scopes", None)
+    if by_method is None:
+        return [view.required_scope]
+    return list(by_method.get(method.upper(), by_method["*"]))
+
+
 class HasScope(BasePermission):
-    """The view's `required_scope` is among the token's scopes (a session needs none)."""
+    """The token holds a scope that admits the request (a browser session needs none). Scopes
+    only narrow: the view's access checks still decide what the account may do."""
 
     message = "the token lacks the scope this endpoint requires"
 
@@ -60,9 +70,9 @@ class HasScope(BasePermission):
         token = request.auth
         if token is None or not hasattr(token, "scope"):
             return request.user is not None and request.user.is_authenticated
-        required = view.required_scope
-        self.message = f"the token lacks the scope {required!r}"
-        return token.is_valid([required])
+        scopes = scopes_for(view, request.method)
+        self.message = "the token lacks the scope " + " or ".join(repr(s) for s in scopes)
+        return any(token.is_valid([scope]) for scope in scopes)
 
 
 # The schema describes these authentications (DOT's own as drf-spectacular describes it).
@@ -74,14 +84,8 @@ class ApplicationOAuth2Scheme(DjangoOAuthToolkitScheme):
     target_class = ApplicationOAuth2Authentication
 
     def get_security_requirement(self, auto_schema):
-        view = auto_schema.view
-        scope = getattr(view, "required_scope", None)
-        if scope is None:  # per method, any one of them: {"POST": [...], "*": [...]}
-            by_method = getattr(view, "required_scopes", None) or {}
-            method = auto_schema.method.upper()
-            scopes = by_method.get(method, by_method.get("*", []))
-            return [{self.name: [one]} for one in scopes] or {self.name: []}
-        return {self.name: [scope]}
+        # Any one of the scopes admits it: one requirement each (a list in one would mean all).
+        return [{self.name: [one]} for one in scopes_for(auto_schema.view, auto_schema.method)]
 
 
 class PersonalAccessTokenScheme(OpenApiAuthenticationExtension):

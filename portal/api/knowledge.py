@@ -22,7 +22,7 @@ from agents.knowledge.selectors import (
 from agents.knowledge.services import document_add, max_bytes
 from governance.access import NoAccess
 from governance.models import Action
-from portal.api.scopes import HasAnyScope
+from portal.api.auth import HasScope
 
 # Reading what one uploaded is part of uploading; admin:read reads the registry.
 READ = ["admin:read", "knowledge:write"]
@@ -87,7 +87,7 @@ def _knowledge_base(user, slug: str) -> KnowledgeBase:
 )
 class KnowledgeBaseList(generics.ListAPIView):
     serializer_class = KnowledgeBaseSerializer
-    permission_classes = [HasAnyScope]
+    permission_classes = [HasScope]
     required_scopes = {"*": READ}
 
     def get_queryset(self):
@@ -115,7 +115,7 @@ class KnowledgeBaseList(generics.ListAPIView):
 @extend_schema(tags=["knowledge"])
 class DocumentList(generics.ListCreateAPIView):
     serializer_class = DocumentSerializer
-    permission_classes = [HasAnyScope]
+    permission_classes = [HasScope]
     required_scopes = {"POST": ["knowledge:write"], "*": READ}
     parser_classes = [MultiPartParser]
 
@@ -145,7 +145,7 @@ class DocumentList(generics.ListCreateAPIView):
 )
 class DocumentDetail(generics.RetrieveAPIView):
     serializer_class = DocumentSerializer
-    permission_classes = [HasAnyScope]
+    permission_classes = [HasScope]
     required_scopes = {"*": READ}
 
     def get_object(self):

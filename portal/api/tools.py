@@ -12,8 +12,8 @@ from rest_framework.response import Response
 
 from governance.access import NoAccess, access_tool
 from governance.models import Action
+from portal.api.auth import HasScope
 from portal.api.parsers import too_deep
-from portal.api.scopes import HasAnyScope
 from tools.models import Tool
 from tools.schemas import parameters_problem
 from tools.services import TOOL_FIELDS, tool_create, tool_update
@@ -84,7 +84,7 @@ def _require(user, permission: str) -> None:
 @extend_schema(tags=["tools"])
 class ToolList(generics.ListCreateAPIView):
     serializer_class = ToolSerializer
-    permission_classes = [HasAnyScope]
+    permission_classes = [HasScope]
     required_scopes = SCOPES
 
     def get_queryset(self):
@@ -115,7 +115,7 @@ class ToolList(generics.ListCreateAPIView):
 @extend_schema(tags=["tools"])
 class ToolDetail(generics.RetrieveUpdateAPIView):
     serializer_class = ToolSerializer
-    permission_classes = [HasAnyScope]
+    permission_classes = [HasScope]
     required_scopes = SCOPES
     http_method_names = ["get", "patch", "head", "options"]
 
