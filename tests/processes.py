@@ -21,6 +21,7 @@ import psutil
 from portal.embedded import die_with_parent
 
 ROOT = Path(__file__).resolve().parent.parent
+ASGI = "portal.asgi:application"
 
 
 def production_env(**extra: str) -> dict[str, str]:
@@ -177,3 +178,50 @@ def http_get(url: str, timeout: float = 5) -> tuple[int, str]:
         return exc.code, exc.read().decode()
     except (urllib.error.URLError, OSError) as exc:
         return 0, str(exc)
+
+
+@contextlib.contextmanager
+def daphne_on_test_database(port: int, **env: str):
+    """daphne serving Warden on 127.0.0.1:`port` with the test database (the caller's test
+    must commit its writes: `committing_db`); yields its URL once /healthz answers."""
+    from django.db import connection
+
+    web = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "daphne",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "portal.asgi:application",
+        ],
+        env={
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            "WARDEN_TEST_DATABASE": connection.settings_dict["NAME"],
+            **env,
+        },
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert web.poll() is None, web.stderr.read().decode()[-2000:]
+            try:
+                urllib.request.urlopen(f"{url}/healthz", timeout=1)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "daphne did not answer within 30 s"
+                time.sleep(0.2)
+        yield url
+    finally:
+        web.terminate()
+        try:
+            web.wait(20)
+        except subprocess.TimeoutExpired:
+            web.kill()
+            web.wait()

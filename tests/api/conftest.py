@@ -1,4 +1,9 @@
-"""The governance personas and agents (tests/governance/conftest.py), for the API's tests."""
+"""The governance personas and agents (tests/governance/conftest.py), and OAuth2 client
+applications with their tokens, for the API's tests."""
+
+import base64
+
+import pytest
 
 from tests.governance.conftest import (  # noqa: F401 - fixtures
     assistant,
@@ -8,3 +13,47 @@ from tests.governance.conftest import (  # noqa: F401 - fixtures
     role_groups,
     team,
 )
+
+SECRET = "s3cret-for-the-test-only"
+
+
+def application_for(user, name: str = "CRM"):
+    """A confidential client-credentials application acting as `user`, secret SECRET."""
+    from oauth2_provider.models import Application
+
+    return Application.objects.create(
+        name=name,
+        client_type=Application.CLIENT_CONFIDENTIAL,
+        authorization_grant_type=Application.GRANT_CLIENT_CREDENTIALS,
+        user=user,
+        client_secret=SECRET,
+    )
+
+
+def token_of(client, application, scope: str) -> str:
+    """An access token from POST /o/token/ (client credentials, HTTP Basic)."""
+    basic = base64.b64encode(f"{application.client_id}:{SECRET}".encode()).decode()
+    response = client.post(
+        "/o/token/",
+        {"grant_type": "client_credentials", "scope": scope},
+        HTTP_AUTHORIZATION=f"Basic {basic}",
+    )
+    assert response.status_code == 200, response.content
+    return response.json()["access_token"]
+
+
+@pytest.fixture
+def application(people):  # noqa: F811 - the fixture imported above
+    """The integration account's application."""
+    return application_for(people.integration)
+
+
+@pytest.fixture
+def bearer(client):
+    """`bearer(user, scope)`: the Authorization header of a new application of `user`'s."""
+
+    def issue(user, scope: str) -> dict:
+        token = token_of(client, application_for(user, f"app of {user.username}"), scope)
+        return {"HTTP_AUTHORIZATION": f"Bearer {token}"}
+
+    return issue

@@ -1,35 +1,16 @@
 """The API's conventions: who a request acts as (session, OAuth2 client credentials with
 scopes), problem documents with stable types, the request id, cursor pages, the schema."""
 
-import base64
-
 import pytest
 from oauth2_provider.models import Application
 
+from tests.api.conftest import SECRET, token_of
+
 pytestmark = pytest.mark.django_db
-SECRET = "s3cret-for-the-test-only"
-
-
-@pytest.fixture
-def application(people):
-    return Application.objects.create(
-        name="CRM",
-        client_type=Application.CLIENT_CONFIDENTIAL,
-        authorization_grant_type=Application.GRANT_CLIENT_CREDENTIALS,
-        user=people.integration,
-        client_secret=SECRET,
-    )
 
 
 def token(client, application, scope: str) -> str:
-    basic = base64.b64encode(f"{application.client_id}:{SECRET}".encode()).decode()
-    response = client.post(
-        "/o/token/",
-        {"grant_type": "client_credentials", "scope": scope},
-        HTTP_AUTHORIZATION=f"Basic {basic}",
-    )
-    assert response.status_code == 200, response.content
-    return response.json()["access_token"]
+    return token_of(client, application, scope)
 
 
 def test_without_credentials_the_answer_is_a_problem_document(client):

@@ -5,11 +5,7 @@ OpenAI-compatible server; every request governed as a chat message is."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
@@ -26,10 +22,10 @@ from audit.services import SYSTEM
 from governance.models import Action, ApprovalRequest
 from governance.services import access_grant
 from tests.model_server import Reply
+from tests.processes import daphne_on_test_database
 from tools.models import Tool
 
 SECRET = "s3cret-for-the-test-only"
-ASGI = "portal.asgi:application"
 ANSWER = "The VPN is back up for everyone."
 
 
@@ -66,34 +62,8 @@ def live(committing_db, server, unused_tcp_port):
     """daphne on the test database (runs need a worker too: `start_worker()`)."""
     from django.db import connection
 
-    web = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(unused_tcp_port), ASGI],
-        env={
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": "tests.settings",
-            "WARDEN_TEST_DATABASE": connection.settings_dict["NAME"],
-            "WARDEN_OPENAI_WAIT_SECONDS": "60",
-        },
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{unused_tcp_port}"
-    deadline = time.monotonic() + 30
-    while True:
-        assert web.poll() is None, web.stderr.read().decode()[-2000:]
-        try:
-            urllib.request.urlopen(f"{url}/healthz", timeout=1)
-            break
-        except OSError:
-            assert time.monotonic() < deadline, "daphne did not answer within 30 s"
-            time.sleep(0.2)
-    yield Live(url, server)
-    web.terminate()
-    try:
-        web.wait(20)
-    except subprocess.TimeoutExpired:
-        web.kill()
-        web.wait()
+    with daphne_on_test_database(unused_tcp_port, WARDEN_OPENAI_WAIT_SECONDS="60") as url:
+        yield Live(url, server)
     connection.close()  # the flush after the test waits for nobody
 
 

@@ -3,7 +3,6 @@ documents, the audit trail. Each goes through the governance check the browser u
 allowed persona gets exact data, anyone else a 404 (missing and forbidden alike) and, for a
 write, nothing changes; a token without the scope gets 403, no credentials 401."""
 
-import base64
 import json
 
 import pytest
@@ -11,7 +10,6 @@ from django.contrib.auth.models import Permission
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
-from oauth2_provider.models import Application
 
 from agents.knowledge.models import Document
 from agents.models import Conversation, Message, Run
@@ -22,31 +20,6 @@ from tests.governance.conftest import help_desk, parked  # noqa: F401 - a fixtur
 from tools.models import Tool
 
 pytestmark = pytest.mark.django_db
-SECRET = "s3cret-for-the-test-only"
-
-
-@pytest.fixture
-def bearer(client):
-    """A client-credentials token of an application acting as `user`, with `scope`."""
-
-    def issue(user, scope: str) -> dict:
-        application = Application.objects.create(
-            name=f"app of {user.username}",
-            client_type=Application.CLIENT_CONFIDENTIAL,
-            authorization_grant_type=Application.GRANT_CLIENT_CREDENTIALS,
-            user=user,
-            client_secret=SECRET,
-        )
-        basic = base64.b64encode(f"{application.client_id}:{SECRET}".encode()).decode()
-        response = client.post(
-            "/o/token/",
-            {"grant_type": "client_credentials", "scope": scope},
-            HTTP_AUTHORIZATION=f"Basic {basic}",
-        )
-        assert response.status_code == 200, response.content
-        return {"HTTP_AUTHORIZATION": f"Bearer {response.json()['access_token']}"}
-
-    return issue
 
 
 def problem(response, status: int, slug: str) -> dict:

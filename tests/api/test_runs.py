@@ -1,7 +1,6 @@
 """Runs through the API: started idempotently (per client), waited for, followed as
 Server-Sent Events (resumable), cancelled; always the caller's own."""
 
-import base64
 import json
 import threading
 import time
@@ -9,7 +8,6 @@ import time
 import pytest
 from asgiref.sync import async_to_sync
 from django.test import AsyncClient, Client
-from oauth2_provider.models import Application
 
 from agents.events import publish, redis_client, stream_key
 from agents.models import Conversation, Run, RunState
@@ -17,11 +15,11 @@ from agents.orchestrator import run_execute
 from audit.models import AuditEvent
 from governance.models import ApprovalRequest, ApprovalStatus
 from portal.tokens import token_create
+from tests.api.conftest import application_for, token_of
 from tests.governance.conftest import parked
 from tests.model_server import Reply
 
 pytestmark = pytest.mark.django_db
-SECRET = "s3cret-for-the-test-only"
 ALL = ["agents:run", "runs:read"]
 
 
@@ -31,20 +29,8 @@ def pat(user, scopes=ALL) -> dict:
 
 
 def app_token(client, user, scope="agents:run runs:read") -> dict:
-    application = Application.objects.create(
-        name="CRM",
-        client_type=Application.CLIENT_CONFIDENTIAL,
-        authorization_grant_type=Application.GRANT_CLIENT_CREDENTIALS,
-        user=user,
-        client_secret=SECRET,
-    )
-    basic = base64.b64encode(f"{application.client_id}:{SECRET}".encode()).decode()
-    response = client.post(
-        "/o/token/",
-        {"grant_type": "client_credentials", "scope": scope},
-        HTTP_AUTHORIZATION=f"Basic {basic}",
-    )
-    return {"HTTP_AUTHORIZATION": f"Bearer {response.json()['access_token']}"}
+    token = token_of(client, application_for(user), scope)
+    return {"HTTP_AUTHORIZATION": f"Bearer {token}"}
 
 
 def start(client, agent, auth, body=None, key=None, query=""):

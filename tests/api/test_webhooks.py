@@ -39,17 +39,6 @@ LOOPBACK = ["127.0.0.1/32"]
 
 
 @pytest.fixture
-def application(people):
-    return Application.objects.create(
-        name="CRM",
-        client_type=Application.CLIENT_CONFIDENTIAL,
-        authorization_grant_type=Application.GRANT_CLIENT_CREDENTIALS,
-        user=people.integration,
-        client_secret="s3cret-for-the-test-only",
-    )
-
-
-@pytest.fixture
 def other_application(people):
     return Application.objects.create(
         name="ERP",
@@ -806,11 +795,12 @@ def test_a_new_encryption_key_re_encrypts_the_webhook_secrets(settings, applicat
     settings.WARDEN_ENCRYPTION_KEY = [new_key, old_key]
     out = StringIO()
 
-    call_command("webhook_secrets_rotate", stdout=out)
+    call_command("secrets_rotate", stdout=out)  # the one command for every secret
 
-    assert out.getvalue().strip() == (
-        "Re-encrypted 1 webhook secret(s) under the newest key; 0 already used it."
-    )
+    assert out.getvalue().splitlines() == [
+        "Rotated 0 secret(s) to the newest key; 0 already used it.",
+        "Rotated 1 webhook secret(s) to the newest key; 0 already used it.",
+    ]
     settings.WARDEN_ENCRYPTION_KEY = [new_key]  # the old key dropped
     webhook.refresh_from_db()
     assert decrypt(webhook.secret_ciphertext) == secret

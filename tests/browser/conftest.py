@@ -11,15 +11,14 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-import sys
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from tests.chromium import CHROMIUM, CHROMIUM_ARGS
+from tests.processes import daphne_on_test_database
 
 ARTIFACTS = Path(
     os.environ.get("WARDEN_TEST_ARTIFACTS")
@@ -69,43 +68,14 @@ def portal(committing_db, start_worker, server, tmp_path, unused_tcp_port):
     while handbook.exclude(status=DocumentStatus.READY).exists() or not handbook.exists():
         assert time.monotonic() < deadline, "the handbook was not ingested within 90 s"
         time.sleep(0.2)
-    web = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "daphne",
-            "-b",
-            "127.0.0.1",
-            "-p",
-            str(unused_tcp_port),
-            "portal.asgi:application",
-        ],
-        env={
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": "tests.settings",
-            "WARDEN_TEST_DATABASE": connection.settings_dict["NAME"],
-        },
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{unused_tcp_port}"
-    deadline = time.monotonic() + 30
-    while True:
-        assert web.poll() is None, web.stderr.read().decode()[-2000:]
-        try:
-            urllib.request.urlopen(f"{url}/healthz", timeout=1)
-            break
-        except OSError:
-            assert time.monotonic() < deadline, "daphne did not answer within 30 s"
-            time.sleep(0.2)
-    yield Portal(url, {x.username: x.password for x in logins if x.password}, server)
-    for process in (web, worker):
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with daphne_on_test_database(unused_tcp_port) as url:
+        yield Portal(url, {x.username: x.password for x in logins if x.password}, server)
+    worker.terminate()
+    try:
+        worker.wait(20)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        worker.wait()
     # Their connections end with them, but the server may take a moment to see it; the test
     # database is dropped (or emptied) only when nobody else is on it.
     deadline = time.monotonic() + 10
