@@ -245,6 +245,12 @@ class Run(models.Model):
     )
     state = models.CharField(max_length=20, choices=RunState.choices, default=RunState.QUEUED)
     idempotency_key = models.CharField(max_length=200, blank=True)
+    client_application_id = models.PositiveBigIntegerField(
+        null=True,
+        blank=True,
+        help_text="The OAuth2 application whose token started the run (its webhooks hear of "
+        "it); empty for the browser, a personal access token, or Warden itself.",
+    )
     idempotency_fingerprint = models.CharField(
         max_length=64,
         blank=True,

@@ -287,6 +287,22 @@ def run_current(run_id: int) -> Run:
     return Run.objects.select_related("agent").get(pk=run_id)
 
 
+def releasing(read):
+    """`read`, then the thread's database connection closed (outside a transaction): a long
+    wait that looks now and then must not hold one of PostgreSQL's connections throughout."""
+
+    def released(*args, **kwargs):
+        from django.db import connection
+
+        try:
+            return read(*args, **kwargs)
+        finally:
+            if not connection.in_atomic_block:
+                connection.close()
+
+    return released
+
+
 def run_wait(*, run: Run, timeout: float) -> Run:
     """The run once it ends or parks, or as it stands after `timeout` seconds. Follows the run's
     event log in Redis (agents.events) and asks the database on each decisive event and every
@@ -306,12 +322,13 @@ def run_wait(*, run: Run, timeout: float) -> Run:
     client, key, last = _sync_redis["client"], stream_key(run.pk), "0-0"
     deadline = time.monotonic() + timeout
     check = False
+    releasing(lambda: None)()  # the request's own queries are done: its connection goes back
     while True:
-        if check and (settled := run_settled(run.pk)) is not None:
+        if check and (settled := releasing(run_settled)(run.pk)) is not None:
             return settled
         left = deadline - time.monotonic()
         if left <= 0:
-            return run_current(run.pk)
+            return releasing(run_current)(run.pk)
         try:
             block = max(1, int(min(left, WAIT_POLL_SECONDS) * 1000))
             found = client.xread({key: last}, block=block)

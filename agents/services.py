@@ -98,12 +98,14 @@ def run_start(
     idempotency_key: str = "",
     fingerprint: str = "",
     stream: bool = True,
+    client_application_id: int | None = None,
 ) -> Run:
     """Queue a run of `agent` on the actor's message; the same idempotency key returns the
     run it started before instead of a second one, if `fingerprint` (a digest of the request)
     is the same too, and raises IdempotencyConflict if not. `stream` publishes the run's steps
     and the answer's tokens to its channel group as they happen (for somebody watching live).
     An unsaved `conversation` is saved with the run (so a refusal leaves no empty one behind).
+    `client_application_id` names the OAuth2 application that asked, if one did.
 
     The policy decision point decides first (governance.policy); a denial is audited and
     raised as RunDenied, and nothing else is written."""
@@ -135,7 +137,15 @@ def run_start(
         raise RunDenied(message, decision)
     try:
         return _queued(
-            agent, conversation, actor, input, idempotency_key, fingerprint, stream, decision
+            agent,
+            conversation,
+            actor,
+            input,
+            decision,
+            idempotency_key=idempotency_key,
+            fingerprint=fingerprint,
+            stream=stream,
+            client_application_id=client_application_id,
         )
     except IntegrityError:
         # The same key, at the same moment, from a concurrent request: its run is the answer.
@@ -156,7 +166,7 @@ def _idempotent(actor, key: str, fingerprint: str) -> Run | None:
     return existing
 
 
-def _queued(agent, conversation, actor, input, idempotency_key, fingerprint, stream, decision):
+def _queued(agent, conversation, actor, input, decision, **fields):
     with transaction.atomic():
         if conversation.pk is None:  # a new conversation exists only with its first run
             conversation.save()
@@ -165,9 +175,10 @@ def _queued(agent, conversation, actor, input, idempotency_key, fingerprint, str
             conversation=conversation,
             actor=actor,
             input=input,
-            idempotency_key=idempotency_key,
-            idempotency_fingerprint=fingerprint,
-            stream=stream,
+            idempotency_key=fields["idempotency_key"],
+            idempotency_fingerprint=fields["fingerprint"],
+            stream=fields["stream"],
+            client_application_id=fields["client_application_id"],
         )
         Message.objects.create(
             conversation=conversation, run=run, role=MessageRole.USER, content=input

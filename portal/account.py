@@ -31,7 +31,7 @@ def tokens_page(request: HttpRequest) -> HttpResponse:
             "days": request.POST.get("days", ""),
         }
         try:
-            days = int(typed["days"]) if typed["days"].isdigit() else 0
+            days = int(typed["days"]) if typed["days"].isascii() and typed["days"].isdigit() else 0
             if "\x00" in typed["name"]:
                 raise TokenError("the name contains a NUL character")
             _, secret = token_create(

@@ -178,6 +178,7 @@ OAUTH2_PROVIDER = {
         "knowledge:write": "Upload documents to knowledge bases the account may write",
         "audit:read": "Read and export the audit trail",
         "admin:read": "Read the registry: tools, routes, knowledge bases",
+        "admin:write": "Change the registry (tools), where the account holds the permission",
     },
     "DEFAULT_SCOPES": [],  # a token has the scopes it asked for and was allowed, no more
     "ACCESS_TOKEN_EXPIRE_SECONDS": env_int("WARDEN_TOKEN_SECONDS", 3600, minimum=60),
@@ -198,6 +199,9 @@ OAUTH2_PROVIDER = {
 # A run's event stream (GET /api/v1/runs/{id}/events) is closed after this long, to be resumed
 # with Last-Event-ID: no connection is held forever by a run parked for a reviewer.
 WARDEN_SSE_MAX_SECONDS = env_int("WARDEN_SSE_MAX_SECONDS", 300, minimum=10)
+# How many long requests (a `?wait`, an event stream, an OpenAI-compatible completion) one
+# account may hold open at once.
+WARDEN_API_MAX_WAITS = env_int("WARDEN_API_MAX_WAITS", 8, minimum=1)
 # The longest `?wait=N` a request to start a run may ask for.
 WARDEN_API_MAX_WAIT = env_int("WARDEN_API_MAX_WAIT", 60, minimum=0)
 # DOT's own models, named so that migrations can refer to the (swappable) application model.

@@ -283,7 +283,7 @@ def webhook_verify(
         if not sep:
             raise WebhookSignatureError("malformed signature header: expected t=...,v1=...")
         if key == "t":
-            if not value.isdigit() or timestamp is not None:
+            if not (value.isascii() and value.isdigit()) or timestamp is not None:
                 raise WebhookSignatureError("malformed signature header: bad timestamp")
             timestamp = int(value)
         elif key == "v1":
@@ -305,20 +305,24 @@ def webhook_verify(
 
 
 def webhook_run_state_changed(run_id: int, state: str) -> None:
-    """agents.hooks: record the event for every active webhook subscribed to it, of the
-    applications whose account started the run, in the caller's transaction; enqueue their
-    delivery once it commits."""
+    """agents.hooks: record the event for every active webhook subscribed to it of the
+    application that started the run, in the caller's transaction; enqueue their delivery once
+    it commits. A run the browser or a personal token started is no application's business."""
     event = f"run.{state}"
     if event not in WebhookEvent.values:
         return
+    application_id, agent = (
+        Run.objects.filter(pk=run_id).values_list("client_application_id", "agent__slug").get()
+    )
+    if application_id is None:
+        return
     webhooks = list(
         Webhook.objects.filter(
-            active=True, events__contains=[event], application__user__runs=run_id
+            application_id=application_id, active=True, events__contains=[event]
         ).only("pk")
     )
     if not webhooks:
         return
-    agent = Run.objects.filter(pk=run_id).values_list("agent__slug", flat=True).get()
     now = timezone.now()
     deliveries = []
     for webhook in webhooks:
@@ -467,7 +471,7 @@ def _post(delivery: WebhookDelivery, *, timeout: int) -> tuple[int | None, str, 
     if 200 <= code < 300:
         return code, "", None, False
     if code in RETRIED_STATUSES or code >= 500:
-        wait = int(retry_after) if retry_after.isdigit() else None
+        wait = int(retry_after) if retry_after.isascii() and retry_after.isdigit() else None
         return code, f"HTTP {code}", wait, False
     if 300 <= code < 400:
         return (

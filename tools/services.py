@@ -213,15 +213,23 @@ def tool_update(*, tool: Tool, actor, fields: dict) -> Tool:
     for name in changed:
         setattr(tool, name, fields[name])
     tool.full_clean()
-    with transaction.atomic():
-        before = tool.version
-        tool.save(update_fields=[*changed, "updated_at"])
-        audit_record(
-            actor=actor,
-            action="tool.changed",
-            target=tool,
-            data={"tool": tool.name, "fields": changed, "from": before, "version": tool.version},
-        )
+    try:
+        with transaction.atomic():
+            before = tool.version
+            tool.save(update_fields=[*changed, "updated_at"])
+            audit_record(
+                actor=actor,
+                action="tool.changed",
+                target=tool,
+                data={
+                    "tool": tool.name,
+                    "fields": changed,
+                    "from": before,
+                    "version": tool.version,
+                },
+            )
+    except IntegrityError:  # renamed to a name saved by someone else since full_clean
+        raise ValidationError({"name": "Tool with this Name already exists."}) from None
     return tool
 
 

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import json
-
 from django.db.models import OuterRef, Subquery
 from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions, generics, serializers
@@ -23,7 +21,7 @@ from governance.approvals import (
 from governance.models import ApprovalRequest, Escalation
 from governance.policy import reason_text
 from portal.api.auth import HasScope
-from portal.api.parsers import too_deep
+from portal.api.parsers import too_deep, unstorable
 from portal.api.problems import Conflict
 
 SCOPE = "approvals:write"
@@ -81,8 +79,8 @@ class ApprovalDecision(serializers.Serializer):
             raise serializers.ValidationError("the edited arguments must be a JSON object")
         if too_deep(value):
             raise serializers.ValidationError("the edited arguments are nested too deeply")
-        if "\\u0000" in json.dumps(value):  # jsonb cannot keep a NUL
-            raise serializers.ValidationError("the edited arguments contain a NUL character")
+        if problem := unstorable(value):
+            raise serializers.ValidationError(f"the edited arguments cannot be kept: {problem}")
         return value
 
 

@@ -8,7 +8,7 @@ limits, budgets, guardrails, policy, approvals and the audit trail are the chat'
   (it must be the user's). Earlier messages are ignored: the agent keeps its own system prompt
   and history. To continue a Warden conversation, send `"conversation": <id>` (the `warden`
   member of an earlier answer names it; `extra_body` in the SDK).
-- `Idempotency-Key`: the same key (per account) answers with the run it started before.
+- `Idempotency-Key`: the same key (per client) answers with the run it started before.
 - Waiting: the view follows the run's event stream in Redis (agents.events) until the run
   ends or parks, checking the database (the truth) on each decisive event and every
   `WAIT_POLL_SECONDS`. A run parked for a reviewer, or still going after
@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import connection
 from django.db.models import Max
 from django.http import HttpRequest, StreamingHttpResponse
 from django.urls import reverse
@@ -47,6 +46,7 @@ from agents.selectors import (
     WAIT_POLL_SECONDS,
     access_conversation,
     agents_usable_by,
+    releasing,
     run_current,
     run_decisive,
     run_settled,
@@ -56,8 +56,10 @@ from agents.services import IdempotencyConflict as RunIdempotencyConflict
 from agents.services import RateLimited, RunDenied, RunError, run_start
 from governance.access import NoAccess
 from portal.api.auth import HasScope
+from portal.api.parsers import unstorable
 from portal.api.problems import exception_handler, problem_body
-from portal.api.runs import fingerprint
+from portal.api.runs import client_application_id, fingerprint, idempotency_key
+from portal.api.waits import wait_slot_for, wait_slot_give, wait_slot_take
 
 PREFIX = "agent:"
 
@@ -220,6 +222,8 @@ def _ask(data) -> Ask:
     model = data.get("model")
     if not isinstance(model, str) or not model:
         raise Invalid("model", "`model` is required: an agent, as agent:<slug>")
+    if len(model) > 200 or unstorable(model):
+        raise Invalid("model", "`model` names an agent, as agent:<slug>")
     messages = data.get("messages")
     if not isinstance(messages, list) or not messages:
         raise Invalid("messages", "`messages` must be a non-empty list")
@@ -234,6 +238,8 @@ def _ask(data) -> Ask:
         raise Invalid("messages", "the last message is empty")
     if len(text) > MAX_MESSAGE:
         raise Invalid("messages", f"the message is longer than {MAX_MESSAGE} characters")
+    if problem := unstorable(text):
+        raise Invalid("messages", f"the message cannot be kept: {problem}")
     stream = data.get("stream", False)
     if not isinstance(stream, bool):
         raise Invalid("stream", "`stream` must be true or false")
@@ -264,29 +270,34 @@ class ChatCompletions(OpenAIView):
     )
     def post(self, request):
         ask = _ask(request.data)
-        run = _start(request, ask)
-        # The wait may be long: its connection goes back now (a decisive event opens one).
-        if not connection.in_atomic_block:
-            connection.close()
-        if ask.stream:
-            response = StreamingHttpResponse(
-                _events(request, run, ask), content_type="text/event-stream"
-            )
-            response["Cache-Control"] = "no-cache"
-            response["X-Accel-Buffering"] = "no"
-            return response
-        done = run_wait(run=run, timeout=wait_seconds())
+        wait_slot_take(request.user)  # before the run: a refused request starts nothing
+        try:
+            run = _start(request, ask)
+            if ask.stream:
+                response = StreamingHttpResponse(
+                    _events(request, run, ask), content_type="text/event-stream"
+                )
+                response["Cache-Control"] = "no-cache"
+                response["X-Accel-Buffering"] = "no"
+                return wait_slot_for(response, request.user)
+            done = run_wait(run=run, timeout=wait_seconds())
+        except BaseException:
+            wait_slot_give(request.user)
+            raise
+        wait_slot_give(request.user)
         status, body = _answer(request, done, ask)
-        content_type = "application/json" if status == 200 else "application/problem+json"
-        return Response(body, status=status, content_type=content_type)
+        if status == 200:
+            return Response(body, status=status, content_type="application/json")
+        # How the run ended is its answer: a retry would start (and spend on) another run, so
+        # the SDK, which retries 409 and 5xx by itself, is told not to.
+        headers = {"x-should-retry": "false"}
+        return Response(body, status, headers=headers, content_type="application/problem+json")
 
 
 def _start(request, ask: Ask) -> Run:
     user = request.user
     agent = _agent(user, ask.model)
-    key = request.headers.get("Idempotency-Key", "")
-    if len(key) > 150:
-        raise Invalid("Idempotency-Key", "the key is longer than 150 characters")
+    key = idempotency_key(request, "openai")
     try:
         if ask.conversation is not None:
             conversation = access_conversation(user, ask.conversation)
@@ -301,7 +312,8 @@ def _start(request, ask: Ask) -> Run:
             conversation=conversation,
             actor=user,
             input=ask.input,
-            idempotency_key=f"openai:{key}" if key else "",
+            idempotency_key=key,
+            client_application_id=client_application_id(request),
             fingerprint=fingerprint(request_digest) if key else "",
             stream=True,  # the events are what the wait follows
         )
@@ -417,11 +429,11 @@ async def _events(request: HttpRequest, run: Run, ask: Ask):
     deadline = time.monotonic() + wait_seconds()
     check = False
     while settled is None:
-        if check and (settled := await sync_to_async(run_settled)(run.pk)) is not None:
+        if check and (settled := await sync_to_async(releasing(run_settled))(run.pk)) is not None:
             break
         left = deadline - time.monotonic()
         if left <= 0:
-            settled = await sync_to_async(run_current)(run.pk)
+            settled = await sync_to_async(releasing(run_current))(run.pk)
             break
         try:
             block = max(1, int(min(left, WAIT_POLL_SECONDS) * 1000))

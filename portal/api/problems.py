@@ -11,6 +11,8 @@ from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import set_rollback
 
+from portal.api.parsers import TooLarge
+
 # slug -> (title, what it means, what to do)
 PROBLEMS: dict[str, tuple[str, str]] = {
     "not-authenticated": (
@@ -31,6 +33,7 @@ PROBLEMS: dict[str, tuple[str, str]] = {
     "not-acceptable": ("Not acceptable", "The API answers in JSON only."),
     "unsupported-media-type": ("Unsupported media type", "Send JSON."),
     "malformed": ("Malformed request", "The body could not be parsed."),
+    "too-large": ("Body too large", "The request body is larger than Warden accepts."),
     "invalid": (
         "Invalid request",
         "The request was understood but some fields are wrong: `errors` says which.",
@@ -60,6 +63,7 @@ PROBLEMS: dict[str, tuple[str, str]] = {
 }
 
 _BY_EXCEPTION = [
+    (TooLarge, "too-large"),
     (exceptions.NotAuthenticated, "not-authenticated"),
     (exceptions.AuthenticationFailed, "not-authenticated"),
     (exceptions.PermissionDenied, "forbidden"),

@@ -25,15 +25,17 @@ from rest_framework.views import APIView
 
 from agents.events import redis_client, stream_key
 from agents.models import FINAL_STATES, Agent, Conversation, Run
-from agents.selectors import access_conversation, access_run, run_wait
+from agents.selectors import access_conversation, access_run, releasing, run_wait
 from agents.services import run_cancel, run_start
 from governance.access import NoAccess, access_agent
 from portal.api.auth import HasScope
 from portal.api.views import RunSerializer
+from portal.api.waits import wait_slot_for, wait_slot_give, wait_slot_take
 
 MAX_INPUT = 20_000
 _KEY = re.compile(r"[\x21-\x7e]{1,100}")  # printable ASCII, no spaces
 _STREAM_ID = re.compile(r"\d{1,20}-\d{1,20}")
+FINISHED_GRACE_MS = 1500
 
 
 class RunRequest(serializers.Serializer):
@@ -57,11 +59,25 @@ class RunAcceptedSerializer(RunSerializer):
         return reverse("api-run-events", args=[run.pk])
 
 
-def _client(request) -> str:
-    """Whose idempotency keys these are: an OAuth2 application's, or the user's own (a personal
-    access token or a session)."""
-    application_id = getattr(request.auth, "application_id", None)
-    return f"app{application_id}" if application_id else "user"
+def client_application_id(request) -> int | None:
+    """The OAuth2 application whose token made the request, if one did."""
+    return getattr(request.auth, "application_id", None)
+
+
+def idempotency_key(request, surface: str = "runs") -> str:
+    """The request's `Idempotency-Key` as stored: scoped to the client (an OAuth2 application,
+    or the user's own tokens and session) and the endpoint; '' without one. A malformed key
+    is a 400."""
+    raw = request.headers.get("Idempotency-Key", "")
+    if not raw:
+        return ""
+    if not _KEY.fullmatch(raw):
+        raise exceptions.ValidationError(
+            {"Idempotency-Key": ["at most 100 printable ASCII characters, no spaces"]}
+        )
+    application_id = client_application_id(request)
+    client = f"app{application_id}" if application_id else "user"
+    return f"{client}:{surface}:{raw}"
 
 
 def fingerprint(request: dict) -> str:
@@ -104,11 +120,7 @@ class RunCreate(APIView):
 
     def post(self, request, slug: str):
         wait = _wait_seconds(request.query_params.get("wait"))
-        key = request.headers.get("Idempotency-Key", "")
-        if key and not _KEY.fullmatch(key):
-            raise exceptions.ValidationError(
-                {"Idempotency-Key": ["at most 100 printable ASCII characters, no spaces"]}
-            )
+        key = idempotency_key(request)
         agent = _agent(request.user, slug)
         body = RunRequest(data=request.data)
         body.is_valid(raise_exception=True)
@@ -118,16 +130,23 @@ class RunCreate(APIView):
         else:
             title = " ".join(data["input"].split())[:80]
             conversation = Conversation(owner=request.user, agent=agent, title=title)
-        run = run_start(
-            agent=agent,
-            conversation=conversation,
-            actor=request.user,
-            input=data["input"],
-            idempotency_key=f"{_client(request)}:{key}" if key else "",
-            fingerprint=fingerprint({"agent": agent.slug, **data}) if key else "",
-        )
-        if wait:
-            run = run_wait(run=run, timeout=wait)
+        if wait:  # before the run: a refused request starts nothing
+            wait_slot_take(request.user)
+        try:
+            run = run_start(
+                agent=agent,
+                conversation=conversation,
+                actor=request.user,
+                input=data["input"],
+                idempotency_key=key,
+                fingerprint=fingerprint({"agent": agent.slug, **data}) if key else "",
+                client_application_id=client_application_id(request),
+            )
+            if wait:
+                run = run_wait(run=run, timeout=wait)
+        finally:
+            if wait:
+                wait_slot_give(request.user)
         headers = {"Location": reverse("api-run", args=[run.pk])}
         if getattr(run, "replayed", False):
             headers["Idempotent-Replayed"] = "true"
@@ -146,7 +165,7 @@ def _wait_seconds(raw) -> int:
     most = settings.WARDEN_API_MAX_WAIT
     if raw is None or raw == "":
         return 0
-    if not raw.isdigit() or int(raw) > most:
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > most:
         raise exceptions.ValidationError({"wait": [f"a whole number of seconds, 0 to {most}"]})
     return int(raw)
 
@@ -195,12 +214,14 @@ class RunEvents(APIView):
     def get(self, request, pk: int):
         run = access_run(request.user, pk)
         after = request.headers.get("Last-Event-ID") or request.query_params.get("after") or "0-0"
-        if not _STREAM_ID.fullmatch(after):
+        if not _STREAM_ID.fullmatch(after) or max(map(int, after.split("-"))) >= 2**64:
             raise exceptions.ValidationError({"Last-Event-ID": ["an event id this stream sent"]})
+        wait_slot_take(request.user)
         response = StreamingHttpResponse(
             run_events(run.pk, after, settings.WARDEN_SSE_MAX_SECONDS),
             content_type="text/event-stream",
         )
+        wait_slot_for(response, request.user)
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"  # a proxy in front must not hold the stream
         return response
@@ -215,16 +236,17 @@ async def run_events(run_id: int, after: str, max_seconds: float):
     """The run's logged events after `after`, then live ones, until its `final` event."""
     import asyncio
 
-    state = sync_to_async(_state)
+    state = sync_to_async(releasing(_state))
     redis = redis_client()
     deadline = asyncio.get_running_loop().time() + max_seconds
     try:
         yield "retry: 2000\n\n"
         while True:
             settled = await state(run_id) in FINAL_STATES  # before reading: no final is missed
-            got = await redis.xread(
-                {stream_key(run_id): after}, count=500, block=None if settled else 5000
-            )
+            # Events reach the log a moment after the commit that ends the run (the worker
+            # publishes them off its path): a finished run's log is still read briefly.
+            block = FINISHED_GRACE_MS if settled else 5000
+            got = await redis.xread({stream_key(run_id): after}, count=500, block=block)
             for sid, fields in got[0][1] if got else ():
                 after = sid.decode()
                 event = json.loads(fields[b"e"])

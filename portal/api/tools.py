@@ -3,8 +3,6 @@ through the same validation as the admin (a valid JSON Schema, the kind's config
 
 from __future__ import annotations
 
-import json
-
 from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import exceptions, generics, serializers
@@ -13,14 +11,14 @@ from rest_framework.response import Response
 from governance.access import NoAccess, access_tool
 from governance.models import Action
 from portal.api.auth import HasScope
-from portal.api.parsers import too_deep
+from portal.api.parsers import too_deep, unstorable
 from tools.models import Tool
 from tools.schemas import parameters_problem
 from tools.services import TOOL_FIELDS, tool_create, tool_update
 
-# No scope of the list grants writes to the registry; a token writes tools only with
-# admin:read and an account holding the model permission (tools.add_tool, tools.change_tool).
-SCOPES = {"*": ["admin:read"]}
+# Reading the registry takes admin:read; writing it admin:write, and the account must hold the
+# model permission (tools.add_tool, tools.change_tool): a leaked read-only token writes nothing.
+SCOPES = {"POST": ["admin:write"], "PATCH": ["admin:write"], "*": ["admin:read"]}
 
 
 class ToolSerializer(serializers.ModelSerializer):
@@ -54,12 +52,8 @@ class ToolSerializer(serializers.ModelSerializer):
 def _storable(value) -> None:
     if too_deep(value):
         raise serializers.ValidationError("nested too deeply")
-    try:
-        text = json.dumps(value)
-    except (TypeError, ValueError, RecursionError):
-        raise serializers.ValidationError("not JSON that can be stored") from None
-    if "\\u0000" in text:  # jsonb cannot keep a NUL
-        raise serializers.ValidationError("contains a NUL character, which cannot be kept")
+    if problem := unstorable(value):
+        raise serializers.ValidationError(problem)
 
 
 def _invalid(exc: DjangoValidationError) -> exceptions.ValidationError:
@@ -76,7 +70,7 @@ def _require(user, permission: str) -> None:
 @extend_schema_view(
     get=extend_schema(summary="The tools the caller may use (scope admin:read)"),
     post=extend_schema(
-        summary="Register a tool (scope admin:read and the tools.add_tool permission): its "
+        summary="Register a tool (scope admin:write and the tools.add_tool permission): its "
         "parameters must be a valid JSON Schema of an object, its config valid for its kind; "
         "audited as tool.created"
     ),
@@ -107,7 +101,7 @@ class ToolList(generics.ListCreateAPIView):
         summary="A tool the caller may use (scope admin:read; any other is a 404)",
     ),
     patch=extend_schema(
-        summary="Change a tool (scope admin:read and the tools.change_tool permission), "
+        summary="Change a tool (scope admin:write and the tools.change_tool permission), "
         "validated as on creation; a Python or MCP tool's kind and parameters are its code's or "
         "its server's; audited as tool.changed with the fields that changed"
     ),

@@ -419,8 +419,14 @@ def test_writing_tools_needs_the_model_permission_and_the_scope(client, people, 
     problem(scoped, 403, "forbidden")
     assert (Tool.objects.count(), actions()) == (count, before)
     assert Tool.objects.get(pk=governed.tool.pk).risk == "write"
-    reader = bearer(people.integration, "admin:read")  # with the scope and the permission
-    made = client.post("/api/v1/tools", HTTP_TOOL, content_type="application/json", **reader)
+    reader = bearer(people.integration, "admin:read")  # reading scope, the permission
+    read_only = client.post("/api/v1/tools", HTTP_TOOL, content_type="application/json", **reader)
+    assert problem(read_only, 403, "forbidden")["detail"] == (
+        "the token lacks the scope 'admin:write'"
+    )
+    assert Tool.objects.count() == count
+    writer = bearer(people.integration, "admin:write")  # with the scope and the permission
+    made = client.post("/api/v1/tools", HTTP_TOOL, content_type="application/json", **writer)
     assert made.status_code == 201, made.content
 
 

@@ -8,6 +8,7 @@ import time
 import pytest
 from asgiref.sync import async_to_sync
 from django.test import AsyncClient, Client
+from oauth2_provider.models import Application
 
 from agents.events import publish, redis_client, stream_key
 from agents.models import Conversation, Run, RunState
@@ -102,6 +103,11 @@ def test_keys_belong_to_the_client(client, people, assistant):
     assert len(ids) == 3
     assert start(client, assistant, crm, key="k-1").json()["id"] in ids
     assert Run.objects.count() == 3
+    # Each run knows the application that started it (its webhooks, and only its, hear of it).
+    started_by = list(Run.objects.values_list("client_application_id", flat=True))
+    applications = sorted(Application.objects.values_list("pk", flat=True))
+    assert sorted(pk for pk in started_by if pk is not None) == applications
+    assert started_by.count(None) == 1  # the personal token's
 
 
 def test_concurrent_retries_with_one_key_start_one_run(committing_db, people, assistant):

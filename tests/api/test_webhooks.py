@@ -14,7 +14,8 @@ from django.db import connection, transaction
 from oauth2_provider.models import Application
 
 from agents.models import Conversation, Run, RunState
-from agents.services import run_acquire_lease, run_cancel, run_finish, run_park
+from agents.orchestrator import run_execute
+from agents.services import run_acquire_lease, run_cancel, run_finish, run_park, run_start
 from audit.models import AuditEvent
 from audit.services import SYSTEM
 from governance.models import Action
@@ -30,7 +31,7 @@ from portal.webhooks import (
     webhook_sign,
     webhook_verify,
 )
-from tests.governance.conftest import parked
+from tests.model_server import Reply
 from tools.secrets import decrypt
 from tools.tests.endpoint import Answer, Endpoint
 
@@ -64,10 +65,17 @@ def loopback_allowed(settings):
     return settings
 
 
-def a_run(agent, actor) -> tuple[Run, int]:
-    """A run of `agent` by `actor`, leased as a worker leases it: (run, fencing token)."""
+def a_run(agent, actor, client=None) -> tuple[Run, int]:
+    """A run of `agent` by `actor` (through the application `client`, if one), leased as a
+    worker leases it: (run, fencing token)."""
     conversation = Conversation.objects.create(owner=actor, agent=agent)
-    run = Run.objects.create(agent=agent, conversation=conversation, actor=actor, input="hi")
+    run = Run.objects.create(
+        agent=agent,
+        conversation=conversation,
+        actor=actor,
+        input="hi",
+        client_application_id=client.pk if client else None,
+    )
     return run, run_acquire_lease(run_id=run.pk, holder="test")
 
 
@@ -213,14 +221,14 @@ def test_each_state_records_exactly_one_delivery_per_subscribed_webhook(
     hooked(application, "https://c.example.com/hook", active=False)
     hooked(other_application, "https://d.example.com/hook")  # another account's application
 
-    succeeded, token = a_run(governed.agent, people.integration)
+    succeeded, token = a_run(governed.agent, people.integration, application)
     run_finish(run_id=succeeded.pk, token=token, state=RunState.SUCCEEDED, answer="42")
-    failed, token = a_run(governed.agent, people.integration)
+    failed, token = a_run(governed.agent, people.integration, application)
     run_finish(run_id=failed.pk, token=token, state=RunState.FAILED, error="boom")
-    waiting, token = a_run(governed.agent, people.integration)
+    waiting, token = a_run(governed.agent, people.integration, application)
     with transaction.atomic():
         run_park(run_id=waiting.pk, token=token, state=RunState.AWAITING_APPROVAL)
-    queued, _ = a_run(governed.agent, people.integration)
+    queued, _ = a_run(governed.agent, people.integration, application)
     Run.objects.filter(pk=queued.pk).update(state=RunState.QUEUED, lease_holder="")
     run_cancel(run=queued, actor=people.integration)
 
@@ -238,7 +246,7 @@ def test_a_reviewers_decision_on_a_held_answer_is_an_event(
     from governance.approvals import escalation_create, escalation_decide
 
     webhook, _ = hooked(application, "https://a.example.com/hook")
-    run, token = a_run(governed.agent, people.integration)
+    run, token = a_run(governed.agent, people.integration, application)
     with transaction.atomic():
         escalation = escalation_create(
             run=run, answer="maybe", citations=[], confidence=0.2, threshold=0.5, agent=run.agent
@@ -257,7 +265,7 @@ def test_a_reviewers_decision_on_a_held_answer_is_an_event(
 
 def test_the_payload_names_the_run_not_its_content(application, governed, people):
     hooked(application, "https://a.example.com/hook")
-    run, token = a_run(governed.agent, people.integration)
+    run, token = a_run(governed.agent, people.integration, application)
 
     run_finish(run_id=run.pk, token=token, state=RunState.SUCCEEDED, answer="the secret plan")
 
@@ -290,11 +298,26 @@ def test_runs_of_other_accounts_record_nothing(application, governed, people):
     assert deliveries(run) == []
 
 
+def test_runs_the_application_did_not_start_record_nothing(application, governed, people):
+    # The same account in the browser (or by a personal token), and a second application of it.
+    from tests.api.conftest import application_for
+
+    hooked(application, "https://a.example.com/hook")
+    other = application_for(people.integration, "ERP")
+    by_hand, token = a_run(governed.agent, people.integration)
+    run_finish(run_id=by_hand.pk, token=token, state=RunState.SUCCEEDED)
+    by_other, token = a_run(governed.agent, people.integration, other)
+    run_finish(run_id=by_other.pk, token=token, state=RunState.SUCCEEDED)
+
+    assert deliveries(by_hand) == []
+    assert deliveries(by_other) == []
+
+
 def test_a_rolled_back_change_records_and_enqueues_nothing(
     application, governed, people, django_capture_on_commit_callbacks
 ):
     hooked(application, "https://a.example.com/hook")
-    run, token = a_run(governed.agent, people.integration)
+    run, token = a_run(governed.agent, people.integration, application)
 
     with (
         django_capture_on_commit_callbacks() as callbacks,
@@ -313,7 +336,7 @@ def test_the_delivery_is_enqueued_only_once_the_change_commits(
     application, governed, people, django_capture_on_commit_callbacks
 ):
     hooked(application, "https://a.example.com/hook")
-    run, token = a_run(governed.agent, people.integration)
+    run, token = a_run(governed.agent, people.integration, application)
 
     with django_capture_on_commit_callbacks() as callbacks:
         run_finish(run_id=run.pk, token=token, state=RunState.FAILED, error="boom")
@@ -331,7 +354,17 @@ def test_a_real_run_that_asks_for_approval_notifies_the_application(
     for obj in (help_desk, route, help_desk.tools.get()):
         access_grant(obj=obj, holder=people.integration, action=Action.USE, actor=SYSTEM)
 
-    run = parked(server, help_desk, people.integration)
+    server.script("primary", Reply.call("create_ticket", {"title": "VPN down"}))
+    conversation = Conversation.objects.create(owner=people.integration, agent=help_desk)
+    run = run_start(
+        agent=help_desk,
+        conversation=conversation,
+        actor=people.integration,
+        input="open a ticket",
+        client_application_id=application.pk,  # as the API sets it for a token's request
+    )
+    run_execute(run_id=run.pk, holder="test")
+    run.refresh_from_db()
 
     assert run.state == RunState.AWAITING_APPROVAL
     assert deliveries(run) == [(webhook.pk, "run.awaiting_approval")]
@@ -345,7 +378,7 @@ def test_a_failing_listener_does_not_stop_the_run(monkeypatch, application, gove
 
     monkeypatch.setattr(hooks, "run_state_listeners", [broken, *hooks.run_state_listeners])
     hooked(application, "https://a.example.com/hook")
-    run, token = a_run(governed.agent, people.integration)
+    run, token = a_run(governed.agent, people.integration, application)
 
     run_finish(run_id=run.pk, token=token, state=RunState.SUCCEEDED)
 
@@ -358,7 +391,7 @@ def test_a_failing_listener_does_not_stop_the_run(monkeypatch, application, gove
 
 def one_delivery(application, governed, people, url, **kwargs):
     _, secret = hooked(application, url, **kwargs)
-    run, token = a_run(governed.agent, people.integration)
+    run, token = a_run(governed.agent, people.integration, application)
     run_finish(run_id=run.pk, token=token, state=RunState.SUCCEEDED)
     return WebhookDelivery.objects.get(run_id=run.pk), secret
 
@@ -610,7 +643,7 @@ def test_a_real_worker_retries_until_the_receiver_takes_it(
     receiver.answer("/hook", Answer(500), Answer(503), Answer(200))
     _, secret = hooked(application, receiver.url("/hook"), events=["run.failed"])
     start_worker(WARDEN_OUTBOUND_ALLOW_NETWORKS="127.0.0.1/32", WARDEN_WEBHOOK_BACKOFF_SECONDS="1")
-    run, token = a_run(governed.agent, people.integration)
+    run, token = a_run(governed.agent, people.integration, application)
 
     run_finish(run_id=run.pk, token=token, state=RunState.FAILED, error="boom")  # commits
 
@@ -816,7 +849,7 @@ def test_the_beat_job_resends_only_what_is_overdue(monkeypatch, application, gov
     hooked(application, "https://a.example.com/hook")
     recorded = []
     for _ in range(3):
-        run, token = a_run(governed.agent, people.integration)
+        run, token = a_run(governed.agent, people.integration, application)
         run_finish(run_id=run.pk, token=token, state=RunState.SUCCEEDED)
         recorded.append(WebhookDelivery.objects.get(run_id=run.pk))
     overdue, fresh, done = recorded
