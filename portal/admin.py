@@ -257,7 +257,13 @@ class PersonalAccessTokenAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None) -> bool:
         return False  # read-only; revoking is the action below, audited
 
-    @admin.action(description="Revoke the selected tokens", permissions=["delete"])
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False  # a token is revoked (audited), never deleted out of sight
+
+    def has_revoke_permission(self, request) -> bool:
+        return request.user.has_perm("portal.delete_personalaccesstoken")
+
+    @admin.action(description="Revoke the selected tokens", permissions=["revoke"])
     def revoke(self, request, queryset) -> None:
         for token in queryset.filter(revoked_at__isnull=True):
             token_revoke(token=token, actor=request.user)

@@ -4,28 +4,16 @@ from __future__ import annotations
 
 import json
 
-from django.conf import settings
 from rest_framework import parsers
 from rest_framework.exceptions import ParseError
 
 
-class TooLarge(ParseError):
-    status_code = 413
-    default_detail = "the body is too large"
-
-
 class JSONParser(parsers.JSONParser):
     """DRF's, with JSON nested too deeply for Python's decoder refused as malformed (DRF
-    catches ValueError only, and RecursionError became a 500), and a body larger than
-    DATA_UPLOAD_MAX_MEMORY_SIZE refused before it is read (DRF's parser reads any size)."""
+    catches ValueError only, and RecursionError became a 500). (A body over
+    DATA_UPLOAD_MAX_MEMORY_SIZE never gets here: Django refuses to read it, see problems.py.)"""
 
     def parse(self, stream, media_type=None, parser_context=None):
-        request = (parser_context or {}).get("request")
-        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
-        length = request.META.get("CONTENT_LENGTH") if request is not None else None
-        declared = int(length) if length and length.isascii() and length.isdigit() else 0
-        if limit is not None and declared > limit:
-            raise TooLarge(f"the body is larger than {limit} bytes")
         try:
             return super().parse(stream, media_type, parser_context)
         except RecursionError:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from http import HTTPStatus
 
-from django.core.exceptions import PermissionDenied
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import set_rollback
-
-from portal.api.parsers import TooLarge
 
 # slug -> (title, what it means, what to do)
 PROBLEMS: dict[str, tuple[str, str]] = {
@@ -63,7 +62,6 @@ PROBLEMS: dict[str, tuple[str, str]] = {
 }
 
 _BY_EXCEPTION = [
-    (TooLarge, "too-large"),
     (exceptions.NotAuthenticated, "not-authenticated"),
     (exceptions.AuthenticationFailed, "not-authenticated"),
     (exceptions.PermissionDenied, "forbidden"),
@@ -133,8 +131,16 @@ class _Status(exceptions.APIException):
         super().__init__(detail)
 
 
+class TooLarge(exceptions.APIException):
+    status_code = 413
+
+
 def exception_handler(exc, context):
     """DRF's EXCEPTION_HANDLER: every API error as a problem document."""
+    if isinstance(exc, RequestDataTooBig):  # Django's DATA_UPLOAD_MAX_MEMORY_SIZE
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        exc = TooLarge(f"the body is larger than {limit} bytes")
+        return _problem(exc, context["request"], "too-large", str(exc.detail), {})
     domain = _domain(exc)
     if domain is not None:
         exc, slug, extra = domain
