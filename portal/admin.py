@@ -5,6 +5,7 @@ a message or a cookie), and a read-only delivery log with every attempt."""
 from __future__ import annotations
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
 from django.shortcuts import get_object_or_404
@@ -15,8 +16,10 @@ from django.utils.decorators import method_decorator
 from django.utils.html import format_html
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_POST
+from oauth2_provider.models import get_application_model
 
 from portal.models import (
+    ApplicationScopes,
     PersonalAccessToken,
     Webhook,
     WebhookAttempt,
@@ -268,3 +271,32 @@ class PersonalAccessTokenAdmin(admin.ModelAdmin):
         for token in queryset.filter(revoked_at__isnull=True):
             token_revoke(token=token, actor=request.user)
         self.message_user(request, "Revoked.")
+
+
+class ApplicationScopesForm(forms.ModelForm):
+    scopes = forms.MultipleChoiceField(
+        choices=list(settings.OAUTH2_PROVIDER["SCOPES"].items()),
+        widget=forms.CheckboxSelectMultiple,
+        required=False,
+    )
+
+    class Meta:
+        model = ApplicationScopes
+        fields = ["scopes"]
+
+
+class ApplicationScopesInline(admin.StackedInline):
+    model = ApplicationScopes
+    form = ApplicationScopesForm
+    can_delete = False
+    verbose_name_plural = "Allowed scopes (a token of this application may carry no others)"
+
+
+# DOT's own application admin, with the scopes each application may ask for.
+_application_admin = type(admin.site._registry[get_application_model()])
+admin.site.unregister(get_application_model())
+
+
+@admin.register(get_application_model())
+class ApplicationAdmin(_application_admin):
+    inlines = [*getattr(_application_admin, "inlines", []), ApplicationScopesInline]

@@ -11,7 +11,7 @@ class PortalConfig(AppConfig):
 
         from agents import hooks
         from audit.services import SYSTEM
-        from portal.models import Webhook
+        from portal.models import ApplicationScopes, Webhook
         from portal.webhooks import webhook_run_state_changed
 
         # A run's change of state is recorded for the webhooks that want to hear of it.
@@ -35,6 +35,8 @@ class PortalConfig(AppConfig):
         # Field-level history of the webhooks (the secret's ciphertext left out; its rotations
         # are audited by webhook_secret_rotate).
         auditlog.register(Webhook, exclude_fields=["secret_ciphertext"])
+        # Which scopes an application may ask for is a governance decision: its history too.
+        auditlog.register(ApplicationScopes)
 
 
 class WardenAdminConfig(admin_apps.AdminConfig):

@@ -49,6 +49,36 @@ class PersonalAccessToken(models.Model):
         return self.active and set(scopes or ()) <= set(self.scopes)
 
 
+class ApplicationScopes(models.Model):
+    """The OAuth2 scopes an application may ask a token for: a governance admin's choice per
+    application (none until chosen), so a client's token never carries more than its
+    application was allowed, whatever it asks for."""
+
+    application = models.OneToOneField(
+        settings.OAUTH2_PROVIDER_APPLICATION_MODEL,
+        on_delete=models.CASCADE,
+        related_name="allowed_scopes",
+    )
+    scopes = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        verbose_name = "allowed scopes"
+        verbose_name_plural = "allowed scopes"
+
+    def __str__(self) -> str:
+        return ", ".join(self.scopes) or "no scopes"
+
+    def clean(self) -> None:
+        from django.core.exceptions import ValidationError
+
+        known = settings.OAUTH2_PROVIDER["SCOPES"]
+        if not isinstance(self.scopes, list) or not all(isinstance(s, str) for s in self.scopes):
+            raise ValidationError({"scopes": "a list of scope names"})
+        unknown = sorted(set(self.scopes) - set(known))
+        if unknown:
+            raise ValidationError({"scopes": f"unknown scopes: {', '.join(unknown)}"})
+
+
 class WebhookEvent(models.TextChoices):
     """What a webhook can be told: a run of the application's account reached this state."""
 

@@ -181,6 +181,7 @@ OAUTH2_PROVIDER = {
         "admin:write": "Change the registry (tools), where the account holds the permission",
     },
     "DEFAULT_SCOPES": [],  # a token has the scopes it asked for and was allowed, no more
+    "SCOPES_BACKEND_CLASS": "portal.api.auth.ApplicationScopesBackend",
     "ACCESS_TOKEN_EXPIRE_SECONDS": env_int("WARDEN_TOKEN_SECONDS", 3600, minimum=60),
     # The OAuth 2.0 Security BCP (RFC 9700) throughout: no implicit or password grant, S256
     # PKCE only, tokens in the Authorization header only and hashed at rest, refresh-token

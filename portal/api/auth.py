@@ -9,6 +9,7 @@ scope it needs; a browser session (the user themself) needs none.
 from __future__ import annotations
 
 from oauth2_provider.contrib.rest_framework import OAuth2Authentication
+from oauth2_provider.scopes import SettingsScopes
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.permissions import BasePermission
@@ -31,6 +32,20 @@ class ApplicationOAuth2Authentication(OAuth2Authentication):
         if user is None or not user.is_active:
             raise exceptions.AuthenticationFailed("the token's account is missing or disabled")
         return user, token
+
+
+class ApplicationScopesBackend(SettingsScopes):
+    """DOT's SCOPES_BACKEND_CLASS: an application may ask only for the scopes a governance
+    admin allowed it (portal.models.ApplicationScopes; none until then)."""
+
+    def get_available_scopes(self, application=None, request=None, *args, **kwargs):
+        everything = super().get_available_scopes(application, request, *args, **kwargs)
+        if application is None:
+            return everything
+        from portal.models import ApplicationScopes
+
+        allowed = ApplicationScopes.objects.filter(application=application).first()
+        return [s for s in everything if allowed is not None and s in allowed.scopes]
 
 
 class PersonalAccessTokenAuthentication(BaseAuthentication):

@@ -17,17 +17,24 @@ from tests.governance.conftest import (  # noqa: F401 - fixtures
 SECRET = "s3cret-for-the-test-only"
 
 
-def application_for(user, name: str = "CRM"):
-    """A confidential client-credentials application acting as `user`, secret SECRET."""
+def application_for(user, name: str = "CRM", scopes=None):
+    """A confidential client-credentials application acting as `user`, secret SECRET, allowed
+    `scopes` (every scope unless told)."""
+    from django.conf import settings
     from oauth2_provider.models import Application
 
-    return Application.objects.create(
+    from portal.models import ApplicationScopes
+
+    application = Application.objects.create(
         name=name,
         client_type=Application.CLIENT_CONFIDENTIAL,
         authorization_grant_type=Application.GRANT_CLIENT_CREDENTIALS,
         user=user,
         client_secret=SECRET,
     )
+    allowed = list(settings.OAUTH2_PROVIDER["SCOPES"]) if scopes is None else scopes
+    ApplicationScopes.objects.create(application=application, scopes=allowed)
+    return application
 
 
 def token_of(client, application, scope: str) -> str:

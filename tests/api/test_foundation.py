@@ -1,6 +1,8 @@
 """The API's conventions: who a request acts as (session, OAuth2 client credentials with
 scopes), problem documents with stable types, the request id, cursor pages, the schema."""
 
+import base64
+
 import pytest
 from oauth2_provider.models import Application
 
@@ -174,3 +176,48 @@ def test_a_run_is_read_by_its_owner_only(client, application, people, governed):
     assert wrong_scope.status_code == 403
     assert theirs.status_code == missing.status_code == 404
     assert theirs.json() | {"instance": None} == missing.json() | {"instance": None}
+
+
+def test_an_application_gets_only_the_scopes_it_was_allowed(client, people):
+    from oauth2_provider.models import AccessToken
+
+    from tests.api.conftest import application_for
+
+    limited = application_for(people.integration, "Reports", scopes=["runs:read"])
+    unset = Application.objects.create(  # made elsewhere, no scopes chosen yet
+        name="New",
+        client_type=Application.CLIENT_CONFIDENTIAL,
+        authorization_grant_type=Application.GRANT_CLIENT_CREDENTIALS,
+        user=people.integration,
+        client_secret=SECRET,
+    )
+
+    def ask(application, scope):
+        basic = base64.b64encode(f"{application.client_id}:{SECRET}".encode()).decode()
+        return client.post(
+            "/o/token/",
+            {"grant_type": "client_credentials", "scope": scope},
+            HTTP_AUTHORIZATION=f"Basic {basic}",
+        )
+
+    assert ask(limited, "runs:read").status_code == 200
+    refused = ask(limited, "runs:read agents:run")
+    assert refused.status_code == 400
+    assert refused.json()["error"] == "invalid_scope"
+    assert ask(unset, "runs:read").json()["error"] == "invalid_scope"
+    assert list(AccessToken.objects.values_list("application__name", "scope")) == [
+        ("Reports", "runs:read")
+    ]
+
+
+def test_the_admin_chooses_an_applications_scopes(client, people):
+    from tests.api.conftest import application_for
+
+    application = application_for(people.integration, "Reports", scopes=[])
+    client.force_login(people.admin)
+
+    page = client.get(f"/admin/oauth2_provider/application/{application.pk}/change/")
+
+    assert page.status_code == 200
+    assert "Allowed scopes" in page.content.decode()
+    assert 'value="audit:read"' in page.content.decode()

@@ -21,11 +21,11 @@ from audit.models import AuditEvent
 from audit.services import SYSTEM
 from governance.models import Action, ApprovalRequest
 from governance.services import access_grant
+from tests.api.conftest import SECRET, application_for
 from tests.model_server import Reply
 from tests.processes import daphne_on_test_database
 from tools.models import Tool
 
-SECRET = "s3cret-for-the-test-only"
 ANSWER = "The VPN is back up for everyone."
 
 
@@ -36,13 +36,7 @@ class Live:
 
     def token(self, user, scope: str = "agents:run") -> str:
         """A client-credentials token acting as `user` (its application's account)."""
-        application = Application.objects.create(
-            name=f"Client {uuid.uuid4().hex[:4]}",
-            client_type=Application.CLIENT_CONFIDENTIAL,
-            authorization_grant_type=Application.GRANT_CLIENT_CREDENTIALS,
-            user=user,
-            client_secret=SECRET,
-        )
+        application = application_for(user, f"Client {uuid.uuid4().hex[:4]}")
         response = httpx.post(
             f"{self.url}/o/token/",
             data={"grant_type": "client_credentials", "scope": scope},
