@@ -51,6 +51,17 @@ def _reviews(user, run_id: int) -> bool:
     )
 
 
+def access_agent_by_slug(user, slug) -> Agent:
+    """The agent named `slug`, if `user` may use it (governance.access.access_agent: a disabled
+    one too, which the policy then refuses, saying why); else NoAccess, missing or not."""
+    from governance.access import access_agent
+
+    pk = Agent.objects.filter(slug=str(slug)[:100]).values_list("pk", flat=True).first()
+    if pk is None:
+        raise NoAccess("no such agent")
+    return access_agent(user, pk)
+
+
 def agents_usable_by(user) -> QuerySet[Agent]:
     """The enabled agents `user` may use (the chat's choice, the API's list)."""
     return Agent.objects.restrict(user, "use").filter(enabled=True)

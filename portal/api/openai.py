@@ -44,6 +44,7 @@ from agents.models import Conversation, Run, RunState, RunStep, StepKind
 from agents.selectors import (
     SETTLED,
     WAIT_POLL_SECONDS,
+    access_agent_by_slug,
     access_conversation,
     agents_usable_by,
     releasing,
@@ -180,13 +181,15 @@ class ModelDetail(OpenAIView):
 def _agent(user, model):
     """The agent the model name means, if `user` may use it; else model_not_found."""
     slug = model[len(PREFIX) :] if isinstance(model, str) and model.startswith(PREFIX) else None
-    agent = agents_usable_by(user).filter(slug=slug).first() if slug else None
-    if agent is None:
-        raise ModelNotFound(
-            f"The model {model!r} does not exist or you do not have access to it; "
-            f"Warden's models are the agents you may use, named {PREFIX}<slug> (GET /v1/models)"
-        )
-    return agent
+    if slug:
+        try:
+            return access_agent_by_slug(user, slug)
+        except NoAccess:
+            pass
+    raise ModelNotFound(
+        f"The model {model!r} does not exist or you do not have access to it; "
+        f"Warden's models are the agents you may use, named {PREFIX}<slug> (GET /v1/models)"
+    )
 
 
 # POST /v1/chat/completions -----------------------------------------------------------------

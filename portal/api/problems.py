@@ -114,6 +114,8 @@ def _domain(exc):
         return exceptions.NotFound(str(exc)), "not-found", {}
     if isinstance(exc, RateLimited):
         return exceptions.Throttled(exc.retry_after, detail=str(exc)), "throttled", {}
+    if isinstance(exc, RunDenied) and "agent.forbidden" in exc.decision.reasons:
+        return exceptions.NotFound(str(exc)), "not-found", {}  # as the policy says: missing
     if isinstance(exc, RunDenied):
         reasons = list(exc.decision.reasons)
         return exceptions.PermissionDenied(str(exc)), "policy-denied", {"reasons": reasons}

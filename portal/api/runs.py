@@ -24,10 +24,15 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from agents.events import redis_client, stream_key
-from agents.models import FINAL_STATES, Agent, Conversation, Run
-from agents.selectors import access_conversation, access_run, releasing, run_wait
+from agents.models import FINAL_STATES, Conversation, Run
+from agents.selectors import (
+    access_agent_by_slug,
+    access_conversation,
+    access_run,
+    releasing,
+    run_wait,
+)
 from agents.services import run_cancel, run_start
-from governance.access import NoAccess, access_agent
 from portal.api.auth import HasScope
 from portal.api.views import RunSerializer
 from portal.api.waits import wait_slot_for, wait_slot_give, wait_slot_take
@@ -121,7 +126,7 @@ class RunCreate(APIView):
     def post(self, request, slug: str):
         wait = _wait_seconds(request.query_params.get("wait"))
         key = idempotency_key(request)
-        agent = _agent(request.user, slug)
+        agent = access_agent_by_slug(request.user, slug)
         body = RunRequest(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
@@ -152,13 +157,6 @@ class RunCreate(APIView):
             headers["Idempotent-Replayed"] = "true"
         status = 200 if run.state in FINAL_STATES else 202
         return Response(RunAcceptedSerializer(run).data, status=status, headers=headers)
-
-
-def _agent(user, slug: str) -> Agent:
-    pk = Agent.objects.filter(slug=slug).values_list("pk", flat=True).first()
-    if pk is None:
-        raise NoAccess("no such agent")
-    return access_agent(user, pk)  # missing and forbidden answer alike
 
 
 def _wait_seconds(raw) -> int:

@@ -6,23 +6,34 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('portal', '0003_personal_access_tokens'),
+        ("portal", "0003_personal_access_tokens"),
         migrations.swappable_dependency(settings.OAUTH2_PROVIDER_APPLICATION_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='ApplicationScopes',
+            name="ApplicationScopes",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('scopes', models.JSONField(blank=True, default=list)),
-                ('application', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='allowed_scopes', to=settings.OAUTH2_PROVIDER_APPLICATION_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("scopes", models.JSONField(blank=True, default=list)),
+                (
+                    "application",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="allowed_scopes",
+                        to=settings.OAUTH2_PROVIDER_APPLICATION_MODEL,
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'allowed scopes',
-                'verbose_name_plural': 'allowed scopes',
+                "verbose_name": "allowed scopes",
+                "verbose_name_plural": "allowed scopes",
             },
         ),
     ]
