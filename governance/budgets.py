@@ -58,7 +58,7 @@ def budget_state(*, budget_ids: list[int]) -> BudgetState:
     if not budget_ids:
         return BudgetState.OK
     state = BudgetState.OK
-    for usage in _usages(budget_ids):
+    for usage in _usages_now(budget_ids):
         budget = usage.budget
         if budget.hard and _fraction(budget, usage, reserved=True) >= 1:
             return BudgetState.EXHAUSTED
@@ -69,7 +69,7 @@ def budget_state(*, budget_ids: list[int]) -> BudgetState:
 
 def budget_refusal(*, budget_ids: list[int]) -> str:
     """Why the budgets refuse now: the first hard one without room, named."""
-    for usage in _usages(budget_ids):
+    for usage in _usages_now(budget_ids):
         if usage.budget.hard and _fraction(usage.budget, usage, reserved=True) >= 1:
             return _refusal(usage)
     return "the budget for this is used up"
@@ -87,6 +87,44 @@ def _usages(budget_ids: list[int]) -> list[BudgetUsage]:
     for b in budgets:
         wanted |= Q(budget=b, period_start=period_start(b.period, today))
     return list(BudgetUsage.objects.filter(wanted).select_related("budget").order_by("budget_id"))
+
+
+_USAGES_NOW = f"""
+SELECT b.*, u.id AS usage_id, COALESCE(u.used_tokens, 0) AS usage_used_tokens,
+    COALESCE(u.used_cost, 0) AS usage_used_cost,
+    COALESCE(u.reserved_tokens, 0) AS usage_reserved_tokens,
+    COALESCE(u.reserved_cost, 0) AS usage_reserved_cost,
+    CASE WHEN b.period = '{BudgetPeriod.DAY}' THEN %(day)s ELSE %(month)s END AS usage_period
+FROM governance_budget b
+LEFT JOIN governance_budgetusage u ON u.budget_id = b.id
+    AND u.period_start = CASE WHEN b.period = '{BudgetPeriod.DAY}' THEN %(day)s ELSE %(month)s END
+WHERE b.id = ANY(%(ids)s)
+ORDER BY b.id
+"""  # noqa: S608 - constants only
+
+
+def _usages_now(budget_ids: list[int]) -> list[BudgetUsage]:
+    """This period's usage of the budgets, in budget order, read in one statement: a period
+    without a row yet has used nothing (unsaved rows stand for them; _usages creates them when
+    a reservation needs them). One round trip where _usages takes five, at every run's start."""
+    today = timezone.localdate()
+    params = {
+        "ids": list(budget_ids),
+        "day": period_start(BudgetPeriod.DAY, today),
+        "month": period_start(BudgetPeriod.MONTH, today),
+    }
+    return [
+        BudgetUsage(
+            pk=b.usage_id,
+            budget=b,
+            period_start=b.usage_period,
+            used_tokens=b.usage_used_tokens,
+            used_cost=b.usage_used_cost,
+            reserved_tokens=b.usage_reserved_tokens,
+            reserved_cost=b.usage_reserved_cost,
+        )
+        for b in Budget.objects.raw(_USAGES_NOW, params)
+    ]
 
 
 def _fraction(budget: Budget, usage: BudgetUsage, *, reserved: bool) -> float:

@@ -310,6 +310,12 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_TIME_LIMIT = env_int("WARDEN_TASK_TIME_LIMIT", 15 * 60, minimum=1)
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+# A worker process runs one task at a time on one thread, so it keeps its database connection
+# between tasks (portal/celery.py) for this long, checked before each task; 0 closes it after
+# every task, as Celery does by default (behind a pooler that wants connections back, say).
+WARDEN_WORKER_CONN_MAX_AGE = env_int("DATABASE_WORKER_CONN_MAX_AGE", 300, minimum=0)
+# Celery's Django fixup then closes nothing itself (it would around every task).
+CELERY_DB_REUSE_MAX = 10**9 if WARDEN_WORKER_CONN_MAX_AGE else None
 WARDEN_RUN_LEASE_SECONDS = env_int("WARDEN_RUN_LEASE_SECONDS", 120, minimum=1)
 # How long a tool call waits for a reviewer before the run is told it expired.
 # The completion a budget reserves for before each model call, until the call says what it used.

@@ -4,9 +4,12 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 
-from agents.models import Agent, Conversation, Deployment, ModelRoute, Run
+from agents.models import Agent, Conversation, Deployment, ModelRoute, Run, RunState
+from agents.orchestrator import run_execute
 from agents.services import RunError, permission_fingerprint, run_start
+from governance.models import Budget, BudgetUsage
 from tests.access import grant_agent
+from tests.model_server import Reply
 
 pytestmark = pytest.mark.django_db
 
@@ -100,3 +103,48 @@ def test_starting_a_run_takes_a_fixed_number_of_queries(
 
     with django_capture_on_commit_callbacks(), django_assert_num_queries(7):
         run_start(agent=agent, conversation=conversation, actor=member, input="hi")
+
+
+def test_starting_a_budgeted_run_reads_its_budgets_in_one_query(
+    agent, member, django_assert_num_queries, django_capture_on_commit_callbacks
+):
+    """The budgets' use this period is one read (governance.budgets._usages_now), whatever
+    the number of budgets, and writes nothing: the period's rows come with a reservation."""
+    Budget.objects.create(name="Mine", user=member, max_tokens=1000)
+    Budget.objects.create(name="Mine today", user=member, max_tokens=100, period="day")
+    conversation = Conversation.objects.create(owner=member, agent=agent)
+    agent = Agent.objects.select_related("route").get(pk=agent.pk)
+
+    with django_capture_on_commit_callbacks(), django_assert_num_queries(8):
+        run_start(agent=agent, conversation=conversation, actor=member, input="hi")
+
+    assert not BudgetUsage.objects.exists()
+
+
+def test_a_one_step_run_takes_a_fixed_number_of_queries(
+    server, member, django_assert_num_queries, django_capture_on_commit_callbacks
+):
+    """The worker's side of a one-step run under a budget, pinned: the lease, the run and what
+    it offers, the decision again, the reservation, the model call, the settlement with the
+    step, the finish with its audit event; the route compiled once (a new route here). Counted
+    inside the test's transaction, so with savepoints; the step's checkpoint is one statement
+    on its own cursor, which this count does not see (agents.services.run_checkpoint)."""
+    route = ModelRoute.objects.create(name=f"r-{uuid.uuid4().hex[:8]}", num_retries=0)
+    Deployment.objects.create(
+        route=route, position=1, model="openai/primary", api_base=server.base("primary")
+    )
+    agent = Agent.objects.create(name="B", slug=f"b-{uuid.uuid4().hex[:6]}", route=route)
+    grant_agent(member, agent)
+    Budget.objects.create(name="Mine", user=member, max_tokens=10**6)
+    server.default("primary", Reply.say("The VPN is back"))
+    conversation = Conversation.objects.create(owner=member, agent=agent)
+    with django_capture_on_commit_callbacks():
+        run = run_start(
+            agent=agent, conversation=conversation, actor=member, input="hi", stream=False
+        )
+
+    with django_capture_on_commit_callbacks(), django_assert_num_queries(32):
+        run_execute(run_id=run.pk, holder="test")
+
+    run.refresh_from_db()
+    assert (run.state, run.answer) == (RunState.SUCCEEDED, "The VPN is back")
