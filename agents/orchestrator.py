@@ -179,14 +179,16 @@ class _Run:
         self.tokens += step.prompt_tokens + step.completion_tokens
         return record
 
-    def publish(self, event: dict) -> None:
-        """Tell the run's channel group, if somebody watches it live (the run streams)."""
-        if self.run.stream:
+    def publish(self, event: dict, *, settles: bool = False) -> None:
+        """Tell the run's channel group, if somebody watches it live (the run streams). An
+        event that `settles` the run (it ended, or waits for a reviewer) goes out whether it
+        streams or not: that is what a waiting request (`?wait`, the OpenAI endpoint) wakes on."""
+        if self.run.stream or settles:
             publish(self.run.pk, event)
 
     def finish(self, state: str, **kwargs) -> None:
         run_finish(run_id=self.run.pk, token=self.token, state=state, **kwargs)
-        self.publish({"type": "final", "state": state})
+        self.publish({"type": "final", "state": state}, settles=True)
 
     def refuse(self, decision: Decision, message: str) -> None:
         """End the run as rejected by the policy, the decision in the audit trail."""
@@ -583,7 +585,8 @@ def _park_for_approval(held: _Run, tool, call, key, arguments, decision, policy)
             "tool": tool.name,
             "approval": request.pk,
             "status": "pending",
-        }
+        },
+        settles=True,
     )
     raise _Finished
 
@@ -637,7 +640,7 @@ def _hold_for_review(held: _Run, answer: str, confidence: float, citations: list
             .values("pk")[:1]
         ).update(content=HELD)
         run_park(run_id=held.run.pk, token=held.token, state=RunState.AWAITING_REVIEW)
-    held.publish({"type": "held", "reason": "held for review"})
+    held.publish({"type": "held", "reason": "held for review"}, settles=True)
 
 
 def _retrieval_step(held: _Run) -> None:

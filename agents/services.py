@@ -643,10 +643,8 @@ def run_escalation_decided(escalation) -> None:
             data={"escalation": escalation.pk, "error": error},
         )
         run_state_changed(run_id=escalation.run_id, state=state)
-        run = Run.objects.only("stream").get(pk=escalation.run_id)
-        if run.stream:
-            event = {"type": "final", "state": str(state)}
-            transaction.on_commit(lambda: publish(escalation.run_id, event))
+        event = {"type": "final", "state": str(state)}  # streaming or not: it settles the run
+        transaction.on_commit(lambda: publish(escalation.run_id, event))
 
 
 def _rejected_answer(comment: str) -> str:

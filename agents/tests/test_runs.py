@@ -368,7 +368,7 @@ async def _receive(layer, channel):
     return await asyncio.wait_for(layer.receive(channel), 2)
 
 
-def test_a_run_nobody_watches_live_publishes_nothing_and_does_not_stream(
+def test_a_run_nobody_watches_live_publishes_only_its_end_and_does_not_stream(
     server, agent, member, celery_worker_process
 ):
     from asgiref.sync import async_to_sync
@@ -385,6 +385,11 @@ def test_a_run_nobody_watches_live_publishes_nothing_and_does_not_stream(
 
     run_execute_task.delay(run.pk)
     assert final(run).answer == "Your VPN ticket is open"
+    # No step and no token: only what settles the run (a waiting request wakes on it).
+    assert async_to_sync(_receive)(layer, channel)["event"] == {
+        "type": "final",
+        "state": "succeeded",
+    }
     with pytest.raises(TimeoutError):
         async_to_sync(_receive)(layer, channel)
     assert not server.requests["primary"][0].get("stream")

@@ -9,7 +9,8 @@ limits, budgets, guardrails, policy, approvals and the audit trail are the chat'
   and history. To continue a Warden conversation, send `"conversation": <id>` (the `warden`
   member of an earlier answer names it; `extra_body` in the SDK).
 - `Idempotency-Key`: the same key (per client) answers with the run it started before.
-- Waiting: the view follows the run's event stream in Redis (agents.events) until the run
+- Waiting: the view follows the run's event stream in Redis (agents.events; a run that does
+  not stream still logs the events that end or park it) until the run
   ends or parks, checking the database (the truth) on each decisive event and every
   `WAIT_POLL_SECONDS`. A run parked for a reviewer, or still going after
   `WARDEN_OPENAI_WAIT_SECONDS`, answers at once: a message saying so, with the run's API URL,
@@ -318,7 +319,9 @@ def _start(request, ask: Ask) -> Run:
             idempotency_key=key,
             client_application_id=client_application_id(request),
             fingerprint=fingerprint(request_digest) if key else "",
-            stream=True,  # the events are what the wait follows
+            # Tokens are published only for a streamed answer; every run publishes the events
+            # that settle it, which is what a non-streamed request's wait wakes on.
+            stream=ask.stream,
         )
     except RunIdempotencyConflict as exc:
         raise IdempotencyConflict(str(exc)) from None

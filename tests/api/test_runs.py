@@ -322,12 +322,35 @@ def test_events_arrive_as_they_happen(committing_db, people, assistant):
     assert text.rstrip().endswith('{"type": "final", "state": "succeeded"}')
 
 
-def test_a_run_that_did_not_stream_gets_its_final_state(client, people, assistant, server):
+def test_a_run_that_did_not_stream_logs_only_what_settles_it(client, people, assistant, server):
     server.script("primary", Reply.say("Quietly."))
     auth = pat(people.member)
     run_id = start(client, assistant, auth).json()["id"]
     Run.objects.filter(pk=run_id).update(stream=False)
     run_execute(run_id=run_id, holder="test")
+    _logged(run_id)
+
+    events = _events(client.get(f"/api/v1/runs/{run_id}/events", **auth))
+
+    assert [(e["type"], e.get("state")) for e in events] == [("final", "succeeded")]
+    assert events[0]["id"] is not None  # logged: no tokens, no steps, but its end
+
+
+def test_a_run_whose_log_expired_gets_its_final_state(client, people, assistant, server):
+    server.script("primary", Reply.say("Long ago."))
+    auth = pat(people.member)
+    run_id = start(client, assistant, auth).json()["id"]
+    run_execute(run_id=run_id, holder="test")
+    _logged(run_id)
+
+    async def expire():
+        redis = redis_client()
+        try:
+            await redis.delete(stream_key(run_id))
+        finally:
+            await redis.aclose()
+
+    async_to_sync(expire)()
 
     events = _events(client.get(f"/api/v1/runs/{run_id}/events", **auth))
 
