@@ -275,6 +275,7 @@ def main() -> None:
         "DJANGO_SETTINGS_MODULE": "portal.settings",
         "LOG_LEVEL": "WARNING",
         "WARDEN_API_RATE": "100000000/min",  # DRF's per-account throttle off the path
+        "WARDEN_API_MAX_WAITS": "1000",  # and the cap on one account's open waits (50 clients)
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",
     }
     for name in ("DATABASE_URL", "REDIS_URL"):
@@ -339,7 +340,7 @@ def main() -> None:
         )
         proxy = None
         if Path(args.proxy_python).exists():
-            cli = str(Path(args.proxy_python).with_name("litellm"))
+            cli = str(Path(args.proxy_python).absolute().with_name("litellm"))
             proxy = subprocess.Popen(
                 [
                     cli,

@@ -25,7 +25,7 @@ def wait_slot_take(user) -> None:
     if cache.incr(key) > most:
         cache.decr(key)
         raise exceptions.Throttled(
-            wait=1, detail=f"at most {most} waiting requests or event streams at once per account"
+            wait=1, detail=f"at most {most} waiting requests or event streams at once per account."
         )
 
 
