@@ -39,7 +39,7 @@ from portal.api.waits import wait_slot_for, wait_slot_give, wait_slot_take
 
 MAX_INPUT = 20_000
 _KEY = re.compile(r"[\x21-\x7e]{1,100}")  # printable ASCII, no spaces
-_STREAM_ID = re.compile(r"\d{1,20}-\d{1,20}")
+_STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 FINISHED_GRACE_MS = 1500
 
 
