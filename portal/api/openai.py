@@ -232,7 +232,8 @@ def _ask(data) -> Ask:
     if not isinstance(messages, list) or not messages:
         raise Invalid("messages", "`messages` must be a non-empty list")
     for n, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in ROLES:
+        role = message.get("role") if isinstance(message, dict) else None
+        if not isinstance(role, str) or role not in ROLES:  # (a list as role is not hashable)
             raise Invalid(f"messages[{n}]", "each message needs a known `role`")
     last = messages[-1]
     if last["role"] != "user":

@@ -70,6 +70,17 @@ def test_text_postgresql_cannot_keep_is_a_400_on_the_openai_endpoint(
     assert not Run.objects.exists()
 
 
+@pytest.mark.parametrize("role", [["user"], {"user": 1}, 7])
+def test_a_role_that_is_not_a_string_is_a_400(client, people, assistant, role):
+    body = {"model": f"agent:{assistant.slug}", "messages": [{"role": role, "content": "hi"}]}
+
+    response = post(client, "/v1/chat/completions", body, **pat(people.member))
+
+    assert response.status_code == 400, response.content
+    assert response.json()["error"]["param"] == "messages[0]"
+    assert not Run.objects.exists()
+
+
 def test_a_tool_config_with_an_unpaired_surrogate_is_a_400(client, people):
     client.force_login(people.admin)
     body = (
