@@ -35,6 +35,8 @@ def wait_slot_give(user) -> None:
 
 
 def wait_slot_for(response, user):
-    """Give the slot back when `response` (a stream) is closed, whenever that is."""
+    """Give the slot back when `response` (a stream) is closed, whenever that is: a client
+    gone before the first byte included. This uses the list Django itself calls from
+    `HttpResponse.close()` (private, but the only hook there is)."""
     response._resource_closers.append(lambda: wait_slot_give(user))
     return response
