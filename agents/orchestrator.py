@@ -103,6 +103,7 @@ def run_execute(*, run_id: int, holder: str) -> float | None:
     worker holds a live lease on the run, the seconds until that lease expires (None
     otherwise). Raises only a transient error met before the lease was taken (the task
     retries); every error after that is handled here (agents.faults)."""
+    failpoint("before_lease")
     token = run_acquire_lease(run_id=run_id, holder=holder)
     if token is None:
         return _lease_left(run_id)  # finished, cancelled, or another worker holds it

@@ -16,8 +16,9 @@ from django.db import connection
 
 from agents.faults import transient
 from agents.gateway import ModelUnavailable
+from agents.heartbeat import lease_heartbeat
 from agents.models import Agent, Conversation, Deployment, ModelRoute, Run, RunState, RunStep
-from agents.services import run_start, runs_to_resume
+from agents.services import run_acquire_lease, run_start, runs_to_resume
 from agents.tasks import run_execute_task
 from audit.models import AuditEvent
 from tests.access import grant_agent
@@ -175,6 +176,41 @@ def test_a_database_connection_dropped_at_a_checkpoint_repeats_nothing(
     assert server.count("primary") == 2
     assert kinds(run) == ["model", "tool", "model"]
     assert (events(run, "run.step.model"), events(run, "tool.invoked")) == (2, 1)
+
+
+def test_a_database_connection_dropped_as_the_task_starts_retries_the_task(
+    server, agent, member, start_worker, tmp_path
+):
+    start_worker(
+        WARDEN_FAILPOINT="before_lease",
+        WARDEN_FAILPOINT_ACTION="disconnect",
+        WARDEN_FAILPOINT_ONCE=str(tmp_path / "hit"),
+    )
+    server.script("primary", Reply.say("Hello."))
+
+    run = final(start(agent, member))
+
+    assert (tmp_path / "hit").exists()
+    assert (run.state, run.answer, run.fencing_token) == (RunState.SUCCEEDED, "Hello.", 1)
+
+
+def test_the_heartbeat_renews_the_lease_and_finds_it_taken_over(agent, member, settings):
+    settings.WARDEN_RUN_LEASE_SECONDS = 2
+    settings.WARDEN_RUN_HEARTBEAT_SECONDS = 0.2
+    conversation = Conversation.objects.create(owner=member, agent=agent)
+    run = Run.objects.create(agent=agent, conversation=conversation, actor=member, input="hi")
+    token = run_acquire_lease(run_id=run.pk, holder="me")
+    granted = Run.objects.get(pk=run.pk).lease_expires_at
+
+    with lease_heartbeat(run_id=run.pk, token=token) as lease:
+        until(lambda: Run.objects.get(pk=run.pk).lease_expires_at > granted)
+        assert not lease.lost.is_set()
+        # Another worker took the run over (as after an expiry): the next beat finds out.
+        Run.objects.filter(pk=run.pk).update(fencing_token=token + 1)
+        assert lease.lost.wait(10)
+        renewed = Run.objects.get(pk=run.pk).lease_expires_at
+    time.sleep(0.5)  # beats that would have come: none does, for a lease given back
+    assert Run.objects.get(pk=run.pk).lease_expires_at == renewed
 
 
 def test_a_tool_call_longer_than_the_lease_keeps_it(server, crm, tool, agent, member, start_worker):
