@@ -15,13 +15,17 @@ import logging
 import os
 import re
 import signal
+import time
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from agents.events import publish
+from agents.faults import backoff, transient
+from agents.heartbeat import Lease, lease_heartbeat
 from agents.models import (
     FINAL_STATES,
     Agent,
@@ -61,57 +65,151 @@ from governance.policy import (
 )
 from tools.models import Tool, ToolKind
 from tools.registry import ToolContext
-from tools.services import argument_problem, tool_invoke
+from tools.services import Fenced, argument_problem, tool_invoke
 
 logger = logging.getLogger(__name__)
 MAX_INVALID_TOOL_CALLS = 3
 
 
 def failpoint(name: str) -> None:
-    """Crash here, once, when the environment asks for it (the durability tests' SIGKILL).
+    """Fail here when the environment asks for it (the durability tests' faults).
 
     WARDEN_FAILPOINT names the point; WARDEN_FAILPOINT_ONCE is a file created on the first hit,
-    so the process that replaces the killed one runs on.
+    so the process that replaces the killed one runs on (WARDEN_FAILPOINT_ALWAYS=1: every hit).
+    WARDEN_FAILPOINT_ACTION says what happens: `kill` (SIGKILL, the default) or `disconnect`
+    (the worker's database connection is terminated by the server, as pg_terminate_backend or
+    a restart of PostgreSQL would: the next statement fails).
     """
     if os.environ.get("WARDEN_FAILPOINT") != name:
         return
-    marker = os.environ.get("WARDEN_FAILPOINT_ONCE", "")
-    try:
-        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-    except (FileExistsError, FileNotFoundError):
+    if os.environ.get("WARDEN_FAILPOINT_ALWAYS") != "1":
+        marker = os.environ.get("WARDEN_FAILPOINT_ONCE", "")
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except (FileExistsError, FileNotFoundError):
+            return
+    if os.environ.get("WARDEN_FAILPOINT_ACTION", "kill") == "disconnect":
+        from django.db import Error
+
+        logger.warning("failpoint %s: terminating this worker's database connection", name)
+        with contextlib.suppress(Error), connection.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
         return
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def run_execute(*, run_id: int, holder: str) -> None:
-    """Advance the run until it ends or another worker takes it over. Never raises."""
+def run_execute(*, run_id: int, holder: str) -> float | None:
+    """Advance the run until it ends or another worker takes it over. Returns, when another
+    worker holds a live lease on the run, the seconds until that lease expires (None
+    otherwise). Raises only a transient error met before the lease was taken (the task
+    retries); every error after that is handled here (agents.faults)."""
+    failpoint("before_lease")
     token = run_acquire_lease(run_id=run_id, holder=holder)
     if token is None:
-        return  # finished, cancelled, or another worker holds a live lease
-    try:
-        _loop(run_id, token)
-    except _Finished:
-        pass
-    except LeaseLost:
-        logger.info("run %s: lease lost, stopping", run_id)
-    except Exception as exc:
-        logger.exception("run %s failed", run_id)
-        with contextlib.suppress(LeaseLost):
-            run_finish(
-                run_id=run_id,
-                token=token,
-                state=RunState.FAILED,
-                error=f"internal error ({type(exc).__name__}); the administrators have the details",
+        return _lease_left(run_id)  # finished, cancelled, or another worker holds it
+    # A run advanced inside a caller's transaction (tests do) is invisible to every other
+    # connection: nothing to heartbeat, and no new connection can carry on its work.
+    inside = connection.in_atomic_block
+    with lease_heartbeat(run_id=run_id, token=token, beat=not inside) as lease:
+        _advance(run_id, token, lease, retry=not inside)
+    return None
+
+
+def _lease_left(run_id: int) -> float | None:
+    expires = (
+        Run.objects.filter(pk=run_id, state=RunState.RUNNING)
+        .values_list("lease_expires_at", flat=True)
+        .first()
+    )
+    return None if expires is None else max(0.0, (expires - timezone.now()).total_seconds())
+
+
+@dataclass
+class _Attempt:
+    """What survives a retried step in memory: the model replies obtained but not committed
+    yet (by step index: a retry after a database blip does not call the model again), and how
+    many steps this worker committed (a retry budget is for faults in a row)."""
+
+    replies: dict = field(default_factory=dict)
+    commits: int = 0
+
+
+def _advance(run_id: int, token: int, lease: Lease, *, retry: bool) -> None:
+    attempt = _Attempt()
+    faults, commits, first_fault = 0, 0, 0.0
+    while True:
+        try:
+            return _loop(run_id, token, lease, attempt)
+        except _Finished:
+            return
+        except LeaseLost:
+            logger.info("run %s: lease lost, stopping", run_id)
+            return
+        except Exception as exc:
+            dependency = transient(exc) if retry else None
+            if dependency is None:
+                return _failed(run_id, token, exc)
+            if attempt.commits != commits:  # progress since the last fault: a new series
+                faults, commits = 0, attempt.commits
+            faults += 1
+            first_fault = first_fault if faults > 1 else time.monotonic()
+            connection.close()  # a connection the server dropped stays broken otherwise
+            if faults >= settings.WARDEN_RUN_RETRY_ATTEMPTS:
+                return _gave_up(run_id, token, dependency, faults, first_fault, exc)
+            delay = backoff(faults)
+            logger.warning(
+                "run %s: the %s failed (%s); retrying from the last checkpoint in %.1f s "
+                "(attempt %d of %d)",
+                *(run_id, dependency, type(exc).__name__, delay, faults + 1),
+                settings.WARDEN_RUN_RETRY_ATTEMPTS,
             )
+            if lease.lost.wait(delay):
+                logger.info("run %s: lease lost while waiting to retry, stopping", run_id)
+                return
+
+
+def _failed(run_id: int, token: int, exc: Exception) -> None:
+    """A permanent error (a bug): the run ends failed, the details in the log only."""
+    logger.error("run %s failed", run_id, exc_info=exc)
+    with contextlib.suppress(LeaseLost):
+        run_finish(
+            run_id=run_id,
+            token=token,
+            state=RunState.FAILED,
+            error=f"internal error ({type(exc).__name__}); the administrators have the details",
+        )
+
+
+def _gave_up(run_id, token, dependency, faults, first_fault, exc) -> None:
+    """The dependency stayed away through every retry: the run ends failed, naming it. If even
+    that cannot be written, the run is left running with its lease to expire: the `run-resume`
+    job hands it to a worker once the dependency is back."""
+    seconds = time.monotonic() - first_fault
+    error = (
+        f"the {dependency} was unreachable for {faults} attempts over {seconds:.0f} s "
+        f"({type(exc).__name__}); the run stopped"
+    )
+    logger.error("run %s: %s", run_id, error, exc_info=exc)
+    try:
+        run_finish(run_id=run_id, token=token, state=RunState.FAILED, error=error)
+    except LeaseLost:
+        pass
+    except Exception:
+        logger.exception("run %s: could not be marked failed; left for the resume job", run_id)
+        connection.close()
+        return
+    publish(run_id, {"type": "final", "state": RunState.FAILED})
 
 
 class _Run:
     """What one worker knows of the run it holds: loaded once, extended by its own commits
     (nobody else writes while the lease is ours; the fenced checkpoint makes sure of it)."""
 
-    def __init__(self, run_id: int, token: int):
+    def __init__(self, run_id: int, token: int, lease: Lease, attempt: _Attempt):
         self.run = Run.objects.select_related("agent__route", "actor").get(pk=run_id)
         self.token = token
+        self.lease = lease
+        self.attempt = attempt
         self.agent = self.run.agent
         self.steps = list(RunStep.objects.filter(run_id=run_id).order_by("index"))
         self.messages = _messages(self.run)
@@ -125,7 +223,15 @@ class _Run:
 
     @functools.cached_property
     def tool_context(self) -> ToolContext:
-        return ToolContext(actor=self.run.actor, agent=self.agent, run_id=self.run.pk)
+        return ToolContext(
+            actor=self.run.actor, agent=self.agent, run_id=self.run.pk, fence=self.token
+        )
+
+    def ensure_lease(self) -> None:
+        """Stop before an effect once the heartbeat found the lease gone (the fenced writes
+        would refuse what follows anyway; this spares the call)."""
+        if self.lease.lost.is_set():
+            raise LeaseLost(f"run {self.run.pk}: lease token {self.token} was taken over")
 
     @functools.cached_property
     def streams_tokens(self) -> bool:
@@ -158,6 +264,8 @@ class _Run:
         following = _pending_tool_call([*self.steps, placeholder])
         next_tool = following and self.offered.get(following[2].get("name"))
         live_tool = next_tool.pk if next_tool and next_tool.kind == ToolKind.PYTHON else None
+        self.ensure_lease()
+        failpoint("before_checkpoint")
         done = run_checkpoint(
             run_id=self.run.pk,
             token=self.token,
@@ -177,6 +285,7 @@ class _Run:
         self.steps.append(record)
         self.messages += [_as_model_message(m) for m in messages]
         self.tokens += step.prompt_tokens + step.completion_tokens
+        self.attempt.commits += 1
         return record
 
     def publish(self, event: dict, *, settles: bool = False) -> None:
@@ -194,7 +303,7 @@ class _Run:
         """End the run as rejected by the policy, the decision in the audit trail."""
         from audit.services import Target, audit_record
 
-        with transaction.atomic():
+        with transaction.atomic():  # fenced with the finish: a stale worker records nothing
             audit_record(
                 actor=None,
                 action="policy.decided",
@@ -202,13 +311,14 @@ class _Run:
                 run=self.run.pk,
                 data={"on": "run.resume", **decision.as_dict()},
             )
-        self.finish(RunState.REJECTED, error=message)
+            run_finish(run_id=self.run.pk, token=self.token, state=RunState.REJECTED, error=message)
+        self.publish({"type": "final", "state": RunState.REJECTED}, settles=True)
 
 
-def _loop(run_id: int, token: int) -> None:
+def _loop(run_id: int, token: int, lease: Lease, attempt: _Attempt) -> None:
     from agents.gateway import ModelUnavailable, gateway_complete
 
-    held = _Run(run_id, token)
+    held = _Run(run_id, token, lease, attempt)
     if held.run.fencing_token != token or held.run.state in FINAL_STATES:
         raise LeaseLost(f"run {run_id}")
     agent = held.agent
@@ -262,8 +372,12 @@ def _loop(run_id: int, token: int) -> None:
         index = len(steps)
         key = f"run:{held.run.pk}:step:{index}"
         reservation = None
+        obtained = attempt.replies.get(index)  # before a fault that stopped its checkpoint
         try:
-            reservation = _reserve(held, key, tools)
+            reservation = _reserve(held, key, tools)  # the same key holds nothing more
+            if obtained is not None:
+                raise _Obtained
+            held.ensure_lease()
             messages, redaction = held.messages, None
             if agent.route.external:  # personal data never leaves; placeholders go instead
                 messages, redaction = redact_messages(messages)
@@ -282,16 +396,22 @@ def _loop(run_id: int, token: int) -> None:
                 if held.streams_tokens
                 else None,
             )
+        except _Obtained:
+            reply, started, redaction = obtained
         except BudgetExceeded as exc:
             return held.refuse(Decision(Effect.DENY, ("budget.exhausted",)), str(exc))
         except BaseException as exc:
+            if transient(exc) is not None:
+                raise  # the step is retried; its reservation, under the same key, waits for it
             if reservation:  # the call failed: it used nothing we can know of
-                budget_settle(key=key, tokens=0, cost=Decimal(0))
+                _release(held, key)
             if isinstance(exc, ModelUnavailable):
                 return held.finish(RunState.FAILED, error=str(exc))
             raise
-        if redaction is not None and redaction.values:
-            _restore(reply, redaction)
+        else:
+            if redaction is not None and redaction.values:
+                _restore(reply, redaction)
+            attempt.replies[index] = (reply, started, redaction)
         output = {
             "content": reply.content,
             "tool_calls": [
@@ -309,10 +429,24 @@ def _loop(run_id: int, token: int) -> None:
                 budget_settle(
                     key=key, tokens=reply.prompt_tokens + reply.completion_tokens, cost=reply.cost
                 )
+        attempt.replies.pop(index, None)
         # What changed, not what it says: the event log is kept in Redis for a day, and the
         # page reads the step from the database (tool arguments masked, answers once released).
         calls = [c.name for c in reply.tool_calls]
         held.publish({"type": "step", "index": record.index, "kind": "model", "calls": calls})
+
+
+class _Obtained(Exception):
+    """The model's reply for this step was obtained before a fault: it is not asked again."""
+
+
+def _release(held: _Run, key: str) -> None:
+    """Give back the reservation of a model call that failed, only while the lease is ours:
+    a worker that lost it would release the reservation of the call that replaced its own
+    (the same key), and that call's use would go uncounted."""
+    with transaction.atomic():
+        if Run.objects.select_for_update().filter(pk=held.run.pk, fencing_token=held.token):
+            budget_settle(key=key, tokens=0, cost=Decimal(0))
 
 
 def _reserve(held: _Run, key: str, tools: list[dict]):
@@ -467,14 +601,18 @@ def _tool_step(held: _Run, model_index: int, k: int, call: dict) -> None:
     if approval is not None:
         arguments = approval.approved_arguments  # exactly what the reviewer approved
     live = held.live_tool[1] if held.live_tool and held.live_tool[0] == tool.pk else None
-    outcome = tool_invoke(
-        tool=tool,
-        arguments=arguments,
-        key=key,
-        context=held.tool_context,
-        defer_read_record=True,
-        live=live,
-    )
+    held.ensure_lease()
+    try:
+        outcome = tool_invoke(
+            tool=tool,
+            arguments=arguments,
+            key=key,
+            context=held.tool_context,
+            defer_read_record=True,
+            live=live,
+        )
+    except Fenced as exc:  # the ledger row was claimed under a newer lease
+        raise LeaseLost(f"run {run.pk}: lease token {held.token} was taken over") from exc
     failpoint("after_tool_effect")
     content = json.dumps(outcome.result)
     verdict = injection_verdict(content, action=held.agent.injection_action, where="tool_output")

@@ -489,12 +489,12 @@ WITH fenced AS (
         tool_calls jsonb, tool_call_id text, tokens integer, cost numeric)
 ), ledger AS (
     INSERT INTO tools_toolinvocation (key, tool, tool_version, actor_id, arguments, status,
-        result, error, latency_ms, created_at, finished_at)
+        result, error, latency_ms, fence, attempts, created_at, finished_at)
     SELECT l.key, l.tool, l.tool_version, l.actor_id, l.arguments, l.status, l.result, l.error,
-        l.latency_ms, %(now)s, %(now)s
+        l.latency_ms, l.fence, l.attempts, %(now)s, %(now)s
     FROM fenced, jsonb_to_recordset(%(ledger)s::jsonb) AS l(key text, tool text,
         tool_version text, actor_id bigint, arguments jsonb, status text, result jsonb,
-        error text, latency_ms double precision)
+        error text, latency_ms double precision, fence bigint, attempts integer)
     ON CONFLICT (key) DO NOTHING
 )
 SELECT fenced.cancel_requested, step.id,

@@ -1,18 +1,43 @@
+import logging
 import os
 import socket
 
 from celery import shared_task
+from django.conf import settings
+from django.db import connection
 
+from agents.faults import backoff, transient
 from agents.orchestrator import run_execute
 from agents.services import runs_to_resume
 
+logger = logging.getLogger(__name__)
+# A task retried (the database was away as it started, or another worker's lease was live)
+# at most this often; the `run-resume` beat job covers what is left.
+RETRIES = 5
 
-@shared_task(bind=True, name="agents.tasks.run_execute_task")
+
+@shared_task(bind=True, name="agents.tasks.run_execute_task", max_retries=RETRIES)
 def run_execute_task(self, run_id: int) -> None:
     """Advance one run (acks_late and reject_on_worker_lost come from settings: a worker that
     dies mid-run has its message redelivered, and the lease decides who continues)."""
     holder = f"{socket.gethostname()}:{os.getpid()}:{self.request.id}"
-    run_execute(run_id=run_id, holder=holder)
+    try:
+        lease_left = run_execute(run_id=run_id, holder=holder)
+    except Exception as exc:
+        dependency = transient(exc)
+        if dependency is None:
+            raise
+        connection.close()  # a connection the server dropped stays broken otherwise
+        if self.request.retries >= RETRIES:
+            logger.warning("run %s: the %s is away; left for the resume job", run_id, dependency)
+            return
+        raise self.retry(countdown=backoff(self.request.retries + 1), exc=exc) from exc
+    if lease_left is not None and self.request.retries < RETRIES:
+        # Another worker's lease is live: it may be a dead one's (a killed process's message
+        # comes back at once). Try again as it expires rather than wait for the resume job;
+        # a live worker heartbeats it, and this retry finds it held again, or the run ended.
+        lease = settings.WARDEN_RUN_LEASE_SECONDS
+        raise self.retry(countdown=min(lease_left, lease) + 0.5)
 
 
 @shared_task(name="agents.tasks.run_resume_task")

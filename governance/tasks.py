@@ -101,7 +101,9 @@ def budget_notify_task(budget_id: int) -> None:
 
 @shared_task(name="governance.tasks.budget_reservations_release_task", ignore_result=True)
 def budget_reservations_release_task() -> None:
-    lease = settings.WARDEN_RUN_LEASE_SECONDS
-    released = budget_reservations_release(older_than=timedelta(seconds=4 * lease))
+    # No task that reserved runs longer than its time limit (the lease, now a heartbeat
+    # timeout of seconds, says nothing of how long a model call may take).
+    limit = settings.CELERY_TASK_TIME_LIMIT
+    released = budget_reservations_release(older_than=timedelta(seconds=limit))
     if released:
         logger.info("settled %d stale budget reservations at their estimate", released)

@@ -316,7 +316,22 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 WARDEN_WORKER_CONN_MAX_AGE = env_int("DATABASE_WORKER_CONN_MAX_AGE", 300, minimum=0)
 # Celery's Django fixup then closes nothing itself (it would around every task).
 CELERY_DB_REUSE_MAX = 10**9 if WARDEN_WORKER_CONN_MAX_AGE else None
-WARDEN_RUN_LEASE_SECONDS = env_int("WARDEN_RUN_LEASE_SECONDS", 120, minimum=1)
+# A run's lease is a heartbeat timeout: the worker advancing it renews it every
+# WARDEN_RUN_HEARTBEAT_SECONDS (a third of it by default) while any step runs, and the
+# `run-resume` beat job, every WARDEN_RUN_RESUME_SECONDS, hands a run whose lease expired (its
+# worker died) to another worker: a dead worker's runs resume within lease + resume seconds.
+WARDEN_RUN_LEASE_SECONDS = env_int("WARDEN_RUN_LEASE_SECONDS", 10, minimum=1)
+WARDEN_RUN_HEARTBEAT_SECONDS = (
+    env_int("WARDEN_RUN_HEARTBEAT_SECONDS", 0, minimum=0) or WARDEN_RUN_LEASE_SECONDS / 3
+)
+WARDEN_RUN_RESUME_SECONDS = env_int("WARDEN_RUN_RESUME_SECONDS", 3, minimum=1)
+# A transient error (the database, Redis, the broker or a model provider unreachable) retries
+# the step from its last checkpoint this many times, after an exponential backoff from
+# WARDEN_RUN_RETRY_BACKOFF_MS capped at WARDEN_RUN_RETRY_BACKOFF_MAX_SECONDS (with jitter):
+# by default ~40 s in all, more than a PostgreSQL restart takes. Then the run fails, naming it.
+WARDEN_RUN_RETRY_ATTEMPTS = env_int("WARDEN_RUN_RETRY_ATTEMPTS", 8, minimum=1)
+WARDEN_RUN_RETRY_BACKOFF_SECONDS = env_int("WARDEN_RUN_RETRY_BACKOFF_MS", 500, minimum=1) / 1000
+WARDEN_RUN_RETRY_BACKOFF_MAX_SECONDS = env_int("WARDEN_RUN_RETRY_BACKOFF_MAX_SECONDS", 8, minimum=1)
 # How long a tool call waits for a reviewer before the run is told it expired.
 # The completion a budget reserves for before each model call, until the call says what it used.
 WARDEN_BUDGET_COMPLETION_TOKENS = env_int("WARDEN_BUDGET_COMPLETION_TOKENS", 512, minimum=1)
@@ -368,7 +383,7 @@ DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "warden@localhost")
 CELERY_BEAT_SCHEDULE = {
     "run-resume": {
         "task": "agents.tasks.run_resume_task",
-        "schedule": env_int("WARDEN_RUN_RESUME_SECONDS", 15, minimum=1),
+        "schedule": WARDEN_RUN_RESUME_SECONDS,
     },
     "approvals-expire": {
         "task": "governance.tasks.approvals_expire_task",

@@ -227,7 +227,7 @@ class ToolInvocation(models.Model):
     as `started` before the call and completed after, so a retry (the worker died in between)
     finds it: a finished row's result is reused instead of calling again; a `started` row means
     the effect may or may not have happened, and the retry sends the same key so the external
-    system can deduplicate.
+    system can deduplicate. Every write to a row is fenced by the run's lease token (`fence`).
     """
 
     key = models.CharField(max_length=200, unique=True)
@@ -243,6 +243,12 @@ class ToolInvocation(models.Model):
     latency_ms = models.FloatField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # The fencing token of the run's lease under which the row was last claimed (None for an
+    # admin's test call): a worker whose lease was taken over can neither claim nor finish it.
+    fence = models.BigIntegerField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(
+        default=0, db_default=0, help_text="How many times the call was started."
+    )
 
     def __str__(self) -> str:
         return f"{self.key} {self.tool} ({self.status})"

@@ -22,6 +22,7 @@ class ToolContext:
     actor: Any  # the user the run acts for
     agent: Any = None
     run_id: int | None = None
+    fence: int | None = None  # the run's lease token: the ledger's writes are fenced by it
     settings: dict = field(default_factory=dict)  # the Tool row's config["settings"]
     timeout: float = 30.0  # seconds: the function's own I/O should give up by then
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import math
+import random
 import time
 import uuid
 from dataclasses import dataclass
@@ -22,10 +24,17 @@ from typing import Any
 import jsonschema
 import psycopg
 import referencing.exceptions
+from django.conf import settings
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, connection, transaction
-from django.utils import timezone
+from django.db import (
+    DatabaseError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    connection,
+    transaction,
+)
 
 from audit.services import audit_record
 from tools.executors import Call, ToolError, executor
@@ -103,7 +112,12 @@ def tool_invoke(
         return _from_ledger(ToolInvocation.objects.get(pk=done))
     if not tool.enabled:
         return _failure(tool, ToolError("unavailable", f"the tool {tool.name!r} is disabled"))
-    row = {"tool": tool.name, "tool_version": tool.version, "arguments": storable(arguments)}
+    row = {
+        "tool": tool.name,
+        "tool_version": tool.version,
+        "arguments": storable(arguments),
+        "fence": context.fence,
+    }
     actor = getattr(context.actor, "pk", None) and context.actor
     if _over_rate_limit(tool, actor):
         limited = ToolError(
@@ -113,12 +127,12 @@ def tool_invoke(
     call = Call(tool, arguments, key, context)
     if tool.kind == ToolKind.PYTHON and not tool.has_side_effects and defer_read_record:
         outcome = _run(call)
-        return dataclasses.replace(outcome, record=_ledger_row(key, row, actor, outcome))
+        record = _ledger_row(key, row, actor, outcome, context.fence)
+        return dataclasses.replace(outcome, record=record)
     if tool.kind == ToolKind.PYTHON and not _external(tool):
         return _invoke_in_transaction(call, row, actor)
-    ToolInvocation.objects.get_or_create(
-        key=key, defaults={**row, "actor": actor, "status": InvocationStatus.STARTED}
-    )
+    if (done := _claim(key, row, actor, context.fence)) is not None:
+        return done  # finished by another worker since the lookup
     return _record(key, row, actor, _run(call))
 
 
@@ -260,17 +274,51 @@ SELECT {", ".join(LIVE_FIELDS)}, ({_FINISHED}) FROM tools_tool WHERE id = %s
 STARTED = InvocationStatus.STARTED
 
 # The ledger row of a Python call, in the call's transaction: one statement, and no row when
-# another worker recorded the key first (then this attempt rolls back).
+# another worker recorded the key first (then this attempt rolls back: the unique key fences
+# the effect, which commits with the row or not at all).
 _RECORD = """
 INSERT INTO tools_toolinvocation (key, tool, tool_version, actor_id, arguments, status, result,
-    error, latency_ms, created_at, finished_at)
+    error, latency_ms, fence, attempts, created_at, finished_at)
 VALUES (%(key)s, %(tool)s, %(tool_version)s, %(actor_id)s, %(arguments)s::jsonb, %(status)s,
-    %(result)s::jsonb, %(error)s, %(latency_ms)s, now(), now())
+    %(result)s::jsonb, %(error)s, %(latency_ms)s, %(fence)s, 1, now(), now())
 ON CONFLICT (key) DO NOTHING RETURNING id
 """
 
+# An HTTP, MCP or external call's row, committed as `started` before the call: a new row, or a
+# `started` one left by an attempt that died (the same worker's, or one whose lease expired),
+# counted again. A row claimed under a newer lease, or finished, is not touched.
+_CLAIM = """
+INSERT INTO tools_toolinvocation AS l (key, tool, tool_version, actor_id, arguments, status,
+    error, fence, attempts, created_at)
+VALUES (%(key)s, %(tool)s, %(tool_version)s, %(actor_id)s, %(arguments)s::jsonb, 'started', '',
+    %(fence)s, 1, now())
+ON CONFLICT (key) DO UPDATE SET fence = EXCLUDED.fence, attempts = l.attempts + 1
+WHERE l.status = 'started' AND (l.fence IS NULL OR l.fence <= EXCLUDED.fence)
+RETURNING id
+"""
 
-def _ledger_row(key: str, row: dict, actor, outcome: Outcome) -> dict:
+# The call's outcome: completes the row this worker claimed (or writes it, for a call that never
+# claimed one: refused by the rate limit, or a Python call rolled back). Nothing when the row
+# finished already or was claimed since under a newer lease: a stale worker changes nothing.
+_FINISH = """
+INSERT INTO tools_toolinvocation AS l (key, tool, tool_version, actor_id, arguments, status,
+    result, error, latency_ms, fence, attempts, created_at, finished_at)
+VALUES (%(key)s, %(tool)s, %(tool_version)s, %(actor_id)s, %(arguments)s::jsonb, %(status)s,
+    %(result)s::jsonb, %(error)s, %(latency_ms)s, %(fence)s, %(attempts)s, now(), now())
+ON CONFLICT (key) DO UPDATE SET status = EXCLUDED.status, result = EXCLUDED.result,
+    error = EXCLUDED.error, latency_ms = EXCLUDED.latency_ms, finished_at = EXCLUDED.finished_at,
+    tool_version = EXCLUDED.tool_version
+WHERE l.status = 'started' AND (l.fence IS NULL OR l.fence <= EXCLUDED.fence)
+RETURNING id
+"""
+
+
+class Fenced(Exception):
+    """The ledger row belongs to a newer lease of the run: this worker lost it and must stop
+    (the orchestrator stops the run's step as LeaseLost)."""
+
+
+def _ledger_row(key: str, row: dict, actor, outcome: Outcome, fence: int | None) -> dict:
     return {
         "key": key,
         "tool": row["tool"],
@@ -281,7 +329,25 @@ def _ledger_row(key: str, row: dict, actor, outcome: Outcome) -> dict:
         "result": outcome.result,
         "error": outcome.error,
         "latency_ms": outcome.latency_ms,
+        "fence": fence,
+        "attempts": 1,
     }
+
+
+def _claim(key: str, row: dict, actor, fence: int | None) -> Outcome | None:
+    """Record the call as started under `fence` before making it; the finished row's outcome
+    if another worker completed the call meanwhile. Raises Fenced when a newer lease holds it."""
+    params = {**row, "key": key, "actor_id": getattr(actor, "pk", None)}
+    params["arguments"] = json.dumps(row["arguments"])
+    with _raw_cursor() as cursor:
+        claimed = cursor.execute(_CLAIM, params).fetchone()
+    if claimed is not None:
+        return None
+    done = ToolInvocation.objects.filter(key=key).exclude(status=STARTED).first()
+    if done is not None:
+        return _from_ledger(done)
+    log.warning("ledger: stale claim of %s under token %s ignored", key, fence)
+    raise Fenced(key)
 
 
 def _invoke_in_transaction(call: Call, row: dict, actor) -> Outcome:
@@ -294,7 +360,7 @@ def _invoke_in_transaction(call: Call, row: dict, actor) -> Outcome:
     try:
         with together, _raw_cursor() as cursor:
             outcome = _success(call.tool, executor("python").execute(call), began)
-            record = _ledger_row(call.idempotency_key, row, actor, outcome)
+            record = _ledger_row(call.idempotency_key, row, actor, outcome, row["fence"])
             cursor.execute(
                 _RECORD,
                 {**record, "arguments": json.dumps(record["arguments"])}
@@ -306,7 +372,9 @@ def _invoke_in_transaction(call: Call, row: dict, actor) -> Outcome:
         return _from_ledger(ToolInvocation.objects.get(key=call.idempotency_key))
     except ToolError as error:  # the effect rolled back with the transaction
         return _record(call.idempotency_key, row, actor, _failure(call.tool, error, began))
-    except Exception:
+    except Exception as exc:
+        if _connection_lost(exc):
+            raise  # nothing committed: the run retries the step (agents.faults)
         return _record(call.idempotency_key, row, actor, _internal_failure(call.tool, began))
     return outcome
 
@@ -317,8 +385,20 @@ def _run(call: Call) -> Outcome:
         return _success(call.tool, executor(call.tool.kind).execute(call), began)
     except ToolError as error:
         return _failure(call.tool, error, began)
-    except Exception:
+    except Exception as exc:
+        if _connection_lost(exc):
+            raise  # Warden's database, not the tool, failed (reading a secret, say)
         return _internal_failure(call.tool, began)
+
+
+def _connection_lost(exc: Exception) -> bool:
+    """Whether `exc` is Warden's own database connection failing (not a tool's own)."""
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        return True  # raised through Django's connections
+    if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
+        raw = connection.connection
+        return raw is None or raw.closed or raw.broken
+    return False
 
 
 def _internal_failure(tool: Tool, began: float) -> Outcome:
@@ -360,21 +440,45 @@ def _failure(tool: Tool, error: ToolError, began: float | None = None) -> Outcom
     )
 
 
-def _ledger_fields(outcome: Outcome) -> dict:
-    return {
-        "status": outcome.status,
-        "result": outcome.result,
-        "error": outcome.error,
-        "latency_ms": outcome.latency_ms,
-        "finished_at": timezone.now(),
-    }
-
-
 def _record(key: str, row: dict, actor, outcome: Outcome) -> Outcome:
-    ToolInvocation.objects.update_or_create(
-        key=key, defaults={**row, "actor": actor, **_ledger_fields(outcome)}
-    )
+    """Write the call's outcome to its ledger row, first of all: the effect may have happened,
+    so a database that went away for a moment is retried, on a new connection, a bounded
+    number of times (outside a transaction; inside one, reconnecting is not possible)."""
+    record = _ledger_row(key, row, actor, outcome, row["fence"])
+    record["attempts"] = 0 if outcome.latency_ms is None else 1  # nothing ran, or it did
+    params = record | {
+        "arguments": json.dumps(record["arguments"]),
+        "result": json.dumps(record["result"]),
+    }
+    for attempt in itertools.count(1):
+        try:
+            with _raw_cursor() as cursor:
+                written = cursor.execute(_FINISH, params).fetchone()
+            break
+        except (DatabaseError, psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            if not _reconnectable(exc) or attempt >= settings.WARDEN_RUN_RETRY_ATTEMPTS:
+                raise
+            log.warning("ledger: recording %s failed (%s); retrying", key, type(exc).__name__)
+            connection.close()
+            time.sleep(_backoff(attempt))
+    if written is None:
+        log.warning("ledger: stale write of %s under token %s ignored", key, row["fence"])
+        raise Fenced(key)
     return outcome
+
+
+def _reconnectable(exc: Exception) -> bool:
+    """A connection error that a new connection may not have (never inside a transaction)."""
+    transient = (OperationalError, InterfaceError, psycopg.OperationalError, psycopg.InterfaceError)
+    return isinstance(exc, transient) and not connection.in_atomic_block
+
+
+def _backoff(attempt: int) -> float:
+    delay = min(
+        settings.WARDEN_RUN_RETRY_BACKOFF_MAX_SECONDS,
+        settings.WARDEN_RUN_RETRY_BACKOFF_SECONDS * 2 ** (attempt - 1),
+    )
+    return delay / 2 + random.uniform(0, delay / 2)  # noqa: S311 - jitter, not secrecy
 
 
 def _from_ledger(done: ToolInvocation) -> Outcome:
