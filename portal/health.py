@@ -8,6 +8,7 @@ the error text (that goes to the log).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -26,19 +27,41 @@ class ProbeFailed(Exception):
     """A readiness check failed; the message is a short, public reason, the cause the detail."""
 
 
+def _database_query(sql: str) -> tuple | None:
+    """Run `sql` on a connection of its own, all of it (connect included) within PROBE_TIMEOUT.
+
+    Not Django's connection: libpq's connect_timeout is at least 2 s and covers only the
+    connect, while a server that is stopped (SIGSTOP, a frozen host) or still recovering must
+    make the probe fail within its second, not hang it (probes are serialised: one hung check
+    would hang them all). Cancelling the asyncio task closes the socket.
+    """
+    import psycopg
+
+    params = connection.get_connection_params()
+    for key in ("context", "cursor_factory", "prepare_threshold"):  # Django's sync-only extras
+        params.pop(key, None)
+
+    async def query() -> tuple | None:
+        async with await psycopg.AsyncConnection.connect(**params, autocommit=True) as db:
+            cursor = await db.execute(sql)
+            return await cursor.fetchone()
+
+    async def bounded() -> tuple | None:
+        return await asyncio.wait_for(query(), PROBE_TIMEOUT)
+
+    return asyncio.run(bounded())
+
+
 def check_database() -> None:
     try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
+        _database_query("SELECT 1")
     except Exception as exc:
         raise ProbeFailed("unreachable") from exc
 
 
 def check_pgvector() -> None:
     try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
-            row = cursor.fetchone()
+        row = _database_query("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
     except Exception as exc:
         raise ProbeFailed("database unreachable") from exc
     if row is None:
@@ -47,9 +70,14 @@ def check_pgvector() -> None:
 
 def check_redis() -> None:
     import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
     client = redis.Redis.from_url(
-        settings.REDIS_URL, socket_connect_timeout=PROBE_TIMEOUT, socket_timeout=PROBE_TIMEOUT
+        settings.REDIS_URL,
+        socket_connect_timeout=PROBE_TIMEOUT,
+        socket_timeout=PROBE_TIMEOUT,
+        retry=Retry(NoBackoff(), 0),  # redis-py retries thrice with backoff: 3.5 s when down
     )
     try:
         client.ping()

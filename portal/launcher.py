@@ -1,6 +1,12 @@
 """The `up` launcher: embedded servers when needed, migrations, the demo seed, then daphne, a
 Celery worker and Celery beat, supervised until Ctrl-C or SIGTERM.
 
+Supervision restarts a process that exits (the data servers included: the others stay up and
+reconnect), after a pause that doubles from RESTART_DELAY to RESTART_DELAY_MAX and starts afresh
+once the process has stayed up STABLE_AFTER seconds; a process that exits GIVE_UP_EXITS times
+within GIVE_UP_WINDOW seconds is broken, not unlucky, and the launcher stops everything and
+exits non-zero.
+
 Order matters for "nothing half-started": everything that can be checked without starting a
 process (the web port, which stays bound from then on and is handed to daphne; the var/ lock;
 external PostgreSQL and Redis) is checked first; after that any failure stops what was started,
@@ -21,6 +27,7 @@ import time
 import traceback
 import urllib.error
 import urllib.request
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +42,12 @@ from portal.services import demo_logins_path, demo_logins_read, demo_workspace_s
 
 STOP_TIMEOUT = 20
 READY_TIMEOUT = 60
+RESTART_DELAY = 1.0
+RESTART_DELAY_MAX = 30.0
+STABLE_AFTER = 30.0
+GIVE_UP_EXITS = 5
+GIVE_UP_WINDOW = 60.0
+_POLL_INTERVAL = 0.2
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -61,8 +74,19 @@ class Plan:
 class _Running:
     servers: list[embedded.EmbeddedPostgres | embedded.EmbeddedRedis] = field(default_factory=list)
     children: dict[str, Popen] = field(default_factory=dict)
+    commands: dict[str, tuple[list[str], tuple[int, ...]]] = field(default_factory=dict)
     web_socket: socket.socket | None = None
     seeded: bool = False
+
+
+@dataclass
+class _Restarts:
+    """One supervised process's recent exits and its pause before the next start."""
+
+    started: float = field(default_factory=time.monotonic)
+    exits: deque[float] = field(default_factory=deque)
+    delay: float = RESTART_DELAY
+    due: float | None = None  # when to start it again; None while it runs
 
 
 class _Signals:
@@ -110,7 +134,7 @@ def run(plan: Plan, *, out: IO[str] = sys.stdout, err: IO[str] = sys.stderr) -> 
         with _var_lock(plan):
             try:
                 _start(plan, running, say, signals)
-                return _supervise(running, say)
+                return _supervise(running, say, signals)
             finally:
                 while True:  # a signal racing the first line is caught and cleanup rerun
                     try:
@@ -171,15 +195,18 @@ def _start(plan: Plan, running: _Running, say: Callable[[str], None], signals: _
     connections.close_all()
 
     for name, argv, fds in _commands(plan, running):
+        running.commands[name] = (argv, fds)
         with signals.deferred():
-            running.children[name] = embedded.spawn(
-                argv, death_signal=signal.SIGTERM, cwd=settings.BASE_DIR, pass_fds=fds
-            )
-    if running.web_socket is not None:
-        running.web_socket.close()  # daphne holds it now
-        running.web_socket = None
+            running.children[name] = _spawn_child(argv, fds)
+    # The launcher keeps its copy of the listening socket (it never accepts on it): a restarted
+    # daphne adopts the same socket, and connections made while none runs wait in its backlog.
+    if plan.web:
         _wait_for_web(plan, running)
     _banner(plan, running, say)
+
+
+def _spawn_child(argv: list[str], fds: tuple[int, ...]) -> Popen:
+    return embedded.spawn(argv, death_signal=signal.SIGTERM, cwd=settings.BASE_DIR, pass_fds=fds)
 
 
 def _start_server(server, running: _Running, say: Callable[[str], None], signals: _Signals) -> None:
@@ -222,18 +249,102 @@ def _commands(plan: Plan, running: _Running) -> Iterator[tuple[str, list[str], t
         yield "beat", beat, ()
 
 
-def _supervise(running: _Running, say: Callable[[str], None]) -> int:
-    watched: dict[str, Popen] = dict(running.children)
-    for server in running.servers:
-        if server.process is not None:
-            watched[server.name] = server.process
+def _supervise(running: _Running, say: Callable[[str], None], signals: _Signals) -> int:
+    """Restart what exits, with a growing pause; give up on a process that keeps exiting."""
+    restarts = {name: _Restarts() for name in _watched(running)}
     while True:
-        for name, process in watched.items():
-            status = process.poll()
-            if status is not None:
-                say(f"{name} exited with status {status}; stopping Warden")
-                return 1
-        time.sleep(0.5)
+        for name, process in _watched(running).items():
+            state = restarts[name]
+            now = time.monotonic()  # a server's restart above may have taken seconds
+            if state.due is None:
+                if process is None:  # a server whose restart failed before it spawned
+                    status = None
+                elif process.poll() is None:
+                    continue
+                else:
+                    status = process.returncode
+                    _reap_group(process)
+                if now - state.started >= STABLE_AFTER:
+                    state.delay = RESTART_DELAY
+                state.exits.append(now)
+                while state.exits and now - state.exits[0] > GIVE_UP_WINDOW:
+                    state.exits.popleft()
+                if len(state.exits) >= GIVE_UP_EXITS:
+                    say(
+                        f"{name} exited {len(state.exits)} times within {GIVE_UP_WINDOW:.0f} s "
+                        f"(last: {_describe_exit(status)}); giving up: stopping Warden"
+                    )
+                    return 1
+                say(f"{name} exited ({_describe_exit(status)}), restarting in {state.delay:.0f} s")
+                state.due = now + state.delay
+                state.delay = min(state.delay * 2, RESTART_DELAY_MAX)
+            elif now >= state.due:
+                state.due = None
+                state.started = now
+                try:
+                    with signals.deferred():
+                        pid = _restart(name, running, say)
+                except embedded.EmbeddedError as exc:
+                    say(f"{name} did not start again: {exc}")
+                    continue  # its process is gone: the next round counts the exit
+                say(f"{name} restarted (pid {pid})")
+        time.sleep(_POLL_INTERVAL)
+
+
+def _watched(running: _Running) -> dict[str, Popen | None]:
+    watched: dict[str, Popen | None] = {server.name: server.process for server in running.servers}
+    watched.update(running.children)
+    return watched
+
+
+def _restart(name: str, running: _Running, say: Callable[[str], None]) -> int:
+    for server in running.servers:
+        if server.name == name:
+            server.process = None  # reaped already; start() records the new one
+            server.notes.clear()
+            try:
+                server.start()  # PostgreSQL replays its WAL, Redis its append-only file
+            finally:
+                for note in server.notes:
+                    say(note)
+            return server.process.pid  # type: ignore[union-attr]  # start() set it or raised
+    argv, fds = running.commands[name]
+    running.children[name] = _spawn_child(argv, fds)
+    return running.children[name].pid
+
+
+def _reap_group(process: Popen) -> None:
+    """Kill what the exited process left in its process group (Celery pool processes, orphaned
+    PostgreSQL backends that still hold its shared memory) and wait for them to go, so that the
+    restarted one starts clean. Done right after reaping the leader: a group id is not reused
+    while any member lives."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while _group_alive(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of group `pgid` still runs (a zombie waiting for whoever adopted it,
+    perhaps a PID 1 that reaps lazily or never, holds nothing)."""
+    import psutil
+
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if os.getpgid(process.pid) == pgid and process.status() != psutil.STATUS_ZOMBIE:
+                return True
+    return False
+
+
+def _describe_exit(status: int | None) -> str:
+    if status is None:
+        return "not started"
+    if status < 0:
+        with contextlib.suppress(ValueError):
+            return f"signal {signal.Signals(-status).name}"
+        return f"signal {-status}"
+    return f"status {status}"
 
 
 def _stop_all(running: _Running, say: Callable[[str], None]) -> None:
@@ -378,6 +489,9 @@ def _banner(plan: Plan, running: _Running, say: Callable[[str], None]) -> None:
         say(f"Warden is running at http://{_url_host(_loopback(plan.host))}:{plan.port}/")
     started = [name for name in ("web", "worker", "beat") if getattr(plan, name)]
     say("processes: " + ", ".join(started))
+    watched = _watched(running).items()
+    pids = ", ".join(f"{name} {process.pid}" for name, process in watched if process)
+    say(f"process ids: {pids}")
     if settings.EMBEDDED_DATABASE:
         path = demo_logins_path()
         logins = demo_logins_read(credentials_path=path)

@@ -265,6 +265,8 @@ else:
 # Django's persistent connections are per thread and ASGI requests hop threads, so connections
 # are closed after each request unless an operator opts in behind a pooler.
 DATABASES["default"]["CONN_MAX_AGE"] = env_int("DATABASE_CONN_MAX_AGE", 0, minimum=0)
+# A kept connection that a database restart broke is replaced before a request uses it.
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = 5
 # psycopg prepares a server-side-bound statement once a connection has run it five times
 # (Django turns this off, for poolers that cannot keep prepared statements: PgBouncer before
