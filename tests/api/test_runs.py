@@ -336,25 +336,53 @@ def test_a_run_that_did_not_stream_logs_only_what_settles_it(client, people, ass
     assert events[0]["id"] is not None  # logged: no tokens, no steps, but its end
 
 
-def test_a_run_whose_log_expired_gets_its_final_state(client, people, assistant, server):
-    server.script("primary", Reply.say("Long ago."))
-    auth = pat(people.member)
-    run_id = start(client, assistant, auth).json()["id"]
-    run_execute(run_id=run_id, holder="test")
-    _logged(run_id)
+def _forget(run_id: int) -> None:
+    """Redis loses the run's log (restarted without it, or a day passed)."""
 
-    async def expire():
+    async def forget():
         redis = redis_client()
         try:
             await redis.delete(stream_key(run_id))
         finally:
             await redis.aclose()
 
-    async_to_sync(expire)()
+    async_to_sync(forget)()
 
-    events = _events(client.get(f"/api/v1/runs/{run_id}/events", **auth))
 
-    assert events == [{"id": None, "type": "final", "state": "succeeded"}]
+def test_a_run_whose_log_was_lost_is_rebuilt_from_its_steps(
+    client, people, help_desk, server, django_capture_on_commit_callbacks
+):
+    """Parked on an approval, approved, resumed, answered: every event but the tokens comes
+    back from the database as it was published, ending with the final state."""
+    from governance.approvals import approval_decide
+    from tests.governance.conftest import resume
+
+    auth = pat(people.member)
+    run = parked(server, help_desk, people.member)
+    approval = ApprovalRequest.objects.get(run_id=run.pk)
+    with django_capture_on_commit_callbacks(execute=True):  # its `requeued` event
+        approval_decide(approval_id=approval.pk, decided_by=people.reviewer, approve=True)
+    assert resume(run).state == RunState.SUCCEEDED
+    _logged(run.pk)
+    logged = _events(client.get(f"/api/v1/runs/{run.pk}/events", **auth))
+    _forget(run.pk)
+
+    rebuilt = _events(client.get(f"/api/v1/runs/{run.pk}/events", **auth))
+
+    published = [{k: v for k, v in e.items() if k != "id"} for e in logged]
+    assert [e["type"] for e in published] == [
+        *("step", "step", "requeued", "step"),
+        *("token",) * 4,
+        *("step", "final"),
+    ]
+    assert [{k: v for k, v in e.items() if k != "id"} for e in rebuilt] == [
+        e for e in published if e["type"] != "token"
+    ]
+    assert [e["id"] for e in rebuilt] == [f"0-{n}" for n in range(1, 7)]
+    assert rebuilt[-1] == {"id": "0-6", "type": "final", "state": "succeeded"}
+    # A client that saw the first two resumes after them.
+    resumed = _events(client.get(f"/api/v1/runs/{run.pk}/events", HTTP_LAST_EVENT_ID="0-2", **auth))
+    assert resumed == rebuilt[2:]
 
 
 def test_events_of_someone_elses_run_are_not_found(client, people, assistant):
