@@ -70,13 +70,15 @@ async def run_history(redis, run_id: int, after: str = "0-0") -> list:
 
     from agents.selectors import releasing, run_events_rebuilt
 
+    # The database first: what is logged meanwhile is in the log read after it, whereas a
+    # log read first would miss it, and the database's version would stand in for it.
+    rebuilt = await sync_to_async(releasing(run_events_rebuilt))(run_id=run_id)
     key = stream_key(run_id)
     if rebuilt_id(after):
         logged, lost = await replay(redis, run_id), True
     else:
         logged = _entries(await redis.xrange(key, min=f"({after}"))
         lost = not await redis.xrange(key, min=after, max=after)
-    rebuilt = await sync_to_async(releasing(run_events_rebuilt))(run_id=run_id)
     return history_merge(logged, rebuilt, after=after, lost=lost)
 
 

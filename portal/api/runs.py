@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 
 from asgiref.sync import sync_to_async
@@ -37,6 +38,7 @@ from portal.api.auth import HasScope
 from portal.api.views import RunSerializer
 from portal.api.waits import wait_slot_for, wait_slot_give, wait_slot_take
 
+logger = logging.getLogger(__name__)
 MAX_INPUT = 20_000
 _KEY = re.compile(r"[\x21-\x7e]{1,100}")  # printable ASCII, no spaces
 _STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
@@ -271,6 +273,7 @@ async def run_events(run_id: int, after: str, max_seconds: float):
                 block = FINISHED_GRACE_MS if settled else POLL_MS
                 got = await redis.xread({stream_key(run_id): after}, count=500, block=block)
             except RedisError as exc:
+                logger.warning("run %s's event stream lost Redis: %r", run_id, exc)
                 failing_since = failing_since or loop.time()
                 if loop.time() - failing_since > REDIS_OUTAGE_SECONDS:
                     yield _frame(
