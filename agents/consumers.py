@@ -105,7 +105,10 @@ class LiveConsumer(AsyncWebsocketConsumer):
         while True:
             await asyncio.sleep(max(0.5, self.sent_at + every - time.monotonic()))
             if time.monotonic() - self.sent_at >= every:
-                await self._send({"type": "keepalive"})
+                try:
+                    await self._send({"type": "keepalive"})
+                except Exception:  # the socket is closing: its disconnect ends this task
+                    return
 
     async def receive(self, text_data=None, bytes_data=None) -> None:
         if self.user is None or not self.user.is_authenticated:

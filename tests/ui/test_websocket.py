@@ -459,3 +459,44 @@ def test_a_replay_whose_log_redis_lost_is_rebuilt_from_the_database(mia, agent):
     ]
     assert live["type"] == "event"
     assert live["event"]["text"] == "live"
+
+
+def test_a_log_that_lost_its_beginning_is_completed_from_the_database(mia, agent):
+    """Redis restarted mid-run: the log holds only what came after (step 2's tokens and
+    step). The replay puts the committed steps it lost before them, nothing twice."""
+    from django.utils import timezone
+
+    from agents.models import RunStep
+
+    run = a_run(mia, agent)
+    now = timezone.now()
+    for index, kind, output in [
+        (0, "retrieval", {"passages": []}),
+        (1, "model", {"content": "", "tool_calls": [{"id": "c", "name": "lookup"}]}),
+        (2, "model", {"content": "Done.", "tool_calls": []}),
+    ]:
+        RunStep.objects.create(
+            run=run, index=index, kind=kind, output=output, started_at=now, finished_at=now
+        )
+    Run.objects.filter(pk=run.pk).update(state="running")
+    publish(run.pk, {"type": "token", "step": 2, "attempt": 1, "text": "Done."})
+    publish(run.pk, {"type": "step", "index": 2, "kind": "model", "calls": []})
+    wait_logged(run.pk, 2)
+
+    async def scenario():
+        communicator = await opened(mia)
+        await communicator.send_json_to({"type": "subscribe", "run": run.pk})
+        replay = await communicator.receive_json_from(timeout=5)
+        await communicator.disconnect()
+        return replay
+
+    replay = async_to_sync(scenario)()
+    assert [item["event"] for item in replay["events"]] == [
+        {"type": "step", "index": 0, "kind": "retrieval", "found": 0},
+        {"type": "step", "index": 1, "kind": "model", "calls": ["lookup"]},
+        {"type": "token", "step": 2, "attempt": 1, "text": "Done."},
+        {"type": "step", "index": 2, "kind": "model", "calls": []},
+    ]
+    from agents.events import rebuilt_id
+
+    assert [rebuilt_id(item["id"]) for item in replay["events"]] == [True, True, False, False]
