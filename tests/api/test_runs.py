@@ -534,22 +534,31 @@ def test_a_stream_whose_redis_stays_away_ends_with_an_error_event_then_resumes(
     """A Redis of its own, stopped for good mid-stream: the stream says so in an `error`
     event (never a bare end); resumed once Redis is back (empty: it lost the log), it ends
     with the run's final state from the database."""
+    import shutil
     import tempfile
     from pathlib import Path
 
     import redis
+    import redis.asyncio
 
     from portal.api import runs
     from portal.embedded import EmbeddedPaths, EmbeddedRedis
 
+    own = EmbeddedRedis(EmbeddedPaths(Path(tempfile.mkdtemp(prefix="wr-"))))
+    own_url = f"unix://{own.paths.redis_socket}"
     monkeypatch.setattr(runs, "REDIS_OUTAGE_SECONDS", 2)
+    # Only the stream reads the Redis of its own (REDIS_URL stays: the process's publisher
+    # and channel layer keep the session's Redis).
+    monkeypatch.setattr(
+        runs,
+        "redis_client",
+        lambda: redis.asyncio.from_url(own_url, **settings.REDIS_BLOCKING_OPTIONS),
+    )
     auth = pat(people.member)
     run = Run.objects.get(pk=start(Client(), assistant, auth).json()["id"])
-    own = EmbeddedRedis(EmbeddedPaths(Path(tempfile.mkdtemp(prefix="wr-"))))
     own.start()
     try:
-        settings.REDIS_URL = f"unix://{own.paths.redis_socket}"
-        logged = redis.Redis.from_url(settings.REDIS_URL).xadd(
+        logged = redis.Redis.from_url(own_url).xadd(
             stream_key(run.pk),
             {"e": json.dumps({"type": "token", "step": 1, "attempt": 1, "text": "one"})},
         )
@@ -574,5 +583,6 @@ def test_a_stream_whose_redis_stays_away_ends_with_an_error_event_then_resumes(
         )
     finally:
         own.stop()
+        shutil.rmtree(own.paths.var_dir, ignore_errors=True)
 
     assert resumed == [{"id": None, "type": "final", "state": "succeeded"}]
