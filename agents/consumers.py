@@ -11,21 +11,31 @@ objects; the client subscribes:
 A subscription the user may not have closes the socket with 4403, whether the object is
 missing or someone else's. A malformed frame is answered with an `error` event; a client that
 sends faster than RATE frames a second (BURST at once) is told so, and closed with 4429 if it
-goes on. A run's events come first as a `replay` of everything logged so far, then live, each
-exactly once (agents.events).
+goes on. A run's events come first as a `replay` of everything logged so far (rebuilt from
+the database where Redis lost the log), then live, each exactly once (agents.events).
+
+An idle socket stays open: the server sends `{"type": "keepalive"}` after
+WARDEN_LIVE_KEEPALIVE_SECONDS without a frame (proxies close silent connections), and answers
+`{"type": "ping"}` with `{"type": "pong"}`. If Redis fails for longer than the channel layer
+retries, the socket is told so (`{"type": "error", "reason": "live_unavailable"}`) and closed
+with 4503; the page reconnects and its replay fills the gap.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import time
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
 from django.contrib.auth import get_user_model
+from redis.exceptions import RedisError
 
-from agents.events import redis_client, replay, stream_id_after
+from agents.events import last_logged, redis_client, run_history, stream_id_after
 from agents.models import FINAL_STATES, Run
 from agents.selectors import access_conversation, access_run
 from governance.access import NoAccess
@@ -33,30 +43,72 @@ from governance.approvals import reviewer_listens_on
 
 logger = logging.getLogger(__name__)
 
-UNAUTHENTICATED, FORBIDDEN, TOO_MANY = 4401, 4403, 4429
+UNAUTHENTICATED, FORBIDDEN, TOO_MANY, UNAVAILABLE = 4401, 4403, 4429, 4503
 RATE, BURST, STRIKES = 5.0, 20.0, 20
 MAX_FRAME = 4096
 MAX_LISTED = 100
 
 
 class LiveConsumer(AsyncWebsocketConsumer):
-    async def connect(self) -> None:
-        self.user = self.scope.get("user")
+    async def __call__(self, scope, receive, send) -> None:
+        """The consumer, and what ends it when Redis fails (past the retries of the channel
+        layer's connections): the page is told, before the close, instead of a bare 1011."""
         self.runs: dict[int, str] = {}  # run id -> the last id of its replay
         self.joined: set[str] = set()
         self.redis = None
+        self.keeper: asyncio.Task | None = None
+        try:
+            await super().__call__(scope, receive, send)
+        except (RedisError, OSError) as exc:
+            logger.warning("a websocket lost the channel layer: %s", exc)
+            frame = {
+                "type": "error",
+                "reason": "live_unavailable",
+                "detail": "live updates are unavailable for a moment; reconnect",
+            }
+            with contextlib.suppress(Exception):  # the client may have left first
+                await send({"type": "websocket.send", "text": json.dumps(frame)})
+                await send({"type": "websocket.close", "code": UNAVAILABLE})
+            await self._release(discard=False)
+
+    async def connect(self) -> None:
+        self.user = self.scope.get("user")
         self.allowance, self.checked, self.strikes = BURST, time.monotonic(), 0
+        self.sent_at = time.monotonic()
         await self.accept()
         if self.user is None or not self.user.is_authenticated:
             await self.close(code=UNAUTHENTICATED)
             return
         await self._join(f"user.{self.user.pk}")
+        self.keeper = asyncio.ensure_future(self._keep_alive())
 
     async def disconnect(self, code) -> None:
-        for group in self.joined:
-            await self.channel_layer.group_discard(group, self.channel_name)
+        await self._release(discard=True)
+
+    async def _release(self, *, discard: bool) -> None:
+        if self.keeper is not None:
+            self.keeper.cancel()
+            self.keeper = None
+        if discard:
+            for group in self.joined:
+                await self.channel_layer.group_discard(group, self.channel_name)
+        self.joined = set()  # a failed layer's groups expire by themselves (a day)
         if self.redis is not None:
-            await self.redis.aclose()
+            redis, self.redis = self.redis, None
+            with contextlib.suppress(RedisError, OSError):
+                await redis.aclose()
+
+    async def _keep_alive(self) -> None:
+        """A frame at least every WARDEN_LIVE_KEEPALIVE_SECONDS, so that nothing between the
+        page and here takes a quiet socket for a dead one."""
+        every = settings.WARDEN_LIVE_KEEPALIVE_SECONDS
+        while True:
+            await asyncio.sleep(max(0.5, self.sent_at + every - time.monotonic()))
+            if time.monotonic() - self.sent_at >= every:
+                try:
+                    await self._send({"type": "keepalive"})
+                except Exception:  # the socket is closing: its disconnect ends this task
+                    return
 
     async def receive(self, text_data=None, bytes_data=None) -> None:
         if self.user is None or not self.user.is_authenticated:
@@ -137,11 +189,12 @@ class LiveConsumer(AsyncWebsocketConsumer):
         if self.redis is None:
             self.redis = redis_client()
         try:
-            events = await replay(self.redis, run_id)
+            events = await run_history(self.redis, run_id)
         except Exception:  # the page still has the database's state; live events go on
             logger.warning("could not read run %s's events", run_id, exc_info=True)
             events = []
-        self.runs[run_id] = events[-1]["id"] if events else "0-0"
+        # Rebuilt events' ids are below every logged one: a live event is after all of them.
+        self.runs[run_id] = last_logged(events)
         await self._send({"type": "replay", "run": run_id, "state": state, "events": events})
 
     # Channel-layer handlers
@@ -178,6 +231,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
             self.joined.add(group)
 
     async def _send(self, payload: dict) -> None:
+        self.sent_at = time.monotonic()
         await self.send(text_data=json.dumps(payload))
 
     async def _error(self, detail: str) -> None:

@@ -329,7 +329,11 @@ def run_wait(*, run: Run, timeout: float) -> Run:
     if "client" not in _sync_redis:
         from django.conf import settings
 
-        _sync_redis["client"] = redis.Redis.from_url(settings.REDIS_URL)
+        # Its reads block for less than its socket timeout (redis-py 8's default of 5 s leaves
+        # little margin); a log Redis lost is no matter: the database is asked anyway.
+        _sync_redis["client"] = redis.Redis.from_url(
+            settings.REDIS_URL, **settings.REDIS_BLOCKING_OPTIONS
+        )
     client, key, last = _sync_redis["client"], stream_key(run.pk), "0-0"
     deadline = time.monotonic() + timeout
     check = False
@@ -351,3 +355,68 @@ def run_wait(*, run: Run, timeout: float) -> Run:
             for sid, fields in entries:
                 last = sid
                 check = check or run_decisive(json.loads(fields[b"e"]))
+
+
+# A run's events, made again (agents.events.run_history) ----------------------------------------
+
+
+def run_events_rebuilt(*, run_id: int) -> list[dict]:
+    """The events the run's workers published, as its committed steps and state say: each
+    `{"id": "0-<n>", "step": index or None, "event"}`, oldest first. Tokens are not kept, so
+    they are not here. A run that does not stream logged only what settles it (an approval
+    asked, the answer held, the end), and so it is here; a `requeued` follows a decided
+    approval. The list only grows as the run goes on, so an id names one event for good."""
+    from governance.models import ApprovalRequest, ApprovalStatus, Escalation
+
+    run = Run.objects.filter(pk=run_id).values("state", "stream").first()
+    if run is None:
+        return []
+    decided = dict(
+        ApprovalRequest.objects.filter(run_id=run_id)
+        .exclude(status__in=[ApprovalStatus.PENDING, ApprovalStatus.WITHDRAWN])
+        .values_list("pk", "status")
+    )
+    found: list[tuple[int | None, dict]] = []
+    steps = RunStep.objects.filter(run_id=run_id).order_by("index")
+    for index, kind, given, output in steps.values_list("index", "kind", "input", "output"):
+        event = _step_event(index, kind, given, output)
+        if event is not None and (run["stream"] or kind == StepKind.APPROVAL):
+            found.append((index, event))
+        if event is not None and kind == StepKind.APPROVAL and output.get("approval") in decided:
+            status = str(decided[output["approval"]])
+            found.append(
+                (index, {"type": "requeued", "approval": output["approval"], "status": status})
+            )
+    state = run["state"]
+    if state == RunState.AWAITING_REVIEW or (
+        state in FINAL_STATES and Escalation.objects.filter(run_id=run_id).exists()
+    ):
+        found.append((None, {"type": "held", "reason": "held for review"}))
+    if state in FINAL_STATES:
+        found.append((None, {"type": "final", "state": str(state)}))
+    return [
+        {"id": f"0-{n}", "step": index, "event": event}
+        for n, (index, event) in enumerate(found, start=1)
+    ]
+
+
+def _step_event(index: int, kind: str, given: dict, output: dict) -> dict | None:
+    """A step's event as agents.orchestrator publishes it (what changed, not what it says)."""
+    head = {"type": "step", "index": index, "kind": str(kind)}
+    call = given.get("call") if isinstance(given.get("call"), dict) else {}
+    if kind == StepKind.RETRIEVAL:
+        return {**head, "found": len(output.get("passages") or [])}
+    if kind == StepKind.MODEL:
+        return {**head, "calls": [c.get("name") for c in output.get("tool_calls") or []]}
+    if kind == StepKind.TOOL and "error" in output and "result" not in output:
+        return {**head, "error": output["error"]}
+    if kind == StepKind.TOOL:
+        return {**head, "tool": call.get("name")}
+    if kind == StepKind.APPROVAL and output.get("status") == "pending":
+        return {
+            **head,
+            "tool": call.get("name"),
+            "approval": output.get("approval"),
+            "status": "pending",
+        }
+    return None  # guardrail and answer steps publish nothing

@@ -285,14 +285,50 @@ CACHES = {
         "KEY_PREFIX": "warden",
     }
 }
+# redis-py 8 times every socket read out after 5 s, and channels_redis blocks each read of a
+# channel for exactly 5 s (BZPOPMIN): an idle websocket's read timed out now and then and the
+# socket closed with 1011 (issue 17). Connections whose reads block (the channel layer, the
+# run-event readers of agents.events) wait longer than they block; a dead server is still
+# noticed: a PING before reusing a connection idle for 30 s, TCP keepalive on TCP connections
+# (redis-py's default), and this timeout on a read that never ends.
+REDIS_BLOCKING_OPTIONS = {
+    "socket_timeout": 30,
+    "socket_connect_timeout": 5,
+    "health_check_interval": 30,
+}
+
+
+def _channel_layer_host(url: str) -> dict:
+    """channels_redis passes a host's other keys to redis-py's ConnectionPool.from_url. A
+    connection Redis dropped (restarted, CLIENT KILL) is made again and the command sent
+    again, a few times, before a websocket gives up (agents.consumers)."""
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialWithJitterBackoff
+    from redis.exceptions import ConnectionError, TimeoutError
+
+    return {
+        "address": url,
+        **REDIS_BLOCKING_OPTIONS,
+        "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=1), 6),
+        "retry_on_error": [ConnectionError, TimeoutError],
+    }
+
+
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         # A page that falls behind a fast stream must not lose tokens: channels_redis drops
         # what is past a channel's capacity (100 by default).
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": "warden:channels", "capacity": 2000},
+        "CONFIG": {
+            "hosts": [_channel_layer_host(REDIS_URL)],
+            "prefix": "warden:channels",
+            "capacity": 2000,
+        },
     }
 }
+# A websocket and a run's event stream that carry nothing for this long send a keep-alive (a
+# `keepalive` frame, an SSE comment): proxies close connections idle for a minute or so.
+WARDEN_LIVE_KEEPALIVE_SECONDS = env_int("WARDEN_LIVE_KEEPALIVE_SECONDS", 15, minimum=1)
 
 
 def _celery_broker_url(url: str) -> str:

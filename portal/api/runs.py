@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 
 from asgiref.sync import sync_to_async
@@ -23,7 +24,7 @@ from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from agents.events import redis_client, stream_key
+from agents.events import last_logged, redis_client, run_history, stream_key
 from agents.models import FINAL_STATES, Conversation, Run
 from agents.selectors import (
     access_agent_by_slug,
@@ -37,10 +38,13 @@ from portal.api.auth import HasScope
 from portal.api.views import RunSerializer
 from portal.api.waits import wait_slot_for, wait_slot_give, wait_slot_take
 
+logger = logging.getLogger(__name__)
 MAX_INPUT = 20_000
 _KEY = re.compile(r"[\x21-\x7e]{1,100}")  # printable ASCII, no spaces
 _STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 FINISHED_GRACE_MS = 1500
+POLL_MS = 5000  # the run's state is read at least this often (a final event Redis lost)
+REDIS_OUTAGE_SECONDS = 30  # how long a stream waits for Redis to come back
 
 
 class RunRequest(serializers.Serializer):
@@ -183,8 +187,11 @@ class EventStreamRenderer(BaseRenderer):
     summary="Follow a run's events (Server-Sent Events)",
     description="Each event has the run's log id as its `id`; reconnect with `Last-Event-ID` "
     "(or `?after=`) to resume after it, with nothing lost or repeated. The stream ends after "
-    "the `final` event; it also ends after a few minutes of a parked run, to be resumed. A "
-    "run that did not stream, or whose log has expired, gets its `final` event only.",
+    "the `final` event; it also ends after a few minutes of a parked run with a `reconnect` "
+    "event, to be resumed, and with an `error` event if the events cannot be read; neither "
+    "has an id. A comment keeps a quiet stream alive. A run that did not stream gets what "
+    "settled it only. Where the run's log was lost (Redis restarted, or a day passed), its "
+    "steps and end are rebuilt from the database (ids `0-<n>`; tokens are not kept).",
     tags=["runs"],
     parameters=[
         OpenApiParameter("Last-Event-ID", str, OpenApiParameter.HEADER, required=False),
@@ -231,33 +238,80 @@ def _frame(event: dict, sid: str | None = None) -> str:
 
 
 async def run_events(run_id: int, after: str, max_seconds: float):
-    """The run's logged events after `after`, then live ones, until its `final` event."""
+    """The run's events after `after` (agents.events.run_history: the log, or the database
+    where the log was lost), then live ones, until its `final` event. Never a bare end: a
+    stream that cannot go on says why in an event without an id (`reconnect` after
+    `max_seconds`, `error` when Redis stays away), so the client resumes with the last id.
+    A Redis connection that fails is made again and the stream goes on from the last id it
+    sent (redis-py resends a command on a new connection a few times; past that, this waits
+    up to REDIS_OUTAGE_SECONDS, keeping the client's connection alive)."""
     import asyncio
 
+    from redis.exceptions import RedisError
+
+    loop = asyncio.get_running_loop()
     state = sync_to_async(releasing(_state))
     redis = redis_client()
-    deadline = asyncio.get_running_loop().time() + max_seconds
+    deadline = loop.time() + max_seconds
+    every = settings.WARDEN_LIVE_KEEPALIVE_SECONDS
+    wrote, failing_since, caught_up = loop.time(), None, False
     try:
         yield "retry: 2000\n\n"
         while True:
-            settled = await state(run_id) in FINAL_STATES  # before reading: no final is missed
-            # Events reach the log a moment after the commit that ends the run (the worker
-            # publishes them off its path): a finished run's log is still read briefly.
-            block = FINISHED_GRACE_MS if settled else 5000
-            got = await redis.xread({stream_key(run_id): after}, count=500, block=block)
+            try:
+                if not caught_up:  # the start, or back after Redis failed
+                    for item in await run_history(redis, run_id, after):
+                        after = last_logged([item], after)
+                        yield _frame(item["event"], item["id"])
+                        if item["event"].get("type") == "final":
+                            return
+                    caught_up, failing_since, wrote = True, None, loop.time()
+                    continue
+                settled = await state(run_id) in FINAL_STATES  # before reading: none is missed
+                # Events reach the log a moment after the commit that ends the run (the worker
+                # publishes them off its path): a finished run's log is still read briefly.
+                block = FINISHED_GRACE_MS if settled else POLL_MS
+                got = await redis.xread({stream_key(run_id): after}, count=500, block=block)
+            except RedisError as exc:
+                logger.warning("run %s's event stream lost Redis: %r", run_id, exc)
+                failing_since = failing_since or loop.time()
+                if loop.time() - failing_since > REDIS_OUTAGE_SECONDS:
+                    yield _frame(
+                        {
+                            "type": "error",
+                            "reason": "events_unavailable",
+                            "detail": f"the run's events cannot be read ({exc.__class__.__name__})"
+                            "; reconnect with Last-Event-ID to resume",
+                        }
+                    )
+                    return
+                caught_up = False
+                yield ": reconnecting\n\n"
+                await asyncio.sleep(1)
+                continue
             for sid, fields in got[0][1] if got else ():
                 after = sid.decode()
                 event = json.loads(fields[b"e"])
                 yield _frame(event, after)
+                wrote = loop.time()
                 if event.get("type") == "final":
                     return
-            if settled and not got:  # a run that did not stream, or a log that expired
+            if settled and not got:  # the log lost it, or the final event is late
                 yield _frame({"type": "final", "state": await state(run_id)})
                 return
-            if not got:
-                if asyncio.get_running_loop().time() > deadline:
-                    return
+            if loop.time() > deadline:
+                yield _frame(
+                    {
+                        "type": "reconnect",
+                        "reason": "max_duration",
+                        "detail": f"a stream is closed after {max_seconds:g} s; reconnect with "
+                        "Last-Event-ID to go on",
+                    }
+                )
+                return
+            if loop.time() - wrote >= every:
                 yield ": keep-alive\n\n"
+                wrote = loop.time()
     finally:
         await redis.aclose()
 

@@ -1,4 +1,7 @@
 // Warden's live pages: one websocket per page (agents/consumers.py), reconnecting with backoff.
+// The server sends a frame at least every WARDEN_LIVE_KEEPALIVE_SECONDS (15 s); a socket that
+// stays silent longer is asked with a ping, and one that still says nothing is taken for dead
+// (a proxy or a network that dropped it without a word) and replaced.
 // The database is the truth: every event about a run makes the page fetch that run's part
 // again; only the tokens of the answer being written are shown straight from the socket.
 // A (re)subscription first replays the run's events, so the text is rebuilt, never appended
@@ -16,6 +19,8 @@
   const refreshing = new Map(); // run id -> "busy" | "again"
   let retry = 0;
   let steady = null; // the timer that forgives past failures once a socket has stayed up
+  const PING_AFTER = 25000; // ms of silence before the page asks (the server speaks every 15 s)
+  const DEAD_AFTER = PING_AFTER + 10000; // ms of silence after which the socket is given up
 
   function subscriptions() {
     const frames = [];
@@ -31,20 +36,46 @@
     if (!frames.length) return;
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
     const socket = new WebSocket(`${scheme}//${location.host}/ws/`);
+    let heard = Date.now();
+    let watch = null;
+    let givenUp = false;
+
+    function reconnect() {
+      clearTimeout(steady);
+      clearInterval(watch);
+      retry = Math.min(retry + 1, 6);
+      showStatus("Reconnecting…");
+      setTimeout(connect, 250 * 2 ** retry);
+    }
+
     socket.addEventListener("open", () => {
       frames.forEach((frame) => socket.send(JSON.stringify(frame)));
       steady = setTimeout(() => (retry = 0), 10000);
+      watch = setInterval(() => {
+        const silent = Date.now() - heard;
+        if (silent >= DEAD_AFTER) {
+          // A dead connection's close can take minutes to be noticed: do not wait for it.
+          givenUp = true;
+          socket.close();
+          reconnect();
+        } else if (silent >= PING_AFTER) {
+          socket.send(JSON.stringify({ type: "ping" }));
+        }
+      }, 5000);
     });
-    socket.addEventListener("message", (message) => receive(JSON.parse(message.data)));
+    socket.addEventListener("message", (message) => {
+      heard = Date.now();
+      receive(JSON.parse(message.data));
+    });
     socket.addEventListener("close", (event) => {
       clearTimeout(steady);
+      clearInterval(watch);
+      if (givenUp) return; // replaced already
       if (event.code === 4401 || event.code === 4403) {
         showStatus("This page is no longer live: sign in again, or reload it.");
         return;
       }
-      retry = Math.min(retry + 1, 6);
-      showStatus("Reconnecting…");
-      setTimeout(connect, 250 * 2 ** retry);
+      reconnect(); // and the new socket's replay brings back what this one missed
     });
   }
 
@@ -85,8 +116,13 @@
         }
         break;
       case "error":
+        // "live_unavailable": the server lost Redis; it closes the socket next (4503).
+        if (frame.reason === "live_unavailable") showStatus("Reconnecting…");
         console.warn("warden:", frame.detail);
         break;
+      case "keepalive":
+      case "pong":
+        break; // heard: that is all they are for
     }
   }
 

@@ -6,7 +6,7 @@ import threading
 import time
 
 import pytest
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, sync_to_async
 from django.test import AsyncClient, Client
 from oauth2_provider.models import Application
 
@@ -336,25 +336,53 @@ def test_a_run_that_did_not_stream_logs_only_what_settles_it(client, people, ass
     assert events[0]["id"] is not None  # logged: no tokens, no steps, but its end
 
 
-def test_a_run_whose_log_expired_gets_its_final_state(client, people, assistant, server):
-    server.script("primary", Reply.say("Long ago."))
-    auth = pat(people.member)
-    run_id = start(client, assistant, auth).json()["id"]
-    run_execute(run_id=run_id, holder="test")
-    _logged(run_id)
+def _forget(run_id: int) -> None:
+    """Redis loses the run's log (restarted without it, or a day passed)."""
 
-    async def expire():
+    async def forget():
         redis = redis_client()
         try:
             await redis.delete(stream_key(run_id))
         finally:
             await redis.aclose()
 
-    async_to_sync(expire)()
+    async_to_sync(forget)()
 
-    events = _events(client.get(f"/api/v1/runs/{run_id}/events", **auth))
 
-    assert events == [{"id": None, "type": "final", "state": "succeeded"}]
+def test_a_run_whose_log_was_lost_is_rebuilt_from_its_steps(
+    client, people, help_desk, server, django_capture_on_commit_callbacks
+):
+    """Parked on an approval, approved, resumed, answered: every event but the tokens comes
+    back from the database as it was published, ending with the final state."""
+    from governance.approvals import approval_decide
+    from tests.governance.conftest import resume
+
+    auth = pat(people.member)
+    run = parked(server, help_desk, people.member)
+    approval = ApprovalRequest.objects.get(run_id=run.pk)
+    with django_capture_on_commit_callbacks(execute=True):  # its `requeued` event
+        approval_decide(approval_id=approval.pk, decided_by=people.reviewer, approve=True)
+    assert resume(run).state == RunState.SUCCEEDED
+    _logged(run.pk)
+    logged = _events(client.get(f"/api/v1/runs/{run.pk}/events", **auth))
+    _forget(run.pk)
+
+    rebuilt = _events(client.get(f"/api/v1/runs/{run.pk}/events", **auth))
+
+    published = [{k: v for k, v in e.items() if k != "id"} for e in logged]
+    assert [e["type"] for e in published] == [
+        *("step", "step", "requeued", "step"),
+        *("token",) * 4,
+        *("step", "final"),
+    ]
+    assert [{k: v for k, v in e.items() if k != "id"} for e in rebuilt] == [
+        e for e in published if e["type"] != "token"
+    ]
+    assert [e["id"] for e in rebuilt] == [f"0-{n}" for n in range(1, 7)]
+    assert rebuilt[-1] == {"id": "0-6", "type": "final", "state": "succeeded"}
+    # A client that saw the first two resumes after them.
+    resumed = _events(client.get(f"/api/v1/runs/{run.pk}/events", HTTP_LAST_EVENT_ID="0-2", **auth))
+    assert resumed == rebuilt[2:]
 
 
 def test_events_of_someone_elses_run_are_not_found(client, people, assistant):
@@ -410,3 +438,151 @@ def test_cancel_needs_the_run_scope_not_just_reading(client, people, assistant):
 
     assert response.status_code == 403
     assert Run.objects.get(pk=run_id).state == RunState.QUEUED
+
+
+async def _pump(response, chunks) -> None:
+    async for chunk in response.streaming_content:
+        await chunks.put(chunk.decode())
+    await chunks.put(None)
+
+
+async def _until(chunks, text: str, timeout: float = 30) -> list[str]:
+    """The stream's chunks up to the first that holds `text` (it must not end before)."""
+    import asyncio
+
+    seen = []
+    while True:
+        chunk = await asyncio.wait_for(chunks.get(), timeout)
+        assert chunk is not None, f"the stream ended before {text!r}: {seen}"
+        seen.append(chunk)
+        if text in chunk:
+            return seen
+
+
+def _following(run_id: int, auth: dict, after: str | None = None):
+    """An event stream of the run, read chunk by chunk into a queue by a task."""
+    import asyncio
+
+    async def follow():
+        headers = {"Authorization": auth["HTTP_AUTHORIZATION"]}
+        if after:
+            headers["Last-Event-ID"] = after
+        response = await AsyncClient().get(f"/api/v1/runs/{run_id}/events", headers=headers)
+        assert response.status_code == 200
+        chunks = asyncio.Queue()
+        return chunks, asyncio.ensure_future(_pump(response, chunks))
+
+    return follow
+
+
+def test_a_stream_started_on_a_queued_run_gets_the_steps_that_follow(
+    committing_db, start_worker, people, assistant, server
+):
+    server.script("primary", Reply.say("Queued, then answered."))
+    auth = pat(people.member)
+    run_id = start(Client(), assistant, auth).json()["id"]
+    assert Run.objects.get(pk=run_id).state == RunState.QUEUED  # no worker has taken it
+
+    async def scenario():
+        chunks, reader = await _following(run_id, auth)()
+        assert (await _until(chunks, "retry:"))[0].startswith("retry:")
+        await sync_to_async(start_worker, thread_sensitive=False)()  # the stream reads on
+        seen = await _until(chunks, '"type": "final"', timeout=60)
+        await reader
+        return "".join(seen)
+
+    text = async_to_sync(scenario)()
+
+    assert "event: step" in text
+    assert text.count('"type": "token"') >= 1
+    assert text.rstrip().endswith('{"type": "final", "state": "succeeded"}')
+
+
+def test_a_stream_whose_redis_connection_is_killed_goes_on(committing_db, people, assistant):
+    """CLIENT KILL drops every connection of this test session's Redis (the stream's, the
+    publisher's, the channel layer's): the stream reads on from the last id it sent."""
+    import redis
+    from django.conf import settings
+
+    auth = pat(people.member)
+    run = Run.objects.get(pk=start(Client(), assistant, auth).json()["id"])
+
+    async def scenario():
+        chunks, reader = await _following(run.pk, auth)()
+        await _until(chunks, "retry:")
+        publish(run.pk, {"type": "token", "step": 1, "attempt": 1, "text": "before"})
+        await _until(chunks, '"before"')
+        killed = redis.Redis.from_url(settings.REDIS_URL).client_kill_filter(_type="normal")
+        publish(run.pk, {"type": "token", "step": 1, "attempt": 1, "text": "after"})
+        publish(run.pk, {"type": "final", "state": "succeeded"})
+        seen = await _until(chunks, '"type": "final"')
+        assert await chunks.get() is None
+        await reader
+        return killed, "".join(seen)
+
+    killed, text = async_to_sync(scenario)()
+
+    assert killed >= 1  # the stream's own connection among them
+    assert '"text": "after"' in text
+    assert "event: error" not in text
+    assert '"text": "before"' not in text  # nothing sent twice
+
+
+def test_a_stream_whose_redis_stays_away_ends_with_an_error_event_then_resumes(
+    committing_db, people, assistant, settings, monkeypatch
+):
+    """A Redis of its own, stopped for good mid-stream: the stream says so in an `error`
+    event (never a bare end); resumed once Redis is back (empty: it lost the log), it ends
+    with the run's final state from the database."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    import redis
+    import redis.asyncio
+
+    from portal.api import runs
+    from portal.embedded import EmbeddedPaths, EmbeddedRedis
+
+    own = EmbeddedRedis(EmbeddedPaths(Path(tempfile.mkdtemp(prefix="wr-"))))
+    own_url = f"unix://{own.paths.redis_socket}"
+    monkeypatch.setattr(runs, "REDIS_OUTAGE_SECONDS", 2)
+    # Only the stream reads the Redis of its own (REDIS_URL stays: the process's publisher
+    # and channel layer keep the session's Redis).
+    monkeypatch.setattr(
+        runs,
+        "redis_client",
+        lambda: redis.asyncio.from_url(own_url, **settings.REDIS_BLOCKING_OPTIONS),
+    )
+    auth = pat(people.member)
+    run = Run.objects.get(pk=start(Client(), assistant, auth).json()["id"])
+    own.start()
+    try:
+        logged = redis.Redis.from_url(own_url).xadd(
+            stream_key(run.pk),
+            {"e": json.dumps({"type": "token", "step": 1, "attempt": 1, "text": "one"})},
+        )
+
+        async def scenario():
+            chunks, reader = await _following(run.pk, auth)()
+            await _until(chunks, '"one"')
+            await sync_to_async(own.stop)()
+            seen = await _until(chunks, "event: error")
+            assert await chunks.get() is None  # and then it ends
+            await reader
+            return "".join(seen)
+
+        text = async_to_sync(scenario)()
+        assert '"reason": "events_unavailable"' in text
+        Run.objects.filter(pk=run.pk).update(state=RunState.SUCCEEDED)  # while nobody listened
+        own.start()  # back, without the log
+        resumed = _events(
+            Client().get(
+                f"/api/v1/runs/{run.pk}/events", HTTP_LAST_EVENT_ID=logged.decode(), **auth
+            )
+        )
+    finally:
+        own.stop()
+        shutil.rmtree(own.paths.var_dir, ignore_errors=True)
+
+    assert resumed == [{"id": None, "type": "final", "state": "succeeded"}]

@@ -185,17 +185,17 @@ def test_a_refused_subscriber_never_joins_the_runs_group(mia, oscar, agent):
 def test_an_event_both_replayed_and_live_is_sent_once(mia, agent, monkeypatch):
     """Forced overlap: an event is logged after the join and before the replay is read, so
     it is in the replay and also arrives live; one published after the replay arrives live."""
-    from agents import consumers
+    from agents import events
 
     run = a_run(mia, agent)
-    real_replay = consumers.replay
+    real_replay = events.replay
 
     async def replay_after_an_event(redis, run_id):
         publish(run_id, {"type": "token", "step": 0, "text": "both "})
         await sync_to_async(wait_logged)(run_id, 1)
         return await real_replay(redis, run_id)
 
-    monkeypatch.setattr(consumers, "replay", replay_after_an_event)
+    monkeypatch.setattr(events, "replay", replay_after_an_event)
 
     async def scenario():
         communicator = await opened(mia)
@@ -423,3 +423,80 @@ def test_a_reviewer_hears_of_a_decision_taken_elsewhere(mia, agent):
             "status": "approved",
         },
     }
+
+
+def test_a_replay_whose_log_redis_lost_is_rebuilt_from_the_database(mia, agent):
+    """No log at all (Redis restarted without it): the replay is the run's committed steps
+    and its end, as the worker published them, then live events follow."""
+    from django.utils import timezone
+
+    from agents.models import RunStep
+
+    run = a_run(mia, agent)
+    now = timezone.now()
+    for index, kind, output in [
+        (0, "retrieval", {"passages": [{"document": 1}, {"document": 2}]}),
+        (1, "model", {"content": "", "tool_calls": [{"id": "c", "name": "lookup"}]}),
+    ]:
+        RunStep.objects.create(
+            run=run, index=index, kind=kind, output=output, started_at=now, finished_at=now
+        )
+    Run.objects.filter(pk=run.pk).update(state="running")
+
+    async def scenario():
+        communicator = await opened(mia)
+        await communicator.send_json_to({"type": "subscribe", "run": run.pk})
+        replay = await communicator.receive_json_from(timeout=5)
+        publish(run.pk, {"type": "token", "step": 2, "text": "live"})
+        live = await communicator.receive_json_from(timeout=5)
+        await communicator.disconnect()
+        return replay, live
+
+    replay, live = async_to_sync(scenario)()
+    assert replay["events"] == [
+        {"id": "0-1", "event": {"type": "step", "index": 0, "kind": "retrieval", "found": 2}},
+        {"id": "0-2", "event": {"type": "step", "index": 1, "kind": "model", "calls": ["lookup"]}},
+    ]
+    assert live["type"] == "event"
+    assert live["event"]["text"] == "live"
+
+
+def test_a_log_that_lost_its_beginning_is_completed_from_the_database(mia, agent):
+    """Redis restarted mid-run: the log holds only what came after (step 2's tokens and
+    step). The replay puts the committed steps it lost before them, nothing twice."""
+    from django.utils import timezone
+
+    from agents.models import RunStep
+
+    run = a_run(mia, agent)
+    now = timezone.now()
+    for index, kind, output in [
+        (0, "retrieval", {"passages": []}),
+        (1, "model", {"content": "", "tool_calls": [{"id": "c", "name": "lookup"}]}),
+        (2, "model", {"content": "Done.", "tool_calls": []}),
+    ]:
+        RunStep.objects.create(
+            run=run, index=index, kind=kind, output=output, started_at=now, finished_at=now
+        )
+    Run.objects.filter(pk=run.pk).update(state="running")
+    publish(run.pk, {"type": "token", "step": 2, "attempt": 1, "text": "Done."})
+    publish(run.pk, {"type": "step", "index": 2, "kind": "model", "calls": []})
+    wait_logged(run.pk, 2)
+
+    async def scenario():
+        communicator = await opened(mia)
+        await communicator.send_json_to({"type": "subscribe", "run": run.pk})
+        replay = await communicator.receive_json_from(timeout=5)
+        await communicator.disconnect()
+        return replay
+
+    replay = async_to_sync(scenario)()
+    assert [item["event"] for item in replay["events"]] == [
+        {"type": "step", "index": 0, "kind": "retrieval", "found": 0},
+        {"type": "step", "index": 1, "kind": "model", "calls": ["lookup"]},
+        {"type": "token", "step": 2, "attempt": 1, "text": "Done."},
+        {"type": "step", "index": 2, "kind": "model", "calls": []},
+    ]
+    from agents.events import rebuilt_id
+
+    assert [rebuilt_id(item["id"]) for item in replay["events"]] == [True, True, False, False]
