@@ -1,0 +1,189 @@
+"""Input that no lookup or table can take is refused at the door, once, as a 400.
+
+PostgreSQL refuses a NUL in any text ("A string literal cannot contain NUL"), and an unpaired
+surrogate is not text at all (it cannot be encoded as UTF-8 for the database, Redis or a log).
+Either reaching a query was a 500. `BadInputMiddleware` refuses a request whose path, query
+string or form body holds a NUL or bytes that are not UTF-8 (an encoded surrogate included),
+before any view runs: a problem document for the API, a readable page for people. JSON bodies
+are checked where they are parsed (portal.api.parsers.JSONParser, the inbox's edited
+arguments), with `unstorable_at` naming the field. A multipart body is left to its form or
+serializer: Django and DRF's CharField already refuse a NUL, and multipart decoding never
+yields a surrogate.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from itertools import chain
+from urllib.parse import unquote_to_bytes
+
+from django.core.exceptions import RequestDataTooBig
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import render
+
+API_PREFIXES = ("/api/", "/v1/")  # as portal.views: the paths that answer problem documents
+
+
+def unstorable(value) -> str | None:
+    """Why PostgreSQL could not keep `value` (text, or JSON for a jsonb column), or None: a NUL
+    character, or an unpaired surrogate (valid JSON, not valid UTF-8)."""
+    if not isinstance(value, str):
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError, RecursionError):
+            return "it is not JSON that can be stored"
+    found = unstorable_at(value)
+    if found is None:
+        return None
+    where, problem = found
+    return f"it {problem}" if isinstance(value, str) else f"{where} {problem}"
+
+
+def unstorable_at(value, where: str = "") -> tuple[str, str] | None:
+    """The first place in parsed JSON `value` holding text PostgreSQL cannot keep, as
+    (path such as `messages[0].content`, what is wrong with it), or None. Keys count as well
+    as values. Iterative: the parser's own depth limit is the only one."""
+    stack = [(where, value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, str):
+            if problem := _text_problem(item):
+                return path or "body", problem
+        elif isinstance(item, dict):
+            children = []
+            for key, child in item.items():
+                here = f"{path}.{_printable(key)}" if path else _printable(key)
+                if isinstance(key, str) and (problem := _text_problem(key)):
+                    return here, f"is a key that {problem}"
+                children.append((here, child))
+            stack.extend(reversed(children))
+        elif isinstance(item, list):
+            stack.extend(reversed([(f"{path}[{n}]", child) for n, child in enumerate(item)]))
+    return None
+
+
+def _text_problem(text: str) -> str | None:
+    if "\x00" in text:
+        return "contains a NUL character, which cannot be kept"
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return "contains an unpaired surrogate, which is not text"
+    return None
+
+
+def _printable(key) -> str:
+    """A key as it can appear in an error message (which must itself be encodable)."""
+    key = str(key)
+    if _text_problem(key):
+        key = json.dumps(key)[1:-1]  # escaped: \u0000, \ud800
+    return key[:100]
+
+
+# The middleware --------------------------------------------------------------------------------
+
+
+def undecodable(raw: bytes | str) -> bool:
+    """Whether percent-encoded `raw` (a path, a query string, a form body) holds a NUL once
+    decoded, or bytes that are not UTF-8 (an encoded surrogate, such as %ED%A0%80, among
+    them)."""
+    if isinstance(raw, str):
+        try:
+            raw = raw.encode()
+        except UnicodeEncodeError:
+            return True
+    return _unreadable(unquote_to_bytes(raw))
+
+
+def _path_bytes(request: HttpRequest) -> bytes:
+    """The path's bytes as the client sent them, percent-decoded. Under ASGI (daphne) the
+    server has already decoded the path, replacing what is not UTF-8 with U+FFFD, and keeps the
+    original in `raw_path`; under WSGI Django itself percent-encodes such bytes again, so the
+    path is readable text either way, and only the raw one tells."""
+    scope = getattr(request, "scope", None)
+    if scope is not None and scope.get("raw_path"):
+        return unquote_to_bytes(scope["raw_path"].split(b"?", 1)[0])
+    return request.path_info.encode("utf-8", "surrogatepass")
+
+
+def _unreadable(decoded: bytes) -> bool:
+    if b"\x00" in decoded:
+        return True
+    try:
+        decoded.decode()
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+class BadInputMiddleware:
+    """Answer 400 when the path, the query string or a form body holds a NUL or undecodable
+    bytes (module docstring), before any view runs; and answer 404, not 500, when a view
+    looks a path parameter up in a field that cannot take it (process_exception)."""
+
+    FORM = "application/x-www-form-urlencoded"
+    MULTIPART = "multipart/form-data"
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        where = self._refused(request)
+        if where is not None:
+            return self._answer(request, where)
+        return self.get_response(request)
+
+    def _refused(self, request: HttpRequest) -> str | None:
+        if _text_problem(request.path) or _unreadable(_path_bytes(request)):
+            return "path"
+        if undecodable(request.META.get("QUERY_STRING", "")):
+            return "query string"
+        if request.method in ("GET", "HEAD") or request.content_type not in (
+            self.FORM,
+            self.MULTIPART,
+        ):
+            return None
+        if request.content_type == self.FORM:
+            try:
+                body = request.body  # kept: request.POST and the view read it again
+            except RequestDataTooBig:
+                return None  # the view answers it as it always does (413 for the API)
+            if undecodable(body.replace(b"+", b" ")):
+                return "form"
+        elif not request.path.startswith(API_PREFIXES):
+            # Parsed here rather than by CsrfViewMiddleware a moment later (a parse error
+            # answers as it would there). The API's multipart upload is DRF's to parse: its
+            # serializer fields refuse a NUL themselves.
+            texts = [text for key, values in request.POST.lists() for text in (key, *values)]
+            texts += [upload.name or "" for upload in request.FILES.values()]
+            if any(_text_problem(text) for text in texts):
+                return "form"
+        return None
+
+    def _answer(self, request: HttpRequest, where: str) -> HttpResponse:
+        detail = (
+            f"the {where} holds a NUL character or bytes that are not UTF-8 text, "
+            "which Warden cannot read or keep"
+        )
+        if request.path.startswith(API_PREFIXES):
+            from portal.api.problems import problem_response
+
+            return problem_response(request, 400, "unreadable-input", detail)
+        return render(request, "400.html", {"where": where}, status=400)
+
+    def process_exception(self, request: HttpRequest, exception: Exception):
+        """A path parameter looked up in a field that cannot take it ("abc" where an id is a
+        number) is a resource that does not exist: 404, as Django's own converters answer.
+        Routes that take any text where the model wants a number (the admin's object
+        permission pages, oauth2_provider's applications) raised a ValueError: a 500."""
+        match = request.resolver_match
+        if not isinstance(exception, ValueError) or match is None:
+            return None
+        message = str(exception)
+        given = [v for v in chain(match.args, match.kwargs.values()) if isinstance(v, str)]
+        if not message.startswith("Field '") or not any(repr(v) in message for v in given):
+            return None
+        from portal.views import not_found
+
+        return not_found(request, Http404("no such object"))
