@@ -2,13 +2,14 @@
 
 PostgreSQL refuses a NUL in any text ("A string literal cannot contain NUL"), and an unpaired
 surrogate is not text at all (it cannot be encoded as UTF-8 for the database, Redis or a log).
-Either reaching a query was a 500. `BadInputMiddleware` refuses a request whose path, query
-string or form body holds a NUL or bytes that are not UTF-8 (an encoded surrogate included),
-before any view runs: a problem document for the API, a readable page for people. JSON bodies
-are checked where they are parsed (portal.api.parsers.JSONParser, the inbox's edited
-arguments), with `unstorable_at` naming the field. A multipart body is left to its form or
-serializer: Django and DRF's CharField already refuse a NUL, and multipart decoding never
-yields a surrogate.
+Either reaching a query was a 500. `BadInputMiddleware` refuses a request whose path or query
+string holds a NUL or bytes that are not UTF-8 (an encoded surrogate included), before any
+view runs: a problem document for the API, a readable page for people. Bodies are checked
+where they are parsed, so the answer can name the field and keep what was typed: JSON in
+portal.api.parsers.JSONParser and the inbox's edited arguments (`unstorable_at`), form text by
+each form (Django's and DRF's CharField refuse a NUL; form decoding never yields a
+surrogate). Behind them, the middleware turns a lookup that a sent value could not take
+(`_selected_action=1%00` in an admin action, an id "abc") into a 400 or 404 instead of a 500.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from collections.abc import Callable
 from itertools import chain
 from urllib.parse import unquote_to_bytes
 
-from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 
 API_PREFIXES = ("/api/", "/v1/")  # as portal.views: the paths that answer problem documents
+UNREADABLE = "holds a NUL character or bytes that are not UTF-8 text, which Warden cannot read"
 
 
 def unstorable(value) -> str | None:
@@ -118,72 +119,48 @@ def _unreadable(decoded: bytes) -> bool:
 
 
 class BadInputMiddleware:
-    """Answer 400 when the path, the query string or a form body holds a NUL or undecodable
-    bytes (module docstring), before any view runs; and answer 404, not 500, when a view
-    looks a path parameter up in a field that cannot take it (process_exception)."""
-
-    FORM = "application/x-www-form-urlencoded"
-    MULTIPART = "multipart/form-data"
+    """Answer 400 when the path or the query string holds a NUL or bytes that are not UTF-8
+    (module docstring), before any view runs; and, when a view looks up a value the request
+    sent in a field that cannot take it, answer what that means instead of a 500
+    (process_exception)."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        where = self._refused(request)
-        if where is not None:
-            return self._answer(request, where)
+        if _text_problem(request.path) or _unreadable(_path_bytes(request)):
+            return self._answer(request, f"the path {UNREADABLE}")
+        if undecodable(request.META.get("QUERY_STRING", "")):
+            return self._answer(request, f"the query string {UNREADABLE}")
         return self.get_response(request)
 
-    def _refused(self, request: HttpRequest) -> str | None:
-        if _text_problem(request.path) or _unreadable(_path_bytes(request)):
-            return "path"
-        if undecodable(request.META.get("QUERY_STRING", "")):
-            return "query string"
-        if request.method in ("GET", "HEAD") or request.content_type not in (
-            self.FORM,
-            self.MULTIPART,
-        ):
-            return None
-        if request.content_type == self.FORM:
-            try:
-                body = request.body  # kept: request.POST and the view read it again
-            except RequestDataTooBig:
-                return None  # the view answers it as it always does (413 for the API)
-            if undecodable(body.replace(b"+", b" ")):
-                return "form"
-        elif not request.path.startswith(API_PREFIXES):
-            # Parsed here rather than by CsrfViewMiddleware a moment later (a parse error
-            # answers as it would there). The API's multipart upload is DRF's to parse: its
-            # serializer fields refuse a NUL themselves.
-            texts = [text for key, values in request.POST.lists() for text in (key, *values)]
-            texts += [upload.name or "" for upload in request.FILES.values()]
-            if any(_text_problem(text) for text in texts):
-                return "form"
-        return None
-
-    def _answer(self, request: HttpRequest, where: str) -> HttpResponse:
-        detail = (
-            f"the {where} holds a NUL character or bytes that are not UTF-8 text, "
-            "which Warden cannot read or keep"
-        )
+    def _answer(self, request: HttpRequest, detail: str) -> HttpResponse:
         if request.path.startswith(API_PREFIXES):
             from portal.api.problems import problem_response
 
             return problem_response(request, 400, "unreadable-input", detail)
-        return render(request, "400.html", {"where": where}, status=400)
+        return render(request, "400.html", {"detail": detail}, status=400)
 
     def process_exception(self, request: HttpRequest, exception: Exception):
-        """A path parameter looked up in a field that cannot take it ("abc" where an id is a
-        number) is a resource that does not exist: 404, as Django's own converters answer.
-        Routes that take any text where the model wants a number (the admin's object
-        permission pages, oauth2_provider's applications) raised a ValueError: a 500."""
-        match = request.resolver_match
-        if not isinstance(exception, ValueError) or match is None:
+        """A value the request sent that a lookup cannot take: a path parameter is a resource
+        that does not exist (404, as Django's own converters answer); a form or query value is
+        a bad request (400). Views that take any text where the model wants a number raised a
+        ValueError (a 500): the admin's object-permission pages and its bulk actions
+        (`_selected_action=abc`), oauth2_provider's application pages. Likewise a NUL sent in a
+        form that reached a text column (psycopg refuses it)."""
+        if not isinstance(exception, ValueError) or request.resolver_match is None:
             return None
         message = str(exception)
-        given = [v for v in chain(match.args, match.kwargs.values()) if isinstance(v, str)]
-        if not message.startswith("Field '") or not any(repr(v) in message for v in given):
-            return None
-        from portal.views import not_found
+        match = request.resolver_match
+        in_path = [v for v in chain(match.args, match.kwargs.values()) if isinstance(v, str)]
+        sent = [v for data in (request.GET, request.POST) for _, vs in data.lists() for v in vs]
+        if message.startswith("Field '") and " but got " in message:
+            if any(repr(value) in message for value in in_path):
+                from portal.views import not_found
 
-        return not_found(request, Http404("no such object"))
+                return not_found(request, Http404("no such object"))
+            if any(repr(value) in message for value in sent):
+                return self._answer(request, "a value sent is not one Warden can look up")
+        elif "cannot contain NUL" in message and any("\x00" in value for value in sent):
+            return self._answer(request, f"the form {UNREADABLE}")
+        return None

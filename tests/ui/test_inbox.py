@@ -206,6 +206,7 @@ def test_a_post_without_a_decision_decides_nothing(client, people, help_desk, se
     for data, said in (
         ({}, "Choose approve or reject"),
         ({"decision": "maybe"}, "Choose approve or reject"),
+        ({"decision": "approve", "comment": "a\x00b"}, "The comment cannot be kept"),
         (
             {"decision": "approve", "arguments": '{"title": "a\\u0000b"}'},
             "arguments.title contains a NUL character",
@@ -225,13 +226,6 @@ def test_a_post_without_a_decision_decides_nothing(client, people, help_desk, se
         assert response.status_code == 200
         assert said in response.content.decode(), data
         assert "Traceback" not in response.content.decode()
-    # A NUL typed into the form itself never reaches the page: the door refuses the request.
-    refused = client.post(
-        f"/inbox/approvals/{request.pk}/", {"decision": "approve", "comment": "a\x00b"}
-    )
-    assert refused.status_code == 400
-    assert "The form holds a NUL character" in refused.content.decode()
-
     request.refresh_from_db()
     assert (request.status, request.decided_by, request.approved_arguments) == (
         "pending",
