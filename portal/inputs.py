@@ -1,4 +1,4 @@
-"""Input that no lookup or table can take is refused at the door, once, as a 400.
+"""Input that no lookup or table can take is a 400 (or a 404), never a 500.
 
 PostgreSQL refuses a NUL in any text ("A string literal cannot contain NUL"), and an unpaired
 surrogate is not text at all (it cannot be encoded as UTF-8 for the database, Redis or a log).
@@ -153,7 +153,11 @@ class BadInputMiddleware:
         message = str(exception)
         match = request.resolver_match
         in_path = [v for v in chain(match.args, match.kwargs.values()) if isinstance(v, str)]
-        sent = [v for data in (request.GET, request.POST) for _, vs in data.lists() for v in vs]
+        try:
+            data = [request.GET, request.POST]  # POST: the form already parsed, or nothing
+        except Exception:  # a body that cannot be parsed sent no form values
+            data = [request.GET]
+        sent = [value for values in data for _, listed in values.lists() for value in listed]
         if message.startswith("Field '") and " but got " in message:
             if any(repr(value) in message for value in in_path):
                 from portal.views import not_found
