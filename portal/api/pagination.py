@@ -71,6 +71,8 @@ class Cursor(CursorPagination):
             value = field.to_python(position)
         except (ValidationError, ValueError, TypeError, OverflowError):
             raise InvalidCursor() from None
+        if value is None:  # "" is None to most fields: no position at all
+            raise InvalidCursor()
         limits = connection.ops.integer_field_ranges.get(field.get_internal_type())
         if limits and not limits[0] <= value <= limits[1]:
             raise InvalidCursor()

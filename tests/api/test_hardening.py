@@ -211,6 +211,8 @@ CRAFTED = {
     "base64 of binary": base64.b64encode(b"\xff\xfe\x00p=1").decode(),
     "the reported one (p=abc)": "cD1hYmM=",
     "p is text": b64("p=abc"),
+    "p is empty": b64("p="),
+    "p is blank": b64("p=+"),
     "p is NUL": b64("p=%00"),
     "p holds a NUL": b64("p=1%002"),
     "p is past bigint": b64("p=" + "9" * 30),
