@@ -35,6 +35,7 @@ from governance.approvals import (
 from governance.guardrails.output import render_markdown
 from governance.models import ApprovalRequest, Escalation
 from governance.policy import reason_text
+from portal.inputs import unstorable, unstorable_at
 from tools.models import RiskTier, Tool
 
 AGES = {"15m": timedelta(minutes=15), "1h": timedelta(hours=1), "1d": timedelta(days=1)}
@@ -208,8 +209,9 @@ def answer_page(request: HttpRequest, pk: int) -> HttpResponse:
 def _check(typed: dict, decision, choices: tuple[str, str]) -> None:
     if decision not in choices:
         raise ApprovalError(f"choose {' or '.join(choices)}")
-    if any("\x00" in value for value in typed.values()):
-        raise ApprovalError("the text contains a NUL character, which cannot be kept")
+    for name, value in typed.items():
+        if problem := unstorable(value):
+            raise ApprovalError(f"the {name} cannot be kept: {problem}")
 
 
 def _json_object(text: str) -> dict:
@@ -221,8 +223,11 @@ def _json_object(text: str) -> dict:
         raise ApprovalError("the edited arguments are nested too deeply") from None
     if not isinstance(value, dict):
         raise ApprovalError("the edited arguments must be a JSON object")
-    if "\\u0000" in json.dumps(value):  # a NUL written as an escape: no database keeps it
-        raise ApprovalError("the edited arguments contain a NUL character, which cannot be kept")
+    # A NUL or an unpaired surrogate written as a JSON escape: valid JSON, but no database
+    # (jsonb, UTF-8) keeps it.
+    if found := unstorable_at(value, "arguments"):
+        where, problem = found
+        raise ApprovalError(f"the edited arguments cannot be kept: {where} {problem}")
     return value
 
 

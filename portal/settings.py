@@ -132,6 +132,7 @@ ANONYMOUS_USER_NAME = None
 MIDDLEWARE = [
     "portal.health.ProbeMiddleware",
     "portal.requestid.RequestIdMiddleware",
+    "portal.inputs.BadInputMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "portal.security.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",

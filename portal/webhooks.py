@@ -5,18 +5,25 @@ Who is told: a run's events go to the active webhooks of the applications whose 
 run's actor (a client-credentials token acts as its application's account, so those are the
 runs the application started; two applications on one account both hear of them).
 
-Delivery: the `WebhookDelivery` rows are written inside the transaction that changes the run
-(agents.hooks), and `webhook_deliver_task` is enqueued after it commits. Each attempt claims
-the row first (one conditional UPDATE), so a redelivered or duplicated message never sends a
-delivery twice at once, and a delivered one never again. 2xx delivers; 408, 425, 429, 5xx,
-timeouts and connection errors are retried after 10 s, 20 s, 40 s... (settings
-WARDEN_WEBHOOK_*); any other answer (3xx included: redirects are not followed) and an address
-that the SSRF rules refuse fail it at once. A beat job re-enqueues deliveries whose message was
-lost (Redis flushed, worker killed).
+Delivery is at least once. The `WebhookDelivery` rows are written inside the transaction that
+changes the run (agents.hooks), and `webhook_deliver_task` is enqueued after it commits. Each
+attempt first claims the row (`webhook_claim`: under the row's lock, the attempt's number and a
+lease past its timeout) and commits that before the POST; its outcome is recorded fenced by the
+number (`webhook_record`). So a redelivered or duplicated message never sends a delivery while
+another attempt's lease holds, an attempt whose lease ran out cannot undo a later one, and a
+delivery recorded as delivered is never sent again. But a worker that dies after the receiver
+took the POST and before the outcome was recorded leaves the delivery pending, and a beat job
+sends it again once the lease has run out (it also re-enqueues deliveries whose message was
+lost: Redis flushed, a worker killed). Every attempt of one event carries the same delivery id,
+in the `Warden-Delivery` header and as the signed body's `id`: receivers deduplicate by it.
+2xx delivers; 408, 425, 429, 5xx, timeouts and connection errors are retried after 10 s, 20 s,
+40 s... (settings WARDEN_WEBHOOK_*); any other answer (3xx included: redirects are not
+followed) and an address that the SSRF rules refuse fail it at once.
 
 Signature: ``Warden-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>``;
-`webhook_verify` checks it for receivers (and the tests). The secret never reaches a log, an
-audit event or an error message.
+`webhook_verify` checks it for receivers (and the tests). Each attempt is signed afresh (a new
+`t`); the body, its `id` included, is the same bytes every time. The secret never reaches a
+log, an audit event or an error message.
 """
 
 from __future__ import annotations
@@ -36,7 +43,6 @@ from urllib.parse import urlsplit
 import httpx
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
 from django.urls import reverse
 from django.utils import timezone
 
@@ -365,6 +371,7 @@ class Attempted:
 
 
 NOT_DUE = Attempted("not due")
+SUPERSEDED = Attempted("superseded")  # a later attempt (or a 2xx) decides the delivery
 
 
 def webhook_backoff(attempt: int) -> int:
@@ -374,49 +381,115 @@ def webhook_backoff(attempt: int) -> int:
 
 
 def webhook_deliver(*, delivery_id: str) -> Attempted:
-    """Make the delivery's next attempt if it is due and still pending, and record it."""
-    now = timezone.now()
-    timeout = settings.WARDEN_WEBHOOK_TIMEOUT_SECONDS
-    claimed = WebhookDelivery.objects.filter(
-        pk=delivery_id, status=DeliveryStatus.PENDING, next_attempt_at__lte=now + EARLY
-    ).update(
-        attempts=F("attempts") + 1,
-        # Until the attempt is recorded, the sweeper leaves it alone (a lease on the attempt).
-        next_attempt_at=now + timedelta(seconds=timeout + 60),
-    )
-    if not claimed:
+    """Make the delivery's next attempt if it is due and still pending, and record it.
+
+    At least once: the claim is committed before the POST, so a worker that dies after the
+    receiver got the event but before the outcome is recorded leaves the delivery pending,
+    and the sweeper sends it again, with the same id, once the claim's lease has run out."""
+    attempt = webhook_claim(delivery_id=delivery_id)
+    if attempt is None:
         return NOT_DUE
     delivery = WebhookDelivery.objects.select_related("webhook").get(pk=delivery_id)
     started, began = timezone.now(), time.monotonic()
-    code, error, retry_after, final = _post(delivery, timeout=timeout)
-    duration = int((time.monotonic() - began) * 1000)
-    attempt = delivery.attempts
-    if code is not None and 200 <= code < 300:
-        status, retry_in = DeliveryStatus.DELIVERED, None
-    elif final or attempt >= settings.WARDEN_WEBHOOK_MAX_ATTEMPTS:
-        status, retry_in = DeliveryStatus.FAILED, None
-    else:
-        status = DeliveryStatus.PENDING
-        retry_in = max(webhook_backoff(attempt), min(retry_after or 0, _cap()))
+    code, error, retry_after, final = _post(
+        delivery, timeout=settings.WARDEN_WEBHOOK_TIMEOUT_SECONDS
+    )
+    return webhook_record(
+        delivery_id=delivery_id,
+        attempt=attempt,
+        started=started,
+        duration_ms=int((time.monotonic() - began) * 1000),
+        code=code,
+        error=error,
+        retry_after=retry_after,
+        final=final,
+    )
+
+
+def webhook_claim(*, delivery_id: str) -> int | None:
+    """Take the delivery's next attempt if it is due and pending: its number, or None.
+
+    The claim moves `next_attempt_at` past the attempt's timeout (a lease: the sweeper leaves
+    the delivery alone meanwhile) and counts the attempt, under the row's lock, so two
+    messages for one delivery never both attempt it while the lease holds. A lease can still
+    run out under a slow attempt; `webhook_record` is fenced by the number for that."""
+    now = timezone.now()
+    lease = timedelta(seconds=settings.WARDEN_WEBHOOK_TIMEOUT_SECONDS + 60)
     with transaction.atomic():
+        delivery = (
+            WebhookDelivery.objects.select_for_update()
+            .filter(pk=delivery_id, status=DeliveryStatus.PENDING, next_attempt_at__lte=now + EARLY)
+            .only("pk", "attempts")
+            .first()
+        )
+        if delivery is None:
+            return None
+        delivery.attempts += 1
+        delivery.next_attempt_at = now + lease
+        delivery.save(update_fields=["attempts", "next_attempt_at"])
+    return delivery.attempts
+
+
+def webhook_record(
+    *,
+    delivery_id: str,
+    attempt: int,
+    started: datetime,
+    duration_ms: int,
+    code: int | None,
+    error: str,
+    retry_after: int | None = None,
+    final: bool = False,
+) -> Attempted:
+    """Record attempt number `attempt` and what it means for the delivery, fenced.
+
+    Every attempt is logged. A 2xx delivers the delivery if it is still pending, whichever
+    attempt it answers (the receiver has the event). Anything else decides (retry or fail)
+    only for the latest claim: an older attempt whose lease ran out while another took over
+    is logged and changes nothing, so two senders never leave the delivery inconsistent."""
+    succeeded = code is not None and 200 <= code < 300
+    with transaction.atomic():
+        delivery = WebhookDelivery.objects.select_for_update().get(pk=delivery_id)
         WebhookAttempt.objects.create(
             delivery=delivery,
             number=attempt,
             started_at=started,
-            duration_ms=duration,
+            duration_ms=duration_ms,
             status_code=code,
             error=error,
         )
-        delivery.status, delivery.last_status_code, delivery.last_error = status, code, error
-        delivery.next_attempt_at = None
-        if retry_in is not None:
-            delivery.next_attempt_at = timezone.now() + timedelta(seconds=retry_in)
-        fields = ["status", "last_status_code", "last_error", "next_attempt_at"]
-        if status == DeliveryStatus.DELIVERED:
-            delivery.delivered_at = timezone.now()
-            fields.append("delivered_at")
-        delivery.save(update_fields=fields)
+        pending = delivery.status == DeliveryStatus.PENDING
+        decides = pending and (succeeded or delivery.attempts == attempt)
+        if decides:
+            if succeeded:
+                status, retry_in = DeliveryStatus.DELIVERED, None
+            elif final or attempt >= settings.WARDEN_WEBHOOK_MAX_ATTEMPTS:
+                status, retry_in = DeliveryStatus.FAILED, None
+            else:
+                status = DeliveryStatus.PENDING
+                retry_in = max(webhook_backoff(attempt), min(retry_after or 0, _cap()))
+            delivery.status, delivery.last_status_code, delivery.last_error = status, code, error
+            delivery.next_attempt_at = None
+            if retry_in is not None:
+                delivery.next_attempt_at = timezone.now() + timedelta(seconds=retry_in)
+            fields = ["status", "last_status_code", "last_error", "next_attempt_at"]
+            if succeeded:
+                delivery.delivered_at = timezone.now()
+                fields.append("delivered_at")
+            delivery.save(update_fields=fields)
     outcome = f"HTTP {code}" if code is not None else error
+    if not decides:
+        logger.info(
+            "webhook delivery %s (%s, webhook %s) attempt %d: %s; superseded (%s after %d)",
+            delivery.pk,
+            delivery.event,
+            delivery.webhook_id,
+            attempt,
+            outcome,
+            delivery.status,
+            delivery.attempts,
+        )
+        return SUPERSEDED
     log = logger.warning if status == DeliveryStatus.FAILED else logger.info
     log(
         "webhook delivery %s (%s, webhook %s) attempt %d: %s; %s",
@@ -485,8 +558,9 @@ def _post(delivery: WebhookDelivery, *, timeout: int) -> tuple[int | None, str, 
 
 def webhook_deliveries_overdue(*, grace: int = 60, limit: int = 500) -> list[str]:
     """Pending deliveries whose attempt is overdue by more than `grace` seconds: their task's
-    message was lost (Redis flushed, a worker killed mid-attempt). Enqueueing one twice is
-    harmless: the claim lets one attempt through."""
+    message was lost (Redis flushed), or a worker died mid-attempt (its claim's lease ran out;
+    the receiver may have the event already: it is sent again with the same id). Enqueueing
+    one twice is harmless: the claim lets one attempt through."""
     cutoff = timezone.now() - timedelta(seconds=grace)
     return [
         str(pk)

@@ -2,38 +2,44 @@
 
 from __future__ import annotations
 
-import json
+import re
 
 from rest_framework import parsers
-from rest_framework.exceptions import ParseError
+from rest_framework.exceptions import ParseError, ValidationError
+
+from portal.inputs import unstorable, unstorable_at
+
+__all__ = ["JSONParser", "Unstorable", "too_deep", "unstorable"]
+
+
+class Unstorable(ValidationError):
+    """A JSON body holding text no database keeps. The error is filed under the body's
+    top-level field, as a serializer files its own (`param` for the OpenAI endpoint), and its
+    message names the exact place (`arguments.title contains ...`)."""
+
+    openai = ("invalid_request_error", "invalid_request")
+
+    def __init__(self, path: str, problem: str):
+        field = re.split(r"[.\[]", path, maxsplit=1)[0] or "body"
+        self.param, self.message = field, f"{path} {problem}"
+        super().__init__({field: [self.message]})
 
 
 class JSONParser(parsers.JSONParser):
     """DRF's, with JSON nested too deeply for Python's decoder refused as malformed (DRF
-    catches ValueError only, and RecursionError became a 500). (A body over
+    catches ValueError only, and RecursionError became a 500), and JSON holding a NUL or an
+    unpaired surrogate anywhere (both valid JSON escapes, neither storable text) refused as
+    invalid, naming the field, before any view sees it. (A body over
     DATA_UPLOAD_MAX_MEMORY_SIZE never gets here: Django refuses to read it, see problems.py.)"""
 
     def parse(self, stream, media_type=None, parser_context=None):
         try:
-            return super().parse(stream, media_type, parser_context)
+            data = super().parse(stream, media_type, parser_context)
         except RecursionError:
             raise ParseError("JSON parse error - nested too deeply") from None
-
-
-def unstorable(value) -> str | None:
-    """Why PostgreSQL could not keep `value` (text, or JSON for a jsonb column), or None: a NUL
-    character, or an unpaired surrogate (valid JSON, not valid UTF-8)."""
-    try:
-        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    except (TypeError, ValueError, RecursionError):
-        return "it is not JSON that can be stored"
-    if "\x00" in text or "\\u0000" in text:
-        return "it contains a NUL character, which cannot be kept"
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return "it contains an unpaired surrogate, which is not text"
-    return None
+        if found := unstorable_at(data):
+            raise Unstorable(*found)
+        return data
 
 
 MAX_DEPTH = 32

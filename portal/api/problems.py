@@ -33,6 +33,16 @@ PROBLEMS: dict[str, tuple[str, str]] = {
     "unsupported-media-type": ("Unsupported media type", "Send JSON."),
     "malformed": ("Malformed request", "The body could not be parsed."),
     "too-large": ("Body too large", "The request body is larger than Warden accepts."),
+    "invalid-cursor": (
+        "Invalid cursor",
+        "The `cursor` query parameter is not one Warden wrote: follow a page's `next` or "
+        "`previous` link as it is, or leave `cursor` out for the first page.",
+    ),
+    "unreadable-input": (
+        "Unreadable input",
+        "The path, query string or body holds text Warden cannot keep or read: a NUL "
+        "character, an unpaired surrogate, or bytes that are not UTF-8. `detail` says where.",
+    ),
     "invalid": (
         "Invalid request",
         "The request was understood but some fields are wrong: `errors` says which.",
@@ -81,7 +91,13 @@ class Conflict(exceptions.APIException):
     default_code = "conflict"
 
 
-_BY_EXCEPTION.append((Conflict, "conflict"))
+class InvalidCursor(exceptions.APIException):
+    status_code = 400
+    default_detail = "the cursor is not valid"
+    default_code = "invalid_cursor"
+
+
+_BY_EXCEPTION += [(Conflict, "conflict"), (InvalidCursor, "invalid-cursor")]
 
 
 def problem_body(request: HttpRequest, status: int, slug: str | None, detail: str, **extra) -> dict:

@@ -6,11 +6,15 @@ rest and never logged."""
 import json
 import logging
 import re
+import signal
+import threading
 import time
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from django.db import connection, transaction
+from django.utils import timezone
 from oauth2_provider.models import Application
 
 from agents.models import Conversation, Run, RunState
@@ -25,8 +29,10 @@ from portal.tasks import webhook_deliver_task
 from portal.webhooks import (
     WebhookError,
     WebhookSignatureError,
+    webhook_claim,
     webhook_create,
     webhook_deliver,
+    webhook_record,
     webhook_secret_rotate,
     webhook_sign,
     webhook_verify,
@@ -884,3 +890,162 @@ def test_an_application_without_an_account_cannot_have_a_webhook(client, people,
     assert response.status_code == 200
     assert "has no user" in response.content.decode()
     assert not Webhook.objects.exists()
+
+
+# At least once ----------------------------------------------------------------------------
+
+
+class HeldReceiver:
+    """A receiver on loopback that records each POST and holds its answer (200) until the
+    test releases it: a receiver still processing when the sender dies."""
+
+    def __init__(self):
+        self.requests: list[tuple[dict, bytes]] = []
+        self.release = threading.Event()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                receiver.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                if len(receiver.requests) == 1:
+                    receiver.release.wait(60)
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                except OSError:
+                    pass  # the sender is gone
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
+
+    def close(self):
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def wait_for(condition, what: str, seconds: float = 60):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"not {what} within {seconds} s"
+        time.sleep(0.1)
+
+
+@pytest.mark.usefixtures("committing_db")
+def test_an_event_resent_after_its_worker_died_mid_attempt_carries_the_same_id(
+    start_worker, loopback_allowed, application, governed, people
+):
+    from portal.tasks import webhook_deliveries_resume_task
+
+    held = HeldReceiver()
+    try:
+        _, secret = hooked(application, held.url, events=["run.failed"])
+        first = start_worker(WARDEN_OUTBOUND_ALLOW_NETWORKS="127.0.0.1/32")
+        run, token = a_run(governed.agent, people.integration, application)
+        run_finish(run_id=run.pk, token=token, state=RunState.FAILED, error="boom")  # commits
+
+        # The receiver has the event and is working on it when the worker is killed.
+        wait_for(lambda: len(held.requests) == 1, "received")
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        delivery = WebhookDelivery.objects.get(run_id=run.pk)
+        assert (delivery.status, delivery.attempts) == ("pending", 1)
+        assert attempts(delivery) == []  # its outcome was never recorded
+        # While the dead worker's lease holds, the sweep sends nothing.
+        assert webhook_deliveries_resume_task() == 0
+
+        let_backoff_pass(delivery)  # the lease runs out
+        start_worker(WARDEN_OUTBOUND_ALLOW_NETWORKS="127.0.0.1/32")
+        assert webhook_deliveries_resume_task() == 1
+        wait_for(lambda: len(held.requests) == 2, "sent again")
+        wait_for(
+            lambda: WebhookDelivery.objects.get(pk=delivery.pk).status == "delivered", "recorded"
+        )
+    finally:
+        held.close()
+
+    (headers_1, body_1), (headers_2, body_2) = held.requests
+    assert headers_1["warden-delivery"] == headers_2["warden-delivery"] == str(delivery.pk)
+    assert body_1 == body_2  # the same bytes, its signed id included
+    assert json.loads(body_2)["id"] == str(delivery.pk)
+    for headers, body in held.requests:
+        webhook_verify(secret=secret, header=headers["warden-signature"], body=body)
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempts, delivery.last_status_code) == ("delivered", 2, 200)
+    assert attempts(delivery) == [(2, 200)]
+
+
+def claim_twice(delivery) -> tuple[int, int]:
+    """Two claims on one delivery, as when an attempt outlives its lease and the sweeper sends
+    the delivery again: the first is still out when the second is taken."""
+    old = webhook_claim(delivery_id=str(delivery.pk))
+    assert webhook_claim(delivery_id=str(delivery.pk)) is None  # not while the lease holds
+    let_backoff_pass(delivery)
+    return old, webhook_claim(delivery_id=str(delivery.pk))
+
+
+def record(delivery, attempt: int, code: int):
+    return webhook_record(
+        delivery_id=str(delivery.pk),
+        attempt=attempt,
+        started=timezone.now(),
+        duration_ms=5,
+        code=code,
+        error="" if code < 300 else f"HTTP {code}",
+    )
+
+
+def test_a_stale_attempts_failure_cannot_undo_a_later_success(application, governed, people):
+    delivery, _ = one_delivery(application, governed, people, "https://hooks.example.com/x")
+    old, new = claim_twice(delivery)
+
+    assert (old, new) == (1, 2)
+    assert record(delivery, new, 204).status == "delivered"
+    assert record(delivery, old, 500).status == "superseded"
+
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempts, delivery.last_status_code) == ("delivered", 2, 204)
+    assert delivery.next_attempt_at is None
+    assert attempts(delivery) == [(1, 500), (2, 204)]  # both logged, the 2xx decided
+
+
+def test_a_stale_attempts_success_delivers_and_the_later_failure_changes_nothing(
+    application, governed, people
+):
+    delivery, _ = one_delivery(application, governed, people, "https://hooks.example.com/x")
+    old, new = claim_twice(delivery)
+
+    assert record(delivery, old, 200).status == "delivered"  # the receiver has it
+    assert record(delivery, new, 503).status == "superseded"
+
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.last_status_code, delivery.next_attempt_at) == (
+        "delivered",
+        200,
+        None,
+    )
+    assert webhook_claim(delivery_id=str(delivery.pk)) is None  # never sent again
+
+
+def test_a_stale_attempts_failure_leaves_the_later_claim_in_charge(application, governed, people):
+    delivery, _ = one_delivery(application, governed, people, "https://hooks.example.com/x")
+    old, new = claim_twice(delivery)
+    delivery.refresh_from_db()
+    lease = delivery.next_attempt_at
+
+    assert record(delivery, old, 503).status == "superseded"
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.next_attempt_at, delivery.last_status_code) == (
+        "pending",
+        lease,  # not rescheduled by the old attempt: the new one is still out
+        None,
+    )
+    attempted = record(delivery, new, 500)
+    assert (attempted.status, attempted.retry_in) == ("pending", 20)  # the second backoff
