@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -207,6 +208,8 @@ def daphne_on_test_database(port: int, **env: str):
     must commit its writes: `committing_db`); yields its URL once /healthz answers."""
     from django.db import connection
 
+    # Its log goes to a file: a pipe nobody reads fills up (64 KiB) and stalls the server.
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed below
     web = subprocess.Popen(
         [
             sys.executable,
@@ -225,13 +228,15 @@ def daphne_on_test_database(port: int, **env: str):
             **env,
         },
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log,
     )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
         while True:
-            assert web.poll() is None, web.stderr.read().decode()[-2000:]
+            if web.poll() is not None:
+                log.seek(0)
+                raise AssertionError(log.read().decode()[-2000:])
             try:
                 urllib.request.urlopen(f"{url}/healthz", timeout=10)
                 break
@@ -246,3 +251,4 @@ def daphne_on_test_database(port: int, **env: str):
         except subprocess.TimeoutExpired:
             web.kill()
             web.wait()
+        log.close()
