@@ -50,6 +50,14 @@ def pytest_configure(config: pytest.Config) -> None:
         server.start()
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    # Once the test database is dropped, and before an xdist worker reports that it finished:
+    # its controller then gives it 5 s before interrupting it with SIGINT (execnet).
+    while _servers:
+        _servers.pop().stop()
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     from django.conf import settings
 
