@@ -12,6 +12,25 @@ from portal.embedded import EmbeddedPostgres, EmbeddedRedis
 _servers: list[EmbeddedPostgres | EmbeddedRedis] = []
 
 
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
+    if not pluginmanager.has_plugin("xdist"):
+        # `-p no:xdist` runs everything in this one process: the `-n` and `--dist` that
+        # pyproject's addopts passes are accepted, and mean nothing.
+        group = parser.getgroup("xdist", "pytest-xdist is off (-p no:xdist)")
+        group._addoption("-n", "--numprocesses", dest="numprocesses", default=0)  # as xdist does
+        group.addoption("--dist", dest="dist", default="no")
+
+
+def _is_xdist_controller(config: pytest.Config) -> bool:
+    """The process that hands tests to pytest-xdist's workers and runs none itself."""
+    return (
+        not hasattr(config, "workerinput")
+        and getattr(config.option, "dist", "no") != "no"
+        and bool(getattr(config.option, "tx", None))
+        and not config.getoption("collectonly")
+    )
+
+
 def pytest_configure(config: pytest.Config) -> None:
     from django.conf import settings
 
@@ -21,9 +40,22 @@ def pytest_configure(config: pytest.Config) -> None:
     # ignored, and children inherit it: the launchers the tests stop with Ctrl-C would not stop.
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    if _is_xdist_controller(config):
+        # Each worker starts servers of its own (tests/settings.py); the workers' first start
+        # would race to create PostgreSQL's system user (as root): it is made here, once.
+        EmbeddedPostgres(settings.EMBEDDED)._prepare_directories()
+        return
     for server in (EmbeddedPostgres(settings.EMBEDDED), EmbeddedRedis(settings.EMBEDDED)):
         _servers.append(server)
         server.start()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    # Once the test database is dropped, and before an xdist worker reports that it finished:
+    # its controller then gives it 5 s before interrupting it with SIGINT (execnet).
+    while _servers:
+        _servers.pop().stop()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -85,10 +117,10 @@ def start_worker():
             },
         )
         workers.append(worker)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # it imports Django, Celery and the app on busy cores
         while not app.control.ping(destination=[name], timeout=0.5):
             assert worker.poll() is None, "the worker exited while starting"
-            assert time.monotonic() < deadline, "the worker did not answer a ping within 30 s"
+            assert time.monotonic() < deadline, "the worker did not answer a ping within 120 s"
         return worker
 
     yield start

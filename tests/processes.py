@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -55,6 +56,7 @@ def embedded_env(var_dir: Path, **extra: str) -> dict[str, str]:
             "WARDEN_ENCRYPTION_KEY",
             "ALLOWED_HOSTS",
             "WARDEN_TEST_VAR_DIR",
+            "WARDEN_TEST_VAR_OWNER",
         }
     }
     env.update(DJANGO_SETTINGS_MODULE="portal.settings", WARDEN_VAR_DIR=str(var_dir))
@@ -62,7 +64,7 @@ def embedded_env(var_dir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def manage(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+def manage(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "manage.py", *args],
         cwd=ROOT,
@@ -106,7 +108,7 @@ class Up:
         """What ran under the launcher: program names, and celery's subcommand."""
         return set(self.names.values())
 
-    def wait_ready(self, url: str, timeout: float = 60) -> dict:
+    def wait_ready(self, url: str, timeout: float = 180) -> dict:
         deadline = time.monotonic() + timeout
         while True:
             if self.process.poll() is not None:
@@ -137,7 +139,7 @@ class Up:
         self.process.wait(10)
         self._out.close()
 
-    def survivors(self, grace: float = 10) -> list[str]:
+    def survivors(self, grace: float = 30) -> list[str]:
         """Processes of the recorded tree still running after `grace` seconds (zombies are gone)."""
         deadline = time.monotonic() + grace
         while True:
@@ -163,14 +165,34 @@ def _program(cmd: list[str]) -> str:
     return Path(cmd[0].split()[0]).name if cmd and cmd[0] else "?"
 
 
+# Ports for servers the tests start come from below the kernel's ephemeral range (32768 and
+# up on Linux), where no outgoing connection takes one between the probe and the server's bind,
+# and each xdist worker has a block of its own, so two workers never hand out the same port.
+_PORT_BASE, _PORT_BLOCK, _PORT_BLOCKS = 12000, 640, 32
+_ports: list[int] = []
+
+
 def free_port() -> int:
-    """A loopback port nothing listens on now (bound, read, released)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A loopback port nothing listens on now (probed), new to this process."""
+    if not _ports:
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+        block = int(worker) % _PORT_BLOCKS if worker.isdigit() else 0
+        first = _PORT_BASE + block * _PORT_BLOCK
+        # A random start: two test sessions on one machine rarely walk the same ports.
+        start = secrets.randbelow(_PORT_BLOCK)
+        _ports.extend(first + (start + n) % _PORT_BLOCK for n in range(_PORT_BLOCK))
+    while _ports:
+        port = _ports.pop(0)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("every test port of this worker is taken")
 
 
-def http_get(url: str, timeout: float = 5) -> tuple[int, str]:
+def http_get(url: str, timeout: float = 30) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             return response.status, response.read().decode()
@@ -186,6 +208,8 @@ def daphne_on_test_database(port: int, **env: str):
     must commit its writes: `committing_db`); yields its URL once /healthz answers."""
     from django.db import connection
 
+    # Its log goes to a file: a pipe nobody reads fills up (64 KiB) and stalls the server.
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed below
     web = subprocess.Popen(
         [
             sys.executable,
@@ -204,18 +228,20 @@ def daphne_on_test_database(port: int, **env: str):
             **env,
         },
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log,
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120
         while True:
-            assert web.poll() is None, web.stderr.read().decode()[-2000:]
+            if web.poll() is not None:
+                log.seek(0)
+                raise AssertionError(log.read().decode()[-2000:])
             try:
-                urllib.request.urlopen(f"{url}/healthz", timeout=1)
+                urllib.request.urlopen(f"{url}/healthz", timeout=10)
                 break
             except OSError:
-                assert time.monotonic() < deadline, "daphne did not answer within 30 s"
+                assert time.monotonic() < deadline, "daphne did not answer within 120 s"
                 time.sleep(0.2)
         yield url
     finally:
@@ -225,3 +251,4 @@ def daphne_on_test_database(port: int, **env: str):
         except subprocess.TimeoutExpired:
             web.kill()
             web.wait()
+        log.close()

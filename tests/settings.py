@@ -2,6 +2,11 @@
 
 External DATABASE_URL / REDIS_URL are ignored on purpose, so the suite never touches a real
 deployment's data. Processes the tests start inherit WARDEN_TEST_VAR_DIR and share the servers.
+
+Under pytest-xdist each worker (PYTEST_XDIST_WORKER=gw0, gw1, ...) runs servers of its own in a
+directory beneath the controller's: the workers inherit the controller's environment, so a
+WARDEN_TEST_VAR_DIR that some other process made (WARDEN_TEST_VAR_OWNER says which) is only the
+parent of this worker's own.
 """
 
 import os
@@ -9,8 +14,15 @@ import tempfile
 
 for _name in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "WARDEN_ENCRYPTION_KEY", "ALLOWED_HOSTS"):
     os.environ.pop(_name, None)
+_owner = os.environ.get("PYTEST_XDIST_WORKER", "")
 if "WARDEN_TEST_VAR_DIR" not in os.environ:
     os.environ["WARDEN_TEST_VAR_DIR"] = tempfile.mkdtemp(prefix="warden-test-")
+    os.environ["WARDEN_TEST_VAR_OWNER"] = _owner
+elif os.environ.get("WARDEN_TEST_VAR_OWNER", "") != _owner:
+    os.environ["WARDEN_TEST_VAR_DIR"] = tempfile.mkdtemp(
+        prefix=f"warden-test-{_owner}-", dir=os.environ["WARDEN_TEST_VAR_DIR"]
+    )
+    os.environ["WARDEN_TEST_VAR_OWNER"] = _owner
 os.environ["WARDEN_VAR_DIR"] = os.environ["WARDEN_TEST_VAR_DIR"]
 
 from portal.settings import *  # noqa: E402, F403

@@ -2,6 +2,9 @@
 their own processes on the test database, the demo workspace seeded, the demo agent's model
 served by the scripted OpenAI-compatible server, and Debian's Chromium through Playwright.
 
+Every wait is for an event (an element, a text, a URL) with a deadline long enough for a
+machine under load (DEADLINE_MS): a wait that runs out means the page never got there.
+
 Screenshots go to WARDEN_TEST_ARTIFACTS (default: test-artifacts/ in the checkout); when a
 test fails, every page it had open is photographed there too.
 """
@@ -24,6 +27,11 @@ ARTIFACTS = Path(
     os.environ.get("WARDEN_TEST_ARTIFACTS")
     or Path(__file__).resolve().parents[2] / "test-artifacts"
 )
+
+# Playwright's `expect` gives up after 5 s by default, and its actions after 30 s: too short
+# for a streamed answer on two busy cores (a worker, daphne, Chromium and other tests): under
+# `stress --cpu 2` a card took just over 60 s to show "awaiting approval".
+DEADLINE_MS = 120_000
 
 # A conftest's pytestmark marks nothing: the test modules apply this one.
 needs_chromium = pytest.mark.skipif(
@@ -63,10 +71,10 @@ def portal(committing_db, start_worker, server, tmp_path, unused_tcp_port):
         model="openai/scripted", api_base=server.base("demo")
     )
     worker = start_worker()  # ingests the handbook the seed queued, then runs the runs
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 180
     handbook = Document.objects.filter(knowledge_base__slug="handbook")
     while handbook.exclude(status=DocumentStatus.READY).exists() or not handbook.exists():
-        assert time.monotonic() < deadline, "the handbook was not ingested within 90 s"
+        assert time.monotonic() < deadline, "the handbook was not ingested within 180 s"
         time.sleep(0.2)
     with daphne_on_test_database(unused_tcp_port) as url:
         yield Portal(url, {x.username: x.password for x in logins if x.password}, server)
@@ -78,7 +86,7 @@ def portal(committing_db, start_worker, server, tmp_path, unused_tcp_port):
         worker.wait()
     # Their connections end with them, but the server may take a moment to see it; the test
     # database is dropped (or emptied) only when nobody else is on it.
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     with connection.cursor() as cursor:
         while time.monotonic() < deadline:
             cursor.execute(
@@ -94,18 +102,19 @@ def portal(committing_db, start_worker, server, tmp_path, unused_tcp_port):
 def browser(portal, request, tmp_path, monkeypatch):
     """A Chromium; `open_as(username)` gives a signed-in page in a context of its own."""
     from django.db import connections
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # Playwright runs an event loop
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    expect.set_options(timeout=DEADLINE_MS)
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
 
         def open_as(username: str, *, width: int = 1280, height: int = 800):
             context = chromium.new_context(viewport={"width": width, "height": height})
             page = context.new_page()
-            page.set_default_timeout(20_000)
+            page.set_default_timeout(DEADLINE_MS)
             page.on(
                 "console",
                 lambda m: (
