@@ -381,8 +381,10 @@ class Warden:
         # The demo seed queues the handbook's ingestion (embeddings, the first in each worker
         # process loads torch): the runs under test must not queue behind it.
         wait_for(
-            lambda: not self.query(
-                "SELECT 1 FROM agents_document WHERE status IN ('queued', 'processing')"
+            lambda: (
+                not self.query(
+                    "SELECT 1 FROM agents_document WHERE status IN ('queued', 'processing')"
+                )
             ),
             timeout=timeout,
             what="the demo documents' ingestion",
@@ -439,6 +441,9 @@ class Warden:
         """Until every launcher has a Celery worker whose pool processes are up."""
 
         def ready() -> bool:
+            if not self.alive():
+                down = [u.log.name for u in self.launchers if u.process.poll() is not None]
+                raise AssertionError(f"a launcher exited ({', '.join(down)}):\n{self.log_tail(8)}")
             workers = self.workers()
             return len(workers) == len(self.launchers) and all(
                 len(w.children()) >= self.concurrency for w in workers
@@ -556,7 +561,7 @@ class Warden:
                 rows = None
             if rows is not None and all(r["state"] in FINAL for r in rows.values()):
                 return rows
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline or not self.alive():  # nobody left to finish them
                 return rows or {}
             time.sleep(0.2)
 
@@ -833,7 +838,6 @@ def fault_trials(
                         watching.append(trial)
                 say(f"trial {n}: {kind} at +{delay:.2f} s on run {run_id} ({row['state']})")
                 # The faulted process comes back before the next trial (or the trial fails).
-                wait_for(warden.alive, timeout=1, what="launchers alive")
                 _wait_back(warden, kind, timeout=recovery_timeout)
             except AssertionError as exc:
                 aborted = f"trial {n}: {exc}"
@@ -858,4 +862,13 @@ def _wait_back(warden: Warden, kind: str, *, timeout: float) -> None:
     if kind == "worker":
         warden.wait_workers(timeout=timeout)
     elif kind in ("redis", "postgres", "backends"):
+        wait_for(
+            lambda: warden.alive() or _raise(f"the launcher exited:\n{warden.log_tail(8)}"),
+            timeout=1,
+            what="the launcher",
+        )
         wait_for(lambda: warden.readyz()[0] == 200, timeout=timeout, what="/readyz 200", step=0.25)
+
+
+def _raise(message: str):
+    raise AssertionError(message)

@@ -71,15 +71,22 @@ def runs_across_a_restart(
         fault()
         faulted = time.monotonic()
         with contextlib.suppress(AssertionError):  # asserted by the caller, with what was seen
-            wait_for(watch.back_up_after_down, timeout=120, what="/readyz 503, then 200")
+            wait_for(
+                lambda: watch.back_up_after_down() or not warden.alive(),
+                timeout=120,
+                what="/readyz 503, then 200",
+            )
     rows = warden.wait_final(run_ids, timeout=120)
+    alive = warden.alive()
     return {
         "run_ids": run_ids,
         "rows": rows,
         "watch": watch,
-        "alive": warden.alive(),
+        "alive": alive,
+        "log": "" if alive else warden.log_tail(15),
         "recovered_in": time.monotonic() - faulted,
-        "seen": {run_id: survived(warden, endpoint, run_id, timeout=1) for run_id in run_ids},
+        # Read only from a Warden still up: with the launcher gone, so is its database.
+        "seen": {r: survived(warden, endpoint, r, timeout=1) for r in run_ids} if alive else {},
     }
 
 

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.chaos
 def check(result: dict, dependency: str) -> None:
     watch = result["watch"]
     print(f"\n/readyz: {watch.summary()}; runs final {result['recovered_in']:.1f} s after")
-    assert result["alive"], "the launcher exited"
+    assert result["alive"], f"the launcher exited:\n{result['log']}"
     assert watch.went_down_naming(dependency), watch.summary()
     assert watch.back_up_after_down(), watch.summary()
     states = {run_id: row.get("state") for run_id, row in result["rows"].items()}
