@@ -33,7 +33,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=17)
     parser.add_argument("--kinds", default=",".join(KINDS), help="comma-separated fault kinds")
     parser.add_argument(
-        "--span", type=float, default=3.0, help="faults land 0..SPAN s after a run is taken"
+        "--span", type=float, default=2.5, help="faults land 0..SPAN s after a run is taken"
     )
     parser.add_argument("--lease", default="10", help="WARDEN_RUN_LEASE_SECONDS")
     parser.add_argument("--resume", default="2", help="WARDEN_RUN_RESUME_SECONDS")

@@ -777,7 +777,7 @@ def fault_trials(
     trials: int,
     kinds: tuple[str, ...],
     seed: int,
-    span: float = 3.0,
+    span: float = 2.5,
     recovery_timeout: float = 60,
     drain_timeout: float = 120,
     say: Callable[[str], None] = lambda line: None,
@@ -839,8 +839,8 @@ def fault_trials(
                 say(f"trial {n}: {kind} at +{delay:.2f} s on run {run_id} ({row['state']})")
                 # The faulted process comes back before the next trial (or the trial fails).
                 _wait_back(warden, kind, timeout=recovery_timeout)
-            except AssertionError as exc:
-                aborted = f"trial {n}: {exc}"
+            except (AssertionError, psycopg.Error, OSError) as exc:
+                aborted = f"trial {n}: {type(exc).__name__}: {exc}"
                 say(aborted)
                 break
         rows = warden.wait_final([t.run_id for t in done], timeout=drain_timeout)
