@@ -694,7 +694,8 @@ class Trial:
     injected_at: float = 0.0
     steps_at_fault: int = 0
     state_at_fault: str = ""
-    recovered_in: float | None = None  # fault -> the run's next step committed (or its end)
+    recovered_in: float | None = None  # fault -> the run's next step committed, or success
+    ended_unrecovered: bool = False  # it ended otherwise (failed, say) with no step after
 
 
 @dataclass
@@ -795,7 +796,9 @@ def fault_trials(
     def monitor() -> None:
         while not stop.is_set():
             with lock:
-                pending = [t for t in watching if t.recovered_in is None]
+                pending = [
+                    t for t in watching if t.recovered_in is None and not t.ended_unrecovered
+                ]
             if pending:
                 try:
                     rows = warden.runs([t.run_id for t in pending])
@@ -804,8 +807,12 @@ def fault_trials(
                 now = time.monotonic()
                 for t in pending:
                     row = rows.get(t.run_id)
-                    if row and (row["steps"] > t.steps_at_fault or row["state"] in FINAL):
+                    if not row:
+                        continue
+                    if row["steps"] > t.steps_at_fault or row["state"] == "succeeded":
                         t.recovered_in = now - t.injected_at
+                    elif row["state"] in FINAL:
+                        t.ended_unrecovered = True
             stop.wait(0.1)
 
     watcher = threading.Thread(target=monitor, daemon=True)
