@@ -340,6 +340,7 @@ class Warden:
             self.var,
             PORT=str(self.port),
             WARDEN_OUTBOUND_ALLOW_NETWORKS="127.0.0.1/32",
+            WARDEN_READY_CACHE_SECONDS="0",  # each /readyz probe sees the state of the moment
             **self.settings,
         )
 
@@ -644,20 +645,25 @@ def _wait_gone(pids: list[int], timeout: float = 30) -> None:
 class ReadyzWatch:
     """Polls /readyz in a thread and keeps (time, status, failed checks) for each answer."""
 
-    def __init__(self, warden: Warden, period: float = 0.25):
+    def __init__(self, warden: Warden, period: float = 0.1, pollers: int = 3):
         self.warden = warden
         self.period = period
         self.seen: list[tuple[float, int, list[str]]] = []
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
+        # Several pollers: one probe can take a second (a Celery ping), and a server the
+        # launcher restarts at once is down for little more than that.
+        self._threads = [threading.Thread(target=self._poll, daemon=True) for _ in range(pollers)]
 
     def __enter__(self) -> ReadyzWatch:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
+            time.sleep(self.period / len(self._threads))
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
-        self._thread.join(10)
+        for thread in self._threads:
+            thread.join(10)
 
     def _poll(self) -> None:
         while not self._stop.is_set():
@@ -669,12 +675,12 @@ class ReadyzWatch:
         return any(s == 503 and dependency in failed for _, s, failed in self.seen)
 
     def back_up_after_down(self) -> bool:
-        down = [t for t, s, _ in self.seen if s == 503]
+        down = sorted(t for t, s, _ in self.seen if s == 503)
         return bool(down) and any(s == 200 and t > down[0] for t, s, _ in self.seen)
 
     def summary(self) -> str:
         collapsed: list[str] = []
-        for _, status, failed in self.seen:
+        for _, status, failed in sorted(self.seen):
             label = f"{status}{'(' + ','.join(failed) + ')' if failed else ''}"
             if not collapsed or collapsed[-1] != label:
                 collapsed.append(label)
@@ -823,7 +829,7 @@ def fault_trials(
             kind = kinds[rng.randrange(len(kinds))]
             delay = rng.uniform(0, span)
             try:
-                run_id = warden.start_run(f"trial {n} seed {seed} delay=1.0")
+                run_id = warden.start_run(f"trial {n} seed {seed} delay=2")
                 wait_for(
                     lambda r=run_id: (
                         warden.run_row(r)["holder"] or warden.run_row(r)["state"] in FINAL
