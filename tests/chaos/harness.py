@@ -452,7 +452,7 @@ class Warden:
 
         wait_for(ready, timeout=timeout, what="every launcher's Celery worker", step=0.2)
 
-    def _server(self, name: str) -> psutil.Process:
+    def server_process(self, name: str) -> psutil.Process:
         for child in psutil.Process(self.up.process.pid).children():
             with contextlib.suppress(psutil.NoSuchProcess):
                 cmd = child.cmdline()
@@ -478,14 +478,14 @@ class Warden:
         return None
 
     def kill_redis(self) -> int:
-        redis = self._server("redis-server")
+        redis = self.server_process("redis-server")
         redis.send_signal(signal.SIGKILL)
         _wait_gone([redis.pid])
         return redis.pid
 
     def stop_postgres_fast(self) -> int:
         """PostgreSQL's fast shutdown (SIGINT to the postmaster), as `pg_ctl stop -m fast`."""
-        postmaster = self._server("postgres")
+        postmaster = self.server_process("postgres")
         postmaster.send_signal(signal.SIGINT)
         _wait_gone([postmaster.pid], timeout=60)
         return postmaster.pid
@@ -600,23 +600,35 @@ class Warden:
 
     # --- the API
 
-    def start_run(self, text: str) -> int:
-        """POST /api/v1/agents/chaos/runs as `member`, with its token; the new run's id."""
+    def start_run(self, text: str, *, tries: int = 5) -> int:
+        """POST /api/v1/agents/chaos/runs as `member`, with its token; the new run's id. Like a
+        careful client, it retries a 502-504 or a refused connection with the same
+        Idempotency-Key (so a retry never starts a second run); anything else is a failure."""
         request = urllib.request.Request(
             f"{self.base}/api/v1/agents/{self.world['agent']}/runs",
             data=json.dumps({"input": text}).encode(),
             headers={
                 "Authorization": f"Bearer {self.world['token']}",
                 "Content-Type": "application/json",
+                "Idempotency-Key": f"chaos-{os.urandom(8).hex()}",
             },
             method="POST",
         )
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                assert response.status == 202, response.status
-                return json.loads(response.read())["id"]
-        except urllib.error.HTTPError as exc:
-            raise AssertionError(f"starting a run: {exc.code} {exc.read()[:500]!r}") from None
+        for attempt in range(1, tries + 1):
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    assert response.status in (200, 202), response.status
+                    return json.loads(response.read())["id"]
+            except urllib.error.HTTPError as exc:
+                if exc.code not in (502, 503, 504) or attempt == tries:
+                    raise AssertionError(
+                        f"starting a run: {exc.code} {exc.read()[:500]!r}"
+                    ) from None
+            except (urllib.error.URLError, OSError) as exc:
+                if attempt == tries:
+                    raise AssertionError(f"starting a run: {exc}") from None
+            time.sleep(1)
+        raise AssertionError("unreachable")
 
     def readyz(self) -> tuple[int, dict]:
         try:
@@ -759,8 +771,9 @@ class TrialReport:
         return "\n".join(out)
 
 
-def inject(warden: Warden, kind: str, *, run_id: int | None = None) -> None:
-    """One fault of `kind`; for "worker", the worker holding `run_id` (else any)."""
+def inject(warden: Warden, kind: str, *, run_id: int | None = None) -> int | None:
+    """One fault of `kind`; for "worker", the worker holding `run_id` (else any). Returns the
+    process id of the server stopped (redis, postgres)."""
     if kind == "worker":
         workers = warden.workers()
         assert workers, "no live Celery worker to kill"
@@ -770,11 +783,12 @@ def inject(warden: Warden, kind: str, *, run_id: int | None = None) -> None:
     elif kind == "backends":
         warden.terminate_backends()
     elif kind == "redis":
-        warden.kill_redis()
+        return warden.kill_redis()
     elif kind == "postgres":
-        warden.stop_postgres_fast()
+        return warden.stop_postgres_fast()
     else:
         raise ValueError(kind)
+    return None
 
 
 def fault_trials(
@@ -842,7 +856,7 @@ def fault_trials(
                 trial = Trial(run_id, kind, delay, steps_at_fault=row["steps"])
                 trial.state_at_fault = row["state"]
                 trial.injected_at = time.monotonic()
-                inject(warden, kind, run_id=run_id)
+                stopped = inject(warden, kind, run_id=run_id)
                 if row["state"] in FINAL:
                     trial.recovered_in = None  # the point fell after the run's end
                 with lock:
@@ -851,7 +865,7 @@ def fault_trials(
                         watching.append(trial)
                 say(f"trial {n}: {kind} at +{delay:.2f} s on run {run_id} ({row['state']})")
                 # The faulted process comes back before the next trial (or the trial fails).
-                _wait_back(warden, kind, timeout=recovery_timeout)
+                _wait_back(warden, kind, stopped, timeout=recovery_timeout)
             except (AssertionError, psycopg.Error, OSError) as exc:
                 aborted = f"trial {n}: {type(exc).__name__}: {exc}"
                 say(aborted)
@@ -871,17 +885,20 @@ def fault_trials(
     return TrialReport(done, rows, endpoint.duplicate_effects(), problems, aborted)
 
 
-def _wait_back(warden: Warden, kind: str, *, timeout: float) -> None:
+def _wait_back(warden: Warden, kind: str, stopped: int | None, *, timeout: float) -> None:
     if kind == "worker":
         warden.wait_workers(timeout=timeout)
-    elif kind in ("redis", "postgres", "backends"):
-        wait_for(
-            lambda: warden.alive() or _raise(f"the launcher exited:\n{warden.log_tail(8)}"),
-            timeout=1,
-            what="the launcher",
-        )
-        wait_for(lambda: warden.readyz()[0] == 200, timeout=timeout, what="/readyz 200", step=0.25)
+        return
+    if stopped is not None:  # a new server process, not the old one before it was noticed
 
+        def replaced() -> bool:
+            if not warden.alive():
+                raise AssertionError(f"the launcher exited:\n{warden.log_tail(8)}")
+            try:
+                name = "redis-server" if kind == "redis" else "postgres"
+                return warden.server_process(name).pid != stopped
+            except (AssertionError, psutil.NoSuchProcess):
+                return False
 
-def _raise(message: str):
-    raise AssertionError(message)
+        wait_for(replaced, timeout=timeout, what=f"{kind} started again", step=0.2)
+    wait_for(lambda: warden.readyz()[0] == 200, timeout=timeout, what="/readyz 200", step=0.25)
