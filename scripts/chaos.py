@@ -26,7 +26,8 @@ os.chdir(ROOT)
 
 
 def main() -> int:
-    from tests.chaos.harness import KINDS, Endpoint, ModelServer, Warden, fault_trials
+    from tests.chaos.harness import Endpoint, ModelServer, Warden
+    from tests.chaos.trials import KINDS, fault_trials
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=100)

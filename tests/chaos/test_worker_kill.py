@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.chaos.conftest import FAST
-from tests.chaos.harness import fault_trials
+from tests.chaos.trials import fault_trials
 
 pytestmark = pytest.mark.chaos
 
