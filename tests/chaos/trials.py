@@ -85,24 +85,44 @@ class TrialReport:
         return "\n".join(out)
 
 
-def inject(warden: Warden, kind: str, *, run_id: int | None = None) -> int | None:
+def inject(warden: Warden, kind: str, *, run_id: int | None = None) -> tuple[int, int] | None:
     """One fault of `kind`; for "worker", the worker holding `run_id` (else any). Returns the
-    process id of the server stopped (redis, postgres)."""
+    process stopped and its launcher's process id (None: no process stopped)."""
     if kind == "worker":
         workers = warden.workers()
         assert workers, "no live Celery worker to kill"
         holder = warden.run_row(run_id)["holder"] if run_id else ""
-        target = warden.worker_holding(holder) if holder else None
-        warden.kill_worker(target or random.choice(workers))
-    elif kind == "backends":
+        target = warden.worker_holding(holder) or random.choice(workers)
+        launcher = target.ppid()
+        warden.kill_worker(target)
+        return target.pid, launcher
+    if kind == "backends":
         warden.terminate_backends()
-    elif kind == "redis":
-        return warden.kill_redis()
-    elif kind == "postgres":
-        return warden.stop_postgres_fast()
-    else:
-        raise ValueError(kind)
-    return None
+        return None
+    if kind == "redis":
+        return warden.kill_redis(), warden.up.process.pid
+    if kind == "postgres":
+        return warden.stop_postgres_fast(), warden.up.process.pid
+    raise ValueError(kind)
+
+
+# The launcher gives up on a process that exits 5 times within 60 s (a crash loop, not bad
+# luck): faults of one kind on one launcher stay below that, or the test would be of the
+# give-up rule.
+PACE_FAULTS = 3
+PACE_WINDOW = 65.0
+
+
+def _pace(history: dict[tuple[int, str], list[float]]) -> None:
+    """Wait until no launcher has had PACE_FAULTS faults of one kind within PACE_WINDOW."""
+    while True:
+        now = time.monotonic()
+        for times in history.values():
+            times[:] = [t for t in times if now - t < PACE_WINDOW]
+        full = [times[0] for times in history.values() if len(times) >= PACE_FAULTS]
+        if not full:
+            return
+        time.sleep(max(0.1, min(full) + PACE_WINDOW - now))
 
 
 def fault_trials(
@@ -152,6 +172,7 @@ def fault_trials(
     watcher = threading.Thread(target=monitor, daemon=True)
     watcher.start()
     aborted = ""
+    history: dict[tuple[int, str], list[float]] = {}  # (launcher, kind) -> fault times
     try:
         for n in range(trials):
             kind = kinds[rng.randrange(len(kinds))]
@@ -171,6 +192,8 @@ def fault_trials(
                 trial.state_at_fault = row["state"]
                 trial.injected_at = time.monotonic()
                 stopped = inject(warden, kind, run_id=run_id)
+                if stopped is not None:
+                    history.setdefault((stopped[1], kind), []).append(time.monotonic())
                 if row["state"] in FINAL:
                     trial.recovered_in = None  # the point fell after the run's end
                 with lock:
@@ -179,7 +202,8 @@ def fault_trials(
                         watching.append(trial)
                 say(f"trial {n}: {kind} at +{delay:.2f} s on run {run_id} ({row['state']})")
                 # The faulted process comes back before the next trial (or the trial fails).
-                _wait_back(warden, kind, stopped, timeout=recovery_timeout)
+                _wait_back(warden, kind, stopped and stopped[0], timeout=recovery_timeout)
+                _pace(history)
             except (AssertionError, psycopg.Error, OSError) as exc:
                 aborted = f"trial {n}: {type(exc).__name__}: {exc}"
                 say(aborted)
