@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --disable-pip-version-check --quiet -c constraints.txt
 
-.PHONY: run test lock clean bench-audit bench-runtime bench-retrieval bench-openai
+.PHONY: run test lock clean bench-audit bench-runtime bench-retrieval bench-openai chaos
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || \
@@ -51,6 +51,11 @@ $(PROXY_VENV)/.installed:
 
 bench-openai: $(VENV)/.installed-dev $(PROXY_VENV)/.installed
 	$(BIN)/python bench/openai_overhead.py --proxy-python $(PROXY_VENV)/bin/python
+
+# Faults injected into a running Warden (worker SIGKILL, terminated database connections, Redis
+# and PostgreSQL restarts) over 100 runs: the table in the README's "Fault tolerance".
+chaos: $(VENV)/.installed-dev
+	$(BIN)/python scripts/chaos.py --trials 100
 
 # Regenerate requirements*.txt from pyproject.toml in a scratch environment.
 lock:
