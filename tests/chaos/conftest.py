@@ -15,6 +15,10 @@ FAST = {"WARDEN_RUN_LEASE_SECONDS": "10", "WARDEN_RUN_RESUME_SECONDS": "2"}
 
 
 def pytest_collection_modifyitems(config, items):
+    # One xdist worker runs the whole suite: its Wardens are session fixtures, started once.
+    for item in items:
+        if item.get_closest_marker("chaos"):
+            item.add_marker(pytest.mark.xdist_group("chaos"))
     # The long call's test only collects what ran in the background: last, so it waited least.
     items.sort(key=lambda item: item.get_closest_marker("chaos_long") is not None)
 
