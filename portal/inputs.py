@@ -22,6 +22,8 @@ from urllib.parse import unquote_to_bytes
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 
+from tools.schemas import text_problem, unstorable_at
+
 API_PREFIXES = ("/api/", "/v1/")  # as portal.views: the paths that answer problem documents
 UNREADABLE = "holds a NUL character or bytes that are not UTF-8 text, which Warden cannot read"
 
@@ -39,47 +41,6 @@ def unstorable(value) -> str | None:
         return None
     where, problem = found
     return f"it {problem}" if isinstance(value, str) else f"{where} {problem}"
-
-
-def unstorable_at(value, where: str = "") -> tuple[str, str] | None:
-    """The first place in parsed JSON `value` holding text PostgreSQL cannot keep, as
-    (path such as `messages[0].content`, what is wrong with it), or None. Keys count as well
-    as values. Iterative: the parser's own depth limit is the only one."""
-    stack = [(where, value)]
-    while stack:
-        path, item = stack.pop()
-        if isinstance(item, str):
-            if problem := _text_problem(item):
-                return path or "body", problem
-        elif isinstance(item, dict):
-            children = []
-            for key, child in item.items():
-                here = f"{path}.{_printable(key)}" if path else _printable(key)
-                if isinstance(key, str) and (problem := _text_problem(key)):
-                    return here, f"is a key that {problem}"
-                children.append((here, child))
-            stack.extend(reversed(children))
-        elif isinstance(item, list):
-            stack.extend(reversed([(f"{path}[{n}]", child) for n, child in enumerate(item)]))
-    return None
-
-
-def _text_problem(text: str) -> str | None:
-    if "\x00" in text:
-        return "contains a NUL character, which cannot be kept"
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return "contains an unpaired surrogate, which is not text"
-    return None
-
-
-def _printable(key) -> str:
-    """A key as it can appear in an error message (which must itself be encodable)."""
-    key = str(key)
-    if _text_problem(key):
-        key = json.dumps(key)[1:-1]  # escaped: \u0000, \ud800
-    return key[:100]
 
 
 # The middleware --------------------------------------------------------------------------------
@@ -128,7 +89,7 @@ class BadInputMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        if _text_problem(request.path) or _unreadable(_path_bytes(request)):
+        if text_problem(request.path) or _unreadable(_path_bytes(request)):
             return self._answer(request, f"the path {UNREADABLE}")
         if undecodable(request.META.get("QUERY_STRING", "")):
             return self._answer(request, f"the query string {UNREADABLE}")

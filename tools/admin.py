@@ -25,7 +25,7 @@ from governance.admin import GovernedAdminMixin
 from tools.executors import config_problem
 from tools.mcp_servers import MCPUnavailable, mcp_server_sync
 from tools.models import MCPServer, Secret, Tool, ToolKind
-from tools.schemas import parameters_problem
+from tools.schemas import parameters_problem, text_problem, unstorable_at
 from tools.secrets import secret_delete, secret_set, value_problem
 from tools.services import tool_set_enabled, tool_test_call
 
@@ -135,10 +135,28 @@ class ToolForm(forms.ModelForm):
             self.fields["config"].widget.attrs["data-kind"] = self.instance.kind
 
 
+class _EscapingJSONField(forms.JSONField):
+    """Shows what was typed back as JSON that a page can hold: Django writes it out with
+    ensure_ascii=False, and a surrogate typed as an escape then cannot be encoded."""
+
+    def prepare_value(self, value):
+        text = super().prepare_value(value)
+        return text if text_problem(text) is None else json.dumps(value, cls=self.encoder)
+
+
 class TestCallForm(forms.Form):
-    arguments = forms.JSONField(
+    arguments = _EscapingJSONField(
         initial=dict, widget=forms.Textarea(attrs={"rows": 8, "class": "vLargeTextField"})
     )
+
+    def clean_arguments(self):
+        # A NUL or an unpaired surrogate written as a JSON escape: valid JSON, but no table
+        # (the ledger, the audit trail) can keep it, and the page could not show it.
+        arguments = self.cleaned_data["arguments"]
+        if found := unstorable_at(arguments, "arguments"):
+            where, problem = found
+            raise forms.ValidationError(f"{where} {problem}.")
+        return arguments
 
 
 @admin.register(Tool)

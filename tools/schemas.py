@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import jsonschema
@@ -24,7 +25,12 @@ def parameters_problem(schema: Any) -> str | None:
 
 
 def instance_problem(validator: Validator, instance: Any, *, what: str = "arguments") -> str | None:
-    """The most relevant way `instance` breaks `validator`'s schema, with its path, or None."""
+    """The most relevant way `instance` breaks `validator`'s schema, with its path, or None.
+    Text no table can keep (a NUL, an unpaired surrogate: valid JSON escapes both) breaks
+    every schema: the ledger, the audit trail and the approval inbox store the arguments."""
+    if found := unstorable_at(instance):
+        where, problem = found
+        return f"invalid {what} at {where}: {problem}"
     error = jsonschema.exceptions.best_match(validator.iter_errors(instance))
     if error is None:
         return None
@@ -33,3 +39,44 @@ def instance_problem(validator: Validator, instance: Any, *, what: str = "argume
 
 def _path(path) -> str:
     return "/" + "/".join(str(p) for p in path) if path else "the top level"
+
+
+def unstorable_at(value, where: str = "") -> tuple[str, str] | None:
+    """The first place in parsed JSON `value` holding text PostgreSQL cannot keep, as
+    (path such as `messages[0].content`, what is wrong with it), or None. Keys count as well
+    as values. Iterative: the parser's own depth limit is the only one."""
+    stack = [(where, value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, str):
+            if problem := text_problem(item):
+                return path or "body", problem
+        elif isinstance(item, dict):
+            children = []
+            for key, child in item.items():
+                here = f"{path}.{_printable(key)}" if path else _printable(key)
+                if isinstance(key, str) and (problem := text_problem(key)):
+                    return here, f"is a key that {problem}"
+                children.append((here, child))
+            stack.extend(reversed(children))
+        elif isinstance(item, list):
+            stack.extend(reversed([(f"{path}[{n}]", child) for n, child in enumerate(item)]))
+    return None
+
+
+def text_problem(text: str) -> str | None:
+    if "\x00" in text:
+        return "contains a NUL character, which cannot be kept"
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return "contains an unpaired surrogate, which is not text"
+    return None
+
+
+def _printable(key) -> str:
+    """A key as it can appear in an error message (which must itself be encodable)."""
+    key = str(key)
+    if text_problem(key):
+        key = json.dumps(key)[1:-1]  # escaped: \u0000, \ud800
+    return key[:100]

@@ -99,3 +99,25 @@ def test_a_test_call_runs_the_tool_as_the_admin_and_is_audited(staff):
         ("succeeded", {"title": "Printer jam", "priority": "low"}),
     ]
     assert ticket.idempotency_key == events[1]["idempotency_key"]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [
+        (r'{"title": "\ud800"}', "arguments.title contains an unpaired surrogate"),
+        (r'{"title": "ok", "\u0000": 1}', r"arguments.\u0000 is a key that contains a NUL"),
+    ],
+)
+def test_a_test_call_with_text_no_table_can_keep_is_a_form_error_and_runs_nothing(
+    staff, arguments, named
+):
+    tool = Tool.objects.get(name="create_ticket")
+    tool.enabled = True
+    tool.save()
+
+    response = staff.post(f"/admin/tools/tool/{tool.pk}/test-call/", {"arguments": arguments})
+
+    assert response.status_code == 200
+    assert named in response.content.decode()
+    assert not DemoTicket.objects.exists()
+    assert not AuditEvent.objects.filter(action="tool.test_call").exists()

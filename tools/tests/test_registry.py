@@ -214,6 +214,8 @@ def test_invalid_arguments_and_disabled_tools_run_nothing():
     disabled = tool_invoke(tool=tool, arguments={"title": "x"}, key="k:2", context=context)
     tool.enabled = True
     invalid = tool_invoke(tool=tool, arguments={"title": 5}, key="k:3", context=context)
+    # a model's arguments holding text no table keeps: an invalid call, not a failed run
+    unkept = tool_invoke(tool=tool, arguments={"title": "\ud800"}, key="k:4", context=context)
 
     assert disabled.result["error"] == {
         "type": "unavailable",
@@ -222,6 +224,10 @@ def test_invalid_arguments_and_disabled_tools_run_nothing():
     assert invalid.result["error"] == {
         "type": "invalid_arguments",
         "message": "invalid arguments at /title: 5 is not of type 'string'",
+    }
+    assert unkept.result["error"] == {
+        "type": "invalid_arguments",
+        "message": "invalid arguments at title: contains an unpaired surrogate, which is not text",
     }
     assert not ToolInvocation.objects.exists()
 
