@@ -8,9 +8,16 @@ answer in time, is transient (the route's own retries and fallbacks have run by 
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import random
+import signal
 
 from django.conf import settings
+from django.db import connection
+
+logger = logging.getLogger(__name__)
 
 # Exception classes of the model providers' clients (openai's, which litellm's subclass, and
 # httpx's underneath), by name: importing them here would import litellm (~2 s).
@@ -67,3 +74,30 @@ def backoff(attempt: int) -> float:
     first = settings.WARDEN_RUN_RETRY_BACKOFF_SECONDS
     delay = min(settings.WARDEN_RUN_RETRY_BACKOFF_MAX_SECONDS, first * 2 ** (attempt - 1))
     return delay / 2 + random.uniform(0, delay / 2)  # noqa: S311 - jitter, not secrecy
+
+
+def failpoint(name: str) -> None:
+    """Fail here when the environment asks for it (the durability tests' faults).
+
+    WARDEN_FAILPOINT names the point; WARDEN_FAILPOINT_ONCE is a file created on the first hit,
+    so the process that replaces the killed one runs on (WARDEN_FAILPOINT_ALWAYS=1: every hit).
+    WARDEN_FAILPOINT_ACTION says what happens: `kill` (SIGKILL, the default) or `disconnect`
+    (the worker's database connection is terminated by the server, as pg_terminate_backend or
+    a restart of PostgreSQL would: the next statement fails).
+    """
+    if os.environ.get("WARDEN_FAILPOINT") != name:
+        return
+    if os.environ.get("WARDEN_FAILPOINT_ALWAYS") != "1":
+        marker = os.environ.get("WARDEN_FAILPOINT_ONCE", "")
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except (FileExistsError, FileNotFoundError):
+            return
+    if os.environ.get("WARDEN_FAILPOINT_ACTION", "kill") == "disconnect":
+        from django.db import Error
+
+        logger.warning("failpoint %s: terminating this worker's database connection", name)
+        with contextlib.suppress(Error), connection.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        return
+    os.kill(os.getpid(), signal.SIGKILL)

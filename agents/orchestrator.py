@@ -12,9 +12,7 @@ import contextlib
 import functools
 import json
 import logging
-import os
 import re
-import signal
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -24,7 +22,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from agents.events import publish
-from agents.faults import backoff, transient
+from agents.faults import backoff, failpoint, transient
 from agents.heartbeat import Lease, lease_heartbeat
 from agents.models import (
     FINAL_STATES,
@@ -69,33 +67,6 @@ from tools.services import Fenced, argument_problem, tool_invoke
 
 logger = logging.getLogger(__name__)
 MAX_INVALID_TOOL_CALLS = 3
-
-
-def failpoint(name: str) -> None:
-    """Fail here when the environment asks for it (the durability tests' faults).
-
-    WARDEN_FAILPOINT names the point; WARDEN_FAILPOINT_ONCE is a file created on the first hit,
-    so the process that replaces the killed one runs on (WARDEN_FAILPOINT_ALWAYS=1: every hit).
-    WARDEN_FAILPOINT_ACTION says what happens: `kill` (SIGKILL, the default) or `disconnect`
-    (the worker's database connection is terminated by the server, as pg_terminate_backend or
-    a restart of PostgreSQL would: the next statement fails).
-    """
-    if os.environ.get("WARDEN_FAILPOINT") != name:
-        return
-    if os.environ.get("WARDEN_FAILPOINT_ALWAYS") != "1":
-        marker = os.environ.get("WARDEN_FAILPOINT_ONCE", "")
-        try:
-            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-        except (FileExistsError, FileNotFoundError):
-            return
-    if os.environ.get("WARDEN_FAILPOINT_ACTION", "kill") == "disconnect":
-        from django.db import Error
-
-        logger.warning("failpoint %s: terminating this worker's database connection", name)
-        with contextlib.suppress(Error), connection.cursor() as cursor:
-            cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
-        return
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def run_execute(*, run_id: int, holder: str) -> float | None:

@@ -49,12 +49,25 @@ def run_resume_task() -> int:
     return len(run_ids)
 
 
-@shared_task(name="agents.tasks.knowledge_ingest_task")
-def knowledge_ingest_task(document_id: int) -> str:
-    """Read, chunk and embed one document (marked failed with a reason if it cannot be)."""
-    from agents.knowledge.services import document_ingest
+@shared_task(bind=True, name="agents.tasks.knowledge_ingest_task", max_retries=RETRIES)
+def knowledge_ingest_task(self, document_id: int) -> str:
+    """Read, chunk and embed one document (marked failed with a reason if it cannot be). A
+    transient error retries the whole ingestion, which replaces the chunks in one transaction;
+    once the retries are spent the document is marked failed naming the dependency."""
+    from agents.knowledge.services import document_fail, document_ingest
 
-    return document_ingest(document_id=document_id).status
+    try:
+        return document_ingest(document_id=document_id).status
+    except Exception as exc:
+        dependency = transient(exc)
+        if dependency is None:
+            raise
+        connection.close()  # a connection the server dropped stays broken otherwise
+        if self.request.retries < RETRIES:
+            raise self.retry(countdown=backoff(self.request.retries + 1), exc=exc) from exc
+        logger.warning("document %s: the %s stayed away; marked failed", document_id, dependency)
+        document_fail(document_id, f"the {dependency} was unavailable; upload it again")
+        return "failed"
 
 
 @shared_task(name="agents.tasks.knowledge_reembed_task")

@@ -11,6 +11,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from agents.faults import failpoint, transient
 from agents.knowledge.chunking import chunk
 from agents.knowledge.embedders import EmbeddingError, embedder_for
 from agents.knowledge.extract import SUPPORTED, ExtractError, extract
@@ -116,7 +117,8 @@ def _enqueue(document_id: int) -> None:
 
 def document_ingest(*, document_id: int) -> Document:
     """Read, chunk and embed one document, then replace its chunks in one transaction. A
-    document that cannot be read is marked failed with the reason; nothing raises."""
+    document that cannot be read is marked failed with the reason; only a transient error
+    (agents.faults: the database or Redis away) raises, for the task to retry."""
     document = Document.objects.select_related("knowledge_base__embedding_route").get(
         pk=document_id
     )
@@ -125,7 +127,9 @@ def document_ingest(*, document_id: int) -> Document:
         _ingest(document)
     except (ExtractError, OutboundError, EmbeddingError) as exc:
         _fail(document, str(exc))
-    except Exception:
+    except Exception as exc:
+        if transient(exc):  # the database or Redis went away: the task tries again
+            raise
         logger.exception("ingesting document %s failed", document_id)
         _fail(document, "internal error while reading it; the administrators have the details")
     document.refresh_from_db()
@@ -169,6 +173,7 @@ def _ingest(document: Document) -> None:
     for start in range(0, len(pieces), EMBED_BATCH):
         batch = pieces[start : start + EMBED_BATCH]
         vectors.extend(embedder.embed([embedding_text(p.heading, p.text) for p in batch]))
+    failpoint("ingest_before_chunks")
     with transaction.atomic():
         Document.objects.select_for_update().get(pk=document.pk)  # one ingestion at a time
         Chunk.objects.filter(document=document).delete()
@@ -218,6 +223,11 @@ def _update(document: Document, **fields) -> None:
     for name, value in fields.items():
         setattr(document, name, value)
     document.save(update_fields=list(fields))
+
+
+def document_fail(document_id: int, reason: str) -> None:
+    """Mark a document failed with `reason` (audited): its ingestion cannot go on."""
+    _fail(Document.objects.get(pk=document_id), reason)
 
 
 def _fail(document: Document, reason: str) -> None:

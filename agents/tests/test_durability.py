@@ -330,3 +330,37 @@ def test_errors_are_classified_by_the_dependency_that_failed():
     assert transient(ModelUnavailable("needs the environment variable X")) is None
     assert transient(KeyError("a bug")) is None
     assert transient(ValueError("a bug")) is None
+
+
+def test_an_ingestion_whose_database_connection_drops_is_retried_and_completes(
+    monkeypatch, tmp_path
+):
+    from agents.knowledge.services import document_add
+    from agents.models import Chunk, DocumentStatus, KnowledgeBase
+    from agents.tasks import knowledge_ingest_task
+    from audit.services import SYSTEM
+
+    owner = get_user_model().objects.create_user(f"kb-{uuid.uuid4().hex[:6]}")
+    base = KnowledgeBase.objects.create(
+        name="Policies", slug=f"p-{uuid.uuid4().hex[:6]}", owner=owner
+    )
+    document, _ = document_add(
+        knowledge_base=base,
+        actor=SYSTEM,
+        name="leave.md",
+        data=b"# Leave\n\nFull-time employees receive 25 days of paid annual leave.\n",
+        enqueue=False,
+    )
+    # The server drops the connection once the text is embedded, before the chunks are written.
+    monkeypatch.setenv("WARDEN_FAILPOINT", "ingest_before_chunks")
+    monkeypatch.setenv("WARDEN_FAILPOINT_ACTION", "disconnect")
+    monkeypatch.setenv("WARDEN_FAILPOINT_ONCE", str(tmp_path / "hit"))
+
+    result = knowledge_ingest_task.apply(args=[document.pk])
+
+    assert (tmp_path / "hit").exists()  # the fault happened
+    assert result.get() == DocumentStatus.READY
+    document.refresh_from_db()
+    assert (document.status, document.error) == (DocumentStatus.READY, "")
+    assert Chunk.objects.filter(document=document).count() == document.chunk_count > 0
+    assert not AuditEvent.objects.filter(action="knowledge.document_failed").exists()
