@@ -84,6 +84,8 @@ def start_worker():
     import sys
     import time
 
+    import kombu.exceptions
+    import redis.exceptions
     from django.db import connection
 
     from portal.celery import app
@@ -118,10 +120,18 @@ def start_worker():
         )
         workers.append(worker)
         deadline = time.monotonic() + 120  # it imports Django, Celery and the app on busy cores
-        while not app.control.ping(destination=[name], timeout=0.5):
+        while not pinged(name):
             assert worker.poll() is None, "the worker exited while starting"
             assert time.monotonic() < deadline, "the worker did not answer a ping within 120 s"
         return worker
+
+    def pinged(name: str) -> bool:
+        try:
+            return bool(app.control.ping(destination=[name], timeout=0.5))
+        except (redis.exceptions.ConnectionError, kombu.exceptions.OperationalError):
+            # a pooled connection an earlier test's Redis fault broke (CLIENT KILL, a restart)
+            app.pool.force_close_all()
+            return False
 
     yield start
     for worker in workers:

@@ -36,8 +36,8 @@ def main() -> int:
     parser.add_argument(
         "--span", type=float, default=2.5, help="faults land 0..SPAN s after a run is taken"
     )
-    parser.add_argument("--lease", default="10", help="WARDEN_RUN_LEASE_SECONDS")
-    parser.add_argument("--resume", default="2", help="WARDEN_RUN_RESUME_SECONDS")
+    parser.add_argument("--lease", help="WARDEN_RUN_LEASE_SECONDS (Warden's default: 10)")
+    parser.add_argument("--resume", help="WARDEN_RUN_RESUME_SECONDS (Warden's default: 3)")
     parser.add_argument("-v", "--verbose", action="store_true", help="a line per trial")
     args = parser.parse_args()
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
@@ -46,12 +46,9 @@ def main() -> int:
         parser.error(f"--kinds: choose among {', '.join(KINDS)}")
 
     model, endpoint = ModelServer(), Endpoint()
+    overrides = {"WARDEN_RUN_LEASE_SECONDS": args.lease, "WARDEN_RUN_RESUME_SECONDS": args.resume}
     warden = Warden(
-        settings={
-            "WARDEN_RUN_LEASE_SECONDS": args.lease,
-            "WARDEN_RUN_RESUME_SECONDS": args.resume,
-        },
-        extra_workers=1,
+        settings={name: value for name, value in overrides.items() if value}, extra_workers=1
     )
     began = time.monotonic()
     try:
@@ -80,7 +77,8 @@ def main() -> int:
     if args.verbose:
         print(report.details())
     print(
-        f"seed {args.seed}, lease {args.lease} s, resume sweep {args.resume} s, "
+        f"seed {args.seed}, lease {args.lease or 'default'}, "
+        f"resume sweep {args.resume or 'default'}, "
         f"{time.monotonic() - began:.0f} s in all; launcher alive at the end: {alive}"
     )
     print(report.table())

@@ -26,6 +26,9 @@ class Trial:
     injected_at: float = 0.0
     steps_at_fault: int = 0
     state_at_fault: str = ""
+    token_at_fault: int = 0
+    # worker kills: fault -> another worker took the run's lease (a higher fencing token)
+    resumed_in: float | None = None
     recovered_in: float | None = None  # fault -> the run's next step committed, or success
     ended_unrecovered: bool = False  # it ended otherwise (failed, say) with no step after
 
@@ -56,17 +59,20 @@ class TrialReport:
     def recoveries(self) -> list[float]:
         return [t.recovered_in for t in self.trials if t.recovered_in is not None]
 
+    @property
+    def resumptions(self) -> list[float]:
+        """Seconds from a worker's SIGKILL to another worker holding the run it held."""
+        return [t.resumed_in for t in self.trials if t.resumed_in is not None]
+
     def table(self) -> str:
-        rec = self.recoveries
-        median = f"{statistics.median(rec):.1f} s" if rec else "-"
-        worst = f"{max(rec):.1f} s" if rec else "-"
         kinds = sorted({t.kind for t in self.trials})
         lines = [
             "| trials | fault kinds | runs lost | runs failed | duplicate effects "
-            "| median recovery | max recovery |",
+            "| recovery, median / max | worker death to resumed, median / max |",
             "|---|---|---|---|---|---|---|",
             f"| {len(self.trials)} | {', '.join(kinds)} | {len(self.lost)} | {len(self.failed)} "
-            f"| {sum(n - 1 for n in self.duplicates.values())} | {median} | {worst} |",
+            f"| {sum(n - 1 for n in self.duplicates.values())} | {_spread(self.recoveries)} "
+            f"| {_spread(self.resumptions)} |",
         ]
         if self.aborted:
             lines.append(f"aborted: {self.aborted}")
@@ -77,12 +83,19 @@ class TrialReport:
         for t in self.trials:
             row = self.rows.get(t.run_id, {})
             rec = "-" if t.recovered_in is None else f"{t.recovered_in:.1f} s"
+            resumed = "" if t.resumed_in is None else f" resumed {t.resumed_in:.1f} s"
             out.append(
                 f"run {t.run_id}: {t.kind} after {t.delay:.2f} s (state {t.state_at_fault}, "
                 f"{t.steps_at_fault} steps) -> {row.get('state')} token={row.get('token')} "
-                f"recovery {rec} {row.get('error') or ''}".rstrip()
+                f"recovery {rec}{resumed} {row.get('error') or ''}".rstrip()
             )
         return "\n".join(out)
+
+
+def _spread(values: list[float]) -> str:
+    if not values:
+        return "-"
+    return f"{statistics.median(values):.1f} s / {max(values):.1f} s"
 
 
 def inject(warden: Warden, kind: str, *, run_id: int | None = None) -> tuple[int, int] | None:
@@ -151,7 +164,10 @@ def fault_trials(
         while not stop.is_set():
             with lock:
                 pending = [
-                    t for t in watching if t.recovered_in is None and not t.ended_unrecovered
+                    t
+                    for t in watching
+                    if not t.ended_unrecovered
+                    and (t.recovered_in is None or (t.kind == "worker" and t.resumed_in is None))
                 ]
             if pending:
                 try:
@@ -162,6 +178,11 @@ def fault_trials(
                 for t in pending:
                     row = rows.get(t.run_id)
                     if not row:
+                        continue
+                    taken = row["token"] > t.token_at_fault or row["state"] == "succeeded"
+                    if t.kind == "worker" and t.resumed_in is None and taken:
+                        t.resumed_in = now - t.injected_at
+                    if t.recovered_in is not None:
                         continue
                     if row["steps"] > t.steps_at_fault or row["state"] == "succeeded":
                         t.recovered_in = now - t.injected_at
@@ -188,7 +209,9 @@ def fault_trials(
                 )
                 time.sleep(delay)  # the random point, after the run started
                 row = warden.run_row(run_id)
-                trial = Trial(run_id, kind, delay, steps_at_fault=row["steps"])
+                trial = Trial(
+                    run_id, kind, delay, steps_at_fault=row["steps"], token_at_fault=row["token"]
+                )
                 trial.state_at_fault = row["state"]
                 trial.injected_at = time.monotonic()
                 stopped = inject(warden, kind, run_id=run_id)
