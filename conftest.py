@@ -126,11 +126,12 @@ def start_worker():
         return worker
 
     def pinged(name: str) -> bool:
+        # a connection of its own: a pooled one may be one an earlier test's Redis fault broke
+        # (CLIENT KILL, a restart), and closing the pool would close it for every later test
         try:
-            return bool(app.control.ping(destination=[name], timeout=0.5))
+            with app.connection_for_write() as own:
+                return bool(app.control.ping(destination=[name], timeout=0.5, connection=own))
         except (redis.exceptions.ConnectionError, kombu.exceptions.OperationalError):
-            # a pooled connection an earlier test's Redis fault broke (CLIENT KILL, a restart)
-            app.pool.force_close_all()
             return False
 
     yield start

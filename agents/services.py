@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -331,6 +333,33 @@ def run_cancel(*, run: Run, actor) -> Run:
             actor=actor, action="run.cancel_requested", target=Target.of(locked), run=locked.pk
         )
     return locked
+
+
+def lease_holder_name(task_id: str) -> str:
+    """Who holds a lease: `host:pid:group:task`. The process group is the Celery worker's (a
+    worker leads its own under `manage.py up`), so the launcher that saw the worker die can free
+    what its pool held at once (`runs_release_worker`) instead of waiting out the lease."""
+    return f"{socket.gethostname()}:{os.getpid()}:{os.getpgrp()}:{task_id}"
+
+
+def runs_release_worker(*, host: str, group: int) -> list[int]:
+    """Expire the leases the dead worker process group `group` on `host` held; returns those
+    runs, for the caller to hand on. Only for a group known to be gone, every member reaped:
+    a live holder would lose its run mid-step."""
+    with connection.cursor() as cursor:
+        cursor.execute(_RELEASE_WORKER, [timezone.now(), host, str(group)])
+        run_ids = [row[0] for row in cursor.fetchall()]
+    if run_ids:
+        logger.info("runs %s: leases of dead worker %s:%s released", run_ids, host, group)
+    return run_ids
+
+
+_RELEASE_WORKER = f"""
+UPDATE agents_run SET lease_expires_at = %s
+WHERE state = '{RunState.RUNNING}' AND lease_expires_at IS NOT NULL
+    AND split_part(lease_holder, ':', 1) = %s AND split_part(lease_holder, ':', 3) = %s
+RETURNING id
+"""  # noqa: S608 - constants only
 
 
 def run_acquire_lease(*, run_id: int, holder: str) -> int | None:

@@ -1,6 +1,4 @@
 import logging
-import os
-import socket
 
 from celery import shared_task
 from django.conf import settings
@@ -8,7 +6,7 @@ from django.db import connection
 
 from agents.faults import backoff, transient
 from agents.orchestrator import run_execute
-from agents.services import runs_to_resume
+from agents.services import lease_holder_name, runs_to_resume
 
 logger = logging.getLogger(__name__)
 # A task retried (the database was away as it started, or another worker's lease was live)
@@ -20,9 +18,8 @@ RETRIES = 5
 def run_execute_task(self, run_id: int) -> None:
     """Advance one run (acks_late and reject_on_worker_lost come from settings: a worker that
     dies mid-run has its message redelivered, and the lease decides who continues)."""
-    holder = f"{socket.gethostname()}:{os.getpid()}:{self.request.id}"
     try:
-        lease_left = run_execute(run_id=run_id, holder=holder)
+        lease_left = run_execute(run_id=run_id, holder=lease_holder_name(self.request.id))
     except Exception as exc:
         dependency = transient(exc)
         if dependency is None:

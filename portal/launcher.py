@@ -263,7 +263,8 @@ def _supervise(running: _Running, say: Callable[[str], None], signals: _Signals)
                     continue
                 else:
                     status = process.returncode
-                    _reap_group(process)
+                    if _reap_group(process) and name == "worker":
+                        _resume_runs_of(process.pid, say)
                 if now - state.started >= STABLE_AFTER:
                     state.delay = RESTART_DELAY
                 state.exits.append(now)
@@ -313,16 +314,43 @@ def _restart(name: str, running: _Running, say: Callable[[str], None]) -> int:
     return running.children[name].pid
 
 
-def _reap_group(process: Popen) -> None:
+def _reap_group(process: Popen) -> bool:
     """Kill what the exited process left in its process group (Celery pool processes, orphaned
     PostgreSQL backends that still hold its shared memory) and wait for them to go, so that the
-    restarted one starts clean. Done right after reaping the leader: a group id is not reused
-    while any member lives."""
+    restarted one starts clean; whether they went. Done right after reaping the leader: a group
+    id is not reused while any member lives."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)
     deadline = time.monotonic() + 5
     while _group_alive(process.pid) and time.monotonic() < deadline:
         time.sleep(0.05)
+    return not _group_alive(process.pid)
+
+
+def _resume_runs_of(group: int, say: Callable[[str], None]) -> None:
+    """Hand the runs a dead worker held to the live workers now, not when their leases lapse.
+    Its whole process group is gone, so nothing of it can still write; if the database or the
+    broker is away too, the `run-resume` job finds the runs once their leases expire."""
+    from django.db import connection
+
+    from agents.services import runs_release_worker
+    from portal.celery import app
+
+    try:
+        run_ids = runs_release_worker(host=socket.gethostname(), group=group)
+        for run_id in run_ids:
+            app.send_task(  # a broker that is away too does not hold up supervision long
+                "agents.tasks.run_execute_task",
+                args=[run_id],
+                retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5},
+            )
+    except Exception as exc:  # supervision goes on whatever this meets
+        say(f"the worker's runs are left to the resume job ({_first_line(exc)})")
+        return
+    finally:
+        connection.close()  # the launcher holds no connection between restarts
+    if run_ids:
+        say(f"runs {', '.join(map(str, run_ids))} of the exited worker handed on")
 
 
 def _group_alive(pgid: int) -> bool:

@@ -18,7 +18,7 @@ from agents.faults import transient
 from agents.gateway import ModelUnavailable
 from agents.heartbeat import lease_heartbeat
 from agents.models import Agent, Conversation, Deployment, ModelRoute, Run, RunState, RunStep
-from agents.services import run_acquire_lease, run_start, runs_to_resume
+from agents.services import run_acquire_lease, run_start, runs_release_worker, runs_to_resume
 from agents.tasks import run_execute_task
 from audit.models import AuditEvent
 from tests.access import grant_agent
@@ -211,6 +211,25 @@ def test_the_heartbeat_renews_the_lease_and_finds_it_taken_over(agent, member, s
         renewed = Run.objects.get(pk=run.pk).lease_expires_at
     time.sleep(0.5)  # beats that would have come: none does, for a lease given back
     assert Run.objects.get(pk=run.pk).lease_expires_at == renewed
+
+
+def test_a_dead_worker_groups_leases_are_released_and_no_one_elses(agent, member):
+    conversation = Conversation.objects.create(owner=member, agent=agent)
+
+    def held_by(holder: str) -> Run:
+        run = Run.objects.create(agent=agent, conversation=conversation, actor=member, input="hi")
+        assert run_acquire_lease(run_id=run.pk, holder=holder) == 1
+        return run
+
+    dead = held_by("box-1:4243:4242:task-a")
+    live = held_by("box-1:5001:5000:task-b")
+    elsewhere = held_by("box-2:4243:4242:task-c")  # the same group id on another machine
+
+    assert runs_release_worker(host="box-1", group=4242) == [dead.pk]
+
+    assert run_acquire_lease(run_id=dead.pk, holder="box-1:6001:6000:task-d") == 2
+    assert run_acquire_lease(run_id=live.pk, holder="box-1:6001:6000:task-e") is None
+    assert run_acquire_lease(run_id=elsewhere.pk, holder="box-1:6001:6000:task-f") is None
 
 
 def test_a_tool_call_longer_than_the_lease_keeps_it(server, crm, tool, agent, member, start_worker):

@@ -414,6 +414,14 @@ class Warden:
     def alive(self) -> bool:
         return all(launcher.process.poll() is None for launcher in self.launchers)
 
+    def output(self) -> str:
+        """Every launcher's log so far, one after another."""
+        parts = []
+        for launcher in self.launchers:
+            with contextlib.suppress(OSError):
+                parts.append(launcher.output())
+        return "\n".join(parts)
+
     def log_tail(self, lines: int = 40) -> str:
         parts = []
         for launcher in self.launchers:

@@ -3,6 +3,8 @@ fails, no call is acted on twice, and another worker continues within seconds.""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.chaos.conftest import FAST
@@ -26,3 +28,12 @@ def test_worker_sigkill_at_20_random_points_loses_and_fails_no_run(wardens, endp
     assert report.duplicates == {}
     assert report.ledger_problems == []
     assert report.recoveries  # at least some faults landed mid-run, and were recovered from
+    # The launcher that saw its worker die handed the worker's runs on at once, rather than
+    # leaving them to the resume job at lease expiry.
+    handed = {
+        int(run_id)
+        for match in re.finditer(r"runs ([\d, ]+) of the exited worker handed on", warden.output())
+        for run_id in match.group(1).split(",")
+    }
+    assert handed
+    assert handed <= {t.run_id for t in report.trials}
