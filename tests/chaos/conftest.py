@@ -19,6 +19,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("chaos"):
             item.add_marker(pytest.mark.xdist_group("chaos"))
+            item.add_marker(pytest.mark.timeout(1800))  # 20 faults, or Wardens started first
     # The long call's test only collects what ran in the background: last, so it waited least.
     items.sort(key=lambda item: item.get_closest_marker("chaos_long") is not None)
 
