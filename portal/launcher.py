@@ -322,9 +322,11 @@ def _reap_group(process: Popen) -> bool:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)
     deadline = time.monotonic() + 5
-    while _group_alive(process.pid) and time.monotonic() < deadline:
+    while _group_alive(process.pid):
+        if time.monotonic() >= deadline:
+            return False
         time.sleep(0.05)
-    return not _group_alive(process.pid)
+    return True
 
 
 def _resume_runs_of(group: int, say: Callable[[str], None]) -> None:
