@@ -317,7 +317,7 @@ def _channel_layer_host(url: str) -> dict:
 
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "BACKEND": "portal.channel_layer.ChannelLayer",  # channels_redis's, cancellable
         # A page that falls behind a fast stream must not lose tokens: channels_redis drops
         # what is past a channel's capacity (100 by default).
         "CONFIG": {

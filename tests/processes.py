@@ -104,6 +104,20 @@ class Up:
                     self.tree.add(child.pid)
         return self.tree
 
+    def tree_report(self) -> str:
+        """Each process under the launcher now: what it is, its state and the CPU it has had
+        (a start that stalls says which process stalled, and whether it was running)."""
+        lines = []
+        with contextlib.suppress(psutil.NoSuchProcess):
+            for child in psutil.Process(self.process.pid).children(recursive=True):
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    cpu = child.cpu_times()
+                    lines.append(
+                        f"  {child.pid} {_program(child.cmdline())}: {child.status()}, "
+                        f"{cpu.user + cpu.system:.1f} s CPU, {child.num_threads()} threads"
+                    )
+        return "\n".join(lines) or "  none"
+
     def tree_names(self) -> set[str]:
         """What ran under the launcher: program names, and celery's subcommand."""
         return set(self.names.values())
@@ -119,7 +133,8 @@ class Up:
                 return json.loads(body)
             if time.monotonic() > deadline:
                 raise AssertionError(
-                    f"not ready within {timeout} s ({status} {body}):\n{self.output()}"
+                    f"not ready within {timeout} s ({status} {body}):\n{self.output()}\n"
+                    f"processes under the launcher:\n{self.tree_report()}"
                 )
             time.sleep(0.25)
 
