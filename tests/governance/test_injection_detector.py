@@ -200,9 +200,9 @@ def test_held_out_figures_do_not_drop():
     benign = [hit for hit, row in zip(flagged, rows, strict=True) if not row.label]
     security = [hit for hit, row in zip(flagged, rows, strict=True) if row.family == "security_doc"]
 
-    assert sum(attacks) / len(attacks) >= 0.85
-    assert sum(benign) / len(benign) <= 0.06  # 0.051 measured
-    assert sum(security) / len(security) <= 0.08  # 0.056 measured: over the 5 % target
+    assert sum(attacks) / len(attacks) >= 0.87  # 0.900 measured
+    assert sum(benign) / len(benign) <= 0.04  # 0.018 measured
+    assert sum(security) / len(security) <= 0.03  # 0 measured
 
 
 def test_importing_the_detector_loads_no_model():
@@ -223,3 +223,17 @@ def test_importing_the_detector_loads_no_model():
     )
 
     assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_the_demo_handbook_is_not_an_injection():
+    """Real policy text the corpus never held (it did raise false alarms once)."""
+    handbook = ROOT / "agents" / "knowledge" / "handbook"
+    paragraphs = [
+        part for path in sorted(handbook.glob("*.md")) for part in path.read_text().split("\n\n")
+    ]
+
+    with override_settings(WARDEN_INJECTION_ENCODER=False):
+        flagged = [part for part in paragraphs if part.strip() and scan(part).injection]
+
+    assert len(paragraphs) > 20
+    assert flagged == []
