@@ -375,6 +375,19 @@ WARDEN_RUN_RETRY_BACKOFF_MAX_SECONDS = env_int("WARDEN_RUN_RETRY_BACKOFF_MAX_SEC
 # The completion a budget reserves for before each model call, until the call says what it used.
 WARDEN_BUDGET_COMPLETION_TOKENS = env_int("WARDEN_BUDGET_COMPLETION_TOKENS", 512, minimum=1)
 WARDEN_APPROVAL_EXPIRY_SECONDS = env_int("WARDEN_APPROVAL_EXPIRY_SECONDS", 24 * 3600, minimum=1)
+# Prompt injection: the score (0-1) at or above which a text is an injection; unset, the
+# threshold the training script chose (governance/guardrails/data/injection_model.npz). With
+# WARDEN_INJECTION_ENCODER=false no process loads the MiniLM encoder for the uncertain windows.
+_injection_threshold = env_optional("WARDEN_INJECTION_THRESHOLD")
+try:
+    WARDEN_INJECTION_THRESHOLD = (
+        None if _injection_threshold is None else float(_injection_threshold)
+    )
+except ValueError:
+    raise ImproperlyConfigured(
+        f"WARDEN_INJECTION_THRESHOLD must be a number from 0 to 1, got {_injection_threshold!r}"
+    ) from None
+WARDEN_INJECTION_ENCODER = env_bool("WARDEN_INJECTION_ENCODER", True)
 # How long POST /v1/chat/completions waits for a run before answering that it carries on.
 WARDEN_OPENAI_WAIT_SECONDS = env_int("WARDEN_OPENAI_WAIT_SECONDS", 120, minimum=1)
 # Knowledge bases: the largest document accepted, uploaded or fetched.

@@ -190,7 +190,7 @@ def test_an_injected_message_is_refused_when_the_agent_blocks(server, desk, peop
     assert server.count("primary") == 0
     decided = json.loads(AuditEvent.objects.get(action="policy.decided").data)
     assert decided["reasons"] == ["guardrail.injection.block"]
-    assert decided["verdicts"][0]["detail"].startswith("input: override, exfiltration")
+    assert decided["verdicts"][0]["detail"].startswith("input: override, extraction")
 
 
 @pytest.mark.django_db
