@@ -36,7 +36,8 @@ from governance.policy import Verdict, VerdictAction
 
 OPEN, CLOSE = "\u27e6", "\u27e7"  # ⟦ ⟧
 _NEUTRAL = str.maketrans({OPEN: "[", CLOSE: "]"})
-_SENTENCE = re.compile(r"[^.!?\n]+[.!?]*|\n")
+# A sentence ends at a stop followed by a space or the end (not inside "evil.example").
+_SENTENCE = re.compile(r"(?:[^.!?\n]|[.!?]+(?=[^\s.!?]))+[.!?]*")
 
 
 def run_key(run_id: int) -> str:
@@ -49,6 +50,15 @@ def run_key(run_id: int) -> str:
 def mark(text: str, key: str) -> str:
     """`text` as data: between the run's markers, with any marker bracket in it replaced."""
     return f"{OPEN}data {key}{CLOSE}{text.translate(_NEUTRAL)}{OPEN}/data {key}{CLOSE}"
+
+
+_MARKED = re.compile(f"{OPEN}data ([a-z]+){CLOSE}(.*){OPEN}/data \\1{CLOSE}", re.DOTALL)
+
+
+def unmark(text: str) -> str:
+    """Marked data as it was (what tests and the offline model read); other text as it is."""
+    found = _MARKED.fullmatch(text or "")
+    return found.group(2) if found is not None else text
 
 
 def notice(keys: list[str]) -> str:
