@@ -641,9 +641,10 @@ HELD = "(held for review)"
 
 
 def _pending_verdicts(held: _Run) -> tuple[Verdict, ...]:
-    """Guardrail findings that ask for approval of the run's next tool call: those in the
-    passages and tool outputs since the last tool call that ran, its own output included (and
-    the user's message, before the first)."""
+    """Guardrail findings that ask for approval of the run's next tool call: the user's
+    message's, before the first tool call that ran. (A flagged passage or tool output is
+    quarantined instead, recorded as a block or a flag: it asks nothing; the run's taint
+    decides what follows untrusted content, agents.provenance.)"""
     ran = [s.index for s in held.steps if s.kind == StepKind.TOOL and s.status == "ok"]
     found = []
     if not ran:

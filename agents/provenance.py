@@ -205,15 +205,12 @@ def _status(item: dict) -> str:
     return "given to the model"
 
 
-def reads_of(steps, *, before: int | None = None, run_id: int) -> list[Read]:
-    """The untrusted content in `steps` (of run `run_id`), those before step `before` if given;
-    trusted sources left out."""
+def reads_of(steps) -> list[Read]:
+    """The untrusted content in `steps` (of one run or several), trusted sources left out."""
     from agents.models import KnowledgeBase
     from tools.models import Tool
 
-    steps = [
-        s for s in steps if s.kind in ("retrieval", "tool") and (before is None or s.index < before)
-    ]
+    steps = [s for s in steps if s.kind in ("retrieval", "tool")]
     base_ids = {
         p.get("knowledge_base")
         for s in steps
@@ -239,7 +236,7 @@ def reads_of(steps, *, before: int | None = None, run_id: int) -> list[Read]:
                     Read(
                         source=f"kb/{slug}",
                         label=f"passage {passage['n']}: \u201c{title}\u201d from {name}",
-                        run_id=run_id,
+                        run_id=step.run_id,
                         step=step.index,
                         n=passage["n"],
                         knowledge_base=passage.get("knowledge_base"),
@@ -255,7 +252,7 @@ def reads_of(steps, *, before: int | None = None, run_id: int) -> list[Read]:
                 Read(
                     source=f"tool/{tool}",
                     label=f"the output of {tool}",
-                    run_id=run_id,
+                    run_id=step.run_id,
                     step=step.index,
                     status=_status(step.output),
                     flagged=step.output.get("flagged"),
@@ -270,15 +267,10 @@ def run_taint(*, run, steps, before: int) -> list[Read]:
     before it."""
     from agents.models import RunStep
 
-    earlier: dict[int, list] = {}
-    for step in RunStep.objects.filter(
+    earlier = RunStep.objects.filter(
         run__conversation_id=run.conversation_id, run_id__lt=run.pk, kind__in=["retrieval", "tool"]
-    ).order_by("run_id", "index"):
-        earlier.setdefault(step.run_id, []).append(step)
-    found = []
-    for run_id, run_steps in earlier.items():
-        found += reads_of(run_steps, run_id=run_id)
-    return found + reads_of(steps, before=before, run_id=run.pk)
+    ).order_by("run_id", "index")
+    return reads_of([*earlier, *(s for s in steps if s.index < before)])
 
 
 # The reviewer's view.
