@@ -224,6 +224,30 @@ def test_a_poisoned_passage_never_causes_an_unapproved_write_call(server, desk, 
     assert [r["source"] for r in step.output["provenance"]] == [f"kb/{base.slug}"]
 
 
+def test_an_approved_call_after_untrusted_content_runs_once_as_approved(server, desk, people):
+    from governance.approvals import approval_decide
+    from tests.governance.conftest import resume
+
+    approval_setting("create_ticket", "never")
+    handbook(desk, people.member, f"# Access\n\n{QUIET_ORDER}")
+    server.script("primary", Reply.call("create_ticket", GRANT), Reply.say("Done."))
+    run = ask(desk, people.member, "how do I get access?")
+    request = ApprovalRequest.objects.get(run_id=run.pk)
+
+    approval_decide(
+        approval_id=request.pk,
+        decided_by=people.reviewer,
+        approve=True,
+        arguments={"title": "access request (checked)"},
+    )
+    run = resume(run)
+
+    assert run.state == RunState.SUCCEEDED
+    assert not DemoTicket.objects.filter(title=GRANT["title"]).exists()
+    assert DemoTicket.objects.filter(title="access request (checked)").count() == 1
+    assert ApprovalRequest.objects.filter(run_id=run.pk).count() == 1
+
+
 def test_an_injected_tool_output_makes_a_write_call_wait_even_when_the_tool_says_never(
     server, desk, people
 ):
