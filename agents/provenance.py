@@ -78,8 +78,9 @@ def security_threshold() -> float:
     configured = getattr(settings, "WARDEN_INJECTION_SECURITY_THRESHOLD", None)
     if configured is not None:
         return float(configured)
-    base = getattr(settings, "WARDEN_INJECTION_THRESHOLD", None) or injection.THRESHOLD
-    return 2 * float(base)
+    # The detector's threshold: a setting or its module's constant (it is being rewritten).
+    base = getattr(settings, "WARDEN_INJECTION_THRESHOLD", None)
+    return 2 * float(base or getattr(injection, "THRESHOLD", 0.9))
 
 
 @dataclass(frozen=True)
@@ -126,17 +127,24 @@ def inspect(text: str, *, where: str, security: bool = False) -> Inspection:
 
 def _spans(text: str, finding) -> list[list[int]]:
     """Where in `text` the detector's signals are: its own spans if it reports them, else the
-    sentences that score on their own, else all of it (an order spread over sentences)."""
+    sentences flagged on their own, else those with any signal, else all of it (an order
+    spread over sentences). Only flagged texts get here: the cost is theirs."""
     own = getattr(finding, "spans", None)
     if own:
         return [[int(start), int(end)] for start, end in own]
-    spans = []
+    flagged, signalled = [], []
     for match in _SENTENCE.finditer(text):
         piece = match.group(0)
-        if piece.strip() and injection.scan(piece).score > 0:
-            start = match.start() + (len(piece) - len(piece.lstrip()))
-            spans.append([start, match.start() + len(piece.rstrip())])
-    return spans or [[0, len(text)]]
+        if not piece.strip():
+            continue
+        found = injection.scan(piece)
+        start = match.start() + (len(piece) - len(piece.lstrip()))
+        span = [start, match.start() + len(piece.rstrip())]
+        if found.injection:
+            flagged.append(span)
+        elif found.signals:
+            signalled.append(span)
+    return flagged or signalled or [[0, len(text)]]
 
 
 def withheld_line(inspection: Inspection, what: str) -> str:
