@@ -23,6 +23,7 @@ from django.utils.text import capfirst
 from django.views.decorators.http import require_http_methods
 
 from agents.models import Agent, Message, MessageRole
+from agents.provenance import approval_provenance
 from audit.models import AuditEvent
 from governance.approvals import (
     ApprovalError,
@@ -163,6 +164,10 @@ def approval_page(request: HttpRequest, pk: int) -> HttpResponse:
             "arguments": json.dumps(request_.arguments, indent=2, ensure_ascii=False),
             "reasons": [reason_text(r) for r in request_.reasons],
             "typed": typed,
+            # Where the call came from: the untrusted content the model had read.
+            "provenance": approval_provenance(
+                run_id=request_.run_id, key=request_.key, user=request.user
+            ),
             **_context_of(request_.run_id),
         },
     )

@@ -377,7 +377,8 @@ WARDEN_BUDGET_COMPLETION_TOKENS = env_int("WARDEN_BUDGET_COMPLETION_TOKENS", 512
 WARDEN_APPROVAL_EXPIRY_SECONDS = env_int("WARDEN_APPROVAL_EXPIRY_SECONDS", 24 * 3600, minimum=1)
 # Prompt injection: the score (0-1) at or above which a text is an injection; unset, the
 # threshold the training script chose (governance/guardrails/data/injection_model.npz). With
-# WARDEN_INJECTION_ENCODER=false no process loads the MiniLM encoder for the uncertain windows.
+# WARDEN_INJECTION_ENCODER=true the MiniLM encoder rescores the windows the fast path leaves
+# uncertain.
 _injection_threshold = env_optional("WARDEN_INJECTION_THRESHOLD")
 try:
     WARDEN_INJECTION_THRESHOLD = (
@@ -387,7 +388,21 @@ except ValueError:
     raise ImproperlyConfigured(
         f"WARDEN_INJECTION_THRESHOLD must be a number from 0 to 1, got {_injection_threshold!r}"
     ) from None
-WARDEN_INJECTION_ENCODER = env_bool("WARDEN_INJECTION_ENCODER", True)
+# A knowledge base marked "discusses attacks" lets a flagged passage through below this score;
+# unset, halfway from the injection threshold to 1.
+_security_threshold = env_optional("WARDEN_INJECTION_SECURITY_THRESHOLD")
+try:
+    WARDEN_INJECTION_SECURITY_THRESHOLD = (
+        None if _security_threshold is None else float(_security_threshold)
+    )
+except ValueError:
+    raise ImproperlyConfigured(
+        "WARDEN_INJECTION_SECURITY_THRESHOLD must be a number from 0 to 1, "
+        f"got {_security_threshold!r}"
+    ) from None
+# Off by default: on the held-out corpus the MiniLM head lowered recall (0.880 against 0.900)
+# and raised the p99 per 4 KB passage from ~19 ms to ~380 ms, and it loads torch in workers.
+WARDEN_INJECTION_ENCODER = env_bool("WARDEN_INJECTION_ENCODER", False)
 # How long POST /v1/chat/completions waits for a run before answering that it carries on.
 WARDEN_OPENAI_WAIT_SECONDS = env_int("WARDEN_OPENAI_WAIT_SECONDS", 120, minimum=1)
 # Knowledge bases: the largest document accepted, uploaded or fetched.

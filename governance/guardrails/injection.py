@@ -14,7 +14,7 @@ few sentences, and each window is scored by:
   a signal found only inside quotation marks counts a third (a policy quoting an attack);
 - for windows the first two leave uncertain, a logistic head on the window's
   all-MiniLM-L6-v2 embedding (agents.embedding: loaded lazily, once per process, and only
-  when a window needs it; `WARDEN_INJECTION_ENCODER = False` turns it off).
+  when a window needs it; off unless `WARDEN_INJECTION_ENCODER = True`).
 
 A small logistic model combines them into a probability; the text's score is its most
 suspicious window's, and it is an injection at `WARDEN_INJECTION_THRESHOLD` or more. The
@@ -293,7 +293,7 @@ def _encoder_on() -> bool:
     from django.conf import settings
 
     return (
-        bool(getattr(settings, "WARDEN_INJECTION_ENCODER", True)) if settings.configured else True
+        bool(getattr(settings, "WARDEN_INJECTION_ENCODER", False)) if settings.configured else False
     )
 
 
