@@ -520,5 +520,14 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "INFO"},
+        # Clients that log what they send: httpx every URL at INFO (an HTTP tool's URL holds its
+        # arguments, personal data included), the OpenAI SDK and litellm whole prompts at
+        # DEBUG. Never below WARNING, whatever LOG_LEVEL says.
+        "httpx": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
+        "openai": {"level": "WARNING"},
+        "LiteLLM": {"level": "WARNING"},
+        "LiteLLM Router": {"level": "WARNING"},
+        "LiteLLM Proxy": {"level": "WARNING"},
     },
 }
