@@ -143,7 +143,7 @@ def test_personal_data_reaches_the_tool_and_no_record_anyone_else_reads(
     assert row.arguments["card"] == arguments["card"]
     # Every log line of the run, whoever wrote it (Warden, httpx, litellm).
     lines = "\n".join(f"{r.name} {r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
-    assert leaked(lines) == [], [l for l in lines.splitlines() if leaked(l)]
+    assert leaked(lines) == [], [line for line in lines.splitlines() if leaked(line)]
     # The run as others see it: the trace page of a governance admin, and the admin console.
     client.force_login(people.admin)
     trace = client.get(f"/runs/{run.pk}/")
