@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import secrets
 from collections.abc import Callable
 from pathlib import Path
@@ -395,6 +396,11 @@ WARDEN_PII_PHONE_REGIONS = env_list(
 # the Content-Security-Policy lets the browser load); by default none outside Warden. Links to
 # any host stay links, unless they carry data in their query (then shown as inert text).
 WARDEN_OUTPUT_IMAGE_HOSTS = [h.lower() for h in env_list("WARDEN_OUTPUT_IMAGE_HOSTS", [])]
+for _host in WARDEN_OUTPUT_IMAGE_HOSTS:
+    if not re.fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*", _host):
+        raise ImproperlyConfigured(  # it goes into the Content-Security-Policy header
+            f"WARDEN_OUTPUT_IMAGE_HOSTS must be host names, comma-separated: not {_host!r}"
+        )
 # Webhooks (portal/webhooks.py): attempts per delivery; the first retry's delay, doubled for
 # each next one up to the cap; each POST's timeout. Plain http URLs only where allowed (by
 # default in embedded mode, which is for trying Warden out): production receivers use https.
