@@ -184,6 +184,10 @@ def _valid_numbers(candidate: str, regions: tuple[str, ...]) -> tuple[tuple[int,
         for match in phonenumbers.PhoneNumberMatcher(
             candidate, region, leniency=phonenumbers.Leniency.VALID
         ):
+            # Bare digits are an id or an order number more often than a phone number, unless
+            # they start with a trunk or international prefix ("015123456789").
+            if match.raw_string.isdigit() and not match.raw_string.startswith("0"):
+                continue
             found.add((match.start, match.end))
     return tuple(sorted(found))
 
@@ -295,12 +299,12 @@ def pseudonymise(text: str, *, key: bytes) -> str:
 
 def pseudonymise_value(value: Any, *, key: bytes) -> Any:
     """JSON-like `value` with the strings in it (not the keys) pseudonymised; a number that is
-    a card or a phone number becomes its pseudonym's string."""
+    a card number becomes its pseudonym's string."""
     if isinstance(value, str):
         return pseudonymise(value, key=key)
     if isinstance(value, bool) or value is None:
         return value
-    if isinstance(value, int):
+    if isinstance(value, int) and abs(value) >= 10**12:  # a card number; shorter ones are ids
         text = pseudonymise(str(value), key=key)
         return value if text == str(value) else text
     if isinstance(value, list | tuple):
