@@ -114,8 +114,10 @@ def exfiltration(url: str) -> str | None:
     values = [(name, value, True) for name, value in pairs]
     if parts.query and not pairs:
         values.append(("", unquote(parts.query), True))
-    # Path segments too (".../collect/<data>"), without the rules a path's own ids would trip.
-    values += [("", unquote(segment), False) for segment in parts.path.split("/") if segment]
+    # Path segments too (".../collect/<data>"), without the rules a path's own ids would trip;
+    # a mailto: link's path is the address it shows (its subject and body are its query).
+    if parts.scheme.lower() != "mailto":
+        values += [("", unquote(segment), False) for segment in parts.path.split("/") if segment]
     for name, value, in_query in values:
         if _PLACEHOLDER.search(value):
             return "a placeholder of redacted personal data"

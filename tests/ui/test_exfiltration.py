@@ -184,6 +184,7 @@ def test_images_show_from_an_allowed_host_and_the_policy_lets_them_load(
         "https://www.youtube.com/watch?v=dQw4w9WgXcQ",
         "https://example.com/how-to-configure-the-thing-in-production-step-by-step",
         "https://shop.example/item/12345?ref=home",
+        "mailto:support@company.example?subject=Leave%20request",  # the address it shows
     ],
 )
 def test_ordinary_urls_are_not_exfiltration(url):
@@ -202,6 +203,7 @@ def test_ordinary_urls_are_not_exfiltration(url):
         ("https://e.example/c?q=SGVsbG8sIHRoaXMgaXMgYSBzZWNyZXQ", "an encoded value"),
         ("https://e.example/log/am9obkBleGFtcGxlLmNvbSBwYXNzd29yZA", "an encoded value"),
         ("https://e.example/c#token=abcdef", "a secret (token)"),
+        ("mailto:x@e.example?body=card%204111111111111111", "personal data"),
     ],
 )
 def test_urls_carrying_data_are_flagged_with_the_reason(url, reason):
