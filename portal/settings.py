@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import secrets
 from collections.abc import Callable
 from pathlib import Path
@@ -410,6 +411,24 @@ WARDEN_KNOWLEDGE_MAX_BYTES = env_int("WARDEN_KNOWLEDGE_MAX_BYTES", 20_000_000, m
 # Private networks outbound requests may reach anyway (CIDRs, comma-separated): see
 # tools/outbound.py. Empty by default: only public addresses.
 WARDEN_OUTBOUND_ALLOW_NETWORKS = env_list("WARDEN_OUTBOUND_ALLOW_NETWORKS", [])
+# Personal data (governance/guardrails/pii.py). The audit trail and the tool ledger keep a
+# keyed hash of each value, never the value: the key is WARDEN_PII_HASH_KEY, or one derived
+# from SECRET_KEY when unset (set it so rotating SECRET_KEY keeps hashes comparable; keep it
+# secret: with the key, anyone can test a guessed value). Phone numbers without a country code
+# are recognised in the formats of these countries (ISO codes, comma-separated).
+WARDEN_PII_HASH_KEY = env_optional("WARDEN_PII_HASH_KEY") or ""
+WARDEN_PII_PHONE_REGIONS = env_list(
+    "WARDEN_PII_PHONE_REGIONS", ["US", "GB", "DE", "FR", "ES", "IT", "NL", "BE", "CH", "AT", "IE"]
+)
+# Model output (governance/guardrails/output.py): hosts whose images an answer may show (and
+# the Content-Security-Policy lets the browser load); by default none outside Warden. Links to
+# any host stay links, unless they carry data in their query (then shown as inert text).
+WARDEN_OUTPUT_IMAGE_HOSTS = [h.lower() for h in env_list("WARDEN_OUTPUT_IMAGE_HOSTS", [])]
+for _host in WARDEN_OUTPUT_IMAGE_HOSTS:
+    if not re.fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*", _host):
+        raise ImproperlyConfigured(  # it goes into the Content-Security-Policy header
+            f"WARDEN_OUTPUT_IMAGE_HOSTS must be host names, comma-separated: not {_host!r}"
+        )
 # Webhooks (portal/webhooks.py): attempts per delivery; the first retry's delay, doubled for
 # each next one up to the cap; each POST's timeout. Plain http URLs only where allowed (by
 # default in embedded mode, which is for trying Warden out): production receivers use https.
@@ -535,5 +554,14 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "INFO"},
+        # Clients that log what they send: httpx every URL at INFO (an HTTP tool's URL holds its
+        # arguments, personal data included), the OpenAI SDK and litellm whole prompts at
+        # DEBUG. Never below WARNING, whatever LOG_LEVEL says.
+        "httpx": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
+        "openai": {"level": "WARNING"},
+        "LiteLLM": {"level": "WARNING"},
+        "LiteLLM Router": {"level": "WARNING"},
+        "LiteLLM Proxy": {"level": "WARNING"},
     },
 }

@@ -15,6 +15,7 @@ from agents.models import KnowledgeBase, StepKind
 from agents.selectors import access_run
 from audit.models import AuditEvent
 from governance.access import NoAccess
+from governance.guardrails.pii import hash_key, pseudonymise
 from governance.models import Action, ApprovalRequest, Escalation
 
 
@@ -26,8 +27,19 @@ def run_trace(request: HttpRequest, pk: int) -> HttpResponse:
     except NoAccess:
         raise Http404("no such run") from None
     steps = [_step(step) for step in run.steps.order_by("index")]
+    question, error = run.input, run.error
     if run.conversation.owner_id != request.user.pk:
         _hide_unreadable(steps, request.user)
+        # The run is its owner's: others (reviewers, auditors) see personal data as the audit
+        # trail keeps it, a keyed hash.
+        key = hash_key()
+        question, error = pseudonymise(question, key=key), pseudonymise(error, key=key)
+        for row in steps:
+            row["summary"] = pseudonymise(row["summary"], key=key)
+            row["passages"] = [
+                {**p, "text": pseudonymise(p["text"], key=key)} if p.get("text") else p
+                for p in row["passages"]
+            ]
     events = list(AuditEvent.objects.filter(run=str(run.pk)).order_by("sequence")[:500])
     decisions = []
     for event in events:
@@ -39,6 +51,8 @@ def run_trace(request: HttpRequest, pk: int) -> HttpResponse:
         "portal/trace.html",
         {
             "run": run,
+            "question": question,
+            "error": error,
             "steps": steps,
             "decisions": decisions,
             "approvals": ApprovalRequest.objects.filter(run_id=run.pk)
