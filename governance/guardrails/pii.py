@@ -16,7 +16,9 @@ Candidates that fail their checksum are left alone: an order number is not a car
 `pseudonymise` is the other use: for what is kept (the audit trail, the tool ledger), each value
 becomes a keyed hash, [EMAIL:3f9a...], the same for the same value however it was written, so a
 record can still be matched to a person who asks (hash their value with the key) but the value
-itself is never stored.
+itself is never stored. `as_seen_by` shows a run's data that way to anyone but the run's owner
+(reviewers, auditors, the admin), and `unpseudonymise` puts the values back into a reviewer's
+edit that kept the hashes where the values were.
 """
 
 from __future__ import annotations
@@ -323,6 +325,99 @@ def pseudonymise_value(value: Any, *, key: bytes) -> Any:
     if isinstance(value, dict):
         return {k: pseudonymise_value(item, key=key) for k, item in value.items()}
     return value
+
+
+def sees_values(*, viewer_id: int | None, owner_id: int | None) -> bool:
+    """Whether the user `viewer_id` sees the personal values in a run of `owner_id`'s: only
+    the run's owner does, it is their conversation; anyone else (reviewers, auditors, the
+    admin console, which passes no viewer) sees them as the audit trail keeps them, hashed."""
+    return viewer_id is not None and viewer_id == owner_id
+
+
+def as_seen_by(value: Any, *, viewer_id: int | None, owner_id: int | None) -> Any:
+    """JSON-like `value` from a run (its text, a tool call's arguments, a held answer) as the
+    user `viewer_id` may see it (`sees_values`): as it is, or each personal value a keyed
+    hash. The one function every page and API that shows a run's data goes through."""
+    if sees_values(viewer_id=viewer_id, owner_id=owner_id):
+        return value
+    return pseudonymise_value(value, key=hash_key())
+
+
+def pseudonymise_parts(parts: list[tuple[str, bool]], *, key: bytes) -> list[tuple[str, bool]]:
+    """A text cut into (part, marked) pieces, pseudonymised as one text: a value across a
+    cut is still found, and its hash is marked if any of it was."""
+    text = "".join(part for part, _ in parts)
+    marked = [flag for part, flag in parts for _ in part]
+    out: list[tuple[str, bool]] = []
+    at = 0
+    for start, end, kind in [*find(text), (len(text), len(text), "")]:
+        out += [(text[i], marked[i]) for i in range(at, start)]
+        if kind:
+            out.append((pseudonym(kind, text[start:end], key=key), any(marked[start:end])))
+        at = end
+    merged: list[tuple[str, bool]] = []
+    for piece, flag in out:
+        if merged and merged[-1][1] == flag:
+            merged[-1] = (merged[-1][0] + piece, flag)
+        else:
+            merged.append((piece, flag))
+    return merged
+
+
+_PSEUDONYM = re.compile(r"\[(?:EMAIL|PHONE|CARD|IBAN|SSN):[0-9a-f]{16}\]")
+
+
+class UnknownPseudonym(ValueError):
+    """An edit carries a keyed hash that stands for no value at that place of the original."""
+
+    def __init__(self, pseudonym: str, where: str):
+        super().__init__(f"{pseudonym} at {where or '/'}")
+        self.pseudonym, self.where = pseudonym, where
+
+
+def unpseudonymise(edited: Any, *, original: Any) -> Any:
+    """A reviewer's edit of `original` (which they were shown pseudonymised) with each keyed
+    hash put back to the value it stands for, where the same place of `original` (the same
+    object keys; a list's items are one place) held that value: an edit that kept a hashed
+    e-mail sends the real one, never the hash. A hash found anywhere else raises
+    UnknownPseudonym: a value is not moved to where it was not (into another field of a tool
+    call, say), and a hash is never sent as if it were the value."""
+    values: dict[tuple[str, ...], dict[str, Any]] = {}
+    _values_at(original, (), values, hash_key())
+    return _put_back(edited, (), values)
+
+
+def _values_at(value: Any, at: tuple[str, ...], found: dict, key: bytes) -> None:
+    if isinstance(value, dict):
+        for name, item in value.items():
+            _values_at(item, (*at, str(name)), found, key)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _values_at(item, at, found, key)
+    elif isinstance(value, str):
+        for start, end, kind in find(value):
+            found.setdefault(at, {})[pseudonym(kind, value[start:end], key=key)] = value[start:end]
+    elif isinstance(value, int) and (shown := pseudonymise_value(value, key=key)) != value:
+        found.setdefault(at, {})[shown] = value  # a card given as a JSON number
+
+
+def _put_back(value: Any, at: tuple[str, ...], values: dict) -> Any:
+    if isinstance(value, dict):
+        return {name: _put_back(item, (*at, str(name)), values) for name, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_put_back(item, at, values) for item in value]
+    if not isinstance(value, str) or not _PSEUDONYM.search(value):
+        return value
+    here = values.get(at, {})
+    if _PSEUDONYM.fullmatch(value) and value in here:
+        return here[value]  # as it was: a card given as a number stays a number
+
+    def back(match: re.Match) -> str:
+        if match.group() not in here:
+            raise UnknownPseudonym(match.group(), "".join(f"/{name}" for name in at))
+        return str(here[match.group()])
+
+    return _PSEUDONYM.sub(back, value)
 
 
 def redact_messages(messages: list[dict]) -> tuple[list[dict], Redaction]:
