@@ -1,24 +1,13 @@
-import json
-
 from django.contrib import admin
 
 from agents.knowledge import admin as knowledge_admin  # noqa: F401 - registers its models
 from agents.models import Agent, Deployment, ModelRoute, Run, RunStep
 from governance.admin import GovernedAdminMixin
-from governance.guardrails.pii import hash_key, pseudonymise_value
+from governance.admin import personal_field as _masked
 
 # A run is its owner's conversation; the console shows personal data in it as the audit trail
 # keeps it, a keyed hash (governance/guardrails/pii.py).
 _PERSONAL = ("input", "output", "answer", "citations", "error")
-
-
-def _masked(name: str):
-    def show(self, obj):
-        value = pseudonymise_value(getattr(obj, name), key=hash_key())
-        return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-
-    show.short_description = name
-    return show
 
 
 class DeploymentInline(admin.TabularInline):

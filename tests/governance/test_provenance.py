@@ -30,6 +30,7 @@ from agents.provenance import OPEN, run_key
 from agents.services import run_start
 from audit.models import AuditEvent
 from audit.services import SYSTEM
+from governance.guardrails.pii import hash_key, pseudonym
 from governance.models import Action, ApprovalRequest
 from governance.services import access_grant
 from tests.model_server import Reply
@@ -388,7 +389,9 @@ def test_the_reviewer_sees_where_the_call_came_from_with_the_flagged_span(
     assert f"it follows untrusted content from the knowledge base \u201c{base.slug}\u201d" in page
     assert "Where the call came from" in page
     assert "withheld from the model (quarantined)" in page
-    assert f"<mark>{ATTACK}</mark>" in page
+    # The span, highlighted; its address hashed like any personal value a reviewer sees.
+    address = pseudonym("EMAIL", "hr-archive@evil.example", key=hash_key())
+    assert f"<mark>{ATTACK.replace('hr-archive@evil.example', address)}</mark>" in page
     assert "given to the model</span>" in page  # the clean passage, no mark
     assert "Annual leave is 25 days a year." in page
     trace = client.get(reverse("run-trace", args=[run.pk])).content.decode()
