@@ -52,8 +52,10 @@ _OBJECT = (
 )
 _SEND = (
     r"(?:send|forward|e-?mail|transfer|wire|export|upload|share|post|leak|grant|add|"
-    r"sende|schicke|leite|überweise|teile|gib|envoie|transfère|transfere|vire|partage|"
-    r"envía|envia|reenvía|transfiere|comparte|añade|ajoute|füge)"
+    r"sende|senden|schicke|schicken|leite|weiterleiten|überweise|überweisen|teile|teilen|gib|"
+    r"envoie|envoyer|envoyez|transfère|transférer|transférez|transfere|vire|virer|partage|"
+    r"partager|envía|envia|enviar|envíe|reenvía|reenviar|transfiere|transferir|comparte|"
+    r"compartir|añade|añadir|ajoute|ajouter|füge)"
 )
 _DEST = (
     r"(?:@|https?://|\biban\b|\b[A-Z]{2}\d{2}[ ]?\d{4}|\baccount\b|\bkonto\b|\bcompte\b|\bcuenta\b)"
@@ -129,7 +131,9 @@ SIGNALS: list[tuple[str, re.Pattern]] = [
     (
         "tool_call",
         re.compile(
-            r"\b(?:call|invoke|use|run|execute|trigger|benutze|utilise|usa|llamar a|aufrufen)\b"
+            r"\b(?:call|invoke|use|run|execute|trigger|benutze|verwende|nutze|rufe|aufrufen|"
+            r"ausführen|utilise|utiliser|appelle|appeler|appelez|exécute|exécuter|usa|usar|"
+            r"llama|llamar(?: a)?|ejecuta|ejecutar|invoca|invocar)\b"
             r"[^.\n]{0,30}(?:`?\b[a-z]+_[a-z_]+\b`?|\btool\b|\bfunction\b|\bwerkzeug\b|"
             r"\boutil\b|\bherramienta\b)|\b[a-z]+_[a-z_]+\([^)]{0,80}\)",
             re.I,
@@ -138,7 +142,8 @@ SIGNALS: list[tuple[str, re.Pattern]] = [
     (
         "send_order",
         re.compile(
-            r"(?:^|[.!:;,\n]\s*|\b(?:please|bitte|merci de|por favor)\s+|\band\s+|\bthen\s+)"
+            r"(?:^|[.!:;,\n]\s*|\b(?:please|bitte|merci de|por favor)\s+|"
+            r"\b(?:and|then|und|dann|et|puis|ensuite|y|luego|después)\s+)"
             + _SEND
             + r"\b[^\n]{0,80}?"
             + _DEST,
