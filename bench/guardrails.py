@@ -6,7 +6,7 @@ obfuscation), per family, per obfuscation and per carrier, the security document
 training split for comparison, and the project's older labelled sets
 (tests/governance/guardrail_sets.py). Then the latency of scanning one 4 KB passage, p50 and
 p99 over many passages: benign ones (the common case) and ones with an attack inside, with
-the encoder on (the default) and off. Measured and printed, not asserted.
+the encoder off (the default) and on. Measured and printed, not asserted.
 
     .venv/bin/python bench/guardrails.py [--no-latency]
 """
