@@ -42,23 +42,28 @@ WINDOW_CHARS = 520
 _AI = (
     r"(?:ai|a\.i\.|assistant|ai assistant|assistants|llm|language model|chatbot|bot|agent|"
     r"ai agent|model|gpt(?:-\d)?|claude|llama|summari[sz]er|ki|ki-assistent|assistenten?|"
-    r"sprachmodell|modell|ia|assistant ia|l'assistant|modèle|asistente|modelo|"
+    r"sprachmodell|modell|ia|assistant ia|l'assistant|modèle|asistente|modelo|assistente|"
+    r"modello|copilot|co-pilot|taalmodel|agente|"
     r"automated (?:agents?|analysis software|systems?))"
 )
 _OBJECT = (
     r"(?:instructions?|prompts?|rules|directions|directives|guidelines|guardrails|orders|"
     r"constraints|programming|system message|safety (?:rules|guidelines|filters)|"
-    r"anweisungen|regeln|vorgaben|instructions|consignes|règles|instrucciones|reglas|órdenes)"
+    r"anweisungen|regeln|vorgaben|instructions|consignes|règles|instrucciones|reglas|órdenes|"
+    r"istruzioni|regole|instructies|regels|instruções|regras)"
 )
 _SEND = (
     r"(?:send|forward|e-?mail|transfer|wire|export|upload|share|post|leak|grant|add|"
     r"sende|senden|schicke|schicken|leite|weiterleiten|überweise|überweisen|teile|teilen|gib|"
     r"envoie|envoyer|envoyez|transfère|transférer|transférez|transfere|vire|virer|partage|"
     r"partager|envía|envia|enviar|envíe|reenvía|reenviar|transfiere|transferir|comparte|"
-    r"compartir|añade|añadir|ajoute|ajouter|füge)"
+    r"compartir|añade|añadir|ajoute|ajouter|füge|invia|inviare|inoltra|inoltrare|trasferisci|"
+    r"concedi|condividi|esporta|stuur|versturen|verstuur|doorsturen|maak|overmaken|deel|"
+    r"exporteer|envie|encaminhe|transfira|conceda|compartilhe|exporte|give|concede|verleen)"
 )
 _DEST = (
-    r"(?:@|https?://|\biban\b|\b[A-Z]{2}\d{2}[ ]?\d{4}|\baccount\b|\bkonto\b|\bcompte\b|\bcuenta\b)"
+    r"(?:@|\b[a-z][a-z0-9+.-]{1,9}://|\biban\b|\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}|\baccount\b|"
+    r"\bkonto\b|\bcompte\b|\bcuenta\b|\bconto\b|\brekening\b|\bconta\b)"
 )
 
 SIGNALS: list[tuple[str, re.Pattern]] = [
@@ -66,12 +71,16 @@ SIGNALS: list[tuple[str, re.Pattern]] = [
         "override",
         re.compile(
             r"\b(?:ignore|disregard|forget|override|bypass|abandon|drop|set aside|cancel|"
-            r"ignoriere|vergiss|ignore|oublie|ignora|olvida)\b[^.\n]{0,50}?"
+            r"ignoriere|vergiss|ignore|oublie|ignora|olvida|dimentica|negeer|vergeet|esqueça|"
+            r"desconsidere)\b[^.\n]{0,50}?"
             + _OBJECT
             + r"|\b"
             + _OBJECT
             + r"\b[^.\n]{0,40}\b(?:no longer apply|are (?:void|outdated|"
-            r"cancelled)|gelten nicht mehr|ne s'appliquent plus|ya no valen)",
+            r"cancelled)|gelten nicht mehr|ne s'appliquent plus|ya no valen)|"
+            r"\b(?:your|je|deine|ta|tu|il tuo|la tua|sua|twoje) (?:new|nieuwe|neue|nouvelle|nueva|"
+            r"nuovo|nuova|nova|nowe) (?:task|taak|aufgabe|tâche|tarea|compito|tarefa|zadanie|"
+            r"instructions?|orders?)\b",
             re.I,
         ),
     ),
@@ -109,13 +118,20 @@ SIGNALS: list[tuple[str, re.Pattern]] = [
     (
         "addressed",
         re.compile(
-            r"\b(?:note|message|instruction|attention|todo|hinweis|nachricht|nota|mensaje)\s+"
-            r"(?:to|for|an|für|pour|para)\s+(?:the\s+|den\s+|die\s+|l'|el\s+|le\s+)?"
+            r"\b(?:note|message|instruction|attention|todo|hinweis|nachricht|nota|mensaje|"
+            r"instrucción|istruzione|opmerking|bericht|aviso|remarque|notice)\s+"
+            r"(?:to|for|an|für|pour|para|per|voor|à|ao|dla)\s+(?:the\s+|den\s+|die\s+|l'|el\s+|"
+            r"le\s+|la\s+|il\s+|de\s+|het\s+|o\s+|any\s+|all\s+|every\s+)?(?:[\w-]+\s+){0,2}"
+            + _AI
+            + r"\b|@(?:agent|assistant|copilot|bot|ai|llm)\b|\b(?:whoever|whatever|any (?:ai|model|"
+            r"system)) (?:is )?(?:reads?|reading|summari[sz]es|summari[sz]ing|processes|processing)"
+            r" this\b|\b(?:per|voor|para|pour|für) (?:l'|de |o |la |die )?(?:ia|ai|ki|agente|agent)"
+            r" (?:che|die|que|qui|der) (?:legge|leest|lee|lê|lit|liest)\b|\b"
             + _AI
             + r"\b|\b(?:dear|hi|hello|hey|attention|to you,?|an dich,?|pour toi,?|para ti,?)\s+"
             r"(?:the\s+)?" + _AI + r"\b|^\s*" + _AI + r"\s*[:,]|\b" + _AI + r"s?\b[^.\n]{0,40}"
             r"\b(?:must|should|shall|needs? to|is (?:instructed|required|ordered) to|will now|"
-            r"reading this|processing this|muss|doit|debe)\b",
+            r"reading this|processing this|muss|doit|debe|deve|devi|moet|moeten|precisa|musi)\b",
             re.I | re.M,
         ),
     ),
@@ -174,6 +190,21 @@ SIGNALS: list[tuple[str, re.Pattern]] = [
         re.compile(
             r"\b(?:reply|respond|answer|say|print|output)\s+(?:only\s+)?(?:with\s+)?(?:only\s+)?"
             r"['\"“«]|\b(?:just|only) (?:say|print|reply)\b|\band nothing else\b",
+            re.I,
+        ),
+    ),
+    (
+        # Orders about what the user is told: a recommendation, a false status, a warning.
+        "steer_reply",
+        re.compile(
+            r"\b(?:tell|inform|remind|assure|convince|warn|advise)\s+(?:the\s+|your\s+|any\s+|all\s+)?"
+            r"(?:users?|customers?|clients?|readers?|requesters?|humans?|persons?|buyers?|visitors?|"
+            r"shoppers?)\b[^.\n]{0,30}?\b(?:that|to)\b|\bwhen (?:a|the|any) (?:users?|customers?|"
+            r"clients?) asks?\b|\b(?:sag|sage|erzähl|teile)\s+(?:dem|den)\s+(?:nutzer|benutzer|"
+            r"kunden|leser)|\bdis(?:-lui|-leur| à l'utilisateur| au client| aux clients)\b|\bdile "
+            r"al (?:usuario|cliente)\b|\b(?:dì|di'|riferisci|comunica|dici)\s+all'(?:utente|cliente)"
+            r"|\bvertel (?:de|het) (?:gebruiker|klant)\b|\b(?:diga|informe|conte)\s+(?:ao|o|a)\s+"
+            r"(?:usuário|utilizador|cliente)\b",
             re.I,
         ),
     ),

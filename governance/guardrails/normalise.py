@@ -61,9 +61,16 @@ def _table() -> dict[int, str | None]:
     return table
 
 
+# Letters spaced out to slip past word matching ("i g n o r e  a l l"): single characters
+# one space apart, the words two or more apart.
+_SPACED = re.compile(r"(?<![^\s])(?:\S ){3,}\S(?![^\s])")
+
+
 def fold(text: str) -> str:
-    """NFKC, invisible characters out, confusables to ASCII, runs of spaces folded."""
+    """NFKC, invisible characters out, confusables to ASCII, spaced-out letters joined, runs
+    of spaces folded."""
     text = unicodedata.normalize("NFKC", text).translate(_table())
+    text = _SPACED.sub(lambda match: match.group(0).replace(" ", ""), text)
     return re.sub(r"[ \t\u00a0]+", " ", text)
 
 
