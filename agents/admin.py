@@ -6,7 +6,7 @@ from governance.admin import GovernedAdminMixin
 from governance.admin import personal_field as _masked
 
 # A run is its owner's conversation; the console shows personal data in it as the audit trail
-# keeps it, a keyed hash (governance/guardrails/pii.py).
+# keeps it, a keyed hash (audit/pii.py).
 _PERSONAL = ("input", "output", "answer", "citations", "error")
 
 

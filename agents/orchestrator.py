@@ -46,9 +46,9 @@ from agents.services import (
     run_finish,
     run_park,
 )
+from audit.pii import redact_messages, restore
 from governance.approvals import approval_request_create, arguments_hash, escalation_create
 from governance.budgets import BudgetExceeded, budget_reserve, budget_settle
-from governance.guardrails.pii import redact_messages, restore
 from governance.models import Action, ApprovalRequest, ApprovalStatus
 from governance.policy import (
     ApprovalState,

@@ -1,5 +1,5 @@
 """Keeping secrets out of the audit trail: by the name of the key that holds them, and by the
-shape of the text that carries them. Personal data (governance.guardrails.pii: e-mail
+shape of the text that carries them. Personal data (audit.pii: e-mail
 addresses, phone numbers, cards, IBANs, SSNs) in the event's data becomes a keyed hash,
 [EMAIL:3f9a...]: the trail is append-only and exported, so a value written once could never be
 erased; the hash still tells two events about the same value apart from others."""
@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from governance.guardrails.pii import hash_key, pseudonymise
+from audit.pii import hash_key, pseudonymise
 
 REDACTED = "[redacted]"
 

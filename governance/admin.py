@@ -22,9 +22,9 @@ from guardian.shortcuts import (
     get_users_with_perms,
 )
 
+from audit.pii import as_seen_by
 from governance.access import codename
 from governance.approvals import ApprovalError, approval_decide, escalation_decide
-from governance.guardrails.pii import as_seen_by
 from governance.models import (
     AccessDenial,
     ApprovalRequest,

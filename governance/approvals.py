@@ -18,9 +18,9 @@ from django.db import transaction
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
+from audit.pii import UnknownPseudonym, unpseudonymise
 from audit.services import Target, audit_record
 from governance import hooks, roles
-from governance.guardrails.pii import UnknownPseudonym, unpseudonymise
 from governance.models import (
     ApprovalRequest,
     ApprovalStatus,

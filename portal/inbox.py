@@ -26,6 +26,7 @@ from django.views.decorators.http import require_http_methods
 from agents.models import Agent, Message, MessageRole
 from agents.provenance import approval_provenance
 from audit.models import AuditEvent
+from audit.pii import as_seen_by, hash_key, pseudonymise_parts, sees_values
 from governance.approvals import (
     ApprovalError,
     approval_decide,
@@ -35,7 +36,6 @@ from governance.approvals import (
     reviewable,
 )
 from governance.guardrails.output import render_markdown
-from governance.guardrails.pii import as_seen_by, hash_key, pseudonymise_parts, sees_values
 from governance.models import ApprovalRequest, Escalation
 from governance.policy import reason_text
 from portal.inputs import unstorable, unstorable_at

@@ -411,7 +411,7 @@ WARDEN_KNOWLEDGE_MAX_BYTES = env_int("WARDEN_KNOWLEDGE_MAX_BYTES", 20_000_000, m
 # Private networks outbound requests may reach anyway (CIDRs, comma-separated): see
 # tools/outbound.py. Empty by default: only public addresses.
 WARDEN_OUTBOUND_ALLOW_NETWORKS = env_list("WARDEN_OUTBOUND_ALLOW_NETWORKS", [])
-# Personal data (governance/guardrails/pii.py). The audit trail and the tool ledger keep a
+# Personal data (audit/pii.py). The audit trail and the tool ledger keep a
 # keyed hash of each value, never the value: the key is WARDEN_PII_HASH_KEY, or one derived
 # from SECRET_KEY when unset (set it so rotating SECRET_KEY keeps hashes comparable; keep it
 # secret: with the key, anyone can test a guessed value). Phone numbers without a country code

@@ -14,8 +14,8 @@ from django.views.decorators.http import require_GET
 from agents.models import KnowledgeBase, StepKind
 from agents.selectors import access_run
 from audit.models import AuditEvent
+from audit.pii import as_seen_by, sees_values
 from governance.access import NoAccess
-from governance.guardrails.pii import as_seen_by, sees_values
 from governance.models import Action, ApprovalRequest, Escalation
 
 

@@ -36,8 +36,8 @@ from django.db import (
     transaction,
 )
 
+from audit.pii import hash_key, pseudonymise_value
 from audit.services import audit_record
-from governance.guardrails.pii import hash_key, pseudonymise_value
 from tools.executors import Call, ToolError, executor
 from tools.models import InvocationStatus, Tool, ToolInvocation, ToolKind
 from tools.registry import PYTHON_FUNCTIONS, ToolContext
@@ -117,7 +117,7 @@ def tool_invoke(
         "tool": tool.name,
         "tool_version": tool.version,
         # The ledger keeps a keyed hash of personal data, never the value the tool was given
-        # (governance.guardrails.pii): the executor below gets `arguments` as they are.
+        # (audit.pii): the executor below gets `arguments` as they are.
         "arguments": pseudonymise_value(storable(arguments), key=hash_key()),
         "fence": context.fence,
     }

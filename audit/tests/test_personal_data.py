@@ -8,9 +8,9 @@ import pytest
 from django.db import transaction
 
 from audit.models import AuditEvent
+from audit.pii import hash_key, pseudonym
 from audit.selectors import audit_verify_chain
 from audit.services import SYSTEM, Target, audit_record
-from governance.guardrails.pii import hash_key, pseudonym
 
 pytestmark = pytest.mark.django_db
 

@@ -13,8 +13,8 @@ few sentences, and each window is scored by:
   its surroundings, masking (invisible characters, look-alike letters) and an encoded run;
   a signal found only inside quotation marks counts a third (a policy quoting an attack);
 - for windows the first two leave uncertain, a logistic head on the window's
-  all-MiniLM-L6-v2 embedding (agents.embedding: loaded lazily, once per process, and only
-  when a window needs it; off unless `WARDEN_INJECTION_ENCODER = True`).
+  all-MiniLM-L6-v2 embedding (agents.embedding, through governance.hooks: loaded lazily, once
+  per process, and only when a window needs it; off unless `WARDEN_INJECTION_ENCODER = True`).
 
 A small logistic model combines them into a probability; the text's score is its most
 suspicious window's, and it is an injection at `WARDEN_INJECTION_THRESHOLD` or more. The
@@ -202,8 +202,9 @@ SIGNALS: list[tuple[str, re.Pattern]] = [
             r"shoppers?)\b[^.\n]{0,30}?\b(?:that|to)\b|\bwhen (?:a|the|any) (?:users?|customers?|"
             r"clients?) asks?\b|\b(?:sag|sage|erzähl|teile)\s+(?:dem|den)\s+(?:nutzer|benutzer|"
             r"kunden|leser)|\bdis(?:-lui|-leur| à l'utilisateur| au client| aux clients)\b|\bdile "
-            r"al (?:usuario|cliente)\b|\b(?:dì|di'|riferisci|comunica|dici)\s+all'(?:utente|cliente)"
-            r"|\bvertel (?:de|het) (?:gebruiker|klant)\b|\b(?:diga|informe|conte)\s+(?:ao|o|a)\s+"
+            r"al (?:usuario|cliente)\b|\b(?:dì|di'|riferisci|comunica|dici)\s+all'"
+            r"(?:utente|cliente)|\bvertel (?:de|het) (?:gebruiker|klant)\b|"
+            r"\b(?:diga|informe|conte)\s+(?:ao|o|a)\s+"
             r"(?:usuário|utilizador|cliente)\b",
             re.I,
         ),
@@ -512,9 +513,9 @@ def _scan(text: str) -> Finding:
     best, _, _, values = scored[0]
     uncertain = [item for item in scored[:2] if low <= item[0] < high]
     if uncertain and _encoder_on():
-        from agents.embedding import embed
+        from governance.hooks import embed_sentences
 
-        vectors = embed([item[1] for item in uncertain])
+        vectors = embed_sentences([item[1] for item in uncertain])
         for item, embedding in zip(uncertain, vectors, strict=True):
             emb = float(np.asarray(embedding) @ model["emb_coef"] + model["emb_bias"])
             full = _sigmoid(

@@ -30,7 +30,7 @@ from django.utils.safestring import SafeString, mark_safe
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
-from governance.guardrails import pii
+from audit import pii
 
 _TAGS = {
     *("p", "br", "strong", "em", "code", "pre", "blockquote", "hr"),
@@ -121,7 +121,7 @@ def exfiltration(url: str) -> str | None:
     for name, value, in_query in values:
         if _PLACEHOLDER.search(value):
             return "a placeholder of redacted personal data"
-        if pii.find(value):
+        if pii.find(value) or pii.PSEUDONYM.search(value):  # a hash stands for its value
             return "personal data"
         if name and _secret_name(name) and value:
             return f"a secret ({name})"

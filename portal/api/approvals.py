@@ -10,6 +10,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from agents.models import Agent, Run
+from audit.pii import as_seen_by
 from governance.approvals import (
     ApprovalError,
     approval_decide,
@@ -18,7 +19,6 @@ from governance.approvals import (
     escalations_for,
     reviewable,
 )
-from governance.guardrails.pii import as_seen_by
 from governance.models import ApprovalRequest, Escalation
 from governance.policy import reason_text
 from portal.api.auth import HasScope

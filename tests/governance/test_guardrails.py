@@ -18,10 +18,10 @@ from agents.models import (
 from agents.orchestrator import run_execute
 from agents.services import RunDenied, run_start
 from audit.models import AuditEvent
+from audit.pii import redact, redact_messages, restore
 from audit.services import SYSTEM
 from governance.guardrails.injection import scan
 from governance.guardrails.output import render_markdown
-from governance.guardrails.pii import redact, redact_messages, restore
 from governance.models import Action, ApprovalRequest
 from governance.services import access_grant
 from tests.governance.measure import injection_figures, pii_figures

@@ -11,8 +11,8 @@ import uuid
 import pytest
 
 from agents.models import Agent, Deployment, ModelRoute, Run, RunState
+from audit.pii import hash_key, pseudonym
 from audit.services import SYSTEM
-from governance.guardrails.pii import hash_key, pseudonym
 from governance.models import Action, ApprovalRequest, Escalation
 from governance.services import access_grant
 from tests.governance.conftest import resume
@@ -291,7 +291,7 @@ def test_an_edited_answer_with_a_hash_from_elsewhere_is_refused(client, people, 
 
 
 def test_a_hash_goes_back_to_its_value_only_where_the_value_was():
-    from governance.guardrails.pii import UnknownPseudonym, as_seen_by, unpseudonymise
+    from audit.pii import UnknownPseudonym, as_seen_by, unpseudonymise
 
     original = {"to": [EMAIL, "ops@example.org"], "card": 4111111111111111, "note": f"at {PHONE}"}
     shown = as_seen_by(original, viewer_id=1, owner_id=2)
@@ -312,7 +312,7 @@ def test_a_hash_goes_back_to_its_value_only_where_the_value_was():
 
 
 def test_a_value_across_a_highlight_is_still_hashed():
-    from governance.guardrails.pii import pseudonymise_parts
+    from audit.pii import pseudonymise_parts
 
     parts = [("mail jane.do", False), ("e@example.com now", True), (" or later", False)]
 

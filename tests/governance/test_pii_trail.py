@@ -15,8 +15,8 @@ from agents.models import Agent, Conversation, Deployment, ModelRoute, Run, RunS
 from agents.orchestrator import run_execute
 from agents.services import run_start
 from audit.models import AuditEvent
+from audit.pii import hash_key, pseudonym
 from audit.services import SYSTEM
-from governance.guardrails.pii import hash_key, pseudonym
 from governance.models import Action
 from governance.services import access_grant
 from tests.model_server import Reply

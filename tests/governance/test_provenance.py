@@ -29,8 +29,8 @@ from agents.orchestrator import run_execute
 from agents.provenance import OPEN, run_key
 from agents.services import run_start
 from audit.models import AuditEvent
+from audit.pii import hash_key, pseudonym
 from audit.services import SYSTEM
-from governance.guardrails.pii import hash_key, pseudonym
 from governance.models import Action, ApprovalRequest
 from governance.services import access_grant
 from tests.model_server import Reply

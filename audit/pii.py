@@ -1,4 +1,7 @@
-"""Personal data redaction before text leaves for a model route marked external.
+"""Personal data: found in text, redacted before it leaves for a model route marked external,
+and kept only as keyed hashes where it is stored. It lives in audit, the bottom layer, since
+the audit trail pseudonymises with it; governance's guardrails and the apps above use it from
+here.
 
 Found: email addresses, also written out to dodge filters ("jane [at] example [dot] com",
 "jane(at)example.com"); phone numbers (international or North American forms with separators,
@@ -296,6 +299,10 @@ def hash_key() -> bytes:
     if settings.WARDEN_PII_HASH_KEY:
         return settings.WARDEN_PII_HASH_KEY.encode()
     return hmac.new(settings.SECRET_KEY.encode(), b"warden.pii.hash", hashlib.sha256).digest()
+
+
+# What `pseudonym` writes: a value's kind and the start of its keyed hash.
+PSEUDONYM = re.compile(r"\[[A-Z]+:[0-9a-f]{16}\]")
 
 
 def pseudonym(kind: str, value: str, *, key: bytes) -> str:
