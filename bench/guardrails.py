@@ -4,13 +4,16 @@ Injection: precision, recall and false-positive rate on the held-out split of
 governance/guardrails/data/corpus.py (templates the model never saw in training, every
 obfuscation), per family, per obfuscation and per carrier, the security documents' FPR, the
 training split for comparison, and the project's older labelled sets
-(tests/governance/guardrail_sets.py). Then the latency of scanning one 4 KB passage, p50 and
+(tests/governance/guardrail_sets.py). Then the sets written outside the corpus
+(bench/data/injection_outside.json: see its "about"), the honest figure for text nobody here
+fitted the detector to. Then the latency of scanning one 4 KB passage, p50 and
 p99 over many passages: benign ones (the common case) and ones with an attack inside, with
 the encoder off (the default) and on. Measured and printed, not asserted.
 
     .venv/bin/python bench/guardrails.py [--no-latency]
 """
 
+import json
 import os
 import random
 import statistics
@@ -28,9 +31,9 @@ django.setup()
 
 from django.test import override_settings  # noqa: E402
 
+from audit.pii import redact  # noqa: E402
 from governance.guardrails.data.corpus import corpus  # noqa: E402
 from governance.guardrails.injection import scan, threshold  # noqa: E402
-from governance.guardrails.pii import redact  # noqa: E402
 from tests.governance.guardrail_sets import BENIGN, INJECTIONS, PII  # noqa: E402
 from tests.governance.measure import pii_figures  # noqa: E402
 
@@ -141,8 +144,45 @@ def latency(texts: list[str]) -> tuple[float, float]:
     return statistics.median(times) * 1e3, times[int(len(times) * 0.99) - 1] * 1e3
 
 
+OUTSIDE = Path(__file__).resolve().parent / "data" / "injection_outside.json"
+
+
+def outside_report(show_misses: bool) -> None:
+    """Recall and FPR on each outside set, with the ranking's quality apart from the threshold
+    (ROC AUC), and how the security texts among its benign ones fare."""
+    doc = json.loads(OUTSIDE.read_text())
+    for name, rows in doc["sets"].items():
+        scores = [(scan(row["text"]).score, row) for row in rows]
+        limit = threshold()
+        attacks = [score for score, row in scores if row["label"]]
+        benign = [score for score, row in scores if not row["label"]]
+        security = [
+            score
+            for score, row in scores
+            if not row["label"] and row["kind"].split(".")[0] in _SECURITY_KINDS
+        ]
+        auc = sum((a > b) + 0.5 * (a == b) for a in attacks for b in benign)
+        print(
+            f"  {name}: {len(attacks)} attacks, {len(benign)} benign  recall "
+            f"{sum(s >= limit for s in attacks) / len(attacks):.3f}  FPR "
+            f"{sum(s >= limit for s in benign) / len(benign):.3f}  (security texts "
+            f"{sum(s >= limit for s in security)}/{len(security)})  ROC AUC "
+            f"{auc / (len(attacks) * len(benign)):.3f}"
+        )
+        if show_misses:
+            for score, row in sorted(scores, key=lambda item: item[0]):
+                if row["label"] != (score >= limit):
+                    kind = "missed" if row["label"] else "false alarm"
+                    print(f"    {kind} {score:.3f} [{row['kind']}]: {row['text'][:100]!r}")
+
+
+_SECURITY_KINDS = {"security_doc", "security_training", "ctf_writeup"}
+
+
 def main() -> None:
     injection_report(show_misses="--misses" in sys.argv)
+    print("outside sets (bench/data/injection_outside.json):")
+    outside_report(show_misses="--misses" in sys.argv)
     values = sum(len(expected) for _, expected in PII)
     pii = pii_figures()
     print(f"pii: {len(PII)} texts, {values} personal values")
