@@ -31,6 +31,9 @@ $(VENV)/.installed-bench: requirements-bench.txt requirements-dev.txt requiremen
 	$(PIP) -r requirements-bench.txt
 	@touch $@
 
+train-injection: $(VENV)/.installed-dev  # the injection detector's weights, from its corpus
+	$(BIN)/python scripts/train_injection.py
+
 bench-audit: $(VENV)/.installed-dev
 	$(BIN)/python bench/audit_throughput.py
 

@@ -3,6 +3,11 @@ from django.contrib import admin
 from agents.knowledge import admin as knowledge_admin  # noqa: F401 - registers its models
 from agents.models import Agent, Deployment, ModelRoute, Run, RunStep
 from governance.admin import GovernedAdminMixin
+from governance.admin import personal_field as _masked
+
+# A run is its owner's conversation; the console shows personal data in it as the audit trail
+# keeps it, a keyed hash (audit/pii.py).
+_PERSONAL = ("input", "output", "answer", "citations", "error")
 
 
 class DeploymentInline(admin.TabularInline):
@@ -48,12 +53,14 @@ class RunStepInline(admin.TabularInline):
         "prompt_tokens",
         "completion_tokens",
         "cost",
-        "input",
-        "output",
+        "input_masked",
+        "output_masked",
         "started_at",
         "finished_at",
     )
     readonly_fields = fields
+    input_masked = _masked("input")
+    output_masked = _masked("output")
 
     def has_add_permission(self, request, obj=None) -> bool:
         return False
@@ -76,7 +83,13 @@ class RunAdmin(admin.ModelAdmin):
     list_filter = ("state", "agent")
     search_fields = ("id", "input", "answer")
     inlines = [RunStepInline]
-    readonly_fields = [f.name for f in Run._meta.fields]
+    fields = readonly_fields = [
+        f"{f.name}_masked" if f.name in _PERSONAL else f.name for f in Run._meta.fields
+    ]
+    input_masked = _masked("input")
+    answer_masked = _masked("answer")
+    citations_masked = _masked("citations")
+    error_masked = _masked("error")
 
     def has_add_permission(self, request) -> bool:
         return False

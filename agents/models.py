@@ -97,7 +97,7 @@ class Deployment(models.Model):
 
 
 class InjectionAction(models.TextChoices):
-    BLOCK = "block", "Block: refuse the message, withhold the passage or tool output"
+    BLOCK = "block", "Block: refuse the message"
     APPROVE = "approve", "Require approval for the run's next tool call"
     FLAG = "flag", "Flag it in the audit trail only"
 
@@ -144,7 +144,8 @@ class Agent(models.Model):
         max_length=8,
         choices=InjectionAction.choices,
         default=InjectionAction.APPROVE,
-        help_text="In the user's message, a retrieved passage or a tool's output.",
+        help_text="In the user's message. A retrieved passage or a tool's output that looks "
+        "like one is always quarantined: the model never sees it (agents.provenance).",
     )
     runs_per_minute = models.PositiveIntegerField(
         default=0, help_text="Runs of this agent per minute, all users together (0: no limit)."

@@ -47,6 +47,7 @@ from audit.services import (
 from governance.approvals import reviews_withdraw
 from governance.budgets import budget_refusal, budget_state
 from governance.guardrails.injection import injection_verdict
+from governance.guardrails.output import scan as output_scan
 from governance.policy import Decision, Facts, Verdict, VerdictAction, decide, explain
 from governance.residency import regions_allowed
 from governance.snapshot import governance_snapshot
@@ -562,6 +563,17 @@ def run_finish(
             conversation=conversation_id,
             data={"error": error, "tokens": tokens, "cost": str(cost)},
         )
+        # Links and images carrying data out: inert in Warden's pages, flagged for the rest.
+        findings = [finding.as_dict() for finding in output_scan(answer)] if answer else []
+        if findings:
+            audit_record(
+                actor=None,
+                action="guardrail.found",
+                target=Target("agents.run", str(run_id), f"run {run_id}"),
+                run=run_id,
+                conversation=conversation_id,
+                data={"on": "answer", "findings": findings},
+            )
         run_state_changed(run_id=run_id, state=state)
 
 

@@ -1,11 +1,16 @@
 """Keeping secrets out of the audit trail: by the name of the key that holds them, and by the
-shape of the text that carries them."""
+shape of the text that carries them. Personal data (audit.pii: e-mail
+addresses, phone numbers, cards, IBANs, SSNs) in the event's data becomes a keyed hash,
+[EMAIL:3f9a...]: the trail is append-only and exported, so a value written once could never be
+erased; the hash still tells two events about the same value apart from others."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
 from typing import Any
+
+from audit.pii import hash_key, pseudonymise
 
 REDACTED = "[redacted]"
 
@@ -95,20 +100,26 @@ def scrub(text: str) -> str:
     return text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
 
 
-def redact(value: Any) -> Any:
-    """A copy of JSON-like `value` with secret-named keys' values replaced and text scrubbed.
+def redact(value: Any, *, key: bytes | None = None) -> Any:
+    """A copy of JSON-like `value` with secret-named keys' values replaced, text scrubbed and
+    personal data in it (in strings, and numbers that are cards or phone numbers) pseudonymised.
 
     A [name, value] pair (a header, a form field) whose name is a secret's counts as one.
     """
+    key = hash_key() if key is None else key
     if isinstance(value, Mapping):
         return {
-            scrub(str(key)): REDACTED if is_secret_key(str(key)) else redact(item)
-            for key, item in value.items()
+            scrub(str(name)): REDACTED if is_secret_key(str(name)) else redact(item, key=key)
+            for name, item in value.items()
         }
     if isinstance(value, list | tuple):
         if len(value) == 2 and isinstance(value[0], str) and is_secret_key(value[0]):
             return [scrub(value[0]), REDACTED]
-        return [redact(item) for item in value]
+        return [redact(item, key=key) for item in value]
     if isinstance(value, str):
-        return scrub(value)
+        return pseudonymise(scrub(value), key=key)
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**12:
+        # A card number given as a JSON number; shorter numbers are counts and ids.
+        text = pseudonymise(str(value), key=key)
+        return value if text == str(value) else text
     return value

@@ -3,6 +3,8 @@ narrowed to the one governed action and a deny), the denials, approvals and esca
 
 from __future__ import annotations
 
+import json
+
 from django import forms
 from django.apps import apps
 from django.contrib import admin, messages
@@ -20,6 +22,7 @@ from guardian.shortcuts import (
     get_users_with_perms,
 )
 
+from audit.pii import as_seen_by
 from governance.access import codename
 from governance.approvals import ApprovalError, approval_decide, escalation_decide
 from governance.models import (
@@ -32,6 +35,23 @@ from governance.models import (
 from governance.services import access_deny, access_grant, access_revoke, access_undeny
 
 GRANT, DENY = "grant", "deny"
+
+
+def personal_field(name: str):
+    """A read-only admin field showing `name` (a run's text, a tool call's arguments, a held
+    answer) as the console shows what is in a run: personal data as the audit trail keeps it,
+    a keyed hash (pii.as_seen_by, no viewer: the console is never the run's owner's view)."""
+
+    def show(self, obj):
+        value = as_seen_by(getattr(obj, name), viewer_id=None, owner_id=None)
+        return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+    show.short_description = name.replace("_", " ")
+    return show
+
+
+def _masked_fields(model, personal: tuple[str, ...]) -> list[str]:
+    return [f"{f.name}_masked" if f.name in personal else f.name for f in model._meta.fields]
 
 
 def _governed_form(base, *, action: str, actor):
@@ -205,7 +225,9 @@ def _decision_action(name: str, description: str, decide, done: str):
 class ApprovalRequestAdmin(_Decisions):
     list_display = ("id", "tool_name", "run_id", "requested_by", "status", "created_at")
     list_filter = ("status", "tool_name")
-    readonly_fields = [f.name for f in ApprovalRequest._meta.fields]
+    fields = readonly_fields = _masked_fields(ApprovalRequest, ("arguments", "approved_arguments"))
+    arguments_masked = personal_field("arguments")
+    approved_arguments_masked = personal_field("approved_arguments")
     actions = ["approve", "reject"]
 
     def get_queryset(self, request):
@@ -229,7 +251,13 @@ class ApprovalRequestAdmin(_Decisions):
 class EscalationAdmin(_Decisions):
     list_display = ("id", "run_id", "requested_by", "confidence", "threshold", "status")
     list_filter = ("status",)
-    readonly_fields = [f.name for f in Escalation._meta.fields]
+    fields = readonly_fields = _masked_fields(
+        Escalation, ("question", "answer", "citations", "released_answer")
+    )
+    question_masked = personal_field("question")
+    answer_masked = personal_field("answer")
+    citations_masked = personal_field("citations")
+    released_answer_masked = personal_field("released_answer")
     actions = ["release", "reject"]
 
     release = _decision_action(

@@ -18,6 +18,7 @@ from django.db import transaction
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
+from audit.pii import UnknownPseudonym, unpseudonymise
 from audit.services import Target, audit_record
 from governance import hooks, roles
 from governance.models import (
@@ -214,6 +215,8 @@ def approval_decide(
 
 
 def _decide(request, decided_by, approve: bool, arguments, comment: str) -> None:
+    if approve and arguments is not None:
+        arguments = _unhashed(arguments, original=request.arguments, what="edited arguments")
     edited = (
         approve and arguments is not None and arguments_hash(arguments) != (request.arguments_hash)
     )
@@ -250,6 +253,21 @@ def _decide(request, decided_by, approve: bool, arguments, comment: str) -> None
     for hook in hooks.approval_decided:
         hook(request)
     _notify_decided(request, "approval")
+
+
+def _unhashed(edited, *, original, what: str):
+    """A reviewer's edit with the personal values they were shown as keyed hashes put back
+    (`pii.unpseudonymise`); a hash that stands for nothing at its place is refused, saying so,
+    rather than sent on as if it were the value."""
+    try:
+        return unpseudonymise(edited, original=original)
+    except UnknownPseudonym as exc:
+        where = f" (at {exc.where})" if exc.where else ""
+        raise ApprovalError(
+            f"{exc.pseudonym} in the {what}{where} stands for a hidden personal value that "
+            "was not there in what was asked: leave each hidden value where it was, or type "
+            "the value itself"
+        ) from None
 
 
 def _expire(request: ApprovalRequest) -> None:
@@ -350,6 +368,11 @@ def escalation_decide(
     with transaction.atomic():
         escalation = Escalation.objects.select_for_update().filter(pk=escalation_id).first()
         _check_decider(escalation, decided_by, "escalation", "you asked the question")
+        if release and answer is not None:
+            # The reviewer read the question and the answer hashed; the user gets the values.
+            answer = _unhashed(
+                answer, original=[escalation.answer, escalation.question], what="answer"
+            )
         edited = release and answer is not None and answer.strip() != escalation.answer.strip()
         if release and answer is not None and not answer.strip():
             raise ApprovalError("the released answer is empty")

@@ -10,9 +10,12 @@ Reason codes, by effect:
   budget.exhausted, guardrail.<name>.block, tool.forbidden, tool.disabled,
   tool.arguments_invalid, approval.rejected, approval.expired, approval.stale
 - require approval: tool.approval_always, tool.risk_write, tool.risk_critical,
-  guardrail.<name>.approve
+  guardrail.<name>.approve, provenance.untrusted:<source> (a write or critical call after the
+  run read untrusted content from <source>: `kb/<slug>` or `tool/<name>`; whatever the tool's
+  approval setting, `never` included)
 - notes on an allow: approval.granted, guardrail.<name>.flag, guardrail.<name>.approve_next,
-  budget.soft_limit, tool.risk_read, tool.approval_never
+  budget.soft_limit, tool.risk_read, tool.approval_never, provenance.untrusted_read (a read
+  tool's call after untrusted content: it changes nothing, so it passes)
 Every deny reason that holds is listed (not just the first), so the audit trail says all that
 was wrong.
 """
@@ -83,6 +86,9 @@ class Facts:
     budget: BudgetState = BudgetState.OK
     verdicts: tuple[Verdict, ...] = ()
     tool: ToolFacts | None = None  # None: starting a run; otherwise one tool call
+    # The sources of untrusted content the run had read when the model chose this call (its
+    # taint, agents.provenance): `kb/<slug>`, `tool/<name>`. Trusted sources are not listed.
+    untrusted: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -149,6 +155,12 @@ def _approvals_and_notes(facts: Facts) -> tuple[list[str], list[str]]:
     if facts.budget == BudgetState.SOFT:
         notes.append("budget.soft_limit")
     if tool is not None:
+        # The call's choice or its arguments may follow what it read: a reviewer decides,
+        # whatever the tool's own setting says (an injected order obeyed by the model).
+        if tool.risk == "read":
+            notes += ["provenance.untrusted_read"] if facts.untrusted else []
+        else:
+            approve += [f"provenance.untrusted:{source}" for source in facts.untrusted]
         if tool.approval == "always":
             approve.append("tool.approval_always")
         elif tool.risk == "critical":  # "never" does not reach critical tools
@@ -189,11 +201,25 @@ _WHY_APPROVAL = {
 
 def reason_text(reason: str) -> str:
     """One reason of a decision, for a reviewer reading why a call waits for them."""
+    if reason.startswith("provenance.untrusted:"):
+        return f"it follows untrusted content from {source_text(reason.split(':', 1)[1])}"
+    if reason == "provenance.untrusted_read":
+        return "it follows untrusted content (a read-only tool: allowed)"
     if reason.startswith("guardrail."):
         _, guardrail, action = reason.split(".", 2)
         verb = {"approve": "asks for a reviewer", "flag": "flagged it"}.get(action, action)
         return f"the {guardrail} guardrail {verb}"
     return _WHY_APPROVAL.get(reason) or _EXPLAINED.get(reason, reason).format(agent="", tool="")
+
+
+def source_text(source: str) -> str:
+    """A taint source (`kb/<slug>`, `tool/<name>`) in words."""
+    kind, _, name = source.partition("/")
+    if kind == "kb":
+        return f"the knowledge base \u201c{name}\u201d"
+    if kind == "tool":
+        return f"the output of the tool {name}"
+    return source
 
 
 def explain(decision: Decision, *, agent: str = "", tool: str = "") -> str:

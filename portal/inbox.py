@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from datetime import timedelta
 from itertools import chain
 
@@ -23,7 +24,9 @@ from django.utils.text import capfirst
 from django.views.decorators.http import require_http_methods
 
 from agents.models import Agent, Message, MessageRole
+from agents.provenance import approval_provenance
 from audit.models import AuditEvent
+from audit.pii import as_seen_by, hash_key, pseudonymise_parts, sees_values
 from governance.approvals import (
     ApprovalError,
     approval_decide,
@@ -154,16 +157,26 @@ def approval_page(request: HttpRequest, pk: int) -> HttpResponse:
             return redirect("inbox")
         request_.refresh_from_db()
     tool = Tool.objects.filter(pk=request_.tool_id).first()
+    context = _context_of(request_.run_id, request.user)
+    shown = context.pop("shown")
+    # Where the call came from: the untrusted content the model had read.
+    provenance = approval_provenance(run_id=request_.run_id, key=request_.key, user=request.user)
+    if not context["sees_values"]:
+        key = hash_key()
+        provenance = [replace(s, parts=pseudonymise_parts(s.parts, key=key)) for s in provenance]
     return render(
         request,
         "portal/approval.html",
         {
             "item": request_,
             "tool": tool,
-            "arguments": json.dumps(request_.arguments, indent=2, ensure_ascii=False),
+            # Hashed for a reviewer (approval_decide puts the values back into an edit that
+            # keeps the hashes); the tool gets the stored arguments.
+            "arguments": json.dumps(shown(request_.arguments), indent=2, ensure_ascii=False),
             "reasons": [reason_text(r) for r in request_.reasons],
             "typed": typed,
-            **_context_of(request_.run_id),
+            "provenance": provenance,
+            **context,
         },
     )
 
@@ -174,7 +187,10 @@ def answer_page(request: HttpRequest, pk: int) -> HttpResponse:
     escalation = reviewable(Escalation, request.user).filter(pk=pk).first()
     if escalation is None:
         raise Http404("no such held answer")
-    typed = {"answer": escalation.answer, "comment": ""}
+    context = _context_of(escalation.run_id, request.user)
+    shown = context.pop("shown")
+    # A reviewer reads and edits the answer hashed; escalation_decide puts the values back.
+    typed = {"answer": shown(escalation.answer), "comment": ""}
     if request.method == "POST":
         typed = {k: request.POST.get(k, "") for k in typed}
         release = request.POST.get("decision") == "release"
@@ -199,9 +215,10 @@ def answer_page(request: HttpRequest, pk: int) -> HttpResponse:
         "portal/answer.html",
         {
             "item": escalation,
-            "answer_html": render_markdown(escalation.answer),
+            "question": shown(escalation.question),
+            "answer_html": render_markdown(shown(escalation.answer)),
             "typed": typed,
-            **_context_of(escalation.run_id),
+            **context,
         },
     )
 
@@ -231,22 +248,42 @@ def _json_object(text: str) -> dict:
     return value
 
 
-def _context_of(run_id: int) -> dict:
+def _context_of(run_id: int, user) -> dict:
     """What the reviewer reads beside the decision: the conversation up to the run and the
-    run's audit trail."""
+    run's audit trail, with `shown`, which gives a value of the run as `user` may see it
+    (personal data hashed unless `user` owns the run: pii.as_seen_by)."""
     from agents.models import Run
 
-    run = Run.objects.select_related("agent", "actor").filter(pk=run_id).first()
+    run = Run.objects.select_related("agent", "actor", "conversation").filter(pk=run_id).first()
+    owner_id = run.conversation.owner_id if run is not None else None
+
+    def shown(value):
+        return as_seen_by(value, viewer_id=user.pk, owner_id=owner_id)
+
     conversation = []
     if run is not None:
-        conversation = list(
-            Message.objects.filter(
-                conversation_id=run.conversation_id,
-                role__in=[MessageRole.USER, MessageRole.ASSISTANT],
-                created_at__lte=run.created_at + timedelta(seconds=1),
-            )
-            .exclude(content="")
-            .order_by("-created_at")[:10]
-        )[::-1]
-    trail = AuditEvent.objects.filter(run=str(run_id)).order_by("sequence")[:200]
-    return {"run": run, "conversation": conversation, "trail": trail}
+        messages_ = Message.objects.filter(
+            conversation_id=run.conversation_id,
+            role__in=[MessageRole.USER, MessageRole.ASSISTANT],
+            created_at__lte=run.created_at + timedelta(seconds=1),
+        ).exclude(content="")
+        conversation = [
+            {"role": m.role, "content": shown(m.content)}
+            for m in list(messages_.order_by("-created_at")[:10])[::-1]
+        ]
+    trail = [
+        {
+            "time": event.time,
+            "action": event.action,
+            "actor_label": shown(event.actor_label),
+            "target_label": shown(event.target_label),
+        }
+        for event in AuditEvent.objects.filter(run=str(run_id)).order_by("sequence")[:200]
+    ]
+    return {
+        "run": run,
+        "conversation": conversation,
+        "trail": trail,
+        "shown": shown,
+        "sees_values": sees_values(viewer_id=user.pk, owner_id=owner_id),
+    }

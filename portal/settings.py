@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import secrets
 from collections.abc import Callable
 from pathlib import Path
@@ -375,6 +376,34 @@ WARDEN_RUN_RETRY_BACKOFF_MAX_SECONDS = env_int("WARDEN_RUN_RETRY_BACKOFF_MAX_SEC
 # The completion a budget reserves for before each model call, until the call says what it used.
 WARDEN_BUDGET_COMPLETION_TOKENS = env_int("WARDEN_BUDGET_COMPLETION_TOKENS", 512, minimum=1)
 WARDEN_APPROVAL_EXPIRY_SECONDS = env_int("WARDEN_APPROVAL_EXPIRY_SECONDS", 24 * 3600, minimum=1)
+# Prompt injection: the score (0-1) at or above which a text is an injection; unset, the
+# threshold the training script chose (governance/guardrails/data/injection_model.npz). With
+# WARDEN_INJECTION_ENCODER=true the MiniLM encoder rescores the windows the fast path leaves
+# uncertain.
+_injection_threshold = env_optional("WARDEN_INJECTION_THRESHOLD")
+try:
+    WARDEN_INJECTION_THRESHOLD = (
+        None if _injection_threshold is None else float(_injection_threshold)
+    )
+except ValueError:
+    raise ImproperlyConfigured(
+        f"WARDEN_INJECTION_THRESHOLD must be a number from 0 to 1, got {_injection_threshold!r}"
+    ) from None
+# A knowledge base marked "discusses attacks" lets a flagged passage through below this score;
+# unset, halfway from the injection threshold to 1.
+_security_threshold = env_optional("WARDEN_INJECTION_SECURITY_THRESHOLD")
+try:
+    WARDEN_INJECTION_SECURITY_THRESHOLD = (
+        None if _security_threshold is None else float(_security_threshold)
+    )
+except ValueError:
+    raise ImproperlyConfigured(
+        "WARDEN_INJECTION_SECURITY_THRESHOLD must be a number from 0 to 1, "
+        f"got {_security_threshold!r}"
+    ) from None
+# Off by default: on the held-out corpus the MiniLM head lowered recall (0.880 against 0.900)
+# and raised the p99 per 4 KB passage from ~19 ms to ~380 ms, and it loads torch in workers.
+WARDEN_INJECTION_ENCODER = env_bool("WARDEN_INJECTION_ENCODER", False)
 # How long POST /v1/chat/completions waits for a run before answering that it carries on.
 WARDEN_OPENAI_WAIT_SECONDS = env_int("WARDEN_OPENAI_WAIT_SECONDS", 120, minimum=1)
 # Knowledge bases: the largest document accepted, uploaded or fetched.
@@ -382,6 +411,24 @@ WARDEN_KNOWLEDGE_MAX_BYTES = env_int("WARDEN_KNOWLEDGE_MAX_BYTES", 20_000_000, m
 # Private networks outbound requests may reach anyway (CIDRs, comma-separated): see
 # tools/outbound.py. Empty by default: only public addresses.
 WARDEN_OUTBOUND_ALLOW_NETWORKS = env_list("WARDEN_OUTBOUND_ALLOW_NETWORKS", [])
+# Personal data (audit/pii.py). The audit trail and the tool ledger keep a
+# keyed hash of each value, never the value: the key is WARDEN_PII_HASH_KEY, or one derived
+# from SECRET_KEY when unset (set it so rotating SECRET_KEY keeps hashes comparable; keep it
+# secret: with the key, anyone can test a guessed value). Phone numbers without a country code
+# are recognised in the formats of these countries (ISO codes, comma-separated).
+WARDEN_PII_HASH_KEY = env_optional("WARDEN_PII_HASH_KEY") or ""
+WARDEN_PII_PHONE_REGIONS = env_list(
+    "WARDEN_PII_PHONE_REGIONS", ["US", "GB", "DE", "FR", "ES", "IT", "NL", "BE", "CH", "AT", "IE"]
+)
+# Model output (governance/guardrails/output.py): hosts whose images an answer may show (and
+# the Content-Security-Policy lets the browser load); by default none outside Warden. Links to
+# any host stay links, unless they carry data in their query (then shown as inert text).
+WARDEN_OUTPUT_IMAGE_HOSTS = [h.lower() for h in env_list("WARDEN_OUTPUT_IMAGE_HOSTS", [])]
+for _host in WARDEN_OUTPUT_IMAGE_HOSTS:
+    if not re.fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*", _host):
+        raise ImproperlyConfigured(  # it goes into the Content-Security-Policy header
+            f"WARDEN_OUTPUT_IMAGE_HOSTS must be host names, comma-separated: not {_host!r}"
+        )
 # Webhooks (portal/webhooks.py): attempts per delivery; the first retry's delay, doubled for
 # each next one up to the cap; each POST's timeout. Plain http URLs only where allowed (by
 # default in embedded mode, which is for trying Warden out): production receivers use https.
@@ -507,5 +554,14 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "INFO"},
+        # Clients that log what they send: httpx every URL at INFO (an HTTP tool's URL holds its
+        # arguments, personal data included), the OpenAI SDK and litellm whole prompts at
+        # DEBUG. Never below WARNING, whatever LOG_LEVEL says.
+        "httpx": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
+        "openai": {"level": "WARNING"},
+        "LiteLLM": {"level": "WARNING"},
+        "LiteLLM Router": {"level": "WARNING"},
+        "LiteLLM Proxy": {"level": "WARNING"},
     },
 }

@@ -14,6 +14,7 @@ from django.views.decorators.http import require_GET
 from agents.models import KnowledgeBase, StepKind
 from agents.selectors import access_run
 from audit.models import AuditEvent
+from audit.pii import as_seen_by, sees_values
 from governance.access import NoAccess
 from governance.models import Action, ApprovalRequest, Escalation
 
@@ -26,8 +27,19 @@ def run_trace(request: HttpRequest, pk: int) -> HttpResponse:
     except NoAccess:
         raise Http404("no such run") from None
     steps = [_step(step) for step in run.steps.order_by("index")]
-    if run.conversation.owner_id != request.user.pk:
+    question, error = run.input, run.error
+    owner = {"viewer_id": request.user.pk, "owner_id": run.conversation.owner_id}
+    if not sees_values(**owner):
         _hide_unreadable(steps, request.user)
+        # The run is its owner's: others (reviewers, auditors) see personal data as the audit
+        # trail keeps it, a keyed hash.
+        question, error = as_seen_by(question, **owner), as_seen_by(error, **owner)
+        for row in steps:
+            row["summary"] = as_seen_by(row["summary"], **owner)
+            row["passages"] = [
+                {**p, "text": as_seen_by(p["text"], **owner)} if p.get("text") else p
+                for p in row["passages"]
+            ]
     events = list(AuditEvent.objects.filter(run=str(run.pk)).order_by("sequence")[:500])
     decisions = []
     for event in events:
@@ -39,6 +51,8 @@ def run_trace(request: HttpRequest, pk: int) -> HttpResponse:
         "portal/trace.html",
         {
             "run": run,
+            "question": question,
+            "error": error,
             "steps": steps,
             "decisions": decisions,
             "approvals": ApprovalRequest.objects.filter(run_id=run.pk)

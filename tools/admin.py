@@ -121,7 +121,7 @@ class ToolForm(forms.ModelForm):
         model = Tool
         fields = (
             *("name", "description", "kind", "enabled", "parameters", "config", "mcp_server"),
-            *("risk", "approval", "timeout", "result_limit", "rate_limit"),
+            *("risk", "approval", "timeout", "result_limit", "rate_limit", "output_trusted"),
         )
         widgets = {"parameters": JSONEditor(), "config": JSONEditor()}
 
@@ -172,6 +172,7 @@ class ToolAdmin(GovernedAdminMixin, admin.ModelAdmin):
         (None, {"fields": ("name", "description", "kind", "enabled")}),
         ("Contract", {"fields": ("parameters", "config", "mcp_server", "version")}),
         ("Limits", {"fields": ("risk", "approval", "timeout", "result_limit", "rate_limit")}),
+        ("Provenance", {"fields": ("output_trusted",)}),
         ("Approvers", {"fields": ("approver_groups",)}),
         ("History", {"fields": ("created_at", "updated_at")}),
     )

@@ -69,6 +69,14 @@ class Tool(models.Model):
         "rate limit (calls per user per minute)", default=0, help_text="0: no limit."
     )
     enabled = models.BooleanField(default=False)
+    output_trusted = models.BooleanField(
+        "output is trusted",
+        default=False,
+        help_text="Only people you trust can put text into what it returns. Untrusted (the "
+        "default, built-in tools included: a ticket's title is anyone's text): a tool call "
+        "after its output was read waits for a reviewer, whatever that tool's approval setting "
+        "(read-only tools excepted). Its output is still scanned and quarantined.",
+    )
     version = models.CharField(max_length=16, editable=False)
     mcp_server = models.ForeignKey(
         "tools.MCPServer", null=True, blank=True, on_delete=models.CASCADE, related_name="tools"

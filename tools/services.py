@@ -36,6 +36,7 @@ from django.db import (
     transaction,
 )
 
+from audit.pii import hash_key, pseudonymise_value
 from audit.services import audit_record
 from tools.executors import Call, ToolError, executor
 from tools.models import InvocationStatus, Tool, ToolInvocation, ToolKind
@@ -115,7 +116,9 @@ def tool_invoke(
     row = {
         "tool": tool.name,
         "tool_version": tool.version,
-        "arguments": storable(arguments),
+        # The ledger keeps a keyed hash of personal data, never the value the tool was given
+        # (audit.pii): the executor below gets `arguments` as they are.
+        "arguments": pseudonymise_value(storable(arguments), key=hash_key()),
         "fence": context.fence,
     }
     actor = getattr(context.actor, "pk", None) and context.actor
@@ -326,7 +329,8 @@ def _ledger_row(key: str, row: dict, actor, outcome: Outcome, fence: int | None)
         "actor_id": getattr(actor, "pk", None),
         "arguments": row["arguments"],
         "status": str(outcome.status),
-        "result": outcome.result,
+        # Hashed too: a call reused from the ledger after a crash gives the model the hashes.
+        "result": pseudonymise_value(outcome.result, key=hash_key()),
         "error": outcome.error,
         "latency_ms": outcome.latency_ms,
         "fence": fence,

@@ -12,7 +12,9 @@ answer.
 - Arguments come from the JSON Schema: enums by the value named in the text, numbers, dates,
   emails, quoted strings, and free text (the request itself) for the remaining strings.
 - Answers: after a tool result, a sentence stating it; otherwise the passage sentences most
-  similar to the question (above ANSWER_THRESHOLD) with their citation markers.
+  similar to the question (above ANSWER_THRESHOLD) with their citation markers. Of a line
+  Warden marked as data, only the data counts; a line saying a passage was withheld is never
+  quoted (and the withheld passage never reached the model).
 - Confidence is the winning similarity, mapped to 0..1, and is returned with every answer
   (`_hidden_params["warden_confidence"]`) for the platform's escalation.
 """
@@ -75,6 +77,8 @@ _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 _DATE = re.compile(r"\b\d{4}-\d{2}-\d{2}\b")
 _QUOTED = re.compile(r"[\"“']([^\"”']{2,})[\"”']")
 _PASSAGE = re.compile(r"^\s*\[(\d+)\]\s*(.+)$", re.MULTILINE)
+# Data Warden marked as such (agents.provenance): the text between a run's markers.
+_DATA = re.compile(r"\u27e6data ([a-z]+)\u27e7(.*?)\u27e6/data \1\u27e7", re.DOTALL)
 
 
 def register() -> None:
@@ -289,6 +293,7 @@ def _state_tool_results(messages: list[dict]) -> Decision:
 
 
 def _describe(content: str) -> str:
+    content = _unmarked(content)
     try:
         value = json.loads(content)
     except ValueError:
@@ -304,8 +309,19 @@ def _passages(messages: list[dict]) -> list[tuple[str, str]]:
     found = []
     for message in messages:
         if message.get("role") == "system":
-            found += _PASSAGE.findall(_text(message))
+            for number, line in _PASSAGE.findall(_text(message)):
+                data = _DATA.search(line)
+                if data is not None:
+                    found.append((number, data.group(2)))
+                elif not line.startswith("(withheld by Warden"):  # a prompt not Warden's
+                    found.append((number, line))
     return found
+
+
+def _unmarked(content: str) -> str:
+    """Content Warden marked as data, without its markers (as it is, if not marked)."""
+    data = _DATA.fullmatch(content.strip())
+    return data.group(2) if data is not None else content
 
 
 def _text(message: dict) -> str:

@@ -35,6 +35,8 @@ class KnowledgeBaseForm(forms.ModelForm):
             "embedding_route",
             "chunk_tokens",
             "chunk_overlap",
+            "trusted",
+            "discusses_attacks",
         )
 
     def clean_embedding_route(self):

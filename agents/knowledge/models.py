@@ -48,6 +48,20 @@ class KnowledgeBase(models.Model):
     chunk_overlap = models.PositiveSmallIntegerField(
         default=30, validators=[MaxValueValidator(500)]
     )
+    trusted = models.BooleanField(
+        "trusted source",
+        default=False,
+        help_text="Only people you trust write its documents. Untrusted (the default): a tool "
+        "call after its passages were read waits for a reviewer, whatever the tool's approval "
+        "setting (read-only tools excepted). Its passages are still scanned and quarantined.",
+    )
+    discusses_attacks = models.BooleanField(
+        "discusses attacks",
+        default=False,
+        help_text="Its documents quote or report attacks (security advisories, red-team "
+        "reports): a passage that looks like a prompt injection is let through, recorded as a "
+        "security document, unless it scores far above the detector's threshold.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

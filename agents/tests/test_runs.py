@@ -12,6 +12,7 @@ from django.db import connection
 
 from agents.models import Agent, Conversation, Deployment, ModelRoute, Run, RunState, RunStep
 from agents.orchestrator import run_execute
+from agents.provenance import unmark
 from agents.services import (
     LeaseLost,
     StepRecord,
@@ -56,7 +57,9 @@ def agent(server):
     tools = Tool.objects.filter(name__in=["create_ticket", "get_ticket_status"])
     # These tests are about durability: the write tool runs without a reviewer here
     # (tests/governance/test_approvals.py parks runs on it).
-    tools.update(enabled=True, approval="never")
+    # The status tool's output is trusted: the write after it needs no reviewer either
+    # (tests/governance/test_provenance.py is about untrusted output).
+    tools.update(enabled=True, approval="never", output_trusted=True)
     agent.tools.set(tools)
     return agent
 
@@ -107,9 +110,10 @@ def test_a_run_with_three_tool_calls_completes(server, agent, member, celery_wor
         "assistant",
     ]
     last_request = server.requests["primary"][-1]["messages"]
-    assert [m["role"] for m in last_request] == ["system", *roles[:-1]]
+    # The agent's system prompt, then Warden's notice on data (agents.provenance).
+    assert [m["role"] for m in last_request] == ["system", "system", *roles[:-1]]
     ticket = DemoTicket.objects.get()
-    assert json.loads(last_request[5]["content"]) == {
+    assert json.loads(unmark(last_request[6]["content"])) == {
         "ticket": ticket.pk,
         "status": "open",
         "priority": "high",

@@ -11,6 +11,7 @@ from django.contrib.auth import get_user_model
 
 from agents.models import Agent, Conversation, Deployment, ModelRoute, Run, RunState, RunStep
 from agents.orchestrator import run_execute
+from agents.provenance import unmark
 from agents.services import run_start
 from audit.models import AuditEvent
 from audit.services import SYSTEM
@@ -94,7 +95,7 @@ def test_an_http_tool_with_a_secret_runs_end_to_end_and_the_secret_goes_nowhere_
     assert event["latency_ms"] > 0
     # The secret reached the CRM and nothing else.
     tool_message = server.requests["primary"][1]["messages"][-1]
-    assert json.loads(tool_message["content"]) == {"name": "Acme", "owner": "Dana"}
+    assert json.loads(unmark(tool_message["content"])) == {"name": "Acme", "owner": "Dana"}
     everywhere = [
         caplog.text,
         json.dumps(server.requests),
@@ -145,6 +146,7 @@ def test_an_agent_run_calls_an_mcp_tool(server, agent):
     assert [t["function"]["name"] for t in server.requests["primary"][0]["tools"]] == ["calc__add"]
     step = RunStep.objects.get(run=run, kind="tool")
     assert step.output["result"] == {"result": 42}
-    assert json.loads(server.requests["primary"][1]["messages"][-1]["content"]) == {"result": 42}
+    to_model = server.requests["primary"][1]["messages"][-1]["content"]
+    assert json.loads(unmark(to_model)) == {"result": 42}  # as data (agents.provenance)
     ledger = ToolInvocation.objects.get(key=step.input["key"])
     assert (ledger.tool, ledger.status) == ("calc__add", "succeeded")

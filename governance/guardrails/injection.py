@@ -1,128 +1,309 @@
 """Prompt-injection detection for user input, retrieved passages and tool outputs.
 
-A weighted set of signals, each a pattern for one thing injected text does: tells the model to
-drop its instructions, gives it a new identity, asks for its prompt or secrets, fakes a chat
-role marker, tells it to keep something from the user, or (in data that should only inform)
-addresses the assistant and orders a tool call or a transfer. A text scores the sum of its
-signals' weights; at `THRESHOLD` or more it is an injection. A signal found only inside a
-quotation (a policy quoting the phrase it warns about) counts a third.
+A text is first normalised (normalise.py: NFKC, format characters and variation selectors
+out, UTS #39 confusables to ASCII, base64 / hex / URL-encoded runs decoded and scored as texts
+of their own, a JSON document read as its strings joined). Each view is cut into windows of a
+few sentences, and each window is scored by:
 
-Measured on the labelled sets in tests/governance/test_guardrails.py (figures in the README).
-It is a heuristic: paraphrases it has no pattern for pass, and it says so in its verdict.
+- a lexical model: logistic regression over word uni- and bigrams and character 3- and 5-grams
+  (misspellings and inflections share most of their n-grams), numpy only;
+- structural signals: text that addresses the assistant, an information block or a fake role
+  marker, orders to call tools or to send, forward, transfer or grant, markdown images or links
+  that carry data in their URL, secrecy towards the user, a sentence in another language than
+  its surroundings, masking (invisible characters, look-alike letters) and an encoded run;
+  a signal found only inside quotation marks counts a third (a policy quoting an attack);
+- for windows the first two leave uncertain, a logistic head on the window's
+  all-MiniLM-L6-v2 embedding (agents.embedding, through governance.hooks: loaded lazily, once
+  per process, and only when a window needs it; off unless `WARDEN_INJECTION_ENCODER = True`).
+
+A small logistic model combines them into a probability; the text's score is its most
+suspicious window's, and it is an injection at `WARDEN_INJECTION_THRESHOLD` or more. The
+weights are data/injection_model.npz, trained by `python scripts/train_injection.py` on
+data/corpus.py; the held-out figures are in the README (bench/guardrails.py).
 """
 
 from __future__ import annotations
 
-import json
+import itertools
+import math
 import re
-import unicodedata
-from collections.abc import Iterator
+from collections import Counter
 from dataclasses import dataclass
+from functools import cache
 
+import numpy as np
+
+from governance.guardrails.normalise import DATA, View, hidden_characters, views
 from governance.policy import Verdict, VerdictAction
 
-THRESHOLD = 0.9
+MODEL = DATA / "injection_model.npz"
+WINDOW_CHARS = 520
 
-_OBJECT = (
-    r"(?:instructions?|prompts?|rules|directions|directives|guidelines|guardrails|"
-    r"constraints|programming|system message|safety (?:rules|guidelines|filters))"
+_AI = (
+    r"(?:ai|a\.i\.|assistant|ai assistant|assistants|llm|language model|chatbot|bot|agent|"
+    r"ai agent|model|gpt(?:-\d)?|claude|llama|summari[sz]er|ki|ki-assistent|assistenten?|"
+    r"sprachmodell|modell|ia|assistant ia|l'assistant|modèle|asistente|modelo|assistente|"
+    r"modello|copilot|co-pilot|taalmodel|agente|"
+    r"automated (?:agents?|analysis software|systems?))"
 )
-_SIGNALS: list[tuple[str, float, re.Pattern]] = [
+_OBJECT = (
+    r"(?:instructions?|prompts?|rules|directions|directives|guidelines|guardrails|orders|"
+    r"constraints|programming|system message|safety (?:rules|guidelines|filters)|"
+    r"anweisungen|regeln|vorgaben|instructions|consignes|règles|instrucciones|reglas|órdenes|"
+    r"istruzioni|regole|instructies|regels|instruções|regras)"
+)
+_SEND = (
+    r"(?:send|forward|e-?mail|transfer|wire|export|upload|share|post|leak|grant|add|"
+    r"sende|senden|schicke|schicken|leite|weiterleiten|überweise|überweisen|teile|teilen|gib|"
+    r"envoie|envoyer|envoyez|transfère|transférer|transférez|transfere|vire|virer|partage|"
+    r"partager|envía|envia|enviar|envíe|reenvía|reenviar|transfiere|transferir|comparte|"
+    r"compartir|añade|añadir|ajoute|ajouter|füge|invia|inviare|inoltra|inoltrare|trasferisci|"
+    r"concedi|condividi|esporta|stuur|versturen|verstuur|doorsturen|maak|overmaken|deel|"
+    r"exporteer|envie|encaminhe|transfira|conceda|compartilhe|exporte|give|concede|verleen)"
+)
+_DEST = (
+    r"(?:@|\b[a-z][a-z0-9+.-]{1,9}://|\biban\b|\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}|\baccount\b|"
+    r"\bkonto\b|\bcompte\b|\bcuenta\b|\bconto\b|\brekening\b|\bconta\b)"
+)
+
+SIGNALS: list[tuple[str, re.Pattern]] = [
     (
         "override",
-        1.0,
         re.compile(
-            r"\b(?:ignore|disregard|forget|override|bypass|abandon|drop)\b[^.\n]{0,40}?"
-            r"\b(?:previous|prior|above|earlier|preceding|initial|original|system|existing|all|"
-            r"any|your|these|those|the)\b[^.\n]{0,20}?" + _OBJECT,
-            re.I,
-        ),
-    ),
-    (
-        "new_instructions",
-        0.9,
-        re.compile(
-            r"\b(?:new|updated|revised|real|actual|secret)\s+(?:instructions?|directives?|orders)"
-            r"\s*(?::|follow|are|for the (?:ai|assistant|model))",
+            r"\b(?:ignore|disregard|forget|override|bypass|abandon|drop|set aside|cancel|"
+            r"ignoriere|vergiss|ignore|oublie|ignora|olvida|dimentica|negeer|vergeet|esqueça|"
+            r"desconsidere)\b[^.\n]{0,50}?"
+            + _OBJECT
+            + r"|\b"
+            + _OBJECT
+            + r"\b[^.\n]{0,40}\b(?:no longer apply|are (?:void|outdated|"
+            r"cancelled)|gelten nicht mehr|ne s'appliquent plus|ya no valen)|"
+            r"\b(?:your|je|deine|ta|tu|il tuo|la tua|sua|twoje) (?:new|nieuwe|neue|nouvelle|nueva|"
+            r"nuovo|nuova|nova|nowe) (?:task|taak|aufgabe|tâche|tarea|compito|tarefa|zadanie|"
+            r"instructions?|orders?)\b",
             re.I,
         ),
     ),
     (
         "identity",
-        0.9,
         re.compile(
-            r"\byou are (?:now|no longer)\b[^.\n]{0,30}\b(?:dan|unrestricted|unfiltered|jailbroken|"
-            r"evil|free|without (?:rules|restrictions|limits)|an? (?:different|new) "
-            r"(?:ai|assistant|model))|\b(?:developer|god|jailbreak|dan) mode\b|"
-            r"\bact as (?:an? )?(?:unrestricted|unfiltered|jailbroken|evil)\b|"
-            r"\bpretend (?:to be|you are)\b[^.\n]{0,40}\b(?:no|without) (?:rules|restrictions|"
-            r"limits|filters)",
+            r"\byou are (?:now|no longer)\b[^.\n]{0,30}\b(?:ai|assistant|model|bot|gpt|dan|free|"
+            r"unrestricted|unfiltered|jailbroken|evil|without|bound|mode|persona)\b|"
+            r"\b(?:developer|god|jailbreak|dan|maintenance) mode\b|"
+            r"\bact as (?:an? )?(?:unrestricted|unfiltered|jailbroken|evil)\b|\bpretend (?:to be|"
+            r"you are)\b|\bfrom now on\b[^.\n]{0,30}\b(?:you|act)\b",
             re.I,
         ),
     ),
     (
-        "exfiltration",
-        0.9,
+        "extraction",
         re.compile(
-            r"\b(?:reveal|print|show|repeat|output|leak|disclose|display|give me|tell me|what "
-            r"(?:is|are|was|were))\b[^.\n]{0,30}(?:\b(?:your|the)\s+(?:full |exact |hidden |"
-            r"initial |original )?(?:system prompt|instructions you (?:were|have been) given|"
-            r"hidden instructions|api keys?|secret keys?|credentials|passwords?)|\byour\s+"
-            r"(?:full |exact |hidden |initial |original )?prompt\b|\bthe prompt above\b)",
+            r"\b(?:reveal|print|show|repeat|output|leak|disclose|display|list|gib|affiche|"
+            r"muestra)\b[^.\n]{0,40}\b(?:system ?prompt|(?:initial|original|hidden) "
+            r"instructions|instructions you were given|credentials|passwords?|api keys?|"
+            r"systemprompt|prompt système|prompt de sistema|passwörter|mots de passe|contraseñas)",
             re.I,
         ),
     ),
     (
         "role_marker",
-        0.9,
         re.compile(
-            r"<\|im_start\|>|<\|(?:system|assistant)\|>|\[/?INST\]|<</?SYS>>|</?system>|"
-            r"^\s*#{2,}\s*(?:system|instruction)s?\b|^\s*(?:system|assistant)\s*:\s*\S",
+            r"<\|im_start\|>|<\|(?:system|assistant|user)\|>|\[/?INST\]|<</?SYS>>|</?system>|"
+            r"\[system\]|^\s*#{2,}\s*(?:system|instruction)s?\b|^\s*(?:system|assistant|user)"
+            r"\s*(?:message)?\s*:\s*\S|<end of session>|\bsystem message\s*:|"
+            r"</?(?:information|important|admin_message|instructions?)>|\bend of document\b",
+            re.I | re.M,
+        ),
+    ),
+    (
+        "addressed",
+        re.compile(
+            r"\b(?:note|message|instruction|attention|todo|hinweis|nachricht|nota|mensaje|"
+            r"instrucción|istruzione|opmerking|bericht|aviso|remarque|notice)\s+"
+            r"(?:to|for|an|für|pour|para|per|voor|à|ao|dla)\s+(?:the\s+|den\s+|die\s+|l'|el\s+|"
+            r"le\s+|la\s+|il\s+|de\s+|het\s+|o\s+|any\s+|all\s+|every\s+)?(?:[\w-]+\s+){0,2}"
+            + _AI
+            + r"\b|@(?:agent|assistant|copilot|bot|ai|llm)\b|\b(?:whoever|whatever|any (?:ai|model|"
+            r"system)) (?:is )?(?:reads?|reading|summari[sz]es|summari[sz]ing|processes|processing)"
+            r" this\b|\b(?:per|voor|para|pour|für) (?:l'|de |o |la |die )?(?:ia|ai|ki|agente|agent)"
+            r" (?:che|die|que|qui|der) (?:legge|leest|lee|lê|lit|liest)\b|\b"
+            + _AI
+            + r"\b|\b(?:dear|hi|hello|hey|attention|to you,?|an dich,?|pour toi,?|para ti,?)\s+"
+            r"(?:the\s+)?" + _AI + r"\b|^\s*" + _AI + r"\s*[:,]|\b" + _AI + r"s?\b[^.\n]{0,40}"
+            r"\b(?:must|should|shall|needs? to|is (?:instructed|required|ordered) to|will now|"
+            r"reading this|processing this|muss|doit|debe|deve|devi|moet|moeten|precisa|musi)\b",
+            re.I | re.M,
+        ),
+    ),
+    (
+        "before_task",
+        re.compile(
+            r"\bbefore (?:you )?(?:can )?(?:solve|answer|complete|finish|repl|respond|"
+            r"summari|continu|do)|\bbevor du\b|\bavant de (?:pouvoir |répondre|résoudre)|"
+            r"\bantes de (?:resolver|responder)|\bprior to completing\b",
+            re.I,
+        ),
+    ),
+    (
+        "tool_call",
+        re.compile(
+            r"\b(?:call|invoke|use|run|execute|trigger|benutze|verwende|nutze|rufe|aufrufen|"
+            r"ausführen|utilise|utiliser|appelle|appeler|appelez|exécute|exécuter|usa|usar|"
+            r"llama|llamar(?: a)?|ejecuta|ejecutar|invoca|invocar)\b"
+            r"[^.\n]{0,30}(?:`?\b[a-z]+_[a-z_]+\b`?|\btool\b|\bfunction\b|\bwerkzeug\b|"
+            r"\boutil\b|\bherramienta\b)|\b[a-z]+_[a-z_]+\([^)]{0,80}\)",
+            re.I,
+        ),
+    ),
+    (
+        "send_order",
+        re.compile(
+            r"(?:^|[.!:;,\n]\s*|\b(?:please|bitte|merci de|por favor)\s+|"
+            r"\b(?:and|then|und|dann|et|puis|ensuite|y|luego|después)\s+)"
+            + _SEND
+            + r"\b[^\n]{0,80}?"
+            + _DEST,
+            re.I | re.M,
+        ),
+    ),
+    (
+        "exfil_markdown",
+        re.compile(
+            r"!\[[^\]\n]{0,80}\]\(\s*https?://[^)\s]*\?[^)\s]*=|\]\(\s*https?://[^)\s]*\?"
+            r"[^)\s]*=\s*(?:\[|\{|data|secret|\)|$)|https?://\S+\?\S*=\s*\[[^\]]{0,40}\]",
             re.I | re.M,
         ),
     ),
     (
         "secrecy",
-        0.7,
         re.compile(
             r"\b(?:do not|don't|never|without)\s+(?:tell(?:ing)?|inform(?:ing)?|mention(?:ing)?|"
-            r"alert(?:ing)?|notify(?:ing)?)\s+(?:the )?(?:user|human|customer|anyone|them)\b",
+            r"alert(?:ing)?|notify(?:ing)?|confirm(?:ing)?)\b[^.\n]{0,20}\b(?:the )?(?:user|human|"
+            r"customer|anyone|them|this)\b|\bhide this\b|\bkeep [^.\n]{0,30}secret from\b|"
+            r"\bsilently\b|\btell (?:nobody|no one|no-one)\b|\bwithout telling\b|"
+            r"sag (?:dem nutzer )?nichts|n'en dis rien|no le digas",
             re.I,
         ),
     ),
     (
-        "command",
-        0.6,
+        "say_only",
         re.compile(
-            r"\b(?:ai|assistant|llm|chatbot|agent)\s*[:,]\s*(?:please\s+)?(?:ignore|forward|"
-            r"delete|send|call|use|run|transfer|export|reply|respond|print|reveal)\b",
+            r"\b(?:reply|respond|answer|say|print|output)\s+(?:only\s+)?(?:with\s+)?(?:only\s+)?"
+            r"['\"“«]|\b(?:just|only) (?:say|print|reply)\b|\band nothing else\b",
             re.I,
         ),
     ),
     (
-        "addressed",
-        0.5,
+        # Orders about what the user is told: a recommendation, a false status, a warning.
+        "steer_reply",
         re.compile(
-            r"\b(?:ai|assistant|language model|llm|chatbot|ai agent)s?\b[^.\n]{0,30}\b(?:must|"
-            r"should|shall|needs? to|is (?:instructed|required|ordered) to|will now)\b",
+            r"\b(?:tell|inform|remind|assure|convince|warn|advise)\s+(?:the\s+|your\s+|any\s+|all\s+)?"
+            r"(?:users?|customers?|clients?|readers?|requesters?|humans?|persons?|buyers?|visitors?|"
+            r"shoppers?)\b[^.\n]{0,30}?\b(?:that|to)\b|\bwhen (?:a|the|any) (?:users?|customers?|"
+            r"clients?) asks?\b|\b(?:sag|sage|erzähl|teile)\s+(?:dem|den)\s+(?:nutzer|benutzer|"
+            r"kunden|leser)|\bdis(?:-lui|-leur| à l'utilisateur| au client| aux clients)\b|\bdile "
+            r"al (?:usuario|cliente)\b|\b(?:dì|di'|riferisci|comunica|dici)\s+all'"
+            r"(?:utente|cliente)|\bvertel (?:de|het) (?:gebruiker|klant)\b|"
+            r"\b(?:diga|informe|conte)\s+(?:ao|o|a)\s+"
+            r"(?:usuário|utilizador|cliente)\b",
             re.I,
         ),
     ),
     (
-        "action",
-        0.5,
+        "discussion",
         re.compile(
-            r"\b(?:call|invoke|use|run|execute|trigger)\s+(?:the\s+)?`?\w+_\w+`?\s*(?:tool|"
-            r"function)?\b[^.\n]{0,40}\b(?:with|to|and)\b|\b(?:send|forward|email|transfer|wire|"
-            r"export|upload)\b[^.\n]{0,40}\b(?:to|into)\b[^.\n]{0,40}(?:@|https?://|"
-            r"\baccount\b|\biban\b)|\b(?:delete|drop|erase|wipe)\s+(?:all|every|the)\s+"
-            r"(?:records|tables?|files|users|data)\b",
+            r"\b(?:for example|e\.g\.|such as|phrases? like|attackers?|adversar(?:y|ies)|"
+            r"injection|jailbreak|phishing|red[- ]team|owasp|incident|pentest|finding|payload|"
+            r"zum beispiel|angreifer|par exemple|attaquants|por ejemplo|atacantes)\b(?![@.]\w)",
             re.I,
         ),
     ),
 ]
-_QUOTED = re.compile(r"\"[^\"\n]{3,300}\"|“[^”\n]{3,300}”|'[^'\n]{3,300}'|«[^»\n]{3,300}»")
-_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"), None)
+SIGNAL_NAMES = [name for name, _ in SIGNALS] + ["language_switch", "masked", "encoded"]
+_QUOTED = re.compile(
+    r"\"[^\"\n]{3,400}\"|“[^”\n]{3,400}”|„[^“”\n]{3,400}[“”]|(?<!\w)'[^'\n]{3,400}'(?!\w)|"
+    r"«[^»\n]{3,400}»|`[^`\n]{3,400}`"
+)
+_STOPWORDS = {
+    "en": {
+        "the",
+        "and",
+        "you",
+        "to",
+        "of",
+        "is",
+        "that",
+        "for",
+        "this",
+        "with",
+        "are",
+        "your",
+        "please",
+        "it",
+        "be",
+        "on",
+        "not",
+    },
+    "de": {
+        "der",
+        "die",
+        "das",
+        "und",
+        "ist",
+        "nicht",
+        "du",
+        "dich",
+        "ich",
+        "sie",
+        "mit",
+        "für",
+        "bitte",
+        "auf",
+        "den",
+        "ein",
+        "eine",
+    },
+    "fr": {
+        "le",
+        "la",
+        "les",
+        "et",
+        "est",
+        "pas",
+        "tu",
+        "te",
+        "je",
+        "vous",
+        "avec",
+        "pour",
+        "une",
+        "des",
+        "du",
+        "ce",
+        "merci",
+    },
+    "es": {
+        "el",
+        "la",
+        "los",
+        "las",
+        "y",
+        "es",
+        "no",
+        "tú",
+        "te",
+        "yo",
+        "con",
+        "para",
+        "una",
+        "por",
+        "del",
+        "lo",
+        "gracias",
+    },
+}
+_WORD = re.compile(r"\w+", re.U)
+_SENTENCE = re.compile(r"(?<=[.!?\n])\s+")
 
 
 @dataclass(frozen=True)
@@ -132,57 +313,225 @@ class Finding:
 
     @property
     def injection(self) -> bool:
-        return self.score >= THRESHOLD
+        return self.score >= threshold()
+
+
+def threshold() -> float:
+    """`WARDEN_INJECTION_THRESHOLD`, else the threshold the training script chose."""
+    from django.conf import settings
+
+    configured = (
+        getattr(settings, "WARDEN_INJECTION_THRESHOLD", None) if settings.configured else None
+    )
+    return float(configured) if configured is not None else float(_model()["threshold"])
+
+
+def _encoder_on() -> bool:
+    from django.conf import settings
+
+    return (
+        bool(getattr(settings, "WARDEN_INJECTION_ENCODER", False)) if settings.configured else False
+    )
+
+
+@cache
+def _model() -> dict:
+    with np.load(MODEL) as data:
+        model = {key: data[key] for key in data.files}
+    model["vocabulary"] = {term: index for index, term in enumerate(model["vocab"].tolist())}
+    model["threshold"] = float(model["threshold"])
+    return model
+
+
+def terms(text: str) -> list[str]:
+    """The lexical model's features: word uni- and bigrams, character 3- and 5-grams of words."""
+    words = _WORD.findall(text.lower())
+    found = [f"w:{word}" for word in words]
+    found += [f"b:{a} {b}" for a, b in itertools.pairwise(words)]
+    for word in words:
+        padded = f" {word[:24]} "
+        for n in (3, 5):
+            found += [padded[i : i + n] for i in range(len(padded) - n + 1)]
+    return found
+
+
+def unquoted(text: str, view_how: str = "text") -> str:
+    """`text` with its quotations of three words or more replaced by a marker: what a text
+    quotes (a policy citing an attack) is not what it says. JSON quotes are syntax."""
+    if view_how == "json":
+        return text
+    return _QUOTED.sub(lambda m: " quotation " if m.group(0).count(" ") >= 2 else m.group(0), text)
+
+
+def lexical_logit(text: str, model: dict | None = None) -> float:
+    model = model or _model()
+    vocabulary = model["vocabulary"]
+    counts: dict[int, int] = {}
+    for term, count in Counter(terms(text)).items():  # counted in C, looked up once each
+        index = vocabulary.get(term)
+        if index is not None:
+            counts[index] = count
+    if not counts:
+        return float(model["lex_bias"])
+    indices = np.fromiter(counts.keys(), dtype=np.int64)
+    values = (1.0 + np.log(np.fromiter(counts.values(), dtype=np.float64))) * model["idf"][indices]
+    values /= np.linalg.norm(values)
+    return float(values @ model["lex_coef"][indices] + model["lex_bias"])
+
+
+def _language(sentence: str) -> str | None:
+    words = [word.lower() for word in _WORD.findall(sentence)]
+    hits = {lang: sum(word in stop for word in words) for lang, stop in _STOPWORDS.items()}
+    lang, best = max(hits.items(), key=lambda item: item[1])
+    return lang if best >= 3 and best > 1.5 * sorted(hits.values())[-2] else None
+
+
+def window_spans(text: str) -> list[tuple[int, int]]:
+    """Runs of sentences up to WINDOW_CHARS (start, end), each overlapping the last by one
+    sentence; a sentence longer than a window is cut."""
+    if len(text) <= WINDOW_CHARS:
+        return [(0, len(text))]
+    pieces: list[tuple[int, int]] = []
+    start = 0
+    for match in [*_SENTENCE.finditer(text), None]:
+        end = match.start() if match else len(text)
+        for cut in range(start, end, WINDOW_CHARS):
+            pieces.append((cut, min(end, cut + WINDOW_CHARS)))
+        if match:
+            start = match.end()
+    result: list[tuple[int, int]] = []
+    current: list[tuple[int, int]] = []
+    for piece in pieces:
+        if current and piece[1] - current[0][0] > WINDOW_CHARS:
+            result.append((current[0][0], current[-1][1]))
+            last = current[-1]
+            current = [last] if last[1] - last[0] < WINDOW_CHARS // 2 else []
+        current.append(piece)
+    if current:
+        result.append((current[0][0], current[-1][1]))
+    return result
+
+
+def windows(text: str) -> list[str]:
+    return [text[start:end] for start, end in window_spans(text)]
+
+
+def window_signals(
+    view: View, *, context_langs: set[str], masked: bool
+) -> list[tuple[str, dict[str, float]]]:
+    """Each window of `view` with its structural signals: 1 for a signal found outside
+    quotation, 1/3 for one found only quoted. The patterns run once over the whole view."""
+    text = view.text
+    quoted = [m.span() for m in _QUOTED.finditer(text)] if view.how != "json" else []
+    found = {name: [m.span() for m in pattern.finditer(text)] for name, pattern in SIGNALS}
+    sentences = []
+    start = 0
+    for match in [*_SENTENCE.finditer(text), None]:
+        end = match.start() if match else len(text)
+        sentences.append((start, _language(text[start:end])))
+        if match:
+            start = match.end()
+    result = []
+    for low, high in window_spans(text):
+        values: dict[str, float] = {}
+        for name, spans in found.items():
+            inside = [(a, b) for a, b in spans if low <= a < high]
+            if inside:
+                outside = any(not any(s <= a and b <= e for s, e in quoted) for a, b in inside)
+                values[name] = 1.0 if outside else 1 / 3
+        langs = {lang for at, lang in sentences if low <= at < high and lang}
+        if len(langs | context_langs) > 1:
+            values["language_switch"] = 1.0
+        if masked:
+            values["masked"] = 1.0
+        if view.how in ("base64", "hex", "url"):
+            values["encoded"] = 1.0
+        result.append((text[low:high], values))
+    return result
+
+
+# Structural evidence on its own: what several signals together say whatever the lexical model
+# thinks (it has seen only so many wordings). A quoted signal counts a third, writing about
+# attacks takes some off. Only a combination reaches the threshold, never one signal alone.
+_WEIGHTS = {
+    "override": 0.9,
+    "identity": 0.8,
+    "extraction": 0.8,
+    "role_marker": 0.7,
+    "secrecy": 0.6,
+    "addressed": 0.5,
+    "send_order": 0.5,
+    "tool_call": 0.5,
+    "exfil_markdown": 0.8,
+    "before_task": 0.4,
+    "say_only": 0.4,
+    "discussion": -0.8,
+}
+
+
+def structural(values: dict) -> float:
+    """A probability-like score from the signals alone: 0 below two signals' worth."""
+    total = sum(_WEIGHTS.get(name, 0.0) * value for name, value in values.items())
+    return 0.0 if total < 1.4 else min(0.99, 0.5 + (total - 1.0) / 2)
+
+
+def _sigmoid(value: float) -> float:
+    return 1 / (1 + math.exp(-max(-50.0, min(50.0, value))))
+
+
+def features(lex: float, values: dict) -> np.ndarray:
+    return np.array([lex] + [values.get(name, 0.0) for name in SIGNAL_NAMES])
 
 
 def scan(text: str) -> Finding:
-    """Score `text` (normalised: NFKC, invisible characters removed, whitespace folded). A
-    JSON document (a tool's output) is scored by its strings, each on its own: the quotes
-    around them are its syntax, not quotation."""
+    """Score `text`: its most suspicious window over every view (see the module docstring).
+    Never raises on odd input: a text it cannot read scores 0 with signal `unreadable`."""
     try:
-        document = json.loads(text)
-    except (TypeError, ValueError):
-        return _scan(text)
-    leaves = list(_strings(document))
-    if not leaves:
-        return Finding(0.0, ())
-    # Each string alone, and all of them together: an order split across fields still adds up.
-    findings = [_scan(leaf) for leaf in leaves]
-    if len(leaves) > 1:
-        findings.append(_scan("\n".join(leaves)))
-    return max(findings, key=lambda finding: finding.score)
-
-
-def _strings(value) -> Iterator[str]:
-    """The strings of a JSON document, keys included."""
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield key
-            yield from _strings(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _strings(item)
+        return _scan(text if isinstance(text, str) else str(text))
+    except Exception:
+        return Finding(0.0, ("unreadable",))
 
 
 def _scan(text: str) -> Finding:
-    normal = unicodedata.normalize("NFKC", text or "").translate(_INVISIBLE)
-    normal = re.sub(r"[ \t]+", " ", normal)
-    quoted = [m.span() for m in _QUOTED.finditer(normal)]
-    score, found = 0.0, []
-    for name, weight, pattern in _SIGNALS:
-        spans = [m.span() for m in pattern.finditer(normal)]
-        if not spans:
-            continue
-        outside = any(not _inside(span, quoted) for span in spans)
-        score += weight if outside else weight / 3
-        found.append(name if outside else f"{name} (quoted)")
-    return Finding(round(score, 2), tuple(found))
+    if not text.strip():
+        return Finding(0.0, ())
+    model = _model()
+    masked = hidden_characters(text) > 0
+    all_views = views(text)
+    main_langs = {_language(s) for s in _SENTENCE.split(all_views[0].text)} - {None}
+    scored = []  # (fast probability, window, features, signals)
+    for view in all_views:
+        for window, values in window_signals(view, context_langs=main_langs, masked=masked):
+            vector = features(lexical_logit(unquoted(window, view.how), model), values)
+            fast = _sigmoid(float(vector @ model["fast_coef"] + model["fast_bias"]))
+            fast = max(fast, structural(values))
+            scored.append((fast, window, vector, values))
+    if not scored:
+        return Finding(0.0, ())
+    scored.sort(key=lambda item: item[0], reverse=True)
+    low, high = (float(x) for x in model["band"])
+    best, _, _, values = scored[0]
+    uncertain = [item for item in scored[:2] if low <= item[0] < high]
+    if uncertain and _encoder_on():
+        from governance.hooks import embed_sentences
 
-
-def _inside(span: tuple[int, int], quoted: list[tuple[int, int]]) -> bool:
-    return any(start <= span[0] and span[1] <= end for start, end in quoted)
+        vectors = embed_sentences([item[1] for item in uncertain])
+        for item, embedding in zip(uncertain, vectors, strict=True):
+            emb = float(np.asarray(embedding) @ model["emb_coef"] + model["emb_bias"])
+            full = _sigmoid(
+                float(np.append(item[2], emb) @ model["full_coef"] + model["full_bias"])
+            )
+            full = max(full, structural(item[3]))
+            if item is scored[0]:
+                best = full
+            elif full > best:
+                best, values = full, item[3]
+    signals = tuple(
+        name if weight == 1.0 else f"{name} (quoted)"
+        for name, weight in values.items()
+        if name != "discussion"
+    )
+    return Finding(round(best, 3), signals)
 
 
 def injection_verdict(text: str, *, action: str, where: str) -> Verdict:
@@ -191,5 +540,5 @@ def injection_verdict(text: str, *, action: str, where: str) -> Verdict:
     finding = scan(text)
     if not finding.injection:
         return Verdict("injection", VerdictAction.PASS)
-    detail = f"{where}: {', '.join(finding.signals)} (score {finding.score})"
+    detail = f"{where}: {', '.join(finding.signals) or 'classifier'} (score {finding.score})"
     return Verdict("injection", VerdictAction(action), detail)

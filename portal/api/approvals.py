@@ -9,7 +9,8 @@ from rest_framework import exceptions, generics, serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from agents.models import Agent
+from agents.models import Agent, Run
+from audit.pii import as_seen_by
 from governance.approvals import (
     ApprovalError,
     approval_decide,
@@ -29,7 +30,10 @@ SCOPE = "approvals:write"
 
 def _with_agent_slug(items):
     slug = Agent.objects.filter(pk=OuterRef("agent_id")).values("slug")[:1]
-    return items.select_related("requested_by", "decided_by").annotate(agent_slug=Subquery(slug))
+    owner = Run.objects.filter(pk=OuterRef("run_id")).values("conversation__owner_id")[:1]
+    return items.select_related("requested_by", "decided_by").annotate(
+        agent_slug=Subquery(slug), owner_id=Subquery(owner)
+    )
 
 
 class _Decided(serializers.ModelSerializer):
@@ -37,11 +41,22 @@ class _Decided(serializers.ModelSerializer):
     run = serializers.IntegerField(source="run_id", read_only=True)
     requested_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
     decided_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    personal: tuple[str, ...] = ()  # the run's data: hashed for anyone but the run's owner
+
+    def to_representation(self, instance):
+        data = super().to_representation(instance)
+        request = self.context.get("request")
+        viewer = request.user.pk if request is not None else None
+        owner = getattr(instance, "owner_id", None)
+        for name in self.personal:
+            data[name] = as_seen_by(data[name], viewer_id=viewer, owner_id=owner)
+        return data
 
 
 class ApprovalSerializer(_Decided):
     tool = serializers.CharField(source="tool_name", read_only=True)
     reasons = serializers.SerializerMethodField()
+    personal = ("arguments", "approved_arguments")
 
     class Meta:
         model = ApprovalRequest
@@ -56,6 +71,8 @@ class ApprovalSerializer(_Decided):
 
 
 class EscalationSerializer(_Decided):
+    personal = ("question", "answer", "citations", "released_answer")
+
     class Meta:
         model = Escalation
         fields = [
@@ -71,7 +88,9 @@ class ApprovalDecision(serializers.Serializer):
     arguments = serializers.JSONField(
         required=False,
         help_text="Approve these arguments instead of the requested ones (checked against the "
-        "tool's JSON Schema).",
+        "tool's JSON Schema). Personal values are shown to reviewers as keyed hashes "
+        "([EMAIL:…]): a hash left where it was runs with the real value; one moved elsewhere "
+        "is refused.",
     )
 
     def validate_arguments(self, value):
@@ -91,7 +110,8 @@ class EscalationDecision(serializers.Serializer):
         required=False,
         allow_blank=True,
         max_length=100_000,
-        help_text="Release this answer instead of the held one.",
+        help_text="Release this answer instead of the held one. A keyed hash ([PHONE:…]) of "
+        "a value in the held answer or the question is released as the real value.",
     )
 
 
@@ -166,7 +186,7 @@ class ApprovalDecide(APIView):
         except ApprovalError as exc:
             raise _refused(item, exc, "arguments") from None
         decided = _with_agent_slug(ApprovalRequest.objects.filter(pk=item.pk)).get()
-        return Response(ApprovalSerializer(decided).data)
+        return Response(ApprovalSerializer(decided, context={"request": request}).data)
 
 
 @extend_schema(
@@ -213,4 +233,4 @@ class EscalationDecide(APIView):
         except ApprovalError as exc:
             raise _refused(item, exc, "answer") from None
         decided = _with_agent_slug(Escalation.objects.filter(pk=item.pk)).get()
-        return Response(EscalationSerializer(decided).data)
+        return Response(EscalationSerializer(decided, context={"request": request}).data)

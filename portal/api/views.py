@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import exceptions, generics, serializers
 
 from agents.models import Agent, Run, RunStep, StepKind
 from agents.selectors import access_run, agents_usable_by
 from governance.access import NoAccess
+from governance.guardrails.output import scan as output_scan
 from portal.api.auth import HasScope
 from portal.api.problems import PROBLEMS
 
@@ -71,6 +72,11 @@ class RunSerializer(serializers.ModelSerializer):
     prompt_tokens = serializers.IntegerField(read_only=True)
     completion_tokens = serializers.IntegerField(read_only=True)
     steps = StepSerializer(many=True, read_only=True)
+    answer_findings = serializers.SerializerMethodField(
+        help_text="Links and images in the answer whose URLs carry data out (personal data, "
+        "a secret, an encoded value): Warden's pages render them inert; the answer here is "
+        "the text as the model wrote it, so a client that renders it should drop them."
+    )
 
     class Meta:
         model = Run
@@ -91,7 +97,24 @@ class RunSerializer(serializers.ModelSerializer):
             "started_at",
             "finished_at",
             "steps",
+            "answer_findings",
         ]
+
+    @extend_schema_field(
+        {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "guardrail": {"type": "string"},
+                    "host": {"type": "string"},
+                    "reason": {"type": "string"},
+                },
+            },
+        }
+    )
+    def get_answer_findings(self, run) -> list[dict]:
+        return [finding.as_dict() for finding in output_scan(run.answer or "")]
 
 
 @extend_schema(summary="A run: its state, steps, answer and what it cost", tags=["runs"])

@@ -1,7 +1,7 @@
 """Precision and recall of the guardrails on the labelled sets (the tests and the bench)."""
 
+from audit.pii import redact
 from governance.guardrails.injection import scan
-from governance.guardrails.pii import redact
 from tests.governance.guardrail_sets import BENIGN, INJECTIONS, PII
 
 

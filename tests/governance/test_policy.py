@@ -182,3 +182,48 @@ def test_roles_by_risk_tiers_by_verdicts(people, governed, persona):
             assert decision.effect == APPROVE
         else:
             assert decision.effect == tool_effect[(risk, setting)]
+
+
+# Provenance: a call after untrusted content (the run's taint) by risk tier and approval
+# setting: every write or critical call waits, "never" included; reads pass with a note.
+UNTRUSTED = ("kb/handbook", "tool/get_ticket_status")
+PROVENANCE = ("provenance.untrusted:kb/handbook", "provenance.untrusted:tool/get_ticket_status")
+TAINT_TABLE = [
+    ("read", "tier", ALLOW, ("provenance.untrusted_read", "tool.risk_read")),
+    ("read", "never", ALLOW, ("provenance.untrusted_read", "tool.approval_never")),
+    ("read", "always", APPROVE, ("tool.approval_always", "provenance.untrusted_read")),
+    ("write", "tier", APPROVE, (*PROVENANCE, "tool.risk_write")),
+    ("write", "never", APPROVE, (*PROVENANCE, "tool.approval_never")),
+    ("write", "always", APPROVE, (*PROVENANCE, "tool.approval_always")),
+    ("critical", "never", APPROVE, (*PROVENANCE, "tool.risk_critical")),
+]
+
+
+@pytest.mark.parametrize(("risk", "approval", "effect", "reasons"), TAINT_TABLE)
+def test_a_call_after_untrusted_content(risk, approval, effect, reasons):
+    decision = decide(facts(untrusted=UNTRUSTED, tool=tool(risk, approval)))
+
+    assert decision == Decision(effect, reasons)
+
+
+def test_an_approved_call_after_untrusted_content_runs_and_the_reasons_stay():
+    approved = tool("write", "never", approval_state=ApprovalState.APPROVED)
+
+    assert decide(facts(untrusted=UNTRUSTED[:1], tool=approved)) == Decision(
+        ALLOW, ("approval.granted", PROVENANCE[0], "tool.approval_never")
+    )
+
+
+def test_untrusted_content_alone_does_not_hold_a_run_start():
+    assert decide(facts(untrusted=UNTRUSTED)) == Decision(ALLOW, ())
+
+
+def test_the_reviewer_reads_which_source_the_call_follows():
+    from governance.policy import reason_text
+
+    assert reason_text(PROVENANCE[0]) == (
+        "it follows untrusted content from the knowledge base \u201chandbook\u201d"
+    )
+    assert reason_text(PROVENANCE[1]) == (
+        "it follows untrusted content from the output of the tool get_ticket_status"
+    )

