@@ -44,39 +44,7 @@ _AI = (
     r"ai agent|model|gpt(?:-\d)?|claude|llama|summari[sz]er|ki|ki-assistent|assistenten?|"
     r"sprachmodell|modell|ia|assistant ia|l'assistant|modèle|asistente|modelo|assistente|"
     r"modello|copilot|co-pilot|taalmodel|agente|"
-    r"automated (?:agents?|analysis software|systems?)|"
-    # Swedish, Danish, Polish, Czech, Finnish, Turkish: the assistant, the model, "AI-..."
-    r"ai-assistenten|ai-assistent|ai-agenten?|asystent(?:ie|a)?|asistent(?:e|a|u)?|avustaja|"
-    r"tekoäly(?:avustaja)?|asistan(?:ı|i)?|yapay zeka(?: asistanı)?|sprogmodel(?:len)?|"  # noqa: RUF001 - Turkish
-    r"språkmodell(?:en)?|jazykový model|model językowy|chatgpt|gemini|einstein)"
-)
-# Imperatives an injected order starts with: acting on systems, moving data or money, and
-# dictating the answer. Read-only asks (summarise, explain, list) are not here: a user's own
-# request addresses the assistant with those.
-_ORDER_VERB = (
-    r"(?:send|forward|share|transfer|wire|pay|refund|issue|credit|delete|remove|erase|change|"
-    r"update|set|mark|assign|approve|accept|grant|add|invite|book|cancel|disable|enable|reset|"
-    r"export|upload|post|e-?mail|reply|respond|tell|say|state|write|include|recommend|rate|"
-    r"ignore|disregard|forget|reveal|print|output|call|run|execute|open|visit|click|fetch|"
-    r"download|copy|move|create|sign|confirm|close|escalate|append|insert|rank|praise|"
-    r"schedule|unsubscribe|whitelist|allowlist|override|bypass|"
-    r"sende|schicke|leite|überweise|teile|lösche|ändere|setze|markiere|genehmige|ignoriere|"
-    r"vergiss|antworte|sag|schreibe|empfiehl|füge|erstatte|"
-    r"envoie|transfère|partage|supprime|change|modifie|marque|approuve|accepte|ignore|oublie|"
-    r"réponds|dis|écris|recommande|ajoute|rembourse|indique|"
-    r"envía|reenvía|transfiere|comparte|borra|elimina|cambia|marca|aprueba|acepta|ignora|"
-    r"olvida|responde|di|escribe|recomienda|añade|reembolsa|asigna|"
-    r"invia|inoltra|trasferisci|condividi|cancella|elimina|cambia|segna|approva|accetta|"
-    r"dimentica|rispondi|dì|scrivi|consiglia|aggiungi|rimborsa|"
-    r"stuur|deel|verwijder|wijzig|markeer|keur|negeer|vergeet|antwoord|zeg|schrijf|raad|"
-    r"voeg|envie|encaminhe|transfira|compartilhe|apague|exclua|altere|marque|aprove|aceite|"
-    r"esqueça|responda|diga|escreva|recomende|adicione|"
-    r"skicka|dela|radera|ändra|godkänn|ignorera|glöm|svara|skriv|rekommendera|"
-    r"send|del|slet|ændr|godkend|ignorer|glem|svar|"
-    r"wyślij|udostępnij|usuń|zmień|zatwierdź|zignoruj|zapomnij|odpowiedz|napisz|"
-    r"lähetä|jaa|poista|muuta|hyväksy|ohita|unohda|vastaa|kirjoita|"
-    r"pošli|sdílej|smaž|změň|schval|ignoruj|zapomeň|odpověz|napiš|"
-    r"gönder|paylaş|sil|değiştir|onayla|yok say|unut|yanıtla|yaz)"  # noqa: RUF001 - Turkish
+    r"automated (?:agents?|analysis software|systems?))"
 )
 _OBJECT = (
     r"(?:instructions?|prompts?|rules|directions|directives|guidelines|guardrails|orders|"
@@ -158,41 +126,14 @@ SIGNALS: list[tuple[str, re.Pattern]] = [
             + r"\b|@(?:agent|assistant|copilot|bot|ai|llm)\b|\b(?:whoever|whatever|any (?:ai|model|"
             r"system)) (?:is )?(?:reads?|reading|summari[sz]es|summari[sz]ing|processes|processing)"
             r" this\b|\b(?:per|voor|para|pour|für) (?:l'|de |o |la |die )?(?:ia|ai|ki|agente|agent)"
-            r" (?:che|die|que|qui|der) (?:legge|leest|lee|lê|lit|liest)\b"
-            r"|\b(?:dear|hi|hello|hey|attention|to you,?|an dich,?|pour toi,?|para ti,?)\s+"
+            r" (?:che|die|que|qui|der) (?:legge|leest|lee|lê|lit|liest)\b|\b"
+            + _AI
+            + r"\b|\b(?:dear|hi|hello|hey|attention|to you,?|an dich,?|pour toi,?|para ti,?)\s+"
             r"(?:the\s+)?" + _AI + r"\b|^\s*" + _AI + r"\s*[:,]|\b" + _AI + r"s?\b[^.\n]{0,40}"
             r"\b(?:must|should|shall|needs? to|is (?:instructed|required|ordered) to|will now|"
             r"reading this|processing this|muss|doit|debe|deve|devi|moet|moeten|precisa|musi)\b",
             re.I | re.M,
         ),
-    ),
-    (
-        # An order given to the assistant by name: "Bot: issue a refund", "Copilot, say the
-        # budget was approved", "Note to agent: also change the e-mail", "[To the AI] send".
-        "ordered",
-        re.compile(
-            r"(?:^|[.!?;]\s+|[\[(])[^\S\n]*(?:(?:note|message|instructions?|request|hint|"
-            r"reminder|p\.?s\.?)\s+(?:to|for)\s+|(?:hey|hi|hello|dear|attention|to|for|till|"
-            r"an|à|para|per|voor|dla|do)\s+)?(?:the\s+|any\s+|all\s+|our\s+|your\s+|"
-            r"(?:l'|le\s+|la\s+|el\s+|il\s+|de\s+|het\s+|o\s+|den\s+|die\s+|dem\s+))?"
-            r"(?:[\w-]+\s+){0,2}?" + _AI + r"s?\b[^\S\n]*(?:\][^\S\n]*[:,]?|[:,])\s*"
-            r"(?:(?:please|kindly|also|now|then|first|just|immediately|quietly|simply|bitte|"
-            r"auch|aussi|también|anche|ook|também|också|også|też|myös|také|ayrıca|"  # noqa: RUF001 - Turkish
-            r"s'il te plaît|por favor|per favore|alsjeblieft|proszę)[,]?\s+){0,2}"
-            + _ORDER_VERB
-            + r"\b|\bif (?:you are |you're )?(?:an?|any|the) "
-            + _AI
-            + r"\b[^:\n]{0,60}:\s*(?:(?:please|also|then)\s+)?"
-            + _ORDER_VERB
-            + r"\b",
-            re.I | re.M,
-        ),
-    ),
-    (
-        # Any mention of an AI model or assistant: weak alone (policies and security texts
-        # mention them too), evidence beside another signal.
-        "mentions_ai",
-        re.compile(r"\b" + _AI + r"s?\b", re.I),
     ),
     (
         "before_task",
@@ -519,8 +460,6 @@ _WEIGHTS = {
     "role_marker": 0.7,
     "secrecy": 0.6,
     "addressed": 0.5,
-    "mentions_ai": 0.5,
-    "ordered": 1.0,
     "send_order": 0.5,
     "tool_call": 0.5,
     "exfil_markdown": 0.8,
@@ -533,8 +472,6 @@ _WEIGHTS = {
 def structural(values: dict) -> float:
     """A probability-like score from the signals alone: 0 below two signals' worth."""
     total = sum(_WEIGHTS.get(name, 0.0) * value for name, value in values.items())
-    if "addressed" in values or "role_marker" in values:  # naming the assistant counts once
-        total -= _WEIGHTS["mentions_ai"] * values.get("mentions_ai", 0.0)
     return 0.0 if total < 1.4 else min(0.99, 0.5 + (total - 1.0) / 2)
 
 
