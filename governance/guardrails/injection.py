@@ -29,7 +29,7 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 
 import numpy as np
 
@@ -303,6 +303,11 @@ _STOPWORDS = {
     },
 }
 _WORD = re.compile(r"\w+", re.U)
+# Each stopword's languages, for counting every language's hits in one pass over a sentence.
+_STOPWORD_LANGS: dict[str, tuple[str, ...]] = {}
+for _lang, _words in _STOPWORDS.items():
+    for _word in _words:
+        _STOPWORD_LANGS[_word] = (*_STOPWORD_LANGS.get(_word, ()), _lang)
 _SENTENCE = re.compile(r"(?<=[.!?\n])\s+")
 
 
@@ -349,10 +354,15 @@ def terms(text: str) -> list[str]:
     found = [f"w:{word}" for word in words]
     found += [f"b:{a} {b}" for a, b in itertools.pairwise(words)]
     for word in words:
-        padded = f" {word[:24]} "
-        for n in (3, 5):
-            found += [padded[i : i + n] for i in range(len(padded) - n + 1)]
+        found += _char_grams(word)
     return found
+
+
+@lru_cache(maxsize=65536)
+def _char_grams(word: str) -> tuple[str, ...]:
+    """A word's character 3- and 5-grams, padded with a space each side (words repeat: cached)."""
+    padded = f" {word[:24]} "
+    return tuple(padded[i : i + n] for n in (3, 5) for i in range(len(padded) - n + 1))
 
 
 def unquoted(text: str, view_how: str = "text") -> str:
@@ -380,8 +390,10 @@ def lexical_logit(text: str, model: dict | None = None) -> float:
 
 
 def _language(sentence: str) -> str | None:
-    words = [word.lower() for word in _WORD.findall(sentence)]
-    hits = {lang: sum(word in stop for word in words) for lang, stop in _STOPWORDS.items()}
+    hits = dict.fromkeys(_STOPWORDS, 0)
+    for word in _WORD.findall(sentence):
+        for lang in _STOPWORD_LANGS.get(word.lower(), ()):
+            hits[lang] += 1
     lang, best = max(hits.items(), key=lambda item: item[1])
     return lang if best >= 3 and best > 1.5 * sorted(hits.values())[-2] else None
 
