@@ -1,6 +1,5 @@
 from django.contrib import admin
 from django.urls import include, path
-from django.views.generic import RedirectView
 
 from portal import account, chat, inbox, trace, views
 from portal.api import openai
@@ -11,8 +10,9 @@ urlpatterns = [
     path("favicon.ico", views.favicon),
     path("login/", views.SignInView.as_view(), name="login"),
     path("logout/", views.SignOutView.as_view(), name="logout"),
-    # One sign-in page (audited) for the portal and the admin.
-    path("admin/login/", RedirectView.as_view(pattern_name="login", query_string=True)),
+    # One sign-in page (audited) for the portal and the admin; a 403 for the signed-in
+    # people the admin does not admit.
+    path("admin/login/", views.admin_sign_in),
     path("chat/", chat.chat_home, name="chat"),
     path("chat/new/<slug:slug>/", chat.chat_new, name="chat-new"),
     path("chat/c/<int:pk>/", chat.conversation_page, name="conversation"),

@@ -5,6 +5,7 @@ from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.templatetags.static import static
+from django.urls import reverse
 from django.utils.crypto import salted_hmac
 from django.views.defaults import page_not_found
 from django.views.defaults import server_error as default_server_error
@@ -56,6 +57,19 @@ def _client(request: HttpRequest) -> dict[str, str]:
         "address": request.META.get("REMOTE_ADDR", ""),
         "agent": request.headers.get("User-Agent", "")[:200],
     }
+
+
+def admin_sign_in(request: HttpRequest) -> HttpResponse:
+    """Where the admin console sends whoever it does not admit. Signed out: the portal's one
+    sign-in page (audited), `next` kept. Signed in without admin access (a member, a reviewer):
+    a 403 that says so; the sign-in page would send them straight back to /admin/, which would
+    send them here again, round and round."""
+    from django.contrib import admin
+
+    if request.user.is_authenticated and not admin.site.has_permission(request):
+        return render(request, "403.html", {"what": "the admin console"}, status=403)
+    query = request.META.get("QUERY_STRING", "")
+    return redirect(f"{reverse('login')}?{query}" if query else reverse("login"))
 
 
 class SignInView(auth_views.LoginView):

@@ -1,4 +1,5 @@
 import re
+from urllib.parse import unquote
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -68,13 +69,35 @@ def test_wrong_password_is_refused_with_a_readable_message(client, member):
     assert "_auth_user_id" not in client.session
 
 
-def test_member_cannot_open_the_admin(client, member):
+def test_member_cannot_open_the_admin_and_is_told_so_without_a_redirect_loop(client, member):
     client.force_login(member)
 
-    response = client.get("/admin/")
+    response = client.get("/admin/", follow=True)
 
-    assert response.status_code == 302
-    assert response["Location"].startswith("/admin/login/")
+    assert response.status_code == 403
+    assert [url for url, _ in response.redirect_chain] == ["/admin/login/?next=/admin/"]
+    page = response.content.decode()
+    assert "The admin console is for governance staff" in page
+    assert "mia" in page
+
+
+def test_a_reviewer_reaching_an_admin_page_gets_the_same_403(client):
+    reviewer = User.objects.create_user("rey", password=PASSWORD)
+    reviewer.groups.add(Group.objects.create(name=roles.REVIEWER))
+    client.force_login(reviewer)
+
+    response = client.get("/admin/agents/run/", follow=True)
+
+    assert response.status_code == 403
+    assert len(response.redirect_chain) == 1
+
+
+def test_a_signed_out_visitor_to_the_admin_is_sent_to_sign_in_with_next_kept(client):
+    response = client.get("/admin/", follow=True)
+
+    assert response.status_code == 200
+    assert unquote(response.redirect_chain[-1][0]) == "/login/?next=/admin/"
+    assert 'name="password"' in response.content.decode()
 
 
 def test_governance_admin_opens_the_admin(client, governance_admin):
