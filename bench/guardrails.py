@@ -176,7 +176,7 @@ def outside_report(show_misses: bool) -> None:
                     print(f"    {kind} {score:.3f} [{row['kind']}]: {row['text'][:100]!r}")
 
 
-_SECURITY_KINDS = {"security_doc", "security_training", "ctf_writeup"}
+_SECURITY_KINDS = {"security_doc", "security_training", "ctf_writeup", "advisory"}
 
 
 def main() -> None:

@@ -303,11 +303,18 @@ _STOPWORDS = {
     },
 }
 _WORD = re.compile(r"\w+", re.U)
-# Each stopword's languages, for counting every language's hits in one pass over a sentence.
-_STOPWORD_LANGS: dict[str, tuple[str, ...]] = {}
-for _lang, _words in _STOPWORDS.items():
-    for _word in _words:
-        _STOPWORD_LANGS[_word] = (*_STOPWORD_LANGS.get(_word, ()), _lang)
+
+
+def _languages_of_stopwords() -> dict[str, tuple[str, ...]]:
+    """Each stopword's languages, for counting every language's hits in one pass."""
+    languages: dict[str, tuple[str, ...]] = {}
+    for lang, words in _STOPWORDS.items():
+        for word in words:
+            languages[word] = (*languages.get(word, ()), lang)
+    return languages
+
+
+_STOPWORD_LANGS = _languages_of_stopwords()
 _SENTENCE = re.compile(r"(?<=[.!?\n])\s+")
 
 
