@@ -149,3 +149,14 @@ def test_failed_sign_in_as_an_unknown_user_keeps_a_digest_not_the_text(client, m
     assert labels[0].startswith("unknown user ")
     assert not AuditEvent.objects.filter(target_label__contains="Hunter2").exists()
     assert not AuditEvent.objects.filter(data__contains="Hunter2").exists()
+
+
+def test_a_staff_user_without_a_models_permission_gets_the_generic_403(client):
+    client.force_login(User.objects.create_user("stan", password=PASSWORD, is_staff=True))
+
+    response = client.get("/admin/agents/run/")
+
+    assert response.status_code == 403
+    page = response.content.decode()
+    assert "You may not open this page." in page
+    assert "is for governance staff" not in page
