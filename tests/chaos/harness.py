@@ -126,7 +126,7 @@ class Endpoint:
             gate = self._gate
             self.changed.notify_all()
         delay = float(body.get("delay") or self.delay) if outcome != "replayed" else 0.0
-        gone = False
+        gone = settled = False
         if gate is not None and outcome != "replayed":
             gone = _wait_unless_gone(handler.connection, gate.wait)
         if not gone:
@@ -136,6 +136,11 @@ class Endpoint:
             payload = json.dumps(
                 {"key": key, "effects": number, "replayed": outcome == "replayed"}
             ).encode()
+            with self.changed:  # done before the answer leaves: a quick retry is a replay
+                self._live[key] -= 1
+                self._settled.add(key)
+                settled = True
+                self.changed.notify_all()
             try:
                 handler.send_response(200)
                 handler.send_header("Content-Type", "application/json")
@@ -148,8 +153,9 @@ class Endpoint:
         with self.changed:
             delivery.finished = time.monotonic()
             delivery.client_gone = gone
-            self._live[key] -= 1
-            self._settled.add(key)
+            if not settled:
+                self._live[key] -= 1
+                self._settled.add(key)
             self.changed.notify_all()
 
     @contextlib.contextmanager
