@@ -19,6 +19,7 @@ import json
 import re
 import secrets
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -102,6 +103,7 @@ INSTALLED_APPS = [
     "daphne",
     "portal.apps.WardenAdminConfig",
     "django.contrib.auth",
+    "axes",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
@@ -125,6 +127,7 @@ INSTALLED_APPS = [
 # Object permissions (DESIGN.md §6): guardian answers per-object grants; governance.access is
 # the one place that asks it. No guardian "AnonymousUser" row: anonymous callers get nothing.
 AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # first: refuses a locked-out sign-in (portal.lockout)
     "django.contrib.auth.backends.ModelBackend",
     "guardian.backends.ObjectPermissionBackend",
 ]
@@ -144,6 +147,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "auditlog.middleware.AuditlogMiddleware",
+    "axes.middleware.AxesMiddleware",  # answers a locked-out sign-in with the 429 page
 ]
 
 ROOT_URLCONF = "portal.urls"
@@ -199,6 +203,40 @@ OAUTH2_PROVIDER = {
     "COMPLIANT_BCP_RFC9700_REDIRECT_URI_SCHEME": True,
     "ALLOWED_REDIRECT_URI_SCHEMES": ["https"],
 }
+# Lockouts after failed credentials (portal/lockout.py; django-axes, counted in PostgreSQL so
+# they survive restarts): an account from one address after WARDEN_LOCKOUT_FAILURES failed
+# sign-ins (a client at /o/token/ after as many wrong secrets), an address after
+# WARDEN_LOCKOUT_ADDRESS_FAILURES of those, and bearer tokens from an address after
+# WARDEN_LOCKOUT_TOKEN_FAILURES unknown ones; for WARDEN_LOCKOUT_MINUTES after the last
+# failure. README, "Lockouts", says how an admin unlocks.
+AXES_ENABLED = env_bool("WARDEN_LOCKOUT", True)
+AXES_HANDLER = "portal.lockout.LockoutHandler"
+AXES_FAILURE_LIMIT = env_int("WARDEN_LOCKOUT_FAILURES", 5, minimum=1)
+WARDEN_LOCKOUT_ADDRESS_FAILURES = env_int("WARDEN_LOCKOUT_ADDRESS_FAILURES", 30, minimum=1)
+WARDEN_LOCKOUT_TOKEN_FAILURES = env_int("WARDEN_LOCKOUT_TOKEN_FAILURES", 30, minimum=1)
+WARDEN_LOCKOUT_MINUTES = env_int("WARDEN_LOCKOUT_MINUTES", 15, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=WARDEN_LOCKOUT_MINUTES)
+# What the handler's groups are (it builds their queries itself), for axes' admin and checks.
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"], "ip_address"]
+AXES_RESET_ON_SUCCESS = True  # the account's failures from that address only (the handler)
+# A refused attempt does not push the end of a lockout back: Retry-After stays true, and a
+# locked-out person retrying does not lock themself out longer.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_LOCKOUT_CALLABLE = "portal.lockout.lockout_response"
+# The address Django was given (daphne puts X-Forwarded-For there behind a proxy, when told).
+AXES_IPWARE_META_PRECEDENCE_ORDER = ("REMOTE_ADDR",)
+# axes keeps a failed request's form: never a secret in it.
+AXES_SENSITIVE_PARAMETERS = [
+    "password",
+    "csrfmiddlewaretoken",
+    "client_secret",
+    "code",
+    "code_verifier",
+    "refresh_token",
+]
+# Successful sign-ins are in the audit trail already: no second, unaudited log of them.
+AXES_DISABLE_ACCESS_LOG = True
+AXES_VERBOSE = False
 # A run's event stream (GET /api/v1/runs/{id}/events) is closed after this long, to be resumed
 # with Last-Event-ID: no connection is held forever by a run parked for a reviewer.
 WARDEN_SSE_MAX_SECONDS = env_int("WARDEN_SSE_MAX_SECONDS", 300, minimum=10)

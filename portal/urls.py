@@ -30,6 +30,8 @@ urlpatterns = [
     path("v1/chat/completions", openai.ChatCompletions.as_view(), name="openai-chat"),
     path("v1/models", openai.ModelList.as_view(), name="openai-models"),
     path("v1/models/<str:model>", openai.ModelDetail.as_view(), name="openai-model"),
+    # DOT's token endpoint, with wrong client secrets counted (portal.lockout).
+    path("o/token/", views.TokenView.as_view()),
     path("o/", include("oauth2_provider.urls", namespace="oauth2_provider")),
     path("admin/", admin.site.urls),
 ]

@@ -1,3 +1,5 @@
+import json
+
 from django.contrib.auth import get_user_model
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
@@ -9,9 +11,11 @@ from django.urls import reverse
 from django.utils.crypto import salted_hmac
 from django.views.defaults import page_not_found
 from django.views.defaults import server_error as default_server_error
+from oauth2_provider import views as oauth2_views
 
 from audit.services import SYSTEM, Target, audit_record
 from governance.budgets import usage_for
+from portal.lockout import client_subject, locked_problem, lockout_fail, lockout_wait
 
 API_PREFIXES = ("/api/", "/v1/")
 
@@ -122,3 +126,27 @@ class SignOutView(auth_views.LogoutView):
                     data=_client(request),
                 )
             return super().post(request, *args, **kwargs)
+
+
+class TokenView(oauth2_views.TokenView):
+    """DOT's `POST /o/token/`, with wrong client secrets counted per client and address
+    (portal.lockout): DOT checks a secret itself, never through Django's authenticate."""
+
+    def post(self, request, *args, **kwargs):
+        subject = client_subject(request)
+        wait = lockout_wait(request=request, subject=subject)
+        if wait is not None:
+            return locked_problem(request, wait)
+        response = super().post(request, *args, **kwargs)
+        if response.status_code == 401 and _oauth_error(response) == "invalid_client":
+            wait = lockout_fail(request=request, subject=subject)
+            if wait is not None:
+                return locked_problem(request, wait)
+        return response
+
+
+def _oauth_error(response: HttpResponse) -> str:
+    try:
+        return str(json.loads(response.content).get("error", ""))
+    except (ValueError, AttributeError):
+        return ""

@@ -14,7 +14,30 @@ from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.permissions import BasePermission
 
+from portal.lockout import BEARER_SUBJECT, lockout_fail, lockout_wait
 from portal.tokens import PREFIX, token_find
+
+
+def _refuse_if_locked(request) -> None:
+    """Before a bearer token is looked up: an address that sent too many unknown tokens is told
+    to wait (429, Retry-After), whatever this one is, so guessing learns nothing meanwhile."""
+    wait = lockout_wait(request=request, subject=BEARER_SUBJECT)
+    if wait is not None:
+        raise _locked(wait)
+
+
+def _failed(request) -> None:
+    """A token that matched nothing counts against its address (portal.lockout); the failure
+    that reaches the limit is answered as the lockout."""
+    wait = lockout_fail(request=request, subject=BEARER_SUBJECT)
+    if wait is not None:
+        raise _locked(wait)
+
+
+def _locked(wait: int) -> exceptions.Throttled:
+    return exceptions.Throttled(
+        wait, detail="too many unknown tokens from this address: try again later"
+    )
 
 
 class ApplicationOAuth2Authentication(OAuth2Authentication):
@@ -23,8 +46,10 @@ class ApplicationOAuth2Authentication(OAuth2Authentication):
         # never parses a body before the request is authenticated.
         if get_authorization_header(request).partition(b" ")[0].lower() != b"bearer":
             return None
+        _refuse_if_locked(request)
         found = super().authenticate(request)
         if found is None:
+            _failed(request)  # counted; DRF then answers 401 as before
             return None
         user, token = found
         if user is None:  # client credentials: the application's account
@@ -55,8 +80,10 @@ class PersonalAccessTokenAuthentication(BaseAuthentication):
         kind, _, secret = get_authorization_header(request).decode("latin-1").partition(" ")
         if kind.lower() != "bearer" or not secret.startswith(PREFIX):
             return None  # not ours: an OAuth2 token, or no credentials
+        _refuse_if_locked(request)
         token = token_find(secret.strip())
         if token is None:
+            _failed(request)
             raise exceptions.AuthenticationFailed("the token is unknown, expired or revoked")
         if not token.user.is_active:
             raise exceptions.AuthenticationFailed("the token's account is disabled")
