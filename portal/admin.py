@@ -300,3 +300,7 @@ admin.site.unregister(get_application_model())
 @admin.register(get_application_model())
 class ApplicationAdmin(_application_admin):
     inlines = [*getattr(_application_admin, "inlines", []), ApplicationScopesInline]
+
+
+# Lockouts (their admin lives beside the lockout code).
+from portal import lockout_admin  # noqa: E402, F401

@@ -55,7 +55,7 @@ MAX_SUBJECT = 150  # as a username; axes' column holds 255
 PROBLEM_PATHS = ("/api/", "/v1/", "/o/")
 
 
-def _channel(username: str | None) -> str:
+def lockout_channel(username: str | None) -> str:
     if username == BEARER_SUBJECT:
         return BEARER
     if username and username.startswith(CLIENT_PREFIX):
@@ -77,7 +77,7 @@ class LockoutHandler(AxesDatabaseHandler):
         username = get_client_username(request, credentials)
         address = request.axes_ip_address
         attempts = AccessAttempt.objects.all()
-        if _channel(username) == BEARER:
+        if lockout_channel(username) == BEARER:
             limit = settings.WARDEN_LOCKOUT_TOKEN_FAILURES
             return [(attempts.filter(username=BEARER_SUBJECT, ip_address=address), limit)]
         return [
@@ -126,7 +126,9 @@ class LockoutHandler(AxesDatabaseHandler):
                 _record_lockout(request, credentials, self._counts(request, credentials))
 
 
-def _target(channel: str, username: str | None, address: str | None) -> Target:
+def lockout_target(channel: str, username: str | None, address: str | None) -> Target:
+    """Who a lockout is of, as the audit trail names it: the account, the application or the
+    address; a keyed digest where what was typed names none (never the text)."""
     if channel == BEARER:
         return Target("address", "", address or "unknown address")
     if channel == CLIENT:
@@ -148,9 +150,9 @@ def _target(channel: str, username: str | None, address: str | None) -> Target:
 
 def _record_lockout(request, credentials, counts: list[tuple[int, int]]) -> None:
     username = get_client_username(request, credentials)
-    channel = _channel(username)
+    channel = lockout_channel(username)
     address = request.axes_ip_address
-    target = _target(channel, username, address)
+    target = lockout_target(channel, username, address)
     if channel == BEARER:
         scope = "address"
     elif counts[0][0] >= counts[0][1]:
@@ -170,6 +172,29 @@ def _record_lockout(request, credentials, counts: list[tuple[int, int]]) -> None
         },
         stream=f"auth.sign_in:{target.label}" if channel == SIGN_IN else None,
     )
+
+
+def lockout_lift(*, attempts: QuerySet, actor) -> int:
+    """Forget these failures (an admin unlocking), one audit event `auth.unlocked` per subject
+    and address; the number of rows removed."""
+    with transaction.atomic():
+        rows = list(attempts.select_for_update().order_by("pk"))
+        for attempt in rows:
+            channel = lockout_channel(attempt.username)
+            target = lockout_target(channel, attempt.username, attempt.ip_address)
+            audit_record(
+                actor=actor,
+                action="auth.unlocked",
+                target=target,
+                data={
+                    "channel": channel,
+                    "address": attempt.ip_address or "",
+                    "failures": attempt.failures_since_start,
+                },
+                stream=f"auth.sign_in:{target.label}" if channel == SIGN_IN else None,
+            )
+        AccessAttempt.objects.filter(pk__in=[attempt.pk for attempt in rows]).delete()
+    return len(rows)
 
 
 def retry_after(request, credentials=None) -> int:

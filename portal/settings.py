@@ -237,6 +237,7 @@ AXES_SENSITIVE_PARAMETERS = [
 # Successful sign-ins are in the audit trail already: no second, unaudited log of them.
 AXES_DISABLE_ACCESS_LOG = True
 AXES_VERBOSE = False
+AXES_ENABLE_ADMIN = False  # Warden's own page (portal/lockout_admin.py) audits each unlock
 # A run's event stream (GET /api/v1/runs/{id}/events) is closed after this long, to be resumed
 # with Last-Event-ID: no connection is held forever by a run parked for a reviewer.
 WARDEN_SSE_MAX_SECONDS = env_int("WARDEN_SSE_MAX_SECONDS", 300, minimum=10)

@@ -7,13 +7,14 @@ import json
 
 import psycopg
 import pytest
+from asgiref.sync import async_to_sync
 from axes.handlers.proxy import AxesProxyHandler
 from axes.models import AccessAttempt
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from django.core.management import call_command
 from django.db import connection
-from django.test import Client
+from django.test import AsyncClient, Client
 from oauth2_provider.models import AccessToken
 
 from audit.models import AuditEvent
@@ -186,7 +187,9 @@ def test_the_stored_attempts_keep_no_password(client, mia):
 
 def test_the_admin_sign_in_is_the_same_locked_page_and_an_admin_unlocks_in_the_console(client):
     gail = User.objects.create_user("gail", password=PASSWORD, is_staff=True, is_superuser=True)
-    User.objects.create_user("otto", password=PASSWORD, is_staff=True, is_superuser=True)
+    otto_user = User.objects.create_user(
+        "otto", password=PASSWORD, is_staff=True, is_superuser=True
+    )
     assert client.get("/admin/", REMOTE_ADDR=HERE, follow=True).redirect_chain[-1][0] == (
         "/login/?next=%2Fadmin%2F"
     )
@@ -212,11 +215,27 @@ def test_the_admin_sign_in_is_the_same_locked_page_and_an_admin_unlocks_in_the_c
     deleted = otto.post(f"/admin/axes/accessattempt/{attempt.pk}/delete/", {"post": "yes"})
     assert deleted.status_code == 302
     assert not AccessAttempt.objects.filter(username="gail").exists()
+    [unlocked] = AuditEvent.objects.filter(action="auth.unlocked")
+    assert (unlocked.actor_id, unlocked.target_id) == (str(otto_user.pk), str(gail.pk))
 
     response = sign_in(client, "gail", PASSWORD, next_url="/admin/")
     assert response.status_code == 302
     assert response["Location"] == "/admin/"
     assert client.get("/admin/").status_code == 200
+
+
+def test_the_asgi_stack_answers_a_locked_sign_in_with_the_page_too(client, mia):
+    # daphne runs the middleware chain asynchronously, where axes calls the lockout answer
+    # with other arguments than the test client's synchronous chain does.
+    for _ in range(5):
+        sign_in(client, "mia", WRONG, address="127.0.0.1")  # the AsyncClient's address
+
+    response = async_to_sync(AsyncClient().post)(
+        "/login/", {"username": "mia", "password": PASSWORD}
+    )
+
+    assert_locked_page(response)
+    assert len(lockouts()) == 1
 
 
 # --- client secrets at /o/token/ ----------------------------------------------------------------
