@@ -602,5 +602,8 @@ LOGGING = {
         "LiteLLM": {"level": "WARNING"},
         "LiteLLM Router": {"level": "WARNING"},
         "LiteLLM Proxy": {"level": "WARNING"},
+        # axes says at INFO, on every sign-in and failure, that it swept expired attempts; its
+        # failures and lockouts are WARNINGs (and each lockout is in the audit trail).
+        "axes": {"level": "WARNING"},
     },
 }
