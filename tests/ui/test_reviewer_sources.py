@@ -319,3 +319,57 @@ def test_a_tool_output_from_knowledge_search_is_hidden_on_the_approval_page(
 
     access_grant(obj=base, holder=people.reviewer, action=Action.READ, actor=SYSTEM)
     assert SECRET in client.get(f"/inbox/approvals/{request.pk}/").content.decode()
+
+
+# The check underneath, on its own.
+
+
+def test_unreadable_sources_follows_the_one_rule(people, team, help_desk):
+    from django.contrib.auth.models import Group
+    from django.utils import timezone
+
+    from agents.models import RunStep
+    from agents.selectors import unreadable_sources
+
+    base, document = own_base(help_desk, people.member)
+    gone = KnowledgeBase.objects.create(
+        name="Gone", slug=f"g-{uuid.uuid4().hex[:6]}", owner=people.admin
+    )
+    conversation = Conversation.objects.create(owner=people.member, agent=help_desk)
+    now = timezone.now()
+
+    def run_with(kind, output) -> Run:
+        run = Run.objects.create(
+            agent=help_desk, conversation=conversation, actor=people.member, input="q"
+        )
+        RunStep.objects.create(
+            run=run, index=0, kind=kind, output=output, started_at=now, finished_at=now
+        )
+        return run
+
+    retrieved = run_with("retrieval", {"passages": [{"n": 1, "knowledge_base": base.pk}]})
+    searched = run_with("tool", {"result": {"passages": [{"document": document.pk}]}})
+    deleted = run_with("retrieval", {"passages": [{"n": 1, "knowledge_base": gone.pk}]})
+    gone.delete()
+    lost = run_with("tool", {"result": {"passages": [{"document": 10**9}]}})
+    plain = run_with("tool", {"result": {"status": "open"}})
+    runs = {r.pk for r in (retrieved, searched, deleted, lost, plain)}
+    everything_but_plain = runs - {plain.pk}
+
+    def hidden(user) -> set[int]:
+        return unreadable_sources(user, runs)[0]
+
+    assert hidden(people.member) == {deleted.pk, lost.pk}  # the owner reads their own base
+    assert hidden(people.admin) == {deleted.pk, lost.pk}  # a superuser reads every base
+    assert hidden(people.reviewer) == everything_but_plain
+    readers = Group.objects.create(name=f"readers {uuid.uuid4().hex[:4]}")
+    people.reviewer.groups.add(readers)
+    access_grant(obj=base, holder=readers, action=Action.READ, actor=SYSTEM)
+    assert hidden(people.reviewer) == {deleted.pk, lost.pk}
+    access_deny(obj=base, holder=people.admin, action=Action.READ, actor=SYSTEM)
+    assert hidden(people.admin) == everything_but_plain  # a denial wins over superuser status
+    access_deny(obj=base, holder=readers, action=Action.READ, actor=SYSTEM)
+    assert hidden(people.reviewer) == everything_but_plain  # a group's denial over its grant
+    people.member.is_active = False
+    assert hidden(people.member) == everything_but_plain
+    assert unreadable_sources(people.anonymous, runs)[0] == everything_but_plain
