@@ -224,10 +224,9 @@ class EscalationList(generics.ListAPIView):
         return _with_agent_slug(escalations_for(self.request.user))
 
     def get_serializer(self, *args, **kwargs):
-        items = args[0] if args else []
-        context = self.get_serializer_context()
-        context["hidden_runs"] = _hidden_runs(self.request.user, items)
-        return self.get_serializer_class()(*args, **kwargs, context=context)
+        context = kwargs.setdefault("context", self.get_serializer_context())
+        context["hidden_runs"] = _hidden_runs(self.request.user, args[0] if args else [])
+        return self.get_serializer_class()(*args, **kwargs)
 
 
 @extend_schema(
