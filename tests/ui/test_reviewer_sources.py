@@ -373,3 +373,53 @@ def test_unreadable_sources_follows_the_one_rule(people, team, help_desk):
     people.member.is_active = False
     assert hidden(people.member) == everything_but_plain
     assert unreadable_sources(people.anonymous, runs)[0] == everything_but_plain
+
+
+def test_the_escalations_list_asks_the_same_number_of_queries_for_one_or_many(
+    client, people, help_desk
+):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+    from django.utils import timezone
+
+    from agents.models import RunStep
+
+    base, document = own_base(help_desk, people.member)
+    conversation = Conversation.objects.create(owner=people.member, agent=help_desk)
+
+    def hold() -> None:
+        run = Run.objects.create(
+            agent=help_desk, conversation=conversation, actor=people.member, input="q"
+        )
+        now = timezone.now()
+        for index, kind, output in [
+            (0, "retrieval", {"passages": [{"n": 1, "knowledge_base": base.pk}]}),
+            (1, "tool", {"result": {"passages": [{"document": document.pk}]}}),
+        ]:
+            RunStep.objects.create(
+                run=run, index=index, kind=kind, output=output, started_at=now, finished_at=now
+            )
+        Escalation.objects.create(
+            run_id=run.pk,
+            agent_id=help_desk.pk,
+            requested_by=people.member,
+            question="q",
+            answer=SECRET,
+            threshold="0.80",
+        )
+
+    def queries() -> int:
+        with CaptureQueriesContext(connection) as captured:
+            listed = client.get("/api/v1/escalations")
+        assert listed.status_code == 200
+        assert SECRET not in listed.content.decode()
+        return len(captured)
+
+    client.force_login(people.reviewer)
+    hold()
+    one = queries()
+    for _ in range(3):
+        hold()
+
+    assert queries() == one
+    assert len(client.get("/api/v1/escalations").json()["results"]) == 4
