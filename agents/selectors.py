@@ -96,13 +96,21 @@ def _passages(value) -> list[dict]:
 
 
 def unreadable_sources(user, run_ids) -> tuple[set[int], set[tuple[int, int]]]:
-    """The runs, and their steps, whose content draws on a knowledge base `user` may not read
-    (the one rule, governance.access.restrict: a denial wins, superusers included). A surface
-    that shows `user` a run's answer, citations, messages or steps shows HIDDEN instead."""
+    """The runs among `run_ids` whose content may draw on a knowledge base `user` may not read
+    (the one rule, governance.access.restrict: a denial wins, superusers included), and the
+    steps of those runs' conversations that read one. A run's model saw what the earlier runs
+    of its conversation read (agents.provenance.run_taint), so one of those counts too. A
+    surface that shows `user` a run's answer, citations, messages or steps shows HIDDEN."""
     from agents.models import KnowledgeBase
     from governance.models import Action
 
-    sources = knowledge_sources(run_ids)
+    asked = set(run_ids)
+    conversation_of = dict(
+        Run.objects.filter(
+            conversation_id__in=Run.objects.filter(pk__in=asked).values("conversation_id")
+        ).values_list("pk", "conversation_id")
+    )
+    sources = knowledge_sources(conversation_of)
     named = {b for bases in sources.values() for b in bases if b is not None}
     readable = set(
         KnowledgeBase.objects.restrict(user, Action.READ)
@@ -110,7 +118,17 @@ def unreadable_sources(user, run_ids) -> tuple[set[int], set[tuple[int, int]]]:
         .values_list("pk", flat=True)
     )
     steps = {key for key, bases in sources.items() if not bases <= readable}
-    return {run_id for run_id, _ in steps}, steps
+    first_unreadable: dict[int, int] = {}  # per conversation, its first run that read one
+    for run_id, _ in steps:
+        conversation = conversation_of[run_id]
+        first_unreadable[conversation] = min(run_id, first_unreadable.get(conversation, run_id))
+    hidden = {
+        run_id
+        for run_id in asked
+        if run_id in conversation_of
+        and first_unreadable.get(conversation_of[run_id], run_id + 1) <= run_id
+    }
+    return hidden, steps
 
 
 def access_agent_by_slug(user, slug) -> Agent:

@@ -335,10 +335,12 @@ def test_unreadable_sources_follows_the_one_rule(people, team, help_desk):
     gone = KnowledgeBase.objects.create(
         name="Gone", slug=f"g-{uuid.uuid4().hex[:6]}", owner=people.admin
     )
-    conversation = Conversation.objects.create(owner=people.member, agent=help_desk)
     now = timezone.now()
 
-    def run_with(kind, output) -> Run:
+    def run_with(kind, output, conversation=None) -> Run:
+        conversation = conversation or Conversation.objects.create(
+            owner=people.member, agent=help_desk
+        )
         run = Run.objects.create(
             agent=help_desk, conversation=conversation, actor=people.member, input="q"
         )
@@ -347,25 +349,32 @@ def test_unreadable_sources_follows_the_one_rule(people, team, help_desk):
         )
         return run
 
-    retrieved = run_with("retrieval", {"passages": [{"n": 1, "knowledge_base": base.pk}]})
+    plain = run_with("tool", {"result": {"status": "open"}})
+    # A later run does not hide an earlier one of its conversation...
+    retrieved = run_with(
+        "retrieval", {"passages": [{"n": 1, "knowledge_base": base.pk}]}, plain.conversation
+    )
+    # ...but an earlier one hides the later: their model had its passages in the prompt.
+    later = run_with("tool", {"result": {"status": "open"}}, retrieved.conversation)
     searched = run_with("tool", {"result": {"passages": [{"document": document.pk}]}})
     deleted = run_with("retrieval", {"passages": [{"n": 1, "knowledge_base": gone.pk}]})
     gone.delete()
     lost = run_with("tool", {"result": {"passages": [{"document": 10**9}]}})
-    plain = run_with("tool", {"result": {"status": "open"}})
-    runs = {r.pk for r in (retrieved, searched, deleted, lost, plain)}
+    after_lost = run_with("tool", {"result": {"status": "open"}}, lost.conversation)
+    runs = {r.pk for r in (plain, retrieved, later, searched, deleted, lost, after_lost)}
     everything_but_plain = runs - {plain.pk}
 
     def hidden(user) -> set[int]:
         return unreadable_sources(user, runs)[0]
 
-    assert hidden(people.member) == {deleted.pk, lost.pk}  # the owner reads their own base
-    assert hidden(people.admin) == {deleted.pk, lost.pk}  # a superuser reads every base
+    gone_too = {deleted.pk, lost.pk, after_lost.pk}
+    assert hidden(people.member) == gone_too  # the owner reads their own base
+    assert hidden(people.admin) == gone_too  # a superuser reads every base
     assert hidden(people.reviewer) == everything_but_plain
     readers = Group.objects.create(name=f"readers {uuid.uuid4().hex[:4]}")
     people.reviewer.groups.add(readers)
     access_grant(obj=base, holder=readers, action=Action.READ, actor=SYSTEM)
-    assert hidden(people.reviewer) == {deleted.pk, lost.pk}
+    assert hidden(people.reviewer) == gone_too
     access_deny(obj=base, holder=people.admin, action=Action.READ, actor=SYSTEM)
     assert hidden(people.admin) == everything_but_plain  # a denial wins over superuser status
     access_deny(obj=base, holder=readers, action=Action.READ, actor=SYSTEM)
