@@ -1,9 +1,12 @@
-from django.contrib import admin
+from django.contrib import admin, messages
 
 from agents.knowledge import admin as knowledge_admin  # noqa: F401 - registers its models
 from agents.models import Agent, Deployment, ModelRoute, Run, RunStep
+from agents.selectors import HIDDEN, UNREAD_RELEASE, unreadable_sources
+from governance import admin as governance_admin
 from governance.admin import GovernedAdminMixin
 from governance.admin import personal_field as _masked
+from governance.models import Escalation
 
 # A run is its owner's conversation; the console shows personal data in it as the audit trail
 # keeps it, a keyed hash (audit/pii.py).
@@ -66,6 +69,33 @@ class RunStepInline(admin.TabularInline):
         return False
 
 
+def _hidden(name: str):
+    """A read-only field in place of `name` of a run that drew on a knowledge base the viewer
+    may not read (agents.selectors.unreadable_sources: the trace's rule, superusers too)."""
+
+    def show(self, obj) -> str:
+        return HIDDEN
+
+    show.short_description = name.replace("_", " ")
+    return show
+
+
+def _drew_on_unreadable(request, run_id) -> bool:
+    return run_id is not None and run_id in unreadable_sources(request.user, {run_id})[0]
+
+
+class HiddenRunStepInline(RunStepInline):
+    """The steps of such a run: what each was and cost, not what went in or came out."""
+
+    fields = tuple(
+        f.replace("_masked", "_hidden") if f.endswith("_masked") else f
+        for f in RunStepInline.fields
+    )
+    readonly_fields = fields
+    input_hidden = _hidden("input")
+    output_hidden = _hidden("output")
+
+
 @admin.register(Run)
 class RunAdmin(admin.ModelAdmin):
     """Runs are the orchestrator's record: readable here, changed only by their services."""
@@ -90,6 +120,24 @@ class RunAdmin(admin.ModelAdmin):
     answer_masked = _masked("answer")
     citations_masked = _masked("citations")
     error_masked = _masked("error")
+    answer_hidden = _hidden("answer")
+    citations_hidden = _hidden("citations")
+    _FROM_READS = ("answer_masked", "citations_masked")  # what the run made of what it read
+
+    def get_fields(self, request, obj=None):
+        if obj is not None and _drew_on_unreadable(request, obj.pk):
+            return [
+                f.replace("_masked", "_hidden") if f in self._FROM_READS else f for f in self.fields
+            ]
+        return self.fields
+
+    def get_readonly_fields(self, request, obj=None):
+        return self.get_fields(request, obj)
+
+    def get_inlines(self, request, obj):
+        if obj is not None and _drew_on_unreadable(request, obj.pk):
+            return [HiddenRunStepInline]
+        return self.inlines
 
     def has_add_permission(self, request) -> bool:
         return False
@@ -99,3 +147,34 @@ class RunAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
+
+
+# Held answers: governance's page, with the answers drawn from a knowledge base the viewer may
+# not read hidden (governance cannot ask which those are: it sits below agents).
+admin.site.unregister(Escalation)
+
+
+@admin.register(Escalation)
+class EscalationAdmin(governance_admin.EscalationAdmin):
+    answer_hidden = _hidden("answer")
+    citations_hidden = _hidden("citations")
+    released_answer_hidden = _hidden("released_answer")
+    _FROM_READS = ("answer_masked", "citations_masked", "released_answer_masked")
+
+    def get_fields(self, request, obj=None):
+        if obj is not None and _drew_on_unreadable(request, obj.run_id):
+            return [
+                f.replace("_masked", "_hidden") if f in self._FROM_READS else f for f in self.fields
+            ]
+        return self.fields
+
+    def get_readonly_fields(self, request, obj=None):
+        return self.get_fields(request, obj)
+
+    @admin.action(description="Release the selected answers as they are")
+    def release(self, request, queryset):
+        pending = queryset.filter(status="pending")
+        hidden = unreadable_sources(request.user, set(pending.values_list("run_id", flat=True)))[0]
+        for item in pending.filter(run_id__in=hidden):
+            self.message_user(request, f"{item}: {UNREAD_RELEASE}", messages.ERROR)
+        governance_admin.EscalationAdmin.release(self, request, pending.exclude(run_id__in=hidden))

@@ -51,6 +51,86 @@ def _reviews(user, run_id: int) -> bool:
     )
 
 
+# What a viewer other than the run's owner may see of a run's content --------------------------
+
+HIDDEN = "(from a knowledge base you may not read)"  # the trace's words, on every surface
+# Releasing a held answer is vouching for it: a reviewer who may not read what it draws on may
+# reject it, or leave it to a reviewer who may.
+UNREAD_RELEASE = (
+    "you may not read a knowledge base this answer draws on: reject it, or leave it to a "
+    "reviewer who may read it"
+)
+
+
+def knowledge_sources(run_ids) -> dict[tuple[int, int], set[int | None]]:
+    """Per step `(run id, index)` of the runs, the knowledge bases its content came from: the
+    passages a retrieval step found and those a tool (`knowledge_search`) returned, by their
+    documents' bases. None stands for a base or a document since deleted."""
+    from agents.models import Document
+
+    found: dict[tuple[int, int], set[int | None]] = {}
+    documents: dict[tuple[int, int], set[int]] = {}
+    steps = RunStep.objects.filter(
+        run_id__in=list(run_ids), kind__in=[StepKind.RETRIEVAL, StepKind.TOOL]
+    ).values_list("run_id", "index", "kind", "output")
+    for run_id, index, kind, output in steps:
+        output = output if isinstance(output, dict) else {}
+        if kind == StepKind.RETRIEVAL:
+            bases = {p.get("knowledge_base") for p in _passages(output.get("passages"))}
+            if bases:
+                found[(run_id, index)] = bases
+        elif isinstance(result := output.get("result"), dict):
+            passages = _passages(result.get("passages"))
+            if ids := {p.get("document") for p in passages if "document" in p}:
+                documents[(run_id, index)] = ids
+    if documents:
+        wanted = {i for ids in documents.values() for i in ids if isinstance(i, int)}
+        base_of = dict(Document.objects.filter(pk__in=wanted).values_list("pk", "knowledge_base"))
+        for key, ids in documents.items():
+            found.setdefault(key, set()).update(base_of.get(i) for i in ids)
+    return found
+
+
+def _passages(value) -> list[dict]:
+    return [p for p in value if isinstance(p, dict)] if isinstance(value, list) else []
+
+
+def unreadable_sources(user, run_ids) -> tuple[set[int], set[tuple[int, int]]]:
+    """The runs among `run_ids` whose content may draw on a knowledge base `user` may not read
+    (the one rule, governance.access.restrict: a denial wins, superusers included), and the
+    steps of those runs' conversations that read one. A run's model saw what the earlier runs
+    of its conversation read (agents.provenance.run_taint), so one of those counts too. A
+    surface that shows `user` a run's answer, citations, messages or steps shows HIDDEN."""
+    from agents.models import KnowledgeBase
+    from governance.models import Action
+
+    asked = set(run_ids)
+    conversation_of = dict(
+        Run.objects.filter(
+            conversation_id__in=Run.objects.filter(pk__in=asked).values("conversation_id")
+        ).values_list("pk", "conversation_id")
+    )
+    sources = knowledge_sources(conversation_of)
+    named = {b for bases in sources.values() for b in bases if b is not None}
+    readable = set(
+        KnowledgeBase.objects.restrict(user, Action.READ)
+        .filter(pk__in=named)
+        .values_list("pk", flat=True)
+    )
+    steps = {key for key, bases in sources.items() if not bases <= readable}
+    first_unreadable: dict[int, int] = {}  # per conversation, its first run that read one
+    for run_id, _ in steps:
+        conversation = conversation_of[run_id]
+        first_unreadable[conversation] = min(run_id, first_unreadable.get(conversation, run_id))
+    hidden = {
+        run_id
+        for run_id in asked
+        if run_id in conversation_of
+        and first_unreadable.get(conversation_of[run_id], run_id + 1) <= run_id
+    }
+    return hidden, steps
+
+
 def access_agent_by_slug(user, slug) -> Agent:
     """The agent named `slug`, if `user` may use it (governance.access.access_agent: a disabled
     one too, which the policy then refuses, saying why); else NoAccess, missing or not."""

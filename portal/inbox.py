@@ -25,6 +25,7 @@ from django.views.decorators.http import require_http_methods
 
 from agents.models import Agent, Message, MessageRole
 from agents.provenance import approval_provenance
+from agents.selectors import HIDDEN, UNREAD_RELEASE, unreadable_sources
 from audit.models import AuditEvent
 from audit.pii import as_seen_by, hash_key, pseudonymise_parts, sees_values
 from governance.approvals import (
@@ -161,6 +162,14 @@ def approval_page(request: HttpRequest, pk: int) -> HttpResponse:
     shown = context.pop("shown")
     # Where the call came from: the untrusted content the model had read.
     provenance = approval_provenance(run_id=request_.run_id, key=request_.key, user=request.user)
+    # A tool's output that came from a knowledge base (knowledge_search): hidden as a passage is.
+    _, unreadable = unreadable_sources(request.user, {s.read["run"] for s in provenance})
+    provenance = [
+        replace(s, parts=[], hidden=True)
+        if (s.read["run"], s.read["step"]) in unreadable and s.read.get("n") is None
+        else s
+        for s in provenance
+    ]
     if not context["sees_values"]:
         key = hash_key()
         provenance = [replace(s, parts=pseudonymise_parts(s.parts, key=key)) for s in provenance]
@@ -189,13 +198,16 @@ def answer_page(request: HttpRequest, pk: int) -> HttpResponse:
         raise Http404("no such held answer")
     context = _context_of(escalation.run_id, request.user)
     shown = context.pop("shown")
+    hidden = context["hidden"]
     # A reviewer reads and edits the answer hashed; escalation_decide puts the values back.
-    typed = {"answer": shown(escalation.answer), "comment": ""}
+    typed = {"answer": "" if hidden else shown(escalation.answer), "comment": ""}
     if request.method == "POST":
         typed = {k: request.POST.get(k, "") for k in typed}
         release = request.POST.get("decision") == "release"
         try:
             _check(typed, request.POST.get("decision"), ("release", "reject"))
+            if release and hidden:
+                raise ApprovalError(UNREAD_RELEASE)
             escalation_decide(
                 escalation_id=pk,
                 decided_by=request.user,
@@ -216,7 +228,8 @@ def answer_page(request: HttpRequest, pk: int) -> HttpResponse:
         {
             "item": escalation,
             "question": shown(escalation.question),
-            "answer_html": render_markdown(shown(escalation.answer)),
+            "answer_html": "" if hidden else render_markdown(shown(escalation.answer)),
+            "hidden_text": HIDDEN,
             "typed": typed,
             **context,
         },
@@ -251,7 +264,9 @@ def _json_object(text: str) -> dict:
 def _context_of(run_id: int, user) -> dict:
     """What the reviewer reads beside the decision: the conversation up to the run and the
     run's audit trail, with `shown`, which gives a value of the run as `user` may see it
-    (personal data hashed unless `user` owns the run: pii.as_seen_by)."""
+    (personal data hashed unless `user` owns the run: pii.as_seen_by). An answer drawn from a
+    knowledge base `user` may not read is HIDDEN, and `hidden` says whether the run's own is:
+    the one rule of the run trace (agents.selectors.unreadable_sources)."""
     from agents.models import Run
 
     run = Run.objects.select_related("agent", "actor", "conversation").filter(pk=run_id).first()
@@ -260,17 +275,26 @@ def _context_of(run_id: int, user) -> dict:
     def shown(value):
         return as_seen_by(value, viewer_id=user.pk, owner_id=owner_id)
 
-    conversation = []
+    messages_ = []
     if run is not None:
-        messages_ = Message.objects.filter(
-            conversation_id=run.conversation_id,
-            role__in=[MessageRole.USER, MessageRole.ASSISTANT],
-            created_at__lte=run.created_at + timedelta(seconds=1),
-        ).exclude(content="")
-        conversation = [
-            {"role": m.role, "content": shown(m.content)}
-            for m in list(messages_.order_by("-created_at")[:10])[::-1]
-        ]
+        messages_ = list(
+            Message.objects.filter(
+                conversation_id=run.conversation_id,
+                role__in=[MessageRole.USER, MessageRole.ASSISTANT],
+                created_at__lte=run.created_at + timedelta(seconds=1),
+            )
+            .exclude(content="")
+            .order_by("-created_at")[:10]
+        )[::-1]
+    # The user's own words are theirs; an assistant's are its run's, from what the run read.
+    runs = {m.run_id for m in messages_ if m.role == MessageRole.ASSISTANT} | {run_id}
+    hidden_runs, _ = unreadable_sources(user, runs - {None})
+    conversation = [
+        {"role": m.role, "content": HIDDEN, "hidden": True}
+        if m.role == MessageRole.ASSISTANT and m.run_id in hidden_runs
+        else {"role": m.role, "content": shown(m.content)}
+        for m in messages_
+    ]
     trail = [
         {
             "time": event.time,
@@ -286,4 +310,5 @@ def _context_of(run_id: int, user) -> dict:
         "trail": trail,
         "shown": shown,
         "sees_values": sees_values(viewer_id=user.pk, owner_id=owner_id),
+        "hidden": run_id in hidden_runs,
     }

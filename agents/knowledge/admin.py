@@ -21,7 +21,9 @@ from agents.knowledge.services import (
     document_reingest,
     max_bytes,
 )
+from governance.access import restrict
 from governance.admin import GovernedAdminMixin
+from governance.models import Action
 
 
 class KnowledgeBaseForm(forms.ModelForm):
@@ -119,7 +121,10 @@ class KnowledgeBaseAdmin(GovernedAdminMixin, admin.ModelAdmin):
             status: Count("documents", filter=Q(documents__status=status))
             for status in DocumentStatus.values
         }
-        return super().get_queryset(request).annotate(**counts)
+        # The API's rule: a base the viewer may not read is not here (a denial wins, superusers
+        # included), nor its change, Access and "Add documents" pages.
+        readable = restrict(super().get_queryset(request), request.user, Action.READ)
+        return readable.annotate(**counts)
 
     @admin.display(description="ready")
     def ready(self, obj) -> int:
@@ -152,7 +157,7 @@ class KnowledgeBaseAdmin(GovernedAdminMixin, admin.ModelAdmin):
             messages.info(request, "The documents are being embedded again in the background.")
 
     def add_documents(self, request, pk: int):
-        base = get_object_or_404(KnowledgeBase, pk=pk)
+        base = get_object_or_404(self.get_queryset(request), pk=pk)
         if not self.has_change_permission(request, base):
             raise PermissionDenied
         posted = request.method == "POST"
@@ -190,7 +195,7 @@ class KnowledgeBaseAdmin(GovernedAdminMixin, admin.ModelAdmin):
 @admin.register(Document)
 class DocumentAdmin(admin.ModelAdmin):
     list_display = ("__str__", "knowledge_base", "source", "status", "chunk_count", "error")
-    list_filter = ("status", "source", "knowledge_base")
+    list_filter = ("status", "source", ("knowledge_base", admin.RelatedOnlyFieldListFilter))
     search_fields = ("title", "filename", "url")
     readonly_fields = (
         "knowledge_base",
@@ -211,7 +216,9 @@ class DocumentAdmin(admin.ModelAdmin):
     actions = ["reingest"]
 
     def get_queryset(self, request):
-        return super().get_queryset(request).defer("content")
+        # Only the documents of the bases the viewer may read (governance.access.restrict).
+        readable = restrict(KnowledgeBase.objects.all(), request.user, Action.READ)
+        return super().get_queryset(request).filter(knowledge_base__in=readable).defer("content")
 
     def has_add_permission(self, request) -> bool:
         return False

@@ -10,6 +10,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from agents.models import Agent, Run
+from agents.selectors import HIDDEN, UNREAD_RELEASE, unreadable_sources
 from audit.pii import as_seen_by
 from governance.approvals import (
     ApprovalError,
@@ -72,14 +73,34 @@ class ApprovalSerializer(_Decided):
 
 class EscalationSerializer(_Decided):
     personal = ("question", "answer", "citations", "released_answer")
+    hidden = serializers.SerializerMethodField(
+        help_text="The answer draws on a knowledge base the caller may not read: `answer` and "
+        "`released_answer` say so instead, `citations` is empty, and the caller may reject "
+        "it, not release it."
+    )
 
     class Meta:
         model = Escalation
         fields = [
             *("id", "run", "agent", "question", "answer", "citations", "confidence"),
             *("threshold", "requested_by", "status", "created_at"),
-            *("released_answer", "decided_by", "decided_at", "comment"),
+            *("released_answer", "decided_by", "decided_at", "comment", "hidden"),
         ]
+
+    def get_hidden(self, item) -> bool:
+        return item.run_id in self.context.get("hidden_runs", ())
+
+    def to_representation(self, instance):
+        data = super().to_representation(instance)
+        if data["hidden"]:  # the one rule of the run trace (agents.selectors)
+            data["answer"], data["citations"] = HIDDEN, []
+            data["released_answer"] = HIDDEN if data["released_answer"] else ""
+        return data
+
+
+def _hidden_runs(user, items) -> set[int]:
+    """The runs of `items` whose answers `user` may not see (one query for a page of them)."""
+    return unreadable_sources(user, {item.run_id for item in items})[0]
 
 
 class ApprovalDecision(serializers.Serializer):
@@ -202,10 +223,16 @@ class EscalationList(generics.ListAPIView):
     def get_queryset(self):
         return _with_agent_slug(escalations_for(self.request.user))
 
+    def get_serializer(self, *args, **kwargs):
+        context = kwargs.setdefault("context", self.get_serializer_context())
+        context["hidden_runs"] = _hidden_runs(self.request.user, args[0] if args else [])
+        return self.get_serializer_class()(*args, **kwargs)
+
 
 @extend_schema(
     summary="Release a held answer (as it was or edited) or reject it (scope approvals:write); "
-    "one the caller may not review is a 404, an already decided one a 409",
+    "one the caller may not review is a 404, an already decided one a 409, a release by a "
+    "caller who may not read a knowledge base it draws on a 403",
     tags=["approvals"],
     request=EscalationDecision,
     responses=EscalationSerializer,
@@ -222,6 +249,9 @@ class EscalationDecide(APIView):
         decision.is_valid(raise_exception=True)
         typed = decision.validated_data
         release = typed["decision"] == "release"
+        hidden = _hidden_runs(request.user, [item])
+        if release and hidden:
+            raise exceptions.PermissionDenied(UNREAD_RELEASE)
         try:
             escalation_decide(
                 escalation_id=item.pk,
@@ -233,4 +263,5 @@ class EscalationDecide(APIView):
         except ApprovalError as exc:
             raise _refused(item, exc, "answer") from None
         decided = _with_agent_slug(Escalation.objects.filter(pk=item.pk)).get()
-        return Response(EscalationSerializer(decided, context={"request": request}).data)
+        context = {"request": request, "hidden_runs": hidden}
+        return Response(EscalationSerializer(decided, context=context).data)

@@ -223,7 +223,9 @@ def held(people, team):
     )
     for obj in (agent, route):
         access_grant(obj=obj, holder=team, action=Action.USE, actor=SYSTEM)
-    handbook(agent, people.member, CALLBACK)
+    base = handbook(agent, people.member, CALLBACK)
+    # The answer draws on the member's handbook: a reviewer sees it only if they may read it.
+    access_grant(obj=base, holder=people.reviewer, action=Action.READ, actor=SYSTEM)
     run = ask(agent, people.member, f"From which number does the customer desk call? {EMAIL}")
     assert run.state == RunState.AWAITING_REVIEW, run.error
     escalation = Escalation.objects.get(run_id=run.pk)
