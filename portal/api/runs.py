@@ -279,6 +279,9 @@ async def run_events(run_id: int, after: str, max_seconds: float, watch: AccessW
                             return
                     caught_up, failing_since, wrote = True, None, loop.time()
                     continue
+                if not await watch.allowed():  # (a deleted user's run is gone with them)
+                    yield revoked
+                    return
                 settled = await state(run_id) in FINAL_STATES  # before reading: none is missed
                 # Events reach the log a moment after the commit that ends the run (the worker
                 # publishes them off its path): a finished run's log is still read briefly.
@@ -332,8 +335,9 @@ async def run_events(run_id: int, after: str, max_seconds: float, watch: AccessW
         await redis.aclose()
 
 
-def _state(run_id: int) -> str:
-    return Run.objects.filter(pk=run_id).values_list("state", flat=True).get()
+def _state(run_id: int) -> str | None:
+    """None once the run is gone (its owner deleted, say: the stream's access check ends it)."""
+    return Run.objects.filter(pk=run_id).values_list("state", flat=True).first()
 
 
 @extend_schema(
