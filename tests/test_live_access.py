@@ -187,7 +187,7 @@ def test_signing_out_closes_that_sessions_socket_and_no_other(mia, agent, settin
                 (b"cookie", f"{django_settings.SESSION_COOKIE_NAME}={key}".encode()),
             ]
             communicator = WebsocketCommunicator(application, "/ws/", headers=headers)
-            assert (await communicator.connect())[0]
+            assert (await communicator.connect(timeout=5))[0]
             await communicator.send_json_to({"type": "subscribe", "run": run.pk})
             assert (await communicator.receive_json_from(timeout=5))["type"] == "replay"
             sockets.append(communicator)
