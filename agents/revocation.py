@@ -132,9 +132,14 @@ def session_user(session_key: str | None):
 
 
 def user_saved(sender, instance, created, update_fields=None, **kwargs) -> None:
-    """Deactivated, or a password changed (its other sessions no longer sign it in)...: a
-    save that only notes a sign-in (`last_login`) changes nothing an open channel relies on."""
-    if created or (update_fields is not None and set(update_fields) <= {"last_login"}):
+    """Saved disabled, or with a new password (its other sessions no longer sign it in).
+    Other saves (a sign-in noting `last_login`, a name) take nothing away: no announcement,
+    so that no one can make every open socket of a user ask the database at will.
+    `_password` is the raw password `set_password` keeps until the save has sent this signal
+    (AbstractBaseUser.save)."""
+    if created or (update_fields is not None and not {"is_active", "password"} & {*update_fields}):
+        return
+    if instance.is_active and getattr(instance, "_password", None) is None:
         return
     access_changed(user_id=instance.pk)
 

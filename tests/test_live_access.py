@@ -207,6 +207,23 @@ def test_signing_out_closes_that_sessions_socket_and_no_other(mia, agent, settin
     assert not heard_after
 
 
+def test_a_new_password_closes_the_sockets_of_the_sessions_it_ends(mia, agent, settings):  # noqa: F811
+    """A session is signed with the password it was made with (Django's session hash)."""
+    settings.WARDEN_LIVE_RECHECK_SECONDS = ANNOUNCED
+    run = a_run(mia, agent)
+
+    async def scenario():
+        communicator = await following(mia, run)
+        mia.set_password("a new one, elsewhere")
+        await sync_to_async(mia.save)()
+        code = await closed_with(communicator)
+        await communicator.disconnect()
+        return code
+
+    assert async_to_sync(scenario)() == 4401
+    assert members(f"run.{run.pk}") == 0
+
+
 def test_a_conversation_given_away_closes_its_subscription_with_4403(mia, oscar, agent, settings):  # noqa: F811
     """Runs and conversations are their owner's (access_run, access_conversation, as the API
     has it): one that is no longer the subscriber's stops reaching them."""
@@ -268,17 +285,18 @@ def test_a_reviewer_removed_from_the_role_loses_the_inbox_at_once(settings):
 
 
 def test_an_active_users_socket_goes_on_through_checks_and_announcements(mia, agent, settings):  # noqa: F811
-    """A save that takes nothing away is announced too: the socket asks, and stays; so it does
-    on each periodic check."""
+    """Leaving a group that grants no subscription is announced too: the socket asks, and
+    stays; so it does on each periodic check."""
     settings.WARDEN_LIVE_RECHECK_SECONDS = POLLED
     run = a_run(mia, agent)
+    club = Group.objects.create(name=f"club {uuid.uuid4().hex[:6]}")
+    mia.groups.add(club)
 
     async def scenario():
         communicator = await following(mia, run)
-        mia.first_name = "Mia"
-        await sync_to_async(mia.save)()
-        publish(run.pk, token("after the save"))
-        first = await live_event(communicator, "after the save")
+        await sync_to_async(mia.groups.remove)(club)
+        publish(run.pk, token("after the announcement"))
+        first = await live_event(communicator, "after the announcement")
         await asyncio.sleep(3 * POLLED)  # three checks' worth of quiet
         publish(run.pk, token("after the checks"))
         second = await live_event(communicator, "after the checks")
