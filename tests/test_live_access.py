@@ -12,6 +12,7 @@ an active user, whose arrival says the earlier ones were sent."""
 import asyncio
 import json
 import uuid
+from functools import partial
 from importlib import import_module
 
 import pytest
@@ -396,17 +397,29 @@ def test_an_event_stream_ends_within_the_check_interval_when_no_signal_tells(mia
     assert revoked_at_end(text)["reason"] == "access_revoked"
 
 
-def test_a_revoked_tokens_event_stream_sends_nothing_more(mia, agent, settings):  # noqa: F811
-    """Revoking a token is an update: the next event finds it revoked (its check is due)."""
+@pytest.mark.parametrize("kind", ["personal", "oauth2"])
+def test_a_revoked_tokens_event_stream_sends_nothing_more(mia, agent, settings, kind):  # noqa: F811
+    """Revoking a token is an update (a personal one) or a delete (OAuth2's revocation): the
+    next event finds it revoked (its check is due)."""
+    from oauth2_provider.models import AccessToken
+
+    from tests.api.conftest import application_for, token_of
+
     settings.WARDEN_LIVE_RECHECK_SECONDS = POLLED
     run = a_run(mia, agent)
-    made, auth = pat_header(mia)
+    if kind == "personal":
+        made, auth = pat_header(mia)
+        revoke = partial(token_revoke, token=made, actor=mia)
+    else:
+        application = application_for(mia)
+        auth = {"Authorization": f"Bearer {token_of(Client(), application, 'runs:read')}"}
+        revoke = AccessToken.objects.filter(application=application).delete
 
     async def scenario():
         chunks, reader = await streaming(run, auth)
         publish(run.pk, token("before"))  # sent: the stream's first check is behind it
         await _until(chunks, '"before"', timeout=DEADLINE)
-        await sync_to_async(token_revoke, thread_sensitive=True)(token=made, actor=mia)
+        await sync_to_async(revoke)()
         await asyncio.sleep(POLLED)  # past the last check, so that the next event asks
         requeued_and_final(run)
         text = await rest_of(chunks)
