@@ -39,7 +39,7 @@ import time
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
-from django.db import DatabaseError
+from django.db import DatabaseError, InterfaceError
 from redis.exceptions import RedisError
 
 from agents.events import last_logged, redis_client, run_history, stream_id_after
@@ -239,7 +239,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
                     conversations=frozenset(self.conversations),
                     inbox=frozenset(self.inbox),
                 )
-            except DatabaseError as exc:  # unknown is not allowed; the page reconnects
+            except (DatabaseError, InterfaceError) as exc:  # refused unknown; the page reconnects
                 logger.warning("a websocket could not check its access: %s", exc)
                 code = UNAVAILABLE
             self.checked_at = time.monotonic()
@@ -302,6 +302,8 @@ class LiveConsumer(AsyncWebsocketConsumer):
     # Plumbing
 
     async def _join(self, group: str) -> None:
+        if self.ended is not None:  # ended while a subscription was being made
+            return
         if group not in self.joined:
             await self.channel_layer.group_add(group, self.channel_name)
             self.joined.add(group)
