@@ -14,6 +14,13 @@ sends faster than RATE frames a second (BURST at once) is told so, and closed wi
 goes on. A run's events come first as a `replay` of everything logged so far (rebuilt from
 the database where Redis lost the log), then live, each exactly once (agents.events).
 
+The socket lives as long as its access (agents.revocation): it is closed with 4401 once its
+session no longer signs the user in (signed out, the account disabled or deleted, the password
+changed) and with 4403 once a subscription is no longer the user's (a run or conversation no
+longer theirs, an inbox whose reviewer left the group), after which it hears nothing more. It
+learns it at once from the announcement of the change, and in any case checks before it
+forwards an event and while idle, at most WARDEN_LIVE_RECHECK_SECONDS after the last check.
+
 An idle socket stays open: the server sends `{"type": "keepalive"}` after
 WARDEN_LIVE_KEEPALIVE_SECONDS without a frame (proxies close silent connections), and answers
 `{"type": "ping"}` with `{"type": "pong"}`. If Redis fails for longer than the channel layer
@@ -32,11 +39,12 @@ import time
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
-from django.contrib.auth import get_user_model
+from django.db import DatabaseError, InterfaceError
 from redis.exceptions import RedisError
 
 from agents.events import last_logged, redis_client, run_history, stream_id_after
-from agents.models import FINAL_STATES, Run
+from agents.models import FINAL_STATES, Conversation, Run
+from agents.revocation import recheck_seconds, session_digest, session_user, user_group
 from agents.selectors import access_conversation, access_run
 from governance.access import NoAccess
 from governance.approvals import reviewer_listens_on
@@ -55,6 +63,13 @@ class LiveConsumer(AsyncWebsocketConsumer):
         layer's connections): the page is told, before the close, instead of a bare 1011."""
         self.runs: dict[int, str] = {}  # run id -> the last id of its replay
         self.joined: set[str] = set()
+        # What the client subscribed to, checked again while the socket is open (a run
+        # followed through its conversation goes with the conversation).
+        self.subscribed_runs: set[int] = set()
+        self.conversations: set[int] = set()
+        self.inbox: set[str] = set()
+        self.ended: int | None = None  # the close code, once access ended
+        self.checking = asyncio.Lock()
         self.redis = None
         self.keeper: asyncio.Task | None = None
         try:
@@ -74,12 +89,13 @@ class LiveConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         self.user = self.scope.get("user")
         self.allowance, self.checked, self.strikes = BURST, time.monotonic(), 0
-        self.sent_at = time.monotonic()
+        self.sent_at = self.checked_at = time.monotonic()
+        self.recheck = recheck_seconds()
         await self.accept()
         if self.user is None or not self.user.is_authenticated:
             await self.close(code=UNAUTHENTICATED)
             return
-        await self._join(f"user.{self.user.pk}")
+        await self._join(user_group(self.user.pk))
         self.keeper = asyncio.ensure_future(self._keep_alive())
 
     async def disconnect(self, code) -> None:
@@ -100,10 +116,14 @@ class LiveConsumer(AsyncWebsocketConsumer):
 
     async def _keep_alive(self) -> None:
         """A frame at least every WARDEN_LIVE_KEEPALIVE_SECONDS, so that nothing between the
-        page and here takes a quiet socket for a dead one."""
+        page and here takes a quiet socket for a dead one; and the user's access checked while
+        nothing else checks it, so that a quiet socket of a disabled user closes too."""
         every = settings.WARDEN_LIVE_KEEPALIVE_SECONDS
         while True:
-            await asyncio.sleep(max(0.5, self.sent_at + every - time.monotonic()))
+            due = min(self.sent_at + every, self.checked_at + self.recheck)
+            await asyncio.sleep(max(0.5, due - time.monotonic()))
+            if not await self._allowed():
+                return
             if time.monotonic() - self.sent_at >= every:
                 try:
                     await self._send({"type": "keepalive"})
@@ -133,8 +153,8 @@ class LiveConsumer(AsyncWebsocketConsumer):
             return
         if frame["type"] == "ping":
             await self._send({"type": "pong"})
-        elif not await database_sync_to_async(_still_active)(self.user, self.scope["session"]):
-            await self.close(code=UNAUTHENTICATED)  # signed out elsewhere, or deactivated
+        elif not await self._allowed(now=True):
+            return  # signed out elsewhere, or deactivated: closed
         elif _is_id(frame.get("run")):
             await self._subscribe_run(frame["run"])
         elif _is_id(frame.get("conversation")):
@@ -152,6 +172,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
         except NoAccess:
             await self.close(code=FORBIDDEN)
             return
+        self.subscribed_runs.add(run.pk)
         await self._follow(run.pk, run.state)
 
     async def _subscribe_conversation(self, conversation_id: int) -> None:
@@ -162,6 +183,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
             return
         # Join first, then read: a run started in between is both announced and listed
         # (`_follow` takes it once).
+        self.conversations.add(conversation_id)
         await self._join(f"conversation.{conversation_id}")
         runs = await database_sync_to_async(_runs_of)(conversation_id)
         await self._send(
@@ -176,6 +198,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
         if not groups:
             await self.close(code=FORBIDDEN)
             return
+        self.inbox.update(groups)
         for group in groups:
             await self._join(group)
         await self._send({"type": "subscribed", "inbox": True})
@@ -197,7 +220,57 @@ class LiveConsumer(AsyncWebsocketConsumer):
         self.runs[run_id] = last_logged(events)
         await self._send({"type": "replay", "run": run_id, "state": state, "events": events})
 
-    # Channel-layer handlers
+    # Access, while the socket is open
+
+    async def _allowed(self, *, now: bool = False) -> bool:
+        """Whether the socket may still send: its session still signs the user in and each
+        subscription is still the user's. Asked of the database at most every `recheck`
+        seconds (unless `now`); once not, the socket leaves its groups and closes."""
+        async with self.checking:  # an event waits for a check under way, and its verdict
+            if self.ended is not None:
+                return False
+            if not now and time.monotonic() - self.checked_at < self.recheck:
+                return True
+            try:
+                code = await database_sync_to_async(_verdict)(
+                    user_id=self.user.pk,
+                    session_key=self.scope["session"].session_key,
+                    runs=frozenset(self.subscribed_runs),
+                    conversations=frozenset(self.conversations),
+                    inbox=frozenset(self.inbox),
+                )
+            except (DatabaseError, InterfaceError) as exc:  # refused unknown; the page reconnects
+                logger.warning("a websocket could not check its access: %s", exc)
+                code = UNAVAILABLE
+            self.checked_at = time.monotonic()
+            if code is None:
+                return True
+            await self._end(code)
+            return False
+
+    async def _end(self, code: int) -> None:
+        """Leave every group first (nothing published from now on reaches this socket), then
+        close; what was already on its way is dropped by `_send`."""
+        self.ended = code
+        with contextlib.suppress(RedisError, OSError):  # failed: the groups expire (a day)
+            for group in self.joined:
+                await self.channel_layer.group_discard(group, self.channel_name)
+        self.joined, self.runs = set(), {}
+        await self.close(code=code)
+
+    async def access_changed(self, message: dict) -> None:
+        """The user's access may have ended (agents.revocation): ask again now. A sign-out
+        that names this socket's session ends it without asking (the database still has the
+        session for a moment)."""
+        ended = message.get("session")
+        if ended and ended == session_digest(self.scope["session"].session_key):
+            async with self.checking:
+                if self.ended is None:
+                    await self._end(UNAUTHENTICATED)
+            return
+        await self._allowed(now=True)
+
+    # Channel-layer handlers: each forwards only once access is known to hold
 
     async def run_event(self, message: dict) -> None:
         """Redis gives each new entry a larger id than every entry before it: an event is in
@@ -207,30 +280,37 @@ class LiveConsumer(AsyncWebsocketConsumer):
         replayed = self.runs.get(run_id)
         if replayed is None or not stream_id_after(message["id"], replayed):
             return  # not followed, or already sent in the replay
-        await self._send(
-            {"type": "event", "run": run_id, "id": message["id"], "event": message["event"]}
-        )
+        if await self._allowed():
+            await self._send(
+                {"type": "event", "run": run_id, "id": message["id"], "event": message["event"]}
+            )
 
     async def group_event(self, message: dict) -> None:
         event = message["event"]
-        if event.get("type") == "run.started":
+        if event.get("type") == "run.started" and await self._allowed():
             await self._send(event)
             await self._follow(event["run"], "queued")
 
     async def review_event(self, message: dict) -> None:
-        await self._send({"type": "inbox", "event": message["event"]})
+        if await self._allowed():
+            await self._send({"type": "inbox", "event": message["event"]})
 
     async def user_event(self, message: dict) -> None:
-        await self._send({"type": "notice", "event": message["event"]})
+        if await self._allowed():
+            await self._send({"type": "notice", "event": message["event"]})
 
     # Plumbing
 
     async def _join(self, group: str) -> None:
+        if self.ended is not None:  # ended while a subscription was being made
+            return
         if group not in self.joined:
             await self.channel_layer.group_add(group, self.channel_name)
             self.joined.add(group)
 
     async def _send(self, payload: dict) -> None:
+        if self.ended is not None:
+            return
         self.sent_at = time.monotonic()
         await self.send(text_data=json.dumps(payload))
 
@@ -256,12 +336,31 @@ def _runs_of(conversation_id: int) -> list[tuple[int, str]]:
     return list(latest.values_list("pk", "state")[:MAX_LISTED])[::-1]
 
 
-def _still_active(user, session) -> bool:
-    """The socket's user, as of now: a session ended (signed out) or an account disabled
-    since the connection opened subscribes to nothing more."""
-    if not session.session_key or not session.exists(session.session_key):
-        return False
-    return get_user_model().objects.filter(pk=user.pk, is_active=True).exists()
+def _verdict(
+    *,
+    user_id: int,
+    session_key: str | None,
+    runs: frozenset[int],
+    conversations: frozenset[int],
+    inbox: frozenset[str],
+) -> int | None:
+    """None while the socket may go on; else the code to close it with. Two queries, and one
+    for each kind of subscription held. Runs and conversations are the owner's, as
+    access_run and access_conversation have it (each asked at subscription), checked here in
+    one query a kind rather than one a subscription."""
+    user = session_user(session_key)
+    if user is None or user.pk != user_id:
+        return UNAUTHENTICATED
+    if runs and Run.objects.filter(pk__in=runs, conversation__owner_id=user.pk).count() < len(runs):
+        return FORBIDDEN
+    if conversations and (
+        Conversation.objects.filter(pk__in=conversations, owner_id=user.pk).count()
+        < len(conversations)
+    ):
+        return FORBIDDEN
+    if inbox and not inbox <= set(reviewer_listens_on(user)):
+        return FORBIDDEN
+    return None
 
 
 def _is_id(value) -> bool:

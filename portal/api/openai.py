@@ -61,6 +61,7 @@ from portal.api.auth import HasScope
 from portal.api.parsers import unstorable
 from portal.api.problems import exception_handler, problem_body
 from portal.api.runs import client_application_id, fingerprint, idempotency_key
+from portal.api.streams import REVOKED_DETAIL, AccessWatch, credential_of
 from portal.api.waits import wait_slot_for, wait_slot_give, wait_slot_take
 
 PREFIX = "agent:"
@@ -279,8 +280,9 @@ class ChatCompletions(OpenAIView):
         try:
             run = _start(request, ask)
             if ask.stream:
+                watch = AccessWatch(credential_of(request))
                 response = StreamingHttpResponse(
-                    _events(request, run, ask), content_type="text/event-stream"
+                    _events(request, run, ask, watch), content_type="text/event-stream"
                 )
                 response["Cache-Control"] = "no-cache"
                 response["X-Accel-Buffering"] = "no"
@@ -414,8 +416,10 @@ def _final_step(run_id: int) -> int | None:
     return found["last"]
 
 
-async def _events(request: HttpRequest, run: Run, ask: Ask):
-    """The SSE stream: the answer's tokens as they come, then the end (or the error)."""
+async def _events(request: HttpRequest, run: Run, ask: Ask, watch: AccessWatch):
+    """The SSE stream: the answer's tokens as they come, then the end (or the error). Before
+    anything is sent, `watch` is asked whether the caller's access still holds; once not, the
+    stream ends with an error (an `authentication_error`, as OpenAI's for a revoked key)."""
     import redis
 
     base = {
@@ -429,6 +433,13 @@ async def _events(request: HttpRequest, run: Run, ask: Ask):
         body = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
         return f"data: {json.dumps({**body, **extra})}\n\n".encode()
 
+    revoked = {
+        "error": {
+            "message": REVOKED_DETAIL,
+            "type": "authentication_error",
+            "code": "access_revoked",
+        }
+    }
     yield chunk({"role": "assistant", "content": ""})
     tokens = Tokens()
     settled = run if run.state in SETTLED else None
@@ -444,12 +455,17 @@ async def _events(request: HttpRequest, run: Run, ask: Ask):
             break
         try:
             block = max(1, int(min(left, WAIT_POLL_SECONDS) * 1000))
-            found = await client.xread({key: last}, block=block)
+            await watch.begin(client)
+            found = watch.heard(await client.xread({key: last, **watch.streams()}, block=block))
         except redis.RedisError:
             import asyncio
 
             await asyncio.sleep(min(left, WAIT_POLL_SECONDS))
             found = []
+        if not await watch.allowed():
+            yield f"data: {json.dumps(revoked)}\n\n".encode()
+            yield b"data: [DONE]\n\n"
+            return
         check = not found
         for _, entries in found:
             for sid, fields in entries:
@@ -458,6 +474,10 @@ async def _events(request: HttpRequest, run: Run, ask: Ask):
                 if event.get("type") == "token" and (text := tokens.take(event)):
                     yield chunk({"content": text})
                 check = check or run_decisive(event)
+    if not await watch.allowed():  # the answer, too, is only for who may still have it
+        yield f"data: {json.dumps(revoked)}\n\n".encode()
+        yield b"data: [DONE]\n\n"
+        return
     warden = _warden(request, settled)
     if settled.state not in _ENDED:
         if settled.state == RunState.SUCCEEDED:

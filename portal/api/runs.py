@@ -35,6 +35,7 @@ from agents.selectors import (
 )
 from agents.services import run_cancel, run_start
 from portal.api.auth import HasScope
+from portal.api.streams import REVOKED_DETAIL, AccessWatch, credential_of
 from portal.api.views import RunSerializer
 from portal.api.waits import wait_slot_for, wait_slot_give, wait_slot_take
 
@@ -188,10 +189,12 @@ class EventStreamRenderer(BaseRenderer):
     description="Each event has the run's log id as its `id`; reconnect with `Last-Event-ID` "
     "(or `?after=`) to resume after it, with nothing lost or repeated. The stream ends after "
     "the `final` event; it also ends after a few minutes of a parked run with a `reconnect` "
-    "event, to be resumed, and with an `error` event if the events cannot be read; neither "
-    "has an id. A comment keeps a quiet stream alive. A run that did not stream gets what "
-    "settled it only. Where the run's log was lost (Redis restarted, or a day passed), its "
-    "steps and end are rebuilt from the database (ids `0-<n>`; tokens are not kept).",
+    "event, to be resumed, with an `error` event if the events cannot be read, and with an "
+    "`error` event (`access_revoked`) within seconds of the credential being revoked or its "
+    "account disabled or deleted; none has an id. A comment keeps a quiet stream alive. "
+    "A run that did not stream gets what settled it only. Where the run's log was lost "
+    "(Redis restarted, or a day passed), its steps and end are rebuilt from the database "
+    "(ids `0-<n>`; tokens are not kept).",
     tags=["runs"],
     parameters=[
         OpenApiParameter("Last-Event-ID", str, OpenApiParameter.HEADER, required=False),
@@ -223,7 +226,9 @@ class RunEvents(APIView):
             raise exceptions.ValidationError({"Last-Event-ID": ["an event id this stream sent"]})
         wait_slot_take(request.user)
         response = StreamingHttpResponse(
-            run_events(run.pk, after, settings.WARDEN_SSE_MAX_SECONDS),
+            run_events(
+                run.pk, after, settings.WARDEN_SSE_MAX_SECONDS, AccessWatch(credential_of(request))
+            ),
             content_type="text/event-stream",
         )
         wait_slot_for(response, request.user)
@@ -237,11 +242,12 @@ def _frame(event: dict, sid: str | None = None) -> str:
     return f"{head}event: {event.get('type', 'message')}\ndata: {json.dumps(event)}\n\n"
 
 
-async def run_events(run_id: int, after: str, max_seconds: float):
+async def run_events(run_id: int, after: str, max_seconds: float, watch: AccessWatch):
     """The run's events after `after` (agents.events.run_history: the log, or the database
     where the log was lost), then live ones, until its `final` event. Never a bare end: a
     stream that cannot go on says why in an event without an id (`reconnect` after
-    `max_seconds`, `error` when Redis stays away), so the client resumes with the last id.
+    `max_seconds`, `error` when Redis stays away or when `watch` says the caller's access
+    ended, which it is asked before anything is sent), so the client resumes with the last id.
     A Redis connection that fails is made again and the stream goes on from the last id it
     sent (redis-py resends a command on a new connection a few times; past that, this waits
     up to REDIS_OUTAGE_SECONDS, keeping the client's connection alive)."""
@@ -255,23 +261,33 @@ async def run_events(run_id: int, after: str, max_seconds: float):
     deadline = loop.time() + max_seconds
     every = settings.WARDEN_LIVE_KEEPALIVE_SECONDS
     wrote, failing_since, caught_up = loop.time(), None, False
+    revoked = _frame({"type": "error", "reason": "access_revoked", "detail": REVOKED_DETAIL})
     try:
         yield "retry: 2000\n\n"
         while True:
             try:
                 if not caught_up:  # the start, or back after Redis failed
-                    for item in await run_history(redis, run_id, after):
+                    await watch.begin(redis)
+                    history = await run_history(redis, run_id, after)
+                    if not await watch.allowed():
+                        yield revoked
+                        return
+                    for item in history:
                         after = last_logged([item], after)
                         yield _frame(item["event"], item["id"])
                         if item["event"].get("type") == "final":
                             return
                     caught_up, failing_since, wrote = True, None, loop.time()
                     continue
+                if not await watch.allowed():  # (a deleted user's run is gone with them)
+                    yield revoked
+                    return
                 settled = await state(run_id) in FINAL_STATES  # before reading: none is missed
                 # Events reach the log a moment after the commit that ends the run (the worker
                 # publishes them off its path): a finished run's log is still read briefly.
                 block = FINISHED_GRACE_MS if settled else POLL_MS
-                got = await redis.xread({stream_key(run_id): after}, count=500, block=block)
+                streams = {stream_key(run_id): after, **watch.streams()}
+                got = watch.heard(await redis.xread(streams, count=500, block=block))
             except RedisError as exc:
                 logger.warning("run %s's event stream lost Redis: %r", run_id, exc)
                 failing_since = failing_since or loop.time()
@@ -289,6 +305,9 @@ async def run_events(run_id: int, after: str, max_seconds: float):
                 yield ": reconnecting\n\n"
                 await asyncio.sleep(1)
                 continue
+            if not await watch.allowed():
+                yield revoked
+                return
             for sid, fields in got[0][1] if got else ():
                 after = sid.decode()
                 event = json.loads(fields[b"e"])
@@ -316,8 +335,9 @@ async def run_events(run_id: int, after: str, max_seconds: float):
         await redis.aclose()
 
 
-def _state(run_id: int) -> str:
-    return Run.objects.filter(pk=run_id).values_list("state", flat=True).get()
+def _state(run_id: int) -> str | None:
+    """None once the run is gone (its owner deleted, say: the stream's access check ends it)."""
+    return Run.objects.filter(pk=run_id).values_list("state", flat=True).first()
 
 
 @extend_schema(

@@ -63,7 +63,7 @@ def socket(user=None) -> WebsocketCommunicator:
 
 async def opened(user) -> WebsocketCommunicator:
     communicator = await sync_to_async(socket)(user)  # the session is saved on this thread
-    connected, _ = await communicator.connect()
+    connected, _ = await communicator.connect(timeout=5)  # 1 s by default: short on busy cores
     assert connected
     return communicator
 

@@ -1,0 +1,169 @@
+"""Open live channels lose a user whose access ends (issue 19, point 3).
+
+A websocket (agents.consumers) and an event stream (the API's run events, the OpenAI-compatible
+`stream=true`) authenticate once, when they open, and may then stay open for minutes. A user
+disabled, deleted, signed out or removed from a reviewer group meanwhile must not go on hearing
+about runs. Two things end them:
+
+- an announcement, after the commit that changed the user (`access_changed`): the channel group
+  `user.<id>` (every open socket of the user joins it) and the Redis stream
+  `warden:user:<id>:access` (event streams read it beside the run's log). It carries no
+  authority: each socket and stream asks the database again (`session_user`, the streams'
+  credential checks); only a sign-out names the session that ended, by a digest of its key;
+- a check every WARDEN_LIVE_RECHECK_SECONDS while open (before an event is forwarded, and
+  while idle), for whatever changed without a signal (`QuerySet.update`, a revoked token, an
+  expired session).
+
+Signals here are fan-out only (STYLE.md 6): they decide nothing, the checks do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from importlib import import_module
+
+from django.conf import settings
+from django.db import transaction
+
+logger = logging.getLogger(__name__)
+
+RECHECK_SECONDS = 5.0  # the default of settings.WARDEN_LIVE_RECHECK_SECONDS
+KEEP_SECONDS = 3600  # an announcement outlives every stream that could need it
+MAX_KEPT = 100
+
+
+def recheck_seconds() -> float:
+    """How long an open channel forwards events on one check of its user's access."""
+    return float(getattr(settings, "WARDEN_LIVE_RECHECK_SECONDS", RECHECK_SECONDS))
+
+
+def user_group(user_id: int) -> str:
+    return f"user.{user_id}"
+
+
+def access_key(user_id: int) -> str:
+    return f"warden:user:{user_id}:access"
+
+
+def session_digest(session_key: str | None) -> str:
+    """What an announcement says of a session: its key is a credential, kept out of Redis."""
+    return hashlib.sha256(session_key.encode()).hexdigest()[:32] if session_key else ""
+
+
+def access_changed(*, user_id: int, session_key: str = "") -> None:
+    """After commit (at once outside a transaction), best effort: every open channel of the
+    user checks its access again; with `session_key`, that sign-in has ended."""
+    digest = session_digest(session_key)
+    transaction.on_commit(lambda: _announce(user_id, digest), robust=True)
+
+
+def _announce(user_id: int, digest: str) -> None:
+    from asgiref.sync import async_to_sync
+
+    try:
+        async_to_sync(_send)(user_id, digest)
+    except Exception:  # the periodic checks still end the channels, a few seconds later
+        logger.warning("could not announce user %s's access change", user_id, exc_info=True)
+
+
+async def _send(user_id: int, digest: str) -> None:
+    from channels.layers import get_channel_layer
+
+    from agents.events import redis_client
+
+    redis = redis_client()
+    try:
+        async with redis.pipeline(transaction=False) as pipe:
+            key = access_key(user_id)
+            pipe.xadd(key, {"s": json.dumps(digest)}, maxlen=MAX_KEPT, approximate=True)
+            pipe.expire(key, KEEP_SECONDS)
+            await pipe.execute()
+    finally:
+        await redis.aclose()
+    message = {"type": "access.changed", "session": digest}
+    await get_channel_layer().group_send(user_group(user_id), message)
+
+
+async def access_last_id(redis, user_id: int) -> str:
+    """Where a new reader of the user's announcements starts: after the last one."""
+    last = await redis.xrevrange(access_key(user_id), count=1)
+    return last[0][0].decode() if last else "0-0"
+
+
+def ended_sessions(entries) -> set[str]:
+    """The session digests that announcements (stream entries) name."""
+    return {json.loads(fields[b"s"]) for _, fields in entries}
+
+
+def session_user(session_key: str | None):
+    """The user whom the session `session_key` still signs in, or None: Django's own check of
+    each request (the session exists and has not expired, its backend is still configured and
+    still gives an active user, whose password is the one the session was made with), without
+    its side effects (a request flushes a session that fails, or moves one made under an old
+    SECRET_KEY to a new key, which a websocket could not tell its browser)."""
+    from django.contrib.auth import (
+        BACKEND_SESSION_KEY,
+        HASH_SESSION_KEY,
+        SESSION_KEY,
+        get_user_model,
+        load_backend,
+    )
+    from django.utils.crypto import constant_time_compare
+
+    if not session_key:
+        return None
+    session = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+    user_id, backend_path = session.get(SESSION_KEY), session.get(BACKEND_SESSION_KEY)
+    if user_id is None or backend_path not in settings.AUTHENTICATION_BACKENDS:
+        return None
+    user = load_backend(backend_path).get_user(get_user_model()._meta.pk.to_python(user_id))
+    if user is None or not user.is_active:
+        return None
+    signed = session.get(HASH_SESSION_KEY) or ""
+    hashes = [user.get_session_auth_hash(), *user.get_session_auth_fallback_hash()]
+    if not signed or not any(constant_time_compare(signed, h) for h in hashes):
+        return None
+    return user
+
+
+# Signal receivers (connected in AgentsConfig.ready) ----------------------------------------
+
+
+def user_saved(sender, instance, created, update_fields=None, **kwargs) -> None:
+    """Saved disabled, or with a new password (its other sessions no longer sign it in).
+    Other saves (a sign-in noting `last_login`, a name) take nothing away: no announcement,
+    so that no one can make every open socket of a user ask the database at will.
+    `_password` is the raw password `set_password` keeps until the save has sent this signal
+    (AbstractBaseUser.save)."""
+    if created or (update_fields is not None and not {"is_active", "password"} & {*update_fields}):
+        return
+    if instance.is_active and getattr(instance, "_password", None) is None:
+        return
+    access_changed(user_id=instance.pk)
+
+
+def user_deleted(sender, instance, **kwargs) -> None:
+    access_changed(user_id=instance.pk)
+
+
+def user_signed_out(sender, request, user, **kwargs) -> None:
+    """Sent before the session is flushed: the channels of that session end without asking
+    the database, which still has it for a moment."""
+    if user is not None and user.pk is not None:
+        session = getattr(request, "session", None)
+        access_changed(user_id=user.pk, session_key=getattr(session, "session_key", None) or "")
+
+
+def groups_changed(sender, instance, action, reverse, pk_set, **kwargs) -> None:
+    """A user left a group (a reviewer role, an approver group): an inbox may have to close.
+    Joining one takes nothing away."""
+    if action == "post_remove":
+        users = pk_set if reverse else {instance.pk}
+    elif action == "pre_clear":
+        users = set(instance.user_set.values_list("pk", flat=True)) if reverse else {instance.pk}
+    else:
+        return
+    for user_id in users:
+        access_changed(user_id=user_id)
