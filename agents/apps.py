@@ -7,7 +7,6 @@ class AgentsConfig(AppConfig):
     def ready(self) -> None:
         from auditlog.registry import auditlog
 
-        from agents.embedding import embed
         from agents.knowledge import tools  # noqa: F401 - registers knowledge_search
         from agents.models import Agent, Deployment, KnowledgeBase, ModelRoute
         from agents.services import run_approval_decided, run_escalation_decided
@@ -20,8 +19,6 @@ class AgentsConfig(AppConfig):
             hooks.approval_decided.append(run_approval_decided)
             hooks.escalation_decided.append(run_escalation_decided)
         hooks.approver_relations.add("approvable_agents")  # Agent.approver_groups
-        if embed not in hooks.sentence_embedder:  # the model loads on the first call, not here
-            hooks.sentence_embedder.append(embed)
 
         # Field-level history of the configuration (the key is a reference, never a secret).
         auditlog.register(Agent)

@@ -8,7 +8,7 @@ training split for comparison, and the project's older labelled sets
 (bench/data/injection_outside.json: see its "about"), the honest figure for text nobody here
 fitted the detector to. Then the latency of scanning one 4 KB passage, p50 and
 p99 over many passages: benign ones (the common case) and ones with an attack inside, with
-the encoder off (the default) and on. Measured and printed, not asserted.
+the encoder on (the default) and off. Measured and printed, not asserted.
 
     .venv/bin/python bench/guardrails.py [--no-latency]
 """

@@ -20,15 +20,6 @@ argument_problem: list[Callable[[int, dict], str | None]] = []
 # Names of Group's reverse relations to the objects that name approver groups (an agent's, a
 # tool's): a member of such a group reviews, and has an inbox, before any request names it.
 approver_relations: set[str] = set()
-# (texts) -> one unit-length sentence embedding per text (agents.embedding.embed): the injection
-# detector's encoder, when WARDEN_INJECTION_ENCODER is on.
-sentence_embedder: list[Callable[[list[str]], Any]] = []
-
-
-def embed_sentences(texts: list[str]) -> Any:
-    if not sentence_embedder:
-        raise RuntimeError("no sentence embedder registered (is the agents app installed?)")
-    return sentence_embedder[0](texts)
 
 
 def check_arguments(tool_id: int, arguments: dict) -> str | None:

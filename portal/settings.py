@@ -417,8 +417,7 @@ WARDEN_BUDGET_COMPLETION_TOKENS = env_int("WARDEN_BUDGET_COMPLETION_TOKENS", 512
 WARDEN_APPROVAL_EXPIRY_SECONDS = env_int("WARDEN_APPROVAL_EXPIRY_SECONDS", 24 * 3600, minimum=1)
 # Prompt injection: the score (0-1) at or above which a text is an injection; unset, the
 # threshold the training script chose (governance/guardrails/data/injection_model.npz). With
-# WARDEN_INJECTION_ENCODER=true the MiniLM encoder rescores the windows the fast path leaves
-# uncertain.
+# WARDEN_INJECTION_ENCODER=false the threshold is the fast path's own.
 _injection_threshold = env_optional("WARDEN_INJECTION_THRESHOLD")
 try:
     WARDEN_INJECTION_THRESHOLD = (
@@ -440,9 +439,10 @@ except ValueError:
         "WARDEN_INJECTION_SECURITY_THRESHOLD must be a number from 0 to 1, "
         f"got {_security_threshold!r}"
     ) from None
-# Off by default: on the held-out corpus the MiniLM head lowered recall (0.880 against 0.900)
-# and raised the p99 per 4 KB passage from ~19 ms to ~380 ms, and it loads torch in workers.
-WARDEN_INJECTION_ENCODER = env_bool("WARDEN_INJECTION_ENCODER", False)
+# The multilingual encoder's head reads each text's most suspicious windows (numpy, ~6 ms a
+# window); off, the detector falls back to the n-gram model and the signals alone, which read
+# seven languages and miss much more outside text (README, "Injection detection").
+WARDEN_INJECTION_ENCODER = env_bool("WARDEN_INJECTION_ENCODER", True)
 # How long POST /v1/chat/completions waits for a run before answering that it carries on.
 WARDEN_OPENAI_WAIT_SECONDS = env_int("WARDEN_OPENAI_WAIT_SECONDS", 120, minimum=1)
 # Knowledge bases: the largest document accepted, uploaded or fetched.

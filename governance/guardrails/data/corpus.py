@@ -1468,4 +1468,31 @@ def corpus() -> list[Example]:
             rows.append(
                 Example(_fill(text.replace("{q}", quote), rng), 0, "security_doc", template, split)
             )
+    return rows + written()
+
+
+def written() -> list[Example]:
+    """data/written.json: sets of whole documents written for Warden by sessions that had not
+    seen this corpus (see its "about"), each attack with the span that is the injection. Every
+    fourth row of a set is held out."""
+    sets = json.loads((DATA / "written.json").read_text(encoding="utf-8"))["sets"]
+    rows = []
+    for name, items in sets.items():
+        for index, item in enumerate(items):
+            parts = item["kind"].split(".")
+            obfuscation = next((p[4:] for p in parts if p.startswith("obf_")), "none")
+            security = item["kind"] == "security_doc" or "advisory" in item["kind"]
+            rows.append(
+                Example(
+                    item["text"],
+                    item["label"],
+                    "written" if item["label"] else ("security_doc" if security else "written"),
+                    f"{name}-{index}",
+                    "test" if index % 4 == 3 else "train",
+                    obfuscation,
+                    parts[1] if len(parts) > 2 else "raw",
+                    parts[2] if len(parts) > 2 else "en",
+                    item.get("payload") or "",
+                )
+            )
     return rows
