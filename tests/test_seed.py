@@ -5,6 +5,7 @@ import pytest
 from django.contrib.auth import authenticate, get_user_model
 from django.contrib.auth.models import Group
 from django.db import connection
+from django.test import RequestFactory
 
 from governance import roles
 from portal.services import demo_workspace_seed
@@ -29,6 +30,11 @@ def test_seed_creates_role_groups_and_one_user_per_role(tmp_path):
         assert user.is_staff is (login.role == roles.GOVERNANCE_ADMIN)
 
 
+def _sign_in():
+    """A sign-in request, as the lockout's backend (axes) needs one to authenticate."""
+    return RequestFactory().post("/login/")
+
+
 def test_seed_passwords_are_generated_work_and_are_kept_privately(tmp_path):
     path = tmp_path / "logins.json"
 
@@ -36,7 +42,7 @@ def test_seed_passwords_are_generated_work_and_are_kept_privately(tmp_path):
 
     assert len({logins["admin"], logins["reviewer"], logins["member"]}) == 3
     assert all(len(logins[name]) >= 16 for name in ("admin", "reviewer", "member"))
-    assert authenticate(username="member", password=logins["member"]) is not None
+    assert authenticate(_sign_in(), username="member", password=logins["member"]) is not None
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     stored = {e["username"]: e["password"] for e in json.loads(path.read_text())}
     assert stored == logins
@@ -71,7 +77,7 @@ def test_seed_recreates_only_what_is_missing(tmp_path):
 
     assert second["admin"] == first["admin"]
     assert second["reviewer"] != first["reviewer"]
-    assert authenticate(username="reviewer", password=second["reviewer"]) is not None
+    assert authenticate(_sign_in(), username="reviewer", password=second["reviewer"]) is not None
 
 
 def test_seed_demo_command_prints_the_new_logins(tmp_path, settings, capsys):

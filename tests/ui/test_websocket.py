@@ -48,7 +48,7 @@ def a_run(owner, agent) -> Run:
 def cookie(user) -> tuple[bytes, bytes]:
     session = import_module(settings.SESSION_ENGINE).SessionStore()
     session[SESSION_KEY] = str(user.pk)
-    session[BACKEND_SESSION_KEY] = settings.AUTHENTICATION_BACKENDS[0]
+    session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
     session[HASH_SESSION_KEY] = user.get_session_auth_hash()
     session.save()
     return (b"cookie", f"{settings.SESSION_COOKIE_NAME}={session.session_key}".encode())
