@@ -5,8 +5,9 @@ Such a user's session, once the password is right, owes the second factor: until
 (`django_otp.login` marks the session), SecondFactorMiddleware lets it reach only the pages in
 SECOND_FACTOR_OPEN (sign-in, sign-out, verification, enrolment); other pages redirect to
 verification (enrolment when the user has no authenticator yet), the API answers 403 and the
-websocket refuses (SecondFactorWebsocketMiddleware). A request with an Authorization header is
-authenticated by its token alone: the owing session is hidden from it.
+websocket refuses (SecondFactorWebsocketMiddleware). An API request with an Authorization
+header, and the OAuth token endpoints, are authenticated by the token or client alone: the
+owing session is hidden from them.
 
 Wrong codes count towards the sign-in lockout of the account from that address
 (portal.lockout), and each device also slows its own guessing (django-otp's throttle: 1, 2,
@@ -48,6 +49,8 @@ SECOND_FACTOR_OPEN: set[str] = {
     "second-factor-enrol",
 }
 API_PREFIXES = ("/api/", "/v1/")
+# OAuth endpoints that authenticate the client, never the browser's session.
+SESSIONLESS = ("/o/token/", "/o/revoke_token/", "/o/introspect/")
 
 
 def second_factor_required(user) -> bool:
@@ -289,8 +292,8 @@ def second_factor_enrol(*, request: HttpRequest, user, typed: str) -> tuple[Resu
 
 
 def second_factor_reset(*, user, actor) -> int:
-    """Remove `user`'s authenticators and recovery codes (a lost phone): at their next sign-in
-    they enrol again. Their signed-in sessions keep going; the number of devices removed."""
+    """Remove `user`'s authenticators and recovery codes (a lost phone): their sessions owe
+    the second factor again, and they enrol a new one; the number of devices removed."""
     with transaction.atomic():
         totp, _ = TOTPDevice.objects.filter(user=user).delete()
         static, _ = StaticDevice.objects.filter(user=user).delete()
@@ -319,13 +322,14 @@ class SecondFactorMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        if "Authorization" in request.headers:
-            if second_factor_owed(request):
-                # A token speaks for itself; the half-signed-in session must not (DRF would fall
-                # back to it were the header not a token it knows).
-                request.user = AnonymousUser()
-            return self.get_response(request)
         if not second_factor_owed(request) or self._open(request):
+            return self.get_response(request)
+        if request.path.startswith(SESSIONLESS) or (
+            request.path.startswith(API_PREFIXES) and "Authorization" in request.headers
+        ):
+            # A token (or a client's secret) speaks for itself; the half-signed-in session must
+            # not: DRF would fall back to it were the header not a token it knows.
+            request.user = AnonymousUser()
             return self.get_response(request)
         if request.path.startswith(API_PREFIXES):
             from portal.api.problems import problem_response

@@ -4,6 +4,8 @@ reaches nothing else until it gives one. Codes are computed here from the device
 authenticator app computes them (django_otp.oath.totp)."""
 
 import json
+import subprocess
+import sys
 from urllib.parse import urlencode
 
 import pytest
@@ -23,6 +25,7 @@ from audit.models import AuditEvent
 from governance import roles
 from portal.models import PersonalAccessToken
 from portal.tokens import token_create
+from tests.processes import ROOT, embedded_env, production_env
 
 pytestmark = pytest.mark.django_db
 User = get_user_model()
@@ -345,6 +348,11 @@ def test_the_api_refuses_an_owing_session_but_takes_a_token(client, rita):
     assert odd.json()["type"] != "/api/problems/second-factor-required"
     assert "results" not in odd.json()
 
+    # On a page, a header does not stand in for the second factor.
+    page = client.get("/", HTTP_AUTHORIZATION=f"Bearer {secret}")
+    assert page.status_code == 302
+    assert page["Location"].startswith(VERIFY)
+
     give(client, code_of(device))
     assert client.get("/api/v1/agents").status_code == 200
 
@@ -423,3 +431,43 @@ def test_a_reviewer_cannot_reset_anyones_second_factor(rita, mo):
     assert response.status_code in (302, 403)
     assert TOTPDevice.objects.filter(user=mo).exists()
     assert not AuditEvent.objects.filter(action="auth.second_factor_reset").exists()
+
+
+# The setting ----------------------------------------------------------------------------------
+
+
+def groups_setting(env: dict[str, str]) -> subprocess.CompletedProcess:
+    code = "from django.conf import settings; print(settings.WARDEN_SECOND_FACTOR_GROUPS)"
+    return subprocess.run(
+        [sys.executable, "-c", f"import django; django.setup(); {code}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("mode", "value", "expected"),
+    [
+        ("production", "", str(ENFORCED)),
+        ("embedded", "", "[]"),
+        ("production", "off", "[]"),
+        ("production", "OFF", "[]"),
+        ("embedded", "default", str(ENFORCED)),
+        ("production", "Sales, Reviewer", "['Sales', 'Reviewer']"),
+    ],
+)
+def test_who_is_asked_by_default_and_when_set(mode, value, expected, tmp_path):
+    extra = {"WARDEN_SECOND_FACTOR_GROUPS": value}
+    env = production_env(**extra) if mode == "production" else embedded_env(tmp_path, **extra)
+    result = groups_setting(env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == expected
+
+
+def test_off_among_group_names_is_refused_with_the_variables_name():
+    result = groups_setting(production_env(WARDEN_SECOND_FACTOR_GROUPS="Reviewer,off"))
+    assert result.returncode != 0
+    assert "WARDEN_SECOND_FACTOR_GROUPS is either `off` alone" in result.stderr
