@@ -364,7 +364,7 @@ class SecondFactorWebsocketMiddleware:
 
     async def __call__(self, scope, receive, send):
         user = scope.get("user")
-        if user is not None and user.is_authenticated:
+        if settings.WARDEN_SECOND_FACTOR_GROUPS and user is not None and user.is_authenticated:
             owed = await database_sync_to_async(_socket_owes)(user=user, session=scope["session"])
             if owed:
                 scope = {**scope, "user": AnonymousUser()}
