@@ -302,5 +302,5 @@ class ApplicationAdmin(_application_admin):
     inlines = [*getattr(_application_admin, "inlines", []), ApplicationScopesInline]
 
 
-# Lockouts (their admin lives beside the lockout code).
-from portal import lockout_admin  # noqa: E402, F401
+# Lockouts and the second factor's reset (their admin lives beside their code).
+from portal import lockout_admin, second_factor_admin  # noqa: E402, F401

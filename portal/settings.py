@@ -112,6 +112,9 @@ INSTALLED_APPS = [
     "django.contrib.postgres",
     "channels",
     "auditlog",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
+    "django_otp.plugins.otp_static",  # the recovery codes
     "guardian",
     "rest_framework",
     "oauth2_provider",
@@ -144,10 +147,13 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",  # request.user.is_verified(): the session's factor
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "auditlog.middleware.AuditlogMiddleware",
     "axes.middleware.AxesMiddleware",  # answers a locked-out sign-in with the 429 page
+    # Last: a session still owing its second factor reaches only the pages that settle it.
+    "portal.second_factor.SecondFactorMiddleware",
 ]
 
 ROOT_URLCONF = "portal.urls"
@@ -238,6 +244,28 @@ AXES_SENSITIVE_PARAMETERS = [
 AXES_DISABLE_ACCESS_LOG = True
 AXES_VERBOSE = False
 AXES_ENABLE_ADMIN = False  # Warden's own page (portal/lockout_admin.py) audits each unlock
+# A second factor (portal/second_factor.py; README, "Second factor"): who must use one after the
+# password, as a list of group names plus `superusers` and `staff`, or `off`. By default the
+# governance admins and reviewers in production; off in the embedded demo, whose seeded admin and
+# reviewer would otherwise need an authenticator app before they see anything.
+_SECOND_FACTOR_DEFAULT = ["superusers", "staff", "Governance admin", "Reviewer"]
+WARDEN_SECOND_FACTOR_GROUPS = env_list(
+    "WARDEN_SECOND_FACTOR_GROUPS", [] if EMBEDDED_DATABASE else _SECOND_FACTOR_DEFAULT
+)
+if [name.lower() for name in WARDEN_SECOND_FACTOR_GROUPS] == ["off"]:
+    WARDEN_SECOND_FACTOR_GROUPS = []
+elif WARDEN_SECOND_FACTOR_GROUPS == ["default"]:
+    WARDEN_SECOND_FACTOR_GROUPS = _SECOND_FACTOR_DEFAULT
+elif "off" in (name.lower() for name in WARDEN_SECOND_FACTOR_GROUPS):
+    raise ImproperlyConfigured(
+        "WARDEN_SECOND_FACTOR_GROUPS is either `off` alone or a list of group names "
+        f"(`superusers`, `staff` included), got {WARDEN_SECOND_FACTOR_GROUPS!r}"
+    )
+OTP_TOTP_ISSUER = env_str("WARDEN_SECOND_FACTOR_ISSUER", "Warden")  # names the authenticator entry
+# django-otp's own throttle: after each wrong code a device refuses the next for 1, 2, 4, ...
+# seconds, until a right one; on top of the lockouts, which a password sign-in resets.
+OTP_TOTP_THROTTLE_FACTOR = 1
+OTP_STATIC_THROTTLE_FACTOR = 1
 # A run's event stream (GET /api/v1/runs/{id}/events) is closed after this long, to be resumed
 # with Last-Event-ID: no connection is held forever by a run parked for a reviewer.
 WARDEN_SSE_MAX_SECONDS = env_int("WARDEN_SSE_MAX_SECONDS", 300, minimum=10)

@@ -10,6 +10,8 @@ urlpatterns = [
     path("favicon.ico", views.favicon),
     path("login/", views.SignInView.as_view(), name="login"),
     path("logout/", views.SignOutView.as_view(), name="logout"),
+    path("login/second-factor/", views.second_factor_verify, name="second-factor"),
+    path("login/second-factor/enrol/", views.second_factor_enrol, name="second-factor-enrol"),
     # One sign-in page (audited) for the portal and the admin; a 403 for the signed-in
     # people the admin does not admit.
     path("admin/login/", views.admin_sign_in),

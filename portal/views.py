@@ -1,5 +1,11 @@
+import base64
 import json
+from urllib.parse import urlencode
 
+import qrcode
+import qrcode.image.svg
+from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
@@ -9,13 +15,22 @@ from django.shortcuts import redirect, render
 from django.templatetags.static import static
 from django.urls import reverse
 from django.utils.crypto import salted_hmac
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.cache import never_cache
 from django.views.defaults import page_not_found
 from django.views.defaults import server_error as default_server_error
 from oauth2_provider import views as oauth2_views
 
 from audit.services import SYSTEM, Target, audit_record
 from governance.budgets import usage_for
-from portal.lockout import client_subject, locked_problem, lockout_fail, lockout_wait
+from portal import second_factor as factor
+from portal.lockout import (
+    _wait_words,
+    client_subject,
+    locked_problem,
+    lockout_fail,
+    lockout_wait,
+)
 
 API_PREFIXES = ("/api/", "/v1/")
 
@@ -81,6 +96,13 @@ class SignInView(auth_views.LoginView):
 
     redirect_authenticated_user = True
 
+    def get_success_url(self):
+        url = super().get_success_url()
+        if factor.second_factor_owed(self.request):
+            page = factor.second_factor_page(self.request, self.request.user)
+            return f"{page}?{urlencode({'next': url})}"
+        return url
+
     def form_valid(self, form):
         with transaction.atomic():
             response = super().form_valid(form)
@@ -112,6 +134,112 @@ class SignInView(auth_views.LoginView):
                 stream=f"auth.sign_in:{target.label}",
             )
         return super().form_invalid(form)
+
+
+def _next(request: HttpRequest) -> str:
+    wanted = request.POST.get("next") or request.GET.get("next") or ""
+    if wanted and url_has_allowed_host_and_scheme(
+        wanted, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return wanted
+    return reverse("home")
+
+
+def _locked_page(request: HttpRequest, wait: int) -> HttpResponse:
+    response = render(
+        request,
+        "registration/locked_out.html",
+        {"wait": _wait_words(wait), "minutes": settings.WARDEN_LOCKOUT_MINUTES},
+        status=429,
+    )
+    response["Retry-After"] = str(wait)
+    return response
+
+
+def _code_error(result: factor.Result) -> str:
+    if result.outcome is factor.Outcome.THROTTLED:
+        return f"Too many wrong codes: wait {result.wait} seconds, then try again."
+    return "That code is not right. Check the time on your phone, or use a recovery code."
+
+
+@never_cache
+@login_required
+def second_factor_verify(request: HttpRequest) -> HttpResponse:
+    """The second step of signing in: a code from the authenticator, or a recovery code."""
+    user, next_url = request.user, _next(request)
+    if user.is_verified() or not factor.second_factor_required(user):
+        return redirect(next_url)
+    if factor.authenticator_for(user) is None:
+        return redirect(f"{reverse('second-factor-enrol')}?{urlencode({'next': next_url})}")
+    wait = lockout_wait(request=request, subject=user.get_username())
+    if wait is not None:
+        return _locked_page(request, wait)
+    error = ""
+    if request.method == "POST":
+        result = factor.second_factor_verify(
+            request=request, user=user, typed=str(request.POST.get("code", ""))
+        )
+        if result.outcome is factor.Outcome.RECOVERY_CODE:
+            messages.warning(
+                request,
+                f"You signed in with a recovery code; {result.remaining} left. If your phone "
+                "is lost, ask a governance admin to reset your second factor.",
+            )
+        if result.ok:
+            return redirect(next_url)
+        if result.outcome is factor.Outcome.LOCKED_OUT:
+            return _locked_page(request, result.wait or 60)
+        error = _code_error(result)
+    return render(
+        request,
+        "registration/second_factor.html",
+        {"next": next_url, "error": error},
+        status=400 if error else 200,
+    )
+
+
+@never_cache
+@login_required
+def second_factor_enrol(request: HttpRequest) -> HttpResponse:
+    """Enrolment: scan the key (or type it), confirm with a code, receive the recovery codes."""
+    user, next_url = request.user, _next(request)
+    if not factor.second_factor_required(user):
+        return redirect(next_url)
+    if factor.authenticator_for(user) is not None:
+        return redirect(f"{reverse('second-factor')}?{urlencode({'next': next_url})}")
+    wait = lockout_wait(request=request, subject=user.get_username())
+    if wait is not None:
+        return _locked_page(request, wait)
+    error = ""
+    if request.method == "POST":
+        result, codes = factor.second_factor_enrol(
+            request=request, user=user, typed=str(request.POST.get("code", ""))
+        )
+        if result.ok:
+            return render(
+                request,
+                "registration/recovery_codes.html",
+                {"codes": codes, "next": next_url},
+            )
+        if result.outcome is factor.Outcome.LOCKED_OUT:
+            return _locked_page(request, result.wait or 60)
+        error = _code_error(result)
+    device = factor.second_factor_enrolment(user=user)
+    secret = base64.b32encode(device.bin_key).decode()
+    uri = device.config_url
+    svg = qrcode.make(uri, image_factory=qrcode.image.svg.SvgPathImage, border=2).to_string()
+    return render(
+        request,
+        "registration/second_factor_enrol.html",
+        {
+            "next": next_url,
+            "error": error,
+            "secret": " ".join(secret[i : i + 4] for i in range(0, len(secret), 4)),
+            "uri": uri,
+            "qr": "data:image/svg+xml;base64," + base64.b64encode(svg).decode(),
+        },
+        status=400 if error else 200,
+    )
 
 
 class SignOutView(auth_views.LogoutView):

@@ -53,6 +53,11 @@ PROBLEMS: dict[str, tuple[str, str]] = {
         "decided: fetch it again to see its state.",
     ),
     "throttled": ("Too many requests", "Slow down: `Retry-After` says when to try again."),
+    "second-factor-required": (
+        "Second factor required",
+        "The session signed in with a password but has not given its second factor yet: "
+        "finish signing in in the browser, or authenticate with a token instead.",
+    ),
     "policy-denied": (
         "Refused by policy",
         "Governance refused the request: the account may not use the agent, the agent is "
