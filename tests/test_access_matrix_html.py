@@ -565,3 +565,152 @@ def test_admin_route_by_persona(world, route, persona):
             assert response["Location"] == "/admin/"  # "... doesn't exist", as for a missing id
     else:
         assert response.status_code < 500
+
+
+# What the matrix's "nothing leaked" rests on: the markers do show where they may ---------------
+
+
+@pytest.mark.django_db
+def test_the_owner_reads_both_markers_so_the_matrix_can_fail(world):
+    client = client_of(world, "member_a")
+
+    assert MARK in text(client.get(f"/chat/c/{world.private.pk}/"))
+    assert DENIED in text(client.get(f"/chat/c/{world.reviewed.pk}/"))
+    assert DENIED in text(client.get(f"/api/v1/documents/{world.document.pk}"))
+
+
+@pytest.mark.django_db
+def test_the_admin_reads_a_members_run_and_base_d_once_the_denial_is_lifted(world):
+    from governance.models import AccessDenial
+
+    client = client_of(world, "admin")
+    document = f"/admin/agents/document/{world.document.pk}/change/"
+    run = f"/admin/agents/run/{world.drawn_run.pk}/change/"
+    assert MARK in text(client.get(f"/admin/agents/run/{world.private_run.pk}/change/"))
+    assert DENIED not in text(client.get(run))
+
+    AccessDenial.objects.filter(user=world.users["admin"]).delete()
+
+    assert DENIED in text(client.get(document))
+    assert DENIED in text(client.get(run))
+
+
+@pytest.mark.django_db
+def test_the_reviewer_sees_only_what_they_may_decide(world):
+    client = client_of(world, "reviewer")
+
+    inbox = text(client.get("/inbox/"))
+    page = text(client.get(f"/inbox/approvals/{world.approval.pk}/"))
+    answer = text(client.get(f"/inbox/answers/{world.held.pk}/"))
+    restricted = client.get(f"/inbox/approvals/{world.restricted.pk}/")
+    missing = client.get(f"/inbox/approvals/{MISSING}/")
+
+    assert f"/inbox/approvals/{world.approval.pk}/" in inbox
+    assert f"/inbox/answers/{world.held.pk}/" in inbox
+    assert f"/inbox/approvals/{world.restricted.pk}/" not in inbox
+    # What the decision needs is there; what came from base D is not.
+    assert "Rotate the vault passphrase" in page
+    assert "what is the vault passphrase?" in page
+    assert DENIED not in page
+    assert "and the backup passphrase?" in answer
+    assert DENIED not in answer
+    assert shape(restricted, restricted.wsgi_request.path, []) == shape(
+        missing, missing.wsgi_request.path, []
+    )
+    assert restricted.status_code == 404
+    assert MARK not in text(restricted)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("persona", ["member_a", "member_b", "reviewer", "denied"])
+def test_admin_sign_in_refuses_the_non_staff(world, persona):
+    client = client_of(world, persona)
+
+    response = client.get("/admin/agents/run/", follow=True)
+
+    assert response.status_code == 403
+    assert response.redirect_chain == [("/admin/login/?next=/admin/agents/run/", 302)]
+    assert leaked(persona, text(response)) == []
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("persona", ["anonymous", "disabled"])
+def test_the_signed_out_and_the_disabled_are_sent_to_sign_in_by_the_admin(world, persona):
+    response = client_of(world, persona).get("/admin/agents/run/", follow=True)
+
+    assert response.redirect_chain[-1][0].startswith("/login/")
+    assert response.status_code == 200
+    assert leaked(persona, text(response)) == []
+
+
+# Writes to A's objects: refused as for a missing object, and nothing changes -------------------
+
+
+def _state(world) -> tuple:
+    world.private_run.refresh_from_db()
+    world.token.refresh_from_db()
+    world.approval.refresh_from_db()
+    world.held.refresh_from_db()
+    return (
+        world.private_run.cancel_requested,
+        world.token.revoked_at,
+        world.approval.status,
+        world.held.status,
+        Run.objects.count(),
+    )
+
+
+WRITES = {
+    "stop a run": ("/chat/runs/{}/stop/", "private_run", {}),
+    "revoke a token": ("/account/tokens/{}/revoke/", "token", {}),
+    "decide an approval": (
+        "/inbox/approvals/{}/",
+        "approval",
+        {"decision": "reject", "arguments": "", "comment": ""},
+    ),
+    "decide a held answer": (
+        "/inbox/answers/{}/",
+        "held",
+        {"decision": "reject", "answer": "", "comment": ""},
+    ),
+}
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("persona", ["member_b", "denied", "disabled", "anonymous"])
+@pytest.mark.parametrize("write", sorted(WRITES))
+def test_a_write_to_as_object_is_refused_as_for_a_missing_one(world, write, persona):
+    url, attribute, data = WRITES[write]
+    client = client_of(world, persona)
+    before = _state(world)
+
+    response = client.post(url.format(getattr(world, attribute).pk), data)
+    missing = client.post(url.format(MISSING), data)
+
+    assert _state(world) == before
+    expected = LOGIN if persona in SIGNED_OUT else 404
+    assert outcome(response) == expected
+    path = response.wsgi_request.path
+    assert shape(response, path, []) == shape(missing, missing.wsgi_request.path, [])
+    assert leaked(persona, text(response)) == []
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("persona", ["member_b", "reviewer", "admin", "denied"])
+def test_a_message_into_as_conversation_is_refused_as_into_a_missing_one(world, persona):
+    client = client_of(world, persona)
+    before = _state(world)
+
+    def send(conversation):
+        return client.post(
+            "/chat/send/",
+            {"agent": world.agent.pk, "conversation": conversation, "text": "hello"},
+            HTTP_ACCEPT="application/json",
+        )
+
+    response, missing = send(world.private.pk), send(MISSING)
+
+    assert _state(world) == before
+    assert response.status_code == 404
+    assert (response.status_code, response.json()) == (missing.status_code, missing.json())
+    assert leaked(persona, text(response)) == []
