@@ -23,6 +23,7 @@ from datetime import timedelta
 import pytest
 from asgiref.sync import async_to_sync
 from django.apps import apps
+from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.db import transaction
@@ -538,6 +539,15 @@ def test_open_route_by_persona(world, route, persona):
 
 
 ADMIN_PATTERNS = admin_routes(url_patterns())
+# What the admin gets where it is not a page (after its redirects are followed).
+ADMIN_OK: dict[str, int] = {
+    "admin/(?P<url>.*)$": 404,  # a page the admin does not have
+    "admin/autocomplete/": 403,  # without the model and field it completes for
+    # POST-only actions
+    "admin/portal/webhook/<int:pk>/rotate-secret/": 405,
+    "admin/tools/mcpserver/<int:pk>/sync/": 405,
+    "admin/tools/tool/check/<str:field>/": 405,
+}
 # Pages of base D and its document: the admin is denied D, so they are gone for the admin.
 GONE_FOR_THE_ADMIN = re.compile(r"admin/agents/(knowledgebase|document)/<[^>]+>/")
 
@@ -551,20 +561,38 @@ def test_admin_route_by_persona(world, route, persona):
 
     response = client.get(path)
 
-    body = text(response)
-    assert leaked(persona, body) == []
-    if persona == "admin" and response.status_code == 302:
-        # the admin's own redirects (object/ to object/change/, a missing object to the index)
-        followed = client.get(response["Location"], follow=True)
-        assert leaked(persona, text(followed)) == []
+    assert leaked(persona, text(response)) == []
     if persona != "admin":
         assert outcome(response) == ADMIN_LOGIN
-    elif GONE_FOR_THE_ADMIN.match(route):
+        return
+    if GONE_FOR_THE_ADMIN.match(route):
         assert response.status_code in (302, 404)
         if response.status_code == 302 and not route.endswith("<path:object_id>/"):
             assert response["Location"] == "/admin/"  # "... doesn't exist", as for a missing id
+    final = client.get(path, follow=True)  # object/ goes on to object/change/
+    assert leaked(persona, text(final)) == []
+    if not GONE_FOR_THE_ADMIN.match(route):
+        assert final.status_code == admin_expects(route, final.wsgi_request)
+
+
+def admin_expects(route: str, request) -> int:
+    """200, but where the model's admin says this admin may not (a read-only model's add and
+    delete pages: 403), and for a page nobody has (404)."""
+    if route in ADMIN_OK:
+        return ADMIN_OK[route]
+    found = ADMIN_ROUTE.match(route)
+    if found is None or not route.endswith(("add/", "delete/")):
+        return 200
+    try:
+        model = apps.get_model(found[1], found[2])
+    except LookupError:
+        return 200
+    model_admin = admin.site.get_model_admin(model)  # public since Django 5.0
+    if route.endswith("add/"):
+        allowed = model_admin.has_add_permission(request)
     else:
-        assert response.status_code < 500
+        allowed = model_admin.has_delete_permission(request)
+    return 200 if allowed else 403
 
 
 # What the matrix's "nothing leaked" rests on: the markers do show where they may ---------------
@@ -714,3 +742,33 @@ def test_a_message_into_as_conversation_is_refused_as_into_a_missing_one(world, 
     assert response.status_code == 404
     assert (response.status_code, response.json()) == (missing.status_code, missing.json())
     assert leaked(persona, text(response)) == []
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("persona", "run", "expected"),
+    [
+        ("member_a", "drawn_run", 200),
+        ("member_a", "held_run", 200),
+        ("admin", "drawn_run", 200),  # agents.view_run; base D denied
+        ("admin", "held_run", 200),
+        ("reviewer", "held_run", 200),  # reviews its held answer; may not read base D
+        ("reviewer", "approval_run", 200),
+        ("reviewer", "drawn_run", 404),  # reviews nothing of it
+        ("member_b", "drawn_run", 404),
+    ],
+)
+def test_the_trace_of_a_run_drawn_from_base_d(world, persona, run, expected):
+    client = client_of(world, persona)
+    path = f"/runs/{getattr(world, run).pk}/"
+
+    response = client.get(path)
+
+    assert response.status_code == expected
+    body = text(response)
+    assert leaked(persona, body) == []
+    if persona == "member_a" and run != "approval_run":
+        assert DENIED in body  # the passage, for the base's owner
+    if expected == 404:
+        missing = client.get(f"/runs/{MISSING}/")
+        assert shape(response, path, []) == shape(missing, f"/runs/{MISSING}/", [])
