@@ -4,9 +4,11 @@ a missing one, and no text of A's (MARK) nor of a knowledge base one may not rea
 any body of a persona who should not see it.
 
 The routes are read from the URLconf itself (get_resolver()), so a page added later is not
-forgotten: `test_every_route_is_in_the_matrix` fails until it is given an entry in ROUTES or
-EXEMPT (with the reason). The admin's routes are the admin site's own (`admin.site.get_urls()`
-through the URLconf), filled per model.
+forgotten: `test_every_route_is_in_the_matrix` fails until it is given an entry: ROUTES (a
+route with someone's object behind it: how to fill its parameters, each persona's outcome),
+OPEN (nobody's data: requested by all, checked for the markers only) or EXEMPT (a prefix not
+requested here, with the reason). The admin's routes are the admin site's own
+(`admin.site.get_urls()` through the URLconf), filled per model and needing no entry.
 
 The world is built once for the module inside a transaction rolled back at its end; each test
 runs in a savepoint of it (pytest-django's `db`), so a test may change it (disable a user,
