@@ -377,6 +377,8 @@ OPEN = {
     "api/docs/": "the API's documentation page",
     "api/problems/<slug:slug>": "the problem types' documentation",
     "o/token/": "OAuth2 protocol (POST): tests/api/test_tokens.py",
+    "login/second-factor/": "the signed-in person's own second step (tests/test_second_factor.py)",
+    "login/second-factor/enrol/": "the signed-in person's own enrolment (test_second_factor.py)",
 }
 # Routes not requested here, with the reason.
 EXEMPT = {
