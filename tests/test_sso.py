@@ -79,7 +79,7 @@ def sign_in(client, provider, username: str, password: str, *, next_url: str = "
         data={
             "username": username,
             "password": password,
-            "csrfmiddlewaretoken": browser.cookies["csrftoken"],
+            "csrfmiddlewaretoken": browser.cookies["provider_csrftoken"],
             "next": "/",
         },
         timeout=30,
@@ -215,7 +215,7 @@ def test_a_wrong_provider_password_signs_nobody_in(client, dot):
         data={
             "username": "alice",
             "password": "wrong",
-            "csrfmiddlewaretoken": browser.cookies["csrftoken"],
+            "csrfmiddlewaretoken": browser.cookies["provider_csrftoken"],
         },
         timeout=30,
     )
@@ -319,7 +319,7 @@ def test_the_sign_in_page_offers_the_provider_and_passwords(client, settings):
     html = client.get("/login/?next=/chat/").content.decode()
 
     assert "Sign in with Test IdP" in html
-    assert 'action="/sso/login/"' in html
+    assert 'href="/sso/login/?next=/chat/"' in html
     assert 'name="password"' in html
 
 

@@ -42,3 +42,6 @@ OAUTH2_PROVIDER = {
     "PKCE_REQUIRED": True,
     "ALLOWED_REDIRECT_URI_SCHEMES": ["http"],
 }
+# Warden and the provider both live on 127.0.0.1, and cookies do not tell ports apart.
+SESSION_COOKIE_NAME = "provider_sessionid"
+CSRF_COOKIE_NAME = "provider_csrftoken"
