@@ -10,6 +10,7 @@ import time
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.db import connections
 from playwright.sync_api import expect, sync_playwright
 
 from sso.models import Identity
@@ -67,11 +68,9 @@ def chromium(tmp_path, monkeypatch):
         page.on("pageerror", lambda e: errors.append(str(e)))
         yield page, errors
         browser.close()
-    # Inside Playwright's event loop Django keeps connections per context: the test's own
-    # queries had one of their own, which must not outlive the test database.
-    from django.db import connections
-
-    connections.close_all()
+        # Inside Playwright's event loop Django keeps connections per context: the test's own
+        # queries had one of their own, which must not outlive the test database.
+        connections.close_all()
 
 
 def test_a_person_signs_in_through_the_provider_and_gets_the_mapped_groups(warden_db, chromium):
