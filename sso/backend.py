@@ -129,6 +129,11 @@ class OIDCBackend(OIDCAuthenticationBackend):
             issuer=self._provider().issuer, claims=self.claims, client=_client(self.request)
         )
 
+    def get_user(self, user_id):
+        # Django's check, which the library's get_user drops: a deactivated account's
+        # sessions end at their next request.
+        return ModelBackend.get_user(self, user_id)
+
 
 class PermissionsOnlyBackend(ModelBackend):
     """Django's model permissions without password sign-in (WARDEN_LOCAL_PASSWORDS=false)."""

@@ -105,10 +105,9 @@ def sign_in_callback(request: HttpRequest) -> HttpResponse:
 
 
 def refused(request: HttpRequest, reason: str, status: int = 403) -> HttpResponse:
-    """The clear page for a failed SSO sign-in, and its audit event; nobody is signed in."""
+    """The clear page for a failed SSO sign-in, and its audit event. Nobody is signed in by
+    it; whoever was signed in already stays so (a link to a stale callback signs nobody out)."""
     reason = reason.replace("\x00", "")
-    if request.user.is_authenticated:
-        auth.logout(request)
     with transaction.atomic():
         audit_record(
             actor=SYSTEM,

@@ -206,6 +206,19 @@ def test_a_renewal_the_provider_grants_keeps_the_session_and_maps_groups_again(c
     assert client.session["sso_renew_at"] > 0
 
 
+def test_an_account_deactivated_in_warden_loses_its_sso_session_and_cannot_sign_in(client, dot):
+    sign_in(client, dot, "bob", "bob-provider-pw")
+    User.objects.filter(username="bob").update(is_active=False)  # an admin, in the console
+
+    assert client.get("/").status_code == 302  # the session ended at once
+    response = sign_in(client, dot, "bob", "bob-provider-pw")
+
+    assert response.status_code == 403
+    assert "deactivated; ask a governance admin" in response.content.decode()
+    assert not User.objects.get(username="bob").is_active
+    assert client.get("/").status_code == 302
+
+
 def test_a_wrong_provider_password_signs_nobody_in(client, dot):
     start = client.get("/sso/login/")
     browser = requests.Session()
@@ -278,6 +291,27 @@ def test_a_bad_id_token_is_refused_with_a_clear_page(client, fake, fault, reason
     refusal = AuditEvent.objects.get(action="auth.sso_sign_in_refused")
     expected = reason.replace("&#x27;", "'").removesuffix(".")
     assert data(refusal)["reason"] == expected[0].lower() + expected[1:]
+
+
+def test_next_may_not_lead_away_from_warden(client, fake):
+    start = client.get("/sso/login/?next=https://evil.example/")
+    back = requests.get(start["Location"], allow_redirects=False, timeout=30)
+    callback = urlsplit(back.headers["Location"])
+
+    response = client.get(f"{callback.path}?{callback.query}")
+
+    assert response.status_code == 302
+    assert response["Location"] == "/"
+
+
+def test_a_stale_callback_signs_nobody_out(client, fake):
+    first, callback = through_fake(client, fake)
+    assert first.status_code == 302
+
+    again = client.get(callback)
+
+    assert again.status_code == 400
+    assert client.get("/").status_code == 200  # still signed in
 
 
 def test_a_callback_used_twice_is_refused(client, fake):
