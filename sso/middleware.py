@@ -23,6 +23,7 @@ from audit.services import SYSTEM, Target, audit_record
 from sso.discovery import DiscoveryError, provider_config
 from sso.models import Identity
 from sso.services import groups_map_apply, provider_says_inactive
+from tools import secrets
 
 logger = logging.getLogger(__name__)
 RETRY_SECONDS = 60
@@ -52,7 +53,10 @@ class ProviderRenewal:
 
 def session_renew(*, request, sso: dict) -> None:
     user = request.user
-    refresh_token = sso.get("refresh_token") or ""
+    try:
+        refresh_token = secrets.decrypt(sso.get("refresh_token") or "", label="a refresh token")
+    except secrets.SecretError:  # none, or sealed with a key since retired
+        refresh_token = ""
     if not refresh_token:
         schedule_renewal(request.session)
         return
@@ -111,7 +115,8 @@ def session_renew(*, request, sso: dict) -> None:
     if not user.is_active:
         auth.logout(request)
         return
-    request.session["sso"] = {**sso, "refresh_token": tokens.get("refresh_token") or refresh_token}
+    renewed = tokens.get("refresh_token") or refresh_token
+    request.session["sso"] = {**sso, "refresh_token": secrets.encrypt(str(renewed))}
     schedule_renewal(request.session)
 
 

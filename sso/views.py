@@ -18,7 +18,9 @@ from mozilla_django_oidc.views import OIDCAuthenticationRequestView
 from audit.services import SYSTEM, Target, audit_record
 from sso.backend import OIDCBackend
 from sso.discovery import DiscoveryError, provider_config
+from sso.middleware import schedule_renewal
 from sso.services import SignInRefused
+from tools import secrets
 
 logger = logging.getLogger(__name__)
 BACKEND = "sso.backend.OIDCBackend"
@@ -93,13 +95,13 @@ def sign_in_callback(request: HttpRequest) -> HttpResponse:
         return refused(request, "the provider's answer signs nobody in")
     next_url = request.session.get("oidc_login_next")
     auth.login(request, user, backend=BACKEND)
+    refresh = backend.token_info.get("refresh_token")
     request.session["sso"] = {
         "issuer": backend.config.issuer if backend.config else "",
         "subject": str(backend.claims.get("sub", "")),
-        "refresh_token": backend.token_info.get("refresh_token") or "",
+        # Sessions are rows in the database: the refresh token is kept there encrypted.
+        "refresh_token": secrets.encrypt(str(refresh)) if refresh else "",
     }
-    from sso.middleware import schedule_renewal
-
     schedule_renewal(request.session)
     return HttpResponseRedirect(next_url or resolve_url(settings.LOGIN_REDIRECT_URL))
 

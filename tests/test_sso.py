@@ -120,6 +120,10 @@ def test_first_sign_in_creates_the_account_with_the_mapped_groups(client, dot):
     event = AuditEvent.objects.get(action="auth.sso_groups_changed")
     assert data(event)["added"] == ["Member", "Reviewer", "Team Engineering"]
     assert CLIENT_SECRET not in str(list(AuditEvent.objects.values_list("data", flat=True)))
+    kept = client.session["sso"]
+    assert kept["issuer"] == dot.issuer
+    assert kept["subject"] == identity.subject
+    assert kept["refresh_token"].startswith("gAAAA")  # a Fernet token, not the refresh token
 
 
 def test_groups_follow_the_provider_on_every_sign_in_and_hand_given_groups_stay(
