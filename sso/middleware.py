@@ -17,6 +17,7 @@ import time
 import requests
 from django.conf import settings
 from django.contrib import auth
+from django.core.cache import cache
 from django.db import transaction
 
 from audit.services import SYSTEM, Target, audit_record
@@ -27,6 +28,7 @@ from tools import secrets
 
 logger = logging.getLogger(__name__)
 RETRY_SECONDS = 60
+LOCK_SECONDS = 60
 
 
 def schedule_renewal(session, seconds: float | None = None) -> None:
@@ -46,8 +48,15 @@ class ProviderRenewal:
             isinstance(sso, dict)
             and request.user.is_authenticated
             and time.time() >= float(session.get("sso_renew_at", 0))
+            # One request of the session renews; those in parallel (a page's other requests)
+            # go on without: a refresh token used twice is refused by providers that rotate
+            # them, which would end the session.
+            and cache.add(f"sso:renewing:{session.session_key}", 1, timeout=LOCK_SECONDS)
         ):
-            session_renew(request=request, sso=sso)
+            try:
+                session_renew(request=request, sso=sso)
+            finally:
+                cache.delete(f"sso:renewing:{session.session_key}")
         return self.get_response(request)
 
 

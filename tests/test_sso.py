@@ -175,6 +175,21 @@ def test_a_session_ends_when_the_provider_revokes_the_account(client, dot):
     assert client.get("/").status_code == 302
 
 
+def test_while_one_request_renews_the_others_go_on_without_renewing(client, dot):
+    from django.core.cache import cache
+
+    sign_in(client, dot, "bob", "bob-provider-pw")
+    dot.control("bob", revoke=True)
+    session = client.session
+    session["sso_renew_at"] = 0
+    session.save()
+    cache.set(f"sso:renewing:{session.session_key}", 1, 60)  # another request is renewing
+
+    assert client.get("/").status_code == 200
+    cache.delete(f"sso:renewing:{session.session_key}")
+    assert client.get("/").status_code == 302  # this one renews: refused, the session ends
+
+
 def test_an_account_the_provider_disables_is_deactivated_at_renewal(client, dot, settings):
     settings.WARDEN_OIDC_ACTIVE_CLAIM = "active"
     sign_in(client, dot, "bob", "bob-provider-pw")
