@@ -12,6 +12,7 @@ from django.contrib import auth
 from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render, resolve_url
+from django.utils.decorators import method_decorator
 from django.views.decorators.cache import never_cache
 from mozilla_django_oidc.views import OIDCAuthenticationRequestView
 
@@ -30,6 +31,7 @@ def sso_enabled() -> bool:
     return bool(settings.WARDEN_OIDC_ISSUER)
 
 
+@method_decorator(never_cache, name="dispatch")
 class SignInStart(OIDCAuthenticationRequestView):
     """GET /sso/login/?next=...: mozilla-django-oidc's authorization request (state, nonce,
     S256 PKCE), to the endpoint discovery found."""

@@ -19,7 +19,8 @@ from tests.oidc_provider import CLIENT_ID, CLIENT_SECRET, DotProvider
 from tests.oidc_provider.fake import FakeProvider
 from tests.processes import free_port
 
-pytestmark = pytest.mark.django_db
+# One worker runs them all (pyproject's --dist loadgroup): the provider starts once.
+pytestmark = [pytest.mark.django_db, pytest.mark.xdist_group("sso")]
 User = get_user_model()
 GROUP_MAP = {"warden-reviewers": "Reviewer", "engineering": ["Member", "Team Engineering"]}
 USERS = [
@@ -331,6 +332,17 @@ def test_a_stale_callback_signs_nobody_out(client, fake):
 
     assert again.status_code == 400
     assert client.get("/").status_code == 200  # still signed in
+
+
+def test_the_provider_refusing_the_sign_in_gives_a_clear_page(client, fake):
+    start = client.get("/sso/login/")
+    state = parse_qs(urlsplit(start["Location"]).query)["state"][0]
+
+    response = client.get(f"/sso/callback/?error=access_denied&state={state}")
+
+    assert response.status_code == 403
+    assert "The provider refused the sign-in: access_denied" in response.content.decode()
+    assert not User.objects.exists()
 
 
 def test_a_callback_used_twice_is_refused(client, fake):
