@@ -19,8 +19,7 @@ from tests.oidc_provider import CLIENT_ID, CLIENT_SECRET, DotProvider
 from tests.oidc_provider.fake import FakeProvider
 from tests.processes import free_port
 
-# One worker runs them all (pyproject's --dist loadgroup): the provider starts once.
-pytestmark = [pytest.mark.django_db, pytest.mark.xdist_group("sso")]
+pytestmark = pytest.mark.django_db
 User = get_user_model()
 GROUP_MAP = {"warden-reviewers": "Reviewer", "engineering": ["Member", "Team Engineering"]}
 USERS = [
