@@ -125,6 +125,7 @@ INSTALLED_APPS = [
     "tools",
     "agents",
     "portal",
+    "sso",
 ]
 
 # Object permissions (DESIGN.md §6): guardian answers per-object grants; governance.access is
@@ -133,7 +134,78 @@ AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",  # first: refuses a locked-out sign-in (portal.lockout)
     "django.contrib.auth.backends.ModelBackend",
     "guardian.backends.ObjectPermissionBackend",
+    # Single sign-on (sso/): signs in only from its own callback, never with a password.
+    "sso.backend.OIDCBackend",
 ]
+# Single sign-on with any OpenID Connect provider, found from its issuer URL (discovery):
+# authorization code flow with PKCE (S256), state and nonce; the ID token's signature (the
+# provider's JWKS), iss, aud, exp and nonce are checked. README, "Single sign-on".
+WARDEN_OIDC_ISSUER = (env_optional("WARDEN_OIDC_ISSUER") or "").rstrip("/")
+WARDEN_OIDC_CLIENT_ID = env_optional("WARDEN_OIDC_CLIENT_ID") or ""
+WARDEN_OIDC_CLIENT_SECRET = env_optional("WARDEN_OIDC_CLIENT_SECRET") or ""
+if WARDEN_OIDC_ISSUER and not (WARDEN_OIDC_CLIENT_ID and WARDEN_OIDC_CLIENT_SECRET):
+    raise ImproperlyConfigured(
+        "WARDEN_OIDC_ISSUER is set: set WARDEN_OIDC_CLIENT_ID and WARDEN_OIDC_CLIENT_SECRET too "
+        "(the client registered for Warden at the provider)"
+    )
+# Shown on the sign-in page's button: "Sign in with <name>".
+WARDEN_OIDC_PROVIDER_NAME = env_str("WARDEN_OIDC_PROVIDER_NAME", "single sign-on")
+WARDEN_OIDC_SCOPES = env_str("WARDEN_OIDC_SCOPES", "openid email profile")
+if "openid" not in WARDEN_OIDC_SCOPES.split():
+    raise ImproperlyConfigured("WARDEN_OIDC_SCOPES must include openid")
+# The claim (ID token or userinfo) whose values map to Warden's groups and teams, and the map:
+# JSON, a claim value to a group name or a list of them. On every sign-in the user's groups
+# named in the map are set from the claim; groups outside the map (given by hand) are kept.
+WARDEN_OIDC_GROUPS_CLAIM = env_str("WARDEN_OIDC_GROUPS_CLAIM", "groups")
+try:
+    WARDEN_OIDC_GROUP_MAP = json.loads(env_optional("WARDEN_OIDC_GROUP_MAP") or "{}")
+except ValueError:
+    WARDEN_OIDC_GROUP_MAP = None
+if not isinstance(WARDEN_OIDC_GROUP_MAP, dict) or not all(
+    isinstance(v, str) or (isinstance(v, list) and all(isinstance(g, str) for g in v))
+    for v in WARDEN_OIDC_GROUP_MAP.values()
+):
+    raise ImproperlyConfigured(
+        'WARDEN_OIDC_GROUP_MAP must be a JSON object: {"claim value": "Group" or ["Group", ...]}'
+    )
+# The claim a new account's username comes from (then email, then sub).
+WARDEN_OIDC_USERNAME_CLAIM = env_str("WARDEN_OIDC_USERNAME_CLAIM", "preferred_username")
+# A claim that says whether the account is active at the provider (false, "false", 0 or
+# "disabled" deactivate the Warden account at sign-in and at the next renewal); unset: none.
+WARDEN_OIDC_ACTIVE_CLAIM = env_optional("WARDEN_OIDC_ACTIVE_CLAIM") or ""
+# Every this many seconds an SSO session asks the provider again (refresh token, userinfo):
+# a refused refresh (account removed or disabled, tokens revoked) ends the session.
+WARDEN_OIDC_RENEW_SECONDS = env_int("WARDEN_OIDC_RENEW_SECONDS", 300, minimum=10)
+WARDEN_OIDC_SIGN_ALGO = env_str("WARDEN_OIDC_SIGN_ALGO", "RS256")
+if WARDEN_OIDC_SIGN_ALGO[:2] not in {"RS", "ES", "PS"}:
+    raise ImproperlyConfigured(
+        "WARDEN_OIDC_SIGN_ALGO must be an asymmetric algorithm (RS256, ES256, PS256...)"
+    )
+# Plain-http issuers on a loopback address only, and only when this says so (the tests'
+# provider): never in production.
+WARDEN_OIDC_ALLOW_HTTP_LOOPBACK = env_bool("WARDEN_OIDC_ALLOW_HTTP_LOOPBACK", False)
+WARDEN_OIDC_TIMEOUT_SECONDS = env_int("WARDEN_OIDC_TIMEOUT_SECONDS", 10, minimum=1)
+# Local passwords (the embedded demo's accounts): off, only single sign-on signs anyone in,
+# and sessions begun with a password end.
+WARDEN_LOCAL_PASSWORDS = env_bool("WARDEN_LOCAL_PASSWORDS", True)
+if not WARDEN_LOCAL_PASSWORDS:
+    if not WARDEN_OIDC_ISSUER:
+        raise ImproperlyConfigured(
+            "WARDEN_LOCAL_PASSWORDS is off and WARDEN_OIDC_ISSUER is not set: nobody could sign in"
+        )
+    AUTHENTICATION_BACKENDS[1] = "sso.backend.PermissionsOnlyBackend"
+# mozilla-django-oidc's own settings, from the above (sso/ fills the endpoints by discovery).
+OIDC_RP_CLIENT_ID = WARDEN_OIDC_CLIENT_ID
+OIDC_RP_CLIENT_SECRET = WARDEN_OIDC_CLIENT_SECRET
+OIDC_RP_SCOPES = WARDEN_OIDC_SCOPES
+OIDC_RP_SIGN_ALGO = WARDEN_OIDC_SIGN_ALGO
+OIDC_USE_PKCE = True
+OIDC_PKCE_CODE_CHALLENGE_METHOD = "S256"
+OIDC_USE_NONCE = True
+OIDC_TIMEOUT = WARDEN_OIDC_TIMEOUT_SECONDS
+OIDC_STORE_ACCESS_TOKEN = False
+OIDC_STORE_ID_TOKEN = False
+OIDC_AUTHENTICATION_CALLBACK_URL = "sso-callback"
 ANONYMOUS_USER_NAME = None
 
 MIDDLEWARE = [
@@ -152,6 +224,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "auditlog.middleware.AuditlogMiddleware",
     "axes.middleware.AxesMiddleware",  # answers a locked-out sign-in with the 429 page
+    "sso.middleware.ProviderRenewal",  # asks the provider again about SSO sessions (sso/)
     # Last: a session still owing its second factor reaches only the pages that settle it.
     "portal.second_factor.SecondFactorMiddleware",
 ]
@@ -467,8 +540,8 @@ except ValueError:
         "WARDEN_INJECTION_SECURITY_THRESHOLD must be a number from 0 to 1, "
         f"got {_security_threshold!r}"
     ) from None
-# The multilingual encoder's head reads each text's most suspicious windows (numpy, ~6 ms a
-# window); off, the detector falls back to the n-gram model and the signals alone, which read
+# The multilingual encoder's head reads each text's most suspicious window (numpy, ~10 ms a
+# 4 KB passage); off, the detector falls back to the n-gram model and the signals alone, which read
 # seven languages and miss much more outside text (README, "Injection detection").
 WARDEN_INJECTION_ENCODER = env_bool("WARDEN_INJECTION_ENCODER", True)
 # How long POST /v1/chat/completions waits for a run before answering that it carries on.

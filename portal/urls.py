@@ -15,6 +15,8 @@ urlpatterns = [
     # One sign-in page (audited) for the portal and the admin; a 403 for the signed-in
     # people the admin does not admit.
     path("admin/login/", views.admin_sign_in),
+    # Single sign-on with the OpenID Connect provider (sso/), when one is configured.
+    path("sso/", include("sso.urls")),
     path("chat/", chat.chat_home, name="chat"),
     path("chat/new/<slug:slug>/", chat.chat_new, name="chat-new"),
     path("chat/c/<int:pk>/", chat.conversation_page, name="conversation"),

@@ -379,6 +379,8 @@ OPEN = {
     "o/token/": "OAuth2 protocol (POST): tests/api/test_tokens.py",
     "login/second-factor/": "the signed-in person's own second step (tests/test_second_factor.py)",
     "login/second-factor/enrol/": "the signed-in person's own enrolment (test_second_factor.py)",
+    "sso/login/": "a redirect to the identity provider (tests/test_sso.py)",
+    "sso/callback/": "the provider's answer: refused without its state (tests/test_sso.py)",
 }
 # Routes not requested here, with the reason.
 EXEMPT = {
