@@ -136,6 +136,14 @@ def readiness() -> dict[str, str]:
             results[name] = str(exc)
         else:
             results[name] = "ok"
+    if results["celery"] != "ok" and results["redis"] == "ok":
+        # The Celery ping waits up to a second on the broker: Redis may have gone in the
+        # meantime (and a supervisor may bring it back as fast). Ask again, so the probe names
+        # the dependency that failed rather than only the workers that could not answer.
+        try:
+            check_redis()
+        except ProbeFailed as exc:
+            results["redis"] = str(exc)
     return results
 
 
