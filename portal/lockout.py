@@ -224,6 +224,11 @@ def lockout_response(request, original_response=None, credentials=None) -> HttpR
     wait = retry_after(request, credentials)
     if request.path.startswith(PROBLEM_PATHS):
         return locked_problem(request, wait)
+    return locked_page(request, wait)
+
+
+def locked_page(request, wait: int) -> HttpResponse:
+    """The 429 page a person sees, saying when to try again (Retry-After too)."""
     response = render(
         request,
         "registration/locked_out.html",

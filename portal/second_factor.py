@@ -149,6 +149,16 @@ def _wrong(*, request: HttpRequest, user, action: str, data: dict) -> Result:
     return Result(Outcome.WRONG)
 
 
+def _locked_device(*, user, confirmed: bool) -> TOTPDevice | None:
+    """`user`'s first authenticator, confirmed or still enrolling, locked for this transaction."""
+    return (
+        TOTPDevice.objects.select_for_update()
+        .filter(user=user, confirmed=confirmed)
+        .order_by("pk")
+        .first()
+    )
+
+
 def second_factor_verify(*, request: HttpRequest, user, typed: str) -> Result:
     """Check a 6-digit code of `user`'s authenticator or one of their recovery codes; on
     success the session is marked verified (and given a new key). A recovery code is spent
@@ -156,12 +166,7 @@ def second_factor_verify(*, request: HttpRequest, user, typed: str) -> Result:
     code = _code(typed)
     with transaction.atomic():
         if code.isdigit() and len(code) == 6:
-            device = (
-                TOTPDevice.objects.select_for_update()
-                .filter(user=user, confirmed=True)
-                .order_by("pk")
-                .first()
-            )
+            device = _locked_device(user=user, confirmed=True)
             if device is None:
                 return _wrong(
                     request=request, user=user, action="auth.second_factor_failed", data={}
@@ -236,12 +241,7 @@ def second_factor_enrolment(*, user) -> TOTPDevice:
     """The authenticator `user` is enrolling: the unconfirmed one already begun (a reload shows
     the same key), else a new one."""
     with transaction.atomic():
-        device = (
-            TOTPDevice.objects.select_for_update()
-            .filter(user=user, confirmed=False)
-            .order_by("pk")
-            .first()
-        )
+        device = _locked_device(user=user, confirmed=False)
         if device is None:
             device = TOTPDevice.objects.create(user=user, name="Authenticator", confirmed=False)
         return device
@@ -255,12 +255,7 @@ def second_factor_enrol(*, request: HttpRequest, user, typed: str) -> tuple[Resu
     with transaction.atomic():
         if authenticator_for(user) is not None:
             return Result(Outcome.WRONG), []  # enrolled already: verification is the way in
-        device = (
-            TOTPDevice.objects.select_for_update()
-            .filter(user=user, confirmed=False)
-            .order_by("pk")
-            .first()
-        )
+        device = _locked_device(user=user, confirmed=False)
         if device is None:
             return Result(Outcome.WRONG), []
         wait = _throttle_wait(device)

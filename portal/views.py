@@ -4,7 +4,6 @@ from urllib.parse import urlencode
 
 import qrcode
 import qrcode.image.svg
-from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth import views as auth_views
@@ -25,8 +24,8 @@ from audit.services import SYSTEM, Target, audit_record
 from governance.budgets import usage_for
 from portal import second_factor as factor
 from portal.lockout import (
-    _wait_words,
     client_subject,
+    locked_page,
     locked_problem,
     lockout_fail,
     lockout_wait,
@@ -145,17 +144,6 @@ def _next(request: HttpRequest) -> str:
     return reverse("home")
 
 
-def _locked_page(request: HttpRequest, wait: int) -> HttpResponse:
-    response = render(
-        request,
-        "registration/locked_out.html",
-        {"wait": _wait_words(wait), "minutes": settings.WARDEN_LOCKOUT_MINUTES},
-        status=429,
-    )
-    response["Retry-After"] = str(wait)
-    return response
-
-
 def _code_error(result: factor.Result) -> str:
     if result.outcome is factor.Outcome.THROTTLED:
         return f"Too many wrong codes: wait {result.wait} seconds, then try again."
@@ -173,7 +161,7 @@ def second_factor_verify(request: HttpRequest) -> HttpResponse:
         return redirect(f"{reverse('second-factor-enrol')}?{urlencode({'next': next_url})}")
     wait = lockout_wait(request=request, subject=user.get_username())
     if wait is not None:
-        return _locked_page(request, wait)
+        return locked_page(request, wait)
     error = ""
     if request.method == "POST":
         result = factor.second_factor_verify(
@@ -188,7 +176,7 @@ def second_factor_verify(request: HttpRequest) -> HttpResponse:
         if result.ok:
             return redirect(next_url)
         if result.outcome is factor.Outcome.LOCKED_OUT:
-            return _locked_page(request, result.wait or 60)
+            return locked_page(request, result.wait or 60)
         error = _code_error(result)
     return render(
         request,
@@ -209,7 +197,7 @@ def second_factor_enrol(request: HttpRequest) -> HttpResponse:
         return redirect(f"{reverse('second-factor')}?{urlencode({'next': next_url})}")
     wait = lockout_wait(request=request, subject=user.get_username())
     if wait is not None:
-        return _locked_page(request, wait)
+        return locked_page(request, wait)
     error = ""
     if request.method == "POST":
         result, codes = factor.second_factor_enrol(
@@ -222,7 +210,7 @@ def second_factor_enrol(request: HttpRequest) -> HttpResponse:
                 {"codes": codes, "next": next_url},
             )
         if result.outcome is factor.Outcome.LOCKED_OUT:
-            return _locked_page(request, result.wait or 60)
+            return locked_page(request, result.wait or 60)
         error = _code_error(result)
     device = factor.second_factor_enrolment(user=user)
     secret = base64.b32encode(device.bin_key).decode()

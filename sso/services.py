@@ -67,14 +67,10 @@ def _sign_in(*, issuer, subject, claims, client):
         user = identity.user
         if provider_says_inactive(claims):
             if user.is_active:
-                user.is_active = False
-                user.save(update_fields=["is_active"])
-                identity.deactivated_by_provider = True
-                identity.save(update_fields=["deactivated_by_provider"])
-                audit_record(
-                    actor=SYSTEM,
-                    action="auth.sso_deactivated",
-                    target=Target.of(user),
+                _set_active_by_provider(
+                    user=user,
+                    identity=identity,
+                    active=False,
                     data={"issuer": issuer, "reason": "the provider's claim", **client},
                 )
             return user, "your account is disabled at the provider"
@@ -88,15 +84,8 @@ def _sign_in(*, issuer, subject, claims, client):
                 )
                 return user, "your Warden account is deactivated; ask a governance admin"
             # Deactivated because the provider said so, and now it accepts the person again.
-            user.is_active = True
-            user.save(update_fields=["is_active"])
-            identity.deactivated_by_provider = False
-            identity.save(update_fields=["deactivated_by_provider"])
-            audit_record(
-                actor=SYSTEM,
-                action="auth.sso_reactivated",
-                target=Target.of(user),
-                data={"issuer": issuer, **client},
+            _set_active_by_provider(
+                user=user, identity=identity, active=True, data={"issuer": issuer, **client}
             )
         _update_profile(user=user, claims=claims)
         groups_map_apply(user=user, claims=claims, actor=SYSTEM)
@@ -193,3 +182,14 @@ def _free_username(claims: dict[str, Any], User) -> str:
         n += 1
         candidate = f"{base}-{n}"
     return candidate
+
+
+def _set_active_by_provider(*, user, identity, active: bool, data: dict) -> None:
+    """The provider's say on whether the account may sign in, recorded on both rows (an
+    account it deactivated is the only kind it may activate again) and audited."""
+    user.is_active = active
+    user.save(update_fields=["is_active"])
+    identity.deactivated_by_provider = not active
+    identity.save(update_fields=["deactivated_by_provider"])
+    action = "auth.sso_reactivated" if active else "auth.sso_deactivated"
+    audit_record(actor=SYSTEM, action=action, target=Target.of(user), data=data)
