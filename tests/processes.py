@@ -25,6 +25,24 @@ ROOT = Path(__file__).resolve().parent.parent
 ASGI = "portal.asgi:application"
 
 
+def wait_until_alone_on_the_database(timeout: float = 30) -> None:
+    """Wait (up to `timeout`) until no other connection is on the test database: the servers a
+    test started have ended, but PostgreSQL may take a moment to see their connections go, and
+    the database can be dropped or emptied only then."""
+    from django.db import connection
+
+    deadline = time.monotonic() + timeout
+    with connection.cursor() as cursor:
+        while time.monotonic() < deadline:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid()"
+            )
+            if cursor.fetchone()[0] == 0:
+                return
+            time.sleep(0.1)
+
+
 def production_env(**extra: str) -> dict[str, str]:
     """A complete production environment (external database), minus whatever `extra` blanks."""
     env = {

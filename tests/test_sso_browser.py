@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -18,7 +17,7 @@ from tests.browser.conftest import DEADLINE_MS, needs_chromium, screenshot
 from tests.chromium import CHROMIUM, CHROMIUM_ARGS
 from tests.oidc_provider import CLIENT_ID, CLIENT_SECRET, DotProvider
 from tests.oidc_provider.fake import FakeProvider
-from tests.processes import daphne_on_test_database, free_port
+from tests.processes import daphne_on_test_database, free_port, wait_until_alone_on_the_database
 
 pytestmark = needs_chromium
 GROUP_MAP = {"warden-reviewers": "Reviewer", "engineering": ["Member", "Team Engineering"]}
@@ -40,18 +39,8 @@ def warden_db(committing_db):
     """The test database, committing (daphne reads it); dropped only once daphne's
     connections are gone (the server may take a moment to see them end)."""
     yield
-    from django.db import connection
 
-    deadline = time.monotonic() + 30
-    with connection.cursor() as cursor:
-        while time.monotonic() < deadline:
-            cursor.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND pid <> pg_backend_pid()"
-            )
-            if cursor.fetchone()[0] == 0:
-                break
-            time.sleep(0.1)
+    wait_until_alone_on_the_database()
 
 
 @pytest.fixture

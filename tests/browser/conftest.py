@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.chromium import CHROMIUM, CHROMIUM_ARGS
-from tests.processes import daphne_on_test_database
+from tests.processes import daphne_on_test_database, wait_until_alone_on_the_database
 
 ARTIFACTS = Path(
     os.environ.get("WARDEN_TEST_ARTIFACTS")
@@ -58,7 +58,6 @@ class Portal:
 
 @pytest.fixture
 def portal(committing_db, start_worker, server, tmp_path, unused_tcp_port):
-    from django.db import connection
 
     from agents.models import Agent, Deployment, Document, DocumentStatus
     from portal.services import demo_workspace_seed
@@ -86,16 +85,7 @@ def portal(committing_db, start_worker, server, tmp_path, unused_tcp_port):
         worker.wait()
     # Their connections end with them, but the server may take a moment to see it; the test
     # database is dropped (or emptied) only when nobody else is on it.
-    deadline = time.monotonic() + 30
-    with connection.cursor() as cursor:
-        while time.monotonic() < deadline:
-            cursor.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND pid <> pg_backend_pid()"
-            )
-            if cursor.fetchone()[0] == 0:
-                break
-            time.sleep(0.1)
+    wait_until_alone_on_the_database()
 
 
 @pytest.fixture
