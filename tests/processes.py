@@ -107,20 +107,33 @@ class Up:
             stderr=subprocess.STDOUT,
             preexec_fn=lambda: die_with_parent(signal.SIGTERM),  # never outlives the test run
         )
-        self.tree: set[int] = set()
+        # Processes, not pids: a pid is reused within minutes here (pid_max 32768, and every
+        # database connection forks a backend), and a kill by a remembered pid once took down
+        # an xdist worker. psutil checks a process's start time before it signals or reports.
+        self.tree: dict[int, psutil.Process] = {}
         self.names: dict[int, str] = {}
 
     def output(self) -> str:
         return self.log.read_text()
 
-    def remember_tree(self) -> set[int]:
+    def remember_tree(self) -> list[psutil.Process]:
         """Record every process under the launcher, to check later that none survived."""
         with contextlib.suppress(psutil.NoSuchProcess):
             for child in psutil.Process(self.process.pid).children(recursive=True):
                 with contextlib.suppress(psutil.NoSuchProcess):
-                    self.names.setdefault(child.pid, _program(child.cmdline()))
-                    self.tree.add(child.pid)
-        return self.tree
+                    name = _program(child.cmdline())
+                    if self.tree.get(child.pid) != child:  # new, or a reused pid
+                        self.tree[child.pid] = child
+                        self.names[child.pid] = name
+        return list(self.tree.values())
+
+    def kill_remembered(self) -> None:
+        """SIGKILL what is left of the recorded tree (each the process recorded, never another
+        that has its pid since)."""
+        for process in self.tree.values():
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                if process.status() != psutil.STATUS_ZOMBIE:
+                    process.kill()
 
     def tree_report(self) -> str:
         """Each process under the launcher now: what it is, its state and the CPU it has had
@@ -177,10 +190,9 @@ class Up:
         deadline = time.monotonic() + grace
         while True:
             alive = []
-            for pid in self.tree:
+            for pid, process in self.tree.items():
                 try:
-                    process = psutil.Process(pid)
-                    if process.status() != psutil.STATUS_ZOMBIE:
+                    if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
                         alive.append(f"{pid} {' '.join(process.cmdline())}")
                 except psutil.NoSuchProcess:
                     pass

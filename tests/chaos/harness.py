@@ -411,10 +411,7 @@ class Warden:
                 if launcher.process.poll() is None:
                     launcher.kill()
         for launcher in self.launchers:
-            for pid in launcher.tree:  # a child the launcher could not stop (it was killed)
-                with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
-                    if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                        os.kill(pid, signal.SIGKILL)
+            launcher.kill_remembered()  # children the launcher could not stop (it was killed)
         shutil.rmtree(self.var, ignore_errors=True)
 
     def alive(self) -> bool:
@@ -474,10 +471,10 @@ class Warden:
 
     def kill_worker(self, worker: psutil.Process) -> list[int]:
         """SIGKILL a Celery worker and its pool (it leads its own process group)."""
-        group = [worker.pid, *(p.pid for p in worker.children(recursive=True))]
+        group = [worker, *worker.children(recursive=True)]
         os.killpg(worker.pid, signal.SIGKILL)
         _wait_gone(group)
-        return group
+        return [p.pid for p in group]
 
     def worker_holding(self, holder: str) -> psutil.Process | None:
         """The worker main process whose pool process holds a lease `host:pid:task`."""
@@ -492,14 +489,14 @@ class Warden:
     def kill_redis(self) -> int:
         redis = self.server_process("redis-server")
         redis.send_signal(signal.SIGKILL)
-        _wait_gone([redis.pid])
+        _wait_gone([redis])
         return redis.pid
 
     def stop_postgres_fast(self) -> int:
         """PostgreSQL's fast shutdown (SIGINT to the postmaster), as `pg_ctl stop -m fast`."""
         postmaster = self.server_process("postgres")
         postmaster.send_signal(signal.SIGINT)
-        _wait_gone([postmaster.pid], timeout=60)
+        _wait_gone([postmaster], timeout=60)
         return postmaster.pid
 
     # --- the database, for assertions and for terminating backends
@@ -655,14 +652,17 @@ class Warden:
             return 0, {}
 
 
-def _wait_gone(pids: list[int], timeout: float = 30) -> None:
+def _wait_gone(processes: list[psutil.Process], timeout: float = 30) -> None:
+    """Until each of `processes` has exited (not merely until its pid is someone else's)."""
+
     def gone() -> bool:
-        for pid in pids:
+        for process in processes:
             with contextlib.suppress(psutil.NoSuchProcess):
-                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
                     return False
         return True
 
+    pids = [p.pid for p in processes]
     wait_for(gone, timeout=timeout, what=f"processes {pids} to exit")
 
 
