@@ -4,7 +4,7 @@ from agents.knowledge import admin as knowledge_admin  # noqa: F401 - registers 
 from agents.models import Agent, Deployment, ModelRoute, Run, RunStep
 from agents.selectors import HIDDEN, UNREAD_RELEASE, unreadable_sources
 from governance import admin as governance_admin
-from governance.admin import GovernedAdminMixin
+from governance.access_admin import GovernedAdminMixin
 from governance.admin import personal_field as _masked
 from governance.models import Escalation
 

@@ -21,7 +21,9 @@ import functools
 import re
 
 from django.apps import apps
+from django.contrib.auth import get_user_model
 from django.contrib.contenttypes.models import ContentType
+from django.db import connection
 from django.db.models import Model, QuerySet
 from django.db.models.expressions import RawSQL
 
@@ -71,40 +73,75 @@ def allowed_ids(model: type[Model], user, action: str) -> tuple[str, list]:
 def _allowed_sql(model: type[Model], *, superuser: bool) -> tuple[str, list[str]]:
     """The SQL, with positional placeholders (the ORM's query carries a list of parameters),
     and the names of the values they stand for, in order."""
-    named = _named_sql(model, superuser=superuser)
+    table, pk = model._meta.db_table, model._meta.pk.column
+    rule = _rule(model, user="%(user)s", superuser="TRUE" if superuser else None)
+    return _positional(f"SELECT o.{pk} FROM {table} o WHERE {rule}")
+
+
+def audience_ids(obj: Model, action: str) -> set[int]:
+    """The ids of the users who may `action` the saved object `obj` now: the rule of `restrict`
+    asked the other way round (every active user against one object), in one statement."""
+    model = type(obj)
+    sql, names = _audience_sql(model)
+    values = {
+        "ct": ContentType.objects.get_for_model(model).pk,
+        "action": action,
+        "code": codename(model, action),
+        "object": obj.pk,
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [values[name] for name in names])
+        return {row[0] for row in cursor.fetchall()}
+
+
+@functools.cache
+def _audience_sql(model: type[Model]) -> tuple[str, list[str]]:
+    table, pk = model._meta.db_table, model._meta.pk.column
+    users = get_user_model()._meta.db_table
+    rule = _rule(model, user="u.id", superuser="u.is_superuser")
+    return _positional(
+        f"SELECT u.id FROM {users} u JOIN {table} o ON o.{pk} = %(object)s "
+        f"WHERE u.is_active AND {rule}"
+    )
+
+
+def _positional(named: str) -> tuple[str, list[str]]:
     names = re.findall(r"%\((\w+)\)s", named)
     return re.sub(r"%\((\w+)\)s", "%s", named), names
 
 
-def _named_sql(model: type[Model], *, superuser: bool) -> str:
-    table, pk = model._meta.db_table, model._meta.pk.column
-    groups = "SELECT group_id FROM auth_user_groups WHERE user_id = %(user)s"
+def _rule(model: type[Model], *, user: str, superuser: str | None) -> str:
+    """Whether the user `user` (an SQL expression) may act on the row `o`: the module
+    docstring's rule. `superuser` is "TRUE" when the user is known to be one, an expression to
+    ask, or None when the user is known not to be."""
+    pk = model._meta.pk.column
+    groups = f"SELECT group_id FROM auth_user_groups WHERE user_id = {user}"
     permission = (
         "SELECT id FROM auth_permission WHERE content_type_id = %(ct)s AND codename = %(code)s"
     )
     denied = f"""EXISTS (SELECT 1 FROM governance_accessdenial d
         WHERE d.content_type_id = %(ct)s AND d.object_id = o.{pk} AND d.action = %(action)s
-        AND (d.user_id = %(user)s OR d.group_id IN ({groups})))"""
-    if superuser:
-        granted = "TRUE"
-    else:
-        grants = [
-            f"""EXISTS (SELECT 1 FROM guardian_userobjectpermission p
-                WHERE p.content_type_id = %(ct)s AND p.object_pk = o.{pk}::text
-                AND p.user_id = %(user)s AND p.permission_id IN ({permission}))""",
-            f"""EXISTS (SELECT 1 FROM guardian_groupobjectpermission p
-                WHERE p.content_type_id = %(ct)s AND p.object_pk = o.{pk}::text
-                AND p.group_id IN ({groups}) AND p.permission_id IN ({permission}))""",
-            f"""EXISTS (SELECT 1 FROM auth_user_user_permissions up
-                WHERE up.user_id = %(user)s AND up.permission_id IN ({permission}))""",
-            f"""EXISTS (SELECT 1 FROM auth_group_permissions gp
-                WHERE gp.group_id IN ({groups}) AND gp.permission_id IN ({permission}))""",
-        ]
-        owner = getattr(model, "governed_owner_field", None)
-        if owner:
-            grants.append(f"o.{model._meta.get_field(owner).column} = %(user)s")
-        granted = " OR ".join(f"({grant})" for grant in grants)
-    return f"SELECT o.{pk} FROM {table} o WHERE NOT {denied} AND ({granted})"
+        AND (d.user_id = {user} OR d.group_id IN ({groups})))"""
+    if superuser == "TRUE":
+        return f"NOT {denied} AND (TRUE)"
+    grants = [superuser] if superuser else []
+    grants += [
+        f"""EXISTS (SELECT 1 FROM guardian_userobjectpermission p
+            WHERE p.content_type_id = %(ct)s AND p.object_pk = o.{pk}::text
+            AND p.user_id = {user} AND p.permission_id IN ({permission}))""",
+        f"""EXISTS (SELECT 1 FROM guardian_groupobjectpermission p
+            WHERE p.content_type_id = %(ct)s AND p.object_pk = o.{pk}::text
+            AND p.group_id IN ({groups}) AND p.permission_id IN ({permission}))""",
+        f"""EXISTS (SELECT 1 FROM auth_user_user_permissions up
+            WHERE up.user_id = {user} AND up.permission_id IN ({permission}))""",
+        f"""EXISTS (SELECT 1 FROM auth_group_permissions gp
+            WHERE gp.group_id IN ({groups}) AND gp.permission_id IN ({permission}))""",
+    ]
+    owner = getattr(model, "governed_owner_field", None)
+    if owner:
+        grants.append(f"o.{model._meta.get_field(owner).column} = {user}")
+    granted = " OR ".join(f"({grant})" for grant in grants)
+    return f"NOT {denied} AND ({granted})"
 
 
 def may(user, obj: Model, action: str) -> bool:

@@ -1,5 +1,5 @@
-"""Governance in the admin: per-object grants and denials (guardian's object-permission pages,
-narrowed to the one governed action and a deny), the denials, approvals and escalations."""
+"""Governance in the admin: the Access pages (governance.access_admin) on governed objects,
+users and groups; the denials, approvals and escalations."""
 
 from __future__ import annotations
 
@@ -8,22 +8,13 @@ import json
 from django import forms
 from django.apps import apps
 from django.contrib import admin, messages
-from django.contrib.contenttypes.models import ContentType
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.urls import path
 from django.utils import timezone
-from guardian.admin import (
-    AdminGroupObjectPermissionsForm,
-    AdminUserObjectPermissionsForm,
-    GuardedModelAdminMixin,
-)
-from guardian.shortcuts import (
-    get_group_perms,
-    get_groups_with_perms,
-    get_user_perms,
-    get_users_with_perms,
-)
 
 from audit.pii import as_seen_by
-from governance.access import codename
+from governance.access_admin import HolderAccessMixin, holders_view
 from governance.approvals import ApprovalError, approval_decide, escalation_decide
 from governance.models import (
     AccessDenial,
@@ -32,9 +23,7 @@ from governance.models import (
     Escalation,
     TeamPolicy,
 )
-from governance.services import access_deny, access_grant, access_revoke, access_undeny
-
-GRANT, DENY = "grant", "deny"
+from governance.services import access_undeny
 
 
 def personal_field(name: str):
@@ -54,107 +43,6 @@ def _masked_fields(model, personal: tuple[str, ...]) -> list[str]:
     return [f"{f.name}_masked" if f.name in personal else f.name for f in model._meta.fields]
 
 
-def _governed_form(base, *, action: str, actor):
-    """guardian's form for one user or group, offering the governed action and a deny; every
-    change goes through the audited services."""
-
-    class GovernedForm(base):
-        def holder(self):
-            return getattr(self, "user", None) or self.group
-
-        def get_obj_perms_field_label(self) -> str:
-            return "Access"
-
-        def get_obj_perms_field_choices(self) -> list:
-            return [
-                (GRANT, f"May {action} it"),
-                (DENY, f"Denied: may not {action} it, whatever any grant says"),
-            ]
-
-        def get_obj_perms_field_initial(self) -> list:
-            holder = self.holder()
-            held = get_user_perms if holder is getattr(self, "user", None) else get_group_perms
-            code = codename(type(self.obj), action)
-            initial = [GRANT] if held(holder, self.obj).filter(codename=code).exists() else []
-            field = "user" if holder is getattr(self, "user", None) else "group"
-            denied = AccessDenial.objects.filter(
-                content_type=ContentType.objects.get_for_model(self.obj),
-                object_id=self.obj.pk,
-                action=action,
-                **{field: holder},
-            ).exists()
-            return initial + ([DENY] if denied else [])
-
-        def save_obj_perms(self) -> None:
-            wanted = set(self.cleaned_data[self.get_obj_perms_field_name()])
-            had = set(self.get_obj_perms_field_initial())
-            change = {"obj": self.obj, "holder": self.holder(), "action": action, "actor": actor}
-            for choice, add, remove in [
-                (GRANT, access_grant, access_revoke),
-                (DENY, access_deny, access_undeny),
-            ]:
-                if choice in wanted - had:
-                    add(**change)
-                elif choice in had - wanted:
-                    remove(**change)
-
-    return GovernedForm
-
-
-class GovernedAdminMixin(GuardedModelAdminMixin):
-    """Adds the "Access" page (guardian's object permissions) to a governed model's admin:
-    grant or deny one user or group the model's action."""
-
-    governed_action = "use"
-    change_form_template = None  # the app's own change form, which links to the page
-    obj_perms_manage_template = "admin/warden/obj_perms_manage.html"
-
-    def get_obj_perms_manage_user_form(self, request):
-        return _governed_form(
-            AdminUserObjectPermissionsForm, action=self.governed_action, actor=request.user
-        )
-
-    def get_obj_perms_manage_group_form(self, request):
-        return _governed_form(
-            AdminGroupObjectPermissionsForm, action=self.governed_action, actor=request.user
-        )
-
-    def change_view(self, request, object_id, form_url="", extra_context=None):
-        obj = self.get_object(request, object_id)
-        if obj is not None and self.has_change_permission(request, obj):  # as the Access page
-            extra_context = {**(extra_context or {}), "access": _holders(obj, self)}
-        return super().change_view(request, object_id, form_url, extra_context)
-
-    def get_obj_perms_base_context(self, request, obj):
-        context = super().get_obj_perms_base_context(request, obj)
-        context["model_perms"] = context["model_perms"].filter(
-            codename=codename(type(obj), self.governed_action)
-        )
-        context["governed_action"] = self.governed_action
-        context["title"] = "Access"
-        context["denials"] = AccessDenial.objects.filter(
-            content_type=ContentType.objects.get_for_model(obj), object_id=obj.pk
-        ).select_related("user", "group")
-        return context
-
-
-def _holders(obj, admin_: GovernedAdminMixin) -> dict:
-    """Who holds the object's governed action (granted on the object itself) and who is
-    denied it: the summary on the object's change page; the Access page changes it."""
-    wanted = codename(type(obj), admin_.governed_action)
-    groups = get_groups_with_perms(obj, attach_perms=True)
-    users = get_users_with_perms(obj, attach_perms=True, with_group_users=False)
-    denials = AccessDenial.objects.filter(
-        content_type=ContentType.objects.get_for_model(obj), object_id=obj.pk
-    ).select_related("user", "group")
-    return {
-        "action": admin_.governed_action,
-        "groups": sorted(g.name for g, perms in groups.items() if wanted in perms),
-        "users": sorted(u.get_username() for u, perms in users.items() if wanted in perms),
-        "denied": sorted(str(d.user or d.group) for d in denials),
-    }
-
-
 @admin.register(AccessDenial)
 class AccessDenialAdmin(admin.ModelAdmin):
     """Every denial in one list; they are set on each object's Access page."""
@@ -162,6 +50,14 @@ class AccessDenialAdmin(admin.ModelAdmin):
     list_display = ("content_type", "object_id", "target", "action", "user", "group", "created_at")
     list_filter = ("content_type", "action")
     readonly_fields = [f.name for f in AccessDenial._meta.fields]
+
+    def get_urls(self):
+        holders = path(
+            "holders/",
+            self.admin_site.admin_view(holders_view),
+            name="governance_accessdenial_holders",
+        )
+        return [holders, *super().get_urls()]
 
     def has_add_permission(self, request) -> bool:
         return False
@@ -347,3 +243,17 @@ class BudgetAdmin(admin.ModelAdmin):
 @admin.register(TeamPolicy)
 class TeamPolicyAdmin(admin.ModelAdmin):
     list_display = ("group", "allowed_regions")
+
+
+def _with_access_page(model) -> None:
+    """Re-register `model`'s admin (Django's, or whoever customised it) with the Access page."""
+    current = type(admin.site.get_model_admin(model))
+    admin.site.unregister(model)
+    extra = {"__module__": __name__}
+    if current.change_form_template is None:  # else that template must link to the page
+        extra["change_form_template"] = "admin/warden/holder_change_form.html"
+    admin.site.register(model, type(current.__name__, (HolderAccessMixin, current), extra))
+
+
+_with_access_page(get_user_model())
+_with_access_page(Group)

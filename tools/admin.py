@@ -21,7 +21,7 @@ from django.utils.decorators import method_decorator
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_POST
 
-from governance.admin import GovernedAdminMixin
+from governance.access_admin import GovernedAdminMixin
 from tools.executors import config_problem
 from tools.mcp_servers import MCPUnavailable, mcp_server_sync
 from tools.models import MCPServer, Secret, Tool, ToolKind

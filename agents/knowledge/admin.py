@@ -22,7 +22,7 @@ from agents.knowledge.services import (
     max_bytes,
 )
 from governance.access import restrict
-from governance.admin import GovernedAdminMixin
+from governance.access_admin import GovernedAdminMixin
 from governance.models import Action
 
 

@@ -1,14 +1,10 @@
-"""Governance in the admin: the Access page of a governed object grants and denies (audited,
-with the admin as actor), denials are listed, approvals are decided, budgets are checked."""
-
-import json
+"""Governance in the admin: denials are listed, approvals are decided, budgets are checked (the
+Access pages: test_access_page.py)."""
 
 import pytest
 from auditlog.models import LogEntry
 from django.urls import reverse
 
-from audit.models import AuditEvent
-from governance.access import may
 from governance.models import AccessDenial, Action, ApprovalRequest, ApprovalStatus, Budget
 from tests.governance.conftest import parked
 
@@ -19,63 +15,6 @@ pytestmark = pytest.mark.django_db
 def admin_client(client, people):
     client.force_login(people.admin)
     return client
-
-
-def test_the_access_page_grants_and_denies_a_user_and_audits_it(admin_client, people, governed):
-    agent = governed.agent
-    page = reverse("admin:agents_agent_permissions", args=[agent.pk])
-    manage = reverse(
-        "admin:agents_agent_permissions_manage_user", args=[agent.pk, people.outsider.pk]
-    )
-
-    listing = admin_client.get(page)
-    chosen = admin_client.post(page, {"user": people.outsider.username, "submit_manage_user": "1"})
-    granted = admin_client.post(manage, {"permissions": ["grant"]})
-    may_after_grant = may(people.outsider, agent, Action.USE)
-    denied = admin_client.post(manage, {"permissions": ["grant", "deny"]})
-
-    assert listing.status_code == 200
-    assert f"{people.denied.username}</td><td>use" in listing.content.decode()
-    assert chosen.status_code == 302
-    assert chosen.url == manage
-    assert granted.status_code == denied.status_code == 302
-    assert may_after_grant
-    assert not may(people.outsider, agent, Action.USE)
-    assert AccessDenial.objects.filter(user=people.outsider, object_id=agent.pk).exists()
-    assert people.outsider.username in admin_client.get(page).content.decode()
-    form = admin_client.get(manage).content.decode()
-    assert "May use it" in form
-    assert "Denied: may not use it" in form
-    events = AuditEvent.objects.filter(
-        target_id=str(agent.pk), action__in=["access.granted", "access.denied"]
-    ).order_by("sequence")
-    mine = [e for e in events if json.loads(e.data)["holder_name"] == people.outsider.username]
-    assert [(e.action, e.actor_id) for e in mine] == [
-        ("access.granted", str(people.admin.pk)),
-        ("access.denied", str(people.admin.pk)),
-    ]
-
-    # nothing ticked: a browser posts only its CSRF token
-    admin_client.post(manage, {"csrfmiddlewaretoken": "from-the-page"})
-    assert not AccessDenial.objects.filter(user=people.outsider).exists()
-    assert not may(people.outsider, agent, Action.USE)  # the grant went too
-
-
-def test_a_team_is_granted_a_knowledge_base_on_its_page(admin_client, people, governed):
-    from django.contrib.auth.models import Group
-
-    readers = Group.objects.create(name="Readers")
-    people.outsider.groups.add(readers)
-    base = governed.knowledge_base
-    manage = reverse(
-        "admin:agents_knowledgebase_permissions_manage_group", args=[base.pk, readers.pk]
-    )
-
-    response = admin_client.post(manage, {"permissions": ["grant"]})
-
-    assert response.status_code == 302
-    assert may(people.outsider, base, Action.READ)
-    assert "May read it" in admin_client.get(manage).content.decode()
 
 
 def test_approvals_are_decided_from_the_admin_with_four_eyes(client, server, help_desk, people):

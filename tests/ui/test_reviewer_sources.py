@@ -237,8 +237,8 @@ def test_the_document_and_base_pages_are_gone_for_a_superuser_denied_the_base(
         assert "Vault procedures" not in page, url
         assert SECRET not in page, url
     assert "Member notes" not in client.get("/admin/agents/knowledgebase/").content.decode()
-    access = f"/admin/agents/knowledgebase/{base.pk}/permissions/"
-    assert client.get(access).status_code == 404
+    access = f"/admin/agents/knowledgebase/{base.pk}/access/"
+    assert client.get(access).url == "/admin/"  # as for a base that does not exist
 
 
 def test_add_documents_on_a_base_the_superuser_is_denied_is_a_404_and_adds_nothing(
