@@ -432,3 +432,43 @@ def test_the_escalations_list_asks_the_same_number_of_queries_for_one_or_many(
 
     assert queries() == one
     assert len(client.get("/api/v1/escalations").json()["results"]) == 4
+
+
+# E-mails and webhooks: they name the run and the call, never what the run read or answered,
+# so the reviewer who gets one and the application that hears of a run learn nothing of a base
+# through them (the inbox and the API, behind the rule, show the rest).
+
+
+def test_the_approval_email_and_the_runs_webhook_carry_nothing_from_the_base(
+    people, quoted, mailoutbox
+):
+    from oauth2_provider.models import Application
+
+    from governance.tasks import approval_notify_task
+    from portal.models import WebhookDelivery
+    from portal.webhooks import webhook_create, webhook_run_state_changed
+
+    _, _, first, request = quoted
+    approval_notify_task(request.pk)
+    application = Application.objects.create(
+        name="ERP",
+        client_type=Application.CLIENT_CONFIDENTIAL,
+        authorization_grant_type=Application.GRANT_CLIENT_CREDENTIALS,
+        user=people.member,
+    )
+    webhook_create(application=application, url="https://hooks.example.com/warden", actor=SYSTEM)
+    Run.objects.filter(pk=first.pk).update(client_application_id=application.pk)
+    webhook_run_state_changed(first.pk, "succeeded")
+
+    [mail] = mailoutbox
+    [delivery] = WebhookDelivery.objects.filter(run_id=first.pk)
+    assert people.reviewer.email in mail.to
+    assert "create_ticket" in mail.subject
+    for text in (mail.subject, mail.body, delivery.body):
+        assert SECRET not in text
+        assert "Vault procedures" not in text
+        assert FILENAME not in text
+        assert (
+            "vault passphrase" not in text
+        )  # nor the questions and arguments (the inbox has them)
+    assert f'"id":{first.pk}' in delivery.body
