@@ -262,6 +262,8 @@ class HolderAccessMixin:
         for label, action in GOVERNED:
             model = apps.get_model(label)
             model_admin = self.admin_site.get_model_admin(model)
+            if not model_admin.has_view_permission(request):
+                continue  # what this admin may not see in the console is not listed here
             rows = audience.holdings(holder, model_admin.get_queryset(request), action)
             for row in rows:
                 if model_admin.has_change_permission(request, row.obj):
@@ -279,6 +281,9 @@ class HolderAccessMixin:
             "title": f"What {describe(holder)} may use",
             "page_title": "Access",
             "holder_kind": "group" if isinstance(holder, Group) else "user",
+            "members": (
+                holder.user_set.filter(is_active=True).count() if isinstance(holder, Group) else 0
+            ),
             "sections": sections,
         }
         return TemplateResponse(request, "admin/warden/holder_access.html", context)

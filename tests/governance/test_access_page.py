@@ -329,3 +329,18 @@ def test_the_explanation_costs_the_same_queries_for_ten_people_or_sixty(
     assert many == few
     with django_assert_max_num_queries(12):
         audience.explain(governed.agent, Action.USE)
+
+
+def test_a_users_page_lists_only_what_the_viewing_admin_may_see(client, people, governed):
+    """A staff account that may view users but not agents, tools, routes or bases sees the
+    page with none of them on it."""
+    viewer = _user("helpdesk-staff", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_user"))
+    client.force_login(viewer)
+
+    page = client.get(reverse("admin:auth_user_access", args=[people.member.pk]))
+
+    assert page.status_code == 200
+    for obj in governed.each().values():
+        assert str(obj) not in page.content.decode()
+    assert "Knowledge bases" not in page.content.decode()
