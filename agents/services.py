@@ -57,7 +57,7 @@ from tools.services import LIVE_FIELDS
 logger = logging.getLogger(__name__)
 
 
-MAX_INPUT = 20_000  # characters of one message, on every surface (the chat's box says so too)
+MAX_INPUT = 20_000  # characters of one message, on every surface (the chat's box too)
 
 
 class RunError(Exception):

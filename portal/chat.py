@@ -27,7 +27,7 @@ from agents.selectors import (
     runs_with_steps,
 )
 from agents.services import RunError, run_cancel
-from agents.submit import run_submit
+from agents.submit import MAX_INPUT, run_submit
 from governance.access import NoAccess, access_agent
 from governance.budgets import usage_for
 from portal.api.problems import problem_response, refusal
@@ -49,6 +49,7 @@ def _page(request: HttpRequest, **context) -> HttpResponse:
             "conversations": conversations_of(request.user)[:50],
             "usage": usage_for(request.user),
             "draft": request.session.pop(DRAFT, ""),
+            "max_input": MAX_INPUT,  # the box's limit is the front door's
             **context,
         },
     )
