@@ -93,7 +93,7 @@ class ConversationNotFound(RunError):
 
     code = "conversation_not_found"
 
-    def __init__(self, message: str = "no such conversation"):
+    def __init__(self, message: str = "no such conversation") -> None:
         super().__init__(message)
 
 
@@ -106,7 +106,7 @@ class RunDenied(RunError):
 
     code = "policy_denied"
 
-    def __init__(self, message: str, decision: Decision):
+    def __init__(self, message: str, decision: Decision) -> None:
         super().__init__(message)
         self.decision = decision
 
@@ -140,7 +140,7 @@ class RateLimited(RunError):
 
     code = "rate_limited"
 
-    def __init__(self, message: str, retry_after: int):
+    def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
 
@@ -150,7 +150,7 @@ class IdempotencyConflict(RunError):
 
     code = "idempotency_conflict"
 
-    def __init__(self, message: str, run: Run):
+    def __init__(self, message: str, run: Run) -> None:
         super().__init__(message)
         self.run = run
 
