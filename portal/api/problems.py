@@ -192,7 +192,9 @@ def refusal(exc: BaseException) -> Refusal | None:
     else:
         return None
     answer = ANSWERS[code]
-    detail, extra, headers = str(exc), {}, {}
+    detail = str(exc)
+    extra: dict[str, Any] = {}
+    headers: dict[str, str] = {}
     if answer.slug == "invalid" and answer.field:
         detail, extra["errors"] = "some fields are invalid", {answer.field: [str(exc)]}
     if isinstance(exc, RunDenied) and answer.slug == "policy-denied":
