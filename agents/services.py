@@ -51,27 +51,96 @@ from governance.guardrails.output import scan as output_scan
 from governance.policy import Decision, Facts, Verdict, VerdictAction, decide, explain
 from governance.residency import regions_allowed
 from governance.snapshot import governance_snapshot
+from tools.schemas import text_problem
 from tools.services import LIVE_FIELDS
 
 logger = logging.getLogger(__name__)
 
 
+MAX_INPUT = 20_000  # characters of one message, on every surface (the chat's box too)
+
+
 class RunError(Exception):
-    """A run cannot be started or changed; the message is for the person who asked."""
+    """A run cannot be started or changed; the message is for the person who asked. `code`
+    names the kind for good: portal.api.problems maps each code to its answer (a problem
+    document, OpenAI's error, the chat's status), once for every surface."""
+
+    code = "run_refused"
+
+
+class InputRefused(RunError):
+    """The message cannot be a run's input."""
+
+    code = "input_refused"
+
+
+class EmptyInput(InputRefused):
+    code = "input_empty"
+
+
+class InputTooLong(InputRefused):
+    code = "input_too_long"
+
+
+class UnstorableInput(InputRefused):
+    """A NUL or an unpaired surrogate: PostgreSQL cannot keep it (tools.schemas.text_problem)."""
+
+    code = "input_unstorable"
+
+
+class ConversationNotFound(RunError):
+    """Not the actor's conversation with this agent, or none: missing and forbidden alike."""
+
+    code = "conversation_not_found"
+
+    def __init__(self, message: str = "no such conversation") -> None:
+        super().__init__(message)
+
+
+class IdempotencyKeyInvalid(RunError):
+    code = "idempotency_key_invalid"
 
 
 class RunDenied(RunError):
     """The policy refused to start the run; the message says why, for the person asking."""
 
-    def __init__(self, message: str, decision: Decision):
+    code = "policy_denied"
+
+    def __init__(self, message: str, decision: Decision) -> None:
         super().__init__(message)
         self.decision = decision
+
+    @staticmethod
+    def of(message: str, decision: Decision) -> RunDenied:
+        """The refusal's kind, by the reason that decides what the asker is told."""
+        reasons = decision.reasons
+        if "agent.forbidden" in reasons:  # as the policy says it: missing and forbidden alike
+            return AgentForbidden(message, decision)
+        if "budget.exhausted" in reasons:
+            return BudgetExhausted(message, decision)
+        if any(reason.startswith("guardrail.") for reason in reasons):
+            return GuardrailBlocked(message, decision)
+        return RunDenied(message, decision)
+
+
+class AgentForbidden(RunDenied):
+    code = "agent_forbidden"
+
+
+class BudgetExhausted(RunDenied):
+    code = "budget_exhausted"
+
+
+class GuardrailBlocked(RunDenied):
+    code = "guardrail_blocked"
 
 
 class RateLimited(RunError):
     """Too many runs in the current minute; `retry_after` says when the next one may start."""
 
-    def __init__(self, message: str, retry_after: int):
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
 
@@ -79,7 +148,9 @@ class RateLimited(RunError):
 class IdempotencyConflict(RunError):
     """The idempotency key was used before for another request; `run` is the run it started."""
 
-    def __init__(self, message: str, run: Run):
+    code = "idempotency_conflict"
+
+    def __init__(self, message: str, run: Run) -> None:
         super().__init__(message)
         self.run = run
 
@@ -103,7 +174,9 @@ def run_start(
     stream: bool = True,
     client_application_id: int | None = None,
 ) -> Run:
-    """Queue a run of `agent` on the actor's message; the same idempotency key returns the
+    """Queue a run of `agent` on the actor's message, once it passes `input_check` (interfaces
+    come through agents.submit.run_submit, which finds or makes the conversation and scopes
+    the idempotency key, then calls this). The same idempotency key returns the
     run it started before instead of a second one, if `fingerprint` (a digest of the request)
     is the same too, and raises IdempotencyConflict if not. `stream` publishes the run's steps
     and the answer's tokens to its channel group as they happen (for somebody watching live).
@@ -111,13 +184,10 @@ def run_start(
     `client_application_id` names the OAuth2 application that asked, if one did.
 
     The policy decision point decides first (governance.policy); a denial is audited and
-    raised as RunDenied, and nothing else is written."""
+    raised as a RunDenied of its kind (RunDenied.of), and nothing else is written."""
     if conversation.owner_id != actor.pk or conversation.agent_id != agent.pk:
-        raise RunError("no such conversation")  # missing and forbidden look the same
-    if not input.strip():
-        raise RunError("the message is empty")
-    if "\x00" in input:
-        raise RunError("the message contains a NUL character, which cannot be kept")
+        raise ConversationNotFound()  # missing and forbidden look the same
+    input_check(input)
     if idempotency_key:
         existing = _idempotent(actor, idempotency_key, fingerprint)
         if existing is not None:
@@ -137,7 +207,7 @@ def run_start(
         message = explain(decision, agent=agent.name)
         if "budget.exhausted" in decision.reasons and "agent.forbidden" not in decision.reasons:
             message = budget_refusal(budget_ids=context.budget_ids)
-        raise RunDenied(message, decision)
+        raise RunDenied.of(message, decision)
     try:
         return _queued(
             agent,
@@ -156,6 +226,17 @@ def run_start(
         if existing is None:
             raise
         return existing
+
+
+def input_check(text: str) -> None:
+    """Refuse a message no run may take: empty, longer than MAX_INPUT, or holding text
+    PostgreSQL cannot keep."""
+    if not text.strip():
+        raise EmptyInput("the message is empty")
+    if len(text) > MAX_INPUT:
+        raise InputTooLong(f"the message is longer than {MAX_INPUT} characters")
+    if problem := text_problem(text):
+        raise UnstorableInput(f"the message {problem}")
 
 
 def _idempotent(actor, key: str, fingerprint: str) -> Run | None:

@@ -1,7 +1,7 @@
 """The chat: the agents a user may use, their conversations, and a run as it happens.
 
-A message is posted over HTTP (`chat_send`, CSRF-protected, the same `run_start` every
-interface calls); what the run does then reaches the page over the websocket
+A message is posted over HTTP (`chat_send`, CSRF-protected, the front door every interface
+calls: agents.submit.run_submit); what the run does then reaches the page over the websocket
 (agents.consumers), and each event makes the page fetch the run's part again from the
 database (`run_part`), so what it shows is never more than one event behind the truth.
 """
@@ -17,7 +17,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.text import capfirst
 from django.views.decorators.http import require_GET, require_POST
 
-from agents.models import Conversation, Run
+from agents.models import Run
 from agents.selectors import (
     access_conversation,
     access_run,
@@ -26,12 +26,12 @@ from agents.selectors import (
     run_views,
     runs_with_steps,
 )
-from agents.services import RateLimited, RunError, run_cancel, run_start
+from agents.services import RunError, run_cancel
+from agents.submit import MAX_INPUT, run_submit
 from governance.access import NoAccess, access_agent
 from governance.budgets import usage_for
-from portal.api.problems import problem_response
+from portal.api.problems import problem_response, refusal
 
-MAX_MESSAGE = 20_000
 DRAFT = "chat.draft"
 
 
@@ -49,6 +49,7 @@ def _page(request: HttpRequest, **context) -> HttpResponse:
             "conversations": conversations_of(request.user)[:50],
             "usage": usage_for(request.user),
             "draft": request.session.pop(DRAFT, ""),
+            "max_input": MAX_INPUT,  # the box's limit is the front door's
             **context,
         },
     )
@@ -88,41 +89,32 @@ def chat_send(request: HttpRequest) -> HttpResponse:
     wants_json = "application/json" in request.headers.get("Accept", "")
     text = request.POST.get("text", "")
     try:
-        if len(text) > MAX_MESSAGE:
-            raise RunError(f"the message is longer than {MAX_MESSAGE} characters")
-        if "\x00" in text:  # before the conversation takes its title from it
-            raise RunError("the message contains a NUL character, which cannot be kept")
         agent = access_agent(request.user, request.POST.get("agent"))
-        if request.POST.get("conversation"):
-            conversation = access_conversation(request.user, request.POST["conversation"])
-            run = run_start(agent=agent, conversation=conversation, actor=request.user, input=text)
-        else:
-            conversation = Conversation.objects.create(
-                owner=request.user, agent=agent, title=" ".join(text.split())[:80]
-            )
-            try:
-                run = run_start(
-                    agent=agent, conversation=conversation, actor=request.user, input=text
-                )
-            except Exception:  # (a refusal is audited) no empty conversation is left behind
-                conversation.delete()
-                raise
+        run = run_submit(
+            actor=request.user,
+            agent=agent,
+            input=text,
+            conversation=request.POST.get("conversation") or None,
+        )
     except (NoAccess, RunError) as exc:
-        status = 429 if isinstance(exc, RateLimited) else 404 if isinstance(exc, NoAccess) else 400
-        if wants_json:
-            response = problem_response(request, status, None, str(exc), text=text)
-            if isinstance(exc, RateLimited):
-                response["Retry-After"] = str(exc.retry_after)
+        refused = refusal(exc)  # the API's answer to it: its status, its words
+        if refused is None:  # (never: both are domain errors)
+            raise
+        if wants_json:  # for the page's script: the plain kind, with the text to put back
+            status = refused.answer.status
+            response = problem_response(request, status, None, refused.detail, text=text)
+            for header, value in refused.headers.items():
+                response[header] = value
             return response
-        messages.error(request, capfirst(str(exc)))
+        messages.error(request, capfirst(refused.detail))
         request.session[DRAFT] = text  # the page puts it back in the box
         back = request.META.get("HTTP_REFERER", "")
         safe = url_has_allowed_host_and_scheme(back, {request.get_host()})
         return redirect(back if safe and back else reverse("chat"))
-    url = reverse("conversation", args=[conversation.pk])
+    url = reverse("conversation", args=[run.conversation_id])
     if wants_json:
         return JsonResponse(
-            {"run": run.pk, "conversation": conversation.pk, "url": url}, status=201
+            {"run": run.pk, "conversation": run.conversation_id, "url": url}, status=201
         )
     return redirect(url)
 

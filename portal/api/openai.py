@@ -1,8 +1,9 @@
 """The OpenAI-compatible surface: `POST /v1/chat/completions` and `GET /v1/models`.
 
 An OpenAI client (the official SDK, or anything that speaks the protocol) drives Warden's agents
-as models named `agent:<slug>`. Every request is a run started by `run_start`, so access, rate
-limits, budgets, guardrails, policy, approvals and the audit trail are the chat's own.
+as models named `agent:<slug>`. Every request is a run started through the chat's front door
+(agents.submit.run_submit), so the message's rules, access, rate limits, budgets, guardrails,
+policy, approvals and the audit trail are the chat's own.
 
 - Conversation: each request starts a new conversation whose run's input is the last message
   (it must be the user's). Earlier messages are ignored: the agent keeps its own system prompt
@@ -19,7 +20,8 @@ limits, budgets, guardrails, policy, approvals and the audit trail are the chat'
   (Django gives each ASGI request its own thread, and the middleware chain is synchronous
   anyway); a streaming one waits on the event loop.
 - Errors are problem documents (portal.api.problems) that also carry OpenAI's `error` member
-  ({message, type, code}), which the SDK turns into its exceptions.
+  ({message, type, param, code}), which the SDK turns into its exceptions; a refusal's type
+  and code are those portal.api.problems.ANSWERS gives it.
 """
 
 from __future__ import annotations
@@ -41,12 +43,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from agents.events import stream_key
-from agents.models import Conversation, Run, RunState, RunStep, StepKind
+from agents.models import Run, RunState, RunStep, StepKind
 from agents.selectors import (
     SETTLED,
     WAIT_POLL_SECONDS,
     access_agent_by_slug,
-    access_conversation,
     agents_usable_by,
     releasing,
     run_current,
@@ -54,19 +55,16 @@ from agents.selectors import (
     run_settled,
     run_wait,
 )
-from agents.services import IdempotencyConflict as RunIdempotencyConflict
-from agents.services import RateLimited, RunDenied, RunError, run_start
+from agents.submit import run_submit
 from governance.access import NoAccess
 from portal.api.auth import HasScope
 from portal.api.parsers import unstorable
-from portal.api.problems import exception_handler, problem_body
-from portal.api.runs import client_application_id, fingerprint, idempotency_key
+from portal.api.problems import exception_handler, problem_body, refusal
 from portal.api.streams import REVOKED_DETAIL, AccessWatch, credential_of
 from portal.api.waits import wait_slot_for, wait_slot_give, wait_slot_take
 
 PREFIX = "agent:"
 
-MAX_MESSAGE = 20_000  # as the chat's box
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 
 
@@ -81,16 +79,6 @@ class ModelNotFound(exceptions.NotFound):
     openai = ("invalid_request_error", "model_not_found")
 
 
-class ConversationNotFound(exceptions.NotFound):
-    openai = ("invalid_request_error", "conversation_not_found")
-
-
-class Refused(exceptions.PermissionDenied):
-    def __init__(self, detail: str, code: str):
-        super().__init__(detail)
-        self.openai = ("permission_error", code)
-
-
 class Invalid(exceptions.ValidationError):
     """One field is wrong: OpenAI's `param` names it."""
 
@@ -99,11 +87,6 @@ class Invalid(exceptions.ValidationError):
     def __init__(self, param: str, message: str):
         super().__init__({param: [message]})
         self.param, self.message = param, message
-
-
-class IdempotencyConflict(exceptions.APIException):
-    status_code = 409
-    openai = ("invalid_request_error", "idempotency_key_reused")
 
 
 _KINDS = [
@@ -116,23 +99,30 @@ _KINDS = [
 ]
 
 
+# The run's input, as this surface names it: the last of OpenAI's messages.
+_PARAMS = {"input": "messages"}
+
+
 def openai_exception_handler(exc, context):
-    """The API's problem document, with OpenAI's `error` member beside it."""
+    """The API's problem document, with OpenAI's `error` member beside it: for a domain error
+    as portal.api.problems.ANSWERS says, for the rest by the exception's kind."""
     response = exception_handler(exc, context)
     if response is None:
         return None
-    kind, code = getattr(exc, "openai", None) or next(
-        (k, c) for cls, k, c in _KINDS if isinstance(exc, cls)
-    )
-    message = getattr(exc, "message", None) or response.data["detail"]
-    if isinstance(exc, exceptions.ValidationError) and not isinstance(exc, Invalid):
-        message = f"{message}: {json.dumps(exc.detail)}"
-    response.data["error"] = {
-        "message": message,
-        "type": kind,
-        "param": getattr(exc, "param", None),
-        "code": code or exc.default_code,
-    }
+    if (refused := refusal(exc)) is not None:
+        (kind, code), param = refused.answer.openai, _PARAMS.get(refused.answer.field or "")
+        message = refused.detail
+        if "errors" in refused.extra:
+            message = f"{message}: {json.dumps(refused.extra['errors'])}"
+    else:
+        kind, code = getattr(exc, "openai", None) or next(
+            (k, c) for cls, k, c in _KINDS if isinstance(exc, cls)
+        )
+        code, param = code or exc.default_code, getattr(exc, "param", None)
+        message = getattr(exc, "message", None) or response.data["detail"]
+        if isinstance(exc, exceptions.ValidationError) and not isinstance(exc, Invalid):
+            message = f"{message}: {json.dumps(exc.detail)}"
+    response.data["error"] = {"message": message, "type": kind, "param": param, "code": code}
     return response
 
 
@@ -239,13 +229,7 @@ def _ask(data) -> Ask:
     last = messages[-1]
     if last["role"] != "user":
         raise Invalid("messages", "the last message must be the user's: it is the agent's input")
-    text = _text(last.get("content"), len(messages) - 1)
-    if not text.strip():
-        raise Invalid("messages", "the last message is empty")
-    if len(text) > MAX_MESSAGE:
-        raise Invalid("messages", f"the message is longer than {MAX_MESSAGE} characters")
-    if problem := unstorable(text):
-        raise Invalid("messages", f"the message cannot be kept: {problem}")
+    text = _text(last.get("content"), len(messages) - 1)  # its rules: agents.submit's
     stream = data.get("stream", False)
     if not isinstance(stream, bool):
         raise Invalid("stream", "`stream` must be true or false")
@@ -302,56 +286,18 @@ class ChatCompletions(OpenAIView):
 
 
 def _start(request, ask: Ask) -> Run:
-    user = request.user
-    agent = _agent(user, ask.model)
-    key = idempotency_key(request, "openai")
-    try:
-        if ask.conversation is not None:
-            conversation = access_conversation(user, ask.conversation)
-            if conversation.agent_id != agent.pk:
-                raise NoAccess("no such conversation")
-        else:  # saved with its run: a refusal leaves no empty conversation behind
-            title = " ".join(ask.input.split())[:80]
-            conversation = Conversation(owner=user, agent=agent, title=title)
-        request_digest = {"agent": agent.slug, "input": ask.input, "conversation": ask.conversation}
-        return run_start(
-            agent=agent,
-            conversation=conversation,
-            actor=user,
-            input=ask.input,
-            idempotency_key=key,
-            client_application_id=client_application_id(request),
-            fingerprint=fingerprint(request_digest) if key else "",
-            # Tokens are published only for a streamed answer; every run publishes the events
-            # that settle it, which is what a non-streamed request's wait wakes on.
-            stream=ask.stream,
-        )
-    except RunIdempotencyConflict as exc:
-        raise IdempotencyConflict(str(exc)) from None
-    except (NoAccess, RunError) as exc:
-        raise _refusal(exc, ask.model) from None
-
-
-def _refusal(exc: NoAccess | RunError, model: str) -> exceptions.APIException:
-    if isinstance(exc, NoAccess):
-        return ConversationNotFound(f"no such conversation with {model}")
-    if isinstance(exc, RateLimited):
-        throttled = exceptions.Throttled(wait=exc.retry_after, detail=str(exc))
-        throttled.openai = ("rate_limit_error", "rate_limit_exceeded")
-        throttled.message = str(exc)
-        return throttled
-    if isinstance(exc, RunDenied):
-        reasons = exc.decision.reasons
-        if "agent.forbidden" in reasons:  # as the policy says it: missing and forbidden alike
-            return ModelNotFound(f"The model {model!r} does not exist or you do not have access")
-        if "budget.exhausted" in reasons:
-            return Refused(str(exc), "budget_exhausted")
-        if any(r.startswith("guardrail.") for r in reasons):
-            return Refused(str(exc), "guardrail_blocked")
-        return Refused(str(exc), "policy_denied")
-    if isinstance(exc, RunError):
-        return Invalid("messages", str(exc))
-    return exc
+    return run_submit(
+        actor=request.user,
+        agent=_agent(request.user, ask.model),
+        input=ask.input,
+        conversation=ask.conversation,
+        idempotency_key=request.headers.get("Idempotency-Key", ""),
+        surface="openai",
+        client_application_id=getattr(request.auth, "application_id", None),
+        # Tokens are published only for a streamed answer; every run publishes the events
+        # that settle it, which is what a non-streamed request's wait wakes on.
+        stream=ask.stream,
+    )
 
 
 # Following a run ---------------------------------------------------------------------------

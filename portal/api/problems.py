@@ -3,7 +3,9 @@ of which describes itself when fetched)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from http import HTTPStatus
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
@@ -126,32 +128,82 @@ def problem_response(request: HttpRequest, status: int, slug: str | None, detail
     )
 
 
-def _domain(exc):
-    """The services' own exceptions (they never import DRF), as the API answers them."""
+@dataclass(frozen=True)
+class Answer:
+    """How every surface answers one kind of domain error: the status, the problem type, and
+    OpenAI's error type and code; `field` is the request field it is about, if any (a
+    problem of type `invalid` files the message under it, OpenAI's `param` names it)."""
+
+    status: int
+    slug: str
+    openai: tuple[str, str]
+    field: str | None = None
+
+
+_INPUT = Answer(400, "run-refused", ("invalid_request_error", "invalid_request"), "input")
+_DENIED = 403, "policy-denied"
+
+# The services' own exceptions (they never import DRF), by their stable code
+# (agents.services.RunError's kinds; governance's NoAccess is `not_found`).
+ANSWERS: dict[str, Answer] = {
+    "not_found": Answer(404, "not-found", ("invalid_request_error", "not_found")),
+    "conversation_not_found": Answer(
+        404, "not-found", ("invalid_request_error", "conversation_not_found")
+    ),
+    "agent_forbidden": Answer(404, "not-found", ("invalid_request_error", "model_not_found")),
+    "input_refused": _INPUT,
+    "input_empty": _INPUT,
+    "input_too_long": _INPUT,
+    "input_unstorable": _INPUT,
+    "idempotency_key_invalid": Answer(
+        400, "invalid", ("invalid_request_error", "invalid"), "Idempotency-Key"
+    ),
+    "idempotency_conflict": Answer(
+        409, "idempotency-conflict", ("invalid_request_error", "idempotency_key_reused")
+    ),
+    "rate_limited": Answer(429, "throttled", ("rate_limit_error", "rate_limit_exceeded")),
+    "policy_denied": Answer(*_DENIED, ("permission_error", "policy_denied")),
+    "budget_exhausted": Answer(*_DENIED, ("permission_error", "budget_exhausted")),
+    "guardrail_blocked": Answer(*_DENIED, ("permission_error", "guardrail_blocked")),
+    "run_refused": Answer(400, "run-refused", ("invalid_request_error", "invalid_request")),
+}
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A domain error as answered: its `answer`, the problem's detail and extra members, and
+    the response's headers."""
+
+    answer: Answer
+    detail: str
+    extra: dict[str, Any]
+    headers: dict[str, str]
+
+
+def refusal(exc: BaseException) -> Refusal | None:
+    """The answer to a domain error; None for any other exception."""
     from agents.services import IdempotencyConflict, RateLimited, RunDenied, RunError
     from governance.access import NoAccess
 
     if isinstance(exc, NoAccess):
-        return exceptions.NotFound(str(exc)), "not-found", {}
-    if isinstance(exc, RateLimited):
-        return exceptions.Throttled(exc.retry_after, detail=str(exc)), "throttled", {}
-    if isinstance(exc, RunDenied) and "agent.forbidden" in exc.decision.reasons:
-        return exceptions.NotFound(str(exc)), "not-found", {}  # as the policy says: missing
-    if isinstance(exc, RunDenied):
-        reasons = list(exc.decision.reasons)
-        return exceptions.PermissionDenied(str(exc)), "policy-denied", {"reasons": reasons}
+        code = "not_found"
+    elif isinstance(exc, RunError):
+        code = exc.code
+    else:
+        return None
+    answer = ANSWERS[code]
+    detail = str(exc)
+    extra: dict[str, Any] = {}
+    headers: dict[str, str] = {}
+    if answer.slug == "invalid" and answer.field:
+        detail, extra["errors"] = "some fields are invalid", {answer.field: [str(exc)]}
+    if isinstance(exc, RunDenied) and answer.slug == "policy-denied":
+        extra["reasons"] = list(exc.decision.reasons)
     if isinstance(exc, IdempotencyConflict):
-        run = f"/api/v1/runs/{exc.run.pk}"
-        return _Status(409, str(exc)), "idempotency-conflict", {"run": run}
-    if isinstance(exc, RunError):
-        return _Status(400, str(exc)), "run-refused", {}
-    return None
-
-
-class _Status(exceptions.APIException):
-    def __init__(self, status: int, detail: str):
-        self.status_code = status
-        super().__init__(detail)
+        extra["run"] = f"/api/v1/runs/{exc.run.pk}"
+    if isinstance(exc, RateLimited):
+        headers["Retry-After"] = str(exc.retry_after)
+    return Refusal(answer, detail, extra, headers)
 
 
 class TooLarge(exceptions.APIException):
@@ -164,10 +216,11 @@ def exception_handler(exc, context):
         limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
         exc = TooLarge(f"the body is larger than {limit} bytes")
         return _problem(exc, context["request"], "too-large", str(exc.detail), {})
-    domain = _domain(exc)
-    if domain is not None:
-        exc, slug, extra = domain
-        return _problem(exc, context["request"], slug, str(exc.detail), extra)
+    if (refused := refusal(exc)) is not None:
+        status, slug = refused.answer.status, refused.answer.slug
+        return _answer(
+            context["request"], status, slug, refused.detail, refused.extra, refused.headers
+        )
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):
@@ -190,10 +243,14 @@ def _problem(exc, request, slug: str, detail: str, extra: dict) -> Response:
         headers["WWW-Authenticate"] = exc.auth_header
     if getattr(exc, "wait", None) is not None:
         headers["Retry-After"] = str(int(exc.wait))
+    return _answer(request, exc.status_code, slug, detail, extra, headers)
+
+
+def _answer(request, status: int, slug: str, detail: str, extra: dict, headers: dict) -> Response:
     set_rollback()
     return Response(
-        problem_body(request, exc.status_code, slug, detail, **extra),
-        status=exc.status_code,
+        problem_body(request, status, slug, detail, **extra),
+        status=status,
         headers=headers,
         content_type="application/problem+json",
     )

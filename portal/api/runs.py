@@ -1,14 +1,14 @@
 """Runs through the API: start one (idempotently), follow its events, cancel it.
 
-A run started here executes like the chat's (agents.services.run_start: access, policy,
-budgets, guardrails, audit) in a Celery worker. `?wait=N` holds the answer up to N seconds for
-short synchronous use; otherwise the caller polls the run, follows its events (Server-Sent
-Events, resumable with `Last-Event-ID`) or receives a webhook.
+A run started here comes through the chat's front door (agents.submit.run_submit: input,
+conversation, idempotency, then access, policy, budgets, guardrails, audit) and executes in a
+Celery worker. `?wait=N` holds the answer up to N seconds for short synchronous use; otherwise
+the caller polls the run, follows its events (Server-Sent Events, resumable with
+`Last-Event-ID`) or receives a webhook.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -25,23 +25,16 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from agents.events import last_logged, redis_client, run_history, stream_key
-from agents.models import FINAL_STATES, Conversation, Run
-from agents.selectors import (
-    access_agent_by_slug,
-    access_conversation,
-    access_run,
-    releasing,
-    run_wait,
-)
-from agents.services import run_cancel, run_start
+from agents.models import FINAL_STATES, Run
+from agents.selectors import access_agent_by_slug, access_run, releasing, run_wait
+from agents.services import run_cancel
+from agents.submit import IDEMPOTENCY_KEY, MAX_INPUT, run_submit
 from portal.api.auth import HasScope
 from portal.api.streams import REVOKED_DETAIL, AccessWatch, credential_of
 from portal.api.views import RunSerializer
 from portal.api.waits import wait_slot_for, wait_slot_give, wait_slot_take
 
 logger = logging.getLogger(__name__)
-MAX_INPUT = 20_000
-_KEY = re.compile(r"[\x21-\x7e]{1,100}")  # printable ASCII, no spaces
 _STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 FINISHED_GRACE_MS = 1500
 POLL_MS = 5000  # the run's state is read at least this often (a final event Redis lost)
@@ -69,33 +62,6 @@ class RunAcceptedSerializer(RunSerializer):
         return reverse("api-run-events", args=[run.pk])
 
 
-def client_application_id(request) -> int | None:
-    """The OAuth2 application whose token made the request, if one did."""
-    return getattr(request.auth, "application_id", None)
-
-
-def idempotency_key(request, surface: str = "runs") -> str:
-    """The request's `Idempotency-Key` as stored: scoped to the client (an OAuth2 application,
-    or the user's own tokens and session) and the endpoint; '' without one. A malformed key
-    is a 400."""
-    raw = request.headers.get("Idempotency-Key", "")
-    if not raw:
-        return ""
-    if not _KEY.fullmatch(raw):
-        raise exceptions.ValidationError(
-            {"Idempotency-Key": ["at most 100 printable ASCII characters, no spaces"]}
-        )
-    application_id = client_application_id(request)
-    client = f"app{application_id}" if application_id else "user"
-    return f"{client}:{surface}:{raw}"
-
-
-def fingerprint(request: dict) -> str:
-    """A digest of what an idempotent request asked for (the same key must ask the same)."""
-    canonical = json.dumps(request, sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
 @extend_schema(
     summary="Start a run of an agent",
     description="Answers 202 with the run and its URLs once queued. With `Idempotency-Key`, "
@@ -112,7 +78,7 @@ def fingerprint(request: dict) -> str:
             OpenApiTypes.STR,
             OpenApiParameter.HEADER,
             required=False,
-            pattern=r"^[\x21-\x7e]{1,100}$",
+            pattern=f"^{IDEMPOTENCY_KEY.pattern}$",
         ),
         OpenApiParameter(
             "wait",
@@ -130,27 +96,21 @@ class RunCreate(APIView):
 
     def post(self, request, slug: str):
         wait = _wait_seconds(request.query_params.get("wait"))
-        key = idempotency_key(request)
         agent = access_agent_by_slug(request.user, slug)
         body = RunRequest(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        if "conversation" in data:
-            conversation = access_conversation(request.user, data["conversation"])
-        else:
-            title = " ".join(data["input"].split())[:80]
-            conversation = Conversation(owner=request.user, agent=agent, title=title)
         if wait:  # before the run: a refused request starts nothing
             wait_slot_take(request.user)
         try:
-            run = run_start(
-                agent=agent,
-                conversation=conversation,
+            run = run_submit(
                 actor=request.user,
+                agent=agent,
                 input=data["input"],
-                idempotency_key=key,
-                fingerprint=fingerprint({"agent": agent.slug, **data}) if key else "",
-                client_application_id=client_application_id(request),
+                conversation=data.get("conversation"),
+                idempotency_key=request.headers.get("Idempotency-Key", ""),
+                surface="runs",
+                client_application_id=getattr(request.auth, "application_id", None),
             )
             if wait:
                 run = run_wait(run=run, timeout=wait)

@@ -3,8 +3,9 @@ import time
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from agents.models import FINAL_STATES, Agent, Conversation, Run, RunState, RunStep
-from agents.services import RunError, run_start
+from agents.models import FINAL_STATES, Agent, Run, RunState, RunStep
+from agents.services import RunError
+from agents.submit import run_submit
 from governance.models import ApprovalRequest
 
 
@@ -25,17 +26,8 @@ class Command(BaseCommand):
         agent = Agent.objects.filter(slug=options["agent"]).first()
         if user is None or agent is None:
             raise CommandError("no such user or agent")
-        conversation = Conversation.objects.create(
-            owner=user, agent=agent, title=options["message"][:200]
-        )
-        try:
-            run = run_start(  # it polls the steps: nothing to stream to
-                agent=agent,
-                conversation=conversation,
-                actor=user,
-                input=options["message"],
-                stream=False,
-            )
+        try:  # it polls the steps: nothing to stream to
+            run = run_submit(actor=user, agent=agent, input=options["message"], stream=False)
         except RunError as exc:
             raise CommandError(str(exc)) from None
         follow(self, run, timeout=options["timeout"])
