@@ -25,6 +25,8 @@ run: $(VENV)/.installed-run
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-logo
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 $(VENV)/.installed-bench: requirements-bench.txt requirements-dev.txt requirements.txt constraints.txt | $(BIN)/python
@@ -65,4 +67,4 @@ lock:
 	$(PYTHON) scripts/lock.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .import_linter_cache

@@ -52,7 +52,7 @@ def transient(exc: BaseException) -> str | None:
     return None
 
 
-def _causes(exc: BaseException):
+def _causes(exc: BaseException | None):
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))

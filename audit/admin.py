@@ -1,14 +1,16 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING, Any
 
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
-from django.urls import path
+from django.urls import URLPattern, path
 from django.utils import timezone
 from django.utils.html import format_html
 
@@ -17,17 +19,23 @@ from audit.models import AuditAnchor, AuditEvent
 from audit.selectors import EventFilter, audit_export_lines, audit_verify_chain
 from audit.streaming import stream_lines
 
+# ModelAdmin is generic in django-stubs only; at run time it takes no parameter.
+if TYPE_CHECKING:
+    _ModelAdmin = admin.ModelAdmin[Any]
+else:
+    _ModelAdmin = admin.ModelAdmin
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+
+class ReadOnlyAdmin(_ModelAdmin):
     """The trail is append-only: nothing is added, changed or deleted from the admin."""
 
-    def has_add_permission(self, request, obj=None) -> bool:
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
-    def has_change_permission(self, request, obj=None) -> bool:
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
-    def has_delete_permission(self, request, obj=None) -> bool:
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
 
@@ -41,6 +49,12 @@ class ExportForm(forms.Form):
     format = forms.ChoiceField(choices=[("jsonl", "JSON lines"), ("csv", "CSV")])
 
 
+# Every hashed field and the hash, in the chain's order; data shown pretty-printed.
+_EVENT_FIELDS: tuple[str, ...] = tuple(
+    "pretty_data" if name == "data" else name for name in chain.CSV_COLUMNS
+)
+
+
 @admin.register(AuditEvent)
 class AuditEventAdmin(ReadOnlyAdmin):
     list_display = ("sequence", "time", "actor_label", "action", "target", "run")
@@ -48,8 +62,7 @@ class AuditEventAdmin(ReadOnlyAdmin):
     search_fields = ("action", "actor_label", "target_label", "target_id", "run", "conversation")
     date_hierarchy = "time"
     change_list_template = "admin/audit/auditevent/change_list.html"
-    # Every hashed field and the hash, in the chain's order; data shown pretty-printed.
-    fields = tuple("pretty_data" if name == "data" else name for name in chain.CSV_COLUMNS)
+    fields = _EVENT_FIELDS
     readonly_fields = fields
 
     @admin.display(description="target")
@@ -60,7 +73,7 @@ class AuditEventAdmin(ReadOnlyAdmin):
     def pretty_data(self, event: AuditEvent) -> str:
         return format_html("<pre>{}</pre>", json.dumps(json.loads(event.data), indent=2))
 
-    def get_urls(self):
+    def get_urls(self) -> list[URLPattern]:
         view = self.admin_site.admin_view
         return [
             path("verify/", view(self.verify_view), name="audit_auditevent_verify"),
@@ -80,7 +93,7 @@ class AuditEventAdmin(ReadOnlyAdmin):
             messages.error(request, report.summary())
         return redirect("admin:audit_auditevent_changelist")
 
-    def export_view(self, request: HttpRequest) -> HttpResponse:
+    def export_view(self, request: HttpRequest) -> HttpResponseBase:
         if not self.has_view_permission(request):
             raise PermissionDenied
         form = ExportForm(request.GET or None)

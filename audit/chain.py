@@ -40,6 +40,7 @@ import json
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 GENESIS = "0" * 64
 VERSION = 2
@@ -81,13 +82,13 @@ CONTENT_FIELDS = tuple(
 )
 
 
-def content_digest(event: dict) -> str:
+def content_digest(event: dict[str, Any]) -> str:
     payload = {name: event[name] for name in CONTENT_FIELDS}
     payload["v"] = VERSION
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
 
-def event_hash(event: dict) -> str:
+def event_hash(event: dict[str, Any]) -> str:
     link = "|".join(
         [
             f"v{VERSION}",
@@ -101,14 +102,14 @@ def event_hash(event: dict) -> str:
     return hashlib.sha256(link.encode()).hexdigest()
 
 
-def event_hash_v1(event: dict) -> str:
+def event_hash_v1(event: dict[str, Any]) -> str:
     """The hash of events written before version 2."""
     payload = {name: event[name] for name in EVENT_FIELDS}
     payload["v"] = 1
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
 
-def anchor_hash(anchor: dict) -> str:
+def anchor_hash(anchor: dict[str, Any]) -> str:
     payload = {
         "v": 1,  # anchors kept their scheme when events moved to version 2
         "sequence": anchor["sequence"],
@@ -173,10 +174,10 @@ class Report:
 
 
 def verify(
-    events: Iterable[dict],
+    events: Iterable[dict[str, Any]],
     *,
     complete: bool,
-    anchors: Iterable[dict] = (),
+    anchors: Iterable[dict[str, Any]] = (),
     heads: Iterable[tuple[str, int, str]] | None = None,
 ) -> Report:
     """Verify events given in sequence order, keeping only each stream's last event in memory.
@@ -283,7 +284,9 @@ def verify(
     return report
 
 
-def _check_anchors(anchors: Iterable[dict], report: Report) -> dict[str, tuple[int, str, int]]:
+def _check_anchors(
+    anchors: Iterable[dict[str, Any]], report: Report
+) -> dict[str, tuple[int, str, int]]:
     """Check the anchor chain; return, per stream, the highest (stream_seq, hash, anchor) any
     anchor recorded: what truncation and removal are measured against."""
     top: dict[str, tuple[int, str, int]] = {}
@@ -309,7 +312,7 @@ def _check_anchors(anchors: Iterable[dict], report: Report) -> dict[str, tuple[i
 # --- exports -------------------------------------------------------------------------------
 
 
-def export_row(event: dict) -> dict:
+def export_row(event: dict[str, Any]) -> dict[str, Any]:
     """An event as exported: every hashed field, then the hash."""
     return {name: event[name] for name in CSV_COLUMNS}
 
@@ -322,7 +325,7 @@ def csv_unescape(cell: str) -> str:
     return cell[1:] if cell.startswith("'") else cell
 
 
-def csv_cells(event: dict) -> list[str]:
+def csv_cells(event: dict[str, Any]) -> list[str]:
     cells = []
     for name in CSV_COLUMNS:
         value = event[name]
@@ -332,7 +335,7 @@ def csv_cells(event: dict) -> list[str]:
     return cells
 
 
-def read_export(lines: Iterable[str], fmt: str) -> Iterator[dict]:
+def read_export(lines: Iterable[str], fmt: str) -> Iterator[dict[str, Any]]:
     if fmt == "jsonl":
         for line in lines:
             if line.strip():
@@ -344,7 +347,7 @@ def read_export(lines: Iterable[str], fmt: str) -> Iterator[dict]:
         raise ValueError(f"unexpected CSV header: {header}")
     for row in rows:
         cells = dict(zip(CSV_COLUMNS, (csv_unescape(cell) for cell in row), strict=True))
-        event: dict = {**cells, "data": json.loads(cells["data"])}
+        event: dict[str, Any] = {**cells, "data": json.loads(cells["data"])}
         for name in ("sequence", "stream_seq"):
             event[name] = int(cells[name])
         yield event

@@ -3,15 +3,23 @@ audit trail's append-only triggers off? A superuser or the tables' owner can (AL
 DISABLE TRIGGER, session_replication_role), so production should run Warden as a role that is
 neither, with only SELECT and INSERT on the audit tables (README, "Database roles")."""
 
-from django.core.checks import Tags, Warning, register
+from collections.abc import Sequence
+from typing import Any
+
+from django.apps import AppConfig
+from django.core.checks import CheckMessage, Tags, Warning, register
 from django.db import DatabaseError, connections
 
 AUDIT_TABLES = ("audit_auditevent", "audit_auditanchor", "audit_auditstream")
 
 
 @register(Tags.database, deploy=True)
-def audit_role_cannot_disable_triggers(app_configs=None, databases=None, **kwargs):
-    problems = []
+def audit_role_cannot_disable_triggers(
+    app_configs: Sequence[AppConfig] | None = None,
+    databases: Sequence[str] | None = None,
+    **kwargs: Any,
+) -> list[CheckMessage]:
+    problems: list[CheckMessage] = []
     for alias in databases or ():
         try:
             with connections[alias].cursor() as cursor:

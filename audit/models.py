@@ -1,3 +1,7 @@
+import json
+from datetime import datetime
+from typing import Any
+
 from django.db import models
 
 from audit import chain
@@ -69,7 +73,7 @@ class AuditEvent(models.Model):
     def __str__(self) -> str:
         return f"#{self.sequence} {self.action} {self.target_type}:{self.target_id}"
 
-    def as_chain_dict(self) -> dict:
+    def as_chain_dict(self) -> dict[str, Any]:
         """The event as audit/chain.py hashes and exports it."""
         return {
             "sequence": self.sequence,
@@ -85,7 +89,7 @@ class AuditEvent(models.Model):
             "target_label": self.target_label,
             "run": self.run,
             "conversation": self.conversation,
-            "data": chain.json.loads(self.data),
+            "data": json.loads(self.data),
             "prev_hash": self.prev_hash,
             "hash": self.hash,
         }
@@ -107,17 +111,17 @@ class AuditAnchor(models.Model):
     def __str__(self) -> str:
         return f"anchor {self.sequence}"
 
-    def as_chain_dict(self) -> dict:
+    def as_chain_dict(self) -> dict[str, Any]:
         return {
             "sequence": self.sequence,
             "time": chain_time(self.time),
-            "heads": chain.json.loads(self.heads),
+            "heads": json.loads(self.heads),
             "prev_hash": self.prev_hash,
             "hash": self.hash,
         }
 
 
-def chain_time(moment) -> str:
+def chain_time(moment: datetime) -> str:
     """Times are hashed as UTC ISO 8601 with microseconds, the precision PostgreSQL keeps."""
     from datetime import UTC
 

@@ -88,7 +88,7 @@ def ssn_valid(area: str, group: str, serial: str) -> bool:
     return area not in {"000", "666"} and area[0] != "9" and group != "00" and serial != "0000"
 
 
-def _phone(match: re.Match) -> bool:
+def _phone(match: re.Match[str]) -> bool:
     text = match.group()
     digits = re.sub(r"\D", "", text)
     if not 7 <= len(digits) <= 15:
@@ -144,7 +144,9 @@ def _card_digits(candidate: str) -> bool:
     return 13 <= len(digits) <= 19 and luhn(digits)
 
 
-def _regex_spans(pattern: re.Pattern, check) -> Callable[[str], Iterator[tuple[int, int, bool]]]:
+def _regex_spans(
+    pattern: re.Pattern[str], check: Callable[[re.Match[str]], bool]
+) -> Callable[[str], Iterator[tuple[int, int, bool]]]:
     def spans(text: str) -> Iterator[tuple[int, int, bool]]:
         for match in pattern.finditer(text):
             yield match.start(), match.end(), check(match)
@@ -394,7 +396,9 @@ def unpseudonymise(edited: Any, *, original: Any) -> Any:
     return _put_back(edited, (), values)
 
 
-def _values_at(value: Any, at: tuple[str, ...], found: dict, key: bytes) -> None:
+def _values_at(
+    value: Any, at: tuple[str, ...], found: dict[tuple[str, ...], dict[str, Any]], key: bytes
+) -> None:
     if isinstance(value, dict):
         for name, item in value.items():
             _values_at(item, (*at, str(name)), found, key)
@@ -408,7 +412,9 @@ def _values_at(value: Any, at: tuple[str, ...], found: dict, key: bytes) -> None
         found.setdefault(at, {})[shown] = value  # a card given as a JSON number
 
 
-def _put_back(value: Any, at: tuple[str, ...], values: dict) -> Any:
+def _put_back(
+    value: Any, at: tuple[str, ...], values: dict[tuple[str, ...], dict[str, Any]]
+) -> Any:
     if isinstance(value, dict):
         return {name: _put_back(item, (*at, str(name)), values) for name, item in value.items()}
     if isinstance(value, list | tuple):
@@ -419,7 +425,7 @@ def _put_back(value: Any, at: tuple[str, ...], values: dict) -> Any:
     if _PSEUDONYM.fullmatch(value) and value in here:
         return here[value]  # as it was: a card given as a number stays a number
 
-    def back(match: re.Match) -> str:
+    def back(match: re.Match[str]) -> str:
         if match.group() not in here:
             raise UnknownPseudonym(match.group(), "".join(f"/{name}" for name in at))
         return str(here[match.group()])
@@ -427,7 +433,7 @@ def _put_back(value: Any, at: tuple[str, ...], values: dict) -> Any:
     return _PSEUDONYM.sub(back, value)
 
 
-def redact_messages(messages: list[dict]) -> tuple[list[dict], Redaction]:
+def redact_messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], Redaction]:
     """Chat messages with their text redacted, numbering placeholders across all of them."""
     redaction = Redaction()
     out = []
@@ -462,7 +468,7 @@ def _redact_arguments(arguments: str, redaction: Redaction) -> str:
     return json.dumps(_redact_value(value, redaction))
 
 
-def _redact_value(value, redaction: Redaction):
+def _redact_value(value: Any, redaction: Redaction) -> Any:
     if isinstance(value, str):
         return redact(value, redaction)[0]
     if isinstance(value, bool) or value is None:
@@ -482,7 +488,7 @@ def restore(text: str, redaction: Redaction) -> str:
     if not text or not redaction.values:
         return text
 
-    def value(match: re.Match) -> str:
+    def value(match: re.Match[str]) -> str:
         original = redaction.values.get(match.group())
         return match.group() if original is None else json.dumps(original)[1:-1]
 

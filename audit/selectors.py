@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-from collections.abc import Iterator
+import json
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import IO
+from typing import IO, Any
 
+from django.contrib.auth.models import AbstractUser, AnonymousUser
 from django.db import connection, transaction
 from django.db.models import Q, QuerySet
 
@@ -57,7 +59,7 @@ class EventFilter:
         return events
 
 
-def audit_events_iter(*, events: QuerySet[AuditEvent] | None = None) -> Iterator[dict]:
+def audit_events_iter(*, events: QuerySet[AuditEvent] | None = None) -> Iterator[dict[str, Any]]:
     """Events in sequence order as chain dicts, fetched CHUNK rows at a time."""
     events = AuditEvent.objects.all() if events is None else events
     after = 0
@@ -68,7 +70,7 @@ def audit_events_iter(*, events: QuerySet[AuditEvent] | None = None) -> Iterator
         for row in rows:
             event = dict(zip(_COLUMNS, row, strict=True))
             event["time"] = chain_time(event["time"])
-            event["data"] = chain.json.loads(event["data"])
+            event["data"] = json.loads(event["data"])
             yield event
         if len(rows) < CHUNK:
             return
@@ -100,14 +102,14 @@ def audit_verify_chain() -> chain.Report:
         )
 
 
-def audit_anchors_iter() -> Iterator[dict]:
+def audit_anchors_iter() -> Iterator[dict[str, Any]]:
     for anchor in AuditAnchor.objects.order_by("sequence").iterator(CHUNK):
         yield anchor.as_chain_dict()
 
 
 def audit_export_lines(
     *, filters: EventFilter, fmt: str, anchors_to: IO[str] | None = None
-) -> Iterator[str]:
+) -> Generator[str, None, None]:
     """The export, line by line (JSONL or CSV), of the events matching `filters`.
 
     With `anchors_to`, every anchor of the same snapshot is written there as JSON lines first,
@@ -127,13 +129,13 @@ def audit_export_lines(
                 yield chain.canonical_json(chain.export_row(event)) + "\n"
 
 
-def _csv_line(cells) -> str:
+def _csv_line(cells: Iterable[object]) -> str:
     buffer = io.StringIO()
     csv.writer(buffer).writerow(cells)
     return buffer.getvalue()
 
 
-def may_view_audit(user) -> bool:
+def may_view_audit(user: AbstractUser | AnonymousUser | None) -> bool:
     """Whether `user` may read and export the trail: the admin's rule, the model's view
     permission (superusers hold every permission)."""
     return bool(user is not None and user.is_active and user.has_perm("audit.view_auditevent"))

@@ -125,7 +125,7 @@ class Draft:
     """An event checked, redacted and serialised, not yet on its stream's chain."""
 
     stream: str
-    fields: dict  # the content fields, data as its canonical JSON text
+    fields: dict[str, Any]  # the content fields, data as its canonical JSON text
     content: str  # chain.content_digest of the event
 
 

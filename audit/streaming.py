@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator
 
 from asgiref.sync import sync_to_async
 
 
-async def stream_lines(lines: Iterator[str], size: int = 500) -> AsyncIterator[str]:
+async def stream_lines(lines: Generator[str, None, None], size: int = 500) -> AsyncIterator[str]:
     """Stream a sync generator under ASGI without buffering it whole.
 
     Each chunk is produced in the request's one thread-sensitive thread, so the generator's

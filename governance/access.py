@@ -19,15 +19,18 @@ from __future__ import annotations
 
 import functools
 import re
+from typing import Any, TypeVar, cast
 
 from django.apps import apps
 from django.contrib.auth import get_user_model
 from django.contrib.contenttypes.models import ContentType
 from django.db import connection
-from django.db.models import Model, QuerySet
+from django.db.models import Field, Model, QuerySet
 from django.db.models.expressions import RawSQL
 
 from governance.models import Action
+
+_Rows = TypeVar("_Rows", bound=QuerySet[Any])  # restrict() keeps the queryset's class
 
 
 class NoAccess(Exception):
@@ -47,7 +50,7 @@ def codename(model: type[Model], action: str) -> str:
     return name
 
 
-def restrict(queryset: QuerySet, user, action: str) -> QuerySet:
+def restrict(queryset: _Rows, user, action: str) -> _Rows:
     """The rows of `queryset` that `user` may `action` (see the module docstring).
 
     One uncorrelated subquery of the ids allowed, written in SQL: the ORM took 2.6 ms to
@@ -139,7 +142,8 @@ def _rule(model: type[Model], *, user: str, superuser: str | None) -> str:
     ]
     owner = getattr(model, "governed_owner_field", None)
     if owner:
-        grants.append(f"o.{model._meta.get_field(owner).column} = {user}")
+        column = cast(Field, model._meta.get_field(owner)).column  # a ForeignKey to the user
+        grants.append(f"o.{column} = {user}")
     granted = " OR ".join(f"({grant})" for grant in grants)
     return f"NOT {denied} AND ({granted})"
 

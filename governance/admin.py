@@ -31,16 +31,16 @@ def personal_field(name: str):
     answer) as the console shows what is in a run: personal data as the audit trail keeps it,
     a keyed hash (pii.as_seen_by, no viewer: the console is never the run's owner's view)."""
 
+    @admin.display(description=name.replace("_", " "))
     def show(self, obj):
         value = as_seen_by(getattr(obj, name), viewer_id=None, owner_id=None)
         return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
-    show.short_description = name.replace("_", " ")
     return show
 
 
-def _masked_fields(model, personal: tuple[str, ...]) -> list[str]:
-    return [f"{f.name}_masked" if f.name in personal else f.name for f in model._meta.fields]
+def _masked_fields(model, personal: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(f"{f.name}_masked" if f.name in personal else f.name for f in model._meta.fields)
 
 
 @admin.register(AccessDenial)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import timedelta
+from typing import TypeVar
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -28,6 +29,8 @@ from governance.models import (
     EscalationStatus,
 )
 from governance.notify import reviewers_notify
+
+_Held = TypeVar("_Held", ApprovalRequest, Escalation)
 
 
 class ApprovalError(Exception):
@@ -117,7 +120,7 @@ def may_decide(user, *, requested_by_id: int, group_ids: list[int]) -> bool:
     return get_user_model().objects.filter(deciders(group_ids), pk=user.pk).exists()
 
 
-def _check_decider(item, decided_by, noun: str, own: str) -> None:
+def _check_decider(item: _Held | None, decided_by, noun: str, own: str) -> _Held:
     """`decided_by` may decide the locked, still pending `item` (a request or an escalation),
     or ApprovalError says why: missing and forbidden alike, one's own, already decided."""
     if item is None:
@@ -132,6 +135,7 @@ def _check_decider(item, decided_by, noun: str, own: str) -> None:
     if item.status != "pending":
         who = item.decided_by.get_username() if item.decided_by else "Warden"
         raise ApprovalError(f"already {item.status} by {who}")
+    return item
 
 
 def approvals_for(user) -> QuerySet[ApprovalRequest]:
@@ -204,7 +208,7 @@ def approval_decide(
     The run it parked continues in the same transaction's wake; raises ApprovalError."""
     with transaction.atomic():
         request = ApprovalRequest.objects.select_for_update().filter(pk=approval_id).first()
-        _check_decider(request, decided_by, "approval request", "you asked for this call")
+        request = _check_decider(request, decided_by, "approval request", "you asked for this call")
         if request.expires_at <= timezone.now():
             _expire(request)
         else:
@@ -367,7 +371,7 @@ def escalation_decide(
     """Release the held answer (or `answer`, an edit of it) to the user, or reject it."""
     with transaction.atomic():
         escalation = Escalation.objects.select_for_update().filter(pk=escalation_id).first()
-        _check_decider(escalation, decided_by, "escalation", "you asked the question")
+        escalation = _check_decider(escalation, decided_by, "escalation", "you asked the question")
         if release and answer is not None:
             # The reviewer read the question and the answer hashed; the user gets the values.
             answer = _unhashed(
@@ -377,7 +381,9 @@ def escalation_decide(
         if release and answer is not None and not answer.strip():
             raise ApprovalError("the released answer is empty")
         escalation.status = EscalationStatus.RELEASED if release else EscalationStatus.REJECTED
-        escalation.released_answer = (answer if edited else escalation.answer) if release else ""
+        escalation.released_answer = (
+            (answer if edited and answer is not None else escalation.answer) if release else ""
+        )
         escalation.decided_by, escalation.decided_at = decided_by, timezone.now()
         escalation.comment = comment
         escalation.save(

@@ -137,10 +137,10 @@ def explain(obj: Model, action: str) -> Access:
         members[group_id].add(user_id)
     reached = denied_users | direct | every_users | {owner_id} - {None}
     reached |= set().union(*members.values()) if members else set()
-    users = User.objects.filter(is_active=True).filter(pk__in=reached) | User.objects.filter(
+    candidates = User.objects.filter(is_active=True).filter(pk__in=reached) | User.objects.filter(
         is_active=True, is_superuser=True
     )
-    users = {u.pk: u for u in users.distinct()}
+    users = {u.pk: u for u in candidates.distinct()}
     groups_of: dict[int, list[int]] = defaultdict(list)
     for group_id, ids in members.items():
         for user_id in ids:
@@ -281,7 +281,7 @@ class Holding:
     answer) and why; for a group, what is set on the group (`allowed` None: each member's
     answer depends on their other groups too)."""
 
-    obj: Model
+    obj: Model | None  # None only while holdings() collects the reasons
     allowed: bool | None
     grants: list[Reason] = field(default_factory=list)
     denials: list[Reason] = field(default_factory=list)
@@ -328,12 +328,12 @@ def holdings(holder, queryset, action: str) -> list[Holding]:
     everything = bool(every)
     denials = AccessDenial.objects.filter(content_type=content_type, action=action)
     denials = denials.filter(Q(group_id__in=groups) | (Q() if is_group else Q(user=holder)))
-    for pk, user_id, group_id in denials.values_list("object_id", "user_id", "group_id"):
+    for object_id, user_id, group_id in denials.values_list("object_id", "user_id", "group_id"):
         if user_id:
-            at(pk).denials.append(Reason("direct"))
+            at(object_id).denials.append(Reason("direct"))
         elif group_id in groups:
             group = groups[group_id]
-            at(pk).denials.append(Reason(kind_of(group), group.name))
+            at(object_id).denials.append(Reason(kind_of(group), group.name))
 
     objects = queryset if everything else queryset.filter(pk__in=list(reasons))
     allowed = (

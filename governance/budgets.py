@@ -13,10 +13,13 @@ beyond its estimate.
 from __future__ import annotations
 
 import calendar
+import functools
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import Decimal
+from typing import Any
 
 from django.db import connection, transaction
 from django.db.models import Q
@@ -113,6 +116,8 @@ def _usages_now(budget_ids: list[int]) -> list[BudgetUsage]:
         "day": period_start(BudgetPeriod.DAY, today),
         "month": period_start(BudgetPeriod.MONTH, today),
     }
+    # raw() sets the query's usage_* columns as attributes, which the model does not declare.
+    budgets: Iterable[Any] = Budget.objects.raw(_USAGES_NOW, params)
     return [
         BudgetUsage(
             pk=b.usage_id,
@@ -123,7 +128,7 @@ def _usages_now(budget_ids: list[int]) -> list[BudgetUsage]:
             reserved_tokens=b.usage_reserved_tokens,
             reserved_cost=b.usage_reserved_cost,
         )
-        for b in Budget.objects.raw(_USAGES_NOW, params)
+        for b in budgets
     ]
 
 
@@ -194,7 +199,7 @@ def _refusal(usage: BudgetUsage) -> str:
     )
 
 
-_PERIODIC = {BudgetPeriod.DAY: "daily", BudgetPeriod.MONTH: "monthly"}
+_PERIODIC: dict[str, str] = {BudgetPeriod.DAY: "daily", BudgetPeriod.MONTH: "monthly"}
 
 _SETTLE = """
 UPDATE governance_budgetusage
@@ -251,7 +256,7 @@ def _notify_thresholds(usage_ids: list[int]) -> None:
                 "period_start": usage.period_start.isoformat(),
             },
         )
-        transaction.on_commit(lambda pk=budget.pk: _tell(pk), robust=True)
+        transaction.on_commit(functools.partial(_tell, budget.pk), robust=True)
 
 
 def _tell(budget_id: int) -> None:

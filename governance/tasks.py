@@ -81,11 +81,11 @@ def budget_notify_task(budget_id: int) -> None:
         people = users.filter(groups=budget.group_id)
     else:
         people = users.filter(groups__name=roles.GOVERNANCE_ADMIN)
-    people = list(people.distinct())
+    notified = list(people.distinct())
     event = {"type": "budget.threshold_reached", "budget": budget.name}
-    for person in people:
+    for person in notified:
         user_notify(person.pk, event)
-    recipients = sorted({p.email for p in people if p.email})
+    recipients = sorted({p.email for p in notified if p.email})
     if recipients:
         send_mail(
             subject=f"[Warden] Budget {budget.name!r} is at {budget.notify_at_percent}%",

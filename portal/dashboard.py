@@ -60,7 +60,8 @@ def dashboard(*, days: int = 14) -> dict:
     )
     spend_agents = list(
         runs.values(name=F("agent__name"))
-        .annotate(cost=Sum("cost"), tokens=Sum(F("prompt_tokens") + F("completion_tokens")))
+        # django-stubs mistakes this annotation for a redefinition of the model's own `tokens`.
+        .annotate(cost=Sum("cost"), tokens=Sum(F("prompt_tokens") + F("completion_tokens")))  # type: ignore[no-redef]
         .order_by("-cost", "name")[:8]
     )
     # A run counts for each team its actor is in (the role groups are not teams).

@@ -308,7 +308,7 @@ def _restart(name: str, running: _Running, say: Callable[[str], None]) -> int:
             finally:
                 for note in server.notes:
                     say(note)
-            return server.process.pid  # type: ignore[union-attr]  # start() set it or raised
+            return server.process.pid  # type: ignore[attr-defined]  # start() set it or raised
     argv, fds = running.commands[name]
     running.children[name] = _spawn_child(argv, fds)
     return running.children[name].pid

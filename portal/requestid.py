@@ -15,7 +15,9 @@ class RequestIdMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         given = request.headers.get("X-Request-ID", "")
-        request.request_id = given if _SENSIBLE.fullmatch(given) else uuid.uuid4().hex
+        request_id = given if _SENSIBLE.fullmatch(given) else uuid.uuid4().hex
+        # An attribute of our own on the request, read back with getattr (portal/views.py).
+        request.request_id = request_id  # type: ignore[attr-defined]
         response = self.get_response(request)
-        response["X-Request-ID"] = request.request_id
+        response["X-Request-ID"] = request_id
         return response

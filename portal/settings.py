@@ -21,6 +21,7 @@ import secrets
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -255,7 +256,7 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
-OAUTH2_PROVIDER = {
+OAUTH2_PROVIDER: dict[str, Any] = {
     "SCOPES": {
         "agents:run": "Start runs of the agents the account may use",
         "runs:read": "Read the account's runs and their events",
@@ -384,6 +385,8 @@ TEMPLATES = [
     },
 ]
 
+# Any: the values are strings, numbers, booleans and the OPTIONS dict.
+DATABASES: dict[str, dict[str, Any]]
 if EMBEDDED_DATABASE:
     DATABASES = {
         "default": {
@@ -395,7 +398,7 @@ if EMBEDDED_DATABASE:
     }
 else:
     try:
-        DATABASES = {"default": dj_database_url.parse(DATABASE_URL)}  # type: ignore[arg-type]
+        DATABASES = {"default": dict(dj_database_url.parse(DATABASE_URL))}  # type: ignore[arg-type]
     except ValueError:  # the message would echo the URL, password included
         raise ImproperlyConfigured(
             "DATABASE_URL is not a valid URL (postgresql://user:password@host:5432/name)"

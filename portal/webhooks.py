@@ -28,6 +28,7 @@ log, an audit event or an error message.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -337,7 +338,7 @@ def webhook_run_state_changed(run_id: int, state: str) -> None:
         deliveries.append(delivery)
     WebhookDelivery.objects.bulk_create(deliveries)
     for delivery in deliveries:
-        transaction.on_commit(lambda pk=str(delivery.pk): _enqueue(pk))
+        transaction.on_commit(functools.partial(_enqueue, str(delivery.pk)))
 
 
 def _body(delivery: WebhookDelivery, *, now: datetime, run: dict) -> str:

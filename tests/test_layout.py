@@ -1,51 +1,69 @@
-"""DESIGN.md §2: imports flow one way, audit ← governance ← tools ← agents ← portal."""
+"""DESIGN.md §2: imports flow one way. `lint-imports` (pyproject's [tool.importlinter], run by
+`make test`) checks the tree; these tests show that its contract catches an upward import."""
 
-import ast
+import os
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-LAYERS = ["audit", "governance", "tools", "agents", "portal"]
+LAYERS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"][
+    0
+]["layers"]
 
 
-def imported_apps(path: Path) -> set[str]:
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
-            names |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module.split(".")[0])
-    return names & set(LAYERS)
+def lint_imports(tree: Path) -> subprocess.CompletedProcess[str]:
+    """The project's contract checked against the packages under `tree`."""
+    lint = Path(sys.executable).parent / "lint-imports"
+    return subprocess.run(
+        [lint, "--no-cache", "--no-logo", str(ROOT / "pyproject.toml")],
+        capture_output=True,
+        text=True,
+        cwd=tree,
+        env={**os.environ, "PYTHONPATH": str(tree)},
+        check=False,
+    )
 
 
-@pytest.mark.parametrize("app", LAYERS[:-1])  # portal, on top, may import every app
-def test_app_imports_only_apps_below_it(app):
-    allowed = set(LAYERS[: LAYERS.index(app) + 1])
-
-    violations = {
-        str(path.relative_to(ROOT)): sorted(imported_apps(path) - allowed)
-        for path in (ROOT / app).rglob("*.py")
-        if imported_apps(path) - allowed
-    }
-
-    assert violations == {}
+def app_skeleton(tree: Path, imports: dict[str, str]) -> None:
+    for app in LAYERS:
+        (tree / app).mkdir()
+        (tree / app / "__init__.py").write_text("")
+        (tree / app / "services.py").write_text(imports.get(app, ""))
 
 
-def test_the_checker_sees_an_upward_import(tmp_path):
-    module = tmp_path / "bad.py"
-    module.write_text("from agents.models import Run\nimport portal.settings\n")
+def test_the_contract_names_the_apps_top_down():
+    assert LAYERS == ["portal", "sso", "agents", "tools", "governance", "audit"]
 
-    assert imported_apps(module) == {"agents", "portal"}
+
+def test_downward_imports_keep_the_contract(tmp_path):
+    app_skeleton(tmp_path, {"portal": "import sso.services\n", "sso": "import audit.services\n"})
+
+    result = lint_imports(tmp_path)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 kept, 0 broken" in result.stdout
+
+
+@pytest.mark.parametrize("lower", LAYERS[1:])
+def test_an_upward_import_breaks_the_contract(tmp_path, lower):
+    upper = LAYERS[LAYERS.index(lower) - 1]
+    # Inside a function, as the deferred imports that avoid cycles are written.
+    app_skeleton(tmp_path, {lower: f"def f():\n    from {upper} import services\n"})
+
+    result = lint_imports(tmp_path)
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "0 kept, 1 broken" in result.stdout
+    assert f"{lower}.services -> {upper}.services" in result.stdout
 
 
 def test_the_web_process_does_not_import_the_heavy_libraries():
     """torch, litellm and the document readers load where they are used (workers), not with
     the URL configuration and the admin that every web process imports."""
-    import os
-    import subprocess
-    import sys
-
     code = (
         "import django, sys; django.setup(); import portal.urls; "
         "print(sorted(m for m in ('torch', 'litellm', 'sentence_transformers', 'bs4', 'pypdf') "

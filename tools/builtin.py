@@ -176,7 +176,7 @@ def sql_query(arguments: dict, *, idempotency_key: str, context: ToolContext) ->
                         )
                     )
                     pipeline.sync()
-                columns = [column.name for column in cursor.description]
+                columns = [column.name for column in cursor.description or ()]
                 rows = cursor.fetchall()
             erp.rollback()
     except psycopg.errors.QueryCanceled:

@@ -105,7 +105,8 @@ def demo_erp_install() -> None:
             admin.execute(f"CREATE DATABASE {DATABASE}")
     with psycopg.connect(f"{server} dbname={DATABASE}") as erp, erp.transaction():
         erp.execute(SCHEMA)
-        if erp.execute("SELECT EXISTS (SELECT FROM demo_erp.customers)").fetchone()[0]:
+        seeded = erp.execute("SELECT EXISTS (SELECT FROM demo_erp.customers)").fetchone()
+        if seeded and seeded[0]:
             return
         with erp.cursor() as cursor:
             for table, rows in (

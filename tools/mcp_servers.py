@@ -64,6 +64,7 @@ class ServerSpec:
 
     @classmethod
     def of(cls, server: MCPServer) -> ServerSpec:
+        fields: dict[str, Any]
         if server.transport == MCPTransport.STDIO:
             fields = {
                 "command": server.command,
@@ -377,8 +378,8 @@ def mcp_server_sync(*, server: MCPServer, actor) -> SyncReport:
         existing = {t.config.get("tool"): t for t in server.tools.select_for_update()}
         for remote in listed:
             schema = dict(remote.input_schema or {"type": "object"})
-            if problem := parameters_problem(schema):
-                skipped.append(f"{remote.name} ({problem})")
+            if contract_problem := parameters_problem(schema):
+                skipped.append(f"{remote.name} ({contract_problem})")
                 continue  # an unusable contract: left as it was (a vanished one: disabled)
             tool = existing.pop(remote.name, None) or Tool(
                 kind=ToolKind.MCP, mcp_server=server, name=_tool_name(server, remote.name)

@@ -122,7 +122,7 @@ def _resolve(host: str, port: int) -> list[str]:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError):
         raise OutboundError(f"{host} does not resolve") from None
-    return [info[4][0] for info in infos]
+    return [str(info[4][0]) for info in infos]  # the address, a str for AF_INET(6)
 
 
 NAT64 = ipaddress.ip_network("64:ff9b::/96")  # well-known prefix: the last 32 bits are IPv4

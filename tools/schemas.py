@@ -24,7 +24,7 @@ def parameters_problem(schema: Any) -> str | None:
     return None
 
 
-def instance_problem(validator: Validator, instance: Any, *, what: str = "arguments") -> str | None:
+def instance_problem(validator: Any, instance: Any, *, what: str = "arguments") -> str | None:
     """The most relevant way `instance` breaks `validator`'s schema, with its path, or None.
     Text no table can keep (a NUL, an unpaired surrogate: valid JSON escapes both) breaks
     every schema: the ledger, the audit trail and the approval inbox store the arguments."""

@@ -19,7 +19,7 @@ import random
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import jsonschema
 import psycopg
@@ -134,8 +134,8 @@ def tool_invoke(
         return dataclasses.replace(outcome, record=record)
     if tool.kind == ToolKind.PYTHON and not _external(tool):
         return _invoke_in_transaction(call, row, actor)
-    if (done := _claim(key, row, actor, context.fence)) is not None:
-        return done  # finished by another worker since the lookup
+    if (claimed := _claim(key, row, actor, context.fence)) is not None:
+        return claimed  # finished by another worker since the lookup
     return _record(key, row, actor, _run(call))
 
 
@@ -255,7 +255,7 @@ def _refresh(tool: Tool, key: str) -> int | None:
     statement (it runs for every call); the id of the key's finished ledger row, if any."""
     with _raw_cursor() as cursor:
         cursor.execute(_LIVE, [key, tool.pk])
-        *live, done = cursor.fetchone()
+        *live, done = cast(tuple[Any, ...], cursor.fetchone())  # one row: the tool's
     for field, value in zip(LIVE_FIELDS, live, strict=True):
         setattr(tool, field, json.loads(value) if field in ("config", "parameters") else value)
     return done

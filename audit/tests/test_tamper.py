@@ -38,6 +38,7 @@ def trail():
 def verify_fails_at(sequence: int, reason: str) -> chain.Report:
     report = audit_verify_chain()
     assert not report.ok
+    assert report.first_break is not None
     assert report.first_break.sequence == sequence, report.summary()
     assert reason in report.first_break.reason
     return report

@@ -548,7 +548,9 @@ def _scan(text: str) -> Finding:
     model = _model()
     masked = hidden_characters(text) > 0
     all_views = views(text)
-    main_langs = {_language(s) for s in _SENTENCE.split(all_views[0].text)} - {None}
+    main_langs = {
+        lang for s in _SENTENCE.split(all_views[0].text) if (lang := _language(s)) is not None
+    }
     scored = []  # (fast probability, window, features, signals)
     for view in all_views:
         for window, values in window_signals(view, context_langs=main_langs, masked=masked):

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.db.models import OuterRef, Subquery
 from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions, generics, serializers
@@ -40,8 +42,12 @@ def _with_agent_slug(items):
 class _Decided(serializers.ModelSerializer):
     agent = serializers.CharField(source="agent_slug", read_only=True)
     run = serializers.IntegerField(source="run_id", read_only=True)
-    requested_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
-    decided_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    requested_by: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
+        slug_field="username", read_only=True
+    )
+    decided_by: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
+        slug_field="username", read_only=True
+    )
     personal: tuple[str, ...] = ()  # the run's data: hashed for anyone but the run's owner
 
     def to_representation(self, instance):

@@ -4,6 +4,7 @@ queued for ingestion by the same service as the admin's "Add documents"."""
 from __future__ import annotations
 
 from pathlib import PurePosixPath
+from typing import Any
 
 from django.db.models import Count, Q
 from drf_spectacular.utils import extend_schema, extend_schema_view
@@ -41,7 +42,9 @@ class KnowledgeBaseSerializer(serializers.ModelSerializer):
 
 
 class DocumentSerializer(serializers.ModelSerializer):
-    knowledge_base = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    knowledge_base: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True
+    )
     url = serializers.SerializerMethodField()
 
     class Meta:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from drf_spectacular.utils import extend_schema, extend_schema_field
@@ -68,7 +70,9 @@ class StepSerializer(serializers.ModelSerializer):
 
 
 class RunSerializer(serializers.ModelSerializer):
-    agent = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    agent: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True
+    )
     prompt_tokens = serializers.IntegerField(read_only=True)
     completion_tokens = serializers.IntegerField(read_only=True)
     steps = StepSerializer(many=True, read_only=True)

@@ -1,8 +1,9 @@
 import contextlib
 import sys
 from datetime import datetime
+from typing import Any, TextIO
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
 from audit.selectors import EventFilter, audit_export_lines
@@ -22,7 +23,7 @@ class Command(BaseCommand):
         "offline with `python3 audit/chain.py EXPORT` (add --complete for an unfiltered one)."
     )
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
         parser.add_argument("--output", "-o", help="file to write (default: standard output)")
         parser.add_argument("--since", type=_moment, help="from this time (ISO 8601, inclusive)")
@@ -37,7 +38,7 @@ class Command(BaseCommand):
             help="also write the anchors (same snapshot) to FILE, for `chain.py --anchors`",
         )
 
-    def handle(self, *args, **options):
+    def handle(self, *args: Any, **options: Any) -> None:
         filters = EventFilter(
             since=options["since"],
             until=options["until"],
@@ -58,7 +59,7 @@ class Command(BaseCommand):
             self.stderr.write(f"exported {count} events to {options['output']}")
 
 
-def _open(files: contextlib.ExitStack, path: str):
+def _open(files: contextlib.ExitStack, path: str) -> TextIO:
     try:
         return files.enter_context(open(path, "w", encoding="utf-8", newline=""))
     except OSError as exc:

@@ -1,3 +1,5 @@
+from typing import Any
+
 from django.core.management.base import BaseCommand
 
 from audit.selectors import audit_verify_chain
@@ -9,7 +11,7 @@ class Command(BaseCommand):
         "broken link (lowest sequence) and what differs; exits 1 on a break."
     )
 
-    def handle(self, *args, **options):
+    def handle(self, *args: Any, **options: Any) -> None:
         report = audit_verify_chain()
         if report.ok:
             self.stdout.write(report.summary())
