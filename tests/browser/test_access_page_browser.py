@@ -8,6 +8,7 @@ import re
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
+from django.db import connections
 from playwright.sync_api import expect, sync_playwright
 
 from agents.models import Deployment, ModelRoute
@@ -101,6 +102,9 @@ def test_denying_a_team_its_only_route_is_previewed_confirmed_and_audited(
             assert errors == []
         finally:
             chromium.close()
+            # Inside Playwright's event loop Django kept a connection of its own for the
+            # test's checks above: closed, so the database is left to the fixture at once.
+            connections.close_all()
 
     assert not any(may(seller, route, Action.USE) for seller in sellers)
     event = AuditEvent.objects.filter(target_id=str(route.pk), action="access.denied").get()
