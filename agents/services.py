@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
 
-import psycopg
 from django.conf import settings
 from django.core.cache import cache
 from django.core.serializers.json import DjangoJSONEncoder
@@ -51,6 +50,7 @@ from governance.guardrails.output import scan as output_scan
 from governance.policy import Decision, Facts, Verdict, VerdictAction, decide, explain
 from governance.residency import regions_allowed
 from governance.snapshot import governance_snapshot
+from tools.db import raw_cursor
 from tools.schemas import text_problem
 from tools.services import LIVE_FIELDS
 
@@ -561,8 +561,7 @@ def run_checkpoint(
         "ledger": _json(list(ledger)),
         "tool": live_tool,
     }
-    connection.ensure_connection()
-    with psycopg.Cursor(connection.connection) as cursor:  # server-side binding: prepared
+    with raw_cursor() as cursor:  # server-side binding: prepared
         row = cursor.execute(_CHECKPOINT, params).fetchone()
     if row is None:
         raise LeaseLost(f"run {run_id}: lease token {token} is no longer current")

@@ -293,7 +293,7 @@ class ApplicationScopesInline(admin.StackedInline):
 
 
 # DOT's own application admin, with the scopes each application may ask for.
-_application_admin = type(admin.site._registry[get_application_model()])
+_application_admin = type(admin.site.get_model_admin(get_application_model()))
 admin.site.unregister(get_application_model())
 
 

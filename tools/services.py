@@ -38,6 +38,7 @@ from django.db import (
 
 from audit.pii import hash_key, pseudonymise_value
 from audit.services import audit_record
+from tools.db import raw_cursor
 from tools.executors import Call, ToolError, executor
 from tools.models import InvocationStatus, Tool, ToolInvocation, ToolKind
 from tools.registry import PYTHON_FUNCTIONS, ToolContext
@@ -253,19 +254,12 @@ def tool_update(*, tool: Tool, actor, fields: dict) -> Tool:
 def _refresh(tool: Tool, key: str) -> int | None:
     """Re-read the tool's live fields and look the key up in the ledger, in one prepared
     statement (it runs for every call); the id of the key's finished ledger row, if any."""
-    with _raw_cursor() as cursor:
+    with raw_cursor() as cursor:
         cursor.execute(_LIVE, [key, tool.pk])
         *live, done = cast(tuple[Any, ...], cursor.fetchone())  # one row: the tool's
     for field, value in zip(LIVE_FIELDS, live, strict=True):
         setattr(tool, field, json.loads(value) if field in ("config", "parameters") else value)
     return done
-
-
-def _raw_cursor() -> psycopg.Cursor:
-    """A server-side-binding cursor on Django's connection: statements are prepared after a
-    few executions (DATABASE_PREPARED_STATEMENTS), which Django's own cursors never are."""
-    connection.ensure_connection()
-    return psycopg.Cursor(connection.connection)
 
 
 _FINISHED = "SELECT id FROM tools_toolinvocation WHERE key = %s AND status <> 'started'"
@@ -343,7 +337,7 @@ def _claim(key: str, row: dict, actor, fence: int | None) -> Outcome | None:
     if another worker completed the call meanwhile. Raises Fenced when a newer lease holds it."""
     params = {**row, "key": key, "actor_id": getattr(actor, "pk", None)}
     params["arguments"] = json.dumps(row["arguments"])
-    with _raw_cursor() as cursor:
+    with raw_cursor() as cursor:
         claimed = cursor.execute(_CLAIM, params).fetchone()
     if claimed is not None:
         return None
@@ -362,7 +356,7 @@ def _invoke_in_transaction(call: Call, row: dict, actor) -> Outcome:
     began = time.perf_counter()
     together = transaction.atomic() if call.tool.has_side_effects else contextlib.nullcontext()
     try:
-        with together, _raw_cursor() as cursor:
+        with together, raw_cursor() as cursor:
             outcome = _success(call.tool, executor("python").execute(call), began)
             record = _ledger_row(call.idempotency_key, row, actor, outcome, row["fence"])
             cursor.execute(
@@ -456,7 +450,7 @@ def _record(key: str, row: dict, actor, outcome: Outcome) -> Outcome:
     }
     for attempt in itertools.count(1):
         try:
-            with _raw_cursor() as cursor:
+            with raw_cursor() as cursor:
                 written = cursor.execute(_FINISH, params).fetchone()
             break
         except (DatabaseError, psycopg.OperationalError, psycopg.InterfaceError) as exc:

@@ -14,11 +14,12 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import psycopg
-from django.db import connection, transaction
+from django.db import transaction
 
 from agents.knowledge.embedders import embedder_for
 from agents.knowledge.models import KnowledgeBase
 from agents.knowledge.selectors import readable_ids
+from tools.db import raw_cursor
 
 RRF_K = 60  # the usual reciprocal-rank-fusion constant
 EF_SEARCH = 100  # HNSW candidates per scan step: recall against latency (bench/retrieval.py)
@@ -100,14 +101,15 @@ def _cursor() -> psycopg.Cursor:
     """A server-side-binding cursor on Django's connection (so inside its transaction) that
     sends vectors in pgvector's binary form: formatting 384 floats as text cost a fifth of a
     query's time (bench/retrieval.py)."""
-    connection.ensure_connection()
-    raw = connection.connection
-    if raw not in _with_vectors:
+    cursor = raw_cursor()
+    if cursor.connection not in _with_vectors:
         from pgvector.psycopg import register_vector
 
-        register_vector(raw)
-        _with_vectors.add(raw)
-    return psycopg.Cursor(raw)
+        register_vector(cursor.connection)
+        _with_vectors.add(cursor.connection)
+        cursor.close()
+        cursor = raw_cursor()  # a cursor takes its connection's adapters when it is made
+    return cursor
 
 
 def _vector(embedding) -> np.ndarray:
