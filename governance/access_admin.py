@@ -88,7 +88,7 @@ class ChangeForm(forms.Form):
 
 def _pointless(access: audience.Access, operation: str, holder) -> str | None:
     """Why `operation` would change nothing, or None."""
-    token = f"{'group' if isinstance(holder, Group) else 'user'}:{holder.pk}"
+    token = audience.token_of(holder)
     granted = any(h.token == token and not h.every for h in access.grants)
     denied = any(h.token == token for h in access.denials)
     if operation == GRANT and granted:
@@ -137,7 +137,7 @@ class GovernedAdminMixin:
                 if problem:
                     form.add_error("holder", problem)
                 else:
-                    seen = audience.preview(obj, action, operation, holder)
+                    seen = audience.preview(obj, action, operation, holder, before=current)
                     if "apply" in request.POST:
                         done = self._apply(request, form, obj, seen, operation, holder)
                         if done:

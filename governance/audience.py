@@ -80,6 +80,11 @@ class Holder:
         return f"{'user' if self.kind == 'user' else 'group'}:{self.id}"
 
 
+def token_of(holder) -> str:
+    """How a picker names a user or a group ("user:7", "group:3"), as `Holder.token` does."""
+    return f"{'group' if isinstance(holder, Group) else 'user'}:{holder.pk}"
+
+
 @dataclass
 class Access:
     """The object's access now: denials first, then grants, then each person reached."""
@@ -107,9 +112,11 @@ def explain(obj: Model, action: str) -> Access:
     model = type(obj)
     content_type = ContentType.objects.get_for_model(model)
     permission = Permission.objects.get(content_type=content_type, codename=codename(model, action))
-    denial_rows = AccessDenial.objects.filter(
-        content_type=content_type, object_id=obj.pk, action=action
-    ).values_list("user_id", "group_id")
+    denial_rows = list(
+        AccessDenial.objects.filter(
+            content_type=content_type, object_id=obj.pk, action=action
+        ).values_list("user_id", "group_id")
+    )
     denied_users = {u for u, _ in denial_rows if u}
     denied_groups = {g for _, g in denial_rows if g}
     direct = set(
@@ -137,10 +144,16 @@ def explain(obj: Model, action: str) -> Access:
         members[group_id].add(user_id)
     reached = denied_users | direct | every_users | {owner_id} - {None}
     reached |= set().union(*members.values()) if members else set()
-    candidates = User.objects.filter(is_active=True).filter(pk__in=reached) | User.objects.filter(
-        is_active=True, is_superuser=True
+    # The people reached (active) and the users a grant or denial names (inactive too: a row
+    # of the tables below), in one query.
+    named_users = denied_users | direct | every_users
+    candidates = User.objects.filter(
+        Q(is_active=True, pk__in=reached)
+        | Q(is_active=True, is_superuser=True)
+        | Q(pk__in=named_users)
     )
-    users = {u.pk: u for u in candidates.distinct()}
+    everyone = {u.pk: u for u in candidates}
+    users = {pk: u for pk, u in everyone.items() if u.is_active}
     groups_of: dict[int, list[int]] = defaultdict(list)
     for group_id, ids in members.items():
         for user_id in ids:
@@ -177,7 +190,7 @@ def explain(obj: Model, action: str) -> Access:
 
     def holder_of(user_id=None, group_id=None, every=False) -> Holder:
         if user_id is not None:
-            user = users.get(user_id) or User.objects.get(pk=user_id)
+            user = everyone[user_id]
             return Holder("user", user_id, user.get_username(), int(user.is_active), every)
         group = groups[group_id]
         return Holder(kind_of(group), group_id, group.name, len(members[group_id]), every)
@@ -234,10 +247,13 @@ def _make(obj: Model, action: str, operation: str, holder) -> None:
         raise ValueError(f"no such change: {operation!r}")
 
 
-def preview(obj: Model, action: str, operation: str, holder) -> Preview:
+def preview(
+    obj: Model, action: str, operation: str, holder, *, before: Access | None = None
+) -> Preview:
     """What `operation` (grant, revoke, deny, undeny) for `holder` (a user or a group) would
-    change, the rule asked with the change made and then rolled back."""
-    before = explain(obj, action)
+    change, the rule asked with the change made and then rolled back; `before` is
+    `explain(obj, action)` if the caller has it already."""
+    before = before or explain(obj, action)
     with transaction.atomic():
         _make(obj, action, operation, holder)
         after = explain(obj, action)

@@ -323,6 +323,8 @@ def test_the_explanation_costs_the_same_queries_for_ten_people_or_sixty(
         extra = Group.objects.create(name=f"extra-{uuid.uuid4().hex[:6]}-{n}")
         extra.user_set.add(_user(f"many{n}", team))
         access_grant(obj=governed.agent, holder=extra, action=Action.USE, actor=SYSTEM)
+        gone = _user(f"gone{n}", is_active=False)  # named by a grant, reached by none
+        access_grant(obj=governed.agent, holder=gone, action=Action.USE, actor=SYSTEM)
     many = count()
 
     assert len(audience.explain(governed.agent, Action.USE).allowed) > 50
