@@ -9,6 +9,8 @@ import pytest
 
 from portal.embedded import EmbeddedPostgres, EmbeddedRedis
 
+pytest_plugins = ["tests.watchdog"]
+
 _servers: list[EmbeddedPostgres | EmbeddedRedis] = []
 
 
