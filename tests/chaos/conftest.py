@@ -47,8 +47,8 @@ def wardens(model, endpoint):
 
     def get(name: str, **config) -> Warden:
         warden = started.get(name)
-        if warden is not None and warden.alive() and warden.readyz()[0] == 200:
-            return warden
+        if warden is not None and warden.alive() and warden.ready_again(timeout=90):
+            return warden  # a fault it recovers from: a fresh start costs minutes when busy
         if warden is not None:
             warden.stop()
         warden = Warden(**config)

@@ -363,7 +363,7 @@ class Warden:
             **self.settings,
         )
 
-    def start(self, *, model: ModelServer, endpoint: Endpoint, timeout: float = 180) -> Warden:
+    def start(self, *, model: ModelServer, endpoint: Endpoint, timeout: float = 300) -> Warden:
         began = time.monotonic()
         args = ("--concurrency", str(self.concurrency))
         self.launchers.append(Up(*args, env=self.env, log=self.var / "up.log"))
@@ -638,6 +638,18 @@ class Warden:
                     raise AssertionError(f"starting a run: {exc}") from None
             time.sleep(1)
         raise AssertionError("unreachable")
+
+    def ready_again(self, *, timeout: float) -> bool:
+        """Whether /readyz answers 200 within `timeout` (the last test's fault may still be
+        settling: a restarted Redis, backends the pool has yet to replace)."""
+        deadline = time.monotonic() + timeout
+        while self.alive():
+            if self.readyz()[0] == 200:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.5)
+        return False
 
     def readyz(self) -> tuple[int, dict]:
         try:
