@@ -56,8 +56,8 @@ def pytest_configure(config: pytest.Config) -> None:
     # What the workers wrote (a worker that died could not remove its own), gone at the end.
     config.add_cleanup(_remove_written)
     seconds = float(config.getini("watchdog_seconds") or 0)
-    if seconds > 0 and getattr(config.option, "numprocesses", 0):
-        config.pluginmanager.register(Watchdog(config, seconds), "warden-watchdog")
+    if seconds > 0 and getattr(config.option, "numprocesses", None):
+        config.pluginmanager.register(Watchdog(seconds), "warden-watchdog")
 
 
 def _remove_written() -> None:
@@ -91,13 +91,30 @@ def _note_exception(sender, request=None, **kwargs) -> None:
         out.write(frames)
 
 
+def _threads_of(worker: psutil.Process, timeout: float = 5) -> str:
+    """A worker's Python threads: faulthandler writes them to its file on SIGUSR1."""
+    path = _stacks_file(os.getpid(), worker.pid)
+    try:
+        worker.send_signal(signal.SIGUSR1)
+    except psutil.Error as error:
+        return f"  (gone: {error})"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if os.path.getsize(path):
+                time.sleep(0.2)  # the handler writes all threads at once; let it finish
+                with open(path) as stacks:
+                    return stacks.read()
+        time.sleep(0.1)
+    return f"  (nothing in {path} within {timeout:.0f} s)"
+
+
 def _say(text: str) -> None:
     os.write(2, (text.rstrip("\n") + "\n").encode(errors="replace"))
 
 
 class Watchdog:
-    def __init__(self, config: pytest.Config, seconds: float) -> None:
-        self.config = config
+    def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.started = time.monotonic()
         self.running: dict[str, float] = {}  # nodeid -> when it started
@@ -153,35 +170,14 @@ class Watchdog:
         lines += [f"failed so far ({len(self.failed)}):", *(f"  {f}" for f in self.failed)]
         lines += ["processes under the run:", *self._processes()]
         _say("\n".join(lines))
-        workers = self._workers()
-        for worker in workers:
-            try:
-                worker.send_signal(signal.SIGUSR1)
-            except psutil.Error:
-                continue
-            time.sleep(2)
-            try:
-                with open(_stacks_file(os.getpid(), worker.pid)) as stacks:
-                    _say(f"\nwatchdog: the threads of worker pid {worker.pid}:\n{stacks.read()}")
-            except OSError as error:
-                _say(f"\nwatchdog: no stacks from worker pid {worker.pid}: {error}")
+        for worker in psutil.Process().children():  # the xdist workers
+            _say(f"\nwatchdog: the threads of worker pid {worker.pid}:\n{_threads_of(worker)}")
         for process in psutil.Process().children(recursive=True):
             with contextlib.suppress(psutil.Error):
                 process.kill()
         _remove_written()
         _say("watchdog: ended the run, failed")
         os._exit(3)
-
-    @staticmethod
-    def _workers() -> list[psutil.Process]:
-        found = []
-        for child in psutil.Process().children():
-            try:
-                if "execnet" in " ".join(child.cmdline()) or "python" in child.name():
-                    found.append(child)
-            except psutil.Error:
-                continue
-        return found
 
     @staticmethod
     def _processes() -> list[str]:
