@@ -7,9 +7,9 @@ import signal
 
 import pytest
 
-from portal.embedded import EmbeddedPostgres, EmbeddedRedis
+from ops.embedded import EmbeddedPostgres, EmbeddedRedis
 
-pytest_plugins = ["tests.watchdog"]
+pytest_plugins = ["tests.watchdog", "tests.personas", "tests.scheduling"]
 
 _servers: list[EmbeddedPostgres | EmbeddedRedis] = []
 
@@ -90,7 +90,7 @@ def start_worker():
     import redis.exceptions
     from django.db import connection
 
-    from portal.celery import app
+    from config.celery import app
 
     workers = []
 
@@ -102,7 +102,7 @@ def start_worker():
                 "-m",
                 "celery",
                 "-A",
-                "portal",
+                "config",
                 "worker",
                 "--pool",
                 "solo",
@@ -125,6 +125,7 @@ def start_worker():
         while not pinged(name):
             assert worker.poll() is None, "the worker exited while starting"
             assert time.monotonic() < deadline, "the worker did not answer a ping within 120 s"
+        worker.hostname = name  # for remote control (app.control ... destination=[hostname])
         return worker
 
     def pinged(name: str) -> bool:

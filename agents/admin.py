@@ -1,8 +1,11 @@
+from typing import ClassVar
+
 from django.contrib import admin, messages
 
 from agents.knowledge import admin as knowledge_admin  # noqa: F401 - registers its models
 from agents.models import Agent, Deployment, ModelRoute, Run, RunStep
 from agents.selectors import HIDDEN, UNREAD_RELEASE, unreadable_sources
+from audit.admin import ReadOnlyAdmin
 from governance import admin as governance_admin
 from governance.access_admin import GovernedAdminMixin
 from governance.admin import personal_field as _masked
@@ -48,7 +51,7 @@ class RunStepInline(admin.TabularInline):
     model = RunStep
     extra = 0
     can_delete = False
-    fields = (
+    fields: ClassVar[tuple[str, ...]] = (
         "index",
         "kind",
         "status",
@@ -73,10 +76,10 @@ def _hidden(name: str):
     """A read-only field in place of `name` of a run that drew on a knowledge base the viewer
     may not read (agents.selectors.unreadable_sources: the trace's rule, superusers too)."""
 
+    @admin.display(description=name.replace("_", " "))
     def show(self, obj) -> str:
         return HIDDEN
 
-    show.short_description = name.replace("_", " ")
     return show
 
 
@@ -97,7 +100,7 @@ class HiddenRunStepInline(RunStepInline):
 
 
 @admin.register(Run)
-class RunAdmin(admin.ModelAdmin):
+class RunAdmin(ReadOnlyAdmin):
     """Runs are the orchestrator's record: readable here, changed only by their services."""
 
     list_display = (
@@ -113,9 +116,9 @@ class RunAdmin(admin.ModelAdmin):
     list_filter = ("state", "agent")
     search_fields = ("id", "input", "answer")
     inlines = [RunStepInline]
-    fields = readonly_fields = [
+    fields = readonly_fields = tuple(
         f"{f.name}_masked" if f.name in _PERSONAL else f.name for f in Run._meta.fields
-    ]
+    )
     input_masked = _masked("input")
     answer_masked = _masked("answer")
     citations_masked = _masked("citations")
@@ -138,15 +141,6 @@ class RunAdmin(admin.ModelAdmin):
         if obj is not None and _drew_on_unreadable(request, obj.pk):
             return [HiddenRunStepInline]
         return self.inlines
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
 
 # Held answers: governance's page, with the answers drawn from a knowledge base the viewer may

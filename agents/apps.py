@@ -2,6 +2,8 @@ from django.apps import AppConfig
 
 
 class AgentsConfig(AppConfig):
+    """The one place agents connects to what the apps below it send (their signals.py)."""
+
     name = "agents"
 
     def ready(self) -> None:
@@ -10,15 +12,18 @@ class AgentsConfig(AppConfig):
         from agents.knowledge import tools  # noqa: F401 - registers knowledge_search
         from agents.models import Agent, Deployment, KnowledgeBase, ModelRoute
         from agents.services import run_approval_decided, run_escalation_decided
-        from governance import hooks
+        from governance import signals
+        from governance.models import ApprovalRequest, Escalation
 
         self._connect_revocation()
 
-        # A decision in governance continues (or ends) the run it parked.
-        if run_approval_decided not in hooks.approval_decided:
-            hooks.approval_decided.append(run_approval_decided)
-            hooks.escalation_decided.append(run_escalation_decided)
-        hooks.approver_relations.add("approvable_agents")  # Agent.approver_groups
+        # A decision in governance continues (or ends) the run it parked, in its transaction.
+        signals.approval_decided.connect(
+            run_approval_decided, sender=ApprovalRequest, dispatch_uid="agents.approval_decided"
+        )
+        signals.escalation_decided.connect(
+            run_escalation_decided, sender=Escalation, dispatch_uid="agents.escalation_decided"
+        )
 
         # Field-level history of the configuration (the key is a reference, never a secret).
         auditlog.register(Agent)

@@ -40,19 +40,23 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError
+from limits import RateLimitItemPerSecond
 from redis.exceptions import RedisError
 
-from agents.events import last_logged, redis_client, run_history, stream_id_after
+from agents.events import last_logged, run_history, stream_id_after
 from agents.models import FINAL_STATES, Conversation, Run
 from agents.revocation import recheck_seconds, session_digest, session_user, user_group
 from agents.selectors import access_conversation, access_run
+from governance import ratelimits
 from governance.access import NoAccess
 from governance.approvals import reviewer_listens_on
+from governance.live import redis_client
 
 logger = logging.getLogger(__name__)
 
 UNAUTHENTICATED, FORBIDDEN, TOO_MANY, UNAVAILABLE = 4401, 4403, 4429, 4503
 RATE, BURST, STRIKES = 5.0, 20.0, 20
+FRAMES = RateLimitItemPerSecond(int(BURST), int(BURST / RATE))
 MAX_FRAME = 4096
 MAX_LISTED = 100
 
@@ -88,7 +92,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
 
     async def connect(self) -> None:
         self.user = self.scope.get("user")
-        self.allowance, self.checked, self.strikes = BURST, time.monotonic(), 0
+        self.strikes = 0
         self.sent_at = self.checked_at = time.monotonic()
         self.recheck = recheck_seconds()
         await self.accept()
@@ -133,7 +137,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
     async def receive(self, text_data=None, bytes_data=None) -> None:
         if self.user is None or not self.user.is_authenticated:
             return  # closed at connect; frames already on their way are not read
-        if not self._within_rate():
+        if not await self._within_rate():
             self.strikes += 1  # forgiven once the client has kept to the rate for a while
             if self.strikes >= STRIKES:
                 await self.close(code=TOO_MANY)
@@ -317,15 +321,16 @@ class LiveConsumer(AsyncWebsocketConsumer):
     async def _error(self, detail: str) -> None:
         await self._send({"type": "error", "detail": detail})
 
-    def _within_rate(self) -> bool:
-        now = time.monotonic()
-        self.allowance = min(BURST, self.allowance + (now - self.checked) * RATE)
-        self.checked = now
-        if self.allowance == BURST:
-            self.strikes = 0
-        if self.allowance < 1:
+    async def _within_rate(self) -> bool:
+        """RATE frames a second, BURST at once: a moving window of BURST frames (refused ones
+        not counted), in Redis through a thread (a slow Redis must not stall the loop)."""
+        key = ("ws-frames", self.channel_name)
+        if not await asyncio.to_thread(ratelimits.hit, FRAMES, *key, window="moving"):
             return False
-        self.allowance -= 1
+        if self.strikes:  # the window held nothing else: the client kept to the rate a while
+            left = await asyncio.to_thread(ratelimits.remaining, FRAMES, *key, window="moving")
+            if left == FRAMES.amount - 1:
+                self.strikes = 0
         return True
 
 

@@ -1,8 +1,7 @@
 """Run events to the channel layer, off the orchestrator's path, with a replayable log.
 
-Publishing with `async_to_sync(group_send)` costs a new event loop per event (~3 ms, measured
-with bench/runtime_overhead.py). Instead one daemon thread per process owns a loop and sends
-the events in the order they were published; the orchestrator only appends to a queue.
+They go through the process's one publisher (governance.live: a thread of its own sends them
+in the order they were published; the orchestrator only appends to a queue).
 
 Each run event is first appended to the run's Redis stream (`warden:run:<id>:events`, kept a
 day), then sent to the channel group `run.<id>` carrying its stream id. A page that subscribes
@@ -21,29 +20,24 @@ at all.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
-import os
-import threading
 
-logger = logging.getLogger(__name__)
-_lock = threading.Lock()
-_state: dict = {}
+from governance.live import Log, send
+
 KEEP_SECONDS = 24 * 3600
 MAX_EVENTS = 20_000  # per run: a long answer streams a few thousand tokens
 
 
 def publish(run_id: int, event: dict) -> None:
-    """Log `event` for run `run_id` and send it to the group `run.<id>`; returns at once."""
-    loop, queue = _publisher()
-    loop.call_soon_threadsafe(queue.put_nowait, (run_id, f"run.{run_id}", event))
+    """Log `event` for run `run_id` and send it to the group `run.<id>` with its stream id;
+    returns at once."""
+    log = Log(stream_key(run_id), {"e": event}, MAX_EVENTS, KEEP_SECONDS, id_as="id")
+    send(f"run.{run_id}", {"type": "run.event", "event": event, "run": run_id}, log=log)
 
 
 def publish_group(group: str, event: dict) -> None:
     """Send `event` to a channel group, unlogged (a conversation's new run, say)."""
-    loop, queue = _publisher()
-    loop.call_soon_threadsafe(queue.put_nowait, (None, group, event))
+    send(group, {"type": "group.event", "event": event})
 
 
 def stream_key(run_id: int) -> str:
@@ -139,61 +133,5 @@ def _entries(entries) -> list[dict]:
     return [{"id": _text(sid), "event": json.loads(fields[b"e"])} for sid, fields in entries]
 
 
-def redis_client():
-    """An asyncio Redis client for the current event loop. Its reads block (XREAD) for less
-    than its socket timeout (settings.REDIS_BLOCKING_OPTIONS); redis-py makes a dropped
-    connection again and resends the command, a few times, before it raises."""
-    import redis.asyncio
-    from django.conf import settings
-
-    return redis.asyncio.from_url(settings.REDIS_URL, **settings.REDIS_BLOCKING_OPTIONS)
-
-
 def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _publisher():
-    with _lock:
-        if _state.get("pid") != os.getpid():  # first use, or a forked child: start afresh
-            loop = asyncio.new_event_loop()
-            queue_ready = threading.Event()
-
-            def run() -> None:
-                asyncio.set_event_loop(loop)
-                _state["queue"] = asyncio.Queue()
-                queue_ready.set()
-                loop.run_until_complete(_drain(_state["queue"]))
-
-            threading.Thread(target=run, name="warden-run-events", daemon=True).start()
-            queue_ready.wait()
-            _state.update(pid=os.getpid(), loop=loop)
-        return _state["loop"], _state["queue"]
-
-
-async def _drain(queue: asyncio.Queue) -> None:
-    from channels.layers import get_channel_layer
-
-    layer = get_channel_layer()
-    redis = redis_client()
-    while True:
-        run_id, group, event = await queue.get()
-        try:
-            message = {"type": "run.event" if run_id else "group.event", "event": event}
-            if run_id is not None:
-                message["run"] = run_id
-                message["id"] = await _log(redis, run_id, event)
-            await layer.group_send(group, message)
-        except Exception:
-            logger.warning("could not publish %s to %s", event.get("type"), group, exc_info=True)
-        finally:
-            queue.task_done()
-
-
-async def _log(redis, run_id: int, event: dict) -> str:
-    key = stream_key(run_id)
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.xadd(key, {"e": json.dumps(event)}, maxlen=MAX_EVENTS, approximate=True)
-        pipe.expire(key, KEEP_SECONDS)
-        sid, _ = await pipe.execute()
-    return _text(sid)

@@ -239,6 +239,9 @@ class Run(models.Model):
     a worker that lost its lease (it stalled, another took over) can never write again.
     """
 
+    # Not a column: set by agents.services when an idempotency key answers with this earlier run.
+    replayed = False
+
     agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="runs")
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="runs")
     actor = models.ForeignKey(

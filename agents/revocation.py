@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from importlib import import_module
 
 from django.conf import settings
 from django.db import transaction
 
-logger = logging.getLogger(__name__)
+from governance.live import Log, send
 
 RECHECK_SECONDS = 5.0  # the default of settings.WARDEN_LIVE_RECHECK_SECONDS
 KEEP_SECONDS = 3600  # an announcement outlives every stream that could need it
@@ -60,30 +59,10 @@ def access_changed(*, user_id: int, session_key: str = "") -> None:
 
 
 def _announce(user_id: int, digest: str) -> None:
-    from asgiref.sync import async_to_sync
-
-    try:
-        async_to_sync(_send)(user_id, digest)
-    except Exception:  # the periodic checks still end the channels, a few seconds later
-        logger.warning("could not announce user %s's access change", user_id, exc_info=True)
-
-
-async def _send(user_id: int, digest: str) -> None:
-    from channels.layers import get_channel_layer
-
-    from agents.events import redis_client
-
-    redis = redis_client()
-    try:
-        async with redis.pipeline(transaction=False) as pipe:
-            key = access_key(user_id)
-            pipe.xadd(key, {"s": json.dumps(digest)}, maxlen=MAX_KEPT, approximate=True)
-            pipe.expire(key, KEEP_SECONDS)
-            await pipe.execute()
-    finally:
-        await redis.aclose()
-    message = {"type": "access.changed", "session": digest}
-    await get_channel_layer().group_send(user_group(user_id), message)
+    """Appended to the user's access stream, then sent to the user's channel group; if the
+    append fails the periodic checks still end the channels, a few seconds later."""
+    log = Log(access_key(user_id), {"s": digest}, MAX_KEPT, KEEP_SECONDS)
+    send(user_group(user_id), {"type": "access.changed", "session": digest}, log=log)
 
 
 async def access_last_id(redis, user_id: int) -> str:

@@ -1,4 +1,4 @@
-"""Websocket routes of this app (portal.asgi mounts them)."""
+"""Websocket routes of this app (config.asgi mounts them)."""
 
 from django.urls import path
 

@@ -81,7 +81,7 @@ def knowledge_sources(run_ids) -> dict[tuple[int, int], set[int | None]]:
                 found[(run_id, index)] = bases
         elif isinstance(result := output.get("result"), dict):
             passages = _passages(result.get("passages"))
-            if ids := {p.get("document") for p in passages if "document" in p}:
+            if ids := {p["document"] for p in passages if "document" in p}:
                 documents[(run_id, index)] = ids
     if documents:
         wanted = {i for ids in documents.values() for i in ids if isinstance(i, int)}
@@ -201,7 +201,7 @@ class RunView:
 
     @property
     def status(self) -> str:
-        return {
+        labels: dict[str, str] = {
             RunState.QUEUED: "Queued",
             RunState.RUNNING: "Working",
             RunState.AWAITING_APPROVAL: "Waiting for a reviewer to approve a tool call",
@@ -210,7 +210,8 @@ class RunView:
             RunState.FAILED: "Failed",
             RunState.CANCELLED: "Stopped",
             RunState.REJECTED: "Refused",
-        }[self.run.state]
+        }
+        return labels[self.run.state]
 
     @property
     def tokens(self) -> int:
@@ -483,7 +484,9 @@ def run_events_rebuilt(*, run_id: int) -> list[dict]:
 def _step_event(index: int, kind: str, given: dict, output: dict) -> dict | None:
     """A step's event as agents.orchestrator publishes it (what changed, not what it says)."""
     head = {"type": "step", "index": index, "kind": str(kind)}
-    call = given.get("call") if isinstance(given.get("call"), dict) else {}
+    call = given.get("call")
+    if not isinstance(call, dict):
+        call = {}
     if kind == StepKind.RETRIEVAL:
         return {**head, "found": len(output.get("passages") or [])}
     if kind == StepKind.MODEL:

@@ -12,21 +12,18 @@ import json
 import logging
 import os
 import socket
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
-from django.core.cache import cache
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from agents.events import publish, publish_group
-from agents.hooks import run_state_changed
 from agents.models import (
     FINAL_STATES,
     Agent,
@@ -37,12 +34,15 @@ from agents.models import (
     RunState,
     RunStep,
 )
+from agents.signals import run_state_send
 from audit.services import (
     Target,
     append_arguments,
+    append_call,
     audit_draft,
     audit_record,
 )
+from governance import ratelimits
 from governance.approvals import reviews_withdraw
 from governance.budgets import budget_refusal, budget_state
 from governance.guardrails.injection import injection_verdict
@@ -51,8 +51,8 @@ from governance.policy import Decision, Facts, Verdict, VerdictAction, decide, e
 from governance.residency import regions_allowed
 from governance.snapshot import governance_snapshot
 from tools.db import raw_cursor
+from tools.ledger import LedgerShare
 from tools.schemas import text_problem
-from tools.services import LIVE_FIELDS
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ MAX_INPUT = 20_000  # characters of one message, on every surface (the chat's bo
 
 class RunError(Exception):
     """A run cannot be started or changed; the message is for the person who asked. `code`
-    names the kind for good: portal.api.problems maps each code to its answer (a problem
+    names the kind for good: integrations.api.problems maps each code to its answer (a problem
     document, OpenAI's error, the chat's status), once for every surface."""
 
     code = "run_refused"
@@ -192,22 +192,7 @@ def run_start(
         existing = _idempotent(actor, idempotency_key, fingerprint)
         if existing is not None:
             return existing
-    context = run_context(actor=actor, agent=agent, input=input)
-    decision = decide(context.facts)
-    if decision.allowed:
-        _rate_limit(agent, actor)
-    if not decision.allowed:
-        with transaction.atomic():
-            audit_record(
-                actor=actor,
-                action="policy.decided",
-                target=Target.of(agent),
-                data={"on": "run.start", **_decided(decision, run_start_verdicts(agent, input))},
-            )
-        message = explain(decision, agent=agent.name)
-        if "budget.exhausted" in decision.reasons and "agent.forbidden" not in decision.reasons:
-            message = budget_refusal(budget_ids=context.budget_ids)
-        raise RunDenied.of(message, decision)
+    decision = _start_decision(agent=agent, actor=actor, input=input)
     try:
         return _queued(
             agent,
@@ -226,6 +211,28 @@ def run_start(
         if existing is None:
             raise
         return existing
+
+
+def _start_decision(*, agent: Agent, actor, input: str) -> Decision:
+    """The policy's yes to starting the run, once the agent's rate limits allow it too. A no
+    is audited (in its own transaction: nothing else is written) and raised as a RunDenied of
+    its kind."""
+    context = run_context(actor=actor, agent=agent, input=input)
+    decision = decide(context.facts)
+    if decision.allowed:
+        _rate_limit(agent, actor)
+        return decision
+    with transaction.atomic():
+        audit_record(
+            actor=actor,
+            action="policy.decided",
+            target=Target.of(agent),
+            data={"on": "run.start", **_decided(decision, run_start_verdicts(agent, input))},
+        )
+    message = explain(decision, agent=agent.name)
+    if "budget.exhausted" in decision.reasons and "agent.forbidden" not in decision.reasons:
+        message = budget_refusal(budget_ids=context.budget_ids)
+    raise RunDenied.of(message, decision)
 
 
 def input_check(text: str) -> None:
@@ -311,17 +318,15 @@ def _rate_limit(agent: Agent, actor) -> None:
     """Count the run against the agent's limits (a fixed window per minute, in Redis); refuse
     it when a limit is already reached."""
     limits = [
-        (agent.runs_per_user_per_minute, f"user:{actor.pk}", "by one user"),
-        (agent.runs_per_minute, "all", "for everybody together"),
+        (agent.runs_per_user_per_minute, ("user", actor.pk), "by one user"),
+        (agent.runs_per_minute, ("all",), "for everybody together"),
     ]
-    minute = int(time.time() // 60)
     for limit, who, scope in limits:
         if not limit:
             continue
-        window = f"run-rate:{agent.pk}:{who}:{minute}"
-        cache.add(window, 0, timeout=120)
-        if cache.incr(window) > limit:
-            retry = 60 - int(time.time() % 60)
+        per_minute = f"{limit}/minute"
+        if not ratelimits.hit(per_minute, "run-rate", agent.pk, *who):
+            retry = ratelimits.reset_in(per_minute, "run-rate", agent.pk, *who)
             raise RateLimited(
                 f"the agent {agent.name} takes at most {limit} runs a minute {scope}; "
                 f"try again in {retry} seconds",
@@ -410,7 +415,7 @@ def run_cancel(*, run: Run, actor) -> Run:
         if locked.state == RunState.CANCELLED:
             final = {"type": "final", "state": str(RunState.CANCELLED)}
             transaction.on_commit(lambda: publish(locked.pk, final))
-            run_state_changed(run_id=locked.pk, state=locked.state)
+            run_state_send(run_id=locked.pk, state=locked.state)
         audit_record(
             actor=actor, action="run.cancel_requested", target=Target.of(locked), run=locked.pk
         )
@@ -474,14 +479,13 @@ class StepRecord:
     completion_tokens: int = 0
     cost: Decimal = Decimal(0)
     deployment: str = ""
-    started_at: object = None
+    started_at: datetime | None = None
 
 
 @dataclass
 class Checkpoint:
     step: RunStep
     cancel_requested: bool
-    live_tool: dict | None = None  # the `live_tool` row's live fields, as of this commit
 
 
 def run_checkpoint(
@@ -494,35 +498,19 @@ def run_checkpoint(
     messages: list[dict],
     audit_action: str,
     audit_data: dict,
-    extra_audit: list[tuple[str, dict]] = (),
-    ledger: Sequence[dict] = (),
-    live_tool: int | None = None,
+    extra_audit: Sequence[tuple[str, dict]] = (),
+    ledger: LedgerShare | None = None,
 ) -> Checkpoint:
     """Commit step `index`: the step row, the messages it adds, the run's totals, its audit
     events, and a renewed lease, all or nothing, and only while `token` is still the run's.
-    Returns the step and whether somebody asked to cancel the run. `ledger` holds the
-    invocation-ledger rows of read-only tool calls this step made (tools.services), which
-    commit with it; `live_tool`, the tool the next step will call, whose current settings come
-    back with the commit (tools.services.LIVE_FIELDS), so the call need not read them itself.
+    Returns the step and whether somebody asked to cancel the run. `ledger` carries the
+    invocation ledger's part (tools.ledger.LedgerShare): the rows of the read-only tool calls
+    this step made commit with it, and the settings of the tool the next step calls come back.
 
     This is the runtime's hot path, so it is one statement (one round trip, atomic on its own;
     the ORM took eight): the fenced UPDATE checks the token and locks the run row, and every
     other write in it, the audit events' included, happens only if that UPDATE matched.
     """
-    target = Target("agents.run", str(run_id), f"run {run_id}")
-    stream, events = append_arguments(
-        [
-            audit_draft(
-                actor=None,
-                action=action,
-                target=target,
-                run=run_id,
-                conversation=conversation_id,
-                data={"step": index, **data},
-            )
-            for action, data in [(audit_action, audit_data), *extra_audit]
-        ]
-    )
     now = timezone.now()
     record = RunStep(
         run_id=run_id,
@@ -538,36 +526,69 @@ def run_checkpoint(
         cost=step.cost,
         deployment=step.deployment,
     )
+    params = _checkpoint_params(
+        run_id=run_id, token=token, conversation_id=conversation_id, record=record, now=now
+    )
     defaults = {"content": "", "tool_calls": [], "tool_call_id": "", "tokens": 0, "cost": 0}
-    params = {
-        "run": run_id,
-        "token": token,
-        "conversation": conversation_id,
-        "lease": now + timedelta(seconds=lease_seconds()),
-        "now": now,
-        "index": index,
-        "kind": str(step.kind),
-        "input": _json(step.input),
-        "output": _json(step.output),
-        "status": str(step.status),
-        "started": record.started_at,
-        "prompt": step.prompt_tokens,
-        "completion": step.completion_tokens,
-        "cost": step.cost,
-        "deployment": step.deployment,
-        "messages": _json([{**defaults, **message} for message in messages]),
-        "stream": stream,
-        "events": events,
-        "ledger": _json(list(ledger)),
-        "tool": live_tool,
-    }
+    params["messages"] = _json([{**defaults, **message} for message in messages])
+    params["stream"], params["events"] = _checkpoint_audit(
+        run_id=run_id,
+        conversation_id=conversation_id,
+        index=index,
+        events=[(audit_action, audit_data), *extra_audit],
+    )
+    ledger = ledger or LedgerShare()
+    params.update(ledger.params(at=now))
     with raw_cursor() as cursor:  # server-side binding: prepared
         row = cursor.execute(_CHECKPOINT, params).fetchone()
     if row is None:
         raise LeaseLost(f"run {run_id}: lease token {token} is no longer current")
     record.pk = row[1]
-    live = row[3] if row[3] is None or isinstance(row[3], dict) else json.loads(row[3])
-    return Checkpoint(record, row[0], live)
+    ledger.took(row[3])
+    return Checkpoint(record, row[0])
+
+
+def _checkpoint_params(
+    *, run_id: int, token: int, conversation_id: int, record: RunStep, now
+) -> dict:
+    """The checkpoint statement's parameters for the run, its lease and the step row."""
+    return {
+        "run": run_id,
+        "token": token,
+        "conversation": conversation_id,
+        "lease": now + timedelta(seconds=lease_seconds()),
+        "now": now,
+        "index": record.index,
+        "kind": str(record.kind),
+        "input": _json(record.input),
+        "output": _json(record.output),
+        "status": str(record.status),
+        "started": record.started_at,
+        "prompt": record.prompt_tokens,
+        "completion": record.completion_tokens,
+        "cost": record.cost,
+        "deployment": record.deployment,
+    }
+
+
+def _checkpoint_audit(
+    *, run_id: int, conversation_id: int, index: int, events: list[tuple[str, dict]]
+) -> tuple:
+    """(stream, events): the audit append's arguments for the step's events (audit's own)."""
+    target = Target("agents.run", str(run_id), f"run {run_id}")
+    return append_arguments(
+        [
+            audit_draft(
+                actor=None,
+                action=action,
+                target=target,
+                run=run_id,
+                conversation=conversation_id,
+                data={"step": index, **data},
+            )
+            for action, data in events
+        ]
+    )
 
 
 def _json(value) -> str:
@@ -575,7 +596,6 @@ def _json(value) -> str:
 
 
 _LIVE = ", ".join(f"'{state}'" for state in FINAL_STATES)
-_TOOL_FIELDS = ", ".join(f"'{field}', {field}" for field in LIVE_FIELDS)
 _CHECKPOINT = f"""
 WITH fenced AS (
     UPDATE agents_run SET prompt_tokens = prompt_tokens + %(prompt)s,
@@ -597,20 +617,11 @@ WITH fenced AS (
         m.tokens, m.cost, %(now)s
     FROM fenced, jsonb_to_recordset(%(messages)s::jsonb) AS m(role text, content text,
         tool_calls jsonb, tool_call_id text, tokens integer, cost numeric)
-), ledger AS (
-    INSERT INTO tools_toolinvocation (key, tool, tool_version, actor_id, arguments, status,
-        result, error, latency_ms, fence, attempts, created_at, finished_at)
-    SELECT l.key, l.tool, l.tool_version, l.actor_id, l.arguments, l.status, l.result, l.error,
-        l.latency_ms, l.fence, l.attempts, %(now)s, %(now)s
-    FROM fenced, jsonb_to_recordset(%(ledger)s::jsonb) AS l(key text, tool text,
-        tool_version text, actor_id bigint, arguments jsonb, status text, result jsonb,
-        error text, latency_ms double precision, fence bigint, attempts integer)
-    ON CONFLICT (key) DO NOTHING
-)
+), ledger AS ({LedgerShare.cte(after="fenced")})
 SELECT fenced.cancel_requested, step.id,
-    (SELECT count(*) FROM audit_append(%(stream)s, %(events)s::jsonb)
+    (SELECT count(*) FROM {append_call(stream="stream", events="events")}
      WHERE fenced.id IS NOT NULL),  -- correlated: runs only when the fenced UPDATE matched
-    (SELECT jsonb_build_object({_TOOL_FIELDS}) FROM tools_tool WHERE id = %(tool)s::bigint)
+    {LedgerShare.column()}
 FROM fenced, step
 """  # noqa: S608 - constants only
 
@@ -654,7 +665,7 @@ def run_finish(
                 conversation=conversation_id,
                 data={"on": "answer", "findings": findings},
             )
-        run_state_changed(run_id=run_id, state=state)
+        run_state_send(run_id=run_id, state=state)
 
 
 _FINISH = f"""
@@ -707,7 +718,7 @@ def run_park(*, run_id: int, token: int, state: str) -> None:
         target=Target("agents.run", str(run_id), f"run {run_id} ({state})"),
         run=run_id,
     )
-    run_state_changed(run_id=run_id, state=state)
+    run_state_send(run_id=run_id, state=state)
 
 
 _PARK = f"""
@@ -717,9 +728,10 @@ RETURNING id
 """  # noqa: S608 - constants only
 
 
-def run_approval_decided(request) -> None:
-    """governance.hooks: the run parked on `request` is queued again; it reads the decision
-    from the request when it reaches the call (and ends, if the call was refused)."""
+def run_approval_decided(request, **_signal) -> None:
+    """governance.signals.approval_decided: the run parked on `request` is queued again; it
+    reads the decision from the request when it reaches the call (and ends, if the call was
+    refused)."""
     updated = Run.objects.filter(pk=request.run_id, state=RunState.AWAITING_APPROVAL).update(
         state=RunState.QUEUED
     )
@@ -736,9 +748,9 @@ def run_approval_decided(request) -> None:
         transaction.on_commit(lambda: publish(request.run_id, event))
 
 
-def run_escalation_decided(escalation) -> None:
-    """governance.hooks: the held answer reaches the user (as released) or the run is rejected
-    with the reviewer's comment."""
+def run_escalation_decided(escalation, **_signal) -> None:
+    """governance.signals.escalation_decided: the held answer reaches the user (as released)
+    or the run is rejected with the reviewer's comment."""
     from governance.models import EscalationStatus
 
     released = escalation.status == EscalationStatus.RELEASED
@@ -763,7 +775,7 @@ def run_escalation_decided(escalation) -> None:
             run=escalation.run_id,
             data={"escalation": escalation.pk, "error": error},
         )
-        run_state_changed(run_id=escalation.run_id, state=state)
+        run_state_send(run_id=escalation.run_id, state=state)
         event = {"type": "final", "state": str(state)}  # streaming or not: it settles the run
         transaction.on_commit(lambda: publish(escalation.run_id, event))
 

@@ -7,7 +7,7 @@ agent, or a new one titled by `conversation_title`, saved only with its run), th
 key (`IDEMPOTENCY_KEY`'s form, scoped to the client and the surface, bound to a digest of the
 request), then the start decision (agents.services.run_start: policy, budgets, guardrails,
 rate limits, audit). A refusal is one of agents.services.RunError's kinds, each with a stable
-`code`; portal.api.problems says once how each surface answers it. Nothing is written on a
+`code`; integrations.api.problems says once how each surface answers it. Nothing is written on a
 refusal but the policy's audited decision.
 """
 

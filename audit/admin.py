@@ -27,7 +27,8 @@ else:
 
 
 class ReadOnlyAdmin(_ModelAdmin):
-    """The trail is append-only: nothing is added, changed or deleted from the admin."""
+    """Nothing is added, changed or deleted from the admin: what it shows is written by its
+    services alone (the trail, append-only; runs; webhook deliveries; decisions)."""
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False

@@ -173,6 +173,12 @@ class Report:
         return f"BROKEN at {self.first_break} [{self.problems} problem(s) in all]"
 
 
+# A stream's last event so far: (stream_seq, hash, sequence, time)
+_LastEvent = tuple[int, str, int, str]
+# stream -> the highest (stream_seq, hash, anchor sequence) any anchor recorded
+_Anchored = dict[str, tuple[int, str, int]]
+
+
 def verify(
     events: Iterable[dict[str, Any]],
     *,
@@ -191,56 +197,93 @@ def verify(
     """
     report = Report()
     anchored = _check_anchors(anchors, report)
-    last: dict[str, tuple[int, str, int, str]] = {}  # stream -> (stream_seq, hash, sequence, time)
+    last: dict[str, _LastEvent] = {}
     for event in events:
         report.events += 1
-        stream, seq, sequence = event["stream"], event["stream_seq"], event["sequence"]
-        here = (sequence, stream, seq)
-        computed = event_hash(event)
-        if computed != event["hash"] and event_hash_v1(event) != event["hash"]:
-            report.add(
-                Break(
-                    *here,
-                    "contents do not match the stored hash (changed after it "
-                    f"was written; stored {event['hash'][:12]}…, computed "
-                    f"{computed[:12]}…)",
-                )
-            )
+        stream, seq = event["stream"], event["stream_seq"]
         previous = last.get(stream)
-        expected_seq = 1 if previous is None else previous[0] + 1
-        if seq == expected_seq:
-            expected_prev = GENESIS if previous is None else previous[1]
-            if event["prev_hash"] != expected_prev:
-                what = "the stream's start" if previous is None else f"event #{seq - 1}"
-                report.add(
-                    Break(
-                        *here,
-                        f"prev_hash does not match {what} (an event was "
-                        "inserted, removed or reordered before it)",
-                    )
-                )
-        elif seq < expected_seq:
-            report.add(Break(*here, f"out of order: expected event #{expected_seq} of this stream"))
-        elif complete:
-            missing = f"#{expected_seq}" + (f" to #{seq - 1}" if seq - 1 > expected_seq else "")
-            report.add(Break(*here, f"event {missing} of this stream is missing"))
-        else:
-            report.unchecked_gaps += 1
-        if previous is not None and event["time"] < previous[3]:
+        _check_event(
+            event=event, previous=previous, anchored=anchored, complete=complete, report=report
+        )
+        if previous is None or seq > previous[0]:
+            last[stream] = (seq, event["hash"], event["sequence"], event["time"])
+    report.streams = len(last)
+    _check_anchored_ends(anchored=anchored, last=last, complete=complete, report=report)
+    if heads is not None:
+        _check_heads(heads=heads, last=last, report=report)
+    return report
+
+
+def _check_event(
+    *,
+    event: dict[str, Any],
+    previous: _LastEvent | None,
+    anchored: _Anchored,
+    complete: bool,
+    report: Report,
+) -> None:
+    """One event against its own hash, its stream's previous event and the anchors."""
+    stream, seq, sequence = event["stream"], event["stream_seq"], event["sequence"]
+    here = (sequence, stream, seq)
+    computed = event_hash(event)
+    if computed != event["hash"] and event_hash_v1(event) != event["hash"]:
+        report.add(
+            Break(
+                *here,
+                "contents do not match the stored hash (changed after it "
+                f"was written; stored {event['hash'][:12]}…, computed "
+                f"{computed[:12]}…)",
+            )
+        )
+    _check_link(event=event, previous=previous, complete=complete, report=report)
+    if previous is not None and event["time"] < previous[3]:
+        report.add(
+            Break(
+                *here,
+                f"its time {event['time']} is earlier than event "
+                f"#{previous[0]}'s ({previous[3]}): backdated",
+            )
+        )
+    top = anchored.get(stream)
+    if top is not None and top[0] == seq and top[1] != event["hash"]:
+        report.add(Break(*here, f"differs from what anchor {top[2]} recorded"))
+
+
+def _check_link(
+    *,
+    event: dict[str, Any],
+    previous: _LastEvent | None,
+    complete: bool,
+    report: Report,
+) -> None:
+    """The event's place in its stream: the next number, linked to the previous event's hash."""
+    seq = event["stream_seq"]
+    here = (event["sequence"], event["stream"], seq)
+    expected_seq = 1 if previous is None else previous[0] + 1
+    if seq == expected_seq:
+        expected_prev = GENESIS if previous is None else previous[1]
+        if event["prev_hash"] != expected_prev:
+            what = "the stream's start" if previous is None else f"event #{seq - 1}"
             report.add(
                 Break(
                     *here,
-                    f"its time {event['time']} is earlier than event "
-                    f"#{previous[0]}'s ({previous[3]}): backdated",
+                    f"prev_hash does not match {what} (an event was "
+                    "inserted, removed or reordered before it)",
                 )
             )
-        top = anchored.get(stream)
-        if top is not None and top[0] == seq and top[1] != event["hash"]:
-            report.add(Break(*here, f"differs from what anchor {top[2]} recorded"))
-        if previous is None or seq > previous[0]:
-            last[stream] = (seq, event["hash"], sequence, event["time"])
-    report.streams = len(last)
+    elif seq < expected_seq:
+        report.add(Break(*here, f"out of order: expected event #{expected_seq} of this stream"))
+    elif complete:
+        missing = f"#{expected_seq}" + (f" to #{seq - 1}" if seq - 1 > expected_seq else "")
+        report.add(Break(*here, f"event {missing} of this stream is missing"))
+    else:
+        report.unchecked_gaps += 1
 
+
+def _check_anchored_ends(
+    *, anchored: _Anchored, last: dict[str, _LastEvent], complete: bool, report: Report
+) -> None:
+    """Each stream an anchor recorded is there (in a complete walk) and reaches that far."""
     for stream, (top_seq, _digest, anchor_seq) in anchored.items():
         if stream not in last:
             if complete:
@@ -262,26 +305,30 @@ def verify(
                     f"events after #{seq} are missing (anchor {anchor_seq} recorded #{top_seq})",
                 )
             )
-    if heads is not None:
-        headless = set(last)
-        for stream, head_seq, head_hash in heads:
-            headless.discard(stream)
-            seq, digest, sequence, _time = last.get(stream, (0, GENESIS, -1, ""))
-            if (head_seq, head_hash) != (seq, digest):
-                report.add(
-                    Break(
-                        sequence,
-                        stream,
-                        seq,
-                        f"the stream's head records #{head_seq}, "
-                        f"but its last event is #{seq} (events "
-                        "removed or added)",
-                    )
+
+
+def _check_heads(
+    *, heads: Iterable[tuple[str, int, str]], last: dict[str, _LastEvent], report: Report
+) -> None:
+    """Each stream's head row names its last event, and every stream has one."""
+    headless = set(last)
+    for stream, head_seq, head_hash in heads:
+        headless.discard(stream)
+        seq, digest, sequence, _time = last.get(stream, (0, GENESIS, -1, ""))
+        if (head_seq, head_hash) != (seq, digest):
+            report.add(
+                Break(
+                    sequence,
+                    stream,
+                    seq,
+                    f"the stream's head records #{head_seq}, "
+                    f"but its last event is #{seq} (events "
+                    "removed or added)",
                 )
-        for stream in headless:
-            seq, _digest, sequence, _time = last[stream]
-            report.add(Break(sequence, stream, seq, "the stream's head row is missing"))
-    return report
+            )
+    for stream in headless:
+        seq, _digest, sequence, _time = last[stream]
+        report.add(Break(sequence, stream, seq, "the stream's head row is missing"))
 
 
 def _check_anchors(

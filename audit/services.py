@@ -179,6 +179,12 @@ def append_arguments(drafts: list[Draft]) -> tuple[str, str]:
     return stream, json.dumps([{**draft.fields, "content": draft.content} for draft in drafts])
 
 
+def append_call(*, stream: str, events: str) -> str:
+    """The SQL call of `audit_append` on the named parameters `stream` and `events` (their
+    values: `append_arguments`), for a statement that appends as it acts (the checkpoint's)."""
+    return f"audit_append(%({stream})s, %({events})s::jsonb)"
+
+
 def _default_stream(run: str, conversation: str, target: Target) -> str:
     if run:
         return f"run:{run}"

@@ -14,18 +14,9 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import shutil
-import sys
-import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-VAR = tempfile.mkdtemp(prefix="warden-bench-")
-os.environ.update(WARDEN_VAR_DIR=VAR, DJANGO_SETTINGS_MODULE="portal.settings", LOG_LEVEL="WARNING")
-for name in ("DATABASE_URL", "REDIS_URL"):
-    os.environ.pop(name, None)
+from _env import embedded
 
 
 def writer(kind: str, index: int, seconds: float, start, counts) -> None:
@@ -88,18 +79,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     args = parser.parse_args()
 
-    import django
+    with embedded():
+        from django.core.management import call_command
+        from django.db import connection
 
-    from portal.embedded import EmbeddedPostgres
-
-    django.setup()
-    from django.conf import settings
-    from django.core.management import call_command
-    from django.db import connection
-
-    server = EmbeddedPostgres(settings.EMBEDDED)
-    server.start()
-    try:
         call_command("migrate", verbosity=0)
         with connection.cursor() as cursor:
             # Same columns, indexes and identity; no trigger (LIKE never copies triggers), no lock.
@@ -127,10 +110,6 @@ def main() -> None:
 
         report = audit_verify_chain()
         print(f"chain after the run: {report.summary()}")
-    finally:
-        connection.close()
-        server.stop()
-        shutil.rmtree(VAR, ignore_errors=True)
 
 
 if __name__ == "__main__":

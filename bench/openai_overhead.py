@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 TOKEN = "bench-token-0123456789"  # noqa: S105 - a throwaway database's
 MASTER_KEY = "sk-bench-master"
-ASGI = "portal.asgi:application"
+ASGI = "config.asgi:application"
 WORDS = ["The", "VPN", "is", "back", "up", "for", "everyone"]
 
 
@@ -272,7 +272,7 @@ def main() -> None:
     env = {
         **os.environ,
         "WARDEN_VAR_DIR": var,
-        "DJANGO_SETTINGS_MODULE": "portal.settings",
+        "DJANGO_SETTINGS_MODULE": "config.settings",
         "LOG_LEVEL": "WARNING",
         "WARDEN_API_RATE": "100000000/min",  # DRF's per-account throttle off the path
         "WARDEN_API_MAX_WAITS": "1000",  # and the cap on one account's open waits (50 clients)
@@ -291,7 +291,7 @@ def main() -> None:
     from django.db import connections
     from django.utils import timezone
 
-    from portal.embedded import EmbeddedPostgres, EmbeddedRedis
+    from ops.embedded import EmbeddedPostgres, EmbeddedRedis
 
     servers = [EmbeddedPostgres(settings.EMBEDDED), EmbeddedRedis(settings.EMBEDDED)]
     children: list[subprocess.Popen] = []

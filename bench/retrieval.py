@@ -41,23 +41,13 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import shutil
 import statistics
-import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-VAR = tempfile.mkdtemp(prefix="warden-bench-")
-os.environ.update(WARDEN_VAR_DIR=VAR, DJANGO_SETTINGS_MODULE="portal.settings", LOG_LEVEL="WARNING")
-for name in ("DATABASE_URL", "REDIS_URL"):
-    os.environ.pop(name, None)
+from _env import embedded
 
 DIMENSIONS = 384
 CLUSTERS = 1_000
@@ -575,21 +565,13 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
 
-    import django
+    with embedded() as (server,):
+        declared_m, declared_ef = migration_index()
+        args.m = args.m or declared_m
+        args.ef_construction = args.ef_construction or declared_ef
+        from django.core.management import call_command
+        from django.db import connection
 
-    from portal.embedded import EmbeddedPostgres
-
-    django.setup()
-    declared_m, declared_ef = migration_index()
-    args.m = args.m or declared_m
-    args.ef_construction = args.ef_construction or declared_ef
-    from django.conf import settings
-    from django.core.management import call_command
-    from django.db import connection
-
-    server = EmbeddedPostgres(settings.EMBEDDED)
-    server.start()
-    try:
         if args.shared_buffers:
             with connection.cursor() as cursor:
                 cursor.execute(f"ALTER SYSTEM SET shared_buffers = '{args.shared_buffers}'")
@@ -632,10 +614,6 @@ def main() -> None:
             rows[size] = bench_size(size, args, conninfo, clusters, queries, bases, documents)
         largest = max(sizes)
         targets(largest, rows[largest])
-    finally:
-        connection.close()
-        server.stop()
-        shutil.rmtree(VAR, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -19,22 +19,24 @@ Prints the median milliseconds per step of each, and the ratios.
 
 import argparse
 import os
-import shutil
 import statistics
-import sys
-import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-VAR = tempfile.mkdtemp(prefix="warden-bench-")
-os.environ.update(WARDEN_VAR_DIR=VAR, DJANGO_SETTINGS_MODULE="portal.settings", LOG_LEVEL="WARNING")
-for name in ("DATABASE_URL", "REDIS_URL"):
-    os.environ.pop(name, None)
+from _env import embedded
 
 TOOL_TURNS = 5
 STEPS = 2 * TOOL_TURNS + 1
+# What LangGraph and the floor offer the model (Warden offers the registered tool's own).
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_ticket_status",
+            "description": "d",
+            "parameters": {"type": "object"},
+        },
+    }
+]
 
 
 def mock_provider():
@@ -176,17 +178,6 @@ def langgraph_setup(conninfo: str):
     class State(TypedDict):
         messages: Annotated[list, add_messages]
 
-    tools = [
-        {
-            "type": "function",
-            "function": {
-                "name": "get_ticket_status",
-                "description": "d",
-                "parameters": {"type": "object"},
-            },
-        }
-    ]
-
     def to_dicts(messages):
         out = []
         for m in messages:
@@ -213,7 +204,7 @@ def langgraph_setup(conninfo: str):
         response = litellm.completion(
             model="bench-mock/zero",
             messages=to_dicts(state["messages"]),
-            tools=tools,
+            tools=TOOLS,
             _skip_mcp_handler=True,
         )
         message = response.choices[0].message
@@ -262,21 +253,11 @@ def floor_run(connection) -> None:
 
     from tools.builtin import get_ticket_status
 
-    tools = [
-        {
-            "type": "function",
-            "function": {
-                "name": "get_ticket_status",
-                "description": "d",
-                "parameters": {"type": "object"},
-            },
-        }
-    ]
     messages = [{"role": "user", "content": "check"}]
     step = 0
     while True:
         response = litellm.completion(
-            model="bench-mock/zero", messages=messages, tools=tools, _skip_mcp_handler=True
+            model="bench-mock/zero", messages=messages, tools=TOOLS, _skip_mcp_handler=True
         )
         message = response.choices[0].message
         connection.execute("INSERT INTO bench_steps (step, body) VALUES (%s, %s)", [step, "model"])
@@ -299,19 +280,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10, help="runs per contender per round")
     args = parser.parse_args()
 
-    import django
+    with embedded(redis=True) as servers:
+        from django.core.management import call_command
+        from psycopg import Connection
 
-    from portal.embedded import EmbeddedPostgres, EmbeddedRedis
-
-    django.setup()
-    from django.conf import settings
-    from django.core.management import call_command
-    from psycopg import Connection
-
-    servers = [EmbeddedPostgres(settings.EMBEDDED), EmbeddedRedis(settings.EMBEDDED)]
-    for server in servers:
-        server.start()
-    try:
         call_command("migrate", verbosity=0)
         import agents.gateway.client  # noqa: F401 - registers warden-local first
 
@@ -353,10 +325,6 @@ def main() -> None:
             f"warden/langgraph per-step time: {medians['warden'] / medians['langgraph']:.2f}; "
             f"overhead ratio (each minus the floor): {w / lg:.2f}"
         )
-    finally:
-        for server in reversed(servers):
-            server.stop()
-        shutil.rmtree(VAR, ignore_errors=True)
 
 
 if __name__ == "__main__":

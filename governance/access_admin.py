@@ -12,6 +12,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+
 from django import forms
 from django.apps import apps
 from django.contrib import messages
@@ -20,22 +23,33 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
-from django.db.models import Q
-from django.http import HttpResponseRedirect, JsonResponse
+from django.db.models import Model, Q
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse, QueryDict
 from django.template.response import TemplateResponse
-from django.urls import path, reverse
+from django.urls import URLPattern, path, reverse
 from django.utils.text import capfirst
 
 from governance import audience
 from governance.audience import DENY, GRANT, REVOKE, UNDENY, kind_of
 from governance.services import access_deny, access_grant, access_revoke, access_undeny
 
+if TYPE_CHECKING:
+    from django.contrib.admin import ModelAdmin
+    from django.contrib.auth.models import User
+
+    # The mixins below go before admin.ModelAdmin in a model admin's bases: to mypy they are one.
+    _ModelAdmin = ModelAdmin[Any]
+else:
+    _ModelAdmin = object
+
 APPLY = {GRANT: access_grant, REVOKE: access_revoke, DENY: access_deny, UNDENY: access_undeny}
 PEOPLE_SHOWN = 300  # rows of the people table; the search narrows the rest
 PICKER_RESULTS = 20  # of each kind per search
 
 
-def _access_url(model_admin, view):
+def _access_url(
+    model_admin: ModelAdmin[Any], view: Callable[[HttpRequest, str], HttpResponse]
+) -> URLPattern:
     """`<pk>/access/`, named `<app>_<model>_access`, before the admin's catch-all routes."""
     opts = model_admin.opts
     return path(
@@ -45,7 +59,7 @@ def _access_url(model_admin, view):
     )
 
 
-def holder_of(token: str):
+def holder_of(token: str) -> User | Group | None:
     """The user or group a picker's value names ("user:7", "group:3"), or None."""
     kind, _, pk = (token or "").partition(":")
     if not pk.isdigit():
@@ -57,7 +71,7 @@ def holder_of(token: str):
     return None
 
 
-def describe(holder) -> str:
+def describe(holder: User | Group) -> str:
     if isinstance(holder, Group):
         return f"{kind_of(holder)} {holder.name}"
     return f"user {holder.get_username()}"
@@ -79,14 +93,14 @@ class ChangeForm(forms.Form):
     fingerprint = forms.CharField(required=False, widget=forms.HiddenInput)
     confirm = forms.BooleanField(required=False, label="I understand")
 
-    def clean_holder(self):
+    def clean_holder(self) -> User | Group:
         holder = holder_of(self.cleaned_data["holder"])
         if holder is None:
             raise forms.ValidationError("No such user or group: pick one from the list.")
         return holder
 
 
-def _pointless(access: audience.Access, operation: str, holder) -> str | None:
+def _pointless(access: audience.Access, operation: str, holder: User | Group) -> str | None:
     """Why `operation` would change nothing, or None."""
     token = audience.token_of(holder)
     granted = any(h.token == token and not h.every for h in access.grants)
@@ -102,30 +116,37 @@ def _pointless(access: audience.Access, operation: str, holder) -> str | None:
     return None
 
 
-class GovernedAdminMixin:
+class GovernedAdminMixin(_ModelAdmin):
     """Adds the Access page to a governed model's admin (`governed_action`: use or read)."""
 
     governed_action = "use"
 
-    def get_urls(self):
+    def get_urls(self) -> list[URLPattern]:
         return [_access_url(self, self.access_view), *super().get_urls()]
 
-    def change_view(self, request, object_id, form_url="", extra_context=None):
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
         obj = self.get_object(request, unquote(object_id))
         if obj is not None and self.has_change_permission(request, obj):  # as the Access page
             access = audience.explain(obj, self.governed_action)
             extra_context = {**(extra_context or {}), "access": _summary(access, self)}
         return super().change_view(request, object_id, form_url, extra_context)
 
-    def access_view(self, request, object_id):
+    def access_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         obj = self.get_object(request, unquote(object_id))
         if obj is None:  # missing, or hidden from this admin (a denial): as for the change page
-            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+            # Django's own answer for a missing object: a private method django-stubs omits.
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)  # type: ignore[attr-defined,no-any-return]
         if not self.has_change_permission(request, obj):
             raise PermissionDenied
         action = self.governed_action
         form = ChangeForm(request.POST or None, initial={"operation": GRANT})
-        seen = None
+        seen: audience.Preview | None = None
         if request.method == "POST" and form.is_valid():
             operation, holder = form.cleaned_data["operation"], form.cleaned_data["holder"]
             with transaction.atomic():
@@ -168,11 +189,19 @@ class GovernedAdminMixin:
         }
         return TemplateResponse(request, "admin/warden/access.html", context)
 
-    def _apply(self, request, form, obj, seen, operation, holder) -> bool:
+    def _apply(
+        self,
+        request: HttpRequest,
+        form: ChangeForm,
+        obj: Model,
+        seen: audience.Preview,
+        operation: str,
+        holder: User | Group,
+    ) -> bool:
         """Make the previewed change if it was confirmed against this very state."""
         if form.cleaned_data["fingerprint"] != seen.before.fingerprint():
-            form.data = form.data.copy()
-            form.data["fingerprint"] = seen.before.fingerprint()
+            form.data = data = cast(QueryDict, form.data).copy()  # the POST it was bound to
+            data["fingerprint"] = seen.before.fingerprint()
             messages.warning(
                 request, "Access changed since this preview was made: check it again, then apply."
             )
@@ -190,7 +219,7 @@ class GovernedAdminMixin:
         return True
 
 
-def _summary(access: audience.Access, admin_) -> dict:
+def _summary(access: audience.Access, admin_: GovernedAdminMixin) -> dict[str, object]:
     """Who holds the object's governed action by a grant on it, and who is denied: the line
     on the object's change page."""
     return {
@@ -202,11 +231,11 @@ def _summary(access: audience.Access, admin_) -> dict:
     }
 
 
-def holders_view(request):
+def holders_view(request: HttpRequest) -> JsonResponse:
     """The pickers' search: `?term=` over usernames, names and e-mail addresses, and group
     names, in select2's JSON; only what this admin may view."""
     term = request.GET.get("term", "").strip()
-    results = []
+    results: list[dict[str, object]] = []
     if request.user.has_perm("auth.view_user"):
         users = get_user_model().objects.filter(is_active=True).order_by("username")
         if term:
@@ -246,19 +275,20 @@ GOVERNED = (
 )
 
 
-class HolderAccessMixin:
+class HolderAccessMixin(_ModelAdmin):
     """Adds "Access" to the user and group admins: everything they may use, and why."""
 
-    def get_urls(self):
+    def get_urls(self) -> list[URLPattern]:
         return [_access_url(self, self.holder_access_view), *super().get_urls()]
 
-    def holder_access_view(self, request, object_id):
+    def holder_access_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         holder = self.get_object(request, unquote(object_id))
         if holder is None:
-            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+            # Django's own answer for a missing object: a private method django-stubs omits.
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)  # type: ignore[attr-defined,no-any-return]
         if not self.has_view_permission(request, holder):
             raise PermissionDenied
-        sections = []
+        sections: list[dict[str, object]] = []
         for label, action in GOVERNED:
             model = apps.get_model(label)
             model_admin = self.admin_site.get_model_admin(model)
@@ -269,7 +299,7 @@ class HolderAccessMixin:
                 if model_admin.has_change_permission(request, row.obj):
                     row.url = reverse(
                         f"admin:{model._meta.app_label}_{model._meta.model_name}_access",
-                        args=[row.obj.pk],
+                        args=[cast(Model, row.obj).pk],  # set once holdings() returns
                     )
             sections.append(
                 {"name": model._meta.verbose_name_plural, "action": action, "rows": rows}

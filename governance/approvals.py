@@ -2,7 +2,7 @@
 
 A request is created by the run that needs it (inside the step's transaction), decided once by
 a reviewer who is not the requester, and its decision reaches the parked run through
-`governance.hooks`, in the same transaction. Two reviewers deciding at once: the row lock lets
+`governance.signals`, in the same transaction. Two reviewers deciding at once: the row lock lets
 one in; the other finds the request decided and is told by whom.
 """
 
@@ -11,17 +11,18 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import timedelta
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.db import transaction
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from audit.pii import UnknownPseudonym, unpseudonymise
 from audit.services import Target, audit_record
-from governance import hooks, roles
+from governance import roles, signals
 from governance.models import (
     ApprovalRequest,
     ApprovalStatus,
@@ -30,14 +31,22 @@ from governance.models import (
 )
 from governance.notify import reviewers_notify
 
+if TYPE_CHECKING:
+    from decimal import Decimal
+
+    from django.contrib.auth.models import AnonymousUser, User
+
+    from governance.access import AnyUser
+
 _Held = TypeVar("_Held", ApprovalRequest, Escalation)
+_Edited = TypeVar("_Edited")
 
 
 class ApprovalError(Exception):
     """The decision cannot be taken; the message says why, for the reviewer."""
 
 
-def arguments_hash(arguments: dict) -> str:
+def arguments_hash(arguments: dict[str, Any]) -> str:
     canonical = json.dumps(arguments, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -47,7 +56,14 @@ def approval_expiry() -> timedelta:
 
 
 def approval_request_create(
-    *, key: str, run_id: int, agent, tool, requested_by, arguments: dict, reasons: list[str]
+    *,
+    key: str,
+    run_id: int,
+    agent: Any,  # an Agent and a Tool: models of the apps above, which governance never names
+    tool: Any,
+    requested_by: AnyUser,
+    arguments: dict[str, Any],
+    reasons: list[str],
 ) -> ApprovalRequest:
     """The pending request for the call `key` (the existing one if the step is retried).
     Call it inside the transaction that parks the run."""
@@ -111,7 +127,7 @@ def deciders(group_ids: list[int]) -> Q:
     return Q(groups__name__in=[roles.REVIEWER, roles.GOVERNANCE_ADMIN])
 
 
-def may_decide(user, *, requested_by_id: int, group_ids: list[int]) -> bool:
+def may_decide(user: AnyUser, *, requested_by_id: int, group_ids: list[int]) -> bool:
     """Four-eyes and the approver groups: one condition per line."""
     if user is None or not user.is_active or not user.pk:
         return False
@@ -120,7 +136,7 @@ def may_decide(user, *, requested_by_id: int, group_ids: list[int]) -> bool:
     return get_user_model().objects.filter(deciders(group_ids), pk=user.pk).exists()
 
 
-def _check_decider(item: _Held | None, decided_by, noun: str, own: str) -> _Held:
+def _check_decider(item: _Held | None, decided_by: AnyUser, noun: str, own: str) -> _Held:
     """`decided_by` may decide the locked, still pending `item` (a request or an escalation),
     or ApprovalError says why: missing and forbidden alike, one's own, already decided."""
     if item is None:
@@ -138,17 +154,17 @@ def _check_decider(item: _Held | None, decided_by, noun: str, own: str) -> _Held
     return item
 
 
-def approvals_for(user) -> QuerySet[ApprovalRequest]:
+def approvals_for(user: AnyUser) -> QuerySet[ApprovalRequest]:
     """The pending requests `user` may decide (the inbox)."""
     return reviewable(ApprovalRequest, user).filter(status="pending")
 
 
-def escalations_for(user) -> QuerySet[Escalation]:
+def escalations_for(user: AnyUser) -> QuerySet[Escalation]:
     """The held answers `user` may release or reject (the inbox)."""
     return reviewable(Escalation, user).filter(status="pending")
 
 
-def reviewable(model, user) -> QuerySet:
+def reviewable(model: type[_Held], user: AnyUser) -> QuerySet[_Held]:
     """Items of `model` (requests or escalations, in any state) that name one of `user`'s
     groups as approvers, or name none and `user` is a reviewer; never `user`'s own (the rule
     of `may_decide`). The one access check of the inbox's pages."""
@@ -163,7 +179,7 @@ def reviewable(model, user) -> QuerySet:
     return model.objects.exclude(requested_by=user.pk).filter(mine).order_by("created_at")
 
 
-def reviewer_listens_on(user) -> list[str]:
+def reviewer_listens_on(user: AnyUser) -> list[str]:
     """The channel groups `user`'s inbox listens on (governance.notify): every reviewer's if
     `user` has a reviewer role, and each of `user`'s groups if one of them approves something
     (named on an agent or a tool, or on a request). Empty: `user` reviews nothing."""
@@ -180,16 +196,39 @@ def reviewer_listens_on(user) -> list[str]:
     return ([ALL_REVIEWERS] if reviewer else []) + [f"reviewers.{pk}" for pk, _ in groups]
 
 
-def _approves(user) -> bool:
+def _approves(user: User | AnonymousUser) -> bool:
     named = Q()
-    for relation in hooks.approver_relations:
+    for relation in _approver_relations():
         named |= Q(**{f"{relation}__isnull": False})
     for model in (ApprovalRequest, Escalation):
         named |= Q(pk__in=model.approver_groups.through.objects.values("group_id"))
     return user.groups.filter(named).exists()
 
 
-def _notify_decided(item, noun: str) -> None:
+def _approver_relations() -> list[str]:
+    """Group's reverse relations to the objects of the apps above that name approver groups
+    (an agent's, a tool's): their many-to-many field to Group is called `approver_groups`, as
+    a request's own is (whose relation is hidden: "+")."""
+    return [
+        relation.field.related_query_name()
+        for relation in Group._meta.related_objects
+        if relation.many_to_many
+        and relation.field.name == "approver_groups"
+        and not relation.hidden
+    ]
+
+
+def _argument_problem(request: ApprovalRequest, arguments: dict[str, Any] | None) -> str | None:
+    """What tools (signals.arguments_edited) finds wrong with edited `arguments`, or None."""
+    answers = signals.arguments_edited.send(
+        sender=ApprovalRequest, tool_id=request.tool_id, arguments=arguments
+    )
+    if not answers:
+        raise RuntimeError("no argument checker connected (is the tools app installed?)")
+    return next((problem for _, problem in answers if problem is not None), None)
+
+
+def _notify_decided(item: ApprovalRequest | Escalation, noun: str) -> None:
     """After commit, best effort: other reviewers' inboxes drop the item."""
     groups = list(item.approver_groups.values_list("pk", flat=True))
     event = {"type": f"{noun}.decided", noun: item.pk, "run": item.run_id, "status": item.status}
@@ -199,9 +238,9 @@ def _notify_decided(item, noun: str) -> None:
 def approval_decide(
     *,
     approval_id: int,
-    decided_by,
+    decided_by: AnyUser,
     approve: bool,
-    arguments: dict | None = None,
+    arguments: dict[str, Any] | None = None,
     comment: str = "",
 ) -> ApprovalRequest:
     """Approve (with `arguments` replacing the requested ones, if given) or reject the request.
@@ -218,21 +257,28 @@ def approval_decide(
     return request
 
 
-def _decide(request, decided_by, approve: bool, arguments, comment: str) -> None:
+def _decide(
+    request: ApprovalRequest,
+    decided_by: AnyUser,
+    approve: bool,
+    arguments: dict[str, Any] | None,
+    comment: str,
+) -> None:
     if approve and arguments is not None:
         arguments = _unhashed(arguments, original=request.arguments, what="edited arguments")
     edited = (
         approve and arguments is not None and arguments_hash(arguments) != (request.arguments_hash)
     )
     if edited:
-        problem = hooks.check_arguments(request.tool_id, arguments)
+        problem = _argument_problem(request, arguments)
         if problem is not None:
             raise ApprovalError(f"the edited arguments do not fit the tool: {problem}")
     final = (arguments if edited else request.arguments) if approve else None
     request.status = ApprovalStatus.APPROVED if approve else ApprovalStatus.REJECTED
     request.approved_arguments = final
     request.approved_hash = arguments_hash(final) if final is not None else ""
-    request.decided_by, request.decided_at = decided_by, timezone.now()
+    # _check_decider let only an active user through, never an anonymous one.
+    request.decided_by, request.decided_at = cast("User", decided_by), timezone.now()
     request.comment = comment
     request.save(
         update_fields=[
@@ -254,17 +300,16 @@ def _decide(request, decided_by, approve: bool, arguments, comment: str) -> None
         run=request.run_id,
         data=data,
     )
-    for hook in hooks.approval_decided:
-        hook(request)
+    signals.approval_decided.send(sender=ApprovalRequest, request=request)
     _notify_decided(request, "approval")
 
 
-def _unhashed(edited, *, original, what: str):
+def _unhashed(edited: _Edited, *, original: object, what: str) -> _Edited:
     """A reviewer's edit with the personal values they were shown as keyed hashes put back
     (`pii.unpseudonymise`); a hash that stands for nothing at its place is refused, saying so,
     rather than sent on as if it were the value."""
     try:
-        return unpseudonymise(edited, original=original)
+        return cast(_Edited, unpseudonymise(edited, original=original))
     except UnknownPseudonym as exc:
         where = f" (at {exc.where})" if exc.where else ""
         raise ApprovalError(
@@ -285,8 +330,7 @@ def _expire(request: ApprovalRequest) -> None:
         run=request.run_id,
         data={"tool": request.tool_name, "expires_at": request.expires_at.isoformat()},
     )
-    for hook in hooks.approval_decided:
-        hook(request)
+    signals.approval_decided.send(sender=ApprovalRequest, request=request)
     _notify_decided(request, "approval")
 
 
@@ -309,7 +353,7 @@ def approvals_expire() -> int:
     return expired
 
 
-def reviews_withdraw(*, run_id: int, actor) -> int:
+def reviews_withdraw(*, run_id: int, actor: AnyUser) -> int:
     """The run was cancelled: its pending approval requests and held answer leave the inbox
     (in the caller's transaction). Returns how many."""
     withdrawn = 0
@@ -330,7 +374,13 @@ def reviews_withdraw(*, run_id: int, actor) -> int:
 
 
 def escalation_create(
-    *, run, answer: str, citations: list, confidence, threshold, agent
+    *,
+    run: Any,  # a Run and its Agent: models of the apps above (see approval_request_create)
+    answer: str,
+    citations: list[Any],
+    confidence: Decimal | float | None,
+    threshold: Decimal | float,
+    agent: Any,
 ) -> Escalation:
     """Hold the run's final answer for review (inside the transaction that parks the run)."""
     escalation, created = Escalation.objects.get_or_create(
@@ -366,7 +416,12 @@ def escalation_create(
 
 
 def escalation_decide(
-    *, escalation_id: int, decided_by, release: bool, answer: str | None = None, comment=""
+    *,
+    escalation_id: int,
+    decided_by: AnyUser,
+    release: bool,
+    answer: str | None = None,
+    comment: str = "",
 ) -> Escalation:
     """Release the held answer (or `answer`, an edit of it) to the user, or reject it."""
     with transaction.atomic():
@@ -384,7 +439,8 @@ def escalation_decide(
         escalation.released_answer = (
             (answer if edited and answer is not None else escalation.answer) if release else ""
         )
-        escalation.decided_by, escalation.decided_at = decided_by, timezone.now()
+        escalation.decided_by = cast("User", decided_by)  # as in _decide
+        escalation.decided_at = timezone.now()
         escalation.comment = comment
         escalation.save(
             update_fields=["status", "released_answer", "decided_by", "decided_at", "comment"]
@@ -396,7 +452,6 @@ def escalation_decide(
             run=escalation.run_id,
             data={"edited": edited, "comment": comment},
         )
-        for hook in hooks.escalation_decided:
-            hook(escalation)
+        signals.escalation_decided.send(sender=Escalation, escalation=escalation)
         _notify_decided(escalation, "escalation")
     return escalation

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from django.db import connection, transaction
 from django.db.models import Q
@@ -28,6 +28,9 @@ from django.utils import timezone
 from audit.services import Target, audit_record
 from governance.models import Budget, BudgetPeriod, BudgetReservation, BudgetUsage
 from governance.policy import BudgetState
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AnonymousUser, User
 
 logger = logging.getLogger(__name__)
 
@@ -279,7 +282,21 @@ def budget_reservations_release(*, older_than: timedelta) -> int:
     return len(keys)
 
 
-def usage_for(user) -> list[dict]:
+class BudgetUse(TypedDict):
+    """A row of `usage_for`."""
+
+    budget: str
+    period: str
+    since: date
+    renews: date
+    used_tokens: int
+    max_tokens: int | None
+    used_cost: Decimal
+    max_cost: Decimal | None
+    percent: float
+
+
+def usage_for(user: User | AnonymousUser) -> list[BudgetUse]:
     """This period's use of every budget that applies to `user` (theirs and their teams')."""
     ids = sorted(
         Budget.objects.filter(enabled=True)
@@ -287,7 +304,7 @@ def usage_for(user) -> list[dict]:
         .values_list("pk", flat=True)
         .distinct()
     )
-    rows = []
+    rows: list[BudgetUse] = []
     for usage in _usages(ids) if ids else []:
         budget = usage.budget
         rows.append(

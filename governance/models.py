@@ -1,17 +1,28 @@
 """Governance state: who is denied what, approvals, escalations, budgets (DESIGN.md §6).
 
 The grants themselves are guardian's object permissions; this app holds what guardian has no
-word for. Models that govern another app's objects name them by content type and id (or plain
-ids and names), never by foreign key: governance sits below tools and agents (DESIGN.md §2).
+word for. Governance sits below tools and agents (DESIGN.md §2), so it never imports their
+models: a denial names its object by content type and id; requests, escalations and budgets
+point at runs, agents and tools through lazy foreign keys ("agents.Run") without a database
+constraint or a reverse accessor, and `DO_NOTHING` on delete: a decision record outlives what
+it decided about (it keeps the id), as the audit trail does.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from django.conf import settings
 from django.contrib.contenttypes.fields import GenericForeignKey
 from django.contrib.contenttypes.models import ContentType
 from django.contrib.postgres.fields import ArrayField
 from django.db import models
+
+
+def _upward(model: str, **options: Any) -> models.ForeignKey[Any, Any]:
+    """A foreign key to a model of an app above governance (module docstring)."""
+    options.setdefault("related_name", "+")
+    return models.ForeignKey(model, on_delete=models.DO_NOTHING, db_constraint=False, **options)
 
 
 class Action(models.TextChoices):
@@ -84,9 +95,9 @@ class ApprovalRequest(models.Model):
     key = models.CharField(
         max_length=200, unique=True, help_text="The call's idempotency key: run, step, call."
     )
-    run_id = models.PositiveBigIntegerField(db_index=True)
-    agent_id = models.PositiveBigIntegerField()
-    tool_id = models.PositiveBigIntegerField()
+    run = _upward("agents.Run")
+    agent = _upward("agents.Agent", db_index=False)
+    tool = _upward("tools.Tool", db_index=False)
     tool_name = models.CharField(max_length=64)
     tool_version = models.CharField(max_length=16)
     requested_by = models.ForeignKey(
@@ -147,8 +158,10 @@ class Escalation(models.Model):
     """A final answer held because its confidence was below the agent's threshold. The user
     sees "held for review" until a reviewer releases it (as it was or edited) or rejects it."""
 
-    run_id = models.PositiveBigIntegerField(unique=True)
-    agent_id = models.PositiveBigIntegerField()
+    run = models.OneToOneField(
+        "agents.Run", on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
+    agent = _upward("agents.Agent", db_index=False)
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="escalations"
     )
@@ -205,7 +218,7 @@ class Budget(models.Model):
         related_name="budgets",
         verbose_name="team",
     )
-    agent_id = models.PositiveBigIntegerField(null=True, blank=True, verbose_name="agent")
+    agent = _upward("agents.Agent", null=True, blank=True, db_index=False)
     period = models.CharField(
         max_length=8, choices=BudgetPeriod.choices, default=BudgetPeriod.MONTH
     )

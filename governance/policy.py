@@ -53,7 +53,7 @@ class Verdict:
     action: VerdictAction
     detail: str = ""
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, str]:
         return {"guardrail": self.guardrail, "action": str(self.action), "detail": self.detail}
 
 
@@ -100,7 +100,7 @@ class Decision:
     def allowed(self) -> bool:
         return self.effect == Effect.ALLOW
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, object]:
         return {"effect": str(self.effect), "reasons": list(self.reasons)}
 
 

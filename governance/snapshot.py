@@ -6,11 +6,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from django.db import connection
 
 from governance.access import allowed_ids
 from governance.models import Action
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
+    from django.db.models import Model
 
 
 @dataclass(frozen=True)
@@ -21,7 +26,7 @@ class Snapshot:
     budget_ids: list[int]
 
 
-def governance_snapshot(*, user, agent, route_model) -> Snapshot:
+def governance_snapshot(*, user: User, agent: Any, route_model: type[Model]) -> Snapshot:
     """For the active `user` and `agent` (a saved Agent; `route_model`, the ModelRoute class)."""
     agent_sql, agent_params = allowed_ids(type(agent), user, Action.USE)
     route_sql, route_params = allowed_ids(route_model, user, Action.USE)

@@ -17,12 +17,14 @@ from governance.notify import user_notify
 logger = logging.getLogger(__name__)
 
 
-@shared_task(
-    name="governance.tasks.approval_notify_task",
-    autoretry_for=(OSError,),
-    retry_backoff=True,
-    max_retries=3,
-    ignore_result=True,
+# A notice that could not be sent (the mail server out of reach) is tried again, a bounded
+# number of times, at growing intervals.
+_MAIL_RETRIES = {"autoretry_for": (OSError,), "retry_backoff": True, "max_retries": 3}
+
+
+# celery ships no types: each decorated task is untyped to mypy.
+@shared_task(  # type: ignore[untyped-decorator]
+    name="governance.tasks.approval_notify_task", ignore_result=True, **_MAIL_RETRIES
 )
 def approval_notify_task(approval_id: int) -> None:
     """Email the people who may decide a new approval request (not the requester)."""
@@ -54,19 +56,15 @@ def approval_notify_task(approval_id: int) -> None:
     )
 
 
-@shared_task(name="governance.tasks.approvals_expire_task", ignore_result=True)
+@shared_task(name="governance.tasks.approvals_expire_task", ignore_result=True)  # type: ignore[untyped-decorator]
 def approvals_expire_task() -> None:
     expired = approvals_expire()
     if expired:
         logger.info("expired %d approval requests", expired)
 
 
-@shared_task(
-    name="governance.tasks.budget_notify_task",
-    autoretry_for=(OSError,),
-    retry_backoff=True,
-    max_retries=3,
-    ignore_result=True,
+@shared_task(  # type: ignore[untyped-decorator]
+    name="governance.tasks.budget_notify_task", ignore_result=True, **_MAIL_RETRIES
 )
 def budget_notify_task(budget_id: int) -> None:
     """A budget passed its notify mark: tell whom it limits (a user, a team's members, or for
@@ -99,7 +97,7 @@ def budget_notify_task(budget_id: int) -> None:
         )
 
 
-@shared_task(name="governance.tasks.budget_reservations_release_task", ignore_result=True)
+@shared_task(name="governance.tasks.budget_reservations_release_task", ignore_result=True)  # type: ignore[untyped-decorator]
 def budget_reservations_release_task() -> None:
     # No task that reserved runs longer than its time limit (the lease, now a heartbeat
     # timeout of seconds, says nothing of how long a model call may take).

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -11,18 +13,26 @@ from django.utils.text import capfirst
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
 
-from portal.tokens import MAX_DAYS, TokenError, token_create, token_revoke, tokens_of
+from integrations.tokens import MAX_DAYS, TokenError, token_create, token_revoke, tokens_of
 
 DAYS = (7, 30, 90, 366)
 
 
 @never_cache
+class _Typed(TypedDict):
+    """What the token form shows typed in."""
+
+    name: str
+    scopes: list[str]
+    days: str
+
+
 @login_required
 @require_http_methods(["GET", "POST"])
 def tokens_page(request: HttpRequest) -> HttpResponse:
     """List, make and revoke one's tokens; a new token's secret is shown on this response only
     (never stored, never in a redirect or the session)."""
-    typed = {"name": "", "scopes": [], "days": "90"}
+    typed: _Typed = {"name": "", "scopes": [], "days": "90"}
     secret, status = None, 200
     if request.method == "POST":
         typed = {

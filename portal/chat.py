@@ -30,7 +30,7 @@ from agents.services import RunError, run_cancel
 from agents.submit import MAX_INPUT, run_submit
 from governance.access import NoAccess, access_agent
 from governance.budgets import usage_for
-from portal.api.problems import problem_response, refusal
+from integrations.api.problems import problem_response, refusal
 
 DRAFT = "chat.draft"
 

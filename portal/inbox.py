@@ -12,7 +12,6 @@ import json
 import re
 from dataclasses import replace
 from datetime import timedelta
-from itertools import chain
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -39,7 +38,7 @@ from governance.approvals import (
 from governance.guardrails.output import render_markdown
 from governance.models import ApprovalRequest, Escalation
 from governance.policy import reason_text
-from portal.inputs import unstorable, unstorable_at
+from integrations.inputs import unstorable, unstorable_at
 from tools.models import RiskTier, Tool
 
 AGES = {"15m": timedelta(minutes=15), "1h": timedelta(hours=1), "1d": timedelta(days=1)}
@@ -72,18 +71,15 @@ def inbox(request: HttpRequest) -> HttpResponse:
         answers = answers.none()  # a held answer has no tool and no risk tier
     elif filters["kind"] == "answer":
         approvals = approvals.none()
-    approvals, answers = list(approvals), list(answers)
-    agents = dict(
-        Agent.objects.filter(
-            pk__in={item.agent_id for item in chain(approvals, answers)}
-        ).values_list("pk", "name")
-    )
+    approval_list, answer_list = list(approvals), list(answers)
+    agent_ids = {a.agent_id for a in approval_list} | {e.agent_id for e in answer_list}
+    agents = dict(Agent.objects.filter(pk__in=agent_ids).values_list("pk", "name"))
     risks = dict(
-        Tool.objects.filter(pk__in={a.tool_id for a in approvals}).values_list("pk", "risk")
+        Tool.objects.filter(pk__in={a.tool_id for a in approval_list}).values_list("pk", "risk")
     )
     items = sorted(
-        [_row(a, "approval", agents, risks.get(a.tool_id, "")) for a in approvals]
-        + [_row(e, "answer", agents, "") for e in answers],
+        [_row(a, "approval", agents, risks.get(a.tool_id, "")) for a in approval_list]
+        + [_row(e, "answer", agents, "") for e in answer_list],
         key=lambda row: row["created_at"],
     )
     context = {"items": items, "filters": filters, "filtered": any(filters.values())}

@@ -10,7 +10,7 @@ header, and the OAuth token endpoints, are authenticated by the token or client 
 owing session is hidden from them.
 
 Wrong codes count towards the sign-in lockout of the account from that address
-(portal.lockout), and each device also slows its own guessing (django-otp's throttle: 1, 2,
+(integrations.lockout), and each device also slows its own guessing (django-otp's throttle: 1, 2,
 4, ... seconds), which a password sign-in does not reset.
 """
 
@@ -34,7 +34,7 @@ from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from audit.services import Target, audit_record
-from portal.lockout import lockout_fail
+from integrations.lockout import lockout_fail
 
 SUPERUSERS = "superusers"
 STAFF = "staff"
@@ -134,14 +134,20 @@ def _throttle_wait(device) -> int | None:
     return max(1, int((locked_until - timezone.now()).total_seconds()) + 1)
 
 
-def _wrong(*, request: HttpRequest, user, action: str, data: dict) -> Result:
+def _sign_in_audit(*, request: HttpRequest, user, action: str, data: dict) -> None:
+    """Record a step of `user`'s second factor, by them, on their sign-in stream."""
+    target = Target.of(user)
     audit_record(
         actor=user,
         action=action,
-        target=Target.of(user),
+        target=target,
         data={**_client(request), **data},
-        stream=f"auth.sign_in:{Target.of(user).label}",
+        stream=f"auth.sign_in:{target.label}",
     )
+
+
+def _wrong(*, request: HttpRequest, user, action: str, data: dict) -> Result:
+    _sign_in_audit(request=request, user=user, action=action, data=data)
     # The same counter as the password: five wrong codes lock the account out from here.
     wait = lockout_fail(request=request, subject=user.get_username())
     if wait is not None:
@@ -175,13 +181,12 @@ def second_factor_verify(*, request: HttpRequest, user, typed: str) -> Result:
             if wait is not None:
                 return Result(Outcome.THROTTLED, wait=wait)
             if device.verify_token(code):  # refuses a code already used (last_t)
-                _verified(request=request, user=user, device=device)
-                audit_record(
-                    actor=user,
+                _verified(
+                    request=request,
+                    user=user,
+                    device=device,
                     action="auth.second_factor_verified",
-                    target=Target.of(user),
-                    data={**_client(request), "method": "authenticator"},
-                    stream=f"auth.sign_in:{Target.of(user).label}",
+                    data={"method": "authenticator"},
                 )
                 return Result(Outcome.VERIFIED)
             return _wrong(
@@ -219,22 +224,23 @@ def second_factor_verify(*, request: HttpRequest, user, typed: str) -> Result:
         static.set_last_used_timestamp(commit=False)
         static.save()
         remaining = static.token_set.count()
-        _verified(request=request, user=user, device=static)
-        audit_record(
-            actor=user,
+        _verified(
+            request=request,
+            user=user,
+            device=static,
             action="auth.recovery_code_used",
-            target=Target.of(user),
-            data={**_client(request), "remaining": remaining},
-            stream=f"auth.sign_in:{Target.of(user).label}",
+            data={"remaining": remaining},
         )
         return Result(Outcome.RECOVERY_CODE, remaining=remaining)
 
 
-def _verified(*, request: HttpRequest, user, device) -> None:
+def _verified(*, request: HttpRequest, user, device, action: str, data: dict) -> None:
+    """Mark the session verified by `device`, and audit how (`action`, `data`)."""
     # A new session key for the stronger session: one fixed before sign-in is worth nothing.
     request.session.cycle_key()
     otp_login(request, device)
-    request.user.otp_device = device
+    request.user.otp_device = device  # type: ignore[union-attr]  # django-otp's, untyped
+    _sign_in_audit(request=request, user=user, action=action, data=data)
 
 
 def second_factor_enrolment(*, user) -> TOTPDevice:
@@ -275,13 +281,12 @@ def second_factor_enrol(*, request: HttpRequest, user, typed: str) -> tuple[Resu
         static = StaticDevice.objects.create(user=user, name="Recovery codes", confirmed=True)
         codes = [StaticToken.random_token() for _ in range(RECOVERY_CODES)]
         StaticToken.objects.bulk_create([StaticToken(device=static, token=c) for c in codes])
-        _verified(request=request, user=user, device=device)
-        audit_record(
-            actor=user,
+        _verified(
+            request=request,
+            user=user,
+            device=device,
             action="auth.second_factor_enrolled",
-            target=Target.of(user),
-            data={**_client(request), "recovery_codes": RECOVERY_CODES},
-            stream=f"auth.sign_in:{Target.of(user).label}",
+            data={"recovery_codes": RECOVERY_CODES},
         )
     return Result(Outcome.VERIFIED), codes
 
@@ -327,7 +332,7 @@ class SecondFactorMiddleware:
             request.user = AnonymousUser()
             return self.get_response(request)
         if request.path.startswith(API_PREFIXES):
-            from portal.api.problems import problem_response
+            from integrations.api.problems import problem_response
 
             return problem_response(
                 request,

@@ -22,14 +22,14 @@ from oauth2_provider import views as oauth2_views
 
 from audit.services import SYSTEM, Target, audit_record
 from governance.budgets import usage_for
-from portal import second_factor as factor
-from portal.lockout import (
+from integrations.lockout import (
     client_subject,
     locked_page,
     locked_problem,
     lockout_fail,
     lockout_wait,
 )
+from portal import second_factor as factor
 
 API_PREFIXES = ("/api/", "/v1/")
 
@@ -37,7 +37,7 @@ API_PREFIXES = ("/api/", "/v1/")
 def not_found(request: HttpRequest, exception=None) -> HttpResponse:
     """404: a problem document for the API, the page for people."""
     if request.path.startswith(API_PREFIXES):
-        from portal.api.problems import problem_response
+        from integrations.api.problems import problem_response
 
         return problem_response(request, 404, "not-found", "no such resource")
     return page_not_found(request, exception)
@@ -46,7 +46,7 @@ def not_found(request: HttpRequest, exception=None) -> HttpResponse:
 def server_error(request: HttpRequest) -> HttpResponse:
     """500: a problem document for the API (with the request id), the page for people."""
     if request.path.startswith(API_PREFIXES):
-        from portal.api.problems import problem_response
+        from integrations.api.problems import problem_response
 
         return problem_response(
             request,
@@ -150,18 +150,30 @@ def _code_error(result: factor.Result) -> str:
     return "That code is not right. Check the time on your phone, or use a recovery code."
 
 
+def _not_this_page(request: HttpRequest, next_url: str, *, page: str) -> HttpResponse | None:
+    """Where a second-factor page (`page`, by URL name) sends whom it is not for: to their own
+    (verification once they have an authenticator, enrolment before), or to the locked page
+    while their account is locked out. None: this page is theirs."""
+    user = request.user
+    theirs = factor.second_factor_page(request, user)
+    if theirs != reverse(page):
+        return redirect(f"{theirs}?{urlencode({'next': next_url})}")
+    wait = lockout_wait(request=request, subject=user.get_username())
+    if wait is not None:
+        return locked_page(request, wait)
+    return None
+
+
 @never_cache
 @login_required
 def second_factor_verify(request: HttpRequest) -> HttpResponse:
     """The second step of signing in: a code from the authenticator, or a recovery code."""
     user, next_url = request.user, _next(request)
-    if user.is_verified() or not factor.second_factor_required(user):
+    # is_verified: django-otp's middleware puts it on the user; the package is untyped.
+    if user.is_verified() or not factor.second_factor_required(user):  # type: ignore[union-attr]
         return redirect(next_url)
-    if factor.authenticator_for(user) is None:
-        return redirect(f"{reverse('second-factor-enrol')}?{urlencode({'next': next_url})}")
-    wait = lockout_wait(request=request, subject=user.get_username())
-    if wait is not None:
-        return locked_page(request, wait)
+    if (elsewhere := _not_this_page(request, next_url, page="second-factor")) is not None:
+        return elsewhere
     error = ""
     if request.method == "POST":
         result = factor.second_factor_verify(
@@ -193,11 +205,8 @@ def second_factor_enrol(request: HttpRequest) -> HttpResponse:
     user, next_url = request.user, _next(request)
     if not factor.second_factor_required(user):
         return redirect(next_url)
-    if factor.authenticator_for(user) is not None:
-        return redirect(f"{reverse('second-factor')}?{urlencode({'next': next_url})}")
-    wait = lockout_wait(request=request, subject=user.get_username())
-    if wait is not None:
-        return locked_page(request, wait)
+    if (elsewhere := _not_this_page(request, next_url, page="second-factor-enrol")) is not None:
+        return elsewhere
     error = ""
     if request.method == "POST":
         result, codes = factor.second_factor_enrol(
@@ -246,7 +255,7 @@ class SignOutView(auth_views.LogoutView):
 
 class TokenView(oauth2_views.TokenView):
     """DOT's `POST /o/token/`, with wrong client secrets counted per client and address
-    (portal.lockout): DOT checks a secret itself, never through Django's authenticate."""
+    (integrations.lockout): DOT checks a secret itself, never through Django's authenticate."""
 
     def post(self, request, *args, **kwargs):
         subject = client_subject(request)

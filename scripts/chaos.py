@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.chdir(ROOT)
-# The harness imports tests.processes, which imports portal.embedded only (no Django setup).
+# The harness imports tests.processes, which imports ops.embedded only (no Django setup).
 
 
 def main() -> int:

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import psutil
 
-from portal.embedded import die_with_parent
+from ops.embedded import EmbeddedPaths, EmbeddedRedis, die_with_parent
 
 ROOT = Path(__file__).resolve().parent.parent
-ASGI = "portal.asgi:application"
+ASGI = "config.asgi:application"
 
 
 def wait_until_alone_on_the_database(timeout: float = 30) -> None:
@@ -51,7 +51,7 @@ def production_env(**extra: str) -> dict[str, str]:
         if key not in {"DJANGO_SETTINGS_MODULE", "WARDEN_VAR_DIR", "PORT", "DEBUG"}
     }
     env.update(
-        DJANGO_SETTINGS_MODULE="portal.settings",
+        DJANGO_SETTINGS_MODULE="config.settings",
         DATABASE_URL="postgresql://warden:secret@db.internal:5432/warden",
         REDIS_URL="redis://redis.internal:6379/0",
         SECRET_KEY=secrets.token_urlsafe(50),
@@ -77,7 +77,7 @@ def embedded_env(var_dir: Path, **extra: str) -> dict[str, str]:
             "WARDEN_TEST_VAR_OWNER",
         }
     }
-    env.update(DJANGO_SETTINGS_MODULE="portal.settings", WARDEN_VAR_DIR=str(var_dir))
+    env.update(DJANGO_SETTINGS_MODULE="config.settings", WARDEN_VAR_DIR=str(var_dir))
     env.update(extra)
     return env
 
@@ -202,8 +202,8 @@ class Up:
 
 
 def _program(cmd: list[str]) -> str:
-    if "celery" in cmd and "portal" in cmd:
-        return "celery " + cmd[cmd.index("portal") + 1]
+    if "celery" in cmd and "config" in cmd:
+        return "celery " + cmd[cmd.index("config") + 1]
     if "daphne" in cmd:
         return "daphne"
     # Servers rewrite their titles ("redis-server unixsocket:...", "postgres: checkpointer").
@@ -215,6 +215,12 @@ def _program(cmd: list[str]) -> str:
 # and each xdist worker has a block of its own, so two workers never hand out the same port.
 _PORT_BASE, _PORT_BLOCK, _PORT_BLOCKS = 12000, 640, 32
 _ports: list[int] = []
+
+
+def redis_of_its_own() -> EmbeddedRedis:
+    """An embedded Redis in a new temporary directory, not started yet (the caller starts and
+    stops it: an outage the test controls)."""
+    return EmbeddedRedis(EmbeddedPaths(Path(tempfile.mkdtemp(prefix="wr-"))))
 
 
 def free_port() -> int:
@@ -264,7 +270,7 @@ def daphne_on_test_database(port: int, **env: str):
             "127.0.0.1",
             "-p",
             str(port),
-            "portal.asgi:application",
+            "config.asgi:application",
         ],
         env={
             **os.environ,

@@ -25,7 +25,7 @@ elif os.environ.get("WARDEN_TEST_VAR_OWNER", "") != _owner:
     os.environ["WARDEN_TEST_VAR_OWNER"] = _owner
 os.environ["WARDEN_VAR_DIR"] = os.environ["WARDEN_TEST_VAR_DIR"]
 
-from portal.settings import *  # noqa: E402, F403
+from config.settings import *  # noqa: E402, F403
 
 # Worker processes the tests start share the test database (pytest-django's test_<name>).
 if os.environ.get("WARDEN_TEST_DATABASE"):

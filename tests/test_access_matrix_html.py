@@ -49,8 +49,8 @@ from audit.services import SYSTEM
 from governance import roles
 from governance.models import Action, ApprovalRequest, Escalation
 from governance.services import access_deny, access_grant
-from portal.models import PersonalAccessToken
-from portal.tokens import token_create
+from integrations.models import PersonalAccessToken
+from integrations.tokens import token_create
 from tools.models import Tool
 
 MARK = "matrix-secret-7Q2"  # in everything member A owns that only A may read
@@ -376,7 +376,7 @@ OPEN = {
     "api/schema/": "the OpenAPI schema: the API's shape, no data",
     "api/docs/": "the API's documentation page",
     "api/problems/<slug:slug>": "the problem types' documentation",
-    "o/token/": "OAuth2 protocol (POST): tests/api/test_tokens.py",
+    "o/token/": "OAuth2 protocol (POST): integrations/tests/test_tokens.py",
     "login/second-factor/": "the signed-in person's own second step (tests/test_second_factor.py)",
     "login/second-factor/enrol/": "the signed-in person's own enrolment (test_second_factor.py)",
     "sso/login/": "a redirect to the identity provider (tests/test_sso.py)",
@@ -384,7 +384,7 @@ OPEN = {
 }
 # Routes not requested here, with the reason.
 EXEMPT = {
-    "o/": "django-oauth-toolkit's protocol and application pages (tests/api/test_tokens.py)",
+    "o/": "django-oauth-toolkit's protocol and application pages (integrations/tests)",
     "admin/r/": "view_on_site: a redirect to the object's own page, which is in ROUTES",
 }
 

@@ -19,10 +19,10 @@ from django.utils import timezone
 
 from agents.events import publish
 from agents.models import Agent, Conversation, Deployment, ModelRoute, Run, RunState
+from config.asgi import application
 from governance import roles
 from governance.models import ApprovalRequest
-from portal.asgi import application
-from tests.ui.test_websocket import closed_with, wait_logged
+from portal.tests.test_websocket import closed_with, wait_logged
 from tools.models import Tool
 
 pytestmark = pytest.mark.usefixtures("committing_db")  # the consumer reads on its own thread

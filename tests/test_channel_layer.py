@@ -1,4 +1,4 @@
-"""portal.channel_layer on the embedded Redis: messages go through, and a receive ends when it is
+"""ops.channel_layer on the embedded Redis: messages go through, and a receive ends when it is
 cancelled, even when a cancellation is lost on the way (Python 3.11's `asyncio.wait_for`, which
 redis-py sends every command through: CPython gh-86296)."""
 
@@ -9,7 +9,7 @@ import pytest
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
-from portal.channel_layer import ChannelLayer, cancel_until_done
+from ops.channel_layer import ChannelLayer, cancel_until_done
 
 
 def run(scenario):

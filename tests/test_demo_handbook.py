@@ -8,7 +8,7 @@ from agents.models import Agent, Chunk, Conversation, Document, DocumentStatus, 
 from agents.orchestrator import run_execute
 from agents.services import run_start
 from governance.models import Escalation
-from portal.services import demo_workspace_seed
+from ops.demo import demo_workspace_seed
 
 pytestmark = pytest.mark.django_db
 

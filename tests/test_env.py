@@ -1,7 +1,7 @@
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from portal.env import env_bool, env_int, env_list, env_str
+from config.env import env_bool, env_int, env_list, env_str
 
 
 def test_required_variable_missing_names_it(monkeypatch):

@@ -25,13 +25,12 @@ from django.test import AsyncClient, Client
 
 from agents.events import publish
 from agents.models import Conversation, Run
+from config.asgi import application
 from governance import roles
 from governance.notify import reviewers_notify, user_notify
-from portal.asgi import application
-from portal.tokens import token_create, token_revoke
-from tests.api.test_runs import _pump, _until
-from tests.governance.conftest import assistant, people, role_groups, team  # noqa: F401
-from tests.ui.test_websocket import (  # noqa: F401 - fixtures
+from integrations.tests.test_runs import _pump, _until
+from integrations.tokens import token_create, token_revoke
+from portal.tests.test_websocket import (  # noqa: F401 - fixtures
     a_run,
     agent,
     closed_with,
@@ -403,7 +402,7 @@ def test_a_revoked_tokens_event_stream_sends_nothing_more(mia, agent, settings, 
     next event finds it revoked (its check is due)."""
     from oauth2_provider.models import AccessToken
 
-    from tests.api.conftest import application_for, token_of
+    from integrations.tests.conftest import application_for, token_of
 
     settings.WARDEN_LIVE_RECHECK_SECONDS = POLLED
     run = a_run(mia, agent)
@@ -456,7 +455,7 @@ def test_a_deleted_users_event_stream_ends_at_once(oscar, agent, settings):  # n
     assert not Run.objects.filter(pk=run.pk).exists()
 
 
-def test_a_disabled_users_streamed_completion_ends_with_an_error(people, assistant, settings):  # noqa: F811
+def test_a_disabled_users_streamed_completion_ends_with_an_error(people, assistant, settings):
     """`stream=true` on the OpenAI-compatible endpoint, the run queued (no worker): the
     account is disabled while the client waits for the answer."""
     settings.WARDEN_LIVE_RECHECK_SECONDS = ANNOUNCED

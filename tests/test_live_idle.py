@@ -11,8 +11,8 @@ from asgiref.sync import async_to_sync
 from django.test import AsyncClient
 
 from agents.events import publish
-from portal.tokens import token_create
-from tests.ui.test_websocket import a_run, agent, mia, opened  # noqa: F401 - fixtures
+from integrations.tokens import token_create
+from portal.tests.test_websocket import a_run, agent, mia, opened  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.usefixtures("committing_db")  # the consumer reads on its own thread
 IDLE_SECONDS = 60

@@ -18,8 +18,8 @@ from django.test import AsyncClient, Client
 from oauth2_provider.models import AccessToken
 
 from audit.models import AuditEvent
-from portal.tokens import token_create
-from tests.api.conftest import SECRET, application_for
+from integrations.tests.conftest import SECRET, application_for
+from integrations.tokens import token_create
 
 pytestmark = pytest.mark.django_db
 User = get_user_model()

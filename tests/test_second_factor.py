@@ -23,8 +23,8 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from audit.models import AuditEvent
 from governance import roles
-from portal.models import PersonalAccessToken
-from portal.tokens import token_create
+from integrations.models import PersonalAccessToken
+from integrations.tokens import token_create
 from tests.processes import ROOT, embedded_env, production_env
 
 pytestmark = pytest.mark.django_db
@@ -359,7 +359,7 @@ def test_the_api_refuses_an_owing_session_but_takes_a_token(client, rita):
 
 @pytest.mark.usefixtures("committing_db")  # the consumer reads the session on another thread
 def test_a_websocket_of_an_owing_session_is_refused(rita):
-    from portal.asgi import application
+    from config.asgi import application
 
     device = authenticator(rita)
     client = Client()

@@ -8,7 +8,7 @@ from django.db import connection
 from django.test import RequestFactory
 
 from governance import roles
-from portal.services import demo_workspace_seed
+from ops.demo import demo_workspace_seed
 
 pytestmark = pytest.mark.django_db
 User = get_user_model()
@@ -115,7 +115,7 @@ def test_seed_service_passes_passwords_that_never_reach_the_audit_table(tmp_path
 
 
 def test_unreadable_logins_file_reads_as_none_recorded(tmp_path):
-    from portal.services import demo_logins_read
+    from ops.demo import demo_logins_read
 
     path = tmp_path / "logins.json"
     path.write_text("{not json")

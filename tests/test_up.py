@@ -24,7 +24,7 @@ import pytest
 import redis as redis_lib
 from django.conf import settings
 
-from portal.celery import app as celery_app
+from config.celery import app as celery_app
 from tests.processes import Up, embedded_env, free_port, http_get, manage, production_env
 
 
@@ -420,7 +420,7 @@ def child_pids(up: Up) -> dict[str, int]:
                 continue  # exited, not yet reaped by the launcher
             cmd = child.cmdline()
             if "celery" in cmd:
-                found[cmd[cmd.index("portal") + 1]] = child.pid  # worker, beat
+                found[cmd[cmd.index("config") + 1]] = child.pid  # worker, beat
             elif "daphne" in cmd:
                 found["web"] = child.pid
             elif cmd and Path(cmd[0].split()[0]).name == "redis-server":

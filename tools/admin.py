@@ -8,15 +8,17 @@ back), and every save goes through `secret_set`, which encrypts it and records t
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING, Any, cast
 
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db import models
-from django.http import JsonResponse
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
-from django.urls import path, reverse
+from django.urls import URLPattern, path, reverse
 from django.utils.decorators import method_decorator
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_POST
@@ -31,8 +33,19 @@ from tools.services import tool_set_enabled, tool_test_call
 
 TIMESTAMPS = ("created_at", "value_set_at", "rotated_at", "updated_at")
 
+# ModelAdmin and ModelForm are generic in django-stubs only; at run time they take no parameter.
+if TYPE_CHECKING:
+    _SecretForm = forms.ModelForm[Secret]
+    _ToolForm = forms.ModelForm[Tool]
+    _SecretAdmin = admin.ModelAdmin[Secret]
+    _ToolAdmin = admin.ModelAdmin[Tool]
+    _MCPServerAdmin = admin.ModelAdmin[MCPServer]
+else:
+    _SecretForm = _ToolForm = forms.ModelForm
+    _SecretAdmin = _ToolAdmin = _MCPServerAdmin = admin.ModelAdmin
 
-class SecretForm(forms.ModelForm):
+
+class SecretForm(_SecretForm):
     value = forms.CharField(
         required=False,
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
@@ -42,7 +55,7 @@ class SecretForm(forms.ModelForm):
         model = Secret
         fields = ("name", "kind", "description")
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         creating = self.instance._state.adding
         self.fields["value"].required = creating
@@ -52,8 +65,8 @@ class SecretForm(forms.ModelForm):
             else "Leave blank to keep the current value (it is never shown)."
         )
 
-    def clean(self):
-        data = super().clean()
+    def clean(self) -> dict[str, Any]:
+        data = cast("dict[str, Any]", super().clean())  # a form's clean() returns cleaned_data
         value = data.get("value")
         if value:
             problem = value_problem(kind=data.get("kind") or self.instance.kind, value=value)
@@ -63,25 +76,33 @@ class SecretForm(forms.ModelForm):
 
 
 @admin.register(Secret)
-class SecretAdmin(admin.ModelAdmin):
+class SecretAdmin(_SecretAdmin):
     form = SecretForm
     list_display = ("name", "kind", "description", "value_set_at", "rotated_at")
     list_filter = ("kind",)
     search_fields = ("name", "description")
 
-    def get_fields(self, request, obj=None):
+    def get_fields(self, request: HttpRequest, obj: Secret | None = None) -> tuple[str, ...]:
         fields = ("name", "kind", "description", "value")
         return fields if obj is None else (*fields, *TIMESTAMPS)
 
-    def get_readonly_fields(self, request, obj=None):
+    def get_readonly_fields(
+        self, request: HttpRequest, obj: Secret | None = None
+    ) -> tuple[str, ...]:
         # Tools refer to a secret by name, so it is fixed once created.
         return () if obj is None else ("name", *TIMESTAMPS)
 
     @method_decorator(sensitive_post_parameters("value"))  # kept out of error reports
-    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+    def changeform_view(
+        self,
+        request: HttpRequest,
+        object_id: str | None = None,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
         return super().changeform_view(request, object_id, form_url, extra_context)
 
-    def save_model(self, request, obj, form, change):
+    def save_model(self, request: HttpRequest, obj: Secret, form: Any, change: Any) -> None:
         saved = secret_set(
             name=obj.name,
             value=form.cleaned_data.get("value") or None,
@@ -92,10 +113,10 @@ class SecretAdmin(admin.ModelAdmin):
         obj.pk = saved.pk
         obj.refresh_from_db()
 
-    def delete_model(self, request, obj):
+    def delete_model(self, request: HttpRequest, obj: Secret) -> None:
         secret_delete(secret=obj, actor=request.user)
 
-    def delete_queryset(self, request, queryset):
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Secret]) -> None:
         for secret in queryset:
             secret_delete(secret=secret, actor=request.user)
 
@@ -104,19 +125,20 @@ class JSONEditor(forms.Textarea):
     """A monospace textarea whose JSON the admin page checks as it is typed (tool-editor.js
     posts it to `check_url`, which runs the model's own validators)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__(attrs={"rows": 14, "class": "vLargeTextField json-editor"})
 
-    def format_value(self, value):
+    def format_value(self, value: Any) -> str:
         if isinstance(value, str):
+            text = value
             try:
-                value = json.loads(value)
+                value = json.loads(text)
             except ValueError:
-                return value  # what the admin typed, invalid, shown back as it was
+                return text  # what the admin typed, invalid, shown back as it was
         return json.dumps(value, indent=2)
 
 
-class ToolForm(forms.ModelForm):
+class ToolForm(_ToolForm):
     class Meta:
         model = Tool
         fields = (
@@ -125,7 +147,7 @@ class ToolForm(forms.ModelForm):
         )
         widgets = {"parameters": JSONEditor(), "config": JSONEditor()}
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         for name in ("parameters", "config"):
             if name in self.fields:  # not when read-only
@@ -139,7 +161,7 @@ class _EscapingJSONField(forms.JSONField):
     """Shows what was typed back as JSON that a page can hold: Django writes it out with
     ensure_ascii=False, and a surrogate typed as an escape then cannot be encoded."""
 
-    def prepare_value(self, value):
+    def prepare_value(self, value: Any) -> str:
         text = super().prepare_value(value)
         return text if text_problem(text) is None else json.dumps(value, cls=self.encoder)
 
@@ -149,7 +171,7 @@ class TestCallForm(forms.Form):
         initial=dict, widget=forms.Textarea(attrs={"rows": 8, "class": "vLargeTextField"})
     )
 
-    def clean_arguments(self):
+    def clean_arguments(self) -> Any:
         # A NUL or an unpaired surrogate written as a JSON escape: valid JSON, but no table
         # (the ledger, the audit trail) can keep it, and the page could not show it.
         arguments = self.cleaned_data["arguments"]
@@ -160,7 +182,7 @@ class TestCallForm(forms.Form):
 
 
 @admin.register(Tool)
-class ToolAdmin(GovernedAdminMixin, admin.ModelAdmin):
+class ToolAdmin(GovernedAdminMixin, _ToolAdmin):
     form = ToolForm
     list_display = ("name", "kind", "risk", "needs_approval", "enabled", "version", "updated_at")
     list_filter = ("enabled", "kind", "risk")
@@ -181,11 +203,11 @@ class ToolAdmin(GovernedAdminMixin, admin.ModelAdmin):
         js = ("tools/tool-editor.js",)
 
     @admin.display(description="approval", boolean=True)
-    def needs_approval(self, obj) -> bool:
+    def needs_approval(self, obj: Tool) -> bool:
         return obj.requires_approval
 
-    def get_readonly_fields(self, request, obj=None):
-        fields = self.readonly_fields
+    def get_readonly_fields(self, request: HttpRequest, obj: Tool | None = None) -> tuple[str, ...]:
+        fields: tuple[str, ...] = self.readonly_fields
         if obj is not None and obj.kind == ToolKind.PYTHON:
             # A Python tool's contract is its code's: the sync refreshes it after a deploy.
             fields = (*fields, "kind", "parameters")
@@ -194,14 +216,14 @@ class ToolAdmin(GovernedAdminMixin, admin.ModelAdmin):
         return fields
 
     @admin.action(description="Enable the selected tools")
-    def enable(self, request, queryset):
+    def enable(self, request: HttpRequest, queryset: QuerySet[Tool]) -> None:
         self._set_enabled(request, queryset, True)
 
     @admin.action(description="Disable the selected tools")
-    def disable(self, request, queryset):
+    def disable(self, request: HttpRequest, queryset: QuerySet[Tool]) -> None:
         self._set_enabled(request, queryset, False)
 
-    def _set_enabled(self, request, queryset, enabled: bool) -> None:
+    def _set_enabled(self, request: HttpRequest, queryset: QuerySet[Tool], enabled: bool) -> None:
         changed = [
             tool_set_enabled(tool=tool, enabled=enabled, actor=request.user)
             for tool in queryset.exclude(enabled=enabled)
@@ -209,7 +231,7 @@ class ToolAdmin(GovernedAdminMixin, admin.ModelAdmin):
         word = "enabled" if enabled else "disabled"
         messages.success(request, f"{len(changed)} tool(s) {word}.")
 
-    def get_urls(self):
+    def get_urls(self) -> list[URLPattern]:
         return [
             path(
                 "check/<str:field>/",
@@ -224,7 +246,7 @@ class ToolAdmin(GovernedAdminMixin, admin.ModelAdmin):
             *super().get_urls(),
         ]
 
-    def check_json(self, request, field: str):
+    def check_json(self, request: HttpRequest, field: str) -> JsonResponse:
         """The editor's check as you type: {"problem": message or null}."""
         if not self.has_change_permission(request) and not self.has_add_permission(request):
             raise PermissionDenied
@@ -253,7 +275,7 @@ class ToolAdmin(GovernedAdminMixin, admin.ModelAdmin):
             return JsonResponse({"problem": "unknown field"}, status=404)
         return JsonResponse({"problem": problem})
 
-    def test_call(self, request, pk: int):
+    def test_call(self, request: HttpRequest, pk: int) -> TemplateResponse:
         tool = get_object_or_404(Tool, pk=pk)
         if not self.has_change_permission(request, tool):
             raise PermissionDenied
@@ -278,7 +300,7 @@ class ToolAdmin(GovernedAdminMixin, admin.ModelAdmin):
 
 
 @admin.register(MCPServer)
-class MCPServerAdmin(admin.ModelAdmin):
+class MCPServerAdmin(_MCPServerAdmin):
     list_display = ("name", "transport", "tool_count", "synced_at", "status")
     list_filter = ("transport",)
     search_fields = ("name", "command", "url")
@@ -293,15 +315,15 @@ class MCPServerAdmin(admin.ModelAdmin):
     )
 
     @admin.display(description="tools")
-    def tool_count(self, obj) -> int:
+    def tool_count(self, obj: MCPServer) -> int:
         return obj.tools.count()
 
     @admin.action(description="Sync tools from the selected servers")
-    def sync(self, request, queryset):
+    def sync(self, request: HttpRequest, queryset: QuerySet[MCPServer]) -> None:
         for server in queryset:
             self._sync(request, server)
 
-    def get_urls(self):
+    def get_urls(self) -> list[URLPattern]:
         return [
             path(
                 "<int:pk>/sync/",
@@ -311,14 +333,14 @@ class MCPServerAdmin(admin.ModelAdmin):
             *super().get_urls(),
         ]
 
-    def sync_one(self, request, pk: int):
+    def sync_one(self, request: HttpRequest, pk: int) -> HttpResponse:
         server = get_object_or_404(MCPServer, pk=pk)
         if not self.has_change_permission(request, server):
             raise PermissionDenied
         self._sync(request, server)
         return redirect(reverse("admin:tools_mcpserver_change", args=[server.pk]))
 
-    def _sync(self, request, server: MCPServer) -> None:
+    def _sync(self, request: HttpRequest, server: MCPServer) -> None:
         try:
             report = mcp_server_sync(server=server, actor=request.user)
         except MCPUnavailable as error:

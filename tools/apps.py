@@ -3,21 +3,24 @@ from django.db.models.signals import post_migrate
 
 
 class ToolsConfig(AppConfig):
+    """The one place tools connects to what the apps below it send (their signals.py)."""
+
     name = "tools"
 
     def ready(self) -> None:
         from auditlog.registry import auditlog
 
-        from governance import hooks
+        from governance import signals
+        from governance.models import ApprovalRequest
         from tools import builtin  # noqa: F401 - registers the built-in Python tools
         from tools.models import MCPServer, Tool
         from tools.registry import python_tools_sync
         from tools.services import tool_argument_problem
 
         # A reviewer's edit of a call's arguments is checked against the tool's schema.
-        if tool_argument_problem not in hooks.argument_problem:
-            hooks.argument_problem.append(tool_argument_problem)
-        hooks.approver_relations.add("approvable_tools")  # Tool.approver_groups
+        signals.arguments_edited.connect(
+            tool_argument_problem, sender=ApprovalRequest, dispatch_uid="tools.arguments_edited"
+        )
 
         # Field-level history of the registry (secrets are audited by secret_set, by name only).
         auditlog.register(Tool)

@@ -9,6 +9,7 @@ import re
 import smtplib
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
     },
     risk="write",
 )
-def create_ticket(arguments: dict, *, idempotency_key: str) -> dict:
+def create_ticket(arguments: dict[str, Any], *, idempotency_key: str) -> dict[str, Any]:
     ticket = DemoTicket.objects.create(
         title=arguments["title"],
         priority=arguments.get("priority", "normal"),
@@ -56,7 +57,7 @@ def create_ticket(arguments: dict, *, idempotency_key: str) -> dict:
         "additionalProperties": False,
     },
 )
-def get_ticket_status(arguments: dict, *, idempotency_key: str) -> dict:
+def get_ticket_status(arguments: dict[str, Any], *, idempotency_key: str) -> dict[str, Any]:
     ticket = DemoTicket.objects.filter(pk=arguments["ticket"]).first()
     if ticket is None:
         return {"ticket": arguments["ticket"], "status": "not found"}
@@ -88,7 +89,9 @@ def get_ticket_status(arguments: dict, *, idempotency_key: str) -> dict:
     risk="write",
     external=True,
 )
-def send_email(arguments: dict, *, idempotency_key: str, context: ToolContext) -> dict:
+def send_email(
+    arguments: dict[str, Any], *, idempotency_key: str, context: ToolContext
+) -> dict[str, Any]:
     """Settings: `from` (default DEFAULT_FROM_EMAIL), `allowed_domains` (recipients outside
     them are refused; empty allows any). The Message-ID derives from the idempotency key, so a
     mail system that sees the same call twice can tell."""
@@ -139,7 +142,9 @@ def send_email(arguments: dict, *, idempotency_key: str, context: ToolContext) -
         "additionalProperties": False,
     },
 )
-def sql_query(arguments: dict, *, idempotency_key: str, context: ToolContext) -> dict:
+def sql_query(
+    arguments: dict[str, Any], *, idempotency_key: str, context: ToolContext
+) -> dict[str, Any]:
     """Read-only by construction: the configured database's role may only SELECT; the
     transaction is READ ONLY; the query runs as a subquery (so one query, and no data-modifying
     WITH) under a LIMIT the server applies, sent by the extended protocol (which refuses a
@@ -195,12 +200,12 @@ QUERY_START = re.compile(
 )
 
 
-def _sql_message(error) -> str:
+def _sql_message(error: Exception) -> str:
     diag = getattr(error, "diag", None)
     return (getattr(diag, "message_primary", None) or str(error).splitlines()[0])[:500]
 
 
-def _json_value(value):
+def _json_value(value: object) -> bool | int | float | str | None:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, Decimal):
@@ -238,7 +243,9 @@ def _json_value(value):
     },
     risk="write",
 )
-def schedule_meeting(arguments: dict, *, idempotency_key: str, context: ToolContext) -> dict:
+def schedule_meeting(
+    arguments: dict[str, Any], *, idempotency_key: str, context: ToolContext
+) -> dict[str, Any]:
     try:
         start = parse_datetime(arguments["start"])
     except ValueError:  # well formed, but no such date (month 13)

@@ -23,8 +23,9 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from django.conf import settings
 from django.db import transaction
@@ -34,7 +35,16 @@ from audit.services import audit_record
 from tools.models import MCPServer, MCPTransport, Tool, ToolKind, tool_name_validator
 from tools.schemas import parameters_problem
 
+if TYPE_CHECKING:
+    from mcp import Client, StdioServerParameters
+    from mcp.client import Transport
+    from mcp_types import CallToolResult, RequestParamsMeta
+    from mcp_types import Tool as MCPTool
+
+    from tools.models import Secret
+
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CONNECT_TIMEOUT = 15.0  # seconds to start a server and finish the MCP handshake
 
@@ -56,11 +66,11 @@ class ServerSpec:
     fingerprint: str  # of the configuration and secrets: a change replaces the session
     transport: str
     command: str = ""
-    args: tuple = ()
-    env: tuple = field(default=(), repr=False)  # (name, value) pairs, secrets among them
+    args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # secrets among them
     url: str = ""
-    headers: tuple = field(default=(), repr=False)
-    allow_networks: tuple = ()
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    allow_networks: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, server: MCPServer) -> ServerSpec:
@@ -90,9 +100,9 @@ class ServerSpec:
 
 @dataclass
 class _Session:
-    client: Any  # mcp.Client
+    client: Client
     stop: asyncio.Event
-    owner: asyncio.Task
+    owner: asyncio.Task[None]
     fingerprint: str
     dead: bool = False
 
@@ -108,12 +118,19 @@ class SessionPool:
         self._thread.start()
 
     def call_tool(
-        self, server: ServerSpec, name: str, arguments: dict, *, meta, timeout: float, writes: bool
-    ):
+        self,
+        server: ServerSpec,
+        name: str,
+        arguments: dict[str, Any],
+        *,
+        meta: RequestParamsMeta,
+        timeout: float,
+        writes: bool,
+    ) -> CallToolResult:
         """The tool's `CallToolResult`; raises MCPUnavailable, or mcp's MCPError."""
         return self._wait(self._call(server, name, arguments, meta, timeout, writes), timeout)
 
-    def list_tools(self, server: ServerSpec, *, timeout: float = 30.0) -> list:
+    def list_tools(self, server: ServerSpec, *, timeout: float = 30.0) -> list[MCPTool]:
         return self._wait(self._list(server), timeout)
 
     def close(self) -> None:
@@ -128,7 +145,7 @@ class SessionPool:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
 
-    def _wait(self, coroutine, timeout: float):
+    def _wait(self, coroutine: Coroutine[Any, Any, T], timeout: float) -> T:
         future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
         try:
             return future.result(timeout + 2 * CONNECT_TIMEOUT + 5)
@@ -136,7 +153,15 @@ class SessionPool:
             future.cancel()
             raise MCPUnavailable("the MCP server did not answer in time") from None
 
-    async def _call(self, server, name, arguments, meta, timeout, writes):
+    async def _call(
+        self,
+        server: ServerSpec,
+        name: str,
+        arguments: dict[str, Any],
+        meta: RequestParamsMeta,
+        timeout: float,
+        writes: bool,
+    ) -> CallToolResult:
         from mcp.shared.exceptions import MCPError
         from mcp_types import CONNECTION_CLOSED
 
@@ -163,9 +188,10 @@ class SessionPool:
                     raise MCPUnavailable(closed) from None
         raise MCPUnavailable(f"the MCP server {server.name} keeps closing the connection")
 
-    async def _list(self, server):
+    async def _list(self, server: ServerSpec) -> list[MCPTool]:
         session = await self._session(server)
-        tools, cursor = [], None
+        tools: list[MCPTool] = []
+        cursor: str | None = None
         while True:  # every page
             page = await session.client.list_tools(cursor=cursor, cache_mode="refresh")
             tools += page.tools
@@ -188,7 +214,7 @@ class SessionPool:
                 session.stop.set()
                 await asyncio.wait([session.owner], timeout=5)
                 del self._sessions[server.pk]
-            ready: asyncio.Future = self._loop.create_future()
+            ready: asyncio.Future[Client] = self._loop.create_future()
             stop = asyncio.Event()
             owner = asyncio.create_task(self._own(_transport(server), ready, stop))
             try:
@@ -200,7 +226,12 @@ class SessionPool:
             self._sessions[server.pk] = session
             return session
 
-    async def _own(self, transport, ready: asyncio.Future, stop: asyncio.Event) -> None:
+    async def _own(
+        self,
+        transport: contextlib.AbstractAsyncContextManager[StdioServerParameters | Transport],
+        ready: asyncio.Future[Client],
+        stop: asyncio.Event,
+    ) -> None:
         from mcp import Client
 
         try:
@@ -233,7 +264,7 @@ def session_pool() -> SessionPool:
 
 
 @contextlib.asynccontextmanager
-async def _transport(server: ServerSpec):
+async def _transport(server: ServerSpec) -> AsyncIterator[StdioServerParameters | Transport]:
     """What `mcp.Client` connects through: a stdio process or a streamable-HTTP endpoint."""
     if server.transport == MCPTransport.STDIO:
         from mcp import StdioServerParameters
@@ -245,41 +276,16 @@ async def _transport(server: ServerSpec):
     import httpx2
     from mcp.client.streamable_http import streamable_http_client
 
-    from tools.outbound import check_url
+    from tools.outbound import check_url, guarded_async_transport
 
     check_url(server.url)
     async with httpx2.AsyncClient(
         headers=dict(server.headers),
         timeout=httpx2.Timeout(CONNECT_TIMEOUT, read=300),  # the SDK's: streams stay open
-        transport=_guarded_transport(server.allow_networks),
+        transport=guarded_async_transport(server.allow_networks),
         trust_env=False,  # no proxy from the environment around the check
     ) as http:
         yield streamable_http_client(server.url, http_client=http)
-
-
-def _guarded_transport(allow_networks):
-    """httpx2's transport with every connection checked as tools/outbound.py checks them:
-    resolved once, each address checked, connected to a checked address."""
-    import httpcore2
-    import httpx2
-
-    from tools.outbound import checked_address, networks
-
-    allow = networks(allow_networks)
-
-    class CheckedBackend(httpcore2.AnyIOBackend):
-        async def connect_tcp(self, host, port, timeout=None, local_address=None, **options):
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                host, port, type=socket.SOCK_STREAM
-            )
-            address = checked_address(host, [info[4][0] for info in infos], allow)
-            return await super().connect_tcp(address, port, timeout, local_address, **options)
-
-    transport = httpx2.AsyncHTTPTransport(trust_env=False)
-    transport._pool = httpcore2.AsyncConnectionPool(
-        ssl_context=httpx2.create_ssl_context(trust_env=False), network_backend=CheckedBackend()
-    )
-    return transport
 
 
 def _environment(server: MCPServer) -> dict[str, str]:
@@ -312,7 +318,7 @@ def _auth_headers(server: MCPServer) -> dict[str, str]:
     return {"Authorization": value}
 
 
-def _reveal(secret) -> str:
+def _reveal(secret: Secret) -> str:
     from tools.secrets import SecretError
 
     try:
@@ -361,7 +367,7 @@ class SyncReport:
         return text + (f"; skipped: {', '.join(self.skipped)}" if self.skipped else "")
 
 
-def mcp_server_sync(*, server: MCPServer, actor) -> SyncReport:
+def mcp_server_sync(*, server: MCPServer, actor: Any) -> SyncReport:
     """List the server's tools and mirror them as `Tool` rows named "<server>__<tool>": new ones
     arrive disabled, changed ones are updated (their version changes), ones the server no
     longer offers are disabled, never deleted. Records the outcome on the server; audited."""
@@ -373,7 +379,10 @@ def mcp_server_sync(*, server: MCPServer, actor) -> SyncReport:
         problem = MCPUnavailable(str(getattr(error, "message", None) or error))
         MCPServer.objects.filter(pk=server.pk).update(status=f"Sync failed: {problem}"[:300])
         raise problem from None
-    created, updated, disabled, skipped = [], [], [], []
+    created: list[str] = []
+    updated: list[str] = []
+    disabled: list[str] = []
+    skipped: list[str] = []
     with transaction.atomic(durable=True):
         existing = {t.config.get("tool"): t for t in server.tools.select_for_update()}
         for remote in listed:

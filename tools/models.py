@@ -1,6 +1,7 @@
 import hashlib
 import ipaddress
 import json
+from typing import Any
 
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
@@ -35,7 +36,7 @@ class Approval(models.TextChoices):
     NEVER = "never", "Never (critical tools still need it)"
 
 
-def _object_schema() -> dict:
+def _object_schema() -> dict[str, Any]:
     return {"type": "object", "properties": {}, "additionalProperties": False}
 
 
@@ -100,7 +101,7 @@ class Tool(models.Model):
     def __str__(self) -> str:
         return self.name
 
-    def save(self, *args, **kwargs) -> None:
+    def save(self, *args: Any, **kwargs: Any) -> None:
         self.version = self.compute_version()
         if kwargs.get("update_fields") is not None:
             kwargs["update_fields"] = {*kwargs["update_fields"], "version"}
@@ -141,7 +142,7 @@ class Tool(models.Model):
         if errors:
             raise ValidationError(errors)
 
-    def as_openai_tool(self) -> dict:
+    def as_openai_tool(self) -> dict[str, Any]:
         return {
             "type": "function",
             "function": {

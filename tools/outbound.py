@@ -1,8 +1,10 @@
 """Outbound HTTP that cannot be turned against Warden's own network (SSRF).
 
-Every connection goes through `_CheckedBackend`: it resolves the host name itself, once, checks
-every address it got, and connects to one of those very addresses, so a name that resolves to a
-public address for the check and to 127.0.0.1 for the connection (DNS rebinding) gains nothing.
+Every connection goes through a checked network backend (httpx's in `guarded_client`, httpx2's
+in `guarded_async_transport` for the MCP SDK, both under public httpcore pools): it resolves the
+host name itself, once, checks every address it got (`checked_address`), and connects to one of
+those very addresses, so a name that resolves to a public address for the check and to
+127.0.0.1 for the connection (DNS rebinding) gains nothing.
 An address must be public (`is_global`: not loopback, private, link-local, cloud metadata,
 carrier-grade NAT, multicast or reserved), unless an operator lists its network in
 WARDEN_OUTBOUND_ALLOW_NETWORKS or the caller (an HTTP tool's allowlist) passes it. TLS still
@@ -12,14 +14,25 @@ check; `fetch` cuts the body off at a size limit.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
 import socket
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
 import httpcore
 import httpx
 from django.conf import settings
+
+if TYPE_CHECKING:
+    import httpcore2
+    import httpx2
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class OutboundError(Exception):
@@ -66,7 +79,7 @@ def _fetch(url: str, *, max_bytes: int, timeout: float, max_redirects: int) -> F
     raise OutboundError(f"more than {max_redirects} redirects")
 
 
-def guarded_client(*, timeout: float, allow_networks=()) -> httpx.Client:
+def guarded_client(*, timeout: float, allow_networks: Iterable[str] = ()) -> httpx.Client:
     """An httpx client whose every connection is checked by `_CheckedBackend`. It does not
     follow redirects (callers check each hop's URL) and ignores proxy environment variables."""
     return httpx.Client(
@@ -77,27 +90,146 @@ def guarded_client(*, timeout: float, allow_networks=()) -> httpx.Client:
     )
 
 
-class _GuardedTransport(httpx.HTTPTransport):
-    def __init__(self, allow_networks) -> None:
-        super().__init__(trust_env=False)
-        self._pool = httpcore.ConnectionPool(
+class _GuardedTransport(httpx.BaseTransport):
+    """httpx's transport API over a public httpcore pool whose connections `_CheckedBackend`
+    makes: httpx.HTTPTransport takes no network backend (encode/httpx#3749, open)."""
+
+    def __init__(self, allow_networks: Iterable[str]) -> None:
+        self.pool = httpcore.ConnectionPool(
             ssl_context=httpx.create_ssl_context(trust_env=False),
             network_backend=_CheckedBackend(allow_networks),
         )
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        with _errors_as(httpx, httpcore):
+            answer = self.pool.handle_request(_core_request(httpcore, request))
+        stream = _ResponseStream(answer.stream)
+        return httpx.Response(
+            answer.status, headers=answer.headers, stream=stream, extensions=answer.extensions
+        )
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+class _ResponseStream(httpx.SyncByteStream):
+    def __init__(self, stream: Any) -> None:  # httpcore's Iterable[bytes] with close()
+        self.stream = stream
+
+    def __iter__(self) -> Iterator[bytes]:
+        with _errors_as(httpx, httpcore):
+            yield from self.stream
+
+    def close(self) -> None:
+        self.stream.close()
 
 
 class _CheckedBackend(httpcore.SyncBackend):
     """Resolve once, check every address, connect to a checked address."""
 
-    def __init__(self, allow_networks) -> None:
+    def __init__(self, allow_networks: Iterable[str]) -> None:
         self.allow = networks(allow_networks)
 
-    def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
         address = checked_address(host, _resolve(host, port), self.allow)
         return super().connect_tcp(address, port, timeout, local_address, socket_options)
 
 
-def checked_address(host: str, addresses: list[str], allow=()) -> str:
+def guarded_async_transport(allow_networks: Iterable[str] = ()) -> httpx2.AsyncBaseTransport:
+    """The same guard for httpx2's AsyncClient (which the MCP SDK takes): every connection
+    resolved once, each address checked, connected to a checked address."""
+    import httpcore2
+    import httpx2
+
+    allow = networks(allow_networks)
+
+    class CheckedBackend(httpcore2.AnyIOBackend):
+        async def connect_tcp(
+            self,
+            host: str,
+            port: int,
+            timeout: float | None = None,
+            local_address: str | None = None,
+            socket_options: Iterable[httpcore2.SOCKET_OPTION] | None = None,
+        ) -> httpcore2.AsyncNetworkStream:
+            loop = asyncio.get_running_loop()
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            address = checked_address(host, [str(info[4][0]) for info in infos], allow)
+            return await super().connect_tcp(
+                address, port, timeout, local_address, socket_options=socket_options
+            )
+
+    class ResponseStream(httpx2.AsyncByteStream):
+        def __init__(self, stream: Any) -> None:  # httpcore2's AsyncIterable[bytes] with aclose
+            self.stream = stream
+
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            with _errors_as(httpx2, httpcore2):
+                async for part in self.stream:
+                    yield part
+
+        async def aclose(self) -> None:
+            await self.stream.aclose()
+
+    class GuardedTransport(httpx2.AsyncBaseTransport):
+        def __init__(self) -> None:
+            self.pool = httpcore2.AsyncConnectionPool(
+                ssl_context=httpx2.create_ssl_context(trust_env=False),
+                network_backend=CheckedBackend(),
+            )
+
+        async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+            with _errors_as(httpx2, httpcore2):
+                answer = await self.pool.handle_async_request(_core_request(httpcore2, request))
+            stream = ResponseStream(answer.stream)
+            return httpx2.Response(
+                answer.status, headers=answer.headers, stream=stream, extensions=answer.extensions
+            )
+
+        async def aclose(self) -> None:
+            await self.pool.aclose()
+
+    return GuardedTransport()
+
+
+def _core_request(core: ModuleType, request: httpx.Request | httpx2.Request) -> Any:
+    """An httpx(2) request as its httpcore(2) pool takes it (a `core.Request`)."""
+    url = core.URL(
+        scheme=request.url.raw_scheme,
+        host=request.url.raw_host,
+        port=request.url.port,
+        target=request.url.raw_path,
+    )
+    return core.Request(
+        method=request.method,
+        url=url,
+        headers=request.headers.raw,
+        content=request.stream,
+        extensions=request.extensions,
+    )
+
+
+@contextlib.contextmanager
+def _errors_as(client: ModuleType, core: ModuleType) -> Iterator[None]:
+    """An httpcore(2) error raised as the httpx(2) error of the same name (as httpx's own
+    transport does): callers catch httpx.ConnectError, httpx.TimeoutException..."""
+    try:
+        yield
+    except Exception as exc:
+        for kind in type(exc).__mro__:
+            if kind.__module__.split(".")[0] == core.__name__ and hasattr(client, kind.__name__):
+                raise getattr(client, kind.__name__)(str(exc)) from exc
+        raise
+
+
+def checked_address(host: str, addresses: list[str], allow: Iterable[Network] = ()) -> str:
     """The address to connect to, once every address `host` resolved to has passed (a name
     with one private address among public ones is refused: which one a retry gets is the
     resolver's choice)."""
@@ -106,7 +238,7 @@ def checked_address(host: str, addresses: list[str], allow=()) -> str:
     return addresses[0]
 
 
-def networks(cidrs) -> list:
+def networks(cidrs: Iterable[str]) -> list[Network]:
     return [ipaddress.ip_network(cidr, strict=False) for cidr in cidrs]
 
 
@@ -129,7 +261,7 @@ NAT64 = ipaddress.ip_network("64:ff9b::/96")  # well-known prefix: the last 32 b
 NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
 
 
-def _check_address(address: str, host: str, allow=()) -> None:
+def _check_address(address: str, host: str, allow: Iterable[Network] = ()) -> None:
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if _public(ip) or any(ip in network for network in [*_allowed_networks(), *allow]):
         return
@@ -138,7 +270,7 @@ def _check_address(address: str, host: str, allow=()) -> None:
     )
 
 
-def _public(ip) -> bool:
+def _public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     """A global unicast address, and so is any IPv4 address it embeds (IPv4-mapped, 6to4,
     Teredo, NAT64). Explicit beyond `is_global`, which before Python 3.11.10 takes IPv6 to be
     global whenever it is not private."""
@@ -160,7 +292,7 @@ def _public(ip) -> bool:
     )
 
 
-def _allowed_networks():
+def _allowed_networks() -> list[Network]:
     return networks(getattr(settings, "WARDEN_OUTBOUND_ALLOW_NETWORKS", []))
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from tools.schemas import parameters_problem
 
@@ -23,7 +23,7 @@ class ToolContext:
     agent: Any = None
     run_id: int | None = None
     fence: int | None = None  # the run's lease token: the ledger's writes are fenced by it
-    settings: dict = field(default_factory=dict)  # the Tool row's config["settings"]
+    settings: dict[str, Any] = field(default_factory=dict)  # the Tool row's config["settings"]
     timeout: float = 30.0  # seconds: the function's own I/O should give up by then
 
 
@@ -31,7 +31,7 @@ class ToolContext:
 class PythonFunction:
     name: str
     description: str
-    parameters: dict  # JSON Schema (Draft 2020-12) of the arguments
+    parameters: dict[str, Any]  # JSON Schema (Draft 2020-12) of the arguments
     risk: str
     function: Callable[..., Any]
     external: bool = False  # its effect leaves the database (see tools.services._external)
@@ -43,7 +43,9 @@ class PythonFunction:
         wants = "context" in inspect.signature(self.function).parameters
         object.__setattr__(self, "takes_context", wants)
 
-    def __call__(self, arguments: dict, *, idempotency_key: str, context: ToolContext) -> Any:
+    def __call__(
+        self, arguments: dict[str, Any], *, idempotency_key: str, context: ToolContext
+    ) -> Any:
         if self.takes_context:
             return self.function(arguments, idempotency_key=idempotency_key, context=context)
         return self.function(arguments, idempotency_key=idempotency_key)
@@ -51,16 +53,23 @@ class PythonFunction:
 
 PYTHON_FUNCTIONS: dict[str, PythonFunction] = {}
 
+F = TypeVar("F", bound=Callable[..., Any])
+
 
 def python_tool(
-    *, name: str, description: str, parameters: dict, risk: str = "read", external=False
-):
+    *,
+    name: str,
+    description: str,
+    parameters: dict[str, Any],
+    risk: str = "read",
+    external: bool = False,
+) -> Callable[[F], F]:
     """Register `function(arguments: dict, *, idempotency_key: str) -> JSON` as a tool; a
     function that also takes `context` receives a ToolContext. `risk` is a RiskTier value;
     `external` marks a function whose effect happens outside the database (it then cannot
     commit together with its ledger row)."""
 
-    def register(function: Callable[..., Any]) -> Callable[..., Any]:
+    def register(function: F) -> F:
         if name in PYTHON_FUNCTIONS:
             raise ValueError(f"a Python tool named {name!r} is already registered")
         PYTHON_FUNCTIONS[name] = PythonFunction(
@@ -71,7 +80,7 @@ def python_tool(
     return register
 
 
-def python_tools_sync(**_signal) -> None:
+def python_tools_sync(**_signal: object) -> None:
     """Give every registered function a `Tool` row (new ones disabled), and refresh the
     contract of existing ones from the code. Connected to post_migrate."""
     from tools.models import Tool, ToolKind

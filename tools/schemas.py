@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 import jsonschema
@@ -37,11 +38,11 @@ def instance_problem(validator: Any, instance: Any, *, what: str = "arguments") 
     return f"invalid {what} at {_path(error.absolute_path)}: {error.message}"
 
 
-def _path(path) -> str:
+def _path(path: Iterable[str | int]) -> str:
     return "/" + "/".join(str(p) for p in path) if path else "the top level"
 
 
-def unstorable_at(value, where: str = "") -> tuple[str, str] | None:
+def unstorable_at(value: Any, where: str = "") -> tuple[str, str] | None:
     """The first place in parsed JSON `value` holding text PostgreSQL cannot keep, as
     (path such as `messages[0].content`, what is wrong with it), or None. Keys count as well
     as values. Iterative: the parser's own depth limit is the only one."""
@@ -74,7 +75,7 @@ def text_problem(text: str) -> str | None:
     return None
 
 
-def _printable(key) -> str:
+def _printable(key: object) -> str:
     """A key as it can appear in an error message (which must itself be encodable)."""
     key = str(key)
     if text_problem(key):

@@ -12,8 +12,6 @@ no message, log line or audit event carries a value, a token or a key.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -28,22 +26,6 @@ from tools.models import Secret, SecretKind
 
 class SecretError(Exception):
     """A stored secret cannot be read or written; the message never holds its value."""
-
-
-@dataclass(frozen=True)
-class EncryptedElsewhere:
-    """Values another app keeps encrypted with these keys (a webhook's signing secret, say):
-    `manage.py secrets_rotate` re-encrypts them too, so one command rotates the key. The app
-    registers it in `ENCRYPTED_ELSEWHERE` from its AppConfig.ready (tools imports no app above
-    it)."""
-
-    noun: str  # "webhook secret(s)"
-    ids: Callable[[], Iterable[Any]]
-    reencrypt: Callable[[Any], bool]  # under the newest key; False if it already was
-    missing: type[Exception]  # raised by `reencrypt` for a row deleted meanwhile
-
-
-ENCRYPTED_ELSEWHERE: list[EncryptedElsewhere] = []
 
 
 def _keys() -> list[str]:

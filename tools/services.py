@@ -10,7 +10,6 @@ audit: an agent run in its checkpoint, the admin's test call in `tool_test_call`
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import itertools
 import json
 import logging
@@ -25,7 +24,6 @@ import jsonschema
 import psycopg
 import referencing.exceptions
 from django.conf import settings
-from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.db import (
     DatabaseError,
@@ -38,8 +36,11 @@ from django.db import (
 
 from audit.pii import hash_key, pseudonymise_value
 from audit.services import audit_record
+from governance import ratelimits
+from tools import ledger
 from tools.db import raw_cursor
 from tools.executors import Call, ToolError, executor
+from tools.ledger import LIVE_FIELDS, LedgerShare
 from tools.models import InvocationStatus, Tool, ToolInvocation, ToolKind
 from tools.registry import PYTHON_FUNCTIONS, ToolContext
 from tools.schemas import Validator, instance_problem
@@ -55,9 +56,6 @@ class Outcome:
     latency_ms: float | None  # None when nothing ran
     tool_version: str
     reused: bool = False  # the ledger already had this call's result: nothing ran
-    # The ledger row still to write, when the caller asked to write it itself (a run's
-    # checkpoint writes a read-only call's row in its own statement).
-    record: dict | None = None
 
     @property
     def status(self) -> str:
@@ -72,20 +70,12 @@ def argument_problem(tool: Tool, arguments: Any) -> str | None:
         return f"the tool's parameters schema cannot be used ({type(error).__name__})"
 
 
-def tool_argument_problem(tool_id: int, arguments: Any) -> str | None:
-    """argument_problem for a tool named by id (governance.hooks.argument_problem)."""
+def tool_argument_problem(tool_id: int, arguments: Any, **_signal: Any) -> str | None:
+    """argument_problem for a tool named by id (governance.signals.arguments_edited)."""
     tool = Tool.objects.filter(pk=tool_id).only("parameters").first()
     if tool is None:
         return "the tool no longer exists"
     return argument_problem(tool, arguments)
-
-
-# What tool_invoke reads again before each call: an admin's change (disabling the tool, a new
-# configuration) applies to the next call, also in runs that started before it.
-LIVE_FIELDS = [
-    *("enabled", "config", "parameters", "version"),
-    *("timeout", "result_limit", "rate_limit"),
-]
 
 
 def tool_invoke(
@@ -94,15 +84,16 @@ def tool_invoke(
     arguments: Any,
     key: str,
     context: ToolContext,
-    defer_read_record=False,
-    live: dict | None = None,
+    share: LedgerShare | None = None,
 ) -> Outcome:
-    """Call `tool` once per `key` (see ToolInvocation for the guarantee). With
-    `defer_read_record`, a Python tool that only reads is not recorded here: its ledger row
-    comes back as `Outcome.record`, for the caller to write in its own next statement. `live`
-    gives a Python tool's LIVE_FIELDS as the caller just read them (a run's checkpoint does);
-    its ledger row's INSERT ... ON CONFLICT then stands in for the lookup of the key."""
-    if live is not None and tool.kind == ToolKind.PYTHON:
+    """Call `tool` once per `key` (see ToolInvocation for the guarantee). With `share`, the
+    ledger's part of the caller's statements (a run's checkpoint: tools.ledger.LedgerShare),
+    a Python tool whose settings the caller's last statement read back is not read again (its
+    ledger row's INSERT ... ON CONFLICT then stands in for the lookup of the key), and a Python
+    tool that only reads is not recorded here: its row is left with `share`, for the caller's
+    next statement to write."""
+    live = share.live(tool) if share is not None else None
+    if live is not None:
         for field in LIVE_FIELDS:
             setattr(tool, field, live[field])
         done = None
@@ -129,10 +120,10 @@ def tool_invoke(
         )
         return _record(key, row, actor, _failure(tool, limited))
     call = Call(tool, arguments, key, context)
-    if tool.kind == ToolKind.PYTHON and not tool.has_side_effects and defer_read_record:
+    if tool.kind == ToolKind.PYTHON and not tool.has_side_effects and share is not None:
         outcome = _run(call)
-        record = _ledger_row(key, row, actor, outcome, context.fence)
-        return dataclasses.replace(outcome, record=record)
+        share.add(_ledger_row(key, row, actor, outcome, context.fence))
+        return outcome
     if tool.kind == ToolKind.PYTHON and not _external(tool):
         return _invoke_in_transaction(call, row, actor)
     if (claimed := _claim(key, row, actor, context.fence)) is not None:
@@ -140,7 +131,7 @@ def tool_invoke(
     return _record(key, row, actor, _run(call))
 
 
-def tool_test_call(*, tool: Tool, arguments: Any, actor) -> Outcome:
+def tool_test_call(*, tool: Tool, arguments: Any, actor: Any) -> Outcome:
     """An admin's test call (audited); it runs the tool for real, as `actor`."""
     key = f"test:{uuid.uuid4()}"
     outcome = tool_invoke(tool=tool, arguments=arguments, key=key, context=ToolContext(actor=actor))
@@ -160,7 +151,7 @@ def tool_test_call(*, tool: Tool, arguments: Any, actor) -> Outcome:
     return outcome
 
 
-def tool_set_enabled(*, tool: Tool, enabled: bool, actor) -> Tool:
+def tool_set_enabled(*, tool: Tool, enabled: bool, actor: Any) -> Tool:
     """Enable or disable a tool (a disabled one is neither offered nor callable, from the
     next call on, in running runs too). Audited."""
     with transaction.atomic():
@@ -190,7 +181,7 @@ def tool_fixed_fields(tool: Tool) -> tuple[str, ...]:
     return ()
 
 
-def tool_create(*, actor, fields: dict) -> Tool:
+def tool_create(*, actor: Any, fields: dict[str, Any]) -> Tool:
     """A new tool from `fields` (TOOL_FIELDS), validated as the admin validates it (the
     model's validators: a valid JSON Schema, the kind's configuration). Audited; raises
     django's ValidationError."""
@@ -214,7 +205,7 @@ def tool_create(*, actor, fields: dict) -> Tool:
     return tool
 
 
-def tool_update(*, tool: Tool, actor, fields: dict) -> Tool:
+def tool_update(*, tool: Tool, actor: Any, fields: dict[str, Any]) -> Tool:
     """Change `fields` of `tool` (validated as on create; a fixed field refused). Audited with
     the names of the fields that changed; nothing changed, nothing recorded."""
     fixed = set(fields) & set(tool_fixed_fields(tool))
@@ -255,59 +246,14 @@ def _refresh(tool: Tool, key: str) -> int | None:
     """Re-read the tool's live fields and look the key up in the ledger, in one prepared
     statement (it runs for every call); the id of the key's finished ledger row, if any."""
     with raw_cursor() as cursor:
-        cursor.execute(_LIVE, [key, tool.pk])
+        cursor.execute(ledger.LIVE, [key, tool.pk])
         *live, done = cast(tuple[Any, ...], cursor.fetchone())  # one row: the tool's
     for field, value in zip(LIVE_FIELDS, live, strict=True):
         setattr(tool, field, json.loads(value) if field in ("config", "parameters") else value)
-    return done
-
-
-_FINISHED = "SELECT id FROM tools_toolinvocation WHERE key = %s AND status <> 'started'"
-_LIVE = f"""
-SELECT {", ".join(LIVE_FIELDS)}, ({_FINISHED}) FROM tools_tool WHERE id = %s
-"""  # noqa: S608 - column names are constants
+    return cast("int | None", done)  # the finished row's id, or NULL
 
 
 STARTED = InvocationStatus.STARTED
-
-# The ledger row of a Python call, in the call's transaction: one statement, and no row when
-# another worker recorded the key first (then this attempt rolls back: the unique key fences
-# the effect, which commits with the row or not at all).
-_RECORD = """
-INSERT INTO tools_toolinvocation (key, tool, tool_version, actor_id, arguments, status, result,
-    error, latency_ms, fence, attempts, created_at, finished_at)
-VALUES (%(key)s, %(tool)s, %(tool_version)s, %(actor_id)s, %(arguments)s::jsonb, %(status)s,
-    %(result)s::jsonb, %(error)s, %(latency_ms)s, %(fence)s, 1, now(), now())
-ON CONFLICT (key) DO NOTHING RETURNING id
-"""
-
-# An HTTP, MCP or external call's row, committed as `started` before the call: a new row, or a
-# `started` one left by an attempt that died (the same worker's, or one whose lease expired),
-# counted again. A row claimed under a newer lease, or finished, is not touched.
-_CLAIM = """
-INSERT INTO tools_toolinvocation AS l (key, tool, tool_version, actor_id, arguments, status,
-    error, fence, attempts, created_at)
-VALUES (%(key)s, %(tool)s, %(tool_version)s, %(actor_id)s, %(arguments)s::jsonb, 'started', '',
-    %(fence)s, 1, now())
-ON CONFLICT (key) DO UPDATE SET fence = EXCLUDED.fence, attempts = l.attempts + 1
-WHERE l.status = 'started' AND (l.fence IS NULL OR l.fence <= EXCLUDED.fence)
-RETURNING id
-"""
-
-# The call's outcome: completes the row this worker claimed (or writes it, for a call that never
-# claimed one: refused by the rate limit, or a Python call rolled back). Nothing when the row
-# finished already or was claimed since under a newer lease: a stale worker changes nothing.
-_FINISH = """
-INSERT INTO tools_toolinvocation AS l (key, tool, tool_version, actor_id, arguments, status,
-    result, error, latency_ms, fence, attempts, created_at, finished_at)
-VALUES (%(key)s, %(tool)s, %(tool_version)s, %(actor_id)s, %(arguments)s::jsonb, %(status)s,
-    %(result)s::jsonb, %(error)s, %(latency_ms)s, %(fence)s, %(attempts)s, now(), now())
-ON CONFLICT (key) DO UPDATE SET status = EXCLUDED.status, result = EXCLUDED.result,
-    error = EXCLUDED.error, latency_ms = EXCLUDED.latency_ms, finished_at = EXCLUDED.finished_at,
-    tool_version = EXCLUDED.tool_version
-WHERE l.status = 'started' AND (l.fence IS NULL OR l.fence <= EXCLUDED.fence)
-RETURNING id
-"""
 
 
 class Fenced(Exception):
@@ -315,7 +261,9 @@ class Fenced(Exception):
     (the orchestrator stops the run's step as LeaseLost)."""
 
 
-def _ledger_row(key: str, row: dict, actor, outcome: Outcome, fence: int | None) -> dict:
+def _ledger_row(
+    key: str, row: dict[str, Any], actor: Any, outcome: Outcome, fence: int | None
+) -> dict[str, Any]:
     return {
         "key": key,
         "tool": row["tool"],
@@ -332,13 +280,13 @@ def _ledger_row(key: str, row: dict, actor, outcome: Outcome, fence: int | None)
     }
 
 
-def _claim(key: str, row: dict, actor, fence: int | None) -> Outcome | None:
+def _claim(key: str, row: dict[str, Any], actor: Any, fence: int | None) -> Outcome | None:
     """Record the call as started under `fence` before making it; the finished row's outcome
     if another worker completed the call meanwhile. Raises Fenced when a newer lease holds it."""
     params = {**row, "key": key, "actor_id": getattr(actor, "pk", None)}
     params["arguments"] = json.dumps(row["arguments"])
     with raw_cursor() as cursor:
-        claimed = cursor.execute(_CLAIM, params).fetchone()
+        claimed = cursor.execute(ledger.CLAIM, params).fetchone()
     if claimed is not None:
         return None
     done = ToolInvocation.objects.filter(key=key).exclude(status=STARTED).first()
@@ -348,7 +296,7 @@ def _claim(key: str, row: dict, actor, fence: int | None) -> Outcome | None:
     raise Fenced(key)
 
 
-def _invoke_in_transaction(call: Call, row: dict, actor) -> Outcome:
+def _invoke_in_transaction(call: Call, row: dict[str, Any], actor: Any) -> Outcome:
     """A Python tool's effect and its ledger row commit together: a worker dying mid-call
     leaves neither, and a retry runs it again. A tool that only reads has no effect to commit
     with: it runs, and its row follows, without a transaction of their own (two round trips
@@ -359,11 +307,7 @@ def _invoke_in_transaction(call: Call, row: dict, actor) -> Outcome:
         with together, raw_cursor() as cursor:
             outcome = _success(call.tool, executor("python").execute(call), began)
             record = _ledger_row(call.idempotency_key, row, actor, outcome, row["fence"])
-            cursor.execute(
-                _RECORD,
-                {**record, "arguments": json.dumps(record["arguments"])}
-                | {"result": json.dumps(record["result"])},
-            )
+            cursor.execute(ledger.RECORD, {"rows": json.dumps([record])})
             if cursor.fetchone() is None:
                 raise _Recorded
     except _Recorded:  # another worker recorded this call first: its result stands
@@ -438,7 +382,7 @@ def _failure(tool: Tool, error: ToolError, began: float | None = None) -> Outcom
     )
 
 
-def _record(key: str, row: dict, actor, outcome: Outcome) -> Outcome:
+def _record(key: str, row: dict[str, Any], actor: Any, outcome: Outcome) -> Outcome:
     """Write the call's outcome to its ledger row, first of all: the effect may have happened,
     so a database that went away for a moment is retried, on a new connection, a bounded
     number of times (outside a transaction; inside one, reconnecting is not possible)."""
@@ -451,7 +395,7 @@ def _record(key: str, row: dict, actor, outcome: Outcome) -> Outcome:
     for attempt in itertools.count(1):
         try:
             with raw_cursor() as cursor:
-                written = cursor.execute(_FINISH, params).fetchone()
+                written = cursor.execute(ledger.FINISH, params).fetchone()
             break
         except (DatabaseError, psycopg.OperationalError, psycopg.InterfaceError) as exc:
             if not _reconnectable(exc) or attempt >= settings.WARDEN_RUN_RETRY_ATTEMPTS:
@@ -472,7 +416,7 @@ def _reconnectable(exc: Exception) -> bool:
 
 
 def _backoff(attempt: int) -> float:
-    delay = min(
+    delay: float = min(
         settings.WARDEN_RUN_RETRY_BACKOFF_MAX_SECONDS,
         settings.WARDEN_RUN_RETRY_BACKOFF_SECONDS * 2 ** (attempt - 1),
     )
@@ -490,13 +434,11 @@ def _from_ledger(done: ToolInvocation) -> Outcome:
     )
 
 
-def _over_rate_limit(tool: Tool, actor) -> bool:
-    """Fixed one-minute windows per tool and user, counted in the cache (Redis)."""
+def _over_rate_limit(tool: Tool, actor: Any) -> bool:
+    """Fixed one-minute windows per tool and user, counted in Redis."""
     if not tool.rate_limit or actor is None:
         return False
-    window = f"tool-rate:{tool.pk}:{actor.pk}:{int(time.time() // 60)}"
-    cache.add(window, 0, timeout=90)
-    return cache.incr(window) > tool.rate_limit
+    return not ratelimits.hit(f"{tool.rate_limit}/minute", "tool-rate", tool.pk, actor.pk)
 
 
 def truncated(result: Any, limit: int) -> Any:

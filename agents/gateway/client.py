@@ -71,7 +71,21 @@ def router_for(route, allowed_regions: tuple[str, ...]) -> CompiledRoute:
     """The route compiled for the agent's allowed regions. Cached per process; saving a route
     or any of its deployments moves the route's updated_at, which rebuilds it (so a cached
     call reads no deployment row)."""
-    version = (
+    version = _route_version(route)
+    key = (route.pk, allowed_regions)
+    with _routers_lock:
+        cached = _routers.get(key)
+        if cached and cached[0] == version:
+            return cached[1]
+        deployments = _deployments_in(route=route, allowed_regions=allowed_regions)
+        compiled = _compile(route=route, deployments=deployments)
+        _routers[key] = (version, compiled)
+        return compiled
+
+
+def _route_version(route) -> tuple:
+    """What a compiled route was built from, besides its deployments (they move updated_at)."""
+    return (
         route.updated_at,
         route.num_retries,
         route.timeout_seconds,
@@ -79,73 +93,83 @@ def router_for(route, allowed_regions: tuple[str, ...]) -> CompiledRoute:
         route.allowed_fails,
         route.fallbacks_enabled,
     )
-    key = (route.pk, allowed_regions)
-    with _routers_lock:
-        cached = _routers.get(key)
-        if cached and cached[0] == version:
-            return cached[1]
-        deployments = [
-            d
-            for d in route.deployments.order_by("position")
-            if not allowed_regions or d.region in allowed_regions
-        ]
-        if not route.fallbacks_enabled:
-            deployments = deployments[:1]
-        if not deployments:
-            raise ModelUnavailable(
-                f"no deployment of route {route.name} is in an allowed region "
-                f"({', '.join(allowed_regions)})"
-            )
-        model_list = []
-        for order, deployment in enumerate(deployments, start=1):
-            params = {"model": deployment.model, "order": order, "max_retries": 0}
-            if not deployment.model.startswith("warden-local/"):
-                params["api_key"] = _api_key(deployment)
-            if deployment.api_base:
-                params["api_base"] = deployment.api_base
-            info = {"id": deployment_id(deployment)}
-            if deployment.input_cost_per_token is not None:
-                info["input_cost_per_token"] = float(deployment.input_cost_per_token)
-            if deployment.output_cost_per_token is not None:
-                info["output_cost_per_token"] = float(deployment.output_cost_per_token)
-            model_list.append(
-                {"model_name": route.name, "litellm_params": params, "model_info": info}
-            )
-        ids = [deployment_id(d) for d in deployments]
-        local = {deployment_id(d) for d in deployments if d.model.startswith("warden-local/")}
-        prices = {
-            deployment_id(d): (d.input_cost_per_token or Decimal(0), d.output_cost_per_token or 0)
-            for d in deployments
-            if d.input_cost_per_token is not None or d.output_cost_per_token is not None
-        }
-        if len(model_list) == 1:
-            only = model_list[0]
-            direct = {k: v for k, v in only["litellm_params"].items() if k != "order"}
-            prices = {k: v for k, v in only["model_info"].items() if k.endswith("_per_token")}
-            if prices:  # litellm applies a price given with both halves
-                direct["input_cost_per_token"] = prices.get("input_cost_per_token", 0.0)
-                direct["output_cost_per_token"] = prices.get("output_cost_per_token", 0.0)
-            # The provider client retries (with backoff, honouring Retry-After); litellm's
-            # own num_retries would retry again around it.
-            direct.update(
-                max_retries=route.num_retries,
-                timeout=route.timeout_seconds,
-                _skip_mcp_handler=True,
-            )
-            compiled = CompiledRoute(ids, local, prices, None, direct)
-        else:
-            router = litellm.Router(
-                model_list=model_list,
-                num_retries=route.num_retries,
-                timeout=route.timeout_seconds,
-                allowed_fails=route.allowed_fails,
-                cooldown_time=route.cooldown_seconds,
-                # Without this, any call with tools needs the optional `mcp` package.
-                default_litellm_params={"_skip_mcp_handler": True},
-            )
-            compiled = CompiledRoute(ids, local, prices, router, None)
-        _routers[key] = (version, compiled)
-        return compiled
+
+
+def _deployments_in(*, route, allowed_regions: tuple[str, ...]) -> list:
+    """The route's deployments in the allowed regions, in preference order (only the first
+    without fallbacks); none is an error."""
+    deployments = [
+        d
+        for d in route.deployments.order_by("position")
+        if not allowed_regions or d.region in allowed_regions
+    ]
+    if not route.fallbacks_enabled:
+        deployments = deployments[:1]
+    if not deployments:
+        raise ModelUnavailable(
+            f"no deployment of route {route.name} is in an allowed region "
+            f"({', '.join(allowed_regions)})"
+        )
+    return deployments
+
+
+def _model_entry(*, route, order: int, deployment) -> dict:
+    """One deployment as an entry of litellm's model list."""
+    params = {"model": deployment.model, "order": order, "max_retries": 0}
+    if not deployment.model.startswith("warden-local/"):
+        params["api_key"] = _api_key(deployment)
+    if deployment.api_base:
+        params["api_base"] = deployment.api_base
+    info: dict[str, str | float] = {"id": deployment_id(deployment)}
+    if deployment.input_cost_per_token is not None:
+        info["input_cost_per_token"] = float(deployment.input_cost_per_token)
+    if deployment.output_cost_per_token is not None:
+        info["output_cost_per_token"] = float(deployment.output_cost_per_token)
+    return {"model_name": route.name, "litellm_params": params, "model_info": info}
+
+
+def _compile(*, route, deployments: list) -> CompiledRoute:
+    """A Router over several deployments; a lone deployment's parameters to call it directly."""
+    model_list = [
+        _model_entry(route=route, order=order, deployment=deployment)
+        for order, deployment in enumerate(deployments, start=1)
+    ]
+    ids = [deployment_id(d) for d in deployments]
+    local = {deployment_id(d) for d in deployments if d.model.startswith("warden-local/")}
+    prices = {
+        deployment_id(d): (
+            d.input_cost_per_token or Decimal(0),
+            d.output_cost_per_token or Decimal(0),
+        )
+        for d in deployments
+        if d.input_cost_per_token is not None or d.output_cost_per_token is not None
+    }
+    if len(model_list) == 1:
+        only = model_list[0]
+        direct = {k: v for k, v in only["litellm_params"].items() if k != "order"}
+        priced = {k: v for k, v in only["model_info"].items() if k.endswith("_per_token")}
+        if priced:  # litellm applies a price given with both halves
+            direct["input_cost_per_token"] = priced.get("input_cost_per_token", 0.0)
+            direct["output_cost_per_token"] = priced.get("output_cost_per_token", 0.0)
+        # The provider client retries (with backoff, honouring Retry-After); litellm's
+        # own num_retries would retry again around it.
+        direct.update(
+            max_retries=route.num_retries,
+            timeout=route.timeout_seconds,
+            _skip_mcp_handler=True,  # private, no public switch: see the Router's below
+        )
+        return CompiledRoute(ids, local, prices, None, direct)
+    router = litellm.Router(
+        model_list=model_list,
+        num_retries=route.num_retries,
+        timeout=route.timeout_seconds,
+        allowed_fails=route.allowed_fails,
+        cooldown_time=route.cooldown_seconds,
+        # Private, no public switch: else a call with tools imports litellm's MCP
+        # gateway (BerriAI/litellm#17747, ~4 s) for `type: mcp` tools Warden never sends.
+        default_litellm_params={"_skip_mcp_handler": True},
+    )
+    return CompiledRoute(ids, local, prices, router, None)
 
 
 def complete(
@@ -161,24 +185,59 @@ def complete(
     ids = compiled.ids
     cache_key = None
     if route.cache_seconds:
-        cache_key = (
-            CACHE_PREFIX
-            + hashlib.sha256(
-                json.dumps(
-                    [route.name, ids, messages, tools, cache_scope], sort_keys=True, default=str
-                ).encode()
-            ).hexdigest()
+        cache_key = _cache_key(
+            route=route, ids=ids, messages=messages, tools=tools, cache_scope=cache_scope
         )
-        hit = cache.get(cache_key)
-        if hit is not None:
-            reply = _from_cache(hit)
-            _count("hits")
-            _count("tokens_saved", hit["prompt_tokens"] + hit["completion_tokens"])
-            if on_token and reply.content:
-                on_token(reply.content)
-            return reply
-        _count("misses")
+        cached = _cached_reply(cache_key=cache_key, on_token=on_token)
+        if cached is not None:
+            return cached
+    reply = _ask(route=route, compiled=compiled, messages=messages, tools=tools, on_token=on_token)
+    reply.fallbacks = ids[: ids.index(reply.deployment)] if reply.deployment in ids else []
+    if cache_key is not None:
+        cache.set(cache_key, _to_cache(reply), route.cache_seconds)
+    return reply
 
+
+def _cache_key(
+    *, route, ids: list[str], messages: list[dict], tools: list[dict], cache_scope: str
+) -> str:
+    """What the cache files an answer under: the route, its deployments, the conversation, the
+    tools and the caller's scope."""
+    return (
+        CACHE_PREFIX
+        + hashlib.sha256(
+            json.dumps(
+                [route.name, ids, messages, tools, cache_scope], sort_keys=True, default=str
+            ).encode()
+        ).hexdigest()
+    )
+
+
+def _cached_reply(*, cache_key: str, on_token: Callable[[str], None] | None) -> ModelReply | None:
+    """The cached answer, counted as a hit and handed to `on_token` whole; None, counted as a
+    miss, when there is none."""
+    hit = cache.get(cache_key)
+    if hit is None:
+        _count("misses")
+        return None
+    reply = _from_cache(hit)
+    _count("hits")
+    _count("tokens_saved", hit["prompt_tokens"] + hit["completion_tokens"])
+    if on_token and reply.content:
+        on_token(reply.content)
+    return reply
+
+
+def _ask(
+    *,
+    route,
+    compiled: CompiledRoute,
+    messages: list[dict],
+    tools: list[dict],
+    on_token: Callable[[str], None] | None,
+) -> ModelReply:
+    """One call through the Router or directly, streamed when there is `on_token`; any failure
+    of the provider's is ModelUnavailable."""
     kwargs: dict = {"messages": messages}
     if tools:
         kwargs["tools"] = tools
@@ -186,11 +245,11 @@ def complete(
         call, kwargs["model"] = compiled.router.completion, route.name
     else:
         call = litellm.completion
-        kwargs.update(compiled.direct)
+        kwargs.update(compiled.direct or {})
     try:
         if on_token is None:
             response = call(**kwargs)
-            reply = _reply(response, response._hidden_params, ids[0])
+            reply = _reply(response, response._hidden_params, compiled.ids[0])
             reply.cost = _cost(response, response._hidden_params)
         else:
             reply = _streamed(call, kwargs, on_token, compiled)
@@ -206,9 +265,6 @@ def complete(
         status = getattr(exc, "status_code", None)
         detail = f"{type(exc).__name__}" + (f" {status}" if status else "")
         raise ModelUnavailable(f"route {route.name}: no deployment answered ({detail})") from exc
-    reply.fallbacks = ids[: ids.index(reply.deployment)] if reply.deployment in ids else []
-    if cache_key is not None:
-        cache.set(cache_key, _to_cache(reply), route.cache_seconds)
     return reply
 
 
@@ -218,7 +274,8 @@ def embed(*, route, texts: list[str]) -> list[list[float]]:
         if compiled.router is not None:
             response = compiled.router.embedding(model=route.name, input=texts)
         else:
-            params = {k: v for k, v in compiled.direct.items() if not k.startswith("_")}
+            direct = compiled.direct or {}
+            params = {k: v for k, v in direct.items() if not k.startswith("_")}
             response = litellm.embedding(input=texts, **params)
     except Exception as exc:  # litellm's own errors
         status = getattr(exc, "status_code", None)
@@ -275,13 +332,14 @@ def estimate_cost(
     )
 
 
-def _stream_cost(compiled: CompiledRoute, deployment: str, prompt: int, completion: int):
+def _stream_cost(compiled: CompiledRoute, deployment: str, prompt: int, completion: int) -> Decimal:
     price = compiled.prices.get(deployment)
+    value: Decimal | float
     if price is not None:
         value = prompt * price[0] + completion * price[1]
     else:
         # The Router registers each deployment's model under its id; a direct call, its own.
-        model = deployment if compiled.router is not None else compiled.direct["model"]
+        model = deployment if compiled.router is not None else (compiled.direct or {})["model"]
         try:
             value = sum(
                 litellm.cost_per_token(

@@ -84,8 +84,9 @@ _DATA = re.compile(r"\u27e6data ([a-z]+)\u27e7(.*?)\u27e6/data \1\u27e7", re.DOT
 def register() -> None:
     """Make `warden-local/<anything>` a litellm model (called by the gateway at import)."""
     import litellm
+    from litellm.types.llms.custom_llm import CustomLLMItem
 
-    handler = {"provider": PROVIDER, "custom_handler": _handler()}
+    handler: CustomLLMItem = {"provider": PROVIDER, "custom_handler": _handler()}
     litellm.custom_provider_map = [
         *[p for p in (litellm.custom_provider_map or []) if p.get("provider") != PROVIDER],
         handler,
@@ -179,7 +180,7 @@ def route(request: str, tools: list[dict]) -> Decision | None:
     vectors = embed([request, *texts, *(s["name"].replace("_", " ") for s in specs)])
     req, described, named = vectors[0], vectors[1 : 1 + len(specs)], vectors[1 + len(specs) :]
     verbs = {_VERBS[w] for w in _WORD.findall(request.lower()) if w in _VERBS}
-    best: tuple[float, dict, dict] | None = None
+    best: tuple[float, dict, dict | None] | None = None
     for i, spec in enumerate(specs):
         score = 0.7 * float(req @ described[i]) + 0.3 * float(req @ named[i])
         tool_verb = _VERBS.get(_WORD.findall(spec["name"].lower())[0]) if spec["name"] else None
@@ -189,12 +190,12 @@ def route(request: str, tools: list[dict]) -> Decision | None:
         score -= 0.15 * len(missing)
         if best is None or score > best[0]:
             best = (score, spec, arguments if not missing else None)
-    score, spec, arguments = best
-    if score < ROUTE_THRESHOLD or arguments is None:
+    if best is None:  # there were specs: not reached
         return None
-    return Decision(
-        tool=spec["name"], arguments=json.dumps(arguments), confidence=_confidence(score)
-    )
+    score, spec, chosen = best
+    if score < ROUTE_THRESHOLD or chosen is None:
+        return None
+    return Decision(tool=spec["name"], arguments=json.dumps(chosen), confidence=_confidence(score))
 
 
 def fill_arguments(request: str, schema: dict) -> tuple[dict, list[str]]:

@@ -82,7 +82,9 @@ class MultipleFileField(forms.FileField):
 
 
 class AddDocumentsForm(forms.Form):
-    files = MultipleFileField(
+    # The metaclass takes a declared field off the class (the form's `files` is the upload
+    # dict), which django-stubs cannot see.
+    files = MultipleFileField(  # type: ignore[assignment]
         required=False, help_text=".txt, .md, .html or .pdf; several at once."
     )
     urls = forms.CharField(

@@ -122,9 +122,13 @@ def _cut(text: str, limit: int, count: Counter) -> list[tuple[str, int]]:
     parts: list[tuple[str, int]] = []
     first = 0
     while first < len(words):
+
+        def candidate(end: int, first: int = first) -> str:
+            return text[words[first][0] : words[end - 1][1]]
+
         # Every word is at least a token, so a part holds at most `limit` words.
         fit = _longest_fit(
-            lambda end, first=first: text[words[first][0] : words[end - 1][1]],
+            candidate,
             shortest=first + 1,
             longest=min(len(words), first + limit),
             limit=limit,
@@ -142,8 +146,12 @@ def _cut(text: str, limit: int, count: Counter) -> list[tuple[str, int]]:
 def _cut_word(word: str, limit: int, count: Counter) -> list[tuple[str, int]]:
     parts = []
     while word:
+
+        def candidate(end: int, word: str = word) -> str:
+            return word[:end]
+
         fit = _longest_fit(
-            lambda end, word=word: word[:end],
+            candidate,
             shortest=1,
             longest=min(len(word), limit * _CHARACTERS_PER_TOKEN),
             limit=limit,

@@ -268,7 +268,7 @@ def _html(data: bytes, stem: str) -> Extracted:
     unwanted = [
         *soup.find_all(_DROPPED),
         *soup.find_all(hidden=True),
-        *soup.find_all(attrs={"aria-hidden": re.compile(r"\Atrue\Z", re.IGNORECASE)}),
+        *soup.find_all(None, {"aria-hidden": re.compile(r"\Atrue\Z", re.IGNORECASE)}),
     ]
     for tag in unwanted:
         if not tag.decomposed:  # already gone with an unwanted ancestor

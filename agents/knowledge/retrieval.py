@@ -16,7 +16,7 @@ import numpy as np
 import psycopg
 from django.db import transaction
 
-from agents.knowledge.embedders import embedder_for
+from agents.knowledge.embedders import Embedder, embedder_for
 from agents.knowledge.models import KnowledgeBase
 from agents.knowledge.selectors import readable_ids
 from tools.db import raw_cursor
@@ -50,7 +50,7 @@ def knowledge_search(
     allowed = readable_ids(actor, knowledge_bases)
     if not query or not allowed or k < 1:
         return []
-    by_embedder: dict[str, tuple[object, list[int]]] = {}
+    by_embedder: dict[str, tuple[Embedder, list[int]]] = {}
     for base in KnowledgeBase.objects.filter(pk__in=allowed).select_related("embedding_route"):
         embedder = embedder_for(base)
         by_embedder.setdefault(embedder.identity, (embedder, []))[1].append(base.pk)
@@ -86,7 +86,23 @@ def hybrid_search(*, knowledge_bases: list[int], embedding, text: str, k: int) -
             },
         )
         rows = cursor.fetchall()
-    return [Passage(*row[:8], similarity=None if row[8] is None else 1 - row[8]) for row in rows]
+    return [_passage(row) for row in rows]
+
+
+def _passage(row: tuple) -> Passage:
+    """A row of _HYBRID as a Passage: its distance, if any, as a similarity."""
+    chunk, document, title, knowledge_base, position, heading, text, score, distance = row
+    return Passage(
+        chunk,
+        document,
+        title,
+        knowledge_base,
+        position,
+        heading,
+        text,
+        score,
+        similarity=None if distance is None else 1 - distance,
+    )
 
 
 def _scan_settings(cursor) -> None:

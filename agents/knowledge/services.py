@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from pathlib import PurePosixPath
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from django.conf import settings
@@ -12,8 +14,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from agents.faults import failpoint, transient
-from agents.knowledge.chunking import chunk
-from agents.knowledge.embedders import EmbeddingError, embedder_for
+from agents.knowledge.chunking import Piece, chunk
+from agents.knowledge.embedders import Embedder, EmbeddingError, embedder_for
 from agents.knowledge.extract import SUPPORTED, ExtractError, extract
 from agents.knowledge.models import (
     Chunk,
@@ -138,11 +140,7 @@ def document_ingest(*, document_id: int) -> Document:
 
 def _ingest(document: Document) -> None:
     base = document.knowledge_base
-    if document.source == DocumentSource.URL:
-        fetched = fetch(document.url, max_bytes=max_bytes())
-        content, name = fetched.content, _url_name(fetched.url, fetched.content_type)
-    else:
-        content, name = bytes(document.content), document.filename
+    content, name = _read(document)
     digest = hashlib.sha256(content).hexdigest()
     twin = (
         Document.objects.filter(knowledge_base=base, content_hash=digest)
@@ -150,16 +148,7 @@ def _ingest(document: Document) -> None:
         .first()
     )
     if twin is not None:
-        with transaction.atomic():
-            Chunk.objects.filter(document=document).delete()
-            _update(
-                document,
-                status=DocumentStatus.DUPLICATE,
-                error=f"the same content as “{twin}” (document {twin.pk})",
-                content_hash=digest,
-                chunk_count=0,
-                token_count=0,
-            )
+        _mark_duplicate(document=document, twin=twin, digest=digest)
         return
     extracted = extract(name, content, max_bytes=max_bytes())
     embedder = embedder_for(base)
@@ -169,11 +158,70 @@ def _ingest(document: Document) -> None:
         overlap=base.chunk_overlap,
         count_tokens=embedder.count_tokens,
     )
-    vectors = []
+    vectors = _embed_in_batches(embedder=embedder, pieces=pieces)
+    failpoint("ingest_before_chunks")
+    _replace_chunks(
+        document=document,
+        content=content,
+        digest=digest,
+        title=extracted.title,
+        pieces=pieces,
+        vectors=vectors,
+        embedder=embedder,
+    )
+
+
+def _read(document: Document) -> tuple[bytes, str]:
+    """The document's bytes and the file name to extract them as: fetched for a URL."""
+    if document.source == DocumentSource.URL:
+        fetched = fetch(document.url, max_bytes=max_bytes())
+        return fetched.content, _url_name(fetched.url, fetched.content_type)
+    return bytes(document.content), document.filename
+
+
+def _mark_duplicate(*, document: Document, twin: Document, digest: str) -> None:
+    with transaction.atomic():
+        Chunk.objects.filter(document=document).delete()
+        _update(
+            document,
+            status=DocumentStatus.DUPLICATE,
+            error=f"the same content as “{twin}” (document {twin.pk})",
+            content_hash=digest,
+            chunk_count=0,
+            token_count=0,
+        )
+
+
+class _Passage(Protocol):
+    """What is embedded: a chunk being made (Piece) or one stored (Chunk)."""
+
+    @property
+    def heading(self) -> str: ...
+    @property
+    def text(self) -> str: ...
+
+
+def _embed_in_batches(*, embedder: Embedder, pieces: Sequence[_Passage]) -> list[list[float]]:
+    vectors: list[list[float]] = []
     for start in range(0, len(pieces), EMBED_BATCH):
         batch = pieces[start : start + EMBED_BATCH]
         vectors.extend(embedder.embed([embedding_text(p.heading, p.text) for p in batch]))
-    failpoint("ingest_before_chunks")
+    return vectors
+
+
+def _replace_chunks(
+    *,
+    document: Document,
+    content: bytes,
+    digest: str,
+    title: str,
+    pieces: list[Piece],
+    vectors: list[list[float]],
+    embedder: Embedder,
+) -> None:
+    """Swap the document's chunks for the new ones and mark it ready, audited, in one
+    transaction."""
+    base = document.knowledge_base
     with transaction.atomic():
         Document.objects.select_for_update().get(pk=document.pk)  # one ingestion at a time
         Chunk.objects.filter(document=document).delete()
@@ -196,7 +244,7 @@ def _ingest(document: Document) -> None:
             document,
             status=DocumentStatus.READY,
             error="",
-            title=(extracted.title or document.title)[:300],
+            title=(title or document.title)[:300],
             content=content if document.source == DocumentSource.URL else document.content,
             content_hash=digest,
             size=len(content),
@@ -258,10 +306,7 @@ def knowledge_base_reembed(*, knowledge_base_id: int) -> int:
     total = 0
     for document_id in Document.objects.filter(knowledge_base=base).values_list("pk", flat=True):
         chunks = list(Chunk.objects.filter(document_id=document_id).order_by("position"))
-        vectors = []
-        for start in range(0, len(chunks), EMBED_BATCH):
-            batch = chunks[start : start + EMBED_BATCH]
-            vectors.extend(embedder.embed([embedding_text(c.heading, c.text) for c in batch]))
+        vectors = _embed_in_batches(embedder=embedder, pieces=chunks)
         for item, vector in zip(chunks, vectors, strict=True):
             item.embedding = vector
         with transaction.atomic():

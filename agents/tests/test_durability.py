@@ -21,6 +21,7 @@ from agents.models import Agent, Conversation, Deployment, ModelRoute, Run, RunS
 from agents.services import run_acquire_lease, run_start, runs_release_worker, runs_to_resume
 from agents.tasks import run_execute_task
 from audit.models import AuditEvent
+from config.celery import app
 from tests.access import grant_agent
 from tests.model_server import Reply
 from tools.models import Tool, ToolInvocation
@@ -287,10 +288,17 @@ def test_a_killed_workers_run_resumes_on_another_within_seconds(
     doomed = start_worker(
         WARDEN_FAILPOINT="after_tool_effect", WARDEN_FAILPOINT_ONCE=str(tmp_path / "hit")
     )
-    start_worker()
+    spare = start_worker()
+    # The run must reach the doomed worker: which of two idle workers takes a message is a race
+    # (each polls the queue), so the spare takes none until the doomed one has died.
+    with app.connection_for_write() as own:
+        stopped = app.control.cancel_consumer(
+            "celery", destination=[spare.hostname], reply=True, timeout=10, connection=own
+        )
+    assert stopped, "the spare worker did not answer cancel_consumer"
     beat = subprocess.Popen(
         [
-            *(sys.executable, "-m", "celery", "-A", "portal", "beat"),
+            *(sys.executable, "-m", "celery", "-A", "config", "beat"),
             *("--loglevel", "WARNING", "--schedule", str(tmp_path / "beat-schedule")),
         ],
         env={
@@ -306,6 +314,11 @@ def test_a_killed_workers_run_resumes_on_another_within_seconds(
         until(lambda: doomed.poll() is not None, timeout=60)
         died = time.monotonic()
         assert doomed.returncode == -signal.SIGKILL
+        with app.connection_for_write() as own:
+            resumed_consuming = app.control.add_consumer(
+                "celery", destination=[spare.hostname], reply=True, timeout=10, connection=own
+            )
+        assert resumed_consuming, "the spare worker did not answer add_consumer"
         wait_for(run, lambda r: r.fencing_token >= 2, timeout=60)
         resumed = time.monotonic() - died
         run = final(run)

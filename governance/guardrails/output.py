@@ -54,7 +54,7 @@ class Finding:
     url: str
     reason: str  # personal data, a secret, a placeholder, a long value, an encoded value
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, str]:
         """Without the URL itself: it is the data (for the audit trail, the host is enough)."""
         return {"guardrail": "exfiltration", "host": self.host, "reason": self.reason}
 

@@ -60,7 +60,7 @@ class Portal:
 def portal(committing_db, start_worker, server, tmp_path, unused_tcp_port):
 
     from agents.models import Agent, Deployment, Document, DocumentStatus
-    from portal.services import demo_workspace_seed
+    from ops.demo import demo_workspace_seed
 
     logins = demo_workspace_seed(credentials_path=tmp_path / "logins.json")
     agent = Agent.objects.get(slug="help-desk")

@@ -651,6 +651,17 @@ class Warden:
             time.sleep(0.5)
         return False
 
+    def why_not_ready(self) -> str:
+        """Which launcher exited (with its code), or what /readyz answers now, and the logs'
+        last lines."""
+        exited = [
+            f"{launcher.log.name} exited with {launcher.process.returncode}"
+            for launcher in self.launchers
+            if launcher.process.poll() is not None
+        ]
+        status, body = self.readyz()
+        return "; ".join(exited or [f"/readyz answers {status} {body}"]) + "\n" + self.log_tail(8)
+
     def readyz(self) -> tuple[int, dict]:
         try:
             with urllib.request.urlopen(f"{self.base}/readyz", timeout=5) as response:

@@ -1,5 +1,5 @@
 """The world a chaos test needs inside a Warden under test, made by running this module as a
-process with that Warden's environment (DJANGO_SETTINGS_MODULE=portal.settings, its
+process with that Warden's environment (DJANGO_SETTINGS_MODULE=config.settings, its
 WARDEN_VAR_DIR): a model route on the harness's scripted model server, an HTTP tool on its
 counting endpoint, an agent using both that needs no reviewer, and an API token of `member`.
 
@@ -22,7 +22,7 @@ def build(*, model_base: str, effect_url: str) -> dict:
     from django.contrib.auth import get_user_model
 
     from agents.models import Agent, Deployment, ModelRoute
-    from portal.tokens import token_create
+    from integrations.tokens import token_create
     from tests.access import grant_agent
     from tools.models import Approval, RiskTier, Tool
 

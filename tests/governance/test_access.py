@@ -23,7 +23,7 @@ from governance.access import (
 )
 from governance.models import AccessDenial, Action
 from governance.services import access_deny, access_grant, access_undeny
-from tests.governance.conftest import PERSONAS
+from tests.personas import PERSONAS
 from tools.models import Tool
 
 pytestmark = pytest.mark.django_db

@@ -19,7 +19,7 @@ from governance import audience, roles
 from governance.access import codename, may
 from governance.models import AccessDenial, Action
 from governance.services import access_deny, access_grant
-from tests.governance.conftest import _user
+from tests.personas import _user
 
 pytestmark = pytest.mark.django_db
 

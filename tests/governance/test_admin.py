@@ -6,7 +6,7 @@ from auditlog.models import LogEntry
 from django.urls import reverse
 
 from governance.models import AccessDenial, Action, ApprovalRequest, ApprovalStatus, Budget
-from tests.governance.conftest import parked
+from tests.personas import parked
 
 pytestmark = pytest.mark.django_db
 

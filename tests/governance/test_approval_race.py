@@ -11,7 +11,7 @@ from django.db import connection
 from audit.models import AuditEvent
 from governance.approvals import ApprovalError, approval_decide
 from governance.models import ApprovalRequest, ApprovalStatus
-from tests.governance.conftest import parked
+from tests.personas import parked
 
 pytestmark = pytest.mark.usefixtures("committing_db")
 

@@ -42,8 +42,8 @@ from governance.models import (
     EscalationStatus,
 )
 from governance.services import access_grant
-from tests.governance.conftest import ASKED, parked, resume
 from tests.model_server import Reply
+from tests.personas import ASKED, parked, resume
 from tools.models import DemoTicket, Tool, ToolInvocation
 
 pytestmark = pytest.mark.django_db
@@ -250,7 +250,7 @@ def test_a_change_to_the_tool_after_approval_voids_it(server, help_desk, people)
 def test_reviewers_are_told_by_websocket_and_email(
     server, help_desk, people, django_capture_on_commit_callbacks, settings
 ):
-    from portal.celery import app
+    from config.celery import app
 
     layer = get_channel_layer()
     inbox = async_to_sync(layer.new_channel)()

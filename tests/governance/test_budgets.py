@@ -109,7 +109,7 @@ def budget_period_start(budget):
 def test_passing_the_notify_mark_tells_the_user_once(
     server, assistant, people, django_capture_on_commit_callbacks
 ):
-    from portal.celery import app
+    from config.celery import app
 
     budget = Budget.objects.create(
         name="Mine", user=people.member, max_tokens=10_000, notify_at_percent=1

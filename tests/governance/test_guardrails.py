@@ -105,7 +105,7 @@ def test_placeholders_are_stable_across_messages_and_restore_inside_json():
             "[docs](https://example.com)",
             '<p><a href="https://example.com" rel="noopener noreferrer nofollow">docs</a></p>\n',
         ),
-        # no remote images (tracking pixels, exfiltration): tests/ui/test_exfiltration.py
+        # no remote images (tracking pixels, exfiltration): portal/tests/test_exfiltration.py
         (
             "![t](https://e.example/p.png)",
             "<p><em>[image not loaded: t, from e.example]</em></p>\n",

@@ -15,10 +15,10 @@ from audit.pii import hash_key, pseudonym
 from audit.services import SYSTEM
 from governance.models import Action, ApprovalRequest, Escalation
 from governance.services import access_grant
-from tests.governance.conftest import resume
 from tests.governance.test_pii_trail import CARD, EMAIL, IBAN, PHONE, leaked
 from tests.governance.test_provenance import ask, handbook
 from tests.model_server import Reply
+from tests.personas import resume
 from tools.models import Tool
 from tools.tests.endpoint import Answer
 

@@ -21,7 +21,7 @@ from governance.policy import (
     decide,
     explain,
 )
-from tests.governance.conftest import PERSONAS
+from tests.personas import PERSONAS
 
 ALLOW, APPROVE, DENY = Effect.ALLOW, Effect.REQUIRE_APPROVAL, Effect.DENY
 

@@ -228,7 +228,7 @@ def test_a_poisoned_passage_never_causes_an_unapproved_write_call(server, desk, 
 
 def test_an_approved_call_after_untrusted_content_runs_once_as_approved(server, desk, people):
     from governance.approvals import approval_decide
-    from tests.governance.conftest import resume
+    from tests.personas import resume
 
     approval_setting("create_ticket", "never")
     handbook(desk, people.member, f"# Access\n\n{QUIET_ORDER}")

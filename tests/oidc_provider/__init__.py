@@ -21,7 +21,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from portal.embedded import die_with_parent
+from ops.embedded import die_with_parent
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENT_ID = "warden-test-client"

@@ -14,10 +14,13 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tools.registry import ToolContext
 from tools.schemas import Validator, instance_problem
+
+if TYPE_CHECKING:
+    from tools.models import Tool
 
 MODULES = {
     "python": "tools.executors.python",
@@ -28,8 +31,8 @@ MODULES = {
 
 @dataclass(frozen=True)
 class Call:
-    tool: Any  # tools.models.Tool
-    arguments: dict
+    tool: Tool
+    arguments: dict[str, Any]
     idempotency_key: str
     context: ToolContext
 
@@ -43,7 +46,7 @@ class ToolError(Exception):
         self.kind = kind
         self.message = message
 
-    def as_result(self) -> dict:
+    def as_result(self) -> dict[str, Any]:
         return {"error": {"type": self.kind, "message": self.message}}
 
 
@@ -51,7 +54,7 @@ def executor(kind: str) -> ModuleType:
     return importlib.import_module(MODULES[kind])
 
 
-def config_problem(kind: str, config: Any, parameters: dict) -> str | None:
+def config_problem(kind: str, config: Any, parameters: dict[str, Any]) -> str | None:
     """Why `config` is not a valid configuration for a tool of `kind` taking `parameters`."""
     if kind not in MODULES:
         return f"Tools of kind {kind!r} cannot run here yet."

@@ -77,7 +77,7 @@ CONFIG_SCHEMA = {
 }
 
 
-def config_problem(config: dict, parameters: dict) -> str | None:
+def config_problem(config: dict[str, Any], parameters: dict[str, Any]) -> str | None:
     arguments = set(parameters.get("properties", {}))
     required = set(parameters.get("required", []))
     for name in _placeholders(config["url"]):
@@ -140,11 +140,13 @@ def execute(call: Call) -> Any:
 class _Request:
     method: str
     url: str
-    params: dict | None
+    params: dict[str, str] | None
     body: Any
-    private: dict  # headers sent only to the tool's own origin (its credential among them)
-    public: dict
-    allow_networks: list
+    private: dict[
+        str, str
+    ]  # headers sent only to the tool's own origin (its credential among them)
+    public: dict[str, str]
+    allow_networks: list[str]
 
 
 class _Response:
@@ -220,8 +222,8 @@ def _request(request: _Request, deadline: float) -> _Response:
     raise ToolError("http_error", f"more than {MAX_REDIRECTS} redirects")
 
 
-def _redirect(method: str, url: str, response) -> str:
-    target = urljoin(url, response.headers.get("location", ""))
+def _redirect(method: str, url: str, response: httpx.Response) -> str:
+    target: str = urljoin(url, response.headers.get("location", ""))
     if method != "GET":
         raise ToolError(
             "http_error",
@@ -232,7 +234,7 @@ def _redirect(method: str, url: str, response) -> str:
     return target
 
 
-def _origin(url: str) -> tuple:
+def _origin(url: str) -> tuple[str, str | None, int | None]:
     parts = urlsplit(url)
     return parts.scheme, parts.hostname, parts.port
 
@@ -272,8 +274,8 @@ def _placeholders(template: str) -> list[str]:
     return PLACEHOLDER.findall(template)
 
 
-def _expand(template: str, arguments: dict) -> str:
-    def segment(match: re.Match) -> str:
+def _expand(template: str, arguments: dict[str, Any]) -> str:
+    def segment(match: re.Match[str]) -> str:
         name = match.group(1)
         if name not in arguments:
             raise ToolError("invalid_arguments", f"the argument {name!r} is required")
@@ -293,7 +295,7 @@ def _query_value(value: Any) -> str:
     return str(value)
 
 
-def _auth_headers(auth: dict | None) -> tuple[dict, list[str]]:
+def _auth_headers(auth: dict[str, str] | None) -> tuple[dict[str, str], list[str]]:
     """The credential's header, and the strings that would give it away if echoed back."""
     if not auth:
         return {}, []

@@ -5,7 +5,7 @@ call's idempotency key in the request metadata (`_meta.idempotency_key`)."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 from tools.executors import Call, ToolError
 
@@ -17,7 +17,7 @@ CONFIG_SCHEMA = {
 }
 
 
-def config_problem(config: dict, parameters: dict) -> str | None:
+def config_problem(config: dict[str, Any], parameters: dict[str, Any]) -> str | None:
     return None
 
 
@@ -28,13 +28,15 @@ def execute(call: Call) -> Any:
     from tools.mcp_servers import MCPUnavailable, ServerSpec, session_pool
     from tools.models import MCPServer
 
-    server = MCPServer.objects.get(pk=call.tool.mcp_server_id)  # as configured now
+    server_id = cast(int, call.tool.mcp_server_id)  # set on every MCP tool (Tool.clean)
+    server = MCPServer.objects.get(pk=server_id)  # as configured now
     try:
         result = session_pool().call_tool(
             ServerSpec.of(server),
             call.tool.config["tool"],
             call.arguments,
-            meta={"idempotency_key": call.idempotency_key},
+            # RequestParamsMeta is open (PEP 728 extra_items), which mypy does not read yet.
+            meta={"idempotency_key": call.idempotency_key},  # type: ignore[typeddict-unknown-key]
             timeout=float(call.tool.timeout),
             writes=call.tool.has_side_effects,
         )

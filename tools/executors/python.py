@@ -20,7 +20,7 @@ CONFIG_SCHEMA = {
 }
 
 
-def config_problem(config: dict, parameters: dict) -> str | None:
+def config_problem(config: dict[str, Any], parameters: dict[str, Any]) -> str | None:
     if config["function"] not in PYTHON_FUNCTIONS:
         known = ", ".join(sorted(PYTHON_FUNCTIONS))
         return f"no Python function {config['function']!r} is registered (known: {known})"

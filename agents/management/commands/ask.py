@@ -53,6 +53,8 @@ def follow(command: BaseCommand, run: Run, *, timeout: float, shown: int = 0) ->
         time.sleep(0.2)
     if run.state == RunState.AWAITING_APPROVAL:
         request = ApprovalRequest.objects.filter(run_id=run.pk, status="pending").last()
+        if request is None:  # a reviewer decided it since the run was read
+            raise CommandError(f"run {run.pk}: its approval request was decided meanwhile")
         command.stdout.write(
             f"Waiting for approval of {request.tool_name} (request {request.pk}): a reviewer "
             f"decides it in the inbox (/inbox/), or with `manage.py decide approval {request.pk} "

