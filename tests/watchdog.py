@@ -18,6 +18,7 @@ import faulthandler
 import glob
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -109,6 +110,31 @@ def _threads_of(worker: psutil.Process, timeout: float = 5) -> str:
     return f"  (nothing in {path} within {timeout:.0f} s)"
 
 
+def _oom_kills() -> int:
+    """How many processes the kernel's OOM killer has killed since boot (Linux 4.13+)."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/vmstat") as vmstat:
+        for line in vmstat:
+            if line.startswith("oom_kill "):
+                return int(line.split()[1])
+    return 0
+
+
+def _exit_status(gateway) -> str:
+    """How an xdist worker ended: its signal (SIGKILL: the OOM killer, or a kill by pid) or exit
+    code. Its process is execnet's Popen, reaped here (execnet does not wait for it)."""
+    popen = getattr(getattr(gateway, "_io", None), "popen", None)
+    if popen is None:
+        return "how it ended is unknown"
+    try:
+        # Its channel closed as it died; the process itself may take a moment more to end.
+        popen.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        return f"pid {popen.pid}, still exiting 10 s after its channel closed"
+    if popen.returncode < 0:
+        return f"pid {popen.pid}, killed by {signal.Signals(-popen.returncode).name}"
+    return f"pid {popen.pid}, exit code {popen.returncode}"
+
+
 def _say(text: str) -> None:
     os.write(2, (text.rstrip("\n") + "\n").encode(errors="replace"))
 
@@ -121,6 +147,7 @@ class Watchdog:
         self.failed: list[str] = []
         self.ran: dict[str, list[str]] = {}  # worker -> the tests it finished, in order
         self.done = threading.Event()
+        self.oom_kills = _oom_kills()
 
     def pytest_sessionstart(self) -> None:
         self.started = time.monotonic()
@@ -147,8 +174,10 @@ class Watchdog:
         ran = self.ran.get(getattr(worker, "id", "?"), [])
         # What a worker ran before it died is what may have set the stage for it.
         _say(
-            f"\nwatchdog: a worker died while running {crashitem}, after {len(ran)} tests;"
-            " the last of them:\n" + "\n".join(f"  {nodeid}" for nodeid in ran[-40:])
+            f"\nwatchdog: a worker died ({_exit_status(worker)}; the kernel's OOM killer has"
+            f" killed {_oom_kills() - self.oom_kills} processes since the run began) while"
+            f" running {crashitem}, after {len(ran)} tests; the last of them:\n"
+            + "\n".join(f"  {nodeid}" for nodeid in ran[-40:])
         )
         self.running.pop(crashitem, None)
         name = getattr(worker, "id", "?")
