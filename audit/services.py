@@ -81,6 +81,13 @@ class Target:
         return cls(meta.label_lower, str(obj.pk), str(obj)[:200])
 
 
+def _in_a_service_transaction() -> bool:
+    """Whether an atomic block of the code is open. The blocks Django's TestCase opens around
+    each test (marked `_from_testcase`) are not one: a service that forgot its transaction
+    would pass every such test and fail in production (the admin's test call did)."""
+    return any(not getattr(block, "_from_testcase", False) for block in connection.atomic_blocks)
+
+
 def audit_record(
     *,
     actor: Any,
@@ -97,7 +104,7 @@ def audit_record(
     Secret-named keys in `data` are redacted; values must be JSON-serialisable (dates, decimals
     and UUIDs become strings).
     """
-    if not connection.in_atomic_block:
+    if not _in_a_service_transaction():
         raise AuditError("audit_record must be called inside the acting service's transaction")
     try:
         draft = audit_draft(

@@ -135,19 +135,21 @@ def tool_test_call(*, tool: Tool, arguments: Any, actor: Any) -> Outcome:
     """An admin's test call (audited); it runs the tool for real, as `actor`."""
     key = f"test:{uuid.uuid4()}"
     outcome = tool_invoke(tool=tool, arguments=arguments, key=key, context=ToolContext(actor=actor))
-    audit_record(
-        actor=actor,
-        action="tool.test_call",
-        target=tool,
-        data={
-            "tool": tool.name,
-            "version": outcome.tool_version,
-            "arguments": arguments,
-            "status": outcome.status,
-            "error": outcome.error,
-            "idempotency_key": key,
-        },
-    )
+    # The call commits in transactions of its own (the ledger's); its event follows.
+    with transaction.atomic():
+        audit_record(
+            actor=actor,
+            action="tool.test_call",
+            target=tool,
+            data={
+                "tool": tool.name,
+                "version": outcome.tool_version,
+                "arguments": arguments,
+                "status": outcome.status,
+                "error": outcome.error,
+                "idempotency_key": key,
+            },
+        )
     return outcome
 
 
