@@ -36,6 +36,7 @@ from agents.models import (
     RunStep,
     StepKind,
 )
+from agents.selectors import earlier_passages, passages_before
 from agents.services import (
     LeaseLost,
     StepRecord,
@@ -336,7 +337,7 @@ def _answer(held: _Run, last_model: RunStep) -> None:
     """The model answered: the run succeeds, or its answer is held for a reviewer."""
     answer = last_model.output.get("content", "")
     confidence = last_model.output.get("confidence")
-    citations = _citations(answer, held.steps)
+    citations = _citations(answer, held.run, held.steps)
     answer += provenance.withheld_note(held.steps)  # the user learns what the model missed
     if confidence is not None and confidence < held.agent.confidence_threshold:
         return _hold_for_review(held, answer, confidence, citations)
@@ -829,7 +830,8 @@ def _retrieval_step(held: _Run) -> None:
         knowledge_bases=held.knowledge_bases,
         k=held.agent.passages_per_run,
     )
-    found = [{"n": n, **p.as_dict()} for n, p in enumerate(passages, start=1)]
+    first = passages_before(run) + 1  # numbers unique in the conversation
+    found = [{"n": n, **p.as_dict()} for n, p in enumerate(passages, start=first)]
     security = set(
         KnowledgeBase.objects.filter(
             pk__in={p["knowledge_base"] for p in found}, discusses_attacks=True
@@ -889,14 +891,21 @@ def _passages_message(held: _Run, *, found: list[dict], security: set) -> tuple[
 _MARKER = re.compile(r"\[(\d{1,3})\]")
 
 
-def _citations(answer: str, steps: list[RunStep]) -> list[dict]:
-    """The passages of the run's retrieval step that the answer cites by [n]."""
-    retrieval = next((s for s in reversed(steps) if s.kind == StepKind.RETRIEVAL), None)
-    if retrieval is None:
-        return []
-    by_number = {p["n"]: p for p in retrieval.output.get("passages", [])}
+def _citations(answer: str, run: Run, steps: list[RunStep]) -> list[dict]:
+    """The passages the answer cites by [n]: the run's own, or ones an earlier run of the
+    conversation was given (numbers are unique in a conversation); a number that names no
+    passage cites nothing."""
+    numbers = list(dict.fromkeys(int(m) for m in _MARKER.findall(answer)))
+    by_number = {
+        p["n"]: p
+        for step in steps
+        if step.kind == StepKind.RETRIEVAL
+        for p in step.output.get("passages", [])
+    }
+    if missing := set(numbers) - set(by_number):
+        by_number.update(earlier_passages(run, missing))
     cited = []
-    for number in dict.fromkeys(int(m) for m in _MARKER.findall(answer)):
+    for number in numbers:
         passage = by_number.get(number)
         if passage is not None:
             cited.append(

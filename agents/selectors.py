@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from django.db.models import Prefetch, QuerySet
+from django.db.models import Func, IntegerField, Prefetch, QuerySet, Sum
+from django.db.models.fields.json import KeyTransform
 from django.utils.safestring import SafeString
 
 from agents.models import FINAL_STATES, Agent, Conversation, Run, RunState, RunStep, StepKind
@@ -129,6 +130,32 @@ def unreadable_sources(user, run_ids) -> tuple[set[int], set[tuple[int, int]]]:
         and first_unreadable.get(conversation_of[run_id], run_id + 1) <= run_id
     }
     return hidden, steps
+
+
+def _earlier_retrievals(run: Run) -> QuerySet[RunStep]:
+    return RunStep.objects.filter(
+        run__conversation_id=run.conversation_id, run_id__lt=run.pk, kind=StepKind.RETRIEVAL
+    )
+
+
+def passages_before(run: Run) -> int:
+    """How many passages the conversation's earlier runs were given: `run` numbers its own
+    after them, so that a number names one passage in the whole conversation (the model sees
+    the earlier ones, and an answer may cite them)."""
+    count = Func(KeyTransform("passages", "output"), function="jsonb_array_length")
+    total = _earlier_retrievals(run).aggregate(total=Sum(count, output_field=IntegerField()))[
+        "total"
+    ]
+    return total or 0
+
+
+def earlier_passages(run: Run, numbers: set[int]) -> dict[int, dict]:
+    """The passages the conversation's earlier runs were given under `numbers`, by number."""
+    found: dict[int, dict] = {}
+    for output in _earlier_retrievals(run).values_list("output", flat=True):
+        passages = _passages(output.get("passages") if isinstance(output, dict) else None)
+        found.update((p["n"], p) for p in passages if p.get("n") in numbers)
+    return found
 
 
 def access_agent_by_slug(user, slug) -> Agent:

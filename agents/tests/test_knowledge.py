@@ -284,6 +284,41 @@ def test_the_retrieval_step_gives_the_model_only_readable_passages(server, route
     ]
 
 
+def test_a_passage_number_names_one_passage_in_the_whole_conversation(server, route, alice):
+    hr = base(alice)
+    leave = ingest(hr, "leave.md", LEAVE)
+    ingest(hr, "deploy.md", ENGINEERING)
+    agent = Agent.objects.create(name="A", slug=f"a-{uuid.uuid4().hex[:6]}", route=route)
+    agent.knowledge_bases.set([hr])
+    grant_agent(alice, agent)
+    conversation = Conversation.objects.create(owner=alice, agent=agent)
+
+    def ask(text: str) -> Run:
+        run = run_start(
+            agent=agent, conversation=conversation, actor=alice, input=text, stream=False
+        )
+        run_execute(run_id=run.pk, holder="test")
+        return Run.objects.get(pk=run.pk)
+
+    server.script("primary", Reply.say("See the policy."))
+    first = ask("how many days of annual leave?")
+    given = RunStep.objects.get(run=first, kind="retrieval").output["passages"]
+    annual = next(p for p in given if "25 days" in p["text"])
+    # The follow-up's answer draws on a passage the first run was given, by its number: the
+    # model sees the whole conversation, the earlier passages included.
+    server.script(
+        "primary", Reply.say(f"Deploys are on Tuesdays; leave is 25 days [{annual['n']}].")
+    )
+    second = ask("and when are deploys?")
+
+    assert [(c["n"], c["document"], c["chunk"]) for c in second.citations] == [
+        (annual["n"], leave.pk, annual["chunk"])
+    ]
+    again = RunStep.objects.get(run=second, kind="retrieval").output["passages"]
+    assert min(p["n"] for p in again) == max(p["n"] for p in given) + 1
+    assert f"[{annual['n']}]" in str(server.requests["primary"][1]["messages"])
+
+
 def test_the_knowledge_search_tool_searches_as_the_user(server, route, alice, bob):
     hr = base(alice)
     ingest(hr, "leave.md", LEAVE)
