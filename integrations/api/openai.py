@@ -278,9 +278,9 @@ class ChatCompletions(OpenAIView):
         status, body = _answer(request, done, ask)
         if status == 200:
             return Response(body, status=status, content_type="application/json")
-        # How the run ended is its answer: a retry would start (and spend on) another run, so
-        # the SDK, which retries 409 and 5xx by itself, is told not to.
-        headers = {"x-should-retry": "false"}
+        # How the run stands is its answer: a retry would start (and spend on) another run,
+        # so the SDK, which retries 409 and 5xx by itself, is told not to.
+        headers = {"x-should-retry": "false", "Location": body["warden"]["url"]}
         return Response(body, status, headers=headers, content_type="application/problem+json")
 
 
@@ -424,11 +424,8 @@ async def _events(request: HttpRequest, run: Run, ask: Ask, watch: AccessWatch):
         yield b"data: [DONE]\n\n"
         return
     warden = _warden(request, settled)
-    if settled.state not in _ENDED:
-        if settled.state == RunState.SUCCEEDED:
-            rest = tokens.rest(settled.answer, await sync_to_async(_final_step)(run.pk))
-        else:
-            rest = ("\n\n" if tokens.sent else "") + _notice(settled, warden["url"])
+    if settled.state == RunState.SUCCEEDED:
+        rest = tokens.rest(settled.answer, await sync_to_async(_final_step)(run.pk))
         if rest:
             yield chunk({"content": rest})
         yield chunk({}, "stop", warden=warden)
@@ -487,13 +484,27 @@ _ENDED: dict[str, tuple[int, str | None, str, str]] = {
 }
 
 
+# A run without an answer yet (parked for a person, or past the wait): an error, so that no
+# client takes the notice for the answer; 409 (the run's state does not allow an answer now),
+# with `x-should-retry: false` for the SDK, which retries 409s.
+_PENDING: dict[str, str] = {
+    RunState.AWAITING_APPROVAL: "run_awaiting_approval",
+    RunState.AWAITING_REVIEW: "run_awaiting_review",
+}
+
+
 def _answer(request, run: Run, ask: Ask) -> tuple[int, dict]:
     warden = _warden(request, run)
     if run.state in _ENDED:
         status, slug, kind, code = _ENDED[run.state]
         message = f"run {run.pk} {run.state}: {run.error or 'no reason was recorded'}"
         return status, _error_body(request, status, slug, message, kind, code, warden=warden)
-    content = run.answer if run.state == RunState.SUCCEEDED else _notice(run, warden["url"])
+    if run.state != RunState.SUCCEEDED:
+        code = _PENDING.get(run.state, "run_in_progress")
+        notice = _notice(run, warden["url"])
+        return 409, _error_body(
+            request, 409, "run-pending", notice, "invalid_request_error", code, warden=warden
+        )
     return 200, {
         "id": f"chatcmpl-warden-{run.pk}",
         "object": "chat.completion",
@@ -502,7 +513,7 @@ def _answer(request, run: Run, ask: Ask) -> tuple[int, dict]:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": content},
+                "message": {"role": "assistant", "content": run.answer},
                 "finish_reason": "stop",
             }
         ],

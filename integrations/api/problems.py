@@ -75,6 +75,14 @@ PROBLEMS: dict[str, tuple[str, str]] = {
         "Run refused",
         "The run could not be started as asked (an empty message, say): `detail` says why.",
     ),
+    "run-pending": (
+        "Run not finished",
+        "The run has no answer yet: a tool call waits for a reviewer's approval "
+        "(`run_awaiting_approval`), its answer is held for a reviewer "
+        "(`run_awaiting_review`), or it is still working (`run_in_progress`). It carries "
+        "on: `warden.url` (and the `Location` header) is the run, whose webhook or `GET` says "
+        "the rest; the same request with the same `Idempotency-Key` answers as the run stands.",
+    ),
     "server-error": ("Internal error", "Warden failed; the request id identifies it in logs."),
 }
 

@@ -34,9 +34,9 @@ class Live:
     url: str
     model: object  # tests.model_server.ScriptedModelServer
 
-    def token(self, user, scope: str = "agents:run") -> str:
+    def token(self, user, scope: str = "agents:run", application=None) -> str:
         """A client-credentials token acting as `user` (its application's account)."""
-        application = application_for(user, f"Client {uuid.uuid4().hex[:4]}")
+        application = application or application_for(user, f"Client {uuid.uuid4().hex[:4]}")
         response = httpx.post(
             f"{self.url}/o/token/",
             data={"grant_type": "client_credentials", "scope": scope},
@@ -210,7 +210,7 @@ def test_refusals_are_errors_the_sdk_understands_and_start_nothing(live, people,
     assert AuditEvent.objects.filter(action="policy.decided").count() == 1  # the budget's no
 
 
-def test_a_run_awaiting_approval_answers_at_once_and_says_where_to_look(live, start_worker, people):
+def test_a_run_awaiting_approval_is_no_answer_and_says_where_to_look(live, start_worker, people):
     ticket = Tool.objects.get(name="create_ticket")  # risk: write, so a reviewer approves
     ticket.enabled = True
     ticket.save(update_fields=["enabled"])
@@ -228,7 +228,9 @@ def test_a_run_awaiting_approval_answers_at_once_and_says_where_to_look(live, st
         "extra_headers": {"Idempotency-Key": "vpn-ticket"},
     }
 
-    chunks = list(client.chat.completions.create(**asked, stream=True))
+    chunks = []
+    with pytest.raises(openai.APIError) as streamed:
+        chunks.extend(client.chat.completions.create(**asked, stream=True))
 
     run = Run.objects.get()
     url = f"{live.url}/api/v1/runs/{run.pk}"
@@ -238,18 +240,28 @@ def test_a_run_awaiting_approval_answers_at_once_and_says_where_to_look(live, st
     )
     assert run.state == "awaiting_approval"
     assert ApprovalRequest.objects.get().run_id == run.pk
-    assert "".join(c.choices[0].delta.content or "" for c in chunks) == notice
-    assert chunks[-1].choices[0].finish_reason == "stop"
-    assert chunks[-1].warden == {
+    # The stream ends in an error, not in an answer: no text, no finish_reason "stop".
+    assert (streamed.value.code, streamed.value.body["message"]) == (
+        "run_awaiting_approval",
+        notice,
+    )
+    assert [c.choices[0].finish_reason for c in chunks] == [None]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == ""
+    # The same key again: the same run, as it stands, at once: a 409 the SDK does not retry.
+    with pytest.raises(openai.ConflictError) as again:
+        client.chat.completions.create(**asked)
+    assert again.value.code == "run_awaiting_approval"
+    assert again.value.response.headers["x-should-retry"] == "false"
+    assert again.value.response.headers["Location"] == url
+    problem = again.value.response.json()
+    assert (problem["type"], problem["detail"]) == ("/api/problems/run-pending", notice)
+    assert problem["warden"] == {
         "run": run.pk,
         "state": "awaiting_approval",
         "conversation": run.conversation_id,
         "url": url,
     }
-    # The same key again: the same run, as it stands, at once.
-    again = client.chat.completions.create(**asked)
-    assert again.choices[0].message.content == notice
-    assert again.warden["run"] == run.pk
+    assert len(live.model.requests["helper"]) == 1  # no retry started anything
     # A second run in the same minute is one too many for this agent (this minute's window
     # and the next, in case the clock turns a minute meanwhile, already hold one run).
     minute = int(time.time() // 60)
@@ -265,6 +277,76 @@ def test_a_run_awaiting_approval_answers_at_once_and_says_where_to_look(live, st
         f"the agent {helper.name} takes at most 1 runs a minute by one user"
     )
     assert Run.objects.count() == 1
+
+
+def test_a_held_answer_is_no_answer_to_the_sdk_nor_to_langchain(live, people):
+    from langchain_openai import ChatOpenAI
+    from pydantic import BaseModel
+
+    from agents.orchestrator import run_execute
+    from agents.submit import run_submit
+
+    route = ModelRoute.objects.create(name=f"r-{uuid.uuid4().hex[:8]}", num_retries=0)
+    Deployment.objects.create(route=route, position=1, model="warden-local/demo")
+    agent = Agent.objects.create(
+        name="Offline", slug=f"offline-{uuid.uuid4().hex[:4]}", route=route
+    )  # no knowledge: "I don't know" at confidence 0, under the agent's threshold
+    for obj in (agent, route):
+        access_grant(obj=obj, holder=people.integration, action=Action.USE, actor=SYSTEM)
+    application = application_for(people.integration, "Framework")
+    key = "held-1"
+    run = run_submit(
+        actor=people.integration,
+        agent=agent,
+        input="What is the boiling point of tungsten?",
+        idempotency_key=key,
+        surface="openai",
+        client_application_id=application.pk,
+        stream=False,
+    )
+    run_execute(run_id=run.pk, holder="test")
+    run.refresh_from_db()
+    assert run.state == "awaiting_review"
+    url = f"{live.url}/api/v1/runs/{run.pk}"
+    notice = (
+        f"Run {run.pk}'s answer is held for a reviewer; it is released once they decide. "
+        f"Its state and answer: {url}"
+    )
+    token = live.token(people.integration, application=application)
+    asked = {
+        "model": f"agent:{agent.slug}",
+        "messages": [{"role": "user", "content": "What is the boiling point of tungsten?"}],
+        "extra_headers": {"Idempotency-Key": key},  # the run above, as it stands
+    }
+    sdk = openai.OpenAI(base_url=f"{live.url}/v1", api_key=token, timeout=60)
+
+    with pytest.raises(openai.ConflictError) as plain:
+        sdk.chat.completions.create(**asked)
+    with pytest.raises(openai.APIError) as streamed:
+        list(sdk.chat.completions.create(**asked, stream=True))
+
+    class Boiling(BaseModel):
+        celsius: float
+
+    chat = ChatOpenAI(
+        model=f"agent:{agent.slug}",
+        base_url=f"{live.url}/v1",
+        api_key=token,
+        default_headers={"Idempotency-Key": key},
+        timeout=60,
+    )
+    with pytest.raises(openai.ConflictError) as structured:
+        chat.with_structured_output(Boiling, method="json_mode").invoke(
+            "What is the boiling point of tungsten?"
+        )
+    with pytest.raises(openai.ConflictError) as invoked:
+        chat.invoke("What is the boiling point of tungsten?")
+
+    for raised in (plain, streamed, structured, invoked):
+        assert (raised.value.code, raised.value.body["message"]) == ("run_awaiting_review", notice)
+    assert plain.value.response.json()["warden"]["url"] == url
+    assert Run.objects.count() == 1  # every request was answered by the run as it stands
+    assert Run.objects.get().answer == ""  # nothing of the held answer went out
 
 
 @pytest.mark.django_db
