@@ -198,6 +198,7 @@ class Card:
     status: str = "running"  # running, awaiting approval, done, failed, refused, not run
     detail: str = ""
     approval: int | None = None
+    review: str = ""  # the reviewer's decision and comment, for the requester
 
     @property
     def arguments_text(self) -> str:
@@ -221,6 +222,7 @@ class RunView:
     citations: list[Citation] = field(default_factory=list)
     steps: int = 0
     answering: bool = False  # the last step is the answer, not yet released by the run
+    review: str = ""  # what the reviewer of a held answer said to the requester
 
     @property
     def final(self) -> bool:
@@ -257,7 +259,8 @@ class RunView:
 def run_view(
     run: Run,
     write_only: dict[str, set[str]] | None = None,
-    decisions: dict[int, str] | None = None,
+    decisions: dict[int, tuple[str, str]] | None = None,
+    answer_review: tuple[str, str] | None = None,
 ) -> RunView:
     """`run` (with its steps prefetched, or fetched here) as the chat shows it; `decisions`
     maps approval request ids to their status (a decided call's card says so before the run
@@ -284,8 +287,9 @@ def run_view(
             card = cards.get(step.input.get("call", {}).get("id"))
             if card is not None:
                 card.approval = step.output.get("approval")
-                decided = (decisions or {}).get(card.approval, "pending")
+                decided, comment = (decisions or {}).get(card.approval, ("pending", ""))
                 card.status, card.detail = _APPROVAL_CARD.get(decided, ("running", ""))
+                card.review = _review_note(card.detail, comment)
         elif step.kind == StepKind.TOOL:
             card = cards.get(step.input.get("call", {}).get("id"))
             if card is not None:
@@ -301,6 +305,9 @@ def run_view(
         and last.kind == StepKind.MODEL
         and not last.output.get("tool_calls")
     )
+    if answer_review is not None:
+        status, comment = answer_review
+        view.review = _review_note(_ANSWER_REVIEW.get(status, ""), comment)
     for cited in run.citations or []:
         passage = passages.get(cited["n"], {})
         view.citations.append(
@@ -316,6 +323,18 @@ _APPROVAL_CARD = {
     "expired": ("refused", "nobody approved it in time"),
     "withdrawn": ("not run", "the run was stopped"),
 }
+
+
+_ANSWER_REVIEW = {
+    "released": "released by a reviewer",
+    "rejected": "not released by a reviewer",
+}
+
+
+def _review_note(decision: str, comment: str) -> str:
+    """A reviewer's decision with their comment, as the requester reads it ('' for none)."""
+    comment = comment.strip()
+    return f"{decision.capitalize()}: “{comment}”" if decision and comment else ""
 
 
 def _settle(card: Card, step: RunStep) -> None:
@@ -363,8 +382,9 @@ def write_only_arguments(runs: list[Run]) -> dict[str, set[str]]:
 
 
 def run_views(runs: list[Run]) -> list[RunView]:
-    """The runs (steps prefetched) as the chat shows them: two queries for any number."""
-    from governance.models import ApprovalRequest
+    """The runs (steps prefetched) as the chat shows them, with what reviewers decided and
+    said: three queries for any number."""
+    from governance.models import ApprovalRequest, Escalation, EscalationStatus
 
     hidden = write_only_arguments(runs)
     asked = [
@@ -373,12 +393,23 @@ def run_views(runs: list[Run]) -> list[RunView]:
         for step in run.steps.all()
         if step.kind == StepKind.APPROVAL
     ]
-    decisions = (
-        dict(ApprovalRequest.objects.filter(pk__in=asked).values_list("pk", "status"))
-        if asked
-        else {}
-    )
-    return [run_view(run, hidden, decisions) for run in runs]
+    decisions = {
+        pk: (status, comment)
+        for pk, status, comment in (
+            ApprovalRequest.objects.filter(pk__in=asked).values_list("pk", "status", "comment")
+            if asked
+            else []
+        )
+    }
+    reviewed = {
+        run_id: (status, comment)
+        for run_id, status, comment in Escalation.objects.filter(
+            run_id__in=[run.pk for run in runs]
+        )
+        .exclude(status=EscalationStatus.PENDING)
+        .values_list("run_id", "status", "comment")
+    }
+    return [run_view(run, hidden, decisions, reviewed.get(run.pk)) for run in runs]
 
 
 # Waiting for a run (the API's `?wait`, the OpenAI-compatible endpoint) -------------------------

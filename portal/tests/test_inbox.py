@@ -9,7 +9,7 @@ from django.utils import timezone
 from agents.models import Conversation, Run
 from audit.models import AuditEvent
 from governance.models import ApprovalRequest, Escalation
-from tests.personas import parked
+from tests.personas import parked, resume
 
 pytestmark = pytest.mark.django_db
 
@@ -153,6 +153,35 @@ def test_releasing_a_held_answer_reaches_the_user(client, people, help_desk):
     assert (run.state, run.answer) == ("succeeded", "25 days a year.")
     client.force_login(people.member)
     assert "25 days a year." in client.get(f"/chat/runs/{run.pk}/").content.decode()
+
+
+def test_the_reviewer_s_comment_reaches_the_requester(client, people, help_desk, server):
+    held = _held(people, help_desk)
+    run = parked(server, help_desk, people.member)
+    request = ApprovalRequest.objects.get(run_id=run.pk)
+    client.force_login(people.reviewer)
+    assert (
+        "the requester reads it" in client.get(f"/inbox/approvals/{request.pk}/").content.decode()
+    )
+
+    client.post(
+        f"/inbox/approvals/{request.pk}/",
+        {"decision": "approve", "arguments": "", "comment": "Only for the Berlin office."},
+    )
+    client.post(
+        f"/inbox/answers/{held.pk}/",
+        {"decision": "release", "answer": "Maybe 25 days.", "comment": "HR: see your contract."},
+    )
+
+    client.force_login(people.member)
+    decided = client.get(f"/chat/runs/{run.pk}/").content.decode()  # before the run resumes
+    done = client.get(f"/chat/runs/{resume(run).pk}/").content.decode()
+    released = client.get(f"/chat/runs/{held.run_id}/").content.decode()
+    for page in (decided, done):
+        assert "Approved by a reviewer: “Only for the Berlin office.”" in page
+    assert "Ticket opened for you." in done
+    assert "Maybe 25 days." in released
+    assert "Released by a reviewer: “HR: see your contract.”" in released
 
 
 def test_the_filters(client, people, help_desk, server):
