@@ -1,7 +1,7 @@
 """The run trace page and the admin console's dashboard."""
 
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -76,6 +76,24 @@ def test_the_trace_names_the_fallback_and_timings(client, people, help_desk):
     assert "after fallback from primary-0" in page
     assert "250 ms" in page
     assert "$0.012500" in page
+
+
+def test_a_moment_reads_the_same_in_the_admin_and_the_trace_with_its_time_zone(
+    client, people, help_desk, settings
+):
+    settings.TIME_ZONE = "Europe/Berlin"
+    run = _run(people, help_desk, state="succeeded", answer="a")
+    Run.objects.filter(pk=run.pk).update(
+        created_at=datetime(2026, 12, 3, 20, 14, 5, tzinfo=UTC)
+    )
+    client.force_login(people.admin)
+
+    trace = client.get(f"/runs/{run.pk}/").content.decode()
+    admin = client.get("/admin/agents/run/").content.decode()
+
+    assert "<dd>2026-12-03 21:14:05 CET</dd>" in trace
+    assert "2026-12-03 21:14:05 CET" in admin
+    assert "p.m." not in admin
 
 
 def test_who_may_see_a_trace(client, people, help_desk, server):
