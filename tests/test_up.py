@@ -120,10 +120,12 @@ def test_fresh_start_is_ready_serves_the_portal_and_stops_every_process(tmp_path
         assert "Your roles: Member." in sign_in(base, "member", logins["member"])
         # The demo agent, on the offline model, answered by the launcher's own worker.
         asked = manage(
-            "ask", "help-desk", "my VPN is down, please open a ticket", env=embedded_env(var)
+            *("ask", "help-desk", "my VPN is down, please open a ticket", "--as", "member"),
+            env=embedded_env(var),
         )
-        assert asked.returncode == 0, asked.stderr
-        # Opening a ticket writes: the run waits for a reviewer, who approves it here.
+        # Opening a ticket writes: the run waits for a reviewer (exit status 3), who approves
+        # it here.
+        assert asked.returncode == 3, asked.stderr
         assert asked.stdout.splitlines()[-1].startswith(
             "Waiting for approval of create_ticket (request 1)"
         )

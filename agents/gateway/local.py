@@ -301,9 +301,22 @@ def _describe(content: str) -> str:
         return content.strip()[:300]
     if isinstance(value, dict):
         if "error" in value:
-            return f"The tool reported an error: {value['error']}."
-        return ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in value.items()) + "."
-    return f"{value}."
+            return f"The tool reported an error: {_said(value['error'])}."
+        return ", ".join(f"{k.replace('_', ' ')}: {_said(v)}" for k, v in value.items()) + "."
+    return f"{_said(value)}."
+
+
+def _said(value: object) -> str:
+    """A JSON value as a sentence says it: yes/no, none, lists joined; never Python's repr."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if value is None:
+        return "none"
+    if isinstance(value, list):
+        return ", ".join(_said(item) for item in value) if value else "none"
+    if isinstance(value, dict):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
 
 
 def _passages(messages: list[dict]) -> list[tuple[str, str]]:

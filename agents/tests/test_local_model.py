@@ -214,6 +214,29 @@ def test_states_tool_results(local_route):
     assert reply.confidence == 0.9
 
 
+def test_it_states_json_values_in_words_not_python_s(local_route):
+    result = {"open": False, "escalated": True, "owner": None, "tags": ["vpn", "urgent"]}
+    messages = [
+        {"role": "user", "content": "is my ticket open?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "c1",
+                    "type": "function",
+                    "function": {"name": "ticket_status", "arguments": '{"ticket": 12}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": json.dumps(result)},
+    ]
+
+    reply = gateway_complete(route=local_route, messages=messages, tools=TOOLS)
+
+    assert reply.content == "Done. open: no, escalated: yes, owner: none, tags: vpn, urgent."
+
+
 def test_answers_from_passages_with_citations_or_says_it_does_not_know(local_route):
     system = {
         "role": "system",

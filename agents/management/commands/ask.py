@@ -1,4 +1,5 @@
 import time
+from typing import NoReturn
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
@@ -12,13 +13,17 @@ from governance.models import ApprovalRequest
 class Command(BaseCommand):
     help = (
         "Ask an agent something from the command line, as USER, and print the steps and the "
-        "answer. A Celery worker must be running (make run starts one)."
+        "answer. A Celery worker must be running (make run starts one). Exit status: 0 "
+        "answered, 1 refused or failed, 3 waiting for a reviewer (a tool call to approve or "
+        "an answer held for review)."
     )
 
     def add_arguments(self, parser):
         parser.add_argument("agent", help="the agent's slug, e.g. help-desk")
         parser.add_argument("message")
-        parser.add_argument("--user", default="member", help="who asks (default: member)")
+        parser.add_argument(
+            "--as", "--user", dest="user", default="member", help="who asks (default: member)"
+        )
         parser.add_argument("--timeout", type=float, default=120)
 
     def handle(self, *args, **options):
@@ -34,6 +39,14 @@ class Command(BaseCommand):
 
 
 PARKED = (RunState.AWAITING_APPROVAL, RunState.AWAITING_REVIEW)
+WAITING_FOR_A_REVIEWER = 3  # the exit status of a run parked for a person
+
+
+def _parked(command: BaseCommand, message: str) -> NoReturn:
+    """The run waits for a reviewer: not a failure, but no answer either, which a script
+    tells by the exit status."""
+    command.stdout.write(message)
+    raise SystemExit(WAITING_FOR_A_REVIEWER)
 
 
 def follow(command: BaseCommand, run: Run, *, timeout: float, shown: int = 0) -> None:
@@ -55,18 +68,20 @@ def follow(command: BaseCommand, run: Run, *, timeout: float, shown: int = 0) ->
         request = ApprovalRequest.objects.filter(run_id=run.pk, status="pending").last()
         if request is None:  # a reviewer decided it since the run was read
             raise CommandError(f"run {run.pk}: its approval request was decided meanwhile")
-        command.stdout.write(
+        _parked(
+            command,
             f"Waiting for approval of {request.tool_name} (request {request.pk}): a reviewer "
             f"decides it in the inbox (/inbox/), or with `manage.py decide approval {request.pk} "
-            "approve --as REVIEWER`."
+            "approve --as REVIEWER`.",
         )
-    elif run.state == RunState.AWAITING_REVIEW:
-        command.stdout.write(
+    if run.state == RunState.AWAITING_REVIEW:
+        _parked(
+            command,
             f"Held for review: the answer's confidence is below the agent's threshold (run "
             f"{run.pk}); a reviewer releases or rejects it with `manage.py decide answer "
-            f"{run.pk} release --as REVIEWER`, or in the inbox (/inbox/)."
+            f"{run.pk} release --as REVIEWER`, or in the inbox (/inbox/).",
         )
-    elif run.state == RunState.SUCCEEDED:
+    if run.state == RunState.SUCCEEDED:
         confidence = f" (confidence {run.confidence})" if run.confidence is not None else ""
         command.stdout.write(f"{run.answer}{confidence}")
         for cited in run.citations:

@@ -19,7 +19,9 @@ class Command(BaseCommand):
         parser.add_argument("what", choices=["approval", "answer"])
         parser.add_argument("id", type=int, help="the approval request's id, or the run's")
         parser.add_argument("decision", choices=["approve", "release", "reject"])
-        parser.add_argument("--as", dest="reviewer", required=True, help="the reviewer's username")
+        parser.add_argument(
+            "--as", "--user", dest="reviewer", required=True, help="the reviewer's username"
+        )
         parser.add_argument("--arguments", help="approve with these arguments instead (JSON)")
         parser.add_argument("--answer", help="release this answer instead of the held one")
         parser.add_argument("--comment", default="")
