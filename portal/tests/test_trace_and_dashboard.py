@@ -83,9 +83,7 @@ def test_a_moment_reads_the_same_in_the_admin_and_the_trace_with_its_time_zone(
 ):
     settings.TIME_ZONE = "Europe/Berlin"
     run = _run(people, help_desk, state="succeeded", answer="a")
-    Run.objects.filter(pk=run.pk).update(
-        created_at=datetime(2026, 12, 3, 20, 14, 5, tzinfo=UTC)
-    )
+    Run.objects.filter(pk=run.pk).update(created_at=datetime(2026, 12, 3, 20, 14, 5, tzinfo=UTC))
     client.force_login(people.admin)
 
     trace = client.get(f"/runs/{run.pk}/").content.decode()
