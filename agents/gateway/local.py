@@ -29,6 +29,15 @@ import uuid
 
 ROUTE_THRESHOLD = 0.30
 ANSWER_THRESHOLD = 0.45
+# How much the question's own words found in the answer's sentence add to its support: a
+# sentence that names what was asked about ("badge", "collect") supports the answer more than
+# its meaning's similarity alone says (tuned on tests/data/handbook_questions.json's `tune`).
+WORDS_WEIGHT = 0.25
+_STOP = frozenset(
+    """a about an and are as at be by can could do does for from get got have how i if in is it
+    its me much my of on or our should so than that the their there this to was we what when
+    where which who why will with would you your""".split()
+)
 PROVIDER = "warden-local"
 
 _VERBS = {
@@ -280,7 +289,24 @@ def answer(question: str, passages: list[tuple[str, str]]) -> Decision:
             confidence=_confidence(float(ranked[0][0])) if ranked else 0.0,
         )
     text = " ".join(f"{s} [{marker}]" for _, marker, s in top)
-    return Decision(text=text, confidence=_confidence(top[0][0]))
+    support = top[0][0] + WORDS_WEIGHT * _words_found(question, top[0][2])
+    return Decision(text=text, confidence=_confidence(support))
+
+
+def _words(text: str) -> set[str]:
+    """The content words of `text`, lower-case, with a plural's or a tense's ending cut."""
+    words = set()
+    for word in re.findall(r"[a-z0-9]+", text.lower()):
+        if word in _STOP or len(word) < 3:
+            continue
+        words.add(re.sub(r"(?:ies|es|s|ed|ing)$", "", word) if len(word) > 4 else word)
+    return words
+
+
+def _words_found(question: str, sentence: str) -> float:
+    """The share of the question's content words that the sentence has (0 to 1)."""
+    asked = _words(question)
+    return len(asked & _words(sentence)) / len(asked) if asked else 0.0
 
 
 def _state_tool_results(messages: list[dict]) -> Decision:
