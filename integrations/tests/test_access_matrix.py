@@ -286,7 +286,7 @@ def test_the_openai_compatible_models(client, world, governed):
 
 
 def test_the_openai_compatible_completion(client, world, governed, settings):
-    settings.WARDEN_OPENAI_WAIT_SECONDS = 1  # no worker here: the answer says it still runs
+    settings.WARDEN_OPENAI_WAIT_SECONDS = 1  # no worker here: a run starts, and is still going
     before = Run.objects.count()
 
     def complete(client, auth):
@@ -302,11 +302,12 @@ def test_the_openai_compatible_completion(client, world, governed, settings):
     got = table(client, world, complete, unchanged, last=("admin", "member", "integration"))
 
     assert got == expect(
-        admin=200,
+        admin=409,  # run-pending: run_in_progress
         reviewer=404,
-        member=200,
+        member=409,
         outsider=404,
         denied=404,
-        integration=200,
+        integration=409,
         anonymous=401,
     )
+    assert Run.objects.count() == before + 3  # one run for each who may

@@ -180,7 +180,9 @@ def test_a_failed_run_tells_the_openai_sdk_not_to_retry(client, people, assistan
     auth = pat(people.member)
     body = {"model": f"agent:{assistant.slug}", "messages": [{"role": "user", "content": "hi"}]}
     first = post(client, "/v1/chat/completions", body, HTTP_IDEMPOTENCY_KEY="k1", **auth)
-    assert first.status_code == 200  # still running after the wait: it says so
+    assert first.status_code == 409  # still running after the wait: it says so
+    assert first["x-should-retry"] == "false"
+    assert first.json()["error"]["code"] == "run_in_progress"
     Run.objects.update(state=RunState.FAILED, error="the model route failed")
 
     again = post(client, "/v1/chat/completions", body, HTTP_IDEMPOTENCY_KEY="k1", **auth)
