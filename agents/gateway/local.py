@@ -33,11 +33,10 @@ ANSWER_THRESHOLD = 0.45
 # sentence that names what was asked about ("badge", "collect") supports the answer more than
 # its meaning's similarity alone says (tuned on tests/data/handbook_questions.json's `tune`).
 WORDS_WEIGHT = 0.25
-_STOP = frozenset(
-    """a about an and are as at be by can could do does for from get got have how i if in is it
-    its me much my of on or our should so than that the their there this to was we what when
-    where which who why will with would you your""".split()
-)
+_STOP_WORDS = """a about an and are as at be by can could do does for from get got have how i if
+    in is it its me much my of on or our should so than that the their there this to was we what
+    when where which who why will with would you your"""
+_STOP = frozenset(_STOP_WORDS.split())
 PROVIDER = "warden-local"
 
 _VERBS = {
