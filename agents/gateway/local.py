@@ -370,8 +370,10 @@ def _text(message: dict) -> str:
     return str(content)
 
 
-def _confidence(similarity: float) -> float:
-    return round(max(0.0, min(1.0, (similarity - 0.1) / 0.6)), 3)
+def _confidence(support: float) -> float:
+    """0 to 0.99: matching sentences is never certain, so an agent's threshold of 1 holds
+    every answer of the offline model for a reviewer."""
+    return round(max(0.0, min(0.99, (support - 0.1) / 0.6)), 3)
 
 
 def _usage(messages: list[dict], decision: Decision) -> dict:

@@ -215,11 +215,11 @@ def test_an_api_reviewer_approves_with_hashes_and_the_tool_gets_the_values(
 @pytest.fixture
 def held(people, team):
     """The offline model's answer, quoting the handbook's phone number, held for review (the
-    agent holds every answer below 0.99)."""
+    agent holds every answer below 1, which the offline model's always is)."""
     route = ModelRoute.objects.create(name=f"r-{uuid.uuid4().hex[:8]}", external=False)
     Deployment.objects.create(route=route, position=1, model="warden-local/demo")
     agent = Agent.objects.create(
-        name="Desk", slug=f"d-{uuid.uuid4().hex[:6]}", route=route, confidence_threshold=0.99
+        name="Desk", slug=f"d-{uuid.uuid4().hex[:6]}", route=route, confidence_threshold=1
     )
     for obj in (agent, route):
         access_grant(obj=obj, holder=team, action=Action.USE, actor=SYSTEM)
