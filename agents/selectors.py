@@ -263,7 +263,8 @@ def run_view(
     answer_review: tuple[str, str] | None = None,
 ) -> RunView:
     """`run` (with its steps prefetched, or fetched here) as the chat shows it; `decisions`
-    maps approval request ids to their status (a decided call's card says so before the run
+    maps approval request ids to their (status, comment), `answer_review` is a held answer's
+    (status, comment) once decided (a decided call's card says so before the run
     records what follows)."""
     steps = list(run.steps.all())
     view = RunView(run=run, steps=len(steps))
