@@ -16,6 +16,7 @@ class AgentsConfig(AppConfig):
         from governance.models import ApprovalRequest, Escalation
 
         self._connect_revocation()
+        self._connect_warm_up()
 
         # A decision in governance continues (or ends) the run it parked, in its transaction.
         signals.approval_decided.connect(
@@ -30,6 +31,14 @@ class AgentsConfig(AppConfig):
         auditlog.register(ModelRoute)
         auditlog.register(Deployment)
         auditlog.register(KnowledgeBase, exclude_fields=["embedded_with"])
+
+    def _connect_warm_up(self) -> None:
+        """A worker loads its models at boot, before it answers a ping (agents.warm)."""
+        from celery.signals import worker_init
+
+        from agents.warm import warm_worker
+
+        worker_init.connect(warm_worker, weak=False, dispatch_uid="agents.warm")
 
     def _connect_revocation(self) -> None:
         """A user's open websockets and event streams check their access again as soon as it

@@ -202,6 +202,8 @@ def _start(plan: Plan, running: _Running, say: Callable[[str], None], signals: _
     # daphne adopts the same socket, and connections made while none runs wait in its backlog.
     if plan.web:
         _wait_for_web(plan, running)
+    if plan.worker:
+        _wait_for_worker(running, say)
     _banner(plan, running, say)
 
 
@@ -512,6 +514,28 @@ def _wait_for_web(plan: Plan, running: _Running) -> None:
         if time.monotonic() > deadline:
             raise LaunchError(f"the web server did not answer {url} within {READY_TIMEOUT} s")
         time.sleep(0.2)
+
+
+def _wait_for_worker(running: _Running, say: Callable[[str], None]) -> None:
+    """Ready means ready: the worker answers a ping only after it has loaded its models
+    (agents.warm, at its boot), so the first question waits for nothing."""
+    from config.celery import app
+
+    started = time.monotonic()
+    name = f"warden-{os.getpid()}@{socket.gethostname()}"
+    worker = running.children["worker"]
+    while True:
+        if worker.poll() is not None:
+            raise LaunchError(f"the worker exited with status {worker.returncode} while starting")
+        try:
+            answered = app.control.ping(destination=[name], timeout=0.5)
+        except Exception:  # the broker went away while we asked: the deadline decides
+            answered = []
+        if answered:
+            break
+        if time.monotonic() - started > READY_TIMEOUT:
+            raise LaunchError(f"the worker did not answer within {READY_TIMEOUT} s")
+    say("worker ready (its models loaded)")
 
 
 def _banner(plan: Plan, running: _Running, say: Callable[[str], None]) -> None:

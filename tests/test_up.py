@@ -108,6 +108,10 @@ def test_fresh_start_is_ready_serves_the_portal_and_stops_every_process(tmp_path
         }
         output = up.output()
         assert f"Warden is running at {base}/" in output
+        # Ready means ready: the worker loaded its models at boot, before the banner.
+        assert "worker warm in" in output
+        assert output.index("worker warm in") < output.index("worker ready")
+        assert output.index("worker ready") < output.index("Warden is running")
         assert re.search(rf"admin\s+{re.escape(logins['admin'])}\s+Governance admin", output)
         assert re.search(rf"member\s+{re.escape(logins['member'])}\s+Member", output)
 
