@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # imports, each time (the suite ran 20 % longer).
 PIP := $(BIN)/python -m pip install --disable-pip-version-check --quiet -c constraints.txt
 
-.PHONY: run test lock clean bench-audit bench-runtime bench-retrieval bench-openai bench-embedding bench-first-answer chaos
+.PHONY: run test lock clean bench-audit bench-runtime bench-retrieval bench-openai bench-embedding bench-first-answer bench-ws chaos
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || \
@@ -53,6 +53,9 @@ bench-embedding: $(VENV)/.installed-bench
 
 bench-first-answer: $(VENV)/.installed-run
 	$(BIN)/python bench/first_answer.py
+
+bench-ws: $(VENV)/.installed-dev  # 1,000 chat websockets on loopback, answers streamed into 100
+	$(BIN)/python bench/websockets.py
 
 bench-retrieval: $(VENV)/.installed-dev
 	$(BIN)/python bench/retrieval.py --sizes 100000,1000000

@@ -35,6 +35,8 @@ import contextlib
 import json
 import logging
 import time
+import weakref
+from dataclasses import dataclass
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -45,12 +47,12 @@ from redis.exceptions import RedisError
 
 from agents.events import last_logged, run_history, stream_id_after
 from agents.models import FINAL_STATES, Conversation, Run
-from agents.revocation import recheck_seconds, session_digest, session_user, user_group
+from agents.revocation import recheck_seconds, session_digest, session_users, user_group
 from agents.selectors import access_conversation, access_run
 from governance import ratelimits
 from governance.access import NoAccess
 from governance.approvals import reviewer_listens_on
-from governance.live import redis_client
+from governance.live import shared_redis_client
 
 logger = logging.getLogger(__name__)
 
@@ -113,10 +115,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
             for group in self.joined:
                 await self.channel_layer.group_discard(group, self.channel_name)
         self.joined = set()  # a failed layer's groups expire by themselves (a day)
-        if self.redis is not None:
-            redis, self.redis = self.redis, None
-            with contextlib.suppress(RedisError, OSError):
-                await redis.aclose()
+        self.redis = None  # the loop's shared client: not this socket's to close
 
     async def _keep_alive(self) -> None:
         """A frame at least every WARDEN_LIVE_KEEPALIVE_SECONDS, so that nothing between the
@@ -214,7 +213,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
             return
         await self._join(f"run.{run_id}")
         if self.redis is None:
-            self.redis = redis_client()
+            self.redis = shared_redis_client()
         try:
             events = await run_history(self.redis, run_id)
         except Exception:  # the page still has the database's state; live events go on
@@ -235,17 +234,15 @@ class LiveConsumer(AsyncWebsocketConsumer):
                 return False
             if not now and time.monotonic() - self.checked_at < self.recheck:
                 return True
-            try:
-                code = await database_sync_to_async(_verdict)(
+            code = await _checks().verdict(
+                Probe(
                     user_id=self.user.pk,
                     session_key=self.scope["session"].session_key,
                     runs=frozenset(self.subscribed_runs),
                     conversations=frozenset(self.conversations),
                     inbox=frozenset(self.inbox),
                 )
-            except (DatabaseError, InterfaceError) as exc:  # refused unknown; the page reconnects
-                logger.warning("a websocket could not check its access: %s", exc)
-                code = UNAVAILABLE
+            )
             self.checked_at = time.monotonic()
             if code is None:
                 return True
@@ -341,31 +338,96 @@ def _runs_of(conversation_id: int) -> list[tuple[int, str]]:
     return list(latest.values_list("pk", "state")[:MAX_LISTED])[::-1]
 
 
-def _verdict(
-    *,
-    user_id: int,
-    session_key: str | None,
-    runs: frozenset[int],
-    conversations: frozenset[int],
-    inbox: frozenset[str],
-) -> int | None:
-    """None while the socket may go on; else the code to close it with. Two queries, and one
-    for each kind of subscription held. Runs and conversations are the owner's, as
-    access_run and access_conversation have it (each asked at subscription), checked here in
-    one query a kind rather than one a subscription."""
-    user = session_user(session_key)
-    if user is None or user.pk != user_id:
-        return UNAUTHENTICATED
-    if runs and Run.objects.filter(pk__in=runs, conversation__owner_id=user.pk).count() < len(runs):
-        return FORBIDDEN
-    if conversations and (
-        Conversation.objects.filter(pk__in=conversations, owner_id=user.pk).count()
-        < len(conversations)
-    ):
-        return FORBIDDEN
-    if inbox and not inbox <= set(reviewer_listens_on(user)):
-        return FORBIDDEN
-    return None
+@dataclass(frozen=True)
+class Probe:
+    """What one socket's access check asks: is the session still the user's, and is each
+    subscription still theirs."""
+
+    user_id: int
+    session_key: str | None
+    runs: frozenset[int]
+    conversations: frozenset[int]
+    inbox: frozenset[str]
+
+
+class _Checks:
+    """The access checks of one event loop's sockets, batched: every check asked for while a
+    batch is being answered goes into the next one, and each batch is one trip to the database
+    thread and a handful of queries (`_verdicts`), however many sockets it holds. One check a
+    socket, each its own trip, made a thousand open sockets queue for the one thread channels
+    runs database work on, and live tokens waited seconds behind them (bench/websockets.py)."""
+
+    def __init__(self) -> None:
+        self.waiting: list[tuple[Probe, asyncio.Future]] = []
+        self.answering: asyncio.Task | None = None
+
+    async def verdict(self, probe: Probe) -> int | None:
+        future = asyncio.get_running_loop().create_future()
+        self.waiting.append((probe, future))
+        if self.answering is None or self.answering.done():
+            self.answering = asyncio.ensure_future(self._answer())
+        return await asyncio.shield(future)
+
+    async def _answer(self) -> None:
+        while self.waiting:
+            batch, self.waiting = self.waiting, []
+            try:
+                codes = await database_sync_to_async(_verdicts)([p for p, _ in batch])
+            except (DatabaseError, InterfaceError) as exc:  # refused unknown; pages reconnect
+                logger.warning("websockets could not check their access: %s", exc)
+                codes = [UNAVAILABLE] * len(batch)
+            for (_, future), code in zip(batch, codes, strict=True):
+                if not future.done():
+                    future.set_result(code)
+
+
+_loops_checks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Checks] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _checks() -> _Checks:
+    loop = asyncio.get_running_loop()
+    checks = _loops_checks.get(loop)
+    if checks is None:
+        checks = _loops_checks[loop] = _Checks()
+    return checks
+
+
+def _verdicts(probes: list[Probe]) -> list[int | None]:
+    """For each probe, None while its socket may go on; else the code to close it with. Runs
+    and conversations are the owner's, as access_run and access_conversation have it (each
+    asked at subscription). A query for the sessions, one for their users, one for the runs
+    and one for the conversations named, whatever the number of probes (and the inbox's groups
+    per reviewer)."""
+    users = session_users(p.session_key for p in probes)
+    run_owners = dict(
+        Run.objects.filter(pk__in={r for p in probes for r in p.runs}).values_list(
+            "pk", "conversation__owner_id"
+        )
+    )
+    conversation_owners = dict(
+        Conversation.objects.filter(
+            pk__in={c for p in probes for c in p.conversations}
+        ).values_list("pk", "owner_id")
+    )
+    listens: dict[int, set[str]] = {}
+
+    def code(probe: Probe) -> int | None:
+        user = users.get(probe.session_key) if probe.session_key else None
+        if user is None or user.pk != probe.user_id:
+            return UNAUTHENTICATED
+        theirs = all(run_owners.get(r) == user.pk for r in probe.runs) and all(
+            conversation_owners.get(c) == user.pk for c in probe.conversations
+        )
+        if probe.inbox and theirs:
+            if user.pk not in listens:
+                listens[user.pk] = set(reviewer_listens_on(user))
+            theirs = probe.inbox <= listens[user.pk]
+        return None if theirs else FORBIDDEN
+
+    codes = [code(probe) for probe in probes]
+    return codes
 
 
 def _is_id(value) -> bool:

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from importlib import import_module
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -82,29 +84,63 @@ def session_user(session_key: str | None):
     still gives an active user, whose password is the one the session was made with), without
     its side effects (a request flushes a session that fails, or moves one made under an old
     SECRET_KEY to a new key, which a websocket could not tell its browser)."""
-    from django.contrib.auth import (
-        BACKEND_SESSION_KEY,
-        HASH_SESSION_KEY,
-        SESSION_KEY,
-        get_user_model,
-        load_backend,
-    )
+    return session_users([session_key]).get(session_key) if session_key else None
+
+
+def session_users(session_keys: Iterable[str | None]) -> dict[str, Any]:
+    """`session_user` of each session key at once (keys that sign nobody in map to None): with
+    a database session engine, one query for the sessions and one for their users, whatever
+    their number (a web process re-checks every open websocket's session every few seconds)."""
+    from django.contrib.auth import BACKEND_SESSION_KEY, SESSION_KEY, get_user_model, load_backend
+    from django.contrib.auth.backends import ModelBackend
+    from django.contrib.sessions.backends.db import SessionStore as DatabaseStore
+    from django.utils import timezone
+
+    keys = {key for key in session_keys if key}
+    found: dict[str, Any] = dict.fromkeys(keys)
+    store = import_module(settings.SESSION_ENGINE).SessionStore
+    if issubclass(store, DatabaseStore):  # db and cached_db: the rows, read in one query
+        rows = store.get_model_class().objects.filter(
+            session_key__in=keys, expire_date__gt=timezone.now()
+        )
+        sessions = {row.session_key: store().decode(row.session_data) for row in rows}
+    else:
+        sessions = {key: dict(store(key).items()) for key in keys}
+    pk = get_user_model()._meta.pk
+    claims = {}  # session key -> (backend path, user id)
+    for key, data in sessions.items():
+        user_id, backend_path = data.get(SESSION_KEY), data.get(BACKEND_SESSION_KEY)
+        if user_id is not None and backend_path in settings.AUTHENTICATION_BACKENDS:
+            claims[key] = (backend_path, pk.to_python(user_id))
+    users: dict[tuple[str, Any], Any] = {}
+    by_backend: dict[str, set] = {}
+    for backend_path, user_id in claims.values():
+        by_backend.setdefault(backend_path, set()).add(user_id)
+    for backend_path, ids in by_backend.items():
+        backend = load_backend(backend_path)
+        if type(backend).get_user is ModelBackend.get_user:  # its own get_user, in bulk
+            bulk = get_user_model()._default_manager.in_bulk(ids)
+            for user_id, user in bulk.items():
+                if backend.user_can_authenticate(user):
+                    users[backend_path, user_id] = user
+        else:
+            for user_id in ids:
+                users[backend_path, user_id] = backend.get_user(user_id)
+    for key, claim in claims.items():
+        user = users.get(claim)
+        if user is not None and user.is_active and _signs_in(sessions[key], user):
+            found[key] = user
+    return found
+
+
+def _signs_in(session: dict, user) -> bool:
+    """The session was made with the user's current password (or a fallback key's hash)."""
+    from django.contrib.auth import HASH_SESSION_KEY
     from django.utils.crypto import constant_time_compare
 
-    if not session_key:
-        return None
-    session = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
-    user_id, backend_path = session.get(SESSION_KEY), session.get(BACKEND_SESSION_KEY)
-    if user_id is None or backend_path not in settings.AUTHENTICATION_BACKENDS:
-        return None
-    user = load_backend(backend_path).get_user(get_user_model()._meta.pk.to_python(user_id))
-    if user is None or not user.is_active:
-        return None
     signed = session.get(HASH_SESSION_KEY) or ""
     hashes = [user.get_session_auth_hash(), *user.get_session_auth_fallback_hash()]
-    if not signed or not any(constant_time_compare(signed, h) for h in hashes):
-        return None
-    return user
+    return bool(signed) and any(constant_time_compare(signed, h) for h in hashes)
 
 
 # Signal receivers (connected in AgentsConfig.ready) ----------------------------------------

@@ -12,6 +12,17 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 # Django must be set up before anything imports models (consumers, the auth middleware).
 django_asgi_app = get_asgi_application()
 
+from django.conf import settings  # noqa: E402
+
+if settings.WARDEN_WEB_DATABASE_POOL:
+    # The web process takes its database connections from a pool (psycopg_pool, Django's
+    # "pool" option): ASGI runs each request's and each websocket's database work on threads
+    # that change, so without one every request and every websocket check connected anew
+    # (CONN_MAX_AGE stays 0, as Django requires with a pool). Workers keep their persistent
+    # connections instead (config.celery). Set here, before the first connection, so that
+    # only the server process that loads the ASGI application has one.
+    settings.DATABASES["default"]["OPTIONS"]["pool"] = settings.WARDEN_WEB_DATABASE_POOL
+
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402

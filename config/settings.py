@@ -414,6 +414,14 @@ else:
 DATABASES["default"]["CONN_MAX_AGE"] = env_int("DATABASE_CONN_MAX_AGE", 0, minimum=0)
 # A kept connection that a database restart broke is replaced before a request uses it.
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# The web server's connection pool (config.asgi): at most this many connections, 2 kept open,
+# a request waiting up to 10 s for one; 0 turns the pool off (a connection per request).
+_WEB_POOL_SIZE = env_int("DATABASE_WEB_POOL_SIZE", 20, minimum=0)
+WARDEN_WEB_DATABASE_POOL = (
+    {"min_size": min(2, _WEB_POOL_SIZE), "max_size": _WEB_POOL_SIZE, "timeout": 10}
+    if _WEB_POOL_SIZE
+    else None
+)
 DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = 5
 # psycopg prepares a server-side-bound statement once a connection has run it five times
 # (Django turns this off, for poolers that cannot keep prepared statements: PgBouncer before
@@ -473,6 +481,9 @@ CHANNEL_LAYERS = {
         },
     }
 }
+# Connections to Redis of a web process's shared client and of its channel layer, each (a
+# command waits for a free one; governance.live.shared_redis_client, ops.channel_layer).
+WARDEN_LIVE_REDIS_CONNECTIONS = env_int("WARDEN_LIVE_REDIS_CONNECTIONS", 500, minimum=1)
 # A websocket and a run's event stream that carry nothing for this long send a keep-alive (a
 # `keepalive` frame, an SSE comment): proxies close connections idle for a minute or so.
 WARDEN_LIVE_KEEPALIVE_SECONDS = env_int("WARDEN_LIVE_KEEPALIVE_SECONDS", 15, minimum=1)

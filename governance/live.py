@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import threading
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -66,6 +67,31 @@ def redis_client() -> Any:
     from django.conf import settings
 
     return redis.asyncio.from_url(settings.REDIS_URL, **settings.REDIS_BLOCKING_OPTIONS)
+
+
+_shared: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
+
+
+def shared_redis_client() -> Any:
+    """The current event loop's one Redis client, for every reader on it (a web process's
+    websockets, its OpenAI-compatible waits). Its pool holds at most
+    settings.WARDEN_LIVE_REDIS_CONNECTIONS connections and makes a command wait for a free one
+    rather than fail: a crowd of sockets opening at once (bench/websockets.py: a thousand)
+    got redis-py's "Too many connections" from per-socket clients and default pools of 100."""
+    import redis.asyncio
+    from django.conf import settings
+
+    loop = asyncio.get_running_loop()
+    client = _shared.get(loop)
+    if client is None:
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            settings.REDIS_URL,
+            max_connections=settings.WARDEN_LIVE_REDIS_CONNECTIONS,
+            timeout=settings.REDIS_BLOCKING_OPTIONS["socket_timeout"],
+            **settings.REDIS_BLOCKING_OPTIONS,
+        )
+        client = _shared[loop] = redis.asyncio.Redis(connection_pool=pool)
+    return client
 
 
 def _publisher() -> tuple[asyncio.AbstractEventLoop, _Queue]:

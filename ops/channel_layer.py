@@ -21,6 +21,24 @@ RECANCEL_SECONDS = 0.05
 
 
 class ChannelLayer(RedisChannelLayer):
+    def create_pool(self, index):
+        """channels_redis's pool, but one that makes a command wait for a free connection
+        instead of failing with "Too many connections" (redis-py's pools hold 100 by default):
+        a thousand websockets joining their groups at once (bench/websockets.py) lost the
+        channel layer."""
+        from django.conf import settings
+        from redis.asyncio import BlockingConnectionPool
+
+        host = dict(self.hosts[index])
+        if "address" not in host:
+            return super().create_pool(index)
+        return BlockingConnectionPool.from_url(
+            host.pop("address"),
+            max_connections=settings.WARDEN_LIVE_REDIS_CONNECTIONS,
+            timeout=settings.REDIS_BLOCKING_OPTIONS["socket_timeout"],
+            **host,
+        )
+
     async def receive(self, channel):
         receiving = asyncio.ensure_future(super().receive(channel))
         try:

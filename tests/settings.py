@@ -41,3 +41,7 @@ READY_CACHE_SECONDS = 0  # each test sees the state it set up (one test turns th
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # speed only
 # The browser tests' daphne serves static files straight from the apps (no collectstatic).
 WHITENOISE_USE_FINDERS = True
+
+# The suite's own process imports config.asgi (websocket tests) inside TestCase transactions:
+# no pool there. Real daphne processes the tests start (the launcher, the browser tests) have it.
+WARDEN_WEB_DATABASE_POOL = None

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import time
-import weakref
 from dataclasses import dataclass, field
 
 from asgiref.sync import sync_to_async
@@ -302,18 +301,10 @@ def _start(request, ask: Ask) -> Run:
 # Following a run ---------------------------------------------------------------------------
 
 
-_async_redis: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def _aredis():
-    import asyncio
+    from governance.live import shared_redis_client
 
-    from governance.live import redis_client
-
-    loop = asyncio.get_running_loop()
-    if loop not in _async_redis:
-        _async_redis[loop] = redis_client()
-    return _async_redis[loop]
+    return shared_redis_client()
 
 
 @dataclass
