@@ -118,18 +118,18 @@ def session_users(session_keys: Iterable[str | None]) -> dict[str, Any]:
         by_backend.setdefault(backend_path, set()).add(user_id)
     for backend_path, ids in by_backend.items():
         backend = load_backend(backend_path)
-        if type(backend).get_user is ModelBackend.get_user:  # its own get_user, in bulk
-            bulk = get_user_model()._default_manager.in_bulk(ids)
-            for user_id, user in bulk.items():
-                if backend.user_can_authenticate(user):
-                    users[backend_path, user_id] = user
+        if isinstance(backend, ModelBackend) and type(backend).get_user is ModelBackend.get_user:
+            # ModelBackend's own get_user, in bulk
+            for user_id, bulk_user in get_user_model()._default_manager.in_bulk(ids).items():
+                if backend.user_can_authenticate(bulk_user):
+                    users[backend_path, user_id] = bulk_user
         else:
             for user_id in ids:
                 users[backend_path, user_id] = backend.get_user(user_id)
     for key, claim in claims.items():
-        user = users.get(claim)
-        if user is not None and user.is_active and _signs_in(sessions[key], user):
-            found[key] = user
+        signed_in = users.get(claim)
+        if signed_in is not None and signed_in.is_active and _signs_in(sessions[key], signed_in):
+            found[key] = signed_in
     return found
 
 
