@@ -376,6 +376,15 @@ class _Checks:
             except (DatabaseError, InterfaceError) as exc:  # refused unknown; pages reconnect
                 logger.warning("websockets could not check their access: %s", exc)
                 codes = [UNAVAILABLE] * len(batch)
+            except asyncio.CancelledError:  # the server is stopping: so are the sockets
+                for _, future in batch:
+                    future.cancel()
+                raise
+            except Exception as exc:  # each socket's check raises it, as its own check would
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
             for (_, future), code in zip(batch, codes, strict=True):
                 if not future.done():
                     future.set_result(code)

@@ -9,7 +9,7 @@ from importlib import import_module
 import pytest
 from django.conf import settings
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.test.utils import CaptureQueriesContext
 
 from agents import consumers
@@ -128,3 +128,31 @@ def test_checks_asked_together_are_answered_by_one_trip(world, monkeypatch):
 
     assert asyncio.run(ask()) == [None] * len(users)
     assert trips == [len(users)]
+
+
+@pytest.mark.parametrize(
+    ("raised", "expected"),
+    [(DatabaseError("gone"), consumers.UNAVAILABLE), (RuntimeError("bug"), RuntimeError)],
+)
+def test_a_failed_batch_answers_every_socket_in_it(monkeypatch, raised, expected):
+    """The database away: every socket in the batch is told (4503: the page reconnects). Any
+    other error reaches every socket's check, none is left waiting."""
+
+    def failing(probes):
+        raise raised
+
+    monkeypatch.setattr(consumers, "_verdicts", failing)
+
+    async def ask():
+        checks = consumers._Checks()
+        asked = [
+            checks.verdict(Probe(i, f"k{i}", frozenset(), frozenset(), frozenset()))
+            for i in range(5)
+        ]
+        return await asyncio.wait_for(asyncio.gather(*asked, return_exceptions=True), 10)
+
+    answers = asyncio.run(ask())
+    if isinstance(expected, type):
+        assert all(isinstance(a, expected) for a in answers), answers
+    else:
+        assert answers == [expected] * 5
