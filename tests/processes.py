@@ -93,6 +93,9 @@ def manage(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.
     )
 
 
+BANNER_END = "warden: press Ctrl-C to stop"  # the last line every launcher prints once started
+
+
 class Up:
     """`manage.py up` running in the background, its output collected in a file."""
 
@@ -154,12 +157,15 @@ class Up:
         return set(self.names.values())
 
     def wait_ready(self, url: str, timeout: float = 180) -> dict:
+        """`url` (a /readyz) answers 200 and the launcher has printed its banner: /readyz is
+        ready as soon as the worker answers a ping, a moment before the launcher's own ping
+        does and it prints the banner (with the demo passwords, at a first start)."""
         deadline = time.monotonic() + timeout
         while True:
             if self.process.poll() is not None:
                 raise AssertionError(f"up exited with {self.process.returncode}:\n{self.output()}")
             status, body = http_get(url)
-            if status == 200:
+            if status == 200 and BANNER_END in self.output():
                 self.remember_tree()
                 return json.loads(body)
             if time.monotonic() > deadline:
