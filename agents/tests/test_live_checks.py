@@ -3,46 +3,30 @@ agents.revocation.session_users): the same verdict as one socket's check, in a f
 queries however many sockets ask, and checks asked together answered by one trip."""
 
 import asyncio
-import uuid
 from importlib import import_module
 
 import pytest
 from django.conf import settings
-from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
+from django.contrib.auth import BACKEND_SESSION_KEY, get_user_model
 from django.db import DatabaseError, connection
 from django.test.utils import CaptureQueriesContext
 
 from agents import consumers
 from agents.consumers import FORBIDDEN, UNAUTHENTICATED, Probe, _verdicts
-from agents.models import Agent, Conversation, Deployment, ModelRoute, Run
 from agents.revocation import session_user, session_users
+from portal.tests.test_websocket import a_run, agent  # noqa: F401 - a fixture
+from tests.test_live_access import signed_in
 
 pytestmark = pytest.mark.django_db
 
 
-def session(user, *, backend="django.contrib.auth.backends.ModelBackend") -> str:
-    store = import_module(settings.SESSION_ENGINE).SessionStore()
-    store[SESSION_KEY] = str(user.pk)
-    store[BACKEND_SESSION_KEY] = backend
-    store[HASH_SESSION_KEY] = user.get_session_auth_hash()
-    store.save()
-    return store.session_key
-
-
 @pytest.fixture
-def world():
-    route = ModelRoute.objects.create(name=f"r-{uuid.uuid4().hex[:8]}")
-    Deployment.objects.create(route=route, position=1, model="warden-local/demo")
-    agent = Agent.objects.create(name="A", slug=f"a-{uuid.uuid4().hex[:6]}", route=route)
+def world(agent):  # noqa: F811 - the fixture imported above
     users = [
         get_user_model().objects.create_user(f"u{i}", password="pw-0123456789") for i in range(6)
     ]
-    conversations = [Conversation.objects.create(owner=u, agent=agent) for u in users]
-    runs = [
-        Run.objects.create(agent=agent, conversation=c, actor=c.owner, input="hi")
-        for c in conversations
-    ]
-    return users, conversations, runs
+    runs = [a_run(user, agent) for user in users]
+    return users, [run.conversation for run in runs], runs
 
 
 def probe(user, key, *, runs=(), conversations=()) -> Probe:
@@ -51,7 +35,7 @@ def probe(user, key, *, runs=(), conversations=()) -> Probe:
 
 def test_verdicts_are_each_socket_s_own_in_a_fixed_number_of_queries(world):
     users, conversations, runs = world
-    keys = [session(u) for u in users]
+    keys = [signed_in(u) for u in users]
     # u1 changed their password (their sessions no longer sign them in); u2 was disabled; u3's
     # socket follows u4's run; u5's session is gone.
     users[1].set_password("another-0123456789")
@@ -88,27 +72,28 @@ def test_verdicts_are_each_socket_s_own_in_a_fixed_number_of_queries(world):
     assert len(queries) == 4
 
 
-def test_session_users_agree_with_one_session_s_check(world):
+def test_session_users_in_bulk_say_whom_each_session_signs_in(world):
     users, _, _ = world
-    keys = [session(u) for u in users] + [
-        session(users[0], backend="not.a.Backend"),
-        "no-such-session",
-    ]
-    users[1].set_password("another-0123456789")
+    keys = [signed_in(u) for u in users]
+    unknown_backend = import_module(settings.SESSION_ENGINE).SessionStore(signed_in(users[0]))
+    unknown_backend[BACKEND_SESSION_KEY] = "not.a.Backend"
+    unknown_backend.save()
+    users[1].set_password("another-0123456789")  # its sessions no longer sign it in
     users[1].save()
-    found = session_users(keys)
-    assert {k: (u.pk if u else None) for k, u in found.items()} == {
-        k: (u.pk if u else None) for k in keys for u in [session_user(k)]
+    found = session_users([*keys, unknown_backend.session_key, "no-such-session", None])
+    assert found == {
+        **dict(zip(keys, [users[0], None, *users[2:]], strict=True)),
+        unknown_backend.session_key: None,
+        "no-such-session": None,
     }
-    assert found[keys[0]] == users[0]
-    assert found[keys[1]] is None
-    assert found[keys[-2]] is None
+    assert session_user(keys[0]) == users[0]
+    assert session_user(keys[1]) is None
 
 
 @pytest.mark.usefixtures("committing_db")  # the checks read on the database thread
 def test_checks_asked_together_are_answered_by_one_trip(world, monkeypatch):
     users, conversations, _ = world
-    keys = [session(u) for u in users]
+    keys = [signed_in(u) for u in users]
     trips = []
     real = consumers._verdicts
 
