@@ -19,13 +19,14 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from openai_overhead import free_port  # bench/ is on the path
 
 ROOT = Path(__file__).resolve().parent.parent
 QUESTIONS = ["Where do I collect my badge?", "How many days of annual leave do I get?"]
@@ -35,12 +36,6 @@ def _env(var: Path, port: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
     env.update(WARDEN_VAR_DIR=str(var), PORT=str(port), DJANGO_SETTINGS_MODULE="config.settings")
     return env
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -62,7 +57,7 @@ def _run_times(env: dict[str, str]) -> list[dict]:
 
 def trial(number: int) -> dict:
     var = Path(tempfile.mkdtemp(prefix="warden-first-"))
-    port = _free_port()
+    port = free_port()
     env = _env(var, port)
     log = var / "up.log"
     marks: dict[str, float] = {}

@@ -26,12 +26,10 @@ import asyncio
 import json
 import os
 import resource
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -265,37 +263,24 @@ def main() -> None:
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8 * args.sockets)), hard))
-    var = tempfile.mkdtemp(prefix="warden-bench-")
-    env = {
-        **os.environ,
-        "WARDEN_VAR_DIR": var,
-        "DJANGO_SETTINGS_MODULE": "config.settings",
-        "LOG_LEVEL": "WARNING",
-        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-    }
-    for name in ("DATABASE_URL", "REDIS_URL"):
-        env.pop(name, None)
-    os.environ.clear()
-    os.environ.update(env)
+    from _env import embedded  # the throwaway data directory, for this process and its children
 
-    import django
+    with embedded(redis=True):
+        run_stack(args)
 
-    django.setup()
+
+def run_stack(args) -> None:
+    """The mock, daphne and a worker on the embedded servers; the sockets driven; the report."""
     import psutil
-    from django.conf import settings
     from django.core.management import call_command
     from django.db import connections
 
-    from ops.embedded import EmbeddedPostgres, EmbeddedRedis
+    from config.celery import app
 
-    servers = [EmbeddedPostgres(settings.EMBEDDED), EmbeddedRedis(settings.EMBEDDED)]
+    call_command("migrate", verbosity=0)
     children: list[subprocess.Popen] = []
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    web_log = open(os.environ.get("BENCH_WEB_LOG", os.devnull), "w")  # noqa: SIM115
     try:
-        for server in servers:
-            server.start()
-        call_command("migrate", verbosity=0)
         mock_port, web_port = free_port(), free_port()
         mock = [sys.executable, __file__, "--mock", str(mock_port), str(args.tokens)]
         children.append(subprocess.Popen([*mock, str(args.token_ms)], **quiet))
@@ -304,8 +289,7 @@ def main() -> None:
         web = subprocess.Popen(
             [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(web_port), ASGI],
             cwd=ROOT,
-            stdout=web_log,
-            stderr=subprocess.STDOUT,
+            **quiet,
         )
         children.append(web)
         worker = [sys.executable, "-m", "celery", "-A", "config", "worker", "--loglevel", "WARNING"]
@@ -313,8 +297,6 @@ def main() -> None:
         children.append(subprocess.Popen(worker, cwd=ROOT, **quiet))
         web_url = f"http://127.0.0.1:{web_port}"
         wait_http(f"{web_url}/healthz", web)
-        from config.celery import app
-
         while not app.control.ping(timeout=1):
             pass
         daphne = psutil.Process(web.pid)
@@ -334,9 +316,6 @@ def main() -> None:
                 child.kill()
                 child.wait()
         connections.close_all()
-        for server in reversed(servers):
-            server.stop()
-        shutil.rmtree(var, ignore_errors=True)
 
 
 def report(args, result, logged, *, cpu: float, rss: float) -> None:
