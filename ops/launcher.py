@@ -535,6 +535,7 @@ def _wait_for_worker(running: _Running, say: Callable[[str], None]) -> None:
             break
         if time.monotonic() - started > READY_TIMEOUT:
             raise LaunchError(f"the worker did not answer within {READY_TIMEOUT} s")
+        time.sleep(0.2)  # a ping that failed at once (the broker away) is not asked again at once
     say("worker ready (its models loaded)")
 
 

@@ -42,6 +42,7 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # speed on
 # The browser tests' daphne serves static files straight from the apps (no collectstatic).
 WHITENOISE_USE_FINDERS = True
 
-# The suite's own process imports config.asgi (websocket tests) inside TestCase transactions:
-# no pool there. Real daphne processes the tests start (the launcher, the browser tests) have it.
+# The suite's own process imports config.asgi (websocket tests) inside TestCase transactions,
+# and the browser tests' daphne runs on these settings too: no pool there. The launchers the
+# tests start (tests/test_up.py, the chaos suite) run on config.settings, with the pool.
 WARDEN_WEB_DATABASE_POOL = None

@@ -56,6 +56,7 @@ from agents.selectors import (
 )
 from agents.submit import run_submit
 from governance.access import NoAccess
+from governance.live import shared_redis_client
 from integrations.api.auth import HasScope
 from integrations.api.parsers import unstorable
 from integrations.api.problems import exception_handler, problem_body, refusal
@@ -301,12 +302,6 @@ def _start(request, ask: Ask) -> Run:
 # Following a run ---------------------------------------------------------------------------
 
 
-def _aredis():
-    from governance.live import shared_redis_client
-
-    return shared_redis_client()
-
-
 @dataclass
 class Tokens:
     """What has been streamed of the answer. Tokens carry the run's fencing token (`attempt`):
@@ -379,7 +374,7 @@ async def _events(request: HttpRequest, run: Run, ask: Ask, watch: AccessWatch):
     yield chunk({"role": "assistant", "content": ""})
     tokens = Tokens()
     settled = run if run.state in SETTLED else None
-    client, key, last = _aredis(), stream_key(run.pk), "0-0"
+    client, key, last = shared_redis_client(), stream_key(run.pk), "0-0"
     deadline = time.monotonic() + wait_seconds()
     check = False
     while settled is None:
