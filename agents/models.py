@@ -1,3 +1,4 @@
+import threading
 from decimal import Decimal
 
 from django.conf import settings
@@ -239,8 +240,11 @@ class Run(models.Model):
     a worker that lost its lease (it stalled, another took over) can never write again.
     """
 
-    # Not a column: set by agents.services when an idempotency key answers with this earlier run.
+    # Not columns, set by agents.services: `replayed` when an idempotency key answers with this
+    # earlier run; `done` when the run is advanced on a thread of this process (set as that
+    # thread is done with it: agents.orchestrator.run_here).
     replayed = False
+    done: threading.Event | None = None
 
     agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="runs")
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="runs")

@@ -13,13 +13,16 @@ import functools
 import json
 import logging
 import re
+import threading
 import time
+import uuid
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import cast
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import Exists
 from django.utils import timezone
 
 from agents import provenance
@@ -39,8 +42,11 @@ from agents.models import (
 from agents.selectors import earlier_passages, passages_before
 from agents.services import (
     LeaseLost,
+    RunContext,
     StepRecord,
+    enqueue,
     input_verdict,
+    lease_holder_name,
     permission_fingerprint,
     run_acquire_lease,
     run_checkpoint,
@@ -72,11 +78,13 @@ logger = logging.getLogger(__name__)
 MAX_INVALID_TOOL_CALLS = 3
 
 
-def run_execute(*, run_id: int, holder: str) -> float | None:
+def run_execute(*, run_id: int, holder: str, decided: RunContext | None = None) -> float | None:
     """Advance the run until it ends or another worker takes it over. Returns, when another
     worker holds a live lease on the run, the seconds until that lease expires (None
     otherwise). Raises only a transient error met before the lease was taken (the task
-    retries); every error after that is handled here (agents.faults)."""
+    retries); every error after that is handled here (agents.faults). `decided`: what the
+    run's start was decided on a moment ago in this process (the fast path, run_here), which
+    stands instead of deciding again."""
     failpoint("before_lease")
     token = run_acquire_lease(run_id=run_id, holder=holder)
     if token is None:
@@ -85,8 +93,84 @@ def run_execute(*, run_id: int, holder: str) -> float | None:
     # connection: nothing to heartbeat, and no new connection can carry on its work.
     inside = connection.in_atomic_block
     with lease_heartbeat(run_id=run_id, token=token, beat=not inside) as lease:
-        _advance(run_id, token, lease, retry=not inside)
+        _advance(run_id, token, lease, retry=not inside, decided=decided)
     return None
+
+
+def runs_here(agent: Agent, actor) -> bool:
+    """Whether a run of `agent` by `actor` takes the fast path (run_here) when its caller waits
+    in the web process: the run can only answer. No tool the actor may use (so no tool call, no
+    approval), no knowledge base to read (retrieval embeds, which is a worker's load), no answer
+    that may be held for review. Everything else goes to a worker. One query."""
+    tools = agent.tools.filter(enabled=True).restrict(actor, Action.USE)
+    found = {"calls": Exists(tools), "reads": Exists(agent.knowledge_bases.all())}
+    if agent.confidence_threshold:
+        found["holds"] = Exists(agent.route.deployments.filter(model__startswith=_LOCAL))
+    return not any(Agent.objects.filter(pk=agent.pk).annotate(**found).values_list(*found).get())
+
+
+def _may_hold(agent: Agent) -> bool:
+    """Whether an answer of `agent` may be held for review: a route with the offline model
+    reports a confidence, and the agent holds answers below its threshold (no provider
+    reports one, so their answers are never held)."""
+    if not agent.confidence_threshold:
+        return False
+    return agent.route.deployments.filter(model__startswith=_LOCAL).exists()
+
+
+_LOCAL = "warden-local/"  # the offline model's deployments (agents.gateway.local)
+
+
+class _Slots:
+    """A count of the runs this process advances on the fast path, at most the setting."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.taken = 0
+
+    def take(self) -> bool:
+        with self.lock:
+            if self.taken >= settings.WARDEN_FAST_PATH_RUNS:
+                return False
+            self.taken += 1
+            return True
+
+    def give(self) -> None:
+        with self.lock:
+            self.taken -= 1
+
+
+_here = _Slots()
+
+
+def run_here(run_id: int, decided: RunContext) -> threading.Event | None:
+    """The fast path: advance the committed run on a thread of this process (the web server's)
+    instead of a worker's, the same way a worker does (lease, checkpoints, governance, audit).
+    Returns an event set once the thread is done with the run, or None when this process
+    already advances WARDEN_FAST_PATH_RUNS runs (the caller hands the run to a worker: one
+    process, one interpreter lock, cannot do the work of the workers beside it). If the process
+    dies meanwhile, the lease runs out and the `run-resume` job hands the run to a worker, as
+    for a dead worker; a run the thread cannot start (the database away) goes to a worker at
+    once."""
+    if not _here.take():
+        return None
+    done = threading.Event()
+
+    def advance() -> None:
+        try:
+            holder = lease_holder_name(f"web-{uuid.uuid4().hex}")
+            run_execute(run_id=run_id, holder=holder, decided=decided)
+        except Exception as exc:  # raised only before the lease was taken
+            logger.warning("run %s: not started here (%s); handed to a worker", run_id, exc)
+            with contextlib.suppress(Exception):  # else the resume job finds it
+                enqueue(run_id)
+        finally:
+            connection.close()  # this thread's own
+            _here.give()
+            done.set()
+
+    threading.Thread(target=advance, name=f"run-{run_id}", daemon=True).start()
+    return done
 
 
 def _lease_left(run_id: int) -> float | None:
@@ -108,12 +192,12 @@ class _Attempt:
     commits: int = 0
 
 
-def _advance(run_id: int, token: int, lease: Lease, *, retry: bool) -> None:
+def _advance(run_id: int, token: int, lease: Lease, *, retry: bool, decided) -> None:
     attempt = _Attempt()
     faults, commits, first_fault = 0, 0, 0.0
     while True:
         try:
-            return _loop(run_id, token, lease, attempt)
+            return _loop(run_id, token, lease, attempt, decided)
         except _Finished:
             return
         except LeaseLost:
@@ -179,7 +263,7 @@ class _Run:
     """What one worker knows of the run it holds: loaded once, extended by its own commits
     (nobody else writes while the lease is ours; the fenced checkpoint makes sure of it)."""
 
-    def __init__(self, run_id: int, token: int, lease: Lease, attempt: _Attempt):
+    def __init__(self, run_id: int, token: int, lease: Lease, attempt: _Attempt, *, answers):
         self.run = Run.objects.select_related("agent__route", "actor").get(pk=run_id)
         self.token = token
         self.lease = lease
@@ -187,8 +271,11 @@ class _Run:
         self.agent = self.run.agent
         self.steps = list(RunStep.objects.filter(run_id=run_id).order_by("index"))
         self.key = provenance.run_key(self.run.pk)  # marks untrusted content as data
-        self.offered = _offered(self.agent, self.run.actor)
-        self.knowledge_bases = list(self.agent.knowledge_bases.values_list("pk", flat=True))
+        # A run on the fast path was found to only answer as it started (runs_here).
+        self.offered = {} if answers else _offered(self.agent, self.run.actor)
+        self.knowledge_bases = (
+            [] if answers else list(self.agent.knowledge_bases.values_list("pk", flat=True))
+        )
         self.messages = _messages(self.run, reads=bool(self.offered or self.knowledge_bases))
         self.tokens = self.run.tokens
         self.cancel_requested = self.run.cancel_requested
@@ -210,14 +297,8 @@ class _Run:
 
     @functools.cached_property
     def streams_tokens(self) -> bool:
-        """Tokens go out as they come, unless an answer may yet be held for review: a route
-        with the offline model reports a confidence, and the agent holds answers below its
-        threshold (no provider reports one, so their answers are never held)."""
-        if not self.run.stream:
-            return False
-        if not self.agent.confidence_threshold:
-            return True
-        return not self.agent.route.deployments.filter(model__startswith="warden-local/").exists()
+        """Tokens go out as they come, unless an answer may yet be held for review."""
+        return self.run.stream and not _may_hold(self.agent)
 
     @functools.cached_property
     def cache_scope(self) -> str:
@@ -287,16 +368,18 @@ class _Run:
         self.publish({"type": "final", "state": RunState.REJECTED}, settles=True)
 
 
-def _loop(run_id: int, token: int, lease: Lease, attempt: _Attempt) -> None:
-    held = _Run(run_id, token, lease, attempt)
+def _loop(run_id: int, token: int, lease: Lease, attempt: _Attempt, decided) -> None:
+    held = _Run(run_id, token, lease, attempt, answers=decided is not None)
     if held.run.fencing_token != token or held.run.state in FINAL_STATES:
         raise LeaseLost(f"run {run_id}")
     agent = held.agent
-    # Access may have changed since the run was queued (or parked for a day): decide again.
-    context = run_context(actor=held.run.actor, agent=agent)
-    start = decide(context.facts)
-    if not start.allowed:
-        return held.refuse(start, explain(start, agent=agent.name))
+    context = decided
+    if context is None:
+        # Access may have changed since the run was queued (or parked for a day): decide again.
+        context = run_context(actor=held.run.actor, agent=agent)
+        start = decide(context.facts)
+        if not start.allowed:
+            return held.refuse(start, explain(start, agent=agent.name))
     # None: no rule applies; an empty set never gets here (the start decision refuses it).
     held.regions = () if context.regions is None else context.regions
     held.budget_ids = context.budget_ids
@@ -393,6 +476,8 @@ def _ask_model(held: _Run, *, attempt: _Attempt, index: int, key: str, tools: li
         if obtained is not None:
             raise _Obtained
         held.ensure_lease()
+        if connection.settings_dict["OPTIONS"].get("pool") and not connection.in_atomic_block:
+            connection.close()  # a pooled one (a run on the fast path) goes back during the call
         messages, redaction = held.messages, None
         if agent.route.external:  # personal data never leaves; placeholders go instead
             messages, redaction = redact_messages(messages)

@@ -466,6 +466,12 @@ def run_wait(*, run: Run, timeout: float) -> Run:
 
     if run.state in SETTLED:  # an idempotent repeat of a settled request
         return run
+    deadline = time.monotonic() + timeout
+    if run.done is not None:  # advanced on a thread here (agents.orchestrator.run_here)
+        releasing(lambda: None)()  # the request's own queries are done: its connection goes back
+        if run.done.wait(timeout) and (settled := releasing(run_settled)(run.pk)) is not None:
+            return settled
+        # Past the wait, or the thread let the run go (a worker took it over): as for any run.
     if "client" not in _sync_redis:
         from django.conf import settings
 
@@ -475,7 +481,6 @@ def run_wait(*, run: Run, timeout: float) -> Run:
             settings.REDIS_URL, **settings.REDIS_BLOCKING_OPTIONS
         )
     client, key, last = _sync_redis["client"], stream_key(run.pk), "0-0"
-    deadline = time.monotonic() + timeout
     check = False
     releasing(lambda: None)()  # the request's own queries are done: its connection goes back
     while True:

@@ -173,6 +173,7 @@ def run_start(
     fingerprint: str = "",
     stream: bool = True,
     client_application_id: int | None = None,
+    here: bool = False,
 ) -> Run:
     """Queue a run of `agent` on the actor's message, once it passes `input_check` (interfaces
     come through agents.submit.run_submit, which finds or makes the conversation and scopes
@@ -181,7 +182,10 @@ def run_start(
     is the same too, and raises IdempotencyConflict if not. `stream` publishes the run's steps
     and the answer's tokens to its channel group as they happen (for somebody watching live).
     An unsaved `conversation` is saved with the run (so a refusal leaves no empty one behind).
-    `client_application_id` names the OAuth2 application that asked, if one did.
+    `client_application_id` names the OAuth2 application that asked, if one did. `here`: the
+    caller waits for the answer in this process, so a run that can only answer
+    (agents.orchestrator.runs_here decides) is advanced on a thread here instead of by a
+    worker; the run's `done` is then an event set once that thread is done with it.
 
     The policy decision point decides first (governance.policy); a denial is audited and
     raised as a RunDenied of its kind (RunDenied.of), and nothing else is written."""
@@ -192,7 +196,11 @@ def run_start(
         existing = _idempotent(actor, idempotency_key, fingerprint)
         if existing is not None:
             return existing
-    decision = _start_decision(agent=agent, actor=actor, input=input)
+    decision, context = _start_decision(agent=agent, actor=actor, input=input)
+    if here:
+        from agents.orchestrator import runs_here
+
+        here = runs_here(agent, actor)
     try:
         return _queued(
             agent,
@@ -200,10 +208,12 @@ def run_start(
             actor,
             input,
             decision,
+            context,
             idempotency_key=idempotency_key,
             fingerprint=fingerprint,
             stream=stream,
             client_application_id=client_application_id,
+            here=here,
         )
     except IntegrityError:
         # The same key, at the same moment, from a concurrent request: its run is the answer.
@@ -213,21 +223,21 @@ def run_start(
         return existing
 
 
-def _start_decision(*, agent: Agent, actor, input: str) -> Decision:
-    """The policy's yes to starting the run, once the agent's rate limits allow it too. A no
-    is audited (in its own transaction: nothing else is written) and raised as a RunDenied of
-    its kind."""
+def _start_decision(*, agent: Agent, actor, input: str) -> tuple[Decision, RunContext]:
+    """The policy's yes to starting the run, once the agent's rate limits allow it too, and
+    what it was decided on. A no is audited (in its own transaction: nothing else is written)
+    and raised as a RunDenied of its kind."""
     context = run_context(actor=actor, agent=agent, input=input)
     decision = decide(context.facts)
     if decision.allowed:
         _rate_limit(agent, actor)
-        return decision
+        return decision, context
     with transaction.atomic():
         audit_record(
             actor=actor,
             action="policy.decided",
             target=Target.of(agent),
-            data={"on": "run.start", **_decided(decision, run_start_verdicts(agent, input))},
+            data={"on": "run.start", **_decided(decision, context)},
         )
     message = explain(decision, agent=agent.name)
     if "budget.exhausted" in decision.reasons and "agent.forbidden" not in decision.reasons:
@@ -257,7 +267,7 @@ def _idempotent(actor, key: str, fingerprint: str) -> Run | None:
     return existing
 
 
-def _queued(agent, conversation, actor, input, decision, **fields):
+def _queued(agent, conversation, actor, input, decision, context, **fields):
     with transaction.atomic():
         if conversation.pk is None:  # a new conversation exists only with its first run
             conversation.save()
@@ -288,28 +298,31 @@ def _queued(agent, conversation, actor, input, decision, **fields):
             target=Target.of(run),
             run=run.pk,
             conversation=conversation.pk,
-            data={"on": "run.start", **_decided(decision, run_start_verdicts(agent, input))},
+            data={"on": "run.start", **_decided(decision, context)},
         )
-        transaction.on_commit(lambda: _started(run))
+        transaction.on_commit(lambda: _started(run, context if fields["here"] else None))
     return run
 
 
-def _started(run: Run) -> None:
-    _enqueue(run.pk)
+def _started(run: Run, here: RunContext | None) -> None:
+    """The committed run goes to a worker, or, `here` (what its start was decided on), to a
+    thread of this process."""
+    if here is not None:
+        from agents.orchestrator import run_here
+
+        run.done = run_here(run.pk, here)  # None: this process has no room for it
+    if run.done is None:
+        enqueue(run.pk)
     if run.stream:  # the conversation's open pages follow the new run
         event = {"type": "run.started", "run": run.pk}
         publish_group(f"conversation.{run.conversation_id}", event)
 
 
-def run_start_verdicts(agent: Agent, text: str) -> list[Verdict]:
-    verdict = input_verdict(agent, text)
-    return [] if verdict.action == VerdictAction.PASS else [verdict]
-
-
-def _decided(decision: Decision, verdicts: list[Verdict]) -> dict:
-    """A decision for the audit trail, with what the guardrails found (never the text)."""
+def _decided(decision: Decision, context: RunContext) -> dict:
+    """A decision for the audit trail, with what the guardrails found in the message (never
+    the text)."""
     data = decision.as_dict()
-    if verdicts:
+    if verdicts := [v for v in context.facts.verdicts if v.action != VerdictAction.PASS]:
         data["verdicts"] = [v.as_dict() for v in verdicts]
     return data
 
@@ -385,7 +398,8 @@ def input_verdict(agent: Agent, text: str) -> Verdict:
     return injection_verdict(text, action=agent.injection_action, where="input")
 
 
-def _enqueue(run_id: int) -> None:
+def enqueue(run_id: int) -> None:
+    """Hand the run to a worker."""
     from agents.tasks import run_execute_task
 
     run_execute_task.delay(run_id)
@@ -743,7 +757,7 @@ def run_approval_decided(request, **_signal) -> None:
             run=request.run_id,
             data={"approval": request.pk, "status": request.status},
         )
-        transaction.on_commit(lambda: _enqueue(request.run_id))
+        transaction.on_commit(lambda: enqueue(request.run_id))
         event = {"type": "requeued", "approval": request.pk, "status": str(request.status)}
         transaction.on_commit(lambda: publish(request.run_id, event))
 

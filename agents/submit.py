@@ -50,13 +50,16 @@ def run_submit(
     surface: str = "runs",
     client_application_id: int | None = None,
     stream: bool = True,
+    here: bool = False,
 ) -> Run:
     """Start a run of `agent` (which the caller found through an access check) on the actor's
     message, in their conversation `conversation` (an id; as a form sent it, text is parsed,
     and what is no id is missing) or a new one. `idempotency_key` is the client's raw key ('' for
     none); keys are the client's (the OAuth2 application `client_application_id`, or the
     user) on one `surface`, so one client's retry never meets another's run. The run's
-    `replayed` is set when the key answered an earlier run. Raises RunError's kinds."""
+    `replayed` is set when the key answered an earlier run. `here`: the caller waits for the
+    answer in this process (agents.services.run_start says what follows). Raises RunError's
+    kinds."""
     key = _scoped_key(idempotency_key, surface, client_application_id)
     if conversation is None:  # saved with its run: a refusal leaves no empty conversation
         found = Conversation(owner=actor, agent=agent, title=conversation_title(input))
@@ -77,6 +80,7 @@ def run_submit(
         fingerprint=_fingerprint(asked) if key else "",
         stream=stream,
         client_application_id=client_application_id,
+        here=here,
     )
 
 

@@ -8,10 +8,12 @@ process, keep-alive, streaming or not), and then, at 1, 10 and 50 concurrent cli
 one HTTP connection each), measures per request:
 
 - direct: `litellm.acompletion` to the mock (the floor);
-- warden: POST /v1/chat/completions on daphne with a Celery worker, as production runs them:
+- warden: POST /v1/chat/completions on daphne with Celery workers, as production runs them:
   an OAuth2 bearer token, the scope and the agent's access check, a budget that reserves and
   settles around the model call, the policy decision, the run and its steps committed with
-  their audit events, the answer followed through the run's Redis event stream;
+  their audit events. The agent can only answer, so daphne advances up to
+  WARDEN_FAST_PATH_RUNS of these runs itself and the workers the rest (the answer followed
+  through the run's Redis event stream);
 - proxy: the LiteLLM proxy (litellm[proxy], in its own virtualenv) configured with the same
   mock, authenticated with its master key (its spend tracking needs a database and Prisma, so it
   runs without one: it does less per request than Warden does).
@@ -315,7 +317,7 @@ def main() -> None:
                 **quiet,
             )
         )
-        worker = [python, "-m", "celery", "-A", "portal", "worker", "--loglevel", "WARNING"]
+        worker = [python, "-m", "celery", "-A", "config", "worker", "--loglevel", "WARNING"]
         worker += ["--concurrency", str(args.workers), "--without-mingle", "--without-gossip"]
         children.append(subprocess.Popen(worker, cwd=ROOT, **quiet))
         proxy_dir = Path(var) / "proxy"
@@ -365,6 +367,8 @@ def main() -> None:
         if proxy is not None:
             wait_http(f"http://127.0.0.1:{proxy_port}/health/liveliness", proxy)
         time.sleep(2)  # the worker's pool is up
+        if children[2].poll() is not None:
+            raise SystemExit(f"the Celery worker exited with {children[2].returncode}")
 
         import agents.gateway.client  # noqa: F401 - litellm as Warden sets it up
 
@@ -388,8 +392,8 @@ def main() -> None:
                     phases[clients] = run_phases(since=began)
         report(results, levels, list(contenders), args)
         print(
-            "Warden's runs, median ms: queued (committed -> a worker starts it), executed "
-            "(started -> finished), the rest is the endpoint and the wake-up"
+            "Warden's runs, median ms: queued (committed -> daphne or a worker starts it), "
+            "executed (started -> finished), the rest is the endpoint and the wake-up"
         )
         for clients, (queued, executed) in phases.items():
             total = percentile(results["warden", clients], 50)

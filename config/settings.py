@@ -564,6 +564,12 @@ except ValueError:
 WARDEN_INJECTION_ENCODER = env_bool("WARDEN_INJECTION_ENCODER", True)
 # How long POST /v1/chat/completions waits for a run before answering that it carries on.
 WARDEN_OPENAI_WAIT_SECONDS = env_int("WARDEN_OPENAI_WAIT_SECONDS", 120, minimum=1)
+# Runs that can only answer, advanced by the web process that waits for them (the fast path,
+# agents.orchestrator.run_here): at most this many at once per web process, the rest go to the
+# workers as every other run does; 0 sends them all there. One process has one interpreter
+# lock: on 2 cores, 1 was fastest at 1, 10 and 50 clients (bench/openai_overhead.py, 2 and
+# more piled the workers' share of the work onto the web process).
+WARDEN_FAST_PATH_RUNS = env_int("WARDEN_FAST_PATH_RUNS", 1, minimum=0)
 # Knowledge bases: the largest document accepted, uploaded or fetched.
 WARDEN_KNOWLEDGE_MAX_BYTES = env_int("WARDEN_KNOWLEDGE_MAX_BYTES", 20_000_000, minimum=1)
 # Private networks outbound requests may reach anyway (CIDRs, comma-separated): see

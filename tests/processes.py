@@ -260,9 +260,10 @@ def http_get(url: str, timeout: float = 30) -> tuple[int, str]:
 
 
 @contextlib.contextmanager
-def daphne_on_test_database(port: int, **env: str):
+def daphne_on_test_database(port: int, *, started: list | None = None, **env: str):
     """daphne serving Warden on 127.0.0.1:`port` with the test database (the caller's test
-    must commit its writes: `committing_db`); yields its URL once /healthz answers."""
+    must commit its writes: `committing_db`); yields its URL once /healthz answers. `started`
+    receives the daphne process, for a test that kills it."""
     from django.db import connection
 
     # Its log goes to a file: a pipe nobody reads fills up (64 KiB) and stalls the server.
@@ -287,6 +288,8 @@ def daphne_on_test_database(port: int, **env: str):
         stdout=subprocess.DEVNULL,
         stderr=log,
     )
+    if started is not None:
+        started.append(web)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120

@@ -296,6 +296,7 @@ def _start(request, ask: Ask) -> Run:
         # Tokens are published only for a streamed answer; every run publishes the events
         # that settle it, which is what a non-streamed request's wait wakes on.
         stream=ask.stream,
+        here=True,  # the request waits: a run that can only answer is advanced here
     )
 
 

@@ -4,7 +4,9 @@ OpenAI-compatible server; every request governed as a chat message is."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -16,7 +18,9 @@ import pytest
 from django.core.cache import cache
 from oauth2_provider.models import Application
 
-from agents.models import Agent, Conversation, Deployment, ModelRoute, Run
+from agents.models import Agent, Conversation, Deployment, ModelRoute, Run, RunState
+from agents.services import runs_to_resume
+from agents.tasks import run_resume_task
 from audit.models import AuditEvent
 from audit.services import SYSTEM
 from governance.models import Action, ApprovalRequest
@@ -102,10 +106,11 @@ def test_models_are_exactly_the_agents_the_account_may_use(live, people, desk, o
 
 
 def test_a_completion_is_a_governed_audited_run_with_the_model_s_answer_and_usage(
-    live, start_worker, people, desk
+    live, people, desk
 ):
+    """An agent that can only answer is run by the web process that waits for it (the fast
+    path): no worker runs here, and the run is the same governed, audited run."""
     live.model.script("desk", Reply.say(ANSWER, prompt_tokens=21, completion_tokens=9))
-    start_worker()
 
     completion = live.client(people.integration).chat.completions.create(
         model=f"agent:{desk.slug}",
@@ -136,15 +141,67 @@ def test_a_completion_is_a_governed_audited_run_with_the_model_s_answer_and_usag
     )
     queued = AuditEvent.objects.get(action="run.queued", run=str(run.pk))
     assert (queued.actor_id, queued.actor_type) == (str(people.integration.pk), "user")
+    trail = list(AuditEvent.objects.filter(run=str(run.pk)).values_list("action", flat=True))
+    assert trail == ["run.queued", "policy.decided", "run.step.model", "run.succeeded"]
+    assert [s.kind for s in run.steps.all()] == ["model"]
+    assert (run.lease_holder, run.fencing_token) == ("", 1)  # taken once, let go at the end
     # The model saw the agent's conversation, not the caller's system message.
     sent = live.model.requests["desk"][0]["messages"]
     assert [m["role"] for m in sent] == ["user"]
     assert sent[0]["content"] == "Is the VPN working?"
 
 
-def test_a_streamed_completion_sends_the_model_s_words_in_order(live, start_worker, people, desk):
-    live.model.script("desk", Reply.say(ANSWER))
-    start_worker()
+def test_a_web_process_killed_mid_call_leaves_its_run_for_a_worker_to_finish(
+    committing_db, server, people, unused_tcp_port, start_worker
+):
+    """The fast path keeps the durability contract: daphne killed while the model thinks leaves
+    the run running under a lease nobody renews; once it lapses the resume job hands the run to
+    a worker, which asks the model again and finishes it: one model step, one answer."""
+    desk = _agent(server, "desk", holders=[people.integration])
+    server.script("desk", Reply.say("never delivered", delay=20), Reply.say(ANSWER))
+    daphnes: list = []
+    with daphne_on_test_database(
+        unused_tcp_port, started=daphnes, WARDEN_RUN_LEASE_SECONDS="2"
+    ) as url:
+        client = Live(url, server).client(people.integration)
+
+        def ask() -> None:
+            with contextlib.suppress(openai.APIConnectionError):  # its server dies
+                client.chat.completions.create(
+                    model=f"agent:{desk.slug}", messages=[{"role": "user", "content": "VPN?"}]
+                )
+
+        asking = threading.Thread(target=ask, daemon=True)
+        asking.start()
+        _until(lambda: server.count("desk") == 1, "the model was asked")
+        held = Run.objects.get()
+        assert (held.state, held.fencing_token) == (RunState.RUNNING, 1)
+        assert ":web-" in held.lease_holder  # the web process holds it, no worker runs
+        daphnes[0].kill()
+        daphnes[0].wait()
+    asking.join(30)
+
+    _until(lambda: held.pk in runs_to_resume(), "the lapsed lease was found")
+    start_worker(WARDEN_RUN_LEASE_SECONDS="2")
+    assert run_resume_task() >= 1
+    _until(lambda: Run.objects.get().state == RunState.SUCCEEDED, "a worker finished the run")
+
+    run = Run.objects.get()
+    assert (run.answer, run.fencing_token, server.count("desk")) == (ANSWER, 2, 2)
+    assert [s.kind for s in run.steps.all()] == ["model"]
+    trail = list(AuditEvent.objects.filter(run=str(run.pk)).values_list("action", flat=True))
+    assert trail == ["run.queued", "policy.decided", "run.step.model", "run.succeeded"]
+
+
+def _until(condition, what: str, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {seconds:g} s: {what}"
+        time.sleep(0.1)
+
+
+def test_a_streamed_completion_sends_the_model_s_words_in_order(live, people, desk):
+    live.model.script("desk", Reply.say(ANSWER))  # run by the web process: no worker here
 
     stream = live.client(people.integration).chat.completions.create(
         model=f"agent:{desk.slug}",
