@@ -55,7 +55,7 @@ bench-first-answer: $(VENV)/.installed-run
 	$(BIN)/python bench/first_answer.py
 
 bench-ws: $(VENV)/.installed-dev  # 1,000 chat websockets on loopback, answers streamed into 100
-	$(BIN)/python bench/websockets.py
+	$(BIN)/python bench/websocket_sessions.py
 
 bench-retrieval: $(VENV)/.installed-dev
 	$(BIN)/python bench/retrieval.py --sizes 100000,1000000

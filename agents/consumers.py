@@ -355,7 +355,8 @@ class _Checks:
     batch is being answered goes into the next one, and each batch is one trip to the database
     thread and a handful of queries (`_verdicts`), however many sockets it holds. One check a
     socket, each its own trip, made a thousand open sockets queue for the one thread channels
-    runs database work on, and live tokens waited seconds behind them (bench/websockets.py)."""
+    runs database work on, and live tokens waited seconds behind them
+    (bench/websocket_sessions.py)."""
 
     def __init__(self) -> None:
         self.waiting: list[tuple[Probe, asyncio.Future]] = []

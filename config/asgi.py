@@ -43,6 +43,6 @@ application = ProtocolTypeRouter(
 # Everything loaded so far (Django, the apps, their modules) lives as long as the process:
 # moved out of the collector's sight, a full collection no longer walks it every few seconds
 # while a thousand sockets are open. Live tokens' p99 went from 218-863 ms to 84-86 ms at 1,000
-# sockets (bench/websockets.py, three runs against two).
+# sockets (bench/websocket_sessions.py, three runs against two).
 gc.collect()
 gc.freeze()

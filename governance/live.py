@@ -76,7 +76,7 @@ def shared_redis_client() -> Any:
     """The current event loop's one Redis client, for every reader on it (a web process's
     websockets, its OpenAI-compatible waits). Its pool holds at most
     settings.WARDEN_LIVE_REDIS_CONNECTIONS connections and makes a command wait for a free one
-    rather than fail: a crowd of sockets opening at once (bench/websockets.py: a thousand)
+    rather than fail: a crowd of sockets opening at once (bench/websocket_sessions.py: a thousand)
     got redis-py's "Too many connections" from per-socket clients and default pools of 100."""
     import redis.asyncio
     from django.conf import settings

@@ -24,7 +24,7 @@ class ChannelLayer(RedisChannelLayer):
     def create_pool(self, index):
         """channels_redis's pool, but one that makes a command wait for a free connection
         instead of failing with "Too many connections" (redis-py's pools hold 100 by default):
-        a thousand websockets joining their groups at once (bench/websockets.py) lost the
+        a thousand websockets joining their groups at once (bench/websocket_sessions.py) lost the
         channel layer."""
         from django.conf import settings
         from redis.asyncio import BlockingConnectionPool

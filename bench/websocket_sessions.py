@@ -1,7 +1,7 @@
 """Many live chat sessions at once: websockets held open, answers streamed into some of them.
 
     make bench-ws                 (1,000 sockets; loopback only, bounded by --seconds)
-    .venv/bin/python bench/websockets.py --sockets 1000 --streams 100 --seconds 60
+    .venv/bin/python bench/websocket_sessions.py --sockets 1000 --streams 100 --seconds 60
 
 Starts its own embedded PostgreSQL and Redis, daphne (one process, as `manage.py up` runs it)
 and a Celery worker, and a mock model that streams its answer a token every --token-ms. Each of
