@@ -84,7 +84,7 @@ def run_execute(*, run_id: int, holder: str, decided: RunContext | None = None) 
     otherwise). Raises only a transient error met before the lease was taken (the task
     retries); every error after that is handled here (agents.faults). `decided`: what the
     run's start was decided on a moment ago in this process (the fast path, run_here), which
-    stands instead of deciding again."""
+    stands instead of deciding again (until a fault makes the run retry)."""
     failpoint("before_lease")
     token = run_acquire_lease(run_id=run_id, holder=holder)
     if token is None:
@@ -151,7 +151,8 @@ def run_here(run_id: int, decided: RunContext) -> threading.Event | None:
     process, one interpreter lock, cannot do the work of the workers beside it). If the process
     dies meanwhile, the lease runs out and the `run-resume` job hands the run to a worker, as
     for a dead worker; a run the thread cannot start (the database away) goes to a worker at
-    once."""
+    once. A web process stopped, even gently, stops its runs with it: they wait out their
+    lease (or, not started yet, the resume job's minute) and ask the model again."""
     if not _here.take():
         return None
     done = threading.Event()
@@ -160,16 +161,23 @@ def run_here(run_id: int, decided: RunContext) -> threading.Event | None:
         try:
             holder = lease_holder_name(f"web-{uuid.uuid4().hex}")
             run_execute(run_id=run_id, holder=holder, decided=decided)
-        except Exception as exc:  # raised only before the lease was taken
-            logger.warning("run %s: not started here (%s); handed to a worker", run_id, exc)
+        except Exception as exc:  # the database away before the lease, or as the run failed
+            logger.warning("run %s: not advanced here (%s); handed to a worker", run_id, exc)
             with contextlib.suppress(Exception):  # else the resume job finds it
                 enqueue(run_id)
         finally:
-            connection.close()  # this thread's own
-            _here.give()
-            done.set()
+            try:
+                with contextlib.suppress(Exception):
+                    connection.close()  # this thread's own
+            finally:
+                _here.give()
+                done.set()
 
-    threading.Thread(target=advance, name=f"run-{run_id}", daemon=True).start()
+    try:
+        threading.Thread(target=advance, name=f"run-{run_id}", daemon=True).start()
+    except RuntimeError:  # no thread to be had: a worker's, then
+        _here.give()
+        return None
     return done
 
 
@@ -204,6 +212,7 @@ def _advance(run_id: int, token: int, lease: Lease, *, retry: bool, decided) -> 
             logger.info("run %s: lease lost, stopping", run_id)
             return
         except Exception as exc:
+            decided = None  # a retry, seconds later, decides again as a worker's would
             dependency = transient(exc) if retry else None
             if dependency is None:
                 return _failed(run_id, token, exc)

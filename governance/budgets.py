@@ -95,8 +95,11 @@ def _usages(budget_ids: list[int]) -> list[BudgetUsage]:
     return list(BudgetUsage.objects.filter(wanted).select_related("budget").order_by("budget_id"))
 
 
+# The budget's columns by name, not `b.*`: the statement is prepared (config.settings), and a
+# prepared `*` whose table gained a column fails ("cached plan must not change result type").
+_BUDGET_COLUMNS = ", ".join(f"b.{f.column}" for f in Budget._meta.concrete_fields)
 _USAGES_NOW = f"""
-SELECT b.*, u.id AS usage_id, COALESCE(u.used_tokens, 0) AS usage_used_tokens,
+SELECT {_BUDGET_COLUMNS}, u.id AS usage_id, COALESCE(u.used_tokens, 0) AS usage_used_tokens,
     COALESCE(u.used_cost, 0) AS usage_used_cost,
     COALESCE(u.reserved_tokens, 0) AS usage_reserved_tokens,
     COALESCE(u.reserved_cost, 0) AS usage_reserved_cost,
