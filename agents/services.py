@@ -197,7 +197,7 @@ def run_start(
         if existing is not None:
             return existing
     decision, context = _start_decision(agent=agent, actor=actor, input=input)
-    if here:
+    if here and settings.WARDEN_FAST_PATH_RUNS:  # (0: the fast path is off, nothing to ask)
         from agents.orchestrator import runs_here
 
         here = runs_here(agent, actor)

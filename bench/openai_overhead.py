@@ -49,16 +49,21 @@ WORDS = ["The", "VPN", "is", "back", "up", "for", "everyone"]
 # The mock model ----------------------------------------------------------------------------
 
 
+async def read_request(reader: asyncio.StreamReader) -> dict:
+    """The next request's JSON body on a keep-alive HTTP/1.1 connection (the mock models')."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    return json.loads(await reader.readexactly(length)) if length else {}
+
+
 async def _mock_handle(reader, writer) -> None:
     """HTTP/1.1 keep-alive, POST .../chat/completions only, answered at once."""
     try:
         while True:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":", 1)[1])
-            body = json.loads(await reader.readexactly(length)) if length else {}
+            body = await read_request(reader)
             model = body.get("model", "mock")
             usage = {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19}
             base = {"id": "chatcmpl-mock", "created": int(time.time()), "model": model}
@@ -117,6 +122,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def stop(children: list[subprocess.Popen]) -> None:
+    """SIGTERM to each child, last started first; one that has not exited 20 s later is killed."""
+    for child in reversed(children):
+        child.send_signal(signal.SIGTERM)
+    for child in reversed(children):
+        try:
+            child.wait(20)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
 
 
 def wait_http(url: str, process: subprocess.Popen, seconds: float = 120) -> None:
@@ -402,14 +419,7 @@ def main() -> None:
                 f"rest {total - queued - executed:.1f} (of p50 {total:.1f})"
             )
     finally:
-        for child in reversed(children):
-            child.send_signal(signal.SIGTERM)
-        for child in reversed(children):
-            try:
-                child.wait(20)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+        stop(children)
         for server in reversed(servers):
             server.stop()
         shutil.rmtree(var, ignore_errors=True)

@@ -26,7 +26,6 @@ import asyncio
 import json
 import os
 import resource
-import signal
 import statistics
 import subprocess
 import sys
@@ -34,7 +33,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from openai_overhead import free_port, wait_http  # bench/ is on the path
+from openai_overhead import free_port, read_request, stop, wait_http  # bench/ is on the path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -48,12 +47,7 @@ def mock_main(port: int, tokens: int, token_ms: float) -> None:
     async def handle(reader, writer) -> None:
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":", 1)[1])
-                body = json.loads(await reader.readexactly(length)) if length else {}
+                body = await read_request(reader)
                 base = {"id": "chatcmpl-mock", "created": int(time.time()), "model": "mock"}
                 base["object"] = "chat.completion.chunk"
                 writer.write(
@@ -307,14 +301,7 @@ def run_stack(args) -> None:
         time.sleep(2)  # the last runs' logs are complete
         report(args, result, logged_ids(result["runs"]), cpu=cpu, rss=rss)
     finally:
-        for child in reversed(children):
-            child.send_signal(signal.SIGTERM)
-        for child in reversed(children):
-            try:
-                child.wait(20)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+        stop(children)
         connections.close_all()
 
 
