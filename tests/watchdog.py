@@ -50,6 +50,7 @@ def pytest_configure(config: pytest.Config) -> None:
             os.remove(stacks.name)
 
         config.add_cleanup(cleanup)
+        config.pluginmanager.register(_FatalErrors(), "warden-fatal-errors")
         from django.core.signals import got_request_exception
 
         got_request_exception.connect(_note_exception, weak=False)
@@ -63,13 +64,38 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def _remove_written() -> None:
     """What the workers wrote (one that died could not remove its own)."""
-    for pattern in (_exceptions_file(os.getpid(), "*"), _stacks_file(os.getpid(), "*")):
+    for pattern in (
+        _exceptions_file(os.getpid(), "*"),
+        _stacks_file(os.getpid(), "*"),
+        _fatal_file(os.getpid(), "*"),
+    ):
         for path in glob.glob(pattern):
             os.remove(path)
 
 
 def _stacks_file(controller: int, worker: int | str) -> str:
     return os.path.join(tempfile.gettempdir(), f"warden-test-stacks-{controller}-{worker}.txt")
+
+
+def _fatal_file(controller: int, worker: int | str) -> str:
+    return os.path.join(tempfile.gettempdir(), f"warden-test-fatal-{controller}-{worker}.txt")
+
+
+class _FatalErrors:
+    """A worker's fatal error (a segmentation fault, an abort) goes to a file as well as to its
+    stderr: the controller repeats it in the run's final summary, where CI's excerpt shows it.
+    After pytest's own faulthandler plugin, which enables it on stderr at configure."""
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionstart(self) -> None:
+        self.file = open(_fatal_file(os.getppid(), os.getpid()), "w")  # noqa: SIM115
+        faulthandler.enable(file=self.file, all_threads=True)
+
+    def pytest_unconfigure(self) -> None:
+        if hasattr(self, "file"):
+            faulthandler.disable()
+            self.file.close()
+            os.remove(self.file.name)
 
 
 def _exceptions_file(controller: int, worker: str) -> str:
@@ -148,6 +174,7 @@ class Watchdog:
         self.ran: dict[str, list[str]] = {}  # worker -> the tests it finished, in order
         self.done = threading.Event()
         self.oom_kills = _oom_kills()
+        self.crashes: list[str] = []  # what was said of each dead worker, said again at the end
 
     def pytest_sessionstart(self) -> None:
         self.started = time.monotonic()
@@ -173,17 +200,28 @@ class Watchdog:
         worker = getattr(getattr(report, "node", None), "gateway", None)
         ran = self.ran.get(getattr(worker, "id", "?"), [])
         # What a worker ran before it died is what may have set the stage for it.
-        _say(
+        said = (
             f"\nwatchdog: a worker died ({_exit_status(worker)}; the kernel's OOM killer has"
             f" killed {_oom_kills() - self.oom_kills} processes since the run began) while"
             f" running {crashitem}, after {len(ran)} tests; the last of them:\n"
-            + "\n".join(f"  {nodeid}" for nodeid in ran[-40:])
+            + "\n".join(f"  {nodeid}" for nodeid in ran[-10:])
         )
         self.running.pop(crashitem, None)
         name = getattr(worker, "id", "?")
         # The workers are this process's children: their files carry its pid.
         with contextlib.suppress(OSError), open(_exceptions_file(os.getpid(), name)) as noted:
-            _say(f"watchdog: the last exceptions its views raised:\n{noted.read()[-6000:]}")
+            said += f"\nwatchdog: the last exceptions its views raised:\n{noted.read()[-6000:]}"
+        popen = getattr(getattr(worker, "_io", None), "popen", None)
+        if popen is not None:
+            with contextlib.suppress(OSError), open(_fatal_file(os.getpid(), popen.pid)) as fatal:
+                if text := fatal.read():
+                    said += f"\nwatchdog: its fatal error:\n{text[-8000:]}"
+        _say(said)
+        self.crashes.append(said)
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        for said in self.crashes:  # again, at the end, where a log's excerpt shows it
+            terminalreporter.write_line(said)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node, error) -> None:
