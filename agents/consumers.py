@@ -53,6 +53,7 @@ from governance import ratelimits
 from governance.access import NoAccess
 from governance.approvals import reviewer_listens_on
 from governance.live import shared_redis_client
+from telemetry import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
         self.checking = asyncio.Lock()
         self.redis = None
         self.keeper: asyncio.Task | None = None
+        self.counted = False  # among the open connections (telemetry.metrics.WEBSOCKETS)
         try:
             await super().__call__(scope, receive, send)
         except (RedisError, OSError) as exc:
@@ -91,6 +93,9 @@ class LiveConsumer(AsyncWebsocketConsumer):
                 await send({"type": "websocket.send", "text": json.dumps(frame)})
                 await send({"type": "websocket.close", "code": UNAVAILABLE})
             await self._release(discard=False)
+        finally:
+            if self.counted:
+                metrics.WEBSOCKETS.labels(consumer="live").dec()
 
     async def connect(self) -> None:
         self.user = self.scope.get("user")
@@ -98,6 +103,8 @@ class LiveConsumer(AsyncWebsocketConsumer):
         self.sent_at = self.checked_at = time.monotonic()
         self.recheck = recheck_seconds()
         await self.accept()
+        metrics.WEBSOCKETS.labels(consumer="live").inc()
+        self.counted = True
         if self.user is None or not self.user.is_authenticated:
             await self.close(code=UNAUTHENTICATED)
             return

@@ -271,6 +271,12 @@ class Run(models.Model):
         help_text="Publish the run's steps and the answer's tokens to its channel group as "
         "they happen (the chat does; an integration that waits for the result need not).",
     )
+    trace_parent = models.CharField(
+        max_length=55,
+        blank=True,
+        help_text="The W3C traceparent of the run's first span: every attempt at the run is "
+        "traced under it (telemetry.tracing); empty when tracing is off.",
+    )
     cancel_requested = models.BooleanField(default=False)
     lease_holder = models.CharField(max_length=200, blank=True)
     fencing_token = models.BigIntegerField(default=0)
@@ -311,6 +317,13 @@ class Run(models.Model):
     @property
     def tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def trace_id(self) -> str:
+        """The run's trace id in the tracing backend (32 hex digits), or ""."""
+        from telemetry.tracing import trace_id
+
+        return trace_id(self.trace_parent)
 
 
 class StepKind(models.TextChoices):

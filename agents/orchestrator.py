@@ -69,6 +69,8 @@ from governance.policy import (
     decide,
     explain,
 )
+from telemetry import metrics, tracing
+from telemetry.context import working_on
 from tools.ledger import LedgerShare
 from tools.models import Tool
 from tools.registry import ToolContext
@@ -92,7 +94,10 @@ def run_execute(*, run_id: int, holder: str, decided: RunContext | None = None) 
     # A run advanced inside a caller's transaction (tests do) is invisible to every other
     # connection: nothing to heartbeat, and no new connection can carry on its work.
     inside = connection.in_atomic_block
-    with lease_heartbeat(run_id=run_id, token=token, beat=not inside) as lease:
+    with (
+        working_on(run=run_id),
+        lease_heartbeat(run_id=run_id, token=token, beat=not inside) as lease,
+    ):
         _advance(run_id, token, lease, retry=not inside, decided=decided)
     return None
 
@@ -343,6 +348,9 @@ class _Run:
             ledger=self.ledger,
         )
         record = done.step
+        if step.started_at is not None:
+            seconds = (timezone.now() - step.started_at).total_seconds()
+            metrics.STEPS.labels(kind=step.kind).observe(seconds)
         self.cancel_requested = done.cancel_requested
         self.steps.append(record)
         self.messages += [_as_model_message(m) for m in messages]
@@ -379,8 +387,24 @@ class _Run:
 
 def _loop(run_id: int, token: int, lease: Lease, attempt: _Attempt, decided) -> None:
     held = _Run(run_id, token, lease, attempt, answers=decided is not None)
-    if held.run.fencing_token != token or held.run.state in FINAL_STATES:
+    run = held.run
+    if run.fencing_token != token or run.state in FINAL_STATES:
         raise LeaseLost(f"run {run_id}")
+    if token == 1 and run.started_at is not None:  # the run's first lease: it waited till now
+        metrics.RUN_QUEUE_WAIT.observe((run.started_at - run.created_at).total_seconds())
+    attributes: tracing.Attributes = {
+        "gen_ai.operation.name": "invoke_agent",
+        "gen_ai.agent.name": held.agent.slug,
+        "gen_ai.agent.id": str(held.agent.pk),
+        "warden.run.id": run_id,
+        "warden.run.lease_token": token,
+        "warden.run.steps_before": len(held.steps),
+    }
+    with tracing.run_attempt(run.trace_parent, f"invoke_agent {held.agent.slug}", attributes):
+        _steps(held, attempt, decided)
+
+
+def _steps(held: _Run, attempt: _Attempt, decided) -> None:
     agent = held.agent
     context = decided
     if context is None:
@@ -506,6 +530,7 @@ def _ask_model(held: _Run, *, attempt: _Attempt, index: int, key: str, tools: li
     except _Obtained:
         reply, started, redaction = cast(tuple, obtained)  # raised only when there is one
     except BudgetExceeded as exc:
+        metrics.BUDGET_REFUSALS.labels(on="step").inc()
         held.refuse(Decision(Effect.DENY, ("budget.exhausted",)), str(exc))
         raise _Finished from exc
     except BaseException as exc:
@@ -550,6 +575,14 @@ def _reserve(held: _Run, key: str, tools: list[dict]):
         allowed_regions=held.regions,
         prompt_tokens=prompt,
         completion_tokens=completion,
+    )
+    tracing.event(
+        "budget.reserve",
+        {
+            "warden.budgets": len(held.budget_ids),
+            "warden.tokens": prompt + completion,
+            "warden.cost_usd": float(cost),
+        },
     )
     return budget_reserve(
         budget_ids=held.budget_ids, key=key, tokens=prompt + completion, cost=cost
@@ -627,18 +660,40 @@ class _Call:
 
 
 def _tool_step(held: _Run, model_index: int, k: int, call: dict) -> None:
-    started = timezone.now()
     key = f"run:{held.run.pk}:step:{model_index}:call:{k}"
+    tool = call["name"] if call["name"] in held.offered else "(unknown)"  # bounded: offered only
+    attributes = {
+        "gen_ai.operation.name": "execute_tool",
+        "gen_ai.tool.name": tool,
+        "gen_ai.tool.call.id": str(call.get("id", "")),
+        "warden.ledger.key": key,
+    }
+    with tracing.span(f"execute_tool {tool}", attributes) as span:
+        _tool_call(held, model_index, key, call, span)
+
+
+def _tool_call(held: _Run, model_index: int, key: str, call: dict, span) -> None:
+    started = timezone.now()
     read = _read_call(held, call=call, key=key)
     if isinstance(read, str):
+        _tool_ended(span, held.offered.get(call["name"]), "invalid")
         return _reject_call(held, call=call, key=key, problem=read, started=started)
     # What the model had read when it chose this call: its choice and arguments may follow it.
     reads = provenance.run_taint(run=held.run, steps=held.steps, before=model_index)
     decision, approval = _decide_call(held, at=read, reads=reads)
     pending = approval is not None and approval.status == ApprovalStatus.PENDING
+    if approval is not None and approval.decided_at is not None:
+        tracing.finished_span(  # the reviewer's time, as it was
+            "approval",
+            start=approval.created_at,
+            end=approval.decided_at,
+            attributes={"warden.tool": read.tool.name, "warden.approval.status": approval.status},
+        )
     if decision.effect == Effect.REQUIRE_APPROVAL or (pending and decision.allowed):
+        _tool_ended(span, read.tool, "awaiting_approval")
         _park_for_approval(held, at=read, decision=decision, reads=reads)
     if decision.effect == Effect.DENY:
+        _tool_ended(span, read.tool, "denied")
         return _refuse_call(held, at=read, decision=decision, approval=approval)
     if approval is not None:  # exactly what the reviewer approved (set with the approval)
         read = replace(read, arguments=cast(dict, approval.approved_arguments))
@@ -654,7 +709,20 @@ def _tool_step(held: _Run, model_index: int, k: int, call: dict) -> None:
     except Fenced as exc:  # the ledger row was claimed under a newer lease
         raise LeaseLost(f"run {held.run.pk}: lease token {held.token} was taken over") from exc
     failpoint("after_tool_effect")
+    _tool_ended(span, read.tool, outcome.status, version=outcome.tool_version)
+    if outcome.latency_ms is not None and not outcome.reused:
+        metrics.TOOL_CALL_DURATION.labels(tool=read.tool.name).observe(outcome.latency_ms / 1000)
     _tool_checkpoint(held, at=read, outcome=outcome, decision=decision, started=started)
+
+
+def _tool_ended(span, tool: Tool | None, status: str, *, version: str | None = None) -> None:
+    """How the call ended: counted by tool and status, and on its span."""
+    metrics.TOOL_CALLS.labels(tool=tool.name if tool else "(unknown)", status=status).inc()
+    tracing.annotate(span, {"warden.tool.status": status})
+    if version is not None:
+        tracing.annotate(span, {"warden.tool.version": version})
+    if status not in ("succeeded", "awaiting_approval"):
+        tracing.failed(span, status)
 
 
 def _read_call(held: _Run, *, call: dict, key: str) -> _Call | str:
@@ -889,6 +957,8 @@ def _refuse_call(
 def _hold_for_review(held: _Run, answer: str, confidence: float, citations: list) -> None:
     """An answer below the agent's confidence threshold waits for a reviewer; the user sees
     that it is held, not the answer."""
+    metrics.HELD_ANSWERS.labels(agent=held.agent.slug).inc()
+    tracing.event("answer.held", {"warden.confidence": confidence})
     with transaction.atomic():
         escalation_create(
             run=held.run,
@@ -918,12 +988,14 @@ def _retrieval_step(held: _Run) -> None:
 
     run = held.run
     started = timezone.now()
-    passages = knowledge_search(
-        actor=run.actor,
-        query=run.input,
-        knowledge_bases=held.knowledge_bases,
-        k=held.agent.passages_per_run,
-    )
+    with tracing.span("retrieval", {"warden.knowledge_bases": len(held.knowledge_bases)}) as span:
+        passages = knowledge_search(
+            actor=run.actor,
+            query=run.input,
+            knowledge_bases=held.knowledge_bases,
+            k=held.agent.passages_per_run,
+        )
+        tracing.annotate(span, {"warden.passages": len(passages)})
     first = passages_before(run) + 1  # numbers unique in the conversation
     found = [{"n": n, **p.as_dict()} for n, p in enumerate(passages, start=first)]
     security = set(

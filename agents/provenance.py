@@ -33,6 +33,7 @@ from django.utils.crypto import salted_hmac
 
 from governance.guardrails import injection
 from governance.policy import Verdict, VerdictAction
+from telemetry import guardrail_found
 
 OPEN, CLOSE = "\u27e6", "\u27e7"  # ⟦ ⟧
 _NEUTRAL = str.maketrans({OPEN: "[", CLOSE: "]"})
@@ -112,7 +113,9 @@ def inspect(text: str, *, where: str, security: bool = False) -> Inspection:
         "spans": _spans(text, finding),
     }
     signals = ", ".join(finding.signals)
-    if security and finding.score < security_threshold():
+    let_through = security and finding.score < security_threshold()
+    guardrail_found("injection", where=where, action="flag" if let_through else "block")
+    if let_through:
         detail = (
             f"{where}: {signals} (score {finding.score}); let through: the knowledge base "
             "discusses attacks"

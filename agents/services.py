@@ -50,6 +50,7 @@ from governance.guardrails.output import scan as output_scan
 from governance.policy import Decision, Facts, Verdict, VerdictAction, decide, explain
 from governance.residency import regions_allowed
 from governance.snapshot import governance_snapshot
+from telemetry import guardrail_found, metrics, tracing
 from tools.db import raw_cursor
 from tools.ledger import LedgerShare
 from tools.schemas import text_problem
@@ -196,31 +197,36 @@ def run_start(
         existing = _idempotent(actor, idempotency_key, fingerprint)
         if existing is not None:
             return existing
-    decision, context = _start_decision(agent=agent, actor=actor, input=input)
-    if here and settings.WARDEN_FAST_PATH_RUNS:  # (0: the fast path is off, nothing to ask)
-        from agents.orchestrator import runs_here
+    # The run's trace begins here, under the request's span if there is one.
+    with tracing.run_started("start run", {"warden.agent": agent.slug}) as kept:
+        decision, context = _start_decision(agent=agent, actor=actor, input=input)
+        if here and settings.WARDEN_FAST_PATH_RUNS:  # (0: the fast path is off, nothing to ask)
+            from agents.orchestrator import runs_here
 
-        here = runs_here(agent, actor)
-    try:
-        return _queued(
-            agent,
-            conversation,
-            actor,
-            input,
-            decision,
-            context,
-            idempotency_key=idempotency_key,
-            fingerprint=fingerprint,
-            stream=stream,
-            client_application_id=client_application_id,
-            here=here,
-        )
-    except IntegrityError:
-        # The same key, at the same moment, from a concurrent request: its run is the answer.
-        existing = _idempotent(actor, idempotency_key, fingerprint) if idempotency_key else None
-        if existing is None:
-            raise
-        return existing
+            here = runs_here(agent, actor)
+        try:
+            run = _queued(
+                agent,
+                conversation,
+                actor,
+                input,
+                decision,
+                context,
+                idempotency_key=idempotency_key,
+                fingerprint=fingerprint,
+                stream=stream,
+                client_application_id=client_application_id,
+                here=here,
+                trace_parent=kept[0] if kept else "",
+            )
+        except IntegrityError:
+            # The same key, at the same moment, from a concurrent request: its run is the answer.
+            existing = _idempotent(actor, idempotency_key, fingerprint) if idempotency_key else None
+            if existing is None:
+                raise
+            return existing
+    metrics.RUNS_STARTED.labels(agent=agent.slug).inc()
+    return run
 
 
 def _start_decision(*, agent: Agent, actor, input: str) -> tuple[Decision, RunContext]:
@@ -242,6 +248,7 @@ def _start_decision(*, agent: Agent, actor, input: str) -> tuple[Decision, RunCo
     message = explain(decision, agent=agent.name)
     if "budget.exhausted" in decision.reasons and "agent.forbidden" not in decision.reasons:
         message = budget_refusal(budget_ids=context.budget_ids)
+        metrics.BUDGET_REFUSALS.labels(on="start").inc()
     raise RunDenied.of(message, decision)
 
 
@@ -280,6 +287,7 @@ def _queued(agent, conversation, actor, input, decision, context, **fields):
             idempotency_fingerprint=fields["fingerprint"],
             stream=fields["stream"],
             client_application_id=fields["client_application_id"],
+            trace_parent=fields["trace_parent"],
         )
         Message.objects.create(
             conversation=conversation, run=run, role=MessageRole.USER, content=input
@@ -430,6 +438,7 @@ def run_cancel(*, run: Run, actor) -> Run:
             final = {"type": "final", "state": str(RunState.CANCELLED)}
             transaction.on_commit(lambda: publish(locked.pk, final))
             run_state_send(run_id=locked.pk, state=locked.state)
+            _counted_finished(locked.agent.slug, locked.state, timezone.now() - locked.created_at)
         audit_record(
             actor=actor, action="run.cancel_requested", target=Target.of(locked), run=locked.pk
         )
@@ -659,7 +668,7 @@ def run_finish(
         row = cursor.fetchone()
         if row is None:
             raise LeaseLost(f"run {run_id}: lease token {token} is no longer current")
-        conversation_id, tokens, cost = row
+        conversation_id, tokens, cost, agent, took = row
         audit_record(
             actor=None,
             action=f"run.{state}",
@@ -680,6 +689,19 @@ def run_finish(
                 data={"on": "answer", "findings": findings},
             )
         run_state_send(run_id=run_id, state=state)
+        for finding in findings:
+            guardrail_found(finding["guardrail"], where="answer", action="flag")
+        _counted_finished(agent, state, took)
+
+
+def _counted_finished(agent: str, state: str, took: timedelta) -> None:
+    """A run ended, with its time from start to end: counted once that commits."""
+
+    def count() -> None:
+        metrics.RUNS_FINISHED.labels(agent=agent, status=state).inc()
+        metrics.RUN_DURATION.labels(agent=agent, status=state).observe(took.total_seconds())
+
+    transaction.on_commit(count)
 
 
 _FINISH = f"""
@@ -690,7 +712,9 @@ UPDATE agents_run SET state = %s, answer = %s, citations = %s::jsonb, error = %s
     lease_holder = '', lease_expires_at = NULL
 WHERE id = %s AND fencing_token = %s
     AND state IN ('{RunState.QUEUED}', '{RunState.RUNNING}')
-RETURNING conversation_id, prompt_tokens + completion_tokens, cost
+RETURNING conversation_id, prompt_tokens + completion_tokens, cost,
+    (SELECT slug FROM agents_agent WHERE agents_agent.id = agents_run.agent_id),
+    finished_at - created_at
 """  # noqa: S608 - constants only
 
 
@@ -790,6 +814,8 @@ def run_escalation_decided(escalation, **_signal) -> None:
             data={"escalation": escalation.pk, "error": error},
         )
         run_state_send(run_id=escalation.run_id, state=state)
+        run = Run.objects.values_list("agent__slug", "created_at").get(pk=escalation.run_id)
+        _counted_finished(run[0], state, timezone.now() - run[1])
         event = {"type": "final", "state": str(state)}  # streaming or not: it settles the run
         transaction.on_commit(lambda: publish(escalation.run_id, event))
 

@@ -31,6 +31,7 @@ from django.utils import timezone
 from audit import chain
 from audit.models import ActorType, AuditAnchor, AuditEvent, chain_time
 from audit.redaction import redact, scrub
+from telemetry import metrics
 
 ACTION_PATTERN = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 
@@ -183,6 +184,8 @@ def append_arguments(drafts: list[Draft]) -> tuple[str, str]:
     stream = drafts[0].stream
     if any(draft.stream != stream for draft in drafts):
         raise AuditError("one append writes one stream")
+    for draft in drafts:
+        metrics.AUDIT_EVENTS.labels(action=draft.fields["action"]).inc()
     return stream, json.dumps([{**draft.fields, "content": draft.content} for draft in drafts])
 
 

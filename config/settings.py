@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import json
 import re
 import secrets
@@ -129,6 +130,7 @@ INSTALLED_APPS = [
     "portal",
     "sso",
     "ops",
+    "telemetry",  # OpenTelemetry traces when an OTLP endpoint is set (telemetry/tracing.py)
 ]
 
 # Object permissions (DESIGN.md §6): guardian answers per-object grants; governance.access is
@@ -570,6 +572,17 @@ WARDEN_OPENAI_WAIT_SECONDS = env_int("WARDEN_OPENAI_WAIT_SECONDS", 120, minimum=
 # lock: on 2 cores, 1 was fastest at 1, 10 and 50 clients (bench/openai_overhead.py, 2 and
 # more piled the workers' share of the work onto the web process).
 WARDEN_FAST_PATH_RUNS = env_int("WARDEN_FAST_PATH_RUNS", 1, minimum=0)
+# Metrics (/metrics, ops/metrics.py): served to a scraper with this bearer token, or from these
+# networks (CIDRs, comma-separated); with neither, to nobody.
+WARDEN_METRICS_TOKEN = env_optional("WARDEN_METRICS_TOKEN") or ""
+try:
+    WARDEN_METRICS_NETWORKS = [
+        ipaddress.ip_network(n, strict=False) for n in env_list("WARDEN_METRICS_NETWORKS", [])
+    ]
+except ValueError as _error:
+    raise ImproperlyConfigured(
+        f"WARDEN_METRICS_NETWORKS must be CIDRs, comma-separated: {_error}"
+    ) from None
 # Knowledge bases: the largest document accepted, uploaded or fetched.
 WARDEN_KNOWLEDGE_MAX_BYTES = env_int("WARDEN_KNOWLEDGE_MAX_BYTES", 20_000_000, minimum=1)
 # Private networks outbound requests may reach anyway (CIDRs, comma-separated): see
@@ -708,14 +721,19 @@ if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
     raise ImproperlyConfigured(
         f"LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got {LOG_LEVEL!r}"
     )
+# One JSON object per line (request, run, user, trace and span ids; ops/logs.py), or text.
+WARDEN_LOG_FORMAT = env_str("WARDEN_LOG_FORMAT", "text").lower()
+if WARDEN_LOG_FORMAT not in {"json", "text"}:
+    raise ImproperlyConfigured(f"WARDEN_LOG_FORMAT must be json or text, got {WARDEN_LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        "text": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        "json": {"()": "ops.logs.JsonFormatter"},
     },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+        "console": {"class": "logging.StreamHandler", "formatter": WARDEN_LOG_FORMAT},
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {

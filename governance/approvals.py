@@ -30,6 +30,7 @@ from governance.models import (
     EscalationStatus,
 )
 from governance.notify import reviewers_notify
+from telemetry import metrics
 
 if TYPE_CHECKING:
     from decimal import Decimal
@@ -300,8 +301,18 @@ def _decide(
         run=request.run_id,
         data=data,
     )
+    _decided_in(request, "tool_call")
     signals.approval_decided.send(sender=ApprovalRequest, request=request)
     _notify_decided(request, "approval")
+
+
+def _decided_in(item: ApprovalRequest | Escalation, kind: str) -> None:
+    """How long the review took, counted once the decision commits."""
+    waited = (item.decided_at - item.created_at).total_seconds() if item.decided_at else 0.0
+    status = str(item.status)
+    transaction.on_commit(
+        lambda: metrics.APPROVAL_DECISIONS.labels(kind=kind, status=status).observe(waited)
+    )
 
 
 def _unhashed(edited: _Edited, *, original: object, what: str) -> _Edited:
@@ -330,6 +341,7 @@ def _expire(request: ApprovalRequest) -> None:
         run=request.run_id,
         data={"tool": request.tool_name, "expires_at": request.expires_at.isoformat()},
     )
+    _decided_in(request, "tool_call")
     signals.approval_decided.send(sender=ApprovalRequest, request=request)
     _notify_decided(request, "approval")
 
@@ -452,6 +464,7 @@ def escalation_decide(
             run=escalation.run_id,
             data={"edited": edited, "comment": comment},
         )
+        _decided_in(escalation, "answer")
         signals.escalation_decided.send(sender=Escalation, escalation=escalation)
         _notify_decided(escalation, "escalation")
     return escalation

@@ -25,6 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from telemetry import tracing
+
 
 class Effect(StrEnum):
     ALLOW = "allow"
@@ -105,7 +107,24 @@ class Decision:
 
 
 def decide(facts: Facts) -> Decision:
-    """Deny if anything denies; else require approval if anything asks for it; else allow."""
+    """Deny if anything denies; else require approval if anything asks for it; else allow.
+    Traced as a span of its own (telemetry.tracing), with the effect and the reasons."""
+    if not tracing.ENABLED:
+        return _decide(facts)
+    on = {"warden.decision.on": f"tool {facts.tool.name}" if facts.tool else "run"}
+    with tracing.span("governance.decide", on) as current:
+        decision = _decide(facts)
+        tracing.annotate(
+            current,
+            {
+                "warden.decision.effect": str(decision.effect),
+                "warden.decision.reasons": list(decision.reasons),
+            },
+        )
+        return decision
+
+
+def _decide(facts: Facts) -> Decision:
     deny = _denials(facts)
     if deny:
         return Decision(Effect.DENY, tuple(deny))

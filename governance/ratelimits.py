@@ -26,6 +26,8 @@ from limits import RateLimitItem, parse
 from limits.storage import RedisStorage
 from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter, RateLimiter
 
+from telemetry import metrics
+
 Window = Literal["fixed", "moving"]
 
 
@@ -50,8 +52,12 @@ def _item(limit: str | RateLimitItem) -> RateLimitItem:
 
 def hit(limit: str | RateLimitItem, *keys: object, window: Window = "fixed") -> bool:
     """Count one more against `limit` for `keys`; False when that is past the limit (a fixed
-    window counts the refused hit too, a moving one does not)."""
-    return _limiter(window).hit(_item(limit), *map(str, keys))
+    window counts the refused hit too, a moving one does not). A refusal is counted by its first
+    key, the limit's name (telemetry.metrics.RATE_LIMIT_REFUSALS)."""
+    allowed = _limiter(window).hit(_item(limit), *map(str, keys))
+    if not allowed:
+        metrics.RATE_LIMIT_REFUSALS.labels(limit=str(keys[0]) if keys else "?").inc()
+    return allowed
 
 
 def reset_in(limit: str | RateLimitItem, *keys: object, window: Window = "fixed") -> int:

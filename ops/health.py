@@ -1,9 +1,9 @@
-"""Liveness (/healthz) and readiness (/readyz) probes.
+"""Liveness (/healthz) and readiness (/readyz) probes, and the metrics scrape (/metrics).
 
 They are answered by the first middleware, before host validation, HTTPS redirection, sessions
-and authentication: load balancers probe by IP address over plain HTTP, and a probe must not
-depend on the session store it is meant to check. They reveal only which check failed, never
-the error text (that goes to the log).
+and authentication: load balancers probe (and Prometheus scrapes) by IP address over plain
+HTTP, and a probe must not depend on the session store it is meant to check. They reveal only
+which check failed, never the error text (that goes to the log).
 """
 
 from __future__ import annotations
@@ -157,10 +157,14 @@ class ProbeMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        if request.path not in ("/healthz", "/readyz"):
+        if request.path not in ("/healthz", "/readyz", "/metrics"):
             return self.get_response(request)
         if request.method not in ("GET", "HEAD"):
             return HttpResponseNotAllowed(["GET", "HEAD"])
+        if request.path == "/metrics":  # scraped by address too; its own access check
+            from ops.metrics import metrics_view
+
+            return _no_store(metrics_view(request))
         if request.path == "/healthz":
             return _no_store(JsonResponse({"status": "ok"}))
         checks = readiness_cached()

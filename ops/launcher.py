@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -177,6 +178,7 @@ def _start(plan: Plan, running: _Running, say: Callable[[str], None], signals: _
         _check_database()
 
     settings.VAR_DIR.mkdir(parents=True, exist_ok=True)  # beat's schedule lives there in any mode
+    _metrics_directory()
     if settings.EMBEDDED_DATABASE:
         _start_server(embedded.EmbeddedPostgres(settings.EMBEDDED), running, say, signals)
         _check_database()
@@ -205,6 +207,26 @@ def _start(plan: Plan, running: _Running, say: Callable[[str], None], signals: _
     if plan.worker:
         _wait_for_worker(running, say)
     _banner(plan, running, say)
+
+
+def _metrics_directory() -> None:
+    """Where every process Warden starts counts its metrics (telemetry.metrics), for /metrics to
+    add up: under var/, emptied at each start (what dead processes counted is history), unless
+    PROMETHEUS_MULTIPROC_DIR names one already (its owner empties it)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    directory = settings.VAR_DIR / "metrics"
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)  # the children's environment
+
+
+def _metrics_of_dead(pid: int) -> None:
+    """A dead web process's live gauges (open websockets) leave the sum."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)
 
 
 def _spawn_child(argv: list[str], fds: tuple[int, ...]) -> Popen:
@@ -267,6 +289,8 @@ def _supervise(running: _Running, say: Callable[[str], None], signals: _Signals)
                     status = process.returncode
                     if _reap_group(process) and name == "worker":
                         _resume_runs_of(process.pid, say)
+                    if name == "web":  # its open websockets count no more (a live gauge)
+                        _metrics_of_dead(process.pid)
                 if now - state.started >= STABLE_AFTER:
                     state.delay = RESTART_DELAY
                 state.exits.append(now)

@@ -43,7 +43,8 @@ def app_skeleton(tree: Path, imports: dict[str, str]) -> None:
 
 def test_the_contract_names_the_apps_top_down():
     assert [
-        *("ops", "portal", "integrations", "sso", "agents", "tools", "governance", "audit")
+        *("ops", "portal", "integrations", "sso", "agents", "tools", "governance", "audit"),
+        "telemetry",
     ] == LAYERS
     assert set(LINTER["root_packages"]) == {"config", *LAYERS}
 

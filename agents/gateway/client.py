@@ -7,8 +7,9 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch it at import
@@ -18,6 +19,7 @@ from django.core.cache import cache
 
 from agents.gateway import ModelReply, ModelUnavailable, ToolCall
 from agents.gateway.local import register as register_local_model
+from telemetry import metrics, tracing
 
 litellm.suppress_debug_info = True
 logging.getLogger("LiteLLM").setLevel(logging.WARNING)
@@ -65,6 +67,7 @@ class CompiledRoute:
     prices: dict[str, tuple[Decimal, Decimal]]  # id -> per input and output token, if set
     router: litellm.Router | None
     direct: dict | None
+    models: dict[str, str] = field(default_factory=dict)  # id -> litellm model string
 
 
 def router_for(route, allowed_regions: tuple[str, ...]) -> CompiledRoute:
@@ -135,6 +138,7 @@ def _compile(*, route, deployments: list) -> CompiledRoute:
         for order, deployment in enumerate(deployments, start=1)
     ]
     ids = [deployment_id(d) for d in deployments]
+    models = {deployment_id(d): d.model for d in deployments}
     local = {deployment_id(d) for d in deployments if d.model.startswith("warden-local/")}
     prices = {
         deployment_id(d): (
@@ -158,7 +162,7 @@ def _compile(*, route, deployments: list) -> CompiledRoute:
             timeout=route.timeout_seconds,
             _skip_mcp_handler=True,  # private, no public switch: see the Router's below
         )
-        return CompiledRoute(ids, local, prices, None, direct)
+        return CompiledRoute(ids, local, prices, None, direct, models)
     router = litellm.Router(
         model_list=model_list,
         num_retries=route.num_retries,
@@ -169,7 +173,7 @@ def _compile(*, route, deployments: list) -> CompiledRoute:
         # gateway (BerriAI/litellm#17747, ~4 s) for `type: mcp` tools Warden never sends.
         default_litellm_params={"_skip_mcp_handler": True},
     )
-    return CompiledRoute(ids, local, prices, router, None)
+    return CompiledRoute(ids, local, prices, router, None, models)
 
 
 def complete(
@@ -182,6 +186,27 @@ def complete(
     on_token: Callable[[str], None] | None,
 ) -> ModelReply:
     compiled = router_for(route, allowed_regions)
+    first = compiled.models.get(compiled.ids[0], "") if compiled.ids else ""
+    attributes = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.system": _provider(first),
+        "gen_ai.request.model": first,
+        "warden.route": route.name,
+    }
+    started = time.perf_counter()
+    with tracing.span(f"chat {route.name}", attributes) as span:
+        if tracing.CAPTURE_CONTENT:
+            span.set_attribute("gen_ai.input.messages", _captured(messages))
+        try:
+            reply = _complete(route, compiled, messages, tools, cache_scope, on_token)
+        except ModelUnavailable:
+            metrics.MODEL_CALLS.labels(route=route.name, deployment="", outcome="error").inc()
+            raise
+        _observed(route, compiled, reply, span, time.perf_counter() - started)
+    return reply
+
+
+def _complete(route, compiled, messages, tools, cache_scope, on_token) -> ModelReply:
     ids = compiled.ids
     cache_key = None
     if route.cache_seconds:
@@ -196,6 +221,56 @@ def complete(
     if cache_key is not None:
         cache.set(cache_key, _to_cache(reply), route.cache_seconds)
     return reply
+
+
+def _provider(model: str) -> str:
+    """The provider of a litellm model string ("openai/gpt-4o": openai; warden-local: warden)."""
+    if model.startswith("warden-local/"):
+        return "warden"
+    return model.split("/", 1)[0] if "/" in model else "openai"
+
+
+def _observed(route, compiled: CompiledRoute, reply: ModelReply, span, seconds: float) -> None:
+    """The call in the metrics, and on its span (GenAI semantic conventions)."""
+    deployment = reply.deployment
+    outcome = "cached" if reply.cached else "ok"
+    metrics.MODEL_CALLS.labels(route=route.name, deployment=deployment, outcome=outcome).inc()
+    metrics.MODEL_CALL_DURATION.labels(route=route.name).observe(seconds)
+    if not reply.cached:
+        tokens = metrics.MODEL_TOKENS
+        tokens.labels(route=route.name, deployment=deployment, direction="input").inc(
+            reply.prompt_tokens
+        )
+        tokens.labels(route=route.name, deployment=deployment, direction="output").inc(
+            reply.completion_tokens
+        )
+        metrics.MODEL_COST.labels(route=route.name, deployment=deployment).inc(float(reply.cost))
+    for passed in reply.fallbacks:
+        metrics.MODEL_FALLBACKS.labels(route=route.name, deployment=passed).inc()
+    if span is None:
+        return
+    span.set_attributes(
+        {
+            "gen_ai.response.model": compiled.models.get(deployment, ""),
+            "gen_ai.usage.input_tokens": reply.prompt_tokens,
+            "gen_ai.usage.output_tokens": reply.completion_tokens,
+            "warden.deployment": deployment,
+            "warden.cached": reply.cached,
+            "warden.cost_usd": float(reply.cost),
+        }
+    )
+    for passed in reply.fallbacks:
+        span.add_event("gen_ai.fallback", {"warden.deployment": passed})
+    if tracing.CAPTURE_CONTENT:
+        span.set_attribute("gen_ai.output.messages", _captured([reply.as_message()]))
+
+
+def _captured(messages: list[dict]) -> str:
+    """Messages for a span, when an admin asked for content: personal data as placeholders,
+    whatever the route (the tracing backend is another place it would reach)."""
+    from audit.pii import redact_messages
+
+    return json.dumps(redact_messages(messages)[0], default=str)
 
 
 def _cache_key(
@@ -405,6 +480,8 @@ def _from_cache(hit: dict) -> ModelReply:
 
 
 def _count(name: str, amount: int = 1) -> None:
+    if result := {"hits": "hit", "misses": "miss"}.get(name):
+        metrics.MODEL_CACHE.labels(result=result).inc()
     key = STATS_PREFIX + name
     cache.add(key, 0, timeout=None)
     cache.incr(key, amount)

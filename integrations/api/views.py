@@ -81,6 +81,10 @@ class RunSerializer(serializers.ModelSerializer):
         "a secret, an encoded value): Warden's pages render them inert; the answer here is "
         "the text as the model wrote it, so a client that renders it should drop them."
     )
+    trace_id = serializers.SerializerMethodField(
+        help_text="The run's trace in the OpenTelemetry backend (32 hex digits; the caller's "
+        "own when it sent a traceparent), or null when tracing is off."
+    )
 
     class Meta:
         model = Run
@@ -102,7 +106,11 @@ class RunSerializer(serializers.ModelSerializer):
             "finished_at",
             "steps",
             "answer_findings",
+            "trace_id",
         ]
+
+    def get_trace_id(self, run) -> str | None:
+        return run.trace_id or None
 
     @extend_schema_field(
         {

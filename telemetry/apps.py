@@ -1,0 +1,11 @@
+from django.apps import AppConfig
+
+
+class TelemetryConfig(AppConfig):
+    name = "telemetry"
+    verbose_name = "Telemetry"
+
+    def ready(self) -> None:
+        from telemetry import tracing
+
+        tracing.configure()
