@@ -14,6 +14,9 @@ answers in 0 ms: five turns that each call one read tool, then an answer, so one
   `PostgresSaver` on the same PostgreSQL, invoked with durability="sync";
 - floor: bare `litellm.completion` calls and the tool, plus one INSERT (autocommit) per step.
 
+warden-traced is warden with OpenTelemetry tracing on (telemetry/tracing.py), its spans exported
+over OTLP/HTTP to a receiver in this process that reads and drops them; warden has it off.
+
 Prints the median milliseconds per step of each, and the ratios.
 """
 
@@ -274,15 +277,41 @@ def floor_run(connection) -> None:
         step += 1
 
 
+def otlp_sink() -> str:
+    """An OTLP/HTTP endpoint on loopback that takes every export and keeps nothing."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Sink(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--runs", type=int, default=10, help="runs per contender per round")
     args = parser.parse_args()
 
+    os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = otlp_sink()
     with embedded(redis=True) as servers:
         from django.core.management import call_command
         from psycopg import Connection
+
+        from telemetry import tracing
+
+        tracing.configure()  # on for warden-traced only (its flag, switched per contender)
+        tracing.ENABLED = False
 
         call_command("migrate", verbosity=0)
         import agents.gateway.client  # noqa: F401 - registers warden-local first
@@ -294,13 +323,23 @@ def main() -> None:
         agent, user = warden_setup()
         graph = langgraph_setup(conninfo)
         warden_run(agent, user)  # warm every path once
+        tracing.ENABLED = True
+        warden_run(agent, user)
+        tracing.ENABLED = False
         langgraph_run(graph, -1)
         floor_run(floor)
 
-        per_step = {"warden": [], "langgraph": [], "floor": [], "warden-stream": []}
+        per_step: dict[str, list[float]] = {
+            "warden": [],
+            "langgraph": [],
+            "floor": [],
+            "warden-stream": [],
+            "warden-traced": [],
+        }
         counter = 0
         for _ in range(args.rounds):
             for name in per_step:
+                tracing.ENABLED = name == "warden-traced"
                 began = time.perf_counter()
                 for _ in range(args.runs):
                     counter += 1
@@ -310,6 +349,9 @@ def main() -> None:
                         langgraph_run(graph, counter)
                     else:
                         floor_run(floor)
+                if tracing.ENABLED:
+                    tracing.flush()  # its spans' export is part of its time, not the next one's
+                    tracing.ENABLED = False
                 per_step[name].append((time.perf_counter() - began) * 1000 / (args.runs * STEPS))
         medians = {name: statistics.median(values) for name, values in per_step.items()}
         print(
@@ -325,6 +367,8 @@ def main() -> None:
             f"warden/langgraph per-step time: {medians['warden'] / medians['langgraph']:.2f}; "
             f"overhead ratio (each minus the floor): {w / lg:.2f}"
         )
+        traced = medians["warden-traced"] - medians["floor"]
+        print(f"tracing on/off, Warden's overhead: {traced / w:.2f} ({traced - w:+.2f} ms/step)")
 
 
 if __name__ == "__main__":
