@@ -59,6 +59,11 @@ MODEL_FALLBACKS = Counter(
     "Calls a preferred deployment did not answer, so a later one did (by the one passed over).",
     ["route", "deployment"],
 )
+MODEL_COOLDOWNS = Counter(
+    "warden_model_cooldowns",
+    "Deployments the Router took out of rotation for a while after failures (cooldowns begun).",
+    ["route", "deployment"],
+)
 MODEL_CACHE = Counter(
     "warden_model_cache_lookups", "Response cache lookups (result: hit, miss).", ["result"]
 )

@@ -25,6 +25,7 @@ litellm.suppress_debug_info = True
 logging.getLogger("LiteLLM").setLevel(logging.WARNING)
 logging.getLogger("LiteLLM Router").setLevel(logging.CRITICAL)  # failures are ours to report
 register_local_model()
+logger = logging.getLogger(__name__)
 
 CACHE_PREFIX = "gateway:cache:"
 STATS_PREFIX = "gateway:stats:"
@@ -201,9 +202,35 @@ def complete(
             reply = _complete(route, compiled, messages, tools, cache_scope, on_token)
         except ModelUnavailable:
             metrics.MODEL_CALLS.labels(route=route.name, deployment="", outcome="error").inc()
+            _cooled(route, compiled)
             raise
         _observed(route, compiled, reply, span, time.perf_counter() - started)
+        if reply.fallbacks:
+            _cooled(route, compiled)
     return reply
+
+
+_cooldowns_seen: dict[str, float] = {}  # deployment id -> when its last cooldown counted began
+
+
+def _cooled(route, compiled: CompiledRoute) -> None:
+    """Count each cooldown the Router put a deployment in (after a call that failed over or
+    failed: only then can one have begun), once, however many calls see it."""
+    if compiled.router is None:
+        return  # a lone deployment is never cooled down
+    try:
+        active = compiled.router.cooldown_cache.get_active_cooldowns(
+            model_ids=compiled.ids, parent_otel_span=None
+        )
+    except Exception:  # litellm's bookkeeping: never a reason for the call to fail
+        logger.warning("route %s: the Router's cooldowns could not be read", route.name)
+        return
+    for deployment, cooldown in active:
+        began = float(cooldown.get("timestamp", 0))
+        if _cooldowns_seen.get(deployment) != began:
+            _cooldowns_seen[deployment] = began
+            metrics.MODEL_COOLDOWNS.labels(route=route.name, deployment=deployment).inc()
+            tracing.event("gen_ai.cooldown", {"warden.deployment": deployment})
 
 
 def _complete(route, compiled, messages, tools, cache_scope, on_token) -> ModelReply:

@@ -4,6 +4,7 @@ import uuid
 from decimal import Decimal
 
 import pytest
+from prometheus_client import REGISTRY
 
 from agents.gateway import ModelUnavailable, gateway_complete, gateway_estimate_cost
 from agents.gateway.client import cache_stats
@@ -50,6 +51,10 @@ def test_a_failing_primary_falls_back_and_cools_down(server, route, failure):
     assert second.deployment == f"{route.name}#2"
     assert server.count("primary") == 1  # the cooldown kept the second call off it
     assert server.count("secondary") == 2
+    # In the metrics: both calls passed the primary over; its one cooldown counted once.
+    primary = {"route": route.name, "deployment": f"{route.name}#1"}
+    assert REGISTRY.get_sample_value("warden_model_fallbacks_total", primary) == 2
+    assert REGISTRY.get_sample_value("warden_model_cooldowns_total", primary) == 1
 
 
 def test_a_healthy_primary_answers_without_fallback(server, route):

@@ -14,6 +14,8 @@ from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import set_rollback
 
+from telemetry import metrics
+
 # slug -> (title, what it means, what to do)
 PROBLEMS: dict[str, tuple[str, str]] = {
     "not-authenticated": (
@@ -236,6 +238,8 @@ def exception_handler(exc, context):
     if not isinstance(exc, exceptions.APIException):
         return None  # a bug: Django's 500 handler answers (also as a problem, for the API)
     slug = next((s for kind, s in _BY_EXCEPTION if isinstance(exc, kind)), "error")
+    if isinstance(exc, exceptions.Throttled):  # DRF's per-account rates, the waits' slots
+        metrics.RATE_LIMIT_REFUSALS.labels(limit="api").inc()
     extra = {}
     if isinstance(exc, exceptions.ValidationError):
         detail = "some fields are invalid"

@@ -6,6 +6,7 @@ started on any of them."""
 import json
 
 import pytest
+from prometheus_client import REGISTRY
 
 from agents.models import Conversation, Run
 from agents.services import RunError
@@ -112,6 +113,8 @@ def test_a_rate_limit_answers_429_with_retry_after_on_every_surface(client, peop
     client.force_login(people.member)
     assert client.post("/chat/send/", {"agent": assistant.pk, "text": "hi"}).status_code == 302
     client.logout()
+    refusals = {"limit": "run-rate"}
+    before = REGISTRY.get_sample_value("warden_rate_limit_refusals_total", refusals) or 0
 
     responses = ask_everywhere(client, people.member, assistant, "again")
 
@@ -121,3 +124,6 @@ def test_a_rate_limit_answers_429_with_retry_after_on_every_surface(client, peop
         assert response.json()["detail"].startswith("the agent Assistant takes at most 1 runs")
     assert responses[1].json()["error"]["code"] == "rate_limit_exceeded"
     assert Run.objects.count() == Conversation.objects.count() == 1
+    # Counted for the platform team's dashboard, once a refusal (telemetry.metrics).
+    after = REGISTRY.get_sample_value("warden_rate_limit_refusals_total", refusals)
+    assert after == before + len(responses)

@@ -200,3 +200,15 @@ def test_the_dashboard_is_only_for_those_who_may_view_runs(client, people):
     client.force_login(people.outsider)
     page = client.get("/admin/").content.decode()
     assert "data-figure" not in page
+
+
+def test_the_trace_names_the_run_s_trace_in_the_tracing_backend(client, people, help_desk):
+    traced = _run(people, help_desk, trace_parent=f"00-{'ab' * 16}-{'cd' * 8}-01")
+    untraced = _run(people, help_desk)  # started while tracing was off
+    client.force_login(people.member)
+
+    page = client.get(f"/runs/{traced.pk}/").content.decode()
+    plain = client.get(f"/runs/{untraced.pk}/").content.decode()
+
+    assert f"<code data-trace-id>{'ab' * 16}</code>" in page
+    assert "data-trace-id" not in plain
