@@ -22,6 +22,7 @@ from django.conf import settings as django_settings
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
 from django.contrib.auth.models import Group
 from django.test import AsyncClient, Client
+from prometheus_client import REGISTRY
 
 from agents.events import publish
 from agents.models import Conversation, Run
@@ -178,6 +179,11 @@ def test_signing_out_closes_that_sessions_socket_and_no_other(mia, agent, settin
         browser.cookies[django_settings.SESSION_COOKIE_NAME] = leaving
         return browser.post("/logout/").status_code
 
+    def open_sockets() -> float:
+        return REGISTRY.get_sample_value("warden_websocket_connections", {"consumer": "live"}) or 0
+
+    before = open_sockets()
+
     async def scenario():
         sockets = []
         for key in (leaving, staying):
@@ -191,6 +197,7 @@ def test_signing_out_closes_that_sessions_socket_and_no_other(mia, agent, settin
             await communicator.send_json_to({"type": "subscribe", "run": run.pk})
             assert (await communicator.receive_json_from(timeout=5))["type"] == "replay"
             sockets.append(communicator)
+        opened = open_sockets()
         status = await sync_to_async(sign_out)()
         code = await closed_with(sockets[0])
         publish(run.pk, token("after"))
@@ -198,13 +205,15 @@ def test_signing_out_closes_that_sessions_socket_and_no_other(mia, agent, settin
         heard_after = not await sockets[0].receive_nothing(timeout=0.1)
         for communicator in sockets:
             await communicator.disconnect()
-        return status, code, heard_after
+        return status, code, heard_after, opened
 
-    status, code, heard_after = async_to_sync(scenario)()
+    status, code, heard_after, opened = async_to_sync(scenario)()
 
     assert status == 302
     assert code == 4401
     assert not heard_after
+    # The open-connections gauge (telemetry.metrics) counted both, and neither once closed.
+    assert (opened, open_sockets()) == (before + 2, before)
 
 
 def test_a_new_password_closes_the_sockets_of_the_sessions_it_ends(mia, agent, settings):  # noqa: F811
