@@ -203,6 +203,7 @@ class _Attempt:
 
     replies: dict = field(default_factory=dict)
     commits: int = 0
+    started: bool = False  # the run's queue wait is counted (by its first attempt, once)
 
 
 def _advance(run_id: int, token: int, lease: Lease, *, retry: bool, decided) -> None:
@@ -390,7 +391,8 @@ def _loop(run_id: int, token: int, lease: Lease, attempt: _Attempt, decided) -> 
     run = held.run
     if run.fencing_token != token or run.state in FINAL_STATES:
         raise LeaseLost(f"run {run_id}")
-    if token == 1 and run.started_at is not None:  # the run's first lease: it waited till now
+    if token == 1 and run.started_at is not None and not attempt.started:
+        attempt.started = True  # the run's first lease: it waited till now
         metrics.RUN_QUEUE_WAIT.observe((run.started_at - run.created_at).total_seconds())
     attributes: tracing.Attributes = {
         "gen_ai.operation.name": "invoke_agent",
@@ -400,7 +402,9 @@ def _loop(run_id: int, token: int, lease: Lease, attempt: _Attempt, decided) -> 
         "warden.run.lease_token": token,
         "warden.run.steps_before": len(held.steps),
     }
-    with tracing.run_attempt(run.trace_parent, f"invoke_agent {held.agent.slug}", attributes):
+    # A run that parks or is taken over ends its attempt as it should: not a failed span.
+    name, expected = f"invoke_agent {held.agent.slug}", (_Finished, LeaseLost)
+    with tracing.run_attempt(run.trace_parent, name, attributes, expected=expected):
         _steps(held, attempt, decided)
 
 
@@ -668,7 +672,7 @@ def _tool_step(held: _Run, model_index: int, k: int, call: dict) -> None:
         "gen_ai.tool.call.id": str(call.get("id", "")),
         "warden.ledger.key": key,
     }
-    with tracing.span(f"execute_tool {tool}", attributes) as span:
+    with tracing.span(f"execute_tool {tool}", attributes, expected=(_Finished,)) as span:
         _tool_call(held, model_index, key, call, span)
 
 
@@ -709,15 +713,21 @@ def _tool_call(held: _Run, model_index: int, key: str, call: dict, span) -> None
     except Fenced as exc:  # the ledger row was claimed under a newer lease
         raise LeaseLost(f"run {held.run.pk}: lease token {held.token} was taken over") from exc
     failpoint("after_tool_effect")
-    _tool_ended(span, read.tool, outcome.status, version=outcome.tool_version)
+    _tool_ended(
+        span, read.tool, outcome.status, version=outcome.tool_version, reused=outcome.reused
+    )
     if outcome.latency_ms is not None and not outcome.reused:
         metrics.TOOL_CALL_DURATION.labels(tool=read.tool.name).observe(outcome.latency_ms / 1000)
     _tool_checkpoint(held, at=read, outcome=outcome, decision=decision, started=started)
 
 
-def _tool_ended(span, tool: Tool | None, status: str, *, version: str | None = None) -> None:
-    """How the call ended: counted by tool and status, and on its span."""
-    metrics.TOOL_CALLS.labels(tool=tool.name if tool else "(unknown)", status=status).inc()
+def _tool_ended(
+    span, tool: Tool | None, status: str, *, version: str | None = None, reused: bool = False
+) -> None:
+    """How the call ended: counted by tool and status (once: not again when the ledger had
+    it), and on its span."""
+    if not reused:
+        metrics.TOOL_CALLS.labels(tool=tool.name if tool else "(unknown)", status=status).inc()
     tracing.annotate(span, {"warden.tool.status": status})
     if version is not None:
         tracing.annotate(span, {"warden.tool.version": version})

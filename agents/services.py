@@ -235,6 +235,9 @@ def _start_decision(*, agent: Agent, actor, input: str) -> tuple[Decision, RunCo
     and raised as a RunDenied of its kind."""
     context = run_context(actor=actor, agent=agent, input=input)
     decision = decide(context.facts)
+    for verdict in context.facts.verdicts:  # counted here, once a message (not per decision)
+        if verdict.action != VerdictAction.PASS:
+            guardrail_found(verdict.guardrail, where="input", action=str(verdict.action))
     if decision.allowed:
         _rate_limit(agent, actor)
         return decision, context

@@ -1,6 +1,8 @@
 """/metrics: Prometheus's text format, for a scraper that shows a bearer token
 (`WARDEN_METRICS_TOKEN`) or comes from an allowed network (`WARDEN_METRICS_NETWORKS`); with
-neither configured it is closed to everyone (403), never open.
+neither configured it is closed to everyone (403), never open. Behind a proxy
+(`WARDEN_BEHIND_PROXY`) the address is the one X-Forwarded-For names, which the client
+chooses: there only the token counts.
 
 What each process counted (telemetry.metrics; added up across processes when
 `PROMETHEUS_MULTIPROC_DIR` is set, as `manage.py up` does), and what the database and the broker
@@ -30,6 +32,20 @@ class StateCollector:
     same figure, whichever the scraper reaches)."""
 
     def collect(self):
+        try:
+            yield from list(self._database())  # all of it or none
+        except Exception as exc:  # the database away: every process's counts still answer
+            logger.warning("metrics: no state from the database (%s)", type(exc).__name__)
+        depth = GaugeMetricFamily(
+            "warden_celery_queue_length", "Tasks waiting in the Celery queue.", labels=["queue"]
+        )
+        try:
+            depth.add_metric(["celery"], _queue_length("celery"))
+        except Exception as exc:  # the broker away: the scrape still answers, without this
+            logger.warning("metrics: no queue length from the broker (%s)", type(exc).__name__)
+        yield depth
+
+    def _database(self):
         from audit.models import AuditAnchor
         from governance.models import ApprovalRequest, Escalation
 
@@ -59,14 +75,6 @@ class StateCollector:
         if anchored is not None:
             age.add_metric([], (now - anchored).total_seconds())
         yield age
-        depth = GaugeMetricFamily(
-            "warden_celery_queue_length", "Tasks waiting in the Celery queue.", labels=["queue"]
-        )
-        try:
-            depth.add_metric(["celery"], _queue_length("celery"))
-        except Exception as exc:  # the broker away: the scrape still answers, without this
-            logger.warning("metrics: no queue length from the broker (%s)", type(exc).__name__)
-        yield depth
 
 
 def _queue_length(queue: str) -> int:
@@ -115,6 +123,8 @@ def allowed(request: HttpRequest) -> int:
         address = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
     except ValueError:
         address = None
+    if settings.BEHIND_PROXY:
+        address = None  # a forwarded address is the client's to choose
     if address is not None and any(address in net for net in settings.WARDEN_METRICS_NETWORKS):
         return 200
     return 401 if token else 403

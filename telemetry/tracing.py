@@ -75,10 +75,46 @@ def configure() -> None:
     )
     # Probes and scrapes are not requests anybody wants a trace of.
     excluded = os.environ.get("OTEL_PYTHON_DJANGO_EXCLUDED_URLS", "healthz,readyz,metrics")
-    DjangoInstrumentor().instrument(excluded_urls=excluded)
+    DjangoInstrumentor().instrument(excluded_urls=excluded, request_hook=_impersonal)
     CeleryInstrumentor().instrument()
+    _flush_on_worker_exit()
     ENABLED = True
     logger.info("tracing: spans go to %s", _endpoint())
+
+
+# What the HTTP instrumentation records of a request that says who or where the caller is, or
+# what they asked for in a query string (an SSO callback's code, a search): not kept.
+_PERSONAL = (
+    "client.address",
+    "client.port",
+    "net.peer.ip",
+    "net.peer.port",
+    "http.client_ip",
+    "user_agent.original",
+    "http.user_agent",
+)
+_URLS = ("http.url", "url.full", "http.target")
+
+
+def _impersonal(span: Any, request: Any) -> None:
+    """The request's span without the caller's address, user agent or query string."""
+    attributes = getattr(span, "attributes", None) or {}
+    for key in _PERSONAL:
+        if key in attributes:
+            span.set_attribute(key, "")
+    for key in _URLS:
+        if isinstance(attributes.get(key), str) and "?" in attributes[key]:
+            span.set_attribute(key, attributes[key].split("?", 1)[0])
+    if "url.query" in attributes:
+        span.set_attribute("url.query", "")
+
+
+def _flush_on_worker_exit() -> None:
+    """A Celery pool process ends with os._exit, past the SDK's atexit: its spans go first."""
+    from celery.signals import worker_process_shutdown, worker_shutdown
+
+    for signal in (worker_process_shutdown, worker_shutdown):
+        signal.connect(lambda **_: flush(), weak=False)
 
 
 def _endpoint() -> str:
@@ -96,18 +132,29 @@ def flush(timeout_ms: int = 5000) -> None:
 
 
 @contextlib.contextmanager
-def span(name: str, attributes: Attributes | None = None) -> Iterator[Any]:
+def span(
+    name: str,
+    attributes: Attributes | None = None,
+    *,
+    expected: tuple[type[BaseException], ...] = (),
+) -> Iterator[Any]:
     """A span under the current one, for the block (None when tracing is off). An exception
-    that leaves the block marks the span failed, naming its type only (messages may hold data)."""
+    that leaves the block marks the span failed, naming its type only (messages may hold
+    data), unless it is one of the `expected` (the way the work ends normally: a run parked)."""
     if not ENABLED:
         yield None
         return
-    with _current(name, attributes) as current:
+    with _current(name, attributes, expected=expected) as current:
         yield current
 
 
 @contextlib.contextmanager
-def _current(name: str, attributes: Attributes | None, links: list | None = None):
+def _current(
+    name: str,
+    attributes: Attributes | None,
+    links: list | None = None,
+    expected: tuple[type[BaseException], ...] = (),
+):
     with _tracer.start_as_current_span(
         name,
         attributes=attributes,
@@ -117,6 +164,8 @@ def _current(name: str, attributes: Attributes | None, links: list | None = None
     ) as current:
         try:
             yield current
+        except expected:
+            raise
         except BaseException as exc:
             _failed(current, exc)
             raise
@@ -137,7 +186,13 @@ def run_started(name: str, attributes: Attributes | None = None) -> Iterator[lis
 
 
 @contextlib.contextmanager
-def run_attempt(traceparent: str, name: str, attributes: Attributes | None = None):
+def run_attempt(
+    traceparent: str,
+    name: str,
+    attributes: Attributes | None = None,
+    *,
+    expected: tuple[type[BaseException], ...] = (),
+):
     """One attempt at a run: a span under the run's kept context, so every attempt lands in the
     run's trace whichever process makes it; linked to the span current here (the Celery task
     that an approval, a resume job or a retry sent) when that is another trace's."""
@@ -157,7 +212,7 @@ def run_attempt(traceparent: str, name: str, attributes: Attributes | None = Non
         links.append(trace.Link(here))
     token = otel_context.attach(parent) if parent is not None else None
     try:
-        with _current(name, attributes, links) as current:
+        with _current(name, attributes, links, expected) as current:
             yield current
     finally:
         if token is not None:

@@ -198,6 +198,13 @@ def test_a_run_that_waited_for_a_reviewer_is_one_trace_with_its_span_tree_and_no
     decision_request = only([s for s in spans if s.name.startswith("POST api/v1/approvals")])
     assert (decision_request.trace_id,) == tuple({t for t, _ in second.links})
     assert all(s.parent_id in by_id or s is request for s in ours), names
+    # Parking for a reviewer is how the first attempt ends as it should: not an error.
+    assert (first.status, asked.status, second.status, called.status) == (0, 0, 0, 0)
+    # The HTTP spans keep no trace of the caller: address, user agent, query string.
+    for span in spans:
+        for key in ("net.peer.ip", "client.address", "http.user_agent", "user_agent.original"):
+            assert span.attributes.get(key, "") == "", (span.name, key)
+        assert not any("wait=60" in str(v) for v in span.attributes.values()), span.name
     # Nothing that was said: not the question, the tool's arguments or the answer.
     sent = b"".join(s.raw for s in spans)
     for text in (QUESTION, "Lisbon", TITLE, ANSWER, "0815"):
@@ -239,6 +246,34 @@ def test_metrics_need_the_token_or_an_allowed_network(db, scrape):
     # The test client comes from 127.0.0.1: a network holding it lets it in without a token.
     assert scrape(networks=["127.0.0.0/8"]).status_code == 200
     assert scrape(networks=["10.0.0.0/8", "::1/128"]).status_code == 403
+
+
+def test_behind_a_proxy_only_the_token_opens_the_metrics(db, scrape, settings):
+    # There REMOTE_ADDR is the address X-Forwarded-For named: the client's choice.
+    settings.BEHIND_PROXY = True
+    assert scrape(networks=["127.0.0.0/8"]).status_code == 403
+    assert scrape(token="t0ken-1", networks=["127.0.0.0/8"]).status_code == 401
+    assert scrape(token="t0ken-1", header="Bearer t0ken-1").status_code == 200
+
+
+def test_a_scrape_while_the_database_is_away_still_answers_every_process_s_counts(
+    db, scrape, monkeypatch
+):
+    from django.db import OperationalError
+
+    from governance.models import ApprovalRequest
+
+    def away(*args, **kwargs):
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(ApprovalRequest.objects, "filter", away)
+
+    served = scrape(token="s3cret-scrape", header="Bearer s3cret-scrape")
+
+    assert served.status_code == 200
+    names = {f.name for f in text_string_to_metric_families(served.content.decode())}
+    assert {"warden_runs_started", "warden_celery_queue_length"} <= names
+    assert not names & {"warden_reviews_pending", "warden_audit_anchor_age_seconds"}
 
 
 def test_a_json_log_line_names_its_request_run_user_and_span_and_holds_no_secret(

@@ -294,10 +294,12 @@ def _observed(route, compiled: CompiledRoute, reply: ModelReply, span, seconds: 
 
 def _captured(messages: list[dict]) -> str:
     """Messages for a span, when an admin asked for content: personal data as placeholders,
-    whatever the route (the tracing backend is another place it would reach)."""
+    whatever the route (the tracing backend is another place it would reach), and secrets
+    (bearer tokens, credentials in URLs) scrubbed as in the audit trail."""
     from audit.pii import redact_messages
+    from audit.redaction import scrub
 
-    return json.dumps(redact_messages(messages)[0], default=str)
+    return scrub(json.dumps(redact_messages(messages)[0], default=str))
 
 
 def _cache_key(

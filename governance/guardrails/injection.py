@@ -39,7 +39,6 @@ import numpy.typing as npt
 
 from governance.guardrails.normalise import DATA, View, hidden_characters, views
 from governance.policy import Verdict, VerdictAction
-from telemetry import guardrail_found
 
 MODEL = DATA / "injection_model.npz"
 WINDOW_CHARS = 520
@@ -606,5 +605,4 @@ def injection_verdict(text: str, *, action: str, where: str) -> Verdict:
     if not finding.injection:
         return Verdict("injection", VerdictAction.PASS)
     detail = f"{where}: {', '.join(finding.signals) or 'classifier'} (score {finding.score})"
-    guardrail_found("injection", where=where, action=action)
     return Verdict("injection", VerdictAction(action), detail)
