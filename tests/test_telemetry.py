@@ -405,3 +405,50 @@ def test_captured_content_is_redacted_even_on_a_route_that_keeps_it_in_house(
     assert "jane.doe@example.com" not in said
     assert "4111" not in said
     assert "[EMAIL_1]" in said
+
+
+def test_a_completion_on_the_fast_path_is_one_trace_in_the_openai_client_s_traceparent(
+    committing_db, server, unused_tcp_port, receiver, people
+):
+    """The OpenAI-compatible endpoint's run, advanced on a thread of the web process (no worker
+    runs here), is in the same trace as the request that asked for it."""
+    from django.db import connection
+
+    route = ModelRoute.objects.create(name=f"r-{uuid.uuid4().hex[:8]}", num_retries=0)
+    Deployment.objects.create(
+        route=route, position=1, model="openai/scripted", api_base=server.base("desk")
+    )
+    agent = Agent.objects.create(name="Desk", slug=f"desk-{uuid.uuid4().hex[:4]}", route=route)
+    for obj in (agent, route):
+        access_grant(obj=obj, holder=people.integration, action=Action.USE, actor=SYSTEM)
+    server.script("desk", Reply.say(ANSWER))
+    caller_trace, caller_span = secrets.token_hex(16), secrets.token_hex(8)
+    otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_BSP_SCHEDULE_DELAY": "200"}
+
+    with daphne_on_test_database(unused_tcp_port, **otel) as url:
+        client = Live(url, server).client(people.integration)
+        completion = client.chat.completions.create(
+            model=f"agent:{agent.slug}",
+            messages=[{"role": "user", "content": QUESTION}],
+            extra_headers={"traceparent": f"00-{caller_trace}-{caller_span}-01"},
+        )
+
+        def complete(spans) -> bool:
+            names = [s.name for s in spans]
+            return f"invoke_agent {agent.slug}" in names and any(
+                n.startswith("POST v1/chat/completions") for n in names
+            )
+
+        spans = receiver.wait_for(complete, what="the request and the run's attempt")
+    connection.close()
+
+    assert completion.choices[0].message.content == ANSWER
+    ours = {s.name: s for s in spans if s.trace_id == caller_trace}
+    request = next(s for n, s in ours.items() if n.startswith("POST v1/chat/completions"))
+    assert request.parent_id == caller_span
+    assert ours["start run"].parent_id == request.span_id
+    attempt = ours[f"invoke_agent {agent.slug}"]
+    assert attempt.parent_id == ours["start run"].span_id
+    assert ours[f"chat {route.name}"].parent_id == attempt.span_id
+    assert Run.objects.get().trace_id == caller_trace
+    assert QUESTION.encode() not in b"".join(s.raw for s in spans)
