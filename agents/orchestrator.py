@@ -713,24 +713,21 @@ def _tool_call(held: _Run, model_index: int, key: str, call: dict, span) -> None
     except Fenced as exc:  # the ledger row was claimed under a newer lease
         raise LeaseLost(f"run {held.run.pk}: lease token {held.token} was taken over") from exc
     failpoint("after_tool_effect")
-    _tool_ended(
-        span, read.tool, outcome.status, version=outcome.tool_version, reused=outcome.reused
-    )
-    if outcome.latency_ms is not None and not outcome.reused:
-        metrics.TOOL_CALL_DURATION.labels(tool=read.tool.name).observe(outcome.latency_ms / 1000)
+    _tool_ended(span, read.tool, outcome.status, outcome=outcome)
     _tool_checkpoint(held, at=read, outcome=outcome, decision=decision, started=started)
 
 
-def _tool_ended(
-    span, tool: Tool | None, status: str, *, version: str | None = None, reused: bool = False
-) -> None:
-    """How the call ended: counted by tool and status (once: not again when the ledger had
-    it), and on its span."""
-    if not reused:
-        metrics.TOOL_CALLS.labels(tool=tool.name if tool else "(unknown)", status=status).inc()
+def _tool_ended(span, tool: Tool | None, status: str, *, outcome=None) -> None:
+    """How the call ended: counted by tool and status, with the time it ran (once: not again
+    when the ledger already had its result), and on its span."""
+    name = tool.name if tool else "(unknown)"
+    if outcome is None or not outcome.reused:
+        metrics.TOOL_CALLS.labels(tool=name, status=status).inc()
+    if outcome is not None and outcome.latency_ms is not None and not outcome.reused:
+        metrics.TOOL_CALL_DURATION.labels(tool=name).observe(outcome.latency_ms / 1000)
     tracing.annotate(span, {"warden.tool.status": status})
-    if version is not None:
-        tracing.annotate(span, {"warden.tool.version": version})
+    if outcome is not None:
+        tracing.annotate(span, {"warden.tool.version": outcome.tool_version})
     if status not in ("succeeded", "awaiting_approval"):
         tracing.failed(span, status)
 

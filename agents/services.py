@@ -198,7 +198,7 @@ def run_start(
         if existing is not None:
             return existing
     # The run's trace begins here, under the request's span if there is one.
-    with tracing.run_started("start run", {"warden.agent": agent.slug}) as kept:
+    with tracing.run_started("start run", {"warden.agent": agent.slug}) as trace_parent:
         decision, context = _start_decision(agent=agent, actor=actor, input=input)
         if here and settings.WARDEN_FAST_PATH_RUNS:  # (0: the fast path is off, nothing to ask)
             from agents.orchestrator import runs_here
@@ -217,7 +217,7 @@ def run_start(
                 stream=stream,
                 client_application_id=client_application_id,
                 here=here,
-                trace_parent=kept[0] if kept else "",
+                trace_parent=trace_parent,
             )
         except IntegrityError:
             # The same key, at the same moment, from a concurrent request: its run is the answer.

@@ -21,9 +21,11 @@ from telemetry import context, tracing
 # is dropped when the name is a secret's by the audit trail's rule ("password", "client_secret",
 # "X-Api-Key"; not "token_count").
 _NAME = re.compile(r"""([A-Za-z][A-Za-z0-9_.-]*)["']?\s*[=:]\s*""")
+_VALUE = re.compile(r""""[^"]*"|'[^']*'|[^\s,;&"')\]}]+""")
+
+
 # What LogRecord has of its own; anything else on a record came from `extra=`.
 _STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
-_VALUE = re.compile(r""""[^"]*"|'[^']*'|[^\s,;&"')\]}]+""")
 
 
 def clean(text: str) -> str:
@@ -56,7 +58,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": clean(record.getMessage()),
         }
-        if request_id := context.request_id.get():
+        if request_id := context.request_id():
             line["request_id"] = request_id
         if (run := context.run_id.get()) is not None:
             line["run_id"] = run

@@ -21,7 +21,7 @@ class RequestIdMiddleware:
         request_id = given if _SENSIBLE.fullmatch(given) else uuid.uuid4().hex
         # An attribute of our own on the request, read back with getattr (portal/views.py).
         request.request_id = request_id  # type: ignore[attr-defined]
-        with context.serving(request, request_id):
+        with context.serving(request):
             response = self.get_response(request)
         response["X-Request-ID"] = request_id
         match = getattr(request, "resolver_match", None)

@@ -10,20 +10,23 @@ from typing import Any
 
 from django.utils.functional import SimpleLazyObject, empty
 
-request_id: ContextVar[str] = ContextVar("warden_request_id", default="")
 run_id: ContextVar[int | None] = ContextVar("warden_run_id", default=None)
 request: ContextVar[Any] = ContextVar("warden_request", default=None)
 
 
 @contextlib.contextmanager
-def serving(http_request: Any, identifier: str) -> Iterator[None]:
-    """Log lines in the block belong to `http_request`, known by `identifier`."""
-    tokens = request.set(http_request), request_id.set(identifier)
+def serving(http_request: Any) -> Iterator[None]:
+    """Log lines in the block belong to `http_request` (and name its `request_id`)."""
+    token = request.set(http_request)
     try:
         yield
     finally:
-        request.reset(tokens[0])
-        request_id.reset(tokens[1])
+        request.reset(token)
+
+
+def request_id() -> str:
+    """The id of the request being served (ops.requestid), or ""."""
+    return getattr(request.get(), "request_id", "")
 
 
 def user_id() -> int | None:

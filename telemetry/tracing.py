@@ -172,17 +172,14 @@ def _current(
 
 
 @contextlib.contextmanager
-def run_started(name: str, attributes: Attributes | None = None) -> Iterator[list[str]]:
+def run_started(name: str, attributes: Attributes | None = None) -> Iterator[str]:
     """The run's first span, under the current one (a request's, with its caller's
-    `traceparent`). Yields a list that holds, once the span is open, the `traceparent` to keep
-    with the run (empty when tracing is off)."""
-    kept: list[str] = []
+    `traceparent`). Yields the `traceparent` to keep with the run ("" when tracing is off)."""
     if not ENABLED:
-        yield kept
+        yield ""
         return
     with span(name, attributes) as current:
-        kept.append(_traceparent_of(current))
-        yield kept
+        yield _traceparent_of(current)
 
 
 @contextlib.contextmanager

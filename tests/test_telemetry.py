@@ -292,11 +292,12 @@ def test_a_json_log_line_names_its_request_run_user_and_span_and_holds_no_secret
     log.addHandler(handler)
     request = rf.get("/")
     request.user = people.member  # as DRF sets it once a token authenticates
+    request.request_id = "req-42"  # as ops.requestid sets it
     monkeypatch.setattr(tracing, "ENABLED", True)  # a span is current, as with tracing on
     tracer = TracerProvider().get_tracer("test")
     try:
         with (
-            context.serving(request, "req-42"),
+            context.serving(request),
             context.working_on(run=7),
             tracer.start_as_current_span("work") as span,
         ):
