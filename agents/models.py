@@ -162,6 +162,20 @@ class Agent(models.Model):
         "agent's runs (with the tool's approver groups). None: any reviewer.",
     )
     enabled = models.BooleanField(default=True)
+    mcp_exposed = models.BooleanField(
+        "exposed over MCP",
+        default=False,
+        help_text="MCP clients (and other agents) may ask it as a tool, ask_<slug>, those of "
+        "their accounts that may use it (integrations/mcp).",
+    )
+    delegates = models.ManyToManyField(
+        "self",
+        symmetrical=False,
+        blank=True,
+        related_name="delegators",
+        help_text="Agents this one may ask as tools (ask_<slug>): each question is a run of its "
+        "own, by the same user, with that user's permissions, never more.",
+    )
 
     objects = RestrictedQuerySet.as_manager()
 
@@ -232,6 +246,16 @@ class RunState(models.TextChoices):
 FINAL_STATES = (RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED, RunState.REJECTED)
 
 
+class RunKind(models.TextChoices):
+    """Who asked for the run: a person or an integration asking an agent (the chat, the REST
+    and OpenAI-compatible APIs), an MCP client (a tool call, or an agent asked as a tool), or
+    another agent's run (delegation: `parent` is that run)."""
+
+    AGENT = "agent", "An agent answers a message"
+    MCP = "mcp", "An MCP client's call"
+    DELEGATED = "delegated", "Asked by another agent's run"
+
+
 class Run(models.Model):
     """One execution of an agent on one user message (DESIGN.md §3).
 
@@ -246,8 +270,40 @@ class Run(models.Model):
     replayed = False
     done: threading.Event | None = None
 
-    agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="runs")
-    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="runs")
+    kind = models.CharField(max_length=12, choices=RunKind.choices, default=RunKind.AGENT)
+    agent = models.ForeignKey(
+        Agent,
+        on_delete=models.PROTECT,
+        related_name="runs",
+        null=True,
+        blank=True,
+        help_text="The agent that answers; none for an MCP client's tool call (`tool`).",
+    )
+    tool = models.ForeignKey(
+        "tools.Tool",
+        on_delete=models.PROTECT,
+        related_name="runs",
+        null=True,
+        blank=True,
+        help_text="The tool an MCP client called: the run is that one call (its arguments are "
+        "the run's input, as JSON).",
+    )
+    parent = models.ForeignKey(
+        "self",
+        on_delete=models.PROTECT,
+        related_name="children",
+        null=True,
+        blank=True,
+        help_text="The run whose agent asked this one's (delegation).",
+    )
+    client = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="The MCP client that asked, as it named itself (name and version).",
+    )
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.CASCADE, related_name="runs", null=True, blank=True
+    )
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="runs"
     )
@@ -302,6 +358,16 @@ class Run(models.Model):
                 condition=~models.Q(idempotency_key=""),
                 name="run_idempotency_per_actor",
             ),
+            models.CheckConstraint(
+                # An agent answers, or (an MCP client's call) exactly one tool runs.
+                condition=models.Q(agent__isnull=False, tool__isnull=True)
+                | models.Q(kind="mcp", agent__isnull=True, tool__isnull=False),
+                name="run_agent_or_mcp_tool",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(parent__isnull=True) | models.Q(kind="delegated"),
+                name="run_parent_only_delegated",
+            ),
         ]
         indexes = [
             models.Index(
@@ -324,6 +390,13 @@ class Run(models.Model):
         from telemetry.tracing import trace_id
 
         return trace_id(self.trace_parent)
+
+    @property
+    def subject(self) -> str:
+        """What the run is of, for people: the agent's name, or the tool an MCP client called."""
+        if self.agent is not None:
+            return self.agent.name
+        return f"{self.tool.name} (MCP)" if self.tool is not None else ""
 
 
 class StepKind(models.TextChoices):

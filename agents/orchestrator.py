@@ -279,19 +279,26 @@ class _Run:
     (nobody else writes while the lease is ours; the fenced checkpoint makes sure of it)."""
 
     def __init__(self, run_id: int, token: int, lease: Lease, attempt: _Attempt, *, answers):
-        self.run = Run.objects.select_related("agent__route", "actor").get(pk=run_id)
+        self.run = Run.objects.select_related("agent__route", "actor", "tool").get(pk=run_id)
         self.token = token
         self.lease = lease
         self.attempt = attempt
-        self.agent = self.run.agent
+        # None for an MCP client's call of `run.tool` (agents.calls), which never reaches what
+        # an agent's run does (_call_steps instead of _steps).
+        self.agent = cast(Agent, self.run.agent)
         self.steps = list(RunStep.objects.filter(run_id=run_id).order_by("index"))
         self.key = provenance.run_key(self.run.pk)  # marks untrusted content as data
-        # A run on the fast path was found to only answer as it started (runs_here).
-        self.offered = {} if answers else _offered(self.agent, self.run.actor)
-        self.knowledge_bases = (
-            [] if answers else list(self.agent.knowledge_bases.values_list("pk", flat=True))
-        )
-        self.messages = _messages(self.run, reads=bool(self.offered or self.knowledge_bases))
+        if self.run.agent_id is None:
+            self.offered = {}  # decided as the call's run is taken up (_call_steps)
+            self.knowledge_bases = []
+            self.messages = []
+        else:
+            # A run on the fast path was found to only answer as it started (runs_here).
+            self.offered = {} if answers else _offered(self.agent, self.run.actor)
+            self.knowledge_bases = (
+                [] if answers else list(self.agent.knowledge_bases.values_list("pk", flat=True))
+            )
+            self.messages = _messages(self.run, reads=bool(self.offered or self.knowledge_bases))
         self.tokens = self.run.tokens
         self.cancel_requested = self.run.cancel_requested
         self.ledger = LedgerShare()  # the ledger's part of each checkpoint (tools.ledger)
@@ -336,6 +343,8 @@ class _Run:
         self.ledger.expect(next_tool or None)
         self.ensure_lease()
         failpoint("before_checkpoint")
+        if self.run.conversation_id is None:  # an MCP client's call: its client has the result
+            messages = []
         done = run_checkpoint(
             run_id=self.run.pk,
             token=self.token,
@@ -394,18 +403,26 @@ def _loop(run_id: int, token: int, lease: Lease, attempt: _Attempt, decided) -> 
     if token == 1 and run.started_at is not None and not attempt.started:
         attempt.started = True  # the run's first lease: it waited till now
         metrics.RUN_QUEUE_WAIT.observe((run.started_at - run.created_at).total_seconds())
-    attributes: tracing.Attributes = {
-        "gen_ai.operation.name": "invoke_agent",
-        "gen_ai.agent.name": held.agent.slug,
-        "gen_ai.agent.id": str(held.agent.pk),
+    attributes: dict[str, str | int] = {
         "warden.run.id": run_id,
         "warden.run.lease_token": token,
         "warden.run.steps_before": len(held.steps),
     }
+    if run.agent_id is None:
+        name = f"mcp_call {run.tool.name if run.tool else ''}"
+        attributes["warden.run.kind"] = str(run.kind)
+    else:
+        name = f"invoke_agent {held.agent.slug}"
+        attributes["gen_ai.operation.name"] = "invoke_agent"
+        attributes["gen_ai.agent.name"] = held.agent.slug
+        attributes["gen_ai.agent.id"] = str(held.agent.pk)
     # A run that parks or is taken over ends its attempt as it should: not a failed span.
-    name, expected = f"invoke_agent {held.agent.slug}", (_Finished, LeaseLost)
+    expected = (_Finished, LeaseLost)
     with tracing.run_attempt(run.trace_parent, name, attributes, expected=expected):
-        _steps(held, attempt, decided)
+        if run.agent_id is None:
+            _call_steps(held)
+        else:
+            _steps(held, attempt, decided)
 
 
 def _steps(held: _Run, attempt: _Attempt, decided) -> None:
@@ -451,6 +468,47 @@ def _steps(held: _Run, attempt: _Attempt, decided) -> None:
                 f"agent's limit is {agent.max_tokens_per_run})",
             )
         _model_step(held, attempt=attempt)
+
+
+def _call_steps(held: _Run) -> None:
+    """An MCP client's call of one tool (agents.calls): decided again as the run is taken up
+    (access may have changed while it waited), executed as one tool step, exactly as an
+    agent's call (arguments, policy, approval, ledger, guardrails on the result), and the run
+    ends with what the step recorded."""
+    from agents.calls import tool_call_facts
+
+    run = held.run
+    if held.cancel_requested:
+        return held.finish(RunState.CANCELLED, error="cancelled by request")
+    called = next((s for s in held.steps if s.kind == StepKind.TOOL), None)
+    if called is None:
+        tool = cast(Tool, run.tool)
+        now = decide(tool_call_facts(run.actor, tool))  # the approval is the step's to ask
+        if now.effect == Effect.DENY:
+            return held.refuse(now, explain(now, tool=tool.name))
+        held.offered = {tool.name: tool}
+        call = json.loads(run.input)
+        _tool_step(held, 0, 0, call)
+        called = held.steps[-1]
+    output = called.output
+    if output.get("denied"):
+        return held.finish(RunState.REJECTED, error=output.get("error", ""))
+    if called.status != "ok" or output.get("invalid"):
+        return held.finish(RunState.FAILED, error=output.get("error") or "the tool failed")
+    held.finish(RunState.SUCCEEDED, answer=_call_answer(output))
+
+
+def _call_answer(output: dict) -> str:
+    """The call's result as its client gets it: withheld if it looked like an injection."""
+    if output.get("quarantined"):
+        signals = ", ".join(output.get("flagged", {}).get("signals", []))
+        return json.dumps(
+            {
+                "withheld": f"withheld by Warden: the result looked like a prompt "
+                f"injection ({signals}); a reviewer can read it in the run"
+            }
+        )
+    return json.dumps(output.get("result"))
 
 
 def _answer(held: _Run, last_model: RunStep) -> None:
@@ -841,6 +899,7 @@ def _tool_checkpoint(held: _Run, *, at: _Call, outcome, decision: Decision, star
             "status": outcome.status,
             "error": outcome.error,
             "latency_ms": outcome.latency_ms,
+            **({"client": held.run.client} if held.run.client else {}),  # an MCP client's
         },
         extra_audit=[("policy.decided", at.policy(decision)), *found],
     )
@@ -857,7 +916,7 @@ def _pending_verdicts(held: _Run) -> tuple[Verdict, ...]:
     decides what follows untrusted content, agents.provenance.)"""
     ran = [s.index for s in held.steps if s.kind == StepKind.TOOL and s.status == "ok"]
     found = []
-    if not ran:
+    if not ran and held.run.agent_id is not None:  # (an MCP client's call has no message)
         found.append(input_verdict(held.agent, held.run.input))
     for step in held.steps:
         if ran and step.index < ran[-1]:
@@ -1107,10 +1166,9 @@ def _offered(agent: Agent, actor) -> dict[str, Tool]:
 def _messages(run: Run, *, reads: bool) -> list[dict]:
     """The conversation as the model sees it; with the notice on marked data if this run may
     read any (`reads`: it has knowledge bases or tools) or an earlier one did."""
-    messages = (
-        [{"role": "system", "content": run.agent.system_prompt}] if run.agent.system_prompt else []
-    )
-    history = list(Message.objects.filter(conversation_id=run.conversation_id).order_by("id"))
+    prompt = cast(Agent, run.agent).system_prompt
+    messages = [{"role": "system", "content": prompt}] if prompt else []
+    history = list(Message.objects.filter(conversation=run.conversation).order_by("id"))
     # Each run marks the data it read with its own key; the model is told all of them.
     marked = {
         m.run_id

@@ -28,14 +28,15 @@ def access_conversation(user, conversation_id) -> Conversation:
 
 
 def access_run(user, run_id, *, trace: bool = False) -> Run:
-    """The run, if it is in one of `user`'s conversations; with `trace` (its trace page) also
-    if `user` may view every run (the `agents.view_run` permission: governance admins,
-    auditors) or reviews one of its approvals or held answers. Else NoAccess."""
+    """The run, if `user` asked for it (a run in a conversation is its owner's); with `trace`
+    (its trace page) also if `user` may view every run (the `agents.view_run` permission:
+    governance admins, auditors) or reviews one of its approvals or held answers. Else
+    NoAccess."""
     try:
-        run = Run.objects.select_related("agent", "conversation").get(pk=int(run_id))
+        run = Run.objects.select_related("agent", "conversation", "tool").get(pk=int(run_id))
     except (Run.DoesNotExist, ValueError, TypeError):
         raise NoAccess("no such run") from None
-    if run.conversation.owner_id == user.pk:
+    if run.actor_id == user.pk:
         return run
     if trace and user.is_active and (user.has_perm("agents.view_run") or _reviews(user, run.pk)):
         return run
@@ -133,6 +134,8 @@ def unreadable_sources(user, run_ids) -> tuple[set[int], set[tuple[int, int]]]:
 
 
 def _earlier_retrievals(run: Run) -> QuerySet[RunStep]:
+    if run.conversation_id is None:
+        return RunStep.objects.none()
     return RunStep.objects.filter(
         run__conversation_id=run.conversation_id, run_id__lt=run.pk, kind=StepKind.RETRIEVAL
     )

@@ -31,6 +31,7 @@ from agents.models import (
     Message,
     MessageRole,
     Run,
+    RunKind,
     RunState,
     RunStep,
 )
@@ -175,6 +176,9 @@ def run_start(
     stream: bool = True,
     client_application_id: int | None = None,
     here: bool = False,
+    kind: str = RunKind.AGENT,
+    client: str = "",
+    parent: Run | None = None,
 ) -> Run:
     """Queue a run of `agent` on the actor's message, once it passes `input_check` (interfaces
     come through agents.submit.run_submit, which finds or makes the conversation and scopes
@@ -183,7 +187,8 @@ def run_start(
     is the same too, and raises IdempotencyConflict if not. `stream` publishes the run's steps
     and the answer's tokens to its channel group as they happen (for somebody watching live).
     An unsaved `conversation` is saved with the run (so a refusal leaves no empty one behind).
-    `client_application_id` names the OAuth2 application that asked, if one did. `here`: the
+    `client_application_id` names the OAuth2 application that asked, if one did; `kind` who
+    asked (RunKind: an MCP client, named `client`, or the `parent` run's agent). `here`: the
     caller waits for the answer in this process, so a run that can only answer
     (agents.orchestrator.runs_here decides) is advanced on a thread here instead of by a
     worker; the run's `done` is then an event set once that thread is done with it.
@@ -194,7 +199,7 @@ def run_start(
         raise ConversationNotFound()  # missing and forbidden look the same
     input_check(input)
     if idempotency_key:
-        existing = _idempotent(actor, idempotency_key, fingerprint)
+        existing = run_idempotent(actor, idempotency_key, fingerprint)
         if existing is not None:
             return existing
     # The run's trace begins here, under the request's span if there is one.
@@ -218,10 +223,15 @@ def run_start(
                 client_application_id=client_application_id,
                 here=here,
                 trace_parent=trace_parent,
+                kind=kind,
+                client=client[:200],
+                parent=parent,
             )
         except IntegrityError:
             # The same key, at the same moment, from a concurrent request: its run is the answer.
-            existing = _idempotent(actor, idempotency_key, fingerprint) if idempotency_key else None
+            existing = (
+                run_idempotent(actor, idempotency_key, fingerprint) if idempotency_key else None
+            )
             if existing is None:
                 raise
             return existing
@@ -266,7 +276,7 @@ def input_check(text: str) -> None:
         raise UnstorableInput(f"the message {problem}")
 
 
-def _idempotent(actor, key: str, fingerprint: str) -> Run | None:
+def run_idempotent(actor, key: str, fingerprint: str) -> Run | None:
     existing = Run.objects.filter(actor=actor, idempotency_key=key).first()
     if existing is not None and existing.idempotency_fingerprint != fingerprint:
         raise IdempotencyConflict(
@@ -291,6 +301,9 @@ def _queued(agent, conversation, actor, input, decision, context, **fields):
             stream=fields["stream"],
             client_application_id=fields["client_application_id"],
             trace_parent=fields["trace_parent"],
+            kind=fields["kind"],
+            client=fields["client"],
+            parent=fields["parent"],
         )
         Message.objects.create(
             conversation=conversation, run=run, role=MessageRole.USER, content=input
@@ -301,7 +314,7 @@ def _queued(agent, conversation, actor, input, decision, context, **fields):
             target=Target.of(run),
             run=run.pk,
             conversation=conversation.pk,
-            data={"agent": agent.slug},
+            data=_queued_data(agent, fields),
         )
         audit_record(
             actor=actor,
@@ -313,6 +326,19 @@ def _queued(agent, conversation, actor, input, decision, context, **fields):
         )
         transaction.on_commit(lambda: _started(run, context if fields["here"] else None))
     return run
+
+
+def _queued_data(agent: Agent, fields: dict) -> dict:
+    """The `run.queued` event's data: the agent, and who asked if not a person or an
+    integration asking it directly (an MCP client, by name; another agent's run)."""
+    data: dict = {"agent": agent.slug}
+    if fields["kind"] != RunKind.AGENT:
+        data["via"] = str(fields["kind"])
+    if fields["client"]:
+        data["client"] = fields["client"]
+    if fields["parent"] is not None:
+        data["parent"] = fields["parent"].pk
+    return data
 
 
 def _started(run: Run, here: RunContext | None) -> None:
@@ -441,7 +467,8 @@ def run_cancel(*, run: Run, actor) -> Run:
             final = {"type": "final", "state": str(RunState.CANCELLED)}
             transaction.on_commit(lambda: publish(locked.pk, final))
             run_state_send(run_id=locked.pk, state=locked.state)
-            _counted_finished(locked.agent.slug, locked.state, timezone.now() - locked.created_at)
+            label = locked.agent.slug if locked.agent else "(mcp)"  # (agents.calls.MCP_LABEL)
+            _counted_finished(label, locked.state, timezone.now() - locked.created_at)
         audit_record(
             actor=actor, action="run.cancel_requested", target=Target.of(locked), run=locked.pk
         )
@@ -519,7 +546,7 @@ def run_checkpoint(
     run_id: int,
     token: int,
     index: int,
-    conversation_id: int,
+    conversation_id: int | None,
     step: StepRecord,
     messages: list[dict],
     audit_action: str,
@@ -575,7 +602,7 @@ def run_checkpoint(
 
 
 def _checkpoint_params(
-    *, run_id: int, token: int, conversation_id: int, record: RunStep, now
+    *, run_id: int, token: int, conversation_id: int | None, record: RunStep, now
 ) -> dict:
     """The checkpoint statement's parameters for the run, its lease and the step row."""
     return {
@@ -598,7 +625,7 @@ def _checkpoint_params(
 
 
 def _checkpoint_audit(
-    *, run_id: int, conversation_id: int, index: int, events: list[tuple[str, dict]]
+    *, run_id: int, conversation_id: int | None, index: int, events: list[tuple[str, dict]]
 ) -> tuple:
     """(stream, events): the audit append's arguments for the step's events (audit's own)."""
     target = Target("agents.run", str(run_id), f"run {run_id}")
@@ -716,7 +743,8 @@ UPDATE agents_run SET state = %s, answer = %s, citations = %s::jsonb, error = %s
 WHERE id = %s AND fencing_token = %s
     AND state IN ('{RunState.QUEUED}', '{RunState.RUNNING}')
 RETURNING conversation_id, prompt_tokens + completion_tokens, cost,
-    (SELECT slug FROM agents_agent WHERE agents_agent.id = agents_run.agent_id),
+    COALESCE((SELECT slug FROM agents_agent WHERE agents_agent.id = agents_run.agent_id),
+        '(mcp)'),
     finished_at - created_at
 """  # noqa: S608 - constants only
 

@@ -18,7 +18,7 @@ import json
 import re
 from typing import Any
 
-from agents.models import Agent, Conversation, Run
+from agents.models import Agent, Conversation, Run, RunKind
 from agents.selectors import access_conversation
 from agents.services import (
     MAX_INPUT,
@@ -51,6 +51,8 @@ def run_submit(
     client_application_id: int | None = None,
     stream: bool = True,
     here: bool = False,
+    kind: str = RunKind.AGENT,
+    client: str = "",
 ) -> Run:
     """Start a run of `agent` (which the caller found through an access check) on the actor's
     message, in their conversation `conversation` (an id; as a form sent it, text is parsed,
@@ -58,9 +60,10 @@ def run_submit(
     none); keys are the client's (the OAuth2 application `client_application_id`, or the
     user) on one `surface`, so one client's retry never meets another's run. The run's
     `replayed` is set when the key answered an earlier run. `here`: the caller waits for the
-    answer in this process (agents.services.run_start says what follows). Raises RunError's
+    answer in this process (agents.services.run_start says what follows); `kind` and `client`
+    say who asked (an MCP client, by name). Raises RunError's
     kinds."""
-    key = _scoped_key(idempotency_key, surface, client_application_id)
+    key = scoped_key(idempotency_key, surface, client_application_id)
     if conversation is None:  # saved with its run: a refusal leaves no empty conversation
         found = Conversation(owner=actor, agent=agent, title=conversation_title(input))
     else:
@@ -81,10 +84,12 @@ def run_submit(
         stream=stream,
         client_application_id=client_application_id,
         here=here,
+        kind=kind,
+        client=client,
     )
 
 
-def _scoped_key(raw: str, surface: str, client_application_id: int | None) -> str:
+def scoped_key(raw: str, surface: str, client_application_id: int | None) -> str:
     """The key as stored: scoped to the client and the surface; '' without one."""
     if not raw:
         return ""

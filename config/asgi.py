@@ -1,4 +1,5 @@
-"""ASGI entry point: HTTP through Django, websockets through Channels.
+"""ASGI entry point: HTTP through Django (but /mcp, the MCP server's), websockets through
+Channels.
 
 Websocket routes come from the apps that own them (agents.routing); a connection to any other
 path is refused.
@@ -29,11 +30,21 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from agents.routing import websocket_urlpatterns  # noqa: E402
+from integrations.mcp.server import application as mcp_application  # noqa: E402
 from portal.second_factor import SecondFactorWebsocketMiddleware  # noqa: E402
+
+
+async def http_application(scope, receive, send):
+    """/mcp is the MCP server's (integrations.mcp: the SDK's streamable HTTP transport); every
+    other path is Django's."""
+    if scope["path"] in ("/mcp", "/mcp/"):
+        return await mcp_application(scope, receive, send)
+    return await django_asgi_app(scope, receive, send)
+
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": http_application,
         "websocket": AllowedHostsOriginValidator(
             AuthMiddlewareStack(SecondFactorWebsocketMiddleware(URLRouter(websocket_urlpatterns)))
         ),

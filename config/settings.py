@@ -269,6 +269,7 @@ OAUTH2_PROVIDER: dict[str, Any] = {
         "audit:read": "Read and export the audit trail",
         "admin:read": "Read the registry: tools, routes, knowledge bases",
         "admin:write": "Change the registry (tools), where the account holds the permission",
+        "tools:call": "Call, over MCP, the tools and agents exposed there that the account may use",
     },
     "DEFAULT_SCOPES": [],  # a token has the scopes it asked for and was allowed, no more
     "SCOPES_BACKEND_CLASS": "integrations.api.auth.ApplicationScopesBackend",
@@ -352,6 +353,15 @@ WARDEN_SSE_MAX_SECONDS = env_int("WARDEN_SSE_MAX_SECONDS", 300, minimum=10)
 WARDEN_API_MAX_WAITS = env_int("WARDEN_API_MAX_WAITS", 8, minimum=1)
 # The longest `?wait=N` a request to start a run may ask for.
 WARDEN_API_MAX_WAIT = env_int("WARDEN_API_MAX_WAIT", 60, minimum=0)
+# The MCP server (/mcp, integrations/mcp): how long a tool call or an agent's answer is waited
+# for before the client gets a pending result naming the run (progress notifications meanwhile);
+# calls per account per minute (0: no limit); a session unseen this long is no longer open.
+WARDEN_MCP_WAIT_SECONDS = env_int("WARDEN_MCP_WAIT_SECONDS", 25, minimum=0)
+WARDEN_MCP_CALLS_PER_MINUTE = env_int("WARDEN_MCP_CALLS_PER_MINUTE", 120, minimum=0)
+WARDEN_MCP_SESSION_IDLE_SECONDS = env_int("WARDEN_MCP_SESSION_IDLE_SECONDS", 1800, minimum=60)
+# How deep agents may ask agents (delegation): a run this many levels below a person's asks
+# no further agent.
+WARDEN_DELEGATION_DEPTH = env_int("WARDEN_DELEGATION_DEPTH", 3, minimum=1)
 # DOT's own models, named so that migrations can refer to the (swappable) application model.
 OAUTH2_PROVIDER_APPLICATION_MODEL = "oauth2_provider.Application"
 SPECTACULAR_SETTINGS = {

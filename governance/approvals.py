@@ -60,7 +60,8 @@ def approval_request_create(
     *,
     key: str,
     run_id: int,
-    agent: Any,  # an Agent and a Tool: models of the apps above, which governance never names
+    agent: Any,  # an Agent (None: an MCP client's own call) and a Tool: models of the apps
+    # above, which governance never names
     tool: Any,
     requested_by: AnyUser,
     arguments: dict[str, Any],
@@ -72,7 +73,7 @@ def approval_request_create(
         key=key,
         defaults={
             "run_id": run_id,
-            "agent_id": agent.pk,
+            "agent_id": agent.pk if agent is not None else None,
             "tool_id": tool.pk,
             "tool_name": tool.name,
             "tool_version": tool.version,
@@ -84,7 +85,8 @@ def approval_request_create(
         },
     )
     if created:
-        groups = {*agent.approver_groups.all(), *tool.approver_groups.all()}
+        by_agent = agent.approver_groups.all() if agent is not None else ()
+        groups = {*by_agent, *tool.approver_groups.all()}
         request.approver_groups.set(groups)
         audit_record(
             actor=requested_by,
@@ -398,7 +400,7 @@ def escalation_create(
     escalation, created = Escalation.objects.get_or_create(
         run_id=run.pk,
         defaults={
-            "agent_id": agent.pk,
+            "agent_id": agent.pk if agent is not None else None,
             "requested_by_id": run.actor_id,
             "question": run.input,
             "answer": answer,

@@ -59,6 +59,14 @@ def period_end(period: str, start: date) -> date:
     return start + timedelta(days=days)
 
 
+def budgets_of(user: Any) -> list[int]:
+    """The enabled budgets that count a user's use outside any agent: their own and their
+    teams' (an MCP client's tool call, which no agent makes)."""
+    teams = user.groups.values("pk")
+    found = Budget.objects.filter(enabled=True).filter(Q(user=user) | Q(group__in=teams))
+    return list(found.order_by("pk").values_list("pk", flat=True))
+
+
 def budget_state(*, budget_ids: list[int]) -> BudgetState:
     """Whether the budgets leave room now (for the policy's decision at the start of a run)."""
     if not budget_ids:

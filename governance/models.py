@@ -96,7 +96,8 @@ class ApprovalRequest(models.Model):
         max_length=200, unique=True, help_text="The call's idempotency key: run, step, call."
     )
     run = _upward("agents.Run")
-    agent = _upward("agents.Agent", db_index=False)
+    # None: an MCP client called the tool itself (no agent's run).
+    agent = _upward("agents.Agent", db_index=False, null=True, blank=True)
     tool = _upward("tools.Tool", db_index=False)
     tool_name = models.CharField(max_length=64)
     tool_version = models.CharField(max_length=16)

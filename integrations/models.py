@@ -79,6 +79,63 @@ class ApplicationScopes(models.Model):
             raise ValidationError({"scopes": f"unknown scopes: {', '.join(unknown)}"})
 
 
+class MCPClientAccess(models.Model):
+    """What an OAuth2 application's tokens may reach over MCP (integrations/mcp): only the tools
+    and agents listed here, of those exposed over MCP that the token's account may use. An
+    application without one reaches every exposed tool and agent its account may use; a
+    personal access token is its person's own client, limited by the person's access alone."""
+
+    application = models.OneToOneField(
+        settings.OAUTH2_PROVIDER_APPLICATION_MODEL,
+        on_delete=models.CASCADE,
+        related_name="mcp_access",
+    )
+    tools = models.ManyToManyField("tools.Tool", blank=True, related_name="+")
+    agents = models.ManyToManyField("agents.Agent", blank=True, related_name="+")
+
+    class Meta:
+        verbose_name = "MCP allowlist"
+        verbose_name_plural = "MCP allowlists"
+
+    def __str__(self) -> str:
+        return f"MCP allowlist of {self.application}"
+
+
+class MCPSession(models.Model):
+    """An MCP client seen at /mcp: a handshake-era client's session (its Mcp-Session-Id), or,
+    for a client of the sessionless protocol (2026-07-28), its credential and name. Open while
+    seen within WARDEN_MCP_SESSION_IDLE_SECONDS and not closed (a client's DELETE)."""
+
+    key = models.CharField(max_length=200, unique=True, help_text="The session id, or a digest.")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="mcp_sessions"
+    )
+    application = models.ForeignKey(
+        settings.OAUTH2_PROVIDER_APPLICATION_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="+",
+        help_text="The OAuth2 application whose token it uses; empty for a personal token.",
+    )
+    personal_token = models.ForeignKey(
+        PersonalAccessToken, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    client = models.CharField(max_length=200, blank=True, help_text="Its name and version.")
+    protocol_version = models.CharField(max_length=20, blank=True)
+    opened_at = models.DateTimeField(auto_now_add=True)
+    last_seen_at = models.DateTimeField()
+    closed_at = models.DateTimeField(null=True, blank=True)
+    calls = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        verbose_name = "MCP session"
+        indexes = [models.Index(fields=["-last_seen_at"], name="mcpsession_seen")]
+
+    def __str__(self) -> str:
+        return f"{self.client or 'an MCP client'} as {self.user}"
+
+
 class WebhookEvent(models.TextChoices):
     """What a webhook can be told: a run of the application's account reached this state."""
 

@@ -266,13 +266,13 @@ def _context_of(run_id: int, user) -> dict:
     from agents.models import Run
 
     run = Run.objects.select_related("agent", "actor", "conversation").filter(pk=run_id).first()
-    owner_id = run.conversation.owner_id if run is not None else None
+    owner_id = run.actor_id if run is not None else None
 
     def shown(value):
         return as_seen_by(value, viewer_id=user.pk, owner_id=owner_id)
 
     messages_ = []
-    if run is not None:
+    if run is not None and run.conversation_id is not None:  # (an MCP client's call has none)
         messages_ = list(
             Message.objects.filter(
                 conversation_id=run.conversation_id,

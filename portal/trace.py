@@ -28,7 +28,7 @@ def run_trace(request: HttpRequest, pk: int) -> HttpResponse:
         raise Http404("no such run") from None
     steps = [_step(step) for step in run.steps.order_by("index")]
     question, error = run.input, run.error
-    owner = {"viewer_id": request.user.pk, "owner_id": run.conversation.owner_id}
+    owner = {"viewer_id": request.user.pk, "owner_id": run.actor_id}
     if not sees_values(**owner):
         _hide_unreadable(steps, request.user)
         # The run is its owner's: others (reviewers, auditors) see personal data as the audit

@@ -70,6 +70,12 @@ class Tool(models.Model):
         "rate limit (calls per user per minute)", default=0, help_text="0: no limit."
     )
     enabled = models.BooleanField(default=False)
+    mcp_exposed = models.BooleanField(
+        "exposed over MCP",
+        default=False,
+        help_text="MCP clients may call it, those of their accounts that may use it "
+        "(integrations/mcp); each call governed as a run's.",
+    )
     output_trusted = models.BooleanField(
         "output is trusted",
         default=False,

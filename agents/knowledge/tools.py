@@ -22,11 +22,13 @@ from tools.registry import ToolContext, python_tool
 def knowledge_search_tool(arguments: dict, *, idempotency_key: str, context: ToolContext) -> dict:
     from agents.knowledge.retrieval import knowledge_search
 
-    agent_bases = list(context.agent.knowledge_bases.values_list("pk", flat=True))
+    # An MCP client's own call (no agent): every knowledge base the user may read.
+    agent = context.agent
+    bases = None if agent is None else list(agent.knowledge_bases.values_list("pk", flat=True))
     passages = knowledge_search(
         actor=context.actor,
         query=arguments["query"],
-        knowledge_bases=agent_bases,  # and, inside, only those the user may read
+        knowledge_bases=bases,  # and, inside, only those the user may read
         k=arguments.get("limit", 4),
     )
     return {

@@ -1,0 +1,226 @@
+"""Warden as an MCP server, as MCP clients meet it: the official `mcp` Python client over
+streamable HTTP (both protocol eras) against daphne, with a real worker executing the calls.
+Each caller lists only what they may call; a read is executed, audited and ledgered; a write
+waits for a reviewer and the client gets a pending result naming the approval, then the result
+once approved; a denied tool is refused by name; a token without the scope gets nothing."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import anyio
+import httpx
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+
+from agents.models import Run, RunKind, RunState
+from audit.models import AuditEvent
+from audit.services import SYSTEM
+from governance.approvals import approval_decide
+from governance.models import Action, ApprovalRequest
+from governance.services import access_grant
+from integrations.models import MCPSession
+from integrations.tests.test_openai import Live
+from integrations.tokens import token_create
+from tests.processes import daphne_on_test_database
+from tools.models import DemoTicket, Tool, ToolInvocation
+
+
+@pytest.fixture
+def mcp_live(committing_db, server, unused_tcp_port):
+    """daphne on the test database, waiting at most 3 s for a call before a pending result."""
+    from django.db import connection
+
+    with daphne_on_test_database(unused_tcp_port, WARDEN_MCP_WAIT_SECONDS="3") as url:
+        yield Live(url, server)
+    connection.close()
+
+
+def _tool(name: str, *, exposed: bool = True, holders=()) -> Tool:
+    tool = Tool.objects.get(name=name)
+    tool.enabled, tool.mcp_exposed = True, exposed
+    tool.save(update_fields=["enabled", "mcp_exposed"])
+    for holder in holders:
+        access_grant(obj=tool, holder=holder, action=Action.USE, actor=SYSTEM)
+    return tool
+
+
+def _session(url: str, token: str, **options):
+    """An MCP client session on /mcp with the bearer token (a context manager)."""
+
+    class Session:
+        async def __aenter__(self):
+            self.http = httpx2.AsyncClient(
+                headers={"Authorization": f"Bearer {token}"}, timeout=httpx2.Timeout(30, read=60)
+            )
+            await self.http.__aenter__()
+            transport = streamable_http_client(f"{url}/mcp", http_client=self.http)
+            self.client = Client(transport, **options)
+            return await self.client.__aenter__()
+
+        async def __aexit__(self, *exc):
+            try:
+                await self.client.__aexit__(*exc)
+            finally:
+                await self.http.__aexit__(*exc)
+
+    return Session()
+
+
+def test_a_client_lists_only_its_tools_reads_at_once_and_waits_for_a_reviewer_to_write(
+    mcp_live, start_worker, people
+):
+    status = _tool("get_ticket_status", holders=[people.member])
+    ticket = _tool("create_ticket", holders=[people.member])  # risk: write
+    _tool("send_email", holders=[people.outsider])  # exposed, not the member's
+    _tool("schedule_meeting", exposed=False, holders=[people.member])  # the member's, not exposed
+    existing = DemoTicket.objects.create(title="Printer jam", idempotency_key=uuid.uuid4().hex)
+    _, secret = token_create(user=people.member, name="laptop", scopes=["tools:call"], days=1)
+    start_worker()
+    title = f"VPN down {uuid.uuid4().hex[:6]}"
+    progress: list[tuple[float, str | None]] = []
+
+    async def on_progress(done, total, message):
+        progress.append((done, message))
+
+    async def session() -> dict:
+        seen: dict = {}
+        async with _session(mcp_live.url, secret) as client:
+            listed = await client.list_tools()
+            seen["names"] = sorted(t.name for t in listed.tools)
+            seen["read"] = await client.call_tool("get_ticket_status", {"ticket": existing.pk})
+            seen["write"] = await client.call_tool(
+                "create_ticket", {"title": title}, progress_callback=on_progress
+            )
+            with pytest.raises(MCPError) as refused:
+                await client.call_tool("send_email", {"to": "a@example.com"})
+            seen["refused"] = refused.value
+        return seen
+
+    seen = anyio.run(session)
+
+    assert seen["names"] == ["create_ticket", "get_ticket_status", "warden_run_result"]
+    # The read: executed at once, its result structured, a run of kind mcp, audited, ledgered.
+    read = seen["read"]
+    assert not read.is_error, read
+    assert read.structured_content["title"] == "Printer jam"
+    run = Run.objects.get(kind=RunKind.MCP, tool=status)
+    assert run.state == RunState.SUCCEEDED
+    assert run.agent_id is None
+    assert run.client.startswith("mcp ")  # the Python SDK's name for itself, and its version
+    invoked = json.loads(AuditEvent.objects.get(run=run.pk, action="tool.invoked").data)
+    assert invoked["tool"] == "get_ticket_status"
+    assert invoked["client"] == run.client
+    queued = AuditEvent.objects.get(run=run.pk, action="run.queued")
+    assert json.loads(queued.data)["client"] == run.client
+    assert queued.actor_id == str(people.member.pk)
+    assert ToolInvocation.objects.filter(key__startswith=f"run:{run.pk}:").count() == 1
+
+    # The write: parked for a reviewer; the client heard where it stood, then got a pending
+    # result naming the run and the approval's page; nothing was created.
+    write = seen["write"]
+    assert not write.is_error, write
+    pending = write.structured_content
+    assert pending["status"] == "awaiting_approval", pending
+    approval = ApprovalRequest.objects.get(run_id=pending["run"])
+    assert pending["review_url"].endswith(f"/inbox/approvals/{approval.pk}/")
+    assert "warden_run_result" in write.content[0].text
+    assert any("waiting for a reviewer" in (message or "") for _, message in progress), progress
+    assert not DemoTicket.objects.filter(title=title).exists()
+    assert approval.agent_id is None
+    assert approval.tool_id == ticket.pk
+
+    # Denied: refused by name, as if there were no such tool; no run was made of it.
+    assert "Unknown tool: send_email" in str(seen["refused"])
+    assert not Run.objects.filter(tool__name="send_email").exists()
+
+    approval_decide(approval_id=approval.pk, decided_by=people.reviewer, approve=True)
+
+    async def later():
+        async with _session(mcp_live.url, secret) as client:
+            return await client.call_tool("warden_run_result", {"run": pending["run"]})
+
+    done = anyio.run(later)
+    assert not done.is_error, done
+    assert done.structured_content["status"] == "open"
+    created = DemoTicket.objects.get(title=title)
+    assert done.structured_content["ticket"] == created.pk
+    assert Run.objects.get(pk=pending["run"]).state == RunState.SUCCEEDED
+
+
+def test_a_token_without_the_scope_or_no_token_gets_nothing_and_learns_where_to_get_one(
+    mcp_live, people
+):
+    _tool("get_ticket_status", holders=[people.member])
+    _, narrow = token_create(user=people.member, name="api", scopes=["runs:read"], days=1)
+    oauth_narrow = mcp_live.token(people.integration, "agents:run")
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+    headers = {"Accept": "application/json, text/event-stream"}
+
+    anonymous = httpx.post(f"{mcp_live.url}/mcp", json=body, headers=headers)
+    assert anonymous.status_code == 401, anonymous.text
+    challenge = anonymous.headers["www-authenticate"]
+    assert "resource_metadata=" in challenge
+    metadata_url = challenge.split('resource_metadata="')[1].split('"')[0]
+    metadata = httpx.get(metadata_url).json()
+    assert metadata["resource"] == f"{mcp_live.url}/mcp"
+    server = httpx.get(
+        f"{metadata['authorization_servers'][0]}/.well-known/oauth-authorization-server"
+    )
+    assert server.json()["code_challenge_methods_supported"] == ["S256"]
+    assert "tools:call" in server.json()["scopes_supported"]
+
+    for token in (narrow, oauth_narrow):
+        refused = httpx.post(
+            f"{mcp_live.url}/mcp",
+            json=body,
+            headers={**headers, "Authorization": f"Bearer {token}"},
+        )
+        assert refused.status_code == 403, refused.text
+        assert 'error="insufficient_scope"' in refused.headers["www-authenticate"]
+        assert refused.headers["content-type"] == "application/problem+json"
+
+    unknown = httpx.post(
+        f"{mcp_live.url}/mcp",
+        json=body,
+        headers={**headers, "Authorization": "Bearer wdn_pat_not-a-real-one"},
+    )
+    assert unknown.status_code == 401
+
+    async def with_the_client():
+        async with _session(mcp_live.url, narrow) as client:
+            await client.list_tools()
+
+    with pytest.RaisesGroup(MCPError, flatten_subgroups=True):  # the SDK reports the 403 so
+        anyio.run(with_the_client)
+    assert not MCPSession.objects.exists()
+
+
+def test_a_handshake_era_client_opens_a_session_bound_to_its_token(mcp_live, people):
+    """A 2025 client (initialize, Mcp-Session-Id) with an OAuth2 token: served the same tools,
+    its session recorded as open; an application's MCP allowlist narrows what it sees."""
+    from integrations.models import MCPClientAccess
+    from integrations.tests.conftest import application_for
+
+    _tool("get_ticket_status", holders=[people.integration])
+    _tool("create_ticket", holders=[people.integration])
+    application = application_for(people.integration, "Desktop")
+    token = mcp_live.token(people.integration, "tools:call", application=application)
+
+    async def listed() -> list[str]:
+        async with _session(mcp_live.url, token, mode="legacy") as client:
+            return sorted(t.name for t in (await client.list_tools()).tools)
+
+    assert anyio.run(listed) == ["create_ticket", "get_ticket_status", "warden_run_result"]
+    session = MCPSession.objects.get(application=application)
+    assert session.key.startswith("session:")
+    assert session.user == people.integration
+    assert session.protocol_version.startswith("2025-")
+
+    allowlist = MCPClientAccess.objects.create(application=application)
+    allowlist.tools.add(Tool.objects.get(name="get_ticket_status"))
+    assert anyio.run(listed) == ["get_ticket_status", "warden_run_result"]
