@@ -40,11 +40,14 @@ class ModelRouteAdmin(GovernedAdminMixin, admin.ModelAdmin):
 
 @admin.register(Agent)
 class AgentAdmin(GovernedAdminMixin, admin.ModelAdmin):
-    list_display = ("name", "slug", "route", "enabled", "max_steps", "confidence_threshold")
-    list_filter = ("enabled", "route")
+    list_display = (
+        *("name", "slug", "route", "enabled", "mcp_exposed", "max_steps"),
+        "confidence_threshold",
+    )
+    list_filter = ("enabled", "mcp_exposed", "route")
     search_fields = ("name", "slug")
     prepopulated_fields = {"slug": ("name",)}
-    filter_horizontal = ("tools", "knowledge_bases", "approver_groups")
+    filter_horizontal = ("tools", "knowledge_bases", "delegates", "approver_groups")
 
 
 class RunStepInline(admin.TabularInline):
@@ -105,7 +108,9 @@ class RunAdmin(ReadOnlyAdmin):
 
     list_display = (
         "id",
+        "kind",
         "agent",
+        "tool",
         "actor",
         "state",
         "created_at",
@@ -113,7 +118,7 @@ class RunAdmin(ReadOnlyAdmin):
         "completion_tokens",
         "cost",
     )
-    list_filter = ("state", "agent")
+    list_filter = ("state", "kind", "agent")
     search_fields = ("id", "input", "answer")
     inlines = [RunStepInline]
     fields = readonly_fields = tuple(

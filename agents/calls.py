@@ -38,6 +38,22 @@ from tools.schemas import text_problem
 from tools.services import argument_problem
 
 MCP_LABEL = "(mcp)"  # the `agent` label of an MCP client's calls in the metrics
+# An agent asked as a tool, by an MCP client or by another agent (delegation): ask_<slug>.
+ASK_PREFIX = "ask_"
+ASK_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "question": {"type": "string", "minLength": 1, "description": "what to ask the agent"}
+    },
+    "required": ["question"],
+    "additionalProperties": False,
+}
+
+
+def ask_description(agent) -> str:
+    described = f"Ask the agent {agent.name}"
+    described += f": {agent.description}" if agent.description else "."
+    return described + " Returns its answer, with the sources it cites."
 
 
 class ArgumentsInvalid(RunError):

@@ -237,6 +237,7 @@ class RunState(models.TextChoices):
     RUNNING = "running"
     AWAITING_APPROVAL = "awaiting_approval"
     AWAITING_REVIEW = "awaiting_review", "Held for review"
+    AWAITING_DELEGATE = "awaiting_delegate", "Waiting for an agent it asked"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -405,6 +406,7 @@ class StepKind(models.TextChoices):
     TOOL = "tool"
     GUARDRAIL = "guardrail"
     APPROVAL = "approval"
+    DELEGATION = "delegation"  # another agent asked (its run is a child of this one)
     ANSWER = "answer"
 
 

@@ -22,7 +22,7 @@ from typing import cast
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Exists
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from agents import provenance
@@ -105,10 +105,15 @@ def run_execute(*, run_id: int, holder: str, decided: RunContext | None = None) 
 def runs_here(agent: Agent, actor) -> bool:
     """Whether a run of `agent` by `actor` takes the fast path (run_here) when its caller waits
     in the web process: the run can only answer. No tool the actor may use (so no tool call, no
-    approval), no knowledge base to read (retrieval embeds, which is a worker's load), no answer
-    that may be held for review. Everything else goes to a worker. One query."""
+    approval), no agent to ask, no knowledge base to read (retrieval embeds, which is a
+    worker's load), no answer that may be held for review. Everything else goes to a worker.
+    One query."""
     tools = agent.tools.filter(enabled=True).restrict(actor, Action.USE)
-    found = {"calls": Exists(tools), "reads": Exists(agent.knowledge_bases.all())}
+    found = {
+        "calls": Exists(tools),
+        "reads": Exists(agent.knowledge_bases.all()),
+        "asks": Exists(agent.delegates.filter(enabled=True)),
+    }
     if agent.confidence_threshold:
         found["holds"] = Exists(agent.route.deployments.filter(model__startswith=_LOCAL))
     return not any(Agent.objects.filter(pk=agent.pk).annotate(**found).values_list(*found).get())
@@ -279,7 +284,12 @@ class _Run:
     (nobody else writes while the lease is ours; the fenced checkpoint makes sure of it)."""
 
     def __init__(self, run_id: int, token: int, lease: Lease, attempt: _Attempt, *, answers):
-        self.run = Run.objects.select_related("agent__route", "actor", "tool").get(pk=run_id)
+        asks = Agent.delegates.through.objects.filter(from_agent_id=OuterRef("agent_id"))
+        self.run = (
+            Run.objects.select_related("agent__route", "actor", "tool")
+            .annotate(asks=Exists(asks))  # whether its agent may ask others (a query less if not)
+            .get(pk=run_id)
+        )
         self.token = token
         self.lease = lease
         self.attempt = attempt
@@ -288,6 +298,7 @@ class _Run:
         self.agent = cast(Agent, self.run.agent)
         self.steps = list(RunStep.objects.filter(run_id=run_id).order_by("index"))
         self.key = provenance.run_key(self.run.pk)  # marks untrusted content as data
+        self.delegates: dict[str, Agent] = {}  # ask_<slug>: the agents it may ask
         if self.run.agent_id is None:
             self.offered = {}  # decided as the call's run is taken up (_call_steps)
             self.knowledge_bases = []
@@ -295,6 +306,8 @@ class _Run:
         else:
             # A run on the fast path was found to only answer as it started (runs_here).
             self.offered = {} if answers else _offered(self.agent, self.run.actor)
+            if self.run.asks and not answers:
+                self.delegates = _delegates(self.agent, self.run)
             self.knowledge_bases = (
                 [] if answers else list(self.agent.knowledge_bases.values_list("pk", flat=True))
             )
@@ -448,7 +461,7 @@ def _steps(held: _Run, attempt: _Attempt, decided) -> None:
             and steps[-1] is last_model
         ):
             return _answer(held, last_model)
-        if sum(1 for s in steps if s.kind != StepKind.APPROVAL) >= agent.max_steps:
+        if sum(1 for s in steps if s.kind not in _WAITS) >= agent.max_steps:
             return held.finish(
                 RunState.FAILED,
                 error=f"stopped after {agent.max_steps} steps "
@@ -528,6 +541,7 @@ def _model_step(held: _Run, *, attempt: _Attempt) -> None:
     """Ask the model (or take its reply obtained before a fault), within the run's budgets,
     and record the reply with what it used."""
     tools = [t.as_openai_tool() for t in held.offered.values()]
+    tools += [_ask_tool(name, agent) for name, agent in held.delegates.items()]
     index = len(held.steps)
     key = f"run:{held.run.pk}:step:{index}"
     asked = _ask_model(held, attempt=attempt, index=index, key=key, tools=tools)
@@ -723,6 +737,8 @@ class _Call:
 
 def _tool_step(held: _Run, model_index: int, k: int, call: dict) -> None:
     key = f"run:{held.run.pk}:step:{model_index}:call:{k}"
+    if call["name"] in held.delegates:
+        return _delegate_step(held, key, call)
     tool = call["name"] if call["name"] in held.offered else "(unknown)"  # bounded: offered only
     attributes = {
         "gen_ai.operation.name": "execute_tool",
@@ -1157,6 +1173,150 @@ class _Finished(Exception):
     """The run was put in a final state inside a step: the loop ends."""
 
 
+# Steps that wait for somebody (a reviewer, an agent asked): not counted against max_steps.
+_WAITS = (StepKind.APPROVAL, StepKind.DELEGATION)
+
+
+# Delegation: an agent asks another (agents as tools) ----------------------------------------
+
+
+def _delegates(agent: Agent, run: Run) -> dict[str, Agent]:
+    """The agents `agent` may ask (its `delegates`, enabled) that the run's actor may use too:
+    a delegated run acts as the actor, never with more than the actor may. Not those answering
+    above the run (no cycle), and none once the run is WARDEN_DELEGATION_DEPTH levels down."""
+    from agents.calls import ASK_PREFIX
+
+    above = _ancestry(run)
+    if len(above) > settings.WARDEN_DELEGATION_DEPTH:
+        return {}
+    found = agent.delegates.filter(enabled=True).restrict(run.actor, Action.USE)
+    found = found.exclude(pk__in=[agent_id for _, agent_id in above if agent_id is not None])
+    return {f"{ASK_PREFIX}{a.slug}": a for a in found.order_by("slug")}
+
+
+def _ancestry(run: Run) -> list[tuple[int, int | None]]:
+    """(run id, agent id) of the run and the runs above it, nearest first."""
+    found: list[tuple[int, int | None]] = []
+    current: Run | None = run
+    while current is not None:
+        found.append((current.pk, current.agent_id))
+        current = current.parent if current.parent_id else None
+    return found
+
+
+def _ask_tool(name: str, agent: Agent) -> dict:
+    from agents.calls import ASK_SCHEMA, ask_description
+
+    return {
+        "type": "function",
+        "function": {"name": name, "description": ask_description(agent), "parameters": ASK_SCHEMA},
+    }
+
+
+def _delegate_step(held: _Run, key: str, call: dict) -> None:
+    """The model asked another agent: its question becomes a run of that agent (a child of
+    this one, by the same actor, governed as any run: the actor must be allowed it), this run
+    waits for it, and the answer comes back as the call's result, read as untrusted data (the
+    child read what it read). Asked again after a fault, the same child answers."""
+    from agents.models import Conversation, RunKind
+    from agents.services import RunError, run_start
+
+    child_agent = held.delegates[call["name"]]
+    started = timezone.now()
+    attributes = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": call["name"]}
+    with tracing.span(f"execute_tool {call['name']}", attributes, expected=(_Finished,)):
+        try:
+            arguments = json.loads(call["arguments"] or "{}")
+        except json.JSONDecodeError as exc:
+            problem = f"the arguments are not valid JSON ({exc.msg})"
+            return _reject_call(held, call=call, key=key, problem=problem, started=started)
+        question = arguments.get("question") if isinstance(arguments, dict) else None
+        if not isinstance(question, str) or not question.strip():
+            problem = "give one argument, `question`: the text to ask"
+            return _reject_call(held, call=call, key=key, problem=problem, started=started)
+        child = Run.objects.filter(parent=held.run, idempotency_key=f"delegated:{key}").first()
+        if child is None:
+            if child_agent.pk in {agent for _, agent in _ancestry(held.run)}:
+                problem = f"{child_agent.name} is already answering above this run (a cycle)"
+                return _reject_call(held, call=call, key=key, problem=problem, started=started)
+            with transaction.atomic():  # the child, the step and the wait: all or nothing
+                try:
+                    child = run_start(
+                        agent=child_agent,
+                        conversation=Conversation(
+                            owner=held.run.actor, agent=child_agent, title=question[:200]
+                        ),
+                        actor=held.run.actor,
+                        input=question,
+                        idempotency_key=f"delegated:{key}",
+                        stream=False,
+                        kind=RunKind.DELEGATED,
+                        parent=held.run,
+                    )
+                except (
+                    RunError
+                ) as exc:  # the actor may not, the budget, the rate: the model reads why
+                    return _reject_call(held, call=call, key=key, problem=str(exc), started=started)
+                record = held.checkpoint(
+                    StepRecord(
+                        kind=StepKind.DELEGATION,
+                        input={"call": call, "key": key, "agent": child_agent.slug},
+                        output={"run": child.pk, "agent": child_agent.slug},
+                        started_at=started,
+                    ),
+                    messages=[],
+                    action="run.delegated",
+                    data={"agent": child_agent.slug, "child": child.pk},
+                )
+                run_park(run_id=held.run.pk, token=held.token, state=RunState.AWAITING_DELEGATE)
+            held.publish({"type": "step", "index": record.index, "kind": "delegation"})
+            raise _Finished
+        with transaction.atomic():
+            # Locked, the child cannot end between this look and the wait (its end wakes
+            # this run only once it waits: agents.services.run_wake_parent).
+            child = Run.objects.select_for_update().get(pk=child.pk)
+            if child.state not in FINAL_STATES:
+                run_park(run_id=held.run.pk, token=held.token, state=RunState.AWAITING_DELEGATE)
+                raise _Finished
+        _delegate_answered(held, call=call, key=key, child=child, started=started)
+
+
+def _delegate_answered(held: _Run, *, call: dict, key: str, child: Run, started) -> None:
+    """Record what the agent asked answered (or why it did not) as the call's result."""
+    result: dict = {"run": child.pk, "agent": call["name"], "state": child.state}
+    if child.state == RunState.SUCCEEDED:
+        result |= {"answer": child.answer, "citations": child.citations}
+    else:
+        result["error"] = child.error or f"the run was {child.state}"
+    content = json.dumps(result)
+    inspection = provenance.inspect(content, where="tool_output")
+    output = {"result": result, **inspection.as_dict()}
+    found = []
+    if inspection.verdict is not None:
+        output["verdicts"] = [inspection.verdict.as_dict()]
+        found = [("guardrail.found", {"tool": call["name"], **inspection.verdict.as_dict()})]
+    if inspection.quarantined:
+        what = f"the answer of {call['name']}"
+        content = json.dumps({"withheld": provenance.withheld_line(inspection, what)})
+    else:
+        content = provenance.mark(content, held.key)
+    ok = child.state == RunState.SUCCEEDED
+    record = held.checkpoint(
+        StepRecord(
+            kind=StepKind.TOOL,
+            input={"call": call, "key": key, "agent": call["name"]},
+            output=output,
+            status="ok" if ok else "error",
+            started_at=started,
+        ),
+        messages=[{"role": MessageRole.TOOL, "tool_call_id": call["id"], "content": content}],
+        action="tool.invoked",
+        data={"tool": call["name"], "child": child.pk, "status": str(child.state)},
+        extra_audit=found,
+    )
+    held.publish({"type": "step", "index": record.index, "kind": "tool", "tool": call["name"]})
+
+
 def _offered(agent: Agent, actor) -> dict[str, Tool]:
     """The agent's enabled tools that the actor may use: the only ones the model is shown."""
     tools = agent.tools.filter(enabled=True).restrict(actor, Action.USE)
@@ -1168,7 +1328,9 @@ def _messages(run: Run, *, reads: bool) -> list[dict]:
     read any (`reads`: it has knowledge bases or tools) or an earlier one did."""
     prompt = cast(Agent, run.agent).system_prompt
     messages = [{"role": "system", "content": prompt}] if prompt else []
-    history = list(Message.objects.filter(conversation=run.conversation).order_by("id"))
+    history = list(
+        Message.objects.filter(conversation_id=cast(int, run.conversation_id)).order_by("id")
+    )
     # Each run marks the data it read with its own key; the model is told all of them.
     marked = {
         m.run_id

@@ -36,7 +36,8 @@ def access_run(user, run_id, *, trace: bool = False) -> Run:
         run = Run.objects.select_related("agent", "conversation", "tool").get(pk=int(run_id))
     except (Run.DoesNotExist, ValueError, TypeError):
         raise NoAccess("no such run") from None
-    if run.actor_id == user.pk:
+    owner = run.conversation.owner_id if run.conversation is not None else run.actor_id
+    if owner == user.pk:
         return run
     if trace and user.is_active and (user.has_perm("agents.view_run") or _reviews(user, run.pk)):
         return run

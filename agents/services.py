@@ -444,7 +444,7 @@ def enqueue(run_id: int) -> None:
 
 def run_cancel(*, run: Run, actor) -> Run:
     """Ask a run to stop. A queued run stops at once; a running one at its next step."""
-    parked = (RunState.AWAITING_APPROVAL, RunState.AWAITING_REVIEW)
+    parked = (RunState.AWAITING_APPROVAL, RunState.AWAITING_REVIEW, RunState.AWAITING_DELEGATE)
     with transaction.atomic():
         if Run.objects.filter(pk=run.pk, state__in=parked).exists():
             # The requests first, then the run: the order a reviewer's decision locks them in.
@@ -469,9 +469,13 @@ def run_cancel(*, run: Run, actor) -> Run:
             run_state_send(run_id=locked.pk, state=locked.state)
             label = locked.agent.slug if locked.agent else "(mcp)"  # (agents.calls.MCP_LABEL)
             _counted_finished(label, locked.state, timezone.now() - locked.created_at)
+            run_wake_parent(parent_id=locked.parent_id, child_id=locked.pk, state=locked.state)
         audit_record(
             actor=actor, action="run.cancel_requested", target=Target.of(locked), run=locked.pk
         )
+        # The agents it asked stop with it (after it: their end wakes no one).
+        for child in Run.objects.filter(parent=locked).exclude(state__in=FINAL_STATES):
+            run_cancel(run=child, actor=actor)
     return locked
 
 
@@ -698,7 +702,7 @@ def run_finish(
         row = cursor.fetchone()
         if row is None:
             raise LeaseLost(f"run {run_id}: lease token {token} is no longer current")
-        conversation_id, tokens, cost, agent, took = row
+        conversation_id, tokens, cost, agent, took, parent_id = row
         audit_record(
             actor=None,
             action=f"run.{state}",
@@ -719,9 +723,31 @@ def run_finish(
                 data={"on": "answer", "findings": findings},
             )
         run_state_send(run_id=run_id, state=state)
+        run_wake_parent(parent_id=parent_id, child_id=run_id, state=state)
         for finding in findings:
             guardrail_found(finding["guardrail"], where="answer", action="flag")
         _counted_finished(agent, state, took)
+
+
+def run_wake_parent(*, parent_id: int | None, child_id: int, state: str) -> None:
+    """A run another agent's run asked (delegation) ended: that run, waiting for it, is queued
+    again, in the caller's transaction (the one that ended the child: no moment where the
+    child has ended and the parent still waits unwoken), and reads the answer as it reaches
+    the call."""
+    if parent_id is None:
+        return
+    woken = Run.objects.filter(pk=parent_id, state=RunState.AWAITING_DELEGATE).update(
+        state=RunState.QUEUED
+    )
+    if woken:
+        audit_record(
+            actor=None,
+            action="run.requeued",
+            target=Target("agents.run", str(parent_id), f"run {parent_id}"),
+            run=parent_id,
+            data={"child": child_id, "state": str(state)},
+        )
+        transaction.on_commit(lambda: enqueue(parent_id))
 
 
 def _counted_finished(agent: str, state: str, took: timedelta) -> None:
@@ -745,7 +771,7 @@ WHERE id = %s AND fencing_token = %s
 RETURNING conversation_id, prompt_tokens + completion_tokens, cost,
     COALESCE((SELECT slug FROM agents_agent WHERE agents_agent.id = agents_run.agent_id),
         '(mcp)'),
-    finished_at - created_at
+    finished_at - created_at, parent_id
 """  # noqa: S608 - constants only
 
 
@@ -845,8 +871,11 @@ def run_escalation_decided(escalation, **_signal) -> None:
             data={"escalation": escalation.pk, "error": error},
         )
         run_state_send(run_id=escalation.run_id, state=state)
-        run = Run.objects.values_list("agent__slug", "created_at").get(pk=escalation.run_id)
-        _counted_finished(run[0], state, timezone.now() - run[1])
+        slug, created, parent_id = Run.objects.values_list(
+            "agent__slug", "created_at", "parent_id"
+        ).get(pk=escalation.run_id)
+        _counted_finished(slug, state, timezone.now() - created)
+        run_wake_parent(parent_id=parent_id, child_id=escalation.run_id, state=state)
         event = {"type": "final", "state": str(state)}  # streaming or not: it settles the run
         transaction.on_commit(lambda: publish(escalation.run_id, event))
 

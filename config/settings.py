@@ -285,6 +285,13 @@ OAUTH2_PROVIDER: dict[str, Any] = {
     "COMPLIANT_BCP_RFC9700_TOKEN_STORAGE": True,
     "COMPLIANT_BCP_RFC9700_REFRESH_TOKEN": True,
     "REFRESH_TOKEN_REUSE_PROTECTION": True,
+    # Dynamic client registration (RFC 7591) at /o/register/, for MCP clients that register
+    # themselves: off unless WARDEN_MCP_CLIENT_REGISTRATION; anyone may register (at most
+    # WARDEN_MCP_REGISTRATIONS_PER_HOUR from one address), and a registered client may ask for
+    # no scope but WARDEN_MCP_REGISTERED_SCOPES (none unless set: a governance admin allows
+    # each one its scopes in the admin). Every registration is audited.
+    "DCR_ENABLED": env_bool("WARDEN_MCP_CLIENT_REGISTRATION", False),
+    "DCR_REGISTRATION_PERMISSION_CLASSES": ("integrations.mcp.registration.RegistrationAllowed",),
     "COMPLIANT_BCP_RFC9700_REDIRECT_URI_SCHEME": True,
     "ALLOWED_REDIRECT_URI_SCHEMES": ["https"],
 }
@@ -359,6 +366,12 @@ WARDEN_API_MAX_WAIT = env_int("WARDEN_API_MAX_WAIT", 60, minimum=0)
 WARDEN_MCP_WAIT_SECONDS = env_int("WARDEN_MCP_WAIT_SECONDS", 25, minimum=0)
 WARDEN_MCP_CALLS_PER_MINUTE = env_int("WARDEN_MCP_CALLS_PER_MINUTE", 120, minimum=0)
 WARDEN_MCP_SESSION_IDLE_SECONDS = env_int("WARDEN_MCP_SESSION_IDLE_SECONDS", 1800, minimum=60)
+WARDEN_MCP_REGISTRATIONS_PER_HOUR = env_int("WARDEN_MCP_REGISTRATIONS_PER_HOUR", 10, minimum=1)
+WARDEN_MCP_REGISTERED_SCOPES = env_list("WARDEN_MCP_REGISTERED_SCOPES", [])
+if unknown_scopes := set(WARDEN_MCP_REGISTERED_SCOPES) - set(OAUTH2_PROVIDER["SCOPES"]):
+    raise ImproperlyConfigured(
+        f"WARDEN_MCP_REGISTERED_SCOPES names unknown scopes: {', '.join(sorted(unknown_scopes))}"
+    )
 # How deep agents may ask agents (delegation): a run this many levels below a person's asks
 # no further agent.
 WARDEN_DELEGATION_DEPTH = env_int("WARDEN_DELEGATION_DEPTH", 3, minimum=1)

@@ -1,8 +1,9 @@
 from django.contrib import admin
 from django.urls import include, path
+from oauth2_provider.views import OAuthServerMetadataView
 
 from integrations.api import openai
-from integrations.mcp import views as mcp
+from integrations.mcp.views import MCPResourceMetadata
 from portal import account, chat, inbox, trace, views
 
 # /healthz and /readyz are answered by ops.health.ProbeMiddleware.
@@ -35,10 +36,10 @@ urlpatterns = [
     path("v1/chat/completions", openai.ChatCompletions.as_view(), name="openai-chat"),
     path("v1/models", openai.ModelList.as_view(), name="openai-models"),
     path("v1/models/<str:model>", openai.ModelDetail.as_view(), name="openai-model"),
-    # The MCP server is at /mcp (config.asgi); how its clients find the authorization server:
-    path(".well-known/oauth-protected-resource/mcp", mcp.protected_resource),
-    path(".well-known/oauth-protected-resource", mcp.protected_resource),
-    path(".well-known/oauth-authorization-server", mcp.authorization_server),
+    # The MCP server is at /mcp (config.asgi); how its clients find the authorization server
+    # (RFC 9728, RFC 8414: at the origin's root, where they look).
+    path(".well-known/oauth-protected-resource/mcp", MCPResourceMetadata.as_view()),
+    path(".well-known/oauth-authorization-server", OAuthServerMetadataView.as_view()),
     # DOT's token endpoint, with wrong client secrets counted (integrations.lockout).
     path("o/token/", views.TokenView.as_view()),
     path("o/", include("oauth2_provider.urls", namespace="oauth2_provider")),

@@ -23,6 +23,8 @@ from oauth2_provider.models import get_application_model
 from audit.admin import ReadOnlyAdmin
 from integrations.models import (
     ApplicationScopes,
+    MCPClientAccess,
+    MCPSession,
     PersonalAccessToken,
     Webhook,
     WebhookAttempt,
@@ -286,6 +288,49 @@ class ApplicationScopesInline(admin.StackedInline):
     verbose_name_plural = "Allowed scopes (a token of this application may carry no others)"
 
 
+class MCPClientAccessInline(admin.StackedInline):
+    model = MCPClientAccess
+    can_delete = True
+    filter_horizontal = ("tools", "agents")
+    verbose_name_plural = (
+        "MCP allowlist (if set, this application's tokens reach over MCP only the tools and "
+        "agents listed, of those exposed that its account may use)"
+    )
+
+
+class OpenNow(admin.SimpleListFilter):
+    title = "open"
+    parameter_name = "open"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "Open now"), ("no", "Closed or idle")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.filter(MCPSession.OPEN())
+        if self.value() == "no":
+            return queryset.exclude(MCPSession.OPEN())
+        return queryset
+
+
+@admin.register(MCPSession)
+class MCPSessionAdmin(ReadOnlyAdmin):
+    """The MCP clients seen at /mcp: which person or application, through which client, since
+    when and how often; open while seen within WARDEN_MCP_SESSION_IDLE_SECONDS."""
+
+    list_display = ["client", "user", "application", "opened_at", "last_seen_at", "calls", "open"]
+    list_filter = [OpenNow, "application"]
+    search_fields = ["client", "user__username"]
+    fields = readonly_fields = (
+        *("client", "user", "application", "personal_token", "protocol_version"),
+        *("opened_at", "last_seen_at", "closed_at", "calls"),
+    )
+
+    @admin.display(boolean=True)
+    def open(self, obj: MCPSession) -> bool:
+        return obj.is_open
+
+
 # DOT's own application admin, with the scopes each application may ask for.
 if TYPE_CHECKING:  # a base class mypy can see; at run time, the one registered
     _application_admin = admin.ModelAdmin
@@ -296,7 +341,11 @@ admin.site.unregister(get_application_model())
 
 @admin.register(get_application_model())
 class ApplicationAdmin(_application_admin):
-    inlines = [*getattr(_application_admin, "inlines", []), ApplicationScopesInline]
+    inlines = [
+        *getattr(_application_admin, "inlines", []),
+        ApplicationScopesInline,
+        MCPClientAccessInline,
+    ]
 
 
 # Lockouts in the admin (their admin lives beside their code).

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
@@ -134,6 +135,17 @@ class MCPSession(models.Model):
 
     def __str__(self) -> str:
         return f"{self.client or 'an MCP client'} as {self.user}"
+
+    @staticmethod
+    def OPEN() -> models.Q:
+        """Open now: not closed, and seen within the idle time."""
+        idle = timedelta(seconds=settings.WARDEN_MCP_SESSION_IDLE_SECONDS)
+        return models.Q(closed_at__isnull=True, last_seen_at__gte=timezone.now() - idle)
+
+    @property
+    def is_open(self) -> bool:
+        idle = timedelta(seconds=settings.WARDEN_MCP_SESSION_IDLE_SECONDS)
+        return self.closed_at is None and self.last_seen_at >= timezone.now() - idle
 
 
 class WebhookEvent(models.TextChoices):

@@ -114,7 +114,10 @@ def _row(item, kind: str, agents: dict, risk: str) -> dict:
     return {
         "kind": kind,
         "pk": item.pk,
-        "agent": agents.get(item.agent_id, f"agent {item.agent_id}"),
+        # None: an MCP client called the tool itself (a run of no agent)
+        "agent": "MCP client"
+        if item.agent_id is None
+        else agents.get(item.agent_id, f"agent {item.agent_id}"),
         "tool": getattr(item, "tool_name", ""),
         "risk": risk,
         "requested_by": item.requested_by.get_username(),

@@ -41,6 +41,8 @@ def run_trace(request: HttpRequest, pk: int) -> HttpResponse:
                 for p in row["passages"]
             ]
     events = list(AuditEvent.objects.filter(run=str(run.pk)).order_by("sequence")[:500])
+    # The agents it asked (delegation): their runs, and the reviews they wait for, here too.
+    children = list(run.children.select_related("agent").order_by("pk"))
     decisions = []
     for event in events:
         if event.action == "policy.decided":
@@ -55,10 +57,15 @@ def run_trace(request: HttpRequest, pk: int) -> HttpResponse:
             "error": error,
             "steps": steps,
             "decisions": decisions,
-            "approvals": ApprovalRequest.objects.filter(run_id=run.pk)
+            "children": children,
+            "approvals": ApprovalRequest.objects.filter(
+                run_id__in=[run.pk, *(c.pk for c in children)]
+            )
             .select_related("decided_by")
             .order_by("created_at"),
-            "escalations": Escalation.objects.filter(run_id=run.pk).select_related("decided_by"),
+            "escalations": Escalation.objects.filter(
+                run_id__in=[run.pk, *(c.pk for c in children)]
+            ).select_related("decided_by"),
             "events": events,
             "audit_links": request.user.has_perm("audit.view_auditevent"),
         },
@@ -101,6 +108,9 @@ def _step(step) -> dict:
         row["summary"] = f"approval request {output.get('approval')}: " + ", ".join(
             output.get("reasons", [])
         )
+    elif step.kind == StepKind.DELEGATION:
+        row["summary"] = f"asked {output.get('agent', '')}: run {output.get('run')}"
+        row["child"] = output.get("run")
     elif step.kind == StepKind.RETRIEVAL:
         row["passages"] = output.get("passages", [])
         row["summary"] = f"{len(row['passages'])} passages"

@@ -377,6 +377,8 @@ OPEN = {
     "api/docs/": "the API's documentation page",
     "api/problems/<slug:slug>": "the problem types' documentation",
     "o/token/": "OAuth2 protocol (POST): integrations/tests/test_tokens.py",
+    ".well-known/oauth-protected-resource/mcp": "/mcp's metadata (RFC 9728): test_mcp_oauth.py",
+    ".well-known/oauth-authorization-server": "the OAuth2 server's metadata (RFC 8414)",
     "login/second-factor/": "the signed-in person's own second step (tests/test_second_factor.py)",
     "login/second-factor/enrol/": "the signed-in person's own enrolment (test_second_factor.py)",
     "sso/login/": "a redirect to the identity provider (tests/test_sso.py)",

@@ -184,14 +184,17 @@ class TestCallForm(forms.Form):
 @admin.register(Tool)
 class ToolAdmin(GovernedAdminMixin, _ToolAdmin):
     form = ToolForm
-    list_display = ("name", "kind", "risk", "needs_approval", "enabled", "version", "updated_at")
-    list_filter = ("enabled", "kind", "risk")
+    list_display = (
+        *("name", "kind", "risk", "needs_approval", "enabled", "mcp_exposed", "version"),
+        "updated_at",
+    )
+    list_filter = ("enabled", "mcp_exposed", "kind", "risk")
     search_fields = ("name", "description")
     readonly_fields = ("version", "created_at", "updated_at")
     actions = ("enable", "disable")
     filter_horizontal = ("approver_groups",)
     fieldsets = (
-        (None, {"fields": ("name", "description", "kind", "enabled")}),
+        (None, {"fields": ("name", "description", "kind", "enabled", "mcp_exposed")}),
         ("Contract", {"fields": ("parameters", "config", "mcp_server", "version")}),
         ("Limits", {"fields": ("risk", "approval", "timeout", "result_limit", "rate_limit")}),
         ("Provenance", {"fields": ("output_trusted",)}),

@@ -170,7 +170,7 @@ def tool_set_enabled(*, tool: Tool, enabled: bool, actor: Any) -> Tool:
 
 # What an API client may set on a tool; the rest (version, timestamps) is Warden's.
 TOOL_FIELDS = (
-    *("name", "description", "kind", "parameters", "config", "enabled"),
+    *("name", "description", "kind", "parameters", "config", "enabled", "mcp_exposed"),
     *("risk", "approval", "timeout", "result_limit", "rate_limit"),
 )
 

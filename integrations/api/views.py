@@ -66,12 +66,17 @@ class StepSerializer(serializers.ModelSerializer):
             return f"{len(output.get('passages', []))} passages"
         if step.kind == StepKind.APPROVAL:
             return f"approval request {output.get('approval')}"
+        if step.kind == StepKind.DELEGATION:
+            return f"asked {output.get('agent', '')}: run {output.get('run')}"
         return step.kind
 
 
 class RunSerializer(serializers.ModelSerializer):
     agent: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
-        slug_field="slug", read_only=True
+        slug_field="slug", read_only=True, help_text="null: an MCP client's call of `tool`"
+    )
+    tool: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
+        slug_field="name", read_only=True, help_text="The tool an MCP client called (kind mcp)."
     )
     prompt_tokens = serializers.IntegerField(read_only=True)
     completion_tokens = serializers.IntegerField(read_only=True)
@@ -90,7 +95,11 @@ class RunSerializer(serializers.ModelSerializer):
         model = Run
         fields = [
             "id",
+            "kind",
             "agent",
+            "tool",
+            "parent",
+            "client",
             "conversation",
             "state",
             "input",

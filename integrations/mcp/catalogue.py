@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from agents.calls import ASK_PREFIX, ASK_SCHEMA, ask_description
 from agents.models import Agent
 from governance.models import Action
 from integrations.models import MCPClientAccess
 from tools.models import Tool
 
-AGENT_PREFIX = "ask_"  # an agent asked as a tool: ask_<slug>
 RESULT_TOOL = "warden_run_result"  # the outcome of a call that was still pending
 
 
@@ -53,14 +53,6 @@ class Entry:
         return self.tool is not None and self.tool.risk == "critical"
 
 
-ASK_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "question": {"type": "string", "minLength": 1, "description": "what to ask the agent"}
-    },
-    "required": ["question"],
-    "additionalProperties": False,
-}
 RESULT_SCHEMA = {
     "type": "object",
     "properties": {
@@ -107,11 +99,8 @@ def catalogue(caller: Caller) -> list[Entry]:
     for tool in exposed_tools(caller):
         entries[tool.name] = Entry(tool.name, tool.description, tool.parameters, tool=tool)
     for agent in exposed_agents(caller):
-        name = f"{AGENT_PREFIX}{agent.slug}"
-        described = f"Ask the agent {agent.name}"
-        described += f": {agent.description}" if agent.description else "."
-        described += " Returns its answer, with the sources it cites."
-        entries.setdefault(name, Entry(name, described, ASK_SCHEMA, agent=agent))
+        name = f"{ASK_PREFIX}{agent.slug}"
+        entries.setdefault(name, Entry(name, ask_description(agent), ASK_SCHEMA, agent=agent))
     entries.setdefault(RESULT_TOOL, RESULT_ENTRY)
     return list(entries.values())
 
@@ -121,8 +110,8 @@ def entry(caller: Caller, name: str) -> Entry | None:
     tool = exposed_tools(caller).filter(name=name).first()
     if tool is not None:
         return Entry(tool.name, tool.description, tool.parameters, tool=tool)
-    if name.startswith(AGENT_PREFIX):
-        agent = exposed_agents(caller).filter(slug=name.removeprefix(AGENT_PREFIX)).first()
+    if name.startswith(ASK_PREFIX):
+        agent = exposed_agents(caller).filter(slug=name.removeprefix(ASK_PREFIX)).first()
         if agent is not None:
             return Entry(name, agent.description, ASK_SCHEMA, agent=agent)
     return RESULT_ENTRY if name == RESULT_TOOL else None

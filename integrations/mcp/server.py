@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import time
-from datetime import timedelta
 from typing import Any
 
 import mcp_types as types
@@ -112,14 +111,6 @@ def _seen(caller: Caller, session_id: str | None, client: str, protocol: str) ->
 
 
 _recently_seen: dict[str, float] = {}
-
-
-def sessions_open():
-    """The MCP sessions open now: seen within the idle time, not closed."""
-    idle = timedelta(seconds=settings.WARDEN_MCP_SESSION_IDLE_SECONDS)
-    return MCPSession.objects.filter(
-        closed_at__isnull=True, last_seen_at__gte=timezone.now() - idle
-    )
 
 
 async def _note(ctx) -> None:

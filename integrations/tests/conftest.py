@@ -55,3 +55,33 @@ def bearer(client):
         return {"HTTP_AUTHORIZATION": f"Bearer {token}"}
 
     return issue
+
+
+@pytest.fixture
+def mcp_live(committing_db, server, unused_tcp_port):
+    """daphne on the test database, waiting at most 3 s for an MCP call before a pending
+    result (runs need a worker too: `start_worker()`)."""
+    from django.db import connection
+
+    from integrations.tests.test_openai import Live
+    from tests.processes import daphne_on_test_database
+
+    with daphne_on_test_database(unused_tcp_port, WARDEN_MCP_WAIT_SECONDS="3") as url:
+        yield Live(url, server)
+    connection.close()
+
+
+def expose(name: str, *, exposed: bool = True, holders=()):
+    """The built-in tool `name`, enabled and (unless told) exposed over MCP, usable by
+    `holders`."""
+    from audit.services import SYSTEM
+    from governance.models import Action
+    from governance.services import access_grant
+    from tools.models import Tool
+
+    tool = Tool.objects.get(name=name)
+    tool.enabled, tool.mcp_exposed = True, exposed
+    tool.save(update_fields=["enabled", "mcp_exposed"])
+    for holder in holders:
+        access_grant(obj=tool, holder=holder, action=Action.USE, actor=SYSTEM)
+    return tool

@@ -19,34 +19,12 @@ from mcp.shared.exceptions import MCPError
 
 from agents.models import Run, RunKind, RunState
 from audit.models import AuditEvent
-from audit.services import SYSTEM
 from governance.approvals import approval_decide
-from governance.models import Action, ApprovalRequest
-from governance.services import access_grant
+from governance.models import ApprovalRequest
 from integrations.models import MCPSession
-from integrations.tests.test_openai import Live
+from integrations.tests.conftest import expose
 from integrations.tokens import token_create
-from tests.processes import daphne_on_test_database
 from tools.models import DemoTicket, Tool, ToolInvocation
-
-
-@pytest.fixture
-def mcp_live(committing_db, server, unused_tcp_port):
-    """daphne on the test database, waiting at most 3 s for a call before a pending result."""
-    from django.db import connection
-
-    with daphne_on_test_database(unused_tcp_port, WARDEN_MCP_WAIT_SECONDS="3") as url:
-        yield Live(url, server)
-    connection.close()
-
-
-def _tool(name: str, *, exposed: bool = True, holders=()) -> Tool:
-    tool = Tool.objects.get(name=name)
-    tool.enabled, tool.mcp_exposed = True, exposed
-    tool.save(update_fields=["enabled", "mcp_exposed"])
-    for holder in holders:
-        access_grant(obj=tool, holder=holder, action=Action.USE, actor=SYSTEM)
-    return tool
 
 
 def _session(url: str, token: str, **options):
@@ -74,10 +52,10 @@ def _session(url: str, token: str, **options):
 def test_a_client_lists_only_its_tools_reads_at_once_and_waits_for_a_reviewer_to_write(
     mcp_live, start_worker, people
 ):
-    status = _tool("get_ticket_status", holders=[people.member])
-    ticket = _tool("create_ticket", holders=[people.member])  # risk: write
-    _tool("send_email", holders=[people.outsider])  # exposed, not the member's
-    _tool("schedule_meeting", exposed=False, holders=[people.member])  # the member's, not exposed
+    status = expose("get_ticket_status", holders=[people.member])
+    ticket = expose("create_ticket", holders=[people.member])  # risk: write
+    expose("send_email", holders=[people.outsider])  # exposed, not the member's
+    expose("schedule_meeting", exposed=False, holders=[people.member])  # the member's, not exposed
     existing = DemoTicket.objects.create(title="Printer jam", idempotency_key=uuid.uuid4().hex)
     _, secret = token_create(user=people.member, name="laptop", scopes=["tools:call"], days=1)
     start_worker()
@@ -155,7 +133,7 @@ def test_a_client_lists_only_its_tools_reads_at_once_and_waits_for_a_reviewer_to
 def test_a_token_without_the_scope_or_no_token_gets_nothing_and_learns_where_to_get_one(
     mcp_live, people
 ):
-    _tool("get_ticket_status", holders=[people.member])
+    expose("get_ticket_status", holders=[people.member])
     _, narrow = token_create(user=people.member, name="api", scopes=["runs:read"], days=1)
     oauth_narrow = mcp_live.token(people.integration, "agents:run")
     body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
@@ -206,8 +184,8 @@ def test_a_handshake_era_client_opens_a_session_bound_to_its_token(mcp_live, peo
     from integrations.models import MCPClientAccess
     from integrations.tests.conftest import application_for
 
-    _tool("get_ticket_status", holders=[people.integration])
-    _tool("create_ticket", holders=[people.integration])
+    expose("get_ticket_status", holders=[people.integration])
+    expose("create_ticket", holders=[people.integration])
     application = application_for(people.integration, "Desktop")
     token = mcp_live.token(people.integration, "tools:call", application=application)
 
