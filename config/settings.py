@@ -388,6 +388,11 @@ SPECTACULAR_SETTINGS = {
     "OAUTH2_FLOWS": ["clientCredentials"],
     "OAUTH2_TOKEN_URL": "/o/token/",
     "OAUTH2_SCOPES": OAUTH2_PROVIDER["SCOPES"],
+    # Two models have a `kind`: each its own enum, by name.
+    "ENUM_NAME_OVERRIDES": {
+        "RunKindEnum": "agents.models.RunKind",
+        "ToolKindEnum": "tools.models.ToolKind",
+    },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "integrations.api.schema.problem_responses",

@@ -176,6 +176,9 @@ ANSWERS: dict[str, Answer] = {
     "budget_exhausted": Answer(*_DENIED, ("permission_error", "budget_exhausted")),
     "guardrail_blocked": Answer(*_DENIED, ("permission_error", "guardrail_blocked")),
     "run_refused": Answer(400, "run-refused", ("invalid_request_error", "invalid_request")),
+    # An MCP client's tool call whose arguments do not fit the tool (agents.calls; the MCP
+    # server answers it as a failed call, the MCP way, but it is a refusal like the others).
+    "arguments_invalid": Answer(400, "invalid", ("invalid_request_error", "invalid"), "arguments"),
 }
 
 

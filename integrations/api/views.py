@@ -73,10 +73,16 @@ class StepSerializer(serializers.ModelSerializer):
 
 class RunSerializer(serializers.ModelSerializer):
     agent: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
-        slug_field="slug", read_only=True, help_text="null: an MCP client's call of `tool`"
+        slug_field="slug",
+        read_only=True,
+        allow_null=True,
+        help_text="null: an MCP client's call of `tool`",
     )
     tool: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
-        slug_field="name", read_only=True, help_text="The tool an MCP client called (kind mcp)."
+        slug_field="name",
+        read_only=True,
+        allow_null=True,
+        help_text="The tool an MCP client called (kind mcp); null for an agent's run.",
     )
     prompt_tokens = serializers.IntegerField(read_only=True)
     completion_tokens = serializers.IntegerField(read_only=True)

@@ -13,6 +13,7 @@ import anyio
 import httpx
 import httpx2
 import pytest
+from django.test import Client as DjangoClient
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
@@ -116,6 +117,20 @@ def test_a_client_lists_only_its_tools_reads_at_once_and_waits_for_a_reviewer_to
     assert "Unknown tool: send_email" in str(seen["refused"])
     assert not Run.objects.filter(tool__name="send_email").exists()
 
+    # A run like any: in the reviewer's inbox, on the trace page, in the API.
+    browser = DjangoClient()
+    browser.force_login(people.reviewer)
+    inbox = browser.get("/inbox/").content.decode()
+    assert f'href="/inbox/approvals/{approval.pk}/"' in inbox
+    assert "MCP client" in inbox
+    browser.force_login(people.member)
+    trace = browser.get(f"/runs/{pending['run']}/").content.decode()
+    assert "create_ticket (MCP)" in trace
+    assert "An MCP client&#x27;s call" in trace
+    seen = browser.get(f"/api/v1/runs/{pending['run']}").json()
+    assert (seen["kind"], seen["tool"], seen["agent"]) == ("mcp", "create_ticket", None)
+    assert seen["state"] == "awaiting_approval"
+
     approval_decide(approval_id=approval.pk, decided_by=people.reviewer, approve=True)
 
     async def later():
@@ -202,3 +217,37 @@ def test_a_handshake_era_client_opens_a_session_bound_to_its_token(mcp_live, peo
     allowlist = MCPClientAccess.objects.create(application=application)
     allowlist.tools.add(Tool.objects.get(name="get_ticket_status"))
     assert anyio.run(listed) == ["get_ticket_status", "warden_run_result"]
+
+
+def test_an_agent_exposed_over_mcp_is_asked_as_a_tool_and_answers(mcp_live, start_worker, people):
+    """ask_<slug>: a run of the agent (kind mcp, its client named), answered with the agent's
+    answer; an agent the caller may use but not exposed is not there."""
+    from integrations.tests.test_openai import _agent
+    from tests.model_server import Reply
+
+    desk = _agent(mcp_live.model, "desk", holders=[people.member])
+    desk.mcp_exposed = True
+    desk.save(update_fields=["mcp_exposed"])
+    hidden = _agent(mcp_live.model, "hidden", holders=[people.member])  # not exposed
+    mcp_live.model.script("desk", Reply.say("The VPN is back since 9:00."))
+    _, secret = token_create(user=people.member, name="laptop", scopes=["tools:call"], days=1)
+    start_worker()
+
+    async def session():
+        async with _session(mcp_live.url, secret) as client:
+            names = sorted(t.name for t in (await client.list_tools()).tools)
+            answered = await client.call_tool(f"ask_{desk.slug}", {"question": "Is the VPN up?"})
+            with pytest.raises(MCPError):
+                await client.call_tool(f"ask_{hidden.slug}", {"question": "?"})
+            return names, answered
+
+    names, answered = anyio.run(session)
+
+    assert names == [f"ask_{desk.slug}", "warden_run_result"]
+    assert not answered.is_error, answered
+    assert answered.structured_content["answer"] == "The VPN is back since 9:00."
+    run = Run.objects.get(pk=answered.structured_content["run"])
+    assert (run.kind, run.agent, run.actor) == (RunKind.MCP, desk, people.member)
+    assert run.client.startswith("mcp ")
+    assert run.input == "Is the VPN up?"
+    assert not Run.objects.filter(agent=hidden).exists()
