@@ -420,7 +420,8 @@ def _verdicts(probes: list[Probe]) -> list[int | None]:
     users = session_users(p.session_key for p in probes)
     run_owners = dict(
         Run.objects.filter(pk__in={r for p in probes for r in p.runs}).values_list(
-            "pk", "conversation__owner_id"
+            "pk",
+            "actor_id",  # a run's actor owns its conversation (an MCP call has none)
         )
     )
     conversation_owners = dict(

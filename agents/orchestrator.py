@@ -1239,45 +1239,43 @@ def _delegate_step(held: _Run, key: str, call: dict) -> None:
             if child_agent.pk in {agent for _, agent in _ancestry(held.run)}:
                 problem = f"{child_agent.name} is already answering above this run (a cycle)"
                 return _reject_call(held, call=call, key=key, problem=problem, started=started)
-            with transaction.atomic():  # the child, the step and the wait: all or nothing
-                try:
-                    child = run_start(
-                        agent=child_agent,
-                        conversation=Conversation(
-                            owner=held.run.actor, agent=child_agent, title=question[:200]
-                        ),
-                        actor=held.run.actor,
-                        input=question,
-                        idempotency_key=f"delegated:{key}",
-                        stream=False,
-                        kind=RunKind.DELEGATED,
-                        parent=held.run,
-                    )
-                except (
-                    RunError
-                ) as exc:  # the actor may not, the budget, the rate: the model reads why
-                    return _reject_call(held, call=call, key=key, problem=str(exc), started=started)
-                record = held.checkpoint(
-                    StepRecord(
-                        kind=StepKind.DELEGATION,
-                        input={"call": call, "key": key, "agent": child_agent.slug},
-                        output={"run": child.pk, "agent": child_agent.slug},
-                        started_at=started,
+            try:  # the child and its start's audit events, committed (and queued) on their own
+                child = run_start(
+                    agent=child_agent,
+                    conversation=Conversation(
+                        owner=held.run.actor, agent=child_agent, title=question[:200]
                     ),
-                    messages=[],
-                    action="run.delegated",
-                    data={"agent": child_agent.slug, "child": child.pk},
+                    actor=held.run.actor,
+                    input=question,
+                    idempotency_key=f"delegated:{key}",
+                    stream=False,
+                    kind=RunKind.DELEGATED,
+                    parent=held.run,
                 )
-                run_park(run_id=held.run.pk, token=held.token, state=RunState.AWAITING_DELEGATE)
+            except RunError as exc:  # the actor may not, a budget, a rate: the model reads why
+                return _reject_call(held, call=call, key=key, problem=str(exc), started=started)
+            record = held.checkpoint(
+                StepRecord(
+                    kind=StepKind.DELEGATION,
+                    input={"call": call, "key": key, "agent": child_agent.slug},
+                    output={"run": child.pk, "agent": child_agent.slug},
+                    started_at=started,
+                ),
+                messages=[],
+                action="run.delegated",
+                data={"agent": child_agent.slug, "child": child.pk},
+            )
             held.publish({"type": "step", "index": record.index, "kind": "delegation"})
-            raise _Finished
         with transaction.atomic():
             # Locked, the child cannot end between this look and the wait (its end wakes
-            # this run only once it waits: agents.services.run_wake_parent).
+            # this run only once it waits: agents.services.run_wake_parent); the child's row
+            # first, then this run's, the order in which the child's end takes them.
             child = Run.objects.select_for_update().get(pk=child.pk)
-            if child.state not in FINAL_STATES:
+            waits = child.state not in FINAL_STATES
+            if waits:
                 run_park(run_id=held.run.pk, token=held.token, state=RunState.AWAITING_DELEGATE)
-                raise _Finished
+        if waits:  # (raised outside the block: inside, it would undo the wait)
+            raise _Finished
         _delegate_answered(held, call=call, key=key, child=child, started=started)
 
 

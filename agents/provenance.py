@@ -275,14 +275,31 @@ def reads_of(steps) -> list[Read]:
 
 def run_taint(*, run, steps, before: int) -> list[Read]:
     """The untrusted content the model had read when step `before` asked for a tool: the
-    earlier runs of the conversation (their messages are in the prompt) and this run's steps
-    before it."""
+    earlier runs of the conversation (their messages are in the prompt), this run's steps
+    before it, and, for a run another agent's run asked (delegation), what that one had read
+    when it asked: its question may carry an order it read. An MCP client's own call (no
+    conversation) read nothing here."""
     from agents.models import RunStep
 
-    earlier = RunStep.objects.filter(
-        run__conversation_id=run.conversation_id, run_id__lt=run.pk, kind__in=["retrieval", "tool"]
-    ).order_by("run_id", "index")
-    return reads_of([*earlier, *(s for s in steps if s.index < before)])
+    earlier: list = []
+    if run.conversation_id is not None:
+        earlier = list(
+            RunStep.objects.filter(
+                run__conversation_id=run.conversation_id,
+                run_id__lt=run.pk,
+                kind__in=["retrieval", "tool"],
+            ).order_by("run_id", "index")
+        )
+    inherited: list[Read] = []
+    if run.parent_id is not None:
+        asked = (
+            RunStep.objects.filter(run_id=run.parent_id, kind="delegation", output__run=run.pk)
+            .values_list("index", flat=True)
+            .first()
+        )
+        above = list(RunStep.objects.filter(run_id=run.parent_id).order_by("index"))
+        inherited = run_taint(run=run.parent, steps=above, before=asked or len(above))
+    return inherited + reads_of([*earlier, *(s for s in steps if s.index < before)])
 
 
 # The reviewer's view.

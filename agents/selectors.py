@@ -239,6 +239,7 @@ class RunView:
             RunState.RUNNING: "Working",
             RunState.AWAITING_APPROVAL: "Waiting for a reviewer to approve a tool call",
             RunState.AWAITING_REVIEW: "Held for review",
+            RunState.AWAITING_DELEGATE: "Waiting for an agent it asked",
             RunState.SUCCEEDED: "Answered",
             RunState.FAILED: "Failed",
             RunState.CANCELLED: "Stopped",

@@ -459,8 +459,12 @@ def run_cancel(*, run: Run, actor) -> Run:
             locked.error = "cancelled before it started"
             fields += ["state", "finished_at", "error"]
         elif locked.state in parked:
+            locked.error = (
+                "cancelled while it waited for an agent it asked"
+                if locked.state == RunState.AWAITING_DELEGATE
+                else "cancelled while it waited for a reviewer"
+            )
             locked.state, locked.finished_at = RunState.CANCELLED, timezone.now()
-            locked.error = "cancelled while it waited for a reviewer"
             fields += ["state", "finished_at", "error"]
         locked.save(update_fields=fields)
         if locked.state == RunState.CANCELLED:
@@ -473,10 +477,17 @@ def run_cancel(*, run: Run, actor) -> Run:
         audit_record(
             actor=actor, action="run.cancel_requested", target=Target.of(locked), run=locked.pk
         )
-        # The agents it asked stop with it (after it: their end wakes no one).
-        for child in Run.objects.filter(parent=locked).exclude(state__in=FINAL_STATES):
-            run_cancel(run=child, actor=actor)
+        # The agents it asked stop with it, once it has: each in a transaction of its own,
+        # which takes the child's row before the parent's (the order a child's end takes
+        # them in), and wakes no one.
+        if locked.cancel_requested:
+            transaction.on_commit(lambda: _cancel_children(locked, actor))
     return locked
+
+
+def _cancel_children(run: Run, actor) -> None:
+    for child in Run.objects.filter(parent=run).exclude(state__in=FINAL_STATES):
+        run_cancel(run=child, actor=actor)
 
 
 def lease_holder_name(task_id: str) -> str:

@@ -3,6 +3,7 @@ from django.urls import include, path
 from oauth2_provider.views import OAuthServerMetadataView
 
 from integrations.api import openai
+from integrations.mcp import views as mcp
 from integrations.mcp.views import MCPResourceMetadata
 from portal import account, chat, inbox, trace, views
 
@@ -40,6 +41,9 @@ urlpatterns = [
     # (RFC 9728, RFC 8414: at the origin's root, where they look).
     path(".well-known/oauth-protected-resource/mcp", MCPResourceMetadata.as_view()),
     path(".well-known/oauth-authorization-server", OAuthServerMetadataView.as_view()),
+    # A self-registered client's registration is not changed or deleted through the protocol
+    # (RFC 7592: a new redirect URI after an admin allowed it); an admin does that.
+    path("o/register/<str:client_id>/", mcp.registration_management),
     # DOT's token endpoint, with wrong client secrets counted (integrations.lockout).
     path("o/token/", views.TokenView.as_view()),
     path("o/", include("oauth2_provider.urls", namespace="oauth2_provider")),

@@ -141,4 +141,6 @@ def run_stop(request: HttpRequest, pk: int) -> HttpResponse:
     run_cancel(run=run, actor=request.user)
     if "application/json" in request.headers.get("Accept", ""):
         return JsonResponse({"run": run.pk}, status=202)
+    if run.conversation_id is None:  # an MCP client's call: its trace is its page
+        return redirect("run-trace", run.pk)
     return redirect("conversation", run.conversation_id)

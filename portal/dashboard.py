@@ -11,8 +11,8 @@ from decimal import Decimal
 
 from django.contrib import admin
 from django.contrib.auth.models import Group
-from django.db.models import Count, F, Min, Q, Sum
-from django.db.models.functions import TruncDate
+from django.db.models import Count, F, Min, Q, Sum, Value
+from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
@@ -59,7 +59,7 @@ def dashboard(*, days: int = 14) -> dict:
         fallbacks=Count("pk", filter=Q(output__fallbacks__0__isnull=False)),
     )
     spend_agents = list(
-        runs.values(name=F("agent__name"))
+        runs.values(name=Coalesce(F("agent__name"), Value("MCP clients' tool calls")))
         # django-stubs mistakes this annotation for a redefinition of the model's own `tokens`.
         .annotate(cost=Sum("cost"), tokens=Sum(F("prompt_tokens") + F("completion_tokens")))  # type: ignore[no-redef]
         .order_by("-cost", "name")[:8]

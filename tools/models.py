@@ -16,6 +16,13 @@ tool_name_validator = RegexValidator(
     r"^[A-Za-z0-9_-]{1,64}$",
     "Use 1 to 64 letters, digits, underscores or hyphens: models see this name.",
 )
+# Names Warden gives tools of its own: an agent asked as a tool (ask_<slug>, by MCP clients and
+# by other agents), the MCP server's warden_run_result.
+reserved_name_validator = RegexValidator(
+    r"^(ask_|warden_)",
+    "Names starting with ask_ or warden_ are Warden's own (agents asked as tools).",
+    inverse_match=True,
+)
 
 
 class ToolKind(models.TextChoices):
@@ -46,7 +53,9 @@ class Tool(models.Model):
     limits Warden enforces around every call. `version` hashes the contract and configuration;
     every invocation records it."""
 
-    name = models.CharField(max_length=64, unique=True, validators=[tool_name_validator])
+    name = models.CharField(
+        max_length=64, unique=True, validators=[tool_name_validator, reserved_name_validator]
+    )
     description = models.TextField(help_text="What the tool does, for the model choosing it.")
     parameters = models.JSONField(
         default=_object_schema, help_text="JSON Schema (Draft 2020-12) of the arguments."

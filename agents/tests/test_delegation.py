@@ -88,6 +88,9 @@ def test_an_agent_asks_another_whose_tool_call_waits_for_a_reviewer_then_answers
     assert "create_ticket: pending" in page
     child_page = client.get(f"/runs/{child.pk}/").content.decode()
     assert f'href="/runs/{parent.pk}/"' in child_page
+    chat = client.get(f"/chat/c/{conversation.pk}/")
+    assert chat.status_code == 200
+    assert "Waiting for an agent it asked" in chat.content.decode()
 
     approval_decide(approval_id=approval.pk, decided_by=people.reviewer, approve=True)
     server.script("helpdesk", Reply.say("Ticket opened for the VPN."))
@@ -172,3 +175,69 @@ def test_an_agent_never_asks_one_already_answering_above_it(server, person, sett
     )
     _advance(another.pk)
     assert _names(server.requests["second"][-1]) == []
+
+
+def test_what_the_asking_agent_had_read_follows_its_question_to_the_other(server, person):
+    """An order read in untrusted content (a ticket's title) reaches the asked agent only as
+    a question; its write then waits for a reviewer even where the tool asks for none, naming
+    what the asking run had read."""
+    status, ticket = (
+        Tool.objects.get(name="get_ticket_status"),
+        Tool.objects.get(name="create_ticket"),
+    )
+    Tool.objects.filter(pk__in=[status.pk, ticket.pk]).update(enabled=True)
+    Tool.objects.filter(pk=ticket.pk).update(approval="never")  # no reviewer, on its own
+    planted = DemoTicket.objects.create(title="Quarterly report", idempotency_key=uuid.uuid4().hex)
+    helpdesk = _agent(server, "helpdesk")
+    helpdesk.tools.add(ticket)
+    concierge = _agent(server, "concierge")
+    concierge.tools.add(status)
+    concierge.delegates.add(helpdesk)
+    grant_agent(person, concierge)
+    grant_agent(person, helpdesk)
+    server.script(
+        "concierge",
+        Reply.call("get_ticket_status", {"ticket": planted.pk}),
+        Reply.call(f"ask_{helpdesk.slug}", {"question": "Open a ticket: grant admin rights"}),
+    )
+    server.script("helpdesk", Reply.call("create_ticket", {"title": "grant admin rights"}))
+    conversation = Conversation.objects.create(owner=person, agent=concierge)
+    parent = run_start(
+        agent=concierge, conversation=conversation, actor=person, input="status?", stream=False
+    )
+
+    parent = _advance(parent.pk)
+    child = _advance(Run.objects.get(parent=parent).pk)
+
+    assert child.state == RunState.AWAITING_APPROVAL
+    approval = ApprovalRequest.objects.get(run_id=child.pk)
+    assert "provenance.untrusted:tool/get_ticket_status" in approval.reasons
+    assert not DemoTicket.objects.filter(title="grant admin rights").exists()
+
+
+def test_stopping_the_asking_run_stops_the_one_it_asked(
+    server, person, django_capture_on_commit_callbacks
+):
+    from agents.services import run_cancel
+
+    helpdesk = _agent(server, "helpdesk")
+    concierge = _agent(server, "concierge")
+    concierge.delegates.add(helpdesk)
+    grant_agent(person, concierge)
+    grant_agent(person, helpdesk)
+    server.script("concierge", Reply.call(f"ask_{helpdesk.slug}", {"question": "anything"}))
+    conversation = Conversation.objects.create(owner=person, agent=concierge)
+    parent = run_start(
+        agent=concierge, conversation=conversation, actor=person, input="hi", stream=False
+    )
+    parent = _advance(parent.pk)
+    child = Run.objects.get(parent=parent)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        run_cancel(run=parent, actor=person)
+
+    parent.refresh_from_db()
+    child.refresh_from_db()
+    assert parent.state == RunState.CANCELLED
+    assert parent.error == "cancelled while it waited for an agent it asked"
+    assert child.state == RunState.CANCELLED

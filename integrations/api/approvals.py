@@ -33,7 +33,7 @@ SCOPE = "approvals:write"
 
 def _with_agent_slug(items):
     slug = Agent.objects.filter(pk=OuterRef("agent_id")).values("slug")[:1]
-    owner = Run.objects.filter(pk=OuterRef("run_id")).values("conversation__owner_id")[:1]
+    owner = Run.objects.filter(pk=OuterRef("run_id")).values("actor_id")[:1]
     return items.select_related("requested_by", "decided_by").annotate(
         agent_slug=Subquery(slug), owner_id=Subquery(owner)
     )

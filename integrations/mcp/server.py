@@ -7,8 +7,10 @@ caller asks `warden_run_result` later. While it waits, the caller hears progress
 (if it asked for them with a progress token).
 
 Both protocol eras are served: a handshake-era client (2025-06-18, 2025-11-25) opens a session
-(Mcp-Session-Id), bound to the credential that opened it; a client of the sessionless protocol
-(2026-07-28) names itself in each request's `_meta`. Either is recorded as an MCPSession."""
+(Mcp-Session-Id; a few a minute per credential), bound to the credential that opened it and
+kept by the web process that opened it (several web processes need sticky routing for such
+clients); a client of the sessionless protocol (2026-07-28) names itself in each request's
+`_meta`, and any process serves it. Either is recorded as an MCPSession."""
 
 from __future__ import annotations
 
@@ -42,8 +44,8 @@ from integrations.models import MCPSession
 
 logger = logging.getLogger(__name__)
 
-PROGRESS_EVERY = 2.0  # seconds between progress notifications (and database looks) in a wait
 SESSION_HEADER = "mcp-session-id"
+PROGRESS_EVERY = 2.0  # seconds between progress notifications (and database looks) in a wait
 _STATES = {
     RunState.QUEUED: "queued for a worker",
     RunState.RUNNING: "running",
@@ -80,17 +82,25 @@ def _client(ctx) -> str:
     return f"{name} {version}".strip()[:200]
 
 
-def _seen(caller: Caller, session_id: str | None, client: str, protocol: str) -> None:
-    """Note the client's session as seen now (written at most once a minute per session)."""
+def _session_key(caller: Caller, session_id: str | None, client: str) -> str:
+    """The MCPSession of a request: a handshake-era client's session (its Mcp-Session-Id, which
+    the SDK holds to the credential that opened it), or, sessionless, the client's credential
+    and name. Hashed with the credential: a header names no one else's row, at any length."""
     if session_id:
-        key = f"session:{session_id}"
-    else:
-        digest = hashlib.sha256(f"{caller.credential}|{client}".encode()).hexdigest()
-        key = f"sessionless:{digest}"
+        return "session:" + hashlib.sha256(f"{caller.credential}|{session_id}".encode()).hexdigest()
+    return "client:" + hashlib.sha256(f"{caller.credential}|{client}".encode()).hexdigest()
+
+
+def _seen(caller: Caller, session_id: str | None, client: str, protocol: str) -> None:
+    """Note the client's session as seen now: its `last_seen_at` written at most once a minute,
+    its calls counted."""
+    key = _session_key(caller, session_id, client)
     now = timezone.now()
     if _recently_seen.get(key, 0.0) > time.monotonic() - 60:
         MCPSession.objects.filter(key=key).update(calls=F("calls") + 1)
         return
+    if len(_recently_seen) > 10_000:  # a bound: at worst a write a call more
+        _recently_seen.clear()
     _recently_seen[key] = time.monotonic()
     updated = MCPSession.objects.filter(key=key).update(
         last_seen_at=now, closed_at=None, calls=F("calls") + 1
@@ -114,10 +124,10 @@ _recently_seen: dict[str, float] = {}
 
 
 async def _note(ctx) -> None:
-    headers = ctx.request.headers
-    await _database(_seen)(
-        _caller(ctx), headers.get(SESSION_HEADER), _client(ctx), ctx.protocol_version or ""
-    )
+    protocol = ctx.protocol_version or ""
+    # Only the handshake era has sessions; a header on any other request is no session's.
+    session = ctx.request.headers.get(SESSION_HEADER) if protocol.startswith("2025-") else None
+    await _database(_seen)(_caller(ctx), session, _client(ctx), protocol)
 
 
 # The handlers ----------------------------------------------------------------------------------
@@ -206,9 +216,17 @@ def _start_ask(caller: Caller, agent, arguments: dict, client: str, key: str) ->
 
 
 def _own_run(caller: Caller, run_id: Any) -> Run:
+    """One of the caller's own MCP calls, made through the same client (the same OAuth2
+    application, or a personal token): not their chats, nor another application's calls,
+    which this token's scope and allowlist do not reach."""
+    from agents.models import RunKind
+
     if isinstance(run_id, bool) or not isinstance(run_id, int):
         raise NoAccess("no such run")
-    return access_run(caller.user, run_id)  # the caller's own runs only
+    run = access_run(caller.user, run_id)
+    if run.kind != RunKind.MCP or run.client_application_id != caller.application_id:
+        raise NoAccess("no such run")
+    return run
 
 
 async def _wait(ctx, run: Run) -> Run:
@@ -343,26 +361,39 @@ class MCPApplication:
             on_list_tools=_list_tools,
             on_call_tool=_call_tool,
         )
-        self.manager = StreamableHTTPSessionManager(
-            self.server,
-            # Host checks are Django's (ALLOWED_HOSTS, in authenticate); a bearer token, never a
-            # cookie, authenticates, so a page on another origin cannot ride a session.
-            security_settings=TransportSecuritySettings(enable_dns_rebinding_protection=False),
-            session_idle_timeout=settings.WARDEN_MCP_SESSION_IDLE_SECONDS,
-        )
+        self.manager = self._manager()
         self._running: asyncio.Future | None = None
         self._ready = asyncio.Event()
 
-    async def _start(self) -> None:
-        if self._running is None:
+    def _manager(self) -> StreamableHTTPSessionManager:
+        return StreamableHTTPSessionManager(
+            self.server,
+            # Host checks are Django's (ALLOWED_HOSTS, in authenticate); a bearer token, never a
+            # cookie, authenticates, so a page on another origin cannot ride on a browser's.
+            security_settings=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+            session_idle_timeout=settings.WARDEN_MCP_SESSION_IDLE_SECONDS,
+        )
+
+    async def _start(self) -> StreamableHTTPSessionManager:
+        """The session manager's task group, started on the first request (and again after a
+        failure: a manager cannot be restarted, so a new one)."""
+        if self._running is None or self._running.done():
+            manager, ready = self._manager(), asyncio.Event()
 
             async def keep() -> None:
-                async with self.manager.run():
-                    self._ready.set()
+                async with manager.run():
+                    ready.set()
                     await asyncio.Event().wait()  # for as long as the process serves
 
+            self.manager, self._ready = manager, ready
             self._running = asyncio.ensure_future(keep())
-        await self._ready.wait()
+        waiting = asyncio.ensure_future(self._ready.wait())
+        await asyncio.wait({waiting, self._running}, return_when=asyncio.FIRST_COMPLETED)
+        if not self._ready.is_set():
+            waiting.cancel()
+            logger.error("the MCP server could not start", exc_info=self._running.exception())
+            raise Refused(503, "the MCP server is starting or failed to start; try again")
+        return self.manager
 
     async def __call__(self, scope, receive, send) -> None:
         from django.core.exceptions import DisallowedHost
@@ -373,7 +404,10 @@ class MCPApplication:
             return await _respond(send, *refused.response(scope))
         except DisallowedHost:
             return await _respond(send, 400, [(b"content-type", b"text/plain")], b"Bad Request")
-        await self._start()
+        try:
+            manager = await self._start()
+        except Refused as refused:
+            return await _respond(send, *refused.response(scope))
         principal = AccessToken(
             token="",
             client_id=caller.credential,
@@ -381,16 +415,34 @@ class MCPApplication:
             subject=str(caller.user.pk),
         )
         scope = {**scope, "user": AuthenticatedUser(principal), "warden.caller": caller}
-        if scope["method"] == "DELETE":  # the client ends its session
-            session = dict(scope["headers"]).get(SESSION_HEADER.encode(), b"").decode("latin-1")
-            if session:
-                await _database(_closed)(caller, session)
-        await self.manager.handle_request(scope, receive, send)
+        headers = dict(scope["headers"])
+        session = headers.get(SESSION_HEADER.encode(), b"").decode("latin-1")
+        # Each initialize opens a session the process keeps (until idle): a few a minute each.
+        opens = scope["method"] == "POST" and not session and _opens_session(headers)
+        if opens and not await _database(_may_open)(caller):
+            many = Refused(429, "too many MCP sessions opened; try again later", retry_after=60)
+            return await _respond(send, *many.response(scope))
+        if scope["method"] == "DELETE" and session:  # the client ends its session
+            await _database(_closed)(caller, session)
+        await manager.handle_request(scope, receive, send)
+
+
+def _opens_session(headers: dict) -> bool:
+    """A handshake-era request without a session: an `initialize` (the 2026-07-28 protocol
+    sends its version with every request, and keeps no session)."""
+    version = headers.get(b"mcp-protocol-version", b"").decode("latin-1")
+    return not version or version.startswith("2025-") or version.startswith("2024-")
+
+
+def _may_open(caller: Caller) -> bool:
+    from governance import ratelimits
+
+    return ratelimits.hit("30/minute", "mcp-sessions", caller.credential)
 
 
 def _closed(caller: Caller, session_id: str) -> None:
-    found = MCPSession.objects.filter(key=f"session:{session_id}", user=caller.user)
-    found.update(closed_at=timezone.now())
+    key = _session_key(caller, session_id, "")
+    MCPSession.objects.filter(key=key).update(closed_at=timezone.now())
 
 
 async def _respond(send, status: int, headers: list, body: bytes) -> None:

@@ -5,6 +5,8 @@ at /.well-known/oauth-authorization-server (config.urls)."""
 
 from __future__ import annotations
 
+from django.http import JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from oauth2_provider.views import OAuthProtectedResourceMetadataView
 
 from integrations.mcp.auth import SCOPE
@@ -23,3 +25,13 @@ class MCPResourceMetadata(OAuthProtectedResourceMetadataView):
 
     def get_resource_name(self):
         return "Warden MCP server"
+
+
+@csrf_exempt
+def registration_management(request, client_id: str) -> JsonResponse:
+    """RFC 7592's read, change and delete of a registration: not offered (an admin changes a
+    client, audited there), so a registration token cannot move a client's redirect URIs."""
+    return JsonResponse(
+        {"error": "not_found", "error_description": "registrations are managed by an admin"},
+        status=404,
+    )

@@ -18,7 +18,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from agents.models import Run, RunKind, RunState
+from agents.models import Conversation, Run, RunKind, RunState
 from audit.models import AuditEvent
 from governance.approvals import approval_decide
 from governance.models import ApprovalRequest
@@ -251,3 +251,18 @@ def test_an_agent_exposed_over_mcp_is_asked_as_a_tool_and_answers(mcp_live, star
     assert run.client.startswith("mcp ")
     assert run.input == "Is the VPN up?"
     assert not Run.objects.filter(agent=hidden).exists()
+
+    # warden_run_result gives the caller's MCP calls, not their chats.
+    chat = Conversation.objects.create(owner=people.member, agent=desk)
+    chatted = Run.objects.create(agent=desk, conversation=chat, actor=people.member, input="x")
+
+    async def results():
+        async with _session(mcp_live.url, secret) as client:
+            mine = await client.call_tool("warden_run_result", {"run": run.pk})
+            other = await client.call_tool("warden_run_result", {"run": chatted.pk})
+            return mine, other
+
+    mine, other = anyio.run(results)
+    assert mine.structured_content["answer"] == "The VPN is back since 9:00."
+    assert other.is_error
+    assert f"you have no run {chatted.pk}" in other.content[0].text

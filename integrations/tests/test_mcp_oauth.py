@@ -20,10 +20,11 @@ from django.test import Client as DjangoClient
 from oauth2_provider.models import Grant
 
 from audit.models import AuditEvent
-from integrations.models import ApplicationScopes
+from integrations.models import ApplicationScopes, MCPClientAccess
 from integrations.tests.conftest import expose
 from integrations.tests.test_mcp import _session
 from tests.processes import daphne_on_test_database
+from tools.models import Tool
 
 REDIRECT = "https://desktop-client.example/callback"
 
@@ -114,7 +115,18 @@ def test_a_new_client_discovers_registers_and_calls_with_its_person_s_consent(se
             async with _session(url, access) as session:
                 return sorted(t.name for t in (await session.list_tools()).tools)
 
+        # Registered, it reaches nothing until an admin lists what it may (its allowlist).
+        assert anyio.run(listed) == ["warden_run_result"]
+        allowlist = MCPClientAccess.objects.get(application__client_id=client["client_id"])
+        allowlist.tools.add(Tool.objects.get(name="get_ticket_status"))
         assert anyio.run(listed) == ["get_ticket_status", "warden_run_result"]
+        # Nor can its registration token move it elsewhere afterwards (RFC 7592).
+        moved = httpx.put(
+            f"{metadata['registration_endpoint']}{client['client_id']}/",
+            json={"redirect_uris": ["https://elsewhere.example/cb"]},
+            headers={"Authorization": f"Bearer {client['registration_access_token']}"},
+        )
+        assert moved.status_code == 404
     event = json.loads(AuditEvent.objects.get(action="oauth.client_registered").data)
     assert event["client_id"] == client["client_id"]
     assert event["scopes"] == ["tools:call"]
