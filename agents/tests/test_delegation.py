@@ -16,7 +16,7 @@ from agents.orchestrator import run_execute
 from agents.provenance import unmark
 from agents.services import run_start
 from governance.approvals import approval_decide
-from governance.models import ApprovalRequest
+from governance.models import ApprovalRequest, Budget, BudgetUsage
 from tests.access import grant, grant_agent
 from tests.model_server import Reply
 from tools.models import DemoTicket, Tool
@@ -241,3 +241,31 @@ def test_stopping_the_asking_run_stops_the_one_it_asked(
     assert parent.state == RunState.CANCELLED
     assert parent.error == "cancelled while it waited for an agent it asked"
     assert child.state == RunState.CANCELLED
+
+
+def test_the_asked_agent_spends_from_the_person_s_own_budget(server, person):
+    helpdesk = _agent(server, "helpdesk")
+    concierge = _agent(server, "concierge")
+    concierge.delegates.add(helpdesk)
+    grant_agent(person, concierge)
+    grant_agent(person, helpdesk)
+    budget = Budget.objects.create(name="Mine", user=person, max_tokens=10**6)
+    server.script(
+        "concierge",
+        Reply.call(f"ask_{helpdesk.slug}", {"question": "Is the VPN up?"}),
+        Reply.say("It is, the help desk says."),
+    )
+    server.script("helpdesk", Reply.say("Yes, since 9:00."))
+    conversation = Conversation.objects.create(owner=person, agent=concierge)
+    parent = run_start(
+        agent=concierge, conversation=conversation, actor=person, input="VPN?", stream=False
+    )
+
+    parent = _advance(parent.pk)
+    child = _advance(Run.objects.get(parent=parent).pk)
+    parent = _advance(parent.pk)
+
+    assert (parent.state, child.state) == (RunState.SUCCEEDED, RunState.SUCCEEDED)
+    assert child.tokens > 0
+    used = BudgetUsage.objects.get(budget=budget).used_tokens
+    assert used == parent.tokens + child.tokens
