@@ -18,6 +18,7 @@ from django.db import IntegrityError, transaction
 from agents.models import Run, RunKind
 from agents.services import (
     MAX_INPUT,
+    MCP_LABEL,
     InputTooLong,
     RateLimited,
     RunDenied,
@@ -37,7 +38,6 @@ from tools.models import Tool
 from tools.schemas import text_problem
 from tools.services import argument_problem
 
-MCP_LABEL = "(mcp)"  # the `agent` label of an MCP client's calls in the metrics
 # An agent asked as a tool, by an MCP client or by another agent (delegation): ask_<slug>.
 ASK_PREFIX = "ask_"
 ASK_SCHEMA = {
@@ -58,6 +58,16 @@ def ask_description(agent) -> str:
 
 class ArgumentsInvalid(RunError):
     code = "arguments_invalid"
+
+
+def ask_question(arguments: object) -> str:
+    """The question of an `ask_<slug>` call (ASK_SCHEMA), or ArgumentsInvalid."""
+    if not isinstance(arguments, dict) or set(arguments) != {"question"}:
+        raise ArgumentsInvalid("give one argument, `question`: the text to ask")
+    question = arguments["question"]
+    if not isinstance(question, str) or not question.strip():
+        raise ArgumentsInvalid("give one argument, `question`: the text to ask")
+    return question
 
 
 def tool_call_start(

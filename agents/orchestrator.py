@@ -884,19 +884,10 @@ def _tool_checkpoint(held: _Run, *, at: _Call, outcome, decision: Decision, star
     """Record what the tool returned. Untrusted data: marked as such, or withheld from the
     model if it looks like an injection (agents.provenance); the step keeps the result for the
     user's card and the reviewer."""
-    content = json.dumps(outcome.result)
-    inspection = provenance.inspect(content, where="tool_output")
-    output = {"result": outcome.result, "version": outcome.tool_version, **inspection.as_dict()}
-    found = []
-    if inspection.verdict is not None:
-        output["verdicts"] = [inspection.verdict.as_dict()]
-        found = [("guardrail.found", {"tool": at.tool.name, **inspection.verdict.as_dict()})]
-    if inspection.quarantined:
-        content = json.dumps(
-            {"withheld": provenance.withheld_line(inspection, f"the output of {at.tool.name}")}
-        )
-    else:
-        content = provenance.mark(content, held.key)
+    content, inspected, found = _untrusted(
+        held, outcome.result, tool=at.tool.name, what=f"the output of {at.tool.name}"
+    )
+    output = {"result": outcome.result, "version": outcome.tool_version, **inspected}
     record = held.checkpoint(
         StepRecord(
             kind=StepKind.TOOL,
@@ -920,6 +911,24 @@ def _tool_checkpoint(held: _Run, *, at: _Call, outcome, decision: Decision, star
         extra_audit=[("policy.decided", at.policy(decision)), *found],
     )
     held.publish({"type": "step", "index": record.index, "kind": "tool", "tool": at.tool.name})
+
+
+def _untrusted(held: _Run, result, *, tool: str, what: str) -> tuple[str, dict, list]:
+    """A tool's result (or an asked agent's answer) as untrusted data: (what the model reads:
+    the result marked as data, or a line saying it was withheld as a likely injection; what
+    the step records of the inspection; the `guardrail.found` audit event, if any)."""
+    content = json.dumps(result)
+    inspection = provenance.inspect(content, where="tool_output")
+    inspected = inspection.as_dict()
+    found = []
+    if inspection.verdict is not None:
+        inspected["verdicts"] = [inspection.verdict.as_dict()]
+        found = [("guardrail.found", {"tool": tool, **inspection.verdict.as_dict()})]
+    if inspection.quarantined:
+        content = json.dumps({"withheld": provenance.withheld_line(inspection, what)})
+    else:
+        content = provenance.mark(content, held.key)
+    return content, inspected, found
 
 
 HELD = "(held for review)"
@@ -1218,6 +1227,7 @@ def _delegate_step(held: _Run, key: str, call: dict) -> None:
     this one, by the same actor, governed as any run: the actor must be allowed it), this run
     waits for it, and the answer comes back as the call's result, read as untrusted data (the
     child read what it read). Asked again after a fault, the same child answers."""
+    from agents.calls import ArgumentsInvalid, ask_question
     from agents.models import Conversation, RunKind
     from agents.services import RunError, run_start
 
@@ -1230,10 +1240,10 @@ def _delegate_step(held: _Run, key: str, call: dict) -> None:
         except json.JSONDecodeError as exc:
             problem = f"the arguments are not valid JSON ({exc.msg})"
             return _reject_call(held, call=call, key=key, problem=problem, started=started)
-        question = arguments.get("question") if isinstance(arguments, dict) else None
-        if not isinstance(question, str) or not question.strip():
-            problem = "give one argument, `question`: the text to ask"
-            return _reject_call(held, call=call, key=key, problem=problem, started=started)
+        try:
+            question = ask_question(arguments)
+        except ArgumentsInvalid as exc:
+            return _reject_call(held, call=call, key=key, problem=str(exc), started=started)
         child = Run.objects.filter(parent=held.run, idempotency_key=f"delegated:{key}").first()
         if child is None:
             if child_agent.pk in {agent for _, agent in _ancestry(held.run)}:
@@ -1286,18 +1296,9 @@ def _delegate_answered(held: _Run, *, call: dict, key: str, child: Run, started)
         result |= {"answer": child.answer, "citations": child.citations}
     else:
         result["error"] = child.error or f"the run was {child.state}"
-    content = json.dumps(result)
-    inspection = provenance.inspect(content, where="tool_output")
-    output = {"result": result, **inspection.as_dict()}
-    found = []
-    if inspection.verdict is not None:
-        output["verdicts"] = [inspection.verdict.as_dict()]
-        found = [("guardrail.found", {"tool": call["name"], **inspection.verdict.as_dict()})]
-    if inspection.quarantined:
-        what = f"the answer of {call['name']}"
-        content = json.dumps({"withheld": provenance.withheld_line(inspection, what)})
-    else:
-        content = provenance.mark(content, held.key)
+    what = f"the answer of {call['name']}"
+    content, inspected, found = _untrusted(held, result, tool=call["name"], what=what)
+    output = {"result": result, **inspected}
     ok = child.state == RunState.SUCCEEDED
     record = held.checkpoint(
         StepRecord(

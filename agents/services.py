@@ -60,6 +60,7 @@ logger = logging.getLogger(__name__)
 
 
 MAX_INPUT = 20_000  # characters of one message, on every surface (the chat's box too)
+MCP_LABEL = "(mcp)"  # the `agent` label, in the metrics, of an MCP client's own tool calls
 
 
 class RunError(Exception):
@@ -471,7 +472,7 @@ def run_cancel(*, run: Run, actor) -> Run:
             final = {"type": "final", "state": str(RunState.CANCELLED)}
             transaction.on_commit(lambda: publish(locked.pk, final))
             run_state_send(run_id=locked.pk, state=locked.state)
-            label = locked.agent.slug if locked.agent else "(mcp)"  # (agents.calls.MCP_LABEL)
+            label = locked.agent.slug if locked.agent else MCP_LABEL
             _counted_finished(label, locked.state, timezone.now() - locked.created_at)
             run_wake_parent(parent_id=locked.parent_id, child_id=locked.pk, state=locked.state)
         audit_record(
@@ -781,7 +782,7 @@ WHERE id = %s AND fencing_token = %s
     AND state IN ('{RunState.QUEUED}', '{RunState.RUNNING}')
 RETURNING conversation_id, prompt_tokens + completion_tokens, cost,
     COALESCE((SELECT slug FROM agents_agent WHERE agents_agent.id = agents_run.agent_id),
-        '(mcp)'),
+        '{MCP_LABEL}'),
     finished_at - created_at, parent_id
 """  # noqa: S608 - constants only
 

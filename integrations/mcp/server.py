@@ -195,13 +195,11 @@ def _start_call(caller: Caller, tool, arguments: dict, client: str, key: str) ->
 
 
 def _start_ask(caller: Caller, agent, arguments: dict, client: str, key: str) -> Run:
-    from agents.calls import ArgumentsInvalid
+    from agents.calls import ask_question
     from agents.models import RunKind
     from agents.submit import run_submit
 
-    question = arguments.get("question")
-    if not isinstance(question, str) or set(arguments) != {"question"}:
-        raise ArgumentsInvalid("give one argument, `question`: the text to ask")
+    question = ask_question(arguments)
     return run_submit(
         actor=caller.user,
         agent=agent,
