@@ -59,6 +59,8 @@ WHY = {
     "confidence": "low confidence (held answers)",
 }
 PREVIEW_CHARS = 120
+# Notes a decision carries that sent nothing here (governance.policy): left out of "why".
+_NOTES = frozenset({"tool.approval_never", "tool.risk_read"})
 
 
 def pending_count(user) -> int:
@@ -178,6 +180,8 @@ def _approval_row(
 ) -> dict:
     why = []  # (kind, text)
     for reason in item.reasons or []:
+        if reason in _NOTES:
+            continue
         if reason.startswith("provenance."):
             why.append(("untrusted", reason_text(reason)))
         elif reason.startswith("guardrail."):
