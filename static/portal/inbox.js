@@ -17,6 +17,8 @@
     const selectAll = form.querySelector("[data-select-all]");
     const fieldset = form.querySelector("[data-bulk]");
 
+    const keys = document.getElementById("inbox-keys");
+    if (keys) keys.hidden = false; // the keys work only with this script
     const rows = () => [...form.querySelectorAll("#inbox-items tr[data-row]")];
     const boxes = () => [...form.querySelectorAll('#inbox-items input[name="item"]')];
 
