@@ -137,6 +137,11 @@ def test_a_reviewer_filters_moves_by_keyboard_reads_an_edit_s_diff_and_approves_
     reviewer.get_by_role(
         "checkbox", name=f"Select create_ticket #{flagged.pk} asked by member"
     ).check()
+    # Another call arrives meanwhile: the list is replaced live, the selection stays.
+    portal.model.script("demo", Reply.call("create_ticket", {"title": "Monitor flickers"}))
+    _ask(member, agent, "Please open a ticket: my monitor flickers")
+    expect(rows).to_have_count(4)
+    expect(reviewer.locator('#inbox-items input[name="item"]:checked')).to_have_count(3)
     reviewer.get_by_label("Comment for the requesters (optional)").fill("Fine, both.")
     reviewer.get_by_role("button", name="Approve selected").click()
     reviewer.wait_for_url(f"{portal.url}/inbox/")
@@ -149,7 +154,7 @@ def test_a_reviewer_filters_moves_by_keyboard_reads_an_edit_s_diff_and_approves_
         f"Not approved, left as it was: create_ticket #{flagged.pk} (asked by member): it "
         "follows untrusted content: read where it came from on its own page."
     )
-    expect(rows).to_have_count(1)
+    expect(rows).to_have_count(2)  # the flagged call and the one that came meanwhile
     screenshot(reviewer, "inbox-bulk-summary")
     for request in (printer, mouse):
         request.refresh_from_db()
@@ -159,6 +164,7 @@ def test_a_reviewer_filters_moves_by_keyboard_reads_an_edit_s_diff_and_approves_
     assert flagged.status == "pending"
     assert Run.objects.get(pk=flagged.run_id).state == "awaiting_approval"
     assert not DemoTicket.objects.filter(title="Send the staff list").exists()
+    assert ApprovalRequest.objects.get(arguments={"title": "Monitor flickers"}).status == "pending"
 
     # At phone width: each row a card whose fields carry their labels.
     phone = browser("reviewer", width=390, height=844)
