@@ -6,6 +6,7 @@ runs for it; an item the reviewer may not decide is refused like a missing one).
 import json
 import re
 import uuid
+from datetime import timedelta
 from html import unescape
 
 import pytest
@@ -13,6 +14,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from agents.models import Conversation, Run
 from agents.orchestrator import run_execute
@@ -20,7 +22,14 @@ from agents.services import run_start
 from audit.models import AuditEvent
 from audit.pii import hash_key, pseudonym
 from audit.services import SYSTEM
-from governance.approvals import BULK_LIMIT, arguments_hash, bulk_refusal
+from governance.approvals import (
+    BULK_LIMIT,
+    ApprovalError,
+    approval_decide,
+    arguments_hash,
+    bulk_refusal,
+    reviews_decide,
+)
 from governance.models import Action, ApprovalRequest, Escalation
 from governance.services import access_grant
 from tests.model_server import Reply
@@ -509,3 +518,36 @@ def test_a_bulk_post_without_a_usable_selection_decides_nothing(client, people, 
     request.refresh_from_db()
     assert (request.status, request.decided_by) == ("pending", None)
     assert client.get("/inbox/bulk/").status_code == 405
+
+
+def test_the_bulk_service_decides_each_once_as_the_single_decision_would(people, help_desk, server):
+    plain = ApprovalRequest.objects.get(run_id=_park(server, help_desk, people.member).pk)
+    late = ApprovalRequest.objects.get(
+        run_id=_park(server, help_desk, people.member, {"title": "late"}).pk
+    )
+    ApprovalRequest.objects.filter(pk=late.pk).update(
+        expires_at=timezone.now() - timedelta(minutes=1)
+    )
+    # Never an edit in bulk, whoever calls the service.
+    with pytest.raises(ApprovalError, match="an edited call is approved on its own page"):
+        approval_decide(
+            approval_id=plain.pk,
+            decided_by=people.reviewer,
+            approve=True,
+            arguments={"title": "other"},
+            bulk=True,
+        )
+    plain.refresh_from_db()
+    assert plain.status == "pending"
+
+    outcome = reviews_decide(
+        approvals=[plain.pk, late.pk, plain.pk], decided_by=people.reviewer, approve=True
+    )
+
+    assert [item.pk for item in outcome.decided] == [plain.pk]  # once, though chosen twice
+    assert outcome.refused == [
+        ("approval", late.pk, "this request expired before the decision; the run was told")
+    ]
+    late.refresh_from_db()
+    assert late.status == "expired"  # as a single decision past the time does
+    assert AuditEvent.objects.filter(action="approval.approved", run=str(plain.run_id)).count() == 1
