@@ -28,6 +28,7 @@ urlpatterns = [
     path("chat/runs/<int:pk>/stop/", chat.run_stop, name="run-stop"),
     path("runs/<int:pk>/", trace.run_trace, name="run-trace"),
     path("inbox/", inbox.inbox, name="inbox"),
+    path("inbox/bulk/", inbox.inbox_bulk, name="inbox-bulk"),
     path("inbox/approvals/<int:pk>/", inbox.approval_page, name="inbox-approval"),
     path("inbox/answers/<int:pk>/", inbox.answer_page, name="inbox-answer"),
     path("account/tokens/", account.tokens_page, name="account-tokens"),

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -245,16 +247,29 @@ def approval_decide(
     approve: bool,
     arguments: dict[str, Any] | None = None,
     comment: str = "",
+    bulk: bool = False,
 ) -> ApprovalRequest:
     """Approve (with `arguments` replacing the requested ones, if given) or reject the request.
-    The run it parked continues in the same transaction's wake; raises ApprovalError."""
+    The run it parked continues in the same transaction's wake; raises ApprovalError.
+    `bulk`: one of several decided at once (`reviews_decide`): an approval must be one the
+    policy lets through unopened (`bulk_refusal`), and can carry no edit."""
     with transaction.atomic():
         request = ApprovalRequest.objects.select_for_update().filter(pk=approval_id).first()
         request = _check_decider(request, decided_by, "approval request", "you asked for this call")
+        if bulk and approve:
+            if arguments is not None:
+                raise ApprovalError("an edited call is approved on its own page, never in bulk")
+            risk = (
+                ApprovalRequest.objects.filter(pk=request.pk)
+                .values_list("tool__risk", flat=True)
+                .first()
+            )
+            if why := bulk_refusal(reasons=request.reasons, risk=risk):
+                raise ApprovalError(why)
         if request.expires_at <= timezone.now():
             _expire(request)
         else:
-            _decide(request, decided_by, approve, arguments, comment)
+            _decide(request, decided_by, approve, arguments, comment, bulk=bulk)
     if request.status == ApprovalStatus.EXPIRED:
         raise ApprovalError("this request expired before the decision; the run was told")
     return request
@@ -266,6 +281,8 @@ def _decide(
     approve: bool,
     arguments: dict[str, Any] | None,
     comment: str,
+    *,
+    bulk: bool = False,
 ) -> None:
     if approve and arguments is not None:
         arguments = _unhashed(arguments, original=request.arguments, what="edited arguments")
@@ -293,7 +310,9 @@ def _decide(
             "comment",
         ]
     )
-    data = {"tool": request.tool_name, "comment": comment, "edited": edited}
+    data: dict[str, Any] = {"tool": request.tool_name, "comment": comment, "edited": edited}
+    if bulk:
+        data["bulk"] = True
     if edited:
         data.update(requested=request.arguments, approved=final)
     audit_record(
@@ -436,11 +455,15 @@ def escalation_decide(
     release: bool,
     answer: str | None = None,
     comment: str = "",
+    bulk: bool = False,
 ) -> Escalation:
-    """Release the held answer (or `answer`, an edit of it) to the user, or reject it."""
+    """Release the held answer (or `answer`, an edit of it) to the user, or reject it.
+    `bulk`: one of several decided at once (`reviews_decide`): only a rejection."""
     with transaction.atomic():
         escalation = Escalation.objects.select_for_update().filter(pk=escalation_id).first()
         escalation = _check_decider(escalation, decided_by, "escalation", "you asked the question")
+        if bulk and release:
+            raise ApprovalError(HELD_ANSWER_SINGLY)
         if release and answer is not None:
             # The reviewer read the question and the answer hashed; the user gets the values.
             answer = _unhashed(
@@ -464,9 +487,106 @@ def escalation_decide(
             action=f"escalation.{escalation.status}",
             target=Target.of(escalation),
             run=escalation.run_id,
-            data={"edited": edited, "comment": comment},
+            data={"edited": edited, "comment": comment} | ({"bulk": True} if bulk else {}),
         )
         _decided_in(escalation, "answer")
         signals.escalation_decided.send(sender=Escalation, escalation=escalation)
         _notify_decided(escalation, "escalation")
     return escalation
+
+
+# Bulk decisions: several items of the inbox decided at once, each through the single
+# decision's service (its access check, four-eyes, expiry, audit event and resumed run), each in
+# its own transaction: one refused item leaves the others decided.
+
+BULK_LIMIT = 50
+
+# The reasons a call may be approved for unopened: only the tool's own setting asked (its risk
+# tier, "always"), or a note that asks nothing. Any other reason, a critical tool, untrusted
+# content read before the call (an injected order may be in it), a guardrail, or a reason this
+# list does not know yet, needs the call's own page.
+_BULK_APPROVABLE = frozenset(
+    {
+        "tool.risk_write",
+        "tool.risk_read",
+        "tool.approval_always",
+        "tool.approval_never",
+        "budget.soft_limit",
+    }
+)
+HELD_ANSWER_SINGLY = "a held answer is released only from its own page, once read"
+
+
+def bulk_refusal(*, reasons: Iterable[str], risk: str | None) -> str | None:
+    """Why a pending call (its policy `reasons`, its tool's `risk` tier now, None: the tool is
+    gone) may not be approved in bulk, or None when it may. Rejecting in bulk is always allowed:
+    nothing runs."""
+    reasons = list(reasons)
+    if risk is None:
+        return "its tool no longer exists"
+    if risk == "critical" or "tool.risk_critical" in reasons:
+        return "a critical tool: approve it from its own page"
+    if any(r.startswith("provenance.") for r in reasons):
+        return "it follows untrusted content: read where it came from on its own page"
+    if any(r.startswith("guardrail.") for r in reasons):
+        return "a guardrail asked for a reviewer: decide it on its own page"
+    if unknown := [r for r in reasons if r not in _BULK_APPROVABLE]:
+        return f"its policy asks for a look on its own page ({', '.join(unknown)})"
+    return None
+
+
+@dataclass
+class BulkOutcome:
+    """What `reviews_decide` did: the items decided, and those refused with why (each still
+    pending, or decided by someone else before)."""
+
+    decided: list[ApprovalRequest | Escalation] = field(default_factory=list)
+    refused: list[tuple[str, int, str]] = field(default_factory=list)  # (kind, id, why)
+
+
+def reviews_decide(
+    *,
+    approvals: Iterable[int] = (),
+    escalations: Iterable[int] = (),
+    decided_by: AnyUser,
+    approve: bool,
+    comment: str = "",
+) -> BulkOutcome:
+    """Approve (release) or reject several pending items at once, each as `approval_decide` or
+    `escalation_decide` would with `bulk=True`. Refuses the whole batch only when it is empty or
+    larger than BULK_LIMIT."""
+    approval_ids = list(dict.fromkeys(approvals))
+    escalation_ids = list(dict.fromkeys(escalations))
+    count = len(approval_ids) + len(escalation_ids)
+    if not count:
+        raise ApprovalError("select at least one item")
+    if count > BULK_LIMIT:
+        raise ApprovalError(f"select at most {BULK_LIMIT} items at once (you chose {count})")
+    outcome = BulkOutcome()
+    for approval_id in approval_ids:
+        try:
+            outcome.decided.append(
+                approval_decide(
+                    approval_id=approval_id,
+                    decided_by=decided_by,
+                    approve=approve,
+                    comment=comment,
+                    bulk=True,
+                )
+            )
+        except ApprovalError as exc:
+            outcome.refused.append(("approval", approval_id, str(exc)))
+    for escalation_id in escalation_ids:
+        try:
+            outcome.decided.append(
+                escalation_decide(
+                    escalation_id=escalation_id,
+                    decided_by=decided_by,
+                    release=approve,
+                    comment=comment,
+                    bulk=True,
+                )
+            )
+        except ApprovalError as exc:
+            outcome.refused.append(("escalation", escalation_id, str(exc)))
+    return outcome

@@ -8,32 +8,39 @@ websocket says something arrived or was decided elsewhere.
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from dataclasses import replace
 from datetime import timedelta
+from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db.models import Q
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.utils import timezone
-from django.utils.text import capfirst
+from django.utils.text import Truncator, capfirst
 from django.views.decorators.http import require_http_methods
 
-from agents.models import Agent, Message, MessageRole
+from agents.models import Agent, Message, MessageRole, RunStep
 from agents.provenance import approval_provenance
 from agents.selectors import HIDDEN, UNREAD_RELEASE, unreadable_sources
 from audit.models import AuditEvent
 from audit.pii import as_seen_by, hash_key, pseudonymise_parts, sees_values
 from governance.approvals import (
+    BULK_LIMIT,
+    HELD_ANSWER_SINGLY,
     ApprovalError,
     approval_decide,
     approvals_for,
+    bulk_refusal,
     escalation_decide,
     escalations_for,
     reviewable,
+    reviews_decide,
 )
 from governance.guardrails.output import render_markdown
 from governance.models import ApprovalRequest, Escalation
@@ -43,6 +50,17 @@ from tools.models import RiskTier, Tool
 
 AGES = {"15m": timedelta(minutes=15), "1h": timedelta(hours=1), "1d": timedelta(days=1)}
 AGE_LABELS = {"": "any age", "15m": "over 15 minutes", "1h": "over an hour", "1d": "over a day"}
+# Why an item waits, as the rows and the reason filter name it.
+WHY = {
+    "risk": "the tool's risk or approval setting",
+    "untrusted": "it follows untrusted content",
+    "injection": "it read what looked like an injection",
+    "guardrail": "a guardrail asked",
+    "confidence": "low confidence (held answers)",
+}
+PREVIEW_CHARS = 120
+# Notes a decision carries that sent nothing here (governance.policy): left out of "why".
+_NOTES = frozenset({"tool.approval_never", "tool.risk_read"})
 
 
 def pending_count(user) -> int:
@@ -71,17 +89,28 @@ def inbox(request: HttpRequest) -> HttpResponse:
         answers = answers.none()  # a held answer has no tool and no risk tier
     elif filters["kind"] == "answer":
         approvals = approvals.none()
+    if filters["reason"] == "confidence":
+        approvals = approvals.none()
+    elif filters["reason"]:
+        answers = answers.none()  # a held answer waits for its confidence only
     approval_list, answer_list = list(approvals), list(answers)
     agent_ids = {a.agent_id for a in approval_list} | {e.agent_id for e in answer_list}
     agents = dict(Agent.objects.filter(pk__in=agent_ids).values_list("pk", "name"))
     risks = dict(
         Tool.objects.filter(pk__in={a.tool_id for a in approval_list}).values_list("pk", "risk")
     )
+    flagged = _flagged_reads(approval_list)
+    viewer = request.user.pk
     items = sorted(
-        [_row(a, "approval", agents, risks.get(a.tool_id, "")) for a in approval_list]
-        + [_row(e, "answer", agents, "") for e in answer_list],
+        [
+            _approval_row(a, agents, risks.get(a.tool_id), flagged.get(a.key, False), viewer)
+            for a in approval_list
+        ]
+        + [_answer_row(e, agents, viewer) for e in answer_list],
         key=lambda row: row["created_at"],
     )
+    if filters["reason"]:
+        items = [row for row in items if filters["reason"] in row["why_kinds"]]
     context = {"items": items, "filters": filters, "filtered": any(filters.values())}
     if request.GET.get("part"):  # the list alone, as the page's script refreshes it
         return render(request, "portal/_inbox_items.html", context)
@@ -94,6 +123,9 @@ def inbox(request: HttpRequest) -> HttpResponse:
         "tool_choices": sorted(set(everything.values_list("tool_name", flat=True))),
         "risk_choices": RiskTier.choices,
         "age_choices": AGE_LABELS.items(),
+        "reason_choices": WHY.items(),
+        "bulk_limit": BULK_LIMIT,
+        "query": _inbox_url(filters).partition("?")[2],
     }
     return render(request, "portal/inbox.html", context)
 
@@ -106,25 +138,168 @@ def _filters(query) -> dict[str, str]:
         "tool": lambda v: len(v) <= 64 and "\x00" not in v,
         "risk": lambda v: v in RiskTier.values,
         "age": lambda v: v in AGES,
+        "reason": lambda v: v in WHY,
     }
     return {key: v if (v := query.get(key, "")) and ok(v) else "" for key, ok in valid.items()}
 
 
-def _row(item, kind: str, agents: dict, risk: str) -> dict:
+def _flagged_reads(approvals: list[ApprovalRequest]) -> dict[str, bool]:
+    """For each request's call key: whether something the run had read before the call looked
+    like a prompt injection (the reads its approval step recorded: agents.provenance), in one
+    query."""
+    tainted = [a for a in approvals if any(r.startswith("provenance.") for r in a.reasons)]
+    if not tainted:
+        return {}
+    steps = RunStep.objects.filter(
+        run_id__in={a.run_id for a in tainted},
+        kind="approval",
+        input__key__in=[a.key for a in tainted],
+    ).values_list("input__key", "output__provenance")
     return {
-        "kind": kind,
-        "pk": item.pk,
-        # None: an MCP client called the tool itself (a run of no agent)
-        "agent": "MCP client"
-        if item.agent_id is None
-        else agents.get(item.agent_id, f"agent {item.agent_id}"),
-        "tool": getattr(item, "tool_name", ""),
-        "risk": risk,
-        "requested_by": item.requested_by.get_username(),
-        "reasons": [reason_text(r) for r in getattr(item, "reasons", None) or []],
-        "created_at": item.created_at,
-        "confidence": getattr(item, "confidence", None),
+        key: any(read.get("flagged") for read in reads or [] if isinstance(read, dict))
+        for key, reads in steps
     }
+
+
+def _preview(value, *, owner_id: int, viewer_id: int | None) -> str:
+    """A short, one-line view of `value` (a call's arguments, a question) as the reviewer may
+    see it: personal values hashed (pii.as_seen_by)."""
+    seen = as_seen_by(value, viewer_id=viewer_id, owner_id=owner_id)
+    text = seen if isinstance(seen, str) else json.dumps(seen, ensure_ascii=False)
+    return Truncator(" ".join(text.split())).chars(PREVIEW_CHARS)
+
+
+def _agent_name(item, agents: dict) -> str:
+    if item.agent_id is None:  # an MCP client called the tool itself (a run of no agent)
+        return "MCP client"
+    return agents.get(item.agent_id, f"agent {item.agent_id}")
+
+
+def _approval_row(
+    item: ApprovalRequest, agents: dict, risk: str | None, flagged: bool, viewer: int | None
+) -> dict:
+    why = []  # (kind, text)
+    for reason in item.reasons or []:
+        if reason in _NOTES:
+            continue
+        if reason.startswith("provenance."):
+            why.append(("untrusted", reason_text(reason)))
+        elif reason.startswith("guardrail."):
+            why.append(("guardrail", reason_text(reason)))
+        elif reason.startswith("tool."):
+            why.append(("risk", reason_text(reason)))
+        else:
+            why.append(("other", reason_text(reason)))
+    if flagged:
+        why.append(("injection", "something it read looked like a prompt injection"))
+    if not why:
+        why.append(("risk", "the tool's policy asks for approval"))
+    return {
+        "kind": "approval",
+        "pk": item.pk,
+        "agent": _agent_name(item, agents),
+        "tool": item.tool_name,
+        "risk": risk or "",
+        # The requester is the run's actor (approval_request_create): the owner of its data.
+        "preview": _preview(item.arguments, owner_id=item.requested_by_id, viewer_id=viewer),
+        "requested_by": item.requested_by.get_username(),
+        "why": why,
+        "why_kinds": {kind for kind, _ in why},
+        "bulk_refusal": bulk_refusal(reasons=item.reasons or [], risk=risk),
+        "created_at": item.created_at,
+    }
+
+
+def _answer_row(item: Escalation, agents: dict, viewer: int | None) -> dict:
+    why = [("confidence", f"low confidence: {item.confidence} (the agent asks {item.threshold})")]
+    return {
+        "kind": "answer",
+        "pk": item.pk,
+        "agent": _agent_name(item, agents),
+        "tool": "",
+        "risk": "",
+        "preview": _preview(item.question, owner_id=item.requested_by_id, viewer_id=viewer),
+        "requested_by": item.requested_by.get_username(),
+        "why": why,
+        "why_kinds": {"confidence"},
+        "bulk_refusal": HELD_ANSWER_SINGLY,
+        "created_at": item.created_at,
+    }
+
+
+_ITEM = re.compile(r"(approval|answer)-([0-9]{1,18})")
+
+
+@login_required
+@require_http_methods(["POST"])
+def inbox_bulk(request: HttpRequest) -> HttpResponse:
+    """Approve or reject the selected rows at once (governance.approvals.reviews_decide: each
+    item through the single decision's service; what the policy keeps for its own page is
+    refused, saying why). The summary comes back as messages on the inbox, filters kept."""
+    back = _inbox_url(_filters(QueryDict(request.POST.get("back", ""))))
+    decision = request.POST.get("decision")
+    comment = request.POST.get("comment", "")
+    chosen = request.POST.getlist("item")
+    try:
+        _check({"comment": comment}, decision, ("approve", "reject"))
+        found = [_ITEM.fullmatch(value) for value in chosen]
+        if not all(found):
+            raise ApprovalError("the selection holds something that is not an inbox item")
+        picked = [(m.group(1), int(m.group(2))) for m in found if m is not None]
+        outcome = reviews_decide(
+            approvals=[pk for kind, pk in picked if kind == "approval"],
+            escalations=[pk for kind, pk in picked if kind == "answer"],
+            decided_by=request.user,
+            approve=decision == "approve",
+            comment=comment,
+        )
+    except ApprovalError as exc:
+        messages.error(request, capfirst(str(exc)) + ".")
+        return redirect(back)
+    labels = _labels(request.user, outcome)
+    verb = "Approved" if decision == "approve" else "Rejected"
+    if outcome.decided:
+        named = ", ".join(labels[_kind(item), item.pk] for item in outcome.decided)
+        messages.success(request, f"{verb} {len(outcome.decided)}: {named}.")
+    for kind, pk, why in outcome.refused:
+        label = labels.get((kind, pk), f"#{pk}")
+        messages.error(request, f"Not {verb.lower()}, left as it was: {label}: {why}.")
+    return redirect(back)
+
+
+def _inbox_url(filters: dict[str, str]) -> str:
+    query = urlencode({k: v for k, v in filters.items() if v})
+    return reverse("inbox") + (f"?{query}" if query else "")
+
+
+def _kind(item: ApprovalRequest | Escalation) -> str:
+    return "approval" if isinstance(item, ApprovalRequest) else "escalation"
+
+
+def _labels(user, outcome) -> dict[tuple[str, int], str]:
+    """How the summary names each item: only those the reviewer may see (reviewable) by what
+    they are; any other by its number alone, as missing and forbidden look the same."""
+    ids: dict[str, set[int]] = {"approval": set(), "escalation": set()}
+    for item in outcome.decided:
+        ids[_kind(item)].add(item.pk)
+    for kind, pk, _ in outcome.refused:
+        ids[kind].add(pk)
+    labels = {}
+    for request_ in (
+        reviewable(ApprovalRequest, user)
+        .filter(pk__in=ids["approval"])
+        .select_related("requested_by")
+    ):
+        labels["approval", request_.pk] = (
+            f"{request_.tool_name} #{request_.pk} (asked by {request_.requested_by.get_username()})"
+        )
+    for held in (
+        reviewable(Escalation, user).filter(pk__in=ids["escalation"]).select_related("requested_by")
+    ):
+        labels["escalation", held.pk] = (
+            f"held answer #{held.pk} (for {held.requested_by.get_username()})"
+        )
+    return labels
 
 
 @login_required
@@ -159,6 +334,15 @@ def approval_page(request: HttpRequest, pk: int) -> HttpResponse:
     tool = Tool.objects.filter(pk=request_.tool_id).first()
     context = _context_of(request_.run_id, request.user)
     shown = context.pop("shown")
+    # Hashed for a reviewer (approval_decide puts the values back into an edit that keeps the
+    # hashes); the tool gets the stored arguments. The edit box starts as the call was asked:
+    # sent back unchanged, it approves the call as asked.
+    asked = _pretty(shown(request_.arguments))
+    if request.method != "POST":
+        typed["arguments"] = asked
+    approved_diff = []
+    if request_.edited and request_.approved_arguments is not None:
+        approved_diff = _diff(asked, _pretty(shown(request_.approved_arguments)))
     # Where the call came from: the untrusted content the model had read.
     provenance = approval_provenance(run_id=request_.run_id, key=request_.key, user=request.user)
     # A tool's output that came from a knowledge base (knowledge_search): hidden as a passage is.
@@ -178,9 +362,9 @@ def approval_page(request: HttpRequest, pk: int) -> HttpResponse:
         {
             "item": request_,
             "tool": tool,
-            # Hashed for a reviewer (approval_decide puts the values back into an edit that
-            # keeps the hashes); the tool gets the stored arguments.
-            "arguments": json.dumps(shown(request_.arguments), indent=2, ensure_ascii=False),
+            "arguments": asked,
+            "edit_rows": min(max(len(asked.splitlines()) + 1, 4), 24),
+            "approved_diff": approved_diff,
             "reasons": [reason_text(r) for r in request_.reasons],
             "typed": typed,
             "provenance": provenance,
@@ -233,6 +417,16 @@ def answer_page(request: HttpRequest, pk: int) -> HttpResponse:
             **context,
         },
     )
+
+
+def _pretty(value) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False)
+
+
+def _diff(before: str, after: str) -> list[tuple[str, str]]:
+    """The lines of `after` against `before`, each (" ", "-" or "+", the line)."""
+    lines = difflib.ndiff(before.splitlines(), after.splitlines())
+    return [(line[0], line[2:]) for line in lines if line[0] in " -+"]
 
 
 def _check(typed: dict, decision, choices: tuple[str, str]) -> None:

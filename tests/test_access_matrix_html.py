@@ -328,6 +328,7 @@ ROUTES: dict[str, Route] = {
     "chat/runs/<int:pk>/stop/": Route(everyone(405), {"pk": pk("private_run")}),
     "runs/<int:pk>/": Route(owner_only(admin=200), {"pk": pk("private_run")}),
     "inbox/": Route(everyone(200)),
+    "inbox/bulk/": Route(everyone(405)),  # POST: portal/tests/test_inbox_review.py
     "inbox/approvals/<int:pk>/": Route(everyone(404) | REVIEWERS, {"pk": pk("approval")}),
     "inbox/answers/<int:pk>/": Route(everyone(404) | REVIEWERS, {"pk": pk("held")}),
     "account/tokens/": Route(everyone(200)),
