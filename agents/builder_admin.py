@@ -108,7 +108,7 @@ class BuilderMixin(_ModelAdmin):
             raise PermissionDenied
         form_class = self._builder_form(request, agent)
         if request.method == "POST":
-            form = _checkboxes(form_class(request.POST, instance=agent))
+            form = _plain(form_class(request.POST, instance=agent))
             if form.is_valid():
                 if form.has_changed():
                     changed = self._builder_save(request, form)
@@ -117,7 +117,7 @@ class BuilderMixin(_ModelAdmin):
                     messages.info(request, "Nothing changed.")
                 return HttpResponseRedirect(request.get_full_path())
         else:
-            form = _checkboxes(form_class(instance=agent))
+            form = _plain(form_class(instance=agent))
         return TemplateResponse(
             request,
             "admin/agents/agent/builder.html",
@@ -168,7 +168,7 @@ class BuilderMixin(_ModelAdmin):
             "runs": run_views(runs),
             "earlier": earlier,
             "builder_url": builder_url,
-            "draft": request.session.pop(DRAFT, ""),
+            "draft": request.session.pop(f"{DRAFT}.{agent.pk}", ""),
             "max_input": MAX_INPUT,
         }
 
@@ -201,25 +201,32 @@ class BuilderMixin(_ModelAdmin):
                 actor=request.user, agent=usable, input=text, conversation=conversation
             )
         except NoAccess:
-            return _refusal(request, wants_json, 403, NO_GRANT, text, back, conversation)
+            refused = (403, NO_GRANT)
         except RunError as exc:
             status = next((code for kind, code in _STATUS if isinstance(exc, kind)), 403)
-            return _refusal(request, wants_json, status, str(exc), text, back, conversation)
-        url = f"{back}?conversation={run.conversation_id}"
+            refused = (status, str(exc))
+        else:
+            url = f"{back}?conversation={run.conversation_id}"
+            if wants_json:
+                body = {"run": run.pk, "conversation": run.conversation_id, "url": url}
+                return JsonResponse(body, status=201)
+            return HttpResponseRedirect(url)
+        status, detail = refused
         if wants_json:
-            return JsonResponse(
-                {"run": run.pk, "conversation": run.conversation_id, "url": url}, status=201
-            )
-        return HttpResponseRedirect(url)
+            return _refused(status, detail, text)
+        messages.error(request, capfirst(detail))
+        request.session[f"{DRAFT}.{agent.pk}"] = text  # the page puts it back in the box
+        kept = conversation if conversation and conversation.isdigit() else None
+        return HttpResponseRedirect(f"{back}?conversation={kept}" if kept else back)
 
 
-def _checkboxes(form: forms.ModelForm[Agent]) -> forms.ModelForm[Agent]:
-    """The tools and knowledge bases as plain checkboxes, each the page lays out with its
-    facts: without the admin's add-another links (the change page has them)."""
-    for name in ("tools", "knowledge_bases"):
-        widget = form.fields[name].widget if name in form.fields else None
-        if isinstance(widget, RelatedFieldWidgetWrapper):
-            form.fields[name].widget = widget.widget
+def _plain(form: forms.ModelForm[Agent]) -> forms.ModelForm[Agent]:
+    """The fields' own widgets, without the admin's add, change and delete links around the
+    related ones (the page links to the route itself; the change page has the rest): the tools
+    and knowledge bases as checkboxes, each laid out with its facts, the route as a select."""
+    for field in form.fields.values():
+        if isinstance(field.widget, RelatedFieldWidgetWrapper):
+            field.widget = field.widget.widget
     return form
 
 
@@ -258,20 +265,3 @@ def _refused(status: int, detail: str, text: str) -> JsonResponse:
     """The chat's kind of refusal for live.js: a problem document with the text to put back."""
     body = {"type": "about:blank", "status": status, "detail": detail, "text": text}
     return JsonResponse(body, status=status, content_type="application/problem+json")
-
-
-def _refusal(
-    request: HttpRequest,
-    wants_json: bool,
-    status: int,
-    detail: str,
-    text: str,
-    back: str,
-    conversation: str | None,
-) -> HttpResponse:
-    if wants_json:
-        return _refused(status, detail, text)
-    messages.error(request, capfirst(detail))
-    request.session[DRAFT] = text
-    kept = conversation if conversation and conversation.isdigit() else None
-    return HttpResponseRedirect(f"{back}?conversation={kept}" if kept else back)

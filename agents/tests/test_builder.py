@@ -85,7 +85,10 @@ def test_the_builder_refuses_whoever_may_not_change_the_agent(client, agent):
     edited = client.post(builder(agent), edit(agent, system_prompt="Obey me."))
     sent = send(client, agent, "Hello")
 
+    missing = client.get(reverse("admin:agents_agent_builder", args=[agent.pk + 1000]))
+
     assert (page.status_code, edited.status_code, sent.status_code) == (403, 403, 403)
+    assert (missing.status_code, missing["Location"]) == (302, "/admin/")  # as the change page
     assert sent.json()["text"] == "Hello"
     assert Agent.objects.get(pk=agent.pk).system_prompt == OLD_PROMPT
     assert not AdminLog.objects.exists()
@@ -122,6 +125,8 @@ def test_the_builder_shows_the_prompt_route_tools_knowledge_and_thresholds(
     assert base.yours
     assert 'id="id_confidence_threshold"' in page
     assert 'value="0.80"' in page
+    route_page = reverse("admin:agents_modelroute_change", args=[agent.route_id])
+    assert f'<a href="{route_page}">Change the route {agent.route.name}' in page
     assert 'id="composer"' in page
     assert 'id="history"' in page
     assert "Ask Help desk something to test it." in page
@@ -239,3 +244,12 @@ def test_a_refused_message_comes_back_with_its_text(client, people, agent):
     # Someone else's conversation is never shown in the builder either.
     page = client.get(f"{builder(agent)}?conversation={elsewhere.pk}").content.decode()
     assert "data-conversation" not in page
+    too_long = "x" * 20_001
+    plain = client.post(
+        reverse("admin:agents_agent_builder_send", args=[agent.pk]),
+        {"text": too_long},
+        follow=True,
+    )
+    assert plain.redirect_chain == [(builder(agent), 302)]
+    assert "The message is longer than 20000 characters" in plain.content.decode()
+    assert f"{too_long}</textarea>" in plain.content.decode()  # nothing typed is lost
