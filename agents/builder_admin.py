@@ -35,7 +35,7 @@ from django.utils.text import capfirst
 from django.views.decorators.http import require_POST
 
 from agents.models import Agent, Conversation, Run
-from agents.selectors import access_conversation, conversations_of, run_views, runs_with_steps
+from agents.selectors import access_conversation, run_views, runs_with_steps
 from agents.services import ConversationNotFound, InputRefused, RateLimited, RunError
 from agents.submit import MAX_INPUT, run_submit
 from governance.access import NoAccess, access_agent, may, restrict
@@ -146,7 +146,9 @@ class BuilderMixin(_ModelAdmin):
         runs: list[Run] = []
         if conversation is not None:
             runs = list(runs_with_steps(conversation.runs.order_by("created_at")))
-        earlier = conversations_of(user).filter(agent=agent)[:TESTS_SHOWN]
+        earlier = Conversation.objects.filter(
+            owner_id=user.pk, agent=agent, builder_test=True
+        ).order_by("-updated_at")[:TESTS_SHOWN]
         builder_url = reverse("admin:agents_agent_builder", args=[agent.pk])
         return {
             **self.admin_site.each_context(request),
@@ -181,7 +183,11 @@ class BuilderMixin(_ModelAdmin):
             conversation = access_conversation(request.user, wanted)
         except NoAccess:
             return None
-        return conversation if conversation.agent_id == agent.pk else None
+        return (
+            conversation
+            if conversation.agent_id == agent.pk and conversation.builder_test
+            else None
+        )
 
     def builder_send(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """Start a test run on the posted message, as the chat's send does: JSON for live.js,
@@ -198,7 +204,11 @@ class BuilderMixin(_ModelAdmin):
         try:
             usable = access_agent(request.user, agent.pk)
             run = run_submit(
-                actor=request.user, agent=usable, input=text, conversation=conversation
+                actor=request.user,
+                agent=usable,
+                input=text,
+                conversation=conversation,
+                builder_test=True,
             )
         except NoAccess:
             refused = (403, NO_GRANT)

@@ -182,6 +182,10 @@ def test_an_edit_is_saved_audited_and_the_next_test_message_uses_it(client, peop
     assert f'data-conversation="{conversation}"' in page
     assert f'id="run-{run.pk}"' in page
     assert "Before." in page
+    # The test is the builder's: listed there, not in the admin's chat.
+    assert Conversation.objects.get(pk=conversation).builder_test
+    assert f'?conversation={conversation}" aria-current="page">Is the VPN down?</a>' in page
+    assert "Is the VPN down?" not in client.get("/chat/").content.decode()
 
     second = send(client, agent, "And now?", conversation=conversation)
 
