@@ -2,6 +2,7 @@ from typing import ClassVar
 
 from django.contrib import admin, messages
 
+from agents.builder_admin import BuilderMixin
 from agents.knowledge import admin as knowledge_admin  # noqa: F401 - registers its models
 from agents.models import Agent, Deployment, ModelRoute, Run, RunStep
 from agents.selectors import HIDDEN, UNREAD_RELEASE, unreadable_sources
@@ -39,7 +40,9 @@ class ModelRouteAdmin(GovernedAdminMixin, admin.ModelAdmin):
 
 
 @admin.register(Agent)
-class AgentAdmin(GovernedAdminMixin, admin.ModelAdmin):
+class AgentAdmin(BuilderMixin, GovernedAdminMixin, admin.ModelAdmin):
+    """Agents; each has a builder page (agents.builder_admin) beside its change page."""
+
     list_display = (
         *("name", "slug", "route", "enabled", "mcp_exposed", "max_steps"),
         "confidence_threshold",

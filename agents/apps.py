@@ -26,8 +26,11 @@ class AgentsConfig(AppConfig):
             run_escalation_decided, sender=Escalation, dispatch_uid="agents.escalation_decided"
         )
 
-        # Field-level history of the configuration (the key is a reference, never a secret).
-        auditlog.register(Agent)
+        # Field-level history of the configuration (the key is a reference, never a secret);
+        # which tools and knowledge bases an agent has, and whom it asks, are configuration too.
+        auditlog.register(
+            Agent, m2m_fields={"tools", "knowledge_bases", "delegates", "approver_groups"}
+        )
         auditlog.register(ModelRoute)
         auditlog.register(Deployment)
         auditlog.register(KnowledgeBase, exclude_fields=["embedded_with"])

@@ -194,6 +194,11 @@ class Conversation(models.Model):
     )
     agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="conversations")
     title = models.CharField(max_length=200, blank=True)
+    builder_test = models.BooleanField(
+        default=False,
+        help_text="Started in the agent builder to test the agent: listed there, not in the "
+        "owner's chat (a real conversation all the same, governed and audited as any).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -179,8 +179,9 @@ def agents_usable_by(user) -> QuerySet[Agent]:
 
 
 def conversations_of(user) -> QuerySet[Conversation]:
+    """The user's conversations, the agent builder's tests aside (the builder lists those)."""
     return (
-        Conversation.objects.filter(owner_id=user.pk)
+        Conversation.objects.filter(owner_id=user.pk, builder_test=False)
         .select_related("agent")
         .order_by("-updated_at")
     )

@@ -53,6 +53,7 @@ def run_submit(
     here: bool = False,
     kind: str = RunKind.AGENT,
     client: str = "",
+    builder_test: bool = False,
 ) -> Run:
     """Start a run of `agent` (which the caller found through an access check) on the actor's
     message, in their conversation `conversation` (an id; as a form sent it, text is parsed,
@@ -61,11 +62,13 @@ def run_submit(
     user) on one `surface`, so one client's retry never meets another's run. The run's
     `replayed` is set when the key answered an earlier run. `here`: the caller waits for the
     answer in this process (agents.services.run_start says what follows); `kind` and `client`
-    say who asked (an MCP client, by name). Raises RunError's
-    kinds."""
+    say who asked (an MCP client, by name); `builder_test`: a new conversation is the agent
+    builder's test (kept out of the chat list). Raises RunError's kinds."""
     key = scoped_key(idempotency_key, surface, client_application_id)
     if conversation is None:  # saved with its run: a refusal leaves no empty conversation
-        found = Conversation(owner=actor, agent=agent, title=conversation_title(input))
+        found = Conversation(
+            owner=actor, agent=agent, title=conversation_title(input), builder_test=builder_test
+        )
     else:
         try:
             found = access_conversation(actor, conversation)
