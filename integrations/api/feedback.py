@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions, generics, serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -80,16 +80,11 @@ class RunFeedback(APIView):
         summary="Rate the answer of one of your runs (scope agents:run)",
         description="Up or down, with an optional comment; one per person per run: a second "
         "call changes it (201 when made, 200 when changed). Only a run that answered "
-        "(`succeeded`) can be rated: any other is a 409 problem; a run that is not yours is a "
-        "404. Audited as `run.feedback`.",
+        "(`succeeded`) can be rated: any other is a 409 problem (`conflict`); a run that is not "
+        "yours is a 404 (`not-found`), a bad rating or comment a 400 (`invalid`). Audited as "
+        "`run.feedback`.",
         request=FeedbackRequest,
-        responses={
-            200: FeedbackSerializer,
-            201: FeedbackSerializer,
-            400: OpenApiResponse(description="A bad rating or comment (problem `invalid`)."),
-            404: OpenApiResponse(description="No such run, or not yours (problem `not-found`)."),
-            409: OpenApiResponse(description="The run has no answer (problem `conflict`)."),
-        },
+        responses={200: FeedbackSerializer, 201: FeedbackSerializer},
     )
     def post(self, request, pk: int):
         access_run(request.user, pk)  # not yours: 404, whatever the body says
