@@ -16,9 +16,16 @@
     else if (form.classList.contains("regenerate")) regenerate(event, form);
   });
 
-  function post(form, submitter) {
-    const body = new FormData(form, submitter || undefined);
+  function post(form, body) {
     return fetch(form.action, { method: "POST", body, headers: { Accept: "application/json" } });
+  }
+
+  // The form's fields with the button that sent it, read before any button is disabled (a
+  // disabled button sends nothing).
+  function fieldsOf(form, submitter) {
+    const body = new FormData(form);
+    if (submitter && submitter.name) body.set(submitter.name, submitter.value);
+    return body;
   }
 
   async function problemOf(response) {
@@ -43,10 +50,11 @@
     const article = form.closest("article.run");
     const error = form.querySelector("[data-feedback-error]");
     const rating = event.submitter ? event.submitter.value : "";
+    const body = fieldsOf(form, event.submitter);
     const buttons = [...form.querySelectorAll("button")];
     buttons.forEach((button) => (button.disabled = true));
     try {
-      const response = await post(form, event.submitter);
+      const response = await post(form, body);
       if (!response.ok) {
         error.textContent = (await problemOf(response)) || "The feedback could not be saved.";
         error.hidden = false;
@@ -69,21 +77,23 @@
 
   async function regenerate(event, form) {
     event.preventDefault();
+    const body = fieldsOf(form, null);
     const button = form.querySelector("button");
     button.disabled = true;
     button.textContent = "Regenerating…";
     try {
-      const response = await post(form, null);
+      const response = await post(form, body);
       if (!response.ok) {
         showStatus((await problemOf(response)) || "The answer could not be asked again.");
         button.disabled = false;
         button.textContent = "Regenerate";
         return;
       }
-      const body = await response.json();
-      if (document.getElementById(`run-${body.run}`)) return; // live.js placed it already
-      const fresh = await part(`/chat/runs/${body.run}/`);
-      if (fresh && !document.getElementById(`run-${body.run}`)) history.appendChild(fresh);
+      const started = await response.json();
+      const id = `run-${started.run}`;
+      if (document.getElementById(id)) return; // live.js placed it already
+      const fresh = await part(`/chat/runs/${started.run}/`);
+      if (fresh && !document.getElementById(id)) history.appendChild(fresh);
     } catch (failure) {
       showStatus("Warden could not be reached; the answer was not asked again.");
       button.disabled = false;
