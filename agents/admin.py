@@ -189,7 +189,7 @@ class FeedbackAdmin(ReadOnlyAdmin):
     a comment, personal data in it as the audit trail keeps it."""
 
     list_display = ("id", "rating", "agent", "run_link", "author", "comment_preview", "updated_at")
-    list_filter = ("rating", "run__agent")
+    list_filter = ("rating", ("run__agent", admin.RelatedOnlyFieldListFilter))
     list_select_related = ("run__agent", "author")
     date_hierarchy = "updated_at"
     ordering = ("-updated_at",)
