@@ -17,6 +17,7 @@ from agents.feedback import feedback_agents, feedback_record, feedback_visible_t
 from agents.models import FEEDBACK_COMMENT_LENGTH, Feedback, Rating
 from agents.selectors import access_run
 from audit.pii import as_seen_by
+from governance.access import NoAccess
 from integrations.api.auth import HasScope
 
 
@@ -55,6 +56,7 @@ class FeedbackSerializer(serializers.ModelSerializer):
         return as_seen_by(feedback.comment, viewer_id=viewer, owner_id=feedback.author_id)
 
 
+NOT_RATED = "no feedback of yours on this run"
 # Rating is acting on a run (as starting one is); reading it is reading runs.
 SCOPES = {"POST": ["agents:run"], "PUT": ["agents:run"], "*": ["runs:read"]}
 
@@ -70,10 +72,14 @@ class RunFeedback(APIView):
         responses={200: FeedbackSerializer},
     )
     def get(self, request, pk: int):
-        run = access_run(request.user, pk)
+        # One answer for a run that is not yours, a missing one, and one you have not rated.
+        try:
+            run = access_run(request.user, pk)
+        except NoAccess:
+            raise exceptions.NotFound(NOT_RATED) from None
         found = feedback_visible_to(request.user).filter(run=run, author=request.user).first()
         if found is None:
-            raise exceptions.NotFound("you have not rated this run")
+            raise exceptions.NotFound(NOT_RATED)
         return Response(FeedbackSerializer(found, context={"request": request}).data)
 
     @extend_schema(
