@@ -180,3 +180,63 @@ class EscalationAdmin(governance_admin.EscalationAdmin):
         for item in pending.filter(run_id__in=hidden):
             self.message_user(request, f"{item}: {UNREAD_RELEASE}", messages.ERROR)
         governance_admin.EscalationAdmin.release(self, request, pending.exclude(run_id__in=hidden))
+
+
+# Feedback on answers (agents.feedback): read here by the agents' owners, written by its service.
+from agents.models import Feedback  # noqa: E402 - beside its admin
+
+
+@admin.register(Feedback)
+class FeedbackAdmin(ReadOnlyAdmin):
+    """What people said of the answers of the agents the viewer owns (may change): a rating and
+    a comment, personal data in it as the audit trail keeps it."""
+
+    list_display = ("id", "rating", "agent", "run_link", "author", "comment_preview", "updated_at")
+    list_filter = ("rating", ("run__agent", admin.RelatedOnlyFieldListFilter))
+    list_select_related = ("run__agent", "author")
+    date_hierarchy = "updated_at"
+    ordering = ("-updated_at",)
+    fields = readonly_fields = (
+        "run_link",
+        "agent",
+        "author",
+        "rating",
+        "comment_masked",
+        "created_at",
+        "updated_at",
+    )
+    comment_masked = _masked("comment")
+
+    def get_queryset(self, request):
+        from agents.feedback import feedback_agents
+
+        owned = feedback_agents(request.user)
+        return super().get_queryset(request).filter(run__agent__in=owned)
+
+    def has_view_permission(self, request, obj=None) -> bool:
+        from agents.feedback import feedback_agents, may_read_feedback
+
+        if obj is not None:
+            return may_read_feedback(request.user, obj.run.agent_id)
+        return request.user.is_staff and feedback_agents(request.user).exists()
+
+    def has_module_permission(self, request) -> bool:
+        return self.has_view_permission(request)
+
+    @admin.display(description="agent", ordering="run__agent__name")
+    def agent(self, obj) -> str:
+        return obj.run.subject
+
+    @admin.display(description="run", ordering="run_id")
+    def run_link(self, obj):
+        from django.urls import reverse
+        from django.utils.html import format_html
+
+        return format_html(
+            '<a href="{}">run {}</a>', reverse("run-trace", args=[obj.run_id]), obj.run_id
+        )
+
+    @admin.display(description="comment")
+    def comment_preview(self, obj) -> str:
+        shown = _masked("comment")(self, obj)
+        return shown if len(shown) <= 80 else shown[:79] + "…"

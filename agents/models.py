@@ -447,6 +447,43 @@ class RunStep(models.Model):
         return f"run {self.run_id} step {self.index} {self.kind}"
 
 
+class Rating(models.TextChoices):
+    UP = "up", "Helpful"
+    DOWN = "down", "Not helpful"
+
+
+FEEDBACK_COMMENT_LENGTH = 2000
+
+
+class Feedback(models.Model):
+    """A person's verdict on a run's answer: up or down, with an optional comment. One per
+    person per run, changed in place (agents.feedback.feedback_record, audited); the agent's
+    owners read it (agents.feedback.feedback_visible_to) on the run's trace, in the admin and
+    through the API."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="feedback")
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="feedback"
+    )
+    rating = models.CharField(max_length=4, choices=Rating.choices)
+    comment = models.TextField(blank=True, max_length=FEEDBACK_COMMENT_LENGTH)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "feedback"
+        constraints = [
+            models.UniqueConstraint(fields=["run", "author"], name="feedback_one_per_person"),
+            models.CheckConstraint(
+                condition=models.Q(rating__in=["up", "down"]), name="feedback_rating_known"
+            ),
+        ]
+        indexes = [models.Index(fields=["-updated_at"], name="feedback_latest")]
+
+    def __str__(self) -> str:
+        return f"{self.get_rating_display()} on run {self.run_id}"
+
+
 # The knowledge models belong to this app (DESIGN.md §2); they live in agents/knowledge/.
 from agents.knowledge.models import (  # noqa: E402, F401
     Chunk,

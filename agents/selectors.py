@@ -189,7 +189,8 @@ def conversations_of(user) -> QuerySet[Conversation]:
 
 def runs_with_steps(queryset: QuerySet[Run]) -> QuerySet[Run]:
     return queryset.select_related("agent").prefetch_related(
-        Prefetch("steps", queryset=RunStep.objects.order_by("index"))
+        Prefetch("steps", queryset=RunStep.objects.order_by("index")),
+        "feedback",  # the asker's rating, in the run's footer (agents.feedback)
     )
 
 

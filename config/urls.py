@@ -5,7 +5,7 @@ from oauth2_provider.views import OAuthServerMetadataView
 from integrations.api import openai
 from integrations.mcp import views as mcp
 from integrations.mcp.views import MCPResourceMetadata
-from portal import account, chat, inbox, trace, views
+from portal import account, chat, feedback, inbox, trace, views
 
 # /healthz and /readyz are answered by ops.health.ProbeMiddleware.
 urlpatterns = [
@@ -26,6 +26,8 @@ urlpatterns = [
     path("chat/send/", chat.chat_send, name="chat-send"),
     path("chat/runs/<int:pk>/", chat.run_part, name="run-part"),
     path("chat/runs/<int:pk>/stop/", chat.run_stop, name="run-stop"),
+    path("chat/runs/<int:pk>/feedback/", feedback.feedback_send, name="run-feedback"),
+    path("chat/runs/<int:pk>/regenerate/", feedback.regenerate, name="run-regenerate"),
     path("runs/<int:pk>/", trace.run_trace, name="run-trace"),
     path("inbox/", inbox.inbox, name="inbox"),
     path("inbox/bulk/", inbox.inbox_bulk, name="inbox-bulk"),

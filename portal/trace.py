@@ -11,6 +11,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
+from agents.feedback import feedback_of
 from agents.models import KnowledgeBase, StepKind
 from agents.selectors import access_run
 from audit.models import AuditEvent
@@ -48,6 +49,15 @@ def run_trace(request: HttpRequest, pk: int) -> HttpResponse:
         if event.action == "policy.decided":
             data = json.loads(event.data)
             decisions.append({"event": event, "data": data})
+    # What people said of the answer: the agent's owners read all of it, the asker their own;
+    # personal data in another's comment as the audit trail keeps it.
+    feedback = [
+        {
+            "item": item,
+            "comment": as_seen_by(item.comment, viewer_id=request.user.pk, owner_id=item.author_id),
+        }
+        for item in feedback_of(request.user, run)
+    ]
     return render(
         request,
         "portal/trace.html",
@@ -67,6 +77,7 @@ def run_trace(request: HttpRequest, pk: int) -> HttpResponse:
                 run_id__in=[run.pk, *(c.pk for c in children)]
             ).select_related("decided_by"),
             "events": events,
+            "feedback": feedback,
             "audit_links": request.user.has_perm("audit.view_auditevent"),
         },
     )

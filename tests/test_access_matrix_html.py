@@ -38,6 +38,7 @@ from agents.models import (
     Conversation,
     Deployment,
     Document,
+    Feedback,
     KnowledgeBase,
     Message,
     ModelRoute,
@@ -326,6 +327,8 @@ ROUTES: dict[str, Route] = {
     "chat/send/": Route(everyone(405)),  # POST: test_writes_to_others_objects
     "chat/runs/<int:pk>/": Route(owner_only(), {"pk": pk("private_run")}),
     "chat/runs/<int:pk>/stop/": Route(everyone(405), {"pk": pk("private_run")}),
+    "chat/runs/<int:pk>/feedback/": Route(everyone(405), {"pk": pk("private_run")}),
+    "chat/runs/<int:pk>/regenerate/": Route(everyone(405), {"pk": pk("private_run")}),
     "runs/<int:pk>/": Route(owner_only(admin=200), {"pk": pk("private_run")}),
     "inbox/": Route(everyone(200)),
     "inbox/bulk/": Route(everyone(405)),  # POST: portal/tests/test_inbox_review.py
@@ -339,6 +342,9 @@ ROUTES: dict[str, Route] = {
     # a finished run's: its stream ends
     "api/v1/runs/<int:pk>/events": Route(api(owner_only()), {"pk": pk("drawn_run")}),
     "api/v1/runs/<int:pk>/cancel": Route(api(everyone(405)), {"pk": pk("private_run")}),
+    # nobody rated it (A's own rating: integrations/tests/test_feedback_api.py)
+    "api/v1/runs/<int:pk>/feedback": Route(api(everyone(404)), {"pk": pk("private_run")}),
+    "api/v1/feedback": Route(api(everyone(200))),
     "api/v1/conversations": Route(api(everyone(200))),
     "api/v1/conversations/<int:pk>": Route(api(owner_only()), {"pk": pk("private")}),
     "api/v1/approvals": Route(api(everyone(200))),
@@ -695,11 +701,14 @@ def _state(world) -> tuple:
         world.approval.status,
         world.held.status,
         Run.objects.count(),
+        Feedback.objects.count(),
     )
 
 
 WRITES = {
     "stop a run": ("/chat/runs/{}/stop/", "private_run", {}),
+    "rate a run": ("/chat/runs/{}/feedback/", "private_run", {"rating": "down"}),
+    "regenerate a run": ("/chat/runs/{}/regenerate/", "private_run", {}),
     "revoke a token": ("/account/tokens/{}/revoke/", "token", {}),
     "decide an approval": (
         "/inbox/approvals/{}/",

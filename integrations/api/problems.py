@@ -179,6 +179,11 @@ ANSWERS: dict[str, Answer] = {
     # An MCP client's tool call whose arguments do not fit the tool (agents.calls; the MCP
     # server answers it as a failed call, the MCP way, but it is a refusal like the others).
     "arguments_invalid": Answer(400, "invalid", ("invalid_request_error", "invalid"), "arguments"),
+    # Feedback on an answer (agents.feedback) and asking again (agents.regenerate).
+    "run_unanswered": Answer(409, "conflict", ("invalid_request_error", "conflict")),
+    "rating_invalid": Answer(400, "invalid", ("invalid_request_error", "invalid"), "rating"),
+    "comment_invalid": Answer(400, "invalid", ("invalid_request_error", "invalid"), "comment"),
+    "run_not_regenerable": Answer(409, "conflict", ("invalid_request_error", "conflict")),
 }
 
 

@@ -1,7 +1,16 @@
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
-from integrations.api import approvals, audit, conversations, knowledge, runs, tools, views
+from integrations.api import (
+    approvals,
+    audit,
+    conversations,
+    feedback,
+    knowledge,
+    runs,
+    tools,
+    views,
+)
 
 urlpatterns = [
     path("v1/agents", views.AgentList.as_view(), name="api-agents"),
@@ -9,6 +18,8 @@ urlpatterns = [
     path("v1/runs/<int:pk>", views.RunDetail.as_view(), name="api-run"),
     path("v1/runs/<int:pk>/events", runs.RunEvents.as_view(), name="api-run-events"),
     path("v1/runs/<int:pk>/cancel", runs.RunCancel.as_view(), name="api-run-cancel"),
+    path("v1/runs/<int:pk>/feedback", feedback.RunFeedback.as_view(), name="api-run-feedback"),
+    path("v1/feedback", feedback.FeedbackList.as_view(), name="api-feedback"),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"),
     path("problems/<slug:slug>", views.problem_type, name="api-problem"),
