@@ -7,7 +7,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("agents", "0014_delegation"),
+        ("agents", "0015_i24_builder_conversation_test"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
