@@ -26,6 +26,7 @@ urlpatterns = [
     path("chat/send/", chat.chat_send, name="chat-send"),
     path("chat/runs/<int:pk>/", chat.run_part, name="run-part"),
     path("chat/runs/<int:pk>/stop/", chat.run_stop, name="run-stop"),
+    path("chat/workers/", chat.workers_status, name="chat-workers"),
     path("runs/<int:pk>/", trace.run_trace, name="run-trace"),
     path("inbox/", inbox.inbox, name="inbox"),
     path("inbox/approvals/<int:pk>/", inbox.approval_page, name="inbox-approval"),
