@@ -131,6 +131,20 @@ def test_the_chat_knows_when_no_worker_is_ready_and_when_one_is(
     assert client.get("/chat/workers/").json() == {"ready": True}
 
 
+def test_a_worker_busy_with_a_run_is_ready_though_it_cannot_answer_a_ping(
+    client, people, help_desk, fresh_ping
+):
+    """A solo pool answers no ping while it works; its live lease on the run says it is there."""
+    client.force_login(people.member)
+    run = _run(people, help_desk, state="running", started_at=timezone.now())
+    Run.objects.filter(pk=run.pk).update(lease_expires_at=timezone.now() + timedelta(seconds=30))
+
+    assert client.get("/chat/workers/").json() == {"ready": True}
+
+    Run.objects.filter(pk=run.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    assert client.get("/chat/workers/").json() == {"ready": False}  # its worker is gone
+
+
 def test_the_workers_answer_is_for_signed_in_people_only(client, fresh_ping):
     response = client.get("/chat/workers/")
 
