@@ -326,6 +326,7 @@ ROUTES: dict[str, Route] = {
     "chat/send/": Route(everyone(405)),  # POST: test_writes_to_others_objects
     "chat/runs/<int:pk>/": Route(owner_only(), {"pk": pk("private_run")}),
     "chat/runs/<int:pk>/stop/": Route(everyone(405), {"pk": pk("private_run")}),
+    "chat/workers/": Route(everyone(200)),  # whether a worker is ready: nobody's data
     "runs/<int:pk>/": Route(owner_only(admin=200), {"pk": pk("private_run")}),
     "inbox/": Route(everyone(200)),
     "inbox/approvals/<int:pk>/": Route(everyone(404) | REVIEWERS, {"pk": pk("approval")}),
