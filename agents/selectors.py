@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from django.db.models import Func, IntegerField, Prefetch, QuerySet, Sum
 from django.db.models.fields.json import KeyTransform
+from django.utils import timezone
 from django.utils.safestring import SafeString
 
 from agents.models import FINAL_STATES, Agent, Conversation, Run, RunState, RunStep, StepKind
@@ -229,6 +230,21 @@ class RunView:
     steps: int = 0
     answering: bool = False  # the last step is the answer, not yet released by the run
     review: str = ""  # what the reviewer of a held answer said to the requester
+    activity: str = ""  # while it is queued or running: what it is doing now
+
+    @property
+    def working(self) -> bool:
+        return self.run.state in (RunState.QUEUED, RunState.RUNNING)
+
+    @property
+    def elapsed(self) -> int:
+        """Seconds since it started (since it was asked, while queued)."""
+        since = self.run.started_at or self.run.created_at
+        return max(0, int((timezone.now() - since).total_seconds())) if since else 0
+
+    @property
+    def elapsed_text(self) -> str:
+        return duration_text(self.elapsed)
 
     @property
     def final(self) -> bool:
@@ -313,6 +329,7 @@ def run_view(
         and last.kind == StepKind.MODEL
         and not last.output.get("tool_calls")
     )
+    view.activity = _activity(run, steps, cards)
     if answer_review is not None:
         status, comment = answer_review
         view.review = _review_note(_ANSWER_REVIEW.get(status, ""), comment)
@@ -322,6 +339,46 @@ def run_view(
             Citation(cited["n"], cited["title"], cited["position"] + 1, passage.get("text", ""))
         )
     return view
+
+
+def duration_text(seconds: int) -> str:
+    """ "12 s", "3 min 05 s", "1 h 02 min" (static/portal/progress.js writes the same)."""
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def _activity(run: Run, steps: list[RunStep], cards: dict[str, Card]) -> str:
+    """What a queued or running run is doing now, from its last committed step: "Step 3:
+    running create_ticket". '' once it is neither."""
+    if run.state == RunState.QUEUED:
+        return "Queued: waiting for a worker to start it"
+    if run.state != RunState.RUNNING:
+        return ""
+    last = steps[-1] if steps else None
+    doing = "starting"
+    if last is None:
+        doing = "starting: reading the question"
+    elif last.kind == StepKind.RETRIEVAL:
+        doing = "asking the model, with the passages found"
+    elif last.kind == StepKind.MODEL and last.output.get("tool_calls"):
+        names = [c.get("name", "") for c in last.output["tool_calls"] if isinstance(c, dict)]
+        doing = f"running {', '.join(n for n in names if n) or 'a tool'}"
+    elif last.kind == StepKind.MODEL:
+        doing = "checking the answer"
+    elif last.kind in (StepKind.TOOL, StepKind.DELEGATION):
+        doing = "asking the model, with the result"
+    elif last.kind == StepKind.APPROVAL:
+        call = last.input.get("call") if isinstance(last.input, dict) else None
+        card = cards.get(str(call.get("id"))) if isinstance(call, dict) else None
+        doing = f"running {card.name}" if card is not None else "running the approved call"
+    elif last.kind == StepKind.GUARDRAIL:
+        doing = "asking the model"
+    elif last.kind == StepKind.ANSWER:
+        doing = "finishing"
+    return f"Step {len(steps) + 1}: {doing}"
 
 
 _APPROVAL_CARD = {

@@ -28,6 +28,7 @@ urlpatterns = [
     path("chat/runs/<int:pk>/stop/", chat.run_stop, name="run-stop"),
     path("chat/runs/<int:pk>/feedback/", feedback.feedback_send, name="run-feedback"),
     path("chat/runs/<int:pk>/regenerate/", feedback.regenerate, name="run-regenerate"),
+    path("chat/workers/", chat.workers_status, name="chat-workers"),
     path("runs/<int:pk>/", trace.run_trace, name="run-trace"),
     path("inbox/", inbox.inbox, name="inbox"),
     path("inbox/bulk/", inbox.inbox_bulk, name="inbox-bulk"),

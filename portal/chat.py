@@ -28,6 +28,7 @@ from agents.selectors import (
 )
 from agents.services import RunError, run_cancel
 from agents.submit import MAX_INPUT, run_submit
+from agents.workers import workers_ready
 from governance.access import NoAccess, access_agent
 from governance.budgets import usage_for
 from integrations.api.problems import problem_response, refusal
@@ -144,3 +145,13 @@ def run_stop(request: HttpRequest, pk: int) -> HttpResponse:
     if run.conversation_id is None:  # an MCP client's call: its trace is its page
         return redirect("run-trace", run.pk)
     return redirect("conversation", run.conversation_id)
+
+
+@login_required
+@require_GET
+def workers_status(request: HttpRequest) -> HttpResponse:
+    """Whether a worker is ready (agents.workers): the chat page says it is warming up until
+    one is, asking here every few seconds."""
+    response = JsonResponse({"ready": workers_ready()})
+    response["Cache-Control"] = "no-store"
+    return response

@@ -329,6 +329,7 @@ ROUTES: dict[str, Route] = {
     "chat/runs/<int:pk>/stop/": Route(everyone(405), {"pk": pk("private_run")}),
     "chat/runs/<int:pk>/feedback/": Route(everyone(405), {"pk": pk("private_run")}),
     "chat/runs/<int:pk>/regenerate/": Route(everyone(405), {"pk": pk("private_run")}),
+    "chat/workers/": Route(everyone(200)),  # whether a worker is ready: nobody's data
     "runs/<int:pk>/": Route(owner_only(admin=200), {"pk": pk("private_run")}),
     "inbox/": Route(everyone(200)),
     "inbox/bulk/": Route(everyone(405)),  # POST: portal/tests/test_inbox_review.py

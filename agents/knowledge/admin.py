@@ -6,8 +6,8 @@ from __future__ import annotations
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db import transaction
 from django.db.models import Count, Q
+from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -15,10 +15,12 @@ from django.urls import path, reverse
 from agents.knowledge.embedders import EmbeddingError, RouteEmbedder
 from agents.knowledge.extract import too_big
 from agents.knowledge.models import Document, DocumentStatus, KnowledgeBase
+from agents.knowledge.selectors import knowledge_base_progress
 from agents.knowledge.services import (
     document_add,
     document_add_url,
     document_reingest,
+    knowledge_base_reembed_queue,
     max_bytes,
 )
 from governance.access import restrict
@@ -50,20 +52,6 @@ class KnowledgeBaseForm(forms.ModelForm):
             except EmbeddingError as exc:
                 raise forms.ValidationError(str(exc)) from None
         return route
-
-
-class DocumentInline(admin.TabularInline):
-    model = Document
-    extra = 0
-    fields = ("title", "source", "status", "error", "chunk_count", "token_count", "ingested_at")
-    readonly_fields = fields
-    show_change_link = True
-
-    def get_queryset(self, request):
-        return super().get_queryset(request).defer("content")  # up to the size limit each
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False  # through "Add documents", which reads them in the background
 
 
 class MultipleFileInput(forms.ClearableFileInput):
@@ -116,7 +104,6 @@ class KnowledgeBaseAdmin(GovernedAdminMixin, admin.ModelAdmin):
     search_fields = ("name", "slug")
     prepopulated_fields = {"slug": ("name",)}
     readonly_fields = ("embedded_with",)
-    inlines = [DocumentInline]
 
     def get_queryset(self, request):
         counts = {
@@ -147,15 +134,37 @@ class KnowledgeBaseAdmin(GovernedAdminMixin, admin.ModelAdmin):
                 self.admin_site.admin_view(self.add_documents),
                 name="agents_knowledgebase_add_documents",
             ),
+            path(
+                "<int:pk>/progress/",
+                self.admin_site.admin_view(self.progress),
+                name="agents_knowledgebase_progress",
+            ),
             *super().get_urls(),
         ]
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        # Its documents with their status and errors, and the progress of their reading
+        # (agents/knowledge/selectors.py), which the page follows from `progress` below.
+        base = self.get_object(request, object_id)
+        if base is not None:
+            extra_context = {**(extra_context or {}), "progress": knowledge_base_progress(base)}
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def progress(self, request, pk: int):
+        """The documents' progress as JSON, which the knowledge base's page asks for every few
+        seconds while documents are read or embedded again (static/portal/progress.js)."""
+        base = get_object_or_404(self.get_queryset(request), pk=pk)
+        if not self.has_view_permission(request, base):
+            raise PermissionDenied
+        body = knowledge_base_progress(base).as_dict(
+            document_url=lambda document: reverse("admin:agents_document_change", args=[document])
+        )
+        return JsonResponse(body)  # admin_view: never cached
 
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)
         if change and "embedding_route" in form.changed_data:
-            from agents.tasks import knowledge_reembed_task
-
-            transaction.on_commit(lambda: knowledge_reembed_task.delay(obj.pk))
+            knowledge_base_reembed_queue(knowledge_base=obj)
             messages.info(request, "The documents are being embedded again in the background.")
 
     def add_documents(self, request, pk: int):

@@ -62,6 +62,10 @@ class KnowledgeBase(models.Model):
         "reports): a passage that looks like a prompt injection is let through, recorded as a "
         "security document, unless it scores far above the detector's threshold.",
     )
+    # While its documents are embedded again with a new model: how many, how many are done
+    # (both 0 otherwise). The page's progress; retrieval does not read them.
+    reembed_total = models.PositiveIntegerField(default=0, editable=False)
+    reembed_done = models.PositiveIntegerField(default=0, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from django.db.models import QuerySet
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from agents.knowledge.models import Document, KnowledgeBase
+from django.db.models import Case, Count, Q, QuerySet, Value, When
+
+from agents.knowledge.models import Document, DocumentStatus, KnowledgeBase
 from governance.access import NoAccess, access_knowledge_base
 from governance.models import Action
 
@@ -49,3 +52,137 @@ def access_document(user, document_id) -> Document:
         )
     except (Document.DoesNotExist, ValueError, TypeError):
         raise NoAccess("no such document") from None
+
+
+# Progress: what the knowledge base's page shows while documents are read or embedded again --
+
+PROGRESS_ROWS = 200  # documents listed; the document list has them all
+_NAMED_FAILURES = 3
+
+
+@dataclass(frozen=True)
+class DocumentRow:
+    pk: int
+    name: str
+    status: str
+    error: str
+    chunks: int
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A knowledge base's documents by status, the failed and unfinished ones first, and how
+    far a re-embedding has gone (0 of 0 when none is under way)."""
+
+    counts: dict[str, int]
+    documents: list[DocumentRow]
+    reembed_done: int
+    reembed_total: int
+
+    @property
+    def total(self) -> int:
+        """Documents that count: a duplicate is another's content, read once."""
+        return sum(n for status, n in self.counts.items() if status != DocumentStatus.DUPLICATE)
+
+    @property
+    def ready(self) -> int:
+        return self.counts[DocumentStatus.READY]
+
+    @property
+    def failed(self) -> int:
+        return self.counts[DocumentStatus.FAILED]
+
+    @property
+    def pending(self) -> int:
+        return self.counts[DocumentStatus.QUEUED] + self.counts[DocumentStatus.PROCESSING]
+
+    @property
+    def working(self) -> bool:
+        return bool(self.pending or self.reembed_total)
+
+    @property
+    def more(self) -> int:
+        return sum(self.counts.values()) - len(self.documents)
+
+    @property
+    def summary(self) -> str:
+        """ "7 of 10 documents ready; 2 being read; 1 failed: scan.pdf." and the re-embedding."""
+        if not self.total:
+            return "No documents yet."
+        parts = [f"{self.ready} of {self.total} document{'s' if self.total != 1 else ''} ready"]
+        if self.pending:
+            parts.append(f"{self.pending} waiting to be read or being read")
+        if self.failed:
+            names = [d.name for d in self.documents if d.status == DocumentStatus.FAILED]
+            shown = ", ".join(names[:_NAMED_FAILURES])
+            rest = self.failed - min(len(names), _NAMED_FAILURES)
+            parts.append(f"{self.failed} failed: {shown}" + (f" and {rest} more" if rest else ""))
+        text = "; ".join(parts) + "."
+        if self.reembed_total:
+            text += (
+                f" Embedding again with the new model: {self.reembed_done} of "
+                f"{self.reembed_total} documents done."
+            )
+        return text
+
+    def as_dict(self, *, document_url: Callable[[int], str]) -> dict:
+        return {
+            "total": self.total,
+            "ready": self.ready,
+            "pending": self.pending,
+            "failed": self.failed,
+            "counts": self.counts,
+            "working": self.working,
+            "summary": self.summary,
+            "reembed": {"done": self.reembed_done, "total": self.reembed_total},
+            "documents": [
+                {
+                    "id": d.pk,
+                    "name": d.name,
+                    "status": d.status,
+                    "error": d.error,
+                    "chunks": d.chunks,
+                    "url": document_url(d.pk),
+                }
+                for d in self.documents
+            ],
+            "more": self.more,
+        }
+
+
+_FIRST = {
+    DocumentStatus.FAILED: 0,
+    DocumentStatus.PROCESSING: 1,
+    DocumentStatus.QUEUED: 2,
+    DocumentStatus.READY: 3,
+    DocumentStatus.DUPLICATE: 4,
+}
+
+
+def knowledge_base_progress(knowledge_base: KnowledgeBase) -> Progress:
+    """Its documents' progress, in two queries (the counts, the rows)."""
+    counted = Document.objects.filter(knowledge_base=knowledge_base).aggregate(
+        **{
+            status: Count("pk", filter=Q(status=status))
+            for status in DocumentStatus.values  # one aggregate per status, in one query
+        }
+    )
+    order = Case(
+        *(When(status=status, then=Value(rank)) for status, rank in _FIRST.items()),
+        default=Value(9),
+    )
+    rows = (
+        Document.objects.filter(knowledge_base=knowledge_base)
+        .order_by(order, "-created_at", "-pk")
+        .values_list("pk", "title", "filename", "url", "status", "error", "chunk_count")
+    )[:PROGRESS_ROWS]
+    documents = [
+        DocumentRow(pk, title or filename or url or f"document {pk}", status, error, chunks)
+        for pk, title, filename, url, status, error, chunks in rows
+    ]
+    return Progress(
+        counts={status: counted[status] for status in DocumentStatus.values},
+        documents=documents,
+        reembed_done=knowledge_base.reembed_done,
+        reembed_total=knowledge_base.reembed_total,
+    )

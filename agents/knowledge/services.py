@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from agents.faults import failpoint, transient
@@ -297,23 +298,48 @@ def _url_name(url: str, content_type: str) -> str:
     return name + _BY_CONTENT_TYPE.get(kind, PurePosixPath(name).suffix or ".unknown")
 
 
+def knowledge_base_reembed_queue(*, knowledge_base: KnowledgeBase) -> None:
+    """After its embedding model changed (in the caller's transaction): embed its documents
+    again in the background, the page showing "0 of n" from now on."""
+    count = Document.objects.filter(knowledge_base=knowledge_base).count()
+    KnowledgeBase.objects.filter(pk=knowledge_base.pk).update(reembed_total=count, reembed_done=0)
+
+    def enqueue() -> None:
+        from agents.tasks import knowledge_reembed_task
+
+        knowledge_reembed_task.delay(knowledge_base.pk)
+
+    transaction.on_commit(enqueue)
+
+
 def knowledge_base_reembed(*, knowledge_base_id: int) -> int:
     """Embed every chunk again with the knowledge base's current embedding model, one document
-    per transaction; returns the number of chunks. Retrieval reads the new vectors of each
-    document as soon as its transaction commits."""
+    per transaction, counting them done (`reembed_done` of `reembed_total`, for its page);
+    returns the number of chunks. Retrieval reads the new vectors of each document as soon as
+    its transaction commits."""
     base = KnowledgeBase.objects.select_related("embedding_route").get(pk=knowledge_base_id)
-    embedder = embedder_for(base)
-    total = 0
-    for document_id in Document.objects.filter(knowledge_base=base).values_list("pk", flat=True):
-        chunks = list(Chunk.objects.filter(document_id=document_id).order_by("position"))
-        vectors = _embed_in_batches(embedder=embedder, pieces=chunks)
-        for item, vector in zip(chunks, vectors, strict=True):
-            item.embedding = vector
-        with transaction.atomic():
-            Chunk.objects.bulk_update(chunks, ["embedding"], batch_size=500)
-        total += len(chunks)
+    bases = KnowledgeBase.objects.filter(pk=base.pk)
+    documents = list(
+        Document.objects.filter(knowledge_base=base).order_by("pk").values_list("pk", flat=True)
+    )
+    bases.update(reembed_total=len(documents), reembed_done=0)
+    try:
+        embedder = embedder_for(base)
+        total = 0
+        for document_id in documents:
+            chunks = list(Chunk.objects.filter(document_id=document_id).order_by("position"))
+            vectors = _embed_in_batches(embedder=embedder, pieces=chunks)
+            for item, vector in zip(chunks, vectors, strict=True):
+                item.embedding = vector
+            with transaction.atomic():
+                Chunk.objects.bulk_update(chunks, ["embedding"], batch_size=500)
+                bases.update(reembed_done=F("reembed_done") + 1)
+            total += len(chunks)
+    except BaseException:
+        bases.update(reembed_total=0, reembed_done=0)  # not under way any more
+        raise
     with transaction.atomic():
-        KnowledgeBase.objects.filter(pk=base.pk).update(embedded_with=embedder.identity)
+        bases.update(embedded_with=embedder.identity, reembed_total=0, reembed_done=0)
         audit_record(
             actor=None,
             action="knowledge.reembedded",

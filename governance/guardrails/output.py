@@ -21,7 +21,7 @@ import binascii
 import math
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -31,11 +31,13 @@ from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
 from audit import pii
+from governance.guardrails.highlight import CLASSES, code_block_html
 
 _TAGS = {
     *("p", "br", "strong", "em", "code", "pre", "blockquote", "hr"),
     *("ul", "ol", "li", "a", "h1", "h2", "h3", "h4", "h5", "h6"),
     *("table", "thead", "tbody", "tr", "th", "td", "del", "img"),
+    *("div", "span"),  # only code blocks' frames and token spans: their classes are CLASSES
 }
 _ATTRIBUTES = {
     "a": {"href", "title"},
@@ -45,6 +47,15 @@ _ATTRIBUTES = {
     "td": {"align"},
 }
 _markdown = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable("table")
+
+
+def _code(self: object, tokens: Sequence[Token], idx: int, options: object, env: object) -> str:
+    token = tokens[idx]  # a fence (with its info string) or an indented block (none)
+    return code_block_html(token.content, token.info if token.type == "fence" else "")
+
+
+_markdown.add_render_rule("fence", _code)
+_markdown.add_render_rule("code_block", _code)
 
 
 @dataclass(frozen=True)
@@ -67,8 +78,9 @@ class Finding:
 
 
 def render_markdown(text: str, *, cite: Callable[[int], str | None] | None = None) -> SafeString:
-    """HTML safe to put in a page, whatever the model wrote. With `cite`, each citation marker
-    `[n]` in the text (not in code, not in a link) links to `cite(n)`, if that is not None."""
+    """HTML safe to put in a page, whatever the model wrote; its code blocks highlighted
+    (governance.guardrails.highlight). With `cite`, each citation marker `[n]` in the text
+    (not in code, not in a link) links to `cite(n)`, if that is not None."""
     tokens = _markdown.parse(text or "")
     for block in tokens:
         if block.type == "inline" and block.children:
@@ -80,6 +92,7 @@ def render_markdown(text: str, *, cite: Callable[[int], str | None] | None = Non
         html,
         tags=_TAGS,
         attributes=_ATTRIBUTES,
+        allowed_classes=CLASSES,
         url_schemes={"http", "https", "mailto"},
         link_rel="noopener noreferrer nofollow",
     )
