@@ -218,7 +218,11 @@ class FeedbackAdmin(ReadOnlyAdmin):
 
         if obj is not None:
             return may_read_feedback(request.user, obj.run.agent_id)
-        return request.user.is_staff and feedback_agents(request.user).exists()
+        # Asked each time the admin lists its apps (the index, the navigation): once a request.
+        if not hasattr(request, "_feedback_visible"):
+            visible = request.user.is_staff and feedback_agents(request.user).exists()
+            request._feedback_visible = visible
+        return request._feedback_visible
 
     def has_module_permission(self, request) -> bool:
         return self.has_view_permission(request)
