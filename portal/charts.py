@@ -114,7 +114,7 @@ def line_chart(
         lines += [(f"s{n % SERIES}", " ".join(run)) for run in runs if len(run) > 1]
     body = format_html_join("", '<polyline class="{0}" points="{1}"/>', lines)
     marks = format_html_join(
-        "", '<circle class="{1}" cx="{2}" cy="{3}" r="3"><title>{0}</title></circle>', dots
+        "", '<circle class="{1}" cx="{2}" cy="{3}" r="4"><title>{0}</title></circle>', dots
     )
     return format_html(
         '<svg class="chart lines" viewBox="0 0 {w} {h}" role="img" aria-label="{label}">'
