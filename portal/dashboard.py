@@ -241,16 +241,19 @@ class RangeForm(forms.Form):
         return data
 
 
-def dashboard_range(params) -> tuple[RangeForm, date, date]:
-    """The form bound to the query string, and the range to show: the form's, or the last
-    DEFAULT_DAYS days when it has errors (shown above the charts)."""
+def dashboard_range(params) -> tuple[RangeForm, date, date, int | None]:
+    """The form bound to the query string, the range to show and the preset it is, if any:
+    the form's range, or the last DEFAULT_DAYS days when it has errors (shown above the
+    charts)."""
     form = RangeForm(params)
-    if form.is_valid():
-        since, until = form.cleaned_data["range"]
-    else:
-        today = timezone.localdate()
-        since, until = today - timedelta(days=DEFAULT_DAYS - 1), today
-    return form, since, until
+    today = timezone.localdate()
+    if not form.is_bound:
+        return form, today - timedelta(days=DEFAULT_DAYS - 1), today, DEFAULT_DAYS
+    if not form.is_valid():
+        return form, today - timedelta(days=DEFAULT_DAYS - 1), today, None
+    since, until = form.cleaned_data["range"]
+    dated = form.cleaned_data.get("since") or form.cleaned_data.get("until")
+    return form, since, until, None if dated else (form.cleaned_data.get("days") or DEFAULT_DAYS)
 
 
 class Percentile(Aggregate):
@@ -608,14 +611,7 @@ class WardenAdminSite(admin.AdminSite):
     def dashboard_view(self, request):
         if not request.user.has_perm("agents.view_run"):
             raise PermissionDenied
-        form, since, until = dashboard_range(request.GET or None)
-        if form.is_bound and form.is_valid():
-            days = form.cleaned_data.get("days")
-            preset = (
-                days if days and not form.data.get("since") and not form.data.get("until") else None
-            )
-        else:
-            preset = None if form.is_bound else DEFAULT_DAYS
+        form, since, until, preset = dashboard_range(request.GET or None)
         context = {
             **self.each_context(request),
             "title": "Dashboard",
