@@ -377,6 +377,24 @@ def test_an_admin_revokes_an_oauth_token_with_its_refresh_token_audited(client, 
     )
 
 
+def test_a_refresh_token_is_revoked_from_the_oauth_internals_audited(client, people):
+    from oauth2_provider.models import AccessToken, RefreshToken
+
+    _, [(access, refresh), (other, _)] = _tokens(people)
+    client.force_login(people.admin)
+
+    client.post(
+        "/admin/oauth2_provider/refreshtoken/",
+        {"action": "revoke_tokens", "_selected_action": [refresh.pk]},
+    )
+
+    assert RefreshToken.objects.get(pk=refresh.pk).revoked is not None
+    assert not AccessToken.objects.filter(pk=access.pk).exists()  # its access token with it
+    assert AccessToken.objects.filter(pk=other.pk).exists()
+    event = AuditEvent.objects.get(action="token.revoked")
+    assert (event.target_type, event.target_id) == ("oauth2_provider.refreshtoken", str(refresh.pk))
+
+
 def test_an_admin_revokes_every_token_of_an_application(client, people):
     from oauth2_provider.models import AccessToken, Application, RefreshToken
 
