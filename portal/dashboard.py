@@ -28,6 +28,7 @@ from django.db.models import (
     Value,
     When,
 )
+from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, Coalesce, Left, Trunc, TruncDate
 from django.template.response import TemplateResponse
 from django.urls import path
@@ -429,6 +430,23 @@ def console_dashboard(*, since: date, until: date) -> dict:
         )
         .order_by("-calls", "deployment")[:8]
     )
+    # The gateway records each deployment it passed over (failed, or cooling down after
+    # failing) as a route.fallback event naming it.
+    skipped = dict(
+        AuditEvent.objects.filter(time__gte=start, time__lt=end, action="route.fallback")
+        .annotate(name=KeyTextTransform("skipped", Cast("data", JSONField())))
+        .values_list("name")
+        .annotate(n=Count("pk"))
+        .order_by("-n", "name")[:8]
+    )
+    served = {row["deployment"] for row in deployments}
+    for row in deployments:
+        row["skipped"] = skipped.get(row["deployment"], 0)
+    deployments += [
+        {"deployment": name, "calls": 0, "fallbacks": 0, "cached": 0, "skipped": n}
+        for name, n in skipped.items()
+        if name not in served
+    ]
     errors = list(
         runs.filter(state=RunState.FAILED)
         .exclude(error="")

@@ -177,6 +177,8 @@ def test_the_dashboard_counts_guardrail_findings_fallbacks_and_errors(client, pe
     _found(run, "guardrail.found", {"on": "answer", "findings": [exfiltration]})
     _found(run, "run.step.model", {"deployment": "eu-1", "redacted": ["EMAIL"]})
     _found(run, "run.step.model", {"deployment": "eu-1"})
+    _found(run, "route.fallback", {"skipped": "primary-0", "served_by": "eu-1"})
+    _found(run, "route.fallback", {"skipped": "us-2", "served_by": "eu-1"})
     _step(run, 0, "model", deployment="eu-1", fallbacks=["primary-0"], cached=False)
     _step(run, 1, "model", deployment="primary-0", fallbacks=[], cached=True)
     _step(run, 2, "tool", status="error", result={"error": "timeout"})
@@ -199,8 +201,9 @@ def test_the_dashboard_counts_guardrail_findings_fallbacks_and_errors(client, pe
     assert faults[0][1:] == ["Served after a fallback", "Tool call failed", "Run failed", "Total"]
     assert faults[-1][1:] == ["1", "1", "2", "4"]
     assert _table(page, "deployments-table")[1:] == [
-        ["eu-1", "1", "1", "0"],
-        ["primary-0", "1", "0", "1"],
+        ["eu-1", "1", "1", "0", "0"],
+        ["primary-0", "1", "0", "1", "1"],
+        ["us-2", "0", "0", "0", "1"],  # only ever passed over
     ]
     assert _table(page, "errors-table")[1:] == [["model provider refused: quota", "2"]]
 
@@ -272,7 +275,7 @@ def test_the_dashboard_s_queries_do_not_grow_with_runs_people_or_events(
         page = client.get(DASHBOARD).content.decode()
 
     assert len(many) == len(few)
-    with django_assert_max_num_queries(14):  # the session, the user, then 12 aggregates
+    with django_assert_max_num_queries(15):  # the session, the user, then 13 aggregates
         client.get(DASHBOARD, {"days": 90})
     assert _figure(page, "runs") == "33"
 
