@@ -139,3 +139,25 @@ def may_view_audit(user: AbstractUser | AnonymousUser | None) -> bool:
     """Whether `user` may read and export the trail: the admin's rule, the model's view
     permission (superusers hold every permission)."""
     return bool(user is not None and user.is_active and user.has_perm("audit.view_auditevent"))
+
+
+# A run's own record (queued, each step, its end) and every policy decision are many events a
+# run: the trail's readers find those from the run; the side panel shows the rest.
+_ROUTINE_PREFIXES = ("run.", "policy.decided")
+
+
+def audit_recent_for(
+    user: AbstractUser | AnonymousUser, *, limit: int = 10
+) -> tuple[list[AuditEvent], bool]:
+    """The latest events worth showing `user` first, and whether they are everyone's.
+
+    Those who may read the trail get everyone's governance events (not runs' routine ones);
+    anyone else gets only what they did themselves, as Django's "Recent actions" did.
+    """
+    everyone = may_view_audit(user)
+    events = AuditEvent.objects.all()
+    for prefix in _ROUTINE_PREFIXES:
+        events = events.exclude(action__startswith=prefix)
+    if not everyone:
+        events = events.filter(actor_type=ActorType.USER, actor_id=str(user.pk))
+    return list(events.order_by("-sequence")[:limit]), everyone

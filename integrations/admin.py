@@ -31,7 +31,7 @@ from integrations.models import (
     WebhookDelivery,
     WebhookEvent,
 )
-from integrations.tokens import token_revoke
+from integrations.tokens import oauth_application_tokens_revoke, token_revoke
 from integrations.webhooks import (
     webhook_application_problem,
     webhook_create,
@@ -346,7 +346,22 @@ class ApplicationAdmin(_application_admin):
         ApplicationScopesInline,
         MCPClientAccessInline,
     ]
+    actions = [*(getattr(_application_admin, "actions", None) or []), "revoke_tokens"]
+
+    def has_revoke_permission(self, request) -> bool:
+        return request.user.has_perm("oauth2_provider.change_application")
+
+    @admin.action(
+        description="Revoke every token of the selected applications", permissions=["revoke"]
+    )
+    def revoke_tokens(self, request, queryset) -> None:
+        # For when an application's secret leaked or its owner left: it keeps its
+        # registration, and may be given new tokens.
+        for application in queryset:
+            oauth_application_tokens_revoke(application=application, actor=request.user)
+        self.message_user(request, "Revoked every token of the selected applications.")
 
 
-# Lockouts in the admin (their admin lives beside their code).
-from integrations import lockout_admin  # noqa: E402, F401
+# Lockouts in the admin (their admin lives beside their code), and DOT's tokens, revoked
+# through audited services.
+from integrations import lockout_admin, oauth_admin  # noqa: E402, F401

@@ -93,3 +93,76 @@ def token_find(secret: str) -> PersonalAccessToken | None:
 
 def tokens_of(user):
     return PersonalAccessToken.objects.filter(user=user)
+
+
+# OAuth2 tokens (django-oauth-toolkit's): revoked by a governance admin, audited. DOT's own
+# admin actions revoke them too, but unaudited; Warden's admin calls these instead.
+
+
+def oauth_token_revoke(*, token, actor) -> None:
+    """Revoke an OAuth2 access token and its refresh token (DOT's shared revoke path: the
+    refresh token is kept as a revoked tombstone, the access token deleted)."""
+    from oauth2_provider.models import revoke_access_token
+
+    target = Target(
+        "oauth2_provider.accesstoken",
+        str(token.pk),
+        f"{token.application or 'no application'} for {token.user or 'no user'}"[:200],
+    )
+    with transaction.atomic():
+        revoke_access_token(token)
+        audit_record(
+            actor=actor,
+            action="token.revoked",
+            target=target,
+            data={"kind": "oauth2", "application": token.application_id, "user": token.user_id},
+        )
+
+
+def oauth_refresh_token_revoke(*, token, actor) -> None:
+    """Revoke an OAuth2 refresh token and the access token it is bound to."""
+    target = Target(
+        "oauth2_provider.refreshtoken",
+        str(token.pk),
+        f"{token.application or 'no application'} for {token.user or 'no user'}"[:200],
+    )
+    with transaction.atomic():
+        if token.revoked is None:
+            token.revoke()
+            audit_record(
+                actor=actor,
+                action="token.revoked",
+                target=target,
+                data={"kind": "oauth2_refresh", "application": token.application_id},
+            )
+
+
+def oauth_application_tokens_revoke(*, application, actor) -> int:
+    """Revoke every token of `application` at once: refresh tokens (kept, marked revoked),
+    access and ID tokens and unused authorization codes (deleted). The application stays, and
+    can be given new tokens; returns how many access and refresh tokens were live."""
+    from oauth2_provider.models import (
+        get_access_token_model,
+        get_grant_model,
+        get_id_token_model,
+        get_refresh_token_model,
+    )
+
+    with transaction.atomic():
+        refreshed = (
+            get_refresh_token_model()
+            .objects.filter(application=application, revoked__isnull=True)
+            .update(revoked=timezone.now(), access_token=None)
+        )
+        access = get_access_token_model()
+        _, deleted = access.objects.filter(application=application).delete()
+        accessed = deleted.get(access._meta.label, 0)
+        get_id_token_model().objects.filter(application=application).delete()
+        get_grant_model().objects.filter(application=application).delete()
+        audit_record(
+            actor=actor,
+            action="application.tokens_revoked",
+            target=Target("oauth2_provider.application", str(application.pk), application.name),
+            data={"refresh_tokens": refreshed, "access_tokens": accessed},
+        )
+    return refreshed + accessed

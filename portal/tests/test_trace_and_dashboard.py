@@ -145,7 +145,8 @@ def test_the_dashboard_counts_runs_failures_approvals_spend_cache_and_fallbacks(
     team_bar = page.split(f"{team.name}</text>", 1)[1].split("</g>", 1)[0]
     assert "$1.7500 · " in team_bar  # spend per team: the member's team
     assert "Help desk</text>" in page  # spend per agent
-    assert "Recent actions" in page  # the admin's own index is still there
+    assert "Recent audit events" in page  # the admin's own index is still there, its side
+    assert 'href="/admin/dashboard/"' in page  # panel fed by the trail; the full dashboard
 
 
 def test_a_reviewer_sees_the_trace_but_not_passages_they_may_not_read(client, people, help_desk):
