@@ -5,7 +5,7 @@ from oauth2_provider.views import OAuthServerMetadataView
 from integrations.api import openai
 from integrations.mcp import views as mcp
 from integrations.mcp.views import MCPResourceMetadata
-from portal import account, chat, inbox, trace, views
+from portal import account, chat, inbox, trace, uploads, views
 
 # /healthz and /readyz are answered by ops.health.ProbeMiddleware.
 urlpatterns = [
@@ -26,6 +26,9 @@ urlpatterns = [
     path("chat/send/", chat.chat_send, name="chat-send"),
     path("chat/runs/<int:pk>/", chat.run_part, name="run-part"),
     path("chat/runs/<int:pk>/stop/", chat.run_stop, name="run-stop"),
+    path("chat/files/", uploads.file_attach, name="chat-file-attach"),
+    path("chat/files/<int:pk>/remove/", uploads.file_remove, name="chat-file-remove"),
+    path("chat/c/<int:pk>/files/", uploads.conversation_files, name="conversation-files"),
     path("runs/<int:pk>/", trace.run_trace, name="run-trace"),
     path("inbox/", inbox.inbox, name="inbox"),
     path("inbox/approvals/<int:pk>/", inbox.approval_page, name="inbox-approval"),
