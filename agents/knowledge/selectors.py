@@ -57,7 +57,11 @@ def access_knowledge_base_by_slug(user, slug: str) -> KnowledgeBase:
 
 def may_add_documents(user, knowledge_base: KnowledgeBase) -> bool:
     """Whether `user`, who may read `knowledge_base`, may also add documents to it: its owner,
-    or whoever may change knowledge bases in the admin (`agents.change_knowledgebase`)."""
+    or whoever may change knowledge bases in the admin (`agents.change_knowledgebase`). Nobody,
+    to a conversation's own: files reach it through the chat, under its limits
+    (agents.knowledge.services.conversation_file_add)."""
+    if knowledge_base.conversation_id is not None:
+        return False
     if knowledge_base.owner_id == user.pk:
         return True
     return user.has_perm("agents.change_knowledgebase")

@@ -11,6 +11,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 
 from agents.knowledge.retrieval import knowledge_search
+from agents.knowledge.selectors import may_add_documents
 from agents.knowledge.services import document_ingest
 from agents.models import (
     Chunk,
@@ -81,7 +82,7 @@ def events(action: str) -> list[AuditEvent]:
 
 
 def test_a_file_starts_a_conversation_goes_into_its_private_base_and_is_read(
-    client, people, help_desk
+    client, people, help_desk, django_assert_max_num_queries
 ):
     client.force_login(people.member)
 
@@ -116,7 +117,8 @@ def test_a_file_starts_a_conversation_goes_into_its_private_base_and_is_read(
     assert (document.status, document.title, document.error) == ("ready", "expenses.txt", "")
     assert document.chunk_count == Chunk.objects.filter(document=document).count() >= 1
     assert [e.target_id for e in events("knowledge.document_ingested")] == [str(document.pk)]
-    part = client.get(f"/chat/c/{conversation.pk}/files/").content.decode()
+    with django_assert_max_num_queries(6):
+        part = client.get(f"/chat/c/{conversation.pk}/files/").content.decode()
     assert "expenses.txt" in part
     assert ">ready<" in part
     page = client.get(f"/chat/c/{conversation.pk}/").content.decode()
@@ -176,6 +178,8 @@ def test_no_grant_opens_a_conversations_files_to_anyone_else(
         removed = client.post(f"/chat/files/{document.pk}/remove/", **JSON)
         assert removed.status_code == 404
     assert audience_ids(base, Action.READ) == {people.member.pk}
+    # Files reach it through the chat only, under its limits: not the API's or admin's uploads.
+    assert not may_add_documents(people.member, base)
     found = knowledge_search(actor=people.member, query=question, knowledge_bases=[base.pk])
     assert {p.document for p in found} == {document.pk}
     assert Document.objects.filter(pk=document.pk).exists()
@@ -205,6 +209,12 @@ def test_a_run_in_the_conversation_cites_the_uploaded_file(client, server, peopl
     )
     page = client.get(f"/chat/c/{conversation.pk}/").content.decode()
     assert "[1] expenses.txt, passage 1" in page
+    # An admin may open every run's trace, but not what the owner's files say.
+    client.force_login(people.admin)
+    trace = client.get(f"/runs/{run.pk}/")
+    assert trace.status_code == 200
+    assert "43 euros" not in trace.content.decode()
+    assert "expenses.txt" not in trace.content.decode()
 
 
 @pytest.mark.parametrize("refusal", ["too big", "wrong type", "not the owner", "hourly limit"])
@@ -319,3 +329,36 @@ def test_deleting_the_conversation_deletes_its_files(client, people, help_desk):
     assert not KnowledgeBase.objects.filter(pk=base.pk).exists()
     assert not Document.objects.filter(pk=document.pk).exists()
     assert not Chunk.objects.filter(knowledge_base_id=base.pk).exists()
+
+
+def test_a_conversation_with_files_is_never_answered_on_the_fast_path(client, people, help_desk):
+    from agents.models import Agent
+    from agents.orchestrator import runs_here
+    from tests.access import grant_agent
+
+    bare = Agent.objects.create(
+        name="Bare", slug=f"b-{uuid.uuid4().hex[:6]}", route=help_desk.route
+    )
+    bare.confidence_threshold = 0
+    bare.save(update_fields=["confidence_threshold"])
+    grant_agent(people.member, bare)
+    document = attached(client, people.member, bare)
+
+    # Retrieval embeds the question: a worker's load, not the web process's.
+    assert not runs_here(bare, people.member, document.knowledge_base.conversation_id)
+    assert runs_here(bare, people.member, None)
+    other = Conversation.objects.create(owner=people.member, agent=bare)
+    assert runs_here(bare, people.member, other.pk)
+
+
+def test_a_file_removed_before_the_worker_reads_it_is_left_alone(client, people, help_desk):
+    from agents.tasks import knowledge_ingest_task
+
+    client.force_login(people.member)
+    document = Document.objects.get(
+        pk=attach(client, help_desk, "notes.txt", EXPENSES).json()["document"]
+    )
+    assert client.post(f"/chat/files/{document.pk}/remove/", **JSON).status_code == 200
+
+    assert knowledge_ingest_task.apply(args=[document.pk]).get() == "removed"
+    assert events("knowledge.document_failed") == []
