@@ -122,7 +122,9 @@ def file_remove(request: HttpRequest, pk: int) -> HttpResponse:
     try:
         document = access_conversation_file(request.user, pk)
     except NoAccess:
-        return _refused(request, 404, "no such file")
+        if _wants_json(request):
+            return _refused(request, 404, "no such file")
+        raise Http404("no such file") from None
     conversation_id = document.knowledge_base.conversation_id
     conversation_file_remove(document=document, actor=request.user)
     if _wants_json(request):

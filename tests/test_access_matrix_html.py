@@ -80,6 +80,7 @@ class World:
     restricted: ApprovalRequest  # only a group the reviewer is not in may decide
     held: Escalation  # an answer drawn from D
     token: PersonalAccessToken
+    attached: Document  # a file A attached to `private`: A's alone, whatever is granted
     objects: dict = field(default_factory=dict)  # model -> the object its admin pages show
 
 
@@ -218,6 +219,19 @@ def build() -> World:
         threshold="0.80",
     )
     token, _ = token_create(user=a, name=f"laptop {MARK}", scopes=["runs:read"], days=1)
+    files = KnowledgeBase.objects.create(
+        name="Files", slug=f"f-{uuid.uuid4().hex[:6]}", owner=a, conversation=private
+    )
+    access_grant(obj=files, holder=team, action=Action.READ, actor=SYSTEM)  # opens nothing
+    attached = Document.objects.create(
+        knowledge_base=files,
+        source="upload",
+        filename=f"plans-{MARK}.txt",
+        title=f"plans-{MARK}.txt",
+        content=f"My plans: {MARK}".encode(),
+        size=20,
+        status="ready",
+    )
     world = World(
         users=users,
         agent=agent,
@@ -234,6 +248,7 @@ def build() -> World:
         restricted=restricted,
         held=held,
         token=token,
+        attached=attached,
     )
     world.objects = {
         Run: drawn_run,
@@ -326,6 +341,9 @@ ROUTES: dict[str, Route] = {
     "chat/send/": Route(everyone(405)),  # POST: test_writes_to_others_objects
     "chat/runs/<int:pk>/": Route(owner_only(), {"pk": pk("private_run")}),
     "chat/runs/<int:pk>/stop/": Route(everyone(405), {"pk": pk("private_run")}),
+    "chat/files/": Route(everyone(405)),  # POST: test_a_file_into_as_conversation_...
+    "chat/files/<int:pk>/remove/": Route(everyone(405), {"pk": pk("attached")}),
+    "chat/c/<int:pk>/files/": Route(owner_only(), {"pk": pk("private")}),
     "runs/<int:pk>/": Route(owner_only(admin=200), {"pk": pk("private_run")}),
     "inbox/": Route(everyone(200)),
     "inbox/approvals/<int:pk>/": Route(everyone(404) | REVIEWERS, {"pk": pk("approval")}),
@@ -693,11 +711,14 @@ def _state(world) -> tuple:
         world.approval.status,
         world.held.status,
         Run.objects.count(),
+        Document.objects.count(),
+        KnowledgeBase.objects.count(),
     )
 
 
 WRITES = {
     "stop a run": ("/chat/runs/{}/stop/", "private_run", {}),
+    "remove a file": ("/chat/files/{}/remove/", "attached", {}),
     "revoke a token": ("/account/tokens/{}/revoke/", "token", {}),
     "decide an approval": (
         "/inbox/approvals/{}/",
@@ -745,6 +766,33 @@ def test_a_message_into_as_conversation_is_refused_as_into_a_missing_one(world, 
         )
 
     response, missing = send(world.private.pk), send(MISSING)
+
+    assert _state(world) == before
+    assert response.status_code == 404
+    assert (response.status_code, response.json()) == (missing.status_code, missing.json())
+    assert leaked(persona, text(response)) == []
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("persona", ["member_b", "reviewer", "admin", "denied"])
+def test_a_file_into_as_conversation_is_refused_as_into_a_missing_one(world, persona):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    client = client_of(world, persona)
+    before = _state(world)
+
+    def attach(conversation):
+        return client.post(
+            "/chat/files/",
+            {
+                "agent": world.agent.pk,
+                "conversation": conversation,
+                "file": SimpleUploadedFile("notes.txt", b"Some notes."),
+            },
+            HTTP_ACCEPT="application/json",
+        )
+
+    response, missing = attach(world.private.pk), attach(MISSING)
 
     assert _state(world) == before
     assert response.status_code == 404

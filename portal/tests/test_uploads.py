@@ -362,3 +362,35 @@ def test_a_file_removed_before_the_worker_reads_it_is_left_alone(client, people,
 
     assert knowledge_ingest_task.apply(args=[document.pk]).get() == "removed"
     assert events("knowledge.document_failed") == []
+
+
+def test_the_knowledge_search_tool_finds_the_conversations_files_only_there(
+    client, server, people, help_desk
+):
+    from tests.access import grant_agent
+    from tools.models import Tool
+
+    Tool.objects.filter(name="knowledge_search").update(enabled=True)
+    help_desk.tools.set(Tool.objects.filter(name="knowledge_search"))
+    grant_agent(people.member, help_desk)
+    document = attached(client, people.member, help_desk)
+    elsewhere = Conversation.objects.create(owner=people.member, agent=help_desk)
+    found = []
+    for conversation in (document.knowledge_base.conversation, elsewhere):
+        server.script(
+            "primary",
+            Reply.call("knowledge_search", {"query": "meal allowance in Lisbon"}),
+            Reply.say("done"),
+        )
+        run = run_start(
+            agent=help_desk,
+            conversation=conversation,
+            actor=people.member,
+            input="look it up",
+            stream=False,
+        )
+        run_execute(run_id=run.pk, holder="test")
+        step = RunStep.objects.get(run=run, kind="tool")
+        found.append({p["document"] for p in step.output["result"]["passages"]})
+
+    assert found == [{document.pk}, set()]
