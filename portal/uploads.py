@@ -77,8 +77,8 @@ def file_attach(request: HttpRequest) -> HttpResponse:
             name=upload.name or "",
             data=upload.read(),
         )
-    except NoAccess:
-        return _refused(request, 404, "no such conversation")
+    except NoAccess as exc:  # no such conversation (of the user's), or agent (they may use)
+        return _refused(request, 404, str(exc))
     except UploadRefused as exc:
         wait = {"Retry-After": str(exc.retry_after)} if exc.retry_after else {}
         return _refused(request, exc.status, str(exc), **wait)

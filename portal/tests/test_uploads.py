@@ -418,3 +418,23 @@ def test_a_file_that_carries_an_injection_is_quarantined_like_any_passage(
     passages = RunStep.objects.get(run=run, kind="retrieval").output["passages"]
     assert [p["document"] for p in passages if p.get("quarantined")] == [document.pk]
     assert AuditEvent.objects.filter(run=str(run.pk), action="guardrail.found").exists()
+
+
+def test_a_file_for_an_agent_one_may_not_use_starts_nothing(client, people, help_desk):
+    client.force_login(people.outsider)  # a member without the team's grant
+    before = (
+        Conversation.objects.count(),
+        KnowledgeBase.objects.count(),
+        AuditEvent.objects.count(),
+    )
+
+    refused = attach(client, help_desk, "expenses.txt", EXPENSES)
+
+    assert refused.status_code == 404
+    assert refused.json()["detail"] == "no such agent"
+    after = (
+        Conversation.objects.count(),
+        KnowledgeBase.objects.count(),
+        AuditEvent.objects.count(),
+    )
+    assert after == before
