@@ -22,7 +22,7 @@ from typing import cast
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Exists, OuterRef
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from agents import provenance
@@ -32,6 +32,7 @@ from agents.heartbeat import Lease, lease_heartbeat
 from agents.models import (
     FINAL_STATES,
     Agent,
+    KnowledgeBase,
     Message,
     MessageRole,
     Run,
@@ -102,16 +103,22 @@ def run_execute(*, run_id: int, holder: str, decided: RunContext | None = None) 
     return None
 
 
-def runs_here(agent: Agent, actor) -> bool:
-    """Whether a run of `agent` by `actor` takes the fast path (run_here) when its caller waits
-    in the web process: the run can only answer. No tool the actor may use (so no tool call, no
-    approval), no agent to ask, no knowledge base to read (retrieval embeds, which is a
-    worker's load), no answer that may be held for review. Everything else goes to a worker.
-    One query."""
+def runs_here(agent: Agent, actor, conversation_id: int | None = None) -> bool:
+    """Whether a run of `agent` by `actor` (in the conversation `conversation_id`, if saved)
+    takes the fast path (run_here) when its caller waits in the web process: the run can only
+    answer. No tool the actor may use (so no tool call, no approval), no agent to ask, no
+    knowledge base to read, the agent's or the conversation's files (retrieval embeds, which
+    is a worker's load), no answer that may be held for review. Everything else goes to a
+    worker. One query."""
     tools = agent.tools.filter(enabled=True).restrict(actor, Action.USE)
+    bases = KnowledgeBase.objects.filter(
+        Q(agents=agent) | Q(conversation_id=conversation_id)
+        if conversation_id is not None
+        else Q(agents=agent)
+    )
     found = {
         "calls": Exists(tools),
-        "reads": Exists(agent.knowledge_bases.all()),
+        "reads": Exists(bases),
         "asks": Exists(agent.delegates.filter(enabled=True)),
     }
     if agent.confidence_threshold:
@@ -308,9 +315,7 @@ class _Run:
             self.offered = {} if answers else _offered(self.agent, self.run.actor)
             if self.run.asks and not answers:
                 self.delegates = _delegates(self.agent, self.run)
-            self.knowledge_bases = (
-                [] if answers else list(self.agent.knowledge_bases.values_list("pk", flat=True))
-            )
+            self.knowledge_bases = [] if answers else _knowledge_bases(self.agent, self.run)
             self.messages = _messages(self.run, reads=bool(self.offered or self.knowledge_bases))
         self.tokens = self.run.tokens
         self.cancel_requested = self.run.cancel_requested
@@ -1070,12 +1075,20 @@ def _hold_for_review(held: _Run, answer: str, confidence: float, citations: list
     held.publish({"type": "held", "reason": "held for review"}, settles=True)
 
 
+def _knowledge_bases(agent: Agent, run: Run) -> list[int]:
+    """The knowledge bases a run retrieves from: its agent's, and its conversation's own (the
+    files attached in it), whichever of them its actor may read (knowledge_search checks)."""
+    mine = Q(agents=agent)
+    if run.conversation_id is not None:
+        mine |= Q(conversation_id=run.conversation_id)
+    return sorted(set(KnowledgeBase.objects.filter(mine).values_list("pk", flat=True)))
+
+
 def _retrieval_step(held: _Run) -> None:
     """Passages for the user's message, from the agent's knowledge bases that the user may
     read, given to the model as numbered lines of a system message it cites by number: each
     marked as data, or withheld if it looks like an injection (agents.provenance)."""
     from agents.knowledge.retrieval import knowledge_search
-    from agents.models import KnowledgeBase
 
     run = held.run
     started = timezone.now()

@@ -209,7 +209,7 @@ def run_start(
         if here and settings.WARDEN_FAST_PATH_RUNS:  # (0: the fast path is off, nothing to ask)
             from agents.orchestrator import runs_here
 
-            here = runs_here(agent, actor)
+            here = runs_here(agent, actor, conversation.pk)
         try:
             run = _queued(
                 agent,

@@ -52,9 +52,12 @@ def knowledge_ingest_task(self, document_id: int) -> str:
     transient error retries the whole ingestion, which replaces the chunks in one transaction;
     once the retries are spent the document is marked failed naming the dependency."""
     from agents.knowledge.services import document_fail, document_ingest
+    from agents.models import Document
 
     try:
         return document_ingest(document_id=document_id).status
+    except Document.DoesNotExist:  # removed before or while it was read (a chat's file)
+        return "removed"
     except Exception as exc:
         dependency = transient(exc)
         if dependency is None:

@@ -613,6 +613,15 @@ except ValueError as _error:
     ) from None
 # Knowledge bases: the largest document accepted, uploaded or fetched.
 WARDEN_KNOWLEDGE_MAX_BYTES = env_int("WARDEN_KNOWLEDGE_MAX_BYTES", 20_000_000, minimum=1)
+# Files attached in the chat (agents/knowledge/services.py, conversation_file_add): the largest
+# accepted (and never above WARDEN_KNOWLEDGE_MAX_BYTES), the types accepted (extensions among
+# those ingestion reads), and how many one person may attach in an hour (0: no limit).
+WARDEN_UPLOAD_MAX_BYTES = env_int("WARDEN_UPLOAD_MAX_BYTES", 5 * 1024 * 1024, minimum=1)
+WARDEN_UPLOAD_TYPES = [
+    t.lower() if t.startswith(".") else f".{t.lower()}"
+    for t in env_list("WARDEN_UPLOAD_TYPES", [".txt", ".md", ".markdown", ".html", ".htm", ".pdf"])
+]
+WARDEN_UPLOADS_PER_HOUR = env_int("WARDEN_UPLOADS_PER_HOUR", 20, minimum=0)
 # Private networks outbound requests may reach anyway (CIDRs, comma-separated): see
 # tools/outbound.py. Empty by default: only public addresses.
 WARDEN_OUTBOUND_ALLOW_NETWORKS = env_list("WARDEN_OUTBOUND_ALLOW_NETWORKS", [])

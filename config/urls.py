@@ -5,7 +5,7 @@ from oauth2_provider.views import OAuthServerMetadataView
 from integrations.api import openai
 from integrations.mcp import views as mcp
 from integrations.mcp.views import MCPResourceMetadata
-from portal import account, chat, feedback, inbox, trace, views
+from portal import account, chat, feedback, inbox, trace, uploads, views
 
 # /healthz and /readyz are answered by ops.health.ProbeMiddleware.
 urlpatterns = [
@@ -29,6 +29,9 @@ urlpatterns = [
     path("chat/runs/<int:pk>/feedback/", feedback.feedback_send, name="run-feedback"),
     path("chat/runs/<int:pk>/regenerate/", feedback.regenerate, name="run-regenerate"),
     path("chat/workers/", chat.workers_status, name="chat-workers"),
+    path("chat/files/", uploads.file_attach, name="chat-file-attach"),
+    path("chat/files/<int:pk>/remove/", uploads.file_remove, name="chat-file-remove"),
+    path("chat/c/<int:pk>/files/", uploads.conversation_files, name="conversation-files"),
     path("runs/<int:pk>/", trace.run_trace, name="run-trace"),
     path("inbox/", inbox.inbox, name="inbox"),
     path("inbox/bulk/", inbox.inbox_bulk, name="inbox-bulk"),

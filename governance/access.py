@@ -8,6 +8,9 @@ A user may `action` an object when, and only when:
   user or to one of the user's groups; the model-wide permission given to either (the same
   permission, on the model in Django's admin, means every object); ownership, for models that
   name an owner field (`governed_owner_field`).
+- A private object (models that name a `governed_private_field`, an object where that field is
+  set: a conversation's own knowledge base) is its owner's alone: ownership is the only grant
+  that counts for it, not superuser status, nor any permission.
 
 `restrict(queryset, user, action)` is that rule as a queryset filter, one SQL statement with the
 grants and denials as subqueries; every list filters through it, and the per-resource checks
@@ -131,8 +134,9 @@ def _rule(model: type[Model], *, user: str, superuser: str | None) -> str:
     denied = f"""EXISTS (SELECT 1 FROM governance_accessdenial d
         WHERE d.content_type_id = %(ct)s AND d.object_id = o.{pk} AND d.action = %(action)s
         AND (d.user_id = {user} OR d.group_id IN ({groups})))"""
+    private = _private_rule(model, user=user)
     if superuser == "TRUE":
-        return f"NOT {denied} AND (TRUE)"
+        return f"NOT {denied} AND (TRUE)" if private is None else f"NOT {denied} AND {private}"
     grants = [superuser] if superuser else []
     grants += [
         f"""EXISTS (SELECT 1 FROM guardian_userobjectpermission p
@@ -151,7 +155,22 @@ def _rule(model: type[Model], *, user: str, superuser: str | None) -> str:
         column = cast("Field[Any, Any]", model._meta.get_field(owner)).column  # the user's key
         grants.append(f"o.{column} = {user}")
     granted = " OR ".join(f"({grant})" for grant in grants)
+    if private is not None:
+        return f"NOT {denied} AND {private} AND ({granted})"
     return f"NOT {denied} AND ({granted})"
+
+
+def _private_rule(model: type[Model], *, user: str) -> str | None:
+    """For a model with private objects: the row is not private, or `user` owns it."""
+    private = getattr(model, "governed_private_field", None)
+    if not private:
+        return None
+    owner = getattr(model, "governed_owner_field", None)
+    if not owner:
+        raise ValueError(f"{model._meta.label}: a private object needs an owner field")
+    flag = cast("Field[Any, Any]", model._meta.get_field(private)).column
+    column = cast("Field[Any, Any]", model._meta.get_field(owner)).column
+    return f"(o.{flag} IS NULL OR o.{column} = {user})"
 
 
 def may(user: AnyUser, obj: Model, action: str) -> bool:

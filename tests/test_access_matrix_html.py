@@ -81,6 +81,7 @@ class World:
     restricted: ApprovalRequest  # only a group the reviewer is not in may decide
     held: Escalation  # an answer drawn from D
     token: PersonalAccessToken
+    attached: Document  # a file A attached to `private`: A's alone, whatever is granted
     objects: dict = field(default_factory=dict)  # model -> the object its admin pages show
 
 
@@ -219,6 +220,19 @@ def build() -> World:
         threshold="0.80",
     )
     token, _ = token_create(user=a, name=f"laptop {MARK}", scopes=["runs:read"], days=1)
+    files = KnowledgeBase.objects.create(
+        name="Files", slug=f"f-{uuid.uuid4().hex[:6]}", owner=a, conversation=private
+    )
+    access_grant(obj=files, holder=team, action=Action.READ, actor=SYSTEM)  # opens nothing
+    attached = Document.objects.create(
+        knowledge_base=files,
+        source="upload",
+        filename=f"plans-{MARK}.txt",
+        title=f"plans-{MARK}.txt",
+        content=f"My plans: {MARK}".encode(),
+        size=20,
+        status="ready",
+    )
     world = World(
         users=users,
         agent=agent,
@@ -235,6 +249,7 @@ def build() -> World:
         restricted=restricted,
         held=held,
         token=token,
+        attached=attached,
     )
     world.objects = {
         Run: drawn_run,
@@ -330,6 +345,9 @@ ROUTES: dict[str, Route] = {
     "chat/runs/<int:pk>/feedback/": Route(everyone(405), {"pk": pk("private_run")}),
     "chat/runs/<int:pk>/regenerate/": Route(everyone(405), {"pk": pk("private_run")}),
     "chat/workers/": Route(everyone(200)),  # whether a worker is ready: nobody's data
+    "chat/files/": Route(everyone(405)),  # POST: test_a_file_into_as_conversation_...
+    "chat/files/<int:pk>/remove/": Route(everyone(405), {"pk": pk("attached")}),
+    "chat/c/<int:pk>/files/": Route(owner_only(), {"pk": pk("private")}),
     "runs/<int:pk>/": Route(owner_only(admin=200), {"pk": pk("private_run")}),
     "inbox/": Route(everyone(200)),
     "inbox/bulk/": Route(everyone(405)),  # POST: portal/tests/test_inbox_review.py
@@ -703,6 +721,8 @@ def _state(world) -> tuple:
         world.held.status,
         Run.objects.count(),
         Feedback.objects.count(),
+        Document.objects.count(),
+        KnowledgeBase.objects.count(),
     )
 
 
@@ -710,6 +730,7 @@ WRITES = {
     "stop a run": ("/chat/runs/{}/stop/", "private_run", {}),
     "rate a run": ("/chat/runs/{}/feedback/", "private_run", {"rating": "down"}),
     "regenerate a run": ("/chat/runs/{}/regenerate/", "private_run", {}),
+    "remove a file": ("/chat/files/{}/remove/", "attached", {}),
     "revoke a token": ("/account/tokens/{}/revoke/", "token", {}),
     "decide an approval": (
         "/inbox/approvals/{}/",
@@ -757,6 +778,33 @@ def test_a_message_into_as_conversation_is_refused_as_into_a_missing_one(world, 
         )
 
     response, missing = send(world.private.pk), send(MISSING)
+
+    assert _state(world) == before
+    assert response.status_code == 404
+    assert (response.status_code, response.json()) == (missing.status_code, missing.json())
+    assert leaked(persona, text(response)) == []
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("persona", ["member_b", "reviewer", "admin", "denied"])
+def test_a_file_into_as_conversation_is_refused_as_into_a_missing_one(world, persona):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    client = client_of(world, persona)
+    before = _state(world)
+
+    def attach(conversation):
+        return client.post(
+            "/chat/files/",
+            {
+                "agent": world.agent.pk,
+                "conversation": conversation,
+                "file": SimpleUploadedFile("notes.txt", b"Some notes."),
+            },
+            HTTP_ACCEPT="application/json",
+        )
+
+    response, missing = attach(world.private.pk), attach(MISSING)
 
     assert _state(world) == before
     assert response.status_code == 404

@@ -17,9 +17,14 @@ LOCAL_EMBEDDER = "local/all-MiniLM-L6-v2"
 
 class KnowledgeBase(models.Model):
     """Documents an agent retrieves passages from. Who may read it: its owner and whoever holds
-    `read_knowledgebase` on it (governance.access, through guardian's object permissions)."""
+    `read_knowledgebase` on it (governance.access, through guardian's object permissions).
+
+    A conversation's own knowledge base (`conversation` set: the files its owner attached in
+    the chat) is private: only its owner reads it, whatever is granted (governance.access's
+    `governed_private_field`), and only that conversation's runs retrieve from it."""
 
     governed_owner_field = "owner"
+    governed_private_field = "conversation"
 
     name = models.CharField(max_length=200)
     slug = models.SlugField(max_length=100, unique=True)
@@ -66,6 +71,16 @@ class KnowledgeBase(models.Model):
     # (both 0 otherwise). The page's progress; retrieval does not read them.
     reembed_total = models.PositiveIntegerField(default=0, editable=False)
     reembed_done = models.PositiveIntegerField(default=0, editable=False)
+    conversation = models.OneToOneField(
+        "agents.Conversation",
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        editable=False,
+        related_name="upload_base",
+        help_text="The conversation whose attached files these are: private to its owner, "
+        "deleted with it.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -76,6 +91,11 @@ class KnowledgeBase(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def files(self) -> models.QuerySet[Document]:
+        """Its documents, oldest first, without their content: a conversation's attached files
+        as the chat lists them."""
+        return self.documents.defer("content").order_by("created_at", "pk")
 
     def clean(self) -> None:
         from django.core.exceptions import ValidationError
@@ -100,6 +120,9 @@ class DocumentStatus(models.TextChoices):
 
 
 class Document(models.Model):
+    """One file or web page of a knowledge base, as uploaded or fetched, and where its reading
+    stands (`status`, `error` for the person who added it)."""
+
     knowledge_base = models.ForeignKey(
         KnowledgeBase, on_delete=models.CASCADE, related_name="documents"
     )
@@ -124,6 +147,20 @@ class Document(models.Model):
 
     def __str__(self) -> str:
         return self.title or self.filename or self.url or f"document {self.pk}"
+
+    @property
+    def progress(self) -> str:
+        """Where its reading stands, in the chat's words."""
+        return _PROGRESS.get(self.status, self.status)
+
+
+_PROGRESS: dict[str, str] = {
+    DocumentStatus.QUEUED: "queued",
+    DocumentStatus.PROCESSING: "ingesting",
+    DocumentStatus.READY: "ready",
+    DocumentStatus.FAILED: "failed",
+    DocumentStatus.DUPLICATE: "already attached",
+}
 
 
 class Chunk(models.Model):

@@ -90,7 +90,7 @@ def document_reingest(*, document: Document, actor) -> Document:
         audit_record(
             actor=actor,
             action="knowledge.document_reingest_requested",
-            target=Target.of(document),
+            target=_target(document),
             data={"knowledge_base": document.knowledge_base_id},
         )
         transaction.on_commit(lambda: _enqueue(document.pk))
@@ -102,7 +102,7 @@ def _audit_added(document: Document, actor) -> None:
     audit_record(
         actor=actor,
         action="knowledge.document_added",
-        target=Target.of(document),
+        target=_target(document),
         data={
             "knowledge_base": document.knowledge_base_id,
             "source": document.source,
@@ -128,6 +128,8 @@ def document_ingest(*, document_id: int) -> Document:
     Document.objects.filter(pk=document_id).update(status=DocumentStatus.PROCESSING)
     try:
         _ingest(document)
+    except Document.DoesNotExist:  # removed while it was being read: nothing left to do
+        return document
     except (ExtractError, OutboundError, EmbeddingError) as exc:
         _fail(document, str(exc))
     except Exception as exc:
@@ -224,7 +226,8 @@ def _replace_chunks(
     transaction."""
     base = document.knowledge_base
     with transaction.atomic():
-        Document.objects.select_for_update().get(pk=document.pk)  # one ingestion at a time
+        # One ingestion at a time; DoesNotExist if it was removed meanwhile (nothing written).
+        Document.objects.select_for_update().get(pk=document.pk)
         Chunk.objects.filter(document=document).delete()
         Chunk.objects.bulk_create(
             [
@@ -245,7 +248,8 @@ def _replace_chunks(
             document,
             status=DocumentStatus.READY,
             error="",
-            title=(title or document.title)[:300],
+            # A file attached in the chat is cited by its name (what its owner knows it by).
+            title=(document.title if base.conversation_id else title or document.title)[:300],
             content=content if document.source == DocumentSource.URL else document.content,
             content_hash=digest,
             size=len(content),
@@ -258,7 +262,7 @@ def _replace_chunks(
         audit_record(
             actor=None,
             action="knowledge.document_ingested",
-            target=Target.of(document),
+            target=_target(document),
             data={"knowledge_base": base.pk, "chunks": len(pieces), "hash": digest},
         )
 
@@ -281,11 +285,15 @@ def document_fail(document_id: int, reason: str) -> None:
 
 def _fail(document: Document, reason: str) -> None:
     with transaction.atomic():
-        Document.objects.filter(pk=document.pk).update(status=DocumentStatus.FAILED, error=reason)
+        marked = Document.objects.filter(pk=document.pk).update(
+            status=DocumentStatus.FAILED, error=reason
+        )
+        if not marked:  # removed meanwhile (a file its owner took out of the conversation)
+            return
         audit_record(
             actor=None,
             action="knowledge.document_failed",
-            target=Target.of(document),
+            target=_target(document),
             data={"knowledge_base": document.knowledge_base_id, "reason": reason},
         )
 
@@ -347,3 +355,142 @@ def knowledge_base_reembed(*, knowledge_base_id: int) -> int:
             data={"embedder": embedder.identity, "chunks": total},
         )
     return total
+
+
+def _target(document: Document) -> Target:
+    """The audit trail's name for a document: a file attached in the chat by its number only
+    (its name may say something personal, and the trail keeps it forever)."""
+    if document.knowledge_base.conversation_id is None:
+        return Target.of(document)
+    return Target("agents.document", str(document.pk), f"attached file {document.pk}")
+
+
+# Files attached in the chat: a conversation's own knowledge base -------------------------------
+
+
+class UploadRefused(Exception):
+    """An attached file is refused, and nothing was written; the message is for the person who
+    sent it. `status` is the HTTP status that says why, `retry_after` when to try again (s)."""
+
+    def __init__(self, message: str, *, status: int = 400, retry_after: int | None = None):
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+def upload_limit() -> int:
+    """The largest file the chat accepts: WARDEN_UPLOAD_MAX_BYTES, never above what ingestion
+    reads (WARDEN_KNOWLEDGE_MAX_BYTES)."""
+    return min(settings.WARDEN_UPLOAD_MAX_BYTES, max_bytes())
+
+
+def upload_types() -> list[str]:
+    """The extensions the chat accepts: WARDEN_UPLOAD_TYPES among those ingestion reads."""
+    return [t for t in settings.WARDEN_UPLOAD_TYPES if t in SUPPORTED]
+
+
+def upload_check(*, name: str, size: int) -> str:
+    """The file's name as kept (its last part), or UploadRefused for a type or a size the
+    settings refuse. Called before the file is read, and again by conversation_file_add."""
+    from agents.knowledge.extract import too_big
+
+    clean = PurePosixPath(name.replace("\\", "/")).name.strip()[:300]
+    suffix = PurePosixPath(clean).suffix.lower()
+    accepted = upload_types()
+    if suffix not in accepted:
+        kind = f"{suffix} files" if suffix else "files without an extension"
+        raise UploadRefused(f"{kind} cannot be attached; attach {', '.join(accepted)}", status=415)
+    if size > upload_limit():
+        raise UploadRefused(too_big(size, upload_limit()), status=413)
+    if size == 0:
+        raise UploadRefused("the file is empty")
+    return clean
+
+
+def conversation_file_add(*, conversation, actor, name: str, data: bytes) -> tuple[Document, bool]:
+    """Attach a file to `actor`'s own conversation: a document of the conversation's knowledge
+    base (made with the first file; an unsaved conversation is saved with it), read by a worker
+    as any other (knowledge_ingest_task). The same content twice is one file: the existing one
+    is returned, with False. Refused (UploadRefused, nothing written) past the type, size or
+    hourly limits; another person's conversation is NoAccess."""
+    from agents.models import Conversation
+    from governance import ratelimits
+    from governance.access import NoAccess
+
+    if conversation.owner_id != actor.pk:
+        raise NoAccess("no such conversation")
+    name = upload_check(name=name, size=len(data))
+    per_hour = settings.WARDEN_UPLOADS_PER_HOUR
+    if per_hour and not ratelimits.hit(f"{per_hour}/hour", "upload-rate", actor.pk):
+        wait = ratelimits.reset_in(f"{per_hour}/hour", "upload-rate", actor.pk)
+        raise UploadRefused(
+            f"you have attached {per_hour} files in the last hour, the most allowed; "
+            f"try again in {max(1, round(wait / 60))} minute(s)",
+            status=429,
+            retry_after=wait,
+        )
+    digest = hashlib.sha256(data).hexdigest()
+    with transaction.atomic():
+        if conversation.pk is None:
+            conversation.save()
+        else:  # one knowledge base per conversation, even for two first files at once
+            Conversation.objects.select_for_update().filter(pk=conversation.pk).first()
+        base, created = KnowledgeBase.objects.get_or_create(
+            conversation=conversation,
+            defaults={
+                "name": f"Files of conversation {conversation.pk}",
+                "slug": f"conversation-{conversation.pk}-files",
+                "owner_id": actor.pk,
+                "description": "Files attached in the chat: private to the conversation's owner.",
+            },
+        )
+        existing = Document.objects.filter(knowledge_base=base, content_hash=digest).first()
+        if existing is not None:
+            return existing, False
+        document = Document.objects.create(
+            knowledge_base=base,
+            source=DocumentSource.UPLOAD,
+            filename=name,
+            title=name,  # cited by its name
+            content=data,
+            content_hash=digest,
+            size=len(data),
+        )
+        audit_record(
+            actor=actor,
+            action="knowledge.file_attached",
+            target=_target(document),
+            conversation=conversation.pk,
+            data={
+                "conversation": conversation.pk,
+                "knowledge_base": base.pk,
+                "knowledge_base_created": created,
+                "type": PurePosixPath(name).suffix.lower(),
+                "size": len(data),
+                "hash": digest,
+            },
+        )
+        transaction.on_commit(lambda: _enqueue(document.pk))
+    return document, True
+
+
+def conversation_file_remove(*, document: Document, actor) -> None:
+    """Take a file out of its conversation (`actor` found it through access_conversation_file):
+    the document and its passages are deleted, so no later run retrieves them. Earlier answers
+    keep the passages they were given, in their steps."""
+    with transaction.atomic():
+        target = _target(document)
+        deleted, _ = Document.objects.filter(pk=document.pk).delete()
+        if not deleted:
+            return  # removed already (a second click)
+        audit_record(
+            actor=actor,
+            action="knowledge.file_removed",
+            target=target,
+            conversation=document.knowledge_base.conversation_id,
+            data={
+                "conversation": document.knowledge_base.conversation_id,
+                "knowledge_base": document.knowledge_base_id,
+                "hash": document.content_hash,
+            },
+        )

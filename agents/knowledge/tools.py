@@ -21,10 +21,17 @@ from tools.registry import ToolContext, python_tool
 )
 def knowledge_search_tool(arguments: dict, *, idempotency_key: str, context: ToolContext) -> dict:
     from agents.knowledge.retrieval import knowledge_search
+    from agents.knowledge.selectors import conversation_base_ids
+    from agents.models import Run
 
-    # An MCP client's own call (no agent): every knowledge base the user may read.
+    # An MCP client's own call (no agent): every knowledge base the user may read, but no
+    # conversation's files. An agent's run: its agent's and its conversation's files.
     agent = context.agent
-    bases = None if agent is None else list(agent.knowledge_bases.values_list("pk", flat=True))
+    bases = None
+    if agent is not None:
+        runs = Run.objects.filter(pk=context.run_id or 0)
+        bases = list(agent.knowledge_bases.values_list("pk", flat=True))
+        bases += conversation_base_ids(runs.values_list("conversation_id", flat=True).first())
     passages = knowledge_search(
         actor=context.actor,
         query=arguments["query"],
