@@ -179,10 +179,12 @@ def agents_usable_by(user) -> QuerySet[Agent]:
 
 
 def conversations_of(user) -> QuerySet[Conversation]:
+    """`user`'s conversations, the latest activity first (a message asked, an answer landed:
+    agents.services.conversation_touch moves `updated_at`)."""
     return (
         Conversation.objects.filter(owner_id=user.pk)
         .select_related("agent")
-        .order_by("-updated_at")
+        .order_by("-updated_at", "-pk")
     )
 
 
