@@ -4,16 +4,36 @@ page shows it (tool-call cards, citations with their passages, the answer as saf
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 
-from django.db.models import Func, IntegerField, Prefetch, QuerySet, Sum
+from django.contrib.postgres.search import (
+    SearchHeadline,
+    SearchQuery,
+    SearchRank,
+    SearchVectorField,
+)
+from django.db.models import (
+    Case,
+    F,
+    Func,
+    IntegerField,
+    Prefetch,
+    QuerySet,
+    Sum,
+    TextField,
+    Value,
+    When,
+)
 from django.db.models.fields.json import KeyTransform
 from django.utils import timezone
-from django.utils.safestring import SafeString
+from django.utils.html import escape
+from django.utils.safestring import SafeString, mark_safe
 
 from agents.models import FINAL_STATES, Agent, Conversation, Run, RunState, RunStep, StepKind
 from governance.access import NoAccess
 from governance.guardrails.output import render_markdown
+from tools.schemas import text_problem
 
 MASK = "••••••"
 
@@ -180,12 +200,142 @@ def agents_usable_by(user) -> QuerySet[Agent]:
 
 
 def conversations_of(user) -> QuerySet[Conversation]:
-    """The user's conversations, the agent builder's tests aside (the builder lists those)."""
+    """`user`'s conversations, the latest activity first (a message asked, an answer landed:
+    agents.services.conversation_touch moves `updated_at`), the agent builder's tests aside (the
+    builder lists those)."""
     return (
         Conversation.objects.filter(owner_id=user.pk, builder_test=False)
         .select_related("agent")
-        .order_by("-updated_at")
+        .order_by("-updated_at", "-pk")
     )
+
+
+# Searching one's own conversations -------------------------------------------------------------
+
+SEARCH_CONFIG = "english"
+SEARCH_MAX = 200  # characters a search may have
+SEARCH_LIMIT = 50  # hits a search shows, the best first
+# ts_headline's markers around a matched word: characters from Unicode's private use area, which
+# `marked` turns into <mark> once the text around them is escaped.
+START, STOP = "\ue000", "\ue001"
+
+
+class SearchRefused(ValueError):
+    """A search that cannot be run (empty, too long, not text): the message says why."""
+
+
+class RunText(Func):
+    """What a search finds a run by: the words of the user's message and, once it was shown to
+    them (the run succeeded), of the answer; a held or refused answer is not found. A tsvector
+    PostgreSQL keeps in the run's row (`search_vector`, GIN-indexed: migration 0015), not a
+    model field, so that loading a run never reads it; this is the one place that names it."""
+
+    output_field = SearchVectorField()
+
+    def __init__(self) -> None:
+        super().__init__(F("pk"))
+
+    def as_sql(self, compiler, connection, **extra):
+        [run] = self.get_source_expressions()  # the run's row, under the query's alias
+        return f"{compiler.quote_name_unless_alias(run.alias)}.search_vector", []
+
+
+@dataclass
+class SearchHit:
+    """A run of the user's that the search found, with its words highlighted (safe HTML)."""
+
+    run: Run
+    asked: SafeString
+    answered: SafeString  # empty when the answer did not match (or was never shown)
+
+
+def search_query(text: str) -> str:
+    """The search as typed, made ready to run, or SearchRefused saying why it cannot be."""
+    text = " ".join(str(text).split())
+    if not text:
+        raise SearchRefused("Type a word or two to search your conversations.")
+    if len(text) > SEARCH_MAX:
+        raise SearchRefused(
+            f"The search is {len(text)} characters long; at most {SEARCH_MAX} are looked for."
+        )
+    if problem := text_problem(text):
+        raise SearchRefused(f"The search {problem}.")
+    return text
+
+
+def conversations_search(user, text: str) -> list[SearchHit]:
+    """The runs of `user`'s own conversations whose message or shown answer match `text`
+    (PostgreSQL full text, web search syntax: words, "a phrase", or, -not), the best
+    SEARCH_LIMIT first, the newest first among equals. Never another user's: a run is found
+    through its conversation's owner, the chat's one rule (access_conversation). Two queries:
+    the hits, then the headlines of those only (ts_headline reads the whole text)."""
+    query = SearchQuery(search_query(text), search_type="websearch", config=SEARCH_CONFIG)
+    ranked = list(runs_matching(user, query).values_list("pk", flat=True)[:SEARCH_LIMIT])
+    if not ranked:
+        return []
+    found = (
+        Run.objects.filter(pk__in=ranked)
+        .select_related("conversation", "agent")
+        .annotate(
+            asked_html=_headline("input", query, fragments=0),
+            answered_html=Case(  # an answer never shown is never read out
+                When(state=RunState.SUCCEEDED, then=_headline("answer", query, fragments=2)),
+                default=Value(""),
+                output_field=TextField(),
+            ),
+        )
+    )
+    by_pk = {run.pk: run for run in found}
+    hits = []
+    for run in (by_pk[pk] for pk in ranked if pk in by_pk):  # (one deleted in between: gone)
+        answered = run.answered_html if START in run.answered_html else ""
+        hits.append(SearchHit(run, marked(run.asked_html), marked(answered)))
+    return hits
+
+
+def runs_matching(user, query: SearchQuery) -> QuerySet[Run]:
+    """The runs of `user`'s own conversations that match `query`, the best first."""
+    return (
+        Run.objects.annotate(document=RunText())
+        .filter(conversation__owner_id=user.pk, document=query)
+        .annotate(rank=SearchRank(RunText(), query))
+        .order_by("-rank", "-created_at", "-pk")
+    )
+
+
+def _headline(field: str, query: SearchQuery, *, fragments: int) -> SearchHeadline:
+    """`field`'s text around the words found, each between START and STOP."""
+    return SearchHeadline(
+        field,
+        query,
+        config=SEARCH_CONFIG,
+        start_sel=START,
+        stop_sel=STOP,
+        max_words=30,
+        min_words=12,
+        max_fragments=fragments,
+        fragment_delimiter=" … ",
+    )
+
+
+def marked(headline: str) -> SafeString:
+    """A headline as safe HTML: its text escaped, then only the markers made <mark>. The text
+    is a user's or a model's: a marker character in it makes at most a balanced <mark>, never
+    markup of its own."""
+    out: list[str] = []
+    open_ = False
+    for piece in re.split(f"([{START}{STOP}])", headline):
+        if piece == START and not open_:
+            out.append("<mark>")
+            open_ = True
+        elif piece == STOP and open_:
+            out.append("</mark>")
+            open_ = False
+        elif piece not in (START, STOP):
+            out.append(str(escape(piece)))
+    if open_:
+        out.append("</mark>")
+    return mark_safe("".join(out))  # noqa: S308 - escaped above, the marks are ours
 
 
 def runs_with_steps(queryset: QuerySet[Run]) -> QuerySet[Run]:

@@ -21,6 +21,7 @@ from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from agents.events import publish, publish_group
@@ -292,6 +293,8 @@ def _queued(agent, conversation, actor, input, decision, context, **fields):
     with transaction.atomic():
         if conversation.pk is None:  # a new conversation exists only with its first run
             conversation.save()
+        else:  # a new message is activity: the conversation comes first in its owner's list
+            conversation_touch(conversation_id=conversation.pk)
         run = Run.objects.create(
             agent=agent,
             conversation=conversation,
@@ -741,6 +744,16 @@ def run_finish(
         _counted_finished(agent, state, took)
 
 
+def conversation_touch(*, conversation_id: int | None = None, run_id: int | None = None) -> None:
+    """Activity in a conversation (given, or `run_id`'s): a message asked, an answer landed.
+    Its `updated_at` moves, in the caller's transaction (the one that writes the activity), so
+    its owner's list (agents.selectors.conversations_of) puts it first."""
+    if conversation_id is not None:
+        Conversation.objects.filter(pk=conversation_id).update(updated_at=Now())
+    elif run_id is not None:
+        Conversation.objects.filter(runs=run_id).update(updated_at=Now())
+
+
 def run_wake_parent(*, parent_id: int | None, child_id: int, state: str) -> None:
     """A run another agent's run asked (delegation) ended: that run, waiting for it, is queued
     again, in the caller's transaction (the one that ended the child: no moment where the
@@ -772,18 +785,26 @@ def _counted_finished(agent: str, state: str, took: timedelta) -> None:
     transaction.on_commit(count)
 
 
+# The run's end is activity in its conversation: its updated_at moves in the same statement
+# (conversation_touch's rule), so the owner's list puts it first.
 _FINISH = f"""
-UPDATE agents_run SET state = %s, answer = %s, citations = %s::jsonb, error = %s, confidence = %s,
-    finished_at = statement_timestamp(),
-    latency_ms = GREATEST(0, (EXTRACT(EPOCH FROM statement_timestamp()
-        - COALESCE(started_at, created_at)) * 1000)::int),
-    lease_holder = '', lease_expires_at = NULL
-WHERE id = %s AND fencing_token = %s
-    AND state IN ('{RunState.QUEUED}', '{RunState.RUNNING}')
-RETURNING conversation_id, prompt_tokens + completion_tokens, cost,
-    COALESCE((SELECT slug FROM agents_agent WHERE agents_agent.id = agents_run.agent_id),
-        '{MCP_LABEL}'),
-    finished_at - created_at, parent_id
+WITH finished AS (
+    UPDATE agents_run SET state = %s, answer = %s, citations = %s::jsonb, error = %s,
+        confidence = %s, finished_at = statement_timestamp(),
+        latency_ms = GREATEST(0, (EXTRACT(EPOCH FROM statement_timestamp()
+            - COALESCE(started_at, created_at)) * 1000)::int),
+        lease_holder = '', lease_expires_at = NULL
+    WHERE id = %s AND fencing_token = %s
+        AND state IN ('{RunState.QUEUED}', '{RunState.RUNNING}')
+    RETURNING conversation_id, prompt_tokens + completion_tokens AS tokens, cost,
+        COALESCE((SELECT slug FROM agents_agent WHERE agents_agent.id = agents_run.agent_id),
+            '{MCP_LABEL}') AS agent,
+        finished_at - created_at AS took, parent_id
+), touched AS (
+    UPDATE agents_conversation SET updated_at = statement_timestamp()
+    FROM finished WHERE agents_conversation.id = finished.conversation_id
+)
+SELECT conversation_id, tokens, cost, agent, took, parent_id FROM finished
 """  # noqa: S608 - constants only
 
 
@@ -872,6 +893,7 @@ def run_escalation_decided(escalation, **_signal) -> None:
         finished_at=timezone.now(),
     )
     if updated:
+        conversation_touch(run_id=escalation.run_id)  # the answer landed, or why not
         Message.objects.filter(
             run_id=escalation.run_id, role=MessageRole.ASSISTANT, content="(held for review)"
         ).update(content=escalation.released_answer if released else f"({error})")

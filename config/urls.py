@@ -24,6 +24,7 @@ urlpatterns = [
     path("chat/new/<slug:slug>/", chat.chat_new, name="chat-new"),
     path("chat/c/<int:pk>/", chat.conversation_page, name="conversation"),
     path("chat/send/", chat.chat_send, name="chat-send"),
+    path("chat/search/", chat.chat_search, name="chat-search"),
     path("chat/runs/<int:pk>/", chat.run_part, name="run-part"),
     path("chat/runs/<int:pk>/stop/", chat.run_stop, name="run-stop"),
     path("chat/runs/<int:pk>/feedback/", feedback.feedback_send, name="run-feedback"),

@@ -155,3 +155,32 @@ def workers_status(request: HttpRequest) -> HttpResponse:
     response = JsonResponse({"ready": workers_ready()})
     response["Cache-Control"] = "no-store"
     return response
+
+
+@login_required
+@require_GET
+def chat_search(request: HttpRequest) -> HttpResponse:
+    """The user's own messages and the answers they were shown that match the search, each
+    with its conversation, agent and date, linked to the conversation at that run."""
+    from agents.selectors import SEARCH_LIMIT, SEARCH_MAX, SearchRefused, conversations_search
+
+    text = request.GET.get("q")
+    hits, refused = [], ""
+    if text is not None:
+        try:
+            hits = conversations_search(request.user, text)
+        except SearchRefused as exc:
+            refused = str(exc)
+    return render(
+        request,
+        "portal/search.html",
+        {
+            "q": (text or "")[: SEARCH_MAX * 2],  # back in the box, within reason
+            "hits": hits,
+            "refused": refused,
+            "searched": text is not None and not refused,
+            "search_max": SEARCH_MAX,
+            "limit": SEARCH_LIMIT,
+        },
+        status=400 if refused else 200,
+    )

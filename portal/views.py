@@ -63,11 +63,29 @@ def favicon(request: HttpRequest) -> HttpResponse:
     return redirect(static("portal/favicon.svg"), permanent=True)
 
 
+RECENT_CONVERSATIONS = 6
+
+
 @login_required
 def home(request: HttpRequest) -> HttpResponse:
-    roles = list(request.user.groups.order_by("name").values_list("name", flat=True))
-    usage = usage_for(request.user)
-    return render(request, "portal/home.html", {"roles": roles, "usage": usage})
+    """Where one lands: the agents one may use, one's latest conversations, a search over
+    them, one's roles and budgets."""
+    from agents.selectors import SEARCH_MAX, agents_usable_by, conversations_of
+    from governance.roles import GOVERNANCE_ADMIN
+
+    user = request.user
+    return render(
+        request,
+        "portal/home.html",
+        {
+            "roles": list(user.groups.order_by("name").values_list("name", flat=True)),
+            "usage": usage_for(user),
+            "agents": list(agents_usable_by(user).order_by("name")),
+            "conversations": list(conversations_of(user)[:RECENT_CONVERSATIONS]),
+            "search_max": SEARCH_MAX,
+            "admin_group": GOVERNANCE_ADMIN,
+        },
+    )
 
 
 def _client(request: HttpRequest) -> dict[str, str]:

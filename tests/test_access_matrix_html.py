@@ -340,6 +340,7 @@ ROUTES: dict[str, Route] = {
     ),  # the agent is the team's: who may use it
     "chat/c/<int:pk>/": Route(owner_only(), {"pk": pk("private")}),
     "chat/send/": Route(everyone(405)),  # POST: test_writes_to_others_objects
+    "chat/search/": Route(everyone(200)),  # what it finds: test_only_a_finds_as_words
     "chat/runs/<int:pk>/": Route(owner_only(), {"pk": pk("private_run")}),
     "chat/runs/<int:pk>/stop/": Route(everyone(405), {"pk": pk("private_run")}),
     "chat/runs/<int:pk>/feedback/": Route(everyone(405), {"pk": pk("private_run")}),
@@ -640,6 +641,16 @@ def test_the_owner_reads_both_markers_so_the_matrix_can_fail(world):
     assert MARK in text(client.get(f"/chat/c/{world.private.pk}/"))
     assert DENIED in text(client.get(f"/chat/c/{world.reviewed.pk}/"))
     assert DENIED in text(client.get(f"/api/v1/documents/{world.document.pk}"))
+
+
+@pytest.mark.django_db
+def test_only_a_finds_as_words(world):
+    """The conversation search is over one's own conversations: nobody else finds A's words,
+    the admin included (who reads them in the console, not in a chat)."""
+    for persona in ("member_a", "member_b", "reviewer", "admin", "denied"):
+        page = text(client_of(world, persona).get("/chat/search/", {"q": "my plans"}))
+        found = f"#run-{world.private_run.pk}" in page
+        assert found == (persona == "member_a"), persona
 
 
 @pytest.mark.django_db

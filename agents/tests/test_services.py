@@ -96,12 +96,13 @@ def test_starting_a_run_takes_a_fixed_number_of_queries(
     agent, member, django_assert_num_queries, django_capture_on_commit_callbacks
 ):
     """One statement for the start decision (agent and route access, team regions, budgets:
-    governance.snapshot), then the run, its message and two audit events, in a savepoint: a
-    count pinned so a new check shows up here as the cost it is."""
+    governance.snapshot), then the conversation's last activity, the run, its message and two
+    audit events, in a savepoint: a count pinned so a new check shows up here as the cost it
+    is."""
     conversation = Conversation.objects.create(owner=member, agent=agent)
     agent = Agent.objects.select_related("route").get(pk=agent.pk)
 
-    with django_capture_on_commit_callbacks(), django_assert_num_queries(7):
+    with django_capture_on_commit_callbacks(), django_assert_num_queries(8):
         run_start(agent=agent, conversation=conversation, actor=member, input="hi")
 
 
@@ -115,7 +116,7 @@ def test_starting_a_budgeted_run_reads_its_budgets_in_one_query(
     conversation = Conversation.objects.create(owner=member, agent=agent)
     agent = Agent.objects.select_related("route").get(pk=agent.pk)
 
-    with django_capture_on_commit_callbacks(), django_assert_num_queries(8):
+    with django_capture_on_commit_callbacks(), django_assert_num_queries(9):
         run_start(agent=agent, conversation=conversation, actor=member, input="hi")
 
     assert not BudgetUsage.objects.exists()

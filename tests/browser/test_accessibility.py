@@ -29,7 +29,7 @@ def _ask(page, portal, text: str) -> str:
 
 def _check(page, portal, path: str, name: str, found: dict[str, list[str]]) -> None:
     if path:
-        page.goto(f"{portal.url}{path}")
+        assert page.goto(f"{portal.url}{path}").status == 200, path
     page.wait_for_load_state("load")
     found[name] = described(violations(page))
     screenshot(page, f"a11y-{name}")
@@ -38,12 +38,18 @@ def _check(page, portal, path: str, name: str, found: dict[str, list[str]]) -> N
 def test_the_chat_inbox_and_console_have_no_serious_accessibility_violations(portal, browser):
     portal.model.script(
         "demo",
-        Reply.say("Full-time employees receive 25 days of paid annual leave per year [1]."),
+        Reply.say(
+            "Full-time employees receive 25 days of paid annual leave per year [1].\n\n"
+            "```python\nprint(days_left(employee))\n```"
+        ),
         Reply.call("create_ticket", {"title": "VPN down"}),
     )
     member = browser("member")
     answered = _ask(member, portal, "How many days of annual leave do I get?")
     member.locator(".run-body .bubble.answer").first.wait_for()
+    member.get_by_role("button", name="Copy Python code").wait_for()
+    member.get_by_role("button", name=re.compile("not helpful", re.I)).first.click()
+    member.get_by_label(re.compile("What was wrong about this answer")).wait_for()
     _ask(member, portal, "Please open a ticket: my VPN is down")
     member.locator(".card.tool .pill", has_text="awaiting approval").wait_for()
     waiting = Run.objects.get(state="awaiting_approval")
@@ -65,6 +71,10 @@ def test_the_chat_inbox_and_console_have_no_serious_accessibility_violations(por
         ("/admin/", "console"),
         ("/admin/agents/agent/", "console-agents"),
         ("/admin/agents/agent/1/change/", "console-agent"),
+        ("/admin/agents/agent/1/builder/", "console-builder"),
+        ("/admin/dashboard/", "console-dashboard"),
+        ("/admin/agents/knowledgebase/1/change/", "console-knowledge-base"),
+        ("/admin/agents/feedback/", "console-feedback"),
         ("/admin/audit/auditevent/", "console-audit"),
     ):
         _check(admin, portal, path, name, found)
@@ -74,6 +84,8 @@ def test_the_chat_inbox_and_console_have_no_serious_accessibility_violations(por
     _check(phone, portal, answered.removeprefix(portal.url), "chat-phone", found)
     phone_reviewer = browser("reviewer", **PHONE)
     _check(phone_reviewer, portal, "/inbox/", "inbox-phone", found)
+    phone_admin = browser("admin", **PHONE)
+    _check(phone_admin, portal, "/admin/dashboard/", "console-dashboard-phone", found)
 
     report = [f"{page}: {line}" for page, lines in found.items() for line in lines]
     assert report == [], "\n".join(report)
