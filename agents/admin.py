@@ -220,7 +220,13 @@ class FeedbackAdmin(ReadOnlyAdmin):
             return may_read_feedback(request.user, obj.run.agent_id)
         # Asked each time the admin lists its apps (the index, the navigation): once a request.
         if not hasattr(request, "_feedback_visible"):
-            visible = request.user.is_staff and feedback_agents(request.user).exists()
+            user = request.user
+            # The model-wide permissions need no query beyond the user's cached ones.
+            visible = user.is_staff and (
+                user.has_perm("agents.view_feedback")
+                or user.has_perm("agents.change_agent")
+                or feedback_agents(user).exists()
+            )
             request._feedback_visible = visible
         return request._feedback_visible
 

@@ -104,8 +104,7 @@ def test_the_builder_shows_the_prompt_route_tools_knowledge_and_thresholds(
     change_page = client.get(reverse("admin:agents_agent_change", args=[agent.pk]))
     assert f'href="{builder(agent)}"' in change_page.content.decode()
 
-    # 16: the admin asks once whether the Feedback module is visible (one owns an agent).
-    with django_assert_max_num_queries(16):
+    with django_assert_max_num_queries(15):
         response = client.get(builder(agent))
 
     assert response.status_code == 200

@@ -8,7 +8,7 @@ import pytest
 from django.core.signals import request_finished
 from django.db import close_old_connections
 
-from agents.models import Agent, Conversation, Run, RunState
+from agents.models import Agent, Conversation, Feedback, Run, RunState
 from governance.models import ApprovalRequest
 from integrations.api.waits import wait_slot_give, wait_slot_take
 from integrations.models import PersonalAccessToken
@@ -325,8 +325,16 @@ def test_the_cursors_warden_writes_still_page_both_ways(
     client, people, governed, full_access, pattern
 ):
     for n in range(3):
-        Conversation.objects.create(owner=people.admin, agent=governed.agent)
+        conversation = Conversation.objects.create(owner=people.admin, agent=governed.agent)
         Agent.objects.create(name=f"A{n}", slug=f"a-{n}", route=governed.route)
+        answered = Run.objects.create(
+            agent=governed.agent,
+            conversation=conversation,
+            actor=people.admin,
+            input="q",
+            state=RunState.SUCCEEDED,
+        )
+        Feedback.objects.create(run=answered, author=people.admin, rating="up")
     url = pattern.replace("<slug:slug>", governed.knowledge_base.slug)
     everything = client.get(url, {"limit": 200}, **full_access).json()["results"]
     assert len(everything) >= 2 or pattern in SPARSE
