@@ -59,6 +59,8 @@ def test_the_chat_inbox_and_console_have_no_serious_accessibility_violations(por
     _check(member, portal, answered.removeprefix(portal.url), "chat-answer", found)
     _check(member, portal, f"/runs/{waiting.pk}/", "trace", found)
     _check(member, portal, "/account/tokens/", "tokens", found)
+    _check(member, portal, "/chat/search/?q=leave", "search", found)
+    _check(member, portal, "/chat/", "chat-home", found)
 
     reviewer = browser("reviewer")
     _check(reviewer, portal, "/inbox/", "inbox", found)

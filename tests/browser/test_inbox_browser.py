@@ -172,7 +172,7 @@ def test_a_reviewer_filters_moves_by_keyboard_reads_an_edit_s_diff_and_approves_
     card = phone.locator(f'tr[data-key="approval-{flagged.pk}"]')
     for label in ("What", "Agent", "Asked by", "Why it waits", "Waiting"):
         expect(card.locator(".cell-label", has_text=re.compile(f"^{label}$"))).to_be_visible()
-    assert card.evaluate("row => getComputedStyle(row).display") == "block"
+    expect(card).to_have_css("display", "block")  # (retried: a live refresh may replace it)
     overflow = phone.evaluate(
         "document.documentElement.scrollWidth - document.documentElement.clientWidth"
     )
