@@ -349,15 +349,40 @@ def _table_lines(table: Tag) -> Iterable[str]:
 # PDF -------------------------------------------------------------------------------------------
 
 
-def _pdf(data: bytes, stem: str) -> Extracted:
-    from pypdf import PasswordType, PdfReader
+# How far a PDF may expand when read: each stream to this many times the file's size, and its
+# text to this many characters per byte of the file (at least PDF_MIN_TEXT).
+PDF_INFLATION = 20
+PDF_TEXT_PER_BYTE = 10
+PDF_MIN_TEXT = 2_000_000
 
+
+def _pdf(data: bytes, stem: str) -> Extracted:
+    from pypdf import PasswordType, PdfReader, apply_configuration
+
+    # A PDF's streams are compressed: a small file can hold millions of characters (a 62 KB file
+    # held 11.8 million, three minutes of a worker's time). Each stream may inflate to at most
+    # PDF_INFLATION times the file (pypdf's own limits), and reading stops past a text budget.
+    inflated = min(75_000_000, max(1_000_000, PDF_INFLATION * len(data)))
+    budget = max(PDF_MIN_TEXT, PDF_TEXT_PER_BYTE * len(data))
+    limits = {
+        f"{kind}_maximum_output_length": inflated
+        for kind in ("zlib", "lzw", "run_length", "brotli", "jbig2", "array_based_stream")
+    }
     try:
-        reader = PdfReader(io.BytesIO(data))
-        if reader.is_encrypted and reader.decrypt("") == PasswordType.NOT_DECRYPTED:
-            raise ExtractError("the PDF is password-protected")
-        pages = [page.extract_text() or "" for page in reader.pages]
-        metadata_title = reader.metadata.title if reader.metadata else None
+        with apply_configuration(None, **limits):
+            reader = PdfReader(io.BytesIO(data))
+            if reader.is_encrypted and reader.decrypt("") == PasswordType.NOT_DECRYPTED:
+                raise ExtractError("the PDF is password-protected")
+            pages, read = [], 0
+            for page in reader.pages:
+                pages.append(page.extract_text() or "")
+                read += len(pages[-1])
+                if read > budget:
+                    raise ExtractError(
+                        f"the PDF holds more text than Warden reads from a file of its size "
+                        f"(over {budget:,} characters)"
+                    )
+            metadata_title = reader.metadata.title if reader.metadata else None
     except ExtractError:
         raise
     except Exception as error:  # pypdf raises many types on damaged files, not only PyPdfError

@@ -357,3 +357,59 @@ def test_a_password_protected_pdf_is_refused():
     pdf = encrypted(pdf_with_text(["Secret"]), user_password="s3cret")
 
     assert refusal("secret.pdf", pdf) == "the PDF is password-protected"
+
+
+def _compressed_pdf(content: bytes) -> bytes:
+    """A one-page PDF whose page draws `content` (a content stream), stored deflated."""
+    import zlib
+
+    stream = zlib.compress(content, 9)
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R"
+        b" /Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(stream) + stream + b"\nendstream",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    out = io.BytesIO()
+    out.write(b"%PDF-1.4\n")
+    offsets = []
+    for n, body in enumerate(objects, 1):
+        offsets.append(out.tell())
+        out.write(b"%d 0 obj\n" % n + body + b"\nendobj\n")
+    xref = out.tell()
+    out.write(b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1))
+    for offset in offsets:
+        out.write(b"%010d 00000 n \n" % offset)
+    out.write(b"trailer\n<< /Size %d /Root 1 0 R >>\n" % (len(objects) + 1))
+    out.write(b"startxref\n%d\n%%%%EOF\n" % xref)
+    return out.getvalue()
+
+
+LINE = b"BT /F1 12 Tf 72 712 Td (the quick brown fox jumps over the lazy dog) Tj ET\n"
+
+
+def test_a_compressed_pdf_is_read_within_its_inflation_limit():
+    small = _compressed_pdf(LINE * 500)
+
+    assert "quick brown fox" in read("notes.pdf", small).blocks[0].text
+
+
+def test_a_pdf_that_inflates_far_beyond_its_size_is_refused_not_read_for_minutes():
+    # 62 KB that hold 11.8 million characters: read whole, it took a worker three minutes.
+    bomb = _compressed_pdf(LINE * 200_000)
+    assert len(bomb) < 100_000
+
+    assert refusal("bomb.pdf", bomb, max_bytes=5 * MB).startswith("the PDF cannot be read (")
+
+
+def test_a_pdf_with_more_text_than_its_budget_stops_being_read(monkeypatch):
+    from agents.knowledge import extract as module
+
+    monkeypatch.setattr(module, "PDF_MIN_TEXT", 1_000)
+    monkeypatch.setattr(module, "PDF_TEXT_PER_BYTE", 0)
+
+    assert refusal("long.pdf", _compressed_pdf(LINE * 500)) == (
+        "the PDF holds more text than Warden reads from a file of its size (over 1,000 characters)"
+    )
