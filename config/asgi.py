@@ -6,7 +6,9 @@ path is refused.
 """
 
 import gc
+import json
 import os
+from http import HTTPStatus
 
 from django.core.asgi import get_asgi_application
 
@@ -32,14 +34,38 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from agents.routing import websocket_urlpatterns  # noqa: E402
 from integrations.mcp.server import application as mcp_application  # noqa: E402
 from portal.second_factor import SecondFactorWebsocketMiddleware  # noqa: E402
+from portal.uploads import body_refusal  # noqa: E402
 
 
 async def http_application(scope, receive, send):
     """/mcp is the MCP server's (integrations.mcp: the SDK's streamable HTTP transport); every
-    other path is Django's."""
+    other path is Django's, but a file attached in the chat that is too big (or says no length)
+    is refused before its body is read (portal.uploads.body_refusal)."""
     if scope["path"] in ("/mcp", "/mcp/"):
         return await mcp_application(scope, receive, send)
+    if (refused := body_refusal(scope)) is not None:
+        return await _problem(send, *refused)
     return await django_asgi_app(scope, receive, send)
+
+
+async def _problem(send, status: int, detail: str) -> None:
+    """An RFC 9457 problem, sent without reading the request; the connection is closed after
+    it (the body is never read)."""
+    body = json.dumps(
+        {
+            "type": "about:blank",
+            "title": HTTPStatus(status).phrase,
+            "status": status,
+            "detail": detail,
+        }
+    ).encode()
+    headers = [
+        (b"content-type", b"application/problem+json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 application = ProtocolTypeRouter(

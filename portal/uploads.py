@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
@@ -20,6 +21,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.text import capfirst
 from django.views.decorators.http import require_GET, require_POST
 
+from agents.knowledge.extract import too_big
 from agents.knowledge.selectors import access_conversation_file
 from agents.knowledge.services import (
     UploadRefused,
@@ -32,6 +34,29 @@ from agents.selectors import access_conversation
 from agents.submit import conversation_title
 from governance.access import NoAccess, access_agent
 from integrations.api.problems import problem_response
+
+# What a request attaching a file may carry beyond the file: its form's other fields and the
+# multipart framing.
+FRAMING = 64 * 1024
+ATTACH_PATH = "/chat/files/"
+
+
+def body_refusal(scope: dict[str, Any]) -> tuple[int, str] | None:
+    """Whether to refuse a request attaching a file before its body is read: Django's ASGI
+    handler reads a whole body (to disk past 2.5 MB) before any view runs, so a view's own check
+    would come after the bytes. (411, why) without a Content-Length, (413, why) when it is over
+    the limit (config.asgi answers); None otherwise."""
+    if scope.get("method") != "POST" or scope.get("path") != ATTACH_PATH:
+        return None
+    headers = dict(scope.get("headers") or [])
+    try:
+        length = int(headers.get(b"content-length", b""))
+    except ValueError:
+        return 411, "send the file with its length (Content-Length)"
+    limit = settings.WARDEN_UPLOAD_MAX_BYTES
+    if length > limit + FRAMING:
+        return 413, too_big(length - FRAMING, limit)
+    return None
 
 
 def _wants_json(request: HttpRequest) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import secrets
 from collections.abc import Sequence
 from pathlib import PurePosixPath
 from typing import Protocol
@@ -439,7 +440,9 @@ def conversation_file_add(*, conversation, actor, name: str, data: bytes) -> tup
             conversation=conversation,
             defaults={
                 "name": f"Files of conversation {conversation.pk}",
-                "slug": f"conversation-{conversation.pk}-files",
+                # Random: a slug is unique among all knowledge bases, and anyone who may create
+                # one could otherwise take the next conversation's.
+                "slug": f"conversation-{conversation.pk}-files-{secrets.token_hex(4)}",
                 "owner_id": actor.pk,
                 "description": "Files attached in the chat: private to the conversation's owner.",
             },

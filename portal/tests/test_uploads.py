@@ -438,3 +438,93 @@ def test_a_file_for_an_agent_one_may_not_use_starts_nothing(client, people, help
         AuditEvent.objects.count(),
     )
     assert after == before
+
+
+def test_a_conversation_s_files_are_never_offered_as_an_agent_s_knowledge(
+    client, people, help_desk
+):
+    from django.urls import reverse
+
+    document = attached(client, people.member, help_desk)
+    client.force_login(people.admin)
+
+    builder = client.get(reverse("admin:agents_agent_builder", args=[help_desk.pk]))
+    change = client.get(reverse("admin:agents_agent_change", args=[help_desk.pk]))
+
+    assert builder.status_code == change.status_code == 200
+    for page in (builder, change):
+        assert document.knowledge_base.name not in page.content.decode()
+
+
+def test_a_conversation_s_files_linked_to_an_agent_stay_in_their_conversation(
+    client, server, people, help_desk
+):
+    document = attached(client, people.member, help_desk)
+    help_desk.knowledge_bases.add(document.knowledge_base)  # as no form offers any more
+    elsewhere = Conversation.objects.create(owner=people.member, agent=help_desk)
+
+    run = ask(server, help_desk, people.member, elsewhere, "What is the daily meal allowance?")
+
+    assert retrieved_documents(run) == set()
+
+
+def test_a_slug_taken_before_the_first_file_does_not_stop_it(client, people, help_desk):
+    conversation = Conversation.objects.create(owner=people.member, agent=help_desk)
+    KnowledgeBase.objects.create(
+        name="squatter", slug=f"conversation-{conversation.pk}-files", owner=people.admin
+    )
+
+    document = attached(client, people.member, help_desk, conversation=conversation)
+
+    assert document.knowledge_base.conversation == conversation
+
+
+def _served(scope_headers: list[tuple[bytes, bytes]]) -> tuple[list[dict], int]:
+    """What Warden's ASGI application answers a POST to the attach page with these headers,
+    and how many times it read the request's body."""
+    import asyncio
+
+    from config.asgi import application
+
+    sent: list[dict] = []
+    reads = 0
+
+    async def receive():
+        nonlocal reads
+        reads += 1
+        return {"type": "http.request", "body": b"x" * 65536, "more_body": True}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/chat/files/",
+        "headers": [(b"host", b"localhost"), *scope_headers],
+        "query_string": b"",
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+    asyncio.run(application(scope, receive, send))
+    return sent, reads
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "detail"),
+    [
+        ([(b"content-length", b"3000000")], 413, "the file is 2.8 MB; the limit is 1000 bytes"),
+        ([(b"transfer-encoding", b"chunked")], 411, "send the file with its length"),
+    ],
+)
+def test_a_file_too_big_to_attach_is_refused_before_its_body_is_read(
+    settings, headers, status, detail
+):
+    settings.WARDEN_UPLOAD_MAX_BYTES = 1000
+
+    sent, reads = _served(headers)
+
+    assert reads == 0
+    assert sent[0]["status"] == status
+    assert dict(sent[0]["headers"])[b"content-type"] == b"application/problem+json"
+    assert json.loads(sent[1]["body"])["detail"].startswith(detail)
