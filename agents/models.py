@@ -133,6 +133,8 @@ class Agent(models.Model):
         "agents.KnowledgeBase",
         blank=True,
         related_name="agents",
+        # Files attached in a conversation are that conversation's alone: never an agent's.
+        limit_choices_to={"conversation__isnull": True},
         help_text="Each run first retrieves passages from these (those the user may read).",
     )
     passages_per_run = models.PositiveSmallIntegerField(

@@ -1078,7 +1078,8 @@ def _hold_for_review(held: _Run, answer: str, confidence: float, citations: list
 def _knowledge_bases(agent: Agent, run: Run) -> list[int]:
     """The knowledge bases a run retrieves from: its agent's, and its conversation's own (the
     files attached in it), whichever of them its actor may read (knowledge_search checks)."""
-    mine = Q(agents=agent)
+    # An agent's own: never a conversation's files, even if one were linked to it.
+    mine = Q(agents=agent, conversation__isnull=True)
     if run.conversation_id is not None:
         mine |= Q(conversation_id=run.conversation_id)
     return sorted(set(KnowledgeBase.objects.filter(mine).values_list("pk", flat=True)))

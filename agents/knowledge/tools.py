@@ -30,7 +30,8 @@ def knowledge_search_tool(arguments: dict, *, idempotency_key: str, context: Too
     bases = None
     if agent is not None:
         runs = Run.objects.filter(pk=context.run_id or 0)
-        bases = list(agent.knowledge_bases.values_list("pk", flat=True))
+        own = agent.knowledge_bases.filter(conversation__isnull=True)
+        bases = list(own.values_list("pk", flat=True))
         bases += conversation_base_ids(runs.values_list("conversation_id", flat=True).first())
     passages = knowledge_search(
         actor=context.actor,
