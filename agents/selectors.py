@@ -227,7 +227,7 @@ class SearchRefused(ValueError):
 class RunText(Func):
     """What a search finds a run by: the words of the user's message and, once it was shown to
     them (the run succeeded), of the answer; a held or refused answer is not found. A tsvector
-    PostgreSQL keeps in the run's row (`search_vector`, GIN-indexed: migration 0015), not a
+    PostgreSQL keeps in the run's row (`search_vector`, GIN-indexed: migration 0019), not a
     model field, so that loading a run never reads it; this is the one place that names it."""
 
     output_field = SearchVectorField()

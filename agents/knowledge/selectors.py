@@ -33,16 +33,6 @@ def conversation_base_ids(conversation_id: int | None) -> list[int]:
     )
 
 
-def conversation_files(conversation) -> QuerySet[Document]:
-    """The files attached to `conversation` (whose owner is asking), oldest first, without
-    their content."""
-    return (
-        Document.objects.filter(knowledge_base__conversation=conversation)
-        .defer("content")
-        .order_by("created_at", "pk")
-    )
-
-
 def access_conversation_file(user, document_id) -> Document:
     """A file attached to one of `user`'s conversations (access_document: its knowledge base
     is private to its owner); else NoAccess, missing and forbidden alike."""

@@ -10,7 +10,10 @@ its rank read the kept vector.
 The column is not a model field, on purpose: the ORM never reads it (a run is loaded on every
 step of the runtime; the vector would double what each load reads), only
 agents.selectors.RunText names it. PostgreSQL recomputes it when `input`, `answer` or `state`
-change, not on the runtime's other updates (tokens, lease).
+change, not on the runtime's other updates (tokens, lease). Only runs in a conversation have
+one (an MCP client's calls are never searched), and only the first 20,000 characters of the
+message and 100,000 of the answer count: PostgreSQL refuses a tsvector over 1 MB, and the
+run's own write would fail with it.
 
 Adding it rewrites agents_run under an exclusive lock, and building the index reads it all: on
 a large table, expect the migration to take a while with runs stopped.
@@ -20,8 +23,10 @@ from django.db import migrations
 
 ADD = """
 ALTER TABLE agents_run ADD COLUMN search_vector tsvector GENERATED ALWAYS AS (
-    to_tsvector('english'::regconfig, input || ' ' ||
-        CASE WHEN state = 'succeeded' THEN answer ELSE '' END)
+    CASE WHEN conversation_id IS NULL THEN NULL ELSE
+        to_tsvector('english'::regconfig, left(input, 20000) || ' ' ||
+            CASE WHEN state = 'succeeded' THEN left(answer, 100000) ELSE '' END)
+    END
 ) STORED;
 CREATE INDEX agents_run_search ON agents_run USING gin (search_vector);
 """

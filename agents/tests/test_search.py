@@ -1,4 +1,4 @@
-"""The search's words as PostgreSQL keeps them (agents_run.search_vector, migration 0015): they
+"""The search's words as PostgreSQL keeps them (agents_run.search_vector, migration 0019): they
 follow what the user was shown, and the GIN index serves the selector's own expression."""
 
 import pytest
@@ -49,3 +49,31 @@ def test_the_gin_index_serves_the_selectors_expression(people, help_desk):
         plan = Run.objects.annotate(words=RunText()).filter(words=query).explain()
 
     assert "Bitmap Index Scan on agents_run_search" in plan, plan
+
+
+def test_a_very_long_answer_is_still_written_and_its_beginning_found(people, help_desk):
+    # PostgreSQL refuses a tsvector over 1 MB: a run whose whole answer went into its words
+    # could not be finished. Only the answer's first 100,000 characters are searched.
+    import random
+
+    rng = random.Random(1)
+    words = ["".join(rng.choices("αβγδεζηθικλμνξοπρστυφχψω", k=8)) for _ in range(110_000)]
+    answer = "Kingfisher " + " ".join(words)[:1_000_000]
+    conversation = Conversation.objects.create(owner=people.member, agent=help_desk)
+    run = Run.objects.create(
+        agent=help_desk, conversation=conversation, actor=people.member, input="the project?"
+    )
+
+    Run.objects.filter(pk=run.pk).update(answer=answer, state="succeeded")
+
+    [hit] = conversations_search(people.member, "kingfisher")
+    assert hit.run == run
+
+
+def test_an_mcp_client_s_call_keeps_no_search_words(people, help_desk):
+    run = Run.objects.create(
+        agent=help_desk, actor=people.member, input="a tool's question", kind="mcp"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT search_vector IS NULL FROM agents_run WHERE id = %s", [run.pk])
+        assert cursor.fetchone() == (True,)
