@@ -30,6 +30,11 @@ def test_a_group_runs_on_one_worker_and_the_rest_spread(tmp_path):
             *(sys.executable, "-m", "pytest", "-p", "tests.scheduling", "-p", "no:django"),
             *("-p", "no:cacheprovider", "-n", "3", "--dist", "loadgroup", "-v"),
             *("-c", "/dev/null", "-o", "addopts=", "--rootdir", str(tmp_path), str(tmp_path)),
+            # Its own temporary directory: without one, the inner pytest (and its xdist
+            # controller) "fixes" /tmp/pytest-of-<user> to mode 0700, and the embedded
+            # PostgreSQL of a test running beside it, as another user, can no longer reach its
+            # data there (CI: initdb failed with "Permission denied" on pg_control).
+            *("--basetemp", str(tmp_path / "basetemp")),
         ],
         capture_output=True,
         text=True,

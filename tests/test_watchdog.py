@@ -27,6 +27,7 @@ def test_a_dead_worker_and_a_hung_test_are_named_and_the_run_ends(tmp_path):
             *(sys.executable, "-m", "pytest", "-p", "tests.watchdog", "-p", "no:django"),
             *("-p", "no:cacheprovider", "-n", "2", "-o", "watchdog_seconds=40", "-o", "addopts="),
             *("-c", "/dev/null", "--rootdir", str(tmp_path), str(tmp_path)),
+            *("--basetemp", str(tmp_path / "basetemp")),  # see tests/test_scheduling.py
         ],
         capture_output=True,
         text=True,
@@ -61,6 +62,7 @@ def test_a_worker_s_fatal_error_is_repeated_in_the_final_summary(tmp_path):
             *(sys.executable, "-m", "pytest", "-p", "tests.watchdog", "-p", "no:django"),
             *("-p", "no:cacheprovider", "-n", "1", "-o", "watchdog_seconds=100", "-o", "addopts="),
             *("--max-worker-restart=0", "-c", "/dev/null", "--rootdir", str(tmp_path)),
+            *("--basetemp", str(tmp_path / "basetemp")),  # see tests/test_scheduling.py
             str(tmp_path),
         ],
         capture_output=True,
