@@ -19,6 +19,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from agents.models import Run
 from agents.selectors import (
+    SEARCH_MAX,
     access_conversation,
     access_run,
     agents_usable_by,
@@ -51,6 +52,7 @@ def _page(request: HttpRequest, **context) -> HttpResponse:
             "usage": usage_for(request.user),
             "draft": request.session.pop(DRAFT, ""),
             "max_input": MAX_INPUT,  # the box's limit is the front door's
+            "search_max": SEARCH_MAX,  # and the search box's, the search's
             **context,
         },
     )
@@ -162,7 +164,7 @@ def workers_status(request: HttpRequest) -> HttpResponse:
 def chat_search(request: HttpRequest) -> HttpResponse:
     """The user's own messages and the answers they were shown that match the search, each
     with its conversation, agent and date, linked to the conversation at that run."""
-    from agents.selectors import SEARCH_LIMIT, SEARCH_MAX, SearchRefused, conversations_search
+    from agents.selectors import SEARCH_LIMIT, SearchRefused, conversations_search
 
     text = request.GET.get("q")
     hits, refused = [], ""
