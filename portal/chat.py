@@ -8,13 +8,10 @@ database (`run_part`), so what it shows is never more than one event behind the 
 
 from __future__ import annotations
 
-from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.utils.http import url_has_allowed_host_and_scheme
-from django.utils.text import capfirst
 from django.views.decorators.http import require_GET, require_POST
 
 from agents.models import Run
@@ -32,7 +29,8 @@ from agents.submit import MAX_INPUT, run_submit
 from agents.workers import workers_ready
 from governance.access import NoAccess, access_agent
 from governance.budgets import usage_for
-from integrations.api.problems import problem_response, refusal
+from integrations.api.problems import refusal
+from portal.replies import refuse, wants_json
 
 DRAFT = "chat.draft"
 
@@ -89,7 +87,6 @@ def conversation_page(request: HttpRequest, pk: int) -> HttpResponse:
 def chat_send(request: HttpRequest) -> HttpResponse:
     """Start a run on the posted message: JSON for the page's script, a redirect for a plain
     form. Nothing typed is lost: a refusal comes back with the text, for another try."""
-    wants_json = "application/json" in request.headers.get("Accept", "")
     text = request.POST.get("text", "")
     try:
         agent = access_agent(request.user, request.POST.get("agent"))
@@ -103,19 +100,13 @@ def chat_send(request: HttpRequest) -> HttpResponse:
         refused = refusal(exc)  # the API's answer to it: its status, its words
         if refused is None:  # (never: both are domain errors)
             raise
-        if wants_json:  # for the page's script: the plain kind, with the text to put back
-            status = refused.answer.status
-            response = problem_response(request, status, None, refused.detail, text=text)
-            for header, value in refused.headers.items():
-                response[header] = value
-            return response
-        messages.error(request, capfirst(refused.detail))
-        request.session[DRAFT] = text  # the page puts it back in the box
-        back = request.META.get("HTTP_REFERER", "")
-        safe = url_has_allowed_host_and_scheme(back, {request.get_host()})
-        return redirect(back if safe and back else reverse("chat"))
+        if not wants_json(request):
+            request.session[DRAFT] = text  # the page puts it back in the box (a script: `text`)
+        return refuse(
+            request, refused.answer.status, refused.detail, headers=refused.headers, text=text
+        )
     url = reverse("conversation", args=[run.conversation_id])
-    if wants_json:
+    if wants_json(request):
         return JsonResponse(
             {"run": run.pk, "conversation": run.conversation_id, "url": url}, status=201
         )
@@ -142,7 +133,7 @@ def run_stop(request: HttpRequest, pk: int) -> HttpResponse:
     except NoAccess:
         raise Http404("no such run") from None
     run_cancel(run=run, actor=request.user)
-    if "application/json" in request.headers.get("Accept", ""):
+    if wants_json(request):
         return JsonResponse({"run": run.pk}, status=202)
     if run.conversation_id is None:  # an MCP client's call: its trace is its page
         return redirect("run-trace", run.pk)

@@ -18,10 +18,7 @@ from agents.regenerate import run_regenerate
 from agents.services import RunError
 from governance.access import NoAccess
 from integrations.api.problems import problem_response, refusal
-
-
-def _wants_json(request: HttpRequest) -> bool:
-    return "application/json" in request.headers.get("Accept", "")
+from portal.replies import wants_json
 
 
 def _refused(request: HttpRequest, exc: RunError, back: str) -> HttpResponse:
@@ -29,7 +26,7 @@ def _refused(request: HttpRequest, exc: RunError, back: str) -> HttpResponse:
     refused = refusal(exc)
     if refused is None:  # (never: a RunError has its answer)
         raise exc
-    if _wants_json(request):
+    if wants_json(request):
         answer = refused.answer
         return problem_response(
             request, answer.status, answer.slug, refused.detail, **refused.extra
@@ -66,7 +63,7 @@ def feedback_send(request: HttpRequest, pk: int) -> HttpResponse:
         raise Http404("no such run") from None
     except RunError as exc:
         return _refused(request, exc, _back(pk, _conversation(request)))
-    if _wants_json(request):
+    if wants_json(request):
         return JsonResponse(
             {"run": pk, "rating": feedback.rating, "comment": feedback.comment}, status=200
         )
@@ -85,7 +82,7 @@ def regenerate(request: HttpRequest, pk: int) -> HttpResponse:
     except RunError as exc:
         return _refused(request, exc, _back(pk, _conversation(request)))
     url = reverse("conversation", args=[run.conversation_id])
-    if _wants_json(request):
+    if wants_json(request):
         status = 200 if run.replayed else 201
         return JsonResponse(
             {"run": run.pk, "conversation": run.conversation_id, "url": url}, status=status

@@ -17,8 +17,6 @@ from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.utils.http import url_has_allowed_host_and_scheme
-from django.utils.text import capfirst
 from django.views.decorators.http import require_GET, require_POST
 
 from agents.knowledge.extract import too_big
@@ -33,7 +31,7 @@ from agents.models import Conversation
 from agents.selectors import access_conversation
 from agents.submit import conversation_title
 from governance.access import NoAccess, access_agent
-from integrations.api.problems import problem_response
+from portal.replies import refuse, wants_json
 
 # What a request attaching a file may carry beyond the file: its form's other fields and the
 # multipart framing.
@@ -59,22 +57,6 @@ def body_refusal(scope: dict[str, Any]) -> tuple[int, str] | None:
     return None
 
 
-def _wants_json(request: HttpRequest) -> bool:
-    return "application/json" in request.headers.get("Accept", "")
-
-
-def _refused(request: HttpRequest, status: int, detail: str, **headers: str) -> HttpResponse:
-    if _wants_json(request):
-        response = problem_response(request, status, None, detail)
-        for header, value in headers.items():
-            response[header] = value
-        return response
-    messages.error(request, capfirst(detail))
-    back = request.META.get("HTTP_REFERER", "")
-    safe = url_has_allowed_host_and_scheme(back, {request.get_host()})
-    return redirect(back if safe and back else reverse("chat"))
-
-
 @login_required
 @require_POST
 def file_attach(request: HttpRequest) -> HttpResponse:
@@ -82,7 +64,7 @@ def file_attach(request: HttpRequest) -> HttpResponse:
     new conversation with the agent `agent` (one the user may use)."""
     upload = request.FILES.get("file")
     if upload is None:
-        return _refused(request, 400, "choose a file to attach")
+        return refuse(request, 400, "choose a file to attach")
     try:
         if request.POST.get("conversation"):
             conversation = access_conversation(request.user, request.POST["conversation"])
@@ -103,12 +85,12 @@ def file_attach(request: HttpRequest) -> HttpResponse:
             data=upload.read(),
         )
     except NoAccess as exc:  # no such conversation (of the user's), or agent (they may use)
-        return _refused(request, 404, str(exc))
+        return refuse(request, 404, str(exc))
     except UploadRefused as exc:
         wait = {"Retry-After": str(exc.retry_after)} if exc.retry_after else {}
-        return _refused(request, exc.status, str(exc), **wait)
+        return refuse(request, exc.status, str(exc), headers=wait)
     url = reverse("conversation", args=[conversation.pk])
-    if _wants_json(request):
+    if wants_json(request):
         return JsonResponse(
             {
                 "document": document.pk,
@@ -147,12 +129,12 @@ def file_remove(request: HttpRequest, pk: int) -> HttpResponse:
     try:
         document = access_conversation_file(request.user, pk)
     except NoAccess:
-        if _wants_json(request):
-            return _refused(request, 404, "no such file")
+        if wants_json(request):
+            return refuse(request, 404, "no such file")
         raise Http404("no such file") from None
     conversation_id = document.knowledge_base.conversation_id
     conversation_file_remove(document=document, actor=request.user)
-    if _wants_json(request):
+    if wants_json(request):
         return JsonResponse({"document": pk, "removed": True})
     messages.success(request, f"{document.filename} is removed from this conversation.")
     return redirect("conversation", conversation_id)
