@@ -178,6 +178,15 @@ class Agent(models.Model):
         help_text="Agents this one may ask as tools (ask_<slug>): each question is a run of its "
         "own, by the same user, with that user's permissions, never more.",
     )
+    live_version = models.ForeignKey(
+        "agents.AgentVersion",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        editable=False,
+        help_text="The version that serves its runs (but those a release gives a candidate).",
+    )
 
     objects = RestrictedQuerySet.as_manager()
 
@@ -186,6 +195,53 @@ class Agent(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class AgentVersion(models.Model):
+    """One immutable state of an agent's behaviour (agents.versions.BEHAVIOUR): its system
+    prompt, route, tools, knowledge bases, agents it may ask, limits, threshold and guardrail
+    setting, as `config`, with `changes` against the version before it, who made it and why.
+    Every run records the version that served it. Never updated or deleted (enforced in the
+    database); a rollback is a new version with an old one's config."""
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="versions")
+    number = models.PositiveIntegerField()
+    config = models.JSONField()
+    changes = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Against the version before: [{field, before, after}], in people's words.",
+    )
+    route = models.ForeignKey(
+        ModelRoute,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="The config's route (none once that route was deleted: not servable).",
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    reason = models.TextField(blank=True)
+    rollback_of = models.ForeignKey(
+        "self",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="The version whose config this one restored, if it is a rollback.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["agent", "number"], name="agent_version_number"),
+        ]
+        ordering = ["agent", "-number"]
+
+    def __str__(self) -> str:
+        return f"v{self.number}"
 
 
 class Conversation(models.Model):
@@ -314,6 +370,15 @@ class Run(models.Model):
     )
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="runs"
+    )
+    version = models.ForeignKey(
+        AgentVersion,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="runs",
+        help_text="The agent's version that served the run (none before versions existed, and "
+        "for an MCP client's tool call).",
     )
     state = models.CharField(max_length=20, choices=RunState.choices, default=RunState.QUEUED)
     idempotency_key = models.CharField(max_length=200, blank=True)

@@ -22,7 +22,7 @@ from typing import cast
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Exists, Q
 from django.utils import timezone
 
 from agents import provenance
@@ -55,6 +55,7 @@ from agents.services import (
     run_finish,
     run_park,
 )
+from agents.versions import served_ids, version_agent
 from audit.pii import redact_messages, restore
 from governance.approvals import approval_request_create, arguments_hash, escalation_create
 from governance.budgets import BudgetExceeded, budget_reserve, budget_settle
@@ -110,17 +111,13 @@ def runs_here(agent: Agent, actor, conversation_id: int | None = None) -> bool:
     knowledge base to read, the agent's or the conversation's files (retrieval embeds, which
     is a worker's load), no answer that may be held for review. Everything else goes to a
     worker. One query."""
-    tools = agent.tools.filter(enabled=True).restrict(actor, Action.USE)
+    tools = _tools(agent).restrict(actor, Action.USE)
+    mine = Q(pk__in=served_ids(agent, "knowledge_bases"), conversation__isnull=True)
     bases = KnowledgeBase.objects.filter(
-        Q(agents=agent) | Q(conversation_id=conversation_id)
-        if conversation_id is not None
-        else Q(agents=agent)
+        mine | Q(conversation_id=conversation_id) if conversation_id is not None else mine
     )
-    found = {
-        "calls": Exists(tools),
-        "reads": Exists(bases),
-        "asks": Exists(agent.delegates.filter(enabled=True)),
-    }
+    asks = Agent.objects.filter(pk__in=served_ids(agent, "delegates"), enabled=True)
+    found = {"calls": Exists(tools), "reads": Exists(bases), "asks": Exists(asks)}
     if agent.confidence_threshold:
         found["holds"] = Exists(agent.route.deployments.filter(model__startswith=_LOCAL))
     return not any(Agent.objects.filter(pk=agent.pk).annotate(**found).values_list(*found).get())
@@ -291,18 +288,15 @@ class _Run:
     (nobody else writes while the lease is ours; the fenced checkpoint makes sure of it)."""
 
     def __init__(self, run_id: int, token: int, lease: Lease, attempt: _Attempt, *, answers):
-        asks = Agent.delegates.through.objects.filter(from_agent_id=OuterRef("agent_id"))
-        self.run = (
-            Run.objects.select_related("agent__route", "actor", "tool")
-            .annotate(asks=Exists(asks))  # whether its agent may ask others (a query less if not)
-            .get(pk=run_id)
-        )
+        self.run = Run.objects.select_related(
+            "agent__route", "actor", "tool", "version__route"
+        ).get(pk=run_id)
         self.token = token
         self.lease = lease
         self.attempt = attempt
         # None for an MCP client's call of `run.tool` (agents.calls), which never reaches what
         # an agent's run does (_call_steps instead of _steps).
-        self.agent = cast(Agent, self.run.agent)
+        self.agent = version_agent(cast(Agent, self.run.agent), self.run.version)
         self.steps = list(RunStep.objects.filter(run_id=run_id).order_by("index"))
         self.key = provenance.run_key(self.run.pk)  # marks untrusted content as data
         self.delegates: dict[str, Agent] = {}  # ask_<slug>: the agents it may ask
@@ -313,10 +307,11 @@ class _Run:
         else:
             # A run on the fast path was found to only answer as it started (runs_here).
             self.offered = {} if answers else _offered(self.agent, self.run.actor)
-            if self.run.asks and not answers:
+            if served_ids(self.agent, "delegates") and not answers:
                 self.delegates = _delegates(self.agent, self.run)
             self.knowledge_bases = [] if answers else _knowledge_bases(self.agent, self.run)
-            self.messages = _messages(self.run, reads=bool(self.offered or self.knowledge_bases))
+            reads = bool(self.offered or self.knowledge_bases)
+            self.messages = _messages(self.run, self.agent.system_prompt, reads=reads)
         self.tokens = self.run.tokens
         self.cancel_requested = self.run.cancel_requested
         self.ledger = LedgerShare()  # the ledger's part of each checkpoint (tools.ledger)
@@ -1079,7 +1074,7 @@ def _knowledge_bases(agent: Agent, run: Run) -> list[int]:
     """The knowledge bases a run retrieves from: its agent's, and its conversation's own (the
     files attached in it), whichever of them its actor may read (knowledge_search checks)."""
     # An agent's own: never a conversation's files, even if one were linked to it.
-    mine = Q(agents=agent, conversation__isnull=True)
+    mine = Q(pk__in=served_ids(agent, "knowledge_bases"), conversation__isnull=True)
     if run.conversation_id is not None:
         mine |= Q(conversation_id=run.conversation_id)
     return sorted(set(KnowledgeBase.objects.filter(mine).values_list("pk", flat=True)))
@@ -1212,7 +1207,8 @@ def _delegates(agent: Agent, run: Run) -> dict[str, Agent]:
     above = _ancestry(run)
     if len(above) > settings.WARDEN_DELEGATION_DEPTH:
         return {}
-    found = agent.delegates.filter(enabled=True).restrict(run.actor, Action.USE)
+    asked = Agent.objects.filter(pk__in=served_ids(agent, "delegates"), enabled=True)
+    found = asked.restrict(run.actor, Action.USE)
     found = found.exclude(pk__in=[agent_id for _, agent_id in above if agent_id is not None])
     return {f"{ASK_PREFIX}{a.slug}": a for a in found.order_by("slug")}
 
@@ -1332,14 +1328,19 @@ def _delegate_answered(held: _Run, *, call: dict, key: str, child: Run, started)
 
 def _offered(agent: Agent, actor) -> dict[str, Tool]:
     """The agent's enabled tools that the actor may use: the only ones the model is shown."""
-    tools = agent.tools.filter(enabled=True).restrict(actor, Action.USE)
+    tools = _tools(agent).restrict(actor, Action.USE)
     return {tool.name: tool for tool in tools}
 
 
-def _messages(run: Run, *, reads: bool) -> list[dict]:
-    """The conversation as the model sees it; with the notice on marked data if this run may
-    read any (`reads`: it has knowledge bases or tools) or an earlier one did."""
-    prompt = cast(Agent, run.agent).system_prompt
+def _tools(agent: Agent):
+    """The enabled tools of the version serving the run (agents.versions.version_agent)."""
+    return Tool.objects.filter(pk__in=served_ids(agent, "tools"), enabled=True)
+
+
+def _messages(run: Run, prompt: str, *, reads: bool) -> list[dict]:
+    """The conversation as the model sees it, after the system `prompt` of the version serving
+    it; with the notice on marked data if this run may read any (`reads`: it has knowledge
+    bases or tools) or an earlier one did."""
     messages = [{"role": "system", "content": prompt}] if prompt else []
     history = list(
         Message.objects.filter(conversation_id=cast(int, run.conversation_id)).order_by("id")

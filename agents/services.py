@@ -37,6 +37,7 @@ from agents.models import (
     RunStep,
 )
 from agents.signals import run_state_send
+from agents.versions import version_agent, version_serving
 from audit.services import (
     Target,
     append_arguments,
@@ -204,6 +205,9 @@ def run_start(
         existing = run_idempotent(actor, idempotency_key, fingerprint)
         if existing is not None:
             return existing
+    # The version that serves the run: it decides what the run does from here on.
+    version = version_serving(agent=agent, conversation=conversation if conversation.pk else None)
+    agent = version_agent(agent, version)
     # The run's trace begins here, under the request's span if there is one.
     with tracing.run_started("start run", {"warden.agent": agent.slug}) as trace_parent:
         decision, context = _start_decision(agent=agent, actor=actor, input=input)
@@ -228,6 +232,7 @@ def run_start(
                 kind=kind,
                 client=client[:200],
                 parent=parent,
+                version=version,
             )
         except IntegrityError:
             # The same key, at the same moment, from a concurrent request: its run is the answer.
@@ -308,6 +313,7 @@ def _queued(agent, conversation, actor, input, decision, context, **fields):
             kind=fields["kind"],
             client=fields["client"],
             parent=fields["parent"],
+            version=fields["version"],
         )
         Message.objects.create(
             conversation=conversation, run=run, role=MessageRole.USER, content=input
@@ -335,7 +341,7 @@ def _queued(agent, conversation, actor, input, decision, context, **fields):
 def _queued_data(agent: Agent, fields: dict) -> dict:
     """The `run.queued` event's data: the agent, and who asked if not a person or an
     integration asking it directly (an MCP client, by name; another agent's run)."""
-    data: dict = {"agent": agent.slug}
+    data: dict = {"agent": agent.slug, "version": fields["version"].number}
     if fields["kind"] != RunKind.AGENT:
         data["via"] = str(fields["kind"])
     if fields["client"]:

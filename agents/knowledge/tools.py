@@ -22,7 +22,8 @@ from tools.registry import ToolContext, python_tool
 def knowledge_search_tool(arguments: dict, *, idempotency_key: str, context: ToolContext) -> dict:
     from agents.knowledge.retrieval import knowledge_search
     from agents.knowledge.selectors import conversation_base_ids
-    from agents.models import Run
+    from agents.models import KnowledgeBase, Run
+    from agents.versions import served_ids
 
     # An MCP client's own call (no agent): every knowledge base the user may read, but no
     # conversation's files. An agent's run: its agent's and its conversation's files.
@@ -30,7 +31,9 @@ def knowledge_search_tool(arguments: dict, *, idempotency_key: str, context: Too
     bases = None
     if agent is not None:
         runs = Run.objects.filter(pk=context.run_id or 0)
-        own = agent.knowledge_bases.filter(conversation__isnull=True)
+        own = KnowledgeBase.objects.filter(
+            pk__in=served_ids(agent, "knowledge_bases"), conversation__isnull=True
+        )
         bases = list(own.values_list("pk", flat=True))
         bases += conversation_base_ids(runs.values_list("conversation_id", flat=True).first())
     passages = knowledge_search(

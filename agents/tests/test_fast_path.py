@@ -11,6 +11,7 @@ from django.contrib.auth import get_user_model
 from agents.models import Agent, Deployment, KnowledgeBase, ModelRoute
 from agents.orchestrator import run_here, runs_here
 from agents.services import RunContext
+from agents.versions import version_agent, version_serving
 from governance.policy import Facts
 from tests.access import grant, grant_agent
 from tools.models import Tool
@@ -46,8 +47,9 @@ def _tool(*, enabled=True) -> Tool:
 def test_an_agent_that_can_only_answer_runs_here_decided_in_one_query(
     agent, user, django_assert_num_queries
 ):
+    served = version_agent(agent, version_serving(agent=agent, conversation=None))
     with django_assert_num_queries(1):
-        assert runs_here(agent, user)
+        assert runs_here(served, user)
 
 
 def test_a_tool_the_user_may_use_sends_the_run_to_a_worker(agent, user):

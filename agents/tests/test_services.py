@@ -7,6 +7,7 @@ from django.contrib.auth.models import Group
 from agents.models import Agent, Conversation, Deployment, ModelRoute, Run, RunState
 from agents.orchestrator import run_execute
 from agents.services import RunError, permission_fingerprint, run_start
+from agents.versions import version_record
 from governance.models import Budget, BudgetUsage
 from tests.access import grant_agent
 from tests.model_server import Reply
@@ -95,14 +96,16 @@ def test_cache_scope_follows_permissions_not_identity():
 def test_starting_a_run_takes_a_fixed_number_of_queries(
     agent, member, django_assert_num_queries, django_capture_on_commit_callbacks
 ):
-    """One statement for the start decision (agent and route access, team regions, budgets:
-    governance.snapshot), then the conversation's last activity, the run, its message and two
-    audit events, in a savepoint: a count pinned so a new check shows up here as the cost it
-    is."""
+    """Two statements for the version that serves it (the agent unchanged since its newest
+    version, then that version: agents.versions), one for the start decision (agent and route
+    access, team regions, budgets: governance.snapshot), then the conversation's last
+    activity, the run, its message and two audit events, in a savepoint: a count pinned so a
+    new check shows up here as the cost it is."""
     conversation = Conversation.objects.create(owner=member, agent=agent)
+    version_record(agent=agent, actor=None)
     agent = Agent.objects.select_related("route").get(pk=agent.pk)
 
-    with django_capture_on_commit_callbacks(), django_assert_num_queries(8):
+    with django_capture_on_commit_callbacks(), django_assert_num_queries(10):
         run_start(agent=agent, conversation=conversation, actor=member, input="hi")
 
 
@@ -114,9 +117,10 @@ def test_starting_a_budgeted_run_reads_its_budgets_in_one_query(
     Budget.objects.create(name="Mine", user=member, max_tokens=1000)
     Budget.objects.create(name="Mine today", user=member, max_tokens=100, period="day")
     conversation = Conversation.objects.create(owner=member, agent=agent)
+    version_record(agent=agent, actor=None)
     agent = Agent.objects.select_related("route").get(pk=agent.pk)
 
-    with django_capture_on_commit_callbacks(), django_assert_num_queries(9):
+    with django_capture_on_commit_callbacks(), django_assert_num_queries(11):
         run_start(agent=agent, conversation=conversation, actor=member, input="hi")
 
     assert not BudgetUsage.objects.exists()
@@ -144,7 +148,7 @@ def test_a_one_step_run_takes_a_fixed_number_of_queries(
             agent=agent, conversation=conversation, actor=member, input="hi", stream=False
         )
 
-    with django_capture_on_commit_callbacks(), django_assert_num_queries(32):
+    with django_capture_on_commit_callbacks(), django_assert_num_queries(31):
         run_execute(run_id=run.pk, holder="test")
 
     run.refresh_from_db()

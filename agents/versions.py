@@ -1,0 +1,298 @@
+"""Agent versions: every change to what an agent does is an immutable AgentVersion, and every
+run records the version that served it (issue 25).
+
+An agent's row is its newest version's config, as the console edits it. `Agent.live_version` is
+the version that serves its runs; a release (agents.releases) may give a share of conversations
+a candidate instead. A change made anywhere else (a shell, a data migration, a test) is found at
+the next run's start and recorded as a version of nobody's, so no run is ever served by a config
+that no version holds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from django.contrib.postgres.expressions import ArraySubquery
+from django.db import transaction
+from django.db.models import OuterRef, Subquery
+from django.db.models.functions import Coalesce
+
+from agents.models import Agent, AgentVersion, Conversation, KnowledgeBase, ModelRoute
+from audit.services import Target, audit_record
+from tools.models import Tool
+
+# What a version holds: the fields that decide how an agent answers. Its name, description,
+# rate limits, approver groups and exposure are governance, edited in place and audited as such.
+SCALARS = (
+    "system_prompt",
+    "confidence_threshold",
+    "passages_per_run",
+    "max_steps",
+    "max_tokens_per_run",
+    "injection_action",
+)
+RELATED = ("route", "tools", "knowledge_bases", "delegates")
+BEHAVIOUR = ("system_prompt", *RELATED, *SCALARS[1:])
+
+LABELS = {
+    "system_prompt": "System prompt",
+    "route": "Model route",
+    "tools": "Tools",
+    "knowledge_bases": "Knowledge bases",
+    "delegates": "Agents it may ask",
+    "confidence_threshold": "Confidence threshold",
+    "passages_per_run": "Passages per run",
+    "max_steps": "Max steps",
+    "max_tokens_per_run": "Max tokens per run",
+    "injection_action": "On a suspected prompt injection",
+}
+
+OUTSIDE = "changed outside Warden's console and services; recorded at the next run's start"
+
+
+class VersionError(Exception):
+    """A version that cannot be served or restored (its route was deleted), or not this agent's."""
+
+
+def _members(through, owner: str, member: str):
+    rows = through.objects.filter(**{owner: OuterRef("pk")}).order_by(member)
+    return ArraySubquery(rows.values(member))
+
+
+def _config_query(agent_id: int):
+    head = AgentVersion.objects.filter(agent_id=OuterRef("pk")).order_by("-number")
+    return Agent.objects.filter(pk=agent_id).annotate(
+        tool_ids=_members(Agent.tools.through, "agent_id", "tool_id"),
+        base_ids=_members(Agent.knowledge_bases.through, "agent_id", "knowledgebase_id"),
+        delegate_ids=_members(Agent.delegates.through, "from_agent_id", "to_agent_id"),
+        head_id=Subquery(head.values("pk")[:1]),
+        head_config=Subquery(head.values("config")[:1]),
+    )
+
+
+def _config_of(row: dict) -> dict:
+    return {
+        "system_prompt": row["system_prompt"],
+        "route": row["route_id"],
+        "tools": list(row["tool_ids"]),
+        "knowledge_bases": list(row["base_ids"]),
+        "delegates": list(row["delegate_ids"]),
+        "confidence_threshold": str(row["confidence_threshold"]),
+        "passages_per_run": row["passages_per_run"],
+        "max_steps": row["max_steps"],
+        "max_tokens_per_run": row["max_tokens_per_run"],
+        "injection_action": row["injection_action"],
+    }
+
+
+_ROW = ("route_id", "tool_ids", "base_ids", "delegate_ids", "head_id", "head_config", *SCALARS)
+
+
+def _current(agent_id: int, *, lock: bool = False) -> tuple[dict, int | None, dict | None]:
+    """The agent's behaviour as its row holds it now, and its newest version (id, config)."""
+    query = _config_query(agent_id)
+    if lock:
+        query = query.select_for_update(of=("self",))
+    row = query.values(*_ROW).get()
+    return _config_of(row), row["head_id"], row["head_config"]
+
+
+def behaviour_config(agent: Agent) -> dict:
+    """The config a version of `agent` would hold now (JSON: ids, and decimals as strings)."""
+    return _current(agent.pk)[0]
+
+
+def version_record(
+    *, agent: Agent, actor, reason: str = "", release: bool = True
+) -> AgentVersion | None:
+    """Record the agent's behaviour as its next version if it differs from its newest one (the
+    first version if it has none); None if nothing changed. `release`: the new version serves
+    every run from now on (the console may instead start a release with it as candidate).
+    Audited, in the caller's transaction if there is one."""
+    with transaction.atomic():
+        config, head_id, head_config = _current(agent.pk, lock=True)
+        if head_config == config:
+            return None
+        return _create(agent, config, head_id, actor=actor, reason=reason, release=release)
+
+
+def _create(agent, config, head_id, *, actor, reason, release, rollback_of=None) -> AgentVersion:
+    previous = AgentVersion.objects.get(pk=head_id) if head_id else None
+    version = AgentVersion.objects.create(
+        agent_id=agent.pk,
+        number=previous.number + 1 if previous else 1,
+        config=config,
+        changes=version_changes(previous.config if previous else None, config),
+        route_id=config["route"],
+        created_by=actor if getattr(actor, "pk", None) else None,
+        reason=reason[:2000],
+        rollback_of=rollback_of,
+    )
+    data: dict[str, Any] = {
+        "version": version.number,
+        "changed": [c["field"] for c in version.changes],
+        "reason": version.reason,
+    }
+    if rollback_of is not None:
+        data["restores"] = rollback_of.number
+    audit_record(
+        actor=actor,
+        action="agent.version_rolled_back" if rollback_of else "agent.version_created",
+        target=Target.of(agent),
+        data=data,
+    )
+    if release:
+        _go_live(agent, version, actor=actor)
+    return version
+
+
+def _go_live(agent: Agent, version: AgentVersion, *, actor) -> None:
+    Agent.objects.filter(pk=agent.pk).update(live_version=version)
+    agent.live_version = version
+    audit_record(
+        actor=actor,
+        action="agent.version_released",
+        target=Target.of(agent),
+        data={"version": version.number},
+    )
+
+
+def version_release(*, agent: Agent, version: AgentVersion, actor) -> None:
+    """Make `version` serve every run of its agent from now on (agents.releases promotes)."""
+    if version.agent_id != agent.pk:
+        raise VersionError(f"v{version.number} is not a version of {agent.name}")
+    with transaction.atomic():
+        _go_live(agent, version, actor=actor)
+
+
+def version_rollback(
+    *, agent: Agent, version: AgentVersion, actor, reason: str = ""
+) -> AgentVersion:
+    """Restore `version`'s behaviour in one action: the agent's row takes its config again and
+    a new version (a rollback of it) serves every run from now on. Tools, knowledge bases and
+    agents deleted since are left out, and said so in the new version's changes."""
+    if version.agent_id != agent.pk:
+        raise VersionError(f"v{version.number} is not a version of {agent.name}")
+    if version.route_id is None:
+        raise VersionError(f"v{version.number}'s model route was deleted: it cannot be restored")
+    config = version.config
+    with transaction.atomic():
+        _, head_id, _ = _current(agent.pk, lock=True)
+        fields = {name: config[name] for name in SCALARS}
+        fields["confidence_threshold"] = Decimal(config["confidence_threshold"])
+        Agent.objects.filter(pk=agent.pk).update(route_id=config["route"], **fields)
+        for name, value in fields.items():
+            setattr(agent, name, value)
+        agent.route_id = config["route"]
+        agent.tools.set(Tool.objects.filter(pk__in=config["tools"]))
+        agent.knowledge_bases.set(KnowledgeBase.objects.filter(pk__in=config["knowledge_bases"]))
+        agent.delegates.set(Agent.objects.filter(pk__in=config["delegates"]))
+        restored = _current(agent.pk)[0]
+        why = reason or f"Rolled back to v{version.number}"
+        return _create(
+            agent, restored, head_id, actor=actor, reason=why, release=True, rollback_of=version
+        )
+
+
+def version_serving(*, agent: Agent, conversation: Conversation | None) -> AgentVersion:
+    """The version that serves a new run of `agent` in `conversation` (None: not saved yet): a
+    release's candidate for the conversations it was given, else the live version. A change to
+    the agent that no version holds yet is recorded first (OUTSIDE); so is a first version.
+    Two queries when nothing changed and no release runs."""
+    config, head_id, head_config = _current(agent.pk)
+    if head_config != config:
+        recorded = version_record(agent=agent, actor=None, reason=OUTSIDE)
+        if recorded is not None:
+            return recorded
+    from agents.releases import release_candidate
+
+    candidate = release_candidate(agent=agent, conversation=conversation)
+    if candidate is not None:
+        return candidate
+    served = AgentVersion.objects.select_related("route")
+    # The live version; or, if none is (a release rolled back the first), the newest.
+    live = Agent.objects.filter(pk=agent.pk).values("live_version")
+    return served.filter(pk=Coalesce(Subquery(live), head_id)).get()
+
+
+def version_agent(agent: Agent, version: AgentVersion | None) -> Agent:
+    """`agent` as `version` configures it: a copy (never saved) whose behaviour fields are the
+    version's, with `served` set to the version for served_ids. None: the agent as it is."""
+    if version is None:
+        return agent
+    meta = Agent._meta
+    names = [f.attname for f in meta.concrete_fields]
+    served = Agent.from_db(agent._state.db, names, [getattr(agent, n) for n in names])
+    config = version.config
+    for name in SCALARS:
+        setattr(served, name, config[name])
+    served.confidence_threshold = Decimal(config["confidence_threshold"])
+    if version.route_id is None:
+        raise VersionError(f"{agent.name} v{version.number}'s model route was deleted")
+    served.route = version.route
+    served.served = version  # type: ignore[attr-defined]
+    return served
+
+
+def served_ids(agent: Agent, field: str) -> list[int]:
+    """The ids of the tools, knowledge bases or delegates (`field`) of the version serving this
+    run (version_agent), or of the agent as it is."""
+    served = getattr(agent, "served", None)
+    if served is not None:
+        return list(served.config[field])
+    return list(getattr(agent, field).values_list("pk", flat=True))
+
+
+@dataclass(frozen=True)
+class Change:
+    field: str
+    label: str
+    before: Any
+    after: Any
+
+
+def version_changes(before: dict | None, after: dict) -> list[dict]:
+    """What differs from `before` to `after` (two configs), in people's words: names, not ids."""
+    names = _names([before or {}, after])
+    changes = []
+    for field in BEHAVIOUR:
+        old = (before or {}).get(field)
+        new = after.get(field)
+        if before is not None and old == new:
+            continue
+        changes.append(
+            {
+                "field": field,
+                "label": LABELS[field],
+                "before": _readable(field, old, names) if before is not None else None,
+                "after": _readable(field, new, names),
+            }
+        )
+    return changes
+
+
+def _names(configs: list[dict]) -> dict[str, dict[int, str]]:
+    ids: dict[str, set[int]] = {f: set() for f in RELATED}
+    for config in configs:
+        for field in RELATED:
+            value = config.get(field)
+            if value is None:
+                continue
+            ids[field].update(value if isinstance(value, list) else [value])
+    return {
+        "route": dict(ModelRoute.objects.filter(pk__in=ids["route"]).values_list("pk", "name")),
+        "tools": dict(Tool.objects.filter(pk__in=ids["tools"]).values_list("pk", "name")),
+        "knowledge_bases": dict(
+            KnowledgeBase.objects.filter(pk__in=ids["knowledge_bases"]).values_list("pk", "name")
+        ),
+        "delegates": dict(Agent.objects.filter(pk__in=ids["delegates"]).values_list("pk", "slug")),
+    }
+
+
+def _readable(field: str, value: Any, names: dict[str, dict[int, str]]) -> Any:
+    if field not in RELATED or value is None:
+        return value
+    if isinstance(value, list):
+        return sorted(names[field].get(pk, f"#{pk} (deleted)") for pk in value)
+    return names[field].get(value, f"#{value} (deleted)")
