@@ -1,10 +1,12 @@
 import threading
+from datetime import timedelta
 from decimal import Decimal
 
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+from django.utils import timezone
 
 from governance.querysets import RestrictedQuerySet
 
@@ -242,6 +244,155 @@ class AgentVersion(models.Model):
 
     def __str__(self) -> str:
         return f"v{self.number}"
+
+
+class ReleaseKind(models.TextChoices):
+    CANARY = "canary", "Canary: promoted once it has run long enough and its evaluation passed"
+    AB = "ab", "A/B: both versions serve until a person promotes or stops it"
+
+
+class ReleaseState(models.TextChoices):
+    RUNNING = "running"
+    PROMOTED = "promoted"
+    ROLLED_BACK = "rolled_back", "Rolled back"
+    STOPPED = "stopped"
+
+
+class Release(models.Model):
+    """A candidate version of an agent serving `share` percent of its conversations beside the
+    baseline (the live version when it started), each conversation sticking to the version it
+    was first given (agents.releases.release_candidate). While it runs, the judge (a beat job,
+    agents.releases.releases_judge) compares the candidate's live metrics with its guards and
+    rolls it back when one is crossed; a canary is promoted once it has run `min_duration`,
+    `min_runs` runs and its evaluation passed. At most one runs per agent (a constraint).
+    Guards are limits on the candidate alone; an empty one is not judged."""
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="releases")
+    candidate = models.ForeignKey(AgentVersion, on_delete=models.PROTECT, related_name="+")
+    baseline = models.ForeignKey(
+        AgentVersion,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="The live version when the release started: it serves the other runs.",
+    )
+    kind = models.CharField(max_length=8, choices=ReleaseKind.choices, default=ReleaseKind.CANARY)
+    share = models.PositiveSmallIntegerField(
+        "share (%)",
+        default=10,
+        validators=[MinValueValidator(1), MaxValueValidator(99)],
+        help_text="The percentage of conversations the candidate serves.",
+    )
+    state = models.CharField(
+        max_length=12, choices=ReleaseState.choices, default=ReleaseState.RUNNING
+    )
+    max_error_rate = models.DecimalField(
+        "max error rate (%)",
+        max_digits=5,
+        decimal_places=2,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0), MaxValueValidator(100)],
+        help_text="Of the candidate's finished runs, the percentage that failed.",
+    )
+    max_escalation_rate = models.DecimalField(
+        "max escalation rate (%)",
+        max_digits=5,
+        decimal_places=2,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0), MaxValueValidator(100)],
+        help_text="Of its runs, the percentage that asked a reviewer (a tool call's approval "
+        "or a held answer).",
+    )
+    max_held_rate = models.DecimalField(
+        "max held-answer rate (%)",
+        max_digits=5,
+        decimal_places=2,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0), MaxValueValidator(100)],
+        help_text="Of its runs, the percentage whose answer was held for review.",
+    )
+    max_thumbs_down_rate = models.DecimalField(
+        "max thumbs-down rate (%)",
+        max_digits=5,
+        decimal_places=2,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0), MaxValueValidator(100)],
+        help_text="Of its finished runs, the percentage someone rated not helpful.",
+    )
+    max_p95_latency_ms = models.PositiveIntegerField(
+        "max p95 latency (ms)",
+        null=True,
+        blank=True,
+        help_text="95% of its finished runs took at most this long, start to end.",
+    )
+    max_cost_per_run = models.DecimalField(
+        max_digits=12,
+        decimal_places=6,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0)],
+        help_text="The mean cost of its finished runs.",
+    )
+    min_runs = models.PositiveIntegerField(
+        default=20,
+        help_text="Finished runs of the candidate before a guard judges it, and before it is "
+        "promoted.",
+    )
+    min_duration = models.DurationField(
+        default=timedelta(hours=1),
+        help_text="How long it runs at least before it is promoted (hh:mm:ss).",
+    )
+    started_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    started_at = models.DateTimeField(default=timezone.now)
+    ended_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="Who promoted, stopped or rolled it back; none: the judge.",
+    )
+    ended_at = models.DateTimeField(null=True, blank=True)
+    ended_reason = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["agent"],
+                condition=models.Q(state="running"),
+                name="release_one_running_per_agent",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(share__gte=1, share__lte=99), name="release_share_1_to_99"
+            ),
+            models.CheckConstraint(
+                condition=~models.Q(candidate=models.F("baseline")),
+                name="release_candidate_not_baseline",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(state="running", ended_at__isnull=True)
+                | (~models.Q(state="running") & models.Q(ended_at__isnull=False)),
+                name="release_ended_when_not_running",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display().split(':')[0]} of v{self.candidate.number}"
+
+    GUARDS = (
+        "max_error_rate",
+        "max_escalation_rate",
+        "max_held_rate",
+        "max_thumbs_down_rate",
+        "max_p95_latency_ms",
+        "max_cost_per_run",
+    )
 
 
 class Conversation(models.Model):

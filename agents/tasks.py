@@ -76,3 +76,28 @@ def knowledge_reembed_task(knowledge_base_id: int) -> int:
     from agents.knowledge.services import knowledge_base_reembed
 
     return knowledge_base_reembed(knowledge_base_id=knowledge_base_id)
+
+
+@shared_task(name="agents.tasks.releases_judge_task", ignore_result=True)
+def releases_judge_task() -> None:
+    """Beat: judge the running releases (roll back on a crossed guard, promote a ready canary)."""
+    from agents.releases import releases_judge
+
+    ended = {pk: outcome for pk, outcome in releases_judge().items() if outcome != "kept"}
+    if ended:
+        logger.info("releases judged: %s", ended)
+
+
+# A notice the mail server could not take is tried again, a bounded number of times.
+@shared_task(
+    name="agents.tasks.release_notify_task",
+    ignore_result=True,
+    autoretry_for=(OSError,),
+    retry_backoff=True,
+    max_retries=3,
+)
+def release_notify_task(release_id: int) -> None:
+    """Tell an agent's owners that the judge rolled back or promoted its release."""
+    from agents.releases import release_notify
+
+    release_notify(release_id)

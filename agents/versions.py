@@ -15,10 +15,18 @@ from typing import Any
 
 from django.contrib.postgres.expressions import ArraySubquery
 from django.db import transaction
-from django.db.models import OuterRef, Subquery
+from django.db.models import Exists, OuterRef, Subquery
 from django.db.models.functions import Coalesce
 
-from agents.models import Agent, AgentVersion, Conversation, KnowledgeBase, ModelRoute
+from agents.models import (
+    Agent,
+    AgentVersion,
+    Conversation,
+    KnowledgeBase,
+    ModelRoute,
+    Release,
+    ReleaseState,
+)
 from audit.services import Target, audit_record
 from tools.models import Tool
 
@@ -199,17 +207,21 @@ def version_serving(*, agent: Agent, conversation: Conversation | None) -> Agent
     """The version that serves a new run of `agent` in `conversation` (None: not saved yet): a
     release's candidate for the conversations it was given, else the live version. A change to
     the agent that no version holds yet is recorded first (OUTSIDE); so is a first version.
-    Two queries when nothing changed and no release runs."""
-    config, head_id, head_config = _current(agent.pk)
+    Two queries when nothing changed and no release runs; one more when one runs."""
+    running = Release.objects.filter(agent_id=OuterRef("pk"), state=ReleaseState.RUNNING)
+    row = _config_query(agent.pk).annotate(releasing=Exists(running)).values(*_ROW, "releasing")
+    found = row.get()
+    config, head_id, head_config = _config_of(found), found["head_id"], found["head_config"]
     if head_config != config:
         recorded = version_record(agent=agent, actor=None, reason=OUTSIDE)
         if recorded is not None:
             return recorded
-    from agents.releases import release_candidate
+    if found["releasing"]:
+        from agents.releases import release_candidate
 
-    candidate = release_candidate(agent=agent, conversation=conversation)
-    if candidate is not None:
-        return candidate
+        candidate = release_candidate(agent=agent, conversation=conversation)
+        if candidate is not None:
+            return candidate
     served = AgentVersion.objects.select_related("route")
     # The live version; or, if none is (a release rolled back the first), the newest.
     live = Agent.objects.filter(pk=agent.pk).values("live_version")

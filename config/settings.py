@@ -701,6 +701,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "audit.tasks.audit_anchor_task",
         "schedule": env_int("WARDEN_AUDIT_ANCHOR_SECONDS", 60, minimum=1),
     },
+    # Canary and A/B releases: roll back on a crossed guard, promote a ready canary.
+    "releases-judge": {
+        "task": "agents.tasks.releases_judge_task",
+        "schedule": env_int("WARDEN_RELEASES_JUDGE_SECONDS", 60, minimum=1),
+    },
 }
 
 # django-auditlog records field-level changes of configuration models (audit/apps.py registers

@@ -109,3 +109,9 @@ HTTP_REQUESTS = Counter(
     "HTTP requests by the view that answered and the status class (2xx, 4xx, 5xx).",
     ["view", "status"],
 )
+RELEASES_ENDED = Counter(
+    "warden_releases_ended",
+    "Releases of a candidate version that ended, by agent, how (promoted, rolled_back, stopped) "
+    "and why (the guard the judge rolled it back for, evaluation: the judge promoted it, person).",
+    ["agent", "state", "cause"],
+)

@@ -73,7 +73,7 @@ def test_the_alert_rules_pass_promtool():
         text=True,
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 8 rules found" in checked.stdout
+    assert "SUCCESS: 9 rules found" in checked.stdout
 
 
 @needs_promtool
