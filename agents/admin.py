@@ -2,6 +2,7 @@ from typing import ClassVar
 
 from django.contrib import admin, messages
 
+from agents import releases_admin  # noqa: F401 - registers Release's admin
 from agents.builder_admin import BuilderMixin
 from agents.knowledge import admin as knowledge_admin  # noqa: F401 - registers its models
 from agents.models import Agent, Deployment, ModelRoute, Run, RunStep
