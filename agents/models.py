@@ -301,8 +301,8 @@ class Release(models.Model):
         null=True,
         blank=True,
         validators=[MinValueValidator(0), MaxValueValidator(100)],
-        help_text="Of its runs, the percentage that asked a reviewer (a tool call's approval "
-        "or a held answer).",
+        help_text="Of its settled runs (finished, or waiting for a reviewer), the percentage "
+        "that asked a reviewer (a tool call's approval or a held answer).",
     )
     max_held_rate = models.DecimalField(
         "max held-answer rate (%)",
@@ -311,7 +311,7 @@ class Release(models.Model):
         null=True,
         blank=True,
         validators=[MinValueValidator(0), MaxValueValidator(100)],
-        help_text="Of its runs, the percentage whose answer was held for review.",
+        help_text="Of its settled runs, the percentage whose answer was held for review.",
     )
     max_thumbs_down_rate = models.DecimalField(
         "max thumbs-down rate (%)",
@@ -338,8 +338,8 @@ class Release(models.Model):
     )
     min_runs = models.PositiveIntegerField(
         default=20,
-        help_text="Finished runs of the candidate before a guard judges it, and before it is "
-        "promoted.",
+        help_text="Settled runs of the candidate (finished, or waiting for a reviewer) before a "
+        "guard judges it, and before it is promoted.",
     )
     min_duration = models.DurationField(
         default=timedelta(hours=1),

@@ -5,9 +5,10 @@
   choice is a hash of the release and the conversation, or, for a conversation that is not
   saved yet (its first message), a draw at the release's share; either way the run records it.
 - Kinds: a canary is promoted by the judge once it has run `min_duration` and `min_runs`
-  finished runs and its evaluation passed; an A/B release serves both versions until a person
+  settled runs (finished, or waiting for a reviewer) and its evaluation passed; an A/B release
+  serves both versions until a person
   promotes or stops it. The guards (limits on the candidate's metrics) roll back either kind,
-  once the candidate has `min_runs` finished runs: a failing candidate is not left serving for
+  once the candidate has `min_runs` settled runs: a failing candidate is not left serving for
   `min_duration`.
 - Ending: promoting makes the candidate live (agents.versions.version_release); rolling back
   restores the baseline's config as a new live version (agents.versions.version_rollback);
@@ -56,6 +57,8 @@ from telemetry import metrics
 logger = logging.getLogger(__name__)
 
 NO_EVALUATION = "no evaluation of it has passed"
+# A run whose outcome is known: it ended, or waits for a reviewer (an approval, a held answer).
+SETTLED_STATES = (*FINAL_STATES, RunState.AWAITING_APPROVAL, RunState.AWAITING_REVIEW)
 
 
 class ReleaseError(Exception):
@@ -347,6 +350,7 @@ class VersionMetrics:
 
     version: AgentVersion
     runs: int = 0  # started
+    settled: int = 0  # finished, or waiting for a reviewer: what the run did is known
     finished: int = 0
     failed: int = 0
     escalated: int = 0  # asked a reviewer: a tool call's approval, or a held answer
@@ -364,11 +368,11 @@ class VersionMetrics:
 
     @property
     def escalation_rate(self) -> Decimal | None:
-        return _percent(self.escalated, self.runs)
+        return _percent(self.escalated, self.settled)
 
     @property
     def held_rate(self) -> Decimal | None:
-        return _percent(self.held, self.runs)
+        return _percent(self.held, self.settled)
 
     @property
     def thumbs_down_rate(self) -> Decimal | None:
@@ -413,6 +417,7 @@ def release_metrics(release: Release) -> ReleaseMetrics:
     """Each version's live metrics since the release started (until it ended), side by side.
     Two queries: the runs, then their feedback."""
     finished = Q(state__in=FINAL_STATES)
+    settled = Q(state__in=SETTLED_STATES)
     held = Exists(Escalation.objects.filter(run_id=OuterRef("pk")))
     asked = Exists(ApprovalRequest.objects.filter(run_id=OuterRef("pk")))
     down = Exists(Feedback.objects.filter(run_id=OuterRef("pk"), rating=Rating.DOWN))
@@ -422,10 +427,11 @@ def release_metrics(release: Release) -> ReleaseMetrics:
         .values("version_id")
         .annotate(
             runs=Count("pk"),
+            settled=Count("pk", filter=settled),
             finished=Count("pk", filter=finished),
             failed=Count("pk", filter=Q(state=RunState.FAILED)),
-            escalated=Count("pk", filter=Q(held) | Q(asked)),
-            held=Count("pk", filter=Q(held)),
+            escalated=Count("pk", filter=(Q(held) | Q(asked)) & settled),
+            held=Count("pk", filter=Q(held) & settled),
             rated_down=Count("pk", filter=Q(down) & finished),
             p50=Percentile("latency_ms", fraction=0.5, filter=finished),
             p95=Percentile("latency_ms", fraction=0.95, filter=finished),
@@ -452,6 +458,7 @@ def release_metrics(release: Release) -> ReleaseMetrics:
         return VersionMetrics(
             version=version,
             runs=row["runs"],
+            settled=row["settled"],
             finished=row["finished"],
             failed=row["failed"],
             escalated=row["escalated"],
@@ -472,9 +479,9 @@ def release_metrics(release: Release) -> ReleaseMetrics:
 
 
 def guard_crossed(release: Release, candidate: VersionMetrics) -> Crossed | None:
-    """The first guard the candidate's metrics went past, once it has `min_runs` finished
+    """The first guard the candidate's metrics went past, once it has `min_runs` settled
     runs; None if none did (or too soon to say)."""
-    if candidate.finished < max(release.min_runs, 1):
+    if candidate.settled < max(release.min_runs, 1):
         return None
     for name, guard in GUARDS.items():
         limit = getattr(release, name)
@@ -489,8 +496,8 @@ def promotion_unmet(release: Release, metrics: ReleaseMetrics, now: Any = None) 
     unmet = []
     if release.kind != ReleaseKind.CANARY:
         unmet.append("an A/B release is promoted by a person")
-    if metrics.candidate.finished < release.min_runs:
-        unmet.append(f"{metrics.candidate.finished} of {release.min_runs} runs finished")
+    if metrics.candidate.settled < release.min_runs:
+        unmet.append(f"{metrics.candidate.settled} of {release.min_runs} runs settled")
     ran = (now or timezone.now()) - release.started_at
     if ran < release.min_duration:
         unmet.append(f"it has run {_duration(ran)} of {_duration(release.min_duration)}")
@@ -527,7 +534,7 @@ def release_judge(release: Release) -> str:
             release=release,
             actor=None,
             reason=f"ran {_duration(timezone.now() - release.started_at)}, "
-            f"{metrics.candidate.finished} runs, within its guards, evaluation passed",
+            f"{metrics.candidate.settled} runs, within its guards, evaluation passed",
         )
         return ReleaseState.PROMOTED
     return "kept"

@@ -258,9 +258,9 @@ def _rows(
     """The page's table: (metric, candidate, baseline, the candidate's limit, over it)."""
     rows: list[tuple[str, str, str, str, bool]] = [
         (
-            "Runs (finished)",
-            f"{candidate.runs} ({candidate.finished})",
-            f"{baseline.runs} ({baseline.finished})",
+            "Runs: started, settled, finished",
+            f"{candidate.runs}, {candidate.settled}, {candidate.finished}",
+            f"{baseline.runs}, {baseline.settled}, {baseline.finished}",
             "",
             False,
         ),

@@ -398,6 +398,34 @@ def test_thumbs_down_crosses_its_guard(server, agent, member, owner):
     )
 
 
+def test_held_answers_are_escalations_and_cross_their_guard(agent, member, owner):
+    # v3: the offline model, which reports its confidence, every answer held for a reviewer.
+    local = ModelRoute.objects.create(name=f"local-{uuid.uuid4().hex[:6]}")
+    Deployment.objects.create(route=local, position=1, model="warden-local/demo")
+    grant(member, local)
+    agent.route = local
+    agent.confidence_threshold = Decimal("1.00")
+    agent.save(update_fields=["route", "confidence_threshold"])
+    v3 = version_record(agent=agent, actor=owner, reason="stricter", release=False)
+    release = release_start(
+        agent=agent, candidate=v3, actor=owner, share=50, max_held_rate=Decimal("25"), min_runs=2
+    )
+    while Run.objects.filter(version=v3).count() < 2:
+        ask(agent, member)
+
+    metrics = release_metrics(release)
+
+    held = Run.objects.filter(version=v3)
+    assert set(held.values_list("state", flat=True)) == {RunState.AWAITING_REVIEW}
+    assert (metrics.candidate.settled, metrics.candidate.finished) == (2, 0)
+    assert (metrics.candidate.held, metrics.candidate.escalated) == (2, 2)
+    assert metrics.candidate.held_rate == Decimal("100.00")
+    assert metrics.baseline.held == metrics.baseline.escalated == 0
+    assert releases_judge() == {release.pk: ReleaseState.ROLLED_BACK}
+    event = AuditEvent.objects.get(action="release.rolled_back")
+    assert json.loads(event.data)["metric"] == "max_held_rate"
+
+
 def test_an_unguarded_metric_is_not_judged(agent, member, owner):
     v2 = versions(agent)[1]
     release = start(agent, owner, share=50, min_runs=1)
@@ -433,7 +461,7 @@ def test_an_ab_release_is_never_promoted_by_the_judge(agent, member, owner):
 
     assert promotion_unmet(release, release_metrics(release)) == [
         "an A/B release is promoted by a person",
-        "0 of 20 runs finished",
+        "0 of 20 runs settled",
         NO_EVALUATION,
     ]
 
@@ -453,7 +481,7 @@ def test_a_person_promotes_the_candidate_live(agent, member, owner):
     assert (release.state, release.ended_by) == (ReleaseState.PROMOTED, owner)
     event = AuditEvent.objects.get(action="release.promoted")
     assert json.loads(event.data)["unmet"] == [
-        "0 of 20 runs finished",
+        "0 of 20 runs settled",
         "it has run 0 min of 1 h 00 min",
         NO_EVALUATION,
     ]

@@ -129,7 +129,7 @@ def test_the_release_page_shows_both_versions_metrics_and_the_buttons(client, ag
     assert "Candidate v2" in text
     assert "Baseline v1" in text
     assert ("Error rate", "none yet", "none yet", "5.00%", False) in page.context["rows"]
-    assert page.context["unmet"][0] == "0 of 20 runs finished"
+    assert page.context["unmet"][0] == "0 of 20 runs settled"
     for action in ("promote", "stop", "rollback"):
         assert f'value="{action}"' in text
 
