@@ -2,6 +2,8 @@
 version, the judge's rollbacks and promotions, and their audit events and notices."""
 
 import json
+import sys
+import types
 import uuid
 from datetime import timedelta
 from decimal import Decimal
@@ -453,6 +455,49 @@ def test_the_judge_promotes_a_canary_only_once_an_evaluation_passed(server, agen
     assert release.state == ReleaseState.RUNNING
     agent.refresh_from_db()
     assert agent.live_version == versions(agent)[0]
+
+
+def passed_evaluation(monkeypatch, version) -> None:
+    """`version` passed its evaluation. A stand-in for agents.evaluation until it is merged
+    here: then this is an EvaluationSet of the agent and a succeeded EvaluationRun of the
+    version that passed (agents.evaluation.selectors.version_evaluation_passed reads them)."""
+    selectors = types.ModuleType("agents.evaluation.selectors")
+    selectors.version_evaluation_passed = lambda candidate: candidate.pk == version.pk
+    monkeypatch.setitem(sys.modules, "agents.evaluation.selectors", selectors)
+
+
+def test_the_judge_promotes_a_ready_canary_whose_evaluation_passed(
+    server, agent, member, owner, monkeypatch, django_capture_on_commit_callbacks
+):
+    from config.celery import app
+
+    v2 = versions(agent)[1]
+    server.default("bad", Reply.say("Better."))
+    release = start(
+        agent, owner, share=50, max_error_rate=Decimal("20"), min_runs=2, min_duration=timedelta(0)
+    )
+    while Run.objects.filter(version=v2).count() < 2:
+        ask(agent, member)
+    passed_evaluation(monkeypatch, v2)
+
+    eager = app.conf.task_always_eager
+    app.conf.task_always_eager = True
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            outcomes = releases_judge()
+    finally:
+        app.conf.task_always_eager = eager
+
+    assert outcomes == {release.pk: ReleaseState.PROMOTED}
+    agent.refresh_from_db()
+    assert agent.live_version == v2
+    event = AuditEvent.objects.get(action="release.promoted")
+    assert event.actor_type == "system"
+    data = json.loads(event.data)
+    assert data["unmet"] == []
+    assert data["reason"].endswith("2 runs, within its guards, evaluation passed")
+    assert [m.subject for m in mail.outbox] == ["[Warden] Help desk: v2 was promoted"]
+    assert {ask(agent, member, execute=False).version_id for _ in range(5)} == {v2.pk}
 
 
 def test_an_ab_release_is_never_promoted_by_the_judge(agent, member, owner):
