@@ -136,7 +136,8 @@ class ReleaseAdmin(_ModelAdmin):
         return self._any(request)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Release]:
-        return super().get_queryset(request).filter(agent__in=self._agents(request))
+        mine = super().get_queryset(request).filter(agent__in=self._agents(request))
+        return mine.select_related("agent", "candidate", "baseline", "started_by", "ended_by")
 
     # --- starting --------------------------------------------------------------------------
 
@@ -202,16 +203,22 @@ class ReleaseAdmin(_ModelAdmin):
             *super().get_urls(),
         ]
 
-    def _release(self, request: HttpRequest, object_id: str) -> Release:
-        pk = unquote(object_id)
-        found = Release.objects.select_related("agent", "candidate", "baseline", "started_by")
-        release = found.filter(pk=int(pk)).first() if pk.isdigit() else None
+    def _release(self, request: HttpRequest, object_id: str) -> Release | None:
+        """The release, if this admin may see it (its agent is one they may change): None
+        for a missing one and someone else's alike."""
+        release = self.get_object(request, unquote(object_id))
         if release is None or not self.has_change_permission(request, release):
-            raise PermissionDenied  # missing and forbidden alike
+            return None
         return release
+
+    def _missing(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        # Django's own answer for a missing object: a private method django-stubs omits.
+        return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)  # type: ignore[attr-defined]
 
     def release_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         release = self._release(request, object_id)
+        if release is None:
+            return self._missing(request, object_id)
         metrics = release_metrics(release)
         context = {
             **self.admin_site.each_context(request),
@@ -230,6 +237,8 @@ class ReleaseAdmin(_ModelAdmin):
 
     def end_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         release = self._release(request, object_id)
+        if release is None:  # nothing is written
+            return self._missing(request, object_id)
         page = reverse("admin:agents_release_change", args=[release.pk])
         ending = ENDINGS.get(request.POST.get("action", ""))
         if ending is None:

@@ -580,6 +580,7 @@ ADMIN_OK: dict[str, int] = {
     "admin/autocomplete/": 403,  # without the model and field it completes for
     # POST-only actions
     "admin/agents/agent/<path:object_id>/builder/send/": 405,
+    "admin/agents/release/<path:object_id>/end/": 405,
     "admin/portal/webhook/<int:pk>/rotate-secret/": 405,
     "admin/tools/mcpserver/<int:pk>/sync/": 405,
     "admin/tools/tool/check/<str:field>/": 405,

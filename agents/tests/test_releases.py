@@ -462,7 +462,7 @@ def passed_evaluation(monkeypatch, version) -> None:
     here: then this is an EvaluationSet of the agent and a succeeded EvaluationRun of the
     version that passed (agents.evaluation.selectors.version_evaluation_passed reads them)."""
     selectors = types.ModuleType("agents.evaluation.selectors")
-    selectors.version_evaluation_passed = lambda candidate: candidate.pk == version.pk
+    selectors.__dict__["version_evaluation_passed"] = lambda candidate: candidate == version
     monkeypatch.setitem(sys.modules, "agents.evaluation.selectors", selectors)
 
 
