@@ -48,7 +48,7 @@ from agents.models import (
     Run,
     RunState,
 )
-from agents.versions import version_release, version_rollback
+from agents.versions import VersionError, version_release, version_rollback
 from audit.services import Target, audit_record
 from governance.access import is_active
 from governance.models import ApprovalRequest, Escalation
@@ -260,12 +260,16 @@ def release_rollback(
     with transaction.atomic():
         release = _ending(release)
         why = reason or (crossed.words() if crossed else "rolled back")
-        version_rollback(
-            agent=release.agent,
-            version=release.baseline,
-            actor=actor,
-            reason=f"Release of v{release.candidate.number} rolled back: {why}",
-        )
+        try:
+            with transaction.atomic():
+                version_rollback(
+                    agent=release.agent,
+                    version=release.baseline,
+                    actor=actor,
+                    reason=f"Release of v{release.candidate.number} rolled back: {why}",
+                )
+        except VersionError as exc:  # the candidate stops serving all the same
+            why = f"{why} (the agent's config was not restored: {exc})"
         _end(release, ReleaseState.ROLLED_BACK, actor=actor, reason=why)
         data: dict[str, Any] = {**_about(release), "reason": why}
         if crossed is not None:

@@ -511,6 +511,23 @@ def test_an_ab_release_is_never_promoted_by_the_judge(agent, member, owner):
     ]
 
 
+def test_a_baseline_that_cannot_be_restored_still_stops_the_candidate(agent, member, owner):
+    v1, v2 = versions(agent)
+    release = start(agent, owner, share=50, max_error_rate=Decimal("20"), min_runs=1)
+    while not Run.objects.filter(version=v2).exists():
+        ask(agent, member)
+    ModelRoute.objects.get(pk=v1.config["route"]).delete()  # v1 cannot be served again
+
+    assert releases_judge() == {release.pk: ReleaseState.ROLLED_BACK}
+
+    release.refresh_from_db()
+    assert release.ended_reason == (
+        "error rate 100.00% is over its limit of 20.00% (the agent's config was not restored: "
+        "v1's model route was deleted: it cannot be restored)"
+    )
+    assert release_candidate(agent=agent, conversation=None) is None
+
+
 # --- ending by hand ---------------------------------------------------------------------------
 
 
