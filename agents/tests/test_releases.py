@@ -569,3 +569,20 @@ def test_a_person_rolls_back_and_an_ended_release_cannot_end_again(agent, member
     assert {ask(agent, member, execute=False).version_id for _ in range(5)} == {
         agent.live_version_id
     }
+
+
+def test_beat_judges_the_releases_every_minute(settings, agent, member, owner):
+    from agents.tasks import releases_judge_task
+
+    assert settings.CELERY_BEAT_SCHEDULE["releases-judge"] == {
+        "task": "agents.tasks.releases_judge_task",
+        "schedule": 60,
+    }
+    v2 = versions(agent)[1]
+    release = start(agent, owner, share=50, max_error_rate=Decimal("20"), min_runs=1)
+    while not Run.objects.filter(version=v2).exists():
+        ask(agent, member)
+
+    releases_judge_task()
+
+    assert Release.objects.get(pk=release.pk).state == ReleaseState.ROLLED_BACK

@@ -191,3 +191,21 @@ def test_the_buttons_need_a_post_with_the_csrf_token(agent, owner):
     assert (got.status_code, forged.status_code) == (405, 403)
     release.refresh_from_db()
     assert release.state == ReleaseState.RUNNING
+
+
+def test_the_list_shows_the_releases_of_the_agents_one_may_change(client, agent, owner):
+    _, v2 = versions(agent)
+    mine = release_start(agent=agent, candidate=v2, actor=owner, share=25)
+    other = Agent.objects.create(name="Other", slug=f"o-{uuid.uuid4().hex[:6]}", route=agent.route)
+    version_record(agent=other, actor=None)
+    other.system_prompt = "Hm."
+    other.save(update_fields=["system_prompt"])
+    theirs_candidate = version_record(agent=other, actor=None, release=False)
+    theirs = release_start(agent=other, candidate=theirs_candidate, actor=None, share=5)
+    client.force_login(owner)
+
+    listed = client.get(reverse("admin:agents_release_changelist"))
+
+    assert listed.status_code == 200
+    assert [r.pk for r in listed.context["cl"].result_list] == [mine.pk]
+    assert theirs.pk != mine.pk
