@@ -1,0 +1,200 @@
+"""Drift watch (agents.drift): runs written to the database day by day, as the orchestrator
+leaves them (confidence, retrieval and tool steps, rejected, held and "I don't know" runs), for
+a stable agent, a drifting one and a quiet one; what the daily check finds, records, audits,
+counts and prints."""
+
+from __future__ import annotations
+
+import io
+import uuid
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.utils import timezone
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
+
+from agents.drift import (
+    Window,
+    drift_acknowledge,
+    drift_check,
+    drift_measure,
+    js_distance,
+    psi,
+)
+from agents.gateway.local import NO_ANSWER
+from agents.models import Agent, DriftCheck, ModelRoute, Run, RunState, RunStep
+from agents.tasks import drift_check_task
+from audit.models import AuditEvent
+from governance.models import Escalation
+
+pytestmark = pytest.mark.django_db
+
+DAY = date(2026, 11, 30)  # the day checked; the reference is Nov 16 to 29
+REFERENCE = Window(date(2026, 11, 16), date(2026, 11, 29))
+STEADY_CONFIDENCE = [0.55, 0.65, 0.75, 0.85, 0.95]
+SIMILARITY = [0.52, 0.64, 0.71, 0.83]
+
+
+def _agent(name: str) -> Agent:
+    route = ModelRoute.objects.create(name=f"r-{uuid.uuid4().hex[:8]}")
+    return Agent.objects.create(
+        name=name, slug=f"{name.lower()}-{uuid.uuid4().hex[:4]}", route=route
+    )
+
+
+def _day(
+    agent: Agent,
+    actor,
+    day: date,
+    *,
+    runs: int = 40,
+    confidence=STEADY_CONFIDENCE,
+    rejected: int = 4,
+    unknown: int = 0,
+    held: int = 0,
+    tools=(("lookup_order", 24), ("create_ticket", 16)),
+) -> None:
+    """`runs` runs of `agent` created at noon on `day`: the first `rejected` rejected, the next
+    `unknown` answered "I don't know", the next `held` waiting for a reviewer (their confidence
+    on the escalation), the rest answered; confidences cycle through `confidence`; each run
+    retrieved (similarities cycling) and called one tool, the tools in the counts given."""
+    names = [name for name, n in tools for _ in range(n)]
+    assert len(names) == runs
+    made = []
+    for i in range(runs):
+        state, answer = RunState.SUCCEEDED, "An answer [1]."
+        if i < rejected:
+            state, answer = RunState.REJECTED, ""
+        elif i < rejected + unknown:
+            answer = NO_ANSWER
+        elif i < rejected + unknown + held:
+            state, answer = RunState.AWAITING_REVIEW, ""
+        value = Decimal(str(confidence[i % len(confidence)]))
+        made.append(
+            Run(
+                agent=agent,
+                actor=actor,
+                input="q",
+                state=state,
+                answer=answer,
+                # A held answer's confidence is its escalation's until a reviewer decides.
+                confidence=value if state == RunState.SUCCEEDED else None,
+            )
+        )
+    Run.objects.bulk_create(made)
+    noon = timezone.make_aware(datetime.combine(day, time(12)))
+    Run.objects.filter(pk__in=[r.pk for r in made]).update(created_at=noon)
+    Escalation.objects.bulk_create(
+        Escalation(
+            run=run,
+            agent_id=agent.pk,
+            requested_by=actor,
+            question="q",
+            answer="maybe",
+            confidence=run_confidence,
+            threshold=Decimal("0.80"),
+        )
+        for run, run_confidence in (
+            (r, Decimal(str(confidence[i % len(confidence)])))
+            for i, r in enumerate(made)
+            if r.state == RunState.AWAITING_REVIEW
+        )
+    )
+    steps = []
+    for i, run in enumerate(made):
+        passages = [{"n": 1, "score": 0.03, "similarity": SIMILARITY[i % len(SIMILARITY)]}]
+        passages.append({"n": 2, "score": 0.02, "similarity": None})
+        steps.append(_step(run, 0, "retrieval", output={"passages": passages}))
+        call = {"id": "c", "name": names[i], "arguments": "{}"}
+        steps.append(_step(run, 1, "tool", input={"call": call, "key": "k"}))
+    RunStep.objects.bulk_create(steps)
+
+
+def _step(run: Run, index: int, kind: str, **fields) -> RunStep:
+    now = timezone.now()
+    return RunStep(run=run, index=index, kind=kind, started_at=now, finished_at=now, **fields)
+
+
+@pytest.fixture
+def agents(people):
+    """Three agents, alike for the 14 reference days; on DAY the stable one is the same, the
+    drifting one's confidence falls, a new tool takes over its calls and it refuses three
+    times as often, and the quiet one drifts alike but on 20 runs only."""
+    stable, drifting, quiet = _agent("Stable"), _agent("Drifting"), _agent("Quiet")
+    for day in REFERENCE.days():
+        for agent in (stable, drifting, quiet):
+            _day(agent, people.member, day)
+    _day(stable, people.member, DAY)
+    shifted = [0.15, 0.25, 0.35, 0.45, 0.85]
+    refunds = (("issue_refund", 28), ("lookup_order", 8), ("create_ticket", 4))
+    _day(
+        drifting,
+        people.member,
+        DAY,
+        confidence=shifted,
+        rejected=6,
+        unknown=3,
+        held=3,
+        tools=refunds,
+    )
+    _day(
+        quiet,
+        people.member,
+        DAY,
+        runs=20,
+        confidence=shifted,
+        rejected=3,
+        unknown=2,
+        held=1,
+        tools=(("issue_refund", 20),),
+    )
+    return stable, drifting, quiet
+
+
+def test_the_statistics_are_those_of_the_textbook():
+    same = {1: 10, 2: 30}
+    assert psi(_c(same), _c(same)) == 0
+    assert js_distance(_c({"a": 5}), _c({"b": 5})) == 1
+    assert js_distance(_c({"a": 5, "b": 5}), _c({"a": 50, "b": 50})) == 0
+    # PSI with a half added to each bin's count: (0.25-0.75) ln(1/3) + (0.75-0.25) ln 3.
+    assert psi(_c({1: 9.5, 2: 29.5}), _c({1: 29.5, 2: 9.5})) == pytest.approx(
+        2 * 0.5 * 1.0986, 1e-3
+    )
+
+
+def _c(counts: dict):
+    from collections import Counter
+
+    return Counter(counts)
+
+
+def test_a_stable_agent_does_not_alert_and_a_drifting_one_does_on_each_moved_signal(
+    agents, django_assert_num_queries
+):
+    stable, drifting, quiet = agents
+
+    with django_assert_num_queries(5):  # the agents, then one aggregate per signal
+        measures = drift_measure(day=DAY)
+
+    found = {
+        (m.agent.name, m.signal): (m.value, m.alert, m.samples, m.reference_samples)
+        for m in measures
+    }
+    assert found == {
+        ("Stable", "confidence"): (0.0, False, 36, 504),
+        ("Stable", "retrieval"): (0.0, False, 40, 560),
+        ("Stable", "refusals"): (0.0, False, 40, 560),
+        ("Stable", "tool_mix"): (0.0, False, 40, 560),
+        ("Drifting", "confidence"): (5.9946, True, 34, 504),
+        ("Drifting", "retrieval"): (0.0, False, 40, 560),
+        ("Drifting", "refusals"): (0.2, True, 40, 560),
+        ("Drifting", "tool_mix"): (0.7036, True, 40, 560),
+        ("Quiet", "confidence"): (None, False, 17, 504),
+        ("Quiet", "retrieval"): (None, False, 20, 560),
+        ("Quiet", "refusals"): (None, False, 20, 560),
+        ("Quiet", "tool_mix"): (None, False, 20, 560),
+    }
