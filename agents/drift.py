@@ -148,9 +148,14 @@ class Measure:
     def alert(self) -> bool:
         return self.value is not None and abs(self.value) >= self.threshold
 
-    def summary(self, which: str = "today") -> str:
-        """The distribution in a few words: a mean, a rate or the leading tools."""
-        return describe(self.signal, self.today if which == "today" else self.before)
+    @property
+    def day_summary(self) -> str:
+        """The day's distribution in a few words: a mean, a rate or the leading tools."""
+        return describe(self.signal, self.today)
+
+    @property
+    def reference_summary(self) -> str:
+        return describe(self.signal, self.before)
 
 
 # Counts per (agent id, signal) -> day -> category -> count.
@@ -412,8 +417,8 @@ def _audit_alert(check: DriftCheck, measure: Measure) -> None:
             "samples": check.samples,
             "reference": str(measure.reference),
             "reference_samples": check.reference_samples,
-            "day_summary": measure.summary("today"),
-            "reference_summary": measure.summary("reference"),
+            "day_summary": measure.day_summary,
+            "reference_summary": measure.reference_summary,
         },
     )
 

@@ -6,8 +6,9 @@ counts and prints."""
 from __future__ import annotations
 
 import io
+import json
 import uuid
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, time
 from decimal import Decimal
 
 import pytest
@@ -106,7 +107,9 @@ def _day(
     )
     steps = []
     for i, run in enumerate(made):
-        passages = [{"n": 1, "score": 0.03, "similarity": SIMILARITY[i % len(SIMILARITY)]}]
+        passages: list[dict] = [
+            {"n": 1, "score": 0.03, "similarity": SIMILARITY[i % len(SIMILARITY)]}
+        ]
         passages.append({"n": 2, "score": 0.02, "similarity": None})
         steps.append(_step(run, 0, "retrieval", output={"passages": passages}))
         call = {"id": "c", "name": names[i], "arguments": "{}"}
@@ -175,8 +178,6 @@ def _c(counts: dict):
 def test_a_stable_agent_does_not_alert_and_a_drifting_one_does_on_each_moved_signal(
     agents, django_assert_num_queries
 ):
-    stable, drifting, quiet = agents
-
     with django_assert_num_queries(5):  # the agents, then one aggregate per signal
         measures = drift_measure(day=DAY)
 
@@ -198,3 +199,171 @@ def test_a_stable_agent_does_not_alert_and_a_drifting_one_does_on_each_moved_sig
         ("Quiet", "refusals"): (None, False, 20, 560),
         ("Quiet", "tool_mix"): (None, False, 20, 560),
     }
+
+
+def _alerts() -> set[tuple[str, str]]:
+    return set(
+        DriftCheck.objects.filter(alert=True).values_list("agent__name", "signal").order_by()
+    )
+
+
+def test_the_check_records_the_checks_audits_and_counts_each_alert_once(
+    agents, django_capture_on_commit_callbacks
+):
+    stable, drifting, quiet = agents
+    counted = {"agent": drifting.slug, "signal": "refusals"}
+    before = REGISTRY.get_sample_value("warden_drift_alerts_total", counted) or 0
+
+    with django_capture_on_commit_callbacks(execute=True):
+        drift_check(day=DAY)
+
+    assert _alerts() == {
+        ("Drifting", "confidence"),
+        ("Drifting", "refusals"),
+        ("Drifting", "tool_mix"),
+    }
+    # The quiet agent's day had too few runs: nothing recorded, nothing alerted.
+    assert not DriftCheck.objects.filter(agent=quiet).exists()
+    assert DriftCheck.objects.filter(agent=stable, alert=False).count() == 4
+    refusals = DriftCheck.objects.get(agent=drifting, signal="refusals")
+    assert (refusals.statistic, refusals.value, refusals.threshold) == ("rate_difference", 0.2, 0.1)
+    assert (refusals.reference_since, refusals.reference_until) == (
+        REFERENCE.since,
+        REFERENCE.until,
+    )
+    assert refusals.distributions == {
+        "day": {"answered": 28, "refused": 12},
+        "reference": {"answered": 504, "refused": 56},
+    }
+    events = AuditEvent.objects.filter(action="agent.drift_detected").order_by("sequence")
+    facts = [json.loads(e.data) for e in events]
+    assert [(e.target_id, f["signal"], f["value"]) for e, f in zip(events, facts, strict=True)] == [
+        (str(drifting.pk), "confidence", 5.9946),
+        (str(drifting.pk), "refusals", 0.2),
+        (str(drifting.pk), "tool_mix", 0.7036),
+    ]
+    assert facts[1]["day_summary"] == "30.0% of 40"
+    assert facts[1]["reference_summary"] == "10.0% of 560"
+    assert REGISTRY.get_sample_value("warden_drift_alerts_total", counted) == before + 1
+
+    # Checking the day again (beat ran twice, an operator ran the command) adds nothing.
+    with django_capture_on_commit_callbacks(execute=True):
+        assert drift_check_task(DAY.isoformat()) == 3
+    assert DriftCheck.objects.count() == 8
+    assert AuditEvent.objects.filter(action="agent.drift_detected").count() == 3
+    assert REGISTRY.get_sample_value("warden_drift_alerts_total", counted) == before + 1
+
+
+def test_the_minimum_samples_are_settings(agents, settings):
+    settings.WARDEN_DRIFT_MIN_SAMPLES = 41
+
+    assert [m for m in drift_measure(day=DAY) if m.value is not None] == []
+
+    settings.WARDEN_DRIFT_MIN_SAMPLES = 10
+    settings.WARDEN_DRIFT_MIN_REFERENCE_SAMPLES = 600
+    assert [m for m in drift_measure(day=DAY) if m.value is not None] == []
+
+    settings.WARDEN_DRIFT_MIN_REFERENCE_SAMPLES = 100
+    quiet = {m.signal: m.alert for m in drift_measure(day=DAY) if m.agent.name == "Quiet"}
+    assert quiet == {"confidence": True, "retrieval": False, "refusals": True, "tool_mix": True}
+
+
+def test_a_reference_window_can_be_pinned(agents):
+    # Against the drifted day itself, the drifting agent has not moved.
+    measures = drift_measure(day=DAY, reference=Window(DAY, DAY))
+
+    assert {(m.agent.name, m.signal) for m in measures if m.alert} == set()
+
+
+def _scrape(client) -> dict[tuple[str, str, str], float]:
+    text = client.get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-me").content.decode()
+    return {
+        (sample.name, sample.labels["agent"], sample.labels["signal"]): sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name.startswith("warden_agent_drift")
+        for sample in family.samples
+    }
+
+
+def test_the_metrics_give_each_agents_latest_statistic_and_its_open_alerts(
+    agents, people, client, settings
+):
+    settings.WARDEN_METRICS_TOKEN = "scrape-me"
+    stable, drifting, quiet = agents
+    drift_check(day=DAY)
+
+    scraped = _scrape(client)
+
+    assert scraped[("warden_agent_drift", drifting.slug, "tool_mix")] == 0.7036
+    assert scraped[("warden_agent_drift_alerting", drifting.slug, "tool_mix")] == 1
+    assert scraped[("warden_agent_drift", stable.slug, "tool_mix")] == 0
+    assert scraped[("warden_agent_drift_alerting", stable.slug, "tool_mix")] == 0
+    assert not any(key[1] == quiet.slug for key in scraped)
+
+    drift_acknowledge(
+        check=DriftCheck.objects.get(agent=drifting, signal="tool_mix"), actor=people.admin
+    )
+
+    assert _scrape(client)[("warden_agent_drift_alerting", drifting.slug, "tool_mix")] == 0
+
+
+def _command(*args: str) -> tuple[int, str]:
+    out = io.StringIO()
+    try:
+        call_command("drift", *args, stdout=out)
+    except SystemExit as exc:
+        return int(exc.code or 0), out.getvalue()
+    return 0, out.getvalue()
+
+
+def test_the_command_prints_each_signal_and_exits_1_on_an_alert(agents):
+    _, drifting, quiet = agents
+
+    code, out = _command("--day", "2026-11-30", "--agent", drifting.slug, "--agent", quiet.slug)
+
+    assert code == 1
+    d, q = f"{drifting.slug:<24}", f"{quiet.slug:<24}"
+    assert out.splitlines() == [
+        "Drift on 2026-11-30 against 2026-11-16..2026-11-29",
+        f"{d} confidence psi +5.9946 (threshold 0.25) ALERT: mean ~0.42 of 34 vs mean ~0.76 of 504",
+        f"{d} retrieval  psi +0.0000 (threshold 0.25) ok: mean ~0.70 of 40 vs mean ~0.70 of 560",
+        f"{d} refusals   rate_difference +0.2000 (threshold 0.1) ALERT: 30.0% of 40 vs "
+        "10.0% of 560",
+        f"{d} tool_mix   js_distance +0.7036 (threshold 0.3) ALERT: issue_refund 70%, "
+        "lookup_order 20%, create_ticket 10% vs lookup_order 60%, create_ticket 40%",
+        f"{q} confidence skipped: too few samples (17 on the day, 504 in the reference; need 30 "
+        "and 100)",
+        f"{q} retrieval  skipped: too few samples (20 on the day, 560 in the reference; need 30 "
+        "and 100)",
+        f"{q} refusals   skipped: too few samples (20 on the day, 560 in the reference; need 30 "
+        "and 100)",
+        f"{q} tool_mix   skipped: too few samples (20 on the day, 560 in the reference; need 30 "
+        "and 100)",
+        "3 alerts",
+    ]
+    assert DriftCheck.objects.filter(agent=drifting).count() == 4
+
+
+def test_the_command_exits_0_when_nothing_drifted_and_dry_run_records_nothing(agents):
+    stable = agents[0]
+
+    code, out = _command("--day", "2026-11-30", "--agent", stable.slug, "--dry-run")
+
+    assert code == 0
+    assert out.splitlines()[-1] == "0 alerts"
+    assert not DriftCheck.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--day", "yesterday"], "not a date (YYYY-MM-DD): 'yesterday'"),
+        (["--reference", "2026-11-20:2026-11-10"], "the window starts (2026-11-20) after it ends"),
+        (["--agent", "nobody"], "no agent nobody"),
+    ],
+)
+def test_the_command_exits_2_on_bad_arguments(args, message):
+    with pytest.raises(CommandError, match=message.replace("(", r"\(").replace(")", r"\)")) as e:
+        call_command("drift", *args)
+    assert e.value.returncode == 2
+    assert not DriftCheck.objects.exists()

@@ -73,5 +73,5 @@ def _line(m: Measure) -> str:
     verdict = "ALERT" if m.alert else "ok"
     return (
         f"{head} {m.statistic} {m.value:+.4f} (threshold {m.threshold:g}) {verdict}: "
-        f"{m.summary('today')} vs {m.summary('reference')}"
+        f"{m.day_summary} vs {m.reference_summary}"
     )
