@@ -53,6 +53,7 @@ from agents.models import (
     FINAL_STATES,
     Agent,
     DriftCheck,
+    DriftReference,
     DriftSignal,
     Run,
     RunState,
@@ -104,6 +105,14 @@ class Window:
 def reference_before(day: date, days: int | None = None) -> Window:
     days = days or settings.WARDEN_DRIFT_REFERENCE_DAYS
     return Window(day - timedelta(days=days), day - timedelta(days=1))
+
+
+def reference_for(agent: Agent, day: date) -> Window:
+    """The agent's pinned window (DriftReference) for a day after it, else the days before."""
+    pinned = getattr(agent, "drift_reference", None)
+    if pinned is not None and pinned.until < day:
+        return Window(pinned.since, pinned.until)
+    return reference_before(day)
 
 
 def threshold(signal: str) -> float:
@@ -318,13 +327,26 @@ def drift_measure(
     *, day: date, reference: Window | None = None, agents: Iterable[Agent] | None = None
 ) -> list[Measure]:
     """Each agent's (all, or those given) four signals on `day` against `reference` (by
-    default the WARDEN_DRIFT_REFERENCE_DAYS before it): five queries."""
-    reference = reference or reference_before(day)
-    chosen = list(agents) if agents is not None else list(Agent.objects.order_by("slug"))
-    span = Window(min(reference.since, day), max(reference.until, day))
+    default the agent's pinned window, or the WARDEN_DRIFT_REFERENCE_DAYS before the day):
+    five queries."""
+    chosen = list(
+        (
+            Agent.objects.filter(pk__in=[a.pk for a in agents])
+            if agents is not None
+            else Agent.objects
+        )
+        .select_related("drift_reference")
+        .order_by("slug")
+    )
+    windows = {a.pk: reference or reference_for(a, day) for a in chosen}
+    span = Window(
+        min([day, *(w.since for w in windows.values())]),
+        max([day, *(w.until for w in windows.values())]),
+    )
     counts = drift_counts(window=span, agent_ids=[a.pk for a in chosen])
     measures = []
     for agent in chosen:
+        reference = windows[agent.pk]
         for signal in SIGNALS:
             per_day = counts.get((agent.pk, signal), {})
             today, before = _sum(per_day, [day]), _sum(per_day, reference.days())
@@ -336,17 +358,17 @@ def drift_measure(
 
 
 def drift_series(*, agent: Agent, window: Window) -> dict[str, list[Measure]]:
-    """For each signal, each day of `window` against the reference days before that day (a
-    rolling reference): for the console's chart, from the same four queries."""
-    days = settings.WARDEN_DRIFT_REFERENCE_DAYS
-    span = Window(window.since - timedelta(days=days), window.until)
+    """For each signal, each day of `window` against its reference (the days before it, or
+    the agent's pinned window): for the console's chart, from the same four queries."""
+    references = {day: reference_for(agent, day) for day in window.days()}
+    span = Window(min(r.since for r in references.values()), window.until)
     counts = drift_counts(window=span, agent_ids=[agent.pk])
     series: dict[str, list[Measure]] = {}
     for signal in SIGNALS:
         per_day = counts.get((agent.pk, signal), {})
         series[signal] = []
         for day in window.days():
-            reference = reference_before(day, days)
+            reference = references[day]
             today, before = _sum(per_day, [day]), _sum(per_day, reference.days())
             value, reason = compare(signal, today, before)
             series[signal].append(
@@ -459,3 +481,34 @@ def drift_open_alerts() -> list[DriftCheck]:
         .select_related("agent")
         .order_by("-day", "agent__name", "signal")
     )
+
+
+def drift_reference_pin(
+    *, agent: Agent, since: date, until: date, actor, reason: str = ""
+) -> DriftReference:
+    """Compare the agent's days after `until` with since..until (audited
+    `agent.drift_reference_pinned`). The window must have ended: it is a past that was right."""
+    window = Window(since, until)  # raises ValueError if it is backwards
+    if until >= timezone.localdate():
+        raise ValueError(f"a reference window must have ended: {until} is not before today")
+    with transaction.atomic(durable=True):
+        pinned, _ = DriftReference.objects.update_or_create(
+            agent=agent,
+            defaults={"since": since, "until": until, "reason": reason, "pinned_by": actor},
+        )
+        audit_record(
+            actor=actor,
+            action="agent.drift_reference_pinned",
+            target=agent,
+            data={"reference": str(window), "reason": reason},
+        )
+    return pinned
+
+
+def drift_reference_unpin(*, agent: Agent, actor) -> bool:
+    """Back to the days before each day (audited `agent.drift_reference_unpinned`)."""
+    with transaction.atomic(durable=True):
+        deleted, _ = DriftReference.objects.filter(agent=agent).delete()
+        if deleted:
+            audit_record(actor=actor, action="agent.drift_reference_unpinned", target=agent)
+    return bool(deleted)

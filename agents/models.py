@@ -602,6 +602,32 @@ class DriftCheck(models.Model):
         return f"{self.agent} {self.signal} on {self.day}"
 
 
+class DriftReference(models.Model):
+    """A reference window an admin pinned for an agent's drift checks (agents.drift): days
+    known to be right (say, the two weeks after a release was approved) that later days are
+    compared with, instead of the days just before each. Days up to `until` keep the rolling
+    reference."""
+
+    agent = models.OneToOneField(Agent, on_delete=models.CASCADE, related_name="drift_reference")
+    since = models.DateField()
+    until = models.DateField()
+    reason = models.TextField(blank=True)
+    pinned_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    pinned_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(since__lte=models.F("until")), name="drift_reference_ordered"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.agent}: {self.since}..{self.until}"
+
+
 # The knowledge models belong to this app (DESIGN.md §2); they live in agents/knowledge/.
 from agents.knowledge.models import (  # noqa: E402, F401
     Chunk,

@@ -604,6 +604,11 @@ class WardenAdminSite(admin.AdminSite):
                 name="drift_agent",
             ),
             path(
+                "dashboard/drift/<int:agent_id>/reference/",
+                self.admin_view(self.drift_reference_view),
+                name="drift_reference",
+            ),
+            path(
                 "dashboard/drift/alerts/<int:check_id>/acknowledge/",
                 self.admin_view(self.drift_acknowledge_view),
                 name="drift_acknowledge",
@@ -644,6 +649,9 @@ class WardenAdminSite(admin.AdminSite):
 
     def drift_agent_view(self, request, agent_id: int):
         return drift.drift_agent_view(self, request, agent_id)
+
+    def drift_reference_view(self, request, agent_id: int):
+        return drift.drift_reference_view(self, request, agent_id)
 
     def drift_acknowledge_view(self, request, check_id: int):
         return drift.drift_acknowledge_view(self, request, check_id)

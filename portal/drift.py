@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import Counter
 from datetime import timedelta
 
+from django import forms
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.http import (
@@ -30,14 +31,17 @@ from agents.drift import (
     Window,
     drift_acknowledge,
     drift_open_alerts,
+    drift_reference_pin,
+    drift_reference_unpin,
     drift_series,
 )
-from agents.models import Agent, DriftCheck, DriftSignal
+from agents.models import Agent, DriftCheck, DriftReference, DriftSignal
 from portal.charts import line_chart, stacked_chart
 
 DAYS = 30
 TOOLS = 6  # tools drawn in the mix chart; the rest are "Others"
 ACKNOWLEDGE = "agents.acknowledge_driftcheck"
+PIN = "agents.change_driftreference"
 
 
 def _may_view(request: HttpRequest) -> None:
@@ -115,10 +119,58 @@ def drift_agent_view(site, request: HttpRequest, agent_id: int) -> HttpResponse:
         "window": window,
         "panels": [_panel(signal, series[signal]) for signal in SIGNALS],
         "alerts": [a for a in drift_open_alerts() if a.agent_id == agent.pk],
-        "may_acknowledge": request.user.has_perm(ACKNOWLEDGE),
+        "pinned": DriftReference.objects.filter(agent=agent).select_related("pinned_by").first(),
+        "may_pin": request.user.has_perm(PIN),
+        "reference_form": ReferenceForm(),
     }
     request.current_app = site.name
     return TemplateResponse(request, "admin/warden/drift_agent.html", context)
+
+
+class ReferenceForm(forms.Form):
+    since = forms.DateField(label="From", widget=forms.DateInput(attrs={"type": "date"}))
+    until = forms.DateField(label="To", widget=forms.DateInput(attrs={"type": "date"}))
+    reason = forms.CharField(label="Why these days", required=False, max_length=500)
+
+
+def drift_reference_view(site, request: HttpRequest, agent_id: int) -> HttpResponse:
+    """Pin the agent's reference window (or, with `unpin`, go back to the days before)."""
+    if not request.user.has_perm(PIN):
+        raise PermissionDenied
+    if request.method != "POST":
+        return HttpResponseNotAllowed(["POST"])
+    agent = get_object_or_404(Agent, pk=agent_id)
+    back = reverse("admin:drift_agent", args=[agent.pk])
+    if "unpin" in request.POST:
+        if drift_reference_unpin(agent=agent, actor=request.user):
+            messages.success(request, f"{agent}: each day is compared with the days before it.")
+        return HttpResponseRedirect(back)
+    form = ReferenceForm(request.POST)
+    if not form.is_valid():
+        problems = "; ".join(
+            f"{form.fields[name].label}: {' '.join(str(e) for e in errors)}"
+            if name in form.fields
+            else " ".join(str(e) for e in errors)
+            for name, errors in form.errors.items()
+        )
+        messages.error(request, f"The reference was not pinned. {problems}")
+        return HttpResponseRedirect(back)
+    data = form.cleaned_data
+    try:
+        drift_reference_pin(
+            agent=agent,
+            since=data["since"],
+            until=data["until"],
+            actor=request.user,
+            reason=data["reason"],
+        )
+    except ValueError as exc:
+        messages.error(request, f"The reference was not pinned: {exc}.")
+    else:
+        messages.success(
+            request, f"{agent}: later days are compared with {data['since']}..{data['until']}."
+        )
+    return HttpResponseRedirect(back)
 
 
 def drift_acknowledge_view(site, request: HttpRequest, check_id: int) -> HttpResponse:

@@ -23,11 +23,13 @@ from agents.drift import (
     drift_acknowledge,
     drift_check,
     drift_measure,
+    drift_reference_pin,
+    drift_reference_unpin,
     js_distance,
     psi,
 )
 from agents.gateway.local import NO_ANSWER
-from agents.models import Agent, DriftCheck, ModelRoute, Run, RunState, RunStep
+from agents.models import Agent, DriftCheck, DriftReference, ModelRoute, Run, RunState, RunStep
 from agents.tasks import drift_check_task
 from audit.models import AuditEvent
 from governance.models import Escalation
@@ -367,3 +369,65 @@ def test_the_command_exits_2_on_bad_arguments(args, message):
         call_command("drift", *args)
     assert e.value.returncode == 2
     assert not DriftCheck.objects.exists()
+
+
+def test_a_pinned_reference_window_is_what_later_days_are_compared_with(agents, people):
+    stable, drifting, _ = agents
+    # Days known to be right for the drifting agent: before the runs here began, so empty.
+    drift_reference_pin(
+        agent=drifting,
+        since=date(2026, 11, 1),
+        until=date(2026, 11, 5),
+        actor=people.admin,
+        reason="approved after the v2 release",
+    )
+
+    code, out = _command("--day", "2026-11-30", "--agent", drifting.slug, "--agent", stable.slug)
+
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[1] == (
+        f"{drifting.slug:<24} confidence skipped: too few samples (34 on the day, 0 in the "
+        "reference; need 30 and 100) [pinned reference 2026-11-01..2026-11-05]"
+    )
+    assert lines[5].startswith(f"{stable.slug:<24} confidence psi +0.0000")
+    assert "pinned" not in lines[5]
+    event = AuditEvent.objects.get(action="agent.drift_reference_pinned")
+    assert (event.actor_id, event.target_id) == (str(people.admin.pk), str(drifting.pk))
+    assert json.loads(event.data) == {
+        "reference": "2026-11-01..2026-11-05",
+        "reason": "approved after the v2 release",
+    }
+
+    assert drift_reference_unpin(agent=drifting, actor=people.admin) is True
+    assert {(m.signal, m.alert) for m in drift_measure(day=DAY, agents=[drifting])} == {
+        ("confidence", True),
+        ("retrieval", False),
+        ("refusals", True),
+        ("tool_mix", True),
+    }
+
+
+def test_a_reference_window_that_has_not_ended_is_refused(agents, people):
+    _, drifting, _ = agents
+    today = timezone.localdate()
+
+    with pytest.raises(ValueError, match="a reference window must have ended"):
+        drift_reference_pin(
+            agent=drifting, since=date(2026, 11, 1), until=today, actor=people.admin
+        )
+    with pytest.raises(ValueError, match="the window starts"):
+        drift_reference_pin(
+            agent=drifting, since=date(2026, 11, 5), until=date(2026, 11, 1), actor=people.admin
+        )
+
+    assert not DriftReference.objects.exists()
+    assert not AuditEvent.objects.filter(action="agent.drift_reference_pinned").exists()
+
+
+def test_the_daily_job_is_scheduled():
+    from django.conf import settings
+
+    job = settings.CELERY_BEAT_SCHEDULE["drift-check"]
+    assert job["task"] == "agents.tasks.drift_check_task"
+    assert (job["schedule"].hour, job["schedule"].minute) == ({1}, {5})

@@ -12,7 +12,7 @@ from django.contrib.auth.models import Permission
 from django.utils import timezone
 
 from agents.drift import drift_check
-from agents.models import DriftCheck
+from agents.models import DriftCheck, DriftReference
 from agents.tests.test_drift import _day
 from audit.models import AuditEvent
 
@@ -139,3 +139,65 @@ def test_the_drift_pages_need_the_view_run_permission(client, people, drifted):
 
     assert client.get(DRIFT).status_code == 403
     assert client.get(f"{DRIFT}{drifted.pk}/").status_code == 403
+
+
+def test_an_admin_pins_the_reference_window_on_the_agents_page(client, people, drifted):
+    client.force_login(people.admin)
+    url = f"{DRIFT}{drifted.pk}/reference/"
+
+    response = client.post(url, {"since": "2026-10-01", "until": "2026-10-14", "reason": "v2"})
+
+    assert response.status_code == 302
+    pinned = DriftReference.objects.get(agent=drifted)
+    assert (str(pinned.since), str(pinned.until), pinned.reason, pinned.pinned_by) == (
+        "2026-10-01",
+        "2026-10-14",
+        "v2",
+        people.admin,
+    )
+    page = BeautifulSoup(client.get(f"{DRIFT}{drifted.pk}/").content.decode(), "html.parser")
+    assert (
+        page.find(id="pinned")
+        .get_text(" ", strip=True)
+        .startswith(
+            "Days after Oct 14, 2026 are compared with Oct 1, 2026 \N{EN DASH} Oct 14, 2026, pinned by"
+        )
+    )
+
+    client.post(url, {"unpin": "1"})
+
+    assert not DriftReference.objects.exists()
+    assert [e.action for e in AuditEvent.objects.filter(action__startswith="agent.drift_ref")] == [
+        "agent.drift_reference_pinned",
+        "agent.drift_reference_unpinned",
+    ]
+
+
+def test_a_backwards_window_is_refused_with_a_message_and_nothing_pinned(client, people, drifted):
+    client.force_login(people.admin)
+
+    response = client.post(
+        f"{DRIFT}{drifted.pk}/reference/",
+        {"since": "2026-10-14", "until": "2026-10-01"},
+        follow=True,
+    )
+
+    shown = [str(m) for m in response.context["messages"]]
+    assert shown == [
+        "The reference was not pinned: the window starts (2026-10-14) after it ends (2026-10-01)."
+    ]
+    assert not DriftReference.objects.exists()
+
+
+def test_pinning_needs_its_permission_and_a_denial_writes_nothing(client, people, drifted):
+    client.force_login(_staff(people, "view_run"))
+
+    page = BeautifulSoup(client.get(f"{DRIFT}{drifted.pk}/").content.decode(), "html.parser")
+    response = client.post(
+        f"{DRIFT}{drifted.pk}/reference/", {"since": "2026-10-01", "until": "2026-10-14"}
+    )
+
+    assert page.find("form", attrs={"aria-label": "Pin the reference"}) is None
+    assert response.status_code == 403
+    assert not DriftReference.objects.exists()
+    assert not AuditEvent.objects.filter(action="agent.drift_reference_pinned").exists()

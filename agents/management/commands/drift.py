@@ -22,7 +22,9 @@ class Command(BaseCommand):
         "Compare each agent's confidence, retrieval similarity, refusal rate and tool-call mix "
         "on a day (yesterday by default) with its reference window, record the checks (as the "
         "daily drift-check beat job does; --dry-run records nothing) and print one line per "
-        "agent and signal. Exit status: 0 nothing drifted, 1 at least one signal alerts, "
+        "agent and signal. The reference is the agent's pinned window (the console's drift "
+        "page), else the WARDEN_DRIFT_REFERENCE_DAYS before the day, unless --reference. "
+        "Exit status: 0 nothing drifted, 1 at least one signal alerts, "
         "2 bad arguments (a date, a window, an agent)."
     )
 
@@ -39,7 +41,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         day = _day(options["day"]) if options["day"] else timezone.localdate() - timedelta(1)
-        reference = reference_before(day)
+        reference = None  # each agent's pinned window, or the days before
         if options["reference"]:
             since, _, until = options["reference"].partition(":")
             try:
@@ -57,9 +59,13 @@ class Command(BaseCommand):
             measures = drift_measure(day=day, reference=reference, agents=agents)
         else:
             measures = [m for m, _ in drift_check(day=day, reference=reference, agents=agents)]
-        self.stdout.write(f"Drift on {day:%Y-%m-%d} against {reference}")
+        usual = reference or reference_before(day)
+        self.stdout.write(f"Drift on {day:%Y-%m-%d} against {usual}")
         for measure in measures:
-            self.stdout.write(_line(measure))
+            line = _line(measure)
+            if measure.reference != usual:
+                line += f" [pinned reference {measure.reference}]"
+            self.stdout.write(line)
         alerts = sum(1 for m in measures if m.alert)
         self.stdout.write(f"{alerts} alert{'' if alerts == 1 else 's'}")
         if alerts:
