@@ -160,7 +160,8 @@ def test_an_admin_pins_the_reference_window_on_the_agents_page(client, people, d
         page.find(id="pinned")
         .get_text(" ", strip=True)
         .startswith(
-            "Days after Oct 14, 2026 are compared with Oct 1, 2026 \N{EN DASH} Oct 14, 2026, pinned by"
+            "Days after Oct 14, 2026 are compared with "
+            "Oct 1, 2026 \N{EN DASH} Oct 14, 2026, pinned by"
         )
     )
 
