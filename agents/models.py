@@ -551,6 +551,83 @@ class Feedback(models.Model):
         return f"{self.get_rating_display()} on run {self.run_id}"
 
 
+class DriftSignal(models.TextChoices):
+    CONFIDENCE = "confidence", "Answer confidence"
+    RETRIEVAL = "retrieval", "Top retrieval similarity"
+    REFUSALS = "refusals", "Refusal rate"
+    TOOL_MIX = "tool_mix", "Tool-call mix"
+
+
+class DriftCheck(models.Model):
+    """One day of one agent's signal compared with its reference window (agents.drift): the
+    statistic (population stability index, Jensen-Shannon distance or a difference of
+    proportions), its value, the threshold it was held to and whether it alerted. Written once
+    a day by the `drift-check` beat job (or `manage.py drift`) for each signal with enough
+    samples on both sides; an alert is audited (`agent.drift_detected`) and stays open in the
+    console until someone acknowledges it."""
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="drift_checks")
+    day = models.DateField()
+    signal = models.CharField(max_length=16, choices=DriftSignal.choices)
+    statistic = models.CharField(max_length=24)
+    value = models.FloatField()
+    threshold = models.FloatField()
+    alert = models.BooleanField(default=False)
+    samples = models.PositiveIntegerField(help_text="Runs, answers or calls counted on the day.")
+    reference_samples = models.PositiveIntegerField()
+    reference_since = models.DateField()
+    reference_until = models.DateField()
+    distributions = models.JSONField(
+        default=dict, blank=True, help_text="{day: {category: count}, reference: {...}}"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    acknowledged_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["agent", "day", "signal"], name="drift_check_once"),
+        ]
+        indexes = [
+            models.Index(
+                fields=["-day"], condition=models.Q(alert=True), name="drift_alerts_latest"
+            ),
+        ]
+        ordering = ["-day", "agent", "signal"]
+        permissions = [("acknowledge_driftcheck", "Can acknowledge a drift alert")]
+
+    def __str__(self) -> str:
+        return f"{self.agent} {self.signal} on {self.day}"
+
+
+class DriftReference(models.Model):
+    """A reference window an admin pinned for an agent's drift checks (agents.drift): days
+    known to be right (say, the two weeks after a release was approved) that later days are
+    compared with, instead of the days just before each. Days up to `until` keep the rolling
+    reference."""
+
+    agent = models.OneToOneField(Agent, on_delete=models.CASCADE, related_name="drift_reference")
+    since = models.DateField()
+    until = models.DateField()
+    reason = models.TextField(blank=True)
+    pinned_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    pinned_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(since__lte=models.F("until")), name="drift_reference_ordered"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.agent}: {self.since}..{self.until}"
+
+
 # The knowledge models belong to this app (DESIGN.md §2); they live in agents/knowledge/.
 from agents.knowledge.models import (  # noqa: E402, F401
     Chunk,

@@ -76,3 +76,18 @@ def knowledge_reembed_task(knowledge_base_id: int) -> int:
     from agents.knowledge.services import knowledge_base_reembed
 
     return knowledge_base_reembed(knowledge_base_id=knowledge_base_id)
+
+
+@shared_task(name="agents.tasks.drift_check_task")
+def drift_check_task(day: str | None = None) -> int:
+    """Beat, daily: compare each agent's signals yesterday (or `day`, YYYY-MM-DD) with their
+    reference window (agents.drift); returns how many alerted. Checking a day twice is
+    harmless: the checks recorded stand."""
+    from datetime import date, timedelta
+
+    from django.utils import timezone
+
+    from agents.drift import drift_check
+
+    when = date.fromisoformat(day) if day else timezone.localdate() - timedelta(days=1)
+    return sum(1 for measure, check in drift_check(day=when) if check and check.alert)

@@ -109,3 +109,8 @@ HTTP_REQUESTS = Counter(
     "HTTP requests by the view that answered and the status class (2xx, 4xx, 5xx).",
     ["view", "status"],
 )
+DRIFT_ALERTS = Counter(
+    "warden_drift_alerts",
+    "Drift alerts raised (agents.drift): an agent's signal moved past its threshold on a day.",
+    ["agent", "signal"],
+)
