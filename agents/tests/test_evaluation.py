@@ -4,6 +4,7 @@ the version an evaluation serves, scoring on a scripted model's behaviour, the r
 
 import json
 import uuid
+from decimal import Decimal
 from io import StringIO
 
 import pytest
@@ -18,7 +19,9 @@ from agents.evaluation.selectors import (
 )
 from agents.evaluation.services import (
     EvaluationError,
+    evaluation_case_add,
     evaluation_execute,
+    evaluation_set_create,
     evaluation_set_import,
     evaluation_start,
 )
@@ -339,7 +342,19 @@ def test_a_version_passed_when_its_newest_evaluation_on_every_set_passed(agent, 
     assert version_evaluation_passed(version) is False
 
 
-def test_two_evaluations_of_a_set_compare_case_by_case(server, agent, user, crm):
+def test_the_release_gate_is_one_query(agent, user, django_assert_num_queries):
+    version = version_record(agent=agent, actor=None)
+    for name in ("a", "b", "c"):
+        evaluation_set = evaluation_set_import(agent=agent, data={**SET, "name": name}, actor=user)
+        _finished(evaluation_set, version, user, passed=True, overall=1)
+
+    with django_assert_num_queries(1):
+        assert version_evaluation_passed(version) is True
+
+
+def test_two_evaluations_of_a_set_compare_case_by_case(
+    server, agent, user, crm, django_assert_num_queries
+):
     agent.tools.set([_crm_tool(crm)])
     grant_agent(user, agent)
     server.script(
@@ -360,7 +375,8 @@ def test_two_evaluations_of_a_set_compare_case_by_case(server, agent, user, crm)
         ).pk
     )
 
-    comparison = evaluation_compare(before, after)
+    with django_assert_num_queries(1):
+        comparison = evaluation_compare(before, after)
 
     assert [(c.question, c.change) for c in comparison.cases] == [
         ("What is Acme's owner?", "fixed"),
@@ -482,3 +498,30 @@ def test_the_command_prints_json(server, agent, user):
     [report] = json.loads(out.getvalue())
     assert (report["set"], report["version"], report["passed"]) == ("smoke", 1, False)
     assert [c["scores"]["outcome"] for c in report["cases"]] == ["answered"] * 3
+
+
+def test_a_case_made_from_a_run_is_added_to_a_set_and_audited(agent, user):
+    evaluation_set = evaluation_set_create(agent=agent, name="from feedback", actor=user)
+    source = Run.objects.create(
+        agent=agent,
+        conversation=Conversation.objects.create(owner=user, agent=agent),
+        actor=user,
+        input="What is Acme's owner?",
+    )
+
+    case = evaluation_case_add(
+        evaluation_set=evaluation_set,
+        data={"question": source.input, "expected_facts": ["Dana"]},
+        actor=user,
+        source_run=source,
+    )
+
+    assert (case.set, case.source_run, case.expect) == (evaluation_set, source, "answer")
+    assert evaluation_set.pass_mark == Decimal("0.80")
+    event = AuditEvent.objects.get(action="evaluation_case.added")
+    assert json.loads(event.data) == {"case": case.pk, "expect": "answer", "source_run": source.pk}
+    with pytest.raises(EvaluationError, match="already has an evaluation set named"):
+        evaluation_set_create(agent=agent, name="from feedback", actor=user)
+    with pytest.raises(EvaluationError, match="case 2: the question is text"):
+        evaluation_case_add(evaluation_set=evaluation_set, data={"question": ""}, actor=user)
+    assert evaluation_set.cases.count() == 1
