@@ -411,6 +411,33 @@ def test_an_evaluation_is_queued_for_a_worker_after_commit_and_audited(
     assert json.loads(event.data) == {"agent": agent.slug, "set": "smoke", "version": 1}
 
 
+def test_a_worker_executes_a_queued_evaluation(
+    server, agent, user, django_capture_on_commit_callbacks
+):
+    from config.celery import app
+
+    grant_agent(user, agent)
+    evaluation_set = evaluation_set_import(agent=agent, data=SET, actor=user)
+    version = version_record(agent=agent, actor=None)
+    server.default("primary", Reply.say("Dana, since 2021."))
+    eager, app.conf.task_always_eager = app.conf.task_always_eager, True
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            evaluation = evaluation_start(
+                evaluation_set=evaluation_set, version=version, actor=user
+            )
+    finally:
+        app.conf.task_always_eager = eager
+
+    evaluation.refresh_from_db()
+    assert evaluation.state == EvaluationState.SUCCEEDED
+    assert evaluation.results.count() == 3
+    assert evaluation.scores["correctness"] == 1.0
+    # Executing it again (a redelivered task) changes nothing.
+    assert evaluation_execute(evaluation_id=evaluation.pk).results.count() == 3
+    assert Run.objects.filter(sandbox=True).count() == 3
+
+
 def test_an_evaluation_of_another_agent_s_version_is_refused(agent, user):
     evaluation_set = evaluation_set_import(agent=agent, data=SET, actor=user)
     other = Agent.objects.create(name="Other", slug=f"o-{uuid.uuid4().hex[:6]}", route=agent.route)
