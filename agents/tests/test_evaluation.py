@@ -167,6 +167,33 @@ def test_a_sandboxed_call_that_needs_approval_is_recorded_as_such_and_asks_nobod
     assert output["reasons"] == ["tool.approval_always"]
 
 
+def test_a_sandboxed_run_records_a_question_to_another_agent_and_does_not_ask_it(
+    server, agent, user
+):
+    route = ModelRoute.objects.create(name=f"r-{uuid.uuid4().hex[:8]}", num_retries=0)
+    Deployment.objects.create(
+        route=route, position=1, model="openai/helpdesk", api_base=server.base("helpdesk")
+    )
+    helpdesk = Agent.objects.create(name="Help desk", slug=f"h-{uuid.uuid4().hex[:4]}", route=route)
+    agent.delegates.add(helpdesk)
+    grant_agent(user, agent)
+    grant_agent(user, helpdesk)
+    ask = f"ask_{helpdesk.slug}"
+    server.script("primary", Reply.call(ask, {"question": "Is the VPN down?"}), Reply.say("Ok."))
+
+    run = _run(agent, user, "Ask the help desk about the VPN", sandbox=True)
+
+    assert run.state == RunState.SUCCEEDED
+    assert not Run.objects.filter(parent=run).exists()  # the other agent was never asked
+    assert server.count("helpdesk") == 0
+    step = RunStep.objects.get(run=run, kind=StepKind.TOOL)
+    assert (step.input["call"]["name"], step.input["arguments"]) == (
+        ask,
+        {"question": "Is the VPN down?"},
+    )
+    assert step.output["effect"] == "allow"
+
+
 def test_run_start_serves_the_given_version_not_the_live_one(server, agent, user):
     grant_agent(user, agent)
     first = version_record(agent=agent, actor=None, reason="first")
