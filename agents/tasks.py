@@ -91,3 +91,12 @@ def drift_check_task(day: str | None = None) -> int:
 
     when = date.fromisoformat(day) if day else timezone.localdate() - timedelta(days=1)
     return sum(1 for measure, check in drift_check(day=when) if check and check.alert)
+
+
+@shared_task(name="agents.tasks.evaluation_execute_task")
+def evaluation_execute_task(evaluation_id: int) -> str:
+    """Run an evaluation's cases (agents.evaluation.services.evaluation_execute); a second
+    delivery (the worker died) goes on from the cases already scored."""
+    from agents.evaluation.services import evaluation_execute
+
+    return str(evaluation_execute(evaluation_id=evaluation_id).state)
