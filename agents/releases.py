@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib
 import logging
 import secrets
 from collections.abc import Callable
@@ -511,13 +510,10 @@ def promotion_unmet(release: Release, metrics: ReleaseMetrics, now: Any = None) 
 
 
 def evaluation_passed(version: AgentVersion) -> bool:
-    """Whether an evaluation of `version` passed (agents.evaluation, when it exists: without
-    it, none has)."""
-    try:
-        selectors = importlib.import_module("agents.evaluation.selectors")
-    except ImportError:
-        return False
-    return bool(selectors.version_evaluation_passed(version))
+    """Whether `version` passed its agent's evaluations (each set's newest finished one)."""
+    from agents.evaluation.selectors import version_evaluation_passed
+
+    return version_evaluation_passed(version)
 
 
 def _duration(span: timedelta) -> str:

@@ -202,9 +202,9 @@ def agents_usable_by(user) -> QuerySet[Agent]:
 def conversations_of(user) -> QuerySet[Conversation]:
     """`user`'s conversations, the latest activity first (a message asked, an answer landed:
     agents.services.conversation_touch moves `updated_at`), the agent builder's tests aside (the
-    builder lists those)."""
+    builder lists those) and evaluations' (each holds one case: agents.evaluation)."""
     return (
-        Conversation.objects.filter(owner_id=user.pk, builder_test=False)
+        Conversation.objects.filter(owner_id=user.pk, builder_test=False, evaluation=False)
         .select_related("agent")
         .order_by("-updated_at", "-pk")
     )
@@ -294,10 +294,11 @@ def conversations_search(user, text: str) -> list[SearchHit]:
 
 
 def runs_matching(user, query: SearchQuery) -> QuerySet[Run]:
-    """The runs of `user`'s own conversations that match `query`, the best first."""
+    """The runs of `user`'s own conversations that match `query`, the best first (not an
+    evaluation's: agents.evaluation)."""
     return (
         Run.objects.annotate(document=RunText())
-        .filter(conversation__owner_id=user.pk, document=query)
+        .filter(conversation__owner_id=user.pk, conversation__evaluation=False, document=query)
         .annotate(rank=SearchRank(RunText(), query))
         .order_by("-rank", "-created_at", "-pk")
     )
@@ -554,7 +555,9 @@ def _review_note(decision: str, comment: str) -> str:
 
 def _settle(card: Card, step: RunStep) -> None:
     output = step.output
-    if step.status == "ok":
+    if output.get("sandbox"):  # an evaluation's call: recorded, never executed
+        card.status, card.detail = "done", str(output.get("result", {}).get("sandbox", ""))
+    elif step.status == "ok":
         card.status = "done"
         result = output.get("result", output.get("withheld", ""))
         card.detail = result if isinstance(result, str) else json.dumps(result)[:500]

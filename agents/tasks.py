@@ -78,6 +78,30 @@ def knowledge_reembed_task(knowledge_base_id: int) -> int:
     return knowledge_base_reembed(knowledge_base_id=knowledge_base_id)
 
 
+@shared_task(name="agents.tasks.drift_check_task")
+def drift_check_task(day: str | None = None) -> int:
+    """Beat, daily: compare each agent's signals yesterday (or `day`, YYYY-MM-DD) with their
+    reference window (agents.drift); returns how many alerted. Checking a day twice is
+    harmless: the checks recorded stand."""
+    from datetime import date, timedelta
+
+    from django.utils import timezone
+
+    from agents.drift import drift_check
+
+    when = date.fromisoformat(day) if day else timezone.localdate() - timedelta(days=1)
+    return sum(1 for measure, check in drift_check(day=when) if check and check.alert)
+
+
+@shared_task(name="agents.tasks.evaluation_execute_task")
+def evaluation_execute_task(evaluation_id: int) -> str:
+    """Run an evaluation's cases (agents.evaluation.services.evaluation_execute); a second
+    delivery (the worker died) goes on from the cases already scored."""
+    from agents.evaluation.services import evaluation_execute
+
+    return str(evaluation_execute(evaluation_id=evaluation_id).state)
+
+
 @shared_task(name="agents.tasks.releases_judge_task", ignore_result=True)
 def releases_judge_task() -> None:
     """Beat: judge the running releases (roll back on a crossed guard, promote a ready canary)."""

@@ -98,11 +98,12 @@ _ROW = ("route_id", "tool_ids", "base_ids", "delegate_ids", "head_id", "head_con
 
 
 def _current(agent_id: int, *, lock: bool = False) -> tuple[dict, int | None, dict | None]:
-    """The agent's behaviour as its row holds it now, and its newest version (id, config)."""
-    query = _config_query(agent_id)
+    """The agent's behaviour as its row holds it now, and its newest version (id, config).
+    `lock`: first take the agent's row lock, then read in a statement of its own (whose
+    snapshot sees the version a concurrent recorder committed while this one waited)."""
     if lock:
-        query = query.select_for_update(of=("self",))
-    row = query.values(*_ROW).get()
+        Agent.objects.select_for_update().filter(pk=agent_id).values_list("pk").get()
+    row = _config_query(agent_id).values(*_ROW).get()
     return _config_of(row), row["head_id"], row["head_config"]
 
 

@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import dj_database_url
+from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 
-from config.env import env_bool, env_int, env_list, env_optional, env_path, env_str
+from config.env import env_bool, env_float, env_int, env_list, env_optional, env_path, env_str
 from config.files import write_private
 from config.var import DATABASE_NAME, POSTGRES_USER, EmbeddedPaths
 
@@ -680,6 +681,29 @@ else:
     EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
 EMAIL_TIMEOUT = 15
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "warden@localhost")
+# Drift watch (agents.drift): each day, per agent, the day's answer confidence, top retrieval
+# similarity (population stability index over ten bins), refusal rate (the difference of the
+# two proportions) and tool-call mix (Jensen-Shannon distance) against the
+# WARDEN_DRIFT_REFERENCE_DAYS before it. A signal is compared only with at least
+# WARDEN_DRIFT_MIN_SAMPLES on the day and WARDEN_DRIFT_MIN_REFERENCE_SAMPLES in the reference,
+# so a quiet day never alerts. The `drift-check` beat job checks yesterday at
+# WARDEN_DRIFT_CHECK_HOUR, UTC (Celery's clock); days are cut in TIME_ZONE.
+WARDEN_DRIFT_REFERENCE_DAYS = env_int("WARDEN_DRIFT_REFERENCE_DAYS", 14, minimum=1)
+WARDEN_DRIFT_MIN_SAMPLES = env_int("WARDEN_DRIFT_MIN_SAMPLES", 30, minimum=1)
+WARDEN_DRIFT_MIN_REFERENCE_SAMPLES = env_int("WARDEN_DRIFT_MIN_REFERENCE_SAMPLES", 100, minimum=1)
+WARDEN_DRIFT_PSI_THRESHOLD = env_float("WARDEN_DRIFT_PSI_THRESHOLD", 0.25, minimum=0)
+WARDEN_DRIFT_REFUSAL_THRESHOLD = env_float(
+    "WARDEN_DRIFT_REFUSAL_THRESHOLD", 0.10, minimum=0, maximum=1
+)
+WARDEN_DRIFT_TOOL_MIX_THRESHOLD = env_float(
+    "WARDEN_DRIFT_TOOL_MIX_THRESHOLD", 0.30, minimum=0, maximum=1
+)
+WARDEN_DRIFT_CHECK_HOUR = env_int("WARDEN_DRIFT_CHECK_HOUR", 1, minimum=0)
+if WARDEN_DRIFT_CHECK_HOUR > 23:
+    raise ImproperlyConfigured(
+        f"WARDEN_DRIFT_CHECK_HOUR must be an hour from 0 to 23, got {WARDEN_DRIFT_CHECK_HOUR}"
+    )
+
 CELERY_BEAT_SCHEDULE = {
     "run-resume": {
         "task": "agents.tasks.run_resume_task",
@@ -700,6 +724,10 @@ CELERY_BEAT_SCHEDULE = {
     "audit-anchor": {
         "task": "audit.tasks.audit_anchor_task",
         "schedule": env_int("WARDEN_AUDIT_ANCHOR_SECONDS", 60, minimum=1),
+    },
+    "drift-check": {
+        "task": "agents.tasks.drift_check_task",
+        "schedule": crontab(minute=5, hour=WARDEN_DRIFT_CHECK_HOUR),
     },
     # Canary and A/B releases: roll back on a crossed guard, promote a ready canary.
     "releases-judge": {

@@ -7,7 +7,7 @@ chooses: there only the token counts.
 What each process counted (telemetry.metrics; added up across processes when
 `PROMETHEUS_MULTIPROC_DIR` is set, as `manage.py up` does), and what the database and the broker
 say at the moment of the scrape: approvals and held answers waiting, the age of the audit
-trail's last anchor, the Celery queue's length.
+trail's last anchor, the Celery queue's length, each agent's latest drift statistics.
 """
 
 from __future__ import annotations
@@ -75,6 +75,34 @@ class StateCollector:
         if anchored is not None:
             age.add_metric([], (now - anchored).total_seconds())
         yield age
+        yield from _drift()
+
+
+def _drift():
+    """Each agent's latest drift check per signal (agents.drift): its statistic, and whether it
+    alerted and nobody has acknowledged it yet (what the WardenAgentDrift rule fires on)."""
+    from agents.models import DriftCheck
+
+    value = GaugeMetricFamily(
+        "warden_agent_drift",
+        "The latest drift statistic of an agent's signal against its reference window.",
+        labels=["agent", "signal"],
+    )
+    alerting = GaugeMetricFamily(
+        "warden_agent_drift_alerting",
+        "1 while an agent's latest drift check of a signal alerted and is not acknowledged.",
+        labels=["agent", "signal"],
+    )
+    latest = (
+        DriftCheck.objects.order_by("agent_id", "signal", "-day")
+        .distinct("agent_id", "signal")
+        .values_list("agent__slug", "signal", "value", "alert", "acknowledged_at")
+    )
+    for agent, signal, statistic, alert, acknowledged in latest:
+        value.add_metric([agent, signal], statistic)
+        alerting.add_metric([agent, signal], 1 if alert and acknowledged is None else 0)
+    yield value
+    yield alerting
 
 
 def _queue_length(queue: str) -> int:

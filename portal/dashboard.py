@@ -36,11 +36,12 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from agents.models import Run, RunState, RunStep, StepKind, StepStatus
+from agents.models import DriftCheck, Run, RunState, RunStep, StepKind, StepStatus
 from audit.models import AuditEvent
 from audit.selectors import audit_recent_for, may_view_audit
 from governance import roles
 from governance.models import ApprovalRequest, ApprovalStatus, Escalation
+from portal import drift
 from portal.charts import line_chart, stacked_chart
 
 FAILED = (RunState.FAILED, RunState.REJECTED)
@@ -117,6 +118,7 @@ def dashboard(*, days: int = 14) -> dict:
         "approval_ages": ages,
         "oldest_approval": oldest,
         "pending_answers": Escalation.objects.filter(status="pending").count(),
+        "drift_alerts": DriftCheck.objects.filter(alert=True, acknowledged_at__isnull=True).count(),
         "model_steps": steps["total"],
         "cache_hits": steps["cached"],
         "cache_rate": round(100 * steps["cached"] / steps["total"]) if steps["total"] else None,
@@ -595,6 +597,22 @@ class WardenAdminSite(admin.AdminSite):
     def get_urls(self):
         return [
             path("dashboard/", self.admin_view(self.dashboard_view), name="dashboard"),
+            path("dashboard/drift/", self.admin_view(self.drift_view), name="drift"),
+            path(
+                "dashboard/drift/<int:agent_id>/",
+                self.admin_view(self.drift_agent_view),
+                name="drift_agent",
+            ),
+            path(
+                "dashboard/drift/<int:agent_id>/reference/",
+                self.admin_view(self.drift_reference_view),
+                name="drift_reference",
+            ),
+            path(
+                "dashboard/drift/alerts/<int:check_id>/acknowledge/",
+                self.admin_view(self.drift_acknowledge_view),
+                name="drift_acknowledge",
+            ),
             *super().get_urls(),
         ]
 
@@ -625,6 +643,18 @@ class WardenAdminSite(admin.AdminSite):
         context["recent_events"], context["recent_everyone"] = audit_recent_for(request.user)
         context["may_view_audit"] = may_view_audit(request.user)
         return super().index(request, context)
+
+    def drift_view(self, request):
+        return drift.drift_view(self, request)
+
+    def drift_agent_view(self, request, agent_id: int):
+        return drift.drift_agent_view(self, request, agent_id)
+
+    def drift_reference_view(self, request, agent_id: int):
+        return drift.drift_reference_view(self, request, agent_id)
+
+    def drift_acknowledge_view(self, request, check_id: int):
+        return drift.drift_acknowledge_view(self, request, check_id)
 
     def dashboard_view(self, request):
         if not request.user.has_perm("agents.view_run"):

@@ -109,6 +109,11 @@ HTTP_REQUESTS = Counter(
     "HTTP requests by the view that answered and the status class (2xx, 4xx, 5xx).",
     ["view", "status"],
 )
+DRIFT_ALERTS = Counter(
+    "warden_drift_alerts",
+    "Drift alerts raised (agents.drift): an agent's signal moved past its threshold on a day.",
+    ["agent", "signal"],
+)
 RELEASES_ENDED = Counter(
     "warden_releases_ended",
     "Releases of a candidate version that ended, by agent, how (promoted, rolled_back, stopped) "

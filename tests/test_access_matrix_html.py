@@ -481,6 +481,8 @@ def admin_path(route: str, pattern: URLPattern, world: World) -> str:
         "user_id": lambda w: user.pk,
         "group_id": lambda w: user.groups.order_by("pk").first().pk,
         "field": lambda w: "name",
+        "agent_id": lambda w: w.agent.pk,  # the console's drift page of an agent
+        "check_id": lambda w: MISSING,
     }
     return path_of(route, fill, world)
 
@@ -584,6 +586,8 @@ ADMIN_OK: dict[str, int] = {
     "admin/portal/webhook/<int:pk>/rotate-secret/": 405,
     "admin/tools/mcpserver/<int:pk>/sync/": 405,
     "admin/tools/tool/check/<str:field>/": 405,
+    "admin/dashboard/drift/<int:agent_id>/reference/": 405,
+    "admin/dashboard/drift/alerts/<int:check_id>/acknowledge/": 405,
 }
 # Pages of base D and its document: the admin is denied D, so they are gone for the admin.
 GONE_FOR_THE_ADMIN = re.compile(r"admin/agents/(knowledgebase|document)/<[^>]+>/")

@@ -60,3 +60,32 @@ def test_list_splits_on_commas_and_drops_blanks(monkeypatch):
     monkeypatch.setenv("ALLOWED_HOSTS", " warden.example.com, ,api.example.com ")
 
     assert env_list("ALLOWED_HOSTS", []) == ["warden.example.com", "api.example.com"]
+
+
+def test_float_reads_a_number_within_its_bounds(monkeypatch):
+    from config.env import env_float
+
+    monkeypatch.setenv("WARDEN_RATIO", "0.25")
+    assert env_float("WARDEN_RATIO", 1.0, minimum=0, maximum=1) == 0.25
+    monkeypatch.delenv("WARDEN_RATIO")
+    assert env_float("WARDEN_RATIO", 1.0, minimum=0, maximum=1) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("a quarter", r"^WARDEN_RATIO must be a number, got 'a quarter'"),
+        ("-0.5", r"^WARDEN_RATIO must be at least 0, got -0.5"),
+        ("nan", r"^WARDEN_RATIO must be at least 0, got nan"),
+        ("1.5", r"^WARDEN_RATIO must be at most 1, got 1.5"),
+    ],
+)
+def test_float_refuses_what_is_not_a_number_in_bounds_naming_the_variable(
+    monkeypatch, raw, message
+):
+    from config.env import env_float
+
+    monkeypatch.setenv("WARDEN_RATIO", raw)
+
+    with pytest.raises(ImproperlyConfigured, match=message):
+        env_float("WARDEN_RATIO", 0.5, minimum=0, maximum=1)

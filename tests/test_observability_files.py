@@ -58,6 +58,7 @@ def _families() -> dict[str, str]:
     # The state read at the scrape (its queries need no rows to name their families).
     found |= {"warden_reviews_pending": "gauge", "warden_reviews_oldest_pending_seconds": "gauge"}
     found |= {"warden_audit_anchor_age_seconds": "gauge", "warden_celery_queue_length": "gauge"}
+    found |= {"warden_agent_drift": "gauge", "warden_agent_drift_alerting": "gauge"}
     return found
 
 
@@ -73,7 +74,7 @@ def test_the_alert_rules_pass_promtool():
         text=True,
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 9 rules found" in checked.stdout
+    assert "SUCCESS: 10 rules found" in checked.stdout
 
 
 @needs_promtool

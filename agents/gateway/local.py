@@ -38,6 +38,8 @@ _STOP_WORDS = """a about an and are as at be by can could do does for from get g
     when where which who why will with would you your"""
 _STOP = frozenset(_STOP_WORDS.split())
 PROVIDER = "warden-local"
+# What it says when nothing it was given supports an answer (agents.drift counts it a refusal).
+NO_ANSWER = "I don't know: nothing I was given answers that."
 
 _VERBS = {
     "create": "create",
@@ -269,7 +271,7 @@ def answer(question: str, passages: list[tuple[str, str]]) -> Decision:
     from agents.embedding import embed
 
     if not passages or not question.strip():
-        return Decision(text="I don't know: nothing I was given answers that.", confidence=0.0)
+        return Decision(text=NO_ANSWER, confidence=0.0)
     sentences = [
         (marker, s.strip())
         for marker, text in passages
@@ -284,7 +286,7 @@ def answer(question: str, passages: list[tuple[str, str]]) -> Decision:
     ]
     if not top:
         return Decision(
-            text="I don't know: nothing I was given answers that.",
+            text=NO_ANSWER,
             confidence=_confidence(float(ranked[0][0])) if ranked else 0.0,
         )
     text = " ".join(f"{s} [{marker}]" for _, marker, s in top)

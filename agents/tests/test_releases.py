@@ -2,8 +2,6 @@
 version, the judge's rollbacks and promotions, and their audit events and notices."""
 
 import json
-import sys
-import types
 import uuid
 from datetime import timedelta
 from decimal import Decimal
@@ -12,13 +10,18 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.core import mail
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
+from agents.evaluation.services import evaluation_set_create
 from agents.feedback import feedback_record
 from agents.models import (
     Agent,
     AgentVersion,
     Conversation,
     Deployment,
+    EvaluationRun,
+    EvaluationSet,
+    EvaluationState,
     ModelRoute,
     Release,
     ReleaseKind,
@@ -446,28 +449,41 @@ def test_the_judge_promotes_a_canary_only_once_an_evaluation_passed(server, agen
     while not Run.objects.filter(version=v2).exists():
         ask(agent, member)
 
-    # No evaluation exists on this branch: nothing has passed, so it is not promoted.
-    assert releases_judge() == {release.pk: "kept"}
     from agents.releases import promotion_unmet
 
+    # Not evaluated, then evaluated and failed: not promoted either time.
+    assert releases_judge() == {release.pk: "kept"}
+    evaluated(agent, v2, owner, passed=False)
+    assert releases_judge() == {release.pk: "kept"}
     assert promotion_unmet(release, release_metrics(release)) == [NO_EVALUATION]
+    # The baseline's passing evaluation is not the candidate's.
+    evaluated(agent, versions(agent)[0], owner, passed=True)
+    assert releases_judge() == {release.pk: "kept"}
     release.refresh_from_db()
     assert release.state == ReleaseState.RUNNING
     agent.refresh_from_db()
     assert agent.live_version == versions(agent)[0]
 
 
-def passed_evaluation(monkeypatch, version) -> None:
-    """`version` passed its evaluation. A stand-in for agents.evaluation until it is merged
-    here: then this is an EvaluationSet of the agent and a succeeded EvaluationRun of the
-    version that passed (agents.evaluation.selectors.version_evaluation_passed reads them)."""
-    selectors = types.ModuleType("agents.evaluation.selectors")
-    selectors.__dict__["version_evaluation_passed"] = lambda candidate: candidate == version
-    monkeypatch.setitem(sys.modules, "agents.evaluation.selectors", selectors)
+def evaluated(agent, version, owner, *, passed: bool) -> EvaluationRun:
+    """A finished evaluation of `version` on the agent's set (made once), that passed or not
+    (agents.evaluation runs them: its own tests say how)."""
+    evaluation_set = EvaluationSet.objects.filter(agent=agent).first()
+    if evaluation_set is None:
+        evaluation_set = evaluation_set_create(agent=agent, name="smoke", actor=owner)
+    return EvaluationRun.objects.create(
+        set=evaluation_set,
+        version=version,
+        started_by=owner,
+        state=EvaluationState.SUCCEEDED,
+        finished_at=timezone.now(),
+        passed=passed,
+        scores={"overall": 0.9 if passed else 0.2},
+    )
 
 
 def test_the_judge_promotes_a_ready_canary_whose_evaluation_passed(
-    server, agent, member, owner, monkeypatch, django_capture_on_commit_callbacks
+    server, agent, member, owner, django_capture_on_commit_callbacks
 ):
     from config.celery import app
 
@@ -478,7 +494,7 @@ def test_the_judge_promotes_a_ready_canary_whose_evaluation_passed(
     )
     while Run.objects.filter(version=v2).count() < 2:
         ask(agent, member)
-    passed_evaluation(monkeypatch, v2)
+    evaluated(agent, v2, owner, passed=True)
 
     eager = app.conf.task_always_eager
     app.conf.task_always_eager = True

@@ -11,7 +11,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("agents", "0021_agent_versions"),
+        ("agents", "0024_evaluations"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
