@@ -410,6 +410,7 @@ def _served(release: Release) -> QuerySet[Run]:
         agent_id=release.agent_id,
         version_id__in=[release.candidate_id, release.baseline_id],
         created_at__gte=release.started_at,
+        sandbox=False,  # an evaluation's runs serve nobody
     )
     if release.ended_at is not None:
         runs = runs.filter(created_at__lte=release.ended_at)

@@ -293,6 +293,25 @@ def test_live_metrics_per_version_since_the_release_started(agent, member, owner
     assert candidate.escalated == candidate.held == baseline.escalated == 0
 
 
+def test_an_evaluations_runs_of_the_candidate_are_not_its_live_metrics(agent, member, owner):
+    v2 = versions(agent)[1]
+    release = start(agent, owner, share=50)
+    conversation = Conversation.objects.create(owner=member, agent=agent)
+    run = run_start(
+        agent=agent,
+        conversation=conversation,
+        actor=member,
+        input="hi",
+        stream=False,
+        version=v2,
+        sandbox=True,
+    )
+    run_execute(run_id=run.pk, holder="test")
+
+    assert Run.objects.get(pk=run.pk).state == RunState.FAILED
+    assert release_metrics(release).candidate.runs == 0
+
+
 def test_metrics_take_two_queries(agent, member, owner, django_assert_num_queries):
     release = start(agent, owner, share=50)
     for _ in range(4):
