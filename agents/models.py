@@ -226,7 +226,9 @@ class AgentVersion(models.Model):
     reason = models.TextField(blank=True)
     rollback_of = models.ForeignKey(
         "self",
-        on_delete=models.PROTECT,
+        # Versions go only with their agent, all of them at once (the constraint is checked at
+        # commit): PROTECT would keep an agent that was ever rolled back from being deleted.
+        on_delete=models.DO_NOTHING,
         null=True,
         blank=True,
         related_name="+",
