@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 from django.db import DatabaseError, connection, transaction
+from django.db.models import ProtectedError
 
 from agents.models import Agent, AgentVersion, Conversation, Deployment, KnowledgeBase, ModelRoute
 from agents.orchestrator import run_execute
@@ -389,6 +390,24 @@ def test_an_agent_that_was_rolled_back_can_still_be_deleted(agent, people):
     Agent.objects.get(pk=agent.pk).delete()
 
     assert not AgentVersion.objects.filter(agent_id=agent.pk).exists()
+
+
+def test_the_route_the_live_version_runs_on_cannot_be_deleted(agent, people, server):
+    """A draft moved the agent to another route; the live version still runs on the first."""
+    live = version_record(agent=agent, actor=people.admin)
+    first_route = agent.route
+    Agent.objects.filter(pk=agent.pk).update(route=other_route(server))
+    version_record(agent=agent, actor=people.admin, release=False)
+
+    with pytest.raises(ProtectedError, match=r"protected foreign keys: 'AgentVersion\.route'") as e:
+        first_route.delete()
+
+    assert e.value.protected_objects == {live}
+    assert ModelRoute.objects.filter(pk=first_route.pk).exists()
+    assert AgentVersion.objects.get(pk=live.pk).route == first_route
+    conversation = Conversation.objects.create(owner=people.member, agent=agent)
+    run = run_start(agent=agent, conversation=conversation, actor=people.member, input="hi")
+    assert run.version == live
 
 
 # Concurrency -------------------------------------------------------------------------------
