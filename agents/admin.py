@@ -7,6 +7,7 @@ from agents.builder_admin import BuilderMixin
 from agents.knowledge import admin as knowledge_admin  # noqa: F401 - registers its models
 from agents.models import Agent, Deployment, ModelRoute, Run, RunStep
 from agents.selectors import HIDDEN, UNREAD_RELEASE, unreadable_sources
+from agents.versions_admin import VersionsMixin
 from audit.admin import ReadOnlyAdmin
 from governance import admin as governance_admin
 from governance.access_admin import GovernedAdminMixin
@@ -41,8 +42,9 @@ class ModelRouteAdmin(GovernedAdminMixin, admin.ModelAdmin):
 
 
 @admin.register(Agent)
-class AgentAdmin(BuilderMixin, GovernedAdminMixin, admin.ModelAdmin):
-    """Agents; each has a builder page (agents.builder_admin) beside its change page."""
+class AgentAdmin(VersionsMixin, BuilderMixin, GovernedAdminMixin, admin.ModelAdmin):
+    """Agents; each has a builder page (agents.builder_admin) and its versions
+    (agents.versions_admin) beside its change page; each save of its behaviour is a version."""
 
     list_display = (
         *("name", "slug", "route", "enabled", "mcp_exposed", "max_steps"),

@@ -38,6 +38,8 @@ from agents.models import Agent, Conversation, Run
 from agents.selectors import access_conversation, run_views, runs_with_steps
 from agents.services import ConversationNotFound, InputRefused, RateLimited, RunError
 from agents.submit import MAX_INPUT, run_submit
+from agents.versions import versions_live_and_newest
+from agents.versions_admin import DRAFT as DRAFT_VERSION
 from governance.access import NoAccess, access_agent, may, restrict
 from governance.models import Action
 
@@ -112,7 +114,16 @@ class BuilderMixin(_ModelAdmin):
             if form.is_valid():
                 if form.has_changed():
                     changed = self._builder_save(request, form)
-                    messages.success(request, f"Saved ({changed}). The next test message uses it.")
+                    if form.cleaned_data.get("version_release") == DRAFT_VERSION:
+                        messages.success(
+                            request,
+                            f"Saved ({changed}) as a draft version: the test chat, as every "
+                            "run, keeps to the live version until the draft is released.",
+                        )
+                    else:
+                        messages.success(
+                            request, f"Saved ({changed}). The next test message uses it."
+                        )
                 else:
                     messages.info(request, "Nothing changed.")
                 return HttpResponseRedirect(request.get_full_path())
@@ -150,6 +161,7 @@ class BuilderMixin(_ModelAdmin):
             owner_id=user.pk, agent=agent, builder_test=True
         ).order_by("-updated_at")[:TESTS_SHOWN]
         builder_url = reverse("admin:agents_agent_builder", args=[agent.pk])
+        live, newest = versions_live_and_newest(agent)
         return {
             **self.admin_site.each_context(request),
             "opts": self.opts,
@@ -170,6 +182,8 @@ class BuilderMixin(_ModelAdmin):
             "runs": run_views(runs),
             "earlier": earlier,
             "builder_url": builder_url,
+            "versions": {"live": live, "newest": newest},
+            "versions_url": reverse("admin:agents_agent_versions", args=[agent.pk]),
             "draft": request.session.pop(f"{DRAFT}.{agent.pk}", ""),
             "max_input": MAX_INPUT,
         }

@@ -199,6 +199,19 @@ class Agent(models.Model):
         return self.name
 
 
+def version_route_deleted(collector, field, sub_objs, using) -> None:
+    """SET_NULL for a deleted route's versions, but a route that the live version of an agent
+    runs on cannot be deleted: every run of that agent would fail (a draft may have moved the
+    agent itself to another route, so the agent's own PROTECT does not hold it)."""
+    serving = AgentVersion.objects.using(using).filter(
+        pk__in=Agent.objects.using(using).filter(live_version__in=sub_objs).values("live_version")
+    )
+    if serving.exists():
+        # The admin's delete page lists them as what protects the route.
+        raise models.ProtectedError("a live agent version runs on it", set(serving))
+    models.SET_NULL(collector, field, sub_objs, using)
+
+
 class AgentVersion(models.Model):
     """One immutable state of an agent's behaviour (agents.versions.BEHAVIOUR): its system
     prompt, route, tools, knowledge bases, agents it may ask, limits, threshold and guardrail
@@ -216,7 +229,7 @@ class AgentVersion(models.Model):
     )
     route = models.ForeignKey(
         ModelRoute,
-        on_delete=models.SET_NULL,
+        on_delete=version_route_deleted,
         null=True,
         blank=True,
         related_name="+",
@@ -228,7 +241,9 @@ class AgentVersion(models.Model):
     reason = models.TextField(blank=True)
     rollback_of = models.ForeignKey(
         "self",
-        on_delete=models.PROTECT,
+        # Versions go only with their agent, all of them at once (the constraint is checked at
+        # commit): PROTECT would keep an agent that was ever rolled back from being deleted.
+        on_delete=models.DO_NOTHING,
         null=True,
         blank=True,
         related_name="+",

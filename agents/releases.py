@@ -233,6 +233,18 @@ def release_stop(*, release: Release, actor: Any, reason: str = "") -> Release:
     return release
 
 
+def release_supersede(*, agent: Agent, version: AgentVersion, actor: Any) -> Release | None:
+    """Stop the agent's running release, if one runs, because `version` was just made live by
+    other means (a change served at once, a rollback): its baseline no longer serves, so its
+    metrics would compare the candidate with nothing. Returns the release it stopped."""
+    running = Release.objects.filter(agent_id=agent.pk, state=ReleaseState.RUNNING).first()
+    if running is None:
+        return None
+    return release_stop(
+        release=running, actor=actor, reason=f"superseded: v{version.number} was made live"
+    )
+
+
 @dataclass(frozen=True)
 class Crossed:
     """A guard the candidate's metric went past: which, its value and the limit."""

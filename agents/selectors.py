@@ -54,7 +54,9 @@ def access_run(user, run_id, *, trace: bool = False) -> Run:
     governance admins, auditors) or reviews one of its approvals or held answers. Else
     NoAccess."""
     try:
-        run = Run.objects.select_related("agent", "conversation", "tool").get(pk=int(run_id))
+        run = Run.objects.select_related("agent", "conversation", "tool", "version").get(
+            pk=int(run_id)
+        )
     except (Run.DoesNotExist, ValueError, TypeError):
         raise NoAccess("no such run") from None
     owner = run.conversation.owner_id if run.conversation is not None else run.actor_id

@@ -9,13 +9,16 @@ that no version holds."""
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 from dataclasses import dataclass
 from decimal import Decimal
+from itertools import zip_longest
 from typing import Any
 
 from django.contrib.postgres.expressions import ArraySubquery
 from django.db import transaction
-from django.db.models import Exists, OuterRef, Subquery
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 
 from agents.models import (
@@ -98,10 +101,11 @@ _ROW = ("route_id", "tool_ids", "base_ids", "delegate_ids", "head_id", "head_con
 
 
 def _current(agent_id: int, *, lock: bool = False) -> tuple[dict, int | None, dict | None]:
-    """The agent's behaviour as its row holds it now, and its newest version (id, config).
-    `lock`: first take the agent's row lock, then read in a statement of its own (whose
-    snapshot sees the version a concurrent recorder committed while this one waited)."""
+    """The agent's behaviour as its row holds it now, and its newest version (id, config)."""
     if lock:
+        # The lock first, the read after it: one statement that did both would read the
+        # versions (and the agent's tools, bases and delegates) as they were before it waited,
+        # and a writer that waited on another would number its version as that one did.
         Agent.objects.select_for_update().filter(pk=agent_id).values_list("pk").get()
     row = _config_query(agent_id).values(*_ROW).get()
     return _config_of(row), row["head_id"], row["head_config"]
@@ -187,7 +191,7 @@ def version_rollback(
         raise VersionError(f"v{version.number}'s model route was deleted: it cannot be restored")
     config = version.config
     with transaction.atomic():
-        _, head_id, _ = _current(agent.pk, lock=True)
+        _, head_id, head_config = _current(agent.pk, lock=True)
         fields = {name: config[name] for name in SCALARS}
         fields["confidence_threshold"] = Decimal(config["confidence_threshold"])
         Agent.objects.filter(pk=agent.pk).update(route_id=config["route"], **fields)
@@ -198,6 +202,10 @@ def version_rollback(
         agent.knowledge_bases.set(KnowledgeBase.objects.filter(pk__in=config["knowledge_bases"]))
         agent.delegates.set(Agent.objects.filter(pk__in=config["delegates"]))
         restored = _current(agent.pk)[0]
+        live = Agent.objects.filter(pk=agent.pk).values_list("live_version", flat=True).get()
+        if restored == head_config and live == head_id:
+            # Raised inside the transaction: the writes above are undone.
+            raise VersionError(f"{agent.name} does what v{version.number} did already")
         why = reason or f"Rolled back to v{version.number}"
         return _create(
             agent, restored, head_id, actor=actor, reason=why, release=True, rollback_of=version
@@ -241,9 +249,10 @@ def version_agent(agent: Agent, version: AgentVersion | None) -> Agent:
     for name in SCALARS:
         setattr(served, name, config[name])
     served.confidence_threshold = Decimal(config["confidence_threshold"])
-    if version.route_id is None:
+    route = version.route
+    if route is None:
         raise VersionError(f"{agent.name} v{version.number}'s model route was deleted")
-    served.route = version.route
+    served.route = route
     served.served = version  # type: ignore[attr-defined]
     return served
 
@@ -309,3 +318,88 @@ def _readable(field: str, value: Any, names: dict[str, dict[int, str]]) -> Any:
     if isinstance(value, list):
         return sorted(names[field].get(pk, f"#{pk} (deleted)") for pk in value)
     return names[field].get(value, f"#{value} (deleted)")
+
+
+# Reading versions: the console's versions page and diff, the API's list -----------------------
+
+
+def versions_listed(agent: Agent) -> QuerySet[AgentVersion]:
+    """The agent's versions, newest first, each with its author, the version it restored and
+    `served`, the number of runs it served: one query."""
+    return (
+        AgentVersion.objects.filter(agent_id=agent.pk)
+        .select_related("created_by", "rollback_of")
+        .annotate(served=Count("runs"))
+        .order_by("-number")
+    )
+
+
+def versions_live_and_newest(agent: Agent) -> tuple[AgentVersion | None, AgentVersion | None]:
+    """The version that serves the agent's runs and its newest (a draft, if they differ): one
+    query."""
+    newest = AgentVersion.objects.filter(agent_id=agent.pk).order_by("-number").values("pk")[:1]
+    found = list(
+        AgentVersion.objects.filter(agent_id=agent.pk).filter(
+            Q(pk=agent.live_version_id) | Q(pk=Subquery(newest))
+        )
+    )
+    live = next((v for v in found if v.pk == agent.live_version_id), None)
+    return live, max(found, key=lambda v: v.number, default=None)
+
+
+def config_readable(configs: list[dict]) -> list[dict[str, Any]]:
+    """Each config with its routes, tools, knowledge bases and delegates by name (deleted ones
+    as `#<id> (deleted)`), lists sorted: four queries for all of them."""
+    names = _names(configs)
+    return [{f: _readable(f, config.get(f), names) for f in BEHAVIOUR} for config in configs]
+
+
+@dataclass
+class FieldDiff:
+    """One field of two versions side by side: before and after in people's words, what a list
+    lost and gained, and for the system prompt its lines (`lines`: LineRow)."""
+
+    field: str
+    label: str
+    before: Any
+    after: Any
+    changed: bool
+    removed: list[str] = dataclasses.field(default_factory=list)
+    added: list[str] = dataclasses.field(default_factory=list)
+    lines: list[LineRow] = dataclasses.field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class LineRow:
+    """A row of a side-by-side line diff: `op` is difflib's (equal, replace, delete, insert);
+    a side is (line number, text), or None where that side has no line."""
+
+    op: str
+    left: tuple[int, str] | None
+    right: tuple[int, str] | None
+
+
+def version_diff(before: AgentVersion, after: AgentVersion) -> list[FieldDiff]:
+    """Every field of two versions side by side, the changed ones marked."""
+    old, new = config_readable([before.config, after.config])
+    rows = []
+    for name in BEHAVIOUR:
+        row = FieldDiff(name, LABELS[name], old[name], new[name], old[name] != new[name])
+        if isinstance(old[name], list):
+            row.removed = [x for x in old[name] if x not in new[name]]
+            row.added = [x for x in new[name] if x not in old[name]]
+        if name == "system_prompt" and row.changed:
+            row.lines = line_diff(old[name] or "", new[name] or "")
+        rows.append(row)
+    return rows
+
+
+def line_diff(before: str, after: str) -> list[LineRow]:
+    """`before` and `after` side by side, line by line (difflib)."""
+    a, b = before.splitlines(), after.splitlines()
+    rows = []
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
+        left = [(n + 1, a[n]) for n in range(i1, i2)]
+        right = [(n + 1, b[n]) for n in range(j1, j2)]
+        rows += [LineRow(op, x, y) for x, y in zip_longest(left, right)]
+    return rows

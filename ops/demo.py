@@ -77,6 +77,8 @@ def demo_workspace_seed(*, credentials_path: Path) -> list[DemoLogin]:
         handbook_created = _demo_handbook(
             owner=User.objects.get(username="admin"), readers=list(groups.values())
         )
+        if agent_created or handbook_created:
+            _demo_version(first=agent_created)
         evaluation_created = _demo_evaluation_set(owner=User.objects.get(username="admin"))
         if (
             created_users
@@ -147,6 +149,23 @@ def _demo_agent(*, users: list[Group]) -> bool:
 
 
 DEMO_TOOLS = ["create_ticket", "get_ticket_status"]
+FIRST_VERSION = (
+    "The demo workspace's IT help desk as seeded: the offline model, the demo ticket tools and "
+    "the employee handbook."
+)
+HANDBOOK_VERSION = "The demo's employee handbook, added to the help desk."
+
+
+def _demo_version(*, first: bool) -> None:
+    """Record the demo agent as seeded as its version, saying so (else its first run would find
+    it changed by nobody knows whom: agents.versions.OUTSIDE)."""
+    from agents.models import Agent
+    from agents.versions import version_record
+
+    agent = Agent.objects.filter(slug="help-desk").first()
+    if agent is not None:
+        reason = FIRST_VERSION if first else HANDBOOK_VERSION
+        version_record(agent=agent, actor=SYSTEM, reason=reason)
 
 
 HANDBOOK = Path(__file__).resolve().parent.parent / "agents" / "knowledge" / "handbook"

@@ -9,6 +9,7 @@ import json
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.urls import reverse
 from django.views.decorators.http import require_GET
 
 from agents.feedback import feedback_of
@@ -79,8 +80,19 @@ def run_trace(request: HttpRequest, pk: int) -> HttpResponse:
             "events": events,
             "feedback": feedback,
             "audit_links": request.user.has_perm("audit.view_auditevent"),
+            "version_url": _version_url(request.user, run),
         },
     )
+
+
+def _version_url(user, run) -> str | None:
+    """The admin's page of the version that served the run, for staff who may see the agent
+    there."""
+    if run.version_id is None or not user.is_staff:
+        return None
+    if not (user.has_perm("agents.view_agent") or user.has_perm("agents.change_agent")):
+        return None
+    return reverse("admin:agents_agent_version", args=[run.agent_id, run.version_id])
 
 
 def _hide_unreadable(steps: list[dict], user) -> None:

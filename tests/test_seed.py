@@ -121,3 +121,29 @@ def test_unreadable_logins_file_reads_as_none_recorded(tmp_path):
     path.write_text("{not json")
 
     assert demo_logins_read(credentials_path=path) == []
+
+
+def test_the_seeded_agent_is_its_v1_with_a_real_reason_and_a_first_run_records_none(tmp_path):
+    """The demo agent's first version says what it is (not OUTSIDE: a change nobody made
+    through the console), serves its runs, and a second seed records no other."""
+    from agents.models import Agent, AgentVersion
+    from agents.versions import OUTSIDE, version_serving
+    from audit.models import AuditEvent
+    from ops.demo import FIRST_VERSION
+
+    demo_workspace_seed(credentials_path=tmp_path / "logins.json")
+    demo_workspace_seed(credentials_path=tmp_path / "logins.json")
+
+    agent = Agent.objects.get(slug="help-desk")
+    [first] = AgentVersion.objects.filter(agent=agent)
+    assert (first.number, first.reason, first.created_by) == (1, FIRST_VERSION, None)
+    assert first.reason != OUTSIDE
+    assert agent.live_version == first
+    assert len(first.config["knowledge_bases"]) == 1  # the handbook, added in the same seed
+    assert sorted(c["after"] for c in first.changes if c["field"] == "tools") == [
+        ["create_ticket", "get_ticket_status"]
+    ]
+    created = AuditEvent.objects.get(action="agent.version_created")
+    assert (created.actor_type, json.loads(created.data)["reason"]) == ("system", FIRST_VERSION)
+    assert version_serving(agent=agent, conversation=None) == first
+    assert AgentVersion.objects.filter(agent=agent).count() == 1

@@ -209,3 +209,46 @@ def test_the_list_shows_the_releases_of_the_agents_one_may_change(client, agent,
     assert listed.status_code == 200
     assert [r.pk for r in listed.context["cl"].result_list] == [mine.pk]
     assert theirs.pk != mine.pk
+
+
+def test_a_change_served_at_once_stops_the_running_release(client, agent):
+    """Its baseline no longer serves: the release would compare its candidate with nothing."""
+    from agents.tests.test_versions_admin import form_data
+
+    _, v2 = versions(agent)
+    admin = get_user_model().objects.create_superuser(f"root-{uuid.uuid4().hex[:6]}")
+    release = release_start(agent=agent, candidate=v2, actor=admin, share=25)
+    client.force_login(admin)
+
+    response = client.post(
+        reverse("admin:agents_agent_change", args=[agent.pk]),
+        form_data(Agent.objects.get(pk=agent.pk), max_steps=3, version_reason="Fewer steps"),
+    )
+
+    assert response.status_code == 302
+    release.refresh_from_db()
+    agent.refresh_from_db()
+    assert agent.live_version.number == 3
+    assert release.state == ReleaseState.STOPPED
+    assert release.ended_reason == "superseded: v3 was made live"
+    stopped = AuditEvent.objects.get(action="release.stopped")
+    data = json.loads(stopped.data)
+    assert (stopped.actor_id, data["reason"]) == (str(admin.pk), release.ended_reason)
+
+
+def test_a_draft_saved_during_a_release_leaves_it_running(client, agent):
+    from agents.tests.test_versions_admin import form_data
+
+    _, v2 = versions(agent)
+    admin = get_user_model().objects.create_superuser(f"root-{uuid.uuid4().hex[:6]}")
+    release = release_start(agent=agent, candidate=v2, actor=admin, share=25)
+    client.force_login(admin)
+
+    client.post(
+        reverse("admin:agents_agent_change", args=[agent.pk]),
+        form_data(Agent.objects.get(pk=agent.pk), max_steps=3, version_release="draft"),
+    )
+
+    release.refresh_from_db()
+    assert release.state == ReleaseState.RUNNING
+    assert not AuditEvent.objects.filter(action="release.stopped").exists()

@@ -15,6 +15,11 @@ from integrations.api import (
 urlpatterns = [
     path("v1/agents", views.AgentList.as_view(), name="api-agents"),
     path("v1/agents/<slug:slug>/runs", runs.RunCreate.as_view(), name="api-run-create"),
+    path(
+        "v1/agents/<slug:slug>/versions",
+        views.AgentVersionList.as_view(),
+        name="api-agent-versions",
+    ),
     path("v1/runs/<int:pk>", views.RunDetail.as_view(), name="api-run"),
     path("v1/runs/<int:pk>/events", runs.RunEvents.as_view(), name="api-run-events"),
     path("v1/runs/<int:pk>/cancel", runs.RunCancel.as_view(), name="api-run-cancel"),

@@ -9,8 +9,8 @@ from django.shortcuts import render
 from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import exceptions, generics, serializers
 
-from agents.models import Agent, Run, RunStep, StepKind
-from agents.selectors import access_run, agents_usable_by
+from agents.models import Agent, AgentVersion, Run, RunStep, StepKind
+from agents.selectors import access_agent_by_slug, access_run, agents_usable_by
 from governance.access import NoAccess
 from governance.guardrails.output import scan as output_scan
 from integrations.api.auth import HasScope
@@ -31,6 +31,87 @@ class AgentList(generics.ListAPIView):
 
     def get_queryset(self):
         return agents_usable_by(self.request.user)
+
+
+CHANGES_SCHEMA = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "properties": {
+            "field": {"type": "string"},
+            "label": {"type": "string"},
+            "before": {"description": "null in the first version"},
+            "after": {},
+        },
+    },
+}
+
+
+class VersionSerializer(serializers.ModelSerializer):
+    live = serializers.SerializerMethodField(
+        help_text="Whether it serves the agent's runs now (a release may give some "
+        "conversations another version)."
+    )
+    rollback_of = serializers.SerializerMethodField(
+        help_text="The number of the version it restored, if it is a rollback."
+    )
+    changes = serializers.SerializerMethodField(
+        help_text="What changed against the version before, in people's words (tools, "
+        "knowledge bases, routes and agents by name). The system prompt's text only for "
+        "callers who may change the agent; for others its before and after are null."
+    )
+
+    class Meta:
+        model = AgentVersion
+        fields = ["number", "created_at", "reason", "live", "rollback_of", "changes"]
+
+    def get_live(self, version) -> bool:
+        return bool(version.pk == self.context["agent"].live_version_id)
+
+    def get_rollback_of(self, version) -> int | None:
+        return version.rollback_of.number if version.rollback_of_id else None
+
+    @extend_schema_field(CHANGES_SCHEMA)
+    def get_changes(self, version) -> list[dict]:
+        if self.context["sees_prompt"]:
+            return list(version.changes)
+        return [
+            {**c, "before": None, "after": None} if c["field"] == "system_prompt" else c
+            for c in version.changes
+        ]
+
+
+@extend_schema(
+    summary="The versions of an agent the caller may use, the newest first",
+    description="Every change to what the agent does is a version; `live` marks the one that "
+    "serves its runs. A missing agent and one the caller may not use are the same 404.",
+    tags=["agents"],
+)
+class AgentVersionList(generics.ListAPIView):
+    serializer_class = VersionSerializer
+    permission_classes = [HasScope]
+    required_scope = "agents:run"
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # drf-spectacular's schema
+            return AgentVersion.objects.none()
+        return AgentVersion.objects.filter(agent=self.agent).select_related("rollback_of")
+
+    def get_serializer_context(self):
+        if getattr(self, "swagger_fake_view", False):
+            return super().get_serializer_context()
+        user = self.request.user
+        sees = user.has_perm("agents.change_agent") or user.has_perm(
+            "agents.change_agent", self.agent
+        )
+        return {**super().get_serializer_context(), "agent": self.agent, "sees_prompt": sees}
+
+    def list(self, request, *args, **kwargs):
+        try:
+            self.agent = access_agent_by_slug(request.user, kwargs["slug"])
+        except NoAccess:
+            raise exceptions.NotFound("no such agent") from None
+        return super().list(request, *args, **kwargs)
 
 
 class StepSerializer(serializers.ModelSerializer):
@@ -92,6 +173,10 @@ class RunSerializer(serializers.ModelSerializer):
         "a secret, an encoded value): Warden's pages render them inert; the answer here is "
         "the text as the model wrote it, so a client that renders it should drop them."
     )
+    version = serializers.SerializerMethodField(
+        help_text="The number of the agent's version that served the run (its settings: "
+        "GET /api/v1/agents/{slug}/versions); null for an MCP client's call of a tool."
+    )
     trace_id = serializers.SerializerMethodField(
         help_text="The run's trace in the OpenTelemetry backend (32 hex digits; the caller's "
         "own when it sent a traceparent), or null when tracing is off."
@@ -103,6 +188,7 @@ class RunSerializer(serializers.ModelSerializer):
             "id",
             "kind",
             "agent",
+            "version",
             "tool",
             "parent",
             "client",
@@ -123,6 +209,9 @@ class RunSerializer(serializers.ModelSerializer):
             "answer_findings",
             "trace_id",
         ]
+
+    def get_version(self, run) -> int | None:
+        return run.version.number if run.version_id else None
 
     def get_trace_id(self, run) -> str | None:
         return run.trace_id or None

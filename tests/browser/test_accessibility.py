@@ -74,6 +74,8 @@ def test_the_chat_inbox_and_console_have_no_serious_accessibility_violations(por
         ("/admin/agents/agent/", "console-agents"),
         ("/admin/agents/agent/1/change/", "console-agent"),
         ("/admin/agents/agent/1/builder/", "console-builder"),
+        ("/admin/agents/agent/1/versions/", "console-versions"),
+        ("/admin/agents/agent/1/versions/diff/", "console-version-diff"),
         ("/admin/dashboard/", "console-dashboard"),
         ("/admin/agents/knowledgebase/1/change/", "console-knowledge-base"),
         ("/admin/agents/feedback/", "console-feedback"),
