@@ -183,6 +183,7 @@ class EscalationAdmin(governance_admin.EscalationAdmin):
 
 
 # Feedback on answers (agents.feedback): read here by the agents' owners, written by its service.
+from agents.evaluation.console import add_to_evaluation_set, owns_an_agent  # noqa: E402 - registers
 from agents.models import Feedback  # noqa: E402 - beside its admin
 
 
@@ -206,6 +207,11 @@ class FeedbackAdmin(ReadOnlyAdmin):
         "updated_at",
     )
     comment_masked = _masked("comment")
+    actions = [add_to_evaluation_set]
+
+    def has_evaluate_permission(self, request) -> bool:
+        """The "Add to an evaluation set" action: for the owners of an agent (its sets')."""
+        return owns_an_agent(request)
 
     def get_queryset(self, request):
         from agents.feedback import feedback_agents
