@@ -257,6 +257,11 @@ class Conversation(models.Model):
         help_text="Started in the agent builder to test the agent: listed there, not in the "
         "owner's chat (a real conversation all the same, governed and audited as any).",
     )
+    evaluation = models.BooleanField(
+        default=False,
+        help_text="Holds one case of an evaluation run (agents.evaluation): in no chat list, "
+        "a real conversation all the same, governed and audited as any.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -406,6 +411,11 @@ class Run(models.Model):
         help_text="The W3C traceparent of the run's first span: every attempt at the run is "
         "traced under it (telemetry.tracing); empty when tracing is off.",
     )
+    sandbox = models.BooleanField(
+        default=False,
+        help_text="An evaluation's run: its tool calls are recorded with the policy's decision "
+        "and answered with a sandbox result, never executed (no ledger row, no HTTP, no effect).",
+    )
     cancel_requested = models.BooleanField(default=False)
     lease_holder = models.CharField(max_length=200, blank=True)
     fencing_token = models.BigIntegerField(default=0)
@@ -549,6 +559,140 @@ class Feedback(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_rating_display()} on run {self.run_id}"
+
+
+class EvaluationSet(models.Model):
+    """A named set of questions for one agent, each with what a good answer holds
+    (EvaluationCase). An evaluation (EvaluationRun) puts a version of the agent through every
+    case and passes when its overall score reaches `pass_mark`."""
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="evaluation_sets")
+    name = models.CharField(max_length=100)
+    description = models.TextField(blank=True)
+    pass_mark = models.DecimalField(
+        max_digits=3,
+        decimal_places=2,
+        default=Decimal("0.80"),
+        validators=[MinValueValidator(0), MaxValueValidator(1)],
+        help_text="The overall score (0 to 1) an evaluation must reach to pass.",
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["agent", "name"], name="evaluation_set_agent_name"),
+        ]
+        ordering = ["agent", "name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class EvaluationExpect(models.TextChoices):
+    ANSWER = "answer", "Answers (with the expected facts, citations and tool calls)"
+    REFUSE = "refuse", "Refuses (no answer)"
+    ESCALATE = "escalate", "Escalates (held for review, or a call that needs approval)"
+
+
+class EvaluationCase(models.Model):
+    """One question of an evaluation set and what a good run of it does: the facts its answer
+    states (`expected_facts`, phrases found case-insensitively), the documents it cites (by
+    title), the tool calls it makes ([{"name", "arguments": a subset}]), or that it refuses or
+    escalates instead (`expect`). `source_run` is the run a case was made from (feedback)."""
+
+    set = models.ForeignKey(EvaluationSet, on_delete=models.CASCADE, related_name="cases")
+    question = models.TextField()
+    expected_facts = models.JSONField(default=list, blank=True)
+    expected_citations = models.JSONField(default=list, blank=True)
+    expected_tools = models.JSONField(default=list, blank=True)
+    expect = models.CharField(
+        max_length=8, choices=EvaluationExpect.choices, default=EvaluationExpect.ANSWER
+    )
+    notes = models.TextField(blank=True)
+    source_run = models.ForeignKey(
+        "Run", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["set", "id"]
+
+    def __str__(self) -> str:
+        return self.question[:60]
+
+
+class EvaluationState(models.TextChoices):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class EvaluationRun(models.Model):
+    """One evaluation: `version` of the set's agent put through every case of `set`, each case
+    a real run in sandbox mode (agents.evaluation.services). `scores` holds the means over the
+    cases ({correctness, citations, tools, behaviour, overall}); `passed` is overall against the
+    set's pass mark (None until it finished)."""
+
+    set = models.ForeignKey(EvaluationSet, on_delete=models.CASCADE, related_name="evaluations")
+    version = models.ForeignKey(AgentVersion, on_delete=models.PROTECT, related_name="evaluations")
+    state = models.CharField(
+        max_length=10, choices=EvaluationState.choices, default=EvaluationState.QUEUED
+    )
+    started_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    scores = models.JSONField(default=dict, blank=True)
+    latency_ms_p50 = models.PositiveIntegerField(null=True, blank=True)
+    latency_ms_p95 = models.PositiveIntegerField(null=True, blank=True)
+    tokens = models.PositiveIntegerField(default=0)
+    cost = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal(0))
+    passed = models.BooleanField(null=True, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["version", "set", "-finished_at"], name="evaluation_latest"),
+        ]
+
+    def __str__(self) -> str:
+        return f"evaluation {self.pk} of {self.version} on {self.set}"
+
+
+class EvaluationResult(models.Model):
+    """One case of an evaluation: the run that answered it, what it answered, the tool calls
+    it made (recorded, not executed), and its scores ({correctness, citations, tools,
+    behaviour, overall} and what they were found on)."""
+
+    evaluation = models.ForeignKey(EvaluationRun, on_delete=models.CASCADE, related_name="results")
+    case = models.ForeignKey(EvaluationCase, on_delete=models.CASCADE, related_name="results")
+    run = models.ForeignKey(
+        "Run", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    answer = models.TextField(blank=True)
+    scores = models.JSONField(default=dict, blank=True)
+    passed = models.BooleanField(default=False)
+    latency_ms = models.PositiveIntegerField(default=0)
+    tokens = models.PositiveIntegerField(default=0)
+    cost = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal(0))
+    tool_calls = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        ordering = ["evaluation", "case"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["evaluation", "case"], name="evaluation_result_one_per_case"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.evaluation_id}: case {self.case_id}"
 
 
 # The knowledge models belong to this app (DESIGN.md §2); they live in agents/knowledge/.

@@ -202,9 +202,9 @@ def agents_usable_by(user) -> QuerySet[Agent]:
 def conversations_of(user) -> QuerySet[Conversation]:
     """`user`'s conversations, the latest activity first (a message asked, an answer landed:
     agents.services.conversation_touch moves `updated_at`), the agent builder's tests aside (the
-    builder lists those)."""
+    builder lists those) and evaluations' (each holds one case: agents.evaluation)."""
     return (
-        Conversation.objects.filter(owner_id=user.pk, builder_test=False)
+        Conversation.objects.filter(owner_id=user.pk, builder_test=False, evaluation=False)
         .select_related("agent")
         .order_by("-updated_at", "-pk")
     )
