@@ -84,7 +84,8 @@ def known_tool_names(names: set[str]) -> set[str]:
     """Those of `names` that name a tool, or an agent asked as one (`ask_<slug>`)."""
     found = set(Tool.objects.filter(name__in=names).values_list("name", flat=True))
     asked = {n.removeprefix("ask_") for n in names if n.startswith("ask_")}
-    found |= {f"ask_{s}" for s in Agent.objects.filter(slug__in=asked).values_list("slug", flat=True)}
+    slugs = Agent.objects.filter(slug__in=asked).values_list("slug", flat=True)
+    found |= {f"ask_{slug}" for slug in slugs}
     return found
 
 

@@ -18,7 +18,6 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
-from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import redirect
 from django.template.loader import render_to_string
@@ -41,7 +40,7 @@ from agents.evaluation.owners import (
     evaluation_sets_of,
     evaluations_of,
 )
-from agents.evaluation.pages import evaluation_report, evaluations_compared, score_of
+from agents.evaluation.pages import evaluation_report, score_of, side_by_side
 from agents.models import AgentVersion, EvaluationCase, EvaluationRun, EvaluationSet
 from audit.admin import ReadOnlyAdmin
 from governance.access import NoAccess
@@ -127,7 +126,7 @@ class EvaluationCaseForm(forms.ModelForm):
     )
     expected_tools = ToolCallsField(
         label="Expected tool calls",
-        help_text='One a line: a tool\'s name, then optionally the arguments the call must '
+        help_text="One a line: a tool's name, then optionally the arguments the call must "
         'include, as JSON: create_ticket {"title": "VPN down"}.',
     )
 
@@ -281,31 +280,22 @@ class EvaluationSetAdmin(OwnersOnly, admin.ModelAdmin):
         return super().change_view(request, object_id, form_url, extra_context)
 
     def evaluate_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        from agents.evaluation.services import evaluation_start
+        from agents.evaluation.services import EvaluationError, evaluation_start
 
         found = self.get_object(request, unquote(object_id))
         if found is None or not self.has_view_permission(request, found):
             raise Http404("no such evaluation set")
         form = EvaluateForm(request.POST or None, evaluation_set=found)
         if request.method == "POST" and form.is_valid():
-            if not found.cases.exists():
-                messages.error(request, "The set has no case yet: add its questions first.")
+            try:
+                evaluation = evaluation_start(
+                    evaluation_set=found, version=form.cleaned_data["version"], actor=request.user
+                )
+            except EvaluationError as refused:
+                messages.error(request, f"Not started: {refused}.")
             else:
-                try:
-                    evaluation = evaluation_start(
-                        evaluation_set=found,
-                        version=form.cleaned_data["version"],
-                        actor=request.user,
-                    )
-                except NoAccess:
-                    raise Http404("no such evaluation set") from None
-                except Exception as refused:  # the service's refusal, said in words
-                    if not _is_refusal(refused):
-                        raise
-                    messages.error(request, f"Not started: {refused}")
-                else:
-                    messages.success(request, f"Evaluation {evaluation.pk} started.")
-                    return redirect("admin:agents_evaluationrun_change", evaluation.pk)
+                messages.success(request, f"Evaluation {evaluation.pk} started.")
+                return redirect("admin:agents_evaluationrun_change", evaluation.pk)
         context = {
             **self.admin_site.each_context(request),
             "opts": self.opts,
@@ -316,14 +306,6 @@ class EvaluationSetAdmin(OwnersOnly, admin.ModelAdmin):
             "cases": found.cases.count(),
         }
         return TemplateResponse(request, "admin/agents/evaluationset/evaluate.html", context)
-
-
-def _is_refusal(error: Exception) -> bool:
-    """A refusal the evaluation services raise for the person to read (their domain errors:
-    agents.services.RunError and its kinds), not a bug."""
-    from agents.services import RunError
-
-    return isinstance(error, RunError | ValueError)
 
 
 def _listed(evaluations) -> list[dict[str, Any]]:
@@ -441,7 +423,7 @@ class EvaluationRunAdmin(OwnersOnly, ReadOnlyAdmin):
         if first.set_id != second.set_id:
             messages.error(request, "Only two evaluations of one set compare case by case.")
             return HttpResponseRedirect(reverse("admin:agents_evaluationrun_changelist"))
-        comparison = evaluations_compared(first, second)
+        comparison = side_by_side(first, second)
         context = {
             **self.admin_site.each_context(request),
             "opts": self.opts,

@@ -4,7 +4,7 @@ the number of cases."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -25,12 +25,36 @@ def score_of(scores: dict | None, name: str) -> float | None:
 
 
 @dataclass
+class Line:
+    """One case's result on the report: its scores by name, what the run did, its notes."""
+
+    result: EvaluationResult
+    scores: list[tuple[str, float | None]]
+    outcome: str
+    notes: list[str]
+
+
+NOTES = ("refused", "error", "held_answer")  # what the runner noted of a case, if anything
+
+
+def _line(result: EvaluationResult) -> Line:
+    found = result.scores or {}
+    notes = [f"{name.replace('_', ' ')}: {found[name]}" for name in NOTES if found.get(name)]
+    shown = [(name, score_of(found, name)) for name in SCORES]
+    return Line(result, shown, str(found.get("outcome", "")), notes)
+
+
+@dataclass
 class Report:
     """An evaluation as its page shows it."""
 
     evaluation: EvaluationRun
     results: list[EvaluationResult]
     total: int  # cases in the set now (the evaluation puts each through once)
+
+    @property
+    def lines(self) -> list[Line]:
+        return [_line(result) for result in self.results]
 
     @property
     def done(self) -> int:
@@ -72,37 +96,39 @@ def evaluation_report(evaluation: EvaluationRun) -> Report:
 
 @dataclass
 class Difference:
-    """One case in two evaluations: each one's result (None when it has none)."""
+    """One case of two evaluations as the side-by-side page and the API show it."""
 
-    case: EvaluationCase
+    case_id: int
+    question: str
+    change: str  # agents.evaluation.selectors.CaseComparison.change
     a: EvaluationResult | None
     b: EvaluationResult | None
-    deltas: list[tuple[str, float | None, float | None, float | None]] = field(default_factory=list)
+    scores: list[tuple[str, float | None, float | None, float | None]]
 
     @property
-    def change(self) -> str:
-        """`fixed`, `broken`, `same`, or `missing` when one of the two has no result."""
-        if self.a is None or self.b is None:
-            return "missing"
-        if self.a.passed == self.b.passed:
-            return "same"
-        return "fixed" if self.b.passed else "broken"
+    def broke(self) -> bool:
+        return self.change == "broken"
 
 
 @dataclass
-class Comparison:
+class SideBySide:
     a: EvaluationRun
     b: EvaluationRun
     rows: list[Difference]
+    totals: list[tuple[str, float | None, float | None, float | None]]
 
     def counts(self) -> dict[str, int]:
-        found = {"fixed": 0, "broken": 0, "same": 0, "missing": 0}
+        found = dict.fromkeys(CHANGES, 0)
         for row in self.rows:
-            found[row.change] += 1
+            found[row.change] = found.get(row.change, 0) + 1
         return found
 
-    def totals(self) -> list[tuple[str, float | None, float | None, float | None]]:
-        return [_delta(name, self.a.scores, self.b.scores) for name in SCORES]
+
+CHANGES = ("broken", "fixed", "worse", "better", "new", "gone", "same")
+
+
+def _scores(a: dict | None, b: dict | None):
+    return [_delta(name, a, b) for name in SCORES]
 
 
 def _delta(name: str, a: dict | None, b: dict | None):
@@ -111,26 +137,24 @@ def _delta(name: str, a: dict | None, b: dict | None):
     return name, before, after, change
 
 
-def evaluations_compared(a: EvaluationRun, b: EvaluationRun) -> Comparison:
-    """Two evaluations of one set, case by case (the set's cases now and any either evaluation
-    answered), changes first: broken, then fixed, then missing, then the same. Two queries."""
-    results = (
-        EvaluationResult.objects.filter(evaluation_id__in=[a.pk, b.pk])
-        .select_related("case")
-        .order_by("case_id")
-    )
-    by_case: dict[int, dict[str, Any]] = {}
-    for result in results:
-        row = by_case.setdefault(result.case_id, {"case": result.case})
-        row["a" if result.evaluation_id == a.pk else "b"] = result
-    rows = []
-    for row in by_case.values():
-        first, second = row.get("a"), row.get("b")
-        deltas = [
-            _delta(name, first.scores if first else None, second.scores if second else None)
-            for name in SCORES
-        ]
-        rows.append(Difference(row["case"], first, second, deltas))
-    order = {"broken": 0, "fixed": 1, "missing": 2, "same": 3}
-    rows.sort(key=lambda d: (order[d.change], d.case.pk))
-    return Comparison(a, b, rows)
+def side_by_side(a: EvaluationRun, b: EvaluationRun) -> SideBySide:
+    """Two evaluations of one set (agents.evaluation.selectors.evaluation_compare: `a` before,
+    `b` after), changed cases first: broken, fixed, worse, better, then the rest, each in the
+    set's order. NotComparable when they are of two sets. One query."""
+    from agents.evaluation.selectors import evaluation_compare
+
+    compared = evaluation_compare(a, b)
+    rows = [
+        Difference(
+            c.case_id,
+            c.question,
+            c.change,
+            c.before,
+            c.after,
+            _scores(c.before.scores if c.before else None, c.after.scores if c.after else None),
+        )
+        for c in compared.cases
+    ]
+    order = {change: n for n, change in enumerate(CHANGES)}
+    rows.sort(key=lambda d: (order.get(d.change, len(order)), d.case_id))
+    return SideBySide(a, b, rows, _scores(a.scores, b.scores))

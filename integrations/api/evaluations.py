@@ -15,13 +15,14 @@ from rest_framework.views import APIView
 
 from agents.evaluation.owners import access_evaluation, access_evaluation_set, version_of
 from agents.evaluation.pages import (
+    CHANGES,
     SCORES,
-    Comparison,
     Difference,
     Report,
+    SideBySide,
     evaluation_report,
-    evaluations_compared,
     score_of,
+    side_by_side,
 )
 from agents.models import EvaluationResult, EvaluationRun
 from integrations.api.auth import HasScope
@@ -125,7 +126,7 @@ class EvaluationSerializer(serializers.ModelSerializer):
         return self._report(evaluation).total
 
     @extend_schema_field(ResultSerializer(many=True))
-    def get_results(self, evaluation) -> list[dict[str, Any]]:
+    def get_results(self, evaluation) -> Any:
         return ResultSerializer(self._report(evaluation).results, many=True).data
 
 
@@ -147,9 +148,10 @@ class CaseDifference(serializers.Serializer):
     case = serializers.IntegerField()
     question = serializers.CharField()
     change = serializers.ChoiceField(
-        choices=["broken", "fixed", "same", "missing"],
-        help_text="broken: passed in a, failed in b; fixed: the other way; missing: one of the "
-        "two has no result for it.",
+        choices=list(CHANGES),
+        help_text="broken: passed in a, failed in b; fixed: the other way; worse or better: "
+        "passed (or failed) in both, its overall score lower or higher in b; new or gone: only "
+        "b, or only a, has a result for it.",
     )
     a = Side(allow_null=True)
     b = Side(allow_null=True)
@@ -177,21 +179,21 @@ def _side(result: EvaluationResult | None) -> dict[str, Any] | None:
 
 def _difference(row: Difference) -> dict[str, Any]:
     return {
-        "case": row.case.pk,
-        "question": row.case.question,
+        "case": row.case_id,
+        "question": row.question,
         "change": row.change,
         "a": _side(row.a),
         "b": _side(row.b),
-        "scores": _changes(row.deltas),
+        "scores": _changes(row.scores),
     }
 
 
-def _comparison(comparison: Comparison) -> dict[str, Any]:
+def _comparison(comparison: SideBySide) -> dict[str, Any]:
     return {
         "a": reverse("api-evaluation", args=[comparison.a.pk]),
         "b": reverse("api-evaluation", args=[comparison.b.pk]),
         "counts": comparison.counts(),
-        "scores": _changes(comparison.totals()),
+        "scores": _changes(comparison.totals),
         "cases": [_difference(row) for row in comparison.rows],
     }
 
@@ -268,4 +270,4 @@ class EvaluationCompare(APIView):
         second = access_evaluation(request.user, other)
         if first.set_id != second.set_id:
             raise exceptions.ValidationError({"other": ["an evaluation of the same set"]})
-        return Response(_comparison(evaluations_compared(first, second)))
+        return Response(_comparison(side_by_side(first, second)))
