@@ -737,6 +737,8 @@ class _Call:
 
 def _tool_step(held: _Run, model_index: int, k: int, call: dict) -> None:
     key = f"run:{held.run.pk}:step:{model_index}:call:{k}"
+    if held.run.sandbox:  # an evaluation's run: recorded, never executed
+        return _sandbox_step(held, model_index, key, call)
     if call["name"] in held.delegates:
         return _delegate_step(held, key, call)
     tool = call["name"] if call["name"] in held.offered else "(unknown)"  # bounded: offered only
@@ -789,6 +791,76 @@ def _tool_call(held: _Run, model_index: int, key: str, call: dict, span) -> None
     failpoint("after_tool_effect")
     _tool_ended(span, read.tool, outcome.status, outcome=outcome)
     _tool_checkpoint(held, at=read, outcome=outcome, decision=decision, started=started)
+
+
+# Sandbox mode (Run.sandbox, an evaluation's runs) -------------------------------------------
+
+SANDBOXED = "recorded, not executed: this run is an evaluation (sandbox mode)"
+SANDBOX_APPROVAL = (
+    "recorded, not executed: this run is an evaluation (sandbox mode); in a live run the call "
+    "would wait here for a reviewer's approval"
+)
+
+
+def _sandbox_step(held: _Run, model_index: int, key: str, call: dict) -> None:
+    """A tool call of a sandboxed run: read and decided exactly as a live one (an invalid call
+    and a denial go the live way, neither has an effect), then recorded with the policy's
+    decision, and answered with a sandbox result instead of being executed: no ledger row, no
+    HTTP request, no approval request, no run of an agent it asks. A call that needs approval
+    is recorded as such (`approval_required`): the evaluation scores it as an escalation."""
+    started = timezone.now()
+    reasons: tuple[str, ...] = ()
+    if call["name"] in held.delegates:  # the agent it would ask is not asked
+        arguments, effect = _sandbox_arguments(call), Effect.ALLOW
+    else:
+        read = _read_call(held, call=call, key=key)
+        if isinstance(read, str):
+            return _reject_call(held, call=call, key=key, problem=read, started=started)
+        reads = provenance.run_taint(run=held.run, steps=held.steps, before=model_index)
+        decision, _approval = _decide_call(held, at=read, reads=reads)
+        if decision.effect == Effect.DENY:
+            return _refuse_call(held, at=read, decision=decision, approval=None)
+        arguments, effect, reasons = read.arguments, decision.effect, decision.reasons
+    approval = effect == Effect.REQUIRE_APPROVAL
+    result = {"sandbox": SANDBOX_APPROVAL if approval else SANDBOXED}
+    record = held.checkpoint(
+        StepRecord(
+            kind=StepKind.TOOL,
+            input={"call": call, "arguments": arguments, "key": key},
+            output={
+                "result": result,
+                "sandbox": True,
+                "effect": str(effect),
+                "reasons": list(reasons),
+                "approval_required": approval,
+            },
+            started_at=started,
+        ),
+        messages=[
+            {
+                "role": MessageRole.TOOL,
+                "tool_call_id": call["id"],
+                "content": provenance.mark(json.dumps(result), held.key),
+            }
+        ],
+        action="tool.sandboxed",
+        data={
+            "tool": call["name"],
+            "arguments": arguments,
+            "idempotency_key": key,
+            "effect": str(effect),
+            "reasons": list(reasons),
+        },
+    )
+    held.publish({"type": "step", "index": record.index, "kind": "tool", "tool": call["name"]})
+
+
+def _sandbox_arguments(call: dict) -> dict:
+    try:
+        arguments = json.loads(call.get("arguments") or "{}")
+    except json.JSONDecodeError:
+        return {}
+    return arguments if isinstance(arguments, dict) else {}
 
 
 def _tool_ended(span, tool: Tool | None, status: str, *, outcome=None) -> None:

@@ -294,10 +294,11 @@ def conversations_search(user, text: str) -> list[SearchHit]:
 
 
 def runs_matching(user, query: SearchQuery) -> QuerySet[Run]:
-    """The runs of `user`'s own conversations that match `query`, the best first."""
+    """The runs of `user`'s own conversations that match `query`, the best first (not an
+    evaluation's: agents.evaluation)."""
     return (
         Run.objects.annotate(document=RunText())
-        .filter(conversation__owner_id=user.pk, document=query)
+        .filter(conversation__owner_id=user.pk, conversation__evaluation=False, document=query)
         .annotate(rank=SearchRank(RunText(), query))
         .order_by("-rank", "-created_at", "-pk")
     )

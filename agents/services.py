@@ -28,6 +28,7 @@ from agents.events import publish, publish_group
 from agents.models import (
     FINAL_STATES,
     Agent,
+    AgentVersion,
     Conversation,
     Message,
     MessageRole,
@@ -37,7 +38,7 @@ from agents.models import (
     RunStep,
 )
 from agents.signals import run_state_send
-from agents.versions import version_agent, version_serving
+from agents.versions import VersionError, version_agent, version_serving
 from audit.services import (
     Target,
     append_arguments,
@@ -182,6 +183,8 @@ def run_start(
     kind: str = RunKind.AGENT,
     client: str = "",
     parent: Run | None = None,
+    version: AgentVersion | None = None,
+    sandbox: bool = False,
 ) -> Run:
     """Queue a run of `agent` on the actor's message, once it passes `input_check` (interfaces
     come through agents.submit.run_submit, which finds or makes the conversation and scopes
@@ -196,6 +199,10 @@ def run_start(
     (agents.orchestrator.runs_here decides) is advanced on a thread here instead of by a
     worker; the run's `done` is then an event set once that thread is done with it.
 
+    `version` and `sandbox` are an evaluation's alone (agents.evaluation): the run is served
+    by that version of the agent, whatever is live or released, and its tool calls are
+    recorded, never executed (Run.sandbox).
+
     The policy decision point decides first (governance.policy); a denial is audited and
     raised as a RunDenied of its kind (RunDenied.of), and nothing else is written."""
     if conversation.owner_id != actor.pk or conversation.agent_id != agent.pk:
@@ -206,7 +213,11 @@ def run_start(
         if existing is not None:
             return existing
     # The version that serves the run: it decides what the run does from here on.
-    version = version_serving(agent=agent, conversation=conversation if conversation.pk else None)
+    if version is None:
+        saved = conversation if conversation.pk else None
+        version = version_serving(agent=agent, conversation=saved)
+    elif version.agent_id != agent.pk:
+        raise VersionError(f"v{version.number} is not a version of {agent.name}")
     agent = version_agent(agent, version)
     # The run's trace begins here, under the request's span if there is one.
     with tracing.run_started("start run", {"warden.agent": agent.slug}) as trace_parent:
@@ -233,6 +244,7 @@ def run_start(
                 client=client[:200],
                 parent=parent,
                 version=version,
+                sandbox=sandbox,
             )
         except IntegrityError:
             # The same key, at the same moment, from a concurrent request: its run is the answer.
@@ -314,6 +326,7 @@ def _queued(agent, conversation, actor, input, decision, context, **fields):
             client=fields["client"],
             parent=fields["parent"],
             version=fields["version"],
+            sandbox=fields["sandbox"],
         )
         Message.objects.create(
             conversation=conversation, run=run, role=MessageRole.USER, content=input
@@ -342,6 +355,8 @@ def _queued_data(agent: Agent, fields: dict) -> dict:
     """The `run.queued` event's data: the agent, and who asked if not a person or an
     integration asking it directly (an MCP client, by name; another agent's run)."""
     data: dict = {"agent": agent.slug, "version": fields["version"].number}
+    if fields["sandbox"]:
+        data["sandbox"] = True
     if fields["kind"] != RunKind.AGENT:
         data["via"] = str(fields["kind"])
     if fields["client"]:

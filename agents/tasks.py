@@ -76,3 +76,12 @@ def knowledge_reembed_task(knowledge_base_id: int) -> int:
     from agents.knowledge.services import knowledge_base_reembed
 
     return knowledge_base_reembed(knowledge_base_id=knowledge_base_id)
+
+
+@shared_task(name="agents.tasks.evaluation_execute_task")
+def evaluation_execute_task(evaluation_id: int) -> str:
+    """Run an evaluation's cases (agents.evaluation.services.evaluation_execute); a second
+    delivery (the worker died) goes on from the cases already scored."""
+    from agents.evaluation.services import evaluation_execute
+
+    return str(evaluation_execute(evaluation_id=evaluation_id).state)
