@@ -370,7 +370,7 @@ def test_a_thumbs_up_becomes_a_case_with_its_answer_s_facts(client, people, gove
         {"action": "add_to_evaluation_set", "_selected_action": [feedback.pk]},
     )
     assert asked.status_code == 200
-    assert f'<option value="{a_set.pk}" selected>Sales: Pricing</option>' in asked.content.decode()
+    assert f'<option value="{a_set.pk}">Sales: Pricing</option>' in asked.content.decode()
 
     response = add_to_set(client, feedback, a_set)
 
@@ -450,3 +450,68 @@ def test_feedback_on_another_agent_is_no_case_of_the_set(client, people, governe
         evaluation_case_from_feedback(feedback=feedback, evaluation_set=other, actor=people.admin)
 
     assert EvaluationCase.objects.filter(source_run=feedback.run).count() == 0
+
+
+# --- starting one ------------------------------------------------------------------------------
+
+
+def test_an_owner_evaluates_a_version_of_the_set_s_agent_and_reads_its_results(
+    client, owner, governed, a_set, version
+):
+    from agents.evaluation.services import evaluation_execute
+
+    client.force_login(owner)
+    page = client.get(f"{SETS}{a_set.pk}/evaluate/").content.decode()
+    assert f'<option value="{version.pk}" selected>v1 (live): first</option>' in page
+
+    response = client.post(f"{SETS}{a_set.pk}/evaluate/", {"version": version.pk})
+
+    evaluation = EvaluationRun.objects.get()
+    assert response.status_code == 302
+    assert response["Location"] == f"{EVALUATIONS}{evaluation.pk}/change/"
+    assert (evaluation.set, evaluation.version, evaluation.started_by, evaluation.state) == (
+        a_set,
+        version,
+        owner,
+        "queued",
+    )
+    assert AuditEvent.objects.filter(action="evaluation.queued", actor_id=str(owner.pk)).exists()
+    queued = client.get(f"{EVALUATIONS}{evaluation.pk}/change/").content.decode()
+    assert "Queued: 0 of 1 case done" in queued
+    assert 'data-working="1"' in queued
+
+    evaluation_execute(evaluation_id=evaluation.pk)  # as the worker does
+
+    result = EvaluationResult.objects.get(evaluation=evaluation)
+    done = client.get(f"{EVALUATIONS}{evaluation.pk}/change/").content.decode()
+    assert "Succeeded: 1 of 1 case done" in done
+    assert 'data-working="0"' in done
+    assert f'<a href="/runs/{result.run_id}/">run {result.run_id}</a>' in done
+    listed = client.get(f"{SETS}{a_set.pk}/change/").content.decode()
+    assert f'<a href="{EVALUATIONS}{evaluation.pk}/change/">{evaluation.pk}</a>' in listed
+
+
+def test_a_version_of_another_agent_starts_nothing(client, owner, governed, a_set):
+    other = type(governed.agent).objects.create(
+        name="Other", slug="other-agent", route=governed.route
+    )
+    foreign = version_record(agent=other, actor=owner, reason="theirs")
+    client.force_login(owner)
+
+    response = client.post(f"{SETS}{a_set.pk}/evaluate/", {"version": foreign.pk})
+
+    assert response.status_code == 200
+    assert "Select a valid choice" in response.content.decode()
+    assert EvaluationRun.objects.count() == 0
+
+
+def test_a_set_without_cases_starts_nothing_and_says_why(client, owner, governed, version):
+    empty = EvaluationSet.objects.create(agent=governed.agent, name="Empty")
+    client.force_login(owner)
+
+    response = client.post(f"{SETS}{empty.pk}/evaluate/", {"version": version.pk}, follow=True)
+
+    assert "Not started: the evaluation set &#x27;Empty&#x27; has no case." in (
+        response.content.decode()
+    )
+    assert EvaluationRun.objects.count() == 0
