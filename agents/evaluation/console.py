@@ -388,7 +388,7 @@ class EvaluationRunAdmin(OwnersOnly, ReadOnlyAdmin):
     def change_view(self, request, object_id, form_url="", extra_context=None):
         """The evaluation's report."""
         evaluation = self._evaluation(request, unquote(object_id))
-        report = evaluation_report(evaluation)
+        report = evaluation_report(evaluation, request.user)
         context = {
             **self.admin_site.each_context(request),
             "opts": self.opts,
@@ -407,7 +407,7 @@ class EvaluationRunAdmin(OwnersOnly, ReadOnlyAdmin):
     def progress_view(self, request, pk: int) -> HttpResponse:
         """The report's state and results as JSON (the page asks while the evaluation runs)."""
         evaluation = self._evaluation(request, pk)
-        report = evaluation_report(evaluation)
+        report = evaluation_report(evaluation, request.user)
         body = {
             **report.as_dict(),
             "html": render_to_string(
@@ -418,12 +418,15 @@ class EvaluationRunAdmin(OwnersOnly, ReadOnlyAdmin):
 
     def compare_view(self, request) -> HttpResponse:
         """`?a=<id>&b=<id>`: two evaluations of one set, case by case."""
+        if not ("a" in request.GET and "b" in request.GET):
+            messages.info(request, "Select two evaluations of one set to compare them.")
+            return HttpResponseRedirect(reverse("admin:agents_evaluationrun_changelist"))
         first = self._evaluation(request, request.GET.get("a", ""))
         second = self._evaluation(request, request.GET.get("b", ""))
         if first.set_id != second.set_id:
             messages.error(request, "Only two evaluations of one set compare case by case.")
             return HttpResponseRedirect(reverse("admin:agents_evaluationrun_changelist"))
-        comparison = side_by_side(first, second)
+        comparison = side_by_side(first, second, request.user)
         context = {
             **self.admin_site.each_context(request),
             "opts": self.opts,

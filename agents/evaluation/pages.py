@@ -1,6 +1,11 @@
 """Reads for the evaluation pages and the API: one evaluation with its per-case results, and two
 evaluations of one set side by side, case by case. A fixed number of queries each, whatever
-the number of cases."""
+the number of cases.
+
+A case's answer (and its tool calls' arguments, and what the runner noted) is what its run made
+of what it read, as the person who started the evaluation: another owner who may not read a
+knowledge base that run drew on sees HIDDEN in its place (agents.selectors.unreadable_sources,
+the trace's rule)."""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from agents.models import EvaluationCase, EvaluationResult, EvaluationRun, EvaluationState
+from agents.selectors import HIDDEN, unreadable_sources
 
 SCORES = ("overall", "correctness", "citations", "tools", "behaviour")
 FINISHED = (EvaluationState.SUCCEEDED, EvaluationState.FAILED)
@@ -32,16 +38,34 @@ class Line:
     scores: list[tuple[str, float | None]]
     outcome: str
     notes: list[str]
+    answer: str
+    tool_calls: list[dict]
 
 
 NOTES = ("refused", "error", "held_answer")  # what the runner noted of a case, if anything
 
 
-def _line(result: EvaluationResult) -> Line:
+def _line(result: EvaluationResult, hidden: set[int]) -> Line:
     found = result.scores or {}
     notes = [f"{name.replace('_', ' ')}: {found[name]}" for name in NOTES if found.get(name)]
     shown = [(name, score_of(found, name)) for name in SCORES]
-    return Line(result, shown, str(found.get("outcome", "")), notes)
+    outcome = str(found.get("outcome", ""))
+    if result.run_id in hidden:
+        calls = [{**c, "arguments": HIDDEN} for c in result.tool_calls if isinstance(c, dict)]
+        return Line(result, shown, outcome, [HIDDEN] if notes else [], HIDDEN, calls)
+    return Line(result, shown, outcome, notes, result.answer, list(result.tool_calls or []))
+
+
+def hidden_runs(viewer, results) -> set[int]:
+    """The runs of `results` whose answers `viewer` may not read (the module docstring)."""
+    ids = {r.run_id for r in results if r is not None and r.run_id is not None}
+    return unreadable_sources(viewer, ids)[0] if ids else set()
+
+
+def answer_seen(result: EvaluationResult | None, hidden: set[int]) -> str:
+    if result is None:
+        return ""
+    return HIDDEN if result.run_id in hidden else result.answer
 
 
 @dataclass
@@ -51,10 +75,11 @@ class Report:
     evaluation: EvaluationRun
     results: list[EvaluationResult]
     total: int  # cases in the set now (the evaluation puts each through once)
+    hidden: set[int]  # runs whose answers the viewer may not read
 
     @property
     def lines(self) -> list[Line]:
-        return [_line(result) for result in self.results]
+        return [_line(result, self.hidden) for result in self.results]
 
     @property
     def done(self) -> int:
@@ -82,16 +107,16 @@ class Report:
         }
 
 
-def evaluation_report(evaluation: EvaluationRun) -> Report:
+def evaluation_report(evaluation: EvaluationRun, viewer) -> Report:
     """`evaluation` (with its set, as access_evaluation reads it) and its results, each with
-    its case: two queries."""
+    its case, as `viewer` may see them."""
     results = list(
         EvaluationResult.objects.filter(evaluation=evaluation)
         .select_related("case")
         .order_by("case_id")
     )
     total = EvaluationCase.objects.filter(set_id=evaluation.set_id).count()
-    return Report(evaluation, results, max(total, len(results)))
+    return Report(evaluation, results, max(total, len(results)), hidden_runs(viewer, results))
 
 
 @dataclass
@@ -104,6 +129,8 @@ class Difference:
     a: EvaluationResult | None
     b: EvaluationResult | None
     scores: list[tuple[str, float | None, float | None, float | None]]
+    a_answer: str
+    b_answer: str
 
     @property
     def broke(self) -> bool:
@@ -137,13 +164,14 @@ def _delta(name: str, a: dict | None, b: dict | None):
     return name, before, after, change
 
 
-def side_by_side(a: EvaluationRun, b: EvaluationRun) -> SideBySide:
+def side_by_side(a: EvaluationRun, b: EvaluationRun, viewer) -> SideBySide:
     """Two evaluations of one set (agents.evaluation.selectors.evaluation_compare: `a` before,
     `b` after), changed cases first: broken, fixed, worse, better, then the rest, each in the
-    set's order. NotComparable when they are of two sets. One query."""
+    set's order, as `viewer` may see them. NotComparable when they are of two sets."""
     from agents.evaluation.selectors import evaluation_compare
 
     compared = evaluation_compare(a, b)
+    hidden = hidden_runs(viewer, [r for c in compared.cases for r in (c.before, c.after)])
     rows = [
         Difference(
             c.case_id,
@@ -152,6 +180,8 @@ def side_by_side(a: EvaluationRun, b: EvaluationRun) -> SideBySide:
             c.before,
             c.after,
             _scores(c.before.scores if c.before else None, c.after.scores if c.after else None),
+            answer_seen(c.before, hidden),
+            answer_seen(c.after, hidden),
         )
         for c in compared.cases
     ]

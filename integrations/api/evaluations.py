@@ -18,6 +18,7 @@ from agents.evaluation.pages import (
     CHANGES,
     SCORES,
     Difference,
+    Line,
     Report,
     SideBySide,
     evaluation_report,
@@ -40,33 +41,38 @@ class EvaluationRequest(serializers.Serializer):
     )
 
 
-class ResultSerializer(serializers.ModelSerializer):
-    case = serializers.IntegerField(source="case_id")
-    question = serializers.CharField(source="case.question")
-    expect = serializers.CharField(source="case.expect")
+class ResultSerializer(serializers.Serializer):
+    case = serializers.IntegerField()
+    question = serializers.CharField()
+    expect = serializers.CharField()
+    passed = serializers.BooleanField()
+    answer = serializers.CharField(
+        help_text="As the caller may read it: a run that drew on a knowledge base the caller "
+        "may not read shows a notice instead."
+    )
     scores = serializers.JSONField(help_text="Each score of the case (0 to 1) and notes.")
     tool_calls = serializers.JSONField(help_text="The calls it made: recorded, never executed.")
-    run = serializers.SerializerMethodField(help_text="The run that answered it.")
+    latency_ms = serializers.IntegerField()
+    tokens = serializers.IntegerField()
     cost = serializers.DecimalField(max_digits=12, decimal_places=6)
+    run = serializers.CharField(allow_null=True, help_text="The run that answered it.")
 
-    class Meta:
-        model = EvaluationResult
-        fields = [
-            "case",
-            "question",
-            "expect",
-            "passed",
-            "answer",
-            "scores",
-            "tool_calls",
-            "latency_ms",
-            "tokens",
-            "cost",
-            "run",
-        ]
 
-    def get_run(self, result) -> str | None:
-        return reverse("api-run", args=[result.run_id]) if result.run_id else None
+def _result(line: Line) -> dict[str, Any]:
+    result = line.result
+    return {
+        "case": result.case_id,
+        "question": result.case.question,
+        "expect": result.case.expect,
+        "passed": result.passed,
+        "answer": line.answer,
+        "scores": dict(line.scores) | {"outcome": line.outcome},
+        "tool_calls": line.tool_calls,
+        "latency_ms": result.latency_ms,
+        "tokens": result.tokens,
+        "cost": result.cost,
+        "run": reverse("api-run", args=[result.run_id]) if result.run_id else None,
+    }
 
 
 class EvaluationSerializer(serializers.ModelSerializer):
@@ -110,8 +116,8 @@ class EvaluationSerializer(serializers.ModelSerializer):
         ]
 
     def _report(self, evaluation) -> Report:
-        report = self.context.get("report")
-        return report if report is not None else evaluation_report(evaluation)
+        report: Report = self.context["report"]
+        return report
 
     def get_url(self, evaluation) -> str:
         return reverse("api-evaluation", args=[evaluation.pk])
@@ -127,7 +133,7 @@ class EvaluationSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(ResultSerializer(many=True))
     def get_results(self, evaluation) -> Any:
-        return ResultSerializer(self._report(evaluation).results, many=True).data
+        return [_result(line) for line in self._report(evaluation).lines]
 
 
 class ScoreChange(serializers.Serializer):
@@ -170,11 +176,12 @@ def _changes(deltas) -> list[dict[str, Any]]:
     return [{"score": n, "a": a, "b": b, "change": c} for n, a, b, c in deltas]
 
 
-def _side(result: EvaluationResult | None) -> dict[str, Any] | None:
+def _side(result: EvaluationResult | None, answer: str) -> dict[str, Any] | None:
     if result is None:
         return None
     run = reverse("api-run", args=[result.run_id]) if result.run_id else None
-    return {"passed": result.passed, "answer": result.answer, "scores": result.scores, "run": run}
+    scores = {name: score_of(result.scores, name) for name in SCORES}
+    return {"passed": result.passed, "answer": answer, "scores": scores, "run": run}
 
 
 def _difference(row: Difference) -> dict[str, Any]:
@@ -182,8 +189,8 @@ def _difference(row: Difference) -> dict[str, Any]:
         "case": row.case_id,
         "question": row.question,
         "change": row.change,
-        "a": _side(row.a),
-        "b": _side(row.b),
+        "a": _side(row.a, row.a_answer),
+        "b": _side(row.b, row.b_answer),
         "scores": _changes(row.scores),
     }
 
@@ -198,8 +205,8 @@ def _comparison(comparison: SideBySide) -> dict[str, Any]:
     }
 
 
-def _shown(evaluation: EvaluationRun) -> dict[str, Any]:
-    report = evaluation_report(evaluation)
+def _shown(evaluation: EvaluationRun, viewer) -> dict[str, Any]:
+    report = evaluation_report(evaluation, viewer)
     return EvaluationSerializer(evaluation, context={"report": report}).data
 
 
@@ -236,7 +243,7 @@ class EvaluationCreate(APIView):
         )
         evaluation = access_evaluation(request.user, evaluation.pk)
         url = reverse("api-evaluation", args=[evaluation.pk])
-        return Response(_shown(evaluation), status=202, headers={"Location": url})
+        return Response(_shown(evaluation, request.user), status=202, headers={"Location": url})
 
 
 @extend_schema(
@@ -250,7 +257,7 @@ class EvaluationDetail(APIView):
     required_scope = READ
 
     def get(self, request, pk: int):
-        return Response(_shown(access_evaluation(request.user, pk)))
+        return Response(_shown(access_evaluation(request.user, pk), request.user))
 
 
 @extend_schema(
@@ -270,4 +277,4 @@ class EvaluationCompare(APIView):
         second = access_evaluation(request.user, other)
         if first.set_id != second.set_id:
             raise exceptions.ValidationError({"other": ["an evaluation of the same set"]})
-        return Response(_comparison(side_by_side(first, second)))
+        return Response(_comparison(side_by_side(first, second, request.user)))
