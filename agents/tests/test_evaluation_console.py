@@ -6,6 +6,7 @@ import json
 from decimal import Decimal
 
 import pytest
+from auditlog.models import LogEntry
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from guardian.shortcuts import assign_perm
@@ -94,6 +95,8 @@ def test_an_owner_adds_a_set_with_a_case_whose_lists_are_lines(client, owner, go
         {"name": "create_ticket", "arguments": {"title": "Pricing"}},
         {"name": "create_ticket", "arguments": {}},
     ]
+    history = LogEntry.objects.get_for_object(case).get()  # django-auditlog's field history
+    assert (history.actor, history.action) == (owner, LogEntry.Action.CREATE)
     page = client.get(f"{SETS}{found.pk}/change/").content.decode()
     assert "$20 a month\nper user</textarea>" in page
     assert (
