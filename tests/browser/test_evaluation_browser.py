@@ -35,7 +35,7 @@ def test_the_owner_evaluates_the_live_version_and_reads_the_results(portal, brow
     admin = browser("admin")
 
     admin.goto(f"{portal.url}/admin/agents/evaluationset/{handbook.pk}/change/")
-    admin.get_by_role("link", name="Evaluate").click()
+    admin.get_by_role("link", name="Evaluate", exact=True).click()
     version = admin.get_by_label("Version")
     expect(version.locator("option:checked")).to_contain_text(
         f"v{agent.live_version.number} (live)"
