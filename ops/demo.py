@@ -77,7 +77,14 @@ def demo_workspace_seed(*, credentials_path: Path) -> list[DemoLogin]:
         handbook_created = _demo_handbook(
             owner=User.objects.get(username="admin"), readers=list(groups.values())
         )
-        if created_users or created_groups or agent_created or handbook_created:
+        evaluation_created = _demo_evaluation_set(owner=User.objects.get(username="admin"))
+        if (
+            created_users
+            or created_groups
+            or agent_created
+            or handbook_created
+            or evaluation_created
+        ):
             audit_record(
                 actor=SYSTEM,
                 action="workspace.demo_seeded",
@@ -87,6 +94,7 @@ def demo_workspace_seed(*, credentials_path: Path) -> list[DemoLogin]:
                     "created_groups": created_groups,
                     "created_agent": agent_created,
                     "created_handbook": handbook_created,
+                    "created_evaluation_set": evaluation_created,
                 },
             )
         write_private(
@@ -168,6 +176,25 @@ def _demo_handbook(*, owner, readers: list[Group]) -> bool:
     agent = Agent.objects.filter(slug="help-desk").first()
     if agent is not None:
         agent.knowledge_bases.add(base)
+    return True
+
+
+EVALUATION_SET = (
+    Path(__file__).resolve().parent.parent / "agents" / "evaluation" / "sets" / "help-desk.json"
+)
+
+
+def _demo_evaluation_set(*, owner) -> bool:
+    """The demo agent's evaluation set (agents/evaluation/sets/help-desk.json): questions on
+    the handbook and the ticket tools, by the admin (whom `manage.py evaluate` runs it as)."""
+    from agents.evaluation.services import evaluation_set_import
+    from agents.models import Agent, EvaluationSet
+
+    data = json.loads(EVALUATION_SET.read_text())
+    agent = Agent.objects.filter(slug="help-desk").first()
+    if agent is None or EvaluationSet.objects.filter(agent=agent, name=data["name"]).exists():
+        return False
+    evaluation_set_import(agent=agent, data=data, actor=owner)
     return True
 
 

@@ -5,6 +5,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from agents.evaluation.services import EvaluationError, evaluation_execute, evaluation_start
 from agents.models import Agent, AgentVersion, EvaluationRun, EvaluationSet, EvaluationState
+from agents.versions import version_serving
 
 PASSED, FAILED, BAD_INPUT = 0, 1, 2
 
@@ -16,6 +17,10 @@ class Command(BaseCommand):
         "process, through the real runtime: no worker is needed (a worker that takes a case's "
         "run first is waited for). Exit status: 0 every set passed, 1 one did not, 2 bad input."
     )
+
+    def add_base_argument(self, parser, *args, **kwargs):
+        if "--version" not in args:  # Django's own (its version): ours is the agent's
+            super().add_base_argument(parser, *args, **kwargs)
 
     def add_arguments(self, parser):
         parser.add_argument("--agent", required=True, help="the agent's slug, e.g. help-desk")
@@ -102,11 +107,9 @@ def _version(agent: Agent, number: int | None) -> AgentVersion:
         if version is None:
             raise CommandError(f"{agent.name} has no version {number}", returncode=BAD_INPUT)
         return version
-    live = versions.filter(pk=agent.live_version_id) if agent.live_version_id else versions.none()
-    version = live.first() or versions.first()
-    if version is None:
-        raise CommandError(f"{agent.name} has no version yet", returncode=BAD_INPUT)
-    return version
+    # The live version, as the next run would be served (an agent changed outside the
+    # console, or never run, has it recorded first: agents.versions).
+    return version_serving(agent=agent, conversation=None)
 
 
 def _actor(username: str | None, evaluation_set: EvaluationSet):
