@@ -9,7 +9,7 @@ import pytest
 from auditlog.models import LogEntry
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
-from guardian.shortcuts import assign_perm
+from guardian.shortcuts import assign_perm, remove_perm
 
 from agents.evaluation.cases import evaluation_case_from_feedback
 from agents.feedback import feedback_record
@@ -518,3 +518,26 @@ def test_a_set_without_cases_starts_nothing_and_says_why(client, owner, governed
         response.content.decode()
     )
     assert EvaluationRun.objects.count() == 0
+
+
+def test_the_owner_adds_a_rated_question_from_the_run_s_trace(client, people, governed, a_set):
+    feedback = rated(people, governed, "down", "Too vague")
+    url = f"/admin/agents/feedback/{feedback.pk}/add-to-evaluation-set/"
+    remove_perm("agents.change_agent", people.member, governed.agent)
+    client.force_login(people.member)  # the asker: reads the trace, owns nothing now
+    assert url not in client.get(f"/runs/{feedback.run_id}/").content.decode()
+    assert client.get(url)["Location"] == "/admin/"  # staff, owns nothing: as a missing one
+    client.force_login(staff(people.reviewer))
+    assert client.get(url)["Location"] == "/admin/"  # as for a missing one
+    assert client.post(url, {"evaluation_set": a_set.pk})["Location"] == "/admin/"
+    assert EvaluationCase.objects.filter(source_run=feedback.run).count() == 0
+
+    client.force_login(people.admin)
+    trace = client.get(f"/runs/{feedback.run_id}/").content.decode()
+    assert f'<a href="{url}">Add to an evaluation set</a>' in trace
+    response = client.post(url, {"evaluation_set": a_set.pk})
+
+    assert response.status_code == 302
+    assert response["Location"] == f"{SETS}{a_set.pk}/change/"
+    case = EvaluationCase.objects.get(source_run=feedback.run)
+    assert case.notes.endswith("Their comment: Too vague")
