@@ -555,7 +555,9 @@ def _review_note(decision: str, comment: str) -> str:
 
 def _settle(card: Card, step: RunStep) -> None:
     output = step.output
-    if step.status == "ok":
+    if output.get("sandbox"):  # an evaluation's call: recorded, never executed
+        card.status, card.detail = "done", str(output.get("result", {}).get("sandbox", ""))
+    elif step.status == "ok":
         card.status = "done"
         result = output.get("result", output.get("withheld", ""))
         card.detail = result if isinstance(result, str) else json.dumps(result)[:500]

@@ -81,7 +81,7 @@ class Comparison:
 def evaluation_compare(a: EvaluationRun, b: EvaluationRun) -> Comparison:
     """Two evaluations of one set (`a` before, `b` after: say, two versions), case by case:
     each case's results side by side and the change in each score. NotComparable when they
-    are of different sets. Two queries."""
+    are of different sets. One query."""
     if a.set_id != b.set_id:
         raise NotComparable("the two evaluations are of different sets")
     results = EvaluationResult.objects.filter(evaluation__in=[a.pk, b.pk]).select_related("case")

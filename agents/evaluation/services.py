@@ -39,6 +39,7 @@ from agents.models import (
     RunStep,
     StepKind,
 )
+from agents.services import RateLimited, RunError, lease_holder_name, run_cancel, run_start
 from audit.services import Target, audit_record
 from tools.schemas import text_problem
 
@@ -94,9 +95,59 @@ def evaluation_set_import(
     return evaluation_set
 
 
-def _set_read(data: Mapping[str, Any]) -> tuple[str, str, Decimal, list[dict]]:
-    if not isinstance(data, Mapping):
-        raise EvaluationError("an evaluation set is an object")
+def evaluation_set_create(
+    *, agent: Agent, name: str, actor, description: str = "", pass_mark: Any = Decimal("0.80")
+) -> EvaluationSet:
+    """A new, empty set for `agent` (cases come with evaluation_case_add). EvaluationError on a
+    bad name or pass mark, or a name the agent's sets already have. Audited."""
+    data = {"name": name, "description": description, "pass_mark": pass_mark}
+    name, description, pass_mark_value = _set_fields(data)
+    with transaction.atomic():
+        if EvaluationSet.objects.filter(agent=agent, name=name).exists():
+            raise EvaluationError(f"{agent.name} already has an evaluation set named {name!r}")
+        evaluation_set = EvaluationSet.objects.create(
+            agent=agent,
+            name=name,
+            description=description,
+            pass_mark=pass_mark_value,
+            created_by=actor if getattr(actor, "pk", None) else None,
+        )
+        audit_record(
+            actor=actor,
+            action="evaluation_set.created",
+            target=Target.of(evaluation_set),
+            data={"agent": agent.slug, "pass_mark": str(pass_mark_value)},
+        )
+    return evaluation_set
+
+
+def evaluation_case_add(
+    *,
+    evaluation_set: EvaluationSet,
+    data: Mapping[str, Any],
+    actor,
+    source_run: Run | None = None,
+) -> EvaluationCase:
+    """A case for the set, from `data` (question, expected_facts, expected_citations,
+    expected_tools, expect, notes; checked as an import checks them), made from `source_run`
+    if given (a run somebody gave feedback on). EvaluationError on bad data. Audited."""
+    fields = _case_read(data, evaluation_set.cases.count() + 1)
+    with transaction.atomic():
+        case = EvaluationCase.objects.create(set=evaluation_set, source_run=source_run, **fields)
+        audit_record(
+            actor=actor,
+            action="evaluation_case.added",
+            target=Target.of(evaluation_set),
+            data={
+                "case": case.pk,
+                "expect": case.expect,
+                "source_run": getattr(source_run, "pk", None),
+            },
+        )
+    return case
+
+
+def _set_fields(data: Mapping[str, Any]) -> tuple[str, str, Decimal]:
     name = data.get("name")
     if not isinstance(name, str) or not name.strip() or len(name) > 100:
         raise EvaluationError("the set's name is text of 1 to 100 characters")
@@ -109,10 +160,17 @@ def _set_read(data: Mapping[str, Any]) -> tuple[str, str, Decimal, list[dict]]:
         pass_mark = Decimal(-1)
     if not Decimal(0) <= pass_mark <= Decimal(1) or pass_mark != round(pass_mark, 2):
         raise EvaluationError("the pass mark is a number from 0 to 1, with two decimals at most")
+    return name.strip(), description, pass_mark
+
+
+def _set_read(data: Mapping[str, Any]) -> tuple[str, str, Decimal, list[dict]]:
+    if not isinstance(data, Mapping):
+        raise EvaluationError("an evaluation set is an object")
+    name, description, pass_mark = _set_fields(data)
     cases = data.get("cases")
     if not isinstance(cases, list) or not cases or len(cases) > MAX_CASES:
         raise EvaluationError(f"a set has 1 to {MAX_CASES} cases")
-    return name.strip(), description, pass_mark, [_case_read(c, n) for n, c in enumerate(cases, 1)]
+    return name, description, pass_mark, [_case_read(c, n) for n, c in enumerate(cases, 1)]
 
 
 def _case_read(case: Any, number: int) -> dict:
@@ -224,8 +282,6 @@ def evaluation_execute(*, evaluation_id: int) -> EvaluationRun:
 
 def _case_execute(evaluation: EvaluationRun, case: EvaluationCase) -> EvaluationResult:
     """One case: its run, started and advanced here, scored, stored."""
-    from agents.services import RateLimited, RunError
-
     agent, actor = evaluation.set.agent, evaluation.started_by
     conversation = Conversation(
         owner=actor, agent=agent, title=f"Evaluation {evaluation.pk}: case {case.pk}"[:200]
@@ -246,13 +302,11 @@ def _case_execute(evaluation: EvaluationRun, case: EvaluationCase) -> Evaluation
             refused = str(exc)
             break
     if run is not None:
-        run = _run_advance(run, holder=f"evaluation:{evaluation.pk}")
+        run = _run_advance(run, holder=lease_holder_name(f"evaluation-{evaluation.pk}"))
     return _result_record(evaluation, case, run, refused)
 
 
 def _run_start(evaluation, case, agent, actor, conversation) -> Run:
-    from agents.services import run_start
-
     return run_start(
         agent=agent,
         conversation=conversation,
@@ -284,8 +338,6 @@ def _result_record(
 ) -> EvaluationResult:
     """Score what the case's run did and store it; a held run's review is withdrawn (nobody
     is to read an evaluation's answers in the inbox) and the run cancelled."""
-    from agents.services import run_cancel
-
     steps = list(RunStep.objects.filter(run=run).order_by("index")) if run else []
     calls = [_call(step) for step in steps if step.kind == StepKind.TOOL]
     held_answer = ""

@@ -4,6 +4,7 @@ the version an evaluation serves, scoring on a scripted model's behaviour, the r
 
 import json
 import uuid
+from decimal import Decimal
 from io import StringIO
 
 import pytest
@@ -18,7 +19,9 @@ from agents.evaluation.selectors import (
 )
 from agents.evaluation.services import (
     EvaluationError,
+    evaluation_case_add,
     evaluation_execute,
+    evaluation_set_create,
     evaluation_set_import,
     evaluation_start,
 )
@@ -162,6 +165,33 @@ def test_a_sandboxed_call_that_needs_approval_is_recorded_as_such_and_asks_nobod
     output = RunStep.objects.get(run=run, kind=StepKind.TOOL).output
     assert (output["effect"], output["approval_required"]) == ("require_approval", True)
     assert output["reasons"] == ["tool.approval_always"]
+
+
+def test_a_sandboxed_run_records_a_question_to_another_agent_and_does_not_ask_it(
+    server, agent, user
+):
+    route = ModelRoute.objects.create(name=f"r-{uuid.uuid4().hex[:8]}", num_retries=0)
+    Deployment.objects.create(
+        route=route, position=1, model="openai/helpdesk", api_base=server.base("helpdesk")
+    )
+    helpdesk = Agent.objects.create(name="Help desk", slug=f"h-{uuid.uuid4().hex[:4]}", route=route)
+    agent.delegates.add(helpdesk)
+    grant_agent(user, agent)
+    grant_agent(user, helpdesk)
+    ask = f"ask_{helpdesk.slug}"
+    server.script("primary", Reply.call(ask, {"question": "Is the VPN down?"}), Reply.say("Ok."))
+
+    run = _run(agent, user, "Ask the help desk about the VPN", sandbox=True)
+
+    assert run.state == RunState.SUCCEEDED
+    assert not Run.objects.filter(parent=run).exists()  # the other agent was never asked
+    assert server.count("helpdesk") == 0
+    step = RunStep.objects.get(run=run, kind=StepKind.TOOL)
+    assert (step.input["call"]["name"], step.input["arguments"]) == (
+        ask,
+        {"question": "Is the VPN down?"},
+    )
+    assert step.output["effect"] == "allow"
 
 
 def test_run_start_serves_the_given_version_not_the_live_one(server, agent, user):
@@ -339,7 +369,19 @@ def test_a_version_passed_when_its_newest_evaluation_on_every_set_passed(agent, 
     assert version_evaluation_passed(version) is False
 
 
-def test_two_evaluations_of_a_set_compare_case_by_case(server, agent, user, crm):
+def test_the_release_gate_is_one_query(agent, user, django_assert_num_queries):
+    version = version_record(agent=agent, actor=None)
+    for name in ("a", "b", "c"):
+        evaluation_set = evaluation_set_import(agent=agent, data={**SET, "name": name}, actor=user)
+        _finished(evaluation_set, version, user, passed=True, overall=1)
+
+    with django_assert_num_queries(1):
+        assert version_evaluation_passed(version) is True
+
+
+def test_two_evaluations_of_a_set_compare_case_by_case(
+    server, agent, user, crm, django_assert_num_queries
+):
     agent.tools.set([_crm_tool(crm)])
     grant_agent(user, agent)
     server.script(
@@ -360,7 +402,8 @@ def test_two_evaluations_of_a_set_compare_case_by_case(server, agent, user, crm)
         ).pk
     )
 
-    comparison = evaluation_compare(before, after)
+    with django_assert_num_queries(1):
+        comparison = evaluation_compare(before, after)
 
     assert [(c.question, c.change) for c in comparison.cases] == [
         ("What is Acme's owner?", "fixed"),
@@ -393,6 +436,33 @@ def test_an_evaluation_is_queued_for_a_worker_after_commit_and_audited(
     assert len(callbacks) == 1
     event = AuditEvent.objects.get(action="evaluation.queued")
     assert json.loads(event.data) == {"agent": agent.slug, "set": "smoke", "version": 1}
+
+
+def test_a_worker_executes_a_queued_evaluation(
+    server, agent, user, django_capture_on_commit_callbacks
+):
+    from config.celery import app
+
+    grant_agent(user, agent)
+    evaluation_set = evaluation_set_import(agent=agent, data=SET, actor=user)
+    version = version_record(agent=agent, actor=None)
+    server.default("primary", Reply.say("Dana, since 2021."))
+    eager, app.conf.task_always_eager = app.conf.task_always_eager, True
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            evaluation = evaluation_start(
+                evaluation_set=evaluation_set, version=version, actor=user
+            )
+    finally:
+        app.conf.task_always_eager = eager
+
+    evaluation.refresh_from_db()
+    assert evaluation.state == EvaluationState.SUCCEEDED
+    assert evaluation.results.count() == 3
+    assert evaluation.scores["correctness"] == 1.0
+    # Executing it again (a redelivered task) changes nothing.
+    assert evaluation_execute(evaluation_id=evaluation.pk).results.count() == 3
+    assert Run.objects.filter(sandbox=True).count() == 3
 
 
 def test_an_evaluation_of_another_agent_s_version_is_refused(agent, user):
@@ -482,3 +552,30 @@ def test_the_command_prints_json(server, agent, user):
     [report] = json.loads(out.getvalue())
     assert (report["set"], report["version"], report["passed"]) == ("smoke", 1, False)
     assert [c["scores"]["outcome"] for c in report["cases"]] == ["answered"] * 3
+
+
+def test_a_case_made_from_a_run_is_added_to_a_set_and_audited(agent, user):
+    evaluation_set = evaluation_set_create(agent=agent, name="from feedback", actor=user)
+    source = Run.objects.create(
+        agent=agent,
+        conversation=Conversation.objects.create(owner=user, agent=agent),
+        actor=user,
+        input="What is Acme's owner?",
+    )
+
+    case = evaluation_case_add(
+        evaluation_set=evaluation_set,
+        data={"question": source.input, "expected_facts": ["Dana"]},
+        actor=user,
+        source_run=source,
+    )
+
+    assert (case.set, case.source_run, case.expect) == (evaluation_set, source, "answer")
+    assert evaluation_set.pass_mark == Decimal("0.80")
+    event = AuditEvent.objects.get(action="evaluation_case.added")
+    assert json.loads(event.data) == {"case": case.pk, "expect": "answer", "source_run": source.pk}
+    with pytest.raises(EvaluationError, match="already has an evaluation set named"):
+        evaluation_set_create(agent=agent, name="from feedback", actor=user)
+    with pytest.raises(EvaluationError, match="case 2: the question is text"):
+        evaluation_case_add(evaluation_set=evaluation_set, data={"question": ""}, actor=user)
+    assert evaluation_set.cases.count() == 1
