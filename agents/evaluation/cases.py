@@ -9,7 +9,8 @@
   cited documents) from the answer, for the owner to edit; a thumbs-down leaves the
   expectation to the owner and keeps the comment in `notes`. The question, facts and comment
   are copied as the console shows them: personal data in them as the audit trail keeps it, a
-  keyed hash (audit.pii), never in clear. Audited as `evaluation.case_added`.
+  keyed hash (audit.pii), never in clear. Written (checked and audited, as
+  `evaluation_case.added` with its source run) by agents.evaluation.services.evaluation_case_add.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from typing import Any
 from django.db import transaction
 
 from agents.evaluation.owners import access_evaluation_set
+from agents.evaluation.services import EvaluationError, evaluation_case_add
 from agents.models import Agent, EvaluationCase, EvaluationExpect, EvaluationSet, Feedback, Rating
 from audit.pii import as_seen_by
-from audit.services import Target, audit_record
 from governance.access import NoAccess
 from tools.models import Tool
 
@@ -137,49 +138,41 @@ def evaluation_case_from_feedback(
 ) -> EvaluationCase:
     """A case of `evaluation_set` made from the rated run's question (see the module docstring).
     NoAccess when the actor may not evaluate the set's agent; CaseRefused when the run is not
-    that agent's, or is a case of the set already. Nothing is written then."""
+    that agent's, is a case of the set already, or makes no case. Nothing is written then."""
     evaluation_set = access_evaluation_set(actor, evaluation_set.pk)
     run = feedback.run
     if run.agent_id != evaluation_set.agent_id:
         raise CaseRefused(f"The run was not answered by {evaluation_set.agent}, the set's agent.")
     liked = feedback.rating == Rating.UP
+    if liked:
+        facts = _shown(_facts_of(run.answer))
+        titles = [c.get("title", "") for c in run.citations or [] if isinstance(c, dict)]
+        citations = [t for t in dict.fromkeys(titles) if isinstance(t, str) and t]
+        notes = f"From a thumbs-up on run {run.pk}: check the facts, taken from its answer."
+    else:
+        facts, citations = [], []
+        comment = _shown(feedback.comment)
+        notes = f"From a thumbs-down on run {run.pk}: set what a good answer holds."
+        if comment:
+            notes += f"\nTheir comment: {comment}"
+    data = {
+        "question": _shown(run.input),
+        "expected_facts": facts,
+        "expected_citations": citations,
+        "expect": EvaluationExpect.ANSWER,
+        "notes": notes,
+    }
     with transaction.atomic():
+        # One case per run in a set, whoever asks at the same time.
         EvaluationSet.objects.select_for_update().filter(pk=evaluation_set.pk).first()
         if EvaluationCase.objects.filter(set=evaluation_set, source_run=run).exists():
             raise CaseRefused(f"Run {run.pk} is a case of “{evaluation_set}” already.")
-        if liked:
-            facts = _shown(_facts_of(run.answer))
-            titles = [c.get("title", "") for c in run.citations or [] if isinstance(c, dict)]
-            citations = [t for t in dict.fromkeys(titles) if t]
-            notes = f"From a thumbs-up on run {run.pk}: check the facts, taken from its answer."
-        else:
-            facts, citations = [], []
-            comment = _shown(feedback.comment)
-            notes = f"From a thumbs-down on run {run.pk}: set what a good answer holds."
-            if comment:
-                notes += f"\nTheir comment: {comment}"
-        case = EvaluationCase.objects.create(
-            set=evaluation_set,
-            question=_shown(run.input),
-            expected_facts=facts,
-            expected_citations=citations,
-            expect=EvaluationExpect.ANSWER,
-            notes=notes,
-            source_run=run,
-        )
-        audit_record(
-            actor=actor,
-            action="evaluation.case_added",
-            target=Target.of(case),
-            run=run.pk,
-            data={
-                "set": evaluation_set.pk,
-                "agent": evaluation_set.agent.slug,
-                "feedback": feedback.pk,
-                "rating": feedback.rating,
-                "facts": len(facts),
-            },
-        )
+        try:
+            case = evaluation_case_add(
+                evaluation_set=evaluation_set, data=data, actor=actor, source_run=run
+            )
+        except EvaluationError as refused:
+            raise CaseRefused(f"Run {run.pk} cannot be a case: {refused}.") from None
     return case
 
 

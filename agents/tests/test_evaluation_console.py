@@ -391,19 +391,17 @@ def test_a_thumbs_up_becomes_a_case_with_its_answer_s_facts(client, people, gove
         "Billing is monthly.",
     ]
     assert case.expected_citations == ["Price list"]
-    event = AuditEvent.objects.get(action="evaluation.case_added")
-    assert (event.actor_id, event.run) == (str(people.admin.pk), str(feedback.run_id))
+    event = AuditEvent.objects.get(action="evaluation_case.added")
+    assert event.actor_id == str(people.admin.pk)
     assert json.loads(event.data) == {
-        "agent": governed.agent.slug,
-        "facts": 3,
-        "feedback": feedback.pk,
-        "rating": "up",
-        "set": a_set.pk,
+        "case": case.pk,
+        "expect": "answer",
+        "source_run": feedback.run_id,
     }
     # Twice is once.
     add_to_set(client, feedback, a_set)
     assert EvaluationCase.objects.filter(source_run=feedback.run).count() == 1
-    assert AuditEvent.objects.filter(action="evaluation.case_added").count() == 1
+    assert AuditEvent.objects.filter(action="evaluation_case.added").count() == 1
 
 
 def test_a_thumbs_down_becomes_a_case_with_the_comment_and_no_expectation(
@@ -437,7 +435,7 @@ def test_only_the_agent_s_owners_turn_feedback_into_cases(client, people, govern
     with pytest.raises(Exception, match="no such evaluation set"):
         evaluation_case_from_feedback(feedback=feedback, evaluation_set=a_set, actor=reviewer)
     assert EvaluationCase.objects.filter(source_run=feedback.run).count() == 0
-    assert not AuditEvent.objects.filter(action="evaluation.case_added").exists()
+    assert not AuditEvent.objects.filter(action="evaluation_case.added").exists()
 
 
 def test_feedback_on_another_agent_is_no_case_of_the_set(client, people, governed, a_set):
