@@ -186,6 +186,7 @@ class EscalationAdmin(governance_admin.EscalationAdmin):
 
 
 # Feedback on answers (agents.feedback): read here by the agents' owners, written by its service.
+from agents.evaluation.console import add_to_evaluation_set, owns_an_agent  # noqa: E402 - registers
 from agents.models import Feedback  # noqa: E402 - beside its admin
 
 
@@ -209,6 +210,34 @@ class FeedbackAdmin(ReadOnlyAdmin):
         "updated_at",
     )
     comment_masked = _masked("comment")
+    actions = [add_to_evaluation_set]
+
+    def has_evaluate_permission(self, request) -> bool:
+        """The "Add to an evaluation set" action: for the owners of an agent (its sets')."""
+        return owns_an_agent(request)
+
+    def get_urls(self):
+        from django.urls import path
+
+        return [
+            path(
+                "<int:pk>/add-to-evaluation-set/",
+                self.admin_site.admin_view(self.add_to_set_view),
+                name="agents_feedback_add_to_set",
+            ),
+            *super().get_urls(),
+        ]
+
+    def add_to_set_view(self, request, pk: int):
+        """The action for one feedback (linked from the run's trace, for the agent's owners)."""
+        from django.shortcuts import redirect
+
+        found = self.get_queryset(request).filter(pk=pk)
+        if not (self.has_evaluate_permission(request) and found.exists()):
+            # As the change page answers for a missing one (django-stubs omits the method).
+            return self._get_obj_does_not_exist_redirect(request, self.opts, str(pk))  # type: ignore[attr-defined]
+        answer = add_to_evaluation_set(self, request, found)
+        return answer or redirect("admin:agents_feedback_changelist")
 
     def get_queryset(self, request):
         from agents.feedback import feedback_agents

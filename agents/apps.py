@@ -10,7 +10,14 @@ class AgentsConfig(AppConfig):
         from auditlog.registry import auditlog
 
         from agents.knowledge import tools  # noqa: F401 - registers knowledge_search
-        from agents.models import Agent, Deployment, KnowledgeBase, ModelRoute
+        from agents.models import (
+            Agent,
+            Deployment,
+            EvaluationCase,
+            EvaluationSet,
+            KnowledgeBase,
+            ModelRoute,
+        )
         from agents.services import run_approval_decided, run_escalation_decided
         from governance import signals
         from governance.models import ApprovalRequest, Escalation
@@ -34,6 +41,9 @@ class AgentsConfig(AppConfig):
         auditlog.register(ModelRoute)
         auditlog.register(Deployment)
         auditlog.register(KnowledgeBase, exclude_fields=["embedded_with"])
+        # Evaluation sets and their cases, as the console edits them (agents.evaluation.console).
+        auditlog.register(EvaluationSet)
+        auditlog.register(EvaluationCase)
 
     def _connect_warm_up(self) -> None:
         """A worker loads its models at boot, before it answers a ping (agents.warm)."""

@@ -271,6 +271,8 @@ OAUTH2_PROVIDER: dict[str, Any] = {
         "admin:read": "Read the registry: tools, routes, knowledge bases",
         "admin:write": "Change the registry (tools), where the account holds the permission",
         "tools:call": "Call, over MCP, the tools and agents exposed there that the account may use",
+        "evaluations:run": "Start evaluations of the agents the account owns",
+        "evaluations:read": "Read the evaluations of the agents the account owns",
     },
     "DEFAULT_SCOPES": [],  # a token has the scopes it asked for and was allowed, no more
     "SCOPES_BACKEND_CLASS": "integrations.api.auth.ApplicationScopesBackend",

@@ -12,6 +12,7 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.http import require_GET
 
+from agents.evaluation.owners import evaluation_agents
 from agents.feedback import feedback_of
 from agents.models import KnowledgeBase, StepKind
 from agents.selectors import access_run
@@ -79,6 +80,11 @@ def run_trace(request: HttpRequest, pk: int) -> HttpResponse:
             ).select_related("decided_by"),
             "events": events,
             "feedback": feedback,
+            # The agent's owners may turn a rated question into an evaluation case.
+            "to_evaluation": bool(feedback)
+            and request.user.is_staff
+            and run.agent_id is not None
+            and evaluation_agents(request.user).filter(pk=run.agent_id).exists(),
             "audit_links": request.user.has_perm("audit.view_auditevent"),
             "version_url": _version_url(request.user, run),
         },

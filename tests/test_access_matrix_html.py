@@ -38,6 +38,10 @@ from agents.models import (
     Conversation,
     Deployment,
     Document,
+    EvaluationCase,
+    EvaluationResult,
+    EvaluationRun,
+    EvaluationSet,
     Feedback,
     KnowledgeBase,
     Message,
@@ -46,6 +50,7 @@ from agents.models import (
     RunState,
     RunStep,
 )
+from agents.versions import version_record
 from audit.services import SYSTEM
 from governance import roles
 from governance.models import Action, ApprovalRequest, Escalation
@@ -82,6 +87,7 @@ class World:
     held: Escalation  # an answer drawn from D
     token: PersonalAccessToken
     attached: Document  # a file A attached to `private`: A's alone, whatever is granted
+    evaluation: EvaluationRun  # its one case answered by drawn_run: the owners', D hidden
     objects: dict = field(default_factory=dict)  # model -> the object its admin pages show
 
 
@@ -233,6 +239,21 @@ def build() -> World:
         size=20,
         status="ready",
     )
+    evaluation_set = EvaluationSet.objects.create(agent=agent, name="Vault")
+    case = EvaluationCase.objects.create(set=evaluation_set, question="the vault passphrase?")
+    version = version_record(agent=agent, actor=users["admin"], reason="first")
+    evaluation = EvaluationRun.objects.create(
+        set=evaluation_set, version=version, started_by=a, state="succeeded"
+    )
+    EvaluationResult.objects.create(
+        evaluation=evaluation,
+        case=case,
+        run=drawn_run,
+        answer=drawn_run.answer,
+        scores={"overall": 1.0, "held_answer": f"It is {DENIED}."},
+        tool_calls=[{"name": "create_ticket", "arguments": {"title": DENIED}}],
+        passed=True,
+    )
     world = World(
         users=users,
         agent=agent,
@@ -250,6 +271,7 @@ def build() -> World:
         held=held,
         token=token,
         attached=attached,
+        evaluation=evaluation,
     )
     world.objects = {
         Run: drawn_run,
@@ -262,6 +284,8 @@ def build() -> World:
         Agent: agent,
         Tool: tool,
         ModelRoute: route,
+        EvaluationSet: evaluation_set,
+        EvaluationRun: evaluation,
     }
     return world
 
@@ -385,6 +409,12 @@ ROUTES: dict[str, Route] = {
     "api/v1/documents/<int:pk>": Route(api(owner_only()), {"pk": pk("document")}),
     "api/v1/audit/events": Route(api(everyone(403, admin=200))),
     "api/v1/audit/export": Route(api(everyone(403, admin=200))),
+    "api/v1/evaluations": Route(api(everyone(405))),  # POST: test_evaluations_api.py
+    # The agent's owners' (the admin: a superuser, not denied the agent); D's answer hidden.
+    "api/v1/evaluations/<int:pk>": Route(api(everyone(404, admin=200)), {"pk": pk("evaluation")}),
+    "api/v1/evaluations/<int:pk>/compare/<int:other>": Route(
+        api(everyone(404, admin=200)), {"pk": pk("evaluation"), "other": pk("evaluation")}
+    ),
     "v1/models": Route(api(everyone(200))),
     "v1/models/<str:model>": Route(
         api(everyone(200, reviewer=404, denied=404)), {"model": agent_model}

@@ -85,6 +85,11 @@ PROBLEMS: dict[str, tuple[str, str]] = {
         "on: `warden.url` (and the `Location` header) is the run, whose webhook or `GET` says "
         "the rest; the same request with the same `Idempotency-Key` answers as the run stands.",
     ),
+    "evaluation-refused": (
+        "Evaluation refused",
+        "The evaluation could not be started as asked (its set has no case yet, say): "
+        "`detail` says why.",
+    ),
     "server-error": ("Internal error", "Warden failed; the request id identifies it in logs."),
 }
 
@@ -184,6 +189,10 @@ ANSWERS: dict[str, Answer] = {
     "rating_invalid": Answer(400, "invalid", ("invalid_request_error", "invalid"), "rating"),
     "comment_invalid": Answer(400, "invalid", ("invalid_request_error", "invalid"), "comment"),
     "run_not_regenerable": Answer(409, "conflict", ("invalid_request_error", "conflict")),
+    # An evaluation that cannot start as asked (agents.evaluation.services.EvaluationError).
+    "evaluation_refused": Answer(
+        400, "evaluation-refused", ("invalid_request_error", "invalid_request")
+    ),
 }
 
 
@@ -200,6 +209,7 @@ class Refusal:
 
 def refusal(exc: BaseException) -> Refusal | None:
     """The answer to a domain error; None for any other exception."""
+    from agents.evaluation.services import EvaluationError
     from agents.services import IdempotencyConflict, RateLimited, RunDenied, RunError
     from governance.access import NoAccess
 
@@ -207,6 +217,8 @@ def refusal(exc: BaseException) -> Refusal | None:
         code = "not_found"
     elif isinstance(exc, RunError):
         code = exc.code
+    elif isinstance(exc, EvaluationError):
+        code = "evaluation_refused"
     else:
         return None
     answer = ANSWERS[code]
