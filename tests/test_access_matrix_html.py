@@ -382,6 +382,9 @@ ROUTES: dict[str, Route] = {
     "account/tokens/<int:pk>/revoke/": Route(everyone(405), {"pk": pk("token")}),
     "api/v1/agents": Route(api(everyone(200))),
     "api/v1/agents/<slug:slug>/runs": Route(api(everyone(405)), {"slug": slug}),
+    "api/v1/agents/<slug:slug>/versions": Route(
+        api(everyone(200, reviewer=404, denied=404)), {"slug": slug}
+    ),
     "api/v1/runs/<int:pk>": Route(api(owner_only()), {"pk": pk("private_run")}),
     # a finished run's: its stream ends
     "api/v1/runs/<int:pk>/events": Route(api(owner_only()), {"pk": pk("drawn_run")}),
@@ -513,6 +516,7 @@ def admin_path(route: str, pattern: URLPattern, world: World) -> str:
         "field": lambda w: "name",
         "agent_id": lambda w: w.agent.pk,  # the console's drift page of an agent
         "check_id": lambda w: MISSING,
+        "version_id": lambda w: w.agent.live_version_id,  # a version of the agent's pages
     }
     return path_of(route, fill, world)
 
