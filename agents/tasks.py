@@ -76,3 +76,11 @@ def knowledge_reembed_task(knowledge_base_id: int) -> int:
     from agents.knowledge.services import knowledge_base_reembed
 
     return knowledge_base_reembed(knowledge_base_id=knowledge_base_id)
+
+
+@shared_task(name="agents.tasks.answer_cache_prune_task")
+def answer_cache_prune_task() -> int:
+    """Beat: drop the kept answers of agent versions that no longer serve."""
+    from agents.answer_cache import cached_answers_prune
+
+    return cached_answers_prune()
