@@ -23,6 +23,7 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import cast
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -81,7 +82,7 @@ def cached_answer_find(
     columns = ("pk", "answer", "citations", "confidence", "tokens")
     row = entries.filter(question_hash=digest).values_list(*columns).first()
     if row is not None:
-        return Found(*row, similarity=1.0, exact=True), None
+        return _found(row, similarity=1.0, exact=True), None
     if mode != AnswerCache.SIMILAR:
         return None, None
     vector = embed_question(question)
@@ -98,11 +99,15 @@ def cached_answer_find(
         row = nearest.first()
     if row is None:
         return None, vector
-    *kept, distance = row
-    similarity = 1.0 - float(distance)
+    similarity = 1.0 - float(row[-1])
     if similarity < settings.WARDEN_ANSWER_CACHE_SIMILARITY:
         return None, vector
-    return Found(*kept, similarity=round(similarity, 4), exact=False), vector
+    return _found(row, similarity=round(similarity, 4), exact=False), vector
+
+
+def _found(row: tuple, *, similarity: float, exact: bool) -> Found:
+    entry, answer, citations, confidence, tokens = row[:5]
+    return Found(entry, answer, citations, confidence, tokens, similarity, exact)
 
 
 _SCAN_SETTINGS = (
@@ -168,8 +173,8 @@ def cached_answer_keep(
     CachedAnswer.objects.bulk_create(
         [
             CachedAnswer(
-                agent_id=run.agent_id,
-                version_id=run.version_id,
+                agent_id=cast(int, run.agent_id),
+                version_id=cast(int, run.version_id),
                 scope=scope,
                 question=question,
                 question_hash=question_hash(question),
