@@ -303,7 +303,13 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=240)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", type=Path, help="also write the result here (JSON)")
+    parser.add_argument(
+        "--modes", default="none,exact,similar", help="which replays (none first: the base)"
+    )
     args = parser.parse_args()
+    modes = args.modes.split(",")
+    if modes[0] != "none" or not set(modes) <= {"none", "exact", "similar"}:
+        parser.error("--modes: none first, then exact and/or similar")
     with embedded(redis=True):
         from django.conf import settings
 
@@ -316,7 +322,7 @@ def main() -> None:
         kinds: dict[str, int] = defaultdict(int)
         for ask in asks:
             kinds[ask["kind"]] += 1
-        results = [replay(mode, asks, agent) for mode in ("none", "exact", "similar")]
+        results = [replay(mode, asks, agent) for mode in modes]
     base = results[0]["tokens_used"]
     print(f"workload: {len(asks)} questions {dict(kinds)}")
     print("askers: 4 members, 3 IT staff (they may also read the runbook)")
