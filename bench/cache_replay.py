@@ -247,7 +247,7 @@ def replay(mode: str, asks: list[dict], agent) -> dict:
     used = 0
     saved = {"exact": 0, "similar": 0}
     hits = {"exact": 0, "similar": 0}
-    crossed, lookalike_hits = [], 0
+    crossed, lookalike_hits, similar_hits = [], 0, []
     known, right = 0, 0
     states: dict[str, int] = defaultdict(int)
     started = time.perf_counter()
@@ -271,6 +271,10 @@ def replay(mode: str, asks: list[dict], agent) -> dict:
             entry = CachedAnswer.objects.select_related("run__actor").get(pk=hit["entry"])
             if access[entry.run.actor.username] != access[user.username]:
                 crossed.append({"ask": ask["i"], "entry": entry.pk})
+            if hit["tier"] == "similar":
+                similar_hits.append(
+                    {"asked": ask["text"], "kept": entry.question, "similarity": hit["similarity"]}
+                )
             if ask["kind"] == "look-alike" and entry.question.lower() != ask["text"].lower():
                 lookalike_hits += 1
         if ask["i"] % 20 == 19:
@@ -290,6 +294,7 @@ def replay(mode: str, asks: list[dict], agent) -> dict:
         "cross_permission_hits": len(crossed),
         "crossed": crossed,
         "look_alike_hits": lookalike_hits,
+        "similar_hits": similar_hits,
         "known_fact_questions": known,
         "known_fact_right": right,
         "states": dict(states),
