@@ -90,7 +90,7 @@ def cached_answer_find(
         entries.filter(embedding__isnull=False)
         .annotate(distance=CosineDistance("embedding", vector))
         .order_by("distance")
-        .values_list(*columns, "distance")
+        .values_list(*columns, "question", "distance")
     )
     with transaction.atomic(), connection.cursor() as cursor:
         # As retrieval does (agents.knowledge.retrieval): the index keeps scanning until it
@@ -100,7 +100,9 @@ def cached_answer_find(
     if row is None:
         return None, vector
     similarity = 1.0 - float(row[-1])
-    if similarity < settings.WARDEN_ANSWER_CACHE_SIMILARITY:
+    if similarity < settings.WARDEN_ANSWER_CACHE_SIMILARITY or not same_negations(
+        question, row[-2]
+    ):
         return None, vector
     return _found(row, similarity=round(similarity, 4), exact=False), vector
 
@@ -114,6 +116,22 @@ _SCAN_SETTINGS = (
     "SELECT set_config('hnsw.iterative_scan', 'strict_order', true), "
     "set_config('hnsw.ef_search', '40', true)"
 )
+
+
+_WORD = re.compile(r"[a-z]+")
+# Words that turn a question into its opposite ("non-birth parents", "can't"): sentence
+# embeddings barely register them (the held-out pairs' one false match at the threshold was
+# "birth" / "non-birth parents", 0.972).
+_NEGATIONS = frozenset({"no", "non", "not", "never", "without", "nor", "cannot", "t"})
+
+
+def same_negations(asked: str, kept: str) -> bool:
+    """Whether two questions carry the same negating words: a similar hit needs it."""
+
+    def negations(text: str) -> set[str]:
+        return {w for w in _WORD.findall(text.lower()) if w in _NEGATIONS}
+
+    return negations(asked) == negations(kept)
 
 
 def embed_question(question: str) -> list[float]:

@@ -35,8 +35,16 @@ def similarities(pairs: list) -> list[tuple[float, bool, str, str]]:
     from agents.embedding import embed
 
     vectors = embed([normalised(text) for a, b, _ in pairs for text in (a, b)])
+    from agents.answer_cache import same_negations
+
+    # As the cache decides: a pair whose negating words differ is never a match (score 0).
     return [
-        (float(vectors[2 * i] @ vectors[2 * i + 1]), bool(same), a, b)
+        (
+            float(vectors[2 * i] @ vectors[2 * i + 1]) if same_negations(a, b) else 0.0,
+            bool(same),
+            a,
+            b,
+        )
         for i, (a, b, same) in enumerate(pairs)
     ]
 

@@ -14,6 +14,7 @@ from agents.answer_cache import (
     cached_answer_find,
     cached_answers_prune,
     question_hash,
+    same_negations,
 )
 from agents.knowledge.services import document_add, document_ingest
 from agents.models import (
@@ -288,3 +289,14 @@ def test_an_agent_that_looks_up_similar_questions_runs_on_a_worker(desk):
     assert runs_here(agent, member) is False
     agent.answer_cache = AnswerCache.EXACT
     assert runs_here(agent, member) is True
+
+
+def test_a_question_that_negates_the_kept_one_is_never_a_similar_hit():
+    birth = "How much parental leave do birth parents get?"
+    assert not same_negations(birth, "How much leave do non-birth parents get?")
+    assert not same_negations("Can I fly business class?", "Can't I fly business class?")
+    assert same_negations(
+        "How much parental leave do non-birth parents get?",
+        "How much leave do non-birth parents get?",
+    )
+    assert same_negations("How do I reset my password?", "How can I reset my password?")
