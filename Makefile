@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # imports, each time (the suite ran 20 % longer).
 PIP := $(BIN)/python -m pip install --disable-pip-version-check --quiet -c constraints.txt
 
-.PHONY: run test lock clean bench-audit bench-runtime bench-retrieval bench-openai bench-embedding bench-first-answer bench-ws chaos
+.PHONY: run test lock clean bench-cache bench-audit bench-runtime bench-retrieval bench-openai bench-embedding bench-first-answer bench-ws chaos
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || \
@@ -41,6 +41,9 @@ $(VENV)/.installed-bench: requirements-bench.txt requirements-dev.txt requiremen
 
 train-injection: $(VENV)/.installed-dev  # the injection detector's weights, from its corpus
 	$(BIN)/python scripts/train_injection.py
+
+bench-cache: $(VENV)/.installed-dev  # the answer cache on a replayed workload (tokens saved)
+	$(BIN)/python bench/cache_replay.py --out var/cache_replay.json
 
 bench-audit: $(VENV)/.installed-dev
 	$(BIN)/python bench/audit_throughput.py

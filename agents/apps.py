@@ -24,6 +24,7 @@ class AgentsConfig(AppConfig):
 
         self._connect_revocation()
         self._connect_warm_up()
+        self._connect_answer_cache()
 
         # A decision in governance continues (or ends) the run it parked, in its transaction.
         signals.approval_decided.connect(
@@ -44,6 +45,16 @@ class AgentsConfig(AppConfig):
         # Evaluation sets and their cases, as the console edits them (agents.evaluation.console).
         auditlog.register(EvaluationSet)
         auditlog.register(EvaluationCase)
+
+    def _connect_answer_cache(self) -> None:
+        """A document deleted however (removed from a chat, in the admin, with its knowledge
+        base) drops the kept answers that could read its base (agents.answer_cache)."""
+        from django.db.models.signals import post_delete
+
+        from agents.answer_cache import document_deleted
+        from agents.models import Document
+
+        post_delete.connect(document_deleted, sender=Document, dispatch_uid="answer_cache.document")
 
     def _connect_warm_up(self) -> None:
         """A worker loads its models at boot, before it answers a ping (agents.warm)."""

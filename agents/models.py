@@ -4,9 +4,11 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
+from django.contrib.postgres.indexes import GinIndex
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
+from pgvector.django import HnswIndex, VectorField
 
 from governance.querysets import RestrictedQuerySet
 
@@ -99,6 +101,12 @@ class Deployment(models.Model):
         ModelRoute.objects.filter(pk=self.route_id).update(updated_at=timezone.now())
 
 
+class AnswerCache(models.TextChoices):
+    OFF = "off", "Off: every question asks the model"
+    EXACT = "exact", "The same question: an answer given before to the same question"
+    SIMILAR = "similar", "Similar questions too: also a question that means the same"
+
+
 class InjectionAction(models.TextChoices):
     BLOCK = "block", "Block: refuse the message"
     APPROVE = "approve", "Require approval for the run's next tool call"
@@ -164,6 +172,17 @@ class Agent(models.Model):
         related_name="approvable_agents",
         help_text="Members of these groups decide approval requests and held answers of this "
         "agent's runs (with the tool's approver groups). None: any reviewer.",
+    )
+    answer_cache = models.CharField(
+        "answer cache",
+        max_length=8,
+        choices=AnswerCache.choices,
+        default=AnswerCache.OFF,
+        help_text="Answer a standalone question (a conversation's first) with the answer the "
+        "same version gave to the same question, or a similar one, for people who may read and "
+        "use exactly the same knowledge bases and tools (agents.answer_cache). Only answers "
+        "delivered without a tool call, a review or personal data are kept; a changed document "
+        "drops those that read its knowledge base.",
     )
     enabled = models.BooleanField(default=True)
     mcp_exposed = models.BooleanField(
@@ -859,6 +878,57 @@ class EvaluationResult(models.Model):
 
     def __str__(self) -> str:
         return f"{self.evaluation_id}: case {self.case_id}"
+
+
+class CachedAnswer(models.Model):
+    """An answer kept to serve the same or a similar standalone question again
+    (agents.answer_cache). Scoped: only a run of the same agent `version` whose asker may read
+    and use exactly the knowledge bases and tools whose digest is `scope` finds it (never keyed
+    by a user: two people with the same access share it, two with different access never do).
+    `knowledge_bases` are the bases of that scope (a changed document in one drops the entry);
+    `documents` are those its cited passages came from. `tokens`: what the model call that
+    produced it used, so what a hit saves. The question is kept for the trace and the admin;
+    entries hold no personal data (such answers are never kept)."""
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="+")
+    version = models.ForeignKey(AgentVersion, on_delete=models.CASCADE, related_name="+")
+    scope = models.CharField(max_length=64)
+    question = models.TextField()
+    question_hash = models.CharField(max_length=64)
+    # The question's (all-MiniLM-L6-v2); none for an answer kept by the exact tier alone.
+    embedding = VectorField(dimensions=384, null=True, blank=True)
+    answer = models.TextField()
+    citations = models.JSONField(default=list, blank=True)
+    confidence = models.FloatField(null=True, blank=True)
+    knowledge_bases = ArrayField(models.BigIntegerField(), default=list, blank=True)
+    documents = ArrayField(models.BigIntegerField(), default=list, blank=True)
+    tokens = models.PositiveIntegerField(default=0)
+    run = models.ForeignKey(
+        "agents.Run", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    hits = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            # Its index is the filter of every lookup (and the exact tier's whole lookup).
+            models.UniqueConstraint(
+                fields=["version", "scope", "question_hash"], name="cached_answer_question"
+            )
+        ]
+        indexes = [
+            HnswIndex(
+                name="cached_answer_embedding_hnsw",
+                fields=["embedding"],
+                m=16,
+                ef_construction=64,
+                opclasses=["vector_cosine_ops"],
+            ),
+            GinIndex(fields=["knowledge_bases"], name="cached_answer_bases"),
+        ]
+
+    def __str__(self) -> str:
+        return f"cached answer {self.pk} (v{self.version_id}, {self.hits} hits)"
 
 
 # The knowledge models belong to this app (DESIGN.md §2); they live in agents/knowledge/.

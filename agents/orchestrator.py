@@ -21,7 +21,7 @@ from decimal import Decimal
 from typing import cast
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import Exists, Q
 from django.utils import timezone
 
@@ -32,6 +32,7 @@ from agents.heartbeat import Lease, lease_heartbeat
 from agents.models import (
     FINAL_STATES,
     Agent,
+    AnswerCache,
     KnowledgeBase,
     Message,
     MessageRole,
@@ -110,7 +111,9 @@ def runs_here(agent: Agent, actor, conversation_id: int | None = None) -> bool:
     answer. No tool the actor may use (so no tool call, no approval), no agent to ask, no
     knowledge base to read, the agent's or the conversation's files (retrieval embeds, which
     is a worker's load), no answer that may be held for review. Everything else goes to a
-    worker. One query."""
+    worker. One query. (An agent that looks up similar questions embeds them: a worker.)"""
+    if agent.answer_cache == AnswerCache.SIMILAR:
+        return False
     tools = _tools(agent).restrict(actor, Action.USE)
     mine = Q(pk__in=served_ids(agent, "knowledge_bases"), conversation__isnull=True)
     bases = KnowledgeBase.objects.filter(
@@ -316,6 +319,7 @@ class _Run:
         self.cancel_requested = self.run.cancel_requested
         self.ledger = LedgerShare()  # the ledger's part of each checkpoint (tools.ledger)
         self.budget_ids: list[int] = []  # set by the start decision (_loop)
+        self.answer_cache: _CacheAsk | None = None  # set before the first model step
         self.regions: tuple[str, ...] = ()
 
     @functools.cached_property
@@ -474,6 +478,8 @@ def _steps(held: _Run, attempt: _Attempt, decided) -> None:
         if pending is not None:
             _tool_step(held, *pending)
             continue
+        if not any(s.kind == StepKind.MODEL for s in steps) and _cached_answer_step(held):
+            continue
         if held.tokens >= agent.max_tokens_per_run:
             return held.finish(
                 RunState.FAILED,
@@ -532,9 +538,132 @@ def _answer(held: _Run, last_model: RunStep) -> None:
     answer += provenance.withheld_note(held.steps)  # the user learns what the model missed
     if confidence is not None and confidence < held.agent.confidence_threshold:
         return _hold_for_review(held, answer, confidence, citations)
-    return held.finish(
-        RunState.SUCCEEDED, answer=answer, confidence=confidence, citations=citations
+    held.finish(RunState.SUCCEEDED, answer=answer, confidence=confidence, citations=citations)
+    if held.answer_cache is not None and "answer_cache" not in last_model.output:
+        _keep_answer(held, last_model, answer=answer, citations=citations, confidence=confidence)
+
+
+# The answer cache (agents.answer_cache) -----------------------------------------------------
+
+
+@dataclass
+class _CacheAsk:
+    """What the run's question is looked up and kept under (set on the run once it is known
+    to be a standalone question of an agent with the cache on)."""
+
+    scope: str
+    knowledge_bases: list[int]
+    embedding: list[float] | None = None
+
+
+def _answer_cache(held: _Run) -> _CacheAsk | None:
+    """The run's cache scope, if its answer may come from the cache or go into it: an agent
+    with the cache on, a run of a version, a standalone question (the conversation's first:
+    a follow-up means what the conversation before it says), no file attached to the
+    conversation (its base is its alone: nobody to share with), no personal data in it."""
+    from agents.answer_cache import answer_scope
+    from agents.knowledge.selectors import readable_ids
+    from audit.pii import find
+
+    agent, run = held.agent, held.run
+    if agent.answer_cache == AnswerCache.OFF or run.version_id is None:
+        return None
+    if sum(1 for m in held.messages if m["role"] in (MessageRole.USER, MessageRole.ASSISTANT)) != 1:
+        return None
+    if set(held.knowledge_bases) - set(served_ids(agent, "knowledge_bases")) or find(run.input):
+        return None
+    bases = readable_ids(run.actor, held.knowledge_bases) if held.knowledge_bases else []
+    scope = answer_scope(
+        knowledge_bases=bases,
+        tools=[tool.pk for tool in held.offered.values()],
+        agents=[delegate.pk for delegate in held.delegates.values()],
     )
+    return _CacheAsk(scope=scope, knowledge_bases=bases)
+
+
+def _cached_answer_step(held: _Run) -> bool:
+    """Before the run's first model step: a kept answer for the question, renumbered to the
+    passages the run was just given, recorded as a model step that used no tokens (marked
+    `answer_cache`, audited `cache.hit`); False (the model is asked) if there is none."""
+    from agents.answer_cache import cached_answer_find, cached_answer_hit, renumbered
+
+    held.answer_cache = _answer_cache(held)
+    if held.answer_cache is None:
+        return False
+    retrieval = next((s for s in held.steps if s.kind == StepKind.RETRIEVAL), None)
+    if retrieval is not None and retrieval.output.get("verdicts"):
+        return False  # a flagged passage: the model answers, and the user learns what it missed
+    started = timezone.now()
+    found, held.answer_cache.embedding = cached_answer_find(
+        version_id=cast(int, held.run.version_id),
+        scope=held.answer_cache.scope,
+        question=held.run.input,
+        mode=held.agent.answer_cache,
+    )
+    if found is None:
+        return False
+    passages = retrieval.output.get("passages", []) if retrieval is not None else []
+    served = renumbered(found, passages)
+    if served is None:
+        return False
+    answer, _ = served
+    tier = "exact" if found.exact else "similar"
+    metrics.ANSWER_CACHE.labels(tier=tier).inc()
+    hit = {"entry": found.entry, "tier": tier, "similarity": found.similarity}
+    record = held.checkpoint(
+        StepRecord(
+            kind=StepKind.MODEL,
+            input={"tools": list(held.offered)},
+            output={
+                "content": answer,
+                "tool_calls": [],
+                "deployment": "",
+                "fallbacks": [],
+                "cached": True,
+                "confidence": found.confidence,
+                "answer_cache": {**hit, "tokens_saved": found.tokens},
+            },
+            started_at=started,
+        ),
+        messages=[{"role": MessageRole.ASSISTANT, "content": answer, "tool_calls": []}],
+        action="run.step.model",
+        data={"deployment": "", "tool_calls": 0, "cached": True},
+        extra_audit=[("cache.hit", {**hit, "tokens_saved": found.tokens})],
+    )
+    cached_answer_hit(entry=found.entry)
+    if held.streams_tokens:
+        held.publish({"type": "token", "step": record.index, "attempt": held.token, "text": answer})
+    held.publish({"type": "step", "index": record.index, "kind": "model", "calls": []})
+    return True
+
+
+def _keep_answer(held: _Run, last_model: RunStep, *, answer, citations, confidence) -> None:
+    """Keep the delivered answer for the same or a similar question: only one the model gave
+    without calling a tool (or asking an agent), from passages none of which was flagged."""
+    from agents.answer_cache import cached_answer_keep, keepable
+
+    ask = cast(_CacheAsk, held.answer_cache)
+    if any(s.kind in (StepKind.TOOL, StepKind.DELEGATION, StepKind.APPROVAL) for s in held.steps):
+        return
+    if any(s.output.get("verdicts") for s in held.steps if s.kind == StepKind.RETRIEVAL):
+        return
+    if not keepable(question=held.run.input, answer=answer, citations=citations):
+        return
+    try:
+        cached_answer_keep(
+            run=held.run,
+            scope=ask.scope,
+            question=held.run.input,
+            embedding=ask.embedding,
+            answer=answer,
+            citations=citations,
+            confidence=confidence,
+            knowledge_bases=ask.knowledge_bases,
+            tokens=last_model.prompt_tokens + last_model.completion_tokens,
+            mode=held.agent.answer_cache,
+        )
+    except DatabaseError:  # the answer was delivered; a cache that missed one is still right
+        logger.warning("run %s: its answer was not kept in the cache", held.run.pk, exc_info=True)
 
 
 def _model_step(held: _Run, *, attempt: _Attempt) -> None:

@@ -125,3 +125,11 @@ def release_notify_task(release_id: int) -> None:
     from agents.releases import release_notify
 
     release_notify(release_id)
+
+
+@shared_task(name="agents.tasks.answer_cache_prune_task")
+def answer_cache_prune_task() -> int:
+    """Beat: drop the kept answers of agent versions that no longer serve."""
+    from agents.answer_cache import cached_answers_prune
+
+    return cached_answers_prune()

@@ -603,6 +603,19 @@ WARDEN_OPENAI_WAIT_SECONDS = env_int("WARDEN_OPENAI_WAIT_SECONDS", 120, minimum=
 # lock: on 2 cores, 1 was fastest at 1, 10 and 50 clients (bench/openai_overhead.py, 2 and
 # more piled the workers' share of the work onto the web process).
 WARDEN_FAST_PATH_RUNS = env_int("WARDEN_FAST_PATH_RUNS", 1, minimum=0)
+# The answer cache (agents.answer_cache): the least cosine similarity at which a kept question's
+# answer serves another question (all-MiniLM-L6-v2; and never if their negating words differ,
+# answer_cache.same_negations). Chosen by evaluation, not by guess: scripts/
+# answer_cache_threshold.py on tests/data/cache_question_pairs.json (2026-12-06, result in
+# bench/data/answer_cache_threshold.json): the most hits with no false match on its tune split
+# (4 of 29 paraphrases; its most similar different pair 0.921, "How long must a password be?" /
+# "How long is a password valid?"); on the held-out split 4 of 27 paraphrases, 0 false matches
+# of 26. Before the negation rule the held-out split had 1 (0.972, parental leave of "birth" /
+# "non-birth" parents), and the replay served it once: the rule was added after seeing it, so
+# the held-out split no longer measures it blind.
+WARDEN_ANSWER_CACHE_SIMILARITY = 0.923
+# Kept answers of a version that is not live and served no run for this long are dropped.
+WARDEN_ANSWER_CACHE_IDLE_SECONDS = env_int("WARDEN_ANSWER_CACHE_IDLE_SECONDS", 3600, minimum=0)
 # Metrics (/metrics, ops/metrics.py): served to a scraper with this bearer token, or from these
 # networks (CIDRs, comma-separated); with neither, to nobody.
 WARDEN_METRICS_TOKEN = env_optional("WARDEN_METRICS_TOKEN") or ""
@@ -722,6 +735,10 @@ CELERY_BEAT_SCHEDULE = {
     "webhook-deliveries-resume": {
         "task": "portal.tasks.webhook_deliveries_resume_task",
         "schedule": 60,
+    },
+    "answer-cache-prune": {
+        "task": "agents.tasks.answer_cache_prune_task",
+        "schedule": 3600,
     },
     "audit-anchor": {
         "task": "audit.tasks.audit_anchor_task",

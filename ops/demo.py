@@ -113,7 +113,7 @@ def demo_workspace_seed(*, credentials_path: Path) -> list[DemoLogin]:
 def _demo_agent(*, users: list[Group]) -> bool:
     """The demo's agent on the offline model: works with no provider key and no network. The
     role groups may use it, its route and its tools."""
-    from agents.models import Agent, Deployment, ModelRoute
+    from agents.models import Agent, AnswerCache, Deployment, ModelRoute
     from tools.models import Tool
 
     route, created = ModelRoute.objects.get_or_create(
@@ -135,6 +135,9 @@ def _demo_agent(*, users: list[Group]) -> bool:
             "system_prompt": "You are the IT help desk. Use the tools to open and check tickets, "
             "and answer questions from the handbook passages, citing them.",
             "route": route,
+            # Repeated and similar handbook questions are answered again without the model
+            # (agents.answer_cache): the demo shows it, in the trace and the audit trail.
+            "answer_cache": AnswerCache.SIMILAR,
         },
     )
     if agent_created:

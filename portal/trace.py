@@ -125,6 +125,11 @@ def _step(step) -> dict:
     if step.kind == StepKind.MODEL:
         calls = output.get("tool_calls") or []
         row["summary"] = ", ".join(f"calls {c['name']}" for c in calls) or "answers"
+        if hit := output.get("answer_cache"):  # agents.answer_cache: no model asked
+            row["summary"] = (
+                f"answers from the answer cache ({hit['tier']} question, similarity "
+                f"{hit['similarity']}, {hit['tokens_saved']} tokens saved)"
+            )
         row["fallbacks"] = output.get("fallbacks") or []
         row["cached"] = output.get("cached", False)
         row["confidence"] = output.get("confidence")

@@ -67,6 +67,11 @@ MODEL_COOLDOWNS = Counter(
 MODEL_CACHE = Counter(
     "warden_model_cache_lookups", "Response cache lookups (result: hit, miss).", ["result"]
 )
+ANSWER_CACHE = Counter(
+    "warden_answer_cache_hits",
+    "Questions answered from the answer cache (tier: exact, similar), no model asked.",
+    ["tier"],
+)
 TOOL_CALLS = Counter(
     "warden_tool_calls",
     "Tool calls by tool and how they ended (succeeded, failed, denied, awaiting_approval, ...).",

@@ -15,6 +15,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from agents.answer_cache import cached_answers_invalidate
 from agents.faults import failpoint, transient
 from agents.knowledge.chunking import Piece, chunk
 from agents.knowledge.embedders import Embedder, EmbeddingError, embedder_for
@@ -260,6 +261,8 @@ def _replace_chunks(
         )
         if not base.embedded_with:
             KnowledgeBase.objects.filter(pk=base.pk).update(embedded_with=embedder.identity)
+        # What its readers were answered may have changed: added, or read again changed.
+        cached_answers_invalidate(knowledge_base_ids=[base.pk])
         audit_record(
             actor=None,
             action="knowledge.document_ingested",
@@ -343,6 +346,7 @@ def knowledge_base_reembed(*, knowledge_base_id: int) -> int:
             with transaction.atomic():
                 Chunk.objects.bulk_update(chunks, ["embedding"], batch_size=500)
                 bases.update(reembed_done=F("reembed_done") + 1)
+                cached_answers_invalidate(knowledge_base_ids=[base.pk])  # it retrieves anew
             total += len(chunks)
     except BaseException:
         bases.update(reembed_total=0, reembed_done=0)  # not under way any more
