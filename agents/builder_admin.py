@@ -240,7 +240,11 @@ class BuilderMixin(_ModelAdmin):
             return _refused(status, detail, text)
         messages.error(request, capfirst(detail))
         request.session[f"{DRAFT}.{agent.pk}"] = text  # the page puts it back in the box
-        kept = conversation if conversation and conversation.isdigit() else None
+        kept = (
+            conversation
+            if conversation and conversation.isascii() and conversation.isdigit()
+            else None
+        )
         return HttpResponseRedirect(f"{back}?conversation={kept}" if kept else back)
 
 

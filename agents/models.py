@@ -220,14 +220,19 @@ class Agent(models.Model):
 
 def version_route_deleted(collector, field, sub_objs, using) -> None:
     """SET_NULL for a deleted route's versions, but a route that the live version of an agent
-    runs on cannot be deleted: every run of that agent would fail (a draft may have moved the
-    agent itself to another route, so the agent's own PROTECT does not hold it)."""
+    or a running release's candidate runs on cannot be deleted: every run it serves would fail
+    (a draft may have moved the agent itself to another route, so the agent's own PROTECT does
+    not hold it)."""
+    live = Agent.objects.using(using).filter(live_version__in=sub_objs).values("live_version")
+    candidates = Release.objects.using(using).filter(
+        state=ReleaseState.RUNNING, candidate__in=sub_objs
+    )
     serving = AgentVersion.objects.using(using).filter(
-        pk__in=Agent.objects.using(using).filter(live_version__in=sub_objs).values("live_version")
+        models.Q(pk__in=live) | models.Q(pk__in=candidates.values("candidate"))
     )
     if serving.exists():
         # The admin's delete page lists them as what protects the route.
-        raise models.ProtectedError("a live agent version runs on it", set(serving))
+        raise models.ProtectedError("a serving agent version runs on it", set(serving))
     models.SET_NULL(collector, field, sub_objs, using)
 
 

@@ -560,13 +560,14 @@ def _answer_cache(held: _Run) -> _CacheAsk | None:
     """The run's cache scope, if its answer may come from the cache or go into it: an agent
     with the cache on, a run of a version, a standalone question (the conversation's first:
     a follow-up means what the conversation before it says), no file attached to the
-    conversation (its base is its alone: nobody to share with), no personal data in it."""
+    conversation (its base is its alone: nobody to share with), no personal data in it; not an
+    evaluation's (sandboxed) run, whose latency, tokens and score are the version's own."""
     from agents.answer_cache import answer_scope
     from agents.knowledge.selectors import readable_ids
     from audit.pii import find
 
     agent, run = held.agent, held.run
-    if agent.answer_cache == AnswerCache.OFF or run.version_id is None:
+    if agent.answer_cache == AnswerCache.OFF or run.version_id is None or run.sandbox:
         return None
     if sum(1 for m in held.messages if m["role"] in (MessageRole.USER, MessageRole.ASSISTANT)) != 1:
         return None

@@ -79,13 +79,20 @@ def release_candidate(*, agent: Agent, conversation: Conversation | None) -> Age
         first = Run.objects.filter(
             conversation_id=conversation_id, created_at__gte=OuterRef("started_at")
         ).order_by("created_at", "pk")
-        running = running.annotate(given=Subquery(first.values("version_id")[:1]))
+        before = Run.objects.filter(
+            conversation_id=conversation_id, created_at__lt=OuterRef("started_at")
+        )
+        running = running.annotate(
+            given=Subquery(first.values("version_id")[:1]), earlier=Exists(before)
+        )
     release = running.select_related("candidate__route").order_by().first()
     if release is None:
         return None
     given = getattr(release, "given", None)
     if given is not None:
         return release.candidate if given == release.candidate_id else None
+    if getattr(release, "earlier", False):  # begun before the release: it keeps its version
+        return None
     if conversation_id is not None:
         chosen = release_bucket(release.pk, conversation_id) < release.share
     else:  # its run records the draw, and its next runs follow that run

@@ -147,7 +147,8 @@ class ReleaseAdmin(_ModelAdmin):
         form.base_fields["agent"].queryset = agents  # type: ignore[attr-defined]
         versions = AgentVersion.objects.filter(agent__in=agents).select_related("agent")
         agent_id = request.GET.get("agent") or request.POST.get("agent")
-        if agent_id and str(agent_id).isdigit():
+        # Digits only, and few enough for a bigint: anything else filters nothing.
+        if agent_id and agent_id.isascii() and agent_id.isdigit() and len(agent_id) <= 18:
             versions = versions.filter(agent_id=int(agent_id))
         form.base_fields["candidate"].queryset = versions.order_by("agent__name", "-number")  # type: ignore[attr-defined]
         return form

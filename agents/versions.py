@@ -117,16 +117,20 @@ def behaviour_config(agent: Agent) -> dict:
 
 
 def version_record(
-    *, agent: Agent, actor, reason: str = "", release: bool = True
+    *, agent: Agent, actor, reason: str = "", release: bool | None = True
 ) -> AgentVersion | None:
     """Record the agent's behaviour as its next version if it differs from its newest one (the
     first version if it has none); None if nothing changed. `release`: the new version serves
-    every run from now on (the console may instead start a release with it as candidate).
+    every run from now on (the console may instead start a release with it as candidate);
+    None: only if the newest version served (a change on top of a draft stays a draft).
     Audited, in the caller's transaction if there is one."""
     with transaction.atomic():
         config, head_id, head_config = _current(agent.pk, lock=True)
         if head_config == config:
             return None
+        if release is None:
+            live = Agent.objects.filter(pk=agent.pk).values_list("live_version", flat=True)
+            release = head_id is None or live.get() == head_id
         return _create(agent, config, head_id, actor=actor, reason=reason, release=release)
 
 
@@ -175,6 +179,8 @@ def version_release(*, agent: Agent, version: AgentVersion, actor) -> None:
     """Make `version` serve every run of its agent from now on (agents.releases promotes)."""
     if version.agent_id != agent.pk:
         raise VersionError(f"v{version.number} is not a version of {agent.name}")
+    if version.route_id is None:
+        raise VersionError(f"v{version.number}'s model route was deleted: it cannot serve")
     with transaction.atomic():
         _go_live(agent, version, actor=actor)
 
@@ -216,14 +222,17 @@ def version_serving(*, agent: Agent, conversation: Conversation | None) -> Agent
     """The version that serves a new run of `agent` in `conversation` (None: not saved yet): a
     release's candidate for the conversations it was given, else the live version. A change to
     the agent that no version holds yet is recorded first (OUTSIDE); so is a first version.
-    Two queries when nothing changed and no release runs; one more when one runs."""
+    Such a change serves at once only if the version it changes served (an edit in place, as
+    before versions): on top of a draft or a release's candidate it is a draft too, never
+    released by a run's start. Two queries when nothing changed and no release runs; one more
+    when one runs."""
     running = Release.objects.filter(agent_id=OuterRef("pk"), state=ReleaseState.RUNNING)
     row = _config_query(agent.pk).annotate(releasing=Exists(running)).values(*_ROW, "releasing")
     found = row.get()
     config, head_id, head_config = _config_of(found), found["head_id"], found["head_config"]
     if head_config != config:
-        recorded = version_record(agent=agent, actor=None, reason=OUTSIDE)
-        if recorded is not None:
+        recorded = version_record(agent=agent, actor=None, reason=OUTSIDE, release=None)
+        if recorded is not None and recorded.pk == agent.live_version_id:
             return recorded
     if found["releasing"]:
         from agents.releases import release_candidate

@@ -24,6 +24,7 @@ from django.db import transaction
 from agents.evaluation.owners import access_evaluation_set
 from agents.evaluation.services import EvaluationError, evaluation_case_add
 from agents.models import Agent, EvaluationCase, EvaluationExpect, EvaluationSet, Feedback, Rating
+from agents.selectors import unreadable_sources
 from audit.pii import as_seen_by
 from governance.access import NoAccess
 from tools.models import Tool
@@ -144,7 +145,16 @@ def evaluation_case_from_feedback(
     if run.agent_id != evaluation_set.agent_id:
         raise CaseRefused(f"The run was not answered by {evaluation_set.agent}, the set's agent.")
     liked = feedback.rating == Rating.UP
-    if liked:
+    # The answer drew on a knowledge base the actor may not read: none of it goes into the case
+    # (agents.selectors.unreadable_sources, as every surface that shows a run).
+    hidden = run.pk in unreadable_sources(actor, [run.pk])[0]
+    if liked and hidden:
+        facts, citations = [], []
+        notes = (
+            f"From a thumbs-up on run {run.pk}, whose answer drew on a knowledge base you may "
+            "not read: set what a good answer holds."
+        )
+    elif liked:
         facts = _shown(_facts_of(run.answer))
         titles = [c.get("title", "") for c in run.citations or [] if isinstance(c, dict)]
         citations = [t for t in dict.fromkeys(titles) if isinstance(t, str) and t]

@@ -10,6 +10,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.core import mail
 from django.db import IntegrityError, transaction
+from django.db.models import ProtectedError
 from django.utils import timezone
 
 from agents.evaluation.services import evaluation_set_create
@@ -155,18 +156,22 @@ def test_a_new_conversation_keeps_the_version_its_first_message_drew(agent, memb
     assert set(served) == {v1.pk, v2.pk}  # both drawn (a 2**-39 chance of not)
 
 
-def test_a_conversation_from_before_the_release_is_placed_by_its_hash(agent, member, owner):
+def test_a_conversation_begun_before_the_release_keeps_its_version(agent, member, owner):
+    """Sticky per conversation: no thread changes version in its middle; those the release
+    finds empty are placed by their hash."""
     v1, v2 = versions(agent)
-    conversations = [Conversation.objects.create(owner=member, agent=agent) for _ in range(20)]
-    for conversation in conversations:
+    begun = [Conversation.objects.create(owner=member, agent=agent) for _ in range(20)]
+    for conversation in begun:
         ask(agent, member, conversation, execute=False)  # v1 served them before
+    empty = [Conversation.objects.create(owner=member, agent=agent) for _ in range(20)]
     release = start(agent, owner, share=50)
 
-    served = {c.pk: ask(agent, member, c, execute=False).version_id for c in conversations}
+    served = {c.pk: ask(agent, member, c, execute=False).version_id for c in begun + empty}
 
-    assert served == {
-        c.pk: v2.pk if release_bucket(release.pk, c.pk) < 50 else v1.pk for c in conversations
+    assert served == {c.pk: v1.pk for c in begun} | {
+        c.pk: v2.pk if release_bucket(release.pk, c.pk) < 50 else v1.pk for c in empty
     }
+    assert {served[c.pk] for c in empty} == {v1.pk, v2.pk}  # a 2**-19 chance of not
 
 
 def test_without_a_running_release_everyone_gets_the_live_version(agent, member, owner):
@@ -546,20 +551,21 @@ def test_an_ab_release_is_never_promoted_by_the_judge(agent, member, owner):
     ]
 
 
-def test_a_baseline_that_cannot_be_restored_still_stops_the_candidate(agent, member, owner):
+def test_neither_version_s_route_can_be_deleted_while_the_release_runs(agent, member, owner):
+    """Both serve: the baseline (live) and the candidate (agents.models.version_route_deleted),
+    so the judge can always restore the baseline."""
     v1, v2 = versions(agent)
     release = start(agent, owner, share=50, max_error_rate=Decimal("20"), min_runs=1)
     while not Run.objects.filter(version=v2).exists():
         ask(agent, member)
-    ModelRoute.objects.get(pk=v1.config["route"]).delete()  # v1 cannot be served again
+
+    for version in (v1, v2):
+        with pytest.raises(ProtectedError):
+            ModelRoute.objects.get(pk=version.config["route"]).delete()
 
     assert releases_judge() == {release.pk: ReleaseState.ROLLED_BACK}
-
     release.refresh_from_db()
-    assert release.ended_reason == (
-        "error rate 100.00% is over its limit of 20.00% (the agent's config was not restored: "
-        "v1's model route was deleted: it cannot be restored)"
-    )
+    assert release.ended_reason == "error rate 100.00% is over its limit of 20.00%"
     assert release_candidate(agent=agent, conversation=None) is None
 
 

@@ -252,3 +252,13 @@ def test_a_draft_saved_during_a_release_leaves_it_running(client, agent):
     release.refresh_from_db()
     assert release.state == ReleaseState.RUNNING
     assert not AuditEvent.objects.filter(action="release.stopped").exists()
+
+
+@pytest.mark.parametrize("given", ["²", "9" * 30, "x"])
+def test_an_odd_agent_in_the_add_page_s_address_filters_nothing(client, agent, owner, given):
+    client.force_login(owner)
+
+    page = client.get(f"{reverse('admin:agents_release_add')}?agent={given}")
+
+    assert page.status_code == 200
+    assert not Release.objects.exists()

@@ -392,6 +392,45 @@ def test_an_agent_that_was_rolled_back_can_still_be_deleted(agent, people):
     assert not AgentVersion.objects.filter(agent_id=agent.pk).exists()
 
 
+def test_a_change_outside_the_console_on_top_of_a_draft_stays_a_draft(
+    agent, people, django_capture_on_commit_callbacks
+):
+    """Deleting a tool the draft uses changes the agent's row: the run that finds it records
+    it, but puts nothing of the draft live."""
+    first = version_record(agent=agent, actor=people.admin, reason="Launch")
+    Agent.objects.filter(pk=agent.pk).update(system_prompt=PROMPT_2)
+    draft = version_record(agent=agent, actor=people.admin, release=False)
+    agent.tools.clear()  # a shell, say, or a tool deleted
+    conversation = Conversation.objects.create(owner=people.member, agent=agent)
+
+    with django_capture_on_commit_callbacks():
+        run = run_start(agent=agent, conversation=conversation, actor=people.member, input="hi")
+
+    third = AgentVersion.objects.get(agent=agent, number=3)
+    assert (third.reason, third.config["system_prompt"], draft.number) == (OUTSIDE, PROMPT_2, 2)
+    assert run.version == first
+    assert Agent.objects.get(pk=agent.pk).live_version == first
+    assert events("agent.version_released") == [{"version": 1}]
+
+
+def test_the_route_a_running_release_s_candidate_runs_on_cannot_be_deleted(agent, people, server):
+    from agents.releases import release_start
+
+    version_record(agent=agent, actor=people.admin)
+    first_route = agent.route
+    Agent.objects.filter(pk=agent.pk).update(route=other_route(server, "canary"))
+    candidate = version_record(agent=agent, actor=people.admin, release=False)
+    release_start(agent=agent, candidate=candidate, actor=people.admin, share=10)
+    Agent.objects.filter(pk=agent.pk).update(route=first_route)  # a later draft moves back
+    version_record(agent=agent, actor=people.admin, release=False)
+
+    with pytest.raises(ProtectedError) as e:
+        candidate.route.delete()
+
+    assert e.value.protected_objects == {candidate}
+    assert AgentVersion.objects.get(pk=candidate.pk).route_id is not None
+
+
 def test_the_route_the_live_version_runs_on_cannot_be_deleted(agent, people, server):
     """A draft moved the agent to another route; the live version still runs on the first."""
     live = version_record(agent=agent, actor=people.admin)
