@@ -52,8 +52,11 @@ def owns_an_agent(request: HttpRequest) -> bool:
     """Whether the viewer owns an agent (asked by every admin page's app list: once a request)."""
     if not hasattr(request, "_evaluation_owner"):
         user = request.user
+        # A superuser sees the menu without a query (each set is still checked when opened).
         request._evaluation_owner = bool(  # type: ignore[attr-defined]
-            user.is_active and user.is_staff and evaluation_agents(user).exists()
+            user.is_active
+            and user.is_staff
+            and (user.is_superuser or evaluation_agents(user).exists())
         )
     return bool(request._evaluation_owner)  # type: ignore[attr-defined]
 

@@ -188,9 +188,8 @@ def test_the_versions_page_lists_who_when_why_what_and_runs_served_in_fixed_quer
     client.get(versions(agent))  # the session and the user, cached from here
 
     # The session, the user, the agent, and its versions with their authors, the versions
-    # they restored and the runs each served: one query however many versions and runs; and
-    # the admin's menu asking whether releases may be added (any agent this user may change).
-    with django_assert_num_queries(5):
+    # they restored and the runs each served: one query however many versions and runs.
+    with django_assert_num_queries(4):
         response = client.get(versions(agent))
 
     page = response.content.decode()

@@ -295,9 +295,16 @@ def test_every_cursor_paginated_list_is_found():
         assert expected in lists
 
 
+def filled(pattern: str, governed) -> str:
+    """The list's address with the governed world's agent or knowledge base in it."""
+    if pattern.startswith("/api/v1/agents/<slug:slug>"):
+        return pattern.replace("<slug:slug>", governed.agent.slug)
+    return pattern.replace("<slug:slug>", governed.knowledge_base.slug)
+
+
 @pytest.mark.parametrize("pattern", cursor_paginated())
 def test_a_crafted_cursor_is_a_400_on_every_list(client, governed, full_access, pattern):
-    url = pattern.replace("<slug:slug>", governed.knowledge_base.slug)
+    url = filled(pattern, governed)
     assert client.get(url, **full_access).status_code == 200  # the list itself answers
     answers = {}
 
@@ -317,6 +324,7 @@ SPARSE = {  # lists this test leaves empty or nearly: their cursors are crafted 
     "/api/v1/escalations",
     "/api/v1/knowledge-bases",
     "/api/v1/knowledge-bases/<slug:slug>/documents",
+    "/api/v1/agents/<slug:slug>/versions",
 }
 
 
@@ -335,7 +343,7 @@ def test_the_cursors_warden_writes_still_page_both_ways(
             state=RunState.SUCCEEDED,
         )
         Feedback.objects.create(run=answered, author=people.admin, rating="up")
-    url = pattern.replace("<slug:slug>", governed.knowledge_base.slug)
+    url = filled(pattern, governed)
     everything = client.get(url, {"limit": 200}, **full_access).json()["results"]
     assert len(everything) >= 2 or pattern in SPARSE
     forward, link = [], f"{url}?limit=1"
