@@ -394,6 +394,8 @@ SPECTACULAR_SETTINGS = {
     # Two models have a `kind`: each its own enum, by name.
     "ENUM_NAME_OVERRIDES": {
         "RunKindEnum": "agents.models.RunKind",
+        "RunStateEnum": "agents.models.RunState",
+        "EvaluationStateEnum": "agents.models.EvaluationState",
         "ToolKindEnum": "tools.models.ToolKind",
     },
     "POSTPROCESSING_HOOKS": [
