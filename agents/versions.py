@@ -111,11 +111,6 @@ def _current(agent_id: int, *, lock: bool = False) -> tuple[dict, int | None, di
     return _config_of(row), row["head_id"], row["head_config"]
 
 
-def behaviour_config(agent: Agent) -> dict:
-    """The config a version of `agent` would hold now (JSON: ids, and decimals as strings)."""
-    return _current(agent.pk)[0]
-
-
 def version_record(
     *, agent: Agent, actor, reason: str = "", release: bool | None = True
 ) -> AgentVersion | None:
@@ -273,14 +268,6 @@ def served_ids(agent: Agent, field: str) -> list[int]:
     if served is not None:
         return list(served.config[field])
     return list(getattr(agent, field).values_list("pk", flat=True))
-
-
-@dataclass(frozen=True)
-class Change:
-    field: str
-    label: str
-    before: Any
-    after: Any
 
 
 def version_changes(before: dict | None, after: dict) -> list[dict]:
