@@ -36,9 +36,30 @@ from agents.models import Agent, AnswerCache, CachedAnswer, Run
 _MARKER = re.compile(r"\[(\d{1,3})\]")
 
 
+# Contractions written out, so "what's" and "what is" are one question ("can't" keeps its "not").
+_CONTRACTIONS = (
+    (re.compile(r"\b(can)'?t\b"), r"\1not"),
+    (re.compile(r"\bwon'?t\b"), "will not"),
+    (re.compile(r"\b([a-z]+)n't\b"), r"\1 not"),
+    (re.compile(r"\b(what|where|when|who|how|it|that|there)'s\b"), r"\1 is"),
+    (re.compile(r"\b([a-z]+)'re\b"), r"\1 are"),
+    (re.compile(r"\b([a-z]+)'ve\b"), r"\1 have"),
+    (re.compile(r"\b([a-z]+)'ll\b"), r"\1 will"),
+    (re.compile(r"\bi'm\b"), "i am"),
+)
+# Punctuation around words (a trailing "?", quotes, commas, brackets): inside a word
+# ("non-birth", "3.5", "e-mail") it stays, and so do signs that mean something ("3.5%", "$20").
+_MARKS = "?!.,;:\"'\u201c\u201d\u2018\u2019()\\[\\]{}\u2026"
+_AROUND = re.compile(rf"(?:(?<=\s)|^)[{_MARKS}]+|[{_MARKS}]+(?=\s|$)")
+
+
 def normalised(question: str) -> str:
-    """The question as the exact tier compares it: case and spacing do not count."""
-    return " ".join(question.lower().split())
+    """The question as the exact tier compares it: case, spacing, punctuation around words and
+    contractions do not count ("What's the VPN's address?" is "what is the vpn's address")."""
+    text = question.lower().replace("\u2019", "'")
+    for pattern, written in _CONTRACTIONS:
+        text = pattern.sub(written, text)
+    return " ".join(_AROUND.sub(" ", text).split())
 
 
 def question_hash(question: str) -> str:
@@ -100,9 +121,7 @@ def cached_answer_find(
     if row is None:
         return None, vector
     similarity = 1.0 - float(row[-1])
-    if similarity < settings.WARDEN_ANSWER_CACHE_SIMILARITY or not same_negations(
-        question, row[-2]
-    ):
+    if similarity < settings.WARDEN_ANSWER_CACHE_SIMILARITY or not may_match(question, row[-2]):
         return None, vector
     return _found(row, similarity=round(similarity, 4), exact=False), vector
 
@@ -118,20 +137,24 @@ _SCAN_SETTINGS = (
 )
 
 
-_WORD = re.compile(r"[a-z]+")
+_WORD = re.compile(r"[a-z0-9]+")
 # Words that turn a question into its opposite ("non-birth parents", "can't"): sentence
-# embeddings barely register them (the held-out pairs' one false match at the threshold was
-# "birth" / "non-birth parents", 0.972).
+# embeddings barely register them ("birth" / "non-birth parents": 0.972).
 _NEGATIONS = frozenset({"no", "non", "not", "never", "without", "nor", "cannot", "t"})
 
 
-def same_negations(asked: str, kept: str) -> bool:
-    """Whether two questions carry the same negating words: a similar hit needs it."""
+def may_match(asked: str, kept: str) -> bool:
+    """Whether a similar hit may join two questions at all: the same negating words, and the
+    same numbers ("delayed 2 hours" / "4 hours": 0.976; "the 3rd floor" / "the 5th")."""
 
-    def negations(text: str) -> set[str]:
-        return {w for w in _WORD.findall(text.lower()) if w in _NEGATIONS}
+    def marks(text: str) -> tuple[set[str], set[str]]:
+        words = _WORD.findall(text.lower())
+        return (
+            {w for w in words if w in _NEGATIONS},
+            {w for w in words if any(c.isdigit() for c in w)},
+        )
 
-    return negations(asked) == negations(kept)
+    return marks(asked) == marks(kept)
 
 
 def embed_question(question: str) -> list[float]:

@@ -125,22 +125,24 @@ def workload(questions: int, seed: int, users: dict[str, list]) -> list[dict]:
             variants, fact = rng.choices(shared, weights)[0]
             # The family's most-asked wording half the time, else a paraphrase.
             text = variants[0] if rng.random() < 0.5 else rng.choice(variants)
-            kind = "popular"
+            kind, family = "popular", f"p{shared.index((variants, fact))}"
         elif roll < 0.74:
             user = rng.choice(users["staff"]) if rng.random() < 0.8 else rng.choice(everyone)
             variants, fact = rng.choice(staff)
             text, kind = rng.choice(variants), "runbook"
+            family = f"r{staff.index((variants, fact))}"
         elif roll < 0.86 and once:
             user = rng.choice(everyone)
             text, fact = once.pop()
-            kind = "once"
+            kind, family = "once", None
         elif roll < 0.93:
             user = rng.choice(everyone)
-            text, fact, kind = rng.choice(lookalikes), None, "look-alike"
+            text, fact, kind, family = rng.choice(lookalikes), None, "look-alike", None
         else:
             user = rng.choice(everyone)
             variants, fact = rng.choices(shared, weights)[0]
             text, kind = rng.choice(variants), "follow-up"
+            family = f"p{shared.index((variants, fact))}"
         follows = None
         if kind == "follow-up" and asked_by[user]:
             follows = rng.choice(asked_by[user])
@@ -149,7 +151,15 @@ def workload(questions: int, seed: int, users: dict[str, list]) -> list[dict]:
         if follows is None:
             asked_by[user].append(i)
         asks.append(
-            {"i": i, "user": user, "text": text, "fact": fact, "kind": kind, "follows": follows}
+            {
+                "i": i,
+                "user": user,
+                "text": text,
+                "fact": fact,
+                "kind": kind,
+                "family": family,
+                "follows": follows,
+            }
         )
     return asks
 
@@ -250,6 +260,7 @@ def replay(mode: str, asks: list[dict], agent) -> dict:
     crossed, lookalike_hits, similar_hits = [], 0, []
     known, right = 0, 0
     states: dict[str, int] = defaultdict(int)
+    each: list[dict] = []
     started = time.perf_counter()
     for ask in asks:
         user = users[ask["user"]]
@@ -265,6 +276,15 @@ def replay(mode: str, asks: list[dict], agent) -> dict:
         used += run.prompt_tokens + run.completion_tokens
         step = RunStep.objects.filter(run=run, kind=StepKind.MODEL).order_by("index").first()
         hit = (step.output.get("answer_cache") if step else None) or None
+        each.append(
+            {
+                "i": ask["i"],
+                "state": run.state,
+                "tokens": run.prompt_tokens + run.completion_tokens,
+                "hit": hit and hit["tier"],
+                "kept": CachedAnswer.objects.filter(run=run).exists(),
+            }
+        )
         if hit is not None:
             hits[hit["tier"]] += 1
             saved[hit["tier"]] += hit["tokens_saved"]
@@ -273,7 +293,11 @@ def replay(mode: str, asks: list[dict], agent) -> dict:
                 crossed.append({"ask": ask["i"], "entry": entry.pk})
             if hit["tier"] == "similar":
                 similar_hits.append(
-                    {"asked": ask["text"], "kept": entry.question, "similarity": hit["similarity"]}
+                    {
+                        "asked": ask["text"],
+                        "kept": entry.question,
+                        "similarity": hit["similarity"],
+                    }
                 )
             if ask["kind"] == "look-alike" and entry.question.lower() != ask["text"].lower():
                 lookalike_hits += 1
@@ -300,7 +324,26 @@ def replay(mode: str, asks: list[dict], agent) -> dict:
         "states": dict(states),
         "entries_kept": CachedAnswer.objects.count(),
         "seconds": round(time.perf_counter() - started, 1),
+        "asks": each,
     }
+
+
+def reachable(asks: list[dict], base: dict, cached: dict) -> float:
+    """The share of the no-cache replay's (`base`) tokens that a cache matching every
+    paraphrase and no look-alike would save: each standalone ask of a family (popular or
+    runbook) whose answer was kept before for someone with the same access, as the replay with
+    the cache (`cached`) kept them."""
+    kept: set[tuple] = set()
+    saved = 0
+    for ask, plain, done in zip(asks, base["asks"], cached["asks"], strict=True):
+        if ask["follows"] is not None or ask["family"] is None:
+            continue
+        key = (ask["family"], ask["user"].startswith("staff"))
+        if key in kept:
+            saved += plain["tokens"]
+        elif done["kept"]:
+            kept.add(key)
+    return saved / base["tokens_used"] if base["tokens_used"] else 0.0
 
 
 def main() -> None:
@@ -316,8 +359,6 @@ def main() -> None:
     if modes[0] != "none" or not set(modes) <= {"none", "exact", "similar"}:
         parser.error("--modes: none first, then exact and/or similar")
     with embedded(redis=True):
-        from django.conf import settings
-
         import agents.gateway.client  # noqa: F401 - registers warden-local
 
         began = time.perf_counter()
@@ -331,7 +372,14 @@ def main() -> None:
     base = results[0]["tokens_used"]
     print(f"workload: {len(asks)} questions {dict(kinds)}")
     print("askers: 4 members, 3 IT staff (they may also read the runbook)")
+    from django.conf import settings
+
     print(f"similarity threshold {settings.WARDEN_ANSWER_CACHE_SIMILARITY}")
+    ceiling = reachable(asks, results[0], results[-1]) if len(results) > 1 else 0.0
+    print(
+        f"a perfect matcher would save {ceiling:.1%} (every ask of a family whose answer was "
+        "kept before for the same access, served from it)"
+    )
     print(
         f"{'cache':<9}{'tokens':>9}{'saved':>8}{'exact hits, saved':>19}"
         f"{'similar hits, saved':>21}{'crossed':>9}{'right':>9}"
@@ -355,7 +403,13 @@ def main() -> None:
             f"{r['look_alike_hits']}; run states {r['states']}; {r['seconds']} s"
         )
     result = {
-        "workload": {"questions": len(asks), "kinds": dict(kinds), "seed": args.seed},
+        "ceiling": round(ceiling, 3),
+        "workload": {
+            "questions": len(asks),
+            "kinds": dict(kinds),
+            "seed": args.seed,
+            "asks": asks,
+        },
         "results": results,
     }
     if args.out:
