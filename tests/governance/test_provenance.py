@@ -347,7 +347,7 @@ VERBATIM = (
 
 def test_a_security_document_that_reports_an_attack_reaches_the_model(server, desk, people):
     """Scored lower and never quarantined: at most flagged and let through (the detector scores
-    this one near its threshold: 0.716 against 0.705 with the weights of 2026-12-06)."""
+    this one above its threshold: 0.835 against 0.741 with the weights of 2026-12-06)."""
     handbook(desk, people.member, ADVISORY, discusses_attacks=True)
     server.script("primary", Reply.say("The advisory [1]."))
 
