@@ -148,7 +148,7 @@ def may_match(asked: str, kept: str) -> bool:
     same numbers ("delayed 2 hours" / "4 hours": 0.976; "the 3rd floor" / "the 5th")."""
 
     def marks(text: str) -> tuple[set[str], set[str]]:
-        words = _WORD.findall(text.lower())
+        words = _WORD.findall(normalised(text))  # "can't" is "cannot", "isn't" is "is not"
         return (
             {w for w in words if w in _NEGATIONS},
             {w for w in words if any(c.isdigit() for c in w)},

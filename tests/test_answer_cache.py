@@ -304,6 +304,8 @@ def test_a_question_that_negates_or_numbers_the_kept_one_otherwise_is_never_a_si
         "How much leave do non-birth parents get?",
     )
     assert may_match("How do I reset my password?", "How can I reset my password?")
+    assert may_match("Why isn't my VPN connecting?", "Why is not my VPN connecting?")
+    assert not may_match("Why isn't my VPN connecting?", "Why is my VPN connecting?")
 
 
 @pytest.mark.parametrize(
