@@ -297,6 +297,19 @@ class ReleaseState(models.TextChoices):
     STOPPED = "stopped"
 
 
+def _rate_limit(label: str, help_text: str) -> models.DecimalField:
+    """A release guard that is a percentage of the candidate's runs (none: not guarded)."""
+    return models.DecimalField(
+        label,
+        max_digits=5,
+        decimal_places=2,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0), MaxValueValidator(100)],
+        help_text=help_text,
+    )
+
+
 class Release(models.Model):
     """A candidate version of an agent serving `share` percent of its conversations beside the
     baseline (the live version when it started), each conversation sticking to the version it
@@ -324,42 +337,22 @@ class Release(models.Model):
     state = models.CharField(
         max_length=12, choices=ReleaseState.choices, default=ReleaseState.RUNNING
     )
-    max_error_rate = models.DecimalField(
+    max_error_rate = _rate_limit(
         "max error rate (%)",
-        max_digits=5,
-        decimal_places=2,
-        null=True,
-        blank=True,
-        validators=[MinValueValidator(0), MaxValueValidator(100)],
-        help_text="Of the candidate's finished runs, the percentage that failed.",
+        "Of the candidate's finished runs, the percentage that failed.",
     )
-    max_escalation_rate = models.DecimalField(
+    max_escalation_rate = _rate_limit(
         "max escalation rate (%)",
-        max_digits=5,
-        decimal_places=2,
-        null=True,
-        blank=True,
-        validators=[MinValueValidator(0), MaxValueValidator(100)],
-        help_text="Of its settled runs (finished, or waiting for a reviewer), the percentage "
+        "Of its settled runs (finished, or waiting for a reviewer), the percentage "
         "that asked a reviewer (a tool call's approval or a held answer).",
     )
-    max_held_rate = models.DecimalField(
+    max_held_rate = _rate_limit(
         "max held-answer rate (%)",
-        max_digits=5,
-        decimal_places=2,
-        null=True,
-        blank=True,
-        validators=[MinValueValidator(0), MaxValueValidator(100)],
-        help_text="Of its settled runs, the percentage whose answer was held for review.",
+        "Of its settled runs, the percentage whose answer was held for review.",
     )
-    max_thumbs_down_rate = models.DecimalField(
+    max_thumbs_down_rate = _rate_limit(
         "max thumbs-down rate (%)",
-        max_digits=5,
-        decimal_places=2,
-        null=True,
-        blank=True,
-        validators=[MinValueValidator(0), MaxValueValidator(100)],
-        help_text="Of its finished runs, the percentage someone rated not helpful.",
+        "Of its finished runs, the percentage someone rated not helpful.",
     )
     max_p95_latency_ms = models.PositiveIntegerField(
         "max p95 latency (ms)",
