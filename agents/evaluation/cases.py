@@ -28,6 +28,7 @@ from agents.selectors import unreadable_sources
 from audit.pii import as_seen_by
 from governance.access import NoAccess
 from tools.models import Tool
+from tools.schemas import unstorable_at
 
 FACTS_PREFILLED = 3  # sentences of a liked answer offered as its facts
 FACT_LENGTH = 300
@@ -111,6 +112,14 @@ def case_problems(
             say(field, f"A line is at most {FACT_LENGTH} characters.")
     if len(tools) > LINES_MOST:
         say("expected_tools", f"At most {LINES_MOST} lines.")
+    for field, value in (
+        ("question", question),
+        ("expected_facts", facts),
+        ("expected_citations", citations),
+        ("expected_tools", tools),
+    ):
+        if found := unstorable_at(value):
+            say(field, f"Not kept: {found[0] if found[0] != 'body' else 'the text'} {found[1]}.")
     names = {str(call["name"]) for call in tools}
     if unknown := sorted(names - known_tool_names(names)):
         say("expected_tools", "No tool is named " + ", ".join(unknown) + ".")

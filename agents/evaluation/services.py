@@ -41,7 +41,7 @@ from agents.models import (
 )
 from agents.services import RateLimited, RunError, lease_holder_name, run_cancel, run_start
 from audit.services import Target, audit_record
-from tools.schemas import text_problem
+from tools.schemas import unstorable_at
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +154,8 @@ def _set_fields(data: Mapping[str, Any]) -> tuple[str, str, Decimal]:
     description = data.get("description", "")
     if not isinstance(description, str):
         raise EvaluationError("the set's description is text")
+    if found := unstorable_at({"name": name, "description": description}):
+        raise EvaluationError(f"the set's {found[0]} {found[1]}")
     try:
         pass_mark = Decimal(str(data.get("pass_mark", "0.80")))
     except InvalidOperation:
@@ -184,8 +186,8 @@ def _case_read(case: Any, number: int) -> dict:
     question = case.get("question")
     if not isinstance(question, str) or not question.strip():
         raise wrong("the question is text")
-    if problem := text_problem(question):
-        raise wrong(f"the question {problem}")
+    if found := unstorable_at(dict(case)):  # every field, the question's included
+        raise wrong(f"{found[0]} {found[1]}")
     expect = case.get("expect", EvaluationExpect.ANSWER)
     if expect not in EvaluationExpect.values:
         raise wrong(f"expect is one of {', '.join(EvaluationExpect.values)}")

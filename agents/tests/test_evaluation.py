@@ -488,6 +488,12 @@ def test_an_evaluation_of_another_agent_s_version_is_refused(agent, user):
         ({"name": "x", "cases": [{"question": "q", "expect": "maybe"}]}, "case 1: expect is"),
         ({"name": "x", "cases": [{"question": "q", "expected_facts": "25"}]}, "case 1: expected_f"),
         ({"name": "x", "cases": [{"question": "q", "expected_tools": [{}]}]}, "case 1: expected_t"),
+        ({"name": "x", "cases": [{"question": "q\x00"}]}, "case 1: question contains a NUL"),
+        (
+            {"name": "x", "cases": [{"question": "q", "expected_facts": ["a\x00"]}]},
+            r"case 1: expected_facts\[0\] contains a NUL",
+        ),
+        ({"name": "x\x00", "cases": [{"question": "q"}]}, "the set's name contains a NUL"),
     ],
 )
 def test_a_bad_set_is_refused_and_nothing_is_written(agent, user, data, message):

@@ -119,6 +119,16 @@ def test_an_owner_adds_a_set_with_a_case_whose_lists_are_lines(client, owner, go
             "A case that should refuse or escalate expects no facts",
         ),
         ({"question": "   "}, "question", "This field is required."),
+        (
+            {"expected_facts": "$20\x00 a month"},
+            "expected_facts",
+            "contains a NUL character, which cannot be kept",
+        ),
+        (
+            {"expected_tools": 'create_ticket {"title": "a\\u0000b"}'},
+            "expected_tools",
+            "contains a NUL character, which cannot be kept",
+        ),
     ],
 )
 def test_a_case_that_makes_no_sense_is_refused_and_nothing_is_saved(
@@ -134,7 +144,7 @@ def test_a_case_that_makes_no_sense_is_refused_and_nothing_is_saved(
     assert EvaluationCase.objects.count() == 0
 
 
-def test_only_the_agent_s_owners_see_its_sets(client, people, governed, a_set):
+def test_only_the_agent_s_owners_see_its_sets(client, people, governed, a_set, version):
     reviewer = staff(people.reviewer)  # staff, owns no agent
     denied = staff(people.denied, owns=governed.agent)  # may change it, denied its use
     outsider = staff(people.outsider)
@@ -144,6 +154,8 @@ def test_only_the_agent_s_owners_see_its_sets(client, people, governed, a_set):
         assert client.get(SETS).status_code == 403
         assert client.get(f"{SETS}{a_set.pk}/change/").status_code in (302, 403)
         assert client.get(f"{SETS}{a_set.pk}/evaluate/").status_code in (403, 404)
+        started = client.post(f"{SETS}{a_set.pk}/evaluate/", {"version": version.pk})
+        assert started.status_code in (403, 404)
         posted = client.post(f"{SETS}{a_set.pk}/change/", case_form(question="Changed?"))
         assert posted.status_code in (302, 403)
         assert "Pricing" not in client.get("/admin/").content.decode()
