@@ -48,16 +48,21 @@ class Command(BaseCommand):
         if not sets:
             which = f"named {options['set_name']!r}" if options["set_name"] else "at all"
             raise CommandError(f"{agent.name} has no evaluation set {which}", returncode=BAD_INPUT)
+        # Every set's actor before anything runs: a bad one is told before an evaluation is paid.
+        actors = [_actor(options["user"], evaluation_set) for evaluation_set in sets]
         evaluations = []
-        for evaluation_set in sets:
-            actor = _actor(options["user"], evaluation_set)
+        for evaluation_set, actor in zip(sets, actors, strict=True):
             try:
                 evaluation = evaluation_start(
                     evaluation_set=evaluation_set, version=version, actor=actor, queue=False
                 )
             except EvaluationError as exc:
                 raise CommandError(str(exc), returncode=BAD_INPUT) from None
-            evaluations.append(evaluation_execute(evaluation_id=evaluation.pk))
+            try:
+                evaluation = evaluation_execute(evaluation_id=evaluation.pk)
+            except Exception:  # marked failed with its error (and logged): reported below
+                evaluation = EvaluationRun.objects.get(pk=evaluation.pk)
+            evaluations.append(evaluation)
         if options["json"]:
             self.stdout.write(json.dumps([_as_json(e) for e in evaluations], indent=2))
         else:
