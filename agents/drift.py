@@ -99,7 +99,10 @@ class Window:
         return [self.since + timedelta(days=i) for i in range((self.until - self.since).days + 1)]
 
     def __str__(self) -> str:
-        return f"{self.since:%Y-%m-%d}..{self.until:%Y-%m-%d}"
+        return f"{self.since.isoformat()}..{self.until.isoformat()}"  # 4-digit years
+
+
+REFERENCE_MOST_DAYS = 366  # a year's days at most, whatever the year
 
 
 def reference_before(day: date, days: int | None = None) -> Window:
@@ -489,6 +492,13 @@ def drift_reference_pin(
     """Compare the agent's days after `until` with since..until (audited
     `agent.drift_reference_pinned`). The window must have ended: it is a past that was right."""
     window = Window(since, until)  # raises ValueError if it is backwards
+    if (until - since).days + 1 > REFERENCE_MOST_DAYS:
+        # Every check reads the window day by day: a typo such as 0202-01-01 would make each
+        # page and the nightly check walk some 700,000 days.
+        raise ValueError(
+            f"a reference window is at most {REFERENCE_MOST_DAYS} days: {window} is "
+            f"{(until - since).days + 1} days"
+        )
     if until >= timezone.localdate():
         raise ValueError(f"a reference window must have ended: {until} is not before today")
     with transaction.atomic(durable=True):

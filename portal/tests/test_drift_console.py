@@ -190,6 +190,23 @@ def test_a_backwards_window_is_refused_with_a_message_and_nothing_pinned(client,
     assert not DriftReference.objects.exists()
 
 
+def test_a_window_of_more_than_a_year_is_refused_and_nothing_pinned(client, people, drifted):
+    client.force_login(people.admin)
+
+    response = client.post(
+        f"{DRIFT}{drifted.pk}/reference/",
+        {"since": "0202-01-01", "until": "2026-10-01"},
+        follow=True,
+    )
+
+    shown = [str(m) for m in response.context["messages"]]
+    assert shown == [
+        "The reference was not pinned: a reference window is at most 366 days: "
+        "0202-01-01..2026-10-01 is 666477 days."
+    ]
+    assert not DriftReference.objects.exists()
+
+
 def test_pinning_needs_its_permission_and_a_denial_writes_nothing(client, people, drifted):
     client.force_login(_staff(people, "view_run"))
 
