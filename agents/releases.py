@@ -356,6 +356,8 @@ class Percentile(Aggregate):
     output_field = FloatField()
 
     def __init__(self, expression: str, *, fraction: float, **extra: Any) -> None:
+        if not 0 <= fraction <= 1:
+            raise ValueError(fraction)
         super().__init__(expression, fraction=f"{float(fraction):.3f}", **extra)
 
 
@@ -590,10 +592,6 @@ def release_agents(user: Any) -> QuerySet[Agent]:
     if not is_active(user) or not user.is_staff:
         return Agent.objects.none()
     return get_objects_for_user(user, "agents.change_agent", klass=Agent, accept_global_perms=True)
-
-
-def may_manage_release(user: Any, agent_id: int) -> bool:
-    return release_agents(user).filter(pk=agent_id).exists()
 
 
 def release_owners(agent: Agent) -> list[Any]:

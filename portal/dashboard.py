@@ -14,7 +14,6 @@ from django.contrib import admin
 from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied
 from django.db.models import (
-    Aggregate,
     Case,
     Count,
     DateField,
@@ -37,6 +36,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from agents.models import DriftCheck, Run, RunState, RunStep, StepKind, StepStatus
+from agents.releases import Percentile
 from audit.models import AuditEvent
 from audit.selectors import audit_recent_for, may_view_audit
 from governance import roles
@@ -257,19 +257,6 @@ def dashboard_range(params) -> tuple[RangeForm, date, date, int | None]:
     since, until = form.cleaned_data["range"]
     dated = form.cleaned_data.get("since") or form.cleaned_data.get("until")
     return form, since, until, None if dated else (form.cleaned_data.get("days") or DEFAULT_DAYS)
-
-
-class Percentile(Aggregate):
-    """PostgreSQL's percentile_cont: the value below which a fraction of the rows fall."""
-
-    function = "percentile_cont"
-    template = "%(function)s(%(fraction)s) WITHIN GROUP (ORDER BY %(expressions)s)"
-    output_field = FloatField()
-
-    def __init__(self, expression, *, fraction: float, **extra):
-        if not 0 <= fraction <= 1:
-            raise ValueError(fraction)
-        super().__init__(expression, fraction=f"{float(fraction):.3f}", **extra)
 
 
 class Epoch(Func):
