@@ -244,11 +244,15 @@ def test_a_draft_saved_during_a_release_leaves_it_running(client, agent):
     release = release_start(agent=agent, candidate=v2, actor=admin, share=25)
     client.force_login(admin)
 
-    client.post(
+    response = client.post(
         reverse("admin:agents_agent_change", args=[agent.pk]),
         form_data(Agent.objects.get(pk=agent.pk), max_steps=3, version_release="draft"),
     )
 
+    assert response.status_code == 302
+    assert AgentVersion.objects.filter(agent=agent).order_by("-number").first().number == 3
+    agent.refresh_from_db()
+    assert agent.live_version.number != 3  # a draft: the live version is not the new one
     release.refresh_from_db()
     assert release.state == ReleaseState.RUNNING
     assert not AuditEvent.objects.filter(action="release.stopped").exists()

@@ -375,9 +375,13 @@ def test_a_rollback_to_what_already_serves_is_refused_and_writes_nothing(agent, 
 
 def test_a_rollback_to_another_agents_version_is_refused(agent, people, governed):
     theirs = version_record(agent=governed.agent, actor=people.admin)
+    mine, before = AgentVersion.objects.filter(agent=agent).count(), AuditEvent.objects.count()
 
     with pytest.raises(VersionError, match="is not a version of"):
         version_rollback(agent=agent, version=theirs, actor=people.admin)
+
+    assert AgentVersion.objects.filter(agent=agent).count() == mine
+    assert AuditEvent.objects.count() == before
 
 
 def test_an_agent_that_was_rolled_back_can_still_be_deleted(agent, people):
@@ -483,20 +487,24 @@ def test_two_saves_at_once_number_their_versions_one_after_the_other(help_desk, 
     for thread in threads:
         thread.start()
     locked.wait(30)
-    # Let the holder commit only once the second writer is blocked on the agent's lock.
+    # Let the holder commit only once the second writer is blocked on the agent's lock
+    # (PostgreSQL has no event for that: polled, and the test fails if it never blocks).
+    blocked = False
     for _ in range(600):
         with connection.cursor() as cursor:
             cursor.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
                 "AND datname = current_database()"
             )
-            if cursor.fetchone()[0]:
-                break
+            blocked = bool(cursor.fetchone()[0])
+        if blocked:
+            break
         threading.Event().wait(0.05)
     waiting.set()
     for thread in threads:
         thread.join(30)
 
+    assert blocked, "the second writer never waited for the agent's lock"
     assert result["holder"].number == 2
     assert result["second"] is None
     assert list(AgentVersion.objects.filter(agent=help_desk).values_list("number", flat=True)) == [

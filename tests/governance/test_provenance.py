@@ -357,7 +357,11 @@ def test_a_security_document_that_reports_an_attack_reaches_the_model(server, de
     passage = RunStep.objects.get(run=run, kind="retrieval").output["passages"][0]
     assert not passage.get("quarantined")
     found = AuditEvent.objects.filter(run=str(run.pk), action="guardrail.found")
-    assert all(json.loads(event.data)["action"] == "flag" for event in found)
+    if "flagged" in passage:  # flagged: let through, said so, audited as a flag
+        assert passage["let_through"] == "security document"
+        assert [json.loads(event.data)["action"] for event in found] == ["flag"]
+    else:
+        assert not found.exists()
 
 
 @override_settings(WARDEN_INJECTION_SECURITY_THRESHOLD=1000)
