@@ -46,7 +46,7 @@ bench-cache: $(VENV)/.installed-dev  # the answer cache on a replayed workload (
 	$(BIN)/python bench/cache_replay.py --out var/cache_replay.json
 
 bench-audit: $(VENV)/.installed-dev
-	$(BIN)/python bench/audit_throughput.py
+	$(BIN)/python bench/audit_throughput.py --json var/audit_throughput.json
 
 bench-runtime: $(VENV)/.installed-bench
 	$(BIN)/python bench/runtime_overhead.py

@@ -300,7 +300,13 @@ def hash_key() -> bytes:
 
     if settings.WARDEN_PII_HASH_KEY:
         return settings.WARDEN_PII_HASH_KEY.encode()
-    return hmac.new(settings.SECRET_KEY.encode(), b"warden.pii.hash", hashlib.sha256).digest()
+    return _derived_key(settings.SECRET_KEY)
+
+
+@functools.lru_cache(maxsize=4)
+def _derived_key(secret: str) -> bytes:
+    """Derived once per secret: every audit event asks for the key."""
+    return hmac.new(secret.encode(), b"warden.pii.hash", hashlib.sha256).digest()
 
 
 # What `pseudonym` writes: a value's kind and the start of its keyed hash.

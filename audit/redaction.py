@@ -6,9 +6,13 @@ erased; the hash still tells two events about the same value apart from others."
 
 from __future__ import annotations
 
+import functools
+import json
 import re
 from collections.abc import Mapping
 from typing import Any
+
+from django.core.serializers.json import DjangoJSONEncoder
 
 from audit.pii import hash_key, pseudonymise
 
@@ -83,6 +87,7 @@ _TEXT_SECRETS = (
 _TEXT_SECRET_WORDS = re.compile(r"(?i)bearer|basic|token")  # the first pattern's words
 
 
+@functools.lru_cache(maxsize=4096)  # keys repeat: every event of a kind has the same ones
 def is_secret_key(key: str) -> bool:
     words = [word.lower() for word in _KEY_WORDS.findall(key)]
     if not words or (len(words) > 1 and words[-1] in _ABOUT_WORDS):
@@ -107,26 +112,46 @@ def scrub(text: str) -> str:
     return text if text.isascii() else text.encode("utf-8", "replace").decode("utf-8")
 
 
+_ENCODER = DjangoJSONEncoder()
+
+
 def redact(value: Any, *, key: bytes | None = None) -> Any:
-    """A copy of JSON-like `value` with secret-named keys' values replaced, text scrubbed and
+    """A JSON copy of `value` with secret-named keys' values replaced, text scrubbed and
     personal data in it (in strings, and numbers that are cards or phone numbers) pseudonymised.
 
-    A [name, value] pair (a header, a form field) whose name is a secret's counts as one.
+    A [name, value] pair (a header, a form field) whose name is a secret's counts as one. What
+    JSON has no type for becomes what `json.dumps(value, cls=DjangoJSONEncoder)` would write:
+    dates, decimals, UUIDs and lazy text their text, tuples lists, number keys text; anything
+    else raises TypeError.
     """
     key = hash_key() if key is None else key
+    if isinstance(value, str):
+        return pseudonymise(scrub(value), key=key)
     if isinstance(value, Mapping):
+        names = [scrub(_json_key(name)) for name in value]
         return {
-            scrub(str(name)): REDACTED if is_secret_key(str(name)) else redact(item, key=key)
-            for name, item in value.items()
+            name: REDACTED if is_secret_key(name) else redact(item, key=key)
+            for name, item in zip(names, value.values(), strict=True)
         }
     if isinstance(value, list | tuple):
         if len(value) == 2 and isinstance(value[0], str) and is_secret_key(value[0]):
             return [scrub(value[0]), REDACTED]
         return [redact(item, key=key) for item in value]
-    if isinstance(value, str):
-        return pseudonymise(scrub(value), key=key)
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**12:
+    if value is None or isinstance(value, bool | float):
+        return value
+    if isinstance(value, int):
+        if abs(value) < 10**12:
+            return value
         # A card number given as a JSON number; shorter numbers are counts and ids.
         text = pseudonymise(str(value), key=key)
         return value if text == str(value) else text
-    return value
+    return redact(_ENCODER.default(value), key=key)
+
+
+def _json_key(name: Any) -> str:
+    """A mapping's key as JSON writes it (it has only text keys)."""
+    if isinstance(name, str):
+        return name
+    if name is None or isinstance(name, bool | int | float):
+        return json.dumps(name)
+    raise TypeError(f"keys must be str, int, float, bool or None, not {type(name).__name__}")

@@ -18,13 +18,13 @@ one of them (its action fails and may be retried). Services write one stream per
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -124,8 +124,9 @@ def audit_record(
     stream, events = append_arguments([draft])
     with connection.cursor() as cursor:
         cursor.execute(_APPEND_ONE, [stream, events])
-        row = cursor.fetchone()
-    return AuditEvent(**dict(zip(_RETURNED_FIELDS, row, strict=True)))
+        drawn = cursor.fetchone()
+    # The database stores the draft's fields as they are; it only draws these.
+    return AuditEvent(**draft.fields, stream=stream, **dict(zip(_DRAWN, drawn, strict=True)))
 
 
 @dataclass(frozen=True)
@@ -154,9 +155,9 @@ def audit_draft(
         raise AuditError(f"action must be a dotted lower-case verb such as run.started: {action!r}")
     who, what = Actor.of(actor), Target.of(target)
     try:
-        clean = redact(json.loads(json.dumps(dict(data or {}), cls=DjangoJSONEncoder)))
+        clean = redact(dict(data or {}))
         text = chain.canonical_json(clean)  # rejects NaN and infinity
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise AuditError(f"audit data is not JSON: {exc}") from None
     run_ref = "" if run is None else scrub(str(run))[:64]
     conversation_ref = "" if conversation is None else scrub(str(conversation))[:64]
@@ -185,7 +186,7 @@ def append_arguments(drafts: list[Draft]) -> tuple[str, str]:
     if any(draft.stream != stream for draft in drafts):
         raise AuditError("one append writes one stream")
     for draft in drafts:
-        metrics.AUDIT_EVENTS.labels(action=draft.fields["action"]).inc()
+        _counter(draft.fields["action"]).inc()
     return stream, json.dumps([{**draft.fields, "content": draft.content} for draft in drafts])
 
 
@@ -203,9 +204,15 @@ def _default_stream(run: str, conversation: str, target: Target) -> str:
     return f"{target.type}:{target.id}" if target.id else target.type
 
 
-_RETURNED_FIELDS = (*chain.EVENT_FIELDS, "hash")
-_RETURNED_COLUMNS = ", ".join('"' + name + '"' for name in _RETURNED_FIELDS)
-_APPEND_ONE = f"SELECT {_RETURNED_COLUMNS} FROM audit_append(%s, %s::jsonb)"  # noqa: S608
+@functools.lru_cache(maxsize=1024)
+def _counter(action: str) -> Any:
+    """The events counter's child for `action`: `labels()` takes a lock on every call."""
+    return metrics.AUDIT_EVENTS.labels(action=action)
+
+
+# What `audit_append` draws under the stream's lock; the rest of the row is the draft's.
+_DRAWN = ("sequence", "time", "stream_seq", "prev_hash", "hash")
+_APPEND_ONE = f"SELECT {', '.join(_DRAWN)} FROM audit_append(%s, %s::jsonb)"  # noqa: S608
 
 
 def audit_anchor() -> AuditAnchor | None:

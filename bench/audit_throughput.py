@@ -1,20 +1,25 @@
 """Audit trail write throughput: chained events against plain INSERTs, 1, 2 and 8 writers.
 
-    .venv/bin/python bench/audit_throughput.py [--seconds 3]
+    .venv/bin/python bench/audit_throughput.py [--seconds 3] [--rounds 3] [--json FILE]
 
 Starts its own embedded PostgreSQL in a temporary directory. Each writer is a process that
 commits one event per transaction for the given time, as services do. "chained" is the real
 `audit_record` (stream lock, hash, append) with every writer on its own stream (unrelated
 runs); "one stream" puts every writer on the same stream (the worst case, serialised by design);
-"floor" INSERTs the same rows into a table with no chain, no trigger and no lock.
+"floor" INSERTs the same rows into a table with no chain, no trigger and no lock. The three are
+measured in turn, round after round, so a change in the machine's speed touches each alike; the
+table shows each figure's median and the range of the per-round ratios.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import os
+import statistics
 import time
+from pathlib import Path
 
 from _env import embedded
 
@@ -77,6 +82,10 @@ def measure(kind: str, writers: int, seconds: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved rounds per writer count (median kept)"
+    )
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
 
     with embedded():
@@ -89,27 +98,58 @@ def main() -> None:
             cursor.execute("CREATE TABLE bench_plain (LIKE audit_auditevent INCLUDING ALL)")
         print(
             f"audit write throughput, {os.cpu_count()} CPUs, {args.seconds:.0f} s per figure, "
-            "one event per transaction"
+            f"one event per transaction, median of {args.rounds} interleaved rounds"
         )
-        row = "{:>8} {:>13} {:>11} {:>6} {:>16}".format
-        print(row("writers", "chained ev/s", "floor ev/s", "ratio", "one stream ev/s"))
+        row = "{:>8} {:>13} {:>11} {:>6} {:>13} {:>16}".format
+        print(
+            row("writers", "chained ev/s", "floor ev/s", "ratio", "ratio range", "one stream ev/s")
+        )
+        figures = []
         for writers in (1, 2, 8):
-            chained = measure("chained", writers, args.seconds)
-            floor = measure("floor", writers, args.seconds)
-            shared = measure("one stream", writers, args.seconds)
+            rounds = [
+                {kind: measure(kind, writers, args.seconds) for kind in KINDS}
+                for _ in range(args.rounds)
+            ]
+            ratios = [each["chained"] / each["floor"] for each in rounds]
+            figure = {
+                "writers": writers,
+                **{kind: statistics.median(each[kind] for each in rounds) for kind in KINDS},
+                "ratio": statistics.median(ratios),
+                "ratios": ratios,
+            }
+            figures.append(figure)
             print(
                 row(
                     writers,
-                    f"{chained:,.0f}",
-                    f"{floor:,.0f}",
-                    f"{chained / floor:.2f}",
-                    f"{shared:,.0f}",
+                    f"{figure['chained']:,.0f}",
+                    f"{figure['floor']:,.0f}",
+                    f"{figure['ratio']:.2f}",
+                    f"{min(ratios):.2f}-{max(ratios):.2f}",
+                    f"{figure['one stream']:,.0f}",
                 )
             )
         from audit.selectors import audit_verify_chain
 
         report = audit_verify_chain()
         print(f"chain after the run: {report.summary()}")
+        if args.json:
+            args.json.write_text(
+                json.dumps(
+                    {
+                        "date": time.strftime("%Y-%m-%d"),
+                        "cpus": os.cpu_count(),
+                        "seconds": args.seconds,
+                        "rounds": args.rounds,
+                        "figures": figures,
+                        "chain": report.summary(),
+                    },
+                    indent=2,
+                )
+                + "\n"
+            )
+
+
+KINDS = ("chained", "floor", "one stream")
 
 
 if __name__ == "__main__":

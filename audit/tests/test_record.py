@@ -1,8 +1,12 @@
 import contextlib
+import datetime
+import decimal
 import json
+import uuid
 
 import pytest
 from django.contrib.auth.models import Group
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import DatabaseError, connection, transaction
 
 from audit import chain
@@ -106,6 +110,54 @@ def test_data_that_is_not_json_is_refused():
         audit_record(
             actor=None, action="test.happened", target=Target("t"), data={"x": float("nan")}
         )
+
+
+def test_data_json_has_no_type_for_is_stored_as_djangos_encoder_writes_it():
+    when = datetime.datetime(2026, 12, 6, 9, 30, 15, 123456, tzinfo=datetime.UTC)
+    data = {
+        "at": when,
+        "day": when.date(),
+        "amount": decimal.Decimal("12.50"),
+        "id": uuid.UUID(int=7),
+        "pair": ("a", 1),
+        3: "three",
+        True: "yes",
+        None: "none",
+        2.5: "half",
+        "nested": {"at": [when, {"amount": decimal.Decimal("0.1")}]},
+    }
+    with transaction.atomic():
+        event = audit_record(actor=None, action="test.happened", target=Target("t"), data=data)
+
+    stored = AuditEvent.objects.get(sequence=event.sequence)
+    assert json.loads(stored.data) == json.loads(json.dumps(data, cls=DjangoJSONEncoder))
+    assert stored.hash == chain.event_hash(stored.as_chain_dict())
+
+
+@pytest.mark.parametrize(
+    "data", [{"x": {1, 2}}, {"x": object()}, {("a", "b"): 1}], ids=["set", "object", "tuple key"]
+)
+def test_data_json_cannot_hold_is_refused_and_nothing_written(data):
+    before = AuditEvent.objects.count()
+    with pytest.raises(AuditError, match="not JSON"), transaction.atomic():
+        audit_record(actor=None, action="test.happened", target=Target("t"), data=data)
+    assert AuditEvent.objects.count() == before
+
+
+def test_the_event_returned_is_the_row_stored(django_user_model):
+    alice = django_user_model.objects.create_user("alice")
+    with transaction.atomic():
+        event = audit_record(
+            actor=alice,
+            action="run.started",
+            target=Target("agents.run", "7", "run \x00seven"),
+            data={"note": "café", "api_key": "sk-1"},
+            run=7,
+        )
+
+    stored = AuditEvent.objects.get(sequence=event.sequence)
+    fields = [field.attname for field in AuditEvent._meta.concrete_fields]
+    assert [getattr(event, name) for name in fields] == [getattr(stored, name) for name in fields]
 
 
 def test_secrets_are_redacted_wherever_they_are_nested():
