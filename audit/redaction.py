@@ -105,6 +105,8 @@ def scrub(text: str) -> str:
     surrogate). The patterns run only on text that has what each of them needs (a scheme's
     `://`, a parameter's `=`, or one of their words): most text has none, and every audit
     event scrubs a dozen strings."""
+    if not text:
+        return text
     if "=" in text or "://" in text or _TEXT_SECRET_WORDS.search(text):
         for pattern, replacement in _TEXT_SECRETS:
             text = pattern.sub(replacement, text)

@@ -23,7 +23,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.db import connection, transaction
 from django.utils import timezone
@@ -125,12 +125,12 @@ def audit_record(
     with connection.cursor() as cursor:
         cursor.execute(_APPEND_ONE, [stream, events])
         drawn = cursor.fetchone()
-    # The database stores the draft's fields as they are; it only draws these.
-    return AuditEvent(**draft.fields, stream=stream, **dict(zip(_DRAWN, drawn, strict=True)))
+    # The database stores the draft's fields as they are and draws the rest: the row is these.
+    values = {**draft.fields, "stream": stream, **dict(zip(_DRAWN, drawn, strict=True))}
+    return AuditEvent.from_db(connection.alias, _ATTNAMES, [values[name] for name in _ATTNAMES])
 
 
-@dataclass(frozen=True)
-class Draft:
+class Draft(NamedTuple):  # a tuple: built for every event, at a third of a dataclass's cost
     """An event checked, redacted and serialised, not yet on its stream's chain."""
 
     stream: str
@@ -210,6 +210,7 @@ def _counter(action: str) -> Any:
     return metrics.AUDIT_EVENTS.labels(action=action)
 
 
+_ATTNAMES = [field.attname for field in AuditEvent._meta.concrete_fields]
 # What `audit_append` draws under the stream's lock; the rest of the row is the draft's.
 _DRAWN = ("sequence", "time", "stream_seq", "prev_hash", "hash")
 _APPEND_ONE = f"SELECT {', '.join(_DRAWN)} FROM audit_append(%s, %s::jsonb)"  # noqa: S608
