@@ -332,3 +332,20 @@ def test_the_lexical_score_counts_the_terms_the_model_was_trained_on():
     texts = [variant for text in _corpus_sample() for variant in _variants(text)[:3]]
     for text in [*texts, *texts]:  # twice: the second time from the kept look-ups
         assert lexical_logit(text) == reference(text), text[:80]
+
+
+def test_the_encoders_word_cache_gives_the_tokenizers_own_ids():
+    """The encoder's tokenizer keeps each word's pieces (injection.WordCachedTokenizer); the
+    pure-Python SentencePiece port it wraps is the definition. Same ids, window for window,
+    the second time from the kept words too."""
+    from governance.guardrails.injection import _encoder, windows
+
+    cached = _encoder()._tokenizer
+    own = cached.tokenizer
+    edges = ["", " ", "  x  ", "\u2581\u2581a b", "a\u2581b", "\x00\x01", "日本語の文", "é" * 40]
+    texts = [window for text in _corpus_sample() for window in windows(text)] + edges
+    assert len(texts) > 300
+    for text in [*texts, *texts]:
+        expected = own.encode(text, out_type=int, add_bos=True, add_eos=True)
+        assert cached.encode(text, out_type=int, add_bos=True, add_eos=True) == expected, text
+    assert cached.words  # the cache is what was used
