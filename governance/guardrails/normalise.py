@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 DATA = Path(__file__).resolve().parent / "data"
 # What is read of one input: the head and the tail (a huge tool output is cut, not refused).
@@ -69,7 +70,9 @@ _SPACED = re.compile(r"(?<![^\s])(?:\S ){3,}\S(?![^\s])")
 def fold(text: str) -> str:
     """NFKC, invisible characters out, confusables to ASCII, spaced-out letters joined, runs
     of spaces folded."""
-    text = unicodedata.normalize("NFKC", text).translate(_table())
+    text = unicodedata.normalize("NFKC", text)
+    if _maps_any(text, _table()):
+        text = text.translate(_table())
     text = _SPACED.sub(lambda match: match.group(0).replace(" ", ""), text)
     return re.sub(r"[ \t\u00a0]+", " ", text)
 
@@ -94,9 +97,16 @@ def _confusables() -> dict[str, str]:
 def hidden_characters(text: str) -> int:
     """How many characters `fold` removes (format, control), plus one if a look-alike letter
     is present: either is a sign of masking."""
-    removed = len(text) - len(text.translate(_deletions()))
-    look_alike = not text.isascii() and text.translate(_confusable_table()) != text
+    deletions = _deletions()
+    removed = sum(text.count(char) for char in set(text) if ord(char) in deletions)
+    look_alike = not text.isascii() and _maps_any(text, _confusable_table())
     return removed + int(look_alike)
+
+
+def _maps_any(text: str, table: dict[int, Any]) -> bool:
+    """Whether `table` maps a character of `text`: asked of its distinct characters (a few
+    dozen), not of each one as str.translate does."""
+    return any(ord(char) in table for char in set(text))
 
 
 def _printable(decoded: bytes) -> str | None:

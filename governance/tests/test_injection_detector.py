@@ -14,7 +14,7 @@ from django.test import override_settings
 
 from governance.guardrails.data.corpus import A, T, corpus, written
 from governance.guardrails.injection import scan, threshold
-from governance.guardrails.normalise import fold, views
+from governance.guardrails.normalise import fold, hidden_characters, views
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -176,6 +176,11 @@ def test_normalising_folds_masks_and_decodes():
     assert views(json.dumps({"a": "first half", "b": ["second half"]}))[0].text == (
         "a\nfirst half\nb\nsecond half"
     )
+    assert fold("plain text, nothing to map") == "plain text, nothing to map"
+    # Each removed character counts, a look-alike letter once.
+    assert hidden_characters("a\u200bb\u200bc\u00ad") == 3
+    assert hidden_characters("p\u0430yp\u0430l") == 1
+    assert hidden_characters("café, naïve") == 0
 
 
 def test_held_out_templates_never_reach_training():
