@@ -30,7 +30,7 @@ from django.utils import timezone
 
 from audit import chain
 from audit.models import ActorType, AuditAnchor, AuditEvent, chain_time
-from audit.redaction import redact, scrub
+from audit.redaction import as_json, redact, scrub
 from telemetry import metrics
 
 ACTION_PATTERN = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
@@ -155,7 +155,7 @@ def audit_draft(
         raise AuditError(f"action must be a dotted lower-case verb such as run.started: {action!r}")
     who, what = Actor.of(actor), Target.of(target)
     try:
-        clean = redact(dict(data or {}))
+        clean = redact(as_json(dict(data or {})))
         text = chain.canonical_json(clean)  # rejects NaN and infinity
     except (TypeError, ValueError, RecursionError) as exc:
         raise AuditError(f"audit data is not JSON: {exc}") from None

@@ -1,13 +1,16 @@
 import contextlib
 import datetime
 import decimal
+import enum
 import json
+import types
 import uuid
 
 import pytest
 from django.contrib.auth.models import Group
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import DatabaseError, connection, transaction
+from django.utils.translation import gettext_lazy
 
 from audit import chain
 from audit.models import AuditEvent, AuditStream
@@ -134,8 +137,37 @@ def test_data_json_has_no_type_for_is_stored_as_djangos_encoder_writes_it():
     assert stored.hash == chain.event_hash(stored.as_chain_dict())
 
 
+def test_values_made_json_are_redacted_as_json():
+    """Conversion comes before redaction: a lazy header name is a name, an IntEnum card a
+    number, exactly as when the data went through json.dumps and json.loads first."""
+
+    class Card(enum.IntEnum):
+        TEST = 4111111111111111
+
+    with transaction.atomic():
+        event = audit_record(
+            actor=None,
+            action="test.happened",
+            target=Target("t"),
+            data={"header": [gettext_lazy("Authorization"), "Bearer abc.def"], "card": Card.TEST},
+        )
+
+    stored = json.loads(AuditEvent.objects.get(sequence=event.sequence).data)
+    assert stored["header"] == ["Authorization", REDACTED]
+    assert stored["card"].startswith("[CARD:")
+    assert "4111111111111111" not in AuditEvent.objects.get(sequence=event.sequence).data
+
+
 @pytest.mark.parametrize(
-    "data", [{"x": {1, 2}}, {"x": object()}, {("a", "b"): 1}], ids=["set", "object", "tuple key"]
+    "data",
+    [
+        {"x": {1, 2}},
+        {"x": object()},
+        {("a", "b"): 1},
+        {"password": {1, 2}},
+        {"x": types.MappingProxyType({"a": 1})},
+    ],
+    ids=["set", "object", "tuple key", "set under a secret's key", "mapping proxy"],
 )
 def test_data_json_cannot_hold_is_refused_and_nothing_written(data):
     before = AuditEvent.objects.count()
