@@ -257,10 +257,17 @@ def test_an_answer_drawn_from_a_base_the_reader_may_not_read_is_hidden(
         set=a_set, version=version, started_by=people.admin, state="succeeded"
     )
     result_of(
-        evaluation, a_set.cases.get(), people.admin, "The board said 42.", True, 1.0, base=secret
+        evaluation,
+        a_set.cases.get(),
+        people.admin,
+        "The board approved Project Quartz-7731.",
+        True,
+        1.0,
+        base=secret,
     )
 
     body = client.get(f"/api/v1/evaluations/{evaluation.pk}", **bearer(owner, BOTH)).json()
 
     assert body["results"][0]["answer"] == HIDDEN
-    assert "42" not in json.dumps(body)
+    # Words of the answer, not a number a timestamp or an id could also hold.
+    assert "Quartz" not in json.dumps(body)
