@@ -470,9 +470,11 @@ DATABASES["default"]["OPTIONS"]["prepare_threshold"] = (
 )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# Django's Redis cache, its client shared by the whole process (ops.cache: Django's own opened a
+# connection per ASGI request).
 CACHES = {
     "default": {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "BACKEND": "ops.cache.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "warden",
     }

@@ -1,0 +1,39 @@
+"""Django's Redis cache with one client, and so one connection pool, per process.
+
+Django keeps a cache backend per thread and per asyncio context (`caches` is an asgiref
+`Local`), and under ASGI every request runs in a context of its own: each request built a new
+`RedisCache`, whose client built a new connection pool, whose first command opened a new
+connection to Redis (the API's throttle, the first thing to touch the cache, paid a connect and
+a handshake on every call). redis-py's pools are thread-safe and reset themselves in a forked
+child, so the backends of one process can share them.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from functools import cached_property
+from typing import Any
+
+from django.core.cache.backends.redis import RedisCache as DjangoRedisCache
+from django.core.cache.backends.redis import RedisCacheClient
+
+_clients: dict[tuple[str, ...], RedisCacheClient] = {}
+_lock = threading.Lock()
+
+
+class RedisCache(DjangoRedisCache):
+    def __init__(self, server: str | list[str], params: dict[str, Any]) -> None:
+        super().__init__(server, params)
+        self._shared_servers = re.split("[;,]", server) if isinstance(server, str) else server
+        self._shared_options = params.get("OPTIONS", {})
+
+    @cached_property
+    def _cache(self) -> RedisCacheClient:
+        key = (*self._shared_servers, repr(sorted(self._shared_options.items())))
+        with _lock:
+            client = _clients.get(key)
+            if client is None:
+                client = RedisCacheClient(self._shared_servers, **self._shared_options)
+                _clients[key] = client
+        return client
