@@ -210,10 +210,11 @@ def test_held_out_figures_do_not_drop():
     attacks = [hit for hit, row in zip(flagged, rows, strict=True) if row.label]
     benign = [hit for hit, row in zip(flagged, rows, strict=True) if not row.label]
     security = [hit for hit, row in zip(flagged, rows, strict=True) if row.family == "security_doc"]
+    written_templates = {item.template for item in written()}
     documents = [  # data/written.json's held-out rows: whole documents written elsewhere
         (hit, row.label)
         for hit, row in zip(flagged, rows, strict=True)
-        if row.template in {item.template for item in written()}
+        if row.template in written_templates
     ]
 
     assert sum(attacks) / len(attacks) >= 0.82  # 0.855 measured
