@@ -471,12 +471,19 @@ DATABASES["default"]["OPTIONS"]["prepare_threshold"] = (
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Django's Redis cache, its client shared by the whole process (ops.cache: Django's own opened a
-# connection per ASGI request).
+# connection per ASGI request). One pool for every request's thread: a command waits up to 5 s
+# for a free connection when all of them are busy, instead of failing ("Too many connections",
+# which redis-py's default pool raises at 100), and fails as Redis being unavailable after.
 CACHES = {
     "default": {
         "BACKEND": "ops.cache.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "warden",
+        "OPTIONS": {
+            "pool_class": "redis.BlockingConnectionPool",
+            "max_connections": env_int("WARDEN_CACHE_REDIS_CONNECTIONS", 100, minimum=1),
+            "timeout": 5,
+        },
     }
 }
 # redis-py 8 times every socket read out after 5 s, and channels_redis blocks each read of a

@@ -5,7 +5,12 @@ Django keeps a cache backend per thread and per asyncio context (`caches` is an 
 `RedisCache`, whose client built a new connection pool, whose first command opened a new
 connection to Redis (the API's throttle, the first thing to touch the cache, paid a connect and
 a handshake on every call). redis-py's pools are thread-safe and reset themselves in a forked
-child, so the backends of one process can share them.
+child, so the backends of one process can share them (settings.CACHES makes the pool one that
+waits for a free connection rather than failing when every connection is busy).
+
+A fork while another thread holds the pool's lock (for a list operation) would leave the
+child's pool locked: redis-py's reset takes that lock. Warden's processes fork before they use
+the cache from other threads (Celery's prefork pool) or exec at once (the launcher).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The web process's cache (ops.cache): one Redis client per process, not one per request."""
 
 import contextvars
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
@@ -10,6 +11,7 @@ from django.core.cache import caches
 from django.test import AsyncClient
 
 from integrations.tokens import token_create
+from ops.cache import RedisCache
 
 pytestmark = pytest.mark.django_db
 
@@ -40,8 +42,19 @@ def test_api_requests_reuse_the_processs_redis_connections(people):
     assert connections_received() - before <= 3
 
 
-def test_backends_of_different_contexts_share_one_client():
-    async def client_here():
-        return caches.create_connection("default")._cache
+def test_two_backends_of_one_process_share_one_client():
+    assert caches.create_connection("default")._cache is caches.create_connection("default")._cache
 
-    assert async_to_sync(client_here)() is async_to_sync(client_here)()
+
+def test_a_crowd_of_commands_waits_for_a_connection_instead_of_failing():
+    # Every request's thread shares one pool now: a crowd of commands larger than the pool
+    # waits for a free connection, where redis-py's default pool raised "Too many connections".
+    options = {**settings.CACHES["default"]["OPTIONS"], "max_connections": 2}
+    backend = RedisCache(settings.REDIS_URL, {"OPTIONS": options, "KEY_PREFIX": "crowd"})
+    backend.set("key", "value")
+    with redis.Redis.from_url(settings.REDIS_URL) as client:
+        client.client_pause(300)  # every command waits 300 ms, holding its connection
+        with ThreadPoolExecutor(8) as pool:
+            values = list(pool.map(lambda _: backend.get("key"), range(8)))
+
+    assert values == ["value"] * 8
