@@ -159,7 +159,7 @@ def outside_report(show_misses: bool) -> None:
         security = [
             score
             for score, row in scores
-            if not row["label"] and row["kind"].split(".")[0] in _SECURITY_KINDS
+            if not row["label"] and _SECURITY_KINDS & set(row["kind"].split("."))
         ]
         auc = sum((a > b) + 0.5 * (a == b) for a in attacks for b in benign)
         print(
