@@ -15,7 +15,6 @@ the cache from other threads (Celery's prefork pool) or exec at once (the launch
 
 from __future__ import annotations
 
-import re
 import threading
 from functools import cached_property
 from typing import Any
@@ -28,17 +27,15 @@ _lock = threading.Lock()
 
 
 class RedisCache(DjangoRedisCache):
-    def __init__(self, server: str | list[str], params: dict[str, Any]) -> None:
-        super().__init__(server, params)
-        self._shared_servers = re.split("[;,]", server) if isinstance(server, str) else server
-        self._shared_options = params.get("OPTIONS", {})
+    # Django's backend parses LOCATION and OPTIONS into these; django-stubs does not declare them.
+    _servers: list[str]
+    _options: dict[str, Any]
 
     @cached_property
     def _cache(self) -> RedisCacheClient:
-        key = (*self._shared_servers, repr(sorted(self._shared_options.items())))
+        key = (*self._servers, repr(sorted(self._options.items())))
         with _lock:
             client = _clients.get(key)
             if client is None:
-                client = RedisCacheClient(self._shared_servers, **self._shared_options)
-                _clients[key] = client
+                client = _clients[key] = RedisCacheClient(self._servers, **self._options)
         return client
