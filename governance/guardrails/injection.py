@@ -2,8 +2,9 @@
 
 A text is first normalised (normalise.py: NFKC, format characters and variation selectors
 out, UTS #39 confusables to ASCII, base64 / hex / URL-encoded runs decoded and scored as texts
-of their own, a JSON document read as its strings joined). Each view is cut into windows of a
-few sentences, and each window is scored by:
+of their own, a JSON document read as its strings joined, short field names left out). Each
+view is cut into windows of a few sentences; a window of fewer than MIN_WORDS words is not
+scored, and each other window is scored by:
 
 - a lexical model: logistic regression over word uni- and bigrams and character 3- and 5-grams
   (misspellings and inflections share most of their n-grams), numpy only;
@@ -46,6 +47,10 @@ WINDOW_CHARS = 520
 # costs ~6 ms on one core, and reading the second (or every window) caught nothing more on the
 # held-out and written sets.
 ENCODED_WINDOWS = 1
+# Fewer words than this is a status, a name or a number, not an order: such a window is not
+# scored (the encoder and the lexical model, which learnt from sentences, were confident and
+# wrong about single words such as "user" or "result").
+MIN_WORDS = 3
 
 _AI = (
     r"(?:ai|a\.i\.|assistant|ai assistant|assistants|llm|language model|chatbot|bot|agent|"
@@ -359,6 +364,8 @@ def _languages_of_stopwords() -> dict[str, tuple[str, ...]]:
 
 
 _STOPWORD_LANGS = _languages_of_stopwords()
+# Thai, Lao, Tibetan, Myanmar, Khmer; CJK from the radicals on, kana and Hangul included.
+_UNSPACED = re.compile(r"[\u0e00-\u0fff\u1000-\u109f\u1780-\u17ff\u2e80-\ud7ff\uf900-\ufaff]")
 _SENTENCE = re.compile(r"(?<=[.!?\n])\s+")
 
 
@@ -546,6 +553,23 @@ def _language(sentence: str) -> str | None:
     return lang if best >= 3 and best > 1.5 * sorted(hits.values())[-2] else None
 
 
+def _word_count(text: str) -> int:
+    """How many words `text` has: a run of letters (digits beside them) is one, except in the
+    scripts written without spaces (Chinese, Japanese, Thai, ...), where two characters count
+    one. A number is not a word."""
+    count = 0
+    for word in _WORD.findall(text):
+        if word.isdigit():
+            continue
+        if _UNSPACED.search(word):
+            count += max(1, len(word) // 2)
+        else:
+            count += 1
+        if count >= MIN_WORDS:
+            break
+    return count
+
+
 def window_spans(text: str) -> list[tuple[int, int]]:
     """Runs of sentences up to WINDOW_CHARS (start, end), each overlapping the last by one
     sentence; a sentence longer than a window is cut."""
@@ -593,6 +617,8 @@ def window_signals(
             start = match.end()
     result = []
     for low, high in window_spans(text):
+        if _word_count(text[low:high]) < MIN_WORDS:
+            continue  # a word or two (a status, a name, a number): nothing to obey
         values: dict[str, float] = {}
         for name, spans in found.items():
             inside = [(a, b) for a, b in spans if low <= a < high]

@@ -9,8 +9,10 @@ and each UTS #39 confusable mapped to the ASCII letter it imitates (the table in
 data/confusables.json, generated from a packaged copy of Unicode's confusables.txt).
 `decoded_runs` finds encoded runs and returns what they decode to when that is text. `views`
 is every text the detector scores for one input: the folded text (for a JSON document, its
-strings joined, keys included, so an order split across fields reads as one) and each decoded
-run.
+strings joined, so an order split across fields reads as one) and each decoded run. A JSON
+document's field names are its schema, not its text: a short identifier key (`result`,
+`agent`, `temperature_c`) is left out, and a longer one (`note_to_the_assistant`) is read as
+its words.
 """
 
 from __future__ import annotations
@@ -159,8 +161,24 @@ def decoded_runs(text: str) -> Iterator[tuple[str, str]]:
                 return
 
 
+# A field name written as an identifier: ASCII letters and digits in parts joined by _ - . or
+# camelCase. Up to two parts it names a field; from three on it can say something.
+_IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:[_.-]+[A-Za-z0-9]+)*[_.-]*", re.A)
+_IDENTIFIER_PART = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+", re.A)
+
+
+def _key_text(key: str) -> str | None:
+    """What a JSON key says: None for a field name of one or two parts, the words of a longer
+    identifier, any other key (one with spaces, in another script) as it is."""
+    if len(key) > 64 or not _IDENTIFIER.fullmatch(key):
+        return key
+    parts = _IDENTIFIER_PART.findall(key)
+    return " ".join(parts) if len(parts) > 2 else None
+
+
 def json_strings(text: str) -> list[str] | None:
-    """The strings of a JSON document (keys included), or None when `text` is not one."""
+    """The strings of a JSON document, its keys as `_key_text` reads them, or None when `text`
+    is not one."""
     stripped = text.strip()
     if not stripped or stripped[0] not in '[{"':
         return None
@@ -177,7 +195,8 @@ def json_strings(text: str) -> list[str] | None:
         elif isinstance(value, dict):
             for key, item in reversed(list(value.items())):
                 stack.append(item)
-                stack.append(key)
+                if (said := _key_text(key)) is not None:
+                    stack.append(said)
         elif isinstance(value, list):
             stack.extend(reversed(value))
     return strings
