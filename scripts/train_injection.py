@@ -84,7 +84,13 @@ def _holds(window: str, payload: str) -> bool:
 
 def rows_to_windows(rows):
     """(window text, feature dict, label, group) for each window of each row's views."""
-    from governance.guardrails.injection import _SENTENCE, _language, unquoted, window_signals
+    from governance.guardrails.injection import (
+        _SENTENCE,
+        _language,
+        readable,
+        unquoted,
+        window_signals,
+    )
     from governance.guardrails.normalise import hidden_characters, views
 
     out = []
@@ -94,10 +100,12 @@ def rows_to_windows(rows):
         langs = {_language(s) for s in _SENTENCE.split(all_views[0].text)} - {None}
         for view in all_views:
             for window, values in window_signals(view, context_langs=langs, masked=masked):
+                if not readable(window):
+                    continue  # scored by its signals alone (injection._scan)
                 label = row.label
                 # A window of the text beside the attack is the carrier's own text; what an
                 # encoded run decodes to is the attack's (its words are not the payload's).
-                decoded = view.how not in ("text", "json")
+                decoded = view.how in ("base64", "hex", "url")
                 if label and row.payload and not decoded and not _holds(window, row.payload):
                     label = 0
                 out.append((window, values, label, row.template, unquoted(window, view.how)))

@@ -3,8 +3,8 @@
 A text is first normalised (normalise.py: NFKC, format characters and variation selectors
 out, UTS #39 confusables to ASCII, base64 / hex / URL-encoded runs decoded and scored as texts
 of their own, a JSON document read as its strings joined, short field names left out). Each
-view is cut into windows of a few sentences; a window of fewer than MIN_WORDS words is not
-scored, and each other window is scored by:
+view is cut into windows of a few sentences; a window of fewer than MIN_WORDS words is scored
+by its structural signals alone, and each other window by:
 
 - a lexical model: logistic regression over word uni- and bigrams and character 3- and 5-grams
   (misspellings and inflections share most of their n-grams), numpy only;
@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from governance.guardrails.normalise import DATA, View, hidden_characters, views
+from governance.guardrails.normalise import DATA, View, hidden_characters, run_words, views
 from governance.policy import Verdict, VerdictAction
 
 MODEL = DATA / "injection_model.npz"
@@ -47,9 +47,9 @@ WINDOW_CHARS = 520
 # costs ~6 ms on one core, and reading the second (or every window) caught nothing more on the
 # held-out and written sets.
 ENCODED_WINDOWS = 1
-# Fewer words than this is a status, a name or a number, not an order: such a window is not
-# scored (the encoder and the lexical model, which learnt from sentences, were confident and
-# wrong about single words such as "user" or "result").
+# Fewer words than this is a status, a name or a number, not an order: such a window is scored
+# by its structural signals alone (the encoder and the lexical model, which learnt from
+# sentences, were confident and wrong about single words such as "user" or "result").
 MIN_WORDS = 3
 
 _AI = (
@@ -364,8 +364,13 @@ def _languages_of_stopwords() -> dict[str, tuple[str, ...]]:
 
 
 _STOPWORD_LANGS = _languages_of_stopwords()
-# Thai, Lao, Tibetan, Myanmar, Khmer; CJK from the radicals on, kana and Hangul included.
-_UNSPACED = re.compile(r"[\u0e00-\u0fff\u1000-\u109f\u1780-\u17ff\u2e80-\ud7ff\uf900-\ufaff]")
+# Scripts written without spaces between words: Thai and Lao, Tibetan, Myanmar, Khmer; CJK
+# radicals, punctuation, kana and ideographs (Extension A and the compatibility ones too),
+# and the supplementary ideographs from Extension B on.
+_UNSPACED = re.compile(
+    "[\u0e00-\u0eff\u0f00-\u0fff\u1000-\u109f\u1780-\u17ff\u2e80-\u312f"
+    "\u31a0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]"
+)
 _SENTENCE = re.compile(r"(?<=[.!?\n])\s+")
 
 
@@ -553,21 +558,22 @@ def _language(sentence: str) -> str | None:
     return lang if best >= 3 and best > 1.5 * sorted(hits.values())[-2] else None
 
 
-def _word_count(text: str) -> int:
-    """How many words `text` has: a run of letters (digits beside them) is one, except in the
-    scripts written without spaces (Chinese, Japanese, Thai, ...), where two characters count
-    one. A number is not a word."""
+def readable(window: str) -> bool:
+    """Whether `window` has MIN_WORDS words, enough to be read by the models.
+
+    A run of letters is a word; an identifier is as many words as its parts (`ignore_all`,
+    `ignoreAll`: two), and a run of 20 letters or more one more per 20 (`ignoreallprevious...`
+    is not one word). In the scripts written without spaces (Chinese, Japanese, Thai, Lao,
+    Khmer, Myanmar, Tibetan) two characters count one. A number is not a word."""
     count = 0
-    for word in _WORD.findall(text):
-        if word.isdigit():
-            continue
-        if _UNSPACED.search(word):
-            count += max(1, len(word) // 2)
+    for run in _WORD.findall(window):
+        if _UNSPACED.search(run):
+            count += max(1, len(run) // 2)
         else:
-            count += 1
+            count += run_words(run)
         if count >= MIN_WORDS:
-            break
-    return count
+            return True
+    return False
 
 
 def window_spans(text: str) -> list[tuple[int, int]]:
@@ -617,8 +623,6 @@ def window_signals(
             start = match.end()
     result = []
     for low, high in window_spans(text):
-        if _word_count(text[low:high]) < MIN_WORDS:
-            continue  # a word or two (a status, a name, a number): nothing to obey
         values: dict[str, float] = {}
         for name, spans in found.items():
             inside = [(a, b) for a, b in spans if low <= a < high]
@@ -688,14 +692,18 @@ def _scan(text: str) -> Finding:
         lang for s in _SENTENCE.split(all_views[0].text) if (lang := _language(s)) is not None
     }
     scored = []  # (fast probability, window, features, signals)
+    short: tuple[float, dict[str, float]] = (-1.0, {})  # the best window too short to read
     for view in all_views:
         for window, values in window_signals(view, context_langs=main_langs, masked=masked):
+            if not readable(window):  # a status, a name, a number: only its signals count
+                short = max(short, (structural(values), values), key=lambda item: item[0])
+                continue
             vector = features(lexical_logit(unquoted(window, view.how), model), values)
             fast = _sigmoid(float(vector @ model["fast_coef"] + model["fast_bias"]))
             fast = max(fast, structural(values))
             scored.append((fast, window, vector, values))
     if not scored:
-        return Finding(0.0, ())
+        return _finding(max(0.0, short[0]), short[1])
     scored.sort(key=lambda item: item[0], reverse=True)
     best, _, _, values = scored[0]
     if _encoder_on():
@@ -717,12 +725,16 @@ def _scan(text: str) -> Finding:
             full = max(full, structural(item[3]))
             if full > best:
                 best, values = full, item[3]
+    return _finding(*max((best, values), short, key=lambda item: item[0]))
+
+
+def _finding(score: float, values: dict[str, float]) -> Finding:
     signals = tuple(
         name if weight == 1.0 else f"{name} (quoted)"
         for name, weight in values.items()
         if name != "discussion"
     )
-    return Finding(round(best, 3), signals)
+    return Finding(round(score, 3), signals)
 
 
 def injection_verdict(text: str, *, action: str, where: str) -> Verdict:

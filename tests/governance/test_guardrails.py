@@ -34,12 +34,10 @@ from tools.models import Tool
 def test_injection_detector_precision_and_recall():
     figures = injection_figures()
 
-    # 0.871 / 0.964 measured: 4 of 28 benign flagged, an AI policy ("the assistant must cite
-    # the handbook"), a JSON table of roles, "Previous instructions for the coffee machine" and
-    # "Can you ignore the typo above". The detector before the December sets flagged the first
-    # two (0.929 / 0.929); the December one is better on every set nobody here wrote (README,
-    # "Injection detection"), and worse on these 28 short texts written beside the patterns.
-    assert figures["precision"] >= 0.87, figures["false_alarms"]
+    # 0.931 / 0.964 measured: 2 of 28 benign flagged, a JSON table of roles and "Can you
+    # ignore the typo above and answer the question?" (the detector before the December sets
+    # flagged the table and an AI policy: 0.929 / 0.929).
+    assert figures["precision"] >= 0.92, figures["false_alarms"]
     assert figures["recall"] >= 0.85, figures["missed"]
 
 
