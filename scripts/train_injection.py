@@ -100,8 +100,8 @@ def rows_to_windows(rows):
         langs = {_language(s) for s in _SENTENCE.split(all_views[0].text)} - {None}
         for view in all_views:
             for window, values in window_signals(view, context_langs=langs, masked=masked):
-                if not readable(window):
-                    continue  # scored by its signals alone (injection._scan)
+                if view.how == "keys" or not readable(window):
+                    continue  # read for its signals alone (injection._scan)
                 label = row.label
                 # A window of the text beside the attack is the carrier's own text; what an
                 # encoded run decodes to is the attack's (its words are not the payload's).

@@ -2,9 +2,10 @@
 
 A text is first normalised (normalise.py: NFKC, format characters and variation selectors
 out, UTS #39 confusables to ASCII, base64 / hex / URL-encoded runs decoded and scored as texts
-of their own, a JSON document read as its strings joined, short field names left out). Each
-view is cut into windows of a few sentences; a window of fewer than MIN_WORDS words is scored
-by its structural signals alone, and each other window by:
+of their own, a JSON document read as its strings joined, short field names apart). Each
+view is cut into windows of a few sentences; a window of fewer than MIN_WORDS words, and the
+view of a JSON document's short field names, are scored by their structural signals alone
+(orders, never one signal), and each other window by:
 
 - a lexical model: logistic regression over word uni- and bigrams and character 3- and 5-grams
   (misspellings and inflections share most of their n-grams), numpy only;
@@ -30,6 +31,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from functools import cache, lru_cache
@@ -364,13 +366,14 @@ def _languages_of_stopwords() -> dict[str, tuple[str, ...]]:
 
 
 _STOPWORD_LANGS = _languages_of_stopwords()
-# Scripts written without spaces between words: Thai and Lao, Tibetan, Myanmar, Khmer; CJK
-# radicals, punctuation, kana and ideographs (Extension A and the compatibility ones too),
-# and the supplementary ideographs from Extension B on.
-_UNSPACED = re.compile(
-    "[\u0e00-\u0eff\u0f00-\u0fff\u1000-\u109f\u1780-\u17ff\u2e80-\u312f"
-    "\u31a0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]"
+# Scripts written without spaces between words. In Chinese and Japanese (CJK radicals,
+# punctuation, kana and ideographs, Extension A, compatibility ones, and from Extension B on)
+# a word is about two characters; in Thai, Lao, Tibetan, Myanmar and Khmer, whose vowels and
+# tones are characters of their own, about four.
+_UNSPACED_CJK = re.compile(
+    "[\u2e80-\u312f\u31a0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U000323af]"
 )
+_UNSPACED_SEA = re.compile("[\u0e00-\u0fff\u1000-\u109f\u1780-\u17ff\uaa60-\uaa7f]")
 _SENTENCE = re.compile(r"(?<=[.!?\n])\s+")
 
 
@@ -561,19 +564,36 @@ def _language(sentence: str) -> str | None:
 def readable(window: str) -> bool:
     """Whether `window` has MIN_WORDS words, enough to be read by the models.
 
-    A run of letters is a word; an identifier is as many words as its parts (`ignore_all`,
-    `ignoreAll`: two), and a run of 20 letters or more one more per 20 (`ignoreallprevious...`
-    is not one word). In the scripts written without spaces (Chinese, Japanese, Thai, Lao,
-    Khmer, Myanmar, Tibetan) two characters count one. A number is not a word."""
+    A word is a run of letters and their marks (a Devanagari or Thai vowel sign, an Arabic
+    vowel: not `\\w`, but inside the word), counted by `normalise.run_words` (an identifier
+    counts its parts, a number none). In the scripts written without spaces, two characters
+    count one in Chinese and Japanese, four in Thai, Lao, Khmer, Myanmar and Tibetan."""
     count = 0
-    for run in _WORD.findall(window):
-        if _UNSPACED.search(run):
+    for run in _word_runs().findall(window):
+        if _UNSPACED_CJK.search(run):
             count += max(1, len(run) // 2)
+        elif _UNSPACED_SEA.search(run):
+            count += max(1, len(run) // 4)
         else:
             count += run_words(run)
         if count >= MIN_WORDS:
             return True
     return False
+
+
+@cache
+def _word_runs() -> re.Pattern[str]:
+    """Runs of word characters and combining marks (categories Mn, Mc, Me): built on first use
+    from the Unicode database."""
+    marks, start = [], None
+    for code in range(0x300, 0x20000):
+        is_mark = unicodedata.category(chr(code)) in ("Mn", "Mc", "Me")
+        if is_mark and start is None:
+            start = code
+        elif not is_mark and start is not None:
+            marks.append(f"{re.escape(chr(start))}-{re.escape(chr(code - 1))}")
+            start = None
+    return re.compile(rf"(?:\w|[{''.join(marks)}])+")
 
 
 def window_spans(text: str) -> list[tuple[int, int]]:
@@ -692,11 +712,12 @@ def _scan(text: str) -> Finding:
         lang for s in _SENTENCE.split(all_views[0].text) if (lang := _language(s)) is not None
     }
     scored = []  # (fast probability, window, features, signals)
-    short: tuple[float, dict[str, float]] = (-1.0, {})  # the best window too short to read
+    # The best window read for its orders only: too short for the models, or field names.
+    short: tuple[float, dict[str, float]] = (-1.0, {})
     for view in all_views:
         for window, values in window_signals(view, context_langs=main_langs, masked=masked):
-            if not readable(window):  # a status, a name, a number: only its signals count
-                short = max(short, (structural(values), values), key=lambda item: item[0])
+            if view.how == "keys" or not readable(window):  # only its orders count
+                short = max(short, (structural(values), values), key=_by_score_and_signals)
                 continue
             vector = features(lexical_logit(unquoted(window, view.how), model), values)
             fast = _sigmoid(float(vector @ model["fast_coef"] + model["fast_bias"]))
@@ -725,7 +746,11 @@ def _scan(text: str) -> Finding:
             full = max(full, structural(item[3]))
             if full > best:
                 best, values = full, item[3]
-    return _finding(*max((best, values), short, key=lambda item: item[0]))
+    return _finding(*max((best, values), short, key=_by_score_and_signals))
+
+
+def _by_score_and_signals(item: tuple[float, dict[str, float]]) -> tuple[float, int]:
+    return item[0], len(item[1])
 
 
 def _finding(score: float, values: dict[str, float]) -> Finding:

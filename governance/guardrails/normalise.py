@@ -12,7 +12,8 @@ is every text the detector scores for one input: the folded text (for a JSON doc
 strings joined, so an order split across fields reads as one) and each decoded run. A JSON
 document's field names are its schema, not its text: a short identifier key (`result`,
 `agent`, `temperature_c`) is left out of it and read with the document's other such names as
-a view of their own, and a longer one (`note_to_the_assistant`) is read as its words.
+a view of their own, for orders only, and a longer one (`note_to_the_assistant`) is read as
+its words.
 """
 
 from __future__ import annotations
@@ -164,15 +165,26 @@ def decoded_runs(text: str) -> Iterator[tuple[str, str]]:
 # A field name written as an identifier: ASCII letters and digits in parts joined by _ - . or
 # camelCase.
 _IDENTIFIER = re.compile(r"[A-Za-z0-9]+(?:[_.-]+[A-Za-z0-9]+)*[_.-]*", re.A)
-# The words of a run of letters and digits: an identifier's parts (snake_case, camelCase,
-# ALLCAPS) or a run of letters in any script; digits and underscores are not words.
-_PART = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[^\W\d_A-Za-z]+")
+# The words of an ASCII identifier: snake_case, camelCase and ALLCAPS parts (digits are none).
+_PART = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+", re.A)
+_DIGITS = re.compile(r"[\d_]+")
+_CAMEL = re.compile(r"[a-z][A-Z]|_", re.A)
 
 
 def run_words(run: str) -> int:
-    """How many words a run of letters and digits (`\\w+`) holds: each of its parts, and a
-    part of 20 letters or more one more per 20 (`ignoreallpreviousinstructions` is not a word)."""
-    return sum(1 + len(part) // 20 for part in _PART.findall(run))
+    """How many words a run of letters, marks and digits holds, a part of 20 letters or more
+    counting one more per 20 (`ignoreallpreviousinstructions` is not a word): an ASCII
+    identifier's parts (`ignore_all`, `ignoreAll`: two), one for a run of letters and digits
+    that is none (a hash, `user2`), and in other scripts the runs between digits (a word
+    whose letters fold to look-alike ASCII ones, `ассистент`, stays one)."""
+    if run.isascii():
+        if _CAMEL.search(run) or not any(char.isdigit() for char in run):
+            parts = _PART.findall(run)
+        else:
+            return 1 if any(char.isalpha() for char in run) else 0
+    else:
+        parts = [part for part in _DIGITS.split(run) if part]
+    return sum(1 + len(part) // 20 for part in parts)
 
 
 def _key_text(key: str) -> str | None:
@@ -194,8 +206,8 @@ def json_strings(text: str) -> list[str] | None:
 
 
 def json_reading(text: str) -> tuple[list[str], list[str]] | None:
-    """A JSON document's strings, its keys as `_key_text` reads them, and the field names it
-    left out (each once, in order); None when `text` is not one."""
+    """A JSON document's strings, its keys as `_key_text` reads them, and the words of the
+    field names it left out (each once, in document order); None when `text` is not one."""
     stripped = text.strip()
     if not stripped or stripped[0] not in '[{"':
         return None
@@ -205,20 +217,19 @@ def json_reading(text: str) -> tuple[list[str], list[str]] | None:
         return None
     strings: list[str] = []
     names: dict[str, None] = {}
-    stack = [document]
+    stack: list[Any] = [document]
     while stack and len(strings) < 10_000:  # iterative: a deep document cannot recurse
         value = stack.pop()
         if isinstance(value, str):
             strings.append(value)
+        elif isinstance(value, tuple):  # a field name left out, met in document order
+            if words := " ".join(_PART.findall(value[0])):
+                names[words] = None
         elif isinstance(value, dict):
-            fields = [(key, _key_text(key), item) for key, item in value.items()]
-            for key, said, _ in fields:
-                if said is None and len(names) < 1_000:
-                    names[key] = None
-            for _, said, item in reversed(fields):
+            for key, item in reversed(list(value.items())):
                 stack.append(item)
-                if said is not None:
-                    stack.append(said)
+                said = _key_text(key)
+                stack.append(said if said is not None else (key,))  # JSON has no tuples
         elif isinstance(value, list):
             stack.extend(reversed(value))
     return strings, list(names)
@@ -236,11 +247,12 @@ def views(text: str) -> list[View]:
     else:
         main = View(fold(text), "text")
     result = [main]
-    # The field names left out of a JSON document's text, read on their own when they add up
-    # to a few words: an order written as keys ({"ignoreAll": 1, "previousInstructions": 1})
-    # is still read, and a schema is not mixed into its values.
-    if reading is not None and sum(run_words(name) for name in reading[1]) >= 3:
-        result.append(View(" ".join(" ".join(_PART.findall(n)) for n in reading[1]), "keys"))
+    # The field names left out of a JSON document's text, read on their own (for orders only:
+    # injection._scan) when they make a few words: an order written as field names
+    # ({"ignoreAll": 1, "previousInstructions": 1}) is still read, and a schema is not mixed
+    # into its values.
+    if reading is not None and len(names := " ".join(reading[1]).split()) >= 3:
+        result.append(View(" ".join(names), "keys"))
     seen = {main.text}
     pending = [(main.text, 0)]
     while pending and len(result) < _MAX_RUNS:
