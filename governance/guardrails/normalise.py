@@ -55,7 +55,8 @@ def _table() -> dict[int, str | None]:
     table: dict[int, str | None] = {}
     for code in range(sys.maxunicode + 1):
         category = unicodedata.category(chr(code))
-        if category == "Cf" or (category == "Cc" and chr(code) not in "\n\t\r"):
+        # Format characters, controls, and lone surrogates (which no encoder can encode).
+        if category in ("Cf", "Cs") or (category == "Cc" and chr(code) not in "\n\t\r"):
             table[code] = None
     for code in [*range(0xFE00, 0xFE10), *range(0xE0100, 0xE01F0), 0x180B, 0x180C, 0x180D]:
         table[code] = None
@@ -168,20 +169,21 @@ _IDENTIFIER = re.compile(r"[A-Za-z0-9]+(?:[_.-]+[A-Za-z0-9]+)*[_.-]*", re.A)
 # The words of an ASCII identifier: snake_case, camelCase and ALLCAPS parts (digits are none).
 _PART = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+", re.A)
 _DIGITS = re.compile(r"[\d_]+")
-_CAMEL = re.compile(r"[a-z][A-Z]|_", re.A)
+_HEXLIKE = re.compile(r"[0-9a-fA-F]+")
+# A field name is an identifier of two words and this many characters at most.
+_FIELD_NAME_CHARS = 24
 
 
 def run_words(run: str) -> int:
     """How many words a run of letters, marks and digits holds, a part of 20 letters or more
     counting one more per 20 (`ignoreallpreviousinstructions` is not a word): an ASCII
-    identifier's parts (`ignore_all`, `ignoreAll`: two), one for a run of letters and digits
-    that is none (a hash, `user2`), and in other scripts the runs between digits (a word
+    identifier's parts (`ignore_all`, `ignoreAll`, `ignore1all`: two), one for a hash (hex
+    digits and the letters a to f), and in other scripts the runs between digits (a word
     whose letters fold to look-alike ASCII ones, `ассистент`, stays one)."""
     if run.isascii():
-        if _CAMEL.search(run) or not any(char.isdigit() for char in run):
-            parts = _PART.findall(run)
-        else:
-            return 1 if any(char.isalpha() for char in run) else 0
+        if _HEXLIKE.fullmatch(run) and not run.isalpha():
+            return 1  # a hash, an id: hex digits and letters a to f
+        parts = _PART.findall(run)
     else:
         parts = [part for part in _DIGITS.split(run) if part]
     return sum(1 + len(part) // 20 for part in parts)
@@ -189,11 +191,11 @@ def run_words(run: str) -> int:
 
 def _key_text(key: str) -> str | None:
     """What a JSON key says: None for a field name of one or two words (`result`, `agent`,
-    `temperature_c`, `userId`), the words of a longer identifier, any other key (one with
-    spaces, in another script) as it is."""
-    if not _IDENTIFIER.fullmatch(key[:256]):
-        return key
-    if run_words(key[:256]) <= 2:
+    `temperature_c`, `userId`), the words of a longer identifier (`note_to_the_assistant`),
+    and any other key (with spaces, in another script, encoded) as it is."""
+    if not _IDENTIFIER.fullmatch(key) or any(decoded_runs(key)):
+        return key  # words, another script, or an encoded run (decoded as a view of its own)
+    if len(key) <= _FIELD_NAME_CHARS and run_words(key) <= 2:
         return None
     return " ".join(_PART.findall(key))
 
