@@ -87,7 +87,7 @@ def rows_to_windows(rows):
     from governance.guardrails.injection import (
         _SENTENCE,
         _language,
-        readable,
+        modelled,
         unquoted,
         window_signals,
     )
@@ -100,7 +100,7 @@ def rows_to_windows(rows):
         langs = {_language(s) for s in _SENTENCE.split(all_views[0].text)} - {None}
         for view in all_views:
             for window, values in window_signals(view, context_langs=langs, masked=masked):
-                if view.how == "keys" or not readable(window):
+                if not modelled(view, window):
                     continue  # read for its signals alone (injection._scan)
                 label = row.label
                 # A window of the text beside the attack is the carrier's own text; what an

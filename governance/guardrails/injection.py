@@ -561,6 +561,13 @@ def _language(sentence: str) -> str | None:
     return lang if best >= 3 and best > 1.5 * sorted(hits.values())[-2] else None
 
 
+def modelled(view: View, window: str) -> bool:
+    """Whether the models read `window` of `view` (training learns from these windows only):
+    not a JSON document's field names, nor a window of fewer than MIN_WORDS words, which are
+    read for their orders only (`structural`)."""
+    return view.how != "keys" and readable(window)
+
+
 def readable(window: str) -> bool:
     """Whether `window` has MIN_WORDS words, enough to be read by the models.
 
@@ -716,7 +723,7 @@ def _scan(text: str) -> Finding:
     short: tuple[float, dict[str, float]] = (-1.0, {})
     for view in all_views:
         for window, values in window_signals(view, context_langs=main_langs, masked=masked):
-            if view.how == "keys" or not readable(window):  # only its orders count
+            if not modelled(view, window):  # only its orders count
                 if view.how == "keys":  # a field named "payload" is not writing about attacks
                     values.pop("discussion", None)
                 short = max(short, (structural(values), values), key=_by_score_and_signals)

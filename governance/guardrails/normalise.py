@@ -200,13 +200,6 @@ def _key_text(key: str) -> str | None:
     return " ".join(_PART.findall(key))
 
 
-def json_strings(text: str) -> list[str] | None:
-    """The strings of a JSON document, its keys as `_key_text` reads them, or None when `text`
-    is not one."""
-    reading = json_reading(text)
-    return None if reading is None else reading[0]
-
-
 def json_reading(text: str) -> tuple[list[str], list[str]] | None:
     """A JSON document's strings, its keys as `_key_text` reads them, and the words of the
     field names it left out (each once, in document order); None when `text` is not one."""
@@ -253,8 +246,8 @@ def views(text: str) -> list[View]:
     # injection._scan) when they make a few words: an order written as field names
     # ({"ignoreAll": 1, "previousInstructions": 1}) is still read, and a schema is not mixed
     # into its values.
-    if reading is not None and len(names := " ".join(reading[1]).split()) >= 3:
-        result.append(View(" ".join(names), "keys"))
+    if reading is not None and len((names := " ".join(reading[1])).split()) >= 3:
+        result.append(View(names, "keys"))
     seen = {main.text}
     pending = [(main.text, 0)]
     while pending and len(result) < _MAX_RUNS:
