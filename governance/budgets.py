@@ -1,12 +1,12 @@
 """Budgets: reserve an estimate before each model call, settle after it, atomically
 (DESIGN.md §6, STYLE.md 8).
 
-A reservation is one conditional UPDATE per budget that applies (the user's, each of the
-user's teams', the agent's), in one transaction, in budget order: a hard budget's row only
-moves if the estimate still fits beside what is used and reserved, so concurrent calls can
-never reserve past a limit together; the first that does not fit rolls the whole reservation
-back and is refused before the call. Settling swaps the estimate for the real use, in the
-transaction of the step that records the call. A call can overspend only by what it used
+A reservation is one statement over every budget that applies (the user's, each of the
+user's teams', the agent's): it locks their usage rows in budget order, and a hard budget's
+row only moves if the estimate still fits beside what is used and reserved, so concurrent calls
+can never reserve past a limit together; if one does not fit, nothing moves and the call is
+refused before it is made. Settling swaps the estimate for the real use, in one statement in
+the transaction of the step that records the call. A call can overspend only by what it used
 beyond its estimate.
 """
 
@@ -157,44 +157,75 @@ def _fraction(budget: Budget, usage: BudgetUsage, *, reserved: bool) -> float:
     return max(parts, default=0.0)
 
 
-_RESERVE = """
-UPDATE governance_budgetusage AS u
-SET reserved_tokens = u.reserved_tokens + %(tokens)s, reserved_cost = u.reserved_cost + %(cost)s
-FROM governance_budget AS b
-WHERE u.id = %(usage)s AND b.id = u.budget_id AND (NOT b.hard OR (
-    (b.max_tokens IS NULL OR u.used_tokens + u.reserved_tokens + %(tokens)s <= b.max_tokens)
-    AND (b.max_cost IS NULL OR u.used_cost + u.reserved_cost + %(cost)s <= b.max_cost)))
-RETURNING u.id
-"""
+_RESERVE = f"""
+WITH budget AS (
+    SELECT b.id, b.hard, b.max_tokens, b.max_cost,
+        CASE WHEN b.period = '{BudgetPeriod.DAY}' THEN %(day)s ELSE %(month)s END AS start
+    FROM governance_budget b WHERE b.id = ANY(%(ids)s)
+), period AS (
+    SELECT u.id, u.budget_id FROM budget
+    JOIN governance_budgetusage u ON u.budget_id = budget.id AND u.period_start = budget.start
+), pending AS (
+    SELECT u.id, u.budget_id, budget.hard AND NOT (
+        (budget.max_tokens IS NULL
+            OR u.used_tokens + u.reserved_tokens + %(tokens)s <= budget.max_tokens)
+        AND (budget.max_cost IS NULL
+            OR u.used_cost + u.reserved_cost + %(cost)s <= budget.max_cost)) AS no_room
+    FROM governance_budgetusage u
+    JOIN budget ON u.budget_id = budget.id AND u.period_start = budget.start
+    WHERE NOT EXISTS (
+        SELECT 1 FROM governance_budgetreservation r WHERE r.key = %(key)s AND r.usage_id = u.id)
+    ORDER BY u.budget_id
+    FOR UPDATE OF u
+), verdict AS (
+    SELECT (SELECT count(*) FROM budget) - (SELECT count(*) FROM period) AS missing,
+        (SELECT min(budget_id) FROM pending WHERE no_room) AS refused
+), moved AS (
+    UPDATE governance_budgetusage u
+    SET reserved_tokens = u.reserved_tokens + %(tokens)s, reserved_cost = u.reserved_cost + %(cost)s
+    FROM pending, verdict
+    WHERE u.id = pending.id AND verdict.missing = 0 AND verdict.refused IS NULL
+    RETURNING u.id
+), held AS (
+    INSERT INTO governance_budgetreservation (key, usage_id, tokens, cost, created_at)
+    SELECT %(key)s, id, %(tokens)s, %(cost)s, statement_timestamp() FROM moved
+)
+SELECT missing, refused, ARRAY(SELECT id FROM period ORDER BY budget_id) FROM verdict
+"""  # noqa: S608 - constants only
 
 
 def budget_reserve(*, budget_ids: list[int], key: str, tokens: int, cost: Decimal) -> Reservation:
     """Hold `tokens` and `cost` on every budget for the call `key`, or raise BudgetExceeded
-    having held nothing. Reserving the same key again (a retried step) holds nothing more."""
+    having held nothing. Reserving the same key again (a retried step) holds nothing more.
+
+    One statement, all or nothing (_RESERVE): it locks this period's usage rows that do not
+    hold the call yet, in budget order (so two calls never wait on each other in a cycle),
+    checks each hard budget against the row as it stands once locked, and only if every one
+    has room adds the estimate to each and records the reservations. A budget without a row for
+    this period yet gets one first (once a period), and the statement is run again."""
     if not budget_ids:
         return Reservation(key)
-    with transaction.atomic():
-        usages = _usages(budget_ids)
-        held = set(
-            BudgetReservation.objects.filter(key=key, usage__in=usages).values_list(
-                "usage_id", flat=True
-            )
-        )
-        with connection.cursor() as cursor:
-            for usage in usages:
-                if usage.pk in held:
-                    continue
-                cursor.execute(_RESERVE, {"usage": usage.pk, "tokens": tokens, "cost": cost})
-                if cursor.fetchone() is None:
-                    raise BudgetExceeded(_refusal(usage))
-        BudgetReservation.objects.bulk_create(
-            [
-                BudgetReservation(key=key, usage=usage, tokens=tokens, cost=cost)
-                for usage in usages
-                if usage.pk not in held
-            ]
-        )
-    return Reservation(key, [u.pk for u in usages])
+    today = timezone.localdate()
+    params: dict[str, Any] = {
+        "ids": sorted(budget_ids),
+        "day": period_start(BudgetPeriod.DAY, today),
+        "month": period_start(BudgetPeriod.MONTH, today),
+        "key": key,
+        "tokens": tokens,
+        "cost": cost,
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_RESERVE, params)
+        missing, refused, usage_ids = cursor.fetchone()
+        if missing:
+            _usages(budget_ids)  # creates this period's rows
+            cursor.execute(_RESERVE, params)
+            missing, refused, usage_ids = cursor.fetchone()
+    if refused is not None:
+        raise BudgetExceeded(_refusal(_usages_now([refused])[0]))
+    if missing:  # a budget deleted between the two statements: nothing was held
+        raise BudgetExceeded("a budget that applies to this changed; try again")
+    return Reservation(key, list(usage_ids))
 
 
 def _refusal(usage: BudgetUsage) -> str:
@@ -215,62 +246,74 @@ def _refusal(usage: BudgetUsage) -> str:
 
 _PERIODIC: dict[str, str] = {BudgetPeriod.DAY: "daily", BudgetPeriod.MONTH: "monthly"}
 
-_SETTLE = """
-UPDATE governance_budgetusage
-SET reserved_tokens = GREATEST(0, reserved_tokens - %(reserved_tokens)s),
-    reserved_cost = GREATEST(0, reserved_cost - %(reserved_cost)s),
-    used_tokens = used_tokens + %(tokens)s, used_cost = used_cost + %(cost)s
-WHERE id = %(usage)s
-"""
+_SETTLE = f"""
+WITH held AS (
+    DELETE FROM governance_budgetreservation WHERE key = %(key)s
+    RETURNING usage_id, tokens, cost
+), locked AS (
+    SELECT u.id, held.tokens, held.cost
+    FROM governance_budgetusage u JOIN held ON held.usage_id = u.id
+    ORDER BY u.budget_id
+    FOR UPDATE OF u
+), settled AS (
+    UPDATE governance_budgetusage u
+    SET reserved_tokens = GREATEST(0, u.reserved_tokens - locked.tokens),
+        reserved_cost = GREATEST(0, u.reserved_cost - locked.cost),
+        used_tokens = u.used_tokens + %(tokens)s, used_cost = u.used_cost + %(cost)s
+    FROM locked WHERE u.id = locked.id
+    RETURNING u.id, u.budget_id, u.period_start, u.used_tokens, u.used_cost, u.notified
+)
+SELECT {_BUDGET_COLUMNS}, s.id, s.period_start, s.used_tokens, s.used_cost
+FROM settled s JOIN governance_budget b ON b.id = s.budget_id
+WHERE NOT s.notified
+ORDER BY b.id
+"""  # noqa: S608 - constants only
+_BUDGET_FIELDS = [f.attname for f in Budget._meta.concrete_fields]
 
 
 def budget_settle(*, key: str, tokens: int, cost: Decimal) -> None:
     """Replace the call's reservations by what it used (call it in the step's transaction).
-    Tells a budget's subject, once a period, when use passes the budget's notify mark."""
-    with transaction.atomic():
-        reservations = list(
-            # in budget order, as budget_reserve locks them: two calls never wait on each other
-            BudgetReservation.objects.select_for_update()
-            .filter(key=key)
-            .order_by("usage__budget_id")
-        )
-        with connection.cursor() as cursor:
-            for held in reservations:  # the same order: usage rows lock as in budget_reserve
-                cursor.execute(
-                    _SETTLE,
-                    {
-                        "usage": held.usage_id,
-                        "reserved_tokens": held.tokens,
-                        "reserved_cost": held.cost,
-                        "tokens": tokens,
-                        "cost": cost,
-                    },
-                )
-        BudgetReservation.objects.filter(pk__in=[r.pk for r in reservations]).delete()
-        _notify_thresholds([r.usage_id for r in reservations])
+    Tells a budget's subject, once a period, when use passes the budget's notify mark.
+
+    One statement (_SETTLE): it takes the call's reservations away, locks their usage rows in
+    budget order as budget_reserve does, moves the estimate to what was used, and returns the
+    rows whose subject has not been told yet this period. Settling a key twice (a retry, the
+    release job) settles once: the second finds no reservation."""
+    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
+        cursor.execute(_SETTLE, {"key": key, "tokens": tokens, "cost": cost})
+        rows = cursor.fetchall()
+        width = len(_BUDGET_FIELDS)
+        for row in rows:
+            budget = Budget.from_db(connection.alias, _BUDGET_FIELDS, row[:width])
+            usage_id, start, used_tokens, used_cost = row[width:]
+            usage = BudgetUsage(
+                pk=usage_id,
+                budget=budget,
+                period_start=start,
+                used_tokens=used_tokens,
+                used_cost=used_cost,
+            )
+            _notify_threshold(usage)
 
 
-def _notify_thresholds(usage_ids: list[int]) -> None:
-    for usage in BudgetUsage.objects.filter(pk__in=usage_ids, notified=False).select_related(
-        "budget"
-    ):
-        budget = usage.budget
-        used = _fraction(budget, usage, reserved=False)
-        if used * 100 < budget.notify_at_percent:
-            continue
-        if not BudgetUsage.objects.filter(pk=usage.pk, notified=False).update(notified=True):
-            continue  # another settle told them
-        audit_record(
-            actor=None,
-            action="budget.threshold_reached",
-            target=Target.of(budget),
-            data={
-                "percent_used": round(used * 100, 1),
-                "notify_at_percent": budget.notify_at_percent,
-                "period_start": usage.period_start.isoformat(),
-            },
-        )
-        transaction.on_commit(functools.partial(_tell, budget.pk), robust=True)
+def _notify_threshold(usage: BudgetUsage) -> None:
+    budget = usage.budget
+    used = _fraction(budget, usage, reserved=False)
+    if used * 100 < budget.notify_at_percent:
+        return
+    if not BudgetUsage.objects.filter(pk=usage.pk, notified=False).update(notified=True):
+        return  # another settle told them
+    audit_record(
+        actor=None,
+        action="budget.threshold_reached",
+        target=Target.of(budget),
+        data={
+            "percent_used": round(used * 100, 1),
+            "notify_at_percent": budget.notify_at_percent,
+            "period_start": usage.period_start.isoformat(),
+        },
+    )
+    transaction.on_commit(functools.partial(_tell, budget.pk), robust=True)
 
 
 def _tell(budget_id: int) -> None:

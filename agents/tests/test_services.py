@@ -130,10 +130,12 @@ def test_a_one_step_run_takes_a_fixed_number_of_queries(
     server, member, django_assert_num_queries, django_capture_on_commit_callbacks
 ):
     """The worker's side of a one-step run under a budget, pinned: the lease, the run and what
-    it offers, the decision again, the reservation, the model call, the settlement with the
-    step, the finish with its audit event; the route compiled once (a new route here). Counted
-    inside the test's transaction, so with savepoints; the step's checkpoint is one statement
-    on its own cursor, which this count does not see (agents.services.run_checkpoint)."""
+    it offers, the decision again, the reservation (one statement, run again after the first
+    of a period has created the period's row), the model call, the settlement with the step
+    (one statement), the finish with its audit event; the route compiled once (a new route
+    here). Counted inside the test's transaction, so with savepoints; the step's checkpoint is
+    one statement on its own cursor, which this count does not see
+    (agents.services.run_checkpoint)."""
     route = ModelRoute.objects.create(name=f"r-{uuid.uuid4().hex[:8]}", num_retries=0)
     Deployment.objects.create(
         route=route, position=1, model="openai/primary", api_base=server.base("primary")
@@ -148,7 +150,7 @@ def test_a_one_step_run_takes_a_fixed_number_of_queries(
             agent=agent, conversation=conversation, actor=member, input="hi", stream=False
         )
 
-    with django_capture_on_commit_callbacks(), django_assert_num_queries(31):
+    with django_capture_on_commit_callbacks(), django_assert_num_queries(23):
         run_execute(run_id=run.pk, holder="test")
 
     run.refresh_from_db()

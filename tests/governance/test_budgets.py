@@ -11,7 +11,13 @@ from agents.models import Conversation, Run, RunState, RunStep
 from agents.orchestrator import run_execute
 from agents.services import RateLimited, RunDenied, run_start
 from audit.models import AuditEvent
-from governance.budgets import budget_state, usage_for
+from governance.budgets import (
+    BudgetExceeded,
+    budget_reserve,
+    budget_settle,
+    budget_state,
+    usage_for,
+)
 from governance.models import (
     Budget,
     BudgetPeriod,
@@ -79,6 +85,43 @@ def test_a_hard_budget_refuses_before_the_call_with_a_clear_message(server, assi
         run=str(run.pk), action="policy.decided", data__contains="resume"
     )
     assert json.loads(decided.data)["reasons"] == ["budget.exhausted"]
+
+
+def test_a_reservation_holds_on_every_budget_or_on_none(people, team, assistant):
+    """One budget without room refuses the call and nothing is held on the others, whichever
+    order they come in; a retried step's key holds nothing more; settling twice settles once."""
+    roomy = Budget.objects.create(name="Mine", user=people.member, max_tokens=10_000)
+    daily = Budget.objects.create(
+        name="Agent", agent_id=assistant.pk, max_tokens=10_000, period=BudgetPeriod.DAY
+    )
+    tight = Budget.objects.create(name="Sales", group=team, max_tokens=500)
+    ids = [tight.pk, daily.pk, roomy.pk]
+
+    first = budget_reserve(budget_ids=ids, key="run:1:step:0", tokens=400, cost=Decimal("0.1"))
+    again = budget_reserve(budget_ids=ids, key="run:1:step:0", tokens=400, cost=Decimal("0.1"))
+    with pytest.raises(BudgetExceeded, match="'Sales' has no room for this \\(400 of 500"):
+        budget_reserve(budget_ids=ids, key="run:2:step:0", tokens=200, cost=Decimal("0.1"))
+
+    usages = BudgetUsage.objects.order_by("budget_id")
+    assert sorted(first.usage_ids) == sorted(again.usage_ids) == [u.pk for u in usages]
+    assert [(u.budget_id, u.reserved_tokens, str(u.reserved_cost)) for u in usages] == [
+        (roomy.pk, 400, "0.100000"),
+        (daily.pk, 400, "0.100000"),
+        (tight.pk, 400, "0.100000"),
+    ]
+    assert set(BudgetReservation.objects.values_list("key", flat=True)) == {"run:1:step:0"}
+    assert BudgetReservation.objects.count() == 3
+
+    budget_settle(key="run:1:step:0", tokens=350, cost=Decimal("0.05"))
+    budget_settle(key="run:1:step:0", tokens=350, cost=Decimal("0.05"))
+
+    assert [(u.used_tokens, u.reserved_tokens, str(u.used_cost)) for u in usages.all()] == [
+        (350, 0, "0.050000"),
+    ] * 3
+    assert not BudgetReservation.objects.exists()
+    # the room the settled call gave back is there for the next one
+    budget_reserve(budget_ids=ids, key="run:2:step:0", tokens=150, cost=Decimal(0))
+    assert BudgetUsage.objects.get(budget=tight).reserved_tokens == 150
 
 
 def test_a_used_up_budget_refuses_the_run_at_the_start(server, assistant, people):
