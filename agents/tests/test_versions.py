@@ -512,3 +512,42 @@ def test_two_saves_at_once_number_their_versions_one_after_the_other(help_desk, 
         1,
     ]
     assert first.number == 1
+
+
+def test_the_row_a_run_s_start_reads_is_the_agent_s_config_as_the_orm_reads_it(
+    agent, people, server
+):
+    """version_serving reads its row in SQL written out; it is the same row as the ORM's
+    _config_query, which the rest of this module reads, in every part (a drift would make
+    every run record a change that was never made, or miss one)."""
+    from django.db.models import Exists, OuterRef
+
+    from agents.models import Release, ReleaseState
+    from agents.releases import release_start
+    from agents.versions import _ROW, _config_query, _serving_row
+
+    def orm_row() -> dict:
+        running = Release.objects.filter(agent_id=OuterRef("pk"), state=ReleaseState.RUNNING)
+        query = _config_query(agent.pk).annotate(releasing=Exists(running))
+        return query.values(*_ROW, "releasing", "live_version_id").get()
+
+    assert _serving_row(agent.pk) == orm_row()  # no version yet
+    base = KnowledgeBase.objects.create(
+        name="Runbooks", slug=f"rb-{uuid.uuid4().hex[:6]}", owner=people.admin
+    )
+    helper = Agent.objects.create(
+        name="Helper", slug=f"hp-{uuid.uuid4().hex[:4]}", route=other_route(server, "helper")
+    )
+    agent.knowledge_bases.add(base)
+    agent.delegates.add(helper)
+    agent.tools.add(Tool.objects.get(name="get_ticket_status"))
+    version_record(agent=agent, actor=people.admin, reason="Launch")
+    Agent.objects.filter(pk=agent.pk).update(system_prompt=PROMPT_2, max_steps=7)
+    candidate = version_record(agent=agent, actor=people.admin, release=False)
+    release_start(agent=agent, candidate=candidate, actor=people.admin, share=10)
+
+    row = _serving_row(agent.pk)
+    assert row == orm_row()
+    assert (row["releasing"], row["head_id"], len(row["tool_ids"])) == (True, candidate.pk, 2)
+    assert (row["base_ids"], row["delegate_ids"]) == ([base.pk], [helper.pk])
+    assert row["head_config"]["max_steps"] == 7
