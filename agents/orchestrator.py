@@ -111,15 +111,21 @@ def runs_here(agent: Agent, actor, conversation_id: int | None = None) -> bool:
     answer. No tool the actor may use (so no tool call, no approval), no agent to ask, no
     knowledge base to read, the agent's or the conversation's files (retrieval embeds, which
     is a worker's load), no answer that may be held for review. Everything else goes to a
-    worker. One query. (An agent that looks up similar questions embeds them: a worker.)"""
+    worker. One query; for a version with no tool, knowledge base or agent to ask, out of a
+    conversation, only whether it may hold an answer (a simpler query, or none). (An agent that
+    looks up similar questions embeds them: a worker.)"""
     if agent.answer_cache == AnswerCache.SIMILAR:
         return False
+    tool_ids, base_ids = served_ids(agent, "tools"), served_ids(agent, "knowledge_bases")
+    delegate_ids = served_ids(agent, "delegates")
+    if not (tool_ids or base_ids or delegate_ids or conversation_id):
+        return not _may_hold(agent)
     tools = _tools(agent).restrict(actor, Action.USE)
-    mine = Q(pk__in=served_ids(agent, "knowledge_bases"), conversation__isnull=True)
+    mine = Q(pk__in=base_ids, conversation__isnull=True)
     bases = KnowledgeBase.objects.filter(
         mine | Q(conversation_id=conversation_id) if conversation_id is not None else mine
     )
-    asks = Agent.objects.filter(pk__in=served_ids(agent, "delegates"), enabled=True)
+    asks = Agent.objects.filter(pk__in=delegate_ids, enabled=True)
     found = {"calls": Exists(tools), "reads": Exists(bases), "asks": Exists(asks)}
     if agent.confidence_threshold:
         found["holds"] = Exists(agent.route.deployments.filter(model__startswith=_LOCAL))

@@ -44,6 +44,7 @@ from urllib.parse import urlsplit
 import httpx
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Subquery
 from django.urls import reverse
 from django.utils import timezone
 
@@ -325,18 +326,20 @@ def webhook_run_state_changed(run_id: int, state: str, **_signal: Any) -> None:
     event = f"run.{state}"
     if event not in WebhookEvent.values:
         return
-    application_id, agent = (
-        Run.objects.filter(pk=run_id).values_list("client_application_id", "agent__slug").get()
-    )
-    if application_id is None:
-        return
+    run = Run.objects.filter(pk=run_id)
+    # One query: the run's application's active webhooks for the event, each with the agent.
     webhooks = list(
         Webhook.objects.filter(
-            application_id=application_id, active=True, events__contains=[event]
-        ).only("pk")
+            application_id=Subquery(run.values("client_application_id")),
+            active=True,
+            events__contains=[event],
+        )
+        .annotate(agent_slug=Subquery(run.values("agent__slug")))
+        .only("pk")
     )
     if not webhooks:
         return
+    agent = webhooks[0].agent_slug
     now = timezone.now()
     deliveries = []
     for webhook in webhooks:

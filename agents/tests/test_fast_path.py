@@ -8,7 +8,7 @@ import uuid
 import pytest
 from django.contrib.auth import get_user_model
 
-from agents.models import Agent, Deployment, KnowledgeBase, ModelRoute
+from agents.models import Agent, Conversation, Deployment, KnowledgeBase, ModelRoute
 from agents.orchestrator import run_here, runs_here
 from agents.services import RunContext
 from agents.versions import version_agent, version_serving
@@ -44,11 +44,20 @@ def _tool(*, enabled=True) -> Tool:
     )
 
 
-def test_an_agent_that_can_only_answer_runs_here_decided_in_one_query(
+def test_an_agent_that_can_only_answer_runs_here_decided_in_one_query_or_none(
     agent, user, django_assert_num_queries
 ):
+    """A version with nothing to call, read or ask, out of a conversation, needs only to know
+    whether it may hold an answer: one query, none if it holds none (a threshold of 0); in a
+    conversation (whose files it might read) one query."""
     served = version_agent(agent, version_serving(agent=agent, conversation=None))
     with django_assert_num_queries(1):
+        assert runs_here(served, user)
+    conversation = Conversation.objects.create(owner=user, agent=agent)
+    with django_assert_num_queries(1):
+        assert runs_here(served, user, conversation.pk)
+    served.confidence_threshold = 0
+    with django_assert_num_queries(0):
         assert runs_here(served, user)
 
 
