@@ -45,6 +45,7 @@ from audit.services import (
     append_call,
     audit_draft,
     audit_record,
+    audit_record_drafts,
 )
 from governance import ratelimits
 from governance.approvals import reviews_withdraw
@@ -331,21 +332,21 @@ def _queued(agent, conversation, actor, input, decision, context, **fields):
         Message.objects.create(
             conversation=conversation, run=run, role=MessageRole.USER, content=input
         )
-        audit_record(
-            actor=actor,
-            action="run.queued",
-            target=Target.of(run),
-            run=run.pk,
-            conversation=conversation.pk,
-            data=_queued_data(agent, fields),
-        )
-        audit_record(
-            actor=actor,
-            action="policy.decided",
-            target=Target.of(run),
-            run=run.pk,
-            conversation=conversation.pk,
-            data={"on": "run.start", **_decided(decision, context)},
+        about = {
+            "actor": actor,
+            "target": Target.of(run),
+            "run": run.pk,
+            "conversation": conversation.pk,
+        }
+        audit_record_drafts(
+            [
+                audit_draft(action="run.queued", data=_queued_data(agent, fields), **about),
+                audit_draft(
+                    action="policy.decided",
+                    data={"on": "run.start", **_decided(decision, context)},
+                    **about,
+                ),
+            ]
         )
         transaction.on_commit(lambda: _started(run, context if fields["here"] else None))
     return run

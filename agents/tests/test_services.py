@@ -99,13 +99,13 @@ def test_starting_a_run_takes_a_fixed_number_of_queries(
     """Two statements for the version that serves it (the agent unchanged since its newest
     version, then that version: agents.versions), one for the start decision (agent and route
     access, team regions, budgets: governance.snapshot), then the conversation's last
-    activity, the run, its message and two audit events, in a savepoint: a count pinned so a
-    new check shows up here as the cost it is."""
+    activity, the run, its message and its two audit events (one statement), in a savepoint:
+    a count pinned so a new check shows up here as the cost it is."""
     conversation = Conversation.objects.create(owner=member, agent=agent)
     version_record(agent=agent, actor=None)
     agent = Agent.objects.select_related("route").get(pk=agent.pk)
 
-    with django_capture_on_commit_callbacks(), django_assert_num_queries(10):
+    with django_capture_on_commit_callbacks(), django_assert_num_queries(9):
         run_start(agent=agent, conversation=conversation, actor=member, input="hi")
 
 
@@ -120,7 +120,7 @@ def test_starting_a_budgeted_run_reads_its_budgets_in_one_query(
     version_record(agent=agent, actor=None)
     agent = Agent.objects.select_related("route").get(pk=agent.pk)
 
-    with django_capture_on_commit_callbacks(), django_assert_num_queries(11):
+    with django_capture_on_commit_callbacks(), django_assert_num_queries(10):
         run_start(agent=agent, conversation=conversation, actor=member, input="hi")
 
     assert not BudgetUsage.objects.exists()

@@ -16,7 +16,14 @@ from audit import chain
 from audit.models import AuditEvent, AuditStream
 from audit.redaction import REDACTED, is_secret_key
 from audit.selectors import audit_verify_chain
-from audit.services import SYSTEM, AuditError, Target, audit_record
+from audit.services import (
+    SYSTEM,
+    AuditError,
+    Target,
+    audit_draft,
+    audit_record,
+    audit_record_drafts,
+)
 from audit.tests.helpers import record
 
 pytestmark = pytest.mark.django_db
@@ -61,6 +68,35 @@ def test_event_carries_actor_target_references_and_a_chained_hash(django_user_mo
     later = AuditEvent.objects.get(sequence=second.sequence)
     assert (later.stream_seq, later.prev_hash, later.actor_type) == (2, stored.hash, "system")
     assert AuditStream.objects.get(key="run:7").last_hash == later.hash
+
+
+def test_drafts_appended_together_are_one_chain_in_their_order(django_user_model):
+    """audit_record_drafts appends several events of one stream in one statement: the same
+    events, links and hashes as appending them one by one; outside a transaction, none."""
+    alice = django_user_model.objects.create_user("alice")
+    about = {"actor": alice, "target": Target("agents.run", "9"), "run": 9, "conversation": 4}
+    drafts = [
+        audit_draft(action="run.queued", data={"agent": "desk"}, **about),
+        audit_draft(action="policy.decided", data={"effect": "allow"}, **about),
+    ]
+    with pytest.raises(AuditError, match="inside the acting service's transaction"):
+        audit_record_drafts(drafts)
+    assert not AuditEvent.objects.exists()
+
+    with transaction.atomic():
+        audit_record(actor=None, action="run.noted", target=Target("agents.run", "9"), run=9)
+        audit_record_drafts(drafts)
+
+    events = list(AuditEvent.objects.order_by("sequence"))
+    assert [(e.action, e.stream, e.stream_seq) for e in events] == [
+        ("run.noted", "run:9", 1),
+        ("run.queued", "run:9", 2),
+        ("policy.decided", "run:9", 3),
+    ]
+    assert [json.loads(e.data) for e in events[1:]] == [{"agent": "desk"}, {"effect": "allow"}]
+    assert events[1].actor_label == "alice"
+    assert [e.prev_hash for e in events[1:]] == [events[0].hash, events[1].hash]
+    assert audit_verify_chain().ok
 
 
 def test_rollback_leaves_no_event():
