@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # imports, each time (the suite ran 20 % longer).
 PIP := $(BIN)/python -m pip install --disable-pip-version-check --quiet -c constraints.txt
 
-.PHONY: run test lock clean bench-cache bench-audit bench-runtime bench-retrieval bench-openai bench-embedding bench-first-answer bench-ws chaos
+.PHONY: run test lock clean bench-cache bench-audit bench-runtime bench-retrieval bench-openai bench-openai-ab bench-embedding bench-first-answer bench-ws chaos
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || \
@@ -74,6 +74,11 @@ $(PROXY_VENV)/.installed:
 
 bench-openai: $(VENV)/.installed-dev $(PROXY_VENV)/.installed
 	$(BIN)/python bench/openai_overhead.py --proxy-python $(PROXY_VENV)/bin/python
+
+# This checkout's endpoint against another's (BEFORE=path, e.g. a `git worktree` of an older
+# commit), one client, requests alternated between the two: a change measured on a noisy machine.
+bench-openai-ab: $(VENV)/.installed-dev
+	$(BIN)/python bench/openai_ab.py --before $(BEFORE)
 
 # Faults injected into a running Warden (worker SIGKILL, terminated database connections, Redis
 # and PostgreSQL restarts) over 100 runs: the table in the README's "Fault tolerance".
