@@ -327,6 +327,16 @@ class _Run:
         self.budget_ids: list[int] = []  # set by the start decision (_loop)
         self.answer_cache: _CacheAsk | None = None  # set before the first model step
         self.regions: tuple[str, ...] = ()
+        self._outside: list | None = None  # provenance.run_taint_outside, read once
+
+    def taint(self, *, before: int) -> list:
+        """What the model had read when step `before` asked for a tool (provenance.run_taint):
+        the part from before this run's own steps is read once for the run, not per call."""
+        if self._outside is None:
+            self._outside = provenance.run_taint_outside(self.run)
+        return provenance.run_taint(
+            run=self.run, steps=self.steps, before=before, outside=self._outside
+        )
 
     @functools.cached_property
     def tool_context(self) -> ToolContext:
@@ -895,7 +905,7 @@ def _tool_call(held: _Run, model_index: int, key: str, call: dict, span) -> None
         _tool_ended(span, held.offered.get(call["name"]), "invalid")
         return _reject_call(held, call=call, key=key, problem=read, started=started)
     # What the model had read when it chose this call: its choice and arguments may follow it.
-    reads = provenance.run_taint(run=held.run, steps=held.steps, before=model_index)
+    reads = held.taint(before=model_index)
     decision, approval = _decide_call(held, at=read, reads=reads)
     pending = approval is not None and approval.status == ApprovalStatus.PENDING
     if approval is not None and approval.decided_at is not None:
@@ -952,7 +962,7 @@ def _sandbox_step(held: _Run, model_index: int, key: str, call: dict) -> None:
         read = _read_call(held, call=call, key=key)
         if isinstance(read, str):
             return _reject_call(held, call=call, key=key, problem=read, started=started)
-        reads = provenance.run_taint(run=held.run, steps=held.steps, before=model_index)
+        reads = held.taint(before=model_index)
         decision, _approval = _decide_call(held, at=read, reads=reads)
         if decision.effect == Effect.DENY:
             return _refuse_call(held, at=read, decision=decision, approval=None)

@@ -273,12 +273,22 @@ def reads_of(steps) -> list[Read]:
     return found
 
 
-def run_taint(*, run, steps, before: int) -> list[Read]:
-    """The untrusted content the model had read when step `before` asked for a tool: the
-    earlier runs of the conversation (their messages are in the prompt), this run's steps
-    before it, and, for a run another agent's run asked (delegation), what that one had read
-    when it asked: its question may carry an order it read. An MCP client's own call (no
-    conversation) read nothing here."""
+def run_taint(*, run, steps, before: int, outside: list[Read] | None = None) -> list[Read]:
+    """The untrusted content the model had read when step `before` asked for a tool: what it
+    read before this run's own steps (`outside`: run_taint_outside's, which a caller asking
+    for each of a run's calls keeps), then this run's steps before it."""
+    if outside is None:
+        outside = run_taint_outside(run)
+    return outside + reads_of([s for s in steps if s.index < before])
+
+
+def run_taint_outside(run) -> list[Read]:
+    """What a run's model had read before the run's own steps: the earlier runs of the
+    conversation (their messages are in the prompt) and, for a run another agent's run asked
+    (delegation), what that one had read when it asked: its question may carry an order it
+    read. An MCP client's own call (no conversation) read nothing here. A run reads it once
+    (agents.orchestrator): its prompt holds the earlier runs as they were when it was taken
+    up, and the delegating run waits for it."""
     from agents.models import RunStep
 
     earlier: list = []
@@ -299,7 +309,7 @@ def run_taint(*, run, steps, before: int) -> list[Read]:
         )
         above = list(RunStep.objects.filter(run_id=run.parent_id).order_by("index"))
         inherited = run_taint(run=run.parent, steps=above, before=asked or len(above))
-    return inherited + reads_of([*earlier, *(s for s in steps if s.index < before)])
+    return inherited + reads_of(earlier)
 
 
 # The reviewer's view.
