@@ -17,9 +17,8 @@ from decimal import Decimal
 from itertools import zip_longest
 from typing import Any
 
-from django.contrib.postgres.expressions import ArraySubquery
 from django.db import connection, transaction
-from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Count, Q, QuerySet, Subquery
 
 from agents.models import (
     Agent,
@@ -66,22 +65,6 @@ class VersionError(Exception):
     """A version that cannot be served or restored (its route was deleted), or not this agent's."""
 
 
-def _members(through, owner: str, member: str):
-    rows = through.objects.filter(**{owner: OuterRef("pk")}).order_by(member)
-    return ArraySubquery(rows.values(member))
-
-
-def _config_query(agent_id: int):
-    head = AgentVersion.objects.filter(agent_id=OuterRef("pk")).order_by("-number")
-    return Agent.objects.filter(pk=agent_id).annotate(
-        tool_ids=_members(Agent.tools.through, "agent_id", "tool_id"),
-        base_ids=_members(Agent.knowledge_bases.through, "agent_id", "knowledgebase_id"),
-        delegate_ids=_members(Agent.delegates.through, "from_agent_id", "to_agent_id"),
-        head_id=Subquery(head.values("pk")[:1]),
-        head_config=Subquery(head.values("config")[:1]),
-    )
-
-
 def _config_of(row: dict) -> dict:
     return {
         "system_prompt": row["system_prompt"],
@@ -100,6 +83,49 @@ def _config_of(row: dict) -> dict:
 _ROW = ("route_id", "tool_ids", "base_ids", "delegate_ids", "head_id", "head_config", *SCALARS)
 
 
+def _config_sql() -> str:
+    """The agent's behaviour as its row holds it, its newest version (id, config), whether a
+    release of it runs and its live version: one statement, written out because every run's
+    start reads it (version_serving) and the ORM took ~2 ms of Python to build it each time."""
+
+    def members(through, owner: str, member: str) -> str:
+        table = through._meta.db_table
+        return f"ARRAY(SELECT {member} FROM {table} WHERE {owner} = a.id ORDER BY {member})"  # noqa: S608
+
+    scalars = ", ".join(f"a.{name}" for name in SCALARS)
+    return f"""
+SELECT a.route_id, {members(Agent.tools.through, "agent_id", "tool_id")},
+    {members(Agent.knowledge_bases.through, "agent_id", "knowledgebase_id")},
+    {members(Agent.delegates.through, "from_agent_id", "to_agent_id")},
+    head.id, head.config, {scalars},
+    EXISTS(SELECT 1 FROM {Release._meta.db_table} r
+        WHERE r.agent_id = a.id AND r.state = '{ReleaseState.RUNNING}'),
+    a.live_version_id
+FROM {Agent._meta.db_table} a
+LEFT JOIN LATERAL (
+    SELECT v.id, v.config FROM {AgentVersion._meta.db_table} v
+    WHERE v.agent_id = a.id ORDER BY v.number DESC LIMIT 1
+) head ON true
+WHERE a.id = %s
+"""  # noqa: S608 - names from the models, no input
+
+
+_CONFIG = _config_sql()
+_CONFIG_NAMES = (*_ROW, "releasing", "live_version_id")
+
+
+def _config_row(agent_id: int) -> dict[str, Any]:
+    with connection.cursor() as cursor:
+        cursor.execute(_CONFIG, [agent_id])
+        found = cursor.fetchone()
+    if found is None:
+        raise Agent.DoesNotExist(f"no agent {agent_id}")
+    row = dict(zip(_CONFIG_NAMES, found, strict=True))
+    if row["head_config"] is not None:  # Django reads jsonb as text: JSONField decodes it
+        row["head_config"] = json.loads(row["head_config"])
+    return row
+
+
 def _current(agent_id: int, *, lock: bool = False) -> tuple[dict, int | None, dict | None]:
     """The agent's behaviour as its row holds it now, and its newest version (id, config)."""
     if lock:
@@ -107,7 +133,7 @@ def _current(agent_id: int, *, lock: bool = False) -> tuple[dict, int | None, di
         # versions (and the agent's tools, bases and delegates) as they were before it waited,
         # and a writer that waited on another would number its version as that one did.
         Agent.objects.select_for_update().filter(pk=agent_id).values_list("pk").get()
-    row = _config_query(agent_id).values(*_ROW).get()
+    row = _config_row(agent_id)
     return _config_of(row), row["head_id"], row["head_config"]
 
 
@@ -221,7 +247,7 @@ def version_serving(*, agent: Agent, conversation: Conversation | None) -> Agent
     before versions): on top of a draft or a release's candidate it is a draft too, never
     released by a run's start. Two queries when nothing changed and no release runs; one more
     when one runs."""
-    found = _serving_row(agent.pk)
+    found = _config_row(agent.pk)
     config, head_id, head_config = _config_of(found), found["head_id"], found["head_config"]
     live_id = found["live_version_id"]
     if head_config != config:
@@ -238,46 +264,6 @@ def version_serving(*, agent: Agent, conversation: Conversation | None) -> Agent
     # The live version; or, if none is (a release rolled back the first), the newest.
     served = AgentVersion.objects.select_related("route")
     return served.get(pk=live_id or head_id)
-
-
-def _serving_sql() -> str:
-    """`_config_query(id).values(*_ROW)` with `releasing` and `live_version_id`, written out:
-    every run's start reads it, and the ORM took ~2 ms to build that query each time (the SQL
-    is the same; test_versions holds the two to the same row)."""
-
-    def members(through, owner: str, member: str) -> str:
-        table = through._meta.db_table
-        return f"ARRAY(SELECT {member} FROM {table} WHERE {owner} = a.id ORDER BY {member})"  # noqa: S608
-
-    scalars = ", ".join(f"a.{name}" for name in SCALARS)
-    return f"""
-SELECT a.route_id, {members(Agent.tools.through, "agent_id", "tool_id")},
-    {members(Agent.knowledge_bases.through, "agent_id", "knowledgebase_id")},
-    {members(Agent.delegates.through, "from_agent_id", "to_agent_id")},
-    head.id, head.config, {scalars},
-    EXISTS(SELECT 1 FROM {Release._meta.db_table} r
-        WHERE r.agent_id = a.id AND r.state = '{ReleaseState.RUNNING}'),
-    a.live_version_id
-FROM {Agent._meta.db_table} a
-LEFT JOIN LATERAL (
-    SELECT v.id, v.config FROM {AgentVersion._meta.db_table} v
-    WHERE v.agent_id = a.id ORDER BY v.number DESC LIMIT 1
-) head ON true
-WHERE a.id = %s
-"""  # noqa: S608 - names from the models, no input
-
-
-_SERVING = _serving_sql()
-_SERVING_NAMES = (*_ROW, "releasing", "live_version_id")
-
-
-def _serving_row(agent_id: int) -> dict[str, Any]:
-    with connection.cursor() as cursor:
-        cursor.execute(_SERVING, [agent_id])
-        row = dict(zip(_SERVING_NAMES, cursor.fetchone(), strict=True))
-    if row["head_config"] is not None:  # Django reads jsonb as text: JSONField decodes it
-        row["head_config"] = json.loads(row["head_config"])
-    return row
 
 
 def version_agent(agent: Agent, version: AgentVersion | None) -> Agent:

@@ -15,6 +15,7 @@ from agents.orchestrator import run_execute
 from agents.services import run_start
 from agents.versions import (
     OUTSIDE,
+    SCALARS,
     VersionError,
     line_diff,
     version_diff,
@@ -514,24 +515,15 @@ def test_two_saves_at_once_number_their_versions_one_after_the_other(help_desk, 
     assert first.number == 1
 
 
-def test_the_row_a_run_s_start_reads_is_the_agent_s_config_as_the_orm_reads_it(
-    agent, people, server
-):
-    """version_serving reads its row in SQL written out; it is the same row as the ORM's
-    _config_query, which the rest of this module reads, in every part (a drift would make
-    every run record a change that was never made, or miss one)."""
-    from django.db.models import Exists, OuterRef
-
-    from agents.models import Release, ReleaseState
+def test_the_row_a_run_s_start_reads_holds_the_agent_s_whole_config(agent, people, server):
+    """The one statement (agents.versions._config_row) that a run's start and every version
+    record read: the agent's row, its tools, bases and delegates in id order, its newest
+    version, whether a release runs, its live version; a missing agent is DoesNotExist."""
     from agents.releases import release_start
-    from agents.versions import _ROW, _config_query, _serving_row
+    from agents.versions import _config_row
 
-    def orm_row() -> dict:
-        running = Release.objects.filter(agent_id=OuterRef("pk"), state=ReleaseState.RUNNING)
-        query = _config_query(agent.pk).annotate(releasing=Exists(running))
-        return query.values(*_ROW, "releasing", "live_version_id").get()
-
-    assert _serving_row(agent.pk) == orm_row()  # no version yet
+    first = _config_row(agent.pk)
+    assert (first["head_id"], first["head_config"], first["releasing"]) == (None, None, False)
     base = KnowledgeBase.objects.create(
         name="Runbooks", slug=f"rb-{uuid.uuid4().hex[:6]}", owner=people.admin
     )
@@ -541,13 +533,25 @@ def test_the_row_a_run_s_start_reads_is_the_agent_s_config_as_the_orm_reads_it(
     agent.knowledge_bases.add(base)
     agent.delegates.add(helper)
     agent.tools.add(Tool.objects.get(name="get_ticket_status"))
-    version_record(agent=agent, actor=people.admin, reason="Launch")
+    live = version_record(agent=agent, actor=people.admin, reason="Launch")
     Agent.objects.filter(pk=agent.pk).update(system_prompt=PROMPT_2, max_steps=7)
     candidate = version_record(agent=agent, actor=people.admin, release=False)
     release_start(agent=agent, candidate=candidate, actor=people.admin, share=10)
 
-    row = _serving_row(agent.pk)
-    assert row == orm_row()
-    assert (row["releasing"], row["head_id"], len(row["tool_ids"])) == (True, candidate.pk, 2)
-    assert (row["base_ids"], row["delegate_ids"]) == ([base.pk], [helper.pk])
+    row = _config_row(agent.pk)
+    saved = Agent.objects.get(pk=agent.pk)
+    assert row == {
+        "route_id": saved.route_id,
+        "tool_ids": sorted(saved.tools.values_list("pk", flat=True)),
+        "base_ids": [base.pk],
+        "delegate_ids": [helper.pk],
+        "head_id": candidate.pk,
+        "head_config": AgentVersion.objects.get(pk=candidate.pk).config,
+        **{name: getattr(saved, name) for name in SCALARS},
+        "releasing": True,
+        "live_version_id": live.pk,
+    }
+    assert len(row["tool_ids"]) == 2
     assert row["head_config"]["max_steps"] == 7
+    with pytest.raises(Agent.DoesNotExist):
+        _config_row(10**9)
