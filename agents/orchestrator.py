@@ -327,9 +327,9 @@ class _Run:
         self.budget_ids: list[int] = []  # set by the start decision (_loop)
         self.answer_cache: _CacheAsk | None = None  # set before the first model step
         self.regions: tuple[str, ...] = ()
-        self._outside: list | None = None  # provenance.run_taint_outside, read once
+        self._outside: list[provenance.Read] | None = None  # run_taint_outside, read once
 
-    def taint(self, *, before: int) -> list:
+    def taint(self, *, before: int) -> list[provenance.Read]:
         """What the model had read when step `before` asked for a tool (provenance.run_taint):
         the part from before this run's own steps is read once for the run, not per call."""
         if self._outside is None:

@@ -135,7 +135,9 @@ def audit_record_drafts(drafts: list[Draft]) -> None:
     caller's transaction (an action that is recorded as several events at once: a run's
     `run.queued` and its `policy.decided`). As `audit_record`, without the rows read back."""
     if not _in_a_service_transaction():
-        raise AuditError("audit_record must be called inside the acting service's transaction")
+        raise AuditError(
+            "audit_record_drafts must be called inside the acting service's transaction"
+        )
     stream, events = append_arguments(drafts)
     with connection.cursor() as cursor:
         cursor.execute(_APPEND_ALL, [stream, events])
