@@ -15,11 +15,10 @@ their ratios. Not a test: nothing here asserts a time.
 from __future__ import annotations
 
 import argparse
-import os
+import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -37,21 +36,13 @@ def main() -> None:
     if not (before / "config" / "asgi.py").exists():
         raise SystemExit(f"{before} is not a Warden checkout (no config/asgi.py)")
 
-    var = tempfile.mkdtemp(prefix="warden-bench-")
-    os.environ.update(
-        WARDEN_VAR_DIR=var,
-        DJANGO_SETTINGS_MODULE="config.settings",
-        LOG_LEVEL="WARNING",
-        WARDEN_API_RATE="100000000/min",
-        LITELLM_LOCAL_MODEL_COST_MAP="True",
-    )
-    for name in ("DATABASE_URL", "REDIS_URL"):
-        os.environ.pop(name, None)
+    import openai_overhead as bench
+
+    var = bench.bench_environment()["WARDEN_VAR_DIR"]
     import django
 
     django.setup()
     import httpx
-    import openai_overhead as bench
     from django.conf import settings
     from django.core.management import call_command
     from django.db import connections
@@ -115,6 +106,7 @@ def main() -> None:
         bench.stop(children)
         for server in reversed(servers):
             server.stop()
+        shutil.rmtree(var, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -275,6 +275,25 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered) + 0.5) - 1))]
 
 
+def bench_environment() -> dict[str, str]:
+    """This process's environment (and its children's) set for a benchmark on throwaway
+    embedded servers in a new data directory, never the developer's; returned as set."""
+    env = {
+        **os.environ,
+        "WARDEN_VAR_DIR": tempfile.mkdtemp(prefix="warden-bench-"),
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "LOG_LEVEL": "WARNING",
+        "WARDEN_API_RATE": "100000000/min",  # DRF's per-account throttle off the path
+        "WARDEN_API_MAX_WAITS": "1000",  # and the cap on one account's open waits (50 clients)
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+    }
+    for name in ("DATABASE_URL", "REDIS_URL"):
+        env.pop(name, None)
+    os.environ.clear()
+    os.environ.update(env)
+    return env
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", default="1,10,50")
@@ -287,20 +306,8 @@ def main() -> None:
     if args.mock:
         return mock_main(args.mock)
 
-    var = tempfile.mkdtemp(prefix="warden-bench-")
-    env = {
-        **os.environ,
-        "WARDEN_VAR_DIR": var,
-        "DJANGO_SETTINGS_MODULE": "config.settings",
-        "LOG_LEVEL": "WARNING",
-        "WARDEN_API_RATE": "100000000/min",  # DRF's per-account throttle off the path
-        "WARDEN_API_MAX_WAITS": "1000",  # and the cap on one account's open waits (50 clients)
-        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-    }
-    for name in ("DATABASE_URL", "REDIS_URL"):
-        env.pop(name, None)
-    os.environ.clear()
-    os.environ.update(env)
+    env = bench_environment()
+    var = env["WARDEN_VAR_DIR"]
 
     import django
 
