@@ -10,7 +10,7 @@ fitted the detector to. Then the latency of scanning one 4 KB passage, p50 and
 p99 over many passages: benign ones (the common case) and ones with an attack inside, with
 the encoder on (the default) and off. Measured and printed, not asserted.
 
-    .venv/bin/python bench/guardrails.py [--no-latency]
+    .venv/bin/python bench/guardrails.py [--no-latency] [--misses] [--blind]
 """
 
 import json
@@ -152,6 +152,9 @@ def outside_report(show_misses: bool) -> None:
     (ROC AUC), and how the security texts among its benign ones fare."""
     doc = json.loads(OUTSIDE.read_text())
     for name, rows in doc["sets"].items():
+        if name in doc["blind"] and "--blind" not in sys.argv:
+            print(f"  {name}: blind, not scored (--blind scores it, once, for a change)")
+            continue
         scores = [(scan(row["text"]).score, row) for row in rows]
         limit = threshold()
         attacks = [score for score, row in scores if row["label"]]
