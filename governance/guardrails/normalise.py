@@ -45,7 +45,9 @@ _URL = re.compile(r"(?:[^\s%]{0,40}%[0-9a-fA-F]{2}){4,}[^\s%]{0,40}")
 @dataclass(frozen=True)
 class View:
     text: str
-    how: str  # "text", "json", "keys" (a JSON document's field names), "base64", "hex", "url"
+    # "text", "json", "keys" (a JSON document's field names), "joined" (the text with its
+    # joined-up phrases spaced out), "base64", "hex", "url"
+    how: str
 
 
 @cache
@@ -230,6 +232,16 @@ def json_reading(text: str) -> tuple[list[str], list[str]] | None:
     return strings, list(names)
 
 
+# Four or more words joined by underscores, or in camelCase: a phrase, not a name.
+_JOINED = re.compile(r"\b[^\W\d_]+(?:_[^\W\d_]+){3,}\b|\b[a-z]+(?:[A-Z][a-z]+){3,}\b")
+_CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")
+
+
+def _spaced_out(match: re.Match[str]) -> str:
+    joined = match.group(0)
+    return joined.replace("_", " ") if "_" in joined else _CAMEL.sub(" ", joined)
+
+
 def views(text: str) -> list[View]:
     """Every text to score for `text`: folded (a JSON document as its strings, and its short
     field names apart when they make a few words), and each decoded run (folded too, and
@@ -248,6 +260,11 @@ def views(text: str) -> list[View]:
     # into its values.
     if reading is not None and len((names := " ".join(reading[1])).split()) >= 3:
         result.append(View(names, "keys"))
+    # Words joined into one identifier (ignore_all_previous_instructions, ignoreAllPrevious...):
+    # the signals' patterns and the models' words see one long word; read apart, spaced.
+    spaced = _JOINED.sub(_spaced_out, main.text)
+    if spaced != main.text:
+        result.append(View(spaced, "joined"))
     seen = {main.text}
     pending = [(main.text, 0)]
     while pending and len(result) < _MAX_RUNS:
