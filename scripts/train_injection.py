@@ -9,7 +9,7 @@ never read here), and writes governance/guardrails/data/injection_model.npz:
   piece is an attack where it holds the payload) and of the window (its pieces' mean), whose
   log-odds (the window's, and its most suspicious piece's) the "full" combiner reads;
 - two combiners (logistic): the lexical logit and the structural signals ("fast"), and the same
-  plus the embedding head's logit ("full"), fitted on out-of-fold logits (5 folds grouped by
+  plus the two embedding heads' logits ("full"), fitted on out-of-fold logits (5 folds grouped by
   template, so a combiner learns how far the models generalise to unseen wording, not how well
   they remember their training rows);
 - the thresholds of both paths (with the encoder and without).

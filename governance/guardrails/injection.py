@@ -3,8 +3,9 @@
 A text is first normalised (normalise.py: NFKC, format characters and variation selectors
 out, UTS #39 confusables to ASCII, base64 / hex / URL-encoded runs decoded and scored as texts
 of their own, a JSON document read as its strings joined, short field names apart). Each
-view is cut into windows of a few sentences; a window of fewer than MIN_WORDS words, and the
-view of a JSON document's short field names, are scored by their structural signals alone
+view is cut into windows of a few sentences; a window of fewer than MIN_WORDS words, the
+view of a JSON document's short field names and that of the phrases a text joins into
+identifiers (`ignore_all_previous_instructions`), are scored by their structural signals alone
 (orders, never one signal), and each other window by:
 
 - a lexical model: logistic regression over word uni- and bigrams and character 3- and 5-grams
@@ -572,9 +573,9 @@ def _language(sentence: str) -> str | None:
 
 def modelled(view: View, window: str) -> bool:
     """Whether the models read `window` of `view` (training learns from these windows only):
-    not a JSON document's field names, nor a window of fewer than MIN_WORDS words, which are
-    read for their orders only (`structural`)."""
-    return view.how != "keys" and readable(window)
+    not a JSON document's field names, nor its phrases joined into identifiers, nor a window
+    of fewer than MIN_WORDS words, which are read for their orders only (`structural`)."""
+    return view.how not in ("keys", "joined") and readable(window)
 
 
 def readable(window: str) -> bool:
@@ -615,7 +616,7 @@ def _word_runs() -> re.Pattern[str]:
 def pieces(window: str) -> list[str]:
     """`window` as runs of whole sentences up to PIECE_CHARS (a longer sentence cut), in order;
     a window that short is its own one piece."""
-    if len(window) <= PIECE_CHARS:
+    if len(window) <= PIECE_CHARS or not window.strip():
         return [window]
     result: list[str] = []
     current = ""

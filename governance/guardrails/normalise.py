@@ -232,20 +232,23 @@ def json_reading(text: str) -> tuple[list[str], list[str]] | None:
     return strings, list(names)
 
 
-# Four or more words joined by underscores, or in camelCase: a phrase, not a name.
-_JOINED = re.compile(r"\b[^\W\d_]+(?:_[^\W\d_]+){3,}\b|\b[a-z]+(?:[A-Z][a-z]+){3,}\b")
+# Four or more words joined by underscores, or in camelCase or PascalCase: a phrase. Each
+# starts where a word does (after no letter or digit; underscores may lead): tried at every
+# letter, a long word would cost its length squared.
+_JOINED = re.compile(
+    r"(?<![^\W_])[^\W\d_]+(?:_+[^\W\d_]+){3,}|(?<![A-Za-z0-9])[A-Za-z][a-z]+(?:[A-Z][a-z]+){3,}"
+)
 _CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")
 
 
-def _spaced_out(match: re.Match[str]) -> str:
-    joined = match.group(0)
-    return joined.replace("_", " ") if "_" in joined else _CAMEL.sub(" ", joined)
+def _spaced_out(joined: str) -> str:
+    return re.sub("_+", " ", joined) if "_" in joined else _CAMEL.sub(" ", joined)
 
 
 def views(text: str) -> list[View]:
     """Every text to score for `text`: folded (a JSON document as its strings, and its short
-    field names apart when they make a few words), and each decoded run (folded too, and
-    decoded once more: base64 inside base64)."""
+    field names apart when they make a few words), its phrases joined into identifiers spaced
+    out, and each decoded run (folded too, and decoded once more: base64 inside base64)."""
     if len(text) > MAX_CHARS:
         text = text[:_HEAD] + "\n" + text[-(MAX_CHARS - _HEAD) :]
     reading = json_reading(text)
@@ -260,11 +263,12 @@ def views(text: str) -> list[View]:
     # into its values.
     if reading is not None and len((names := " ".join(reading[1])).split()) >= 3:
         result.append(View(names, "keys"))
-    # Words joined into one identifier (ignore_all_previous_instructions, ignoreAllPrevious...):
-    # the signals' patterns and the models' words see one long word; read apart, spaced.
-    spaced = _JOINED.sub(_spaced_out, main.text)
-    if spaced != main.text:
-        result.append(View(spaced, "joined"))
+    # Phrases joined into identifiers (ignore_all_previous_instructions, ignoreAllPrevious...):
+    # the signal patterns see one long word. Spaced out, one a line, read for orders only
+    # (injection.modelled): code is full of such names, which the models misread as orders.
+    joined = [_spaced_out(match) for match in _JOINED.findall(main.text)]
+    if joined:
+        result.append(View("\n".join(dict.fromkeys(joined)), "joined"))
     seen = {main.text}
     pending = [(main.text, 0)]
     while pending and len(result) < _MAX_RUNS:
