@@ -85,8 +85,8 @@ def _holds(window: str, payload: str) -> bool:
 
 
 def rows_to_windows(rows):
-    """(window text, feature dict, label, group, unquoted text, piece labels) for each window
-    of each row's views."""
+    """(window text, feature dict, label, group, unquoted text, [(piece, label)]) for each
+    window of each row's views."""
     from governance.guardrails.injection import (
         _SENTENCE,
         _language,
@@ -112,14 +112,17 @@ def rows_to_windows(rows):
                 decoded = view.how in ("base64", "hex", "url")
                 if label and row.payload and not decoded and not _holds(window, row.payload):
                     label = 0
-                piece_labels = [
-                    int(_holds(piece, row.payload))
-                    if label and row.payload and not decoded
-                    else label
+                labelled = [
+                    (
+                        piece,
+                        int(_holds(piece, row.payload))
+                        if label and row.payload and not decoded
+                        else label,
+                    )
                     for piece in pieces(window)
                 ]
                 out.append(
-                    (window, values, label, row.template, unquoted(window, view.how), piece_labels)
+                    (window, values, label, row.template, unquoted(window, view.how), labelled)
                 )
     return out
 
@@ -166,8 +169,8 @@ def main() -> None:
     matrix = vectorizer.fit_transform([item[4] for item in data])
 
     piece_window = np.array([i for i, item in enumerate(data) for _ in item[5]])
-    piece_labels = np.array([label for item in data for label in item[5]])
-    piece_texts = [piece for item in data for piece in injection.pieces(item[0])]
+    piece_labels = np.array([label for item in data for _, label in item[5]])
+    piece_texts = [piece for item in data for piece, _ in item[5]]
     piece_embeddings = injection.embed(piece_texts)
     ends = np.cumsum([len(item[5]) for item in data])  # each window's pieces, in order
     embeddings = np.stack(
