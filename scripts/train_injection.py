@@ -82,7 +82,8 @@ SEEDS = 3
 
 class Averaged:
     """Heads of one hidden layer averaged: their hidden units side by side, the output weights
-    divided among them (the mean of their log-odds, as injection.head_logit reads it)."""
+    divided among them (injection.head_logit reads it as the mean of their log-odds, clipped
+    once after: not the mean of each head's clipped log-odds, which differ past ±14)."""
 
     def __init__(self, models) -> None:
         self.coefs_ = [
@@ -97,9 +98,13 @@ class Averaged:
 
 class Standard:
     """Standardises what the heads read: the sentence embedding (unit length) as it is, the
-    token maxima and the pooled vector (encoder.py) to zero mean and a spread like the
-    embedding's components (1/sqrt(512)); measured on the training pieces, a head over these
-    beside the embedding ranked the outside sets better than one over the embedding alone."""
+    token maxima and the pooled vector (encoder.py) to zero mean and a spread of SPREAD, about
+    an embedding component's (1/sqrt(512) = 0.044); measured on the training pieces, a head
+    over these beside the embedding ranked the outside sets better than one over the embedding
+    alone. (A feature of almost no spread gets a large weight: one token maximum's standard
+    deviation is 1.6e-5, its folded weights ~265 against <= 12 for the rest; harmless today,
+    under 0.07 log-odds on 400 texts and odd input, but a floor relative to the other spreads
+    would be steadier at the next retraining.)"""
 
     SPREAD = 0.05
 
@@ -163,7 +168,7 @@ def rows_to_windows(rows):
                 label = row.label
                 # A window of the text beside the attack is the carrier's own text; what an
                 # encoded run decodes to is the attack's (its words are not the payload's).
-                decoded = view.how in ("base64", "hex", "url")
+                decoded = view.how in ("base64", "hex", "url", "tags", "selectors")
                 if label and row.payload and not decoded and not _holds(window, row.payload):
                     label = 0
                 labelled = [

