@@ -397,15 +397,16 @@ _SENTENCE = re.compile(r"(?<=[.!?\n])\s+")
 class Finding:
     score: float
     signals: tuple[str, ...]
+    fast: bool = False  # scored without the encoder although it is on (it failed)
 
     @property
     def injection(self) -> bool:
-        return self.score >= threshold()
+        return self.score >= threshold(fast=self.fast)
 
 
-def threshold() -> float:
+def threshold(*, fast: bool = False) -> float:
     """`WARDEN_INJECTION_THRESHOLD`, else the threshold the training script chose for the path
-    in use (with the encoder or without)."""
+    in use (with the encoder or without; `fast`: without)."""
     from django.conf import settings
 
     configured = (
@@ -413,7 +414,7 @@ def threshold() -> float:
     )
     if configured is not None:
         return float(configured)
-    return float(_model()["threshold" if _encoder_on() else "fast_threshold"])
+    return float(_model()["threshold" if _encoder_on() and not fast else "fast_threshold"])
 
 
 def _encoder_on() -> bool:
@@ -704,7 +705,7 @@ def window_signals(
             values["language_switch"] = 1.0
         if masked:
             values["masked"] = 1.0
-        if view.how in ("base64", "hex", "url"):
+        if view.how not in ("text", "json", "keys", "joined"):  # decoded from something
             values["encoded"] = 1.0
         result.append((text[low:high], values))
     return result
@@ -779,22 +780,33 @@ def _scan(text: str) -> Finding:
         return _finding(max(0.0, short[0]), short[1])
     scored.sort(key=lambda item: item[0], reverse=True)
     best, _, _, values = scored[0]
-    if _encoder_on():
+    fast_only = not _encoder_on()
+    if not fast_only:
         try:
             encoded = _encoded(model, scored)
-        except Exception:  # a broken encoder install: the fast path's score stands
-            logger.exception("injection: the encoder failed; this text is scored without it")
-            encoded = []
-        if encoded:
+        except Exception:  # a broken encoder install: the fast path's score, at its threshold
+            _encoder_failed()
+            fast_only = True
+        else:
             best = 0.0
-        for item, vector in zip(scored[:ENCODED_WINDOWS], encoded, strict=False):
-            full = _sigmoid(
-                float(np.append(item[2], vector) @ model["full_coef"] + model["full_bias"])
-            )
-            full = max(full, structural(item[3]))
-            if full > best:
-                best, values = full, item[3]
-    return _finding(*max((best, values), short, key=_by_score_and_signals))
+            for item, vector in zip(scored[:ENCODED_WINDOWS], encoded, strict=True):
+                full = _sigmoid(
+                    float(np.append(item[2], vector) @ model["full_coef"] + model["full_bias"])
+                )
+                full = max(full, structural(item[3]))
+                if full > best:
+                    best, values = full, item[3]
+    return _finding(*max((best, values), short, key=_by_score_and_signals), fast=fast_only)
+
+
+_failures = {"logged": False}
+
+
+def _encoder_failed() -> None:
+    """Logs the encoder's failure with its traceback once per process (every scan would)."""
+    if not _failures["logged"]:
+        _failures["logged"] = True
+        logger.exception("injection: the encoder failed; texts are scored without it")
 
 
 def _encoded(model: dict[str, Any], scored: list[Any]) -> list[np.ndarray]:
@@ -840,13 +852,13 @@ def _by_score_and_signals(item: tuple[float, dict[str, float]]) -> tuple[float, 
     return item[0], len(item[1])
 
 
-def _finding(score: float, values: dict[str, float]) -> Finding:
+def _finding(score: float, values: dict[str, float], *, fast: bool = False) -> Finding:
     signals = tuple(
         name if weight == 1.0 else f"{name} (quoted)"
         for name, weight in values.items()
         if name != "discussion"
     )
-    return Finding(round(score, 3), signals)
+    return Finding(round(score, 3), signals, fast)
 
 
 def injection_verdict(text: str, *, action: str, where: str) -> Verdict:

@@ -40,6 +40,7 @@ DATA = Path(__file__).resolve().parent / "data"
 MAX_CHARS = 200_000
 _HEAD = 150_000
 _MAX_RUNS = 20
+_MAX_INVISIBLE = 4
 
 _BASE64 = re.compile(r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/_-]{20,}={0,2}(?![A-Za-z0-9+/=_-])")
 _HEX = re.compile(r"(?:\\x|0x)?(?:[0-9a-fA-F]{2}(?:\s|\\x|:)?){10,}")
@@ -137,6 +138,7 @@ def _printable(decoded: bytes) -> str | None:
 # 16-255) after any visible character.
 _TAG_RUN = re.compile("[\U000e0000-\U000e007f]{8,}")
 _SELECTOR_RUN = re.compile("[\ufe00-\ufe0f\U000e0100-\U000e01ef]{8,}")
+_ZERO_WIDTH = re.compile("[\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
 
 
 def invisible_runs(text: str) -> Iterator[tuple[str, str]]:
@@ -144,6 +146,7 @@ def invisible_runs(text: str) -> Iterator[tuple[str, str]]:
     decodes to text."""
     if text.isascii():
         return
+    text = _ZERO_WIDTH.sub("", text)  # sprinkled through a run to cut it short
     for match in _TAG_RUN.finditer(text):
         decoded = "".join(chr(ord(char) - 0xE0000) for char in match.group(0))
         if readable := _printable(decoded.encode("ascii", "replace")):
@@ -157,24 +160,13 @@ def invisible_runs(text: str) -> Iterator[tuple[str, str]]:
             yield "selectors", readable
 
 
-def _base32(run: str) -> bytes:
-    if not _BASE32.fullmatch(run):
-        raise ValueError("not base32")
-    return base64.b32decode(run + "=" * (-len(run.rstrip("=")) % 8) if "=" not in run else run)
-
-
-_BASE32 = re.compile(r"[A-Z2-7]{16,}={0,6}")
-_BASE_DECODERS = (
-    ("base64", base64.b64decode),
-    ("base64", base64.urlsafe_b64decode),
-    ("base32", _base32),
-)
+_BASE32 = re.compile(r"(?<![A-Za-z0-9+/=_-])[A-Z2-7]{16,}={0,6}(?![A-Za-z0-9+/=_-])")
 
 # A line written backwards or in ROT13 reads as English once turned: a line of at least
-# _TURNED_LETTERS characters, mostly ASCII, with none of these common words, which has three of
-# them turned (and one for every eight of its words), is read turned too. Function words only:
-# what decides is that the turned line is language. (Measured on the corpus and the outside
-# sets, 2026-12-07: 18 texts have such a line, every one an attack.)
+# _TURNED_LETTERS characters, mostly ASCII, that has many more of these common words turned than
+# as it is (`_turned_lines`) is read turned too. Function words only: what decides is that the
+# turned line is language. (Measured on the corpus and the outside sets, 2026-12-07: every text
+# with such a line is an attack.)
 _COMMON = frozenset(
     "the and you that for with this are your all from not have will can any our now then "  # noqa: SIM905
     "please there what which when into".split()
@@ -188,45 +180,63 @@ _LATIN_WORD = re.compile(r"[A-Za-z']+")
 _TURNED = frozenset({word[::-1] for word in _COMMON} | {word.translate(_ROT13) for word in _COMMON})
 
 
-def _common_words(line: str) -> int:
-    return len(_COMMON.intersection(word.lower() for word in _LATIN_WORD.findall(line)))
+def _common_words(line: str) -> tuple[int, int]:
+    """How many words of `line` are common English words, and how many different ones."""
+    found = [word for word in _LATIN_WORD.findall(line.lower()) if word in _COMMON]
+    return len(found), len(set(found))
 
 
 def _turned_lines(text: str) -> Iterator[tuple[str, str]]:
-    """("reversed" or "rot13", the line turned) for each line that reads as English turned."""
+    """("reversed" or "rot13", the line turned) for each line that reads as English turned:
+    three different common words or more, one in eight of its words at least, and over twice
+    as many as the line has as it is (a line may start in plain English: "Decode this: ...")."""
     if _TURNED.isdisjoint(_LATIN_WORD.findall(text.lower())):
         return  # not one common word written backwards or in ROT13: most texts
     for line in text.splitlines():
         if len(line) < _TURNED_LETTERS:
             continue
         words = _LATIN_WORD.findall(line.lower())
-        if len(words) < 4 or not _COMMON.isdisjoint(words) or _TURNED.isdisjoint(words):
-            continue  # too short, English already, or no common word turned
+        if len(words) < 4 or _TURNED.isdisjoint(words):
+            continue
         if not line.isascii() and len(line.encode("ascii", "ignore")) < 0.8 * len(line):
             continue
+        plain = sum(word in _COMMON for word in words)
         for how, turned in (("reversed", line[::-1]), ("rot13", line.translate(_ROT13))):
-            if _common_words(turned) >= max(3, len(words) // 8):
+            count, different = _common_words(turned)
+            if different >= 3 and count >= len(words) / 8 and count > 2 * plain:
                 yield how, turned
                 break
 
 
 def decoded_runs(text: str) -> Iterator[tuple[str, str]]:
-    """(how, decoded text) for each base64, hex or URL-encoded run that decodes to text."""
+    """(how, decoded text) for each base64, base32, hex or URL-encoded run that decodes to
+    text, and each line that reads as English written backwards or in ROT13."""
     found = 0
     for match in _BASE64.finditer(text):
         run = match.group(0)
         padded = run + "=" * (-len(run) % 4)
-        for how, decode in _BASE_DECODERS:
+        for decode in (base64.b64decode, base64.urlsafe_b64decode):
             try:
-                decoded = _printable(decode(run if how == "base32" else padded))
+                decoded = _printable(decode(padded))
             except (binascii.Error, ValueError):
                 continue
             if decoded:
-                yield how, decoded
+                yield "base64", decoded
                 found += 1
                 break
         if found >= _MAX_RUNS:
             return
+    for match in _BASE32.finditer(text):
+        run = match.group(0).rstrip("=")
+        try:
+            decoded = _printable(base64.b32decode(run + "=" * (-len(run) % 8)))
+        except (binascii.Error, ValueError):
+            continue
+        if decoded:
+            yield "base32", decoded
+            found += 1
+            if found >= _MAX_RUNS:
+                return
     for how, line in _turned_lines(text):
         yield how, line
         found += 1
@@ -360,12 +370,16 @@ def views(text: str) -> list[View]:
         result.append(View("\n".join(dict.fromkeys(joined)), "joined"))
     seen = {main.text}
     pending = [(main.text, 0)]
-    for how, decoded in itertools.islice(invisible_runs(text), _MAX_RUNS):
+    # Text in invisible characters, in the input and (escaped there: "\udb40\udc41") in a JSON
+    # document's strings: a few views at most, decoded after the main text's runs (pop() takes
+    # the last first).
+    hidden = text if reading is None else text + "\n" + "\n".join(reading[0])
+    for how, decoded in itertools.islice(invisible_runs(hidden), _MAX_INVISIBLE):
         folded = fold(decoded)
         if folded not in seen:
             seen.add(folded)
             result.append(View(folded, how))
-            pending.append((folded, 1))  # what it says, and its own encoded runs once
+            pending.insert(0, (folded, 1))  # what it says, and its own encoded runs once
     while pending and len(result) < _MAX_RUNS:
         source, depth = pending.pop()
         for how, decoded in decoded_runs(source):
