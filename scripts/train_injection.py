@@ -168,7 +168,7 @@ def rows_to_windows(rows):
                 label = row.label
                 # A window of the text beside the attack is the carrier's own text; what an
                 # encoded run decodes to is the attack's (its words are not the payload's).
-                decoded = view.how not in ("text", "json", "keys", "joined")
+                decoded = view.decoded
                 if label and row.payload and not decoded and not _holds(window, row.payload):
                     label = 0
                 labelled = [

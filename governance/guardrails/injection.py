@@ -705,7 +705,7 @@ def window_signals(
             values["language_switch"] = 1.0
         if masked:
             values["masked"] = 1.0
-        if view.how not in ("text", "json", "keys", "joined"):  # decoded from something
+        if view.decoded:
             values["encoded"] = 1.0
         result.append((text[low:high], values))
     return result

@@ -55,6 +55,11 @@ class View:
     # written in invisible characters), "reversed", "rot13" (a line turned)
     how: str
 
+    @property
+    def decoded(self) -> bool:
+        """Whether this view is what an encoded or hidden part of the input decodes to."""
+        return self.how not in ("text", "json", "keys", "joined")
+
 
 @cache
 def _table() -> dict[int, str | None]:
