@@ -57,7 +57,7 @@ from agents.services import (
     run_park,
 )
 from agents.versions import served_ids, version_agent
-from audit.pii import redact_messages, restore
+from audit.pii import GrowingRedaction, restore
 from governance.approvals import approval_request_create, arguments_hash, escalation_create
 from governance.budgets import BudgetExceeded, budget_reserve, budget_settle
 from governance.models import Action, ApprovalRequest, ApprovalStatus
@@ -312,7 +312,8 @@ class _Run:
         if self.run.agent_id is None:
             self.offered = {}  # decided as the call's run is taken up (_call_steps)
             self.knowledge_bases = []
-            self.messages = []
+            self.messages: list[dict] = []
+            self.read_before = True  # may it have read anything before its own steps? (taint)
         else:
             # A run on the fast path was found to only answer as it started (runs_here).
             self.offered = {} if answers else _offered(self.agent, self.run.actor)
@@ -320,7 +321,8 @@ class _Run:
                 self.delegates = _delegates(self.agent, self.run)
             self.knowledge_bases = [] if answers else _knowledge_bases(self.agent, self.run)
             reads = bool(self.offered or self.knowledge_bases)
-            self.messages = _messages(self.run, self.agent.system_prompt, reads=reads)
+            self.messages, earlier = _messages(self.run, self.agent.system_prompt, reads=reads)
+            self.read_before = earlier or self.run.parent_id is not None
         self.tokens = self.run.tokens
         self.cancel_requested = self.run.cancel_requested
         self.ledger = LedgerShare()  # the ledger's part of each checkpoint (tools.ledger)
@@ -328,12 +330,13 @@ class _Run:
         self.answer_cache: _CacheAsk | None = None  # set before the first model step
         self.regions: tuple[str, ...] = ()
         self._outside: list[provenance.Read] | None = None  # run_taint_outside, read once
+        self.redact = GrowingRedaction()  # the prompt before an external route, grown per step
 
     def taint(self, *, before: int) -> list[provenance.Read]:
         """What the model had read when step `before` asked for a tool (provenance.run_taint):
         the part from before this run's own steps is read once for the run, not per call."""
         if self._outside is None:
-            self._outside = provenance.run_taint_outside(self.run)
+            self._outside = provenance.run_taint_outside(self.run) if self.read_before else []
         return provenance.run_taint(
             run=self.run, steps=self.steps, before=before, outside=self._outside
         )
@@ -735,7 +738,7 @@ def _ask_model(held: _Run, *, attempt: _Attempt, index: int, key: str, tools: li
             connection.close()  # a pooled one (a run on the fast path) goes back during the call
         messages, redaction = held.messages, None
         if agent.route.external:  # personal data never leaves; placeholders go instead
-            messages, redaction = redact_messages(messages)
+            messages, redaction = held.redact(messages)
 
         def publish_token(text: str) -> None:
             # `attempt`: a step redone after a crash streams afresh, not appended
@@ -1074,7 +1077,12 @@ def _decide_call(held: _Run, *, at: _Call, reads) -> tuple[Decision, ApprovalReq
     verdicts = _pending_verdicts(held)
     untrusted = tuple(dict.fromkeys(r.source for r in reads))
     asked = any(s.kind == StepKind.APPROVAL and s.input.get("key") == at.key for s in held.steps)
-    asks = at.tool.requires_approval or bool(verdicts) or bool(untrusted)
+    # Untrusted content asks a reviewer only of a call with side effects (governance.policy).
+    asks = (
+        at.tool.requires_approval
+        or bool(verdicts)
+        or (bool(untrusted) and at.tool.has_side_effects)
+    )
     # A request once made decides the call, whatever the settings say now.
     approval = ApprovalRequest.objects.filter(key=at.key).first() if asks or asked else None
     decision = decide(
@@ -1555,10 +1563,11 @@ def _tools(agent: Agent):
     return Tool.objects.filter(pk__in=served_ids(agent, "tools"), enabled=True)
 
 
-def _messages(run: Run, prompt: str, *, reads: bool) -> list[dict]:
+def _messages(run: Run, prompt: str, *, reads: bool) -> tuple[list[dict], bool]:
     """The conversation as the model sees it, after the system `prompt` of the version serving
     it; with the notice on marked data if this run may read any (`reads`: it has knowledge
-    bases or tools) or an earlier one did."""
+    bases or tools) or an earlier one did. And whether any message is not this run's (an
+    earlier run's: each run's start writes its message)."""
     messages = [{"role": "system", "content": prompt}] if prompt else []
     history = list(
         Message.objects.filter(conversation_id=cast(int, run.conversation_id)).order_by("id")
@@ -1585,7 +1594,7 @@ def _messages(run: Run, prompt: str, *, reads: bool) -> list[dict]:
                 }
             )
         )
-    return messages
+    return messages, any(m.run_id != run.pk for m in history)
 
 
 def _as_model_message(message: dict) -> dict:

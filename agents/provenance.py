@@ -217,11 +217,39 @@ def _status(item: dict) -> str:
     return "given to the model"
 
 
+# Asked before each tool call of a run (run_taint), so written out and prepared: the ORM took
+# longer to build the two queries than PostgreSQL to answer them.
+_SOURCES = """
+    SELECT id, slug, name, trusted FROM agents_knowledgebase WHERE id = ANY(%(bases)s::bigint[])
+    UNION ALL
+    SELECT NULL, name, NULL, TRUE FROM tools_tool
+    WHERE name = ANY(%(tools)s::text[]) AND output_trusted
+"""
+
+
+@dataclass(frozen=True)
+class _Base:
+    slug: str
+    name: str
+    trusted: bool
+
+
+def _sources(base_ids: set, names: set) -> tuple[dict[int, _Base], set[str]]:
+    """The knowledge bases `base_ids` that still exist, and which of the tools `names` are
+    trusted, as they are now (an admin's change counts from the next call)."""
+    from tools.db import raw_cursor
+
+    if not base_ids and not names:
+        return {}, set()
+    with raw_cursor() as cursor:
+        cursor.execute(_SOURCES, {"bases": sorted(base_ids), "tools": sorted(names)})
+        rows = cursor.fetchall()
+    bases = {pk: _Base(slug, name, trusted) for pk, slug, name, trusted in rows if pk is not None}
+    return bases, {slug for pk, slug, _, _ in rows if pk is None}
+
+
 def reads_of(steps) -> list[Read]:
     """The untrusted content in `steps` (of one run or several), trusted sources left out."""
-    from agents.models import KnowledgeBase
-    from tools.models import Tool
-
     steps = [s for s in steps if s.kind in ("retrieval", "tool")]
     base_ids = {
         p.get("knowledge_base")
@@ -229,11 +257,8 @@ def reads_of(steps) -> list[Read]:
         if s.kind == "retrieval"
         for p in s.output.get("passages", [])
     }
-    bases = {b.pk: b for b in KnowledgeBase.objects.filter(pk__in=base_ids)}
     names = {s.input.get("call", {}).get("name") for s in steps if s.kind == "tool"}
-    trusted_tools = set(
-        Tool.objects.filter(name__in=names, output_trusted=True).values_list("name", flat=True)
-    )
+    bases, trusted_tools = _sources(base_ids - {None}, names - {None})
     found = []
     for step in steps:
         if step.kind == "retrieval":

@@ -496,7 +496,9 @@ def run_cancel(*, run: Run, actor) -> Run:
         if locked.state == RunState.CANCELLED:
             final = {"type": "final", "state": str(RunState.CANCELLED)}
             transaction.on_commit(lambda: publish(locked.pk, final))
-            run_state_send(run_id=locked.pk, state=locked.state)
+            run_state_send(
+                run_id=locked.pk, state=locked.state, application_id=locked.client_application_id
+            )
             label = locked.agent.slug if locked.agent else MCP_LABEL
             _counted_finished(label, locked.state, timezone.now() - locked.created_at)
             run_wake_parent(parent_id=locked.parent_id, child_id=locked.pk, state=locked.state)
@@ -739,7 +741,7 @@ def run_finish(
         row = cursor.fetchone()
         if row is None:
             raise LeaseLost(f"run {run_id}: lease token {token} is no longer current")
-        conversation_id, tokens, cost, agent, took, parent_id = row
+        conversation_id, tokens, cost, agent, took, parent_id, application_id = row
         audit_record(
             actor=None,
             action=f"run.{state}",
@@ -759,7 +761,7 @@ def run_finish(
                 conversation=conversation_id,
                 data={"on": "answer", "findings": findings},
             )
-        run_state_send(run_id=run_id, state=state)
+        run_state_send(run_id=run_id, state=state, application_id=application_id)
         run_wake_parent(parent_id=parent_id, child_id=run_id, state=state)
         for finding in findings:
             guardrail_found(finding["guardrail"], where="answer", action="flag")
@@ -821,12 +823,12 @@ WITH finished AS (
     RETURNING conversation_id, prompt_tokens + completion_tokens AS tokens, cost,
         COALESCE((SELECT slug FROM agents_agent WHERE agents_agent.id = agents_run.agent_id),
             '{MCP_LABEL}') AS agent,
-        finished_at - created_at AS took, parent_id
+        finished_at - created_at AS took, parent_id, client_application_id
 ), touched AS (
     UPDATE agents_conversation SET updated_at = statement_timestamp()
     FROM finished WHERE agents_conversation.id = finished.conversation_id
 )
-SELECT conversation_id, tokens, cost, agent, took, parent_id FROM finished
+SELECT conversation_id, tokens, cost, agent, took, parent_id, client_application_id FROM finished
 """  # noqa: S608 - constants only
 
 
@@ -860,7 +862,8 @@ def run_park(*, run_id: int, token: int, state: str) -> None:
     transaction; a decision puts it back (`run_approval_decided`, `run_escalation_decided`)."""
     with connection.cursor() as cursor:
         cursor.execute(_PARK, [state, run_id, token])
-        if cursor.fetchone() is None:
+        row = cursor.fetchone()
+        if row is None:
             raise LeaseLost(f"run {run_id}: lease token {token} is no longer current")
     audit_record(
         actor=None,
@@ -868,13 +871,13 @@ def run_park(*, run_id: int, token: int, state: str) -> None:
         target=Target("agents.run", str(run_id), f"run {run_id} ({state})"),
         run=run_id,
     )
-    run_state_send(run_id=run_id, state=state)
+    run_state_send(run_id=run_id, state=state, application_id=row[0])
 
 
 _PARK = f"""
 UPDATE agents_run SET state = %s, lease_holder = '', lease_expires_at = NULL
 WHERE id = %s AND fencing_token = %s AND state = '{RunState.RUNNING}' AND NOT cancel_requested
-RETURNING id
+RETURNING client_application_id
 """  # noqa: S608 - constants only
 
 

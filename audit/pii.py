@@ -30,6 +30,7 @@ import functools
 import hashlib
 import hmac
 import json
+import operator
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -243,8 +244,15 @@ class Redaction:
         return dict(self._counts)
 
 
+# Every kind has a digit in it, or an @ or a written-out "at"/"dot" (an e-mail address): text
+# with none of these (a name, a status, most of an audit event's data) holds no value to find.
+_MAY_HOLD = re.compile(r"[\d@]")
+
+
 def find(text: str) -> list[tuple[int, int, str]]:
     """(start, end, kind) of each personal value in `text`, in order."""
+    if not _MAY_HOLD.search(text) and not _WRITTEN_HINT.search(text):
+        return []
     taken: list[tuple[int, int, str]] = []
     # Claimed by a value, or shaped like an IBAN or SSN and failing its check (then not a phone
     # number either).
@@ -442,6 +450,32 @@ def _put_back(
 def redact_messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], Redaction]:
     """Chat messages with their text redacted, numbering placeholders across all of them."""
     redaction = Redaction()
+    return _redacted(messages, redaction), redaction
+
+
+class GrowingRedaction:
+    """redact_messages for a conversation that grows at its end between calls (a run's prompt,
+    step after step): each message is redacted once, with the placeholders it would get from
+    redacting the whole list again. A list whose earlier messages are not the very objects
+    seen before is redacted afresh."""
+
+    def __init__(self) -> None:
+        self._seen: list[dict[str, Any]] = []
+        self._out: list[dict[str, Any]] = []
+        self._redaction = Redaction()
+
+    def __call__(self, messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], Redaction]:
+        known = len(self._seen)
+        grown = len(messages) >= known and all(map(operator.is_, messages, self._seen))
+        if not grown:
+            self._out, self._redaction, known = [], Redaction(), 0
+        self._out += _redacted(messages[known:], self._redaction)
+        self._seen = list(messages)
+        r = self._redaction  # a copy: the caller keeps it while later calls add to ours
+        return list(self._out), Redaction(dict(r.values), dict(r._by_value), dict(r._counts))
+
+
+def _redacted(messages: list[dict[str, Any]], redaction: Redaction) -> list[dict[str, Any]]:
     out = []
     for message in messages:
         copy = dict(message)
@@ -461,7 +495,7 @@ def redact_messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]
                 for call in copy["tool_calls"]
             ]
         out.append(copy)
-    return out, redaction
+    return out
 
 
 def _redact_arguments(arguments: str, redaction: Redaction) -> str:

@@ -155,11 +155,17 @@ def warden_run(agent, user, stream: bool = False) -> None:
 
     from agents.models import Conversation, Message, Run, RunState
     from agents.orchestrator import run_execute
+    from agents.versions import version_serving
 
     with transaction.atomic():  # as run_start writes them (less its audit event and enqueue)
         conversation = Conversation.objects.create(owner=user, agent=agent)
         run = Run.objects.create(
-            agent=agent, conversation=conversation, actor=user, input="check", stream=stream
+            agent=agent,
+            conversation=conversation,
+            actor=user,
+            input="check",
+            stream=stream,
+            version=version_serving(agent=agent, conversation=conversation),
         )
         Message.objects.create(conversation=conversation, run=run, role="user", content="check")
     run_execute(run_id=run.pk, holder="bench")

@@ -318,13 +318,15 @@ def webhook_verify(
 # Events -------------------------------------------------------------------------------------
 
 
-def webhook_run_state_changed(run_id: int, state: str, **_signal: Any) -> None:
+def webhook_run_state_changed(run_id: int, state: str, **signal: Any) -> None:
     """agents.signals.run_state_changed: record the event for every active webhook subscribed
     to it of the application that started the run, in the caller's transaction; enqueue their
     delivery once it commits. A run the browser or a personal token started is no
-    application's business."""
+    application's business (and costs no query when the sender said so)."""
     event = f"run.{state}"
     if event not in WebhookEvent.values:
+        return
+    if "application_id" in signal and signal["application_id"] is None:
         return
     run = Run.objects.filter(pk=run_id)
     # One query: the run's application's active webhooks for the event, each with the agent.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable
 from typing import Any
@@ -9,6 +10,18 @@ from typing import Any
 import jsonschema
 
 Validator = jsonschema.Draft202012Validator
+
+
+def validator_for(schema: Any) -> Any:
+    """A Validator of `schema`, built once per distinct schema: a tool's arguments are checked
+    at each call, and building one (its reference registry) cost more than the check.
+    Validators do not change once built, so one may serve every call."""
+    return _validator_of(json.dumps(schema, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=512)
+def _validator_of(text: str) -> Any:
+    return Validator(json.loads(text))
 
 
 def parameters_problem(schema: Any) -> str | None:

@@ -43,7 +43,7 @@ from tools.executors import Call, ToolError, executor
 from tools.ledger import LIVE_FIELDS, LedgerShare
 from tools.models import InvocationStatus, Tool, ToolInvocation, ToolKind
 from tools.registry import PYTHON_FUNCTIONS, ToolContext
-from tools.schemas import Validator, instance_problem
+from tools.schemas import instance_problem, validator_for
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class Outcome:
 
 def argument_problem(tool: Tool, arguments: Any) -> str | None:
     try:
-        return instance_problem(Validator(tool.parameters), arguments)
+        return instance_problem(validator_for(tool.parameters), arguments)
     except (jsonschema.SchemaError, referencing.exceptions.Unresolvable) as error:
         # A schema that checks on save can still point nowhere ($ref): the call fails, clearly.
         return f"the tool's parameters schema cannot be used ({type(error).__name__})"

@@ -132,7 +132,8 @@ def test_a_one_step_run_takes_a_fixed_number_of_queries(
     """The worker's side of a one-step run under a budget, pinned: the lease, the run and what
     it offers, the decision again, the reservation (one statement, run again after the first
     of a period has created the period's row), the model call, the settlement with the step
-    (one statement), the finish with its audit event; the route compiled once (a new route
+    (one statement), the finish with its audit event (and no webhook query: no application
+    started the run, and the finish says so); the route compiled once (a new route
     here). Counted inside the test's transaction, so with savepoints; the step's checkpoint is
     one statement on its own cursor, which this count does not see
     (agents.services.run_checkpoint)."""
@@ -150,7 +151,7 @@ def test_a_one_step_run_takes_a_fixed_number_of_queries(
             agent=agent, conversation=conversation, actor=member, input="hi", stream=False
         )
 
-    with django_capture_on_commit_callbacks(), django_assert_num_queries(23):
+    with django_capture_on_commit_callbacks(), django_assert_num_queries(22):
         run_execute(run_id=run.pk, holder="test")
 
     run.refresh_from_db()

@@ -18,7 +18,7 @@ from agents.models import (
 from agents.orchestrator import run_execute
 from agents.services import RunDenied, run_start
 from audit.models import AuditEvent
-from audit.pii import redact, redact_messages, restore
+from audit.pii import GrowingRedaction, redact, redact_messages, restore
 from audit.services import SYSTEM
 from governance.guardrails.injection import scan
 from governance.guardrails.output import render_markdown
@@ -91,6 +91,35 @@ def test_placeholders_are_stable_across_messages_and_restore_inside_json():
     sent = redact_messages(called)[0][0]["tool_calls"][0]["function"]["arguments"]
     assert json.loads(sent) == {"card": "[CARD_1]", "n": 2}  # still JSON
     assert redact("nothing here")[0] == "nothing here"
+
+
+def test_a_growing_prompt_is_redacted_as_the_whole_would_be():
+    """A run's prompt grows step by step; each message is redacted once, with the placeholders
+    redacting the whole list gives, and a redaction handed out is not changed by later calls."""
+    said = [
+        "Mail jane@example.com, card 4111 1111 1111 1111.",
+        "Again: jane@example.com, and bob@example.org",
+        "Nothing personal.",
+        "Card 5500 0000 0000 0004 for bob@example.org",
+    ]
+    messages: list[dict] = []
+    grow = GrowingRedaction()
+    handed = []
+    for text in said:
+        messages += [{"role": "user", "content": text}]
+        grown, redaction = grow(messages)
+        whole, expected = redact_messages(messages)
+        assert grown == whole
+        assert redaction.values == expected.values
+        handed.append((redaction, dict(redaction.values)))
+    assert "[EMAIL_2]" in grown[1]["content"]
+    assert "[CARD_2]" in grown[3]["content"]
+    assert all(redaction.values == values for redaction, values in handed)
+
+    # Not the same list grown (an earlier message replaced): redacted afresh.
+    other = [{"role": "user", "content": "bob@example.org"}, *messages[1:]]
+    assert grow(other)[0] == redact_messages(other)[0]
+    assert grow(other)[0][0]["content"] == "[EMAIL_1]"
 
 
 @pytest.mark.parametrize(

@@ -330,6 +330,54 @@ def test_a_trusted_source_does_not_force_approval(server, desk, people):
     assert not ApprovalRequest.objects.filter(run_id=run.pk).exists()
 
 
+def test_what_a_run_read_counts_each_source_as_it_is_now(people):
+    """reads_of: an untrusted base's passages and an untrusted tool's output are read; a trusted
+    base's and a trusted tool's are not; a deleted base's passage still is, named as deleted."""
+    from agents.models import RunStep
+    from agents.provenance import reads_of
+
+    open_base = KnowledgeBase.objects.create(name="Wiki", slug="wiki-r", owner=people.member)
+    kept = KnowledgeBase.objects.create(
+        name="Policies", slug="pol-r", owner=people.member, trusted=True
+    )
+    gone = KnowledgeBase.objects.create(name="Old", slug="old-r", owner=people.member)
+    gone_id = gone.pk
+    gone.delete()
+    Tool.objects.filter(name="get_ticket_status").update(output_trusted=True)
+    passages = [
+        {"n": 1, "knowledge_base": open_base.pk, "title": "VPN"},
+        {"n": 2, "knowledge_base": kept.pk, "title": "Leave"},
+        {"n": 3, "knowledge_base": gone_id, "title": "Old page"},
+    ]
+    steps = [
+        RunStep(run_id=1, index=0, kind="retrieval", output={"passages": passages}),
+        RunStep(
+            run_id=1,
+            index=1,
+            kind="tool",
+            input={"call": {"name": "get_ticket_status"}},
+            output={"result": {}},
+        ),
+        RunStep(
+            run_id=1,
+            index=2,
+            kind="tool",
+            input={"call": {"name": "create_ticket"}},
+            output={"result": {}},
+        ),
+    ]
+
+    reads = reads_of(steps)
+
+    assert [(r.source, r.step, r.n) for r in reads] == [
+        ("kb/wiki-r", 0, 1),
+        (f"kb/deleted-{gone_id}", 0, 3),
+        ("tool/create_ticket", 2, None),
+    ]
+    assert reads[1].label == "passage 3: \u201cOld page\u201d from a deleted knowledge base"
+    assert reads_of([]) == []
+
+
 # Security documents.
 
 
