@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import html
 import itertools
 import json
 import re
@@ -52,13 +53,15 @@ class View:
     text: str
     # "text", "json", "keys" (a JSON document's field names), "joined" (the text with its
     # joined-up phrases spaced out), "base64", "base32", "hex", "url", "tags", "selectors" (text
-    # written in invisible characters), "reversed", "rot13" (a line turned)
+    # written in invisible characters), "reversed", "rot13" (a line turned), "html" (a markup
+    # document's text as a reader gets it: `html_reading`), "entities" (a run of character
+    # references)
     how: str
 
     @property
     def decoded(self) -> bool:
         """Whether this view is what an encoded or hidden part of the input decodes to."""
-        return self.how not in ("text", "json", "keys", "joined")
+        return self.how not in ("text", "json", "keys", "joined", "html")
 
 
 @cache
@@ -213,6 +216,35 @@ def _turned_lines(text: str) -> Iterator[tuple[str, str]]:
                 break
 
 
+# Leetspeak: letters written as the digits that look like them (`1gn0r3 4ll`). A line is read
+# with them turned back when most of its words are such mixtures (a part number, a hash or a
+# version has one or two, and hex digits only).
+_LEET = str.maketrans("4310758@$", "aeiotsbas")
+_LEET_WORD = re.compile(r"(?=[^\s]*[A-Za-z])(?=[^\s]*[0134578@$])[A-Za-z0134578@$]{2,}")
+_LEET_RUN = re.compile(r"[A-Za-z0134578@$]{2,}")
+# A letter beside such a digit: every leetspeak word has one (a linear search for the lines).
+_LEET_MIX = re.compile(r"[A-Za-z][0134578@$]|[0134578@$][A-Za-z]")
+_HEX_WORD = re.compile(r"[0-9a-fA-F]+")
+
+
+def _is_leet(word: str) -> bool:
+    return bool(_LEET_WORD.fullmatch(word)) and not _HEX_WORD.fullmatch(word)
+
+
+def _leet_lines(text: str) -> Iterator[str]:
+    """Each line with five words or more written in leetspeak, over a third of its words,
+    with those words turned back into letters."""
+    if not _LEET_MIX.search(text):
+        return
+    for line in text.splitlines():
+        words = [word.strip(".,:;!?\"'()[]") for word in line.split()]
+        leet = [word for word in words if _is_leet(word)]
+        if len(leet) >= 5 and len(leet) * 3 > len(words):
+            yield _LEET_RUN.sub(
+                lambda m: m.group(0).translate(_LEET) if _is_leet(m.group(0)) else m.group(0), line
+            )
+
+
 def decoded_runs(text: str) -> Iterator[tuple[str, str]]:
     """(how, decoded text) for each base64, base32, hex or URL-encoded run that decodes to
     text, and each line that reads as English written backwards or in ROT13."""
@@ -247,6 +279,11 @@ def decoded_runs(text: str) -> Iterator[tuple[str, str]]:
         found += 1
         if found >= _MAX_RUNS:
             return
+    for line in _leet_lines(text):
+        yield "leet", line
+        found += 1
+        if found >= _MAX_RUNS:
+            return
     for match in _HEX.finditer(text):
         digits = re.sub(r"\\x|0x|[\s:]", "", match.group(0))
         if len(digits) % 2:
@@ -257,6 +294,13 @@ def decoded_runs(text: str) -> Iterator[tuple[str, str]]:
             continue
         if decoded:
             yield "hex", decoded
+            found += 1
+            if found >= _MAX_RUNS:
+                return
+    for match in _REFERENCES.finditer(text):
+        decoded = html.unescape(match.group(0))
+        if _printable(decoded.encode("utf-8", "replace")):
+            yield "entities", decoded
             found += 1
             if found >= _MAX_RUNS:
                 return
@@ -349,6 +393,105 @@ def _spaced_out(joined: str) -> str:
     return re.sub("_+", " ", joined) if "_" in joined else _CAMEL.sub(" ", joined)
 
 
+# Markup: a start or end tag with a tag's name (`<p>`, `</div>`, `<img src=...>`), of bounded
+# length (no input makes the search quadratic), and comments (`_comment_chars`). An address in
+# angle brackets (`<jane@example.com>`) is not one.
+_TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9-]{0,40}(?:\s[^<>]{0,2000})?/?>")
+# A page is text whose markup is this share of its characters at least: code or a security
+# note quoting a tag or two is read as it is (measured on the corpus and the outside sets:
+# pages from 10 % up, such notes and code files 3-4 %).
+_MARKUP_SHARE = 0.08
+# Elements that end a line where they open or close: their text is a paragraph of its own.
+_BLOCKS = frozenset(
+    "address article aside blockquote br caption dd details div dl dt fieldset figcaption figure "  # noqa: SIM905
+    "footer form h1 h2 h3 h4 h5 h6 header hr li main nav ol p pre section summary table td th "
+    "tr ul title option".split()
+)
+# Attributes that hold a page's plumbing, not its text.
+_PLUMBING = frozenset("class id style href src srcset rel type name for width height".split())  # noqa: SIM905
+
+
+# What a page's reader never sees: style sheets, and scripts that are code (JSON-LD is data).
+_CODE_OPENING = re.compile(r"<(script|style)\b", re.IGNORECASE)
+_ATTRIBUTE = re.compile(r"([A-Za-z_:][-A-Za-z0-9_:.]{0,40})\s*=\s*(?:\"([^\"]*)\"|'([^']*)')")
+
+
+def _read_tag(match: re.Match[str]) -> str:
+    """A tag as its reader gets it: its attributes' values that are words (`alt`, `title`,
+    `aria-label`, a `data-note`: alt text is read aloud, and shown when an image does not
+    load) where it stands, and a line's end for a block's tag."""
+    tag = match.group(0)
+    name = re.match(r"</?([A-Za-z][A-Za-z0-9-]*)", tag)
+    said = [
+        double or single
+        for attribute, double, single in _ATTRIBUTE.findall(tag)
+        if attribute.lower() not in _PLUMBING and len((double or single).split()) >= 2
+    ]
+    block = name is not None and name.group(1).lower() in _BLOCKS
+    return ("\n" if block else " ") + " ".join(said) + ("\n" if block else " ")
+
+
+def _without_code(text: str) -> str:
+    """`text` without its style sheets and code scripts, in linear time: each element is
+    searched for its end once, after the one before; one with no end keeps the rest."""
+    lowered, parts, at = text.lower(), [], 0
+    for opening in _CODE_OPENING.finditer(text):
+        if opening.start() < at:
+            continue  # inside an element already taken out
+        name = opening.group(1).lower()
+        closing = lowered.find(f"</{name}", opening.end())
+        if closing < 0:
+            break
+        end = lowered.find(">", closing)
+        end = len(text) if end < 0 else end + 1
+        head = lowered[opening.start() : lowered.find(">", opening.start(), closing) + 1]
+        parts.append(text[at : opening.start()])
+        parts.append(text[opening.start() : end] if name == "script" and "json" in head else " ")
+        at = end
+    parts.append(text[at:])
+    return "".join(parts)
+
+
+def _page_text(text: str) -> str:
+    """A page's text as a reader (or a model given the page) gets it: its text and its
+    comments where they stand, its tags as `_read_tag` reads them, style sheets and code out,
+    character references decoded. Regular expressions of bounded reach, not a parser: the
+    standard library's takes seconds on some 200 KB inputs."""
+    kept = _without_code(text).replace("<!--", " ").replace("-->", " ")
+    return html.unescape(_TAG.sub(_read_tag, kept))
+
+
+def _comment_chars(text: str) -> int:
+    """How many characters of `text` are in markup comments; linear: after an opening with no
+    closing anywhere after it, no later one can close either."""
+    total, at = 0, text.find("<!--")
+    while at >= 0:
+        end = text.find("-->", at + 4)
+        if end < 0:
+            break
+        total += end + 3 - at
+        at = text.find("<!--", end + 3)
+    return total
+
+
+def html_reading(text: str) -> str | None:
+    """The text of `text` if it is a page (HTML, XML: markup makes _MARKUP_SHARE of it), as
+    `_page_text` reads it, its blank lines folded; None when it is not, or reads the same."""
+    if "<" not in text:
+        return None
+    head = text[:20_000]
+    markup = sum(len(tag) for tag in _TAG.findall(head)) + _comment_chars(head)
+    if markup < _MARKUP_SHARE * len(head):
+        return None
+    lines = (re.sub(r"[ \t]+", " ", line).strip() for line in _page_text(text).split("\n"))
+    reading = "\n".join(line for line in lines if line)
+    return reading if reading and reading != text.strip() else None
+
+
+# Character references spelling text out (`&#65;&#73;&#32;...`): eight or more in a row.
+_REFERENCES = re.compile(r"(?:&#(?:[0-9]{1,7}|[xX][0-9a-fA-F]{1,6});\s?){8,}")
+
+
 def views(text: str) -> list[View]:
     """Every text to score for `text`: folded (a JSON document as its strings, and its short
     field names apart when they make a few words), its phrases joined into identifiers spaced
@@ -375,6 +518,14 @@ def views(text: str) -> list[View]:
         result.append(View("\n".join(dict.fromkeys(joined)), "joined"))
     seen = {main.text}
     pending = [(main.text, 0)]
+    # A page's text as its reader gets it (alt texts and comments included), beside the
+    # markup as it is: an order in an attribute or a comment is not diluted by the tags.
+    if reading is None and (page := html_reading(text)) is not None:
+        folded = fold(page)
+        if folded not in seen:
+            seen.add(folded)
+            result.append(View(folded, "html"))
+            pending.insert(0, (folded, 0))
     # Text in invisible characters, in the input and (escaped there: "\udb40\udc41") in a JSON
     # document's strings: a few views at most, decoded after the main text's runs (pop() takes
     # the last first).
