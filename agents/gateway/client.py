@@ -474,20 +474,12 @@ def _reply(response, hidden: dict, first: str) -> ModelReply:
     return reply
 
 
-# Models litellm's cost map could not price (a self-hosted one with no price set): asking again
-# at each call costs ~0.3 ms and fails the same way (the map is read at import).
-_UNPRICED: set[str] = set()
-
-
 def _cost(response, hidden: dict) -> Decimal:
     value = (hidden or {}).get("response_cost")
-    model = str(getattr(response, "model", "") or "")
-    if value is None and model not in _UNPRICED:  # not priced during the call (0 is a price)
+    if value is None:  # not priced during the call (0 is a price: free or unknown)
         try:
             value = litellm.completion_cost(completion_response=response)
         except Exception:  # a model litellm's cost map does not know, with no price set
-            if model and len(_UNPRICED) < 1000:
-                _UNPRICED.add(model)
             value = 0
     return Decimal(str(value or 0)).quantize(Decimal("0.000001"))
 

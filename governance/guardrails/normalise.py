@@ -393,14 +393,29 @@ def _spaced_out(joined: str) -> str:
     return re.sub("_+", " ", joined) if "_" in joined else _CAMEL.sub(" ", joined)
 
 
-# Markup: a start or end tag with a tag's name (`<p>`, `</div>`, `<img src=...>`), of bounded
-# length (no input makes the search quadratic), and comments (`_comment_chars`). An address in
-# angle brackets (`<jane@example.com>`) is not one.
-_TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9-]{0,40}(?:\s[^<>]{0,2000})?/?>")
-# A page is text whose markup is this share of its characters at least: code or a security
-# note quoting a tag or two is read as it is (measured on the corpus and the outside sets:
-# pages from 10 % up, such notes and code files 3-4 %).
+# Markup, in one pass of one pattern: a comment (one never closed runs to the end), or a start
+# or end tag with a tag's name (`<p>`, `</div>`, `<img/alt="...">`) whose quoted attribute
+# values may hold `<` and `>`, as a browser reads them; each part of bounded length, so that
+# no input makes the search quadratic. An address in angle brackets (`<jane@example.com>`) is
+# not a tag.
+_MARKUP_TOKEN = re.compile(
+    r"<!--(?:[\s\S]*?-->|[\s\S]*\Z)"
+    r"|</?([A-Za-z][A-Za-z0-9._:-]{0,40})(?:[\s/](?:\"[^\"]{0,1000}\"|'[^']{0,1000}'|[^<>\"']){0,1000})?>"
+)
+_CLOSING = {name: re.compile(rf"</{name}\s*>", re.IGNORECASE) for name in ("script", "style")}
+# A page is text whose markup (tags, comments, style sheets and scripts) is this share of its
+# characters, or that has this many tags of HTML's own elements: code or a security note that
+# quotes a tag or two is read as it is (measured on the corpus and the outside sets: pages
+# from 10 % up, such notes and code files 3-4 %), and prose around a page does not hide it.
 _MARKUP_SHARE = 0.08
+_PAGE_TAGS = 8
+_HTML_ELEMENTS = frozenset(
+    "a abbr article aside audio b blockquote body br button caption center code details div "  # noqa: SIM905
+    "em figcaption figure font footer form h1 h2 h3 h4 h5 h6 head header hr html i iframe img "
+    "input label li link main meta nav noscript ol option p picture pre script section select "
+    "small source span strong style sub summary sup svg table tbody td template textarea tfoot "
+    "th thead title tr u ul video".split()
+)
 # Elements that end a line where they open or close: their text is a paragraph of its own.
 _BLOCKS = frozenset(
     "address article aside blockquote br caption dd details div dl dt fieldset figcaption figure "  # noqa: SIM905
@@ -409,87 +424,83 @@ _BLOCKS = frozenset(
 )
 # Attributes that hold a page's plumbing, not its text.
 _PLUMBING = frozenset("class id style href src srcset rel type name for width height".split())  # noqa: SIM905
-
-
-# What a page's reader never sees: style sheets, and scripts that are code (JSON-LD is data).
-_CODE_OPENING = re.compile(r"<(script|style)\b", re.IGNORECASE)
 _ATTRIBUTE = re.compile(r"([A-Za-z_:][-A-Za-z0-9_:.]{0,40})\s*=\s*(?:\"([^\"]*)\"|'([^']*)')")
 
 
-def _read_tag(match: re.Match[str]) -> str:
+def _read_tag(tag: str, name: str) -> str:
     """A tag as its reader gets it: its attributes' values that are words (`alt`, `title`,
     `aria-label`, a `data-note`: alt text is read aloud, and shown when an image does not
     load) where it stands, and a line's end for a block's tag."""
-    tag = match.group(0)
-    name = re.match(r"</?([A-Za-z][A-Za-z0-9-]*)", tag)
     said = [
         double or single
         for attribute, double, single in _ATTRIBUTE.findall(tag)
         if attribute.lower() not in _PLUMBING and len((double or single).split()) >= 2
     ]
-    block = name is not None and name.group(1).lower() in _BLOCKS
-    return ("\n" if block else " ") + " ".join(said) + ("\n" if block else " ")
+    end = "\n" if name in _BLOCKS else " "
+    return end + " ".join(said) + end
 
 
-def _without_code(text: str) -> str:
-    """`text` without its style sheets and code scripts, in linear time: each element is
-    searched for its end once, after the one before; one with no end keeps the rest."""
-    lowered, parts, at = text.lower(), [], 0
-    for opening in _CODE_OPENING.finditer(text):
-        if opening.start() < at:
-            continue  # inside an element already taken out
-        name = opening.group(1).lower()
-        closing = lowered.find(f"</{name}", opening.end())
-        if closing < 0:
-            break
-        end = lowered.find(">", closing)
-        end = len(text) if end < 0 else end + 1
-        head = lowered[opening.start() : lowered.find(">", opening.start(), closing) + 1]
-        parts.append(text[at : opening.start()])
-        parts.append(text[opening.start() : end] if name == "script" and "json" in head else " ")
-        at = end
-    parts.append(text[at:])
-    return "".join(parts)
+def _inside_comment(token: re.Match[str]) -> str:
+    if token.group(1) is None:  # "<!--" again: no comment opens inside one
+        return token.group(0)[4:]
+    return _read_tag(token.group(0), token.group(1).lower())
 
 
-def _page_text(text: str) -> str:
+def _page_text(text: str) -> tuple[str, int, int]:
     """A page's text as a reader (or a model given the page) gets it: its text and its
-    comments where they stand, its tags as `_read_tag` reads them, style sheets and code out,
-    character references decoded. Regular expressions of bounded reach, not a parser: the
-    standard library's takes seconds on some 200 KB inputs."""
-    kept = _without_code(text).replace("<!--", " ").replace("-->", " ")
-    return html.unescape(_TAG.sub(_read_tag, kept))
-
-
-def _comment_chars(text: str) -> int:
-    """How many characters of `text` are in markup comments; linear: after an opening with no
-    closing anywhere after it, no later one can close either."""
-    total, at = 0, text.find("<!--")
-    while at >= 0:
-        end = text.find("-->", at + 4)
-        if end < 0:
-            break
-        total += end + 3 - at
-        at = text.find("<!--", end + 3)
-    return total
+    comments where they stand, its tags as `_read_tag` reads them, style sheets and code
+    scripts out (JSON-LD is data, kept), character references decoded; with how many of its
+    characters are markup and how many tags of HTML's elements it has. One linear pass, not a
+    parser (the standard library's took seconds on some 200 KB inputs): each style sheet or
+    script is searched for its end once, from where the one before ended; one never closed
+    keeps the rest, and no later one of its kind is searched for."""
+    parts: list[str] = []
+    at, markup, tags = 0, 0, 0
+    unclosed: set[str] = set()
+    for token in _MARKUP_TOKEN.finditer(text):
+        if token.start() < at:
+            continue  # inside a style sheet or script already taken out
+        parts.append(text[at : token.start()])
+        at = token.end()
+        markup += at - token.start()
+        found = token.group(0)
+        if found.startswith("<!--"):  # its text in place, and the tags in it read as tags
+            parts.append(" " + _MARKUP_TOKEN.sub(_inside_comment, found[4:].removesuffix("-->")))
+            continue
+        name = token.group(1).lower()
+        tags += name in _HTML_ELEMENTS
+        if name in _CLOSING and not found.startswith("</") and name not in unclosed:
+            closing = _CLOSING[name].search(text, at)
+            if closing is None:
+                unclosed.add(name)
+            else:
+                data = name == "script" and "json" in found.lower()
+                parts.append(text[at : closing.start()] if data else " ")
+                markup += closing.end() - at
+                at = closing.end()
+                continue
+        parts.append(_read_tag(found, name))
+    parts.append(text[at:])
+    return html.unescape("".join(parts)), markup, tags
 
 
 def html_reading(text: str) -> str | None:
-    """The text of `text` if it is a page (HTML, XML: markup makes _MARKUP_SHARE of it), as
-    `_page_text` reads it, its blank lines folded; None when it is not, or reads the same."""
+    """The text of `text` if it is a page (HTML, XML: _MARKUP_SHARE of it markup, or
+    _PAGE_TAGS tags of HTML's elements), as `_page_text` reads it, its blank lines folded;
+    None when it is not, or reads the same."""
     if "<" not in text:
         return None
-    head = text[:20_000]
-    markup = sum(len(tag) for tag in _TAG.findall(head)) + _comment_chars(head)
-    if markup < _MARKUP_SHARE * len(head):
+    page, markup, tags = _page_text(text)
+    if markup < _MARKUP_SHARE * len(text) and tags < _PAGE_TAGS:
         return None
-    lines = (re.sub(r"[ \t]+", " ", line).strip() for line in _page_text(text).split("\n"))
+    lines = (re.sub(r"[ \t]+", " ", line).strip() for line in page.split("\n"))
     reading = "\n".join(line for line in lines if line)
     return reading if reading and reading != text.strip() else None
 
 
-# Character references spelling text out (`&#65;&#73;&#32;...`): eight or more in a row.
-_REFERENCES = re.compile(r"(?:&#(?:[0-9]{1,7}|[xX][0-9a-fA-F]{1,6});\s?){8,}")
+# Character references spelling text out (`&#65;&#73;&#32;...`, `&#00073`, the `;` optional as
+# browsers read them): eight or more in a row.
+_REFERENCES = re.compile(r"(?:&#(?:[0-9]{1,10}|[xX][0-9a-fA-F]{1,8});?\s?){8,}")
 
 
 def views(text: str) -> list[View]:
@@ -499,6 +510,8 @@ def views(text: str) -> list[View]:
     if len(text) > MAX_CHARS:
         text = text[:_HEAD] + "\n" + text[-(MAX_CHARS - _HEAD) :]
     reading = json_reading(text)
+    # A page, or a JSON document with one in its strings (a tool returning a fetched page).
+    page = html_reading(text if reading is None else "\n".join(reading[0]))
     if reading is not None:
         main = View(fold("\n".join(reading[0])), "json")
     else:
@@ -520,7 +533,7 @@ def views(text: str) -> list[View]:
     pending = [(main.text, 0)]
     # A page's text as its reader gets it (alt texts and comments included), beside the
     # markup as it is: an order in an attribute or a comment is not diluted by the tags.
-    if reading is None and (page := html_reading(text)) is not None:
+    if page is not None:
         folded = fold(page)
         if folded not in seen:
             seen.add(folded)

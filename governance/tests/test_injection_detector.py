@@ -550,26 +550,56 @@ ORDER = (
 )
 
 
-def _references(text: str) -> str:
-    return "".join(f"&#{ord(char)};" for char in text)
+def _references(text: str, end: str = ";") -> str:
+    return "".join(f"&#{ord(char)}{end}" for char in text)
+
+
+ALT = f'<img src="/img/fig.jpg" alt="A fig in a terracotta pot. {ORDER}" width="800">'
 
 
 @pytest.mark.parametrize(
-    "hidden",
+    ("hidden", "wrap"),
     [
-        f'<img src="/img/fig.jpg" alt="A fig in a terracotta pot. {ORDER}" width="800">',
-        f"<!-- {ORDER} -->",
-        f'<p style="color:#fff;font-size:1px">{_references(ORDER)}</p>',
-        f'<div aria-label="{ORDER}"></div>',
+        (ALT, str),
+        (f'<div aria-label="{ORDER}"></div>', str),
+        (f'<img/alt="{ORDER}">', str),  # "/" between a tag's name and its attributes
+        # A tool's JSON result holding the page (what an agent's fetch returns).
+        (ALT, lambda page: json.dumps({"url": "https://plants.example/fig", "content": page})),
+        # Prose before the page does not make it less of a page.
+        (ALT, lambda page: "Notes on houseplants, copied from a forum. " * 500 + page),
+        # Markup that hides nothing from a reader hides nothing from the detector: a style
+        # element opened and closed inside comments or an attribute, and letters whose lower
+        # case is longer (`İ`) before a style sheet.
+        (f"<!-- <style> -->{ALT}<!-- </style> -->", str),
+        (f'<img src="a.png" alt="<script>">{ALT}<!-- </script> -->', str),
+        ("İ" * 300 + f"<style>p {{ color: #333 }}</style>{ALT}", str),
     ],
-    ids=["alt text", "comment", "character references", "aria-label"],
+    ids=[
+        "alt text",
+        "aria-label",
+        "slash before the attribute",
+        "inside a JSON result",
+        "after prose",
+        "style opened in a comment",
+        "script named in an attribute",
+        "before a style sheet, longer lower case",
+    ],
 )
-def test_an_order_hidden_in_a_pages_markup_is_read(hidden):
-    page = PAGE.format(hidden=hidden)
+def test_an_order_hidden_in_a_pages_markup_is_read(hidden, wrap):
+    text = wrap(PAGE.format(hidden=hidden))
 
-    assert "html" in [view.how for view in views(page)]
+    assert "html" in [view.how for view in views(text)]
+    assert scan(text).injection
+    ordinary = wrap(PAGE.format(hidden="<p>Keep it out of direct sun for a week.</p>"))
+    assert not scan(ordinary).injection
+
+
+@pytest.mark.parametrize("end", [";", ""], ids=["with semicolons", "without"])
+def test_an_order_spelt_in_character_references_is_read(end):
+    page = PAGE.format(hidden=f'<p style="font-size:1px">{_references(ORDER, end)}</p>')
+
+    assert "entities" in [view.how for view in views(page)]
     assert scan(page).injection
-    assert not scan(PAGE.format(hidden="<p>Keep it out of direct sun for a week.</p>")).injection
 
 
 def test_a_page_is_read_as_its_reader_gets_it():
@@ -628,8 +658,8 @@ def test_an_order_in_leetspeak_is_read_with_its_letters_back():
 
     assert "leet" in [view.how for view in views(text)]
     assert scan(text).injection
-    # Part numbers, versions and hashes mix letters and digits too: not read as leetspeak.
-    codes = "Order A1B2 and part X7-44 shipped: v2.3.1, build 5f3a9c, SKU PK3300, bin L4, gate B8."
+    # Hashes and versions mix letters and digits too: not read as leetspeak.
+    codes = "Builds 5f3a9c, 7e2b10, a1b2c3, 3d4e5f, 0a1b2c and 9f8e7d passed; v2.3.1 shipped."
     assert "leet" not in [view.how for view in views(codes)]
 
 
