@@ -404,18 +404,11 @@ _MARKUP_TOKEN = re.compile(
 )
 _CLOSING = {name: re.compile(rf"</{name}\s*>", re.IGNORECASE) for name in ("script", "style")}
 # A page is text whose markup (tags, comments, style sheets and scripts) is this share of its
-# characters, or that has this many tags of HTML's own elements: code or a security note that
-# quotes a tag or two is read as it is (measured on the corpus and the outside sets: pages
-# from 10 % up, such notes and code files 3-4 %), and prose around a page does not hide it.
+# characters, or of some 8,000 of them (two buckets side by side: prose around a page does not
+# hide it): code or a security note that quotes a tag or two is read as it is (measured on the
+# corpus and the outside sets: pages from 10 % up, such notes and code files 3-4 %).
 _MARKUP_SHARE = 0.08
-_PAGE_TAGS = 8
-_HTML_ELEMENTS = frozenset(
-    "a abbr article aside audio b blockquote body br button caption center code details div "  # noqa: SIM905
-    "em figcaption figure font footer form h1 h2 h3 h4 h5 h6 head header hr html i iframe img "
-    "input label li link main meta nav noscript ol option p picture pre script section select "
-    "small source span strong style sub summary sup svg table tbody td template textarea tfoot "
-    "th thead title tr u ul video".split()
-)
+_BUCKET = 4000
 # Elements that end a line where they open or close: their text is a paragraph of its own.
 _BLOCKS = frozenset(
     "address article aside blockquote br caption dd details div dl dt fieldset figcaption figure "  # noqa: SIM905
@@ -424,18 +417,26 @@ _BLOCKS = frozenset(
 )
 # Attributes that hold a page's plumbing, not its text.
 _PLUMBING = frozenset("class id style href src srcset rel type name for width height".split())  # noqa: SIM905
-_ATTRIBUTE = re.compile(r"([A-Za-z_:][-A-Za-z0-9_:.]{0,40})\s*=\s*(?:\"([^\"]*)\"|'([^']*)')")
+# An attribute and its value, quoted or not (`alt=Ignore&#x20;all`: a reference for a space).
+_ATTRIBUTE = re.compile(
+    r"(?<![-\w:.])([A-Za-z_:][-A-Za-z0-9_:.]{0,40})\s*=\s*"
+    r"(?:\"([^\"\n]{0,1000})\"|'([^'\n]{0,1000})'|([^\s\"'<>=`]{1,1000}))"
+)
+
+
+def _said(match: re.Match[str]) -> str | None:
+    """An attribute's value as a reader gets it, if it is words (and not the page's plumbing)."""
+    value = html.unescape(match.group(2) or match.group(3) or match.group(4) or "")
+    if match.group(1).lower() in _PLUMBING or len(value.split()) < 2:
+        return None
+    return value
 
 
 def _read_tag(tag: str, name: str) -> str:
     """A tag as its reader gets it: its attributes' values that are words (`alt`, `title`,
     `aria-label`, a `data-note`: alt text is read aloud, and shown when an image does not
     load) where it stands, and a line's end for a block's tag."""
-    said = [
-        double or single
-        for attribute, double, single in _ATTRIBUTE.findall(tag)
-        if attribute.lower() not in _PLUMBING and len((double or single).split()) >= 2
-    ]
+    said = [value for match in _ATTRIBUTE.finditer(tag) if (value := _said(match)) is not None]
     end = "\n" if name in _BLOCKS else " "
     return end + " ".join(said) + end
 
@@ -446,52 +447,55 @@ def _inside_comment(token: re.Match[str]) -> str:
     return _read_tag(token.group(0), token.group(1).lower())
 
 
-def _page_text(text: str) -> tuple[str, int, int]:
-    """A page's text as a reader (or a model given the page) gets it: its text and its
-    comments where they stand, its tags as `_read_tag` reads them, style sheets and code
-    scripts out (JSON-LD is data, kept), character references decoded; with how many of its
-    characters are markup and how many tags of HTML's elements it has. One linear pass, not a
-    parser (the standard library's took seconds on some 200 KB inputs): each style sheet or
-    script is searched for its end once, from where the one before ended; one never closed
-    keeps the rest, and no later one of its kind is searched for."""
+def _page_text(text: str) -> tuple[str, list[int]]:
+    """A page's text as a reader (or a model given the page) gets it, with how many of its
+    characters are markup in each _BUCKET of it. Its text, comments, style sheets and scripts
+    stay where they stand (taking anything out would let markup a browser reads otherwise take
+    an order out with it); each tag becomes what `_read_tag` reads of it; what is left that
+    still looks like an attribute (in markup too odd to be read as a tag) is read as one;
+    character references are decoded. One linear pass, not a parser (the standard library's
+    took seconds on some 200 KB inputs)."""
     parts: list[str] = []
-    at, markup, tags = 0, 0, 0
+    buckets = [0] * (len(text) // _BUCKET + 1)
+    at = inside = 0  # where the last token ended; where the style sheet or script we are in ends
     unclosed: set[str] = set()
     for token in _MARKUP_TOKEN.finditer(text):
-        if token.start() < at:
-            continue  # inside a style sheet or script already taken out
-        parts.append(text[at : token.start()])
+        start = token.start()
+        parts.append(text[at:start])
         at = token.end()
-        markup += at - token.start()
+        buckets[start // _BUCKET] += at - start
         found = token.group(0)
         if found.startswith("<!--"):  # its text in place, and the tags in it read as tags
             parts.append(" " + _MARKUP_TOKEN.sub(_inside_comment, found[4:].removesuffix("-->")))
             continue
         name = token.group(1).lower()
-        tags += name in _HTML_ELEMENTS
-        if name in _CLOSING and not found.startswith("</") and name not in unclosed:
-            closing = _CLOSING[name].search(text, at)
+        if name in _CLOSING and found[1] != "/" and name not in unclosed and start >= inside:
+            closing = _CLOSING[name].search(text, at)  # counted as markup, kept as text
             if closing is None:
                 unclosed.add(name)
             else:
-                data = name == "script" and "json" in found.lower()
-                parts.append(text[at : closing.start()] if data else " ")
-                markup += closing.end() - at
-                at = closing.end()
-                continue
+                buckets[at // _BUCKET] += closing.start() - at
+                inside = closing.start()
         parts.append(_read_tag(found, name))
     parts.append(text[at:])
-    return html.unescape("".join(parts)), markup, tags
+    read = _ATTRIBUTE.sub(
+        lambda m: f" {value} " if (value := _said(m)) else m.group(0), "".join(parts)
+    )
+    return html.unescape(read), buckets
 
 
 def html_reading(text: str) -> str | None:
-    """The text of `text` if it is a page (HTML, XML: _MARKUP_SHARE of it markup, or
-    _PAGE_TAGS tags of HTML's elements), as `_page_text` reads it, its blank lines folded;
-    None when it is not, or reads the same."""
+    """The text of `text` if it is a page (HTML, XML: _MARKUP_SHARE of it markup, or of two
+    _BUCKETs of it side by side), as `_page_text` reads it, its blank lines folded; None when
+    it is not, or reads the same."""
     if "<" not in text:
         return None
-    page, markup, tags = _page_text(text)
-    if markup < _MARKUP_SHARE * len(text) and tags < _PAGE_TAGS:
+    page, buckets = _page_text(text)
+    pairs = (a + b for a, b in itertools.pairwise(buckets))
+    if (
+        sum(buckets) < _MARKUP_SHARE * len(text)
+        and max(pairs, default=0) < _MARKUP_SHARE * 2 * _BUCKET
+    ):
         return None
     lines = (re.sub(r"[ \t]+", " ", line).strip() for line in page.split("\n"))
     reading = "\n".join(line for line in lines if line)

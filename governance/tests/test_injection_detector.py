@@ -565,14 +565,25 @@ ALT = f'<img src="/img/fig.jpg" alt="A fig in a terracotta pot. {ORDER}" width="
         (f'<img/alt="{ORDER}">', str),  # "/" between a tag's name and its attributes
         # A tool's JSON result holding the page (what an agent's fetch returns).
         (ALT, lambda page: json.dumps({"url": "https://plants.example/fig", "content": page})),
-        # Prose before the page does not make it less of a page.
-        (ALT, lambda page: "Notes on houseplants, copied from a forum. " * 500 + page),
+        # Prose before a page (of a page's size) does not make it less of a page.
+        (ALT, lambda page: "Notes on houseplants, copied from a forum. " * 500 + page * 2),
         # Markup that hides nothing from a reader hides nothing from the detector: a style
         # element opened and closed inside comments or an attribute, and letters whose lower
         # case is longer (`İ`) before a style sheet.
         (f"<!-- <style> -->{ALT}<!-- </style> -->", str),
         (f'<img src="a.png" alt="<script>">{ALT}<!-- </script> -->', str),
         ("İ" * 300 + f"<style>p {{ color: #333 }}</style>{ALT}", str),
+        # Nothing of a page is taken out of its text, so no markup can take an order with it:
+        # a style closed in a form a browser accepts, opened inside an element shown as text,
+        # a tag too long to be read as one, a comment opened in a script.
+        (f"<style>p{{}}</style x>{ALT}<style>q{{}}</style>", str),
+        (f"<textarea><style></textarea>{ALT}<style>p{{}}</style>", str),
+        ("<img" + " " * 1001 + f'alt="<style> x">{ALT}<style>p{{}}</style>', str),
+        (f"<script>if (s.indexOf('<!--') >= 0) run();</script>{ALT}", str),
+        (f"<!-- <!-- {ALT} -->", str),
+        # Spaces written as references, in a quoted value or an unquoted one.
+        (f'<img src="f.jpg" alt="{ORDER.replace(" ", "&Tab;")}">', str),
+        (f"<img src=f.jpg alt={ORDER.replace(' ', '&#x20;')}>", str),
     ],
     ids=[
         "alt text",
@@ -583,6 +594,13 @@ ALT = f'<img src="/img/fig.jpg" alt="A fig in a terracotta pot. {ORDER}" width="
         "style opened in a comment",
         "script named in an attribute",
         "before a style sheet, longer lower case",
+        "style closed with an attribute",
+        "style opened in a textarea",
+        "a tag too long to read",
+        "comment opened in a script",
+        "comment opened in a comment",
+        "tabs as references",
+        "unquoted, spaces as references",
     ],
 )
 def test_an_order_hidden_in_a_pages_markup_is_read(hidden, wrap):
@@ -616,11 +634,12 @@ def test_a_page_is_read_as_its_reader_gets_it():
     assert "Water weekly & feed monthly." in reading
     assert "A fig by a window" in reading
     assert "a note left here" in reading
-    assert '"Fig care guide"' in reading  # JSON-LD is data
-    assert "color" not in reading  # style and code are not read
-    assert "track" not in reading
-    assert "class" not in reading  # nor the page's plumbing
+    assert '"Fig care guide"' in reading
+    assert "color: #333" in reading  # nothing is taken out, style sheets and scripts neither
+    assert 'window.track("a b c")' in reading
+    assert "class" not in reading  # the page's plumbing is not read
     assert "x.png" not in reading
+    assert "<" not in reading
 
 
 CODE = """def render(name):
