@@ -402,25 +402,43 @@ _MARKUP_TOKEN = re.compile(
     r"<!--(?:[\s\S]*?-->|[\s\S]*\Z)"
     r"|</?([A-Za-z][A-Za-z0-9._:-]{0,40})(?:[\s/](?:\"[^\"]{0,1000}\"|'[^']{0,1000}'|[^<>\"']){0,1000})?>"
 )
-_CLOSING = {name: re.compile(rf"</{name}\s*>", re.IGNORECASE) for name in ("script", "style")}
+# Browsers end a style sheet or script at `</style x>` too.
+_CLOSING = {
+    name: re.compile(rf"</{name}(?:[\s/][^<>]{{0,200}})?>", re.IGNORECASE)
+    for name in ("script", "style")
+}
+# A Markdown code block: quoted markup, read as it is written.
+_FENCE = re.compile(r"```[\s\S]*?```|~~~[\s\S]*?~~~")
 # A page is text whose markup (tags, comments, style sheets and scripts) is this share of its
-# characters, or of some 8,000 of them (two buckets side by side: prose around a page does not
-# hide it): code or a security note that quotes a tag or two is read as it is (measured on the
-# corpus and the outside sets: pages from 10 % up, such notes and code files 3-4 %).
+# characters, or that has this many tags of HTML's own elements outside code blocks: code or a
+# security note that quotes a tag or two is read as it is (measured on the corpus and the
+# outside sets: pages from 10 % up, such notes and code files 3-4 %), and prose around a page
+# does not hide it.
 _MARKUP_SHARE = 0.08
-_BUCKET = 4000
+_PAGE_TAGS = 6
+_HTML_ELEMENTS = frozenset(
+    "a abbr article aside audio b blockquote body br button caption center code details div "  # noqa: SIM905
+    "em figcaption figure font footer form h1 h2 h3 h4 h5 h6 head header hr html i iframe img "
+    "input label li link main meta nav noscript ol option p picture pre script section select "
+    "small source span strong style sub summary sup svg table tbody td template textarea tfoot "
+    "th thead title tr u ul video".split()
+)
 # Elements that end a line where they open or close: their text is a paragraph of its own.
 _BLOCKS = frozenset(
     "address article aside blockquote br caption dd details div dl dt fieldset figcaption figure "  # noqa: SIM905
     "footer form h1 h2 h3 h4 h5 h6 header hr li main nav ol p pre section summary table td th "
     "tr ul title option".split()
 )
+# Attributes that hold text a reader is given.
+_TEXT_ATTRIBUTE = re.compile(
+    r"(?i)alt|title|aria-[\w-]+|data-[\w-]+|placeholder|label|summary|content|value"
+)
 # Attributes that hold a page's plumbing, not its text.
 _PLUMBING = frozenset("class id style href src srcset rel type name for width height".split())  # noqa: SIM905
 # An attribute and its value, quoted or not (`alt=Ignore&#x20;all`: a reference for a space).
 _ATTRIBUTE = re.compile(
-    r"(?<![-\w:.])([A-Za-z_:][-A-Za-z0-9_:.]{0,40})\s*=\s*"
-    r"(?:\"([^\"\n]{0,1000})\"|'([^'\n]{0,1000})'|([^\s\"'<>=`]{1,1000}))"
+    r"(?<![^\s\"'<>/])([^\s\"'<>/=]{1,200})\s*=\s*"
+    r"(?:\"([^\"]{0,2000})\"|'([^']{0,2000})'|([^\s\"'<>=`]{1,1000}))"
 )
 
 
@@ -447,55 +465,82 @@ def _inside_comment(token: re.Match[str]) -> str:
     return _read_tag(token.group(0), token.group(1).lower())
 
 
-def _page_text(text: str) -> tuple[str, list[int]]:
+def _page_text(text: str) -> tuple[str, int, int]:
     """A page's text as a reader (or a model given the page) gets it, with how many of its
-    characters are markup in each _BUCKET of it. Its text, comments, style sheets and scripts
-    stay where they stand (taking anything out would let markup a browser reads otherwise take
-    an order out with it); each tag becomes what `_read_tag` reads of it; what is left that
-    still looks like an attribute (in markup too odd to be read as a tag) is read as one;
-    character references are decoded. One linear pass, not a parser (the standard library's
-    took seconds on some 200 KB inputs)."""
+    characters are markup and how many tags of HTML's elements it has. Its text, comments,
+    style sheets, scripts and code blocks stay where they stand (taking anything out would let
+    markup a browser reads otherwise take an order out with it); each tag outside style
+    sheets, scripts and code blocks becomes what `_read_tag` reads of it, and what is left
+    there that still looks like an attribute (in markup too odd to be read as a tag) is read as
+    one; character references are decoded. One linear pass, not a parser (the standard
+    library's took seconds on some 200 KB inputs)."""
     parts: list[str] = []
-    buckets = [0] * (len(text) // _BUCKET + 1)
-    at = inside = 0  # where the last token ended; where the style sheet or script we are in ends
+    markup = tags = at = 0
+    for fence in [*_FENCE.finditer(text), None]:
+        end = fence.start() if fence is not None else len(text)
+        read, marked, counted = _markup_read(text, at, end)
+        parts.append(read)
+        markup, tags = markup + marked, tags + counted
+        if fence is not None:
+            parts.append(fence.group(0))
+            at = fence.end()
+    return html.unescape("".join(parts)), markup, tags
+
+
+def _markup_read(text: str, start: int, end: int) -> tuple[str, int, int]:
+    """`_page_text` of text[start:end], outside code blocks."""
+    parts: list[str] = []
+    markup = tags = 0
+    position = start
     unclosed: set[str] = set()
-    for token in _MARKUP_TOKEN.finditer(text):
-        start = token.start()
-        parts.append(text[at:start])
-        at = token.end()
-        buckets[start // _BUCKET] += at - start
+    while (token := _MARKUP_TOKEN.search(text, position, end)) is not None:
+        parts.append(_loose_attributes(text[position : token.start()]))
+        position = token.end()
+        markup += position - token.start()
         found = token.group(0)
         if found.startswith("<!--"):  # its text in place, and the tags in it read as tags
-            parts.append(" " + _MARKUP_TOKEN.sub(_inside_comment, found[4:].removesuffix("-->")))
+            inside = _MARKUP_TOKEN.sub(_inside_comment, found[4:].removesuffix("-->"))
+            parts.append(" " + _loose_attributes(inside))
             continue
         name = token.group(1).lower()
-        if name in _CLOSING and found[1] != "/" and name not in unclosed and start >= inside:
-            closing = _CLOSING[name].search(text, at)  # counted as markup, kept as text
+        tags += name in _HTML_ELEMENTS
+        parts.append(_read_tag(found, name))
+        if name in _CLOSING and found[1] != "/" and name not in unclosed:
+            closing = _CLOSING[name].search(text, position, end)
             if closing is None:
                 unclosed.add(name)
-            else:
-                buckets[at // _BUCKET] += closing.start() - at
-                inside = closing.start()
-        parts.append(_read_tag(found, name))
-    parts.append(text[at:])
-    read = _ATTRIBUTE.sub(
-        lambda m: f" {value} " if (value := _said(m)) else m.group(0), "".join(parts)
-    )
-    return html.unescape(read), buckets
+            else:  # its content as it is, counted as markup; only what names text is read
+                parts.append(_loose_attributes(text[position : closing.start()], text_only=True))
+                markup += closing.start() - position
+                position = closing.start()
+    parts.append(_loose_attributes(text[position:end]))
+    return "".join(parts), markup, tags
+
+
+def _loose_attributes(text: str, *, text_only: bool = False) -> str:
+    """What still looks like an attribute with words for its value, read as one; `text_only`:
+    only an attribute that names text (in a style sheet or script, where a browser may not have
+    ended it where `_CLOSING` did, and where code's own `x = "..."` is not text)."""
+    if "=" not in text:
+        return text
+
+    def read(match: re.Match[str]) -> str:
+        value = _said(match)
+        if value is None or (text_only and not _TEXT_ATTRIBUTE.fullmatch(match.group(1))):
+            return match.group(0)
+        return f" {value} "
+
+    return _ATTRIBUTE.sub(read, text)
 
 
 def html_reading(text: str) -> str | None:
-    """The text of `text` if it is a page (HTML, XML: _MARKUP_SHARE of it markup, or of two
-    _BUCKETs of it side by side), as `_page_text` reads it, its blank lines folded; None when
-    it is not, or reads the same."""
+    """The text of `text` if it is a page (HTML, XML: _MARKUP_SHARE of it markup, or
+    _PAGE_TAGS tags of HTML's elements outside code blocks), as `_page_text` reads it, its
+    blank lines folded; None when it is not, or reads the same."""
     if "<" not in text:
         return None
-    page, buckets = _page_text(text)
-    pairs = (a + b for a, b in itertools.pairwise(buckets))
-    if (
-        sum(buckets) < _MARKUP_SHARE * len(text)
-        and max(pairs, default=0) < _MARKUP_SHARE * 2 * _BUCKET
-    ):
+    page, markup, tags = _page_text(text)
+    if markup < _MARKUP_SHARE * len(text) and tags < _PAGE_TAGS:
         return None
     lines = (re.sub(r"[ \t]+", " ", line).strip() for line in page.split("\n"))
     reading = "\n".join(line for line in lines if line)

@@ -575,12 +575,18 @@ ALT = f'<img src="/img/fig.jpg" alt="A fig in a terracotta pot. {ORDER}" width="
         ("İ" * 300 + f"<style>p {{ color: #333 }}</style>{ALT}", str),
         # Nothing of a page is taken out of its text, so no markup can take an order with it:
         # a style closed in a form a browser accepts, opened inside an element shown as text,
-        # a tag too long to be read as one, a comment opened in a script.
+        # a comment opened in a script, a tag opened in a script's string.
         (f"<style>p{{}}</style x>{ALT}<style>q{{}}</style>", str),
         (f"<textarea><style></textarea>{ALT}<style>p{{}}</style>", str),
-        ("<img" + " " * 1001 + f'alt="<style> x">{ALT}<style>p{{}}</style>', str),
         (f"<script>if (s.indexOf('<!--') >= 0) run();</script>{ALT}", str),
         (f"<!-- <!-- {ALT} -->", str),
+        (f"<script>var s = \"<a title='\";</script>{ALT}<p title=x'>", str),
+        # An attribute's value over two lines; a long or non-ASCII attribute name.
+        (f'<div aria-label="A fig.\n{ORDER.replace(" ", "&nbsp;")}"></div>', str),
+        (f'<div data-{"n" * 45}="{ORDER}"></div>', str),
+        (f'<div data-nöte="{ORDER}"></div>', str),
+        # A small page among several thousand characters of prose.
+        (ALT, lambda page: "Fig trees like bright light and steady warmth. " * 120 + page),
         # Spaces written as references, in a quoted value or an unquoted one.
         (f'<img src="f.jpg" alt="{ORDER.replace(" ", "&Tab;")}">', str),
         (f"<img src=f.jpg alt={ORDER.replace(' ', '&#x20;')}>", str),
@@ -596,9 +602,13 @@ ALT = f'<img src="/img/fig.jpg" alt="A fig in a terracotta pot. {ORDER}" width="
         "before a style sheet, longer lower case",
         "style closed with an attribute",
         "style opened in a textarea",
-        "a tag too long to read",
         "comment opened in a script",
         "comment opened in a comment",
+        "tag opened in a script's string",
+        "value over two lines",
+        "long attribute name",
+        "non-ASCII attribute name",
+        "small page among prose",
         "tabs as references",
         "unquoted, spaces as references",
     ],
