@@ -245,6 +245,9 @@ class Redaction:
     def kinds(self) -> dict[str, int]:
         return dict(self._counts)
 
+    def copy(self) -> Redaction:
+        return Redaction(dict(self.values), dict(self._by_value), dict(self._counts))
+
 
 # Every kind has a digit in it, or an @ or a written-out "at"/"dot" (an e-mail address): text
 # with none of these (a name, a status, most of an audit event's data) holds no value to find.
@@ -473,8 +476,8 @@ class GrowingRedaction:
             self._out, self._redaction, known = [], Redaction(), 0
         self._out += _redacted(messages[known:], self._redaction)
         self._seen = list(messages)
-        r = self._redaction  # a copy: the caller keeps it while later calls add to ours
-        return list(self._out), Redaction(dict(r.values), dict(r._by_value), dict(r._counts))
+        # A copy: the caller keeps it while later calls add to ours.
+        return list(self._out), self._redaction.copy()
 
 
 def _redacted(messages: list[dict[str, Any]], redaction: Redaction) -> list[dict[str, Any]]:

@@ -351,19 +351,15 @@ def test_what_a_run_read_counts_each_source_as_it_is_now(people):
     ]
     steps = [
         RunStep(run_id=1, index=0, kind="retrieval", output={"passages": passages}),
-        RunStep(
-            run_id=1,
-            index=1,
-            kind="tool",
-            input={"call": {"name": "get_ticket_status"}},
-            output={"result": {}},
-        ),
-        RunStep(
-            run_id=1,
-            index=2,
-            kind="tool",
-            input={"call": {"name": "create_ticket"}},
-            output={"result": {}},
+        *(
+            RunStep(
+                run_id=1,
+                index=i,
+                kind="tool",
+                input={"call": {"name": name}},
+                output={"result": {}},
+            )
+            for i, name in ((1, "get_ticket_status"), (2, "create_ticket"))
         ),
     ]
 
