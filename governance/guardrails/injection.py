@@ -681,7 +681,12 @@ def window_signals(
     view: View, *, context_langs: set[str], masked: bool
 ) -> list[tuple[str, dict[str, float]]]:
     """Each window of `view` with its structural signals: 1 for a signal found outside
-    quotation, 1/3 for one found only quoted. The patterns run once over the whole view."""
+    quotation, 1/3 for one found only quoted. The patterns run once over the whole view.
+
+    Writing about attacks (`discussion`, outside quotation) counts for every window of the
+    view once any window has it: a write-up names its subject in its title or first lines, and
+    the payload it reports may stand several windows later (an attacker could already lower
+    an order's score with "for example" beside it; now the words may stand anywhere)."""
     text = view.text
     quoted = [m.span() for m in _QUOTED.finditer(text)] if view.how != "json" else []
     found = signal_spans(text)
@@ -708,6 +713,9 @@ def window_signals(
         if view.decoded:
             values["encoded"] = 1.0
         result.append((text[low:high], values))
+    if len(result) > 1 and any(values.get("discussion") == 1.0 for _, values in result):
+        for _, values in result:
+            values["discussion"] = 1.0
     return result
 
 
