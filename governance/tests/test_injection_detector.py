@@ -232,15 +232,15 @@ def test_held_out_figures_do_not_drop():
         if row.template in written_templates
     ]
 
-    assert sum(attacks) / len(attacks) >= 0.84  # 0.866 measured
-    assert sum(benign) / len(benign) <= 0.07  # 0.051 measured
+    assert sum(attacks) / len(attacks) >= 0.84  # 0.871 measured
+    assert sum(benign) / len(benign) <= 0.07  # 0.049 measured
     # 0.030 measured (3 of 101); 0.059 with the detector before the encoder's token maxima
     # (2026-12-07), 0.040 with the one before its piece head.
     assert sum(security) / len(security) <= 0.05
     written_attacks = [hit for hit, label in documents if label]
     written_benign = [hit for hit, label in documents if not label]
-    assert sum(written_attacks) / len(written_attacks) >= 0.80  # 0.828 measured
-    assert sum(written_benign) / len(written_benign) <= 0.06  # 0.041 measured
+    assert sum(written_attacks) / len(written_attacks) >= 0.80  # 0.831 measured
+    assert sum(written_benign) / len(written_benign) <= 0.06  # 0.038 measured
 
 
 def test_the_encoder_reads_languages_the_signals_do_not():
@@ -936,7 +936,9 @@ def test_a_write_up_names_its_subject_once_for_every_window(order):
     first = min(low for low, high in window_spans(report) if low <= at < high)
     written_about = signal_spans(report)["discussion"]
 
-    assert first > 0 and written_about and all(end <= first for _, end in written_about)
+    assert first > 0
+    assert written_about
+    assert all(end <= first for _, end in written_about)
     assert not scan(report).injection, scan(report)
     assert scan(mail).injection
     assert scan(order).injection
