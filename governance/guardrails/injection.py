@@ -683,10 +683,15 @@ def window_signals(
     """Each window of `view` with its structural signals: 1 for a signal found outside
     quotation, 1/3 for one found only quoted. The patterns run once over the whole view.
 
-    Writing about attacks (`discussion`, outside quotation) counts for every window of the
-    view once any window has it: a write-up names its subject in its title or first lines, and
-    the payload it reports may stand several windows later (an attacker could already lower
-    an order's score with "for example" beside it; now the words may stand anywhere)."""
+    Writing about attacks counts for every window of the view once the view names attacks
+    outside quotation (`_ATTACKS_NAMED`: "prompt injection", "red team", "payload", ...): a
+    write-up names its subject in its title or first lines, and the payload it reports may
+    stand several windows later. The other words of `discussion` ("for example", "such as")
+    count in their own window only. The price: a line that names attacks anywhere in front of
+    an order lowers it, as one in the order's own window always did (with "This mailbox is
+    protected against phishing." in front, 198 of the 1,081 outside attacks caught fell under
+    the threshold, against 129 when the line counted in its own window only; with any
+    `discussion` word counting everywhere, "for example" would do it too: 199 against 109)."""
     text = view.text
     quoted = [m.span() for m in _QUOTED.finditer(text)] if view.how != "json" else []
     found = signal_spans(text)
@@ -713,10 +718,22 @@ def window_signals(
         if view.decoded:
             values["encoded"] = 1.0
         result.append((text[low:high], values))
-    if len(result) > 1 and any(values.get("discussion") == 1.0 for _, values in result):
+    if len(result) > 1 and any(
+        _ATTACKS_NAMED.fullmatch(text[a:b]) and not any(s <= a and b <= e for s, e in quoted)
+        for a, b in found.get("discussion", ())
+    ):
         for _, values in result:
             values["discussion"] = 1.0
     return result
+
+
+# The words of `discussion` that name attacks as a subject, not the ones that introduce an
+# example ("for example", "such as"): those count in their own window only.
+_ATTACKS_NAMED = re.compile(
+    r"attackers?|adversar(?:y|ies)|injection|jailbreak|phishing|red[- ]team|owasp|pentest|"
+    r"payload|angreifer|attaquants|atacantes",
+    re.I,
+)
 
 
 # Structural evidence on its own: what several signals together say whatever the lexical model

@@ -26,6 +26,7 @@ from governance.guardrails.injection import (
     scan,
     signal_spans,
     threshold,
+    window_signals,
     window_spans,
     window_vector,
 )
@@ -923,9 +924,10 @@ _WEEKS = (
     ],
 )
 def test_a_write_up_names_its_subject_once_for_every_window(order):
-    """A security write-up says what it is about in its title and first lines; the order it
-    reports stands windows later. Read window by window, that window looked like the attack
-    (0.77 and 0.84 before, flagged); the same order in an e-mail is still one."""
+    """A security write-up names its subject (prompt injection, red team) in its title and
+    first lines; the order it reports stands windows later. Read window by window, that window
+    looked like the attack (0.77 and 0.84 before, flagged); the same order in an e-mail is
+    still one."""
     report = (
         f"{_BRIEFING}{_WEEKS}In one claim the comment field held this text:\n\n    {order}\n\n"
         "The assistant approved the claim but did not send the e-mail. Fixed in 4.2: comments "
@@ -942,3 +944,15 @@ def test_a_write_up_names_its_subject_once_for_every_window(order):
     assert not scan(report).injection, scan(report)
     assert scan(mail).injection
     assert scan(order).injection
+    # Words that introduce an example name no subject: they count in their own window only.
+    listed = f"Hi team, the new rules, for example the limits, are below.\n\n{_WEEKS}\n\n{order}"
+    assert _order_window_signals(report, order).get("discussion") == 1.0
+    assert "discussion" not in _order_window_signals(listed, order)
+    assert "discussion" in window_signals(views(listed)[0], context_langs=set(), masked=False)[0][1]
+    assert scan(listed).injection
+
+
+def _order_window_signals(text: str, order: str) -> dict[str, float]:
+    """The signals of the last window of `text`'s main view that holds `order`."""
+    windows = window_signals(views(text)[0], context_langs=set(), masked=False)
+    return [values for window, values in windows if order[-30:] in window][-1]
