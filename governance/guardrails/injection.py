@@ -40,6 +40,7 @@ import logging
 import math
 import re
 import unicodedata
+from bisect import bisect_left, bisect_right
 from collections import Counter
 from dataclasses import dataclass
 from functools import cache, lru_cache
@@ -694,7 +695,14 @@ def window_signals(
     `discussion` word counting everywhere, "for example" would do it too: 199 against 109)."""
     text = view.text
     quoted = [m.span() for m in _QUOTED.finditer(text)] if view.how != "json" else []
+    quote_starts = [start for start, _ in quoted]
+
+    def in_quotation(a: int, b: int) -> bool:  # quotations neither overlap nor nest
+        at = bisect_right(quote_starts, a) - 1
+        return at >= 0 and b <= quoted[at][1]
+
     found = signal_spans(text)
+    found_starts = {name: [a for a, _ in spans] for name, spans in found.items()}
     sentences = []
     start = 0
     for match in [*_SENTENCE.finditer(text), None]:
@@ -706,9 +714,10 @@ def window_signals(
     for low, high in window_spans(text):
         values: dict[str, float] = {}
         for name, spans in found.items():
-            inside = [(a, b) for a, b in spans if low <= a < high]
+            starts = found_starts[name]  # in order: each pattern's matches, found left to right
+            inside = spans[bisect_left(starts, low) : bisect_left(starts, high)]
             if inside:
-                outside = any(not any(s <= a and b <= e for s, e in quoted) for a, b in inside)
+                outside = any(not in_quotation(a, b) for a, b in inside)
                 values[name] = 1.0 if outside else 1 / 3
         langs = {lang for at, lang in sentences if low <= at < high and lang}
         if len(langs | context_langs) > 1:
@@ -719,7 +728,7 @@ def window_signals(
             values["encoded"] = 1.0
         result.append((text[low:high], values))
     if len(result) > 1 and any(
-        _ATTACKS_NAMED.fullmatch(text[a:b]) and not any(s <= a and b <= e for s, e in quoted)
+        _ATTACKS_NAMED.fullmatch(text[a:b]) and not in_quotation(a, b)
         for a, b in found.get("discussion", ())
     ):
         for _, values in result:
