@@ -1,7 +1,8 @@
 """Train the prompt-injection detector: `python scripts/train_injection.py`.
 
 Reads the training split of governance/guardrails/data/corpus.py (the held-out templates are
-never read here), and writes governance/guardrails/data/injection_model.npz:
+never read here) and its disguised copies (`corpus.disguised`), and writes
+governance/guardrails/data/injection_model.npz:
 
 - the lexical model: vocabulary, idf and logistic coefficients over injection.terms();
 - the embedding heads: small neural networks (one hidden layer of 64) over what the
@@ -196,7 +197,7 @@ def main() -> None:
 
     django.setup()
     from governance.guardrails import injection
-    from governance.guardrails.data.corpus import corpus
+    from governance.guardrails.data.corpus import corpus, disguised
     from governance.guardrails.normalise import DATA
 
     if args.confusables:
@@ -212,7 +213,8 @@ def main() -> None:
     from sklearn.model_selection import GroupKFold
     from sklearn.neural_network import MLPClassifier
 
-    train = [row for row in corpus() if row.split == "train"]
+    rows = corpus()
+    train = [row for row in rows + disguised(rows) if row.split == "train"]
     data = rows_to_windows(train)
     texts = [item[0] for item in data]
     labels = np.array([item[2] for item in data])

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from django.test import override_settings
 
-from governance.guardrails.data.corpus import DISGUISES, A, T, corpus, written
+from governance.guardrails.data.corpus import DISGUISES, A, T, corpus, disguised, written
 from governance.guardrails.injection import (
     PIECE_CHARS,
     _encoded,
@@ -935,3 +935,17 @@ def test_a_line_about_security_in_front_of_an_order_does_not_hide_it(line, order
     assert scan(f"{line}\n\n{mail}").injection
     assert not scan(f"{line}\n\n{plain}").injection
     assert not scan(f"{plain}\n\n{line}").injection
+
+
+def test_disguised_copies_are_for_training_only():
+    """The corpus that the held-out figures, the benchmark and these tests read has no line of
+    DISGUISES; the copies the training adds are of training rows, each with its template."""
+    rows = corpus()
+    copies = disguised(rows)
+    lines = [line.split("{")[0] for line in DISGUISES]
+    templates = {row.template for row in rows if row.split == "train"}
+
+    assert len(copies) > 1000
+    assert all(row.split == "train" and row.template in templates for row in copies)
+    assert all(any(line in row.text for line in lines) for row in copies)
+    assert not any(line in row.text for row in rows for line in lines)

@@ -1406,8 +1406,7 @@ def corpus() -> list[Example]:
     rows += _garak_benign_rows()
     rows += _carrier_rows(rng)
     rows += _security_doc_rows(rng)
-    rows += written()
-    return rows + _disguised(rows)
+    return rows + written()
 
 
 # What an attacker puts beside an order so that it reads as security writing: a scanner's
@@ -1434,10 +1433,11 @@ DISGUISES = [
 ]
 
 
-def _disguised(rows: list[Example]) -> list[Example]:
+def disguised(rows: list[Example]) -> list[Example]:
     """Every third training attack, and every third benign training text that is not security
-    writing, again with a line of DISGUISES before or after it (in training only: the held-out
-    split is as it was). With the line beside both, it says nothing of the label: the models
+    writing, of `rows` (the corpus), again with a line of DISGUISES before or after it: for
+    training only (scripts/train_injection.py), so the held-out split, the benchmark's passages
+    and the tests read the corpus as it was. With the line beside both, it says nothing of the label: the models
     learn to read the order, not the words around it. An attack's own text is its payload, so a
     window of the line alone is labelled benign."""
     train = [row for row in rows if row.split == "train"]
