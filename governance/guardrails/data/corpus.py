@@ -1437,9 +1437,9 @@ def disguised(rows: list[Example]) -> list[Example]:
     """Every third training attack, and every third benign training text that is not security
     writing, of `rows` (the corpus), again with a line of DISGUISES before or after it: for
     training only (scripts/train_injection.py), so the held-out split, the benchmark's passages
-    and the tests read the corpus as it was. With the line beside both, it says nothing of the label: the models
-    learn to read the order, not the words around it. An attack's own text is its payload, so a
-    window of the line alone is labelled benign."""
+    and the tests read the corpus as it was. With the line beside both, it says nothing of the
+    label: the models learn to read the order, not the words around it. An attack's own text is
+    its payload, so a window of the line alone is labelled benign."""
     train = [row for row in rows if row.split == "train"]
     attacks = [row for row in train if row.label]
     ordinary = [row for row in train if not row.label and row.family != "security_doc"]
