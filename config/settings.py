@@ -103,7 +103,6 @@ for _position, _key in enumerate(WARDEN_ENCRYPTION_KEY, start=1):
         ) from None
 
 INSTALLED_APPS = [
-    "daphne",
     "portal.apps.WardenAdminConfig",
     "django.contrib.auth",
     "axes",

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import http.cookiejar
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -14,6 +16,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -312,3 +315,28 @@ def daphne_on_test_database(port: int, *, started: list | None = None, **env: st
             web.kill()
             web.wait()
         log.close()
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def sign_in(base: str, username: str, password: str) -> str:
+    """Sign in through the real login form; return the home page's HTML."""
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    page = opener.open(f"{base}/login/", timeout=10).read().decode()
+    found = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page)
+    assert found, f"no CSRF token on the sign-in page:\n{page[:2000]}"
+    token = found.group(1)
+    form = urllib.parse.urlencode(
+        {"username": username, "password": password, "csrfmiddlewaretoken": token}
+    ).encode()
+    request = urllib.request.Request(f"{base}/login/", data=form, headers={"Referer": base})
+    return opener.open(request, timeout=10).read().decode()

@@ -1,5 +1,5 @@
 """tests/scheduling.py in a pytest-xdist run of its own: the tests under tests/chaos/ all run on
-one worker, the others spread over the rest."""
+one worker, those of tests/test_up_supervision.py on one worker, the others spread over the rest."""
 
 import os
 import re
@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_a_group_runs_on_one_worker_and_the_rest_spread(tmp_path):
+def test_each_group_runs_on_one_worker_and_the_rest_spread(tmp_path):
     body = textwrap.dedent(
         """
         import time
@@ -24,6 +24,7 @@ def test_a_group_runs_on_one_worker_and_the_rest_spread(tmp_path):
     )
     (tmp_path / "tests" / "chaos").mkdir(parents=True)
     (tmp_path / "tests" / "chaos" / "test_faults.py").write_text(body)
+    (tmp_path / "tests" / "test_up_supervision.py").write_text(body)
     (tmp_path / "test_other.py").write_text(body)
     run = subprocess.run(
         [
@@ -45,8 +46,10 @@ def test_a_group_runs_on_one_worker_and_the_rest_spread(tmp_path):
     ran = re.findall(r"\[(gw\d)\].*PASSED (\S+)", run.stdout)
 
     assert run.returncode == 0, run.stdout + run.stderr
-    assert len(ran) == 12, run.stdout
+    assert len(ran) == 18, run.stdout
     chaos = {worker for worker, test in ran if test.startswith("tests/chaos/")}
-    others = {worker for worker, test in ran if not test.startswith("tests/chaos/")}
+    supervision = {worker for worker, test in ran if test.startswith("tests/test_up_supervision")}
+    others = {worker for worker, test in ran if not test.startswith("tests/")}
     assert len(chaos) == 1, ran
+    assert len(supervision) == 1, ran
     assert len(others) >= 2, ran  # the rest is spread (load), not kept together
