@@ -44,5 +44,5 @@ WHITENOISE_USE_FINDERS = True
 
 # The suite's own process imports config.asgi (websocket tests) inside TestCase transactions,
 # and the browser tests' daphne runs on these settings too: no pool there. The launchers the
-# tests start (tests/test_up.py, the chaos suite) run on config.settings, with the pool.
+# tests start (tests/test_up*.py, the chaos suite) run on config.settings, with the pool.
 WARDEN_WEB_DATABASE_POOL = None
