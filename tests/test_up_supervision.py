@@ -3,7 +3,8 @@ or hung, and it restarts them (or gives up on one that keeps exiting).
 
 One launcher serves the tests that share `running` (starting one costs a minute on a busy
 machine): tests/scheduling.py keeps this module on one xdist worker, so it starts once, and the
-last test's check of a stop after all those restarts is made on the launcher that had them."""
+check that a stop leaves nothing behind after all those restarts is made on the launcher that
+had them."""
 
 from __future__ import annotations
 
