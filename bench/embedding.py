@@ -3,7 +3,9 @@ torch, the library Warden ran it with before: the same texts, interleaved rounds
 
 Prints, for each: the import and load time in a fresh process, one query's latency (p50/p99),
 passages per second for a knowledge-base batch, the resident memory after loading, and the
-worst cosine between the two's embeddings. Needs the bench set (`make bench-embedding`).
+worst cosine between the two's embeddings; then the query latency and the throughput again
+with one core kept busy by another process (a server's cores are never idle). Needs the bench
+set (`make bench-embedding`).
 
     .venv/bin/python bench/embedding.py --rounds 3
 """
@@ -12,11 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -51,6 +56,31 @@ def cold_start(name: str) -> tuple[float, float]:
     return float(out[0]), float(out[1])
 
 
+def spin(stop: Any) -> None:  # a multiprocessing.Event
+    """Keep one core busy, as another process on a server would."""
+    while not stop.is_set():
+        sum(range(10_000))
+
+
+def measure(
+    encode: Callable[[list[str]], Any],
+    question: list[str],
+    batch: list[str],
+    queries: int,
+    f: dict[str, list[float]],
+    suffix: str,
+) -> None:
+    """One query `queries` times, then the batch: into f's lists named with `suffix`."""
+    encode(question)
+    for _ in range(queries):
+        started = time.perf_counter()
+        encode(question)
+        f["query_ms" + suffix].append((time.perf_counter() - started) * 1000)
+    started = time.perf_counter()
+    encode(batch)
+    f["passages_per_s" + suffix].append(len(batch) / (time.perf_counter() - started))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -73,23 +103,24 @@ def main() -> None:
     }
     batch = passages()
     question = ["Where do I collect my badge on my first day?"]
+    keys = ("load_s", "rss_mb", "query_ms", "passages_per_s", "query_ms_busy")
     figures: dict[str, dict[str, list[float]]] = {
-        name: {"load_s": [], "rss_mb": [], "query_ms": [], "passages_per_s": []}
-        for name in encoders
+        name: {key: [] for key in (*keys, "passages_per_s_busy")} for name in encoders
     }
     for _ in range(args.rounds):
         for name, encode in encoders.items():  # interleaved: both see the same machine
             load, rss = cold_start(name)
             figures[name]["load_s"].append(load)
             figures[name]["rss_mb"].append(rss)
-            encode(question)
-            for _ in range(args.queries):
-                started = time.perf_counter()
-                encode(question)
-                figures[name]["query_ms"].append((time.perf_counter() - started) * 1000)
-            started = time.perf_counter()
-            encode(batch)
-            figures[name]["passages_per_s"].append(len(batch) / (time.perf_counter() - started))
+            measure(encode, question, batch, args.queries, figures[name], "")
+            stop = multiprocessing.Event()
+            spinner = multiprocessing.Process(target=spin, args=(stop,))
+            spinner.start()
+            try:
+                measure(encode, question, batch, args.queries, figures[name], "_busy")
+            finally:
+                stop.set()
+                spinner.join()
     ours = np.asarray(encoders["numpy"](batch + question))
     theirs = np.asarray(encoders["sentence-transformers"](batch + question))
     worst = float((1 - (ours * theirs).sum(axis=1)).max())
@@ -105,6 +136,9 @@ def main() -> None:
             "query_p50_ms": p(f["query_ms"], 50),
             "query_p99_ms": p(f["query_ms"], 99),
             "passages_per_s": statistics.median(f["passages_per_s"]),
+            "busy_query_p50_ms": p(f["query_ms_busy"], 50),
+            "busy_query_p99_ms": p(f["query_ms_busy"], 99),
+            "busy_passages_per_s": statistics.median(f["passages_per_s_busy"]),
         }
     print(
         f"{len(batch)} passages of ~900 characters, {args.queries} queries x {args.rounds} rounds"
@@ -114,6 +148,13 @@ def main() -> None:
         print(
             f"{name:24}{r['load_s']:>9.2f}{r['rss_mb']:>9.0f}{r['query_p50_ms']:>11.2f}"
             f"{r['query_p99_ms']:>9.2f}{r['passages_per_s']:>12.1f}"
+        )
+    print("with one core busy:")
+    print(f"{'':24}{'query p50':>11}{'p99 ms':>9}{'passages/s':>12}")
+    for name, r in rows.items():
+        print(
+            f"{name:24}{r['busy_query_p50_ms']:>11.2f}{r['busy_query_p99_ms']:>9.2f}"
+            f"{r['busy_passages_per_s']:>12.1f}"
         )
     a, b = rows["numpy"], rows["sentence-transformers"]
     print(

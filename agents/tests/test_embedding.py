@@ -50,3 +50,25 @@ def test_embedding_needs_no_torch():
         [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]"
+
+
+def test_the_model_runs_on_one_blas_thread_and_leaves_the_process_s_setting(monkeypatch):
+    """With another process on the second core, each matrix product on two threads waits for
+    the second one (agents/embedding.py): the model runs on one, whatever the process uses."""
+    from threadpoolctl import ThreadpoolController
+
+    blas = ThreadpoolController().select(user_api="blas")
+    seen = []
+    encode = embedding._encode
+
+    def watched(*args):
+        seen.append({lib["num_threads"] for lib in blas.info()})
+        return encode(*args)
+
+    monkeypatch.setattr(embedding, "_encode", watched)
+    with blas.limit(limits=2):
+        embedding.embed(REFERENCE["texts"][:3])
+        after = {lib["num_threads"] for lib in blas.info()}
+
+    assert seen == [{1}]
+    assert after == {2}

