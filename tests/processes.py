@@ -21,6 +21,7 @@ import urllib.request
 from pathlib import Path
 
 import psutil
+import pytest
 
 from ops.embedded import EmbeddedPaths, EmbeddedRedis, die_with_parent
 
@@ -340,3 +341,21 @@ def sign_in(base: str, username: str, password: str) -> str:
     ).encode()
     request = urllib.request.Request(f"{base}/login/", data=form, headers={"Referer": base})
     return opener.open(request, timeout=10).read().decode()
+
+
+def blas_threads_after(code: str) -> tuple[set[int], set[int]]:
+    """numpy's BLAS thread counts in a new process set to two, then after `code` ran there."""
+    program = (
+        "import json\nimport numpy\nfrom threadpoolctl import ThreadpoolController as C\n"
+        "def threads(): return {lib['num_threads'] for lib in C().select(user_api='blas').info()}\n"
+        "C().limit(limits=2, user_api='blas'); before = threads()\n"
+        f"{code}\n"
+        "print(json.dumps([sorted(before), sorted(threads())]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    before, after = (set(x) for x in json.loads(out))
+    if not before:
+        pytest.skip("numpy's BLAS is not one threadpoolctl can set")
+    return before, after

