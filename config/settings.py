@@ -832,8 +832,18 @@ LOGGING = {
         "text": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
         "json": {"()": "ops.logs.JsonFormatter"},
     },
+    "filters": {
+        "routine_tasks": {
+            "()": "ops.logs.RoutineTasks",
+            "tasks": sorted({entry["task"] for entry in CELERY_BEAT_SCHEDULE.values()}),
+        },
+    },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": WARDEN_LOG_FORMAT},
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": WARDEN_LOG_FORMAT,
+            "filters": ["routine_tasks"],
+        },
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {

@@ -76,3 +76,37 @@ class JsonFormatter(logging.Formatter):
                 "trace": clean(self.formatException(record.exc_info)),
             }
         return json.dumps(line, ensure_ascii=False, default=str)
+
+
+class RoutineTasks(logging.Filter):
+    """Celery logs at INFO every task beat sends and every task a worker receives and finishes:
+    for the periodic sweeps (`CELERY_BEAT_SCHEDULE`: run-resume every 3 s) that was 60 lines a
+    minute, which scrolled `make run`'s banner and its demo sign-ins away within seconds and
+    buried every line worth reading after them. Each process logs each sweep's first line of
+    each kind (the schedule visibly runs) and drops its later ones until the process logs a
+    warning or an error (a lost broker, a failed sweep): the next ones after it show the
+    schedule running again. A sweep's warnings and failures, and every other task's lines,
+    pass."""
+
+    def __init__(self, tasks: list[str]) -> None:
+        super().__init__()
+        self.tasks = frozenset(tasks)
+        self.seen: set[tuple[str, str, str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.INFO:
+            self.seen.clear()
+            return True
+        if not record.name.startswith("celery."):
+            return True
+        args = record.args
+        # beat: ("run-resume", "agents.tasks.run_resume_task"); a worker: {"name": ..., ...}
+        names = (args.get("name"),) if isinstance(args, dict) else args or ()
+        task = next((n for n in names if isinstance(n, str) and n in self.tasks), None)
+        if task is None:
+            return True
+        kind = (record.name, task, str(record.msg))  # sent, received, succeeded, retried
+        if kind in self.seen:
+            return False
+        self.seen.add(kind)
+        return True

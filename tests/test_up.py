@@ -136,6 +136,11 @@ def test_fresh_start_is_ready_serves_the_portal_and_stops_every_process(tmp_path
     assert up.survivors() == []
     assert port_is_free(unused_tcp_port)
     assert "warden: stopped" in up.output()
+    # Beat sent run-resume every few seconds all along; the console shows its first send and
+    # receipt only, so the banner and the sign-ins above stay in view (ops.logs.RoutineTasks).
+    assert time.monotonic() - started > 2 * settings.WARDEN_RUN_RESUME_SECONDS
+    assert up.output().count("Sending due task run-resume") == 1
+    assert len(re.findall(r"run_resume_task\[[^\]]+\] received", up.output())) == 1
 
 
 def test_second_start_reuses_the_data_and_recovers_a_stale_postmaster_pid(
