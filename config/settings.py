@@ -835,7 +835,14 @@ LOGGING = {
     "filters": {
         "routine_tasks": {
             "()": "ops.logs.RoutineTasks",
-            "tasks": sorted({entry["task"] for entry in CELERY_BEAT_SCHEDULE.values()}),
+            # the sweeps due every minute or more often: their task lines are noise
+            "tasks": sorted(
+                {
+                    entry["task"]
+                    for entry in CELERY_BEAT_SCHEDULE.values()
+                    if isinstance(entry["schedule"], int | float) and entry["schedule"] <= 60
+                }
+            ),
         },
     },
     "handlers": {

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 from audit.pii import hash_key, pseudonymise
@@ -80,33 +81,40 @@ class JsonFormatter(logging.Formatter):
 
 class RoutineTasks(logging.Filter):
     """Celery logs at INFO every task beat sends and every task a worker receives and finishes:
-    for the periodic sweeps (`CELERY_BEAT_SCHEDULE`: run-resume every 3 s) that was 60 lines a
-    minute, which scrolled `make run`'s banner and its demo sign-ins away within seconds and
-    buried every line worth reading after them. Each process logs each sweep's first line of
-    each kind (the schedule visibly runs) and drops its later ones until the process logs a
-    warning or an error (a lost broker, a failed sweep): the next ones after it show the
-    schedule running again. A sweep's warnings and failures, and every other task's lines,
-    pass."""
+    for the frequent sweeps (the tasks of `CELERY_BEAT_SCHEDULE` due every minute or more
+    often; run-resume every 3 s) that was 60 lines a minute, which scrolled `make run`'s banner
+    and its demo sign-ins away within seconds and buried every line worth reading after them.
+    Each process logs each sweep's first line of each of these three kinds (the schedule
+    visibly runs) and drops its later ones until the process itself logs a warning or an error
+    (the worker's lost broker, a sweep failing in a pool process): the next ones after it show
+    the sweep running again. A pool process logs its own first `succeeded`. A sweep's retries,
+    warnings and failures, and every other task's lines, pass."""
 
     def __init__(self, tasks: list[str]) -> None:
+        from celery.app.trace import LOG_RECEIVED, LOG_SUCCESS
+
         super().__init__()
         self.tasks = frozenset(tasks)
-        self.seen: set[tuple[str, str, str]] = set()
+        self.kinds = {
+            ("celery.beat", "Scheduler: Sending due task %s (%s)"),
+            ("celery.worker.strategy", LOG_RECEIVED),
+            ("celery.app.trace", LOG_SUCCESS),
+        }
+        self.seen: set[tuple[str, str]] = set()
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno > logging.INFO:
             self.seen.clear()
             return True
-        if not record.name.startswith("celery."):
+        kind = (record.name, record.msg)
+        if record.levelno < logging.INFO or kind not in self.kinds:
             return True
         args = record.args
-        # beat: ("run-resume", "agents.tasks.run_resume_task"); a worker: {"name": ..., ...}
-        names = (args.get("name"),) if isinstance(args, dict) else args or ()
-        task = next((n for n in names if isinstance(n, str) and n in self.tasks), None)
-        if task is None:
+        # beat's: ("run-resume", "agents.tasks.run_resume_task"); a worker's: {"name": ...}
+        task = args.get("name") if isinstance(args, Mapping) else (args or (None,))[-1]
+        if not isinstance(task, str) or task not in self.tasks:
             return True
-        kind = (record.name, task, str(record.msg))  # sent, received, succeeded, retried
-        if kind in self.seen:
+        if (record.name, task) in self.seen:
             return False
-        self.seen.add(kind)
+        self.seen.add((record.name, task))
         return True

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import logging
 
-from celery.app.trace import LOG_FAILURE, LOG_RECEIVED, LOG_SUCCESS
+from celery.app.trace import LOG_FAILURE, LOG_RECEIVED, LOG_RETRY, LOG_SUCCESS
 
 from ops.logs import RoutineTasks
 
@@ -53,6 +53,8 @@ def test_a_sweep_logs_its_first_lines_and_those_after_a_failure_and_other_tasks_
         }
         for _ in range(2):
             strategy.info(LOG_RECEIVED, ingest)
+        for _ in range(2):  # a sweep's retries are not routine
+            trace.info(LOG_RETRY, {"id": "s5", "name": "agents.tasks.run_resume_task", "exc": "x"})
         trace.error(
             LOG_FAILURE,
             {
@@ -74,6 +76,8 @@ def test_a_sweep_logs_its_first_lines_and_those_after_a_failure_and_other_tasks_
         "INFO celery.app.trace: Task agents.tasks.run_resume_task[s0] succeeded in 0.01s: 0",
         "INFO celery.worker.strategy: Task agents.tasks.knowledge_ingest_task[k1] received",
         "INFO celery.worker.strategy: Task agents.tasks.knowledge_ingest_task[k1] received",
+        "INFO celery.app.trace: Task agents.tasks.run_resume_task[s5] retry: x",
+        "INFO celery.app.trace: Task agents.tasks.run_resume_task[s5] retry: x",
         "ERROR celery.app.trace: Task agents.tasks.run_resume_task[s9] raised unexpected: "
         "OperationalError",
         "INFO celery.beat: Scheduler: Sending due task run-resume (agents.tasks.run_resume_task)",

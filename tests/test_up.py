@@ -72,7 +72,8 @@ def test_fresh_start_is_ready_serves_the_portal_and_stops_every_process(tmp_path
     try:
         started = time.monotonic()
         ready = up.wait_ready(f"{base}/readyz")
-        print(f"ready {time.monotonic() - started:.1f} s after start")  # shown with -s
+        ready_at = time.monotonic()
+        print(f"ready {ready_at - started:.1f} s after start")  # shown with -s
 
         assert ready == {
             "status": "ok",
@@ -136,11 +137,12 @@ def test_fresh_start_is_ready_serves_the_portal_and_stops_every_process(tmp_path
     assert up.survivors() == []
     assert port_is_free(unused_tcp_port)
     assert "warden: stopped" in up.output()
-    # Beat sent run-resume every few seconds all along; the console shows its first send and
-    # receipt only, so the banner and the sign-ins above stay in view (ops.logs.RoutineTasks).
-    assert time.monotonic() - started > 2 * settings.WARDEN_RUN_RESUME_SECONDS
-    assert up.output().count("Sending due task run-resume") == 1
-    assert len(re.findall(r"run_resume_task\[[^\]]+\] received", up.output())) == 1
+    # Beat sent run-resume every few seconds all along (at least three times: it started
+    # before ready); the console shows its first send and receipt, and one more after a warning
+    # of the process's, so the banner and the sign-ins above stay in view (ops.logs.RoutineTasks).
+    assert time.monotonic() - ready_at > 2 * settings.WARDEN_RUN_RESUME_SECONDS
+    assert up.output().count("Sending due task run-resume") in (1, 2)
+    assert len(re.findall(r"run_resume_task\[[^\]]+\] received", up.output())) in (1, 2)
 
 
 def test_second_start_reuses_the_data_and_recovers_a_stale_postmaster_pid(
