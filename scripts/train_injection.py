@@ -36,6 +36,7 @@ import unicodedata
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -232,7 +233,12 @@ def main() -> None:
     piece_window = np.array([i for i, item in enumerate(data) for _ in item[5]])
     piece_labels = np.array([label for item in data for _, label in item[5]])
     piece_texts = [piece for item in data for piece, _ in item[5]]
+    blas = ThreadpoolController().select(user_api="blas")
+    threads = max((lib["num_threads"] for lib in blas.info()), default=1)
     piece_embeddings = injection.embed(piece_texts)
+    # Loading the encoder set this process to one BLAS thread (a server's setting: encoder.py);
+    # the fitting below takes as many as before it, as when the shipped weights were trained.
+    ThreadpoolController().limit(limits=threads, user_api="blas")
     ends = np.cumsum([len(item[5]) for item in data])  # each window's pieces, in order
     embeddings = np.stack(
         [

@@ -79,7 +79,9 @@ class Imports(ast.NodeVisitor):
 def runtime_sources() -> list[Path]:
     files = [ROOT / "manage.py"]
     for package in PACKAGES:
-        files += (p for p in (ROOT / package).rglob("*.py") if "tests" not in p.parts)
+        files += (
+            p for p in (ROOT / package).rglob("*.py") if "tests" not in p.relative_to(ROOT).parts
+        )
     return files
 
 

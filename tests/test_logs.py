@@ -11,16 +11,18 @@ from ops.logs import RoutineTasks
 
 
 def test_a_sweep_logs_its_first_lines_and_those_after_a_failure_and_other_tasks_pass(
-    settings,
+    settings, caplog
 ):
     """As Celery logs them: beat's send (a tuple of arguments), a worker's receipt and result
     (a dict), with the filter the settings configure."""
+    assert settings.LOGGING["handlers"]["console"]["filters"] == ["routine_tasks"]
     config = settings.LOGGING["filters"]["routine_tasks"]
+    caplog.set_level(logging.INFO, logger="celery")  # whatever LOG_LEVEL says
     assert config["()"] == "ops.logs.RoutineTasks"
     assert "agents.tasks.run_resume_task" in config["tasks"]
     out = io.StringIO()
     handler = logging.StreamHandler(out)
-    handler.addFilter(RoutineTasks(config["tasks"]))
+    handler.addFilter(RoutineTasks(tasks=config["tasks"]))
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     beat, strategy, trace = (
         logging.getLogger(name)

