@@ -238,7 +238,7 @@ def main() -> None:
     piece_embeddings = injection.embed(piece_texts)
     # Loading the encoder set this process to one BLAS thread (a server's setting: encoder.py);
     # the fitting below takes as many as before it, as when the shipped weights were trained.
-    ThreadpoolController().limit(limits=threads, user_api="blas")
+    blas.limit(limits=threads)
     ends = np.cumsum([len(item[5]) for item in data])  # each window's pieces, in order
     embeddings = np.stack(
         [
