@@ -114,6 +114,13 @@ def scrub(text: str) -> str:
     return text if text.isascii() else text.encode("utf-8", "replace").decode("utf-8")
 
 
+@functools.lru_cache(maxsize=4096)
+def _scrubbed_key(name: str) -> str:
+    """`scrub(name)`, once per key: keys repeat, and the common ones ("tokens", "token_count")
+    carry a word that sends them through every pattern (4 µs each time)."""
+    return scrub(name)
+
+
 def redact(value: Any, *, key: bytes | None = None) -> Any:
     """A copy of JSON-like `value` with secret-named keys' values replaced, text scrubbed and
     personal data in it (in strings, and numbers that are cards or phone numbers) pseudonymised.
@@ -123,7 +130,9 @@ def redact(value: Any, *, key: bytes | None = None) -> Any:
     key = hash_key() if key is None else key
     if isinstance(value, Mapping):
         return {
-            scrub(str(name)): REDACTED if is_secret_key(str(name)) else redact(item, key=key)
+            _scrubbed_key(str(name)): REDACTED
+            if is_secret_key(str(name))
+            else redact(item, key=key)
             for name, item in value.items()
         }
     if isinstance(value, list | tuple):

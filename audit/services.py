@@ -29,7 +29,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from audit import chain
-from audit.models import ActorType, AuditAnchor, AuditEvent, chain_time
+from audit.models import ActorType, AuditAnchor, chain_time
 from audit.redaction import as_json, redact, scrub
 from telemetry import metrics
 
@@ -98,8 +98,9 @@ def audit_record(
     run: str | int | None = None,
     conversation: str | int | None = None,
     stream: str | None = None,
-) -> AuditEvent:
+) -> int:
     """Append one event, inside the caller's transaction: it commits or rolls back with it.
+    Returns its sequence number (the row is not read back: most callers never look at it).
 
     `actor` is an Actor, a user or None (Warden itself); `target` a Target or a model instance.
     Secret-named keys in `data` are redacted; values must be JSON-serialisable (dates, decimals
@@ -121,19 +122,21 @@ def audit_record(
         # The action must not commit without its event, even if the caller swallows this.
         transaction.set_rollback(True)
         raise
-    stream, events = append_arguments([draft])
+    fields = draft.fields
     with connection.cursor() as cursor:
-        cursor.execute(_APPEND_ONE, [stream, events])
-        drawn = cursor.fetchone()
-    # The database stores the draft's fields as they are and draws the rest: the row is these.
-    values = {**draft.fields, "stream": stream, **dict(zip(_DRAWN, drawn, strict=True))}
-    return AuditEvent.from_db(connection.alias, _ATTNAMES, [values[name] for name in _ATTNAMES])
+        cursor.execute(
+            _APPEND_ONE,
+            [draft.stream, *[fields[name] for name in APPEND_ONE_FIELDS], draft.content],
+        )
+        (sequence,) = cursor.fetchone()
+    _counter(fields["action"]).inc()
+    return int(sequence)
 
 
 def audit_record_drafts(drafts: list[Draft]) -> None:
     """Append events drafted by `audit_draft`, all of one stream, in one statement inside the
     caller's transaction (an action that is recorded as several events at once: a run's
-    `run.queued` and its `policy.decided`). As `audit_record`, without the rows read back."""
+    `run.queued` and its `policy.decided`). As `audit_record`, without the sequences."""
     if not _in_a_service_transaction():
         raise AuditError(
             "audit_record_drafts must be called inside the acting service's transaction"
@@ -192,8 +195,8 @@ def audit_draft(
 
 
 def append_arguments(drafts: list[Draft]) -> tuple[str, str]:
-    """The arguments of `audit_append(stream, events::jsonb)` (migration 0004), the SQL
-    function that chains and appends `drafts`, in order, to their one stream. Called inside a
+    """The arguments of `audit_append(stream, events::jsonb)` (migrations 0004 and 0006), the
+    SQL function that chains and appends `drafts`, in order, to their one stream. Called inside a
     statement of the acting transaction, it commits or rolls back with the action."""
     stream = drafts[0].stream
     if any(draft.stream != stream for draft in drafts):
@@ -223,10 +226,11 @@ def _counter(action: str) -> Any:
     return metrics.AUDIT_EVENTS.labels(action=action)
 
 
-_ATTNAMES = [field.attname for field in AuditEvent._meta.concrete_fields]
-# What `audit_append` draws under the stream's lock; the rest of the row is the draft's.
-_DRAWN = ("sequence", "time", "stream_seq", "prev_hash", "hash")
-_APPEND_ONE = f"SELECT {', '.join(_DRAWN)} FROM audit_append(%s, %s::jsonb)"  # noqa: S608
+# `audit_append_one`'s parameters after the stream and before the content digest (migration
+# 0006): the fields the digest covers, in chain.py's order.
+APPEND_ONE_FIELDS = tuple(name for name in chain.CONTENT_FIELDS if name != "stream")
+_PLACES = ", ".join(["%s"] * (len(APPEND_ONE_FIELDS) + 2))  # the stream, the fields, the digest
+_APPEND_ONE = f"SELECT sequence FROM audit_append_one({_PLACES})"  # noqa: S608
 _APPEND_ALL = "SELECT count(*) FROM audit_append(%s, %s::jsonb)"
 
 

@@ -2,23 +2,24 @@ from contextlib import contextmanager
 
 from django.db import connection
 
+from audit.models import AuditEvent
 from audit.services import Target, audit_record
 
 
 def record(n: int, *, stream: str = "", action: str = "test.happened", **extra) -> list:
-    """Record `n` events (in the caller's transaction) on one stream, or on their targets."""
-    events = []
-    for i in range(n):
-        events.append(
-            audit_record(
-                actor=None,
-                action=action,
-                target=Target("test.thing", str(i), f"thing {i}"),
-                data={"i": i, **extra},
-                stream=stream or None,
-            )
+    """Record `n` events (in the caller's transaction) on one stream, or on their targets; the
+    rows, read back."""
+    sequences = [
+        audit_record(
+            actor=None,
+            action=action,
+            target=Target("test.thing", str(i), f"thing {i}"),
+            data={"i": i, **extra},
+            stream=stream or None,
         )
-    return events
+        for i in range(n)
+    ]
+    return list(AuditEvent.objects.filter(sequence__in=sequences).order_by("sequence"))
 
 
 @contextmanager

@@ -39,7 +39,7 @@ def test_the_documented_application_role_works_and_cannot_tamper():
         problems = audit_role_cannot_disable_triggers(databases=["default"])
         with transaction.atomic():  # what Warden does: act, record, anchor
             group = Group.objects.create(name="Reviewers")
-            event = audit_record(actor=None, action="group.created", target=group)
+            sequence = audit_record(actor=None, action="group.created", target=group)
         assert audit_anchor() is not None
         for sql in (
             "ALTER TABLE audit_auditevent DISABLE TRIGGER USER",
@@ -54,7 +54,7 @@ def test_the_documented_application_role_works_and_cannot_tamper():
             cursor.execute("RESET ROLE")
 
     assert problems == []
-    assert AuditEvent.objects.get(sequence=event.sequence).action == "group.created"
+    assert AuditEvent.objects.get(sequence=sequence).action == "group.created"
 
 
 def test_only_runs_when_asked_for_a_database():

@@ -17,10 +17,10 @@ pytestmark = pytest.mark.django_db
 
 def stored(data: dict) -> dict:
     with transaction.atomic():
-        event = audit_record(
+        sequence = audit_record(
             actor=SYSTEM, action="tool.invoked", target=Target("tools.tool", "1"), data=data
         )
-    return json.loads(AuditEvent.objects.get(sequence=event.sequence).data)
+    return json.loads(AuditEvent.objects.get(sequence=sequence).data)
 
 
 def test_personal_values_are_stored_as_keyed_hashes_and_the_chain_verifies():

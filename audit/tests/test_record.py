@@ -17,6 +17,7 @@ from audit.models import AuditEvent, AuditStream
 from audit.redaction import REDACTED, is_secret_key
 from audit.selectors import audit_verify_chain
 from audit.services import (
+    APPEND_ONE_FIELDS,
     SYSTEM,
     AuditError,
     Target,
@@ -45,7 +46,7 @@ def test_event_carries_actor_target_references_and_a_chained_hash(django_user_mo
             actor=None, action="run.finished", target=Target("agents.run", "7"), run=7
         )
 
-    stored = AuditEvent.objects.get(sequence=first.sequence)
+    stored = AuditEvent.objects.get(sequence=first)
     assert (stored.actor_type, stored.actor_id, stored.actor_label) == (
         "user",
         str(alice.pk),
@@ -65,7 +66,7 @@ def test_event_carries_actor_target_references_and_a_chained_hash(django_user_mo
     assert json.loads(stored.data) == {"tokens": 12}
     assert stored.prev_hash == chain.GENESIS
     assert stored.hash == chain.event_hash(stored.as_chain_dict())
-    later = AuditEvent.objects.get(sequence=second.sequence)
+    later = AuditEvent.objects.get(sequence=second)
     assert (later.stream_seq, later.prev_hash, later.actor_type) == (2, stored.hash, "system")
     assert AuditStream.objects.get(key="run:7").last_hash == later.hash
 
@@ -166,9 +167,9 @@ def test_data_json_has_no_type_for_is_stored_as_djangos_encoder_writes_it():
         "nested": {"at": [when, {"amount": decimal.Decimal("0.1")}]},
     }
     with transaction.atomic():
-        event = audit_record(actor=None, action="test.happened", target=Target("t"), data=data)
+        sequence = audit_record(actor=None, action="test.happened", target=Target("t"), data=data)
 
-    stored = AuditEvent.objects.get(sequence=event.sequence)
+    stored = AuditEvent.objects.get(sequence=sequence)
     assert json.loads(stored.data) == json.loads(json.dumps(data, cls=DjangoJSONEncoder))
     assert stored.hash == chain.event_hash(stored.as_chain_dict())
 
@@ -181,17 +182,17 @@ def test_values_made_json_are_redacted_as_json():
         TEST = 4111111111111111
 
     with transaction.atomic():
-        event = audit_record(
+        sequence = audit_record(
             actor=None,
             action="test.happened",
             target=Target("t"),
             data={"header": [gettext_lazy("Authorization"), "Bearer abc.def"], "card": Card.TEST},
         )
 
-    stored = json.loads(AuditEvent.objects.get(sequence=event.sequence).data)
+    stored = json.loads(AuditEvent.objects.get(sequence=sequence).data)
     assert stored["header"] == ["Authorization", REDACTED]
     assert stored["card"].startswith("[CARD:")
-    assert "4111111111111111" not in AuditEvent.objects.get(sequence=event.sequence).data
+    assert "4111111111111111" not in AuditEvent.objects.get(sequence=sequence).data
 
 
 @pytest.mark.parametrize(
@@ -212,20 +213,37 @@ def test_data_json_cannot_hold_is_refused_and_nothing_written(data):
     assert AuditEvent.objects.count() == before
 
 
-def test_the_event_returned_is_the_row_stored(django_user_model):
+def test_each_field_lands_in_its_column_and_the_sequence_returned_is_the_row(django_user_model):
+    """audit_append_one takes the fields as positional parameters: each must reach its own
+    column (and the digest the chain hashes them under), and the number returned is the row."""
     alice = django_user_model.objects.create_user("alice")
     with transaction.atomic():
-        event = audit_record(
+        sequence = audit_record(
             actor=alice,
             action="run.started",
             target=Target("agents.run", "7", "run \x00seven"),
             data={"note": "café", "api_key": "sk-1"},
-            run=7,
+            run=8,
+            conversation=9,
+            stream="custom:stream",
         )
 
-    stored = AuditEvent.objects.get(sequence=event.sequence)
-    fields = [field.attname for field in AuditEvent._meta.concrete_fields]
-    assert [getattr(event, name) for name in fields] == [getattr(stored, name) for name in fields]
+    stored = AuditEvent.objects.get(sequence=sequence)
+    assert AuditEvent.objects.latest("sequence").sequence == sequence
+    assert {name: getattr(stored, name) for name in (*APPEND_ONE_FIELDS, "stream")} == {
+        "actor_type": "user",
+        "actor_id": str(alice.pk),
+        "actor_label": "alice",
+        "action": "run.started",
+        "target_type": "agents.run",
+        "target_id": "7",
+        "target_label": "run seven",
+        "run": "8",
+        "conversation": "9",
+        "data": '{"api_key":"[redacted]","note":"café"}',
+        "stream": "custom:stream",
+    }
+    assert stored.hash == chain.event_hash(stored.as_chain_dict())
 
 
 def test_secrets_are_redacted_wherever_they_are_nested():
@@ -304,7 +322,7 @@ def test_secret_keys_are_recognised_by_their_words(key, secret):
 
 def test_secrets_inside_text_and_pairs_are_scrubbed():
     with transaction.atomic():
-        event = audit_record(
+        sequence = audit_record(
             actor=SYSTEM,
             action="tool.invoked",
             target=Target("tools.tool", "1", "crm at postgres://svc:pw-in-url@db/crm"),
@@ -315,7 +333,7 @@ def test_secrets_inside_text_and_pairs_are_scrubbed():
             },
         )
 
-    stored = AuditEvent.objects.get(sequence=event.sequence)
+    stored = AuditEvent.objects.get(sequence=sequence)
     text = stored.data + stored.target_label
     for secret in ("eyJhbGciOi", "tok-in-query", "pw-in-url", "abcdefgh12345678"):
         assert secret not in text
@@ -323,16 +341,33 @@ def test_secrets_inside_text_and_pairs_are_scrubbed():
     assert "page=2" in stored.data
 
 
+def test_secrets_in_keys_are_scrubbed_each_time_the_key_comes_back():
+    """A key's scrubbed form is remembered (keys repeat): the second event with it is
+    scrubbed as the first."""
+    key = "https://svc:pw-in-key@db.example.com/?token=tok-in-key"
+    with transaction.atomic():
+        sequences = [
+            audit_record(actor=None, action="test.happened", target=Target("t"), data={key: i})
+            for i in range(2)
+        ]
+
+    for sequence in sequences:
+        (stored_key,) = json.loads(AuditEvent.objects.get(sequence=sequence).data)
+        assert "pw-in-key" not in stored_key
+        assert "tok-in-key" not in stored_key
+        assert stored_key.startswith("https://svc:[redacted]@db.example.com/")
+
+
 def test_text_that_postgresql_cannot_store_is_cleaned_not_a_failure():
     with transaction.atomic():
-        event = audit_record(
+        sequence = audit_record(
             actor=None,
             action="test.happened",
             target=Target("t", "1", "nul\x00here"),
             data={"s": "lone \ud800 surrogate"},
         )
 
-    stored = AuditEvent.objects.get(sequence=event.sequence)
+    stored = AuditEvent.objects.get(sequence=sequence)
     assert stored.target_label == "nulhere"
     assert json.loads(stored.data) == {"s": "lone ? surrogate"}
     assert stored.hash == chain.event_hash(stored.as_chain_dict())

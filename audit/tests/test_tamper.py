@@ -23,14 +23,14 @@ def trail():
     with transaction.atomic():
         for i in range(5):
             for run in (1, 2):
-                event = audit_record(
+                sequence = audit_record(
                     actor=None,
                     action="step.done",
                     target=Target("agents.run", str(run)),
                     data={"step": i},
                     run=run,
                 )
-                streams[f"run:{run}"].append(event.sequence)
+                streams[f"run:{run}"].append(sequence)
     assert audit_verify_chain().ok
     return streams
 
