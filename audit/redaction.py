@@ -114,10 +114,15 @@ def scrub(text: str) -> str:
     return text if text.isascii() else text.encode("utf-8", "replace").decode("utf-8")
 
 
+def _clean_key(name: str) -> str:
+    """`scrub(name)`, remembered for a short key: keys repeat, and the common ones ("tokens",
+    "token_count") carry a word that sends them through every pattern (4 µs each time). A long
+    one is scrubbed each time, so the memory kept stays small."""
+    return _scrubbed_key(name) if len(name) <= 128 else scrub(name)
+
+
 @functools.lru_cache(maxsize=4096)
 def _scrubbed_key(name: str) -> str:
-    """`scrub(name)`, once per key: keys repeat, and the common ones ("tokens", "token_count")
-    carry a word that sends them through every pattern (4 µs each time)."""
     return scrub(name)
 
 
@@ -130,9 +135,7 @@ def redact(value: Any, *, key: bytes | None = None) -> Any:
     key = hash_key() if key is None else key
     if isinstance(value, Mapping):
         return {
-            _scrubbed_key(str(name)): REDACTED
-            if is_secret_key(str(name))
-            else redact(item, key=key)
+            _clean_key(str(name)): REDACTED if is_secret_key(str(name)) else redact(item, key=key)
             for name, item in value.items()
         }
     if isinstance(value, list | tuple):

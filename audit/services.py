@@ -226,11 +226,10 @@ def _counter(action: str) -> Any:
     return metrics.AUDIT_EVENTS.labels(action=action)
 
 
-# `audit_append_one`'s parameters after the stream and before the content digest (migration
-# 0006): the fields the digest covers, in chain.py's order.
+# `audit_append_one`'s parameters (migration 0006), named: p_ and the field.
 APPEND_ONE_FIELDS = tuple(name for name in chain.CONTENT_FIELDS if name != "stream")
-_PLACES = ", ".join(["%s"] * (len(APPEND_ONE_FIELDS) + 2))  # the stream, the fields, the digest
-_APPEND_ONE = f"SELECT sequence FROM audit_append_one({_PLACES})"  # noqa: S608
+_ARGUMENTS = ", ".join(f"p_{name} => %s" for name in ("stream", *APPEND_ONE_FIELDS, "content"))
+_APPEND_ONE = f"SELECT sequence FROM audit_append_one({_ARGUMENTS})"  # noqa: S608
 _APPEND_ALL = "SELECT count(*) FROM audit_append(%s, %s::jsonb)"
 
 

@@ -19,7 +19,9 @@ from django.db import migrations
 _0005 = importlib.import_module("audit.migrations.0005_append_locks_the_head")
 APPEND_0005: str = _0005._function(_0005.LOCK)  # what the reverse restores
 
-# The parameters' order is `audit.services.APPEND_ONE_FIELDS`.
+# Called with named arguments (audit.services: p_ and each field's name). The INSERT's column
+# list is the table's: a migration that adds, renames or removes a column of audit_auditevent
+# redefines this function (audit/tests/test_append_function.py checks that they agree).
 APPEND_ONE = """
 CREATE FUNCTION audit_append_one(p_stream text, p_actor_type text, p_actor_id text,
     p_actor_label text, p_action text, p_target_type text, p_target_id text,
@@ -29,6 +31,11 @@ DECLARE
     head record;
     appended audit_auditevent;
 BEGIN
+    -- concat_ws skips a NULL: an event without its digest would be stored unverifiable.
+    IF p_content IS NULL OR p_content !~ '^[0-9a-f]{64}$' THEN
+        RAISE EXCEPTION 'audit_append_one: the content digest must be 64 hex digits'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     SELECT s.last_seq, s.last_hash INTO head FROM audit_auditstream s
         WHERE s.key = p_stream FOR UPDATE;
     IF NOT FOUND THEN
