@@ -33,7 +33,7 @@ DECLARE
 BEGIN
     -- concat_ws skips a NULL: an event without its digest would be stored unverifiable.
     IF p_content IS NULL OR p_content !~ '^[0-9a-f]{64}$' THEN
-        RAISE EXCEPTION 'audit_append_one: the content digest must be 64 hex digits'
+        RAISE EXCEPTION 'audit_append_one: the content digest must be 64 lower-case hex digits'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     SELECT s.last_seq, s.last_hash INTO head FROM audit_auditstream s

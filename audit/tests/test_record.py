@@ -14,7 +14,7 @@ from django.utils.translation import gettext_lazy
 
 from audit import chain
 from audit.models import AuditEvent, AuditStream
-from audit.redaction import REDACTED, is_secret_key
+from audit.redaction import REDACTED, _scrubbed_key, is_secret_key
 from audit.selectors import audit_verify_chain
 from audit.services import (
     APPEND_ONE_FIELDS,
@@ -214,8 +214,8 @@ def test_data_json_cannot_hold_is_refused_and_nothing_written(data):
 
 
 def test_each_field_lands_in_its_column_and_the_sequence_returned_is_the_row(django_user_model):
-    """audit_append_one takes the fields as positional parameters: each must reach its own
-    column (and the digest the chain hashes them under), and the number returned is the row."""
+    """audit_append_one takes the fields as text parameters: each must reach its own column
+    (and the digest the chain hashes them under), and the number returned is the row."""
     alice = django_user_model.objects.create_user("alice")
     with transaction.atomic():
         sequence = audit_record(
@@ -346,6 +346,7 @@ def test_secrets_in_keys_are_scrubbed_each_time_the_key_comes_back():
     scrubbed as the first."""
     short = "https://svc:pw-in-key@db.example.com/?token=tok-in-key"
     long = short + "&page=" + "9" * 200  # scrubbed each time, not remembered
+    _scrubbed_key.cache_clear()
     with transaction.atomic():
         sequences = [
             audit_record(actor=None, action="test.happened", target=Target("t"), data={key: i})
@@ -358,6 +359,8 @@ def test_secrets_in_keys_are_scrubbed_each_time_the_key_comes_back():
         assert "pw-in-key" not in stored_key
         assert "tok-in-key" not in stored_key
         assert stored_key.startswith("https://svc:[redacted]@db.example.com/")
+    remembered = _scrubbed_key.cache_info()
+    assert (remembered.currsize, remembered.hits) == (1, 1)  # the short key, found the 2nd time
 
 
 def test_text_that_postgresql_cannot_store_is_cleaned_not_a_failure():
